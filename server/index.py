@@ -1,0 +1,385 @@
+"""The item index: a FAISS base index (IVF, or flat when small) plus an exact delta with tombstones.
+
+Vectors are normalised, so inner product is cosine similarity. Every item gets a *label* (a small int) from a
+shared ``LabelMap`` once and keeps it for the life of the process; the catalog's filter sets are label arrays.
+
+The base index is never mutated after it is built (so it can be searched while a new one is built in a
+thread). Upserts and deletes go to the delta (a dense matrix searched exactly) and mark the base copy as a
+tombstone (``where[label] != BASE``). Compaction folds the delta into a new base built off the event loop;
+changes that land meanwhile stay in the delta, detected by a per-label change counter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+ABSENT, BASE, DELTA = 0, 1, 2
+
+
+class LabelMap:
+    """External item id <-> dense int label; labels are never reused, so arrays indexed by label stay valid."""
+
+    def __init__(self) -> None:
+        self._labels: dict[str, int] = {}
+        self._ids: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def get(self, item_id: str) -> int | None:
+        return self._labels.get(item_id)
+
+    def assign(self, item_id: str) -> int:
+        label = self._labels.get(item_id)
+        if label is None:
+            label = len(self._ids)
+            self._labels[item_id] = label
+            self._ids.append(item_id)
+        return label
+
+    def id_of(self, label: int) -> str:
+        return self._ids[label]
+
+    def ids(self) -> list[str]:
+        return self._ids
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    nlist: int = 0
+    nprobe: int = 16
+    ann_min_items: int = 20_000
+    exact_filter_max: int = 20_000
+    # Unfiltered queries over-fetch k + exclusions + tombstones from the base when that stays below this;
+    # beyond it they switch to an id selector.
+    overfetch_max: int = 1024
+    # Filtered IVF search probes nprobe / selectivity lists, at most this many times nprobe.
+    filter_probe_boost_max: int = 16
+
+
+def normalise(vectors: np.ndarray) -> np.ndarray:
+    v = np.ascontiguousarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(v, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return v / norms
+
+
+def _grow(arr: np.ndarray, size: int, fill=0) -> np.ndarray:
+    if size <= arr.shape[0]:
+        return arr
+    new = np.full((max(size, 2 * arr.shape[0], 1024),) + arr.shape[1:], fill, dtype=arr.dtype)
+    new[: arr.shape[0]] = arr
+    return new
+
+
+def _nlist_for(n: int, params: IndexParams) -> int:
+    if params.nlist:
+        return min(params.nlist, max(1, n // 39))
+    return int(max(1, min(65536, 4 * np.sqrt(n), n // 39)))
+
+
+@dataclass
+class Base:
+    """An immutable base index over positions 0..n-1; ``labels[pos]`` is the item label."""
+
+    index: faiss.Index
+    labels: np.ndarray
+    centroids: np.ndarray | None  # kept to rebuild IVF without retraining
+
+    @property
+    def is_ivf(self) -> bool:
+        return self.centroids is not None
+
+
+def build_base(vectors: np.ndarray, labels: np.ndarray, params: IndexParams,
+               centroids: np.ndarray | None = None) -> Base:
+    """Builds a base index (CPU heavy: run it off the event loop). ``vectors`` must be normalised."""
+    n, dim = vectors.shape
+    if n < max(params.ann_min_items, 1):
+        index = faiss.IndexFlatIP(dim)
+        index.add(vectors)
+        return Base(index, labels.astype(np.int64), None)
+    if centroids is None or not (len(centroids) * 20 <= n <= len(centroids) * 200):
+        nlist = _nlist_for(n, params)
+        rng = np.random.default_rng(0)
+        sample = vectors[rng.choice(n, size=min(n, 64 * nlist), replace=False)]
+        km = faiss.Kmeans(dim, nlist, niter=12, spherical=True, seed=1, max_points_per_centroid=64)
+        km.train(sample)
+        centroids = km.centroids.copy()
+    quantizer = faiss.IndexFlatIP(dim)
+    quantizer.add(centroids)
+    index = faiss.IndexIVFFlat(quantizer, dim, len(centroids), faiss.METRIC_INNER_PRODUCT)
+    index.is_trained = True
+    index.add(vectors)
+    index.nprobe = params.nprobe
+    assert quantizer in getattr(index, "referenced_objects", [quantizer])  # faiss keeps it alive
+    return Base(index, labels.astype(np.int64), centroids)
+
+
+class ItemIndex:
+    """One model version's item vectors. Not thread-safe: mutate and search from one thread (the event loop)."""
+
+    def __init__(self, dim: int, model_version: str, labels: LabelMap, params: IndexParams) -> None:
+        self.dim = dim
+        self.model_version = model_version
+        self.labels = labels
+        self.params = params
+        self._vec = np.zeros((0, dim), np.float32)
+        self._where = np.zeros(0, np.int8)
+        self._ts = np.zeros(0, np.float64)
+        self._ver = np.zeros(0, np.uint32)
+        self._base = build_base(np.zeros((0, dim), np.float32), np.zeros(0, np.int64), params)
+        self._tomb = 0
+        self._dvec = np.zeros((1024, dim), np.float32)
+        self._dlab = np.full(1024, -1, np.int64)
+        self._dslot = np.zeros(0, np.int64)
+        self._dn = 0
+        self._live = 0
+
+    # -- bulk load ---------------------------------------------------------------------------------------
+    @classmethod
+    def build(cls, dim: int, model_version: str, labels: LabelMap, params: IndexParams,
+              ids: list[str], vectors: np.ndarray, updated_at: np.ndarray | None = None) -> ItemIndex:
+        """A fresh index holding ``vectors`` in its base (CPU heavy; fine to call in a worker thread)."""
+        self = cls(dim, model_version, labels, params)
+        vecs = normalise(vectors.reshape(len(ids), dim))
+        lab = np.fromiter((labels.assign(i) for i in ids), np.int64, len(ids))
+        if len(np.unique(lab)) != len(lab):
+            raise ValueError("duplicate item ids")
+        self._ensure(len(labels))
+        self._vec[lab] = vecs
+        self._where[lab] = BASE
+        self._ts[lab] = updated_at if updated_at is not None else 0.0
+        self._base = build_base(vecs, lab, params)
+        self._live = len(lab)
+        return self
+
+    def _ensure(self, n: int) -> None:
+        self._vec = _grow(self._vec, n)
+        self._where = _grow(self._where, n)
+        self._ts = _grow(self._ts, n)
+        self._ver = _grow(self._ver, n)
+        self._dslot = _grow(self._dslot, n, -1)
+
+    # -- introspection -------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._live
+
+    @property
+    def delta_rows(self) -> int:
+        return self._dn
+
+    @property
+    def tombstones(self) -> int:
+        return self._tomb
+
+    @property
+    def base_size(self) -> int:
+        return len(self._base.labels)
+
+    def label_of(self, item_id: str) -> int | None:
+        label = self.labels.get(item_id)
+        if label is None or label >= len(self._where) or self._where[label] == ABSENT:
+            return None
+        return label
+
+    def vector(self, label: int) -> tuple[np.ndarray, float]:
+        return self._vec[label].copy(), float(self._ts[label])
+
+    def live_mask(self) -> np.ndarray:
+        return self._where > ABSENT
+
+    # -- mutation ------------------------------------------------------------------------------------------
+    def upsert(self, item_id: str, vector: np.ndarray, ts: float = 0.0) -> None:
+        label = self.labels.assign(item_id)
+        self._ensure(label + 1)
+        vec = normalise(np.asarray(vector, np.float32).reshape(1, self.dim))[0]
+        where = self._where[label]
+        if where == BASE:
+            self._tomb += 1
+        if where == DELTA:
+            slot = self._dslot[label]
+        else:
+            slot = self._dn
+            if slot >= len(self._dlab):
+                self._dvec = _grow(self._dvec, slot + 1)
+                self._dlab = _grow(self._dlab, slot + 1, -1)
+            self._dn += 1
+            self._dslot[label] = slot
+            self._dlab[slot] = label
+        if where == ABSENT:
+            self._live += 1
+        self._dvec[slot] = vec
+        self._vec[label] = vec
+        self._where[label] = DELTA
+        self._ts[label] = ts
+        self._ver[label] += 1
+
+    def delete(self, item_id: str) -> bool:
+        label = self.label_of(item_id)
+        if label is None:
+            return False
+        if self._where[label] == BASE:
+            self._tomb += 1
+        else:
+            self._dlab[self._dslot[label]] = -1
+            self._dslot[label] = -1
+        self._where[label] = ABSENT
+        self._ver[label] += 1
+        self._live -= 1
+        return True
+
+    # -- search --------------------------------------------------------------------------------------------
+    def search(self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None,
+               exclude: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Top-k (labels, scores) per query, best first. ``queries`` must be normalised (nq, dim).
+
+        ``allowed``: bool mask over labels (None = every item); ``exclude``: labels never returned.
+        """
+        excl = np.zeros(0, np.int64) if exclude is None else np.asarray(exclude, np.int64)
+        if allowed is not None:
+            n = min(len(allowed), len(self._where))
+            ok = np.zeros(len(self._where), bool)
+            ok[:n] = allowed[:n] & (self._where[:n] > ABSENT)
+            ok[excl[excl < len(ok)]] = False
+            cand = np.flatnonzero(ok)
+            if len(cand) <= self.params.exact_filter_max or not self._base.is_ivf:
+                return self._exact(queries, k, cand)
+            return self._merge(self._base_selected(queries, k, ok, len(cand)),
+                               self._delta(queries, k, ok, excl), k)
+        kf = k + len(excl) + self._tomb
+        if kf <= self.params.overfetch_max:
+            base = self._base_overfetch(queries, kf, excl)
+            return self._merge(base, self._delta(queries, k, None, excl), k)
+        ok = self._where > ABSENT
+        ok[excl[excl < len(ok)]] = False
+        return self._merge(self._base_selected(queries, k, ok, self._live),
+                           self._delta(queries, k, None, excl), k)
+
+    def _exact(self, queries: np.ndarray, k: int, cand: np.ndarray):
+        if len(cand) == 0:
+            return [(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in queries]
+        scores = self._vec[cand] @ queries.T  # (ncand, nq)
+        return [_topk(cand, scores[:, j], k) for j in range(len(queries))]
+
+    def _base_overfetch(self, queries: np.ndarray, kf: int, excl: np.ndarray):
+        base = self._base
+        if len(base.labels) == 0:
+            return [(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in queries]
+        dist, pos = base.index.search(queries, min(kf, len(base.labels)))
+        out = []
+        for d, p in zip(dist, pos):
+            keep = p >= 0
+            lab = base.labels[p[keep]]
+            sc = d[keep]
+            valid = self._where[lab] == BASE
+            if len(excl):
+                valid &= ~np.isin(lab, excl)
+            out.append((lab[valid], sc[valid]))
+        return out
+
+    def _base_selected(self, queries: np.ndarray, k: int, ok_labels: np.ndarray, n_ok: int):
+        base = self._base
+        if len(base.labels) == 0:
+            return [(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in queries]
+        ok_pos = ok_labels[base.labels] & (self._where[base.labels] == BASE)
+        bits = np.packbits(ok_pos, bitorder="little")
+        sel = faiss.IDSelectorBitmap(len(ok_pos), faiss.swig_ptr(bits))
+        selectivity = max(n_ok / max(self._live, 1), 1e-6)
+        boost = min(1.0 / selectivity, self.params.filter_probe_boost_max)
+        nprobe = int(min(base.index.nlist, max(self.params.nprobe, self.params.nprobe * boost)))
+        sp = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)
+        dist, pos = base.index.search(queries, min(k, len(base.labels)), params=sp)
+        del bits  # the selector reads it during search only
+        return [(base.labels[p[p >= 0]], d[p >= 0]) for d, p in zip(dist, pos)]
+
+    def _delta(self, queries: np.ndarray, k: int, ok_labels: np.ndarray | None, excl: np.ndarray):
+        if self._dn == 0:
+            return [(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in queries]
+        lab = self._dlab[: self._dn]
+        valid = lab >= 0
+        if ok_labels is not None:
+            valid &= ok_labels[np.where(valid, lab, 0)]
+        elif len(excl):
+            valid &= ~np.isin(lab, excl)
+        scores = self._dvec[: self._dn] @ queries.T
+        scores[~valid] = -np.inf
+        out = []
+        for j in range(len(queries)):
+            labs, sc = _topk(lab, scores[:, j], k)
+            fin = np.isfinite(sc)
+            out.append((labs[fin], sc[fin]))
+        return out
+
+    @staticmethod
+    def _merge(a, b, k: int):
+        return [_topk(np.concatenate([la, lb]), np.concatenate([sa, sb]), k) if len(lb) else (la[:k], sa[:k])
+                for (la, sa), (lb, sb) in zip(a, b)]
+
+    # -- compaction ----------------------------------------------------------------------------------------
+    def compaction_input(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """(labels, vectors, change counters, IVF centroids) to build a new base from, copied on the loop."""
+        live = np.flatnonzero(self._where > ABSENT)
+        return live, self._vec[live].copy(), self._ver[live].copy(), self._base.centroids
+
+    def apply_compaction(self, base: Base, versions: np.ndarray) -> None:
+        """Installs a base built from ``compaction_input``; changes since then stay in the delta."""
+        labels = base.labels
+        same = (self._ver[labels] == versions) & (self._where[labels] > ABSENT)
+        self._where[labels[same]] = BASE
+        self._tomb = int(len(labels) - same.sum())
+        self._base = base
+        self._rebuild_delta()
+
+    def _rebuild_delta(self) -> None:
+        lab = np.flatnonzero(self._where == DELTA)
+        cap = max(1024, 2 * len(lab))
+        self._dvec = np.zeros((cap, self.dim), np.float32)
+        self._dlab = np.full(cap, -1, np.int64)
+        self._dslot[:] = -1
+        self._dvec[: len(lab)] = self._vec[lab]
+        self._dlab[: len(lab)] = lab
+        self._dslot[lab] = np.arange(len(lab))
+        self._dn = len(lab)
+
+    # -- snapshots -------------------------------------------------------------------------------------------
+    def state(self) -> dict[str, np.ndarray]:
+        """Arrays describing the index (the base index itself is serialised separately)."""
+        n = len(self.labels)
+        return {"vec": self._vec[:n].copy(), "where": self._where[:n].copy(), "ts": self._ts[:n].copy(),
+                "base_labels": self._base.labels,
+                "centroids": self._base.centroids if self._base.is_ivf else np.zeros((0, self.dim), np.float32)}
+
+    @property
+    def base(self) -> Base:
+        return self._base
+
+    @classmethod
+    def from_state(cls, dim: int, model_version: str, labels: LabelMap, params: IndexParams,
+                   state: dict[str, np.ndarray], base_index: faiss.Index) -> ItemIndex:
+        self = cls(dim, model_version, labels, params)
+        n = len(state["where"])
+        self._ensure(n)
+        self._vec[:n] = state["vec"]
+        self._where[:n] = state["where"]
+        self._ts[:n] = state["ts"]
+        cents = state["centroids"]
+        self._base = Base(base_index, state["base_labels"].astype(np.int64), cents if len(cents) else None)
+        if self._base.is_ivf:
+            faiss.extract_index_ivf(base_index).nprobe = params.nprobe
+        self._tomb = int((self._where[self._base.labels] != BASE).sum())
+        self._live = int((self._where > ABSENT).sum())
+        self._rebuild_delta()
+        return self
+
+
+def _topk(labels: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best k by score (ties by label, for determinism)."""
+    if len(scores) > k:
+        part = np.argpartition(-scores, k - 1)[:k]
+        labels, scores = labels[part], scores[part]
+    order = np.lexsort((labels, -scores))
+    return labels[order], scores[order]

@@ -1,0 +1,63 @@
+"""Typed, frozen settings of the gRPC server (env prefix ``IG_SERVER_``), read once in ``main()``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IG_SERVER_", frozen=True, extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=50051, ge=0, le=65535)
+    # Comma-separated bearer tokens; auth is enforced only when at least one is configured.
+    auth_tokens: SecretStr = SecretStr("")
+    # TLS is on when both are set (PEM files).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    # Limits.
+    max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_k: int = Field(default=1000, ge=1)
+    max_stream_events: int = Field(default=100_000, ge=1)
+    max_filter_ids: int = Field(default=10_000, ge=0)
+    max_concurrent_rpcs: int = Field(default=256, ge=1)
+    grace_period_s: float = Field(default=10.0, ge=0)
+
+    # Index.
+    # IVF lists; 0 picks about 4 * sqrt(items).
+    ivf_nlist: int = Field(default=0, ge=0)
+    ivf_nprobe: int = Field(default=16, ge=1)
+    # Below this many items the base index is exact (flat); IVF pays off only on larger sets.
+    ann_min_items: int = Field(default=20_000, ge=0)
+    # Filters matching at most this many items are answered by exact search over just those items.
+    exact_filter_max: int = Field(default=20_000, ge=0)
+    compact_delta_max: int = Field(default=20_000, ge=1)
+    compact_interval_s: float = Field(default=60.0, gt=0)
+
+    # Snapshots and the delta stream.
+    snapshot_dir: Path | None = Path("var/index")
+    snapshot_interval_s: float = Field(default=300.0, gt=0)
+    redis_url: str | None = "redis://127.0.0.1:6379/0"
+    delta_stream: str = "ig:embeddings"
+    delta_block_ms: int = Field(default=200, ge=1)
+    delta_batch: int = Field(default=1000, ge=1)
+
+    # Caches.
+    popular_ttl_s: float = Field(default=60.0, ge=0)
+    popular_window_days: float = Field(default=7.0, gt=0)
+    popular_pool: int = Field(default=2000, ge=1)
+    catalog_refresh_s: float = Field(default=60.0, gt=0)
+    user_cache_size: int = Field(default=200_000, ge=0)
+
+    @property
+    def tokens(self) -> frozenset[str]:
+        raw = self.auth_tokens.get_secret_value()
+        return frozenset(t.strip() for t in raw.split(",") if t.strip())
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert_file is not None and self.tls_key_file is not None

@@ -1,0 +1,144 @@
+"""The item index against exact search: upserts, deletes, tombstones, filters, compaction, snapshots."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from server.index import ABSENT, IndexParams, ItemIndex, LabelMap, build_base, normalise
+from server.snapshot import load_snapshot, save_snapshot
+
+DIM = 16
+
+
+def _data(n: int, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((20, DIM)).astype(np.float32)
+    x = centres[rng.integers(0, 20, n)] + 0.5 * rng.standard_normal((n, DIM)).astype(np.float32)
+    return [f"i{j}" for j in range(n)], normalise(x)
+
+
+def _exact(index: ItemIndex, q: np.ndarray, k: int, allowed=None, exclude=()):
+    live = np.flatnonzero(index.live_mask())
+    if allowed is not None:
+        live = live[allowed[live]]
+    live = np.array([l for l in live if l not in set(exclude)], np.int64)
+    scores = np.array([index.vector(int(l))[0] @ q for l in live])
+    order = np.lexsort((live, -scores))[:k]
+    return list(live[order])
+
+
+def _recall(index, queries, k, **kw) -> float:
+    hits = 0
+    for q in queries:
+        got = index.search(q[None, :], k, **kw)[0][0]
+        want = _exact(index, q, k, **kw)
+        hits += len(set(got.tolist()) & set(want))
+    return hits / (k * len(queries))
+
+
+@pytest.fixture()
+def ivf_index() -> ItemIndex:
+    ids, x = _data(6000)
+    params = IndexParams(nprobe=8, ann_min_items=1000, exact_filter_max=200)
+    return ItemIndex.build(DIM, "m1", LabelMap(), params, ids, x)
+
+
+def test_small_index_is_exact_and_ordered() -> None:
+    ids, x = _data(50)
+    index = ItemIndex.build(DIM, "m1", LabelMap(), IndexParams(), ids, x)
+    labels, scores = index.search(x[:1], 5)[0]
+    assert index.labels.id_of(int(labels[0])) == "i0"
+    assert scores[0] == pytest.approx(1.0, abs=1e-5)
+    assert list(scores) == sorted(scores, reverse=True)
+    assert labels.tolist() == _exact(index, x[0], 5)
+
+
+def test_ivf_recall_against_exact(ivf_index: ItemIndex) -> None:
+    _, x = _data(6000)
+    assert ivf_index.base.is_ivf
+    assert _recall(ivf_index, x[:100], 10) >= 0.95
+
+
+def test_upsert_replaces_and_delete_tombstones(ivf_index: ItemIndex) -> None:
+    rng = np.random.default_rng(3)
+    target = normalise(rng.standard_normal((1, DIM)).astype(np.float32))[0]
+    ivf_index.upsert("i5", target, ts=10.0)  # moves a base item: base copy becomes a tombstone
+    ivf_index.upsert("new", -target, ts=11.0)
+    assert ivf_index.tombstones == 1 and ivf_index.delta_rows == 2 and len(ivf_index) == 6001
+    labels, scores = ivf_index.search(target[None, :], 3)[0]
+    assert ivf_index.labels.id_of(int(labels[0])) == "i5" and scores[0] == pytest.approx(1.0, abs=1e-5)
+    assert labels.tolist().count(labels[0]) == 1  # the stale base copy is never returned
+    assert ivf_index.delete("i5") and not ivf_index.delete("i5")
+    assert ivf_index.label_of("i5") is None
+    labels, _ = ivf_index.search(target[None, :], 10)[0]
+    assert ivf_index.labels.get("i5") not in labels.tolist()
+    labels, _ = ivf_index.search(-target[None, :], 1)[0]
+    assert ivf_index.labels.id_of(int(labels[0])) == "new"
+
+
+def test_exclusions_and_filters_keep_recall(ivf_index: ItemIndex) -> None:
+    _, x = _data(6000)
+    n = len(ivf_index.labels)
+    rng = np.random.default_rng(1)
+    small = np.zeros(n, bool)
+    small[rng.choice(n, 150, replace=False)] = True  # exact path
+    large = np.zeros(n, bool)
+    large[rng.choice(n, 1500, replace=False)] = True  # IVF + selector path
+    exclude = [int(ivf_index.labels.get(f"i{j}")) for j in range(0, 60, 2)]
+    for mask in (small, large):
+        assert _recall(ivf_index, x[:50], 10, allowed=mask) >= 0.9
+        for q in x[:20]:
+            got = ivf_index.search(q[None, :], 10, allowed=mask, exclude=np.array(exclude))[0][0]
+            assert mask[got].all() and not set(got.tolist()) & set(exclude)
+    assert _recall(ivf_index, x[:50], 10, exclude=exclude) >= 0.95
+
+
+def test_many_tombstones_switch_to_selector(ivf_index: ItemIndex) -> None:
+    for j in range(1500):
+        ivf_index.delete(f"i{j}")
+    _, x = _data(6000)
+    assert ivf_index.tombstones == 1500
+    got = ivf_index.search(x[:5], 10)
+    dead = {ivf_index.labels.get(f"i{j}") for j in range(1500)}
+    assert all(not set(lab.tolist()) & dead and len(lab) == 10 for lab, _ in got)
+
+
+def test_compaction_keeps_changes_made_while_building(ivf_index: ItemIndex) -> None:
+    rng = np.random.default_rng(2)
+    for j in range(100):
+        ivf_index.upsert(f"n{j}", rng.standard_normal(DIM))
+    ivf_index.delete("i1")
+    labels, vecs, versions, cents = ivf_index.compaction_input()
+    new_base = build_base(vecs, labels, ivf_index.params, cents)
+    moved = normalise(rng.standard_normal((1, DIM)).astype(np.float32))[0]
+    ivf_index.upsert("i2", moved)  # lands while the new base is being built
+    ivf_index.delete("n0")
+    ivf_index.apply_compaction(new_base, versions)
+    assert ivf_index.delta_rows == 1 and ivf_index.tombstones == 2
+    assert ivf_index.label_of("n0") is None and ivf_index.label_of("i1") is None
+    assert len(ivf_index) == 6000 + 100 - 2
+    labels, scores = ivf_index.search(moved[None, :], 1)[0]
+    assert ivf_index.labels.id_of(int(labels[0])) == "i2" and scores[0] == pytest.approx(1.0, abs=1e-5)
+    _, x = _data(6000)
+    assert _recall(ivf_index, x[100:150], 10) >= 0.95
+
+
+def test_snapshot_round_trip(tmp_path, ivf_index: ItemIndex) -> None:
+    ivf_index.upsert("fresh", np.ones(DIM))
+    ivf_index.delete("i3")
+    users = {"u1": (np.ones(DIM, np.float32), 5.0)}
+    save_snapshot(tmp_path / "snap", ivf_index, users, stream_id="17-0")
+    snap = load_snapshot(tmp_path / "snap", ivf_index.params)
+    assert snap is not None and snap.stream_id == "17-0" and snap.index.model_version == "m1"
+    restored = snap.index
+    assert len(restored) == len(ivf_index) and restored.tombstones == ivf_index.tombstones
+    assert restored.label_of("i3") is None and restored.label_of("fresh") is not None
+    _, x = _data(6000)
+    for q in x[:10]:
+        a = ivf_index.search(q[None, :], 10)[0][0]
+        b = restored.search(q[None, :], 10)[0][0]
+        assert [ivf_index.labels.id_of(int(l)) for l in a] == [restored.labels.id_of(int(l)) for l in b]
+    assert np.allclose(snap.users["u1"][0], 1.0) and snap.users["u1"][1] == 5.0
+    assert load_snapshot(tmp_path / "missing", ivf_index.params) is None
+    assert ABSENT == 0
