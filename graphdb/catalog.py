@@ -1,0 +1,113 @@
+"""Catalogue reads for serving: item facets for filters, popular items for cold start, a user's purchases.
+
+Category facets include every ancestor, so filtering on "Electronics" keeps items filed under
+"Electronics > Audio > Headphones".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import neo4j
+from neo4j.exceptions import ServiceUnavailable, SessionExpired
+
+from graphdb.errors import Unavailable
+from graphdb.schema import (BRAND, CATEGORY, HAS_BRAND, IN_CATEGORY, ITEM, ITEM_INTERACTIONS, REL_FOR_EVENT,
+                            SUBCATEGORY_OF, USER)
+
+# Strength of each behaviour when ranking popular items: buying says more than looking.
+POPULARITY_WEIGHTS = {REL_FOR_EVENT["view"]: 1.0, REL_FOR_EVENT["click"]: 1.0, REL_FOR_EVENT["add_to_cart"]: 3.0,
+                      REL_FOR_EVENT["purchase"]: 5.0, REL_FOR_EVENT["rate"]: 2.0}
+
+
+@dataclass(frozen=True)
+class ItemFacets:
+    id: str
+    category_ids: tuple[str, ...]  # the item's categories and all their ancestors
+    brand_ids: tuple[str, ...]
+
+
+_FACETS_PAGE = f"""
+MATCH (i:{ITEM})
+WHERE i.id > $after
+WITH i ORDER BY i.id LIMIT $limit
+OPTIONAL MATCH (i)-[:{IN_CATEGORY}]->(:{CATEGORY})-[:{SUBCATEGORY_OF}*0..]->(c:{CATEGORY})
+WITH i, collect(DISTINCT c.id) AS cats
+OPTIONAL MATCH (i)-[:{HAS_BRAND}]->(b:{BRAND})
+RETURN i.id AS id, cats, collect(DISTINCT b.id) AS brands
+ORDER BY id
+"""
+
+_FACETS_OF = f"""
+UNWIND $ids AS item_id
+MATCH (i:{ITEM} {{id: item_id}})
+OPTIONAL MATCH (i)-[:{IN_CATEGORY}]->(:{CATEGORY})-[:{SUBCATEGORY_OF}*0..]->(c:{CATEGORY})
+WITH i, collect(DISTINCT c.id) AS cats
+OPTIONAL MATCH (i)-[:{HAS_BRAND}]->(b:{BRAND})
+RETURN i.id AS id, cats, collect(DISTINCT b.id) AS brands
+"""
+
+
+def _run(driver: neo4j.Driver, query: str, database: str, **params) -> list[neo4j.Record]:
+    try:
+        records, _, _ = driver.execute_query(query, params, database_=database, routing_="r")
+    except (ServiceUnavailable, SessionExpired) as exc:
+        raise Unavailable(f"Neo4j is not reachable: {exc}") from exc
+    return records
+
+
+def iter_item_facets(driver: neo4j.Driver, *, database: str = "neo4j",
+                     batch_size: int = 20000) -> Iterator[ItemFacets]:
+    """Every item's facets, paged by id."""
+    after = ""
+    while True:
+        records = _run(driver, _FACETS_PAGE, database, after=after, limit=batch_size)
+        for r in records:
+            yield ItemFacets(r["id"], tuple(sorted(r["cats"])), tuple(sorted(r["brands"])))
+        if len(records) < batch_size:
+            return
+        after = records[-1]["id"]
+
+
+def item_facets(driver: neo4j.Driver, item_ids: Sequence[str], *, database: str = "neo4j") -> list[ItemFacets]:
+    """Facets of the given items (unknown ids are left out)."""
+    records = _run(driver, _FACETS_OF, database, ids=list(item_ids))
+    return [ItemFacets(r["id"], tuple(sorted(r["cats"])), tuple(sorted(r["brands"]))) for r in records]
+
+
+_REL_ALT = "|".join(ITEM_INTERACTIONS)
+_POPULAR = f"""
+MATCH (:{USER})-[r:{_REL_ALT}]->(i:{ITEM})
+WHERE r.last_ts >= $since
+WITH i, sum(coalesce(r.weight, toFloat(r.count), 1.0) * coalesce($weights[type(r)], 1.0)) AS score
+ORDER BY score DESC, i.id
+LIMIT $limit
+RETURN i.id AS id, score
+"""
+
+
+def popular_items(driver: neo4j.Driver, *, since: float, limit: int,
+                  database: str = "neo4j") -> list[tuple[str, float]]:
+    """Items ranked by weighted behaviour since ``since`` (unix seconds), best first; all time if none."""
+    records = _run(driver, _POPULAR, database, since=since, limit=limit, weights=POPULARITY_WEIGHTS)
+    if not records and since > 0:
+        records = _run(driver, _POPULAR, database, since=0.0, limit=limit, weights=POPULARITY_WEIGHTS)
+    return [(r["id"], float(r["score"])) for r in records]
+
+
+_PURCHASED = f"""
+MATCH (:{USER} {{id: $user}})-[:{REL_FOR_EVENT['purchase']}]->(i:{ITEM})
+RETURN i.id AS id
+"""
+
+_USER_EXISTS = f"MATCH (u:{USER} {{id: $user}}) RETURN count(u) AS n"
+
+
+def purchased_items(driver: neo4j.Driver, pseudonym: str, *, database: str = "neo4j") -> list[str]:
+    """Ids of the items the user bought (the user is given by pseudonym)."""
+    return [r["id"] for r in _run(driver, _PURCHASED, database, user=pseudonym)]
+
+
+def user_exists(driver: neo4j.Driver, pseudonym: str, *, database: str = "neo4j") -> bool:
+    return _run(driver, _USER_EXISTS, database, user=pseudonym)[0]["n"] > 0
