@@ -1,0 +1,100 @@
+"""The gRPC server: ``create_server`` wires services, interceptors and limits (tests bind port 0);
+``serve`` runs it with its backing services until SIGTERM/SIGINT, then shuts down gracefully.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+import redis.asyncio as aioredis
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from graphdb.driver import connect
+from graphdb.settings import GraphSettings, Neo4jSettings
+from proto.interest.v1 import interest_pb2 as pb
+from proto.interest.v1 import interest_pb2_grpc as pb_grpc
+from server.auth import AuthInterceptor
+from server.engine import Engine
+from server.errors import ErrorInterceptor
+from server.lifecycle import Lifecycle
+from server.service import InterestServicer
+from server.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InterestService"].full_name
+
+
+def create_server(settings: ServerSettings, engine: Engine, graph: GraphSettings) -> tuple[aio.Server, int]:
+    """A configured, not yet started server and the port it is bound to (call inside a running loop)."""
+    interceptors: list[aio.ServerInterceptor] = []
+    if settings.tokens:
+        interceptors.append(AuthInterceptor(settings.tokens))
+    interceptors.append(ErrorInterceptor())
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = aio.server(interceptors=interceptors, options=options,
+                        maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
+    pb_grpc.add_InterestServiceServicer_to_server(InterestServicer(engine, settings, graph), server)
+
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+
+    async def set_health(serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, status)
+
+    engine.on_ready.append(set_health)
+    # NOT_SERVING until the index is loaded (the first call of set_health runs when the server starts).
+    asyncio.get_running_loop().create_task(set_health(engine.ready))
+
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server)
+
+    address = f"{settings.host}:{settings.port}"
+    if settings.tls:
+        creds = grpc.ssl_server_credentials(
+            [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())])
+        port = server.add_secure_port(address, creds)
+    else:
+        port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"could not bind {address}")
+    return server, port
+
+
+async def serve(settings: ServerSettings, graph: GraphSettings, neo4j_settings: Neo4jSettings) -> None:
+    driver = connect(neo4j_settings)
+    redis = aioredis.from_url(settings.redis_url) if settings.redis_url else None
+    engine = Engine(settings, graph, driver, neo4j_settings.database)
+    lifecycle = Lifecycle(engine, redis)
+    server, port = create_server(settings, engine, graph)
+    await server.start()
+    log.info("listening on %s:%d (%s)", settings.host, port, "TLS" if settings.tls else "plaintext")
+    loading = asyncio.create_task(lifecycle.start())
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    log.info("shutting down: draining RPCs for up to %.0fs", settings.grace_period_s)
+    await engine.notify_ready(False)
+    await server.stop(settings.grace_period_s)
+    loading.cancel()
+    await asyncio.gather(loading, return_exceptions=True)
+    await lifecycle.stop(snapshot=True)
+    if redis is not None:
+        await redis.aclose()
+    driver.close()
+    log.info("stopped")

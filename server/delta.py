@@ -1,0 +1,103 @@
+"""The embedding delta stream (workers -> servers): a Redis stream of ``interest.v1.EmbeddingDelta`` messages.
+
+Each stream entry has one field, ``d``, holding the serialised message. Consumers read with plain ``XREAD``
+(no consumer group: every server replica must see every delta) from the position recorded in its snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Awaitable, Callable
+
+import numpy as np
+import redis.asyncio as aioredis
+
+from proto.interest.v1 import interest_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+FIELD = b"d"
+Delta = pb.EmbeddingDelta
+
+
+def encode_upsert(node_type: int, node_id: str, vector, model_version: str, ts: float | None = None) -> bytes:
+    return Delta(op=Delta.OP_UPSERT, node_type=node_type, id=node_id, model_version=model_version,
+                 vector=np.asarray(vector, np.float32).tolist(), ts=time.time() if ts is None else ts
+                 ).SerializeToString()
+
+
+def encode_delete(node_type: int, node_id: str, model_version: str = "", ts: float | None = None) -> bytes:
+    return Delta(op=Delta.OP_DELETE, node_type=node_type, id=node_id, model_version=model_version,
+                 ts=time.time() if ts is None else ts).SerializeToString()
+
+
+def encode_activate(model_version: str) -> bytes:
+    return Delta(op=Delta.OP_ACTIVATE_MODEL, model_version=model_version, ts=time.time()).SerializeToString()
+
+
+async def publish(client: aioredis.Redis, stream: str, payload: bytes, maxlen: int | None = 1_000_000) -> str:
+    """Appends one delta; the stream is trimmed approximately so it cannot grow without bound."""
+    entry = await client.xadd(stream, {FIELD: payload}, maxlen=maxlen, approximate=True)
+    return entry.decode() if isinstance(entry, bytes) else entry
+
+
+async def stream_tail(client: aioredis.Redis, stream: str) -> str:
+    """The id of the newest entry ("0-0" for an empty stream): where to resume after a rebuild from Neo4j."""
+    last = await client.xrevrange(stream, count=1)
+    if not last:
+        return "0-0"
+    entry = last[0][0]
+    return entry.decode() if isinstance(entry, bytes) else entry
+
+
+class DeltaConsumer:
+    """Reads the stream from ``position`` and hands each decoded delta to ``apply`` (on the event loop)."""
+
+    def __init__(self, client: aioredis.Redis, stream: str, position: str,
+                 apply: Callable[[pb.EmbeddingDelta], Awaitable[None] | None], *, block_ms: int = 200,
+                 batch: int = 1000) -> None:
+        self.client = client
+        self.stream = stream
+        self.position = position
+        self.apply = apply
+        self.block_ms = block_ms
+        self.batch = batch
+        self.applied = 0
+        self.malformed = 0
+        self.last_applied_at = 0.0
+
+    async def run(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                reply = await self.client.xread({self.stream: self.position}, count=self.batch, block=self.block_ms)
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis away: keep serving what we have, retry with backoff
+                log.warning("delta stream read failed (%s); retrying in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            for _stream, entries in reply or ():
+                for entry_id, fields in entries:
+                    await self._apply_one(entry_id, fields)
+
+    async def _apply_one(self, entry_id, fields) -> None:
+        payload = fields.get(FIELD)
+        try:
+            msg = pb.EmbeddingDelta.FromString(payload) if payload is not None else None
+        except Exception:  # noqa: BLE001 - a corrupt entry must not stop the stream
+            msg = None
+        if msg is None:
+            self.malformed += 1
+            log.warning("skipping malformed delta %r", entry_id)
+        else:
+            result = self.apply(msg)
+            if asyncio.iscoroutine(result):
+                await result
+            self.applied += 1
+            self.last_applied_at = time.time()
+        self.position = entry_id.decode() if isinstance(entry_id, bytes) else entry_id

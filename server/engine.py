@@ -1,0 +1,265 @@
+"""The serving domain object: queries over the live index, and the graph operations behind the RPCs.
+
+Everything here runs on the event loop; index searches are fast (sub-millisecond) and run inline, Neo4j calls
+(sync driver) run in threads. The serving state (item index + user vectors of one model version) is swapped as
+a single reference, so a model switch is atomic for every query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import neo4j
+import numpy as np
+
+from graphdb import catalog
+from graphdb.embeddings import get_embedding
+from graphdb.errors import InvalidInput, NotFound, Unavailable
+from graphdb.forget import forget_user
+from graphdb.ingest import IngestResult, ingest_events
+from graphdb.pseudonym import pseudonymise
+from graphdb.schema import USER
+from graphdb.settings import GraphSettings
+from server.facets import FacetStore
+from server.index import IndexParams, ItemIndex, LabelMap, normalise
+from server.settings import ServerSettings
+from server.users import UserVectors
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ItemFilter:
+    category_ids: tuple[str, ...] = ()
+    brand_ids: tuple[str, ...] = ()
+    exclude_item_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Answer:
+    items: list[tuple[str, float]]
+    model_version: str
+    cold_start: bool = False
+
+
+@dataclass(frozen=True)
+class Embedding:
+    vector: np.ndarray
+    model_version: str
+    updated_at: float
+
+
+@dataclass
+class Serving:
+    """What one model version serves: item index and user vectors, swapped together."""
+
+    index: ItemIndex
+    users: UserVectors
+
+
+@dataclass
+class _Popular:
+    items: list[tuple[str, float]] = field(default_factory=list)
+    at: float = -1.0
+
+
+def index_params(settings: ServerSettings) -> IndexParams:
+    return IndexParams(nlist=settings.ivf_nlist, nprobe=settings.ivf_nprobe, ann_min_items=settings.ann_min_items,
+                       exact_filter_max=settings.exact_filter_max)
+
+
+class Engine:
+    def __init__(self, settings: ServerSettings, graph: GraphSettings, driver: neo4j.Driver | None,
+                 database: str = "neo4j") -> None:
+        self.settings = settings
+        self.graph = graph
+        self.driver = driver
+        self.database = database
+        self.dim = graph.embedding_dim
+        self.params = index_params(settings)
+        self.labels = LabelMap()
+        self.facets = FacetStore(self.labels)
+        self.serving: Serving | None = None
+        self._popular = _Popular()
+        self._key = graph.pseudonym_key.get_secret_value()
+        self.on_forget: list[Any] = []  # async callbacks(pseudonym), e.g. publish to the delta stream
+        self.on_ready: list[Any] = []  # async callbacks(serving: bool), e.g. the health service
+
+    # -- state ---------------------------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self.serving is not None
+
+    def _state(self) -> Serving:
+        serving = self.serving
+        if serving is None:
+            raise Unavailable("the index is not loaded yet; retry shortly")
+        return serving
+
+    def install(self, index: ItemIndex, users: UserVectors | None = None) -> None:
+        """Makes ``index`` the serving index (atomically: one reference swap)."""
+        new_users = users or UserVectors(index.model_version, self.settings.user_cache_size)
+        if self.serving is not None:
+            new_users.carry_forgotten(self.serving.users)
+        first = self.serving is None
+        self.serving = Serving(index, new_users)
+        log.info("serving model %r: %d items", index.model_version, len(index))
+        if first:
+            try:
+                asyncio.get_running_loop().create_task(self.notify_ready(True))
+            except RuntimeError:  # installed before any loop runs (tests, benchmarks): hooks see it on start
+                pass
+
+    async def notify_ready(self, serving: bool) -> None:
+        for callback in self.on_ready:
+            await callback(serving)
+
+    def load_vectors(self, ids: list[str], vectors: np.ndarray, model_version: str,
+                     updated_at: np.ndarray | None = None) -> ItemIndex:
+        """Builds an index from in-memory vectors (CPU heavy: call from a thread) without installing it."""
+        if vectors.shape[1:] != (self.dim,):
+            raise InvalidInput(f"vectors have dimension {vectors.shape[1:]}, the index expects {self.dim}")
+        return ItemIndex.build(self.dim, model_version, self.labels, self.params, ids, vectors, updated_at)
+
+    def _pseudonym(self, user_id: str) -> str:
+        return pseudonymise(self._key, user_id)
+
+    def _need_driver(self) -> neo4j.Driver:
+        if self.driver is None:
+            raise Unavailable("this server runs without a graph database")
+        return self.driver
+
+    # -- queries ---------------------------------------------------------------------------------------------
+    def _search(self, serving: Serving, query: np.ndarray, k: int, flt: ItemFilter,
+                extra_exclude: Sequence[int] = ()) -> list[tuple[str, float]]:
+        index = serving.index
+        exclude = [lab for lab in (self.labels.get(i) for i in flt.exclude_item_ids) if lab is not None]
+        exclude.extend(extra_exclude)
+        allowed = self.facets.mask(flt.category_ids, flt.brand_ids)
+        labels, scores = index.search(query.reshape(1, -1), k, allowed=allowed,
+                                      exclude=np.asarray(exclude, np.int64))[0]
+        ids = self.labels.ids()
+        return [(ids[lab], float(s)) for lab, s in zip(labels.tolist(), scores.tolist())]
+
+    def similar_items(self, item_id: str, k: int, flt: ItemFilter) -> Answer:
+        serving = self._state()
+        label = serving.index.label_of(item_id)
+        if label is None:
+            raise NotFound(f"item {item_id!r} has no vector in model {serving.index.model_version!r}")
+        vec, _ = serving.index.vector(label)
+        items = self._search(serving, vec, k, flt, extra_exclude=(label,))
+        return Answer(items, serving.index.model_version)
+
+    def nearest_items(self, vector: Sequence[float], k: int, flt: ItemFilter) -> Answer:
+        serving = self._state()
+        if len(vector) != serving.index.dim:
+            raise InvalidInput(f"vector has dimension {len(vector)}, the index expects {serving.index.dim}")
+        vec = np.asarray(vector, np.float32)
+        if not np.all(np.isfinite(vec)) or not np.any(vec):
+            raise InvalidInput("vector must be finite and not all zeros")
+        return Answer(self._search(serving, normalise(vec.reshape(1, -1))[0], k, flt), serving.index.model_version)
+
+    async def recommend_for_user(self, user_id: str, k: int, flt: ItemFilter, include_seen: bool) -> Answer:
+        serving = self._state()
+        pseudonym = self._pseudonym(user_id)
+        user_vec = await self._user_vector(serving, pseudonym)
+        seen: list[int] = []
+        if not include_seen and self.driver is not None:
+            bought = await asyncio.to_thread(catalog.purchased_items, self.driver, pseudonym, database=self.database)
+            seen = [lab for lab in (self.labels.get(i) for i in bought) if lab is not None]
+        if user_vec is None:
+            return Answer(await self._cold_start(k, flt, seen), serving.index.model_version, cold_start=True)
+        return Answer(self._search(serving, user_vec, k, flt, seen), serving.index.model_version)
+
+    async def _user_vector(self, serving: Serving, pseudonym: str) -> np.ndarray | None:
+        hit = serving.users.get(pseudonym)
+        if hit is not None:
+            return hit[0]
+        if self.driver is None:
+            return None
+        rec = await asyncio.to_thread(get_embedding, self.driver, USER, pseudonym, database=self.database)
+        if rec is None or rec.model_version != serving.index.model_version or len(rec.vector) != self.dim:
+            return None  # no vector of the serving model: cold start rather than mixing models
+        serving.users.put(pseudonym, rec.vector, rec.updated_at or 0.0)
+        hit = serving.users.get(pseudonym)
+        return hit[0] if hit else None
+
+    async def _cold_start(self, k: int, flt: ItemFilter, seen: Sequence[int]) -> list[tuple[str, float]]:
+        popular = await self._popular_items()
+        if not popular:
+            return []
+        allowed = self.facets.mask(flt.category_ids, flt.brand_ids)
+        skip = set(flt.exclude_item_ids) | {self.labels.id_of(s) for s in seen}
+        top = popular[0][1] or 1.0
+        out = []
+        for item_id, score in popular:
+            if item_id in skip:
+                continue
+            if allowed is not None:
+                lab = self.labels.get(item_id)
+                if lab is None or lab >= len(allowed) or not allowed[lab]:
+                    continue
+            out.append((item_id, score / top))
+            if len(out) == k:
+                break
+        return out
+
+    async def _popular_items(self) -> list[tuple[str, float]]:
+        now = time.time()
+        if self.driver is None:
+            return []
+        if self._popular.at < 0 or now - self._popular.at > self.settings.popular_ttl_s:
+            since = now - self.settings.popular_window_days * 86400.0
+            items = await asyncio.to_thread(catalog.popular_items, self.driver, since=since,
+                                            limit=self.settings.popular_pool, database=self.database)
+            self._popular = _Popular(items, now)
+        return self._popular.items
+
+    # -- embeddings, forgetting, ingestion -----------------------------------------------------------------
+    async def get_embedding(self, node_type: str, node_id: str) -> Embedding:
+        serving = self._state()
+        if node_type == "Item":
+            label = serving.index.label_of(node_id)
+            if label is None:
+                raise NotFound(f"item {node_id!r} has no vector in model {serving.index.model_version!r}")
+            vec, ts = serving.index.vector(label)
+            return Embedding(vec, serving.index.model_version, ts)
+        pseudonym = self._pseudonym(node_id)
+        hit = serving.users.get(pseudonym)
+        if hit is not None:
+            return Embedding(hit[0].copy(), serving.users.model_version, hit[1])
+        rec = None
+        if self.driver is not None:
+            rec = await asyncio.to_thread(get_embedding, self.driver, USER, pseudonym, database=self.database)
+        if rec is None:
+            raise NotFound(f"user {node_id!r} has no vector")
+        return Embedding(np.asarray(rec.vector, np.float32), rec.model_version, rec.updated_at or 0.0)
+
+    async def forget_user(self, user_id: str) -> bool:
+        pseudonym = self._pseudonym(user_id)
+        existed = False
+        if self.driver is not None:
+            existed = await asyncio.to_thread(forget_user, self.driver, pseudonym, database=self.database)
+        if self.serving is not None:
+            existed = self.serving.users.forget(pseudonym) or existed
+        for callback in self.on_forget:
+            await callback(pseudonym)
+        return existed
+
+    async def ingest(self, events: Sequence[Mapping[str, Any]]) -> IngestResult:
+        driver = self._need_driver()
+        total = IngestResult()
+        size = self.graph.batch_size
+        for start in range(0, len(events), size):
+            batch = events[start:start + size]
+            result = await asyncio.to_thread(ingest_events, driver, self.graph, batch, database=self.database)
+            total.add(result, offset=start)
+        described = sorted({e["item_id"] for e in events if e.get("item") and e.get("item_id")})
+        if described:  # new catalogue facts: refresh those items' facets now rather than at the next sweep
+            facets = await asyncio.to_thread(catalog.item_facets, driver, described, database=self.database)
+            self.facets.update(facets)
+        return total

@@ -1,0 +1,62 @@
+"""The one place exceptions become gRPC statuses: an interceptor around every handler.
+
+Project errors (graphdb.errors) carry the status name they map to; anything else is a bug and becomes INTERNAL
+with a generic message, the traceback going to the server log only (never to the client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable, Callable
+
+import grpc
+from grpc import aio
+
+from graphdb.errors import InterestError
+
+log = logging.getLogger(__name__)
+
+
+def _status(exc: InterestError) -> grpc.StatusCode:
+    try:
+        return grpc.StatusCode[exc.grpc_status]
+    except KeyError:
+        return grpc.StatusCode.INTERNAL
+
+
+def wrap_handler(handler: grpc.RpcMethodHandler | None, around, *,
+                 streaming_responses: bool = False) -> grpc.RpcMethodHandler | None:
+    """``handler`` with its behaviour wrapped by ``around(behaviour) -> behaviour``.
+
+    Server-streaming methods (health Watch, reflection) keep their own handling unless
+    ``streaming_responses`` is set (the wrapper must then be a coroutine that does not return a response).
+    """
+    if handler is None:
+        return None
+    kinds = ("unary_unary", "stream_unary") + (("unary_stream", "stream_stream") if streaming_responses else ())
+    for kind in kinds:
+        behaviour = getattr(handler, kind)
+        if behaviour is not None:
+            return handler._replace(**{kind: around(behaviour)})
+    return handler
+
+
+def _guard(behaviour: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
+    async def guarded(request, context: aio.ServicerContext):
+        try:
+            return await behaviour(request, context)
+        except InterestError as exc:
+            await context.abort(_status(exc), str(exc))
+        except (asyncio.CancelledError, aio.AbortError):
+            raise
+        except Exception:  # noqa: BLE001 - last line of defence: log, answer generically
+            log.exception("unexpected error in %s", getattr(behaviour, "__qualname__", behaviour))
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
+
+    return guarded
+
+
+class ErrorInterceptor(aio.ServerInterceptor):
+    async def intercept_service(self, continuation, handler_call_details):
+        return wrap_handler(await continuation(handler_call_details), _guard)

@@ -1,0 +1,81 @@
+"""Item facets (categories with their ancestors, brands) held in memory as label sets, for filtered search.
+
+A filter keeps items in any of the requested categories AND (when brands are given) of any of the requested
+brands; unknown category or brand ids simply match nothing.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from graphdb.catalog import ItemFacets
+from server.index import LabelMap
+
+
+class FacetStore:
+    def __init__(self, labels: LabelMap) -> None:
+        self.labels = labels
+        self._of_item: dict[int, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        self._by_category: dict[str, set[int]] = defaultdict(set)
+        self._by_brand: dict[str, set[int]] = defaultdict(set)
+        self._arrays: dict[tuple[str, str], np.ndarray] = {}  # cache, dropped on change
+
+    def __len__(self) -> int:
+        return len(self._of_item)
+
+    def update(self, facets: Iterable[ItemFacets]) -> int:
+        n = 0
+        for f in facets:
+            label = self.labels.assign(f.id)
+            old = self._of_item.get(label)
+            if old == (f.category_ids, f.brand_ids):
+                continue
+            if old:
+                self._unlink(label, *old)
+            self._of_item[label] = (f.category_ids, f.brand_ids)
+            for c in f.category_ids:
+                self._by_category[c].add(label)
+                self._arrays.pop(("c", c), None)
+            for b in f.brand_ids:
+                self._by_brand[b].add(label)
+                self._arrays.pop(("b", b), None)
+            n += 1
+        return n
+
+    def _unlink(self, label: int, cats: Sequence[str], brands: Sequence[str]) -> None:
+        for c in cats:
+            self._by_category[c].discard(label)
+            self._arrays.pop(("c", c), None)
+        for b in brands:
+            self._by_brand[b].discard(label)
+            self._arrays.pop(("b", b), None)
+
+    def facets_of(self, item_id: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+        label = self.labels.get(item_id)
+        return None if label is None else self._of_item.get(label)
+
+    def _array(self, kind: str, key: str) -> np.ndarray:
+        arr = self._arrays.get((kind, key))
+        if arr is None:
+            members = (self._by_category if kind == "c" else self._by_brand).get(key, ())
+            arr = np.fromiter(members, np.int64, len(members))
+            self._arrays[(kind, key)] = arr
+        return arr
+
+    def mask(self, category_ids: Sequence[str], brand_ids: Sequence[str]) -> np.ndarray | None:
+        """Bool mask over labels of the items the filter keeps, or None when it keeps everything."""
+        if not category_ids and not brand_ids:
+            return None
+        n = len(self.labels)
+        result = None
+        for kind, keys in (("c", category_ids), ("b", brand_ids)):
+            if not keys:
+                continue
+            m = np.zeros(n, bool)
+            for key in keys:
+                m[self._array(kind, key)] = True
+            result = m if result is None else result & m
+        return result

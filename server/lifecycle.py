@@ -1,0 +1,212 @@
+"""Loading and keeping the index fresh: snapshot or Neo4j at start, the delta stream, compaction, snapshots,
+facet refreshes and model switches. Every CPU-heavy step (index builds, snapshot writes) runs in a thread;
+their results are installed on the event loop, so queries never wait for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import numpy as np
+import redis.asyncio as aioredis
+
+from graphdb import catalog
+from graphdb.embeddings import iter_embeddings
+from graphdb.schema import ITEM
+from proto.interest.v1 import interest_pb2 as pb
+from server.delta import DeltaConsumer, encode_delete, publish, stream_tail
+from server.engine import Engine
+from server.index import ItemIndex, build_base
+from server.snapshot import load_snapshot, save_snapshot
+from server.users import UserVectors
+
+log = logging.getLogger(__name__)
+Delta = pb.EmbeddingDelta
+
+
+class Lifecycle:
+    def __init__(self, engine: Engine, redis: aioredis.Redis | None) -> None:
+        self.engine = engine
+        self.settings = engine.settings
+        self.redis = redis
+        self.consumer: DeltaConsumer | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._pending: dict[str, list[Delta]] = {}  # model version being built -> deltas that arrived meanwhile
+        self._compacting = False
+        self._last_compact = time.monotonic()
+        self.stale_deltas = 0
+        if redis is not None:
+            engine.on_forget.append(self._publish_forget)
+
+    # -- start / stop --------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Loads the index (snapshot, else Neo4j), then starts the background loops."""
+        position = "0-0"
+        snap = None
+        if self.settings.snapshot_dir is not None:
+            try:
+                snap = await asyncio.to_thread(load_snapshot, self.settings.snapshot_dir, self.engine.params,
+                                               self.engine.labels)
+            except Exception:  # noqa: BLE001 - a broken snapshot is not fatal: Neo4j has everything
+                log.exception("snapshot unreadable; rebuilding from Neo4j")
+        if snap is not None and snap.index.dim == self.engine.dim:
+            users = UserVectors(snap.index.model_version, self.settings.user_cache_size)
+            for pseudonym, (vec, ts) in snap.users.items():
+                users.put(pseudonym, vec, ts)
+            self.engine.install(snap.index, users)
+            position = snap.stream_id
+            log.info("loaded snapshot: %d items, stream position %s", len(snap.index), position)
+        else:
+            if self.redis is not None:  # deltas after this point are replayed; replays are idempotent
+                position = await stream_tail(self.redis, self.settings.delta_stream)
+            index = await asyncio.to_thread(self._build_from_graph, None)
+            self.engine.install(index)
+        await self.refresh_facets()
+        if self.redis is not None:
+            self.consumer = DeltaConsumer(self.redis, self.settings.delta_stream, position, self.apply,
+                                          block_ms=self.settings.delta_block_ms, batch=self.settings.delta_batch)
+            self._spawn(self.consumer.run())
+        self._spawn(self._every(self.settings.compact_interval_s / 4, self._maybe_compact))
+        self._spawn(self._every(self.settings.catalog_refresh_s, self.refresh_facets))
+        if self.settings.snapshot_dir is not None:
+            self._spawn(self._every(self.settings.snapshot_interval_s, self.save_snapshot))
+
+    async def stop(self, snapshot: bool = True) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if snapshot and self.settings.snapshot_dir is not None and self.engine.ready:
+            await self.save_snapshot()
+
+    def _spawn(self, coro) -> None:
+        self._tasks.append(asyncio.create_task(coro))
+
+    async def _every(self, interval_s: float, fn) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await fn()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - background upkeep must survive a failed round
+                log.exception("background task %s failed", getattr(fn, "__name__", fn))
+
+    # -- building --------------------------------------------------------------------------------------------
+    def _build_from_graph(self, model_version: str | None) -> ItemIndex:
+        """All item vectors of a model version (default: the newest) from Neo4j, as a new index (thread)."""
+        engine = self.engine
+        if engine.driver is None:
+            return ItemIndex(engine.dim, model_version or "", engine.labels, engine.params)
+        version = model_version or catalog.latest_model_version(engine.driver, database=engine.database)
+        if version is None:
+            return ItemIndex(engine.dim, "", engine.labels, engine.params)
+        ids, vecs, ts = [], [], []
+        for rec in iter_embeddings(engine.driver, ITEM, model_version=version, database=engine.database):
+            if len(rec.vector) == engine.dim:
+                ids.append(rec.id)
+                vecs.append(rec.vector)
+                ts.append(rec.updated_at or 0.0)
+        matrix = np.asarray(vecs, np.float32).reshape(len(ids), engine.dim)
+        log.info("building index of model %r from Neo4j: %d items", version, len(ids))
+        return engine.load_vectors(ids, matrix, version, np.asarray(ts, np.float64))
+
+    async def refresh_facets(self) -> None:
+        if self.engine.driver is None:
+            return
+        facets = await asyncio.to_thread(lambda: list(catalog.iter_item_facets(self.engine.driver,
+                                                                               database=self.engine.database)))
+        self.engine.facets.update(facets)
+
+    # -- the delta stream --------------------------------------------------------------------------------------
+    async def apply(self, msg: Delta) -> None:
+        engine = self.engine
+        serving = engine.serving
+        if msg.op == Delta.OP_ACTIVATE_MODEL:
+            if serving is None or msg.model_version != serving.index.model_version:
+                if msg.model_version not in self._pending:
+                    self._pending[msg.model_version] = []
+                    self._spawn(self._switch(msg.model_version))
+            return
+        if msg.model_version in self._pending:
+            self._pending[msg.model_version].append(msg)
+            return
+        if serving is None:
+            return
+        if msg.op == Delta.OP_UPSERT and serving.index.model_version == "" and len(serving.index) == 0:
+            serving.index.model_version = serving.users.model_version = msg.model_version  # first model ever
+        apply_to(serving.index, serving.users, msg, self)
+
+    async def _switch(self, version: str) -> None:
+        """Builds ``version`` beside the serving index, replays the deltas that arrived meanwhile, swaps."""
+        try:
+            index = await asyncio.to_thread(self._build_from_graph, version)
+            users = UserVectors(version, self.settings.user_cache_size)
+            if self.engine.serving is not None:
+                users.carry_forgotten(self.engine.serving.users)
+            for msg in self._pending.get(version, []):
+                apply_to(index, users, msg, self)
+            self.engine.install(index, users)
+        finally:
+            self._pending.pop(version, None)
+
+    async def _publish_forget(self, pseudonym: str) -> None:
+        """Other replicas drop the user from their caches too."""
+        try:
+            await publish(self.redis, self.settings.delta_stream, encode_delete(pb.NODE_TYPE_USER, pseudonym))
+        except Exception:  # noqa: BLE001 - the graph is already forgotten; replicas' caches expire anyway
+            log.exception("could not publish the forget of a user to the delta stream")
+
+    # -- compaction and snapshots -------------------------------------------------------------------------------
+    async def _maybe_compact(self, force: bool = False) -> bool:
+        serving = self.engine.serving
+        if serving is None or self._compacting:
+            return False
+        index = serving.index
+        changed = index.delta_rows > 0 or index.tombstones > 0
+        due = time.monotonic() - self._last_compact >= self.settings.compact_interval_s
+        if not force and not (index.delta_rows >= self.settings.compact_delta_max or (changed and due)):
+            return False
+        self._compacting = True
+        try:
+            labels, vecs, versions, cents = index.compaction_input()
+            base = await asyncio.to_thread(build_base, vecs, labels, index.params, cents)
+            if self.engine.serving is not None and self.engine.serving.index is index:  # no model switch meanwhile
+                index.apply_compaction(base, versions)
+            self._last_compact = time.monotonic()
+            return True
+        finally:
+            self._compacting = False
+
+    async def compact(self) -> bool:
+        return await self._maybe_compact(force=True)
+
+    async def save_snapshot(self) -> None:
+        serving = self.engine.serving
+        if serving is None or self.settings.snapshot_dir is None:
+            return
+        position = self.consumer.position if self.consumer else "0-0"
+        users = serving.users.items()
+        await asyncio.to_thread(save_snapshot, self.settings.snapshot_dir, serving.index, users, position)
+
+
+def apply_to(index: ItemIndex, users: UserVectors, msg: Delta, lifecycle: Lifecycle | None = None) -> None:
+    """Applies one upsert/delete to the given serving state; other model versions are counted and dropped."""
+    if msg.node_type == pb.NODE_TYPE_USER:
+        if msg.op == Delta.OP_DELETE:
+            users.forget(msg.id, msg.ts)  # also refuses older upserts still in flight
+        elif msg.model_version == users.model_version and len(msg.vector) == index.dim:
+            users.put(msg.id, msg.vector, msg.ts)
+        elif lifecycle is not None:
+            lifecycle.stale_deltas += 1
+        return
+    if msg.node_type != pb.NODE_TYPE_ITEM:
+        return
+    if msg.op == Delta.OP_DELETE:
+        index.delete(msg.id)
+    elif msg.op == Delta.OP_UPSERT and msg.model_version == index.model_version and len(msg.vector) == index.dim:
+        index.upsert(msg.id, np.asarray(msg.vector, np.float32), msg.ts)
+    elif lifecycle is not None:
+        lifecycle.stale_deltas += 1

@@ -1,0 +1,131 @@
+"""The InterestService servicer: validate the request, call the engine, convert the answer. Nothing else."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from grpc import aio
+
+from graphdb.errors import InvalidInput, ResourceExhausted
+from graphdb.settings import GraphSettings
+from proto.interest.v1 import interest_pb2 as pb
+from proto.interest.v1 import interest_pb2_grpc as pb_grpc
+from server.engine import Answer, Engine, ItemFilter
+from server.settings import ServerSettings
+
+EVENT_TYPES = {
+    pb.EVENT_TYPE_VIEW: "view", pb.EVENT_TYPE_CLICK: "click", pb.EVENT_TYPE_ADD_TO_CART: "add_to_cart",
+    pb.EVENT_TYPE_PURCHASE: "purchase", pb.EVENT_TYPE_RATE: "rate", pb.EVENT_TYPE_REVIEW: "review",
+    pb.EVENT_TYPE_SEARCH: "search",
+}
+NODE_TYPES = {pb.NODE_TYPE_USER: "User", pb.NODE_TYPE_ITEM: "Item"}
+
+
+class Validator:
+    def __init__(self, settings: ServerSettings, graph: GraphSettings) -> None:
+        self.max_k = settings.max_k
+        self.max_filter_ids = settings.max_filter_ids
+        self.max_id_chars = graph.max_id_chars
+
+    def k(self, k: int) -> int:
+        if not 1 <= k <= self.max_k:
+            raise InvalidInput(f"k must be between 1 and {self.max_k}, got {k}")
+        return k
+
+    def id(self, value: str, what: str) -> str:
+        if not value or not value.strip():
+            raise InvalidInput(f"{what} must not be empty")
+        if len(value) > self.max_id_chars:
+            raise InvalidInput(f"{what} is longer than {self.max_id_chars} characters")
+        return value
+
+    def filter(self, f: pb.ItemFilter) -> ItemFilter:
+        cats, brands, excl = tuple(f.category_ids), tuple(f.brand_ids), tuple(f.exclude_item_ids)
+        if not (cats or brands or excl):
+            return _NO_FILTER
+        if len(cats) + len(brands) + len(excl) > self.max_filter_ids:
+            raise InvalidInput(f"the filter lists more than {self.max_filter_ids} ids")
+        for name, ids in (("filter.category_ids", cats), ("filter.brand_ids", brands),
+                          ("filter.exclude_item_ids", excl)):
+            for i, value in enumerate(ids):
+                self.id(value, f"{name}[{i}]")
+        return ItemFilter(cats, brands, excl)
+
+
+_NO_FILTER = ItemFilter()
+
+
+def _scored(answer: Answer) -> list[pb.ScoredItem]:
+    return [pb.ScoredItem(item_id=i, score=s) for i, s in answer.items]
+
+
+def event_mapping(ev: pb.Event) -> dict[str, Any]:
+    """A proto event as the mapping graphdb.ingest validates (it rejects what is wrong, per event)."""
+    out: dict[str, Any] = {"event_id": ev.event_id, "user_id": ev.user_id,
+                           "type": EVENT_TYPES.get(ev.type, f"unspecified({ev.type})"), "ts": ev.ts}
+    if ev.item_id:
+        out["item_id"] = ev.item_id
+    if ev.query:
+        out["query"] = ev.query
+    if ev.rating:
+        out["rating"] = ev.rating
+    if ev.review:
+        out["review"] = ev.review
+    if ev.HasField("item"):
+        out["item"] = {"title": ev.item.title or None, "description": ev.item.description or None,
+                       "brand": ev.item.brand or None,
+                       "categories": [list(p.names) for p in ev.item.categories]}
+    return out
+
+
+class InterestServicer(pb_grpc.InterestServiceServicer):
+    def __init__(self, engine: Engine, settings: ServerSettings, graph: GraphSettings) -> None:
+        self.engine = engine
+        self.check = Validator(settings, graph)
+        self.max_stream_events = settings.max_stream_events
+
+    async def SimilarItems(self, request: pb.SimilarItemsRequest, context: aio.ServicerContext):
+        answer = self.engine.similar_items(self.check.id(request.item_id, "item_id"), self.check.k(request.k),
+                                           self.check.filter(request.filter))
+        return pb.SimilarItemsResponse(items=_scored(answer), model_version=answer.model_version)
+
+    async def RecommendForUser(self, request: pb.RecommendForUserRequest, context: aio.ServicerContext):
+        answer = await self.engine.recommend_for_user(
+            self.check.id(request.user_id, "user_id"), self.check.k(request.k), self.check.filter(request.filter),
+            include_seen=request.include_seen)
+        return pb.RecommendForUserResponse(items=_scored(answer), model_version=answer.model_version,
+                                           cold_start=answer.cold_start)
+
+    async def NearestItems(self, request: pb.NearestItemsRequest, context: aio.ServicerContext):
+        if not request.vector:
+            raise InvalidInput("vector must not be empty")
+        if not all(math.isfinite(x) for x in request.vector):
+            raise InvalidInput("vector must contain finite numbers only")
+        answer = self.engine.nearest_items(request.vector, self.check.k(request.k),
+                                           self.check.filter(request.filter))
+        return pb.NearestItemsResponse(items=_scored(answer), model_version=answer.model_version)
+
+    async def IngestEvents(self, request_iterator, context: aio.ServicerContext):
+        events: list[dict[str, Any]] = []
+        async for message in request_iterator:
+            if len(events) + len(message.events) > self.max_stream_events:
+                raise ResourceExhausted(f"a stream may carry at most {self.max_stream_events} events; "
+                                        "nothing was ingested, split it into several streams")
+            events.extend(event_mapping(ev) for ev in message.events)
+        result = await self.engine.ingest(events)
+        return pb.IngestEventsResponse(
+            received=len(events), accepted=result.accepted, duplicates=result.duplicates,
+            rejected=[pb.Rejection(index=r.index, reason=r.reason) for r in result.rejected])
+
+    async def GetEmbedding(self, request: pb.GetEmbeddingRequest, context: aio.ServicerContext):
+        node_type = NODE_TYPES.get(request.node_type)
+        if node_type is None:
+            raise InvalidInput("node_type must be NODE_TYPE_USER or NODE_TYPE_ITEM")
+        emb = await self.engine.get_embedding(node_type, self.check.id(request.id, "id"))
+        return pb.GetEmbeddingResponse(vector=emb.vector.tolist(), model_version=emb.model_version,
+                                       updated_at=emb.updated_at)
+
+    async def ForgetUser(self, request: pb.ForgetUserRequest, context: aio.ServicerContext):
+        existed = await self.engine.forget_user(self.check.id(request.user_id, "user_id"))
+        return pb.ForgetUserResponse(existed=existed)

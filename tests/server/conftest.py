@@ -1,0 +1,132 @@
+"""A real gRPC server on a free loopback port, run on its own event loop in a thread; tests talk to it
+through the generated stubs over a real channel."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from graphdb.catalog import ItemFacets
+from graphdb.settings import GraphSettings
+from proto.interest.v1 import interest_pb2_grpc as pb_grpc
+from server.app import create_server
+from server.engine import Engine
+from server.index import normalise
+from server.lifecycle import Lifecycle
+from server.settings import ServerSettings
+
+DIM = 16
+
+
+@dataclass
+class Harness:
+    engine: Engine
+    port: int
+    loop: asyncio.AbstractEventLoop
+    lifecycle: Lifecycle | None = None
+    channels: list[grpc.Channel] = field(default_factory=list)
+
+    def run(self, coro, timeout: float = 60.0) -> Any:
+        """Runs a coroutine on the server's loop (where the engine lives) and returns its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def call(self, fn, *args) -> Any:
+        async def wrapper():
+            return fn(*args)
+        return self.run(wrapper())
+
+    def channel(self, token: str | None = None) -> grpc.Channel:
+        ch = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.channels.append(ch)
+        return ch
+
+    def stub(self) -> pb_grpc.InterestServiceStub:
+        return pb_grpc.InterestServiceStub(self.channel())
+
+
+def start_harness(settings: ServerSettings, graph: GraphSettings, driver=None, *, redis_url: str | None = None,
+                  setup=None, start_lifecycle: bool = False) -> tuple[Harness, Any]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def boot():
+        engine = Engine(settings, graph, driver)
+        if setup is not None:
+            setup(engine)
+        server, port = create_server(settings, engine, graph)
+        await server.start()
+        lifecycle = None
+        if start_lifecycle:
+            import redis.asyncio as aioredis
+            lifecycle = Lifecycle(engine, aioredis.from_url(redis_url) if redis_url else None)
+            await lifecycle.start()
+        return Harness(engine, port, loop, lifecycle), server
+
+    harness, server = asyncio.run_coroutine_threadsafe(boot(), loop).result(120)
+
+    def stop():
+        for ch in harness.channels:
+            ch.close()
+
+        async def down():
+            if harness.lifecycle is not None:
+                await harness.lifecycle.stop(snapshot=False)
+                if harness.lifecycle.redis is not None:
+                    await harness.lifecycle.redis.aclose()
+            await server.stop(0)
+
+        asyncio.run_coroutine_threadsafe(down(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+    return harness, stop
+
+
+def item_vectors(n: int = 300, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((6, DIM)).astype(np.float32)
+    x = centres[np.arange(n) % 6] + 0.3 * rng.standard_normal((n, DIM)).astype(np.float32)
+    return [f"item-{j}" for j in range(n)], normalise(x)
+
+
+def catalogue_facets(ids: list[str]) -> list[ItemFacets]:
+    """Even items are in Electronics > Audio, odd in Fashion; brands cycle over three."""
+    out = []
+    for j, item_id in enumerate(ids):
+        cats = ("Electronics", "Electronics > Audio") if j % 2 == 0 else ("Fashion",)
+        out.append(ItemFacets(item_id, cats, (f"brand-{j % 3}",)))
+    return out
+
+
+def load_items(engine: Engine, ids=None, vecs=None, version: str = "m1") -> None:
+    if ids is None:
+        ids, vecs = item_vectors()
+    engine.install(engine.load_vectors(ids, vecs, version))
+    engine.facets.update(catalogue_facets(ids))
+
+
+@pytest.fixture(scope="session")
+def server_graph_settings() -> GraphSettings:
+    return GraphSettings(pseudonym_key="test-pseudonym-key", embedding_dim=DIM)
+
+
+def base_settings(**overrides) -> ServerSettings:
+    defaults = dict(port=0, snapshot_dir=None, redis_url=None, max_k=100, max_filter_ids=50, max_stream_events=20,
+                    ann_min_items=100, exact_filter_max=50, ivf_nprobe=4, compact_interval_s=3600.0)
+    defaults.update(overrides)
+    return ServerSettings(**defaults)
+
+
+@pytest.fixture(scope="module")
+def plain_server(server_graph_settings):
+    """A graph-less server with 300 items (IVF base) and facets; no auth."""
+    harness, stop = start_harness(base_settings(), server_graph_settings, setup=load_items)
+    yield harness
+    stop()
