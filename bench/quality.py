@@ -1,0 +1,107 @@
+"""Offline quality: the served encoder against standard baselines, measured in the same run.
+
+Protocol (LightGCN / NGCF / GF-CF papers): rank all items for every test user, mask the user's training items,
+Recall@20 and NDCG@20 averaged over test users. Every trainable model gets the same wall-clock CPU budget.
+
+    python -m bench.quality --dataset gowalla [--budget-min 20] [--out docs/results/quality-gowalla.json]
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import typer
+from rich.console import Console
+
+from bench._common import emit_result, rounded
+from workers.baselines import fit_gfcf, fit_itemknn, fit_popularity
+from workers.datasets import Split, load_gowalla
+from workers.metrics import rank_metrics
+from workers.models.lightgcn import LightGCN
+from workers.models.mf import MF
+from workers.runtime import pick_device, set_threads
+from workers.embed import served_scorer
+from workers.settings import ModelSettings, TrainSettings
+from workers.train_bpr import fit_bpr
+from workers.train_served import fit_served
+
+SERVED = "spectral-sage"
+ALL_MODELS = ("popularity", "itemknn", "mf-bpr", "lightgcn", "gf-cf", SERVED)
+console = Console(stderr=True)
+
+
+def _embedding_scorer(users: torch.Tensor, items: torch.Tensor):
+    return lambda b: users[b] @ items.T
+
+
+def run_quality(split: Split, budget_s: float, models: tuple[str, ...] = ALL_MODELS,
+                model_settings: ModelSettings | None = None, train_settings: TrainSettings | None = None,
+                baseline_dim: int = 64, gfcf_rank: int = 256, progress: bool = True) -> dict:
+    """Fit and evaluate ``models`` on ``split``; returns the RESULT dictionary."""
+    ms = model_settings or ModelSettings()
+    ts = train_settings or TrainSettings()
+    r = split.train.interactions()
+    bpr_ts = ts.model_copy(update={"batch_size": 8192, "lr": 5e-3, "max_epochs": 10_000})
+    fits: dict[str, Callable[[], tuple[Callable, dict]]] = {
+        "popularity": lambda: (fit_popularity(r), {}),
+        "itemknn": lambda: (fit_itemknn(r), {}),
+        "gf-cf": lambda: (fit_gfcf(r, k=min(gfcf_rank, *r.shape), seed=ts.seed), {}),
+        "mf-bpr": lambda: _bpr(MF(r.shape[0], r.shape[1], baseline_dim), r, bpr_ts, budget_s, progress),
+        "lightgcn": lambda: _bpr(LightGCN(r.shape[0], r.shape[1], baseline_dim, 3), r, bpr_ts, budget_s,
+                                 progress),
+        SERVED: lambda: _served(split, ms, ts, budget_s, progress),
+    }
+    out: dict[str, dict] = {}
+    for name in models:
+        console.print(f"[bold]{name}[/bold]: fitting")
+        t0 = time.perf_counter()
+        scorer, info = fits[name]()
+        train_s = info.pop("train_s", time.perf_counter() - t0)
+        t1 = time.perf_counter()
+        metrics = rank_metrics(scorer, r, split.test, k=ts.eval_k)
+        out[name] = rounded({**metrics, "train_s": train_s, "eval_s": time.perf_counter() - t1, **info})
+        console.print(f"{name}: {out[name]}")
+    return {"bench": "quality", "dataset": split.name, "served": SERVED, "models": out,
+            "budget_min": round(budget_s / 60, 3), "device": str(pick_device(ts.device)),
+            "threads": torch.get_num_threads()}
+
+
+def _bpr(model, r, ts: TrainSettings, budget_s: float, progress: bool):
+    users, items, info = fit_bpr(model, r, ts, budget_s, progress=progress)
+    return _embedding_scorer(users, items), {"train_s": info["train_s"], "epochs": info["epochs"]}
+
+
+def _served(split: Split, ms: ModelSettings, ts: TrainSettings, budget_s: float, progress: bool):
+    fitted = fit_served(split.train, ms, ts, budget_s=budget_s, progress=progress)
+    info = {"train_s": fitted.train_s, "dim": ms.dim,
+            "epochs": max((h["epoch"] for h in fitted.history), default=0)}
+    return served_scorer(fitted.model, split.train), info
+
+
+def main(dataset: str = typer.Option("gowalla", help="benchmark dataset (gowalla)"),
+         data_dir: Path = typer.Option(Path("/work/shared/datasets"), help="folder holding the datasets"),
+         budget_min: float = typer.Option(20.0, help="training budget per trainable model, minutes"),
+         models: str = typer.Option(",".join(ALL_MODELS), help="comma-separated subset to run"),
+         dim: int = typer.Option(1024, help="served embedding width"),
+         epochs: int = typer.Option(None, help="served fine-tune epochs (default: settings)"),
+         threads: int = typer.Option(2), out: Path = typer.Option(None, help="also write RESULT JSON here")):
+    set_threads(threads)
+    if dataset != "gowalla":
+        raise typer.BadParameter(f"unknown dataset {dataset!r} (supported: gowalla)")
+    split = load_gowalla(data_dir / "gowalla")
+    ms = ModelSettings(dim=dim)
+    ts = TrainSettings(threads=threads, budget_min=budget_min)
+    if epochs is not None:
+        ts = ts.model_copy(update={"max_epochs": epochs})
+    names = tuple(m.strip() for m in models.split(",") if m.strip())
+    unknown = set(names) - set(ALL_MODELS)
+    if unknown:
+        raise typer.BadParameter(f"unknown models {sorted(unknown)}")
+    emit_result(run_quality(split, budget_min * 60, names, ms, ts), out)
+
+
+if __name__ == "__main__":
+    typer.run(main)

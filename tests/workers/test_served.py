@@ -1,0 +1,82 @@
+"""The served encoder: spectral start, inductive users, metadata-only items, fine-tune."""
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from tests.workers.conftest import cluster_text, planted
+from workers.baselines import fit_popularity, fit_random
+from workers.data import EdgeSet, InteractionGraph
+from workers.embed import embed_all, served_scorer, served_vectors, user_vector, item_bases
+from workers.metrics import rank_metrics
+from workers.settings import ModelSettings, TrainSettings
+from workers.train_served import fit_served
+
+MS = ModelSettings(dim=16)
+TS0 = TrainSettings(max_epochs=0)
+
+
+def test_spectral_start_beats_random_and_popularity(planted_split):
+    split, _ = planted_split
+    fitted = fit_served(split.train, MS, TS0, progress=False)
+    r = split.train.interactions()
+    ours = rank_metrics(served_scorer(fitted.model, split.train), r, split.test, k=5)
+    rnd = rank_metrics(fit_random(split.train.num_items), r, split.test, k=5)
+    pop = rank_metrics(fit_popularity(r), r, split.test, k=5)
+    assert ours["recall@5"] > 2 * rnd["recall@5"]
+    assert ours["recall@5"] > pop["recall@5"] + 0.1
+
+
+def test_new_user_with_one_click_gets_the_full_graph_vector(planted_split):
+    split, _ = planted_split
+    g = split.train
+    model = fit_served(g, MS, TS0, progress=False).model
+    # the live graph gains a user with one click on item 7
+    r = g.interactions()
+    new_r = sp.vstack([r, sp.csr_matrix(([1.0], ([0], [7])), shape=(1, g.num_items))]).tocsr()
+    full_users, _ = served_vectors(model, g.with_interactions(new_r))
+    x = item_bases(model, g)
+    incremental = user_vector(model, np.array([7]), None, x)
+    assert incremental.abs().sum() > 0
+    assert torch.allclose(incremental, full_users[-1], atol=1e-5)
+    # and existing users are unchanged by the new one (items do not read users)
+    assert torch.allclose(full_users[:-1], served_vectors(model, g)[0], atol=1e-5)
+
+
+def test_new_item_with_metadata_only_lands_near_its_cluster():
+    split, cluster = planted(seed=3)
+    g = split.train
+    text = cluster_text(cluster)
+    model = fit_served(g, ModelSettings(dim=16), TS0, item_text=text, progress=False).model
+    # append an item of cluster 2 that no one has touched: text + category only
+    new_text = torch.cat([text, cluster_text(np.array([2]), seed=1)[:1] * 0 + text[cluster == 2].mean(0)])
+    g2 = InteractionGraph(
+        num_users=g.num_users, num_items=g.num_items + 1, edges=g.edges, user_ids=g.user_ids,
+        item_ids=g.item_ids + ["new"], num_categories=g.num_categories, num_brands=g.num_brands,
+        item_category=torch.cat([g.item_category, torch.tensor([[g.num_items], [2]])], dim=1),
+        item_brand=torch.cat([g.item_brand, torch.tensor([-1])]))
+    users, items = served_vectors(model, g2, new_text)
+    scores = users @ items[-1]
+    user_cluster = np.arange(g.num_users) // 25
+    assert scores[user_cluster == 2].mean() > scores[user_cluster != 2].mean() + 1e-6
+    assert items[-1].norm() > 0
+
+
+def test_fine_tune_improves_training_objective_and_keeps_quality():
+    split, _ = planted(seed=1)
+    ts = TrainSettings(max_epochs=4, batch_size=32, lr=3e-3, val_fraction=0.2, patience=4)
+    fitted = fit_served(split.train, MS, ts, progress=False)
+    probe = [h["probe_loss"] for h in fitted.history]
+    assert len(probe) >= 3 and min(probe[1:]) < probe[0] - 0.01
+    r = split.train.interactions()
+    m = rank_metrics(served_scorer(fitted.model, split.train), r, split.test, k=5)
+    assert m["recall@5"] > 0.3
+
+
+def test_embed_all_labels_and_ids(planted_split):
+    split, _ = planted_split
+    model = fit_served(split.train, MS, TS0, progress=False).model
+    rows = list(embed_all(model, split.train))
+    assert [r[0] for r in rows].count("User") == split.train.num_users
+    assert [r[0] for r in rows].count("Item") == split.train.num_items
+    assert rows[0][1] == "u0" and rows[0][2].shape == (16,)

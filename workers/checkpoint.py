@@ -1,0 +1,96 @@
+"""Model checkpoints: weights + model version, settings, id vocabularies and metrics, in a model directory.
+
+Layout: ``<model_dir>/<version>/checkpoint.pt`` (loaded with ``weights_only=True``: tensors and plain
+containers only) and ``meta.json`` (the same metadata, readable without torch); ``<model_dir>/LATEST`` names the
+newest version. The model directory lives outside git (``var/models`` by default).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from graphdb.errors import NotFound
+from workers.data import InteractionGraph
+from workers.models.spectral_sage import SpectralSAGE
+
+FORMAT = 1
+
+
+@dataclass
+class Checkpoint:
+    model: SpectralSAGE
+    version: str
+    model_settings: dict
+    train_settings: dict
+    user_ids: list[str]
+    item_ids: list[str]
+    category_names: list[str]
+    brand_names: list[str]
+    metrics: dict
+    item_text: torch.Tensor | None = None
+
+    def item_index(self) -> dict[str, int]:
+        return {s: i for i, s in enumerate(self.item_ids)}
+
+
+def new_version(name: str = "spectral-sage") -> str:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    salt = hashlib.sha1(f"{stamp}{time.perf_counter_ns()}".encode()).hexdigest()[:6]
+    return f"{name}-{stamp}-{salt}"
+
+
+def save_checkpoint(model_dir: Path, model: SpectralSAGE, graph: InteractionGraph, model_settings: dict,
+                    train_settings: dict, metrics: dict, item_text: torch.Tensor | None = None,
+                    version: str | None = None) -> Path:
+    """Write a checkpoint and point LATEST at it; returns the checkpoint file."""
+    version = version or new_version()
+    folder = Path(model_dir) / version
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {"format": FORMAT, "version": version, "model": "spectral-sage", "hparams": model.hparams(),
+            "model_settings": _plain(model_settings), "train_settings": _plain(train_settings),
+            "metrics": _plain(metrics)}
+    payload = {**meta, "state_dict": model.state_dict(), "user_ids": list(graph.user_ids),
+               "item_ids": list(graph.item_ids), "category_names": list(graph.category_names),
+               "brand_names": list(graph.brand_names), "item_text": item_text}
+    path = folder / "checkpoint.pt"
+    torch.save(payload, path)
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (Path(model_dir) / "LATEST").write_text(version + "\n")
+    return path
+
+
+def resolve(model_dir: Path, ref: str = "latest") -> Path:
+    """``latest``, a version name or a file path -> checkpoint file (`NotFound` when absent)."""
+    p = Path(ref)
+    if p.is_file():
+        return p
+    if ref == "latest":
+        latest = Path(model_dir) / "LATEST"
+        if not latest.exists():
+            raise NotFound(f"no checkpoint in {model_dir}")
+        ref = latest.read_text().strip()
+    path = Path(model_dir) / ref / "checkpoint.pt"
+    if not path.exists():
+        raise NotFound(f"checkpoint {ref!r} not found in {model_dir}")
+    return path
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    model = SpectralSAGE(**data["hparams"])
+    model.load_state_dict(data["state_dict"])
+    model.eval()
+    return Checkpoint(model, data["version"], data["model_settings"], data["train_settings"], data["user_ids"],
+                      data["item_ids"], data["category_names"], data["brand_names"], data["metrics"],
+                      data.get("item_text"))
+
+
+def _plain(obj):
+    """JSON-safe copy (paths and other objects as strings)."""
+    return json.loads(json.dumps(obj, default=str))

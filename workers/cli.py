@@ -1,0 +1,112 @@
+"""Command line of the embedding workers: ``train``, ``evaluate``, ``embed-all``.
+
+    python -m workers.cli train --dataset amazon-office --budget-min 5
+    python -m workers.cli evaluate --dataset amazon-office            # the LATEST checkpoint
+    python -m workers.cli embed-all --dataset amazon-office --out var/vectors.npz
+
+Settings come from the environment once, here (IG_MODEL_*, IG_TRAIN_*, IG_WORKER_*); options override them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import typer
+from rich.console import Console
+
+from graphdb.errors import InterestError
+from workers.checkpoint import load_checkpoint, resolve, save_checkpoint
+from workers.data import InteractionGraph
+from workers.datasets import Split, load_split
+from workers.embed import embed_all, served_scorer, write_vectors
+from workers.metrics import rank_metrics
+from workers.runtime import set_threads
+from workers.settings import ModelSettings, TrainSettings, WorkerSettings
+from workers.text import TextEncoder
+from workers.train_served import fit_served
+
+app = typer.Typer(help="Train, evaluate and export the served GNN embeddings.", no_args_is_help=True)
+console = Console(stderr=True)
+
+
+def _texts(graph: InteractionGraph, ws: WorkerSettings) -> torch.Tensor | None:
+    """Cached sentence vectors of the item texts (None when the dataset has no text)."""
+    if not graph.item_text:
+        return None
+    return TextEncoder(ws.text_cache_dir).encode(graph.item_text, progress=True)
+
+
+def _load(dataset: str, ws: WorkerSettings) -> tuple[Split, torch.Tensor | None]:
+    split = load_split(dataset, ws.data_dir)
+    return split, _texts(split.train, ws)
+
+
+@app.command()
+def train(dataset: str = typer.Option("amazon-office", help="gowalla | amazon-office | amazon-hin"),
+          budget_min: float = typer.Option(None, help="training budget, minutes"),
+          epochs: int = typer.Option(None, help="fine-tune epochs (0 = spectral start only)"),
+          dim: int = typer.Option(None, help="embedding width"),
+          model_dir: Path = typer.Option(None, help="where checkpoints go")):
+    """Train the served encoder on a dataset's training split, evaluate it, save a checkpoint."""
+    ms, ts, ws = ModelSettings(), TrainSettings(), WorkerSettings()
+    if dim is not None:
+        ms = ms.model_copy(update={"dim": dim})
+    upd = {k: v for k, v in {"budget_min": budget_min, "max_epochs": epochs}.items() if v is not None}
+    ts = ts.model_copy(update=upd)
+    set_threads(ts.threads)
+    split, text = _load(dataset, ws)
+    fitted = fit_served(split.train, ms, ts, item_text=text)
+    metrics = rank_metrics(served_scorer(fitted.model, split.train, text), split.train.interactions(),
+                           split.test, k=ts.eval_k)
+    metrics.update({"dataset": dataset, "train_s": fitted.train_s, "history": fitted.history})
+    path = save_checkpoint(model_dir or ws.model_dir, fitted.model, split.train, ms.model_dump(),
+                           ts.model_dump(), metrics, item_text=text)
+    console.print(f"saved {path}")
+    typer.echo(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
+
+
+@app.command()
+def evaluate(dataset: str = typer.Option("amazon-office"), checkpoint: str = typer.Option("latest"),
+             model_dir: Path = typer.Option(None)):
+    """Recall@K / NDCG@K of a checkpoint on a dataset's test split."""
+    ws, ts = WorkerSettings(), TrainSettings()
+    set_threads(ts.threads)
+    ck = load_checkpoint(resolve(model_dir or ws.model_dir, checkpoint))
+    split, text = _load(dataset, ws)
+    if split.train.item_ids != ck.item_ids:
+        raise typer.BadParameter("checkpoint was trained on another item vocabulary")
+    m = rank_metrics(served_scorer(ck.model, split.train, text), split.train.interactions(), split.test,
+                     k=ts.eval_k)
+    typer.echo(json.dumps({"version": ck.version, "dataset": dataset, **m}))
+
+
+@app.command("embed-all")
+def embed_all_cmd(dataset: str = typer.Option("amazon-office"), checkpoint: str = typer.Option("latest"),
+                  out: Path = typer.Option(Path("var/vectors.npz"), help="output .npz"),
+                  model_dir: Path = typer.Option(None)):
+    """Write every user and item vector with the model version to a file.
+
+    The Neo4j write-back is `workers.embed.write_back(rows, sink, version)`, with graphdb's writer as sink.
+    """
+    ws = WorkerSettings()
+    set_threads(TrainSettings().threads)
+    ck = load_checkpoint(resolve(model_dir or ws.model_dir, checkpoint))
+    split, text = _load(dataset, ws)
+    if split.train.item_ids != ck.item_ids:
+        raise typer.BadParameter("checkpoint was trained on another item vocabulary")
+    n = write_vectors(out, embed_all(ck.model, split.train, text), ck.version)
+    typer.echo(json.dumps({"version": ck.version, "vectors": n, "out": str(out)}))
+
+
+def main() -> None:
+    try:
+        app()
+    except InterestError as exc:
+        console.print(f"[red]{type(exc).__name__}[/red]: {exc}")
+        raise SystemExit(2) from exc
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Node vectors of the served model: user/item/query towers, scoring, and the write-back hook.
+
+`embed_all` yields ``(label, id, vector)`` for every node; `write_vectors` stores them in a file with the model
+version, and `write_back` hands them to any sink (graphdb's embedding writer will be one) in batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from graphdb.errors import InvalidInput
+from workers.data import InteractionGraph, csr_to_torch
+from workers.metrics import Scorer
+from workers.models.spectral_sage import SpectralSAGE
+
+VectorRow = tuple[str, str, np.ndarray]
+"""(node label, external id, float32 vector)."""
+
+
+@torch.no_grad()
+def item_bases(model: SpectralSAGE, graph: InteractionGraph, item_text: torch.Tensor | None = None) -> torch.Tensor:
+    """``x`` [I, dim] for the graph's items. Items appended after training (index >= the model's table) have
+    no ID row: their vector comes from their metadata alone (a new item with only metadata)."""
+    if graph.num_items < model.num_items:
+        raise InvalidInput(f"graph has {graph.num_items} items, the model was trained with {model.num_items}")
+    meta = model.meta(graph.item_category, graph.item_brand, item_text, graph.num_items)
+    x = model.item_base(None)
+    if graph.num_items > model.num_items:
+        x = torch.cat([x, x.new_zeros(graph.num_items - model.num_items, x.size(1))])
+    return x if meta is None else x + meta
+
+
+@torch.no_grad()
+def served_vectors(model: SpectralSAGE, graph: InteractionGraph, item_text: torch.Tensor | None = None,
+                   adj: sp.spmatrix | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(user vectors [U, dim], item vectors [I, dim]); ``adj`` defaults to the graph's interactions."""
+    model.eval()
+    x = item_bases(model, graph, item_text)
+    r = graph.interactions() if adj is None else adj
+    deg = model.item_degree
+    if graph.num_items > model.num_items:
+        deg = torch.cat([deg, deg.new_ones(graph.num_items - model.num_items)])
+    return (csr_to_torch(r) @ model.item_in(x, deg)) * model.filter, model.item_out(x, deg)
+
+
+@torch.no_grad()
+def user_vector(model: SpectralSAGE, item_index: np.ndarray, weights: np.ndarray | None,
+                x: torch.Tensor) -> torch.Tensor:
+    """One user's vector [dim] from their items (the incremental path: reads only that user's edges)."""
+    w = np.ones(len(item_index), np.float32) if weights is None else np.asarray(weights, np.float32)
+    row = sp.csr_matrix((w, (np.zeros(len(item_index), int), np.asarray(item_index))), shape=(1, x.size(0)))
+    return model.users(csr_to_torch(row), x)[0]
+
+
+def served_scorer(model: SpectralSAGE, graph: InteractionGraph,
+                  item_text: torch.Tensor | None = None) -> Scorer:
+    users, items = served_vectors(model, graph, item_text)
+    return lambda b: users[b] @ items.T
+
+
+def embed_all(model: SpectralSAGE, graph: InteractionGraph, item_text: torch.Tensor | None = None,
+              query_text: torch.Tensor | None = None) -> Iterator[VectorRow]:
+    """Every user, item (and query, when the model reads text) vector with its label and external id.
+
+    A query is embedded like an item that has only its text, so "items near this search" is one FAISS lookup.
+    """
+    users, items = served_vectors(model, graph, item_text)
+    for i, uid in enumerate(graph.user_ids):
+        yield "User", uid, users[i].numpy()
+    for i, iid in enumerate(graph.item_ids):
+        yield "Item", iid, items[i].numpy()
+    if query_text is not None and model.text is not None and len(graph.query_ids):
+        with torch.no_grad():
+            q = model.item_out(model.text(query_text), torch.ones(len(graph.query_ids)))
+        for i, qid in enumerate(graph.query_ids):
+            yield "Query", qid, q[i].numpy()
+
+
+def write_vectors(path: Path, rows: Iterable[VectorRow], model_version: str) -> int:
+    """Write rows to ``path`` (.npz: labels, ids, vectors [N, dim], model_version); returns the count."""
+    labels, ids, vecs = [], [], []
+    for label, nid, vec in rows:
+        labels.append(label)
+        ids.append(nid)
+        vecs.append(np.asarray(vec, np.float32))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, labels=np.asarray(labels), ids=np.asarray(ids),
+             vectors=np.stack(vecs) if vecs else np.zeros((0, 0), np.float32),
+             model_version=np.asarray(model_version))
+    return len(ids)
+
+
+def write_back(rows: Iterable[VectorRow], sink: Callable[[list[VectorRow], str], None], model_version: str,
+               batch_size: int = 5000) -> int:
+    """Hand vectors to ``sink(batch, model_version)`` in batches (the Neo4j write-back connects here)."""
+    batch: list[VectorRow] = []
+    n = 0
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= batch_size:
+            sink(batch, model_version)
+            n, batch = n + len(batch), []
+    if batch:
+        sink(batch, model_version)
+        n += len(batch)
+    return n

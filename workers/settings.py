@@ -1,0 +1,69 @@
+"""Typed, frozen settings of the embedding workers (model shape, training, where files live).
+
+Read from the environment once in a program's ``main()`` (prefix ``IG_MODEL_``, ``IG_TRAIN_``, ``IG_WORKER_``)
+and passed down; library code never reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ModelSettings(BaseSettings):
+    """Shape of the served encoder (`workers.models.spectral_sage.SpectralSAGE`) and the K-layer encoders."""
+
+    model_config = SettingsConfigDict(env_prefix="IG_MODEL_", frozen=True, extra="ignore")
+
+    # Served model: spectral item start + inductive user aggregation.
+    dim: int = Field(default=1024, ge=2, description="embedding width (FAISS inner-product dimension)")
+    user_norm: float = Field(default=0.5, description="item weight d_j^-a inside a user's aggregation")
+    item_norm: float = Field(default=0.5, description="item output scale d_i^b (popularity prior)")
+    filter_power: float = Field(default=1.0, ge=0, description="spectral filter h = sigma^p at the start")
+    svd_oversample: int = Field(default=64, ge=0)
+    svd_power_iters: int = Field(default=3, ge=0)
+    # Item metadata inputs (learned embeddings + the sentence-transformers text vector).
+    meta_dim: int = Field(default=64, ge=1)
+    text_dim: int = 384
+    # K-layer heterogeneous encoders (GraphSAGE default, GCN, GIN).
+    encoder: Literal["sage", "gcn", "gin"] = "sage"
+    hidden: int = Field(default=64, ge=2)
+    layers: int = Field(default=2, ge=1)
+    aggr: Literal["mean", "sum", "max"] = "mean"
+    neighbour_cap: int = Field(default=50, ge=1, description="top-N neighbours by weight (ties by id)")
+    # Graph-level interest embedding (GIN over a user's ego-graph).
+    ego_hops: int = Field(default=2, ge=1)
+
+
+class TrainSettings(BaseSettings):
+    """How models are trained: loss, sampling, stopping, budget, device."""
+
+    model_config = SettingsConfigDict(env_prefix="IG_TRAIN_", frozen=True, extra="ignore")
+
+    loss: Literal["bpr", "softmax"] = "softmax"
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    batch_size: int = Field(default=4096, ge=1)
+    negatives: int = Field(default=256, ge=1, description="sampled negatives per batch (shared)")
+    temperature: float = Field(default=0.1, gt=0)
+    max_epochs: int = Field(default=50, ge=0)
+    patience: int = Field(default=2, ge=1, description="validation checks without improvement before stopping")
+    val_fraction: float = Field(default=0.05, ge=0, lt=1)
+    budget_min: float = Field(default=20.0, gt=0, description="wall-clock training budget per model")
+    seed: int = 2026
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = Field(default=2, ge=1)
+    eval_k: int = Field(default=20, ge=1)
+
+
+class WorkerSettings(BaseSettings):
+    """Where the workers read datasets and keep models (never inside git)."""
+
+    model_config = SettingsConfigDict(env_prefix="IG_WORKER_", frozen=True, extra="ignore")
+
+    model_dir: Path = Path("var/models")
+    data_dir: Path = Path("/work/shared/datasets")
+    text_cache_dir: Path = Path("var/text-cache")

@@ -1,0 +1,215 @@
+"""Training of the served encoder (`SpectralSAGE`): spectral start, metadata fit, softmax fine-tune.
+
+1. Randomized SVD of the normalised interaction matrix -> item ID table (seconds, no gradient steps).
+2. Metadata: a ridge regression from item features (text vector, category bag, brand) onto the spectral
+   vectors, so an item with metadata only lands where its warm neighbours are (cold start); warm items keep
+   their vector (the ID row holds the residual).
+3. Fine-tune ``x`` and the filter ``h`` as a denoising item-to-item model: drop a random part of each user's
+   items from the input, predict them with a full softmax over all items (input items masked), early-stop on
+   a validation split. Sparse CSR matmuls carry the user aggregation, so a step costs O(edges * dim).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from tqdm import tqdm
+
+from workers.data import InteractionGraph, csr_to_torch
+from workers.metrics import rank_metrics
+from workers.models.spectral_sage import SpectralSAGE
+from workers.runtime import pick_device, seed_everything
+from workers.settings import ModelSettings, TrainSettings
+from workers.spectral import spectral_items
+
+
+@dataclass
+class Fitted:
+    model: SpectralSAGE
+    history: list[dict] = field(default_factory=list)
+    train_s: float = 0.0
+    item_text: torch.Tensor | None = None
+
+
+def holdout(r: sp.csr_matrix, fraction: float, seed: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Split each user's interactions at random into (fit, validation); users keep at least one fit item."""
+    r = sp.csr_matrix(r)
+    rng = np.random.default_rng(seed)
+    val = rng.random(r.nnz) < fraction
+    rows = np.repeat(np.arange(r.shape[0]), np.diff(r.indptr))
+    first = r.indptr[:-1][np.diff(r.indptr) > 0]
+    val[first] = False  # never empty a user
+    mk = lambda m: sp.csr_matrix((r.data[m], (rows[m], r.indices[m])), shape=r.shape)  # noqa: E731
+    return mk(~val), mk(val)
+
+
+def feature_matrix(graph: InteractionGraph, item_text: torch.Tensor | None) -> sp.csr_matrix | None:
+    """[I, F] item features for the ridge fit: text vector, category bag (mean), brand one-hot."""
+    blocks = []
+    n = graph.num_items
+    if item_text is not None:
+        blocks.append(sp.csr_matrix(item_text.numpy()))
+    if graph.num_categories and graph.item_category.numel():
+        ic = graph.item_category.numpy()
+        c = sp.csr_matrix((np.ones(ic.shape[1], np.float32), (ic[0], ic[1])), shape=(n, graph.num_categories))
+        cnt = np.maximum(np.asarray(c.sum(1)).ravel(), 1)
+        blocks.append(sp.diags(1 / cnt) @ c)
+    if graph.num_brands:
+        b = graph.item_brand.numpy()
+        ok = b >= 0
+        blocks.append(sp.csr_matrix((np.ones(ok.sum(), np.float32), (np.flatnonzero(ok), b[ok])),
+                                    shape=(n, graph.num_brands)))
+    return sp.hstack(blocks).tocsr().astype(np.float32) if blocks else None
+
+
+@torch.no_grad()
+def fit_metadata(model: SpectralSAGE, graph: InteractionGraph, item_text: torch.Tensor | None,
+                 warm: np.ndarray, ridge: float = 1.0) -> None:
+    """Closed-form ridge from features to the warm items' spectral vectors, written into the metadata layers."""
+    f = feature_matrix(graph, item_text)
+    if f is None or not warm.any():
+        return
+    fw = torch.from_numpy(f[warm].toarray()).double()
+    target = model.item_emb.detach()[torch.from_numpy(warm)].double()
+    gram = fw.T @ fw + ridge * torch.eye(fw.size(1), dtype=torch.float64)
+    w = torch.linalg.solve(gram, fw.T @ target).float()  # [F, dim]
+    col = 0
+    if model.text is not None and item_text is not None:
+        model.text.weight.copy_(w[col:col + item_text.size(1)].T)
+        col += item_text.size(1)
+    if model.category is not None and graph.num_categories:
+        model.category.weight.copy_(w[col:col + graph.num_categories])
+        col += graph.num_categories
+    if model.brand is not None and graph.num_brands:
+        model.brand.weight.copy_(w[col:col + graph.num_brands])
+    meta = model.meta(graph.item_category, graph.item_brand, item_text, graph.num_items)
+    model.item_emb[torch.from_numpy(warm)] -= meta[torch.from_numpy(warm)]  # warm x unchanged
+
+
+def _rows(r: sp.csr_matrix, users: np.ndarray, drop: float, rng: np.random.Generator):
+    """Sparse (input, target) rows of ``users``: a random ``drop`` share of each row becomes the target."""
+    sub = r[users]
+    mask = rng.random(sub.nnz) < drop
+    rows = np.repeat(np.arange(len(users)), np.diff(sub.indptr))
+    inp = sp.csr_matrix((sub.data[~mask], (rows[~mask], sub.indices[~mask])), shape=sub.shape)
+    return inp, rows[mask], sub.indices[mask]
+
+
+def build_model(graph: InteractionGraph, ms: ModelSettings, text_dim: int) -> SpectralSAGE:
+    return SpectralSAGE(graph.num_items, ms.dim, ms.user_norm, ms.item_norm,
+                        graph.num_categories, graph.num_brands, text_dim)
+
+
+def fit_served(graph: InteractionGraph, ms: ModelSettings, ts: TrainSettings,
+               item_text: torch.Tensor | None = None, budget_s: float | None = None,
+               progress: bool = True) -> Fitted:
+    """Train `SpectralSAGE` on ``graph`` within ``budget_s`` (default: the settings' budget)."""
+    t0 = time.perf_counter()
+    budget_s = ts.budget_min * 60 if budget_s is None else budget_s
+    seed_everything(ts.seed)
+    device = pick_device(ts.device)
+    r_all = graph.interactions()
+    tune = ts.max_epochs > 0 and ts.val_fraction > 0
+    r_fit, r_val = holdout(r_all, ts.val_fraction, ts.seed) if tune else (r_all, None)
+
+    model = build_model(graph, ms, 0 if item_text is None else item_text.size(1))
+    sigma, v = spectral_items(r_fit, ms.dim, ms.svd_oversample, ms.svd_power_iters, ts.seed)
+    model.spectral_start(v, sigma, ms.filter_power)
+    deg_fit = torch.from_numpy(np.asarray(r_fit.sum(0)).ravel()).float()
+    model.set_degrees(deg_fit)
+    model.set_known(deg_fit > 0)
+    fit_metadata(model, graph, item_text, warm=deg_fit.numpy() > 0)
+    meta_args = (graph.item_category, graph.item_brand, item_text, graph.num_items)
+    fitted = Fitted(model, item_text=item_text)
+
+    if tune:
+        fitted.history = _finetune(model, r_fit, r_val, meta_args, ts, device, t0, budget_s, progress)
+    model.to("cpu")
+    model.set_degrees(torch.from_numpy(np.asarray(r_all.sum(0)).ravel()).float())
+    fitted.train_s = time.perf_counter() - t0
+    return fitted
+
+
+def _finetune(model, r_fit, r_val, meta_args, ts: TrainSettings, device, t0, budget_s, progress):
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=ts.lr, weight_decay=ts.weight_decay)
+    log_scale = torch.zeros((), device=device, requires_grad=True)
+    opt.add_param_group({"params": [log_scale], "lr": 0.05})
+    rng = np.random.default_rng(ts.seed)
+    val_users = np.flatnonzero(np.diff(r_val.indptr) > 0)
+    val_users = rng.choice(val_users, size=min(len(val_users), 6000), replace=False)
+    users_all = np.flatnonzero(np.diff(r_fit.indptr) > 1)
+    fit_t = csr_to_torch(r_fit)
+
+    def validate() -> float:
+        with torch.no_grad():
+            x = model.item_base(model.meta(*meta_args))
+            z = model.item_out(x)
+            u = model.users(fit_t, x)
+            m = rank_metrics(lambda b: u[b] @ z.T, r_fit, r_val, k=ts.eval_k, users=val_users)
+        return m[f"recall@{ts.eval_k}"]
+
+    # A fixed probe batch with a fixed mask: its loss is comparable across epochs (the history records it).
+    probe = _rows(r_fit, users_all[: min(len(users_all), 1024)], 0.2, np.random.default_rng(ts.seed + 1))
+
+    def batch_logits(inp):
+        x = model.item_base(model.meta(*meta_args))
+        u = model.users(csr_to_torch(inp).to(device), x)
+        ic = inp.tocoo()
+        return u @ model.item_out(x).T, (torch.from_numpy(ic.row).long(), torch.from_numpy(ic.col).long())
+
+    def loss_of(out, trow, tcol, scale):
+        logits, seen = out
+        # the user's input items leave the softmax (masked after scaling: inf * 0 would poison the gradient)
+        logits = (logits * scale).index_put(seen, torch.tensor(-float("inf"), device=logits.device))
+        logp = torch.log_softmax(logits, dim=1)
+        return -logp[torch.from_numpy(trow).long(), torch.from_numpy(tcol).long()].mean()
+
+    with torch.no_grad():  # start the temperature where the probe loss is lowest (neither flat nor saturated)
+        raw = batch_logits(probe[0])
+        grid = np.geomspace(1e-2, 1e3, 31) / max(float(raw[0].std()), 1e-9)
+        losses = [float(loss_of(raw, probe[1], probe[2], float(c))) for c in grid]
+        log_scale.fill_(float(np.log(grid[int(np.argmin(losses))])))
+        probe_loss = min(losses)
+    best, bad, history = validate(), 0, []
+    history.append({"epoch": 0, "val_recall": best, "probe_loss": probe_loss, "s": time.perf_counter() - t0})
+    best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+    for epoch in range(1, ts.max_epochs + 1):
+        order = rng.permutation(users_all)
+        bar = tqdm(range(0, len(order), ts.batch_size), desc=f"fine-tune {epoch}", disable=not progress,
+                   leave=False)
+        total, n_steps = 0.0, 0
+        for start in bar:
+            if time.perf_counter() - t0 > budget_s:
+                break
+            batch = order[start:start + ts.batch_size]
+            inp, trow, tcol = _rows(r_fit, batch, 0.2, rng)
+            if len(trow) == 0:
+                continue
+            loss = loss_of(batch_logits(inp), trow, tcol, log_scale.exp())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total, n_steps = total + float(loss.detach()), n_steps + 1
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+        rec = validate()
+        with torch.no_grad():
+            probe_loss = float(loss_of(batch_logits(probe[0]), probe[1], probe[2], log_scale.exp()))
+        history.append({"epoch": epoch, "val_recall": rec, "loss": total / max(n_steps, 1),
+                        "probe_loss": probe_loss, "s": time.perf_counter() - t0})
+        if progress:
+            tqdm.write(f"epoch {epoch}: val recall@{ts.eval_k} {rec:.4f} (best {best:.4f})")
+        if rec > best:
+            best, bad = rec, 0
+            best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+        else:
+            bad += 1
+        if bad >= ts.patience or time.perf_counter() - t0 > budget_s:
+            break
+    model.load_state_dict(best_state)
+    return history
