@@ -74,7 +74,7 @@ def load_snapshot(directory: Path, params: IndexParams, labels: LabelMap | None 
         return None
     with np.load(target / "state.npz", allow_pickle=False) as z:
         state = {k: z[k] for k in z.files}
-    labels = labels or LabelMap()
+    labels = LabelMap() if labels is None else labels  # an empty LabelMap is falsy
     ids = state.pop("ids")
     # Labels in this process may differ from the snapshot's: re-map arrays indexed by the snapshot's labels.
     remap = np.fromiter((labels.assign(str(i)) for i in ids), np.int64, len(ids))

@@ -82,7 +82,15 @@ def start_harness(settings: ServerSettings, graph: GraphSettings, driver=None, *
                     await harness.lifecycle.redis.aclose()
             await server.stop(0)
 
-        asyncio.run_coroutine_threadsafe(down(), loop).result(30)
+        fut = asyncio.run_coroutine_threadsafe(down(), loop)
+        try:
+            fut.result(30)
+        except TimeoutError:
+            import sys
+            for t in asyncio.all_tasks(loop):
+                print("TASK", t.get_coro(), [(f.f_code.co_filename, f.f_lineno) for f in t.get_stack()],
+                      file=sys.stderr)
+            raise
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
 

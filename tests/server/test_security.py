@@ -1,0 +1,114 @@
+"""Health, reflection, bearer-token auth, TLS and the message-size limit, on real servers."""
+
+from __future__ import annotations
+
+import subprocess
+
+import grpc
+import pytest
+from google.protobuf import descriptor_pool
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+from proto.interest.v1 import interest_pb2 as pb
+from proto.interest.v1 import interest_pb2_grpc as pb_grpc
+from tests.server.conftest import base_settings, load_items, start_harness
+
+SERVICE = "interest.v1.InterestService"
+
+
+def _health(channel, service: str = SERVICE):
+    stub = health_pb2_grpc.HealthStub(channel)
+    return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
+
+
+def test_not_serving_until_the_index_is_loaded(server_graph_settings) -> None:
+    harness, stop = start_harness(base_settings(), server_graph_settings)
+    try:
+        ch = harness.channel()
+        assert _health(ch) == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert _health(ch, "") == health_pb2.HealthCheckResponse.NOT_SERVING
+        with pytest.raises(grpc.RpcError) as err:
+            pb_grpc.InterestServiceStub(ch).SimilarItems(pb.SimilarItemsRequest(item_id="item-1", k=1), timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "not loaded" in err.value.details()
+        harness.call(load_items, harness.engine)
+        harness.run(__import__("asyncio").sleep(0.05))
+        assert _health(ch) == health_pb2.HealthCheckResponse.SERVING
+        assert pb_grpc.InterestServiceStub(ch).SimilarItems(
+            pb.SimilarItemsRequest(item_id="item-1", k=1), timeout=10).items
+    finally:
+        stop()
+
+
+def test_reflection_describes_the_service(plain_server) -> None:
+    db = ProtoReflectionDescriptorDatabase(plain_server.channel())
+    assert SERVICE in db.get_services() and "grpc.health.v1.Health" in db.get_services()
+    pool = descriptor_pool.DescriptorPool(db)
+    svc = pool.FindServiceByName(SERVICE)
+    methods = {m.name for m in svc.methods}
+    assert methods == {"SimilarItems", "RecommendForUser", "NearestItems", "IngestEvents", "GetEmbedding",
+                       "ForgetUser"}
+    assert pool.FindMessageTypeByName("interest.v1.EmbeddingDelta").fields_by_name["vector"]
+
+
+@pytest.fixture(scope="module")
+def auth_server(server_graph_settings):
+    harness, stop = start_harness(base_settings(auth_tokens="tok-a, tok-b"), server_graph_settings,
+                                  setup=load_items)
+    yield harness
+    stop()
+
+
+def test_bearer_token_is_enforced(auth_server) -> None:
+    stub = auth_server.stub()
+    req = pb.SimilarItemsRequest(item_id="item-1", k=3)
+    for metadata in (None, [("authorization", "Bearer nope")], [("authorization", "tok-a")],
+                     [("authorization", "Basic tok-a")]):
+        with pytest.raises(grpc.RpcError) as err:
+            stub.SimilarItems(req, metadata=metadata, timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, metadata
+    for token in ("tok-a", "tok-b"):
+        assert len(stub.SimilarItems(req, metadata=[("authorization", f"Bearer {token}")], timeout=10).items) == 3
+    # client-streaming methods are guarded too
+    with pytest.raises(grpc.RpcError) as err:
+        stub.IngestEvents(iter([pb.IngestEventsRequest()]), timeout=10)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_health_is_open_and_reflection_needs_a_token(auth_server) -> None:
+    ch = auth_server.channel()
+    assert _health(ch) == health_pb2.HealthCheckResponse.SERVING
+    with pytest.raises(grpc.RpcError) as err:
+        ProtoReflectionDescriptorDatabase(ch).get_services()
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_message_size_limit(server_graph_settings) -> None:
+    harness, stop = start_harness(base_settings(max_message_bytes=2048), server_graph_settings, setup=load_items)
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            harness.stub().NearestItems(pb.NearestItemsRequest(vector=[1.0] * 1000, k=1), timeout=10)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        stop()
+
+
+def test_tls(tmp_path, server_graph_settings) -> None:
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
+                   check=True, capture_output=True)
+    harness, stop = start_harness(base_settings(tls_cert_file=cert, tls_key_file=key, host="localhost"),
+                                  server_graph_settings, setup=load_items)
+    try:
+        creds = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        with grpc.secure_channel(f"localhost:{harness.port}", creds) as ch:
+            resp = pb_grpc.InterestServiceStub(ch).SimilarItems(pb.SimilarItemsRequest(item_id="item-1", k=2),
+                                                                timeout=10)
+            assert len(resp.items) == 2
+        with grpc.insecure_channel(f"localhost:{harness.port}") as ch:
+            with pytest.raises(grpc.RpcError):
+                pb_grpc.InterestServiceStub(ch).SimilarItems(pb.SimilarItemsRequest(item_id="item-1", k=2),
+                                                             timeout=3)
+    finally:
+        stop()
