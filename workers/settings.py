@@ -23,6 +23,10 @@ class ModelSettings(BaseSettings):
     user_norm: float = Field(default=0.5, description="item weight d_j^-a inside a user's aggregation")
     item_norm: float = Field(default=0.5, description="item output scale d_i^b (popularity prior)")
     filter_power: float = Field(default=1.0, ge=0, description="spectral filter h = sigma^p at the start")
+    select_filter: bool = Field(default=True, description="choose power/exponents on the validation split")
+    filter_grid: tuple[float, ...] = (0.5, 1.0, 1.5)
+    user_norm_grid: tuple[float, ...] = (0.4, 0.5, 0.6)
+    item_norm_grid: tuple[float, ...] = (0.4, 0.5, 0.6)
     svd_oversample: int = Field(default=64, ge=0)
     svd_power_iters: int = Field(default=3, ge=0)
     # Item metadata inputs (learned embeddings + the sentence-transformers text vector).
@@ -52,6 +56,7 @@ class TrainSettings(BaseSettings):
     max_epochs: int = Field(default=50, ge=0)
     patience: int = Field(default=2, ge=1, description="validation checks without improvement before stopping")
     val_fraction: float = Field(default=0.05, ge=0, lt=1)
+    refit: bool = Field(default=True, description="rebuild on all interactions after model selection")
     budget_min: float = Field(default=20.0, gt=0, description="wall-clock training budget per model")
     seed: int = 2026
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -107,52 +107,114 @@ def build_model(graph: InteractionGraph, ms: ModelSettings, text_dim: int) -> Sp
 def fit_served(graph: InteractionGraph, ms: ModelSettings, ts: TrainSettings,
                item_text: torch.Tensor | None = None, budget_s: float | None = None,
                progress: bool = True) -> Fitted:
-    """Train `SpectralSAGE` on ``graph`` within ``budget_s`` (default: the settings' budget)."""
+    """Train `SpectralSAGE` on ``graph`` within ``budget_s`` (default: the settings' budget).
+
+    With a validation split (``ts.val_fraction > 0``): the spectral filter (power, user/item degree exponents)
+    is chosen on it, then the fine-tune runs with early stopping; with ``ts.refit`` the model is rebuilt on
+    all interactions with the chosen filter and the best epoch count (validation interactions are real
+    training data; leaving them out of the final SVD costs more than the early stopping gains).
+    """
     t0 = time.perf_counter()
     budget_s = ts.budget_min * 60 if budget_s is None else budget_s
     seed_everything(ts.seed)
     device = pick_device(ts.device)
     r_all = graph.interactions()
-    tune = ts.max_epochs > 0 and ts.val_fraction > 0
-    r_fit, r_val = holdout(r_all, ts.val_fraction, ts.seed) if tune else (r_all, None)
-
-    model = build_model(graph, ms, 0 if item_text is None else item_text.size(1))
-    sigma, v = spectral_items(r_fit, ms.dim, ms.svd_oversample, ms.svd_power_iters, ts.seed)
-    model.spectral_start(v, sigma, ms.filter_power)
-    deg_fit = torch.from_numpy(np.asarray(r_fit.sum(0)).ravel()).float()
-    model.set_degrees(deg_fit)
-    model.set_known(deg_fit > 0)
-    fit_metadata(model, graph, item_text, warm=deg_fit.numpy() > 0)
-    meta_args = (graph.item_category, graph.item_brand, item_text, graph.num_items)
-    fitted = Fitted(model, item_text=item_text)
-
-    if tune:
-        fitted.history = _finetune(model, r_fit, r_val, meta_args, ts, device, t0, budget_s, progress)
+    history: list[dict] = []
+    if ts.val_fraction > 0:
+        r_fit, r_val = holdout(r_all, ts.val_fraction, ts.seed)
+        model = _start(graph, r_fit, ms, ts, item_text)
+        meta_args = (graph.item_category, graph.item_brand, item_text, graph.num_items)
+        if ms.select_filter:
+            chosen = _select_filter(model, r_fit, r_val, meta_args, ms, ts, progress)
+            ms = ms.model_copy(update=chosen)
+            history.append({"epoch": 0, "selected": chosen, "s": time.perf_counter() - t0})
+        if ts.max_epochs > 0:
+            history += _finetune(model, r_fit, r_val, meta_args, ts, device, t0, budget_s, progress)
+        if ts.refit:
+            best_epochs = max([h["epoch"] for h in history if h.get("best")], default=0)
+            model = _start(graph, r_all, ms, ts, item_text)
+            if best_epochs:
+                history += _finetune(model, r_all, None, meta_args, ts, device, t0, budget_s, progress,
+                                     epochs=best_epochs)
+    else:
+        model = _start(graph, r_all, ms, ts, item_text)
     model.to("cpu")
     model.set_degrees(torch.from_numpy(np.asarray(r_all.sum(0)).ravel()).float())
-    fitted.train_s = time.perf_counter() - t0
-    return fitted
+    return Fitted(model, history, time.perf_counter() - t0, item_text)
 
 
-def _finetune(model, r_fit, r_val, meta_args, ts: TrainSettings, device, t0, budget_s, progress):
+def _start(graph, r, ms: ModelSettings, ts: TrainSettings, item_text) -> SpectralSAGE:
+    """Spectral start + metadata fit on the interactions ``r``."""
+    model = build_model(graph, ms, 0 if item_text is None else item_text.size(1))
+    sigma, v = spectral_items(r, ms.dim, ms.svd_oversample, ms.svd_power_iters, ts.seed)
+    model.spectral_start(v, sigma, ms.filter_power)
+    deg = torch.from_numpy(np.asarray(r.sum(0)).ravel()).float()
+    model.set_degrees(deg)
+    model.set_known(deg > 0)
+    fit_metadata(model, graph, item_text, warm=deg.numpy() > 0)
+    model.singular_values = sigma  # kept for filter selection (not a parameter)
+    return model
+
+
+@torch.no_grad()
+def _val_recall(model, r_fit, r_val, meta_args, ts: TrainSettings, users: np.ndarray) -> float:
+    x = model.item_base(model.meta(*meta_args))
+    u = model.users(csr_to_torch(r_fit), x)
+    z = model.item_out(x)
+    return rank_metrics(lambda b: u[b] @ z.T, r_fit, r_val, k=ts.eval_k, users=users)[f"recall@{ts.eval_k}"]
+
+
+@torch.no_grad()
+def _select_filter(model, r_fit, r_val, meta_args, ms: ModelSettings, ts: TrainSettings, progress) -> dict:
+    """Coordinate search on validation recall: filter power, then user exponent, then item exponent."""
+    users = _val_users(r_val, ts.seed)
+    sigma = model.singular_values.clamp(min=1e-6)
+    k = sigma.numel()
+    best = {"filter_power": ms.filter_power, "user_norm": ms.user_norm, "item_norm": ms.item_norm}
+
+    def score(cfg) -> float:
+        model.filter[:k] = sigma.pow(cfg["filter_power"])
+        model.user_norm, model.item_norm = cfg["user_norm"], cfg["item_norm"]
+        return _val_recall(model, r_fit, r_val, meta_args, ts, users)
+
+    best_score = score(best)
+    for key, grid in (("filter_power", ms.filter_grid), ("user_norm", ms.user_norm_grid),
+                      ("item_norm", ms.item_norm_grid)):
+        for value in grid:
+            if value == best[key]:
+                continue
+            cfg = {**best, key: value}
+            s = score(cfg)
+            if progress:
+                tqdm.write(f"filter {cfg}: val recall {s:.4f}")
+            if s > best_score:
+                best, best_score = cfg, s
+    score(best)
+    return best
+
+
+def _val_users(r_val, seed: int, n: int = 6000) -> np.ndarray:
+    users = np.flatnonzero(np.diff(r_val.indptr) > 0)
+    return np.random.default_rng(seed).choice(users, size=min(len(users), n), replace=False)
+
+
+def _finetune(model, r_fit, r_val, meta_args, ts: TrainSettings, device, t0, budget_s, progress,
+              epochs: int | None = None):
+    """Denoising softmax fine-tune; early-stops on ``r_val`` or, without it, runs ``epochs`` epochs."""
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=ts.lr, weight_decay=ts.weight_decay)
     log_scale = torch.zeros((), device=device, requires_grad=True)
     opt.add_param_group({"params": [log_scale], "lr": 0.05})
     rng = np.random.default_rng(ts.seed)
-    val_users = np.flatnonzero(np.diff(r_val.indptr) > 0)
-    val_users = rng.choice(val_users, size=min(len(val_users), 6000), replace=False)
+    val_users = _val_users(r_val, ts.seed) if r_val is not None else None
     users_all = np.flatnonzero(np.diff(r_fit.indptr) > 1)
-    fit_t = csr_to_torch(r_fit)
 
     def validate() -> float:
-        with torch.no_grad():
-            x = model.item_base(model.meta(*meta_args))
-            z = model.item_out(x)
-            u = model.users(fit_t, x)
-            m = rank_metrics(lambda b: u[b] @ z.T, r_fit, r_val, k=ts.eval_k, users=val_users)
-        return m[f"recall@{ts.eval_k}"]
+        model.to("cpu")
+        rec = _val_recall(model, r_fit, r_val, meta_args, ts, val_users) if r_val is not None else 0.0
+        model.to(device)
+        return rec
 
     # A fixed probe batch with a fixed mask: its loss is comparable across epochs (the history records it).
     probe = _rows(r_fit, users_all[: min(len(users_all), 1024)], 0.2, np.random.default_rng(ts.seed + 1))
@@ -177,9 +239,10 @@ def _finetune(model, r_fit, r_val, meta_args, ts: TrainSettings, device, t0, bud
         log_scale.fill_(float(np.log(grid[int(np.argmin(losses))])))
         probe_loss = min(losses)
     best, bad, history = validate(), 0, []
-    history.append({"epoch": 0, "val_recall": best, "probe_loss": probe_loss, "s": time.perf_counter() - t0})
+    history.append({"epoch": 0, "val_recall": best, "probe_loss": probe_loss, "s": time.perf_counter() - t0,
+                    "refit": r_val is None})
     best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
-    for epoch in range(1, ts.max_epochs + 1):
+    for epoch in range(1, (ts.max_epochs if epochs is None else epochs) + 1):
         order = rng.permutation(users_all)
         bar = tqdm(range(0, len(order), ts.batch_size), desc=f"fine-tune {epoch}", disable=not progress,
                    leave=False)
@@ -201,11 +264,13 @@ def _finetune(model, r_fit, r_val, meta_args, ts: TrainSettings, device, t0, bud
         with torch.no_grad():
             probe_loss = float(loss_of(batch_logits(probe[0]), probe[1], probe[2], log_scale.exp()))
         history.append({"epoch": epoch, "val_recall": rec, "loss": total / max(n_steps, 1),
-                        "probe_loss": probe_loss, "s": time.perf_counter() - t0})
+                        "probe_loss": probe_loss, "s": time.perf_counter() - t0, "refit": r_val is None})
         if progress:
-            tqdm.write(f"epoch {epoch}: val recall@{ts.eval_k} {rec:.4f} (best {best:.4f})")
-        if rec > best:
+            tqdm.write(f"epoch {epoch}: val recall@{ts.eval_k} {rec:.4f} (best {best:.4f}) "
+                       f"probe loss {probe_loss:.4f}")
+        if r_val is None or rec > best:
             best, bad = rec, 0
+            history[-1]["best"] = True
             best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
         else:
             bad += 1

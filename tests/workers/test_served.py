@@ -4,7 +4,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from tests.workers.conftest import cluster_text, planted
+from planted_graphs import cluster_text, planted
 from workers.baselines import fit_popularity, fit_random
 from workers.data import EdgeSet, InteractionGraph
 from workers.embed import embed_all, served_scorer, served_vectors, user_vector, item_bases
@@ -64,9 +64,9 @@ def test_new_item_with_metadata_only_lands_near_its_cluster():
 
 def test_fine_tune_improves_training_objective_and_keeps_quality():
     split, _ = planted(seed=1)
-    ts = TrainSettings(max_epochs=4, batch_size=32, lr=3e-3, val_fraction=0.2, patience=4)
+    ts = TrainSettings(max_epochs=4, batch_size=32, lr=3e-3, val_fraction=0.2, patience=4, refit=False)
     fitted = fit_served(split.train, MS, ts, progress=False)
-    probe = [h["probe_loss"] for h in fitted.history]
+    probe = [h["probe_loss"] for h in fitted.history if "probe_loss" in h and not h["refit"]]
     assert len(probe) >= 3 and min(probe[1:]) < probe[0] - 0.01
     r = split.train.interactions()
     m = rank_metrics(served_scorer(fitted.model, split.train), r, split.test, k=5)
@@ -80,3 +80,17 @@ def test_embed_all_labels_and_ids(planted_split):
     assert [r[0] for r in rows].count("User") == split.train.num_users
     assert [r[0] for r in rows].count("Item") == split.train.num_items
     assert rows[0][1] == "u0" and rows[0][2].shape == (16,)
+
+
+def test_filter_selection_and_refit_use_all_interactions():
+    split, _ = planted(seed=2)
+    ts = TrainSettings(max_epochs=2, batch_size=32, lr=3e-3, val_fraction=0.2, patience=2, refit=True)
+    fitted = fit_served(split.train, MS, ts, progress=False)
+    chosen = fitted.history[0]["selected"]
+    assert chosen["filter_power"] in MS.filter_grid + (MS.filter_power,)
+    assert fitted.model.user_norm == chosen["user_norm"]
+    # refit: the final item degrees and known items come from every training interaction
+    deg = np.asarray(split.train.interactions().sum(0)).ravel()
+    assert torch.equal(fitted.model.item_known, torch.from_numpy(deg > 0))
+    r = split.train.interactions()
+    assert rank_metrics(served_scorer(fitted.model, split.train), r, split.test, k=5)["recall@5"] > 0.3
