@@ -148,8 +148,12 @@ class InteractionGraph:
         """Category pairs and brand ids, the inputs of the learned metadata embeddings."""
         return {"item_category": self.item_category, "item_brand": self.item_brand}
 
-    def with_interactions(self, matrix: sp.spmatrix, relation: str = "interacted") -> "InteractionGraph":
-        """A copy whose user->item relations are replaced by one relation built from ``matrix``."""
+    def with_interactions(self, matrix: sp.spmatrix, relation: str | None = None) -> "InteractionGraph":
+        """A copy whose user->item relations are replaced by one relation built from ``matrix`` (named
+        ``relation``, default the graph's first interaction relation, else "interacted")."""
+        if relation is None:
+            types = self.interaction_types()
+            relation = types[0][1] if types else "interacted"
         coo = sp.coo_matrix(matrix)
         edges = {et: es for et, es in self.edges.items() if not (et[0] == "user" and et[2] == "item")}
         edges[("user", relation, "item")] = EdgeSet.build(coo.row, coo.col, coo.data)

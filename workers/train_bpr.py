@@ -50,7 +50,7 @@ def fit_bpr(model: MF | LightGCN, r: sp.csr_matrix, ts: TrainSettings, budget_s:
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total, n = total + float(loss), n + 1
+            total, n = total + float(loss.detach()), n + 1
         epochs += 1
         losses.append(total / max(n, 1))
     with torch.no_grad():

@@ -64,13 +64,14 @@ def fit_hetero(graph: InteractionGraph, ms: ModelSettings, ts: TrainSettings, it
         sup, msg = perm[:n_sup], perm[n_sup:]
         msg_graph = graph.with_interactions(
             type(r_fit)((coo.data[msg], (coo.row[msg], coo.col[msg])), shape=r_fit.shape))
+        index, weight = typed_edges(msg_graph, ms.neighbour_cap)  # once per epoch: the message graph is fixed
         model.train()
-        total = 0.0
+        total, steps = 0.0, 0
         for s in tqdm(range(0, n_sup, ts.batch_size), desc=f"{ms.encoder} epoch {epoch}", leave=False,
                       disable=not progress):
             b = sup[s:s + ts.batch_size]
             users, pos = coo.row[b], coo.col[b]
-            out = encode(model, msg_graph, ms.neighbour_cap, item_text)
+            out = model(model.inputs(msg_graph, item_text), index, weight)
             u, i = out["user"], out["item"]
             if ts.loss == "bpr":
                 neg = sampler.sample(users)
@@ -81,7 +82,8 @@ def fit_hetero(graph: InteractionGraph, ms: ModelSettings, ts: TrainSettings, it
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss)
+            total, steps = total + float(loss.detach()), steps + 1
+        total /= max(steps, 1)
         rec = _validate(model, fit_graph, r_fit, r_val, ms, ts, item_text) if r_val is not None else -total
         history.append({"epoch": epoch, "loss": total, "val": rec, "s": time.perf_counter() - t0})
         if rec > best:
