@@ -58,5 +58,14 @@ def _guard(behaviour: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
 
 
 class ErrorInterceptor(aio.ServerInterceptor):
+    def __init__(self) -> None:
+        self._wrapped: dict[str, grpc.RpcMethodHandler | None] = {}  # per method: wrap once, not per call
+
     async def intercept_service(self, continuation, handler_call_details):
-        return wrap_handler(await continuation(handler_call_details), _guard)
+        method = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            wrapped = wrap_handler(await continuation(handler_call_details), _guard)
+            if wrapped is not None:  # unknown methods are not cached (callers choose their names)
+                self._wrapped[method] = wrapped
+        return wrapped

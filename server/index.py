@@ -276,7 +276,10 @@ class ItemIndex:
             lab = base.labels[p[keep]]
             sc = d[keep]
             valid = self._where[lab] == BASE
-            if len(excl):
+            if len(excl) <= 4:  # the common case (the query item itself): cheaper than np.isin
+                for e in excl.tolist():
+                    valid &= lab != e
+            else:
                 valid &= ~np.isin(lab, excl)
             out.append((lab[valid], sc[valid]))
         return out

@@ -1,0 +1,77 @@
+"""The server side of ``bench.serving``: a real gRPC server process loading an index snapshot.
+
+Run by the benchmark as ``python -m bench._serving_server SNAPSHOT_DIR REDIS_URL STREAM N_CATEGORIES NPROBE``
+(or ``... echo`` for a bare echo server, the peer measured in the same run); it
+prints ``PORT <n>`` once it serves and stops on SIGTERM. No Neo4j: the index comes from the snapshot, updates
+from the Redis delta stream, and the synthetic facets (item j is in category ``c{j % N}``) are rebuilt here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import faiss
+import redis.asyncio as aioredis
+
+from graphdb.catalog import ItemFacets
+from graphdb.settings import GraphSettings
+from server.app import create_server
+from server.engine import Engine
+from server.lifecycle import Lifecycle
+from server.settings import ServerSettings
+
+
+async def main(snapshot_dir: Path, redis_url: str, stream: str, n_categories: int, nprobe: int) -> None:
+    faiss.omp_set_num_threads(1)
+    settings = ServerSettings(port=0, snapshot_dir=snapshot_dir, redis_url=redis_url, delta_stream=stream,
+                              snapshot_interval_s=1e9, compact_interval_s=1e9, delta_block_ms=1000,
+                              ivf_nprobe=nprobe, max_concurrent_rpcs=1000)
+    engine = Engine(settings, GraphSettings(embedding_dim=64), None)
+    redis = aioredis.from_url(redis_url)
+    lifecycle = Lifecycle(engine, redis)
+    await lifecycle.start()
+    ids = engine.labels.ids()
+    if n_categories:
+        engine.facets.update(ItemFacets(item_id, (f"c{int(item_id[1:]) % n_categories}",), ())
+                             for item_id in ids if item_id.startswith("i"))
+    server, port = create_server(settings, engine, engine.graph)
+    await server.start()
+    print(f"PORT {port}", flush=True)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await server.stop(1.0)
+    await lifecycle.stop(snapshot=False)
+    await redis.aclose()
+
+
+async def echo() -> None:
+    """A bare gRPC echo (bytes in, bytes out) on the same stack: the ceiling any servicer can reach here."""
+    import grpc
+    from grpc import aio
+
+    async def handle(request: bytes, _context) -> bytes:
+        return request
+
+    server = aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(handle)}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(f"PORT {port}", flush=True)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await server.stop(0)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    if sys.argv[1] == "echo":
+        asyncio.run(echo())
+        sys.exit(0)
+    asyncio.run(main(Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])))

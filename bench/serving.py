@@ -1,0 +1,332 @@
+"""Serving benchmark: raw in-process FAISS against ``SimilarItems`` over gRPC on loopback.
+
+``python -m bench.serving [--items 1000000] [--out FILE]`` measures, for synthetic clustered 64-d item vectors and
+for gowalla's items (64-d truncated SVD of the normalised train interaction matrix, computed here):
+
+- raw FAISS queries/s on one thread (the server's own IVF base index, one query per call);
+- ``SimilarItems`` over gRPC against a real server process (client concurrency 8, 16, 32): throughput, p50/p99;
+- recall@10 of the served answers against exact search, also under category filters (synthetic data);
+- how long an upsert on the delta stream (a real redis-server) takes to show up in query answers.
+
+The RESULT line reports the synthetic set at concurrency 16; everything else is in ``details``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from bench._common import emit_result
+from graphdb import localstack
+from graphdb.settings import LocalStackSettings
+from server.index import IndexParams, ItemIndex, LabelMap, normalise
+from server.snapshot import save_snapshot
+
+DIM = 64
+STREAM = "ig:bench-embeddings"
+GOWALLA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "gowalla" / "train.txt"
+
+
+def log(msg: str) -> None:
+    print(f"[serving] {msg}", flush=True)
+
+
+# -- data ------------------------------------------------------------------------------------------------
+def synthetic(n: int, seed: int = 0) -> np.ndarray:
+    """Clustered vectors: 1 centre per 1,000 items, noise as large as the centres' spread."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((max(1, n // 1000), DIM)).astype(np.float32)
+    out = np.empty((n, DIM), np.float32)
+    for start in range(0, n, 200_000):
+        m = min(200_000, n - start)
+        out[start:start + m] = centres[rng.integers(0, len(centres), m)] + \
+            rng.standard_normal((m, DIM)).astype(np.float32)
+    return normalise(out)
+
+
+def gowalla_items(path: Path = GOWALLA) -> np.ndarray:
+    """Item vectors from a truncated SVD of D_u^-1/2 R D_i^-1/2 (R: users x items, binary)."""
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import svds
+
+    rows, cols = [], []
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) > 1:
+            rows.extend([int(parts[0])] * (len(parts) - 1))
+            cols.extend(int(x) for x in parts[1:])
+    r = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)))
+    r.data[:] = 1.0
+    du = np.asarray(r.sum(axis=1)).ravel()
+    di = np.asarray(r.sum(axis=0)).ravel()
+    norm = sp.diags(1 / np.sqrt(np.maximum(du, 1))) @ r @ sp.diags(1 / np.sqrt(np.maximum(di, 1)))
+    _, s, vt = svds(norm.astype(np.float64), k=DIM, random_state=0)
+    items = (vt.T * np.sqrt(s)).astype(np.float32)
+    return normalise(items[di > 0])
+
+
+# -- measurements ----------------------------------------------------------------------------------------
+def exact_neighbours(vecs: np.ndarray, qpos: np.ndarray, k: int, mask: np.ndarray | None = None) -> list[set]:
+    faiss.omp_set_num_threads(2)
+    if mask is None:
+        flat = faiss.IndexFlatIP(DIM)
+        flat.add(vecs)
+        _, idx = flat.search(vecs[qpos], k + 1)
+        return [set([int(j) for j in row if j != q][:k]) for row, q in zip(idx, qpos)]
+    cand = np.flatnonzero(mask)
+    scores = vecs[qpos] @ vecs[cand].T
+    out = []
+    for row, q in zip(scores, qpos):
+        order = cand[np.argsort(-row)[: k + 1]]
+        out.append(set([int(j) for j in order if j != q][:k]))
+    return out
+
+
+def raw_qps(index: ItemIndex, vecs: np.ndarray, qpos: np.ndarray, min_s: float = 3.0) -> tuple[float, float]:
+    """Single-thread, one query per call, on the server's own base index; also its recall source."""
+    faiss.omp_set_num_threads(1)
+    base = index.base.index
+    n, start = 0, time.perf_counter()
+    while True:
+        for q in qpos:
+            base.search(vecs[q:q + 1], 11)
+            n += 1
+        if time.perf_counter() - start >= min_s:
+            break
+    return n / (time.perf_counter() - start), n
+
+
+async def grpc_load(port: int, queries: list[str], concurrency: int, seconds: float, answers: dict,
+                    flt=None) -> dict:
+    import grpc
+
+    from proto.interest.v1 import interest_pb2 as pb
+    from proto.interest.v1 import interest_pb2_grpc as pb_grpc
+
+    latencies: list[float] = []
+    counter = iter(range(10**12))
+    deadline = time.perf_counter() + seconds
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.InterestServiceStub(channel)
+        await stub.SimilarItems(pb.SimilarItemsRequest(item_id=queries[0], k=10))  # connect
+
+        async def worker():
+            while time.perf_counter() < deadline:
+                j = next(counter) % len(queries)
+                t0 = time.perf_counter()
+                resp = await stub.SimilarItems(pb.SimilarItemsRequest(item_id=queries[j], k=10, filter=flt),
+                                               timeout=5)
+                latencies.append(time.perf_counter() - t0)
+                if j not in answers:
+                    answers[j] = [i.item_id for i in resp.items]
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    lat = np.asarray(latencies) * 1000
+    return {"concurrency": concurrency, "qps": len(lat) / elapsed, "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99)), "calls": len(lat)}
+
+
+async def echo_load(port: int, concurrency: int, seconds: float) -> float:
+    """Calls/s of a bare gRPC echo with the same client: what this machine allows any Python servicer."""
+    import grpc
+
+    payload = b"x" * 200  # about the size of a SimilarItems answer
+    n = 0
+    deadline = time.perf_counter() + seconds
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary("/bench.Echo/Echo")
+        await call(payload)
+
+        async def worker():
+            nonlocal n
+            while time.perf_counter() < deadline:
+                await call(payload, timeout=5)
+                n += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return n / (time.perf_counter() - start)
+
+
+def measure_echo(seconds: float) -> float:
+    proc = subprocess.Popen([sys.executable, "-m", "bench._serving_server", "echo"], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        port = int(proc.stdout.readline().split()[1])
+        return asyncio.run(echo_load(port, 16, seconds))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+async def visibility(port: int, redis_url: str, model_version: str, n: int = 200) -> dict:
+    """Time from XADD of an upsert to the first NearestItems answer that contains it."""
+    import grpc
+    import redis.asyncio as aioredis
+
+    from proto.interest.v1 import interest_pb2 as pb
+    from proto.interest.v1 import interest_pb2_grpc as pb_grpc
+    from server.delta import FIELD, encode_upsert
+
+    rng = np.random.default_rng(5)
+    r = aioredis.from_url(redis_url)
+    out = []
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.InterestServiceStub(channel)
+        for j in range(n):
+            vec = normalise(rng.standard_normal((1, DIM)).astype(np.float32))[0]
+            item = f"fresh-{j}"
+            t0 = time.perf_counter()
+            await r.xadd(STREAM, {FIELD: encode_upsert(pb.NODE_TYPE_ITEM, item, vec, model_version)})
+            while True:
+                resp = await stub.NearestItems(pb.NearestItemsRequest(vector=vec.tolist(), k=1), timeout=5)
+                if resp.items and resp.items[0].item_id == item:
+                    break
+                if time.perf_counter() - t0 > 5:
+                    raise RuntimeError(f"upsert {item} not visible after 5 s")
+            out.append((time.perf_counter() - t0) * 1000)
+    await r.aclose()
+    lat = np.asarray(out)
+    return {"upserts": n, "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+            "max_ms": float(lat.max())}
+
+
+def recall(answers: dict, gt: list[set], qpos: np.ndarray, names: list[str]) -> float:
+    pos_of = {name: i for i, name in enumerate(names)}
+    hits = [len({pos_of[a] for a in ans if a in pos_of} & gt[j]) / 10 for j, ans in answers.items()]
+    return float(np.mean(hits))
+
+
+def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, n_categories: int) -> dict:
+    n = len(vecs)
+    names = [f"{prefix}{j}" for j in range(n)]
+    params = IndexParams(nprobe=args.nprobe)
+    t0 = time.perf_counter()
+    faiss.omp_set_num_threads(2)
+    index = ItemIndex.build(DIM, f"bench-{name}", LabelMap(), params, names, vecs)
+    build_s = time.perf_counter() - t0
+    log(f"{name}: {n} items, index built in {build_s:.1f}s (nlist {index.base.index.nlist}, nprobe {args.nprobe})")
+    rng = np.random.default_rng(1)
+    qpos = rng.choice(n, size=min(args.queries, n), replace=False)
+    gt = exact_neighbours(vecs, qpos, 10)
+    qps, _ = raw_qps(index, vecs, qpos)
+    _, raw_idx = index.base.index.search(vecs[qpos], 11)
+    raw_recall = float(np.mean([len(set(int(index.base.labels[p]) for p in row if p >= 0 and index.base.labels[p] != q)
+                                    .intersection(g)) / 10 for row, q, g in zip(raw_idx, qpos, gt)]))
+    log(f"{name}: raw FAISS {qps:.0f} q/s on one thread, recall@10 {raw_recall:.3f}")
+
+    snap = Path(tempfile.mkdtemp(prefix="ig-bench-"))
+    import redis
+
+    redis.Redis.from_url(redis_url).delete(STREAM)  # the server replays the stream from its start
+    save_snapshot(snap, index, {}, stream_id="0-0")
+    del index
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "bench._serving_server", str(snap), redis_url, STREAM,
+                             str(n_categories), str(args.nprobe)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        if not line.startswith("PORT "):
+            raise RuntimeError(f"server did not start: {line!r}")
+        port = int(line.split()[1])
+        queries = [names[q] for q in qpos]
+        runs, answers = [], {}
+        for c in (8, 16, 32):
+            runs.append(asyncio.run(grpc_load(port, queries, c, args.seconds, answers)))
+            log(f"{name}: gRPC c={c}: {runs[-1]['qps']:.0f} calls/s, p50 {runs[-1]['p50_ms']:.2f} ms, "
+                f"p99 {runs[-1]['p99_ms']:.2f} ms")
+        echo = measure_echo(args.seconds)
+        log(f"{name}: bare gRPC echo (same client, c=16): {echo:.0f} calls/s")
+        rec = recall(answers, gt, qpos, names)
+        log(f"{name}: served recall@10 {rec:.3f} over {len(answers)} queries")
+        filtered = {}
+        if n_categories:
+            from proto.interest.v1 import interest_pb2 as pb
+
+            cat = np.arange(n) % n_categories
+            for label, cats in (("1_category", [0]), ("5_categories", [0, 1, 2, 3, 4])):
+                mask = np.isin(cat, cats)
+                fq = qpos[: min(300, len(qpos))]
+                fgt = exact_neighbours(vecs, fq, 10, mask)
+                fans: dict = {}
+                flt = pb.ItemFilter(category_ids=[f"c{c}" for c in cats])
+                run = asyncio.run(grpc_load(port, [names[q] for q in fq], 16, min(args.seconds, 3.0), fans, flt))
+                filtered[label] = {"selectivity": float(mask.mean()), "recall_at_10": recall(fans, fgt, fq, names),
+                                   "qps": run["qps"], "p99_ms": run["p99_ms"]}
+                log(f"{name}: filter {label} ({mask.mean():.1%} of items): recall@10 "
+                    f"{filtered[label]['recall_at_10']:.3f}, {run['qps']:.0f} calls/s, p99 {run['p99_ms']:.2f} ms")
+        vis = asyncio.run(visibility(port, redis_url, f"bench-{name}", args.upserts))
+        log(f"{name}: upsert visible after p50 {vis['p50_ms']:.1f} ms, p99 {vis['p99_ms']:.1f} ms")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        shutil.rmtree(snap, ignore_errors=True)
+    c16 = runs[1]
+    return {"items": n, "build_s": build_s, "raw_qps": qps, "raw_recall_at_10": raw_recall, "grpc": runs,
+            "grpc_qps": c16["qps"], "ratio": c16["qps"] / qps, "p50_ms": c16["p50_ms"], "p99_ms": c16["p99_ms"],
+            "recall_at_10": rec, "filtered": filtered, "upsert_visibility": vis, "echo_qps": echo,
+            "grpc_vs_echo": c16["qps"] / echo}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=1_000_000)
+    parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--seconds", type=float, default=6.0, help="per concurrency level")
+    parser.add_argument("--nprobe", type=int, default=16)
+    parser.add_argument("--upserts", type=int, default=200)
+    parser.add_argument("--categories", type=int, default=50, help="synthetic categories (item j in c{j %% N})")
+    parser.add_argument("--no-gowalla", action="store_true")
+    parser.add_argument("--redis-url", help="use a running Redis instead of starting one")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+
+    started = None
+    redis_url = args.redis_url
+    if redis_url is None:
+        var = Path(tempfile.mkdtemp(prefix="ig-bench-redis-"))
+        stack = LocalStackSettings(var_dir=var, redis_port=localstack.free_port())
+        started = (localstack.start_redis(stack), var)
+        redis_url = f"redis://127.0.0.1:{stack.redis_port}/0"
+    try:
+        t0 = time.perf_counter()
+        vecs = synthetic(args.items)
+        log(f"synthetic: {args.items} clustered {DIM}-d vectors in {time.perf_counter() - t0:.1f}s")
+        synth = run_dataset("synthetic", vecs, "i", args, redis_url, args.categories)
+        del vecs
+        gow = None
+        if not args.no_gowalla:
+            t0 = time.perf_counter()
+            gvecs = gowalla_items()
+            log(f"gowalla: {len(gvecs)} item vectors (SVD-64) in {time.perf_counter() - t0:.1f}s")
+            gow = run_dataset("gowalla", gvecs, "g", args, redis_url, 0)
+    finally:
+        if started is not None:
+            localstack.stop_service(started[0])
+            shutil.rmtree(started[1], ignore_errors=True)
+
+    result = {"bench": "serving", "items": synth["items"], "raw_qps": round(synth["raw_qps"], 1),
+              "grpc_qps": round(synth["grpc_qps"], 1), "ratio": round(synth["ratio"], 3),
+              "p50_ms": round(synth["p50_ms"], 3), "p99_ms": round(synth["p99_ms"], 3),
+              "recall_at_10": round(synth["recall_at_10"], 4),
+              "upsert_visible_p99_ms": round(synth["upsert_visibility"]["p99_ms"], 2),
+              "echo_qps": round(synth["echo_qps"], 1), "grpc_vs_echo": round(synth["grpc_vs_echo"], 3),
+              "machine": f"{os.cpu_count()} cores, no GPU",
+              "details": {"synthetic": synth, "gowalla": gow}}
+    emit_result(result, args.out)
+
+
+if __name__ == "__main__":
+    main()
