@@ -1,0 +1,42 @@
+"""The offline text model, and tiny runs of the quality and cold-start benchmarks."""
+
+import numpy as np
+import pytest
+
+from bench.cold_start import run_cold_start
+from bench.quality import ALL_MODELS, SERVED, run_quality
+from planted_graphs import cluster_text, planted
+from workers.settings import ModelSettings, TrainSettings
+from workers.text import TEXT_DIM, TextEncoder
+
+
+def test_text_encoder_offline_and_cached(tmp_path):
+    enc = TextEncoder(tmp_path)
+    v = enc.encode(["blue ballpoint pens, pack of 12", "black gel pens 10 pack", "laser printer toner"])
+    assert v.shape == (3, TEXT_DIM)
+    assert float(v[0] @ v[1]) > float(v[0] @ v[2])
+    again = TextEncoder(tmp_path)  # a new encoder reads the cache and never loads the model
+    assert np.allclose(again.encode(["laser printer toner"]).numpy(), v[2].numpy(), atol=1e-6)
+    assert again._model is None
+
+
+def test_quality_bench_tiny():
+    split, _ = planted(seed=8)
+    res = run_quality(split, budget_s=3, models=ALL_MODELS, model_settings=ModelSettings(dim=16),
+                      train_settings=TrainSettings(max_epochs=1, batch_size=32), baseline_dim=8, gfcf_rank=8,
+                      progress=False)
+    assert res["bench"] == "quality" and res["served"] == SERVED and set(res["models"]) == set(ALL_MODELS)
+    m = res["models"]
+    assert all({"recall@20", "ndcg@20", "train_s"} <= set(v) for v in m.values())
+    assert m[SERVED]["recall@20"] > m["popularity"]["recall@20"]
+
+
+def test_cold_start_bench_tiny():
+    split, cluster = planted(seed=9, items_per=25)
+    res = run_cold_start(split.train, cluster_text(cluster), ModelSettings(dim=16),
+                         TrainSettings(max_epochs=1, batch_size=32, eval_k=5), fraction=0.2, budget_s=5,
+                         progress=False)
+    m = res["models"]
+    assert res["bench"] == "cold_start" and res["cold_items"] == 20
+    assert m["spectral-sage"]["recall@5"] > m["random"]["recall@5"]
+    assert m["spectral-sage"]["recall@5"] > m["category-popularity"]["recall@5"]
