@@ -51,7 +51,7 @@ class TrainSettings(BaseSettings):
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
     batch_size: int = Field(default=4096, ge=1)
-    negatives: int = Field(default=256, ge=1, description="sampled negatives per batch (shared)")
+    negatives: int = Field(default=4096, ge=1, description="sampled negatives per batch (shared by its users)")
     temperature: float = Field(default=0.1, gt=0)
     max_epochs: int = Field(default=50, ge=0)
     patience: int = Field(default=2, ge=1, description="validation checks without improvement before stopping")

@@ -219,11 +219,28 @@ def _finetune(model, r_fit, r_val, meta_args, ts: TrainSettings, device, t0, bud
     # A fixed probe batch with a fixed mask: its loss is comparable across epochs (the history records it).
     probe = _rows(r_fit, users_all[: min(len(users_all), 1024)], 0.2, np.random.default_rng(ts.seed + 1))
 
-    def batch_logits(inp):
+    n_items = r_fit.shape[1]
+
+    def batch_logits(inp, cand: np.ndarray | None = None):
+        """Logits [B, C] over candidate items ``cand`` (sorted; None = all) and the (row, col) input items."""
         x = model.item_base(model.meta(*meta_args))
         u = model.users(csr_to_torch(inp).to(device), x)
         ic = inp.tocoo()
-        return u @ model.item_out(x).T, (torch.from_numpy(ic.row).long(), torch.from_numpy(ic.col).long())
+        rows, cols = ic.row, ic.col
+        if cand is None:
+            return u @ model.item_out(x).T, (torch.from_numpy(rows).long(), torch.from_numpy(cols).long())
+        z = model.item_out(x[torch.from_numpy(cand)], model.item_degree[torch.from_numpy(cand)])
+        pos = np.searchsorted(cand, cols)
+        hit = (pos < len(cand)) & (cand[np.minimum(pos, len(cand) - 1)] == cols)
+        return u @ z.T, (torch.from_numpy(rows[hit]).long(), torch.from_numpy(pos[hit]).long())
+
+    def sampled_step(inp, trow, tcol):
+        """Sampled softmax: the batch's targets plus ``ts.negatives`` uniform items share one candidate set
+        (uniform sampling needs no log-Q correction); the full softmax when that covers the catalogue."""
+        if ts.negatives >= n_items:
+            return loss_of(batch_logits(inp), trow, tcol, log_scale.exp())
+        cand = np.unique(np.concatenate([tcol, rng.integers(0, n_items, ts.negatives)]))
+        return loss_of(batch_logits(inp, cand), trow, np.searchsorted(cand, tcol), log_scale.exp())
 
     def loss_of(out, trow, tcol, scale):
         logits, seen = out
@@ -254,7 +271,7 @@ def _finetune(model, r_fit, r_val, meta_args, ts: TrainSettings, device, t0, bud
             inp, trow, tcol = _rows(r_fit, batch, 0.2, rng)
             if len(trow) == 0:
                 continue
-            loss = loss_of(batch_logits(inp), trow, tcol, log_scale.exp())
+            loss = sampled_step(inp, trow, tcol)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -94,3 +94,12 @@ def test_filter_selection_and_refit_use_all_interactions():
     assert torch.equal(fitted.model.item_known, torch.from_numpy(deg > 0))
     r = split.train.interactions()
     assert rank_metrics(served_scorer(fitted.model, split.train), r, split.test, k=5)["recall@5"] > 0.3
+
+
+def test_sampled_softmax_fine_tune_learns():
+    split, _ = planted(seed=1)
+    ts = TrainSettings(max_epochs=4, batch_size=32, lr=3e-3, val_fraction=0.2, patience=4, refit=False,
+                       negatives=20)
+    fitted = fit_served(split.train, MS, ts, progress=False)
+    probe = [h["probe_loss"] for h in fitted.history if "probe_loss" in h]
+    assert min(probe[1:]) < probe[0] - 0.01

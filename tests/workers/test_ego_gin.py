@@ -1,0 +1,38 @@
+"""Graph-level interest embedding: GIN over users' ego-graphs."""
+
+import numpy as np
+import torch
+
+from planted_graphs import planted
+from workers.models.ego_gin import EgoGIN, batch_ego_graphs, ego_graph
+from workers.settings import ModelSettings, TrainSettings
+from workers.train_hetero import fit_ego_gin
+
+
+def test_ego_graph_holds_user_items_and_their_metadata(planted_split):
+    split, _ = planted_split
+    g = split.train
+    vecs = torch.randn(g.num_items, 4)
+    types, x, ei = ego_graph(g, 0, vecs)
+    n_items = len(set(g.interactions()[0].indices.tolist()))
+    assert int((types == 1).sum()) == n_items and int(types[0]) == 0
+    assert int((types == 2).sum()) >= 1  # categories of those items
+    assert ei.size(1) % 2 == 0 and torch.equal(ego_graph(g, 0, vecs)[2], ei)  # undirected, deterministic
+
+
+def test_similar_interests_get_closer_vectors():
+    split, cluster = planted(seed=11)
+    g = split.train
+    g_ = torch.Generator().manual_seed(0)
+    vecs = torch.nn.functional.one_hot(torch.from_numpy(cluster), 4).float() + 0.1 * torch.randn(
+        g.num_items, 4, generator=g_)
+    model = fit_ego_gin(g, vecs, ModelSettings(hidden=16), TrainSettings(lr=1e-2), steps=30, batch=16)
+    model.eval()
+    users = np.arange(g.num_users)
+    with torch.no_grad():
+        emb = torch.nn.functional.normalize(model(*batch_ego_graphs([ego_graph(g, int(u), vecs) for u in users])),
+                                            dim=-1)
+    sim = emb @ emb.T
+    same = torch.from_numpy((users[:, None] // 25) == (users[None, :] // 25))
+    off = ~torch.eye(len(users), dtype=torch.bool)
+    assert sim[same & off].mean() > sim[~same].mean() + 0.1
