@@ -8,6 +8,7 @@ Recall@20 and NDCG@20 averaged over test users. Every trainable model gets the s
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +30,7 @@ from workers.train_bpr import fit_bpr
 from workers.train_served import fit_served
 
 SERVED = "spectral-sage"
-ALL_MODELS = ("popularity", "itemknn", "mf-bpr", "lightgcn", "gf-cf", SERVED)
+ALL_MODELS = (SERVED, "gf-cf", "popularity", "itemknn", "mf-bpr", "lightgcn")
 console = Console(stderr=True)
 
 
@@ -39,7 +40,8 @@ def _embedding_scorer(users: torch.Tensor, items: torch.Tensor):
 
 def run_quality(split: Split, budget_s: float, models: tuple[str, ...] = ALL_MODELS,
                 model_settings: ModelSettings | None = None, train_settings: TrainSettings | None = None,
-                baseline_dim: int = 64, gfcf_rank: int = 256, progress: bool = True) -> dict:
+                baseline_dim: int = 64, gfcf_rank: int = 256, progress: bool = True,
+                on_model: Callable[[dict], None] | None = None) -> dict:
     """Fit and evaluate ``models`` on ``split``; returns the RESULT dictionary."""
     ms = model_settings or ModelSettings()
     ts = train_settings or TrainSettings()
@@ -55,6 +57,12 @@ def run_quality(split: Split, budget_s: float, models: tuple[str, ...] = ALL_MOD
         SERVED: lambda: _served(split, ms, ts, budget_s, progress),
     }
     out: dict[str, dict] = {}
+
+    def result() -> dict:
+        return {"bench": "quality", "dataset": split.name, "served": SERVED, "models": out,
+                "budget_min": round(budget_s / 60, 3), "device": str(pick_device(ts.device)),
+                "threads": torch.get_num_threads()}
+
     for name in models:
         console.print(f"[bold]{name}[/bold]: fitting")
         t0 = time.perf_counter()
@@ -64,9 +72,9 @@ def run_quality(split: Split, budget_s: float, models: tuple[str, ...] = ALL_MOD
         metrics = rank_metrics(scorer, r, split.test, k=ts.eval_k)
         out[name] = rounded({**metrics, "train_s": train_s, "eval_s": time.perf_counter() - t1, **info})
         console.print(f"{name}: {out[name]}")
-    return {"bench": "quality", "dataset": split.name, "served": SERVED, "models": out,
-            "budget_min": round(budget_s / 60, 3), "device": str(pick_device(ts.device)),
-            "threads": torch.get_num_threads()}
+        if on_model is not None:
+            on_model(result())
+    return result()
 
 
 def _bpr(model, r, ts: TrainSettings, budget_s: float, progress: bool):
@@ -76,8 +84,9 @@ def _bpr(model, r, ts: TrainSettings, budget_s: float, progress: bool):
 
 def _served(split: Split, ms: ModelSettings, ts: TrainSettings, budget_s: float, progress: bool):
     fitted = fit_served(split.train, ms, ts, budget_s=budget_s, progress=progress)
-    info = {"train_s": fitted.train_s, "dim": ms.dim,
-            "epochs": max((h["epoch"] for h in fitted.history), default=0)}
+    selected = next((h["selected"] for h in fitted.history if "selected" in h), {})
+    info = {"train_s": fitted.train_s, "dim": ms.dim, **selected,
+            "fine_tune_epochs": max((h["epoch"] for h in fitted.history if h.get("best")), default=0)}
     return served_scorer(fitted.model, split.train), info
 
 
@@ -87,20 +96,31 @@ def main(dataset: str = typer.Option("gowalla", help="benchmark dataset (gowalla
          models: str = typer.Option(",".join(ALL_MODELS), help="comma-separated subset to run"),
          dim: int = typer.Option(1024, help="served embedding width"),
          epochs: int = typer.Option(None, help="served fine-tune epochs (default: settings)"),
+         lr: float = typer.Option(2e-4, help="served fine-tune learning rate"),
          threads: int = typer.Option(2), out: Path = typer.Option(None, help="also write RESULT JSON here")):
     set_threads(threads)
     if dataset != "gowalla":
         raise typer.BadParameter(f"unknown dataset {dataset!r} (supported: gowalla)")
     split = load_gowalla(data_dir / "gowalla")
     ms = ModelSettings(dim=dim)
-    ts = TrainSettings(threads=threads, budget_min=budget_min)
+    # served fine-tune: 1024 users per step against 4096 shared sampled negatives
+    ts = TrainSettings(threads=threads, budget_min=budget_min, batch_size=1024, lr=lr, negatives=4096)
     if epochs is not None:
         ts = ts.model_copy(update={"max_epochs": epochs})
     names = tuple(m.strip() for m in models.split(",") if m.strip())
     unknown = set(names) - set(ALL_MODELS)
     if unknown:
         raise typer.BadParameter(f"unknown models {sorted(unknown)}")
-    emit_result(run_quality(split, budget_min * 60, names, ms, ts), out)
+    partial = None if out is None else out.with_suffix(".partial.json")
+
+    def save_partial(res: dict) -> None:  # a long run keeps what it measured if it is stopped
+        if partial is not None:
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_text(json.dumps(res, indent=2) + "\n")
+
+    emit_result(run_quality(split, budget_min * 60, names, ms, ts, on_model=save_partial), out)
+    if partial is not None and partial.exists():
+        partial.unlink()
 
 
 if __name__ == "__main__":
