@@ -15,11 +15,11 @@ import sys
 from pathlib import Path
 
 import faiss
-import redis.asyncio as aioredis
 
 from graphdb.catalog import ItemFacets
 from graphdb.settings import GraphSettings
 from server.app import create_server
+from server.delta import connect_redis
 from server.engine import Engine
 from server.lifecycle import Lifecycle
 from server.settings import ServerSettings
@@ -31,7 +31,7 @@ async def main(snapshot_dir: Path, redis_url: str, stream: str, n_categories: in
                               snapshot_interval_s=1e9, compact_interval_s=1e9, delta_block_ms=1000,
                               ivf_nprobe=nprobe, max_concurrent_rpcs=1000)
     engine = Engine(settings, GraphSettings(embedding_dim=64), None)
-    redis = aioredis.from_url(redis_url)
+    redis = connect_redis(redis_url, settings.delta_block_ms)
     lifecycle = Lifecycle(engine, redis)
     await lifecycle.start()
     ids = engine.labels.ids()

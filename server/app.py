@@ -9,7 +9,6 @@ import logging
 import signal
 
 import grpc
-import redis.asyncio as aioredis
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -19,6 +18,7 @@ from graphdb.settings import GraphSettings, Neo4jSettings
 from proto.interest.v1 import interest_pb2 as pb
 from proto.interest.v1 import interest_pb2_grpc as pb_grpc
 from server.auth import AuthInterceptor
+from server.delta import connect_redis
 from server.engine import Engine
 from server.errors import ErrorInterceptor
 from server.lifecycle import Lifecycle
@@ -74,7 +74,7 @@ def create_server(settings: ServerSettings, engine: Engine, graph: GraphSettings
 
 async def serve(settings: ServerSettings, graph: GraphSettings, neo4j_settings: Neo4jSettings) -> None:
     driver = connect(neo4j_settings)
-    redis = aioredis.from_url(settings.redis_url) if settings.redis_url else None
+    redis = connect_redis(settings.redis_url, settings.delta_block_ms) if settings.redis_url else None
     engine = Engine(settings, graph, driver, neo4j_settings.database)
     lifecycle = Lifecycle(engine, redis)
     server, port = create_server(settings, engine, graph)

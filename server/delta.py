@@ -22,6 +22,11 @@ FIELD = b"d"
 Delta = pb.EmbeddingDelta
 
 
+def connect_redis(url: str, block_ms: int = 200) -> aioredis.Redis:
+    """An async client whose reads time out, so a lost connection can never hang the consumer."""
+    return aioredis.from_url(url, socket_timeout=block_ms / 1000.0 + 5.0, socket_connect_timeout=5.0)
+
+
 def encode_upsert(node_type: int, node_id: str, vector, model_version: str, ts: float | None = None) -> bytes:
     return Delta(op=Delta.OP_UPSERT, node_type=node_type, id=node_id, model_version=model_version,
                  vector=np.asarray(vector, np.float32).tolist(), ts=time.time() if ts is None else ts
@@ -67,16 +72,20 @@ class DeltaConsumer:
         self.applied = 0
         self.malformed = 0
         self.last_applied_at = 0.0
+        self.stopping = False
 
     async def run(self) -> None:
         backoff = 0.1
-        while True:
+        while not self.stopping:
             try:
                 reply = await self.client.xread({self.stream: self.position}, count=self.batch, block=self.block_ms)
                 backoff = 0.1
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis away: keep serving what we have, retry with backoff
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():  # redis-py may turn a cancel into its own error
+                    raise asyncio.CancelledError() from exc
                 log.warning("delta stream read failed (%s); retrying in %.1fs", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)

@@ -74,9 +74,14 @@ class Lifecycle:
             self._spawn(self._every(self.settings.snapshot_interval_s, self.save_snapshot))
 
     async def stop(self, snapshot: bool = True) -> None:
+        if self.consumer is not None:
+            self.consumer.stopping = True
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:  # bounded: a client library swallowing a cancel must not hang shutdown
+            _, pending = await asyncio.wait(self._tasks, timeout=5.0)
+            for task in pending:
+                log.warning("background task %r did not stop in time", task.get_coro())
         self._tasks.clear()
         if snapshot and self.settings.snapshot_dir is not None and self.engine.ready:
             await self.save_snapshot()

@@ -16,6 +16,7 @@ from graphdb.catalog import ItemFacets
 from graphdb.settings import GraphSettings
 from proto.interest.v1 import interest_pb2_grpc as pb_grpc
 from server.app import create_server
+from server.delta import connect_redis
 from server.engine import Engine
 from server.index import normalise
 from server.lifecycle import Lifecycle
@@ -64,8 +65,7 @@ def start_harness(settings: ServerSettings, graph: GraphSettings, driver=None, *
         await server.start()
         lifecycle = None
         if start_lifecycle:
-            import redis.asyncio as aioredis
-            lifecycle = Lifecycle(engine, aioredis.from_url(redis_url) if redis_url else None)
+            lifecycle = Lifecycle(engine, connect_redis(redis_url, settings.delta_block_ms) if redis_url else None)
             await lifecycle.start()
         return Harness(engine, port, loop, lifecycle), server
 

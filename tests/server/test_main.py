@@ -19,7 +19,7 @@ from proto.interest.v1 import interest_pb2_grpc as pb_grpc
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_serves_then_shuts_down_gracefully_on_sigterm(stack, neo4j_driver, tmp_path) -> None:
+def test_serves_then_shuts_down_gracefully_on_sigterm(stack, graph, tmp_path) -> None:
     port = localstack.free_port()
     env = dict(os.environ, NEO4J_URI=stack.neo4j_uri, IG_EMBEDDING_DIM="16", IG_SERVER_PORT=str(port),
                IG_SERVER_SNAPSHOT_DIR=str(tmp_path / "snap"), IG_SERVER_REDIS_URL=stack.redis_url,
