@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -52,6 +52,11 @@ class ServerSettings(BaseSettings):
     popular_pool: int = Field(default=2000, ge=1)
     catalog_refresh_s: float = Field(default=60.0, gt=0)
     user_cache_size: int = Field(default=200_000, ge=0)
+
+    @field_validator("snapshot_dir", "redis_url", "tls_cert_file", "tls_key_file", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v):
+        return None if v == "" else v  # IG_SERVER_SNAPSHOT_DIR= (empty) turns snapshots off
 
     @property
     def tokens(self) -> frozenset[str]:

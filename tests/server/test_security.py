@@ -112,3 +112,31 @@ def test_tls(tmp_path, server_graph_settings) -> None:
                                                              timeout=3)
     finally:
         stop()
+
+
+def test_concurrent_rpc_limit(server_graph_settings) -> None:
+    import threading
+
+    harness, stop = start_harness(base_settings(max_concurrent_rpcs=1), server_graph_settings, setup=load_items)
+    release = threading.Event()
+
+    def held_open():
+        yield pb.IngestEventsRequest()
+        release.wait(10)
+
+    try:
+        stub = harness.stub()
+        holder = stub.IngestEvents.future(held_open(), timeout=15)
+        import time
+
+        time.sleep(0.3)  # the first call is in flight
+        with pytest.raises(grpc.RpcError) as err:
+            stub.SimilarItems(pb.SimilarItemsRequest(item_id="item-1", k=1), timeout=5)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        release.set()
+        with pytest.raises(grpc.RpcError):
+            holder.result()  # no graph here: UNAVAILABLE, but it ran
+        assert stub.SimilarItems(pb.SimilarItemsRequest(item_id="item-1", k=1), timeout=5).items
+    finally:
+        release.set()
+        stop()
