@@ -14,6 +14,7 @@ import scipy.sparse as sp
 import torch
 
 from graphdb.errors import InvalidInput
+from workers.cold import neighbour_vectors
 from workers.data import InteractionGraph, csr_to_torch
 from workers.metrics import Scorer
 from workers.models.spectral_sage import SpectralSAGE
@@ -43,8 +44,13 @@ def served_vectors(model: SpectralSAGE, graph: InteractionGraph, item_text: torc
     x = item_bases(model, graph, item_text)
     r = graph.interactions() if adj is None else adj
     deg = model.item_degree
-    if graph.num_items > model.num_items:
-        deg = torch.cat([deg, deg.new_ones(graph.num_items - model.num_items)])
+    n_new = graph.num_items - model.num_items
+    if n_new > 0:  # items appended after training: metadata neighbours, as at training time
+        deg = torch.cat([deg, deg.new_ones(n_new)])
+        if item_text is not None:
+            z_old = model.item_out(x[: model.num_items])
+            x[model.num_items:] = neighbour_vectors(item_text[model.num_items:], item_text[: model.num_items],
+                                                    z_old)
     return (csr_to_torch(r) @ model.item_in(x, deg)) * model.filter, model.item_out(x, deg)
 
 

@@ -32,6 +32,9 @@ class ModelSettings(BaseSettings):
     # Item metadata inputs (learned embeddings + the sentence-transformers text vector).
     meta_dim: int = Field(default=64, ge=1)
     text_dim: int = 384
+    # Items with metadata only: mean of the k nearest warm items by text (softmax at this temperature).
+    cold_neighbours: int = Field(default=30, ge=0)
+    cold_temperature: float = Field(default=0.1, gt=0)
     # K-layer heterogeneous encoders (GraphSAGE default, GCN, GIN).
     encoder: Literal["sage", "gcn", "gin"] = "sage"
     hidden: int = Field(default=64, ge=2)

@@ -19,6 +19,7 @@ import scipy.sparse as sp
 import torch
 from tqdm import tqdm
 
+from workers.cold import embed_cold_items
 from workers.data import InteractionGraph, csr_to_torch
 from workers.metrics import rank_metrics
 from workers.models.spectral_sage import SpectralSAGE
@@ -87,7 +88,15 @@ def fit_metadata(model: SpectralSAGE, graph: InteractionGraph, item_text: torch.
     if model.brand is not None and graph.num_brands:
         model.brand.weight.copy_(w[col:col + graph.num_brands])
     meta = model.meta(graph.item_category, graph.item_brand, item_text, graph.num_items)
-    model.item_emb[torch.from_numpy(warm)] -= meta[torch.from_numpy(warm)]  # warm x unchanged
+    w_t = torch.from_numpy(warm)
+    model.item_emb[w_t] -= meta[w_t]  # warm x unchanged
+    if model.degree_head is not None:  # log-degree from the metadata vector: the prior of new items
+        mw = torch.cat([meta[w_t].double(), torch.ones(int(w_t.sum()), 1, dtype=torch.float64)], dim=1)
+        y = model.item_degree[w_t].double().log().unsqueeze(-1)
+        coef = torch.linalg.solve(mw.T @ mw + ridge * torch.eye(mw.size(1), dtype=torch.float64), mw.T @ y)
+        model.degree_head.weight.copy_(coef[:-1].T.float())
+        model.degree_head.bias.copy_(coef[-1].float())
+        model.fill_cold_degrees(meta)
 
 
 def _rows(r: sp.csr_matrix, users: np.ndarray, drop: float, rng: np.random.Generator):
@@ -140,6 +149,11 @@ def fit_served(graph: InteractionGraph, ms: ModelSettings, ts: TrainSettings,
         model = _start(graph, r_all, ms, ts, item_text)
     model.to("cpu")
     model.set_degrees(torch.from_numpy(np.asarray(r_all.sum(0)).ravel()).float())
+    with torch.no_grad():
+        meta = model.meta(graph.item_category, graph.item_brand, item_text, graph.num_items)
+        model.fill_cold_degrees(meta)
+        if item_text is not None and ms.cold_neighbours > 0:  # items with metadata only
+            embed_cold_items(model, meta, item_text, ms.cold_neighbours, ms.cold_temperature)
     return Fitted(model, history, time.perf_counter() - t0, item_text)
 
 
