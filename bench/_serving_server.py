@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import faiss
+from threadpoolctl import threadpool_limits
 
 from graphdb.catalog import ItemFacets
 from graphdb.settings import GraphSettings
@@ -27,6 +28,7 @@ from server.settings import ServerSettings
 
 async def main(snapshot_dir: Path, redis_url: str, stream: str, n_categories: int, nprobe: int) -> None:
     faiss.omp_set_num_threads(1)
+    threadpool_limits(1)  # as python -m server does: no BLAS/OpenMP thread fights
     settings = ServerSettings(port=0, snapshot_dir=snapshot_dir, redis_url=redis_url, delta_stream=stream,
                               snapshot_interval_s=1e9, compact_interval_s=1e9, delta_block_ms=1000,
                               ivf_nprobe=nprobe, max_concurrent_rpcs=1000)

@@ -106,6 +106,25 @@ def raw_qps(index: ItemIndex, vecs: np.ndarray, qpos: np.ndarray, min_s: float =
     return n / (time.perf_counter() - start), n
 
 
+def engine_cost(index: ItemIndex, names: list[str], qpos: np.ndarray) -> float:
+    """Microseconds per SimilarItems answer computed in-process by the serving engine (no gRPC)."""
+    from graphdb.settings import GraphSettings
+    from server.engine import Engine, ItemFilter
+    from server.settings import ServerSettings
+
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)  # the server runs single-threaded BLAS too (see server/__main__.py)
+    engine = Engine(ServerSettings(snapshot_dir=None, redis_url=None), GraphSettings(embedding_dim=DIM), None)
+    engine.labels = index.labels
+    engine.install(index)
+    flt = ItemFilter()
+    start = time.perf_counter()
+    for q in qpos:
+        engine.similar_items(names[q], 10, flt)
+    return (time.perf_counter() - start) / len(qpos) * 1e6
+
+
 async def grpc_load(port: int, queries: list[str], concurrency: int, seconds: float, answers: dict,
                     flt=None) -> dict:
     import grpc
@@ -160,12 +179,25 @@ async def echo_load(port: int, concurrency: int, seconds: float) -> float:
         return n / (time.perf_counter() - start)
 
 
-def measure_echo(seconds: float) -> float:
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user + system, all threads) of a process so far; this process when pid is None."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure_echo(seconds: float) -> dict:
     proc = subprocess.Popen([sys.executable, "-m", "bench._serving_server", "echo"], stdout=subprocess.PIPE,
                             text=True)
     try:
         port = int(proc.stdout.readline().split()[1])
-        return asyncio.run(echo_load(port, 16, seconds))
+        s0, c0 = cpu_seconds(proc.pid), cpu_seconds()
+        qps = asyncio.run(echo_load(port, 16, seconds))
+        calls = qps * seconds
+        return {"qps": qps, "server_cpu_us_per_call": (cpu_seconds(proc.pid) - s0) / calls * 1e6,
+                "client_cpu_us_per_call": (cpu_seconds() - c0) / calls * 1e6}
     finally:
         proc.terminate()
         proc.wait(30)
@@ -226,6 +258,8 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
     raw_recall = float(np.mean([len(set(int(index.base.labels[p]) for p in row if p >= 0 and index.base.labels[p] != q)
                                     .intersection(g)) / 10 for row, q, g in zip(raw_idx, qpos, gt)]))
     log(f"{name}: raw FAISS {qps:.0f} q/s on one thread, recall@10 {raw_recall:.3f}")
+    engine_us = engine_cost(index, names, qpos)
+    log(f"{name}: the server's search path without gRPC (id lookup, search, exclusion, ids): {engine_us:.0f} us/call")
 
     snap = Path(tempfile.mkdtemp(prefix="ig-bench-"))
     import redis
@@ -244,11 +278,18 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
         queries = [names[q] for q in qpos]
         runs, answers = [], {}
         for c in (8, 16, 32):
+            s0, c0 = cpu_seconds(proc.pid), cpu_seconds()
             runs.append(asyncio.run(grpc_load(port, queries, c, args.seconds, answers)))
+            calls = runs[-1]["calls"]
+            runs[-1]["server_cpu_us_per_call"] = (cpu_seconds(proc.pid) - s0) / calls * 1e6
+            runs[-1]["client_cpu_us_per_call"] = (cpu_seconds() - c0) / calls * 1e6
             log(f"{name}: gRPC c={c}: {runs[-1]['qps']:.0f} calls/s, p50 {runs[-1]['p50_ms']:.2f} ms, "
-                f"p99 {runs[-1]['p99_ms']:.2f} ms")
-        echo = measure_echo(args.seconds)
-        log(f"{name}: bare gRPC echo (same client, c=16): {echo:.0f} calls/s")
+                f"p99 {runs[-1]['p99_ms']:.2f} ms; CPU per call: server "
+                f"{runs[-1]['server_cpu_us_per_call']:.0f} us, client {runs[-1]['client_cpu_us_per_call']:.0f} us")
+        echo_run = measure_echo(args.seconds)
+        echo = echo_run["qps"]
+        log(f"{name}: bare gRPC echo (same client, c=16): {echo:.0f} calls/s; CPU per call: server "
+            f"{echo_run['server_cpu_us_per_call']:.0f} us, client {echo_run['client_cpu_us_per_call']:.0f} us")
         rec = recall(answers, gt, qpos, names)
         log(f"{name}: served recall@10 {rec:.3f} over {len(answers)} queries")
         filtered = {}
@@ -277,6 +318,7 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
     return {"items": n, "build_s": build_s, "raw_qps": qps, "raw_recall_at_10": raw_recall, "grpc": runs,
             "grpc_qps": c16["qps"], "ratio": c16["qps"] / qps, "p50_ms": c16["p50_ms"], "p99_ms": c16["p99_ms"],
             "recall_at_10": rec, "filtered": filtered, "upsert_visibility": vis, "echo_qps": echo,
+            "echo": echo_run, "engine_us_per_call": engine_us,
             "grpc_vs_echo": c16["qps"] / echo}
 
 

@@ -22,6 +22,8 @@ class FacetStore:
         self._by_category: dict[str, set[int]] = defaultdict(set)
         self._by_brand: dict[str, set[int]] = defaultdict(set)
         self._arrays: dict[tuple[str, str], np.ndarray] = {}  # cache, dropped on change
+        # Recent filters' masks: the same mask object lets the index reuse its per-filter state.
+        self._masks: dict[tuple, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self._of_item)
@@ -43,6 +45,8 @@ class FacetStore:
                 self._by_brand[b].add(label)
                 self._arrays.pop(("b", b), None)
             n += 1
+        if n:
+            self._masks.clear()
         return n
 
     def _unlink(self, label: int, cats: Sequence[str], brands: Sequence[str]) -> None:
@@ -69,13 +73,20 @@ class FacetStore:
         """Bool mask over labels of the items the filter keeps, or None when it keeps everything."""
         if not category_ids and not brand_ids:
             return None
+        key = (tuple(category_ids), tuple(brand_ids))
+        cached = self._masks.get(key)
+        if cached is not None:
+            return cached
         n = len(self.labels)
         result = None
         for kind, keys in (("c", category_ids), ("b", brand_ids)):
             if not keys:
                 continue
             m = np.zeros(n, bool)
-            for key in keys:
-                m[self._array(kind, key)] = True
+            for facet in keys:
+                m[self._array(kind, facet)] = True
             result = m if result is None else result & m
+        if len(self._masks) >= 64:
+            self._masks.pop(next(iter(self._masks)))
+        self._masks[key] = result
         return result

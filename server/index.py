@@ -89,9 +89,28 @@ class Base:
     labels: np.ndarray
     centroids: np.ndarray | None  # kept to rebuild IVF without retraining
 
+    _pos_of: np.ndarray | None = None
+
     @property
     def is_ivf(self) -> bool:
         return self.centroids is not None
+
+    def pos_of(self) -> np.ndarray:
+        """label -> position in this base (-1: not in it)."""
+        if self._pos_of is None:
+            pos = np.full(int(self.labels.max()) + 1 if len(self.labels) else 0, -1, np.int64)
+            pos[self.labels] = np.arange(len(self.labels))
+            self._pos_of = pos
+        return self._pos_of
+
+
+@dataclass
+class _FilterState:
+    ok: np.ndarray  # bool over labels: live and allowed
+    cand: np.ndarray  # sorted labels where ok
+    n: int
+    vecs: np.ndarray | None  # vectors of cand (exact path)
+    bits: np.ndarray | None  # IVF selector bitmap over base positions (large filters)
 
 
 def build_base(vectors: np.ndarray, labels: np.ndarray, params: IndexParams,
@@ -138,6 +157,8 @@ class ItemIndex:
         self._dslot = np.zeros(0, np.int64)
         self._dn = 0
         self._live = 0
+        self._gen = 0  # bumped by every change; invalidates cached filter states
+        self._fcache: dict[int, tuple[np.ndarray, int, _FilterState]] = {}
 
     # -- bulk load ---------------------------------------------------------------------------------------
     @classmethod
@@ -217,6 +238,7 @@ class ItemIndex:
         self._where[label] = DELTA
         self._ts[label] = ts
         self._ver[label] += 1
+        self._gen += 1
 
     def delete(self, item_id: str) -> bool:
         label = self.label_of(item_id)
@@ -229,6 +251,7 @@ class ItemIndex:
             self._dslot[label] = -1
         self._where[label] = ABSENT
         self._ver[label] += 1
+        self._gen += 1
         self._live -= 1
         return True
 
@@ -241,14 +264,15 @@ class ItemIndex:
         """
         excl = np.zeros(0, np.int64) if exclude is None else np.asarray(exclude, np.int64)
         if allowed is not None:
-            n = min(len(allowed), len(self._where))
-            ok = np.zeros(len(self._where), bool)
-            ok[:n] = allowed[:n] & (self._where[:n] > ABSENT)
-            ok[excl[excl < len(ok)]] = False
-            cand = np.flatnonzero(ok)
-            if len(cand) <= self.params.exact_filter_max or not self._base.is_ivf:
-                return self._exact(queries, k, cand)
-            return self._merge(self._base_selected(queries, k, ok, len(cand)),
+            fs = self._filter_state(allowed)
+            if fs.vecs is not None:
+                return self._exact(queries, k, fs, excl)
+            ok, bits = fs.ok, fs.bits
+            if len(excl):
+                ok = ok.copy()
+                ok[excl[excl < len(ok)]] = False
+                bits = self._clear_bits(bits, excl)
+            return self._merge(self._base_selected(queries, k, ok, fs.n, bits),
                                self._delta(queries, k, ok, excl), k)
         kf = k + len(excl) + self._tomb
         if kf <= self.params.overfetch_max:
@@ -259,11 +283,54 @@ class ItemIndex:
         return self._merge(self._base_selected(queries, k, ok, self._live),
                            self._delta(queries, k, None, excl), k)
 
-    def _exact(self, queries: np.ndarray, k: int, cand: np.ndarray):
-        if len(cand) == 0:
+    def _filter_state(self, allowed: np.ndarray) -> _FilterState:
+        """What a filter mask needs at query time, cached per mask object until the index changes.
+
+        Small filters keep a contiguous copy of their vectors (exact search = one matrix product); large ones
+        keep the IVF selector bitmap. Both are rebuilt after any upsert, delete or compaction.
+        """
+        hit = self._fcache.get(id(allowed))
+        if hit is not None and hit[0] is allowed and hit[1] == self._gen:
+            return hit[2]
+        n = min(len(allowed), len(self._where))
+        ok = np.zeros(len(self._where), bool)
+        ok[:n] = allowed[:n] & (self._where[:n] > ABSENT)
+        cand = np.flatnonzero(ok)
+        if len(cand) <= self.params.exact_filter_max or not self._base.is_ivf:
+            state = _FilterState(ok, cand, len(cand), vecs=self._vec[cand], bits=None)
+        else:
+            labels = self._base.labels
+            ok_pos = ok[labels] & (self._where[labels] == BASE)
+            state = _FilterState(ok, cand, len(cand), vecs=None, bits=np.packbits(ok_pos, bitorder="little"))
+        if len(self._fcache) >= 16:
+            self._fcache.pop(next(iter(self._fcache)))
+        self._fcache[id(allowed)] = (allowed, self._gen, state)  # holding `allowed` keeps its id unique
+        return state
+
+    def _clear_bits(self, bits: np.ndarray, excl: np.ndarray) -> np.ndarray:
+        pos_of = self._base.pos_of()
+        excl = excl[excl < len(pos_of)]
+        pos = pos_of[excl]
+        pos = pos[pos >= 0]
+        if len(pos) == 0:
+            return bits
+        bits = bits.copy()
+        np.bitwise_and.at(bits, pos >> 3, ~(np.uint8(1) << (pos & 7).astype(np.uint8)))
+        return bits
+
+    def _exact(self, queries: np.ndarray, k: int, fs: _FilterState, excl: np.ndarray):
+        if fs.n == 0:
             return [(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in queries]
-        scores = self._vec[cand] @ queries.T  # (ncand, nq)
-        return [_topk(cand, scores[:, j], k) for j in range(len(queries))]
+        scores = fs.vecs @ queries.T  # (ncand, nq)
+        if len(excl):
+            pos = np.minimum(np.searchsorted(fs.cand, excl), fs.n - 1)
+            scores[pos[fs.cand[pos] == excl]] = -np.inf
+        out = []
+        for j in range(len(queries)):
+            labs, sc = _topk(fs.cand, scores[:, j], k)
+            fin = np.isfinite(sc)
+            out.append((labs[fin], sc[fin]))
+        return out
 
     def _base_overfetch(self, queries: np.ndarray, kf: int, excl: np.ndarray):
         base = self._base
@@ -284,13 +351,14 @@ class ItemIndex:
             out.append((lab[valid], sc[valid]))
         return out
 
-    def _base_selected(self, queries: np.ndarray, k: int, ok_labels: np.ndarray, n_ok: int):
+    def _base_selected(self, queries: np.ndarray, k: int, ok_labels: np.ndarray, n_ok: int,
+                       bits: np.ndarray | None = None):
         base = self._base
         if len(base.labels) == 0:
             return [(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in queries]
-        ok_pos = ok_labels[base.labels] & (self._where[base.labels] == BASE)
-        bits = np.packbits(ok_pos, bitorder="little")
-        sel = faiss.IDSelectorBitmap(len(ok_pos), faiss.swig_ptr(bits))
+        if bits is None:
+            bits = np.packbits(ok_labels[base.labels] & (self._where[base.labels] == BASE), bitorder="little")
+        sel = faiss.IDSelectorBitmap(len(base.labels), faiss.swig_ptr(bits))
         selectivity = max(n_ok / max(self._live, 1), 1e-6)
         boost = min(1.0 / selectivity, self.params.filter_probe_boost_max)
         nprobe = int(min(base.index.nlist, max(self.params.nprobe, self.params.nprobe * boost)))
@@ -335,6 +403,7 @@ class ItemIndex:
         self._where[labels[same]] = BASE
         self._tomb = int(len(labels) - same.sum())
         self._base = base
+        self._gen += 1
         self._rebuild_delta()
 
     def _rebuild_delta(self) -> None:

@@ -142,3 +142,21 @@ def test_snapshot_round_trip(tmp_path, ivf_index: ItemIndex) -> None:
     assert np.allclose(snap.users["u1"][0], 1.0) and snap.users["u1"][1] == 5.0
     assert load_snapshot(tmp_path / "missing", ivf_index.params) is None
     assert ABSENT == 0
+
+
+@pytest.mark.parametrize("size", [150, 1500])  # exact path / IVF selector path
+def test_cached_filter_state_follows_changes(ivf_index: ItemIndex, size: int) -> None:
+    n = len(ivf_index.labels)
+    mask = np.zeros(n, bool)
+    mask[np.random.default_rng(4).choice(n, size, replace=False)] = True
+    target = normalise(np.random.default_rng(9).standard_normal((1, DIM)).astype(np.float32))[0]
+    before = ivf_index.search(target[None, :], 5, allowed=mask)[0][0]
+    member = int(np.flatnonzero(mask)[7])
+    ivf_index.upsert(ivf_index.labels.id_of(member), target)
+    labels, scores = ivf_index.search(target[None, :], 5, allowed=mask)[0]
+    assert labels[0] == member and scores[0] == pytest.approx(1.0, abs=1e-5)
+    labels, _ = ivf_index.search(target[None, :], 5, allowed=mask, exclude=np.array([member]))[0]
+    assert member not in labels.tolist() and mask[labels].all()
+    ivf_index.delete(ivf_index.labels.id_of(member))
+    after = ivf_index.search(target[None, :], 5, allowed=mask)[0][0]
+    assert member not in after.tolist() and len(after) == 5 and len(before) == 5
