@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 from graphdb.errors import InvalidInput
 from workers.data import EdgeSet, InteractionGraph
@@ -108,8 +109,6 @@ def load_amazon_office(root: Path) -> tuple[InteractionGraph, np.ndarray]:
         paths.append(m.get("categories") or "")
     pairs, cat_names = _category_vocab(paths)
     pc = np.asarray(pairs, dtype=np.int64).reshape(-1, 2).T
-    import torch
-
     graph = InteractionGraph(
         num_users=len(users), num_items=n_items,
         edges={("user", "reviewed", "item"): EdgeSet.build(rows, cols, time=order)},
@@ -121,8 +120,6 @@ def load_amazon_office(root: Path) -> tuple[InteractionGraph, np.ndarray]:
 
 def load_amazon_hin(root: Path) -> InteractionGraph:
     """Amazon HIN: timestamped ratings plus item-category (multi-label) and item-brand links (ids only)."""
-    import torch
-
     root = Path(root)
     ui = np.loadtxt(_need(root / "user_item.dat"), dtype=np.int64, ndmin=2)
     ic = np.loadtxt(_need(root / "item_category.dat"), dtype=np.int64, delimiter=",", ndmin=2)

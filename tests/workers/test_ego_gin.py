@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from planted_graphs import planted
-from workers.models.ego_gin import EgoGIN, batch_ego_graphs, ego_graph
+from workers.models.ego_gin import batch_ego_graphs, ego_graph
 from workers.settings import ModelSettings, TrainSettings
 from workers.train_hetero import fit_ego_gin
 

@@ -1,7 +1,6 @@
 """The offline text model, and tiny runs of the quality and cold-start benchmarks."""
 
 import numpy as np
-import pytest
 
 from bench.cold_start import run_cold_start
 from bench.quality import ALL_MODELS, SERVED, run_quality
