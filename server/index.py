@@ -67,10 +67,16 @@ def normalise(vectors: np.ndarray) -> np.ndarray:
     return v / norms
 
 
+def _headroom(n: int) -> int:
+    """Capacity for n labels plus room for new items, so upserts rarely copy the arrays on the event loop
+    (growing 1M x 64 float32 rows costs ~1 s; measured in bench.serving)."""
+    return n + max(1024, n // 8)
+
+
 def _grow(arr: np.ndarray, size: int, fill=0) -> np.ndarray:
     if size <= arr.shape[0]:
         return arr
-    new = np.full((max(size, 2 * arr.shape[0], 1024),) + arr.shape[1:], fill, dtype=arr.dtype)
+    new = np.full((max(size, _headroom(arr.shape[0])),) + arr.shape[1:], fill, dtype=arr.dtype)
     new[: arr.shape[0]] = arr
     return new
 
@@ -170,7 +176,7 @@ class ItemIndex:
         lab = np.fromiter((labels.assign(i) for i in ids), np.int64, len(ids))
         if len(np.unique(lab)) != len(lab):
             raise ValueError("duplicate item ids")
-        self._ensure(len(labels))
+        self._ensure(_headroom(len(labels)))
         self._vec[lab] = vecs
         self._where[lab] = BASE
         self._ts[lab] = updated_at if updated_at is not None else 0.0
@@ -418,12 +424,17 @@ class ItemIndex:
         self._dn = len(lab)
 
     # -- snapshots -------------------------------------------------------------------------------------------
-    def state(self) -> dict[str, np.ndarray]:
-        """Arrays describing the index (the base index itself is serialised separately)."""
+    def state(self, base: Base | None = None) -> dict[str, np.ndarray]:
+        """Arrays describing the index with ``base`` (default: the current one), serialised separately.
+
+        May run in a thread while the loop applies deltas: the snapshot then holds some changes newer than
+        its stream position, which is harmless because replaying upserts and deletes is idempotent.
+        """
+        base = base or self._base
         n = len(self.labels)
         return {"vec": self._vec[:n].copy(), "where": self._where[:n].copy(), "ts": self._ts[:n].copy(),
-                "base_labels": self._base.labels,
-                "centroids": self._base.centroids if self._base.is_ivf else np.zeros((0, self.dim), np.float32)}
+                "base_labels": base.labels,
+                "centroids": base.centroids if base.is_ivf else np.zeros((0, self.dim), np.float32)}
 
     @property
     def base(self) -> Base:
@@ -434,7 +445,7 @@ class ItemIndex:
                    state: dict[str, np.ndarray], base_index: faiss.Index) -> ItemIndex:
         self = cls(dim, model_version, labels, params)
         n = len(state["where"])
-        self._ensure(n)
+        self._ensure(_headroom(n))
         self._vec[:n] = state["vec"]
         self._where[:n] = state["where"]
         self._ts[:n] = state["ts"]

@@ -194,7 +194,8 @@ class Lifecycle:
             return
         position = self.consumer.position if self.consumer else "0-0"
         users = serving.users.items()
-        await asyncio.to_thread(save_snapshot, self.settings.snapshot_dir, serving.index, users, position)
+        await asyncio.to_thread(save_snapshot, self.settings.snapshot_dir, serving.index, users, position,
+                                serving.index.base)
 
 
 def apply_to(index: ItemIndex, users: UserVectors, msg: Delta, lifecycle: Lifecycle | None = None) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from server.index import IndexParams, ItemIndex, LabelMap
+from server.index import Base, IndexParams, ItemIndex, LabelMap
 
 FORMAT = 1
 
@@ -31,9 +31,11 @@ class Snapshot:
 
 
 def save_snapshot(directory: Path, index: ItemIndex, users: dict[str, tuple[np.ndarray, float]],
-                  stream_id: str) -> Path:
-    """Writes a snapshot. The arrays are copied by the caller's thread (cheap); the writing may run anywhere."""
-    state = index.state()
+                  stream_id: str, base: Base | None = None) -> Path:
+    """Writes a snapshot; may run in a thread. ``base`` and ``stream_id`` must be taken on the event loop
+    together (a compaction may install a new base meanwhile; the index state is copied here)."""
+    base = base or index.base
+    state = index.state(base)
     ids = np.array(index.labels.ids()[: len(state["where"])], dtype=object)
     user_ids = list(users)
     user_vecs = (np.stack([users[u][0] for u in user_ids]) if user_ids
@@ -41,7 +43,7 @@ def save_snapshot(directory: Path, index: ItemIndex, users: dict[str, tuple[np.n
     user_ts = np.array([users[u][1] for u in user_ids], np.float64)
     meta = {"format": FORMAT, "model_version": index.model_version, "dim": index.dim,
             "stream_id": stream_id, "created_at": time.time(), "items": len(index)}
-    return _write(Path(directory), index.base.index, state, ids, user_ids, user_vecs, user_ts, meta)
+    return _write(Path(directory), base.index, state, ids, user_ids, user_vecs, user_ts, meta)
 
 
 def _write(directory: Path, base: faiss.Index, state: dict, ids: np.ndarray, user_ids: list[str],
