@@ -111,3 +111,18 @@ def purchased_items(driver: neo4j.Driver, pseudonym: str, *, database: str = "ne
 
 def user_exists(driver: neo4j.Driver, pseudonym: str, *, database: str = "neo4j") -> bool:
     return _run(driver, _USER_EXISTS, database, user=pseudonym)[0]["n"] > 0
+
+
+_LATEST_VERSION = f"""
+MATCH (i:{ITEM})
+WHERE i.emb_version IS NOT NULL
+RETURN i.emb_version AS version, max(i.emb_updated_at) AS at
+ORDER BY at DESC
+LIMIT 1
+"""
+
+
+def latest_model_version(driver: neo4j.Driver, *, database: str = "neo4j") -> str | None:
+    """The model version of the most recently written item vectors (None when there are none)."""
+    records = _run(driver, _LATEST_VERSION, database)
+    return records[0]["version"] if records else None
