@@ -1,0 +1,86 @@
+"""Change marks: which nodes' neighbourhoods changed since their vectors were computed.
+
+Writers mark nodes in the transaction that changes them (graphdb.marks). A worker reads a set of marks, recomputes,
+then calls ``clear_marks`` with what it read: a mark is removed only if its token is unchanged, so a change that
+landed while the worker was computing keeps its mark and is picked up next round. The clear takes the node's write
+lock before comparing, so it cannot interleave with a writer between the compare and the removal.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Iterable
+
+import neo4j
+
+from graphdb.schema import DIRTY, NODE_LABELS
+
+
+@dataclass(frozen=True)
+class Mark:
+    label: str
+    id: str
+    token: str
+    since: float
+
+
+_READ_MARKS = f"""
+MATCH (n:{DIRTY})
+RETURN labels(n) AS labels, n.id AS id, n.chg AS token, n.dirty_since AS since
+ORDER BY n.dirty_since, n.id
+LIMIT $limit
+"""
+
+_COUNT_MARKS = f"MATCH (n:{DIRTY}) RETURN count(n) AS n"
+
+
+def _clear_query(label: str) -> str:
+    # SET/REMOVE of a throw-away property takes the write lock; the token is compared only after it.
+    return f"""
+UNWIND $marks AS m
+MATCH (n:{label} {{id: m.id}})
+SET n._lock = true
+REMOVE n._lock
+WITH n, m WHERE n:{DIRTY} AND n.chg = m.token
+REMOVE n:{DIRTY}, n.dirty_since
+RETURN count(n) AS cleared
+"""
+
+
+_CLEAR = {label: _clear_query(label) for label in NODE_LABELS}
+
+
+def read_marks(driver: neo4j.Driver, *, limit: int = 10000, database: str = "neo4j") -> list[Mark]:
+    """The oldest ``limit`` marks."""
+    records = driver.execute_query(_READ_MARKS, limit=limit, database_=database,
+                                   routing_=neo4j.RoutingControl.READ).records
+    marks = []
+    for r in records:
+        label = next((lb for lb in r["labels"] if lb in NODE_LABELS), None)
+        if label is not None and r["id"] is not None:
+            marks.append(Mark(label, r["id"], r["token"], r["since"]))
+    return marks
+
+
+def count_marks(driver: neo4j.Driver, *, database: str = "neo4j") -> int:
+    return driver.execute_query(_COUNT_MARKS, database_=database).records[0]["n"]
+
+
+def clear_marks(driver: neo4j.Driver, marks: Iterable[Mark], *, database: str = "neo4j") -> int:
+    """Remove the marks that are unchanged since they were read; returns how many were removed."""
+    by_label: dict[str, list[dict]] = defaultdict(list)
+    for m in marks:
+        by_label[m.label].append({"id": m.id, "token": m.token})
+
+    def work(tx: neo4j.ManagedTransaction) -> int:
+        cleared = 0
+        for label in sorted(by_label):
+            rows = sorted(by_label[label], key=lambda r: r["id"])  # a fixed lock order avoids deadlocks
+            cleared += tx.run(_CLEAR[label], marks=rows).single()["cleared"]
+        return cleared
+
+    if not by_label:
+        return 0
+    with driver.session(database=database) as session:
+        return session.execute_write(work)

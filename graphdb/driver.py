@@ -1,0 +1,29 @@
+"""The Neo4j driver, created from settings; connection failures become ``Unavailable``."""
+
+from __future__ import annotations
+
+import neo4j
+from neo4j.exceptions import AuthError, ServiceUnavailable, SessionExpired
+
+from graphdb.errors import FailedPrecondition, Unavailable
+from graphdb.settings import Neo4jSettings
+
+
+def connect(settings: Neo4jSettings, *, verify: bool = True) -> neo4j.Driver:
+    """A driver for a ``bolt://`` (single server) or ``neo4j://`` (routing, clusters) URI."""
+    password = settings.password.get_secret_value()
+    driver = neo4j.GraphDatabase.driver(
+        settings.uri,
+        auth=(settings.user, password) if password else None,
+        max_connection_pool_size=settings.max_pool_size,
+    )
+    if verify:
+        try:
+            driver.verify_connectivity()
+        except AuthError as exc:
+            driver.close()
+            raise FailedPrecondition(f"Neo4j at {settings.uri} refused the credentials of user {settings.user!r}") from exc
+        except (ServiceUnavailable, SessionExpired, OSError) as exc:
+            driver.close()
+            raise Unavailable(f"Neo4j at {settings.uri} is not reachable: {exc}") from exc
+    return driver

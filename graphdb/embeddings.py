@@ -1,0 +1,124 @@
+"""Embedding write-back and reads: every vector in Neo4j carries its model version and update time.
+
+Vectors are stored as float32 arrays through ``db.create.setNodeVectorProperty`` so the vector indexes of
+graphdb.schema (``item_embedding``, ``user_embedding``) serve them to analysts' Cypher.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Sequence
+
+import neo4j
+
+from graphdb.errors import InvalidInput
+from graphdb.schema import NODE_LABELS
+
+
+@dataclass(frozen=True)
+class EmbeddingRecord:
+    id: str
+    vector: list[float]
+    model_version: str
+    updated_at: float
+
+
+def _label(label: str) -> str:
+    if label not in NODE_LABELS:
+        raise InvalidInput(f"unknown node type {label!r}; expected one of {', '.join(NODE_LABELS)}")
+    return label
+
+
+def _write_query(label: str) -> str:
+    return f"""
+UNWIND $rows AS r
+MATCH (n:{label} {{id: r.id}})
+CALL db.create.setNodeVectorProperty(n, 'embedding', r.vector)
+SET n.emb_version = $version, n.emb_updated_at = $now
+RETURN count(n) AS written
+"""
+
+
+def _page_query(label: str) -> str:
+    return f"""
+MATCH (n:{label})
+WHERE n.id > $after AND n.embedding IS NOT NULL AND ($version IS NULL OR n.emb_version = $version)
+RETURN n.id AS id, n.embedding AS vector, n.emb_version AS version, n.emb_updated_at AS updated_at
+ORDER BY n.id
+LIMIT $limit
+"""
+
+
+def _get_query(label: str) -> str:
+    return f"""
+MATCH (n:{label} {{id: $id}})
+RETURN n.embedding AS vector, n.emb_version AS version, n.emb_updated_at AS updated_at
+"""
+
+
+_WRITE = {label: _write_query(label) for label in NODE_LABELS}
+_PAGE = {label: _page_query(label) for label in NODE_LABELS}
+_GET = {label: _get_query(label) for label in NODE_LABELS}
+
+
+def write_embeddings(
+    driver: neo4j.Driver,
+    label: str,
+    rows: Iterable[tuple[str, Sequence[float]]],
+    model_version: str,
+    *,
+    database: str = "neo4j",
+    now: float | None = None,
+    batch_size: int = 5000,
+) -> int:
+    """Write vectors for existing nodes (unknown ids are skipped); returns how many were written."""
+    query = _WRITE[_label(label)]
+    now = time.time() if now is None else now
+    written = 0
+    batch: list[dict] = []
+
+    def flush() -> int:
+        if not batch:
+            return 0
+        rec = driver.execute_query(query, rows=batch, version=model_version, now=now, database_=database)
+        return rec.records[0]["written"]
+
+    for node_id, vector in rows:
+        batch.append({"id": node_id, "vector": [float(x) for x in vector]})
+        if len(batch) >= batch_size:
+            written += flush()
+            batch = []
+    written += flush()
+    return written
+
+
+def iter_embeddings(
+    driver: neo4j.Driver,
+    label: str,
+    *,
+    model_version: str | None = None,
+    database: str = "neo4j",
+    batch_size: int = 10000,
+) -> Iterator[EmbeddingRecord]:
+    """Every stored vector of a label (optionally of one model version), in id order, page by page."""
+    query = _PAGE[_label(label)]
+    after = ""
+    while True:
+        records = driver.execute_query(query, after=after, version=model_version, limit=batch_size,
+                                       database_=database, routing_=neo4j.RoutingControl.READ).records
+        for r in records:
+            yield EmbeddingRecord(r["id"], list(r["vector"]), r["version"], r["updated_at"])
+        if len(records) < batch_size:
+            return
+        after = records[-1]["id"]
+
+
+def get_embedding(driver: neo4j.Driver, label: str, node_id: str, *, database: str = "neo4j") -> EmbeddingRecord | None:
+    """The node's vector, or None if the node does not exist or has no vector yet."""
+    records = driver.execute_query(_GET[_label(label)], id=node_id, database_=database,
+                                   routing_=neo4j.RoutingControl.READ).records
+    if not records or records[0]["vector"] is None:
+        return None
+    r = records[0]
+    return EmbeddingRecord(node_id, list(r["vector"]), r["version"], r["updated_at"])

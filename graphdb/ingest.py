@@ -1,0 +1,204 @@
+"""Idempotent, batched ingestion of behaviour events.
+
+One batch is one transaction: validate each event (bad ones are rejected with index and reason), drop event
+ids already applied (``Seen`` nodes), record the new ids, upsert item metadata, then aggregate interactions per
+(user, target, type) and write them with ``UNWIND`` — one statement per relationship type — marking every
+touched node for the workers in the same transaction.
+
+Duplicates: an event id is recognised for ``IG_DEDUP_RETENTION_HOURS`` (default 7 days) after it was applied;
+``prune_seen`` forgets older ids. Retries by clients and redeliveries by the broker happen within seconds to
+hours, and a replayed bulk file carries deterministic ids whose aggregates are only counted once per window, so a
+week covers every retry path with a wide margin while keeping the id set bounded.
+
+Weights: each interaction carries ``weight``, a count decayed with half-life ``IG_HALF_LIFE_DAYS`` and stored
+as of ``last_ts``: w(t) = weight * 2^-((t - last_ts) / half_life). Merging two aggregates decays the older
+one to the newer one's time, which is commutative, so out-of-order events give the same weight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import neo4j
+from neo4j.exceptions import ConstraintError, ServiceUnavailable, SessionExpired, TransientError
+
+from graphdb.errors import Unavailable
+from graphdb.events import Event, Rejection, validate_events
+from graphdb.items import ItemRecord, upsert_items
+from graphdb.marks import mark, new_token
+from graphdb.pseudonym import pseudonymise
+from graphdb.schema import ITEM, QUERY, REL_FOR_EVENT, SEEN, USER
+from graphdb.settings import GraphSettings
+
+LN2 = math.log(2.0)
+# A concurrent batch may record the same event id first; re-running sees it as a duplicate.
+_CONSTRAINT_RETRIES = 3
+
+
+@dataclass
+class IngestResult:
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+
+    def add(self, other: "IngestResult", offset: int = 0) -> None:
+        self.accepted += other.accepted
+        self.duplicates += other.duplicates
+        self.rejected.extend(Rejection(r.index + offset, r.reason) for r in other.rejected)
+
+
+def query_id(text: str) -> str:
+    """Search queries are nodes keyed by their normalised text."""
+    return "q_" + hashlib.sha256(normalise_query(text).encode()).hexdigest()[:24]
+
+
+def normalise_query(text: str) -> str:
+    return " ".join(text.casefold().split())
+
+
+_EXISTING_SEEN = f"UNWIND $ids AS id MATCH (s:{SEEN} {{id: id}}) RETURN s.id AS id"
+_RECORD_SEEN = f"UNWIND $ids AS id CREATE (:{SEEN} {{id: id, at: $now}})"
+_PRUNE_SEEN = f"MATCH (s:{SEEN}) WHERE s.at < $before WITH s LIMIT $batch DELETE s RETURN count(*) AS n"
+
+
+def _interaction_query(rel: str, target_label: str) -> str:
+    # `w0`/`l0` are read before any SET so the update uses the stored aggregate; decay goes to the later time.
+    rating = ", e.rating = CASE WHEN r.rating IS NOT NULL AND r.last >= l0 THEN r.rating ELSE e.rating END" \
+             ", e.review = CASE WHEN r.review IS NOT NULL AND r.last >= l0 THEN r.review ELSE e.review END" \
+        if rel == "RATED" else ""
+    text = ", t.text = r.text" if target_label == QUERY else ""
+    return f"""
+UNWIND $rows AS r
+MERGE (u:{USER} {{id: r.user}})
+  ON CREATE SET u.created_at = $now
+MERGE (t:{target_label} {{id: r.target}})
+  ON CREATE SET t.created_at = $now{text}
+MERGE (u)-[e:{rel}]->(t)
+WITH u, t, e, r, coalesce(e.weight, 0.0) AS w0, coalesce(e.last_ts, r.last) AS l0
+SET e.weight = CASE WHEN r.last >= l0
+                    THEN w0 * exp($k * (l0 - r.last)) + r.weight
+                    ELSE w0 + r.weight * exp($k * (r.last - l0)) END,
+    e.count = coalesce(e.count, 0) + r.count,
+    e.first_ts = CASE WHEN e.first_ts IS NULL OR r.first < e.first_ts THEN r.first ELSE e.first_ts END,
+    e.last_ts = CASE WHEN r.last > l0 THEN r.last ELSE l0 END{rating},
+    {mark("u")}, {mark("t")}
+"""
+
+
+_QUERIES = {(rel, QUERY if rel == "SEARCHED" else ITEM): _interaction_query(rel, QUERY if rel == "SEARCHED" else ITEM)
+            for rel in set(REL_FOR_EVENT.values())}
+
+
+def aggregate(events: Sequence[tuple[Event, str]], half_life_s: float) -> dict[str, list[dict]]:
+    """Per relationship type, one row per (user pseudonym, target): count, first/last ts, decayed weight."""
+    k = LN2 / half_life_s
+    groups: dict[tuple[str, str, str], list[Event]] = defaultdict(list)
+    texts: dict[str, str] = {}
+    for ev, user in events:
+        rel = REL_FOR_EVENT[ev.type]
+        if rel == "SEARCHED":
+            target = query_id(ev.query)
+            texts[target] = normalise_query(ev.query)
+        else:
+            target = ev.item_id
+        groups[(rel, user, target)].append(ev)
+    out: dict[str, list[dict]] = defaultdict(list)
+    for (rel, user, target), evs in sorted(groups.items()):
+        last = max(e.ts for e in evs)
+        latest = max(evs, key=lambda e: e.ts)
+        row = {
+            "user": user, "target": target, "count": len(evs),
+            "first": min(e.ts for e in evs), "last": last,
+            "weight": sum(math.exp(-k * (last - e.ts)) for e in evs),
+        }
+        if rel == "RATED":
+            rated = [e for e in evs if e.rating is not None]
+            row["rating"] = max(rated, key=lambda e: e.ts).rating if rated else None
+            row["review"] = latest.review
+        if rel == "SEARCHED":
+            row["text"] = texts[target]
+        out[rel].append(row)
+    return out
+
+
+def _item_records(events: Sequence[Event]) -> list[ItemRecord]:
+    latest: dict[str, Event] = {}
+    for ev in events:
+        if ev.item is not None and (ev.item_id not in latest or ev.ts >= latest[ev.item_id].ts):
+            latest[ev.item_id] = ev
+    return [
+        ItemRecord(id=ev.item_id, title=ev.item.title, description=ev.item.description,
+                   brand=ev.item.brand, categories=ev.item.categories)
+        for ev in latest.values()
+    ]
+
+
+def _apply(tx: neo4j.ManagedTransaction, events: list[Event], key: str, settings: GraphSettings,
+           now: float) -> tuple[int, int]:
+    existing = set(tx.run(_EXISTING_SEEN, ids=[e.event_id for e in events]).value("id"))
+    fresh = [e for e in events if e.event_id not in existing]
+    if not fresh:
+        return 0, len(existing)
+    token = new_token()
+    tx.run(_RECORD_SEEN, ids=[e.event_id for e in fresh], now=now).consume()
+    upsert_items(tx, _item_records(fresh), token=token, now=now)
+    rows = aggregate([(e, pseudonymise(key, e.user_id)) for e in fresh], settings.half_life_s)
+    k = LN2 / settings.half_life_s
+    for rel, rel_rows in sorted(rows.items()):
+        target = QUERY if rel == "SEARCHED" else ITEM
+        tx.run(_QUERIES[(rel, target)], rows=rel_rows, k=k, token=token, now=now).consume()
+    return len(fresh), len(existing)
+
+
+def ingest_events(
+    driver: neo4j.Driver,
+    settings: GraphSettings,
+    events: Sequence[Mapping[str, Any]],
+    *,
+    database: str = "neo4j",
+    now: float | None = None,
+) -> IngestResult:
+    """Validate and store one batch in one transaction. Safe to call again with the same events."""
+    now = time.time() if now is None else now
+    valid, rejected = validate_events(events, settings, now)
+    result = IngestResult(rejected=rejected)
+    unique: dict[str, Event] = {}
+    for _, ev in valid:
+        if ev.event_id in unique:
+            result.duplicates += 1
+        else:
+            unique[ev.event_id] = ev
+    if not unique:
+        return result
+    key = settings.pseudonym_key.get_secret_value()
+    batch = list(unique.values())
+    for attempt in range(_CONSTRAINT_RETRIES):
+        try:
+            with driver.session(database=database) as session:
+                accepted, dups = session.execute_write(_apply, batch, key, settings, now)
+            break
+        except ConstraintError:
+            if attempt == _CONSTRAINT_RETRIES - 1:
+                raise
+        except (ServiceUnavailable, SessionExpired, TransientError) as exc:
+            raise Unavailable(f"Neo4j could not take the batch, retry it: {exc}") from exc
+    result.accepted += accepted
+    result.duplicates += dups
+    return result
+
+
+def prune_seen(driver: neo4j.Driver, settings: GraphSettings, *, database: str = "neo4j",
+               now: float | None = None, batch: int = 10000) -> int:
+    """Forget event ids applied longer ago than the retention window; returns how many."""
+    before = (time.time() if now is None else now) - settings.dedup_retention_hours * 3600.0
+    total = 0
+    while True:
+        n = driver.execute_query(_PRUNE_SEEN, before=before, batch=batch, database_=database).records[0]["n"]
+        total += n
+        if n < batch:
+            return total

@@ -1,0 +1,61 @@
+"""Typed, frozen settings of the graph layer.
+
+Read from the environment once, in a program's ``main()``, and passed down; library code never reads
+``os.environ``. Every variable is listed in the README's table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Neo4jSettings(BaseSettings):
+    """Where the graph lives. Any ``bolt://`` or ``neo4j://`` (routing, for clusters) URI works."""
+
+    model_config = SettingsConfigDict(env_prefix="NEO4J_", frozen=True, extra="ignore")
+
+    uri: str = "bolt://127.0.0.1:7687"
+    user: str = "neo4j"
+    password: SecretStr = SecretStr("")
+    database: str = "neo4j"
+    max_pool_size: int = Field(default=32, ge=1)
+
+
+class LocalStackSettings(BaseSettings):
+    """The local development stack: our embedded Neo4j launcher and a loopback redis-server."""
+
+    model_config = SettingsConfigDict(env_prefix="IG_STACK_", frozen=True, extra="ignore")
+
+    var_dir: Path = Path("var")
+    neo4j_version: str = "5.26.30"
+    neo4j_port: int = Field(default=7687, ge=0, le=65535)
+    redis_port: int = Field(default=6379, ge=0, le=65535)
+    # Capped for a 2-core / 24 GB machine; Neo4j's defaults would take half the RAM for page cache.
+    neo4j_heap_mb: int = Field(default=3072, ge=256)
+    neo4j_pagecache_mb: int = Field(default=2048, ge=64)
+    neo4j_tx_memory_mb: int = Field(default=2048, ge=64)
+    java_home: Path | None = None
+    start_timeout_s: float = Field(default=120.0, gt=0)
+
+
+class GraphSettings(BaseSettings):
+    """How behaviour becomes graph: pseudonymisation, weights, limits of accepted input."""
+
+    model_config = SettingsConfigDict(env_prefix="IG_", frozen=True, extra="ignore")
+
+    # Keyed hash for external user ids. The default is for local development only; set it in production.
+    pseudonym_key: SecretStr = SecretStr("dev-only-pseudonym-key")
+    half_life_days: float = Field(default=30.0, gt=0)
+    embedding_dim: int = Field(default=64, ge=2, le=4096)
+    dedup_retention_hours: float = Field(default=168.0, gt=0)
+    max_future_skew_s: float = Field(default=300.0, ge=0)
+    max_text_chars: int = Field(default=4000, ge=16)
+    max_id_chars: int = Field(default=256, ge=8)
+    batch_size: int = Field(default=5000, ge=1)
+
+    @property
+    def half_life_s(self) -> float:
+        return self.half_life_days * 86400.0
