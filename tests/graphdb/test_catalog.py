@@ -54,3 +54,14 @@ def test_purchases_and_existence_by_pseudonym(graph, graph_settings) -> None:
     assert purchased_items(graph, pseudonymise(key, "bob")) == []
     assert user_exists(graph, pseudonymise(key, "bob")) and not user_exists(graph, pseudonymise(key, "zed"))
     assert not user_exists(graph, "alice")  # external ids never reach the graph
+
+
+def test_latest_model_version(graph, graph_settings) -> None:
+    from graphdb.catalog import latest_model_version
+    from graphdb.embeddings import write_embeddings
+
+    _seed(graph, graph_settings, time.time())
+    assert latest_model_version(graph) is None
+    write_embeddings(graph, "Item", [("phone", [1.0] * 16)], "m1", now=100.0)
+    write_embeddings(graph, "Item", [("head", [1.0] * 16)], "m2", now=200.0)
+    assert latest_model_version(graph) == "m2"
