@@ -37,6 +37,8 @@ class Lifecycle:
         self._compacting = False
         self._last_compact = time.monotonic()
         self.stale_deltas = 0
+        self._forgotten_since_snapshot = False
+        engine.on_forget.append(self._note_forget)
         if redis is not None:
             engine.on_forget.append(self._publish_forget)
 
@@ -72,6 +74,7 @@ class Lifecycle:
         self._spawn(self._every(self.settings.catalog_refresh_s, self.refresh_facets))
         if self.settings.snapshot_dir is not None:
             self._spawn(self._every(self.settings.snapshot_interval_s, self.save_snapshot))
+            self._spawn(self._every(self.settings.forget_snapshot_s, self._snapshot_after_forget))
 
     async def stop(self, snapshot: bool = True) -> None:
         if self.consumer is not None:
@@ -156,6 +159,15 @@ class Lifecycle:
             self.engine.install(index, users)
         finally:
             self._pending.pop(version, None)
+
+    async def _note_forget(self, pseudonym: str) -> None:
+        self._forgotten_since_snapshot = True
+
+    async def _snapshot_after_forget(self) -> None:
+        """A forgotten user's cached vector must not linger on disk until the next regular snapshot."""
+        if self._forgotten_since_snapshot:
+            self._forgotten_since_snapshot = False
+            await self.save_snapshot()
 
     async def _publish_forget(self, pseudonym: str) -> None:
         """Other replicas drop the user from their caches too."""

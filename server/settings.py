@@ -41,6 +41,8 @@ class ServerSettings(BaseSettings):
     # Snapshots and the delta stream.
     snapshot_dir: Path | None = Path("var/index")
     snapshot_interval_s: float = Field(default=300.0, gt=0)
+    # How soon after a ForgetUser the snapshot on disk is rewritten without the user.
+    forget_snapshot_s: float = Field(default=10.0, gt=0)
     redis_url: str | None = "redis://127.0.0.1:6379/0"
     delta_stream: str = "ig:embeddings"
     delta_block_ms: int = Field(default=200, ge=1)

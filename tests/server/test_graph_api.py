@@ -61,7 +61,8 @@ def live(neo4j_driver, graph_settings, redis_url, tmp_path_factory):
     wipe(graph)
     redis.Redis.from_url(redis_url).delete(STREAM)
     settings = base_settings(redis_url=redis_url, delta_stream=STREAM, snapshot_dir=tmp_path_factory.mktemp("snap"),
-                             max_stream_events=1000, delta_block_ms=20, popular_ttl_s=0)
+                             max_stream_events=1000, delta_block_ms=20, popular_ttl_s=0,
+                             forget_snapshot_s=0.2)
     seeder, stop = start_harness(settings, graph_settings, graph)
     summary = _seed(seeder.stub(), time.time())
     stop()
@@ -207,3 +208,13 @@ def test_forget_user_everywhere(live, neo4j_driver, graph_settings, redis_url) -
     time.sleep(0.3)
     assert stub.RecommendForUser(pb.RecommendForUserRequest(user_id="alice", k=3), timeout=10).cold_start
     assert not stub.ForgetUser(pb.ForgetUserRequest(user_id="alice"), timeout=10).existed
+    # the snapshot on disk is rewritten without the user shortly after
+    from server.snapshot import load_snapshot
+
+    def snapshot_clean() -> bool:
+        try:
+            snap = load_snapshot(live.settings.snapshot_dir, live.engine.params)
+        except (OSError, ValueError):  # replaced while we read it
+            return False
+        return snap is not None and pseudonym not in snap.users and time.time() - snap.created_at < 5
+    _wait(snapshot_clean, timeout=10)
