@@ -16,6 +16,8 @@ def connect(settings: Neo4jSettings, *, verify: bool = True) -> neo4j.Driver:
         settings.uri,
         auth=(settings.user, password) if password else None,
         max_connection_pool_size=settings.max_pool_size,
+        # Queries name every allowed relationship type, some of which a young graph has not seen yet.
+        notifications_min_severity="OFF",
     )
     if verify:
         try:

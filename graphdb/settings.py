@@ -59,3 +59,11 @@ class GraphSettings(BaseSettings):
     @property
     def half_life_s(self) -> float:
         return self.half_life_days * 86400.0
+
+
+class DataSettings(BaseSettings):
+    """Where the shared datasets live (read-only)."""
+
+    model_config = SettingsConfigDict(env_prefix="IG_", frozen=True, extra="ignore")
+
+    datasets_dir: Path = Path("../shared/datasets")

@@ -1,0 +1,59 @@
+# Two commands for a fresh machine:  `make demo`  and  `make test`.
+# Everything else here is a step of theirs and can be run alone.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CLI := $(PY) -m cli.main
+DATASET ?= amazon-office
+PYTEST_ARGS ?=
+
+.PHONY: setup system proto neo4j-jars demo test up down status bench-ingest clean
+
+setup: system $(STAMP) proto neo4j-jars
+
+# System packages: Java 17 and Maven (Neo4j), redis-server. Installed only when missing.
+system:
+	@command -v java >/dev/null && command -v mvn >/dev/null && command -v redis-server >/dev/null || { \
+	  echo "installing system packages (java, maven, redis-server)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    openjdk-17-jre-headless maven redis-server >/dev/null; }
+	@# The Debian package starts its own redis on 6379; the project runs its own instances.
+	@-systemctl disable --now redis-server >/dev/null 2>&1 || true
+
+# uv makes the several-GB torch install a matter of minutes and caches wheels between runs.
+$(STAMP): pyproject.toml
+	@command -v uv >/dev/null || python3 -m pip install -q uv
+	@test -x $(PY) || uv venv -q -p python3.11 $(VENV)
+	VIRTUAL_ENV=$(VENV) uv pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+proto: $(STAMP)
+	$(PY) -m proto.generate
+
+# Maven fetches the Neo4j jars once into ~/.m2; the classpath is remembered under var/.
+neo4j-jars: $(STAMP)
+	$(PY) -c "from graphdb.localstack import neo4j_classpath; from graphdb.settings import LocalStackSettings; neo4j_classpath(LocalStackSettings())"
+
+up: setup
+	$(CLI) stack up
+
+down:
+	$(CLI) stack down
+
+status:
+	$(CLI) stack status
+
+demo: up
+	$(CLI) graph load $(DATASET)
+	$(CLI) graph stats
+	$(CLI) graph query "MATCH (c:Category)<-[:IN_CATEGORY]-(:Item)<-[p:PURCHASED]-() RETURN c.id AS category, count(p) AS purchases ORDER BY purchases DESC LIMIT 5"
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench-ingest: setup
+	$(PY) -m bench.ingest
+
+clean: down
+	rm -rf var

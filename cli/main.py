@@ -1,0 +1,16 @@
+"""``interest``: one entry point for everything a person runs (stack, graph, models, serving)."""
+
+from __future__ import annotations
+
+import typer
+
+from graphdb.cli import graph_app, stack_app
+from workers.cli import app as models_app
+
+app = typer.Typer(help="Real-time user-interest graph service.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+app.add_typer(graph_app, name="graph")
+app.add_typer(models_app, name="model")
+
+if __name__ == "__main__":
+    app()

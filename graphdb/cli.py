@@ -1,0 +1,135 @@
+"""``interest stack ...`` and ``interest graph ...``: the local stack, migrations, dataset loading, Cypher."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from graphdb import localstack
+from graphdb.driver import connect
+from graphdb.errors import InterestError
+from graphdb.loaders import DATASETS, load_dataset
+from graphdb.schema import migrate
+from graphdb.settings import DataSettings, GraphSettings, LocalStackSettings, Neo4jSettings
+from graphdb.stats import graph_counts
+
+console = Console()
+stack_app = typer.Typer(help="The local stack: embedded Neo4j and a loopback redis-server.", no_args_is_help=True)
+graph_app = typer.Typer(help="The graph: migrate, load datasets, counts, Cypher.", no_args_is_help=True)
+
+
+def _fail(exc: InterestError) -> None:
+    console.print(f"[red]error:[/red] {exc}")
+    raise typer.Exit(1)
+
+
+@stack_app.command("up")
+def stack_up() -> None:
+    """Start Neo4j and Redis (what already runs is left alone) and wait until both answer."""
+    settings = LocalStackSettings()
+    try:
+        started = time.monotonic()
+        services = localstack.up(settings)
+    except InterestError as exc:
+        _fail(exc)
+    for name, svc in services.items():
+        console.print(f"{name}: 127.0.0.1:{svc.port} (pid {svc.pid()}, log {svc.log_file})")
+    console.print(f"stack up in {time.monotonic() - started:.1f} s")
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop Neo4j (clean shutdown) and Redis."""
+    for name, was_running in localstack.down(LocalStackSettings()).items():
+        console.print(f"{name}: {'stopped' if was_running else 'was not running'}")
+
+
+@stack_app.command("status")
+def stack_status() -> None:
+    for name, st in localstack.status(LocalStackSettings()).items():
+        console.print(f"{name}: {'running' if st['running'] else 'stopped'} port {st['port']} pid {st['pid']}")
+
+
+@graph_app.command("migrate")
+def graph_migrate() -> None:
+    """Create constraints and indexes (idempotent)."""
+    try:
+        with connect(Neo4jSettings()) as driver:
+            console.print(f"schema version {migrate(driver, GraphSettings())}")
+    except InterestError as exc:
+        _fail(exc)
+
+
+@graph_app.command("load")
+def graph_load(
+    dataset: str = typer.Argument(..., help=f"one of: {', '.join(DATASETS)}"),
+    limit: int = typer.Option(None, help="load at most this many events"),
+) -> None:
+    """Load a shared dataset through the ingestion path, with progress."""
+    gs, data = GraphSettings(), DataSettings()
+    root = data.datasets_dir / dataset
+    try:
+        with connect(Neo4jSettings()) as driver:
+            migrate(driver, gs)
+            total = DATASETS[dataset].count_events(root) if dataset in DATASETS else 0
+            total = min(total, limit) if limit else total
+            started = time.monotonic()
+            with Progress(TextColumn(f"loading {dataset}"), BarColumn(), MofNCompleteColumn(),
+                          TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console) as bar:
+                task = bar.add_task("load", total=total, rate="")
+
+                def advance(n: int) -> None:
+                    bar.advance(task, n)
+                    done = bar.tasks[task].completed
+                    bar.update(task, rate=f"{done / max(time.monotonic() - started, 1e-9):,.0f} ev/s")
+
+                result = load_dataset(driver, gs, dataset, root, limit=limit, progress=advance)
+            elapsed = time.monotonic() - started
+    except InterestError as exc:
+        _fail(exc)
+    console.print(f"{dataset}: {result.accepted:,} events stored, {result.duplicates:,} duplicates, "
+                  f"{len(result.rejected):,} rejected in {elapsed:.1f} s ({result.accepted / max(elapsed, 1e-9):,.0f} ev/s)")
+    for r in result.rejected[:5]:
+        console.print(f"  rejected #{r.index}: {r.reason}")
+
+
+@graph_app.command("stats")
+def graph_stats(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Counts of nodes, relationships and events in the graph."""
+    try:
+        with connect(Neo4jSettings()) as driver:
+            counts = graph_counts(driver)
+    except InterestError as exc:
+        _fail(exc)
+    if as_json:
+        print(json.dumps(counts))
+        return
+    table = Table("kind", "name", "count")
+    for kind, values in counts.items():
+        for name, n in values.items():
+            table.add_row(kind, name, f"{n:,}")
+    console.print(table)
+
+
+@graph_app.command("query")
+def graph_query(cypher: str = typer.Argument(..., help="a read-only Cypher query"), limit: int = 20) -> None:
+    """Run a read-only Cypher query (as an analyst would) and print the rows."""
+    import neo4j
+
+    try:
+        with connect(Neo4jSettings()) as driver:
+            records, _, keys = driver.execute_query(cypher, routing_=neo4j.RoutingControl.READ)
+    except InterestError as exc:
+        _fail(exc)
+    except neo4j.exceptions.Neo4jError as exc:
+        console.print(f"[red]Cypher error:[/red] {exc.message}")
+        raise typer.Exit(1)
+    table = Table(*keys)
+    for r in records[:limit]:
+        table.add_row(*(str(r[k]) for k in keys))
+    console.print(table)

@@ -1,0 +1,74 @@
+"""Change marks: set in the writing transaction, cleared only if unchanged (the clearing race)."""
+
+import threading
+import time
+
+from graphdb.changes import clear_marks, count_marks, read_marks
+from graphdb.ingest import ingest_events
+from graphdb.pseudonym import pseudonymise
+
+NOW = 1_700_000_000.0
+
+
+def _view(i, user="u1", item="i1"):
+    return {"event_id": f"v{i}", "user_id": user, "type": "view", "item_id": item, "ts": NOW + i % 10}
+
+
+def test_every_touched_node_is_marked_and_clearing_removes_marks(graph, graph_settings):
+    ingest_events(graph, graph_settings, [_view(0), _view(1, "u2", "i2"),
+                                          {"event_id": "q", "user_id": "u3", "type": "search", "query": "lamp", "ts": NOW}],
+                  now=NOW + 10)
+    marks = read_marks(graph)
+    key = graph_settings.pseudonym_key.get_secret_value()
+    assert {(m.label, m.id) for m in marks} >= {("User", pseudonymise(key, "u1")), ("User", pseudonymise(key, "u2")),
+                                                ("Item", "i1"), ("Item", "i2")}
+    assert {m.label for m in marks} == {"User", "Item", "Query"} and len(marks) == 6
+    assert clear_marks(graph, marks) == 6
+    assert count_marks(graph) == 0
+
+
+def test_a_change_between_read_and_clear_keeps_its_mark(graph, graph_settings):
+    ingest_events(graph, graph_settings, [_view(0)], now=NOW + 10)
+    seen = read_marks(graph)  # a worker starts recomputing these
+    ingest_events(graph, graph_settings, [_view(1, "u2", "i1")], now=NOW + 10)  # lands meanwhile, touches i1
+    assert clear_marks(graph, seen) == 1  # u1 cleared; i1 changed again, so it stays
+    left = read_marks(graph)
+    assert {m.id for m in left if m.label == "Item"} == {"i1"}
+    assert clear_marks(graph, left) == 2 and count_marks(graph) == 0
+
+
+def test_no_change_is_lost_under_concurrent_ingestion_and_clearing(graph, graph_settings):
+    """Writers hit one hot item while a clearer loops; after the last write the item must still be marked
+    unless a clear happened after it (checked by comparing the last write with the last successful clear)."""
+    stop = threading.Event()
+    last_write = {}
+    errors = []
+
+    def writer(w):
+        try:
+            for i in range(40):
+                ingest_events(graph, graph_settings, [_view(w * 1000 + i, f"w{w}", "hot")], now=NOW + 10)
+            last_write[w] = time.monotonic()
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    def clearer():
+        while not stop.is_set():
+            clear_marks(graph, [m for m in read_marks(graph) if m.id == "hot"])
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(3)]
+    c = threading.Thread(target=clearer)
+    c.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    c.join()
+    assert not errors
+    # Every write after the clearer's final read keeps its mark; a final clear with stale tokens must not remove it.
+    marks = [m for m in read_marks(graph) if m.id == "hot"]
+    late = ingest_events(graph, graph_settings, [_view(99999, "late", "hot")], now=NOW + 10)
+    assert late.accepted == 1
+    assert clear_marks(graph, marks) == 0
+    assert [m.id for m in read_marks(graph) if m.id == "hot"] == ["hot"]
