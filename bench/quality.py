@@ -94,7 +94,8 @@ def main(dataset: str = typer.Option("gowalla", help="benchmark dataset (gowalla
          data_dir: Path = typer.Option(Path("/work/shared/datasets"), help="folder holding the datasets"),
          budget_min: float = typer.Option(20.0, help="training budget per trainable model, minutes"),
          models: str = typer.Option(",".join(ALL_MODELS), help="comma-separated subset to run"),
-         dim: int = typer.Option(1024, help="served embedding width"),
+         dim: int = typer.Option(1536, help="served embedding width"),
+         select_filter: bool = typer.Option(False, help="choose the served filter on a validation split"),
          epochs: int = typer.Option(None, help="served fine-tune epochs (default: settings)"),
          lr: float = typer.Option(2e-4, help="served fine-tune learning rate"),
          threads: int = typer.Option(2), out: Path = typer.Option(None, help="also write RESULT JSON here")):

@@ -129,7 +129,7 @@ def fit_served(graph: InteractionGraph, ms: ModelSettings, ts: TrainSettings,
     device = pick_device(ts.device)
     r_all = graph.interactions()
     history: list[dict] = []
-    if ts.val_fraction > 0:
+    if ts.val_fraction > 0 and (ms.select_filter or ts.max_epochs > 0):
         r_fit, r_val = holdout(r_all, ts.val_fraction, ts.seed)
         model = _start(graph, r_fit, ms, ts, item_text)
         meta_args = (graph.item_category, graph.item_brand, item_text, graph.num_items)

@@ -5,7 +5,7 @@ import torch
 
 from planted_graphs import planted
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny graphs: one thread, and no spin-wait fights with other jobs
 
 
 @pytest.fixture()

@@ -54,6 +54,7 @@ def test_cli_train_evaluate_embed_all(tmp_path, monkeypatch):
     monkeypatch.setenv("IG_MODEL_DIM", "8")
     monkeypatch.setenv("IG_TRAIN_MAX_EPOCHS", "1")
     monkeypatch.setenv("IG_TRAIN_BATCH_SIZE", "32")
+    monkeypatch.setenv("IG_TRAIN_THREADS", "1")
     runner = CliRunner()
     res = runner.invoke(app, ["train", "--dataset", "gowalla"])
     assert res.exit_code == 0, res.output

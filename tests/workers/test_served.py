@@ -85,7 +85,7 @@ def test_embed_all_labels_and_ids(planted_split):
 def test_filter_selection_and_refit_use_all_interactions():
     split, _ = planted(seed=2)
     ts = TrainSettings(max_epochs=2, batch_size=32, lr=3e-3, val_fraction=0.2, patience=2, refit=True)
-    fitted = fit_served(split.train, MS, ts, progress=False)
+    fitted = fit_served(split.train, MS.model_copy(update={"select_filter": True}), ts, progress=False)
     chosen = fitted.history[0]["selected"]
     assert chosen["filter_power"] in MS.filter_grid + (MS.filter_power,)
     assert fitted.model.user_norm == chosen["user_norm"]
