@@ -66,32 +66,46 @@ _RECORD_SEEN = f"UNWIND $ids AS id CREATE (:{SEEN} {{id: id, at: $now}})"
 _PRUNE_SEEN = f"MATCH (s:{SEEN}) WHERE s.at < $before WITH s LIMIT $batch DELETE s RETURN count(*) AS n"
 
 
-def _interaction_query(rel: str, target_label: str) -> str:
-    # `w0`/`l0` are read before any SET so the update uses the stored aggregate; decay goes to the later time.
-    rating = ", e.rating = CASE WHEN r.rating IS NOT NULL AND r.last >= l0 THEN r.rating ELSE e.rating END" \
-             ", e.review = CASE WHEN r.review IS NOT NULL AND r.last >= l0 THEN r.review ELSE e.review END" \
-        if rel == "RATED" else ""
-    text = ", t.text = r.text" if target_label == QUERY else ""
+def _upsert_nodes_query(label: str) -> str:
+    # Nodes first, once each and marked, so the relationship statement below needs no label writes (which would
+    # force the planner to materialise every row between steps).
+    text = ", n.text = r.text" if label == QUERY else ""
     return f"""
-UNWIND $rows AS r
-MERGE (u:{USER} {{id: r.user}})
-  ON CREATE SET u.created_at = $now
-MERGE (t:{target_label} {{id: r.target}})
-  ON CREATE SET t.created_at = $now{text}
-MERGE (u)-[e:{rel}]->(t)
-WITH u, t, e, r, coalesce(e.weight, 0.0) AS w0, coalesce(e.last_ts, r.last) AS l0
-SET e.weight = CASE WHEN r.last >= l0
-                    THEN w0 * exp($k * (l0 - r.last)) + r.weight
-                    ELSE w0 + r.weight * exp($k * (r.last - l0)) END,
-    e.count = coalesce(e.count, 0) + r.count,
-    e.first_ts = CASE WHEN e.first_ts IS NULL OR r.first < e.first_ts THEN r.first ELSE e.first_ts END,
-    e.last_ts = CASE WHEN r.last > l0 THEN r.last ELSE l0 END{rating},
-    {mark("u")}, {mark("t")}
+UNWIND $nodes AS r
+MERGE (n:{label} {{id: r.id}})
+  ON CREATE SET n.created_at = $now{text}
+SET {mark("n")}
 """
 
 
-_QUERIES = {(rel, QUERY if rel == "SEARCHED" else ITEM): _interaction_query(rel, QUERY if rel == "SEARCHED" else ITEM)
-            for rel in set(REL_FOR_EVENT.values())}
+def _interaction_query(rel: str, target_label: str) -> str:
+    # SET items apply left to right: weight and rating read the stored last_ts before it is advanced.
+    # The decay goes to the later of the two times, so merging aggregates is order-independent.
+    create_rating = ", e.rating = r.rating, e.review = r.review" if rel == "RATED" else ""
+    match_rating = (", e.rating = CASE WHEN r.rating IS NOT NULL AND r.last >= e.last_ts THEN r.rating ELSE e.rating END"
+                    ", e.review = CASE WHEN r.review IS NOT NULL AND r.last >= e.last_ts THEN r.review ELSE e.review END"
+                    if rel == "RATED" else "")
+    return f"""
+UNWIND $rows AS r
+MATCH (u:{USER} {{id: r.user}})
+MATCH (t:{target_label} {{id: r.target}})
+MERGE (u)-[e:{rel}]->(t)
+  ON CREATE SET e.weight = r.weight, e.count = r.count, e.first_ts = r.first, e.last_ts = r.last{create_rating}
+  ON MATCH SET e.weight = CASE WHEN r.last >= e.last_ts
+                               THEN e.weight * exp($k * (e.last_ts - r.last)) + r.weight
+                               ELSE e.weight + r.weight * exp($k * (r.last - e.last_ts)) END,
+               e.count = e.count + r.count,
+               e.first_ts = CASE WHEN r.first < e.first_ts THEN r.first ELSE e.first_ts END{match_rating},
+               e.last_ts = CASE WHEN r.last > e.last_ts THEN r.last ELSE e.last_ts END
+"""
+
+
+def _target(rel: str) -> str:
+    return QUERY if rel == "SEARCHED" else ITEM
+
+
+_NODES = {label: _upsert_nodes_query(label) for label in (USER, ITEM, QUERY)}
+_QUERIES = {rel: _interaction_query(rel, _target(rel)) for rel in set(REL_FOR_EVENT.values())}
 
 
 def aggregate(events: Sequence[tuple[Event, str]], half_life_s: float) -> dict[str, list[dict]]:
@@ -148,10 +162,17 @@ def _apply(tx: neo4j.ManagedTransaction, events: list[Event], key: str, settings
     tx.run(_RECORD_SEEN, ids=[e.event_id for e in fresh], now=now).consume()
     upsert_items(tx, _item_records(fresh), token=token, now=now)
     rows = aggregate([(e, pseudonymise(key, e.user_id)) for e in fresh], settings.half_life_s)
+    nodes: dict[str, dict[str, dict]] = {USER: {}, ITEM: {}, QUERY: {}}
+    for rel, rel_rows in rows.items():
+        for r in rel_rows:
+            nodes[USER][r["user"]] = {"id": r["user"]}
+            nodes[_target(rel)][r["target"]] = {"id": r["target"], "text": r.get("text")}
+    for label, found in nodes.items():
+        if found:  # sorted: a fixed lock order keeps concurrent batches from deadlocking
+            tx.run(_NODES[label], nodes=[found[i] for i in sorted(found)], token=token, now=now).consume()
     k = LN2 / settings.half_life_s
     for rel, rel_rows in sorted(rows.items()):
-        target = QUERY if rel == "SEARCHED" else ITEM
-        tx.run(_QUERIES[(rel, target)], rows=rel_rows, k=k, token=token, now=now).consume()
+        tx.run(_QUERIES[rel], rows=rel_rows, k=k).consume()
     return len(fresh), len(existing)
 
 
