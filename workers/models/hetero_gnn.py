@@ -1,0 +1,161 @@
+"""K-layer inductive heterogeneous encoders (GraphSAGE default, GCN and GIN variants) for the live graph.
+
+Node types: user, item, category, brand, query. Every relation is used in both directions (its reverse is
+added as ``rev_<relation>``), so users inform items and items inform users. Inputs:
+
+* item: learned category bag + brand embedding + projected sentence vector (+ optional ID embedding),
+* category / brand: learned embeddings (they are nodes too),
+* query: projected sentence vector of its text,
+* user: no raw features, a shared learned start vector; after one layer a user is what they did,
+
+so a new user with one click or a new item with metadata only gets a vector from the same forward pass.
+Neighbour caps (`workers.sampling.cap_neighbours`) are applied before the pass and depend only on a node's own
+edges, so a subgraph around the changed nodes reproduces the full-graph vectors.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.nn import GINConv, HeteroConv, MessagePassing, SAGEConv
+from torch_geometric.utils import degree
+
+from workers.data import EdgeType, InteractionGraph
+from workers.sampling import cap_neighbours
+
+
+class BipartiteGCNConv(MessagePassing):
+    """GCN propagation between two node sets: ``x'_i = W_r x_i + sum_j w_ij / sqrt(d_i d_j) W x_j``.
+
+    Shapes: ``x = (x_src [Ns, in], x_dst [Nd, in])``, ``edge_index`` [2, E], ``edge_weight`` [E] -> [Nd, out].
+    """
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(aggr="add")
+        self.lin = nn.Linear(in_channels, out_channels, bias=False)
+        self.root = nn.Linear(in_channels, out_channels)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.lin.reset_parameters()
+        self.root.reset_parameters()
+
+    def forward(self, x: tuple[Tensor, Tensor], edge_index: Tensor, edge_weight: Tensor | None = None) -> Tensor:
+        xs, xd = x
+        w = torch.ones(edge_index.size(1), device=xs.device) if edge_weight is None else edge_weight
+        ds = degree(edge_index[0], xs.size(0)).clamp(min=1)
+        dd = degree(edge_index[1], xd.size(0)).clamp(min=1)
+        norm = w * ds[edge_index[0]].rsqrt() * dd[edge_index[1]].rsqrt()
+        return self.propagate(edge_index, x=(self.lin(xs), xd), norm=norm) + self.root(xd)
+
+    def message(self, x_j: Tensor, norm: Tensor) -> Tensor:
+        return norm.unsqueeze(-1) * x_j
+
+
+def typed_edges(graph: InteractionGraph, cap: int) -> tuple[dict[EdgeType, Tensor], dict[EdgeType, Tensor]]:
+    """Edge indices and weights of every relation and its reverse, capped per target node (top-N by weight,
+    ties by source index). Item->category and item->brand links come from the item metadata."""
+    rels: dict[EdgeType, tuple[Tensor, Tensor]] = {}
+    for et, es in graph.edges.items():
+        rels[et] = (es.index, es.weight)
+    if graph.num_categories and graph.item_category.numel():
+        rels[("item", "in_category", "category")] = (graph.item_category, torch.ones(graph.item_category.size(1)))
+    has_brand = graph.item_brand >= 0
+    if graph.num_brands and bool(has_brand.any()):
+        idx = torch.stack([torch.nonzero(has_brand).view(-1), graph.item_brand[has_brand]])
+        rels[("item", "of_brand", "brand")] = (idx, torch.ones(idx.size(1)))
+    index, weight = {}, {}
+    for (s, r, d), (ei, w) in rels.items():
+        for et, e in (((s, r, d), ei), ((d, f"rev_{r}", s), ei.flip(0))):
+            keep = cap_neighbours(e, w, cap, by=1)
+            index[et], weight[et] = e[:, keep], w[keep]
+    return index, weight
+
+
+class HeteroGNN(nn.Module):
+    """Inductive heterogeneous encoder.
+
+    Args:
+        edge_types: relations (forward and reverse) the model passes messages over.
+        num_categories, num_brands: metadata vocabularies.
+        text_dim: width of sentence vectors (items, queries); 0 = none.
+        hidden: width of every layer and of the output.
+        num_layers: K message-passing rounds.
+        conv: "sage" (default), "gcn" or "gin".
+        aggr: neighbour aggregation for SAGE ("mean", "sum", "max").
+        num_items: size of an optional item ID table (0 = purely inductive).
+
+    ``forward(x_dict, edge_index_dict, edge_weight_dict)`` -> {node type: [N_type, hidden]}.
+    """
+
+    def __init__(self, edge_types: list[EdgeType], num_categories: int, num_brands: int, text_dim: int,
+                 hidden: int = 64, num_layers: int = 2, conv: str = "sage", aggr: str = "mean",
+                 num_items: int = 0):
+        super().__init__()
+        self.edge_types, self.hidden, self.conv_name = list(edge_types), hidden, conv
+        self.user_start = nn.Parameter(torch.zeros(hidden))
+        self.category = nn.Embedding(max(num_categories, 1), hidden)
+        self.brand = nn.Embedding(max(num_brands, 1), hidden)
+        self.text = nn.Linear(text_dim, hidden) if text_dim else None
+        self.item_id = nn.Embedding(num_items, hidden) if num_items else None
+        self.convs = nn.ModuleList(
+            HeteroConv({et: self._conv(conv, aggr) for et in self.edge_types}, aggr="sum")
+            for _ in range(num_layers))
+        self.reset_parameters()
+
+    def _conv(self, conv: str, aggr: str) -> nn.Module:
+        h = self.hidden
+        if conv == "sage":
+            return SAGEConv((h, h), h, aggr=aggr)
+        if conv == "gcn":
+            return BipartiteGCNConv(h, h)
+        if conv == "gin":
+            return GINConv(nn.Sequential(nn.Linear(h, h), nn.ReLU(), nn.Linear(h, h)), train_eps=True)
+        raise ValueError(f"unknown conv {conv!r}")
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.user_start, std=0.1)
+        for m in (self.category, self.brand, self.item_id):
+            if m is not None:
+                nn.init.normal_(m.weight, std=0.1)
+        if self.text is not None:
+            self.text.reset_parameters()
+        for layer in self.convs:
+            for c in layer.convs.values():
+                c.reset_parameters()
+
+    def inputs(self, graph: InteractionGraph, item_text: Tensor | None = None,
+               query_text: Tensor | None = None) -> dict[str, Tensor]:
+        """Layer-0 vectors of every node type present in ``graph``."""
+        n_i = graph.num_items
+        ic = graph.item_category
+        cat_sum = torch.zeros(n_i, self.hidden).index_add_(0, ic[0], self.category(ic[1])) if ic.numel() \
+            else torch.zeros(n_i, self.hidden)
+        cnt = torch.bincount(ic[0], minlength=n_i).clamp(min=1).unsqueeze(-1) if ic.numel() else 1
+        b = graph.item_brand
+        item = cat_sum / cnt + self.brand(b.clamp(min=0)) * (b >= 0).unsqueeze(-1)
+        if self.text is not None and item_text is not None:
+            item = item + self.text(item_text)
+        if self.item_id is not None:
+            item = item + self.item_id.weight[:n_i]
+        x = {"user": self.user_start.expand(graph.num_users, -1), "item": item,
+             "category": self.category.weight[: max(graph.num_categories, 1)],
+             "brand": self.brand.weight[: max(graph.num_brands, 1)]}
+        if graph.query_ids:
+            q = self.text(query_text) if self.text is not None and query_text is not None \
+                else torch.zeros(len(graph.query_ids), self.hidden)
+            x["query"] = q
+        return x
+
+    def forward(self, x_dict: dict[str, Tensor], edge_index_dict: dict[EdgeType, Tensor],
+                edge_weight_dict: dict[EdgeType, Tensor] | None = None) -> dict[str, Tensor]:
+        eis = {et: e for et, e in edge_index_dict.items() if et in self.edge_types}
+        for i, layer in enumerate(self.convs):
+            kwargs = {}
+            if self.conv_name == "gcn" and edge_weight_dict is not None:
+                kwargs = {"edge_weight_dict": {et: edge_weight_dict[et] for et in eis}}
+            out = layer(x_dict, eis, **kwargs)
+            # node types without incoming edges keep their vectors
+            out = {k: out.get(k, v) for k, v in x_dict.items()}
+            x_dict = out if i == len(self.convs) - 1 else {k: torch.relu(v) for k, v in out.items()}
+        return x_dict
