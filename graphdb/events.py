@@ -74,17 +74,10 @@ class Event(BaseModel):
     review: str | None = None
     item: ItemMeta | None = None
 
-    @field_validator("ts", mode="before")
+    @field_validator("ts", "rating", mode="before")
     @classmethod
-    def _int_ts(cls, v: Any) -> Any:
-        # Integers are fine for seconds; bools are ints in Python but never a timestamp.
-        if isinstance(v, int) and not isinstance(v, bool):
-            return float(v)
-        return v
-
-    @field_validator("rating", mode="before")
-    @classmethod
-    def _int_rating(cls, v: Any) -> Any:
+    def _int_to_float(cls, v: Any) -> Any:
+        # Integers are fine for seconds and stars; bools are ints in Python but never either.
         if isinstance(v, int) and not isinstance(v, bool):
             return float(v)
         return v

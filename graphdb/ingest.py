@@ -203,9 +203,9 @@ def ingest_events(
             with driver.session(database=database) as session:
                 accepted, dups = session.execute_write(_apply, batch, key, settings, now)
             break
-        except ConstraintError:
+        except ConstraintError as exc:
             if attempt == _CONSTRAINT_RETRIES - 1:
-                raise
+                raise Unavailable("concurrent batches kept recording the same event ids; retry the batch") from exc
         except (ServiceUnavailable, SessionExpired, TransientError) as exc:
             raise Unavailable(f"Neo4j could not take the batch, retry it: {exc}") from exc
     result.accepted += accepted
