@@ -103,7 +103,7 @@ def run_cold_start(graph: InteractionGraph, item_text: torch.Tensor | None, ms: 
             "device": str(pick_device(ts.device))}
 
 
-def main(data_dir: Path = typer.Option(Path("/work/shared/datasets")),
+def main(data_dir: Path = typer.Option(Path("../shared/datasets")),
          budget_min: float = typer.Option(5.0, help="training budget, minutes"),
          fraction: float = typer.Option(0.2, help="share of items held out as new"),
          dim: int = typer.Option(256, help="embedding width"),

@@ -91,7 +91,7 @@ def _served(split: Split, ms: ModelSettings, ts: TrainSettings, budget_s: float,
 
 
 def main(dataset: str = typer.Option("gowalla", help="benchmark dataset (gowalla)"),
-         data_dir: Path = typer.Option(Path("/work/shared/datasets"), help="folder holding the datasets"),
+         data_dir: Path = typer.Option(Path("../shared/datasets"), help="folder holding the datasets"),
          budget_min: float = typer.Option(20.0, help="training budget per trainable model, minutes"),
          models: str = typer.Option(",".join(ALL_MODELS), help="comma-separated subset to run"),
          dim: int = typer.Option(1536, help="served embedding width"),

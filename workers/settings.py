@@ -75,5 +75,5 @@ class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IG_WORKER_", frozen=True, extra="ignore")
 
     model_dir: Path = Path("var/models")
-    data_dir: Path = Path("/work/shared/datasets")
+    data_dir: Path = Path("../shared/datasets")
     text_cache_dir: Path = Path("var/text-cache")
