@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml
 proto: $(STAMP)
 	$(PY) -m proto.generate
 
-# Maven fetches the Neo4j jars once into ~/.m2; the classpath is remembered under var/.
+# Maven fetches the Neo4j jars once into ~/.m2; their classpath is remembered in ~/.cache/interest-graph.
 neo4j-jars: $(STAMP)
 	$(PY) -c "from graphdb.localstack import neo4j_classpath; from graphdb.settings import LocalStackSettings; neo4j_classpath(LocalStackSettings())"
 

@@ -56,10 +56,6 @@ def neo4j_for_bench(uri: str | None) -> Iterator[Neo4jSettings]:
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         stack = LocalStackSettings(var_dir=Path(tmp), neo4j_port=localstack.free_port(),
                                    redis_port=localstack.free_port())
-        cp = LocalStackSettings().var_dir / "neo4j" / f"classpath-{stack.neo4j_version}.txt"
-        if cp.exists():
-            (Path(tmp) / "neo4j").mkdir()
-            (Path(tmp) / "neo4j" / cp.name).write_text(cp.read_text())
         try:
             localstack.start_neo4j(stack)
             yield Neo4jSettings(uri=f"bolt://127.0.0.1:{stack.neo4j_port}")

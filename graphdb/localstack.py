@@ -20,6 +20,8 @@ from graphdb.errors import FailedPrecondition, Unavailable
 from graphdb.settings import LocalStackSettings
 
 LAUNCHER_DIR = Path(__file__).resolve().parent / "neo4j_launcher"
+# The classpath names jars in ~/.m2, so it belongs to the machine, next to that cache, not to one checkout.
+CLASSPATH_CACHE_DIR = Path.home() / ".cache" / "interest-graph"
 
 
 @dataclass(frozen=True)
@@ -71,8 +73,9 @@ def _services(settings: LocalStackSettings) -> tuple[Service, Service]:
 
 
 def neo4j_classpath(settings: LocalStackSettings) -> str:
-    """Classpath of the Neo4j jars, resolved by Maven once (jars cached in ~/.m2) and remembered."""
-    cache = settings.var_dir / "neo4j" / f"classpath-{settings.neo4j_version}.txt"
+    """Classpath of the Neo4j jars, resolved by Maven once (jars cached in ~/.m2) and remembered per machine,
+    so every stack (the project's, the tests', a benchmark's) shares it whatever its ``var_dir``."""
+    cache = CLASSPATH_CACHE_DIR / f"neo4j-classpath-{settings.neo4j_version}.txt"
     if cache.exists() and cache.stat().st_size > 0:
         return cache.read_text().strip()
     if shutil.which("mvn") is None:

@@ -6,7 +6,6 @@ before each test that uses it. Tests of pure functions use none of this and need
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,11 +43,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Stack:
         neo4j_pagecache_mb=512,
         neo4j_tx_memory_mb=1024,
     )
-    # The Neo4j jars' classpath is resolved once per machine; reuse the project's cache if it exists.
-    project_cache = Path("var") / "neo4j" / f"classpath-{settings.neo4j_version}.txt"
-    if project_cache.exists():
-        (var / "neo4j").mkdir(parents=True, exist_ok=True)
-        shutil.copy(project_cache, var / "neo4j" / project_cache.name)
     try:
         localstack.up(settings)
         yield Stack(settings)
