@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from graphdb.driver import connect
+from graphdb.errors import FailedPrecondition
 from graphdb.settings import GraphSettings, Neo4jSettings
 from proto.interest.v1 import interest_pb2 as pb
 from proto.interest.v1 import interest_pb2_grpc as pb_grpc
@@ -29,8 +30,19 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InterestService"].full_name
 
 
+def check_exposure(settings: ServerSettings) -> None:
+    """Refuses to listen beyond loopback without bearer tokens, unless explicitly allowed."""
+    if settings.tokens or settings.loopback_only or settings.allow_insecure_public:
+        return
+    raise FailedPrecondition(
+        f"refusing to listen on {settings.host}:{settings.port} without authentication: anyone who can reach it "
+        "could read recommendations, ingest events and forget users. Set IG_SERVER_AUTH_TOKENS, listen on "
+        "127.0.0.1, or set IG_SERVER_ALLOW_INSECURE_PUBLIC=true if something in front authenticates callers")
+
+
 def create_server(settings: ServerSettings, engine: Engine, graph: GraphSettings) -> tuple[aio.Server, int]:
     """A configured, not yet started server and the port it is bound to (call inside a running loop)."""
+    check_exposure(settings)
     interceptors: list[aio.ServerInterceptor] = []
     if settings.tokens:
         interceptors.append(AuthInterceptor(settings.tokens))
@@ -73,6 +85,7 @@ def create_server(settings: ServerSettings, engine: Engine, graph: GraphSettings
 
 
 async def serve(settings: ServerSettings, graph: GraphSettings, neo4j_settings: Neo4jSettings) -> None:
+    check_exposure(settings)  # before connecting anywhere: a misconfiguration fails at once
     driver = connect(neo4j_settings)
     redis = connect_redis(settings.redis_url, settings.delta_block_ms) if settings.redis_url else None
     engine = Engine(settings, graph, driver, neo4j_settings.database)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
@@ -18,6 +19,9 @@ class ServerSettings(BaseSettings):
     # TLS is on when both are set (PEM files).
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    # A non-loopback host without auth tokens is refused unless this is set (e.g. a trusted private network
+    # with authentication done by a proxy in front).
+    allow_insecure_public: bool = False
 
     # Limits.
     max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
@@ -68,3 +72,14 @@ class ServerSettings(BaseSettings):
     @property
     def tls(self) -> bool:
         return self.tls_cert_file is not None and self.tls_key_file is not None
+
+    @property
+    def loopback_only(self) -> bool:
+        """Whether ``host`` is a loopback address (or ``localhost``), reachable from this machine only."""
+        host = self.host.strip().strip("[]").lower()
+        if host == "localhost" or host.endswith(".localhost"):
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False  # a host name or an unparsable address: assume it may be public
