@@ -23,6 +23,7 @@ from server.delta import connect_redis
 from server.engine import Engine
 from server.errors import ErrorInterceptor
 from server.lifecycle import Lifecycle
+from server.metrics import ServerMetrics
 from server.service import InterestServicer
 from server.settings import ServerSettings
 
@@ -41,9 +42,13 @@ def check_exposure(settings: ServerSettings) -> None:
 
 
 def create_server(settings: ServerSettings, engine: Engine, graph: GraphSettings) -> tuple[aio.Server, int]:
-    """A configured, not yet started server and the port it is bound to (call inside a running loop)."""
+    """A configured, not yet started server and the port it is bound to (call inside a running loop).
+
+    Its metrics (own registry) are ``engine.metrics``; ``engine.metrics.start_http(host, port)`` exposes them.
+    """
     check_exposure(settings)
-    interceptors: list[aio.ServerInterceptor] = []
+    engine.metrics = ServerMetrics(engine)
+    interceptors: list[aio.ServerInterceptor] = [engine.metrics.interceptor]  # first: sees every call
     if settings.tokens:
         interceptors.append(AuthInterceptor(settings.tokens))
     interceptors.append(ErrorInterceptor())
@@ -91,6 +96,11 @@ async def serve(settings: ServerSettings, graph: GraphSettings, neo4j_settings: 
     engine = Engine(settings, graph, driver, neo4j_settings.database)
     lifecycle = Lifecycle(engine, redis)
     server, port = create_server(settings, engine, graph)
+    engine.metrics.follow(lifecycle)
+    try:
+        engine.metrics.start_http(settings.metrics_host, settings.metrics_port)
+    except OSError as exc:  # serving matters more than its figures
+        log.error("metrics endpoint %s:%d not started: %s", settings.metrics_host, settings.metrics_port, exc)
     await server.start()
     log.info("listening on %s:%d (%s)", settings.host, port, "TLS" if settings.tls else "plaintext")
     loading = asyncio.create_task(lifecycle.start())
@@ -107,6 +117,7 @@ async def serve(settings: ServerSettings, graph: GraphSettings, neo4j_settings: 
     loading.cancel()
     await asyncio.gather(loading, return_exceptions=True)
     await lifecycle.stop(snapshot=True)
+    await asyncio.to_thread(engine.metrics.stop_http)
     if redis is not None:
         await redis.aclose()
     driver.close()

@@ -72,6 +72,8 @@ class DeltaConsumer:
         self.applied = 0
         self.malformed = 0
         self.last_applied_at = 0.0
+        self.last_delta_ts = 0.0  # ts carried by the last applied delta (freshness)
+        self.caught_up_at = 0.0  # when a read last reached the tail of the stream (lag)
         self.stopping = False
 
     async def run(self) -> None:
@@ -79,6 +81,7 @@ class DeltaConsumer:
         while not self.stopping:
             try:
                 reply = await self.client.xread({self.stream: self.position}, count=self.batch, block=self.block_ms)
+                read_at = time.time()
                 backoff = 0.1
             except asyncio.CancelledError:
                 raise
@@ -90,9 +93,13 @@ class DeltaConsumer:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
+            read = 0
             for _stream, entries in reply or ():
+                read += len(entries)
                 for entry_id, fields in entries:
                     await self._apply_one(entry_id, fields)
+            if read < self.batch:
+                self.caught_up_at = read_at
 
     async def _apply_one(self, entry_id, fields) -> None:
         payload = fields.get(FIELD)
@@ -109,4 +116,5 @@ class DeltaConsumer:
                 await result
             self.applied += 1
             self.last_applied_at = time.time()
+            self.last_delta_ts = msg.ts
         self.position = entry_id.decode() if isinstance(entry_id, bytes) else entry_id

@@ -88,6 +88,8 @@ class Engine:
         self._key = graph.pseudonym_key.get_secret_value()
         self.on_forget: list[Any] = []  # async callbacks(pseudonym), e.g. publish to the delta stream
         self.on_ready: list[Any] = []  # async callbacks(serving: bool), e.g. the health service
+        self.on_ingest: list[Any] = []  # callbacks(received: int, IngestResult), e.g. metrics
+        self.metrics: Any = None  # this server's metrics (server.metrics.ServerMetrics), set by create_server
 
     # -- state ---------------------------------------------------------------------------------------------
     @property
@@ -262,4 +264,6 @@ class Engine:
         if described:  # new catalogue facts: refresh those items' facets now rather than at the next sweep
             facets = await asyncio.to_thread(catalog.item_facets, driver, described, database=self.database)
             self.facets.update(facets)
+        for callback in self.on_ingest:
+            callback(len(events), total)
         return total

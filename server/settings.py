@@ -59,6 +59,10 @@ class ServerSettings(BaseSettings):
     catalog_refresh_s: float = Field(default=60.0, gt=0)
     user_cache_size: int = Field(default=200_000, ge=0)
 
+    # Prometheus metrics (HTTP /metrics); 0 binds a free port.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+
     @field_validator("snapshot_dir", "redis_url", "tls_cert_file", "tls_key_file", mode="before")
     @classmethod
     def _empty_is_none(cls, v):

@@ -1,0 +1,196 @@
+"""Prometheus metrics of one server: RPCs, index state, model version, delta-stream freshness, ingestion.
+
+Every server has its own ``CollectorRegistry`` (never the process-global one), so several servers in one process
+(tests, benchmarks) keep separate figures. Request counts and latencies are recorded by an interceptor around
+every unary-response RPC (health checks and unauthenticated calls included, unknown methods not); the state of
+the index, the model version and the stream position are read when Prometheus scrapes, so they cost nothing
+between scrapes. The HTTP endpoint (``/metrics``) runs in its own thread, started by ``start_http``.
+
+Names follow the usual gRPC conventions (``grpc_server_handled_total{grpc_service, grpc_method, grpc_code}``,
+``grpc_server_handling_seconds``) so standard dashboards work; the rest is prefixed ``ig_``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from typing import Any, Callable, Iterator
+
+import grpc
+from grpc import aio
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+
+from server.errors import wrap_handler
+
+log = logging.getLogger(__name__)
+
+# Index searches take well under a millisecond, ingestion batches up to seconds.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+def _split(method: str) -> tuple[str, str]:
+    """``/interest.v1.InterestService/SimilarItems`` -> (``interest.v1.InterestService``, ``SimilarItems``)."""
+    service, _, name = method.lstrip("/").rpartition("/")
+    return service, name
+
+
+def _code_name(code: Any) -> str | None:
+    if code is None:
+        return None
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    for status in grpc.StatusCode:  # the aio context may report the raw integer
+        if status.value[0] == code:
+            return status.name
+    return str(code)
+
+
+class MetricsInterceptor(aio.ServerInterceptor):
+    """Counts and times every call; put it first so it also sees calls that auth or limits turn away."""
+
+    def __init__(self, metrics: "ServerMetrics") -> None:
+        self._metrics = metrics
+        # method -> (inner handler, wrapped): reused only while the inner handler is the same object, since
+        # inner interceptors (auth) may answer a call with a per-call handler.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:  # unknown method: not counted (callers choose the names)
+            return None
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = wrap_handler(handler, lambda behaviour: self._metrics.observe(method, behaviour))
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+
+class ServerMetrics:
+    """The metrics of one server and its engine (and, once ``follow`` is called, its delta consumer)."""
+
+    def __init__(self, engine: Any, *, clock: Callable[[], float] = time.time) -> None:
+        self.engine = engine
+        self.lifecycle: Any = None
+        self.clock = clock
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.handled = Counter("grpc_server_handled", "RPCs completed, by method and status code",
+                               ("grpc_service", "grpc_method", "grpc_code"), registry=self.registry)
+        self.latency = Histogram("grpc_server_handling_seconds", "RPC handling time, by method",
+                                 ("grpc_service", "grpc_method"), buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.ingested = Counter("ig_ingest_events", "Events received through IngestEvents, by outcome",
+                                ("outcome",), registry=self.registry)
+        for outcome in ("accepted", "duplicate", "rejected"):
+            self.ingested.labels(outcome)  # present (0) before the first ingestion
+        self.registry.register(_StateCollector(self))
+        self.interceptor = MetricsInterceptor(self)
+        self._http: Any = None
+        self._http_thread: threading.Thread | None = None
+        engine.on_ingest.append(self.count_ingest)
+
+    # -- hooks ---------------------------------------------------------------------------------------------
+    def follow(self, lifecycle: Any) -> None:
+        """Report the delta stream of this lifecycle (its consumer exists once the lifecycle has started)."""
+        self.lifecycle = lifecycle
+
+    def count_ingest(self, received: int, result: Any) -> None:
+        self.ingested.labels("accepted").inc(result.accepted)
+        self.ingested.labels("duplicate").inc(result.duplicates)
+        self.ingested.labels("rejected").inc(len(result.rejected))
+
+    def observe(self, method: str, behaviour: Callable) -> Callable:
+        service, name = _split(method)
+        latency = self.latency.labels(service, name)
+        handled = self.handled
+
+        async def observed(request, context: aio.ServicerContext):
+            started = time.perf_counter()
+            code = "UNKNOWN"
+            try:
+                response = await behaviour(request, context)
+                code = _code_name(context.code()) or "OK"
+                return response
+            except aio.AbortError:
+                code = _code_name(context.code()) or "UNKNOWN"
+                raise
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            finally:
+                # Past the deadline the client gets DEADLINE_EXCEEDED whatever the handler did (its request
+                # stream just ends, its answer or abort is refused).
+                remaining = context.time_remaining()
+                if remaining is not None and remaining <= 0:
+                    code = "DEADLINE_EXCEEDED"
+                latency.observe(time.perf_counter() - started)
+                handled.labels(service, name, code).inc()
+
+        return observed
+
+    # -- exposition ----------------------------------------------------------------------------------------
+    def start_http(self, host: str, port: int) -> int:
+        """Serves ``/metrics`` on ``host:port`` (0 = a free port) in a thread; returns the bound port."""
+        if self._http is not None:
+            raise RuntimeError("the metrics endpoint is already running")
+        self._http, self._http_thread = start_http_server(port, addr=host, registry=self.registry)
+        bound = int(self._http.server_port)
+        log.info("metrics on http://%s:%d/metrics", host, bound)
+        return bound
+
+    def stop_http(self) -> None:
+        if self._http is None:
+            return
+        self._http.shutdown()
+        self._http.server_close()
+        if self._http_thread is not None:
+            self._http_thread.join(5.0)
+        self._http = self._http_thread = None
+
+
+class _StateCollector:
+    """Reads the serving state at scrape time (from the HTTP thread: single attribute reads only)."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        engine = self.metrics.engine
+        now = self.metrics.clock()
+        serving = engine.serving
+        yield GaugeMetricFamily("ig_ready", "1 when the index is loaded and the server answers queries",
+                                value=1.0 if serving is not None else 0.0)
+        if serving is not None:
+            index = serving.index
+            yield GaugeMetricFamily("ig_index_items", "Live item vectors in the serving index", value=len(index))
+            yield GaugeMetricFamily("ig_index_user_vectors", "User vectors cached in memory",
+                                    value=len(serving.users))
+            yield GaugeMetricFamily("ig_index_delta_rows", "Rows in the exact delta (folded in by compaction)",
+                                    value=index.delta_rows)
+            yield GaugeMetricFamily("ig_index_tombstones", "Dead base-index copies awaiting compaction",
+                                    value=index.tombstones)
+            yield InfoMetricFamily("ig_model", "The model version the server answers with",
+                                   value={"model_version": index.model_version})
+        lifecycle = self.metrics.lifecycle
+        consumer = getattr(lifecycle, "consumer", None)
+        if lifecycle is not None:
+            yield CounterMetricFamily("ig_delta_stale", "Deltas dropped for being of another model version",
+                                      value=lifecycle.stale_deltas)
+        if consumer is not None:
+            yield CounterMetricFamily("ig_delta_applied", "Deltas read from the stream and applied",
+                                      value=consumer.applied)
+            yield CounterMetricFamily("ig_delta_malformed", "Stream entries that could not be decoded (skipped)",
+                                      value=consumer.malformed)
+            if consumer.last_delta_ts > 0:
+                yield GaugeMetricFamily("ig_delta_last_ts_seconds", "ts (unix s) of the last applied delta",
+                                        value=consumer.last_delta_ts)
+                yield GaugeMetricFamily("ig_delta_freshness_lag_seconds",
+                                        "Now minus the ts of the last applied delta (grows when idle too)",
+                                        value=max(0.0, now - consumer.last_delta_ts))
+            if consumer.caught_up_at > 0:
+                yield GaugeMetricFamily("ig_delta_stream_lag_seconds",
+                                        "Seconds since the consumer last reached the tail of the stream",
+                                        value=max(0.0, now - consumer.caught_up_at))
