@@ -35,12 +35,30 @@ class Lifecycle:
         self._tasks: list[asyncio.Task] = []
         self._pending: dict[str, list[Delta]] = {}  # model version being built -> deltas that arrived meanwhile
         self._compacting = False
+        self._signals: set[asyncio.Task] = set()
         self._last_compact = time.monotonic()
         self.stale_deltas = 0
         self._forgotten_since_snapshot = False
         engine.on_forget.append(self._note_forget)
         if redis is not None:
             engine.on_forget.append(self._publish_forget)
+            engine.on_ingest.append(self._signal_changed)
+
+    def _signal_changed(self, _count: int, result) -> None:
+        """Wake the recompute scheduler: the graph changed (fire and forget; its periodic poll is the fallback)."""
+        if result.accepted and self.redis is not None:
+            task = asyncio.get_running_loop().create_task(self._push_changed())
+            self._signals.add(task)  # a reference until done, so the task is not collected early
+            task.add_done_callback(self._signals.discard)
+
+    async def _push_changed(self) -> None:
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.lpush(self.settings.changed_key, b"1")
+            pipe.ltrim(self.settings.changed_key, 0, 0)
+            await pipe.execute()
+        except Exception as exc:  # noqa: BLE001 - Redis away: the scheduler's poll picks the change up
+            log.debug("change signal not sent: %s", exc)
 
     # -- start / stop --------------------------------------------------------------------------------------
     async def start(self) -> None:

@@ -34,6 +34,10 @@ class Checkpoint:
     brand_names: list[str]
     metrics: dict
     item_text: torch.Tensor | None = None
+    # Training-time item metadata ([2, C] (item, category) pairs, [I] brand or -1): a known item's vector is
+    # fixed for its model version, so serving recomputes it exactly from these.
+    item_category: torch.Tensor | None = None
+    item_brand: torch.Tensor | None = None
 
     def item_index(self) -> dict[str, int]:
         return {s: i for i, s in enumerate(self.item_ids)}
@@ -57,7 +61,8 @@ def save_checkpoint(model_dir: Path, model: SpectralSAGE, graph: InteractionGrap
             "metrics": _plain(metrics)}
     payload = {**meta, "state_dict": model.state_dict(), "user_ids": list(graph.user_ids),
                "item_ids": list(graph.item_ids), "category_names": list(graph.category_names),
-               "brand_names": list(graph.brand_names), "item_text": item_text}
+               "brand_names": list(graph.brand_names), "item_text": item_text,
+               "item_category": graph.item_category, "item_brand": graph.item_brand}
     path = folder / "checkpoint.pt"
     torch.save(payload, path)
     (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -88,7 +93,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     model.eval()
     return Checkpoint(model, data["version"], data["model_settings"], data["train_settings"], data["user_ids"],
                       data["item_ids"], data["category_names"], data["brand_names"], data["metrics"],
-                      data.get("item_text"))
+                      data.get("item_text"), data.get("item_category"), data.get("item_brand"))
 
 
 def _plain(obj):

@@ -17,30 +17,21 @@ import typer
 from rich.console import Console
 
 from graphdb.errors import InterestError
-from workers.checkpoint import load_checkpoint, resolve, save_checkpoint
-from workers.data import InteractionGraph
+from workers.checkpoint import load_checkpoint, resolve
 from workers.datasets import Split, load_split
 from workers.embed import embed_all, served_scorer, write_vectors
 from workers.metrics import rank_metrics
 from workers.runtime import set_threads
 from workers.settings import ModelSettings, TrainSettings, WorkerSettings
-from workers.text import TextEncoder
-from workers.train_served import fit_served
+from workers.training import item_texts, train_and_save
 
 app = typer.Typer(help="Train, evaluate and export the served GNN embeddings.", no_args_is_help=True)
 console = Console(stderr=True)
 
 
-def _texts(graph: InteractionGraph, ws: WorkerSettings) -> torch.Tensor | None:
-    """Cached sentence vectors of the item texts (None when the dataset has no text)."""
-    if not graph.item_text:
-        return None
-    return TextEncoder(ws.text_cache_dir).encode(graph.item_text, progress=True)
-
-
 def _load(dataset: str, ws: WorkerSettings) -> tuple[Split, torch.Tensor | None]:
     split = load_split(dataset, ws.data_dir)
-    return split, _texts(split.train, ws)
+    return split, item_texts(split.train, ws, progress=True)
 
 
 @app.command()
@@ -53,18 +44,16 @@ def train(dataset: str = typer.Option("amazon-office", help="gowalla | amazon-of
     ms, ts, ws = ModelSettings(), TrainSettings(), WorkerSettings()
     if dim is not None:
         ms = ms.model_copy(update={"dim": dim})
+    if model_dir is not None:
+        ws = ws.model_copy(update={"model_dir": model_dir})
     upd = {k: v for k, v in {"budget_min": budget_min, "max_epochs": epochs}.items() if v is not None}
     ts = ts.model_copy(update=upd)
     set_threads(ts.threads)
     split, text = _load(dataset, ws)
-    fitted = fit_served(split.train, ms, ts, item_text=text)
-    metrics = rank_metrics(served_scorer(fitted.model, split.train, text), split.train.interactions(),
-                           split.test, k=ts.eval_k)
-    metrics.update({"dataset": dataset, "train_s": fitted.train_s, "history": fitted.history})
-    path = save_checkpoint(model_dir or ws.model_dir, fitted.model, split.train, ms.model_dump(),
-                           ts.model_dump(), metrics, item_text=text)
-    console.print(f"saved {path}")
-    typer.echo(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
+    out = train_and_save(split.train, split.test, ms, ts, ws, source=dataset, item_text=text)
+    console.print(f"saved {out.pop('checkpoint')}")
+    out["dataset"] = dataset
+    typer.echo(json.dumps(out))
 
 
 @app.command()

@@ -43,6 +43,9 @@ class ModelSettings(BaseSettings):
     layers: int = Field(default=2, ge=1)
     aggr: Literal["mean", "sum", "max"] = "mean"
     neighbour_cap: int = Field(default=50, ge=1, description="top-N neighbours by weight (ties by id)")
+    # Served model on the live graph: a user's vector reads at most this many of their items (top by
+    # time-decayed weight, ties by item id), so one very active user costs a bounded recompute.
+    user_cap: int = Field(default=500, ge=1)
     # Graph-level interest embedding (GIN over a user's ego-graph).
     ego_hops: int = Field(default=2, ge=1)
 
@@ -70,10 +73,26 @@ class TrainSettings(BaseSettings):
 
 
 class WorkerSettings(BaseSettings):
-    """Where the workers read datasets and keep models (never inside git)."""
+    """Where the workers read datasets and keep models (never inside git), and how the queues behave."""
 
     model_config = SettingsConfigDict(env_prefix="IG_WORKER_", frozen=True, extra="ignore")
 
     model_dir: Path = Path("var/models")
     data_dir: Path = Path("../shared/datasets")
     text_cache_dir: Path = Path("var/text-cache")
+    # Celery: Redis broker and result store; queues "gpu" (embedding, training) and "cpu" (maintenance).
+    broker_url: str = "redis://127.0.0.1:6379/1"
+    result_backend: str = "redis://127.0.0.1:6379/2"
+    # A task unacknowledged this long (its worker died) is delivered again: longer than the longest task.
+    visibility_timeout_s: float = Field(default=3600.0, gt=0)
+    # Incremental recompute: the scheduler wakes on an ingestion signal or after this interval.
+    recompute_interval_s: float = Field(default=0.5, gt=0)
+    # After a signal, wait this long for more changes to arrive in the same recompute.
+    debounce_s: float = Field(default=0.05, ge=0)
+    recompute_batch: int = Field(default=20000, ge=1, description="marks taken by one recompute")
+    # One recompute at a time (Redis lock); a lock whose holder died expires after this.
+    lock_timeout_s: float = Field(default=60.0, gt=0)
+    # Redis (same instance the servers read): the embedding delta stream and the ingestion signal list.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    delta_stream: str = "ig:embeddings"
+    changed_key: str = "ig:changed"

@@ -1,0 +1,199 @@
+"""Subgraph reads for the embedding workers: exactly the rows a recompute needs, as plain Python values.
+
+The workers turn these rows into tensors (``workers.live``); nothing here knows about models. Every read is
+batched (``UNWIND $ids``) and parameterised. User edges come with the scalar state of the item at the other end
+(vector version and update time) so a worker can tell whether its cached copy of that item's vector is current
+without fetching the vector itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Sequence
+
+import neo4j
+
+from graphdb.schema import (BRAND, CATEGORY, HAS_BRAND, IN_CATEGORY, ITEM, ITEM_INTERACTIONS, NODE_LABELS, QUERY,
+                            SUBCATEGORY_OF, USER)
+
+_ITEM_RELS = "|".join(ITEM_INTERACTIONS)
+
+
+@dataclass(frozen=True)
+class EdgeRow:
+    """One aggregated user->item relationship (one per behaviour type)."""
+
+    user: str
+    item: str
+    weight: float
+    last_ts: float
+
+
+@dataclass(frozen=True)
+class ItemRow:
+    """What the item encoder reads: categories (direct and their ancestors), brand and text."""
+
+    id: str
+    categories: tuple[str, ...]
+    brand: str | None
+    title: str | None
+    description: str | None
+
+
+@dataclass(frozen=True)
+class StoredVector:
+    id: str
+    vector: list[float] | None
+    version: str | None
+    updated_at: float | None
+
+
+_USER_EDGES = f"""
+UNWIND $ids AS uid
+MATCH (u:{USER} {{id: uid}})-[r:{_ITEM_RELS}]->(i:{ITEM})
+RETURN uid AS user, i.id AS item, r.weight AS weight, r.last_ts AS last_ts,
+       i.emb_version AS item_version, i.emb_updated_at AS item_updated_at
+"""
+
+_ALL_EDGES = f"""
+MATCH (u:{USER})-[r:{_ITEM_RELS}]->(i:{ITEM})
+RETURN u.id AS user, i.id AS item, r.weight AS weight, r.last_ts AS last_ts
+"""
+
+_ITEM_FIELDS = f"""
+OPTIONAL MATCH (i)-[:{IN_CATEGORY}]->(:{CATEGORY})-[:{SUBCATEGORY_OF}*0..]->(c:{CATEGORY})
+WITH i, collect(DISTINCT c.id) AS cats
+OPTIONAL MATCH (i)-[:{HAS_BRAND}]->(b:{BRAND})
+WITH i, cats, min(b.id) AS brand
+RETURN i.id AS id, cats, brand, i.title AS title, i.description AS description
+"""
+
+_ITEMS = f"UNWIND $ids AS iid MATCH (i:{ITEM} {{id: iid}})" + _ITEM_FIELDS
+_ALL_ITEMS = f"MATCH (i:{ITEM})" + _ITEM_FIELDS
+
+_ALL_USERS = f"MATCH (u:{USER}) RETURN u.id AS id"
+
+_USERS_OF_ITEMS = f"""
+UNWIND $ids AS iid
+MATCH (u:{USER})-[:{_ITEM_RELS}]->(:{ITEM} {{id: iid}})
+RETURN DISTINCT u.id AS id
+"""
+
+# Items whose encoder input depends on these categories (anywhere below them) or brands.
+_ITEMS_UNDER = f"""
+UNWIND $categories AS cid
+MATCH (:{CATEGORY} {{id: cid}})<-[:{SUBCATEGORY_OF}*0..]-(:{CATEGORY})<-[:{IN_CATEGORY}]-(i:{ITEM})
+RETURN DISTINCT i.id AS id
+UNION
+UNWIND $brands AS bid
+MATCH (:{BRAND} {{id: bid}})<-[:{HAS_BRAND}]-(i:{ITEM})
+RETURN DISTINCT i.id AS id
+"""
+
+_QUERIES = f"UNWIND $ids AS qid MATCH (q:{QUERY} {{id: qid}}) RETURN q.id AS id, q.text AS text"
+_ALL_QUERIES = f"MATCH (q:{QUERY}) RETURN q.id AS id, q.text AS text"
+
+
+def _stored_query(label: str) -> str:
+    return f"""
+UNWIND $ids AS nid
+MATCH (n:{label} {{id: nid}})
+RETURN n.id AS id, n.embedding AS vector, n.emb_version AS version, n.emb_updated_at AS updated_at
+"""
+
+
+_STORED = {label: _stored_query(label) for label in NODE_LABELS}
+
+
+def _read(driver: neo4j.Driver, query: str, database: str, **params) -> list[neo4j.Record]:
+    return driver.execute_query(query, database_=database, routing_=neo4j.RoutingControl.READ, **params).records
+
+
+def _chunks(ids: Sequence[str], size: int) -> Iterator[list[str]]:
+    ids = list(ids)
+    for s in range(0, len(ids), size):
+        yield ids[s:s + size]
+
+
+def _item_row(r: neo4j.Record) -> ItemRow:
+    return ItemRow(r["id"], tuple(sorted(r["cats"])), r["brand"], r["title"], r["description"])
+
+
+def user_edges(driver: neo4j.Driver, user_ids: Iterable[str], *, database: str = "neo4j",
+               batch_size: int = 2000) -> tuple[list[EdgeRow], dict[str, tuple[str | None, float | None]]]:
+    """Every item relationship of the given users, and the (vector version, update time) of each item seen."""
+    edges: list[EdgeRow] = []
+    item_state: dict[str, tuple[str | None, float | None]] = {}
+    for chunk in _chunks(sorted(set(user_ids)), batch_size):
+        for r in _read(driver, _USER_EDGES, database, ids=chunk):
+            edges.append(EdgeRow(r["user"], r["item"], float(r["weight"] or 0.0), float(r["last_ts"] or 0.0)))
+            item_state[r["item"]] = (r["item_version"], r["item_updated_at"])
+    return edges, item_state
+
+
+def all_edges(driver: neo4j.Driver, *, database: str = "neo4j") -> list[EdgeRow]:
+    """Every user->item relationship in the graph (full recompute and training)."""
+    with driver.session(database=database, default_access_mode=neo4j.READ_ACCESS) as session:
+        result = session.run(_ALL_EDGES)
+        return [EdgeRow(r["user"], r["item"], float(r["weight"] or 0.0), float(r["last_ts"] or 0.0))
+                for r in result]
+
+
+def all_user_ids(driver: neo4j.Driver, *, database: str = "neo4j") -> list[str]:
+    return [r["id"] for r in _read(driver, _ALL_USERS, database)]
+
+
+def items(driver: neo4j.Driver, item_ids: Iterable[str], *, database: str = "neo4j",
+          batch_size: int = 2000) -> list[ItemRow]:
+    """Encoder inputs of the given items (unknown ids are skipped)."""
+    out: list[ItemRow] = []
+    for chunk in _chunks(sorted(set(item_ids)), batch_size):
+        out.extend(_item_row(r) for r in _read(driver, _ITEMS, database, ids=chunk))
+    return out
+
+
+def all_items(driver: neo4j.Driver, *, database: str = "neo4j") -> list[ItemRow]:
+    with driver.session(database=database, default_access_mode=neo4j.READ_ACCESS) as session:
+        return [_item_row(r) for r in session.run(_ALL_ITEMS)]
+
+
+def users_of_items(driver: neo4j.Driver, item_ids: Iterable[str], *, database: str = "neo4j",
+                   batch_size: int = 500) -> set[str]:
+    """Users with any interaction on the given items."""
+    out: set[str] = set()
+    for chunk in _chunks(sorted(set(item_ids)), batch_size):
+        out.update(r["id"] for r in _read(driver, _USERS_OF_ITEMS, database, ids=chunk))
+    return out
+
+
+def items_under(driver: neo4j.Driver, categories: Iterable[str], brands: Iterable[str], *,
+                database: str = "neo4j") -> set[str]:
+    """Items in (the subtree of) the given categories or of the given brands."""
+    cats, brs = sorted(set(categories)), sorted(set(brands))
+    if not cats and not brs:
+        return set()
+    return {r["id"] for r in _read(driver, _ITEMS_UNDER, database, categories=cats, brands=brs)}
+
+
+def query_texts(driver: neo4j.Driver, query_ids: Iterable[str], *, database: str = "neo4j") -> dict[str, str]:
+    ids = sorted(set(query_ids))
+    if not ids:
+        return {}
+    return {r["id"]: r["text"] or "" for r in _read(driver, _QUERIES, database, ids=ids)}
+
+
+def all_query_texts(driver: neo4j.Driver, *, database: str = "neo4j") -> dict[str, str]:
+    return {r["id"]: r["text"] or "" for r in _read(driver, _ALL_QUERIES, database)}
+
+
+def stored_vectors(driver: neo4j.Driver, label: str, ids: Iterable[str], *, database: str = "neo4j",
+                   batch_size: int = 5000) -> dict[str, StoredVector]:
+    """The stored vector, version and update time of each existing node (vector None when never embedded)."""
+    query = _STORED[label]
+    out: dict[str, StoredVector] = {}
+    for chunk in _chunks(sorted(set(ids)), batch_size):
+        for r in _read(driver, query, database, ids=chunk):
+            vec = r["vector"]
+            out[r["id"]] = StoredVector(r["id"], list(vec) if vec is not None else None, r["version"],
+                                        r["updated_at"])
+    return out

@@ -1,0 +1,69 @@
+"""The Celery application: Redis broker, two queues, delivery that survives a killed worker.
+
+Queues: ``gpu`` (recompute, rebuild, train: the embedding work; one ``--pool=solo`` worker per GPU, or per
+machine on CPU) and ``cpu`` (backfill, snapshot: maintenance). Tasks are acknowledged after they finish
+(``acks_late``) and given back when their worker dies (``task_reject_on_worker_lost``); Redis delivers an
+unacknowledged task again after the visibility timeout, so it must exceed the longest task. Prefetch 1: a
+long task never holds others hostage on the same worker.
+
+Start a worker:  ``celery -A workers.celery_app worker -Q gpu,cpu --pool=solo``  (or ``interest worker run``).
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from celery.signals import worker_process_init, worker_process_shutdown
+
+from workers.settings import WorkerSettings
+
+TASK_QUEUES = {
+    "interest.recompute": "gpu",
+    "interest.rebuild": "gpu",
+    "interest.train": "gpu",
+    "interest.backfill": "cpu",
+    "interest.snapshot": "cpu",
+}
+
+
+def make_app(ws: WorkerSettings) -> Celery:
+    app = Celery("interest", broker=ws.broker_url, backend=ws.result_backend, include=["workers.tasks"])
+    transport = {"visibility_timeout": ws.visibility_timeout_s}
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options=transport,
+        result_backend_transport_options=transport,
+        broker_connection_retry_on_startup=True,
+        task_routes={name: {"queue": queue} for name, queue in TASK_QUEUES.items()},
+        task_default_queue="cpu",
+        task_track_started=True,
+        result_extended=True,
+        result_expires=7 * 86400,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+    )
+    return app
+
+
+# The worker program reads its settings here, once (the Celery entry point is this module).
+app = make_app(WorkerSettings())
+
+
+@worker_process_init.connect
+def _after_fork(**_kwargs) -> None:
+    """Prefork children start without the parent's connections (drivers and CUDA must not cross a fork)."""
+    from workers import tasks
+
+    tasks.reset_runtime()
+
+
+@worker_process_shutdown.connect
+def _on_exit(**_kwargs) -> None:
+    from workers import tasks
+
+    tasks.reset_runtime()

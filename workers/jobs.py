@@ -1,0 +1,185 @@
+"""The work behind every queue task, as plain functions over a per-process `Runtime` (testable without Celery).
+
+A `Runtime` is created once per worker process, after fork: the Neo4j driver, the Redis client and the CUDA
+state must not cross a fork. It loads the checkpoint of the active model version on demand and keeps it until
+the version changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import neo4j
+import numpy as np
+import redis
+
+from graphdb import subgraph
+from graphdb.driver import connect
+from graphdb.embeddings import iter_embeddings
+from graphdb.errors import FailedPrecondition, InvalidInput
+from graphdb.loaders import DATASETS, load_dataset
+from graphdb.model_state import active_model
+from graphdb.schema import ITEM, USER
+from graphdb.settings import DataSettings, GraphSettings, Neo4jSettings
+from workers.checkpoint import load_checkpoint, resolve
+from workers.live import LiveEncoder, training_graph
+from workers.recompute import Context, RecomputeResult, rebuild, recompute_marked
+from workers.runtime import pick_device, set_threads
+from workers.settings import ModelSettings, TrainSettings, WorkerSettings
+from workers.text import TextEncoder
+from workers.training import train_and_save
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str], None]
+
+LOCK_NAME = "ig:recompute:lock"
+
+
+@dataclass
+class Runtime:
+    neo4j_settings: Neo4jSettings
+    graph: GraphSettings
+    model: ModelSettings
+    train: TrainSettings
+    worker: WorkerSettings
+    data: DataSettings
+    _driver: neo4j.Driver | None = None
+    _redis: redis.Redis | None = None
+    _encoders: dict[str, LiveEncoder] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls) -> "Runtime":
+        return cls(Neo4jSettings(), GraphSettings(), ModelSettings(), TrainSettings(), WorkerSettings(),
+                   DataSettings())
+
+    @property
+    def driver(self) -> neo4j.Driver:
+        if self._driver is None:
+            self._driver = connect(self.neo4j_settings)
+        return self._driver
+
+    @property
+    def redis(self) -> redis.Redis:
+        if self._redis is None:
+            self._redis = redis.Redis.from_url(self.worker.redis_url, socket_timeout=30, socket_connect_timeout=5)
+        return self._redis
+
+    @property
+    def database(self) -> str:
+        return self.neo4j_settings.database
+
+    def close(self) -> None:
+        if self._driver is not None:
+            self._driver.close()
+            self._driver = None
+        if self._redis is not None:
+            self._redis.close()
+            self._redis = None
+
+    # ------------------------------------------------------------------ models
+    def encoder(self, version: str) -> LiveEncoder:
+        if version not in self._encoders:
+            ck = load_checkpoint(resolve(self.worker.model_dir, version))
+            if ck.model.dim != self.graph.embedding_dim:
+                raise FailedPrecondition(f"model {version} has dimension {ck.model.dim}, the graph's vector "
+                                         f"indexes {self.graph.embedding_dim} (IG_EMBEDDING_DIM)")
+            self._encoders.clear()  # one version in memory at a time
+            self._encoders[version] = LiveEncoder(ck, self.model.user_cap, self.graph.half_life_days,
+                                                  TextEncoder(self.worker.text_cache_dir),
+                                                  pick_device(self.train.device))
+        return self._encoders[version]
+
+    def context(self, version: str) -> Context:
+        return Context(self.driver, self.encoder(version), self.redis, self.worker.delta_stream, self.database)
+
+    @contextmanager
+    def lock(self, timeout_s: float | None = None, wait_s: float | None = None) -> Iterator[bool]:
+        """The one-recompute-at-a-time lock; yields False when it could not be taken within ``wait_s``."""
+        lock = self.redis.lock(LOCK_NAME, timeout=timeout_s or self.worker.lock_timeout_s,
+                               blocking_timeout=wait_s)
+        got = lock.acquire(blocking=True)
+        try:
+            yield got
+        finally:
+            if got:
+                try:
+                    lock.release()
+                except redis.exceptions.LockError:  # expired meanwhile: someone else may hold it now
+                    log.warning("recompute lock expired before release")
+
+
+# ---------------------------------------------------------------------------------------------- the jobs
+def recompute(rt: Runtime, limit: int | None = None) -> dict:
+    """Recompute what the marked nodes affect, with the active model; a no-op without one."""
+    state = active_model(rt.driver, database=rt.database)
+    if state is None:
+        return {"skipped": "no active model", "marks": 0}
+    with rt.lock(wait_s=rt.worker.lock_timeout_s) as got:
+        if not got:
+            return {"skipped": "another recompute holds the lock", "marks": 0}
+        result: RecomputeResult = recompute_marked(rt.context(state.version), limit or rt.worker.recompute_batch)
+    return result.as_dict()
+
+
+def rebuild_version(rt: Runtime, version: str = "latest", progress: Progress | None = None) -> dict:
+    """Embed every node with ``version`` and switch to it (roll-out, or roll-back to an older version)."""
+    ck_version = load_checkpoint_version(rt, version)
+    # The whole rebuild holds the lock: incremental recomputes wait and their marks stay (nothing is lost).
+    with rt.lock(timeout_s=rt.worker.visibility_timeout_s) as got:
+        if not got:
+            raise FailedPrecondition("could not take the recompute lock")
+        return rebuild(rt.context(ck_version), progress=progress)
+
+
+def load_checkpoint_version(rt: Runtime, ref: str) -> str:
+    path = resolve(rt.worker.model_dir, ref)
+    return path.parent.name if path.name == "checkpoint.pt" else load_checkpoint(path).version
+
+
+def train_from_graph(rt: Runtime, *, budget_min: float | None = None, epochs: int | None = None,
+                     progress: Progress | None = None) -> dict:
+    """Train the served model on the live graph; the new version is saved, not yet active (see rebuild)."""
+    say = progress or (lambda _m: None)
+    say("reading the graph")
+    items = subgraph.all_items(rt.driver, database=rt.database)
+    edges = subgraph.all_edges(rt.driver, database=rt.database)
+    if not edges:
+        raise FailedPrecondition("the graph has no interactions to train on")
+    graph = training_graph(edges, items)
+    say(f"training on {graph.num_users:,} users, {graph.num_items:,} items, {len(edges):,} edges")
+    ms = rt.model.model_copy(update={"dim": rt.graph.embedding_dim})
+    ts = rt.train.model_copy(update={k: v for k, v in {"budget_min": budget_min, "max_epochs": epochs}.items()
+                                     if v is not None})
+    set_threads(ts.threads)
+    return train_and_save(graph, None, ms, ts, rt.worker, source="graph", progress=False)
+
+
+def backfill(rt: Runtime, dataset: str, limit: int | None = None) -> dict:
+    """Load a dataset's files into the graph (idempotent: event ids are deterministic)."""
+    if dataset not in DATASETS:
+        raise InvalidInput(f"unknown dataset {dataset!r}; expected one of {', '.join(sorted(DATASETS))}")
+    t0 = time.perf_counter()
+    result = load_dataset(rt.driver, rt.graph, dataset, rt.data.datasets_dir / dataset, limit=limit,
+                          database=rt.database)
+    return {"dataset": dataset, "accepted": result.accepted, "duplicates": result.duplicates,
+            "rejected": len(result.rejected), "s": round(time.perf_counter() - t0, 2)}
+
+
+def snapshot(rt: Runtime, out: Path | None = None) -> dict:
+    """Export every vector of the active version from Neo4j to an ``.npz`` (labels, ids, vectors, version)."""
+    from workers.embed import write_vectors
+
+    state = active_model(rt.driver, database=rt.database)
+    if state is None:
+        raise FailedPrecondition("no active model to snapshot")
+    out = Path(out) if out else rt.worker.model_dir / state.version / "vectors.npz"
+    rows = ((label, rec.id, np.asarray(rec.vector, np.float32))
+            for label in (ITEM, USER)
+            for rec in iter_embeddings(rt.driver, label, model_version=state.version, database=rt.database))
+    n = write_vectors(out, rows, state.version)
+    return {"version": state.version, "vectors": n, "out": str(out)}

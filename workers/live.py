@@ -1,0 +1,184 @@
+"""The served model applied to the live graph: rows from ``graphdb.subgraph`` in, vectors out.
+
+What a vector depends on (the receptive field that makes incremental recompute exact, invariant 3):
+
+* an item known to the checkpoint: nothing live. Its vector is fixed for the model version (ID row + the
+  metadata it had at training time), so an event on a hub item changes no other node's vector;
+* an item new since training: its own live metadata (text neighbours among the known items when the model
+  reads text, else its category/brand embeddings), degree 1;
+* a user: their top ``user_cap`` items by time-decayed weight (ties by item id): one hop, item -> user;
+* a search query: its text.
+
+So a change to a user's edges affects that user only, and a change to a new item's metadata affects that
+item and then its users. ``workers.recompute`` turns this into the affected set.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from graphdb.subgraph import EdgeRow, ItemRow
+from workers.checkpoint import Checkpoint
+from workers.cold import neighbour_vectors
+from workers.data import EdgeSet, InteractionGraph, csr_to_torch
+from workers.text import TextEncoder
+
+
+def item_text(row: ItemRow) -> str:
+    """Title and description as one string, the form the dataset loaders use."""
+    title, desc = (row.title or "").strip(), (row.description or "").strip()
+    return (title + ". " + desc).strip(". ") if desc else title
+
+
+def rank_keys(edges: Sequence[EdgeRow], half_life_days: float) -> dict[tuple[str, str], float]:
+    """Per (user, item): log of the summed decayed weight over behaviour types, up to a constant.
+
+    ``w * 2^-((t - last_ts)/h)`` orders pairs the same way at every ``t``, so the key drops ``t``:
+    ``log(sum_r w_r * exp(k * last_r))`` (log-sum-exp, no overflow).
+    """
+    k = math.log(2.0) / (half_life_days * 86400.0)
+    parts: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for e in edges:
+        parts[(e.user, e.item)].append(math.log(max(e.weight, 1e-30)) + k * e.last_ts)
+    out = {}
+    for key, logs in parts.items():
+        m = max(logs)
+        out[key] = m + math.log(sum(math.exp(v - m) for v in logs))
+    return out
+
+
+def capped_neighbours(edges: Sequence[EdgeRow], cap: int, half_life_days: float) -> dict[str, list[str]]:
+    """Each user's top ``cap`` items: highest key first, ties by item id; deterministic for a given edge set."""
+    by_user: dict[str, list[tuple[float, str]]] = defaultdict(list)
+    for (user, item), key in rank_keys(edges, half_life_days).items():
+        by_user[user].append((-key, item))
+    return {u: [item for _, item in sorted(pairs)[:cap]] for u, pairs in by_user.items()}
+
+
+@dataclass
+class LiveEncoder:
+    """A checkpoint ready to embed live rows. ``device`` is CUDA when present (same code on CPU)."""
+
+    ck: Checkpoint
+    user_cap: int
+    half_life_days: float
+    text_encoder: TextEncoder | None = None
+    device: torch.device = torch.device("cpu")
+
+    def __post_init__(self) -> None:
+        m = self.ck.model.to(self.device).eval()
+        self.version = self.ck.version
+        self.dim = m.dim
+        self.row = self.ck.item_index()
+        self.category_index = {c: i for i, c in enumerate(self.ck.category_names)}
+        self.brand_index = {b: i for i, b in enumerate(self.ck.brand_names)}
+        self.reads_text = m.text is not None and self.ck.item_text is not None
+        self.warm_text = self.ck.item_text.to(self.device) if self.reads_text else None
+        with torch.no_grad():
+            n = m.num_items
+            meta = m.meta(_dev(self.ck.item_category, self.device), _dev(self.ck.item_brand, self.device),
+                          self.warm_text, n)
+            x = m.item_base(meta)
+            self.z_known = m.item_out(x)  # [I, dim] item vectors of the version
+            self.in_known = m.item_in(x)  # [I, dim] what a known item sends to its users
+            self.filter = m.filter.detach()
+
+    # ---------------------------------------------------------------- items
+    def is_known(self, item_id: str) -> bool:
+        return item_id in self.row
+
+    @torch.no_grad()
+    def new_items(self, rows: Sequence[ItemRow]) -> torch.Tensor:
+        """Vectors [n, dim] of items the checkpoint does not know, from their live metadata (degree 1, z = x)."""
+        m = self.ck.model
+        if not rows:
+            return torch.zeros(0, self.dim, device=self.device)
+        if self.reads_text and self.text_encoder is not None:
+            text = self.text_encoder.encode([item_text(r) for r in rows]).to(self.device)
+            return neighbour_vectors(text, self.warm_text, self.z_known, self.ck.model_settings.get(
+                "cold_neighbours", 30), self.ck.model_settings.get("cold_temperature", 0.1))
+        pairs = [(i, self.category_index[c]) for i, r in enumerate(rows) for c in r.categories
+                 if c in self.category_index]
+        cats = torch.tensor(pairs, dtype=torch.long, device=self.device).reshape(-1, 2).T
+        brands = torch.tensor([self.brand_index.get(r.brand, -1) if r.brand else -1 for r in rows],
+                              dtype=torch.long, device=self.device)
+        meta = m.meta(cats, brands, None, len(rows))
+        return meta if meta is not None else torch.zeros(len(rows), self.dim, device=self.device)
+
+    def known_vectors(self, item_ids: Sequence[str]) -> torch.Tensor:
+        return self.z_known[torch.tensor([self.row[i] for i in item_ids], dtype=torch.long, device=self.device)]
+
+    # ---------------------------------------------------------------- users
+    @torch.no_grad()
+    def users(self, neighbours: dict[str, list[str]], users: Sequence[str],
+              new_item_vectors: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Vectors [len(users), dim]: ``h * sum_{j in cap(u)} d_j^-a x_j`` over each user's capped items
+        (``neighbours`` from `capped_neighbours`).
+
+        ``new_item_vectors`` holds the vector of every new item the users reach (degree 1: it sends itself).
+        """
+        new_ids = sorted(new_item_vectors)
+        new_col = {iid: len(self.row) + j for j, iid in enumerate(new_ids)}
+        rows, cols = [], []
+        for u_idx, u in enumerate(users):
+            for item in neighbours.get(u, ()):
+                col = self.row.get(item, new_col.get(item))
+                if col is None:
+                    raise KeyError(f"item {item!r} of user {u!r} has no vector")
+                rows.append(u_idx)
+                cols.append(col)
+        table = self.in_known
+        if new_ids:
+            table = torch.cat([table, torch.stack([new_item_vectors[i].to(self.device) for i in new_ids])])
+        adj = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(users), table.size(0)))
+        return (csr_to_torch(adj).to(self.device) @ table) * self.filter
+
+    # ---------------------------------------------------------------- queries
+    @torch.no_grad()
+    def queries(self, texts: Sequence[str]) -> torch.Tensor | None:
+        """Search queries embedded like an item with only its text; None when the model reads no text."""
+        m = self.ck.model
+        if m.text is None or self.text_encoder is None:
+            return None
+        if not texts:
+            return torch.zeros(0, self.dim, device=self.device)
+        return m.text(self.text_encoder.encode(list(texts)).to(self.device))
+
+
+def _dev(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return None if t is None else t.to(device)
+
+
+def training_graph(edges: Iterable[EdgeRow], items: Sequence[ItemRow]) -> InteractionGraph:
+    """The live graph as the models' tensor container: one user->item relation (weights summed), item
+    categories (with ancestors), brands and texts. Indices follow ascending external ids."""
+    edges = list(edges)
+    item_ids = sorted({r.id for r in items} | {e.item for e in edges})
+    user_ids = sorted({e.user for e in edges})
+    ii = {s: i for i, s in enumerate(item_ids)}
+    ui = {s: i for i, s in enumerate(user_ids)}
+    meta = {r.id: r for r in items}
+    cat_names = sorted({c for r in items for c in r.categories})
+    ci = {c: i for i, c in enumerate(cat_names)}
+    brand_names = sorted({r.brand for r in items if r.brand})
+    bi = {b: i for i, b in enumerate(brand_names)}
+    pairs = [(ii[r.id], ci[c]) for r in items for c in r.categories]
+    brand = [bi.get(meta[i].brand, -1) if i in meta and meta[i].brand else -1 for i in item_ids]
+    texts = [item_text(meta[i]) if i in meta else "" for i in item_ids]
+    src = [ui[e.user] for e in edges]
+    dst = [ii[e.item] for e in edges]
+    return InteractionGraph(
+        num_users=len(user_ids), num_items=len(item_ids),
+        edges={("user", "interacted", "item"): EdgeSet.build(src, dst, [e.weight for e in edges],
+                                                             [int(e.last_ts) for e in edges])},
+        user_ids=user_ids, item_ids=item_ids, num_categories=len(cat_names), num_brands=len(brand_names),
+        item_category=torch.tensor(pairs, dtype=torch.long).reshape(-1, 2).T.contiguous(),
+        item_brand=torch.tensor(brand, dtype=torch.long), item_text=texts if any(texts) else None,
+        category_names=cat_names, brand_names=brand_names)

@@ -1,0 +1,45 @@
+"""Publishing vectors to the servers: ``interest.v1.EmbeddingDelta`` entries on a Redis stream.
+
+Servers read the stream with plain XREAD from their snapshot position (``server.delta``), so every replica
+sees every delta. Entries carry the node's vector, its model version and the time it was computed; user ids
+are pseudonyms. The stream is trimmed approximately so it cannot grow without bound.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterable, Sequence
+
+import numpy as np
+import redis
+
+from proto.interest.v1 import interest_pb2 as pb
+
+FIELD = "d"
+Delta = pb.EmbeddingDelta
+NODE_TYPES = {"User": pb.NODE_TYPE_USER, "Item": pb.NODE_TYPE_ITEM}
+
+
+def upserts(label: str, ids: Sequence[str], vectors: np.ndarray, version: str, ts: float) -> Iterable[bytes]:
+    node_type = NODE_TYPES[label]
+    for node_id, vec in zip(ids, vectors):
+        yield Delta(op=Delta.OP_UPSERT, node_type=node_type, id=node_id, model_version=version,
+                    vector=np.asarray(vec, np.float32).tolist(), ts=ts).SerializeToString()
+
+
+def activation(version: str) -> bytes:
+    return Delta(op=Delta.OP_ACTIVATE_MODEL, model_version=version, ts=time.time()).SerializeToString()
+
+
+def publish(client: redis.Redis, stream: str, payloads: Iterable[bytes], *, maxlen: int = 1_000_000,
+            chunk: int = 1000) -> int:
+    """Append the payloads in pipelined chunks; returns how many were appended."""
+    n = 0
+    pipe = client.pipeline(transaction=False)
+    for payload in payloads:
+        pipe.xadd(stream, {FIELD: payload}, maxlen=maxlen, approximate=True)
+        n += 1
+        if n % chunk == 0:
+            pipe.execute()
+    pipe.execute()
+    return n

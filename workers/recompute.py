@@ -1,0 +1,288 @@
+"""Incremental and full recompute of the served vectors, and model roll-out.
+
+Incremental (``recompute_marked``), with the receptive field of ``workers.live``:
+
+1. read the oldest marks (node id + the token of the write that marked it);
+2. items: marked items, plus new items under marked categories/brands. A known item's vector is fixed for the
+   version (written only if missing); a new item's vector is recomputed from its metadata and, if it differs
+   from the stored vector of the same version, its users join the affected set;
+3. users: the marked ones plus those reached in step 2; pull their edges (batched Cypher), cap each user to the
+   top-N items, take the vectors of the new items they reach (stored, or computed now when missing), forward;
+4. write items, users and queries to Neo4j with the model version, publish them on the delta stream;
+5. clear exactly the marks read, compare-and-clear (a change that landed meanwhile keeps its mark).
+
+Every step is idempotent, so a task killed anywhere is simply run again. One recompute runs at a time
+(a Redis lock): a user's vector is computed after the vectors of the new items it reads were written.
+Full recompute (``full_vectors``) computes every vector from the whole graph with the same functions;
+invariant 3 says both agree, and ``tests/workers/test_incremental.py`` checks it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable
+
+import neo4j
+import numpy as np
+import redis
+import torch
+
+from graphdb import subgraph
+from graphdb.changes import clear_marks, read_marks
+from graphdb.embeddings import write_embeddings
+from graphdb.model_state import activate
+from graphdb.schema import BRAND, CATEGORY, ITEM, QUERY, USER
+from workers import publish
+from workers.live import LiveEncoder, capped_neighbours
+
+log = logging.getLogger(__name__)
+
+# A stored vector equal to the recomputed one within this is "unchanged" (float32 round trip through Neo4j).
+SAME_TOL = 1e-6
+
+
+@dataclass
+class Context:
+    """What a recompute needs, created once per worker process (after fork)."""
+
+    driver: neo4j.Driver
+    encoder: LiveEncoder
+    redis: redis.Redis | None = None
+    stream: str = "ig:embeddings"
+    database: str = "neo4j"
+    write_batch: int = 5000
+
+
+@dataclass
+class Timings:
+    pull_s: float = 0.0
+    forward_s: float = 0.0
+    write_s: float = 0.0
+
+    def total(self) -> float:
+        return self.pull_s + self.forward_s + self.write_s
+
+
+@dataclass
+class RecomputeResult:
+    version: str
+    marks: int = 0
+    users: int = 0
+    items: int = 0
+    queries: int = 0
+    propagated_users: int = 0
+    published: int = 0
+    cleared: int = 0
+    timings: Timings = field(default_factory=Timings)
+
+    def as_dict(self) -> dict:
+        out = {k: v for k, v in self.__dict__.items() if k != "timings"}
+        out.update({k: round(v, 4) for k, v in self.timings.__dict__.items()})
+        return out
+
+
+class _Clock:
+    def __init__(self, timings: Timings) -> None:
+        self.t, self.timings = time.perf_counter(), timings
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        setattr(self.timings, name, getattr(self.timings, name) + now - self.t)
+        self.t = now
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float32).numpy()
+
+
+def _differs(stored: subgraph.StoredVector | None, vec: np.ndarray, version: str) -> bool:
+    if stored is None or stored.vector is None or stored.version != version or len(stored.vector) != len(vec):
+        return True
+    return bool(np.max(np.abs(np.asarray(stored.vector, np.float32) - vec)) > SAME_TOL)
+
+
+# ------------------------------------------------------------------------------------------------ incremental
+def recompute_marked(ctx: Context, limit: int = 10000) -> RecomputeResult:
+    """Recompute what the oldest ``limit`` marks affect; see the module docstring."""
+    enc, version = ctx.encoder, ctx.encoder.version
+    res = RecomputeResult(version)
+    clock = _Clock(res.timings)
+    marks = read_marks(ctx.driver, limit=limit, database=ctx.database)
+    res.marks = len(marks)
+    if not marks:
+        return res
+    by_label: dict[str, set[str]] = defaultdict(set)
+    for m in marks:
+        by_label[m.label].add(m.id)
+
+    # 2. items
+    item_ids = by_label[ITEM] | {i for i in subgraph.items_under(ctx.driver, by_label[CATEGORY], by_label[BRAND],
+                                                                  database=ctx.database) if not enc.is_known(i)}
+    stored_items = subgraph.stored_vectors(ctx.driver, ITEM, item_ids, database=ctx.database)
+    item_ids = sorted(i for i in item_ids if i in stored_items)  # nodes that exist
+    new_rows = subgraph.items(ctx.driver, [i for i in item_ids if not enc.is_known(i)], database=ctx.database)
+    clock.lap("pull_s")
+    new_vecs = dict(zip([r.id for r in new_rows], enc.new_items(new_rows)))
+    known = [i for i in item_ids if enc.is_known(i)]
+    item_vecs = dict(zip(known, enc.known_vectors(known))) if known else {}
+    item_vecs.update(new_vecs)
+    to_write: dict[str, np.ndarray] = {}
+    propagate: list[str] = []
+    for iid in item_ids:
+        vec = _np(item_vecs[iid])
+        stored = stored_items.get(iid)
+        if _differs(stored, vec, version):
+            to_write[iid] = vec
+            if iid in new_vecs and stored is not None and stored.vector is not None and stored.version == version:
+                propagate.append(iid)  # users computed with the old vector of this item must follow
+    clock.lap("forward_s")
+
+    # 3. users
+    reached = subgraph.users_of_items(ctx.driver, propagate, database=ctx.database) if propagate else set()
+    user_ids = sorted(by_label[USER] | reached)
+    res.propagated_users = len(reached - by_label[USER])
+    user_vecs, extra_items = _users(ctx, user_ids, new_vecs, clock)
+    to_write.update(extra_items)
+
+    # queries: their text only
+    query_vecs: dict[str, np.ndarray] = {}
+    if by_label[QUERY]:
+        texts = subgraph.query_texts(ctx.driver, by_label[QUERY], database=ctx.database)
+        clock.lap("pull_s")
+        q = enc.queries([texts[k] for k in sorted(texts)])
+        if q is not None:
+            query_vecs = dict(zip(sorted(texts), _np(q)))
+        clock.lap("forward_s")
+
+    # 4. write and publish, items first
+    res.items = _write(ctx, ITEM, to_write, version)
+    res.users = _write(ctx, USER, user_vecs, version)
+    res.queries = _write(ctx, QUERY, query_vecs, version)
+    res.published = _publish(ctx, {ITEM: to_write, USER: user_vecs}, version)
+    clock.lap("write_s")
+
+    # 5. compare-and-clear exactly what was read
+    res.cleared = clear_marks(ctx.driver, marks, database=ctx.database)
+    clock.lap("write_s")
+    return res
+
+
+def _users(ctx: Context, user_ids: list[str], fresh: dict[str, torch.Tensor], clock: _Clock
+           ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """User vectors, and the vectors of new items computed on the way (to be written too)."""
+    enc, version = ctx.encoder, ctx.encoder.version
+    if not user_ids:
+        return {}, {}
+    edges, item_state = subgraph.user_edges(ctx.driver, user_ids, database=ctx.database)
+    neighbours = capped_neighbours(edges, enc.user_cap, enc.half_life_days)
+    new_reached = sorted({i for items in neighbours.values() for i in items if not enc.is_known(i)} - set(fresh))
+    current = [i for i in new_reached if item_state.get(i, (None, None))[0] == version]
+    stored = subgraph.stored_vectors(ctx.driver, ITEM, current, database=ctx.database) if current else {}
+    vectors = dict(fresh)
+    for iid, s in stored.items():
+        if s.vector is not None and s.version == version:
+            vectors[iid] = torch.tensor(s.vector, dtype=torch.float32, device=enc.device)
+    missing = [i for i in new_reached if i not in vectors]
+    rows = subgraph.items(ctx.driver, missing, database=ctx.database) if missing else []
+    clock.lap("pull_s")
+    computed = dict(zip([r.id for r in rows], enc.new_items(rows)))
+    vectors.update(computed)
+    out = enc.users(neighbours, user_ids, vectors)
+    clock.lap("forward_s")
+    return dict(zip(user_ids, _np(out))), {i: _np(v) for i, v in computed.items()}
+
+
+def _write(ctx: Context, label: str, vectors: dict[str, np.ndarray], version: str) -> int:
+    if not vectors:
+        return 0
+    return write_embeddings(ctx.driver, label, vectors.items(), version, database=ctx.database,
+                            batch_size=ctx.write_batch)
+
+
+def _publish(ctx: Context, by_label: dict[str, dict[str, np.ndarray]], version: str) -> int:
+    if ctx.redis is None:
+        return 0
+    now = time.time()
+    n = 0
+    for label, vecs in by_label.items():
+        if vecs:
+            ids = list(vecs)
+            n += publish.publish(ctx.redis, ctx.stream,
+                                 publish.upserts(label, ids, np.stack([vecs[i] for i in ids]), version, now))
+    return n
+
+
+# ------------------------------------------------------------------------------------------------ full
+@dataclass
+class FullVectors:
+    version: str
+    vectors: dict[str, dict[str, np.ndarray]]  # label -> id -> vector
+    timings: Timings
+
+    def count(self) -> int:
+        return sum(len(v) for v in self.vectors.values())
+
+
+def full_vectors(ctx: Context, progress: Callable[[str], None] | None = None) -> FullVectors:
+    """Every user, item and query vector from the whole graph (pull + forward; nothing written)."""
+    enc = ctx.encoder
+    timings = Timings()
+    clock = _Clock(timings)
+    say = progress or (lambda _msg: None)
+    say("reading items")
+    items = subgraph.all_items(ctx.driver, database=ctx.database)
+    say(f"reading edges of {len(items):,} items")
+    edges = subgraph.all_edges(ctx.driver, database=ctx.database)
+    users = subgraph.all_user_ids(ctx.driver, database=ctx.database)
+    queries = subgraph.all_query_texts(ctx.driver, database=ctx.database)
+    clock.lap("pull_s")
+    say(f"embedding {len(users):,} users, {len(items):,} items")
+    known = [r.id for r in items if enc.is_known(r.id)]
+    new_rows = [r for r in items if not enc.is_known(r.id)]
+    item_vecs: dict[str, torch.Tensor] = dict(zip(known, enc.known_vectors(known))) if known else {}
+    new_vecs = dict(zip([r.id for r in new_rows], enc.new_items(new_rows)))
+    item_vecs.update(new_vecs)
+    neighbours = capped_neighbours(edges, enc.user_cap, enc.half_life_days)
+    user_ids = sorted(users)
+    out: dict[str, dict[str, np.ndarray]] = {ITEM: {i: _np(v) for i, v in item_vecs.items()}}
+    u = enc.users(neighbours, user_ids, new_vecs)
+    out[USER] = dict(zip(user_ids, _np(u)))
+    q = enc.queries([queries[k] for k in sorted(queries)])
+    out[QUERY] = dict(zip(sorted(queries), _np(q))) if q is not None else {}
+    clock.lap("forward_s")
+    return FullVectors(enc.version, out, timings)
+
+
+def write_all(ctx: Context, full: FullVectors, progress: Callable[[str], None] | None = None) -> int:
+    """Write every vector of ``full`` to Neo4j (nothing published: servers load a version on activation)."""
+    clock = _Clock(full.timings)
+    n = 0
+    for label in (ITEM, USER, QUERY):
+        if full.vectors[label]:
+            if progress:
+                progress(f"writing {len(full.vectors[label]):,} {label} vectors")
+            n += _write(ctx, label, full.vectors[label], full.version)
+    clock.lap("write_s")
+    return n
+
+
+def rebuild(ctx: Context, *, activate_after: bool = True, progress: Callable[[str], None] | None = None) -> dict:
+    """Embed everything for the context's model version beside the served one, then switch atomically:
+    the version becomes active in Neo4j and an ACTIVATE_MODEL delta tells servers to load it.
+
+    The caller holds the recompute lock, so no incremental recompute interleaves (marks wait; none is lost).
+    Roll-back is the same call with the previous version's checkpoint.
+    """
+    full = full_vectors(ctx, progress)
+    written = write_all(ctx, full, progress)
+    state = None
+    if activate_after:
+        state = activate(ctx.driver, full.version, database=ctx.database)
+        if ctx.redis is not None:
+            publish.publish(ctx.redis, ctx.stream, [publish.activation(full.version)])
+    return {"version": full.version, "written": written, "active": state.version if state else None,
+            "previous": state.previous if state else None,
+            **{k: round(v, 3) for k, v in full.timings.__dict__.items()}}

@@ -1,0 +1,61 @@
+"""The recompute trigger: wakes on an ingestion signal or every ``IG_WORKER_RECOMPUTE_INTERVAL_S``, and queues
+one ``interest.recompute`` when marks are waiting.
+
+Ingestion (the gRPC server) pushes onto the list ``IG_WORKER_CHANGED_KEY`` after a write; the scheduler pops it
+(``BLPOP``), waits ``IG_WORKER_DEBOUNCE_S`` so a burst lands in one recompute, and sends the task unless one
+is already queued (a Redis key the task deletes when it starts). At most one recompute is queued and one runs;
+loaders and other writers need no signal, the periodic poll finds their marks.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import neo4j
+import redis
+from celery import Celery
+
+from graphdb.changes import count_marks
+from workers.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+
+class Scheduler:
+    def __init__(self, app: Celery, driver: neo4j.Driver, ws: WorkerSettings, *, database: str = "neo4j") -> None:
+        self.app, self.driver, self.ws, self.database = app, driver, ws, database
+        self.redis = redis.Redis.from_url(ws.redis_url, socket_timeout=ws.recompute_interval_s + 10,
+                                          socket_connect_timeout=5)
+        self.queued_key = ws.changed_key + ":queued"
+        self.stop = threading.Event()
+        self.sent = 0
+
+    def tick(self, wait_s: float) -> bool:
+        """One round: wait for a signal (at most ``wait_s``), then queue a recompute if needed. True if sent."""
+        signalled = self.redis.blpop([self.ws.changed_key], timeout=wait_s) is not None
+        if signalled and self.ws.debounce_s:
+            time.sleep(self.ws.debounce_s)
+        if count_marks(self.driver, database=self.database) == 0:
+            return False
+        ttl = max(int(self.ws.lock_timeout_s * 2), 1)
+        if not self.redis.set(self.queued_key, b"1", nx=True, ex=ttl):
+            return False  # one is queued already; it will see these marks too
+        self.app.send_task("interest.recompute")
+        self.sent += 1
+        return True
+
+    def run(self) -> None:
+        log.info("recompute scheduler: interval %.2fs, debounce %.2fs", self.ws.recompute_interval_s,
+                 self.ws.debounce_s)
+        backoff = 0.5
+        while not self.stop.is_set():
+            try:
+                self.tick(self.ws.recompute_interval_s)
+                backoff = 0.5
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                    neo4j.exceptions.ServiceUnavailable, neo4j.exceptions.SessionExpired) as exc:
+                log.warning("scheduler: %s; retrying in %.1fs", exc, backoff)  # a service restarts: wait
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)

@@ -1,0 +1,79 @@
+"""Queue tasks: thin, idempotent wrappers around `workers.jobs`. Messages carry ids and options, never tensors.
+
+| task | queue | arguments | result |
+|---|---|---|---|
+| ``interest.recompute`` | gpu | ``limit`` | counts and timings of one incremental round |
+| ``interest.rebuild`` | gpu | ``version`` ("latest" or a version) | vectors written, active/previous version |
+| ``interest.train`` | gpu | ``budget_min``, ``epochs`` | the new version (not yet active) and its metrics |
+| ``interest.backfill`` | cpu | ``dataset``, ``limit`` | events accepted / duplicates / rejected |
+| ``interest.snapshot`` | cpu | ``out`` | file written with every vector of the active version |
+
+Long tasks report progress as custom state ``PROGRESS`` with ``{"step": ...}`` (the CLI shows it).
+"""
+
+from __future__ import annotations
+
+import os
+
+from graphdb.errors import InterestError
+from workers import jobs
+from workers.celery_app import app
+
+_runtime: jobs.Runtime | None = None
+_pid: int | None = None
+
+
+def runtime() -> jobs.Runtime:
+    """This process's runtime, created on first use (after any fork)."""
+    global _runtime, _pid
+    if _runtime is None or _pid != os.getpid():
+        _runtime, _pid = jobs.Runtime.from_env(), os.getpid()
+    return _runtime
+
+
+def reset_runtime() -> None:
+    global _runtime, _pid
+    if _runtime is not None and _pid == os.getpid():
+        _runtime.close()
+    _runtime, _pid = None, None
+
+
+def _progress(task):
+    def report(step: str) -> None:
+        task.update_state(state="PROGRESS", meta={"step": step})
+    return report
+
+
+def _run(fn, *args, **kwargs) -> dict:
+    """Domain errors become a task result with the error, not a crashed worker or an endless retry."""
+    try:
+        return fn(*args, **kwargs)
+    except InterestError as exc:
+        return {"error": type(exc).__name__, "message": str(exc)}
+
+
+@app.task(name="interest.recompute")
+def recompute(limit: int | None = None) -> dict:
+    rt = runtime()
+    rt.redis.delete(rt.worker.changed_key + ":queued")  # a new round may be scheduled from now on
+    return _run(jobs.recompute, rt, limit)
+
+
+@app.task(name="interest.rebuild", bind=True)
+def rebuild(self, version: str = "latest") -> dict:
+    return _run(jobs.rebuild_version, runtime(), version, progress=_progress(self))
+
+
+@app.task(name="interest.train", bind=True)
+def train(self, budget_min: float | None = None, epochs: int | None = None) -> dict:
+    return _run(jobs.train_from_graph, runtime(), budget_min=budget_min, epochs=epochs, progress=_progress(self))
+
+
+@app.task(name="interest.backfill")
+def backfill(dataset: str, limit: int | None = None) -> dict:
+    return _run(jobs.backfill, runtime(), dataset, limit)
+
+
+@app.task(name="interest.snapshot")
+def snapshot(out: str | None = None) -> dict:
+    return _run(jobs.snapshot, runtime(), out)

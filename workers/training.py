@@ -1,0 +1,41 @@
+"""The one training path of the served model: fit, evaluate when a test split is given, save a checkpoint.
+
+Used by the CLI (dataset files) and by the ``train`` task (the live graph); both hand over the same tensors.
+"""
+
+from __future__ import annotations
+
+import scipy.sparse as sp
+import torch
+
+from workers.checkpoint import save_checkpoint
+from workers.data import InteractionGraph
+from workers.embed import served_scorer
+from workers.metrics import rank_metrics
+from workers.settings import ModelSettings, TrainSettings, WorkerSettings
+from workers.text import TextEncoder
+from workers.train_served import fit_served
+
+
+def item_texts(graph: InteractionGraph, ws: WorkerSettings, progress: bool = False) -> torch.Tensor | None:
+    """Cached sentence vectors of the item texts (None when the graph has no text)."""
+    if not graph.item_text:
+        return None
+    return TextEncoder(ws.text_cache_dir).encode(graph.item_text, progress=progress)
+
+
+def train_and_save(graph: InteractionGraph, test: sp.csr_matrix | None, ms: ModelSettings, ts: TrainSettings,
+                   ws: WorkerSettings, *, source: str, progress: bool = True,
+                   item_text: torch.Tensor | None = None) -> dict:
+    """Fit on ``graph``, score ``test`` (held-out interactions) when given, save; returns version and metrics."""
+    text = item_text if item_text is not None else item_texts(graph, ws, progress)
+    fitted = fit_served(graph, ms, ts, item_text=text, progress=progress)
+    metrics: dict = {}
+    if test is not None:
+        metrics = rank_metrics(served_scorer(fitted.model, graph, text), graph.interactions(), test, k=ts.eval_k)
+    metrics.update({"source": source, "train_s": round(fitted.train_s, 2), "history": fitted.history,
+                    "users": graph.num_users, "items": graph.num_items})
+    path = save_checkpoint(ws.model_dir, fitted.model, graph, ms.model_dump(), ts.model_dump(), metrics,
+                           item_text=text)
+    return {"version": path.parent.name, "checkpoint": str(path),
+            **{k: v for k, v in metrics.items() if k != "history"}}
