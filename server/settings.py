@@ -49,6 +49,8 @@ class ServerSettings(BaseSettings):
     forget_snapshot_s: float = Field(default=10.0, gt=0)
     redis_url: str | None = "redis://127.0.0.1:6379/0"
     delta_stream: str = "ig:embeddings"
+    # After stored events, a signal here wakes the workers' recompute scheduler at once (list, one entry).
+    changed_key: str = "ig:changed"
     delta_block_ms: int = Field(default=200, ge=1)
     delta_batch: int = Field(default=1000, ge=1)
 
