@@ -13,7 +13,7 @@ from typing import Awaitable, Callable
 import grpc
 from grpc import aio
 
-from graphdb.errors import InterestError
+from graphdb.errors import InterestError, InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,47 @@ def wrap_handler(handler: grpc.RpcMethodHandler | None, around, *,
     return handler
 
 
+class _Malformed:
+    """Stands for a request message whose bytes did not parse; the guard turns it into INVALID_ARGUMENT
+    (grpc itself would answer UNKNOWN, or fail inside the servicer for streamed requests)."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def error(self) -> InvalidInput:
+        return InvalidInput(f"malformed request message: {self.reason}")
+
+
+def _tolerant(deserializer: Callable[[bytes], object] | None) -> Callable[[bytes], object] | None:
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> object:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError (and anything a parser may raise)
+            return _Malformed(str(exc))
+
+    return deserialize
+
+
+async def _checked(messages):
+    """A streamed request whose malformed messages raise InvalidInput where the servicer reads them."""
+    async for message in messages:
+        if isinstance(message, _Malformed):
+            raise message.error()
+        yield message
+
+
 def _guard(behaviour: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
     async def guarded(request, context: aio.ServicerContext):
         try:
+            if isinstance(request, _Malformed):
+                raise request.error()
+            if hasattr(request, "__aiter__"):  # client-streaming: an async iterator of messages
+                request = _checked(request)
             return await behaviour(request, context)
         except InterestError as exc:
             await context.abort(_status(exc), str(exc))
@@ -66,6 +104,8 @@ class ErrorInterceptor(aio.ServerInterceptor):
         wrapped = self._wrapped.get(method)
         if wrapped is None:
             wrapped = wrap_handler(await continuation(handler_call_details), _guard)
+            if wrapped is not None and (wrapped.unary_unary or wrapped.stream_unary):  # the guarded kinds
+                wrapped = wrapped._replace(request_deserializer=_tolerant(wrapped.request_deserializer))
             if wrapped is not None:  # unknown methods are not cached (callers choose their names)
                 self._wrapped[method] = wrapped
         return wrapped
