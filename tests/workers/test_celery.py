@@ -1,0 +1,159 @@
+"""The queue path with real processes: a Celery worker (``--pool=solo``) and the scheduler, on the session's
+Neo4j and Redis. Tasks go through the broker exactly as other services submit them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+import redis
+
+from graphdb import subgraph
+from graphdb.changes import count_marks
+from graphdb.ingest import ingest_events
+from graphdb.pseudonym import pseudonymise
+from graphdb.schema import USER
+from graphdb.settings import DataSettings
+from proto.interest.v1 import interest_pb2 as pb
+from workers import jobs, process
+from workers.recompute import full_vectors, recompute_marked
+from workers.settings import ModelSettings, TrainSettings, WorkerSettings
+
+T0 = 1_700_000_000.0
+DATASETS = DataSettings().datasets_dir
+
+
+def _env(stack, graph_settings, tmp_path, **extra):
+    return process.worker_env(
+        neo4j_uri=stack.neo4j_uri, redis_base=f"redis://127.0.0.1:{stack.settings.redis_port}",
+        model_dir=tmp_path / "models", text_cache_dir=tmp_path / "text", graph=graph_settings,
+        extra={"IG_TRAIN_MAX_EPOCHS": "0", "IG_TRAIN_THREADS": "1", "IG_DATASETS_DIR": str(DATASETS.resolve()),
+               "IG_WORKER_RECOMPUTE_INTERVAL_S": "0.5", **extra})
+
+
+def _flush_queues(env):
+    for key in ("IG_WORKER_BROKER_URL", "IG_WORKER_RESULT_BACKEND"):
+        redis.Redis.from_url(env[key]).flushdb()
+
+
+def _seed(driver, graph_settings, users: int, per_user: int, items: int, tag: str, ts: float) -> int:
+    events = [{"event_id": f"{tag}-{u}-{k}", "user_id": f"user-{u}", "type": "click", "ts": ts + k,
+               "item_id": f"item-{(u * 7 + k * 13) % items}"} for u in range(users) for k in range(per_user)]
+    for s in range(0, len(events), 5000):
+        assert not ingest_events(driver, graph_settings, events[s:s + 5000]).rejected
+    return len(events)
+
+
+@pytest.fixture
+def worker(graph, stack, graph_settings, tmp_path):
+    env = _env(stack, graph_settings, tmp_path)
+    _flush_queues(env)
+    app = process.client_app(env)
+    proc = process.start_worker(env, tmp_path / "worker.log")
+    try:
+        process.wait_for_worker(app, proc)
+        yield env, app, proc
+    finally:
+        process.stop(proc)
+
+
+def test_tasks_and_scheduler_bring_an_event_to_neo4j_and_the_stream(worker, graph, graph_settings, tmp_path,
+                                                                    redis_url):
+    env, app, _proc = worker
+    _seed(graph, graph_settings, users=40, per_user=4, items=25, tag="seed", ts=T0)
+    trained = app.send_task("interest.train", kwargs={"epochs": 0}).get(timeout=120)
+    assert trained["version"] and trained["users"] == 40 and trained["items"] == 25
+    rebuilt = app.send_task("interest.rebuild", kwargs={"version": trained["version"]}).get(timeout=120)
+    assert rebuilt["active"] == trained["version"] and rebuilt["written"] >= 65
+
+    scheduler = process.start_scheduler(env, tmp_path / "scheduler.log")
+    try:
+        r = redis.Redis.from_url(redis_url)
+        start_id = r.xrevrange(env.get("IG_WORKER_DELTA_STREAM", "ig:embeddings"), count=1)
+        start_id = start_id[0][0] if start_id else b"0-0"
+        acked = time.time()
+        assert ingest_events(graph, graph_settings, [{"event_id": "fresh-1", "user_id": "user-3", "type": "purchase",
+                                                      "ts": T0 + 500, "item_id": "item-9"}]).accepted == 1
+        r.lpush("ig:changed", b"1")  # what the server does after a write
+        pseudonym = pseudonymise(graph_settings.pseudonym_key.get_secret_value(), "user-3")
+        deadline = time.monotonic() + 30
+        stored = None
+        while time.monotonic() < deadline:
+            stored = subgraph.stored_vectors(graph, USER, [pseudonym])[pseudonym]
+            if stored.updated_at and stored.updated_at >= acked:
+                break
+            time.sleep(0.1)
+        assert stored.updated_at >= acked and stored.version == trained["version"]
+        deltas = [pb.EmbeddingDelta.FromString(f[b"d"]) for _, f in r.xrange("ig:embeddings", min=start_id)]
+        mine = [d for d in deltas if d.id == pseudonym and d.op == pb.EmbeddingDelta.OP_UPSERT]
+        assert mine and mine[-1].model_version == trained["version"]
+        assert np.allclose(np.asarray(mine[-1].vector), stored.vector, atol=1e-6)
+        deadline = time.monotonic() + 30
+        while count_marks(graph) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert count_marks(graph) == 0
+    finally:
+        process.stop(scheduler)
+
+    snap = app.send_task("interest.snapshot", kwargs={"out": str(tmp_path / "snap.npz")}).get(timeout=60)
+    with np.load(snap["out"]) as z:
+        assert len(z["ids"]) == snap["vectors"] == 65 and str(z["model_version"]) == trained["version"]
+    bad = app.send_task("interest.backfill", kwargs={"dataset": "no-such-set"}).get(timeout=60)
+    assert bad["error"] == "InvalidInput" and "no-such-set" in bad["message"]
+    loaded = app.send_task("interest.backfill", kwargs={"dataset": "amazon-office", "limit": 300}).get(timeout=120)
+    assert loaded["accepted"] == 300 and loaded["rejected"] == 0
+
+
+def test_worker_killed_mid_recompute_the_task_comes_back_and_nothing_is_lost(graph, stack, graph_settings,
+                                                                             neo4j_settings, tmp_path, redis_url):
+    env = _env(stack, graph_settings, tmp_path, IG_WORKER_VISIBILITY_TIMEOUT_S="10",
+               IG_WORKER_LOCK_TIMEOUT_S="8")
+    _flush_queues(env)
+    ws = WorkerSettings(model_dir=tmp_path / "models", text_cache_dir=tmp_path / "text", redis_url=redis_url)
+    rt = jobs.Runtime(neo4j_settings, graph_settings, ModelSettings(dim=graph_settings.embedding_dim),
+                      TrainSettings(max_epochs=0, threads=1), ws, DataSettings())
+    try:
+        _seed(graph, graph_settings, users=15000, per_user=1, items=400, tag="a", ts=T0)
+        version = jobs.train_from_graph(rt)["version"]
+        jobs.rebuild_version(rt, version)
+        ctx = rt.context(version)
+        while recompute_marked(ctx).marks:
+            pass
+        events = _seed(graph, graph_settings, users=15000, per_user=1, items=400, tag="b", ts=T0 + 3600)
+        marks_before = count_marks(graph)
+        assert marks_before > 15000
+
+        app = process.client_app(env)
+        first = process.start_worker(env, tmp_path / "worker1.log")
+        process.wait_for_worker(app, first)
+        task = app.send_task("interest.recompute", kwargs={"limit": 100000})
+        lock = redis.Redis.from_url(redis_url)
+        deadline = time.monotonic() + 60
+        while not lock.exists(jobs.LOCK_NAME) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert lock.exists(jobs.LOCK_NAME), "the recompute never started"
+        time.sleep(0.3)  # in the middle of it
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        assert count_marks(graph) == marks_before  # nothing was cleared: every change is still to do
+        assert task.state != "SUCCESS"
+
+        second = process.start_worker(env, tmp_path / "worker2.log")
+        try:
+            result = task.get(timeout=120)  # the same task, delivered again after the visibility timeout
+        finally:
+            process.stop(second)
+        assert result["cleared"] == marks_before and result["users"] == 15000
+        assert count_marks(graph) == 0
+        # every vector is what a full recompute gives, and no event was applied twice
+        full = full_vectors(ctx)
+        stored = subgraph.stored_vectors(graph, USER, full.vectors[USER])
+        diff = max(float(np.max(np.abs(np.asarray(stored[u].vector) - v))) for u, v in full.vectors[USER].items())
+        assert diff <= 1e-4
+        total = graph.execute_query("MATCH ()-[r:CLICKED]->() RETURN sum(r.count) AS n").records[0]["n"]
+        assert total == 2 * events
+    finally:
+        rt.close()
