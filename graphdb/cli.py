@@ -14,6 +14,7 @@ from graphdb import localstack
 from graphdb.driver import connect
 from graphdb.errors import InterestError
 from graphdb.loaders import DATASETS, load_dataset
+from graphdb.pseudonym import pseudonymise
 from graphdb.schema import migrate
 from graphdb.settings import DataSettings, GraphSettings, LocalStackSettings, Neo4jSettings
 from graphdb.stats import graph_counts
@@ -116,19 +117,53 @@ def graph_stats(as_json: bool = typer.Option(False, "--json")) -> None:
     console.print(table)
 
 
+def _parse_params(params: list[str], user_params: list[str], key: str) -> dict:
+    """``name=value`` pairs: a value that parses as JSON is used as such (numbers, lists, quoted strings),
+    anything else as a plain string; ``--user-param`` values are external user ids, pseudonymised."""
+    out: dict = {}
+    for raw, is_user in [(p, False) for p in params] + [(p, True) for p in user_params]:
+        name, sep, value = raw.partition("=")
+        name = name.strip()
+        if not sep or not name.isidentifier():
+            raise typer.BadParameter(f"expected name=value, got {raw!r}")
+        if is_user:
+            out[name] = pseudonymise(key, value)
+            continue
+        try:
+            out[name] = json.loads(value)
+        except ValueError:
+            out[name] = value
+    return out
+
+
 @graph_app.command("query")
-def graph_query(cypher: str = typer.Argument(..., help="a read-only Cypher query"), limit: int = 20) -> None:
-    """Run a read-only Cypher query (as an analyst would) and print the rows."""
+def graph_query(
+    cypher: str = typer.Argument(..., help="a read-only Cypher query; $name refers to a parameter"),
+    limit: int = 20,
+    param: list[str] = typer.Option(
+        [], "--param", "-p",
+        help="NAME=VALUE, repeatable; VALUE is JSON when it parses (10, 0.5, [1,2], \"123\"), else a string"),
+    user_param: list[str] = typer.Option(
+        [], "--user-param", "-u",
+        help="NAME=EXTERNAL_USER_ID, repeatable; passed as the user's pseudonym (IG_PSEUDONYM_KEY)"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per row instead of a table"),
+) -> None:
+    """Run a read-only Cypher query (as an analyst would) with parameters and print the rows."""
     import neo4j
 
+    params = _parse_params(param, user_param, GraphSettings().pseudonym_key.get_secret_value() if user_param else "")
     try:
         with connect(Neo4jSettings()) as driver:
-            records, _, keys = driver.execute_query(cypher, routing_=neo4j.RoutingControl.READ)
+            records, _, keys = driver.execute_query(cypher, params, routing_=neo4j.RoutingControl.READ)
     except InterestError as exc:
         _fail(exc)
     except neo4j.exceptions.Neo4jError as exc:
         console.print(f"[red]Cypher error:[/red] {exc.message}")
         raise typer.Exit(1)
+    if as_json:
+        for r in records[:limit]:
+            print(json.dumps(dict(r), default=str))
+        return
     table = Table(*keys)
     for r in records[:limit]:
         table.add_row(*(str(r[k]) for k in keys))
