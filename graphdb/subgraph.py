@@ -48,16 +48,19 @@ class StoredVector:
     updated_at: float | None
 
 
+# One row per user with parallel lists: the driver decodes a few long lists far faster than many records.
 _USER_EDGES = f"""
 UNWIND $ids AS uid
 MATCH (u:{USER} {{id: uid}})-[r:{_ITEM_RELS}]->(i:{ITEM})
-RETURN uid AS user, i.id AS item, r.weight AS weight, r.last_ts AS last_ts,
-       i.emb_version AS item_version, i.emb_updated_at AS item_updated_at
+WITH uid, collect(i.id) AS items, collect(r.weight) AS weights, collect(r.last_ts) AS last,
+     collect(i.emb_version) AS versions
+RETURN uid AS user, items, weights, last, versions
 """
 
 _ALL_EDGES = f"""
 MATCH (u:{USER})-[r:{_ITEM_RELS}]->(i:{ITEM})
-RETURN u.id AS user, i.id AS item, r.weight AS weight, r.last_ts AS last_ts
+WITH u, collect(i.id) AS items, collect(r.weight) AS weights, collect(r.last_ts) AS last
+RETURN u.id AS user, items, weights, last
 """
 
 _ITEM_FIELDS = f"""
@@ -119,24 +122,28 @@ def _item_row(r: neo4j.Record) -> ItemRow:
     return ItemRow(r["id"], tuple(sorted(r["cats"])), r["brand"], r["title"], r["description"])
 
 
+def _edge_rows(r: neo4j.Record) -> Iterator[EdgeRow]:
+    user = r["user"]
+    for item, w, t in zip(r["items"], r["weights"], r["last"]):
+        yield EdgeRow(user, item, float(w or 0.0), float(t or 0.0))
+
+
 def user_edges(driver: neo4j.Driver, user_ids: Iterable[str], *, database: str = "neo4j",
-               batch_size: int = 2000) -> tuple[list[EdgeRow], dict[str, tuple[str | None, float | None]]]:
-    """Every item relationship of the given users, and the (vector version, update time) of each item seen."""
+               batch_size: int = 2000) -> tuple[list[EdgeRow], dict[str, str | None]]:
+    """Every item relationship of the given users, and the vector version of each item seen."""
     edges: list[EdgeRow] = []
-    item_state: dict[str, tuple[str | None, float | None]] = {}
+    item_version: dict[str, str | None] = {}
     for chunk in _chunks(sorted(set(user_ids)), batch_size):
         for r in _read(driver, _USER_EDGES, database, ids=chunk):
-            edges.append(EdgeRow(r["user"], r["item"], float(r["weight"] or 0.0), float(r["last_ts"] or 0.0)))
-            item_state[r["item"]] = (r["item_version"], r["item_updated_at"])
-    return edges, item_state
+            edges.extend(_edge_rows(r))
+            item_version.update(zip(r["items"], r["versions"]))
+    return edges, item_version
 
 
 def all_edges(driver: neo4j.Driver, *, database: str = "neo4j") -> list[EdgeRow]:
     """Every user->item relationship in the graph (full recompute and training)."""
     with driver.session(database=database, default_access_mode=neo4j.READ_ACCESS) as session:
-        result = session.run(_ALL_EDGES)
-        return [EdgeRow(r["user"], r["item"], float(r["weight"] or 0.0), float(r["last_ts"] or 0.0))
-                for r in result]
+        return [e for r in session.run(_ALL_EDGES) for e in _edge_rows(r)]
 
 
 def all_user_ids(driver: neo4j.Driver, *, database: str = "neo4j") -> list[str]:
@@ -184,6 +191,27 @@ def query_texts(driver: neo4j.Driver, query_ids: Iterable[str], *, database: str
 
 def all_query_texts(driver: neo4j.Driver, *, database: str = "neo4j") -> dict[str, str]:
     return {r["id"]: r["text"] or "" for r in _read(driver, _ALL_QUERIES, database)}
+
+
+def _versions_query(label: str) -> str:
+    return f"""
+UNWIND $ids AS nid
+MATCH (n:{label} {{id: nid}})
+RETURN collect(n.id) AS ids, collect(coalesce(n.emb_version, '')) AS versions
+"""
+
+
+_VERSIONS = {label: _versions_query(label) for label in NODE_LABELS}
+
+
+def stored_versions(driver: neo4j.Driver, label: str, ids: Iterable[str], *, database: str = "neo4j",
+                    batch_size: int = 20000) -> dict[str, str | None]:
+    """The model version of each existing node's vector ('' when it has none), without the vectors."""
+    out: dict[str, str | None] = {}
+    for chunk in _chunks(sorted(set(ids)), batch_size):
+        r = _read(driver, _VERSIONS[label], database, ids=chunk)[0]
+        out.update(zip(r["ids"], r["versions"]))
+    return out
 
 
 def stored_vectors(driver: neo4j.Driver, label: str, ids: Iterable[str], *, database: str = "neo4j",

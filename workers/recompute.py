@@ -121,22 +121,22 @@ def recompute_marked(ctx: Context, limit: int = 10000) -> RecomputeResult:
     # 2. items
     item_ids = by_label[ITEM] | {i for i in subgraph.items_under(ctx.driver, by_label[CATEGORY], by_label[BRAND],
                                                                   database=ctx.database) if not enc.is_known(i)}
-    stored_items = subgraph.stored_vectors(ctx.driver, ITEM, item_ids, database=ctx.database)
-    item_ids = sorted(i for i in item_ids if i in stored_items)  # nodes that exist
-    new_rows = subgraph.items(ctx.driver, [i for i in item_ids if not enc.is_known(i)], database=ctx.database)
+    # A known item's vector is fixed for the version: only its stored version matters, never the vector.
+    versions = subgraph.stored_versions(ctx.driver, ITEM, item_ids, database=ctx.database)
+    known = sorted(i for i in versions if enc.is_known(i) and versions[i] != version)
+    new_ids = sorted(i for i in versions if not enc.is_known(i))
+    stored_new = subgraph.stored_vectors(ctx.driver, ITEM, new_ids, database=ctx.database)
+    new_rows = subgraph.items(ctx.driver, new_ids, database=ctx.database)
     clock.lap("pull_s")
     new_vecs = dict(zip([r.id for r in new_rows], enc.new_items(new_rows)))
-    known = [i for i in item_ids if enc.is_known(i)]
-    item_vecs = dict(zip(known, enc.known_vectors(known))) if known else {}
-    item_vecs.update(new_vecs)
-    to_write: dict[str, np.ndarray] = {}
+    to_write: dict[str, np.ndarray] = dict(zip(known, _np(enc.known_vectors(known)))) if known else {}
     propagate: list[str] = []
-    for iid in item_ids:
-        vec = _np(item_vecs[iid])
-        stored = stored_items.get(iid)
+    for iid, vec_t in new_vecs.items():
+        vec = _np(vec_t)
+        stored = stored_new.get(iid)
         if _differs(stored, vec, version):
             to_write[iid] = vec
-            if iid in new_vecs and stored is not None and stored.vector is not None and stored.version == version:
+            if stored is not None and stored.vector is not None and stored.version == version:
                 propagate.append(iid)  # users computed with the old vector of this item must follow
     clock.lap("forward_s")
 
@@ -176,10 +176,10 @@ def _users(ctx: Context, user_ids: list[str], fresh: dict[str, torch.Tensor], cl
     enc, version = ctx.encoder, ctx.encoder.version
     if not user_ids:
         return {}, {}
-    edges, item_state = subgraph.user_edges(ctx.driver, user_ids, database=ctx.database)
+    edges, item_version = subgraph.user_edges(ctx.driver, user_ids, database=ctx.database)
     neighbours = capped_neighbours(edges, enc.user_cap, enc.half_life_days)
     new_reached = sorted({i for items in neighbours.values() for i in items if not enc.is_known(i)} - set(fresh))
-    current = [i for i in new_reached if item_state.get(i, (None, None))[0] == version]
+    current = [i for i in new_reached if item_version.get(i) == version]
     stored = subgraph.stored_vectors(ctx.driver, ITEM, current, database=ctx.database) if current else {}
     vectors = dict(fresh)
     for iid, s in stored.items():

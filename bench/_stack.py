@@ -1,0 +1,134 @@
+"""The whole pipeline for a benchmark: Neo4j and Redis on free loopback ports, a dataset loaded, a Celery worker,
+a model trained on the live graph and rolled out, optionally the gRPC server. Everything stops at the end."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import grpc
+import neo4j
+import redis
+from celery import Celery
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tqdm import tqdm
+
+from graphdb import localstack
+from graphdb.driver import connect
+from graphdb.loaders import DATASETS, load_dataset
+from graphdb.schema import migrate
+from graphdb.settings import DataSettings, GraphSettings, LocalStackSettings, Neo4jSettings
+from workers import process
+
+EVENTS = {"gowalla": 810_128, "amazon-office": 53_258, "amazon-hin": None}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Pipeline:
+    var: Path
+    stack: LocalStackSettings
+    neo4j: Neo4jSettings
+    graph: GraphSettings
+    driver: neo4j.Driver
+    redis: redis.Redis
+    env: dict[str, str]
+    app: Celery
+    version: str
+    worker: subprocess.Popen
+    server_port: int | None = None
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.stack.redis_port}/0"
+
+
+def _wait_serving(port: int, proc: subprocess.Popen, timeout_s: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}")
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.3)
+    raise RuntimeError("server did not report SERVING")
+
+
+@contextlib.contextmanager
+def pipeline(var: Path, *, dataset: str = "gowalla", limit: int | None = None, server: bool = False,
+             graph: GraphSettings | None = None, worker_extra: dict[str, str] | None = None) -> Iterator[Pipeline]:
+    var = Path(var)
+    gs = graph or GraphSettings()
+    stack = LocalStackSettings(var_dir=var / "stack", neo4j_port=localstack.free_port(),
+                               redis_port=localstack.free_port())
+    procs: list[subprocess.Popen] = []
+    try:
+        log("starting Neo4j and Redis")
+        localstack.up(stack)
+        ns = Neo4jSettings(uri=f"bolt://127.0.0.1:{stack.neo4j_port}")
+        driver = connect(ns)
+        migrate(driver, gs)
+        root = DataSettings().datasets_dir / dataset
+        if dataset not in DATASETS:
+            raise SystemExit(f"unknown dataset {dataset}")
+        bar = tqdm(total=limit or EVENTS.get(dataset), desc=f"loading {dataset}", unit="ev")
+        load_dataset(driver, gs, dataset, root, limit=limit, progress=bar.update)
+        bar.close()
+        env = process.worker_env(neo4j_uri=ns.uri, redis_base=f"redis://127.0.0.1:{stack.redis_port}",
+                                 model_dir=var / "models", text_cache_dir=Path("var/text-cache").resolve(),
+                                 graph=gs, extra={"IG_TRAIN_MAX_EPOCHS": "0", **(worker_extra or {})})
+        app = process.client_app(env)
+        worker = process.start_worker(env, var / "worker.log")
+        procs.append(worker)
+        process.wait_for_worker(app, worker, timeout_s=120)
+        log("training on the live graph (worker task)")
+        trained = app.send_task("interest.train").get(timeout=3600)
+        if "error" in trained:
+            raise RuntimeError(trained)
+        log(f"rolling out {trained['version']} (worker task)")
+        rebuilt = app.send_task("interest.rebuild", kwargs={"version": trained["version"]}).get(timeout=3600)
+        if "error" in rebuilt:
+            raise RuntimeError(rebuilt)
+        # The load marked every node; the rebuild embedded them all, so those marks are done with.
+        driver.execute_query("MATCH (n:Dirty) REMOVE n:Dirty, n.dirty_since")
+        p = Pipeline(var, stack, ns, gs, driver, redis.Redis.from_url(f"redis://127.0.0.1:{stack.redis_port}/0"),
+                     env, app, trained["version"], worker)
+        if server:
+            port = localstack.free_port()
+            senv = dict(env, IG_SERVER_PORT=str(port), IG_SERVER_METRICS_PORT="0",
+                        IG_SERVER_REDIS_URL=env["IG_WORKER_REDIS_URL"], IG_SERVER_SNAPSHOT_DIR=str(var / "index"))
+            out = open(var / "server.log", "ab")  # noqa: SIM115 - the child's log
+            srv = subprocess.Popen([sys.executable, "-m", "server"], env=senv, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+            procs.append(srv)
+            _wait_serving(port, srv)
+            p.server_port = port
+        yield p
+    finally:
+        for proc in reversed(procs):
+            process.stop(proc)
+        with contextlib.suppress(Exception):
+            driver.close()  # noqa: F821 - bound once Neo4j is up
+        localstack.down(stack)
+
+
+def start_scheduler(p: Pipeline) -> subprocess.Popen:
+    return process.start_scheduler(p.env, p.var / "scheduler.log")
+
+
+def cpu_count() -> int:
+    return os.cpu_count() or 1
