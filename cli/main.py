@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from cli.demo import run as demo
 from graphdb.cli import graph_app, stack_app
 from workers.cli import app as models_app
 from workers.worker_cli import worker_app
@@ -13,6 +14,7 @@ app.add_typer(stack_app, name="stack")
 app.add_typer(graph_app, name="graph")
 app.add_typer(models_app, name="model")
 app.add_typer(worker_app, name="worker")
+app.command("demo")(demo)
 
 if __name__ == "__main__":
     app()

@@ -9,7 +9,7 @@ COMPOSE = yaml.safe_load((Path(__file__).resolve().parents[1] / "docker-compose.
 
 def test_services_and_images():
     s = COMPOSE["services"]
-    assert set(s) == {"neo4j", "redis", "worker", "server"}
+    assert set(s) == {"neo4j", "redis", "worker", "scheduler", "server"}
     assert s["neo4j"]["image"] == "neo4j:5.26-community"
     assert s["redis"]["image"].startswith("redis:")
 
@@ -25,14 +25,14 @@ def test_neo4j_has_apoc_auth_memory_caps_and_volumes():
 def test_ports():
     s = COMPOSE["services"]
     assert "7687:7687" in s["neo4j"]["ports"] and "6379:6379" in s["redis"]["ports"]
-    assert "50051:50051" in s["server"]["ports"]
+    assert "50051:50051" in s["server"]["ports"] and "9464:9464" in s["server"]["ports"]
 
 
 def test_health_checks_gate_dependents():
     s = COMPOSE["services"]
     for name in ("neo4j", "redis", "server"):
         assert s[name]["healthcheck"]["test"], name
-    for name in ("worker", "server"):
+    for name in ("worker", "scheduler", "server"):
         deps = s[name]["depends_on"]
         assert deps == {"neo4j": {"condition": "service_healthy"}, "redis": {"condition": "service_healthy"}}
 
@@ -47,3 +47,13 @@ def test_worker_reserves_a_gpu_and_runs_solo():
 def test_no_secret_is_written_in_the_file():
     text = (Path(__file__).resolve().parents[1] / "docker-compose.yml").read_text()
     assert "NEO4J_PASSWORD:?" in text and "IG_PSEUDONYM_KEY:?" in text
+
+
+def test_workers_scheduler_and_server_share_the_broker_and_the_delta_stream():
+    env = COMPOSE["x-app-env"]
+    assert env["IG_WORKER_BROKER_URL"].startswith("redis://redis:6379/")
+    assert env["IG_WORKER_REDIS_URL"] == env["IG_SERVER_REDIS_URL"]  # deltas and change signals: same Redis db
+    assert env["IG_WORKER_BROKER_URL"] != env["IG_WORKER_REDIS_URL"]
+    for name in ("worker", "scheduler", "server"):
+        assert COMPOSE["services"][name]["environment"]["IG_WORKER_BROKER_URL"] == env["IG_WORKER_BROKER_URL"]
+    assert COMPOSE["services"]["scheduler"]["command"][-2:] == ["worker", "scheduler"]

@@ -1,0 +1,154 @@
+"""Freshness: from an event's acknowledgement to the user's new vector in Neo4j and on the delta stream.
+
+    python -m bench.freshness [--rate 200] [--duration-s 60] [--dataset gowalla] [--out FILE]
+
+Starts Neo4j, Redis, a Celery worker, the recompute scheduler and the gRPC server, loads the dataset, trains
+the served model on the live graph and rolls it out. Then a client streams events through ``IngestEvents`` at
+``--rate`` events/s (a request every 50 ms) for ``--duration-s``. Every event is by a different existing user, so
+the first vector of that user written or published after the acknowledgement is the one that event caused. A
+reader follows the delta stream; Neo4j's ``emb_updated_at`` gives the write time. The RESULT's p50/p99/max are
+for the vector being on the stream (it is published after the Neo4j write), the ``neo4j_*`` ones for the write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import redis
+import typer
+
+from bench._common import emit_result
+from bench._stack import log, pipeline, start_scheduler
+from graphdb.loaders import DATASETS
+from graphdb.pseudonym import pseudonymise
+from graphdb.settings import DataSettings
+from proto.interest.v1 import interest_pb2 as pb
+from proto.interest.v1 import interest_pb2_grpc as pb_grpc
+from workers import process
+
+TICK_S = 0.05
+_UPDATED = "UNWIND $ids AS id MATCH (u:User {id: id}) RETURN u.id AS id, u.emb_updated_at AS at"
+_USERS = "MATCH (u:User) RETURN count(u) AS n"
+
+
+class StreamWatch(threading.Thread):
+    """Records when each node id first appears on the delta stream (from the stream's tail at start)."""
+
+    def __init__(self, url: str, stream: str) -> None:
+        super().__init__(daemon=True)
+        self.client = redis.Redis.from_url(url)
+        self.stream = stream
+        last = self.client.xrevrange(stream, count=1)
+        self.position = last[0][0] if last else b"0-0"
+        self.seen: dict[str, float] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            reply = self.client.xread({self.stream: self.position}, count=1000, block=100)
+            now = time.time()
+            for _name, entries in reply or ():
+                for entry_id, fields in entries:
+                    self.position = entry_id
+                    d = pb.EmbeddingDelta.FromString(fields[b"d"])
+                    if d.op == pb.EmbeddingDelta.OP_UPSERT and d.id not in self.seen:
+                        self.seen[d.id] = now
+
+
+async def send(port: int, users: list[str], items: list[str], rate: float, duration_s: float,
+               seed: int) -> list[tuple[str, float]]:
+    """Stream events at ``rate`` through IngestEvents; returns (external user id, ack time) per event."""
+    rng = random.Random(seed)
+    per_tick = max(1, round(rate * TICK_S))
+    acks: list[tuple[str, float]] = []
+    order = iter(users)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.InterestServiceStub(channel)
+        start = time.monotonic()
+        tick = 0
+        pending: set[asyncio.Task] = set()
+
+        async def one(batch: list[pb.Event]) -> None:
+            reply = await stub.IngestEvents(iter([pb.IngestEventsRequest(events=batch)]), timeout=30)
+            at = time.time()
+            if reply.accepted != len(batch):
+                raise RuntimeError(f"events not accepted: {reply}")
+            acks.extend((e.user_id, at) for e in batch)
+
+        while time.monotonic() - start < duration_s:
+            batch = [pb.Event(event_id=f"fresh-{tick}-{k}", user_id=next(order), type=pb.EVENT_TYPE_CLICK,
+                              item_id=rng.choice(items), ts=time.time()) for k in range(per_tick)]
+            task = asyncio.create_task(one(batch))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            tick += 1
+            await asyncio.sleep(max(0.0, start + tick * TICK_S - time.monotonic()))
+        await asyncio.gather(*pending)
+    return acks
+
+
+def percentiles(values: list[float]) -> dict:
+    a = np.asarray(values)
+    return {"p50_s": round(float(np.percentile(a, 50)), 3), "p99_s": round(float(np.percentile(a, 99)), 3),
+            "max_s": round(float(a.max()), 3)}
+
+
+def main(
+    rate: float = typer.Option(200.0, help="events per second"),
+    duration_s: float = typer.Option(60.0, help="how long the stream runs"),
+    dataset: str = typer.Option("gowalla"),
+    limit: int = typer.Option(None, help="load only this many events (quick runs)"),
+    out: Path = typer.Option(None, help="also write the RESULT JSON here"),
+) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-freshness-") as tmp, \
+            pipeline(Path(tmp), dataset=dataset, limit=limit, server=True) as p:
+        key = p.graph.pseudonym_key.get_secret_value()
+        n_users = p.driver.execute_query(_USERS).records[0]["n"]
+        items = [r["id"] for r in p.driver.execute_query("MATCH (i:Item)<--(:User) RETURN DISTINCT i.id AS id")
+                 .records]
+        external = _external_users(p, dataset, key)
+        needed = int(rate * duration_s) + 1
+        if len(external) < needed:
+            raise SystemExit(f"{len(external)} users cannot give {needed} events by distinct users")
+        random.Random(1).shuffle(external)
+        scheduler = start_scheduler(p)
+        watch = StreamWatch(p.redis_url, p.env.get("IG_WORKER_DELTA_STREAM", "ig:embeddings"))
+        watch.start()
+        try:
+            log(f"streaming {rate:g} events/s for {duration_s:g}s ({n_users:,} users, {len(items):,} items)")
+            acks = asyncio.run(send(p.server_port, external[:needed], items, rate, duration_s, seed=2))
+            sent_s = time.time()
+            pseudo = {u: pseudonymise(key, u) for u, _ in acks}
+            deadline = time.time() + 60
+            while time.time() < deadline and not all(pseudo[u] in watch.seen for u, _ in acks):
+                time.sleep(0.2)
+            log(f"sent {len(acks):,}; all published {time.time() - sent_s:.1f}s after the last")
+        finally:
+            watch.stop.set()
+            process.stop(scheduler)
+        missing = [u for u, _ in acks if pseudo[u] not in watch.seen]
+        stream_lat = [watch.seen[pseudo[u]] - at for u, at in acks if pseudo[u] in watch.seen]
+        written = {r["id"]: r["at"] for r in p.driver.execute_query(_UPDATED, ids=list(pseudo.values())).records}
+        neo4j_lat = [written[pseudo[u]] - at for u, at in acks if written.get(pseudo[u])]
+        result = {"bench": "freshness", "dataset": dataset, "rate": round(len(acks) / duration_s, 1),
+                  "events": len(acks), "duration_s": duration_s, **percentiles(stream_lat),
+                  **{f"neo4j_{k}": v for k, v in percentiles(neo4j_lat).items()}, "missing": len(missing)}
+    emit_result(result, out)
+
+
+def _external_users(p, dataset: str, key: str) -> list[str]:
+    """External ids of the users in the graph (it holds pseudonyms): the dataset's ids that are present."""
+    ids = sorted({e["user_id"] for e in DATASETS[dataset].events(DataSettings().datasets_dir / dataset)})
+    present = {r["id"] for r in p.driver.execute_query("MATCH (u:User) RETURN u.id AS id").records}
+    return [u for u in ids if pseudonymise(key, u) in present]
+
+
+if __name__ == "__main__":
+    typer.run(main)
