@@ -1,16 +1,22 @@
 """Ingestion throughput: the batched path against one transaction per event, in the same run.
 
-    python -m bench.ingest [--events 200000] [--naive-events 3000] [--gowalla/--no-gowalla] [--out FILE]
+    python -m bench.ingest [--events 200000] [--naive-events 3000] [--warmup-events 30000]
+                           [--gowalla/--no-gowalla] [--out FILE]
 
-Starts its own Neo4j on a free loopback port (or uses ``--neo4j-uri``), loads synthetic events with realistic
-shape (Zipf-like item popularity, a mix of behaviours) through ``ingest_events`` in batches, then through the
-naive path (each event its own call and transaction) on a fresh part of the id space, and finally times the
-whole gowalla train set through the loader. Prints ``RESULT {json}`` last.
+Starts its own Neo4j on a free loopback port (or uses ``--neo4j-uri``) and first warms it up with events that
+are then wiped (the JVM compiles Neo4j's hot paths during the first tens of thousands of events; a long-running
+database is past that). It then loads synthetic events with realistic shape (Zipf-like item popularity, a mix of
+behaviours) in batches through ``ingest_events``, one call per batch, then (after a wipe) the same events through
+``ingest_batches`` (pipelined: the next batch is validated and aggregated while the current one is written), then
+further events through the naive path (each event its own call and transaction) on a fresh part of the id space,
+and finally times the whole gowalla train set through the loader and through ``ingest_batches``.
+Prints ``RESULT {json}`` last.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import random
 import tempfile
 import time
@@ -23,8 +29,8 @@ from tqdm import tqdm
 from bench._common import emit_result
 from graphdb import localstack
 from graphdb.driver import connect
-from graphdb.ingest import ingest_events
-from graphdb.loaders import load_dataset
+from graphdb.ingest import ingest_batches, ingest_events
+from graphdb.loaders import DATASETS, load_dataset
 from graphdb.schema import migrate, wipe
 from graphdb.settings import DataSettings, GraphSettings, LocalStackSettings, Neo4jSettings
 
@@ -63,10 +69,16 @@ def neo4j_for_bench(uri: str | None) -> Iterator[Neo4jSettings]:
             localstack.down(stack)
 
 
+def _batches(events: list[dict], size: int) -> Iterator[list[dict]]:
+    return (events[i:i + size] for i in range(0, len(events), size))
+
+
 def main(
-    events: int = typer.Option(200_000, help="events through the batched path"),
+    events: int = typer.Option(200_000, help="events through each batched path"),
     naive_events: int = typer.Option(3_000, help="events through the one-transaction-per-event path"),
     batch_size: int = typer.Option(5_000),
+    warmup_events: int = typer.Option(30_000, help="events to warm Neo4j up with (not timed, wiped after)"),
+    serial: bool = typer.Option(True, help="also time batches through ingest_events one call at a time"),
     gowalla: bool = typer.Option(True, help="also time loading the whole gowalla train set"),
     neo4j_uri: str = typer.Option(None, help="use a running Neo4j (it is wiped!) instead of starting one"),
     out: Path = typer.Option(None, help="also write the RESULT JSON here"),
@@ -75,38 +87,64 @@ def main(
     with neo4j_for_bench(neo4j_uri) as ns, connect(ns) as driver:
         wipe(driver)
         migrate(driver, gs)
+        if warmup_events:
+            warm = synthetic_events(warmup_events, prefix="w", users=50_000, items=100_000, seed=3)
+            for _ in tqdm(ingest_batches(driver, gs, _batches(warm, batch_size)), desc="warm-up", unit="batch"):
+                pass
+            for ev in warm[:200]:
+                ingest_events(driver, gs, [{**ev, "event_id": "w1-" + ev["event_id"]}])
+            wipe(driver)
         data = synthetic_events(events + naive_events, prefix="b", users=50_000, items=100_000, seed=7)
         batched, naive = data[:events], data[events:]
+        result: dict = {"bench": "ingest", "events": events, "batch_size": batch_size, "warmup_events": warmup_events}
+
+        if serial:  # the same events from an empty graph, like the pipelined run below
+            started = time.perf_counter()
+            accepted = 0
+            for batch in tqdm(_batches(batched, batch_size), desc="batched, serial", unit="batch"):
+                accepted += ingest_events(driver, gs, batch).accepted
+            result["batched_serial_eps"] = round(events / (time.perf_counter() - started), 1)
+            assert accepted == events, "every synthetic event is valid and new"
+            wipe(driver)
 
         started = time.perf_counter()
         accepted = 0
-        for i in tqdm(range(0, len(batched), batch_size), desc="batched", unit="batch"):
-            accepted += ingest_events(driver, gs, batched[i:i + batch_size]).accepted
-        batched_s = time.perf_counter() - started
+        for r in tqdm(ingest_batches(driver, gs, _batches(batched, batch_size)), desc="batched", unit="batch"):
+            accepted += r.accepted
+        result["batched_eps"] = round(events / (time.perf_counter() - started), 1)
 
         started = time.perf_counter()
         for ev in tqdm(naive, desc="naive", unit="ev"):
             accepted += ingest_events(driver, gs, [ev]).accepted
         naive_s = time.perf_counter() - started
         assert accepted == events + naive_events, "every synthetic event is valid and new"
-
-        result = {
-            "bench": "ingest", "events": events, "batch_size": batch_size,
-            "batched_eps": round(events / batched_s, 1), "naive_events": naive_events,
-            "naive_eps": round(naive_events / naive_s, 1),
-        }
+        result["naive_events"] = naive_events
+        result["naive_eps"] = round(naive_events / naive_s, 1)
         result["ratio"] = round(result["batched_eps"] / result["naive_eps"], 1)
 
         if gowalla:
-            wipe(driver)
             root = DataSettings().datasets_dir / "gowalla"
-            bar = tqdm(total=810_128, desc="gowalla", unit="ev")
+            wipe(driver)
+            bar = tqdm(total=810_128, desc="gowalla, loader", unit="ev")
             started = time.perf_counter()
             loaded = load_dataset(driver, gs, "gowalla", root, progress=bar.update)
             bar.close()
             result["gowalla_events"] = loaded.accepted
             result["gowalla_load_s"] = round(time.perf_counter() - started, 1)
             result["gowalla_eps"] = round(loaded.accepted / result["gowalla_load_s"], 1)
+
+            wipe(driver)
+            rows = DATASETS["gowalla"].events(root)
+            chunks = (list(itertools.islice(rows, batch_size)) for _ in itertools.count())
+            started = time.perf_counter()
+            piped_accepted = 0
+            with tqdm(total=810_128, desc="gowalla, pipelined", unit="ev") as bar:
+                for r in ingest_batches(driver, gs, itertools.takewhile(bool, chunks)):
+                    piped_accepted += r.accepted
+                    bar.update(r.accepted + r.duplicates + len(r.rejected))
+            assert piped_accepted == loaded.accepted
+            result["gowalla_pipelined_load_s"] = round(time.perf_counter() - started, 1)
+            result["gowalla_pipelined_eps"] = round(piped_accepted / result["gowalla_pipelined_load_s"], 1)
     emit_result(result, out)
 
 

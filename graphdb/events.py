@@ -7,6 +7,7 @@ index in the batch and a reason a person can act on. Ingestion stores the valid 
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -20,6 +21,9 @@ from graphdb.settings import GraphSettings
 MIN_TS = 0.0
 MAX_CATEGORY_DEPTH = 8
 MAX_CATEGORY_PATHS = 16
+# Control characters are not allowed in ids; unpaired surrogates (which cannot be stored) nowhere.
+_BAD_ID_CHARS = re.compile("[\x00-\x1f\ud800-\udfff]")
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -74,13 +78,7 @@ class Event(BaseModel):
     review: str | None = None
     item: ItemMeta | None = None
 
-    @field_validator("ts", "rating", mode="before")
-    @classmethod
-    def _int_to_float(cls, v: Any) -> Any:
-        # Integers are fine for seconds and stars; bools are ints in Python but never either.
-        if isinstance(v, int) and not isinstance(v, bool):
-            return float(v)
-        return v
+    # ts and rating: strict floats still take integers (seconds, stars) and turn them into floats, but not bools.
 
     @model_validator(mode="after")
     def _check_shape(self) -> "Event":
@@ -111,7 +109,7 @@ def _check_id(name: str, value: str | None, limit: int) -> str | None:
         return f"{name} must be non-empty without leading or trailing spaces"
     if len(value) > limit:
         return f"{name} is {len(value)} characters; the limit is {limit}"
-    if any(ord(c) < 32 or 0xD800 <= ord(c) <= 0xDFFF for c in value):
+    if _BAD_ID_CHARS.search(value):
         return f"{name} contains control characters or unpaired surrogates"
     return None
 
@@ -133,7 +131,7 @@ def _check_limits(ev: Event, settings: GraphSettings, now: float) -> str | None:
     for name, text in texts.items():
         if text is not None and len(text) > settings.max_text_chars:
             return f"{name} is {len(text)} characters; the limit is {settings.max_text_chars}"
-        if text is not None and any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+        if text is not None and _SURROGATES.search(text):
             return f"{name} contains unpaired surrogates"
     if ev.item is not None:
         for path in ev.item.categories:
@@ -161,7 +159,7 @@ def validate_events(
             rejected.append(Rejection(index, f"an event is an object, got {type(item).__name__}"))
             continue
         try:
-            ev = Event.model_validate(dict(item))
+            ev = Event.model_validate(item if type(item) is dict else dict(item))
         except ValidationError as exc:
             rejected.append(Rejection(index, _reason(exc)))
             continue

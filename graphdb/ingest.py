@@ -1,9 +1,14 @@
 """Idempotent, batched ingestion of behaviour events.
 
 One batch is one transaction: validate each event (bad ones are rejected with index and reason), drop event
-ids already applied (``Seen`` nodes), record the new ids, upsert item metadata, then aggregate interactions per
-(user, target, type) and write them with ``UNWIND`` — one statement per relationship type — marking every
+ids already applied (``Seen`` nodes), record the new ids, upsert item metadata, upsert and mark the users and
+targets once each (they return their internal ids), then write the interactions aggregated per (user, target,
+type) with ``UNWIND`` — one statement per relationship type, finding both ends by those ids — all marking every
 touched node for the workers in the same transaction.
+
+Validation, pseudonymisation and aggregation happen before the transaction (``_prepare``), so a bulk load
+(``ingest_batches``) prepares the next batch while Neo4j writes the current one; the aggregate is redone inside
+the transaction only if some of the batch's events turn out to be applied already.
 
 Duplicates: an event id is recognised for ``IG_DEDUP_RETENTION_HOURS`` (default 7 days) after it was applied;
 ``prune_seen`` forgets older ids. Retries by clients and redeliveries by the broker happen within seconds to
@@ -21,8 +26,9 @@ import hashlib
 import math
 import time
 from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import neo4j
 from neo4j.exceptions import ConstraintError, ServiceUnavailable, SessionExpired, TransientError
@@ -68,27 +74,39 @@ _PRUNE_SEEN = f"MATCH (s:{SEEN}) WHERE s.at < $before WITH s LIMIT $batch DELETE
 
 def _upsert_nodes_query(label: str) -> str:
     # Nodes first, once each and marked, so the relationship statement below needs no label writes (which would
-    # force the planner to materialise every row between steps).
-    text = ", n.text = r.text" if label == QUERY else ""
-    return f"""
+    # force the planner to materialise every row between steps). It returns each node's internal id (as one list
+    # of [key, id] pairs: one record instead of thousands), valid for the rest of this transaction, so the
+    # relationship statements find both ends by id instead of two more unique-index seeks per row.
+    if label == QUERY:
+        return f"""
 UNWIND $nodes AS r
 MERGE (n:{label} {{id: r.id}})
-  ON CREATE SET n.created_at = $now{text}
+  ON CREATE SET n.created_at = $now, n.text = r.text
 SET {mark("n")}
+RETURN collect([r.id, id(n)]) AS nodes
+"""
+    return f"""
+UNWIND $nodes AS key
+MERGE (n:{label} {{id: key}})
+  ON CREATE SET n.created_at = $now
+SET {mark("n")}
+RETURN collect([key, id(n)]) AS nodes
 """
 
 
-def _interaction_query(rel: str, target_label: str) -> str:
+def _interaction_query(rel: str) -> str:
     # SET items apply left to right: weight and rating read the stored last_ts before it is advanced.
     # The decay goes to the later of the two times, so merging aggregates is order-independent.
     create_rating = ", e.rating = r.rating, e.review = r.review" if rel == "RATED" else ""
     match_rating = (", e.rating = CASE WHEN r.rating IS NOT NULL AND r.last >= e.last_ts THEN r.rating ELSE e.rating END"
                     ", e.review = CASE WHEN r.review IS NOT NULL AND r.last >= e.last_ts THEN r.review ELSE e.review END"
                     if rel == "RATED" else "")
+    # r.u and r.t are internal ids that the node statements of the same transaction returned; the nodes are
+    # already locked by those statements (SET of the mark).
     return f"""
 UNWIND $rows AS r
-MATCH (u:{USER} {{id: r.user}})
-MATCH (t:{target_label} {{id: r.target}})
+MATCH (u) WHERE id(u) = r.u
+MATCH (t) WHERE id(t) = r.t
 MERGE (u)-[e:{rel}]->(t)
   ON CREATE SET e.weight = r.weight, e.count = r.count, e.first_ts = r.first, e.last_ts = r.last{create_rating}
   ON MATCH SET e.weight = CASE WHEN r.last >= e.last_ts
@@ -105,7 +123,7 @@ def _target(rel: str) -> str:
 
 
 _NODES = {label: _upsert_nodes_query(label) for label in (USER, ITEM, QUERY)}
-_QUERIES = {rel: _interaction_query(rel, _target(rel)) for rel in set(REL_FOR_EVENT.values())}
+_QUERIES = {rel: _interaction_query(rel) for rel in set(REL_FOR_EVENT.values())}
 
 
 def aggregate(events: Sequence[tuple[Event, str]], half_life_s: float) -> dict[str, list[dict]]:
@@ -123,14 +141,18 @@ def aggregate(events: Sequence[tuple[Event, str]], half_life_s: float) -> dict[s
         groups[(rel, user, target)].append(ev)
     out: dict[str, list[dict]] = defaultdict(list)
     for (rel, user, target), evs in sorted(groups.items()):
-        last = max(e.ts for e in evs)
-        latest = max(evs, key=lambda e: e.ts)
-        row = {
-            "user": user, "target": target, "count": len(evs),
-            "first": min(e.ts for e in evs), "last": last,
-            "weight": sum(math.exp(-k * (last - e.ts)) for e in evs),
-        }
+        if len(evs) == 1:  # the common case, without the generator overhead
+            ts = evs[0].ts
+            row = {"user": user, "target": target, "count": 1, "first": ts, "last": ts, "weight": 1.0}
+        else:
+            last = max(e.ts for e in evs)
+            row = {
+                "user": user, "target": target, "count": len(evs),
+                "first": min(e.ts for e in evs), "last": last,
+                "weight": sum(math.exp(-k * (last - e.ts)) for e in evs),
+            }
         if rel == "RATED":
+            latest = max(evs, key=lambda e: e.ts)
             rated = [e for e in evs if e.rating is not None]
             row["rating"] = max(rated, key=lambda e: e.ts).rating if rated else None
             row["review"] = latest.review
@@ -152,28 +174,100 @@ def _item_records(events: Sequence[Event]) -> list[ItemRecord]:
     ]
 
 
-def _apply(tx: neo4j.ManagedTransaction, events: list[Event], key: str, settings: GraphSettings,
-           now: float) -> tuple[int, int]:
-    existing = set(tx.run(_EXISTING_SEEN, ids=[e.event_id for e in events]).value("id"))
-    fresh = [e for e in events if e.event_id not in existing]
+@dataclass
+class _Batch:
+    """A validated batch, aggregated before its transaction (which may run while the next batch is prepared).
+
+    ``rows`` aggregates all of ``events``; the transaction re-aggregates only if some were already applied.
+    """
+
+    result: IngestResult  # rejections and in-batch duplicates so far
+    events: list[Event]  # valid, unique by event id
+    users: list[str]  # the pseudonym of each event's user
+    rows: dict[str, list[dict]]
+    now: float
+
+
+def _prepare(settings: GraphSettings, raw: Sequence[Mapping[str, Any]], now: float | None) -> _Batch:
+    now = time.time() if now is None else now
+    valid, rejected = validate_events(raw, settings, now)
+    result = IngestResult(rejected=rejected)
+    unique: dict[str, Event] = {}
+    for _, ev in valid:
+        if ev.event_id in unique:
+            result.duplicates += 1
+        else:
+            unique[ev.event_id] = ev
+    events = list(unique.values())
+    key = settings.pseudonym_key.get_secret_value()
+    pseudonyms: dict[str, str] = {}
+    users = []
+    for ev in events:
+        user = pseudonyms.get(ev.user_id)
+        if user is None:
+            user = pseudonyms[ev.user_id] = pseudonymise(key, ev.user_id)
+        users.append(user)
+    rows = aggregate(list(zip(events, users)), settings.half_life_s) if events else {}
+    return _Batch(result, events, users, rows, now)
+
+
+def _apply(tx: neo4j.ManagedTransaction, batch: _Batch, settings: GraphSettings) -> tuple[int, int]:
+    now = batch.now
+    existing = set(tx.run(_EXISTING_SEEN, ids=[e.event_id for e in batch.events]).value("id"))
+    if existing:
+        kept = [(e, u) for e, u in zip(batch.events, batch.users) if e.event_id not in existing]
+        fresh = [e for e, _ in kept]
+        rows = aggregate(kept, settings.half_life_s) if kept else {}
+    else:
+        fresh, rows = batch.events, batch.rows
     if not fresh:
         return 0, len(existing)
     token = new_token()
     tx.run(_RECORD_SEEN, ids=[e.event_id for e in fresh], now=now).consume()
     upsert_items(tx, _item_records(fresh), token=token, now=now)
-    rows = aggregate([(e, pseudonymise(key, e.user_id)) for e in fresh], settings.half_life_s)
-    nodes: dict[str, dict[str, dict]] = {USER: {}, ITEM: {}, QUERY: {}}
+    nodes: dict[str, dict[str, Any]] = {USER: {}, ITEM: {}, QUERY: {}}
     for rel, rel_rows in rows.items():
+        targets = nodes[_target(rel)]
         for r in rel_rows:
-            nodes[USER][r["user"]] = {"id": r["user"]}
-            nodes[_target(rel)][r["target"]] = {"id": r["target"], "text": r.get("text")}
+            nodes[USER][r["user"]] = r["user"]
+            targets[r["target"]] = {"id": r["target"], "text": r["text"]} if rel == "SEARCHED" else r["target"]
+    node_ids: dict[str, dict[str, int]] = {}
     for label, found in nodes.items():
         if found:  # sorted: a fixed lock order keeps concurrent batches from deadlocking
-            tx.run(_NODES[label], nodes=[found[i] for i in sorted(found)], token=token, now=now).consume()
+            record = tx.run(_NODES[label], nodes=[found[i] for i in sorted(found)], token=token, now=now).single()
+            node_ids[label] = dict(record[0])
     k = LN2 / settings.half_life_s
+    users = node_ids[USER]
     for rel, rel_rows in sorted(rows.items()):
-        tx.run(_QUERIES[rel], rows=rel_rows, k=k).consume()
+        targets = node_ids[_target(rel)]
+        params = []
+        for r in rel_rows:
+            p = {"u": users[r["user"]], "t": targets[r["target"]], "count": r["count"], "first": r["first"],
+                 "last": r["last"], "weight": r["weight"]}
+            if rel == "RATED":
+                p["rating"], p["review"] = r["rating"], r["review"]
+            params.append(p)
+        tx.run(_QUERIES[rel], rows=params, k=k).consume()
     return len(fresh), len(existing)
+
+
+def _write(driver: neo4j.Driver, settings: GraphSettings, batch: _Batch, database: str) -> IngestResult:
+    result = batch.result
+    if not batch.events:
+        return result
+    for attempt in range(_CONSTRAINT_RETRIES):
+        try:
+            with driver.session(database=database) as session:
+                accepted, dups = session.execute_write(_apply, batch, settings)
+            break
+        except ConstraintError as exc:
+            if attempt == _CONSTRAINT_RETRIES - 1:
+                raise Unavailable("concurrent batches kept recording the same event ids; retry the batch") from exc
+        except (ServiceUnavailable, SessionExpired, TransientError) as exc:
+            raise Unavailable(f"Neo4j could not take the batch, retry it: {exc}") from exc
+    result.accepted += accepted
+    result.duplicates += dups
+    return result
 
 
 def ingest_events(
@@ -185,32 +279,39 @@ def ingest_events(
     now: float | None = None,
 ) -> IngestResult:
     """Validate and store one batch in one transaction. Safe to call again with the same events."""
-    now = time.time() if now is None else now
-    valid, rejected = validate_events(events, settings, now)
-    result = IngestResult(rejected=rejected)
-    unique: dict[str, Event] = {}
-    for _, ev in valid:
-        if ev.event_id in unique:
-            result.duplicates += 1
-        else:
-            unique[ev.event_id] = ev
-    if not unique:
-        return result
-    key = settings.pseudonym_key.get_secret_value()
-    batch = list(unique.values())
-    for attempt in range(_CONSTRAINT_RETRIES):
+    return _write(driver, settings, _prepare(settings, events, now), database)
+
+
+def ingest_batches(
+    driver: neo4j.Driver,
+    settings: GraphSettings,
+    batches: Iterable[Sequence[Mapping[str, Any]]],
+    *,
+    database: str = "neo4j",
+    now: float | None = None,
+) -> Iterator[IngestResult]:
+    """``ingest_events`` for each batch in order (one transaction each), yielding each batch's result.
+
+    Pipelined for bulk loads: while one batch's transaction runs in Neo4j, the next batch is validated,
+    pseudonymised and aggregated here. Transactions still run one after another, in order, so the outcome is
+    the same as calling ``ingest_events`` per batch. If a batch fails, its error is raised and no later batch
+    is written. A consumer that stops early still lets the batch already handed to Neo4j finish (ingestion is
+    idempotent, so sending it again later is safe).
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest") as writer:
+        pending: Future[IngestResult] | None = None
         try:
-            with driver.session(database=database) as session:
-                accepted, dups = session.execute_write(_apply, batch, key, settings, now)
-            break
-        except ConstraintError as exc:
-            if attempt == _CONSTRAINT_RETRIES - 1:
-                raise Unavailable("concurrent batches kept recording the same event ids; retry the batch") from exc
-        except (ServiceUnavailable, SessionExpired, TransientError) as exc:
-            raise Unavailable(f"Neo4j could not take the batch, retry it: {exc}") from exc
-    result.accepted += accepted
-    result.duplicates += dups
-    return result
+            for raw in batches:
+                batch = _prepare(settings, raw, now)
+                if pending is not None:
+                    yield pending.result()
+                pending = writer.submit(_write, driver, settings, batch, database)
+            if pending is not None:
+                yield pending.result()
+                pending = None
+        finally:
+            if pending is not None:  # the consumer stopped early or preparing failed: let the write finish
+                pending.exception()
 
 
 def prune_seen(driver: neo4j.Driver, settings: GraphSettings, *, database: str = "neo4j",

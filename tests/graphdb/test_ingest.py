@@ -4,8 +4,9 @@ import math
 
 import pytest
 
-from graphdb.ingest import ingest_events, query_id
+from graphdb.ingest import ingest_batches, ingest_events, query_id
 from graphdb.pseudonym import pseudonymise
+from graphdb.schema import wipe
 
 NOW = 1_700_000_000.0
 DAY = 86400.0
@@ -118,3 +119,60 @@ def test_item_metadata_builds_brand_and_category_hierarchy(graph, graph_settings
         now=NOW)
     brands = graph.execute_query("MATCH (:Item {id: 'pen'})-[:HAS_BRAND]->(b) RETURN b.id AS b").records
     assert [b["b"] for b in brands] == ["Pilot"]
+
+
+def _interactions(driver):
+    recs = driver.execute_query(
+        "MATCH (u:User)-[e]->(t) WHERE type(e) IN ['VIEWED', 'CLICKED', 'RATED', 'SEARCHED'] "
+        "RETURN u.id AS u, type(e) AS rel, t.id AS t, properties(e) AS p ORDER BY u, rel, t").records
+    return [(r["u"], r["rel"], r["t"], r["p"]) for r in recs]
+
+
+def test_pipelined_batches_equal_one_call_per_batch(graph, graph_settings):
+    h = graph_settings.half_life_s
+
+    def e(i, user, typ="view", item="i1", **kw):
+        return {"event_id": f"p{i}", "user_id": user, "type": typ, "item_id": item, "ts": NOW - (i % 7) * h / 3, **kw}
+
+    batches = [
+        [e(0, "u1"), e(1, "u1"), e(2, "u2", "click", "i2"), e(3, "u1", "rate", "i2", rating=4), e(0, "u1")],
+        # replays of the previous batch (prepared while that batch is still being written), new events, a bad one
+        [e(1, "u1"), e(2, "u2", "click", "i2"), e(4, "u2"), e(5, "u3", "levitate"), e(6, "u1", "rate", "i2", rating=2)],
+        [e(7, "u3", "search", None, query="Blue  Pens"), e(3, "u1", "rate", "i2", rating=4)],
+        [e(4, "u2"), e(1, "u1")],  # nothing new
+        [e(8, "u1", "view", "i2"), e(9, "u2", "click", "i2")],
+    ]
+    one_by_one = [ingest_events(graph, graph_settings, b, now=NOW) for b in batches]
+    expected = _interactions(graph)
+    wipe(graph)
+    pipelined = list(ingest_batches(graph, graph_settings, iter(batches), now=NOW))
+    assert pipelined == one_by_one
+    assert [(r.accepted, r.duplicates, [x.index for x in r.rejected]) for r in pipelined] == [
+        (4, 1, []), (2, 2, [3]), (1, 1, []), (0, 2, []), (2, 0, [])]
+    got = _interactions(graph)
+    assert [g[:3] for g in got] == [x[:3] for x in expected]
+    for (_, _, _, p), (_, _, _, q) in zip(got, expected):
+        assert p.keys() == q.keys()
+        for key in p:
+            assert p[key] == pytest.approx(q[key], rel=1e-12)
+
+
+def test_pipelined_batches_stop_at_the_first_failing_batch(graph, graph_settings, monkeypatch):
+    import graphdb.ingest as ingest
+
+    written = []
+    real_write = ingest._write
+
+    def write(driver, settings, batch, database):
+        if batch.events and batch.events[0].event_id == "f1":
+            raise ingest.Unavailable("Neo4j went away")
+        written.append(batch.events[0].event_id)
+        return real_write(driver, settings, batch, database)
+
+    monkeypatch.setattr(ingest, "_write", write)
+    batches = [[{"event_id": f"f{i}", "user_id": "u1", "type": "view", "item_id": "i1", "ts": NOW}] for i in range(4)]
+    results = []
+    with pytest.raises(ingest.Unavailable):
+        for r in ingest_batches(graph, graph_settings, iter(batches), now=NOW):
+            results.append(r)
+    assert written == ["f0"] and [r.accepted for r in results] == [1]
