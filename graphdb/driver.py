@@ -9,8 +9,11 @@ from graphdb.errors import FailedPrecondition, Unavailable
 from graphdb.settings import Neo4jSettings
 
 
-def connect(settings: Neo4jSettings, *, verify: bool = True) -> neo4j.Driver:
-    """A driver for a ``bolt://`` (single server) or ``neo4j://`` (routing, clusters) URI."""
+def connect(settings: Neo4jSettings, *, verify: bool = True, max_retry_s: float | None = None) -> neo4j.Driver:
+    """A driver for a ``bolt://`` (single server) or ``neo4j://`` (routing, clusters) URI.
+
+    ``max_retry_s`` bounds how long a managed transaction is retried (the driver's default is 30 s).
+    """
     password = settings.password.get_secret_value()
     driver = neo4j.GraphDatabase.driver(
         settings.uri,
@@ -18,6 +21,7 @@ def connect(settings: Neo4jSettings, *, verify: bool = True) -> neo4j.Driver:
         max_connection_pool_size=settings.max_pool_size,
         # Queries name every allowed relationship type, some of which a young graph has not seen yet.
         notifications_min_severity="OFF",
+        **({} if max_retry_s is None else {"max_transaction_retry_time": max_retry_s}),
     )
     if verify:
         try:

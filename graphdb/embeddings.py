@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
 import neo4j
+from neo4j.exceptions import ServiceUnavailable, SessionExpired
 
-from graphdb.errors import InvalidInput
+from graphdb.errors import InvalidInput, Unavailable
 from graphdb.schema import NODE_LABELS
 
 
@@ -116,8 +117,11 @@ def iter_embeddings(
 
 def get_embedding(driver: neo4j.Driver, label: str, node_id: str, *, database: str = "neo4j") -> EmbeddingRecord | None:
     """The node's vector, or None if the node does not exist or has no vector yet."""
-    records = driver.execute_query(_GET[_label(label)], id=node_id, database_=database,
-                                   routing_=neo4j.RoutingControl.READ).records
+    try:
+        records = driver.execute_query(_GET[_label(label)], id=node_id, database_=database,
+                                       routing_=neo4j.RoutingControl.READ).records
+    except (ServiceUnavailable, SessionExpired) as exc:
+        raise Unavailable(f"Neo4j is not reachable: {exc}") from exc
     if not records or records[0]["vector"] is None:
         return None
     r = records[0]

@@ -91,7 +91,7 @@ def create_server(settings: ServerSettings, engine: Engine, graph: GraphSettings
 
 async def serve(settings: ServerSettings, graph: GraphSettings, neo4j_settings: Neo4jSettings) -> None:
     check_exposure(settings)  # before connecting anywhere: a misconfiguration fails at once
-    driver = connect(neo4j_settings)
+    driver = connect(neo4j_settings, max_retry_s=settings.graph_retry_s)
     redis = connect_redis(settings.redis_url, settings.delta_block_ms) if settings.redis_url else None
     engine = Engine(settings, graph, driver, neo4j_settings.database)
     lifecycle = Lifecycle(engine, redis)

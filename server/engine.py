@@ -88,6 +88,9 @@ class Engine:
         self._key = graph.pseudonym_key.get_secret_value()
         self.on_forget: list[Any] = []  # async callbacks(pseudonym), e.g. publish to the delta stream
         self.on_ready: list[Any] = []  # async callbacks(serving: bool), e.g. the health service
+        # Set while the lifecycle catches up with the delta stream: the first install then does not announce
+        # readiness; the lifecycle does, once caught up.
+        self.hold_ready = False
         self.on_ingest: list[Any] = []  # callbacks(received: int, IngestResult), e.g. metrics
         self.metrics: Any = None  # this server's metrics (server.metrics.ServerMetrics), set by create_server
 
@@ -110,7 +113,7 @@ class Engine:
         first = self.serving is None
         self.serving = Serving(index, new_users)
         log.info("serving model %r: %d items", index.model_version, len(index))
-        if first:
+        if first and not self.hold_ready:
             try:
                 asyncio.get_running_loop().create_task(self.notify_ready(True))
             except RuntimeError:  # installed before any loop runs (tests, benchmarks): hooks see it on start

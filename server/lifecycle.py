@@ -24,6 +24,14 @@ from server.users import UserVectors
 
 log = logging.getLogger(__name__)
 Delta = pb.EmbeddingDelta
+# Longest wait for the delta stream at start before reporting ready anyway.
+CATCH_UP_MAX_S = 60.0
+
+
+def stream_position(entry_id: str) -> tuple[int, int]:
+    """A Redis stream id ("<ms>-<seq>") as a comparable pair."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 class Lifecycle:
@@ -62,8 +70,10 @@ class Lifecycle:
 
     # -- start / stop --------------------------------------------------------------------------------------
     async def start(self) -> None:
-        """Loads the index (snapshot, else Neo4j), then starts the background loops."""
+        """Loads the index (snapshot, else Neo4j), catches up with the delta stream, then reports ready (health
+        SERVING) and keeps the background loops running. Queries are answered from the loaded index meanwhile."""
         position = "0-0"
+        self.engine.hold_ready = self.redis is not None
         snap = None
         if self.settings.snapshot_dir is not None:
             try:
@@ -88,11 +98,31 @@ class Lifecycle:
             self.consumer = DeltaConsumer(self.redis, self.settings.delta_stream, position, self.apply,
                                           block_ms=self.settings.delta_block_ms, batch=self.settings.delta_batch)
             self._spawn(self.consumer.run())
+            await self._catch_up()
+            self.engine.hold_ready = False
+            await self.engine.notify_ready(True)
         self._spawn(self._every(self.settings.compact_interval_s / 4, self._maybe_compact))
         self._spawn(self._every(self.settings.catalog_refresh_s, self.refresh_facets))
         if self.settings.snapshot_dir is not None:
             self._spawn(self._every(self.settings.snapshot_interval_s, self.save_snapshot))
             self._spawn(self._every(self.settings.forget_snapshot_s, self._snapshot_after_forget))
+
+    async def _catch_up(self) -> None:
+        """Waits until the consumer has applied the stream up to its newest entry as of now (bounded: with the
+        stream unreachable or a huge backlog the loaded index is served rather than nothing)."""
+        started = time.monotonic()
+        try:
+            target = await asyncio.wait_for(stream_tail(self.redis, self.settings.delta_stream), CATCH_UP_MAX_S)
+        except Exception as exc:  # noqa: BLE001 - Redis away: serve the snapshot; the consumer retries
+            log.warning("delta stream unreachable (%s); serving without catching up first", exc)
+            return
+        while stream_position(self.consumer.position) < stream_position(target):
+            if time.monotonic() - started > CATCH_UP_MAX_S:
+                log.warning("still catching up with the delta stream after %.0f s (at %s of %s); serving meanwhile",
+                            CATCH_UP_MAX_S, self.consumer.position, target)
+                return
+            await asyncio.sleep(0.01)
+        log.info("caught up with the delta stream at %s in %.2f s", target, time.monotonic() - started)
 
     async def stop(self, snapshot: bool = True) -> None:
         if self.consumer is not None:

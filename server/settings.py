@@ -61,6 +61,10 @@ class ServerSettings(BaseSettings):
     catalog_refresh_s: float = Field(default=60.0, gt=0)
     user_cache_size: int = Field(default=200_000, ge=0)
 
+    # How long a Neo4j call is retried before the RPC answers UNAVAILABLE. The driver's default (30 s) would hold
+    # calls, and the threads running them, through a whole outage; clients retry with their own backoff.
+    graph_retry_s: float = Field(default=3.0, ge=0)
+
     # Prometheus metrics (HTTP /metrics); 0 binds a free port.
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9464, ge=0, le=65535)
