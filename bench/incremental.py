@@ -6,7 +6,8 @@ Starts Neo4j, Redis and a Celery worker, loads the dataset, trains the served mo
 it out (worker tasks). Then, per batch size: ingest that many new events (existing users and items, Zipf-like
 popularity), run the incremental recompute through the worker (``interest.recompute``: pull + forward + write,
 timed inside the task), compare every stored vector with a full recompute of the final graph, and time the full
-recompute (``interest.rebuild`` of the same version: pull + forward + write of every vector) in the same run.
+recompute (``interest.rebuild`` of the same version: pull + forward + write of every vector) in the same run,
+after a few unmeasured warm-up rounds (query plans and JIT, as in a running service).
 A last row shows a hub: one event on the most popular item costs one user, not its thousands of neighbours.
 """
 
@@ -79,6 +80,12 @@ def main(
         # external user ids of the dataset (the graph holds pseudonyms): from the loader's id scheme
         users = sorted({e["user_id"] for e in _dataset_users(dataset, limit)})
         items = [r["id"] for r in p.driver.execute_query(_EXTERNAL).records]
+        # Warm-up, not measured: the worker's and Neo4j's first runs of each query compile plans and JIT code;
+        # a live service runs these rounds all the time.
+        for w, n in enumerate((50, 50, 1, 1)):
+            for e in new_events(n, users, items, f"warm{w}", seed=100 + w):
+                ingest_events(p.driver, p.graph, [e])
+            _incremental(p)
         rows = []
         for n_events in [int(s) for s in sizes.split(",")]:
             events = new_events(n_events, users, items, f"inc{n_events}", seed=n_events)

@@ -16,7 +16,6 @@ item and then its users. ``workers.recompute`` turns this into the affected set.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -37,29 +36,44 @@ def item_text(row: ItemRow) -> str:
     return (title + ". " + desc).strip(". ") if desc else title
 
 
-def rank_keys(edges: Sequence[EdgeRow], half_life_days: float) -> dict[tuple[str, str], float]:
-    """Per (user, item): log of the summed decayed weight over behaviour types, up to a constant.
+def rank_keys(edges: Sequence[EdgeRow], half_life_days: float
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per (user, item) pair: log of the summed decayed weight over behaviour types, up to a constant.
 
     ``w * 2^-((t - last_ts)/h)`` orders pairs the same way at every ``t``, so the key drops ``t``:
-    ``log(sum_r w_r * exp(k * last_r))`` (log-sum-exp, no overflow).
+    ``log(sum_r w_r * exp(k * last_r))`` (log-sum-exp, no overflow). Terms are summed in a fixed order, so the
+    key does not depend on the order Neo4j returned the edges in.
+
+    Returns (user ids, item ids, pair user index, pair item index, pair key); ids are sorted, so index order is
+    id order.
     """
     k = math.log(2.0) / (half_life_days * 86400.0)
-    parts: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for e in edges:
-        parts[(e.user, e.item)].append(math.log(max(e.weight, 1e-30)) + k * e.last_ts)
-    out = {}
-    for key, logs in parts.items():
-        m = max(logs)
-        out[key] = m + math.log(sum(math.exp(v - m) for v in logs))
-    return out
+    users, u_idx = np.unique(np.array([e.user for e in edges], dtype=object).astype(str), return_inverse=True)
+    items, i_idx = np.unique(np.array([e.item for e in edges], dtype=object).astype(str), return_inverse=True)
+    w = np.array([e.weight for e in edges], dtype=np.float64)
+    key = np.log(np.maximum(w, 1e-30)) + k * np.array([e.last_ts for e in edges], dtype=np.float64)
+    pair = u_idx.astype(np.int64) * len(items) + i_idx
+    order = np.lexsort((key, pair))
+    pair, key = pair[order], key[order]
+    uniq, starts = np.unique(pair, return_index=True)
+    top = np.maximum.reduceat(key, starts)
+    sums = np.add.reduceat(np.exp(key - np.repeat(top, np.diff(np.r_[starts, len(key)]))), starts)
+    return users, items, uniq // len(items), uniq % len(items), top + np.log(sums)
 
 
 def capped_neighbours(edges: Sequence[EdgeRow], cap: int, half_life_days: float) -> dict[str, list[str]]:
     """Each user's top ``cap`` items: highest key first, ties by item id; deterministic for a given edge set."""
-    by_user: dict[str, list[tuple[float, str]]] = defaultdict(list)
-    for (user, item), key in rank_keys(edges, half_life_days).items():
-        by_user[user].append((-key, item))
-    return {u: [item for _, item in sorted(pairs)[:cap]] for u, pairs in by_user.items()}
+    if not edges:
+        return {}
+    users, items, pu, pi, key = rank_keys(edges, half_life_days)
+    order = np.lexsort((pi, -key, pu))  # user, then key descending, then item id
+    pu, pi = pu[order], pi[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(pu)) + 1]
+    rank = np.arange(len(pu)) - np.repeat(starts, np.diff(np.r_[starts, len(pu)]))
+    keep = rank < cap
+    pu, pi = pu[keep], pi[keep]
+    bounds = np.r_[0, np.flatnonzero(np.diff(pu)) + 1, len(pu)]
+    return {str(users[pu[a]]): items[pi[a:b]].tolist() for a, b in zip(bounds[:-1], bounds[1:])}
 
 
 @dataclass
