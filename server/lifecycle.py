@@ -28,6 +28,21 @@ Delta = pb.EmbeddingDelta
 CATCH_UP_MAX_S = 60.0
 
 
+async def _retrying(what: str, attempt, max_delay_s: float = 5.0):
+    """``await attempt()`` until it succeeds: a backing service down at start delays readiness (health stays
+    NOT_SERVING) instead of leaving a server that never loads."""
+    delay = 0.5
+    while True:
+        try:
+            return await attempt()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - logged, retried
+            log.warning("%s failed (%s); retrying in %.1f s", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, max_delay_s)
+
+
 def stream_position(entry_id: str) -> tuple[int, int]:
     """A Redis stream id ("<ms>-<seq>") as a comparable pair."""
     ms, _, seq = entry_id.partition("-")
@@ -90,10 +105,12 @@ class Lifecycle:
             log.info("loaded snapshot: %d items, stream position %s", len(snap.index), position)
         else:
             if self.redis is not None:  # deltas after this point are replayed; replays are idempotent
-                position = await stream_tail(self.redis, self.settings.delta_stream)
-            index = await asyncio.to_thread(self._build_from_graph, None)
+                position = await _retrying("reading the delta stream's tail",
+                                           lambda: stream_tail(self.redis, self.settings.delta_stream))
+            index = await _retrying("building the index from Neo4j",
+                                    lambda: asyncio.to_thread(self._build_from_graph, None))
             self.engine.install(index)
-        await self.refresh_facets()
+        await _retrying("reading the item facets from Neo4j", self.refresh_facets)
         if self.redis is not None:
             self.consumer = DeltaConsumer(self.redis, self.settings.delta_stream, position, self.apply,
                                           block_ms=self.settings.delta_block_ms, batch=self.settings.delta_batch)

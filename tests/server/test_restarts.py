@@ -6,6 +6,7 @@ tests use is never disturbed. The tests run in file order and share the stack an
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -30,8 +31,10 @@ from graphdb.schema import migrate
 from graphdb.settings import GraphSettings, LocalStackSettings, Neo4jSettings
 from proto.interest.v1 import interest_pb2 as pb
 from proto.interest.v1 import interest_pb2_grpc as pb_grpc
-from server.delta import FIELD, encode_upsert
+from server.delta import FIELD, connect_redis, encode_upsert
+from server.lifecycle import Lifecycle
 from server.index import normalise
+from tests.server.conftest import base_settings, start_harness
 
 ROOT = Path(__file__).resolve().parents[2]
 DIM = 16
@@ -97,6 +100,33 @@ def _top(server: ServerProcess, vec: np.ndarray) -> str:
     return resp.items[0].item_id
 
 
+class _LateServer:
+    """An in-process server whose lifecycle starts (in the background) while Neo4j may be down."""
+
+    def __init__(self, rig) -> None:
+        settings = base_settings(redis_url=f"redis://127.0.0.1:{rig.stack.redis_port}/0", delta_stream=STREAM)
+        self.driver = connect(Neo4jSettings(uri=f"bolt://127.0.0.1:{rig.stack.neo4j_port}"), verify=False,
+                              max_retry_s=0.5)
+        self.harness, self._stop = start_harness(settings, rig.graph, self.driver)
+        self.lifecycle = Lifecycle(self.harness.engine, connect_redis(settings.redis_url, settings.delta_block_ms))
+        self.loading = asyncio.run_coroutine_threadsafe(self.lifecycle.start(), self.harness.loop)
+        self.stub = self.harness.stub()
+        self.health = health_pb2_grpc.HealthStub(self.harness.channel())
+
+    def status(self):
+        return self.health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+
+    def close(self) -> None:
+        async def down():
+            self.loading.cancel()
+            await self.lifecycle.stop(snapshot=False)
+            await self.lifecycle.redis.aclose()
+
+        self.harness.run(down())
+        self._stop()
+        self.driver.close()
+
+
 def _crash(service: localstack.Service) -> None:
     pid = service.pid()
     os.kill(pid, signal.SIGKILL)
@@ -116,11 +146,12 @@ def rig(tmp_path_factory):
     var = tmp_path_factory.mktemp("restarts")
     stack = LocalStackSettings(var_dir=var, neo4j_port=localstack.free_port(), redis_port=localstack.free_port(),
                                neo4j_heap_mb=512, neo4j_pagecache_mb=128, neo4j_tx_memory_mb=256)
-    services = localstack.up(stack)
     graph = GraphSettings(pseudonym_key="restart-key", embedding_dim=DIM)
-    driver = connect(Neo4jSettings(uri=f"bolt://127.0.0.1:{stack.neo4j_port}"))
-    server = None
+    server = driver = None
+    services: dict[str, localstack.Service] = {}
     try:
+        services = localstack.up(stack)
+        driver = connect(Neo4jSettings(uri=f"bolt://127.0.0.1:{stack.neo4j_port}"))
         migrate(driver, graph)
         ids, vecs = _vectors()
         with driver.session() as session:
@@ -148,7 +179,10 @@ def rig(tmp_path_factory):
     finally:
         if server is not None:
             server.kill()
-        driver.close()
+        if driver is not None:
+            driver.close()
+        if "neo4j" in services and services["neo4j"].pid() is not None:
+            _crash(services["neo4j"])  # throw-away data: no need for a clean (slower) shutdown
         localstack.down(stack)
 
 
@@ -255,15 +289,25 @@ def test_neo4j_restart_during_ingestion(rig) -> None:
             t.start()
         for t in readers:
             t.join(20)
+        # a second server (in-process, no snapshot) starting now waits for Neo4j: NOT_SERVING, queries UNAVAILABLE
+        late = _LateServer(rig)
         _wait(lambda: outage["unavailable_while_down"] >= clients, 30)
+        assert late.status() == health_pb2.HealthCheckResponse.NOT_SERVING
+        with pytest.raises(grpc.RpcError) as err:
+            late.stub.SimilarItems(pb.SimilarItemsRequest(item_id="item-3", k=5), timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         acked_before_restart = len(acked)
         localstack.start_neo4j(rig.stack)
         outage["down"] = False
         _wait(lambda: len(acked) >= acked_before_restart + 6 * batch_size, 60)
+        _wait(lambda: late.status() == SERVING, 30)  # it loaded once Neo4j was back
+        assert len(late.stub.SimilarItems(pb.SimilarItemsRequest(item_id="item-3", k=5), timeout=5).items) == 5
     finally:
         stop.set()
         for t in threads:
             t.join(30)
+        if "late" in locals():
+            late.close()
     assert not any(t.is_alive() for t in threads)
     assert set(reads.values()) == {"UNAVAILABLE"}, reads
     assert set(codes) <= {"OK", "UNAVAILABLE", "DEADLINE_EXCEEDED"}, codes
