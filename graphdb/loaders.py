@@ -82,8 +82,8 @@ def _int_id(path: Path, n: int, text: str, name: str) -> str:
 
 
 def _number(path: Path, n: int, text: str, name: str, low: float, high: float) -> float:
-    try:
-        value = float(text)
+    try:  # ASCII only: float() also reads other scripts' digits ("١" is 1.0), which no dataset file holds
+        value = float(text) if text.isascii() else math.nan
     except ValueError:
         value = math.nan
     if not (math.isfinite(value) and low <= value <= high):
