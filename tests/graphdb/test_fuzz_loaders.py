@@ -19,7 +19,8 @@ from graphdb.loaders import DATASETS, load_dataset
 from graphdb.settings import GraphSettings
 from graphdb.stats import graph_counts
 
-FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=80, deadline=None, database=None,  # no example files in the checkout
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
 NOW = 1_700_000_000.0
 
 # -- tiny valid datasets in each format ------------------------------------------------------------------------------

@@ -33,8 +33,8 @@ MAX_MESSAGE_BYTES = 64 * 1024
 MAX_STREAM_EVENTS = 40
 
 SENTINEL_USER, SENTINEL_ITEM = "sentinel-user", "sentinel-item"
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                       HealthCheck.too_slow])
+FUZZ = settings(max_examples=60, deadline=None, database=None,  # no example files in the checkout
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 ADVERSARIAL = [
     "x' }) DETACH DELETE n //", "x\" }) DETACH DELETE n //", "`User`", "`Item` {id: 'a'}", "$param", "$user",
