@@ -13,6 +13,7 @@ for the vector being on the stream (it is published after the Neo4j write), the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import tempfile
 import threading
@@ -106,8 +107,9 @@ def main(
     dataset: str = typer.Option("gowalla"),
     limit: int = typer.Option(None, help="load only this many events (quick runs)"),
     out: Path = typer.Option(None, help="also write the RESULT JSON here"),
+    var: Path = typer.Option(None, help="keep data and logs here (default: a temporary directory)"),
 ) -> None:
-    with tempfile.TemporaryDirectory(prefix="bench-freshness-") as tmp, \
+    with (contextlib.nullcontext(str(var)) if var else tempfile.TemporaryDirectory(prefix="bench-freshness-")) as tmp, \
             pipeline(Path(tmp), dataset=dataset, limit=limit, server=True) as p:
         key = p.graph.pseudonym_key.get_secret_value()
         n_users = p.driver.execute_query(_USERS).records[0]["n"]

@@ -13,6 +13,7 @@ A last row shows a hub: one event on the most popular item costs one user, not i
 
 from __future__ import annotations
 
+import contextlib
 import random
 import tempfile
 import time
@@ -71,8 +72,9 @@ def main(
     sizes: str = typer.Option("100,1000,10000", help="event batch sizes"),
     limit: int = typer.Option(None, help="load only this many events (quick runs)"),
     out: Path = typer.Option(None, help="also write the RESULT JSON here"),
+    var: Path = typer.Option(None, help="keep data and logs here (default: a temporary directory)"),
 ) -> None:
-    with tempfile.TemporaryDirectory(prefix="bench-incremental-") as tmp, \
+    with (contextlib.nullcontext(str(var)) if var else tempfile.TemporaryDirectory(prefix="bench-incremental-")) as tmp, \
             pipeline(Path(tmp), dataset=dataset, limit=limit) as p:
         rt = jobs.Runtime(p.neo4j, p.graph, ModelSettings(), TrainSettings(),
                           WorkerSettings(model_dir=p.var / "models", redis_url=p.redis_url,

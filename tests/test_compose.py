@@ -56,4 +56,4 @@ def test_workers_scheduler_and_server_share_the_broker_and_the_delta_stream():
     assert env["IG_WORKER_BROKER_URL"] != env["IG_WORKER_REDIS_URL"]
     for name in ("worker", "scheduler", "server"):
         assert COMPOSE["services"][name]["environment"]["IG_WORKER_BROKER_URL"] == env["IG_WORKER_BROKER_URL"]
-    assert COMPOSE["services"]["scheduler"]["command"][-2:] == ["worker", "scheduler"]
+    assert COMPOSE["services"]["scheduler"]["command"] == ["python", "-m", "workers.scheduler"]

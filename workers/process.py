@@ -53,8 +53,20 @@ def start_worker(env: dict[str, str], log_file: Path, queues: str = "gpu,cpu") -
                    f"{time.monotonic_ns()}@%h"], env, log_file)
 
 
-def start_scheduler(env: dict[str, str], log_file: Path) -> subprocess.Popen:
-    return _spawn(["-m", "cli.main", "worker", "scheduler"], env, log_file)
+def start_scheduler(env: dict[str, str], log_file: Path, timeout_s: float = 60.0) -> subprocess.Popen:
+    """The recompute scheduler, returned once it runs (its log says ready)."""
+    log_file = Path(log_file)
+    offset = log_file.stat().st_size if log_file.exists() else 0  # the log is appended to across runs
+    proc = _spawn(["-m", "workers.scheduler"], env, log_file)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise Unavailable(f"scheduler exited with {proc.returncode}; see {log_file}")
+        if b"scheduler ready" in log_file.read_bytes()[offset:]:
+            return proc
+        time.sleep(0.1)
+    stop(proc)
+    raise Unavailable(f"scheduler not ready after {timeout_s:.0f}s; see {log_file}")
 
 
 def client_app(env: dict[str, str]) -> Celery:

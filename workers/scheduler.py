@@ -47,7 +47,7 @@ class Scheduler:
         return True
 
     def run(self) -> None:
-        log.info("recompute scheduler: interval %.2fs, debounce %.2fs", self.ws.recompute_interval_s,
+        log.info("recompute scheduler ready: interval %.2fs, debounce %.2fs", self.ws.recompute_interval_s,
                  self.ws.debounce_s)
         backoff = 0.5
         while not self.stop.is_set():
@@ -59,3 +59,23 @@ class Scheduler:
                 log.warning("scheduler: %s; retrying in %.1fs", exc, backoff)  # a service restarts: wait
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
+
+
+def main() -> None:
+    """``python -m workers.scheduler`` (or ``interest worker scheduler``): settings from the environment."""
+    import signal
+
+    from graphdb.driver import connect
+    from graphdb.settings import Neo4jSettings
+    from workers.celery_app import app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ns = Neo4jSettings()
+    sched = Scheduler(app, connect(ns), WorkerSettings(), database=ns.database)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: sched.stop.set())
+    sched.run()
+
+
+if __name__ == "__main__":
+    main()

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import time
 
 import typer
 from rich.console import Console
 
-from graphdb.driver import connect
-from graphdb.settings import Neo4jSettings
-from workers.settings import WorkerSettings
 
 worker_app = typer.Typer(help="Celery workers, the recompute scheduler and job submission.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -33,14 +29,9 @@ def run(queues: str = typer.Option("gpu,cpu", help="queues to consume"),
 @worker_app.command("scheduler")
 def scheduler() -> None:
     """Queue a recompute on each ingestion signal and periodically while marks wait."""
-    from workers.celery_app import app
-    from workers.scheduler import Scheduler
+    from workers.scheduler import main
 
-    ns = Neo4jSettings()
-    sched = Scheduler(app, connect(ns), WorkerSettings(), database=ns.database)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: sched.stop.set())
-    sched.run()
+    main()
 
 
 def _submit(name: str, kwargs: dict, wait: bool, timeout_s: float) -> None:
