@@ -8,7 +8,7 @@ CLI := $(PY) -m cli.main
 DATASET ?= amazon-office
 PYTEST_ARGS ?=
 
-.PHONY: setup system proto neo4j-jars demo test up down status bench-ingest clean
+.PHONY: setup system proto neo4j-jars demo test up down status bench-ingest bench-incremental bench-freshness clean
 
 setup: system $(STAMP) proto neo4j-jars
 
@@ -44,16 +44,21 @@ down:
 status:
 	$(CLI) stack status
 
-demo: up
-	$(CLI) graph load $(DATASET)
-	$(CLI) graph stats
-	$(CLI) graph query "MATCH (c:Category)<-[:IN_CATEGORY]-(:Item)<-[p:PURCHASED]-() RETURN c.id AS category, count(p) AS purchases ORDER BY purchases DESC LIMIT 5"
+# The main job end to end: stack, worker, scheduler, load, train, roll out, serve, live updates (cli/demo.py).
+demo: setup
+	$(CLI) demo --dataset $(DATASET)
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench-ingest: setup
 	$(PY) -m bench.ingest
+
+bench-incremental: setup
+	$(PY) -m bench.incremental
+
+bench-freshness: setup
+	$(PY) -m bench.freshness
 
 clean: down
 	rm -rf var

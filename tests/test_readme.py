@@ -1,0 +1,24 @@
+"""The README's variables table lists every setting of every process (pure check: no services)."""
+
+from pathlib import Path
+
+import pytest
+
+from graphdb.settings import DataSettings, GraphSettings, LocalStackSettings, Neo4jSettings
+from server.settings import ServerSettings
+from workers.settings import ModelSettings, TrainSettings, WorkerSettings
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+CLASSES = [Neo4jSettings, LocalStackSettings, GraphSettings, DataSettings, ServerSettings, ModelSettings,
+           TrainSettings, WorkerSettings]
+
+
+def env_names(cls) -> list[str]:
+    prefix = cls.model_config.get("env_prefix", "")
+    return [(prefix + name).upper() for name in cls.model_fields]
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)
+def test_every_setting_is_in_the_readme_table(cls):
+    missing = [n for n in env_names(cls) if f"| `{n}` |" not in README]
+    assert not missing, f"README variables table lacks {missing}"
