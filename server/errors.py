@@ -12,10 +12,14 @@ from typing import Awaitable, Callable
 
 import grpc
 from grpc import aio
+from neo4j.exceptions import ConnectionAcquisitionTimeoutError, ServiceUnavailable, SessionExpired, TransientError
 
 from graphdb.errors import InterestError, InvalidInput
 
 log = logging.getLogger(__name__)
+# Driver errors that mean "Neo4j cannot answer now" (IncompleteCommit is a ServiceUnavailable: the write may or
+# may not have landed, which idempotent event ids make safe to retry).
+GRAPH_UNAVAILABLE = (ServiceUnavailable, SessionExpired, TransientError, ConnectionAcquisitionTimeoutError)
 
 
 def _status(exc: InterestError) -> grpc.StatusCode:
@@ -88,6 +92,9 @@ def _guard(behaviour: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
             await context.abort(_status(exc), str(exc))
         except (asyncio.CancelledError, aio.AbortError):
             raise
+        except GRAPH_UNAVAILABLE as exc:  # a driver error a graphdb call did not translate: retryable all the same
+            log.warning("Neo4j error in %s: %s", getattr(behaviour, "__qualname__", behaviour), exc)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the graph database is unavailable; retry later")
         except Exception:  # noqa: BLE001 - last line of defence: log, answer generically
             log.exception("unexpected error in %s", getattr(behaviour, "__qualname__", behaviour))
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")

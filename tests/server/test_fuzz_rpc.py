@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 
 import grpc
+import neo4j
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, assume, given, settings
@@ -330,6 +331,25 @@ def test_oversized_messages(fuzz) -> None:
     n = fuzz.graph.execute_query("MATCH (n) WHERE n.id IN ['ev-huge', 'huge-item', 'ev-many', 'many-item'] "
                                  "RETURN count(n) AS n")
     assert n.records[0]["n"] == 0
+
+
+def test_exhausted_connection_pool_is_unavailable(neo4j_settings, graph_settings) -> None:
+    """A driver error no graphdb call translates (here: no connection free in the pool) is still retryable:
+    UNAVAILABLE, not INTERNAL."""
+    driver = neo4j.GraphDatabase.driver(neo4j_settings.uri, max_connection_pool_size=1,
+                                        connection_acquisition_timeout=0.3)
+    harness, stop = start_harness(base_settings(), graph_settings, driver, setup=load_items)
+    session = driver.session()
+    tx = session.begin_transaction()  # holds the pool's only connection
+    try:
+        tx.run("RETURN 1").consume()
+        code, details, _ = _code(harness.stub().RecommendForUser, pb.RecommendForUserRequest(user_id="pool", k=3))
+        assert code == grpc.StatusCode.UNAVAILABLE and "retry" in details, (code, details)
+    finally:
+        tx.close()
+        session.close()
+        stop()
+        driver.close()
 
 
 # -- what the fuzzing left -----------------------------------------------------------------------------------------
