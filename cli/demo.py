@@ -11,6 +11,7 @@ for Cypher (``interest stack down`` stops them).
 from __future__ import annotations
 
 import contextlib
+import html
 import subprocess
 import sys
 import time
@@ -49,6 +50,12 @@ _ACTIVE_USERS = """
 MATCH (u:User)-[r]->(:Item)
 WITH u, count(r) AS n WHERE n >= $min
 RETURN u.id AS pseudonym ORDER BY n DESC, u.id LIMIT $n
+"""
+# A shopper with a short history, so a few new purchases are a clear change of interest.
+_NEWCOMER = """
+MATCH (u:User)-[r]->(:Item)
+WITH u, count(r) AS n WHERE n >= 3 AND n <= 5
+RETURN u.id AS pseudonym ORDER BY n, u.id LIMIT 1
 """
 _TITLES = "UNWIND $ids AS id MATCH (i:Item {id: id}) RETURN i.id AS id, coalesce(i.title, i.id) AS title"
 # Items of the biggest category the user has not touched: a clear change of interest to replay.
@@ -102,6 +109,7 @@ def _titles(driver, ids: list[str]) -> dict[str, str]:
 
 
 def _short(text: str, n: int = 70) -> str:
+    text = html.unescape(text)
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
@@ -154,7 +162,8 @@ def run(dataset: str = typer.Option("amazon-office", help="amazon-office | amazo
                                   progress=lambda n: bar.advance(task, n))
         console.print(f"{loaded.accepted:,} new events, {loaded.duplicates:,} already there (idempotent reload)")
         counts = graph_counts(driver)
-        console.print(", ".join(f"{k}: {v:,}" for k, v in counts.items() if v))
+        for kind in ("nodes", "relationships"):
+            console.print(f"{kind}: " + ", ".join(f"{k} {v:,}" for k, v in counts[kind].items()))
 
         _step("4. training the model on the live graph (worker task, queue gpu; CPU here)")
         trained = _watch(app, "interest.train", {"budget_min": budget_min}, "train")
@@ -235,7 +244,8 @@ def _recommend(stub, driver, gs: GraphSettings, dataset: str) -> None:
 
 def _live(stub, driver, gs: GraphSettings, dataset: str) -> None:
     _step("8. live: new events for one shopper, through IngestEvents")
-    pseudonym = driver.execute_query(_ACTIVE_USERS, min=3, n=1).records[0]["pseudonym"]
+    rows = driver.execute_query(_NEWCOMER).records or driver.execute_query(_ACTIVE_USERS, min=1, n=1).records
+    pseudonym = rows[0]["pseudonym"]
     user = _external(driver, gs, dataset, [pseudonym])[pseudonym]
     rows = driver.execute_query(_NEW_INTEREST, user=pseudonym, n=5).records
     category, items = (rows[0]["category"], rows[0]["items"]) if rows else \

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,10 +65,17 @@ def save_checkpoint(model_dir: Path, model: SpectralSAGE, graph: InteractionGrap
                "brand_names": list(graph.brand_names), "item_text": item_text,
                "item_category": graph.item_category, "item_brand": graph.item_brand}
     path = folder / "checkpoint.pt"
-    torch.save(payload, path)
-    (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    (Path(model_dir) / "LATEST").write_text(version + "\n")
+    # Write then rename: a process killed mid-save leaves no half checkpoint behind a valid name.
+    _atomic(path, lambda tmp: torch.save(payload, tmp))
+    _atomic(folder / "meta.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
+    _atomic(Path(model_dir) / "LATEST", lambda tmp: tmp.write_text(version + "\n"))
     return path
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
 
 
 def resolve(model_dir: Path, ref: str = "latest") -> Path:

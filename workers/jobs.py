@@ -142,8 +142,11 @@ def load_checkpoint_version(rt: Runtime, ref: str) -> str:
 
 
 def train_from_graph(rt: Runtime, *, budget_min: float | None = None, epochs: int | None = None,
-                     progress: Progress | None = None) -> dict:
-    """Train the served model on the live graph; the new version is saved, not yet active (see rebuild)."""
+                     progress: Progress | None = None, version: str | None = None) -> dict:
+    """Train the served model on the live graph; the new version is saved, not yet active (see rebuild).
+
+    A task passes a version derived from its id, so a redelivered training saves the same version again
+    instead of a second one."""
     say = progress or (lambda _m: None)
     say("reading the graph")
     items = subgraph.all_items(rt.driver, database=rt.database)
@@ -156,7 +159,7 @@ def train_from_graph(rt: Runtime, *, budget_min: float | None = None, epochs: in
     ts = rt.train.model_copy(update={k: v for k, v in {"budget_min": budget_min, "max_epochs": epochs}.items()
                                      if v is not None})
     set_threads(ts.threads)
-    return train_and_save(graph, None, ms, ts, rt.worker, source="graph", progress=False)
+    return train_and_save(graph, None, ms, ts, rt.worker, source="graph", progress=False, version=version)
 
 
 def backfill(rt: Runtime, dataset: str, limit: int | None = None) -> dict:

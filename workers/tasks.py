@@ -66,7 +66,9 @@ def rebuild(self, version: str = "latest") -> dict:
 
 @app.task(name="interest.train", bind=True)
 def train(self, budget_min: float | None = None, epochs: int | None = None) -> dict:
-    return _run(jobs.train_from_graph, runtime(), budget_min=budget_min, epochs=epochs, progress=_progress(self))
+    # The version is named after the task: run twice (redelivery), it is one version, saved twice.
+    return _run(jobs.train_from_graph, runtime(), budget_min=budget_min, epochs=epochs, progress=_progress(self),
+                version=f"spectral-sage-{self.request.id}")
 
 
 @app.task(name="interest.backfill")

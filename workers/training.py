@@ -26,7 +26,7 @@ def item_texts(graph: InteractionGraph, ws: WorkerSettings, progress: bool = Fal
 
 def train_and_save(graph: InteractionGraph, test: sp.csr_matrix | None, ms: ModelSettings, ts: TrainSettings,
                    ws: WorkerSettings, *, source: str, progress: bool = True,
-                   item_text: torch.Tensor | None = None) -> dict:
+                   item_text: torch.Tensor | None = None, version: str | None = None) -> dict:
     """Fit on ``graph``, score ``test`` (held-out interactions) when given, save; returns version and metrics."""
     text = item_text if item_text is not None else item_texts(graph, ws, progress)
     fitted = fit_served(graph, ms, ts, item_text=text, progress=progress)
@@ -36,6 +36,6 @@ def train_and_save(graph: InteractionGraph, test: sp.csr_matrix | None, ms: Mode
     metrics.update({"source": source, "train_s": round(fitted.train_s, 2), "history": fitted.history,
                     "users": graph.num_users, "items": graph.num_items})
     path = save_checkpoint(ws.model_dir, fitted.model, graph, ms.model_dump(), ts.model_dump(), metrics,
-                           item_text=text)
+                           item_text=text, version=version)
     return {"version": path.parent.name, "checkpoint": str(path),
             **{k: v for k, v in metrics.items() if k != "history"}}

@@ -157,3 +157,33 @@ def test_worker_killed_mid_recompute_the_task_comes_back_and_nothing_is_lost(gra
         assert total == 2 * events
     finally:
         rt.close()
+
+
+def test_worker_killed_during_training_the_task_comes_back_and_saves_one_version(graph, stack, graph_settings,
+                                                                                 tmp_path):
+    env = _env(stack, graph_settings, tmp_path, IG_WORKER_VISIBILITY_TIMEOUT_S="10")
+    _flush_queues(env)
+    _seed(graph, graph_settings, users=15000, per_user=2, items=3000, tag="t", ts=T0)
+    app = process.client_app(env)
+    first = process.start_worker(env, tmp_path / "worker1.log")
+    process.wait_for_worker(app, first)
+    task = app.send_task("interest.train", kwargs={"epochs": 0})
+    deadline = time.monotonic() + 60
+    while task.state not in ("STARTED", "PROGRESS", "SUCCESS") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert task.state != "SUCCESS", "training finished before the kill: nothing was tested"
+
+    second = process.start_worker(env, tmp_path / "worker2.log")
+    try:
+        result = task.get(timeout=180)
+    finally:
+        process.stop(second)
+    version = f"spectral-sage-{task.id}"
+    assert result["version"] == version and result["users"] == 15000
+    models = tmp_path / "models"
+    assert [d.name for d in models.iterdir() if d.is_dir()] == [version]  # one version, however many runs
+    assert (models / "LATEST").read_text().strip() == version
+    assert not list(models.rglob("*.tmp"))
