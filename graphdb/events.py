@@ -125,6 +125,8 @@ def _check_limits(ev: Event, settings: GraphSettings, now: float) -> str | None:
         return f"ts is {ev.ts - now:.0f} s in the future (allowed skew {settings.max_future_skew_s:.0f} s)"
     if ev.rating is not None and not (math.isfinite(ev.rating) and 1.0 <= ev.rating <= 5.0):
         return f"rating {ev.rating!r} is outside 1..5"
+    if ev.query is None and ev.review is None and ev.item is None:
+        return None  # most events: ids and a time only
     texts = {"query": ev.query, "review": ev.review}
     if ev.item is not None:
         texts.update(title=ev.item.title, description=ev.item.description, brand=ev.item.brand)
@@ -155,7 +157,7 @@ def validate_events(
     valid: list[tuple[int, Event]] = []
     rejected: list[Rejection] = []
     for index, item in enumerate(raw):
-        if not isinstance(item, Mapping):
+        if type(item) is not dict and not isinstance(item, Mapping):
             rejected.append(Rejection(index, f"an event is an object, got {type(item).__name__}"))
             continue
         try:
