@@ -376,6 +376,7 @@ def main() -> None:
         args.warmup_s = min(60.0, 0.2 * args.duration_s)
 
     soak = Soak(args)
+    load_before = os.getloadavg()
     try:
         soak.start()
         log(f"traffic for {args.duration_s:.0f} s (RSS baseline after {args.warmup_s:.0f} s); processes "
@@ -393,6 +394,8 @@ def main() -> None:
         "rss_growth_mb": growth,
         "queries": sum(queries.values()), "deltas": soak.tally.deltas, "server_alive": server_alive,
         "machine": f"{os.cpu_count()} cores, no GPU",
+        # other processes share the machine: the load average (1, 5, 15 min) at start and end says how much
+        "load_average": {"start": [round(x, 2) for x in load_before], "end": [round(x, 2) for x in os.getloadavg()]},
         "details": {"reconciliation": counts, "calls": dict(sorted(soak.tally.codes.items())),
                     "resent_streams": soak.tally.resent, "resent_all_duplicates": soak.tally.resent_all_duplicates,
                     "rss_mb": {k: {"first": v[0], "last": v[-1], "max": max(s[1] for s in v), "samples": len(v)}
