@@ -143,7 +143,8 @@ def run(dataset: str = typer.Option("amazon-office", help="amazon-office | amazo
 
     env = process.worker_env(neo4j_uri=ns.uri, redis_base=f"redis://127.0.0.1:{stack.redis_port}",
                              model_dir=Path(ws.model_dir).resolve(), text_cache_dir=Path(ws.text_cache_dir).resolve(),
-                             graph=gs, extra={"IG_TRAIN_BUDGET_MIN": str(budget_min)})
+                             graph=gs, extra={"IG_TRAIN_BUDGET_MIN": str(budget_min),
+                                                     "IG_WORKER_METRICS_PORT": str(ws.metrics_port)})
     procs: list[subprocess.Popen] = []
     try:
         _step("2. a Celery worker and the recompute scheduler")

@@ -12,8 +12,10 @@ Start a worker:  ``celery -A workers.celery_app worker -Q gpu,cpu --pool=solo`` 
 from __future__ import annotations
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.utils.log import get_logger
+from celery.signals import before_task_publish, worker_process_init, worker_process_shutdown, worker_ready
 
+from workers.metrics_http import WorkerMetrics, stamp_sent_at
 from workers.settings import WorkerSettings
 
 TASK_QUEUES = {
@@ -54,7 +56,22 @@ def make_app(ws: WorkerSettings) -> Celery:
 
 
 # The worker program reads its settings here, once (the Celery entry point is this module).
-app = make_app(WorkerSettings())
+settings = WorkerSettings()
+app = make_app(settings)
+before_task_publish.connect(stamp_sent_at, weak=False)  # every sender stamps its tasks (queue lag)
+
+
+@worker_ready.connect
+def _metrics(**_kwargs) -> None:
+    """Serve this worker's Prometheus metrics (solo pool: tasks run in this very process)."""
+    if settings.metrics_port < 0:
+        return
+    metrics = WorkerMetrics(settings.broker_url)
+    metrics.connect()
+    try:
+        metrics.start_http(settings.metrics_host, settings.metrics_port)
+    except OSError as exc:  # a busy port must not keep the worker from working
+        get_logger(__name__).error("worker metrics not served on port %d: %s", settings.metrics_port, exc)
 
 
 @worker_process_init.connect

@@ -33,6 +33,7 @@ def worker_env(*, neo4j_uri: str, redis_base: str, model_dir: Path, text_cache_d
         "IG_PSEUDONYM_KEY": graph.pseudonym_key.get_secret_value(),
         "IG_EMBEDDING_DIM": str(graph.embedding_dim),
         "IG_HALF_LIFE_DAYS": str(graph.half_life_days),
+        "IG_WORKER_METRICS_PORT": "0",  # several workers on one machine: each takes a free port (logged)
     })
     env.update(extra or {})
     return env
@@ -97,3 +98,16 @@ def stop(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def metrics_port(log_file: Path, timeout_s: float = 30.0) -> int:
+    """The port a worker serves its metrics on, from its log."""
+    import re
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = re.findall(rb"worker metrics on http://[^:]+:(\d+)/metrics", Path(log_file).read_bytes())
+        if found:
+            return int(found[-1])
+        time.sleep(0.1)
+    raise Unavailable(f"no metrics port in {log_file}")

@@ -96,3 +96,6 @@ class WorkerSettings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     delta_stream: str = "ig:embeddings"
     changed_key: str = "ig:changed"
+    # Prometheus metrics of a worker process (0 = any free port, logged; -1 = off).
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9465, ge=-1, le=65535)

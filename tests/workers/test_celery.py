@@ -6,10 +6,12 @@ from __future__ import annotations
 import os
 import signal
 import time
+import urllib.request
 
 import numpy as np
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from graphdb import subgraph
 from graphdb.changes import count_marks
@@ -105,6 +107,25 @@ def test_tasks_and_scheduler_bring_an_event_to_neo4j_and_the_stream(worker, grap
     assert bad["error"] == "InvalidInput" and "no-such-set" in bad["message"]
     loaded = app.send_task("interest.backfill", kwargs={"dataset": "amazon-office", "limit": 300}).get(timeout=120)
     assert loaded["accepted"] == 300 and loaded["rejected"] == 0
+
+    # the worker's Prometheus metrics saw exactly these tasks
+    port = process.metrics_port(tmp_path / "worker.log")
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for m in text_string_to_metric_families(text) for s in m.samples}
+
+    def value(name, **labels):
+        return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    assert value("ig_worker_task_seconds_count", task="interest.train", outcome="ok") == 1
+    assert value("ig_worker_task_seconds_count", task="interest.rebuild", outcome="ok") == 1
+    assert value("ig_worker_task_seconds_count", task="interest.snapshot", outcome="ok") == 1
+    assert value("ig_worker_task_seconds_count", task="interest.backfill", outcome="error") == 1
+    assert value("ig_worker_task_seconds_count", task="interest.backfill", outcome="ok") == 1
+    assert value("ig_worker_task_seconds_count", task="interest.recompute", outcome="ok") >= 1
+    assert value("ig_worker_queue_lag_seconds_count", task="interest.train") == 1
+    assert value("ig_worker_recompute_nodes_total", kind="users") >= 1
+    assert ("ig_worker_queue_depth", (("queue", "gpu"),)) in samples
 
 
 def test_worker_killed_mid_recompute_the_task_comes_back_and_nothing_is_lost(graph, stack, graph_settings,

@@ -1,0 +1,93 @@
+"""Prometheus metrics of a worker process: task durations and outcomes, queue lag and depth, recompute work.
+
+Hooked on Celery's signals, served on ``IG_WORKER_METRICS_PORT`` (0 = any free port; the port is logged) by a
+thread of the worker process. One registry per process: a ``--pool=solo`` worker (the GPU queue's mode) runs its
+tasks in the process that serves the metrics. Queue lag is the time from a task's publication (a header stamped
+by whoever sends it) to its start; queue depth is read from the broker when Prometheus scrapes.
+
+    ig_worker_task_seconds{task, outcome}        histogram of task run times
+    ig_worker_queue_lag_seconds{task}            histogram of publish -> start
+    ig_worker_queue_depth{queue}                 messages waiting (read at scrape)
+    ig_worker_recompute_nodes_total{kind}        marks read, users/items/queries written, deltas published
+    ig_worker_recompute_last_timestamp_seconds   when the last recompute finished
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+import redis
+from celery import signals
+from celery.utils.log import get_logger
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+log = get_logger(__name__)  # under Celery's logger: the worker log shows it
+
+SENT_AT = "ig_sent_at"
+BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
+
+
+class _QueueDepth:
+    def __init__(self, broker_url: str, queues: tuple[str, ...]) -> None:
+        self.client = redis.Redis.from_url(broker_url, socket_timeout=2, socket_connect_timeout=2)
+        self.queues = queues
+
+    def collect(self) -> Iterator[Metric]:
+        g = GaugeMetricFamily("ig_worker_queue_depth", "Tasks waiting in a queue", labels=["queue"])
+        for q in self.queues:
+            try:
+                g.add_metric([q], float(self.client.llen(q)))
+            except redis.RedisError:  # broker away: report nothing rather than a wrong zero
+                continue
+        yield g
+
+
+class WorkerMetrics:
+    def __init__(self, broker_url: str, queues: tuple[str, ...] = ("gpu", "cpu")) -> None:
+        self.registry = CollectorRegistry()
+        self.task_seconds = Histogram("ig_worker_task_seconds", "Task run time", ["task", "outcome"],
+                                      buckets=BUCKETS, registry=self.registry)
+        self.queue_lag = Histogram("ig_worker_queue_lag_seconds", "From publication to start", ["task"],
+                                   buckets=BUCKETS, registry=self.registry)
+        self.recompute_nodes = Counter("ig_worker_recompute_nodes", "Recompute work", ["kind"],
+                                       registry=self.registry)
+        self.recompute_last = Gauge("ig_worker_recompute_last_timestamp_seconds", "Last recompute finished",
+                                    registry=self.registry)
+        self.registry.register(_QueueDepth(broker_url, queues))
+        self._started: dict[str, float] = {}
+        self.port: int | None = None
+
+    def start_http(self, host: str, port: int) -> int:
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        self.port = server.server_port
+        log.info("worker metrics on http://%s:%d/metrics", host, self.port)
+        return self.port
+
+    # ---------------------------------------------------------------- signal handlers
+    def prerun(self, task_id: str, task, **_kw) -> None:
+        self._started[task_id] = time.monotonic()
+        sent = getattr(task.request, SENT_AT, None)
+        if isinstance(sent, (int, float)):
+            self.queue_lag.labels(task.name).observe(max(0.0, time.time() - sent))
+
+    def postrun(self, task_id: str, task, retval=None, state: str | None = None, **_kw) -> None:
+        started = self._started.pop(task_id, None)
+        failed = state != "SUCCESS" or (isinstance(retval, dict) and "error" in retval)
+        if started is not None:
+            self.task_seconds.labels(task.name, "error" if failed else "ok").observe(time.monotonic() - started)
+        if task.name == "interest.recompute" and isinstance(retval, dict) and "marks" in retval and not failed:
+            for kind in ("marks", "users", "items", "queries", "published", "cleared"):
+                self.recompute_nodes.labels(kind).inc(retval.get(kind, 0))
+            self.recompute_last.set(time.time())
+
+    def connect(self) -> None:
+        signals.task_prerun.connect(self.prerun, weak=False)
+        signals.task_postrun.connect(self.postrun, weak=False)
+
+
+def stamp_sent_at(headers: dict | None = None, **_kw) -> None:
+    """``before_task_publish``: stamp the publication time so the worker can measure queue lag."""
+    if headers is not None:
+        headers.setdefault(SENT_AT, time.time())
