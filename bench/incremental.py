@@ -7,7 +7,8 @@ it out (worker tasks). Then, per batch size: ingest that many new events (existi
 popularity), run the incremental recompute through the worker (``interest.recompute``: pull + forward + write,
 timed inside the task), compare every stored vector with a full recompute of the final graph, and time the full
 recompute (``interest.rebuild`` of the same version: pull + forward + write of every vector) in the same run,
-after a few unmeasured warm-up rounds (query plans and JIT, as in a running service).
+after a few unmeasured warm-up rounds (query plans and JIT, as in a running service). Each size is repeated
+``--repeats`` times with fresh events; the row reports the medians (a shared 2-core machine is noisy).
 A last row shows a hub: one event on the most popular item costs one user, not its thousands of neighbours.
 """
 
@@ -71,6 +72,7 @@ def main(
     dataset: str = typer.Option("gowalla"),
     sizes: str = typer.Option("100,1000,10000", help="event batch sizes"),
     limit: int = typer.Option(None, help="load only this many events (quick runs)"),
+    repeats: int = typer.Option(3, help="repetitions per size (medians reported)"),
     out: Path = typer.Option(None, help="also write the RESULT JSON here"),
     var: Path = typer.Option(None, help="keep data and logs here (default: a temporary directory)"),
 ) -> None:
@@ -90,18 +92,26 @@ def main(
             _incremental(p)
         rows = []
         for n_events in [int(s) for s in sizes.split(",")]:
-            events = new_events(n_events, users, items, f"inc{n_events}", seed=n_events)
-            for s in range(0, len(events), 5000):
-                ingest_events(p.driver, p.graph, events[s:s + 5000])
-            inc = _incremental(p)
-            diff = compare(rt, p.version)
-            full = p.app.send_task("interest.rebuild", kwargs={"version": p.version}).get(timeout=3600)
-            full_s = full["pull_s"] + full["forward_s"] + full["write_s"]
+            # Each repetition: fresh events, incremental, compare, full; medians resist a noisy shared machine.
+            reps = []
+            for rep in range(repeats):
+                events = new_events(n_events, users, items, f"inc{n_events}-{rep}", seed=n_events * 10 + rep)
+                for s in range(0, len(events), 5000):
+                    ingest_events(p.driver, p.graph, events[s:s + 5000])
+                inc = _incremental(p)
+                diff = compare(rt, p.version)
+                full = p.app.send_task("interest.rebuild", kwargs={"version": p.version}).get(timeout=3600)
+                reps.append((inc, full["pull_s"] + full["forward_s"] + full["write_s"], full["written"], diff))
+                log(f"{n_events} events, rep {rep}: incremental {inc['s']:.3f}s, full {reps[-1][1]:.3f}s")
+            inc = sorted(reps, key=lambda r: r[0]["s"])[len(reps) // 2][0]
+            full_s = float(np.median([r[1] for r in reps]))
             row = {"events": n_events, "affected": inc["users"] + inc["items"], "users": inc["users"],
                    "items": inc["items"], "incremental_s": round(inc["s"], 3), "pull_s": inc["pull_s"],
                    "forward_s": inc["forward_s"], "write_s": inc["write_s"], "full_s": round(full_s, 3),
-                   "full_vectors": full["written"], "speedup": round(full_s / inc["s"], 1),
-                   "max_abs_diff": diff}
+                   "full_vectors": reps[0][2], "speedup": round(full_s / inc["s"], 1),
+                   "max_abs_diff": max(r[3] for r in reps), "repeats": repeats,
+                   "incremental_s_all": [round(r[0]["s"], 3) for r in reps],
+                   "full_s_all": [round(r[1], 3) for r in reps]}
             log(f"{row}")
             rows.append(row)
 
