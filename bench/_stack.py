@@ -12,11 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import grpc
 import neo4j
 import redis
 from celery import Celery
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tqdm import tqdm
 
 from graphdb import localstack
@@ -24,6 +22,7 @@ from graphdb.driver import connect
 from graphdb.loaders import DATASETS, load_dataset
 from graphdb.schema import migrate
 from graphdb.settings import DataSettings, GraphSettings, LocalStackSettings, Neo4jSettings
+from server.probe import wait_serving
 from workers import process
 
 EVENTS = {"gowalla": 810_128, "amazon-office": 53_258, "amazon-hin": None}
@@ -50,22 +49,6 @@ class Pipeline:
     @property
     def redis_url(self) -> str:
         return f"redis://127.0.0.1:{self.stack.redis_port}/0"
-
-
-def _wait_serving(port: int, proc: subprocess.Popen, timeout_s: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}")
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.3)
-    raise RuntimeError("server did not report SERVING")
 
 
 @contextlib.contextmanager
@@ -115,7 +98,7 @@ def pipeline(var: Path, *, dataset: str = "gowalla", limit: int | None = None, s
             srv = subprocess.Popen([sys.executable, "-m", "server"], env=senv, stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True)
             procs.append(srv)
-            _wait_serving(port, srv)
+            wait_serving(port, srv)
             p.server_port = port
         yield p
     finally:

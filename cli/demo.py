@@ -19,7 +19,6 @@ from pathlib import Path
 
 import grpc
 import typer
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -32,6 +31,7 @@ from graphdb.settings import DataSettings, GraphSettings, LocalStackSettings, Ne
 from graphdb.stats import graph_counts
 from proto.interest.v1 import interest_pb2 as pb
 from proto.interest.v1 import interest_pb2_grpc as pb_grpc
+from server.probe import wait_serving
 from server.settings import ServerSettings
 from workers import process
 from workers.settings import WorkerSettings
@@ -72,20 +72,6 @@ _ANY_ITEMS = "MATCH (i:Item) RETURN i.id AS id ORDER BY i.id DESC LIMIT $n"
 
 def _step(msg: str) -> None:
     console.rule(f"[bold]{msg}")
-
-
-def _wait_serving(port: int, proc: subprocess.Popen, timeout_s: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the gRPC server exited ({proc.returncode}); see var/logs/server.log")
-            with contextlib.suppress(grpc.RpcError):
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                    return
-            time.sleep(0.3)
-    raise RuntimeError("the gRPC server did not report SERVING")
 
 
 def _watch(app, name: str, kwargs: dict, label: str) -> dict:
@@ -178,7 +164,7 @@ def run(dataset: str = typer.Option("amazon-office", help="amazon-office | amazo
         server = subprocess.Popen([sys.executable, "-m", "server"], env=senv, stdout=out, stderr=subprocess.STDOUT,
                                   start_new_session=True)
         procs.append(server)
-        _wait_serving(port, server)
+        wait_serving(port, server)
         console.print(f"serving on 127.0.0.1:{port} (health SERVING, reflection on: grpcurl works)")
 
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:

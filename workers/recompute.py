@@ -27,7 +27,7 @@ from typing import Callable
 
 import neo4j
 import numpy as np
-import redis
+from redis import Redis
 import torch
 
 from graphdb import subgraph
@@ -50,7 +50,7 @@ class Context:
 
     driver: neo4j.Driver
     encoder: LiveEncoder
-    redis: redis.Redis | None = None
+    redis: Redis | None = None
     stream: str = "ig:embeddings"
     database: str = "neo4j"
     write_batch: int = 5000
