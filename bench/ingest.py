@@ -1,6 +1,6 @@
 """Ingestion throughput: the batched path against one transaction per event, in the same run.
 
-    python -m bench.ingest [--events 200000] [--naive-events 3000] [--warmup-events 30000]
+    python -m bench.ingest [--events 200000] [--naive-events 3000] [--warmup-events 100000]
                            [--gowalla/--no-gowalla] [--out FILE]
 
 Starts its own Neo4j on a free loopback port (or uses ``--neo4j-uri``) and first warms it up with events that
@@ -77,7 +77,7 @@ def main(
     events: int = typer.Option(200_000, help="events through each batched path"),
     naive_events: int = typer.Option(3_000, help="events through the one-transaction-per-event path"),
     batch_size: int = typer.Option(5_000),
-    warmup_events: int = typer.Option(30_000, help="events to warm Neo4j up with (not timed, wiped after)"),
+    warmup_events: int = typer.Option(100_000, help="events to warm Neo4j up with (not timed, wiped after)"),
     serial: bool = typer.Option(True, help="also time batches through ingest_events one call at a time"),
     gowalla: bool = typer.Option(True, help="also time loading the whole gowalla train set"),
     neo4j_uri: str = typer.Option(None, help="use a running Neo4j (it is wiped!) instead of starting one"),
@@ -87,9 +87,13 @@ def main(
     with neo4j_for_bench(neo4j_uri) as ns, connect(ns) as driver:
         wipe(driver)
         migrate(driver, gs)
-        if warmup_events:
+        if warmup_events:  # half through each batched path, so neither is timed while the JIT is still at work
             warm = synthetic_events(warmup_events, prefix="w", users=50_000, items=100_000, seed=3)
-            for _ in tqdm(ingest_batches(driver, gs, _batches(warm, batch_size)), desc="warm-up", unit="batch"):
+            half = warm[: warmup_events // 2]
+            for batch in tqdm(_batches(half, batch_size), desc="warm-up, serial", unit="batch"):
+                ingest_events(driver, gs, batch)
+            for _ in tqdm(ingest_batches(driver, gs, _batches(warm[len(half):], batch_size)), desc="warm-up, pipelined",
+                          unit="batch"):
                 pass
             for ev in warm[:200]:
                 ingest_events(driver, gs, [{**ev, "event_id": "w1-" + ev["event_id"]}])
