@@ -23,6 +23,7 @@ class Mark:
     id: str
     token: str
     since: float
+    version: str | None = None  # model version of the node's stored vector (None: no vector yet)
 
 
 # One row of parallel lists: the driver decodes a few long lists far faster than thousands of records.
@@ -31,7 +32,7 @@ MATCH (n:{DIRTY})
 WITH n ORDER BY n.dirty_since, n.id
 LIMIT $limit
 RETURN collect(labels(n)) AS labels, collect(n.id) AS ids, collect(n.chg) AS tokens,
-       collect(n.dirty_since) AS since
+       collect(n.dirty_since) AS since, collect(coalesce(n.emb_version, '')) AS versions
 """
 
 _COUNT_MARKS = f"MATCH (n:{DIRTY}) RETURN count(n) AS n"
@@ -58,10 +59,11 @@ def read_marks(driver: neo4j.Driver, *, limit: int = 10000, database: str = "neo
     r = driver.execute_query(_READ_MARKS, limit=limit, database_=database,
                              routing_=neo4j.RoutingControl.READ).records[0]
     marks = []
-    for labels, node_id, token, since in zip(r["labels"], r["ids"], r["tokens"], r["since"]):
+    for labels, node_id, token, since, version in zip(r["labels"], r["ids"], r["tokens"], r["since"],
+                                                      r["versions"]):
         label = next((lb for lb in labels if lb in NODE_LABELS), None)
         if label is not None and node_id is not None:
-            marks.append(Mark(label, node_id, token, since))
+            marks.append(Mark(label, node_id, token, since, version or None))
     return marks
 
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import neo4j
 from neo4j.exceptions import ServiceUnavailable, SessionExpired
 
 from graphdb.errors import InvalidInput, Unavailable
-from graphdb.schema import NODE_LABELS
+from graphdb.schema import DIRTY, NODE_LABELS
 
 
 @dataclass(frozen=True)
@@ -32,12 +32,16 @@ def _label(label: str) -> str:
 
 
 def _write_query(label: str) -> str:
+    # A row may carry the token of the change mark its vector answers: the mark is removed in the same
+    # transaction if the token is unchanged (the SET holds the node's write lock), as graphdb.changes does.
     return f"""
 UNWIND $rows AS r
 MATCH (n:{label} {{id: r.id}})
 CALL db.create.setNodeVectorProperty(n, 'embedding', r.vector)
 SET n.emb_version = $version, n.emb_updated_at = $now
-RETURN count(n) AS written
+WITH n, r.token IS NOT NULL AND n:{DIRTY} AND n.chg = r.token AS done
+FOREACH (_ IN CASE WHEN done THEN [1] ELSE [] END | REMOVE n:{DIRTY}, n.dirty_since)
+RETURN count(n) AS written, sum(CASE WHEN done THEN 1 ELSE 0 END) AS cleared
 """
 
 
@@ -72,26 +76,47 @@ def write_embeddings(
     database: str = "neo4j",
     now: float | None = None,
     batch_size: int = 5000,
+    tokens: Mapping[str, str] | None = None,
 ) -> int:
-    """Write vectors for existing nodes (unknown ids are skipped); returns how many were written."""
+    """Write vectors for existing nodes (unknown ids are skipped); returns how many were written.
+
+    With ``tokens`` (node id -> the mark token read before computing), each written node's mark is cleared in
+    the same transaction when its token is unchanged; see `write_and_clear` for the counts."""
+    return write_and_clear(driver, label, rows, model_version, database=database, now=now,
+                           batch_size=batch_size, tokens=tokens)[0]
+
+
+def write_and_clear(
+    driver: neo4j.Driver,
+    label: str,
+    rows: Iterable[tuple[str, Sequence[float]]],
+    model_version: str,
+    *,
+    database: str = "neo4j",
+    now: float | None = None,
+    batch_size: int = 5000,
+    tokens: Mapping[str, str] | None = None,
+) -> tuple[int, int]:
+    """`write_embeddings`, returning (vectors written, marks cleared)."""
     query = _WRITE[_label(label)]
     now = time.time() if now is None else now
-    written = 0
+    tokens = tokens or {}
+    written = cleared = 0
     batch: list[dict] = []
 
-    def flush() -> int:
+    def flush() -> tuple[int, int]:
         if not batch:
-            return 0
+            return 0, 0
         rec = driver.execute_query(query, rows=batch, version=model_version, now=now, database_=database)
-        return rec.records[0]["written"]
+        return rec.records[0]["written"], rec.records[0]["cleared"]
 
     for node_id, vector in rows:
-        batch.append({"id": node_id, "vector": [float(x) for x in vector]})
+        batch.append({"id": node_id, "vector": [float(x) for x in vector], "token": tokens.get(node_id)})
         if len(batch) >= batch_size:
-            written += flush()
-            batch = []
-    written += flush()
-    return written
+            w, c = flush()
+            written, cleared, batch = written + w, cleared + c, []
+    w, c = flush()
+    return written + w, cleared + c
 
 
 def iter_embeddings(

@@ -8,8 +8,9 @@ Incremental (``recompute_marked``), with the receptive field of ``workers.live``
    from the stored vector of the same version, its users join the affected set;
 3. users: the marked ones plus those reached in step 2; pull their edges (batched Cypher), cap each user to the
    top-N items, take the vectors of the new items they reach (stored, or computed now when missing), forward;
-4. write items, users and queries to Neo4j with the model version, publish them on the delta stream;
-5. clear exactly the marks read, compare-and-clear (a change that landed meanwhile keeps its mark).
+4. publish the vectors on the delta stream, then write items, users and queries to Neo4j with the model version,
+   clearing each written node's mark in the same transaction if its token is unchanged;
+5. compare-and-clear the other marks read (a change that landed meanwhile keeps its mark).
 
 Every step is idempotent, so a task killed anywhere is simply run again. One recompute runs at a time
 (a Redis lock): a user's vector is computed after the vectors of the new items it reads were written.
@@ -32,7 +33,7 @@ import torch
 
 from graphdb import subgraph
 from graphdb.changes import clear_marks, read_marks
-from graphdb.embeddings import write_embeddings
+from graphdb.embeddings import write_and_clear
 from graphdb.model_state import activate
 from graphdb.schema import BRAND, CATEGORY, ITEM, QUERY, USER
 from workers import publish
@@ -119,12 +120,14 @@ def recompute_marked(ctx: Context, limit: int = 10000) -> RecomputeResult:
         by_label[m.label].add(m.id)
 
     # 2. items
-    item_ids = by_label[ITEM] | {i for i in subgraph.items_under(ctx.driver, by_label[CATEGORY], by_label[BRAND],
-                                                                  database=ctx.database) if not enc.is_known(i)}
-    # A known item's vector is fixed for the version: only its stored version matters, never the vector.
-    versions = subgraph.stored_versions(ctx.driver, ITEM, item_ids, database=ctx.database)
-    known = sorted(i for i in versions if enc.is_known(i) and versions[i] != version)
-    new_ids = sorted(i for i in versions if not enc.is_known(i))
+    tokens: dict[str, dict[str, str]] = defaultdict(dict)
+    for m in marks:
+        tokens[m.label][m.id] = m.token
+    # A known item's vector is fixed for the version: it is written only when its stored one is of another.
+    known = sorted({m.id for m in marks if m.label == ITEM and enc.is_known(m.id) and m.version != version})
+    new_ids = sorted({i for i in by_label[ITEM] if not enc.is_known(i)}
+                     | {i for i in subgraph.items_under(ctx.driver, by_label[CATEGORY], by_label[BRAND],
+                                                        database=ctx.database) if not enc.is_known(i)})
     stored_new = subgraph.stored_vectors(ctx.driver, ITEM, new_ids, database=ctx.database)
     new_rows = subgraph.items(ctx.driver, new_ids, database=ctx.database)
     clock.lap("pull_s")
@@ -157,15 +160,20 @@ def recompute_marked(ctx: Context, limit: int = 10000) -> RecomputeResult:
             query_vecs = dict(zip(sorted(texts), _np(q)))
         clock.lap("forward_s")
 
-    # 4. write and publish, items first
-    res.items = _write(ctx, ITEM, to_write, version)
-    res.users = _write(ctx, USER, user_vecs, version)
-    res.queries = _write(ctx, QUERY, query_vecs, version)
+    # 4. publish, then write (items first) clearing the marks of what was written in the same transactions:
+    # a crash after publishing leaves the marks, so the same vectors are computed, published and written again.
     res.published = _publish(ctx, {ITEM: to_write, USER: user_vecs}, version)
+    cleared = 0
+    for label, vecs in ((ITEM, to_write), (USER, user_vecs), (QUERY, query_vecs)):
+        written, n = _write(ctx, label, vecs, version, tokens[label])
+        cleared += n
+        setattr(res, {ITEM: "items", USER: "users", QUERY: "queries"}[label], written)
     clock.lap("write_s")
 
-    # 5. compare-and-clear exactly what was read
-    res.cleared = clear_marks(ctx.driver, marks, database=ctx.database)
+    # 5. compare-and-clear the marks of nodes not written (known items, categories, brands, ...)
+    written_ids = {ITEM: to_write, USER: user_vecs, QUERY: query_vecs}
+    rest = [m for m in marks if m.id not in written_ids.get(m.label, ())]
+    res.cleared = cleared + clear_marks(ctx.driver, rest, database=ctx.database)
     clock.lap("write_s")
     return res
 
@@ -195,11 +203,13 @@ def _users(ctx: Context, user_ids: list[str], fresh: dict[str, torch.Tensor], cl
     return dict(zip(user_ids, _np(out))), {i: _np(v) for i, v in computed.items()}
 
 
-def _write(ctx: Context, label: str, vectors: dict[str, np.ndarray], version: str) -> int:
+def _write(ctx: Context, label: str, vectors: dict[str, np.ndarray], version: str,
+           tokens: dict[str, str] | None = None) -> tuple[int, int]:
+    """(vectors written, marks cleared with them)."""
     if not vectors:
-        return 0
-    return write_embeddings(ctx.driver, label, vectors.items(), version, database=ctx.database,
-                            batch_size=ctx.write_batch)
+        return 0, 0
+    return write_and_clear(ctx.driver, label, vectors.items(), version, database=ctx.database,
+                           batch_size=ctx.write_batch, tokens=tokens)
 
 
 def _publish(ctx: Context, by_label: dict[str, dict[str, np.ndarray]], version: str) -> int:
@@ -264,7 +274,7 @@ def write_all(ctx: Context, full: FullVectors, progress: Callable[[str], None] |
         if full.vectors[label]:
             if progress:
                 progress(f"writing {len(full.vectors[label]):,} {label} vectors")
-            n += _write(ctx, label, full.vectors[label], full.version)
+            n += _write(ctx, label, full.vectors[label], full.version)[0]
     clock.lap("write_s")
     return n
 
