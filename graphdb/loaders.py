@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -20,7 +21,7 @@ from typing import Callable, Iterable, Iterator
 import neo4j
 
 from graphdb.errors import InvalidInput
-from graphdb.ingest import IngestResult, ingest_events
+from graphdb.ingest import IngestResult, ingest_batches
 from graphdb.items import ItemRecord, link_also_viewed, upsert_items
 from graphdb.marks import new_token
 from graphdb.settings import GraphSettings
@@ -275,10 +276,19 @@ def load_dataset(
     events: Iterable[dict] = ds.events(root)
     if limit is not None:
         events = (e for i, e in zip(range(limit), events))
+    sizes: deque[int] = deque()
+
+    def chunks() -> Iterator[list]:
+        for chunk in _chunks(events, settings.batch_size):
+            sizes.append(len(chunk))
+            yield chunk
+
     offset = 0
-    for chunk in _chunks(events, settings.batch_size):
-        result.add(ingest_events(driver, settings, chunk, database=database), offset)
-        offset += len(chunk)
+    # Pipelined: the next batch is prepared while Neo4j writes this one; results come back in order.
+    for batch_result in ingest_batches(driver, settings, chunks(), database=database):
+        size = sizes.popleft()
+        result.add(batch_result, offset)
+        offset += size
         if progress:
-            progress(len(chunk))
+            progress(size)
     return result
