@@ -15,6 +15,7 @@ import html
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import grpc
@@ -26,6 +27,7 @@ from rich.table import Table
 from graphdb import localstack
 from graphdb.driver import connect
 from graphdb.loaders import DATASETS, load_dataset
+from graphdb.pseudonym import pseudonymise
 from graphdb.schema import migrate
 from graphdb.settings import DataSettings, GraphSettings, LocalStackSettings, Neo4jSettings
 from graphdb.stats import graph_counts
@@ -45,17 +47,6 @@ _TOP_ITEMS = """
 MATCH (i:Item)<-[r]-(:User)
 WITH i, count(r) AS buyers ORDER BY buyers DESC, i.id LIMIT $n
 RETURN i.id AS id, coalesce(i.title, i.id) AS title, buyers
-"""
-_ACTIVE_USERS = """
-MATCH (u:User)-[r]->(:Item)
-WITH u, count(r) AS n WHERE n >= $min
-RETURN u.id AS pseudonym ORDER BY n DESC, u.id LIMIT $n
-"""
-# A shopper with a short history, so a few new purchases are a clear change of interest.
-_NEWCOMER = """
-MATCH (u:User)-[r]->(:Item)
-WITH u, count(r) AS n WHERE n >= 3 AND n <= 5
-RETURN u.id AS pseudonym ORDER BY n, u.id LIMIT 1
 """
 _TITLES = "UNWIND $ids AS id MATCH (i:Item {id: id}) RETURN i.id AS id, coalesce(i.title, i.id) AS title"
 # Items of the biggest category the user has not touched: a clear change of interest to replay.
@@ -171,8 +162,9 @@ def run(dataset: str = typer.Option("amazon-office", help="amazon-office | amazo
             stub = pb_grpc.InterestServiceStub(channel)
             _wait_version(stub, driver, rebuilt["active"])
             _similar(stub, driver)
-            _recommend(stub, driver, gs, dataset)
-            _live(stub, driver, gs, dataset)
+            users = _dataset_users(dataset)
+            _recommend(stub, driver, users)
+            _live(stub, driver, gs, users)
     finally:
         for proc in reversed(procs):
             process.stop(proc)
@@ -202,25 +194,15 @@ def _similar(stub, driver) -> None:
         console.print(_items_table(f"like: {_short(rec['title'])}  ({rec['buyers']} buyers)", answer, names))
 
 
-def _external(driver, gs: GraphSettings, dataset: str, pseudonyms: list[str]) -> dict[str, str]:
-    """External ids of some users (the graph holds only pseudonyms): from the dataset's own id scheme."""
-    from graphdb.pseudonym import pseudonymise
-
-    key = gs.pseudonym_key.get_secret_value()
-    wanted, found = set(pseudonyms), {}
-    for e in DATASETS[dataset].events(DataSettings().datasets_dir / dataset):
-        p = pseudonymise(key, e["user_id"])
-        if p in wanted:
-            found[p] = e["user_id"]
-            if len(found) == len(wanted):
-                break
-    return found
+def _dataset_users(dataset: str) -> Counter:
+    """Events per external user id in the dataset's files (the graph holds only pseudonyms, and may hold
+    other datasets' users too)."""
+    return Counter(e["user_id"] for e in DATASETS[dataset].events(DataSettings().datasets_dir / dataset))
 
 
-def _recommend(stub, driver, gs: GraphSettings, dataset: str) -> None:
+def _recommend(stub, driver, users: Counter) -> None:
     _step("7. RecommendForUser: items near a shopper's interest (already bought ones left out)")
-    pseudonyms = [r["pseudonym"] for r in driver.execute_query(_ACTIVE_USERS, min=5, n=3).records]
-    for pseudonym, user in _external(driver, gs, dataset, pseudonyms).items():
+    for user, _n in sorted(users.items(), key=lambda kv: (-kv[1], kv[0]))[:3]:
         answer = stub.RecommendForUser(pb.RecommendForUserRequest(user_id=user, k=5), timeout=10)
         names = _titles(driver, [it.item_id for it in answer.items])
         console.print(_items_table(f"for {user}", answer, names))
@@ -229,11 +211,11 @@ def _recommend(stub, driver, gs: GraphSettings, dataset: str) -> None:
                   f"{len(answer.items)} popular items")
 
 
-def _live(stub, driver, gs: GraphSettings, dataset: str) -> None:
+def _live(stub, driver, gs: GraphSettings, users: Counter) -> None:
     _step("8. live: new events for one shopper, through IngestEvents")
-    rows = driver.execute_query(_NEWCOMER).records or driver.execute_query(_ACTIVE_USERS, min=1, n=1).records
-    pseudonym = rows[0]["pseudonym"]
-    user = _external(driver, gs, dataset, [pseudonym])[pseudonym]
+    # a shopper with a short history, so a few new purchases are a clear change of interest
+    user = min(users, key=lambda u: (abs(users[u] - 4), u))
+    pseudonym = pseudonymise(gs.pseudonym_key.get_secret_value(), user)
     rows = driver.execute_query(_NEW_INTEREST, user=pseudonym, n=5).records
     category, items = (rows[0]["category"], rows[0]["items"]) if rows else \
         (None, [r["id"] for r in driver.execute_query(_ANY_ITEMS, n=5).records])
