@@ -45,20 +45,24 @@ EVENTS = {"amazon-office": 53_258, "gowalla": 810_128}
 
 _TOP_ITEMS = """
 MATCH (i:Item)<-[r]-(:User)
+WHERE i.id STARTS WITH $prefix
 WITH i, count(r) AS buyers ORDER BY buyers DESC, i.id LIMIT $n
 RETURN i.id AS id, coalesce(i.title, i.id) AS title, buyers
 """
 _TITLES = "UNWIND $ids AS id MATCH (i:Item {id: id}) RETURN i.id AS id, coalesce(i.title, i.id) AS title"
-# Items of the biggest category the user has not touched: a clear change of interest to replay.
+# Items of the biggest category (of the same dataset) the user has not touched: a clear change of interest.
 _NEW_INTEREST = """
-MATCH (u:User {id: $user})
-MATCH (c:Category)<-[:IN_CATEGORY]-(i:Item)<-[r]-(:User)
-WHERE NOT (u)-->(:Item)-[:IN_CATEGORY]->(c)
-WITH c, i, count(r) AS buyers ORDER BY buyers DESC
-WITH c, collect(i.id)[..$n] AS items, sum(buyers) AS weight ORDER BY weight DESC LIMIT 1
+OPTIONAL MATCH (:User {id: $user})-->(:Item)-[:IN_CATEGORY]->(mine:Category)
+WITH collect(DISTINCT mine) AS mine
+MATCH (c:Category)<-[:IN_CATEGORY]-(i:Item)
+WHERE i.id STARTS WITH $prefix AND NOT c IN mine
+WITH c, i, COUNT { (i)<--(:User) } AS buyers
+ORDER BY buyers DESC, i.id
+WITH c, collect(i.id)[..$n] AS items, sum(buyers) AS weight
+ORDER BY weight DESC, c.id LIMIT 1
 RETURN c.id AS category, items
 """
-_ANY_ITEMS = "MATCH (i:Item) RETURN i.id AS id ORDER BY i.id DESC LIMIT $n"
+_ANY_ITEMS = "MATCH (i:Item) WHERE i.id STARTS WITH $prefix RETURN i.id AS id ORDER BY i.id DESC LIMIT $n"
 
 
 def _step(msg: str) -> None:
@@ -160,11 +164,12 @@ def run(dataset: str = typer.Option("amazon-office", help="amazon-office | amazo
 
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = pb_grpc.InterestServiceStub(channel)
-            _wait_version(stub, driver, rebuilt["active"])
-            _similar(stub, driver)
+            prefix = PREFIX[dataset] + ":"  # the loaders prefix ids with the dataset; the graph may hold several
+            _wait_version(stub, driver, rebuilt["active"], prefix)
+            _similar(stub, driver, prefix)
             users = _dataset_users(dataset)
             _recommend(stub, driver, users)
-            _live(stub, driver, gs, users)
+            _live(stub, driver, gs, users, prefix)
     finally:
         for proc in reversed(procs):
             process.stop(proc)
@@ -175,8 +180,8 @@ def run(dataset: str = typer.Option("amazon-office", help="amazon-office | amazo
                   f"`interest stack down` to stop.")
 
 
-def _wait_version(stub, driver, version: str, timeout_s: float = 120.0) -> None:
-    item = driver.execute_query(_TOP_ITEMS, n=1).records[0]["id"]
+def _wait_version(stub, driver, version: str, prefix: str, timeout_s: float = 120.0) -> None:
+    item = driver.execute_query(_TOP_ITEMS, prefix=prefix, n=1).records[0]["id"]
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         with contextlib.suppress(grpc.RpcError):
@@ -186,9 +191,9 @@ def _wait_version(stub, driver, version: str, timeout_s: float = 120.0) -> None:
     raise RuntimeError(f"the server did not switch to {version}")
 
 
-def _similar(stub, driver) -> None:
+def _similar(stub, driver, prefix: str) -> None:
     _step("6. SimilarItems: products near a product")
-    for rec in driver.execute_query(_TOP_ITEMS, n=3).records:
+    for rec in driver.execute_query(_TOP_ITEMS, prefix=prefix, n=3).records:
         answer = stub.SimilarItems(pb.SimilarItemsRequest(item_id=rec["id"], k=5), timeout=10)
         names = _titles(driver, [it.item_id for it in answer.items])
         console.print(_items_table(f"like: {_short(rec['title'])}  ({rec['buyers']} buyers)", answer, names))
@@ -211,14 +216,14 @@ def _recommend(stub, driver, users: Counter) -> None:
                   f"{len(answer.items)} popular items")
 
 
-def _live(stub, driver, gs: GraphSettings, users: Counter) -> None:
+def _live(stub, driver, gs: GraphSettings, users: Counter, prefix: str) -> None:
     _step("8. live: new events for one shopper, through IngestEvents")
     # a shopper with a short history, so a few new purchases are a clear change of interest
     user = min(users, key=lambda u: (abs(users[u] - 4), u))
     pseudonym = pseudonymise(gs.pseudonym_key.get_secret_value(), user)
-    rows = driver.execute_query(_NEW_INTEREST, user=pseudonym, n=5).records
+    rows = driver.execute_query(_NEW_INTEREST, user=pseudonym, prefix=prefix, n=5).records
     category, items = (rows[0]["category"], rows[0]["items"]) if rows else \
-        (None, [r["id"] for r in driver.execute_query(_ANY_ITEMS, n=5).records])
+        (None, [r["id"] for r in driver.execute_query(_ANY_ITEMS, prefix=prefix, n=5).records])
     before = stub.RecommendForUser(pb.RecommendForUserRequest(user_id=user, k=5), timeout=10)
     names = _titles(driver, items + [it.item_id for it in before.items])
     console.print(f"{user} now buys {len(items)} items" + (f" from '{category}'" if category else "") + ":")
