@@ -67,23 +67,11 @@ _PAGE = {label: _page_query(label) for label in NODE_LABELS}
 _GET = {label: _get_query(label) for label in NODE_LABELS}
 
 
-def write_embeddings(
-    driver: neo4j.Driver,
-    label: str,
-    rows: Iterable[tuple[str, Sequence[float]]],
-    model_version: str,
-    *,
-    database: str = "neo4j",
-    now: float | None = None,
-    batch_size: int = 5000,
-    tokens: Mapping[str, str] | None = None,
-) -> int:
-    """Write vectors for existing nodes (unknown ids are skipped); returns how many were written.
-
-    With ``tokens`` (node id -> the mark token read before computing), each written node's mark is cleared in
-    the same transaction when its token is unchanged; see `write_and_clear` for the counts."""
-    return write_and_clear(driver, label, rows, model_version, database=database, now=now,
-                           batch_size=batch_size, tokens=tokens)[0]
+def write_embeddings(driver: neo4j.Driver, label: str, rows: Iterable[tuple[str, Sequence[float]]],
+                     model_version: str, **options) -> int:
+    """Write vectors for existing nodes (unknown ids are skipped); returns how many were written. Options as
+    `write_and_clear` (with ``tokens``, each written node's change mark is cleared in the same transaction)."""
+    return write_and_clear(driver, label, rows, model_version, **options)[0]
 
 
 def write_and_clear(

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
+import redis
 
 from graphdb.catalog import ItemFacets
 from graphdb.settings import GraphSettings
@@ -102,6 +104,24 @@ def item_vectors(n: int = 300, seed: int = 0) -> tuple[list[str], np.ndarray]:
     centres = rng.standard_normal((6, DIM)).astype(np.float32)
     x = centres[np.arange(n) % 6] + 0.3 * rng.standard_normal((n, DIM)).astype(np.float32)
     return [f"item-{j}" for j in range(n)], normalise(x)
+
+
+def seed_graph_items(driver, graph: GraphSettings, redis_url: str, stream: str, n: int,
+                     version: str = "m1") -> tuple[list[str], np.ndarray]:
+    """An empty graph with ``n`` viewed items carrying vectors of ``version``, and an empty delta stream."""
+    from graphdb.embeddings import write_embeddings
+    from graphdb.ingest import ingest_events
+    from graphdb.schema import wipe
+
+    wipe(driver)
+    redis.Redis.from_url(redis_url).delete(stream)
+    ids, vecs = item_vectors(n)
+    now = time.time()
+    seeded = ingest_events(driver, graph, [
+        {"event_id": f"seed-{i}", "user_id": "shop-bot", "type": "view", "item_id": i, "ts": now - 100} for i in ids])
+    assert seeded.accepted == n
+    assert write_embeddings(driver, "Item", zip(ids, vecs.tolist()), version) == n
+    return ids, vecs
 
 
 def catalogue_facets(ids: list[str]) -> list[ItemFacets]:

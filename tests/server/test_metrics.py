@@ -13,12 +13,9 @@ import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from graphdb.embeddings import write_embeddings
-from graphdb.ingest import ingest_events
-from graphdb.schema import wipe
 from proto.interest.v1 import interest_pb2 as pb
 from server.delta import FIELD, encode_delete, encode_upsert
-from tests.server.conftest import DIM, base_settings, item_vectors, start_harness
+from tests.server.conftest import DIM, base_settings, item_vectors, seed_graph_items, start_harness
 
 N_ITEMS = 40
 STREAM = "ig:test-metrics"
@@ -48,14 +45,7 @@ def handled(samples) -> dict[tuple[str, str], float]:
 def metered(neo4j_driver, graph_settings, redis_url):
     """A server loaded from Neo4j (N_ITEMS item vectors of model m1), following the delta stream, metrics on a
     free port: (harness, metrics port, item vectors)."""
-    wipe(neo4j_driver)
-    redis.Redis.from_url(redis_url).delete(STREAM)
-    ids, vecs = item_vectors(N_ITEMS)
-    now = time.time()
-    seeded = ingest_events(neo4j_driver, graph_settings, [
-        {"event_id": f"seed-{i}", "user_id": "shop-bot", "type": "view", "item_id": i, "ts": now - 100} for i in ids])
-    assert seeded.accepted == N_ITEMS
-    assert write_embeddings(neo4j_driver, "Item", zip(ids, vecs.tolist()), "m1") == N_ITEMS
+    ids, vecs = seed_graph_items(neo4j_driver, graph_settings, redis_url, STREAM, N_ITEMS)
     settings = base_settings(redis_url=redis_url, delta_stream=STREAM, delta_block_ms=20, metrics_port=0)
     harness, stop = start_harness(settings, graph_settings, neo4j_driver, redis_url=redis_url,
                                   start_lifecycle=True)

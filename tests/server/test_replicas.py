@@ -8,14 +8,10 @@ import time
 import grpc
 import numpy as np
 import pytest
-import redis
 
-from graphdb.embeddings import write_embeddings
-from graphdb.ingest import ingest_events
-from graphdb.schema import wipe
 from proto.interest.v1 import interest_pb2 as pb
 from server.delta import connect_redis, encode_delete, encode_upsert, publish
-from tests.server.conftest import DIM, base_settings, item_vectors, start_harness
+from tests.server.conftest import DIM, base_settings, seed_graph_items, start_harness
 
 N_ITEMS = 50
 STREAM = "ig:test-replicas"
@@ -25,14 +21,7 @@ DEADLINE_S = 10.0
 @pytest.fixture(scope="module")
 def replicas(neo4j_driver, graph_settings, redis_url):
     """Two servers loaded from the same graph (model m1) and following the same stream."""
-    wipe(neo4j_driver)
-    redis.Redis.from_url(redis_url).delete(STREAM)
-    ids, vecs = item_vectors(N_ITEMS)
-    now = time.time()
-    seeded = ingest_events(neo4j_driver, graph_settings, [
-        {"event_id": f"seed-{i}", "user_id": "shop-bot", "type": "view", "item_id": i, "ts": now - 100} for i in ids])
-    assert seeded.accepted == N_ITEMS
-    assert write_embeddings(neo4j_driver, "Item", zip(ids, vecs.tolist()), "m1") == N_ITEMS
+    ids, vecs = seed_graph_items(neo4j_driver, graph_settings, redis_url, STREAM, N_ITEMS)
     settings = base_settings(redis_url=redis_url, delta_stream=STREAM, delta_block_ms=50)
     started = [start_harness(settings, graph_settings, neo4j_driver, redis_url=redis_url, start_lifecycle=True)
                for _ in range(2)]
