@@ -70,9 +70,13 @@ class Lifecycle:
     def _signal_changed(self, _count: int, result) -> None:
         """Wake the recompute scheduler: the graph changed (fire and forget; its periodic poll is the fallback)."""
         if result.accepted and self.redis is not None:
-            task = asyncio.get_running_loop().create_task(self._push_changed())
-            self._signals.add(task)  # a reference until done, so the task is not collected early
-            task.add_done_callback(self._signals.discard)
+            self._background(self._push_changed())
+
+    def _background(self, coro) -> None:
+        """Fire and forget, holding a reference until done so the task is not collected early."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._signals.add(task)
+        task.add_done_callback(self._signals.discard)
 
     async def _push_changed(self) -> None:
         try:
@@ -197,6 +201,9 @@ class Lifecycle:
     async def apply(self, msg: Delta) -> None:
         engine = self.engine
         serving = engine.serving
+        if msg.op == Delta.OP_SNAPSHOT:  # asked by a worker task: every replica writes its own
+            self._background(self.save_snapshot())
+            return
         if msg.op == Delta.OP_ACTIVATE_MODEL:
             if serving is None or msg.model_version != serving.index.model_version:
                 if msg.model_version not in self._pending:

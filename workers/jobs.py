@@ -174,8 +174,11 @@ def backfill(rt: Runtime, dataset: str, limit: int | None = None) -> dict:
 
 
 def snapshot(rt: Runtime, out: Path | None = None) -> dict:
-    """Export every vector of the active version from Neo4j to an ``.npz`` (labels, ids, vectors, version)."""
+    """Ask every server to write its index snapshot now (an ``OP_SNAPSHOT`` delta), and export every vector of
+    the active version from Neo4j to an ``.npz`` (labels, ids, vectors, version): a point-in-time copy that
+    needs no server."""
     from workers.embed import write_vectors
+    from workers.publish import publish, snapshot_request
 
     state = active_model(rt.driver, database=rt.database)
     if state is None:
@@ -185,4 +188,5 @@ def snapshot(rt: Runtime, out: Path | None = None) -> dict:
             for label in (ITEM, USER)
             for rec in iter_embeddings(rt.driver, label, model_version=state.version, database=rt.database))
     n = write_vectors(out, rows, state.version)
-    return {"version": state.version, "vectors": n, "out": str(out)}
+    publish(rt.redis, rt.worker.delta_stream, [snapshot_request()])
+    return {"version": state.version, "vectors": n, "out": str(out), "servers_asked": True}

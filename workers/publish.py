@@ -31,6 +31,11 @@ def activation(version: str) -> bytes:
     return Delta(op=Delta.OP_ACTIVATE_MODEL, model_version=version, ts=time.time()).SerializeToString()
 
 
+def snapshot_request() -> bytes:
+    """Asks every server following the stream to write its index snapshot now."""
+    return Delta(op=Delta.OP_SNAPSHOT, ts=time.time()).SerializeToString()
+
+
 def publish(client: redis.Redis, stream: str, payloads: Iterable[bytes], *, maxlen: int = 1_000_000,
             chunk: int = 1000) -> int:
     """Append the payloads in pipelined chunks; returns how many were appended."""

@@ -103,6 +103,7 @@ def test_tasks_and_scheduler_bring_an_event_to_neo4j_and_the_stream(worker, grap
     snap = app.send_task("interest.snapshot", kwargs={"out": str(tmp_path / "snap.npz")}).get(timeout=60)
     with np.load(snap["out"]) as z:
         assert len(z["ids"]) == snap["vectors"] == 65 and str(z["model_version"]) == trained["version"]
+    assert snap["servers_asked"] is True
     bad = app.send_task("interest.backfill", kwargs={"dataset": "no-such-set"}).get(timeout=60)
     assert bad["error"] == "InvalidInput" and "no-such-set" in bad["message"]
     loaded = app.send_task("interest.backfill", kwargs={"dataset": "amazon-office", "limit": 300}).get(timeout=120)
