@@ -4,7 +4,6 @@ a model trained on the live graph and rolled out, optionally the gRPC server. Ev
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import sys
 import time
@@ -111,7 +110,3 @@ def pipeline(var: Path, *, dataset: str = "gowalla", limit: int | None = None, s
 
 def start_scheduler(p: Pipeline) -> subprocess.Popen:
     return process.start_scheduler(p.env, p.var / "scheduler.log")
-
-
-def cpu_count() -> int:
-    return os.cpu_count() or 1

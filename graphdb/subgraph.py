@@ -193,27 +193,6 @@ def all_query_texts(driver: neo4j.Driver, *, database: str = "neo4j") -> dict[st
     return {r["id"]: r["text"] or "" for r in _read(driver, _ALL_QUERIES, database)}
 
 
-def _versions_query(label: str) -> str:
-    return f"""
-UNWIND $ids AS nid
-MATCH (n:{label} {{id: nid}})
-RETURN collect(n.id) AS ids, collect(coalesce(n.emb_version, '')) AS versions
-"""
-
-
-_VERSIONS = {label: _versions_query(label) for label in NODE_LABELS}
-
-
-def stored_versions(driver: neo4j.Driver, label: str, ids: Iterable[str], *, database: str = "neo4j",
-                    batch_size: int = 20000) -> dict[str, str | None]:
-    """The model version of each existing node's vector ('' when it has none), without the vectors."""
-    out: dict[str, str | None] = {}
-    for chunk in _chunks(sorted(set(ids)), batch_size):
-        r = _read(driver, _VERSIONS[label], database, ids=chunk)[0]
-        out.update(zip(r["ids"], r["versions"]))
-    return out
-
-
 def stored_vectors(driver: neo4j.Driver, label: str, ids: Iterable[str], *, database: str = "neo4j",
                    batch_size: int = 5000) -> dict[str, StoredVector]:
     """The stored vector, version and update time of each existing node (vector None when never embedded)."""
