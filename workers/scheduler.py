@@ -9,10 +9,12 @@ loaders and other writers need no signal, the periodic poll finds their marks.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 
+import kombu.exceptions
 import neo4j
 import redis
 from celery import Celery
@@ -42,7 +44,14 @@ class Scheduler:
         ttl = max(int(self.ws.lock_timeout_s * 2), 1)
         if not self.redis.set(self.queued_key, b"1", nx=True, ex=ttl):
             return False  # one is queued already; it will see these marks too
-        self.app.send_task("interest.recompute")
+        try:
+            self.app.send_task("interest.recompute")
+        except kombu.exceptions.OperationalError:
+            # The broker went away between the flag and the send: drop the flag (if Redis is back) so the
+            # next round sends, instead of waiting out its expiry with marks pending.
+            with contextlib.suppress(redis.exceptions.RedisError):
+                self.redis.delete(self.queued_key)
+            raise
         self.sent += 1
         return True
 
@@ -54,7 +63,7 @@ class Scheduler:
             try:
                 self.tick(self.ws.recompute_interval_s)
                 backoff = 0.5
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, kombu.exceptions.OperationalError,
                     neo4j.exceptions.ServiceUnavailable, neo4j.exceptions.SessionExpired) as exc:
                 log.warning("scheduler: %s; retrying in %.1fs", exc, backoff)  # a service restarts: wait
                 self.stop.wait(backoff)

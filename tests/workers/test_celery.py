@@ -13,12 +13,12 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from graphdb import subgraph
+from graphdb import localstack, subgraph
 from graphdb.changes import count_marks
 from graphdb.ingest import ingest_events
 from graphdb.pseudonym import pseudonymise
 from graphdb.schema import USER
-from graphdb.settings import DataSettings
+from graphdb.settings import DataSettings, LocalStackSettings
 from proto.interest.v1 import interest_pb2 as pb
 from workers import jobs, process
 from workers.recompute import full_vectors, recompute_marked
@@ -28,9 +28,9 @@ T0 = 1_700_000_000.0
 DATASETS = DataSettings().datasets_dir
 
 
-def _env(stack, graph_settings, tmp_path, **extra):
+def _env(stack, graph_settings, tmp_path, redis_port: int | None = None, **extra):
     return process.worker_env(
-        neo4j_uri=stack.neo4j_uri, redis_base=f"redis://127.0.0.1:{stack.settings.redis_port}",
+        neo4j_uri=stack.neo4j_uri, redis_base=f"redis://127.0.0.1:{redis_port or stack.settings.redis_port}",
         model_dir=tmp_path / "models", text_cache_dir=tmp_path / "text", graph=graph_settings,
         extra={"IG_TRAIN_MAX_EPOCHS": "0", "IG_TRAIN_THREADS": "1", "IG_DATASETS_DIR": str(DATASETS.resolve()),
                "IG_WORKER_RECOMPUTE_INTERVAL_S": "0.5", **extra})
@@ -81,18 +81,7 @@ def test_tasks_and_scheduler_bring_an_event_to_neo4j_and_the_stream(worker, grap
                                                       "ts": T0 + 500, "item_id": "item-9"}]).accepted == 1
         r.lpush("ig:changed", b"1")  # what the server does after a write
         pseudonym = pseudonymise(graph_settings.pseudonym_key.get_secret_value(), "user-3")
-        deadline = time.monotonic() + 30
-        stored = None
-        while time.monotonic() < deadline:
-            stored = subgraph.stored_vectors(graph, USER, [pseudonym])[pseudonym]
-            if stored.updated_at and stored.updated_at >= acked:
-                break
-            time.sleep(0.1)
-        assert stored.updated_at >= acked and stored.version == trained["version"]
-        deltas = [pb.EmbeddingDelta.FromString(f[b"d"]) for _, f in r.xrange("ig:embeddings", min=start_id)]
-        mine = [d for d in deltas if d.id == pseudonym and d.op == pb.EmbeddingDelta.OP_UPSERT]
-        assert mine and mine[-1].model_version == trained["version"]
-        assert np.allclose(np.asarray(mine[-1].vector), stored.vector, atol=1e-6)
+        _wait_fresh_vector(graph, r, "ig:embeddings", start_id, pseudonym, acked, trained["version"])
         deadline = time.monotonic() + 30
         while count_marks(graph) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -209,3 +198,70 @@ def test_worker_killed_during_training_the_task_comes_back_and_saves_one_version
     assert [d.name for d in models.iterdir() if d.is_dir()] == [version]  # one version, however many runs
     assert (models / "LATEST").read_text().strip() == version
     assert not list(models.rglob("*.tmp"))
+
+
+def _wait_fresh_vector(graph, redis_client, stream: str, start_id, pseudonym: str, acked: float, version: str,
+                       timeout_s: float = 30.0):
+    """Until the user's vector in Neo4j is newer than ``acked``; then its delta must be on the stream too."""
+    deadline = time.monotonic() + timeout_s
+    stored = None
+    while time.monotonic() < deadline:
+        stored = subgraph.stored_vectors(graph, USER, [pseudonym])[pseudonym]
+        if stored.updated_at and stored.updated_at >= acked:
+            break
+        time.sleep(0.1)
+    assert stored.updated_at and stored.updated_at >= acked and stored.version == version
+    deltas = [pb.EmbeddingDelta.FromString(f[b"d"]) for _, f in redis_client.xrange(stream, min=start_id)]
+    mine = [d for d in deltas if d.id == pseudonym and d.op == pb.EmbeddingDelta.OP_UPSERT]
+    assert mine and mine[-1].model_version == version
+    assert np.allclose(np.asarray(mine[-1].vector), stored.vector, atol=1e-6)
+
+
+def test_redis_restarted_under_worker_and_scheduler_an_event_still_gets_a_fresh_vector(graph, stack, graph_settings,
+                                                                                       tmp_path):
+    """Redis (broker, result store, stream and signal list) stops and comes back on the same port and append-only
+    file while a worker and the scheduler run: both reconnect, and the next event is recomputed and published."""
+    own = LocalStackSettings(var_dir=tmp_path / "redis-stack", redis_port=localstack.free_port())
+    service = localstack.start_redis(own)
+    env = _env(stack, graph_settings, tmp_path, redis_port=own.redis_port)
+    app = process.client_app(env)
+    worker = process.start_worker(env, tmp_path / "worker.log")
+    scheduler = None
+    r = redis.Redis.from_url(env["IG_WORKER_REDIS_URL"])
+    try:
+        process.wait_for_worker(app, worker)
+        _seed(graph, graph_settings, users=40, per_user=4, items=25, tag="seed", ts=T0)
+        version = app.send_task("interest.train", kwargs={"epochs": 0}).get(timeout=120)["version"]
+        assert app.send_task("interest.rebuild", kwargs={"version": version}).get(timeout=120)["active"] == version
+        scheduler = process.start_scheduler(env, tmp_path / "scheduler.log")
+        deadline = time.monotonic() + 30
+        while count_marks(graph) and time.monotonic() < deadline:  # the seed's marks: recomputed first
+            time.sleep(0.1)
+        assert count_marks(graph) == 0
+
+        localstack.stop_service(service)
+        time.sleep(2.0)  # both notice: the worker's broker connection and the scheduler's BLPOP fail
+        service = localstack.start_redis(own)
+        assert worker.poll() is None and scheduler.poll() is None
+
+        stream = "ig:embeddings"
+        tail = r.xrevrange(stream, count=1)
+        start_id = tail[0][0] if tail else b"0-0"
+        acked = time.time()
+        assert ingest_events(graph, graph_settings, [{"event_id": "after-restart", "user_id": "user-3",
+                                                      "type": "purchase", "ts": T0 + 900,
+                                                      "item_id": "item-9"}]).accepted == 1
+        r.lpush("ig:changed", b"1")  # what the server does after a write
+        pseudonym = pseudonymise(graph_settings.pseudonym_key.get_secret_value(), "user-3")
+        _wait_fresh_vector(graph, r, stream, start_id, pseudonym, acked, version)
+        deadline = time.monotonic() + 30
+        while count_marks(graph) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert count_marks(graph) == 0
+        assert worker.poll() is None and scheduler.poll() is None
+    finally:
+        if scheduler is not None:
+            process.stop(scheduler)
+        process.stop(worker)
+        r.close()
+        localstack.stop_service(service)
