@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import scipy.sparse as sp
@@ -22,8 +23,13 @@ def bpr_loss(u: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Ten
 
 
 def fit_bpr(model: MF | LightGCN, r: sp.csr_matrix, ts: TrainSettings, budget_s: float,
-            reg: float = 1e-4, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Train until ``budget_s`` seconds or ``ts.max_epochs``; returns (users, items, info)."""
+            reg: float = 1e-4, progress: bool = True,
+            on_epoch: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+            ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Train until ``budget_s`` seconds or ``ts.max_epochs``; returns (users, items, info).
+
+    ``on_epoch(epoch, users, items)`` sees the vectors after every epoch (validation curves); its time counts.
+    """
     t0 = time.perf_counter()
     seed_everything(ts.seed)
     device = pick_device(ts.device)
@@ -53,6 +59,13 @@ def fit_bpr(model: MF | LightGCN, r: sp.csr_matrix, ts: TrainSettings, budget_s:
             total, n = total + float(loss.detach()), n + 1
         epochs += 1
         losses.append(total / max(n, 1))
-    with torch.no_grad():
-        users, items = model(adj) if adj is not None else model()
-    return users.cpu(), items.cpu(), {"epochs": epochs, "loss": losses, "train_s": time.perf_counter() - t0}
+        if on_epoch is not None:
+            on_epoch(epochs, *_vectors(model, adj))
+    users, items = _vectors(model, adj)
+    return users, items, {"epochs": epochs, "loss": losses, "train_s": time.perf_counter() - t0}
+
+
+@torch.no_grad()
+def _vectors(model: MF | LightGCN, adj: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    users, items = model(adj) if adj is not None else model()
+    return users.cpu(), items.cpu()
