@@ -16,16 +16,24 @@ from pathlib import Path
 
 import torch
 
-from graphdb.errors import NotFound
+from graphdb.errors import InvalidInput, NotFound
 from workers.data import InteractionGraph
+from workers.models.hetero_gnn import HeteroGNN
 from workers.models.spectral_sage import SpectralSAGE
 
 FORMAT = 1
+MODEL_KINDS = ("spectral-sage", "hetero-sage", "hetero-gcn", "hetero-gin")
+"""What ``--model`` accepts: the served encoder and the K-layer heterogeneous ones (offline only)."""
+EmbeddingModel = SpectralSAGE | HeteroGNN
+
+
+def model_kind(model: EmbeddingModel) -> str:
+    return f"hetero-{model.conv_name}" if isinstance(model, HeteroGNN) else "spectral-sage"
 
 
 @dataclass
 class Checkpoint:
-    model: SpectralSAGE
+    model: EmbeddingModel
     version: str
     model_settings: dict
     train_settings: dict
@@ -50,14 +58,16 @@ def new_version(name: str = "spectral-sage") -> str:
     return f"{name}-{stamp}-{salt}"
 
 
-def save_checkpoint(model_dir: Path, model: SpectralSAGE, graph: InteractionGraph, model_settings: dict,
+def save_checkpoint(model_dir: Path, model: EmbeddingModel, graph: InteractionGraph, model_settings: dict,
                     train_settings: dict, metrics: dict, item_text: torch.Tensor | None = None,
                     version: str | None = None) -> Path:
-    """Write a checkpoint and point LATEST at it; returns the checkpoint file."""
-    version = version or new_version()
+    """Write a checkpoint (the model kind and its constructor arguments included) and point LATEST at it;
+    returns the checkpoint file."""
+    kind = model_kind(model)
+    version = version or new_version(kind)
     folder = Path(model_dir) / version
     folder.mkdir(parents=True, exist_ok=True)
-    meta = {"format": FORMAT, "version": version, "model": "spectral-sage", "hparams": model.hparams(),
+    meta = {"format": FORMAT, "version": version, "model": kind, "hparams": model.hparams(),
             "model_settings": _plain(model_settings), "train_settings": _plain(train_settings),
             "metrics": _plain(metrics)}
     payload = {**meta, "state_dict": model.state_dict(), "user_ids": list(graph.user_ids),
@@ -96,7 +106,10 @@ def resolve(model_dir: Path, ref: str = "latest") -> Path:
 
 def load_checkpoint(path: Path) -> Checkpoint:
     data = torch.load(path, map_location="cpu", weights_only=True)
-    model = SpectralSAGE(**data["hparams"])
+    kind = data.get("model", "spectral-sage")
+    if kind not in MODEL_KINDS:
+        raise InvalidInput(f"checkpoint {path} holds an unknown model kind {kind!r}")
+    model = (SpectralSAGE if kind == "spectral-sage" else HeteroGNN)(**data["hparams"])
     model.load_state_dict(data["state_dict"])
     model.eval()
     return Checkpoint(model, data["version"], data["model_settings"], data["train_settings"], data["user_ids"],

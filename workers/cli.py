@@ -1,6 +1,6 @@
 """Command line of the embedding workers: ``train``, ``evaluate``, ``embed-all``.
 
-    python -m workers.cli train --dataset amazon-office --budget-min 5
+    python -m workers.cli train --dataset amazon-office --budget-min 5 [--model hetero-gin]
     python -m workers.cli evaluate --dataset amazon-office            # the LATEST checkpoint
     python -m workers.cli embed-all --dataset amazon-office --out var/vectors.npz
 
@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 
 from graphdb.errors import InterestError
-from workers.checkpoint import load_checkpoint, resolve
+from workers.checkpoint import MODEL_KINDS, load_checkpoint, model_kind, resolve
 from workers.datasets import Split, load_split
 from workers.embed import embed_all, served_scorer, write_vectors
 from workers.metrics import rank_metrics
@@ -36,11 +36,15 @@ def _load(dataset: str, ws: WorkerSettings) -> tuple[Split, torch.Tensor | None]
 
 @app.command()
 def train(dataset: str = typer.Option("amazon-office", help="gowalla | amazon-office | amazon-hin"),
+          model: str = typer.Option("spectral-sage", help=f"{' | '.join(MODEL_KINDS)} (only the first is "
+                                    "served; the K-layer encoders take IG_MODEL_HIDDEN / LAYERS / AGGR)"),
           budget_min: float = typer.Option(None, help="training budget, minutes"),
           epochs: int = typer.Option(None, help="fine-tune epochs (0 = spectral start only)"),
           dim: int = typer.Option(None, help="embedding width"),
           model_dir: Path = typer.Option(None, help="where checkpoints go")):
-    """Train the served encoder on a dataset's training split, evaluate it, save a checkpoint."""
+    """Train an encoder on a dataset's training split, evaluate it, save a checkpoint."""
+    if model not in MODEL_KINDS:
+        raise typer.BadParameter(f"unknown model {model!r} (one of {', '.join(MODEL_KINDS)})")
     ms, ts, ws = ModelSettings(), TrainSettings(), WorkerSettings()
     if dim is not None:
         ms = ms.model_copy(update={"dim": dim})
@@ -50,7 +54,7 @@ def train(dataset: str = typer.Option("amazon-office", help="gowalla | amazon-of
     ts = ts.model_copy(update=upd)
     set_threads(ts.threads)
     split, text = _load(dataset, ws)
-    out = train_and_save(split.train, split.test, ms, ts, ws, source=dataset, item_text=text)
+    out = train_and_save(split.train, split.test, ms, ts, ws, source=dataset, item_text=text, model=model)
     console.print(f"saved {out.pop('checkpoint')}")
     out["dataset"] = dataset
     typer.echo(json.dumps(out))
@@ -59,7 +63,7 @@ def train(dataset: str = typer.Option("amazon-office", help="gowalla | amazon-of
 @app.command()
 def evaluate(dataset: str = typer.Option("amazon-office"), checkpoint: str = typer.Option("latest"),
              model_dir: Path = typer.Option(None)):
-    """Recall@K / NDCG@K of a checkpoint on a dataset's test split."""
+    """Recall@K / NDCG@K of a checkpoint (any model kind) on a dataset's test split."""
     ws, ts = WorkerSettings(), TrainSettings()
     set_threads(ts.threads)
     ck = load_checkpoint(resolve(model_dir or ws.model_dir, checkpoint))
@@ -68,16 +72,17 @@ def evaluate(dataset: str = typer.Option("amazon-office"), checkpoint: str = typ
         raise typer.BadParameter("checkpoint was trained on another item vocabulary")
     m = rank_metrics(served_scorer(ck.model, split.train, text), split.train.interactions(), split.test,
                      k=ts.eval_k)
-    typer.echo(json.dumps({"version": ck.version, "dataset": dataset, **m}))
+    typer.echo(json.dumps({"version": ck.version, "model": model_kind(ck.model), "dataset": dataset, **m}))
 
 
 @app.command("embed-all")
 def embed_all_cmd(dataset: str = typer.Option("amazon-office"), checkpoint: str = typer.Option("latest"),
                   out: Path = typer.Option(Path("var/vectors.npz"), help="output .npz"),
                   model_dir: Path = typer.Option(None)):
-    """Write every user and item vector with the model version to a file.
+    """Write every user and item vector of a dataset, with the model version, to a file.
 
-    The Neo4j write-back is `workers.embed.write_back(rows, sink, version)`, with graphdb's writer as sink.
+    To write the served vectors into Neo4j use `interest worker rebuild`: it embeds the live graph (whose
+    user ids are pseudonyms, unlike the dataset files' ids) and switches the servers to the version.
     """
     ws = WorkerSettings()
     set_threads(TrainSettings().threads)

@@ -1,12 +1,13 @@
-"""Node vectors of the served model: user/item/query towers, scoring, and the write-back hook.
+"""Node vectors of a trained model: user/item/query towers of the served model, scoring, export to a file.
 
 `embed_all` yields ``(label, id, vector)`` for every node; `write_vectors` stores them in a file with the model
-version, and `write_back` hands them to any sink (graphdb's embedding writer will be one) in batches.
+version. Writing the served vectors into Neo4j is the roll-out's job (`workers.recompute.rebuild`, the
+``interest worker rebuild`` command): it reads the live graph, whose user ids are pseudonyms.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,9 @@ from graphdb.errors import InvalidInput
 from workers.cold import neighbour_vectors
 from workers.data import InteractionGraph, csr_to_torch
 from workers.metrics import Scorer
+from workers.models.hetero_gnn import HeteroGNN
 from workers.models.spectral_sage import SpectralSAGE
+from workers.train_hetero import encode
 
 VectorRow = tuple[str, str, np.ndarray]
 """(node label, external id, float32 vector)."""
@@ -63,24 +66,35 @@ def user_vector(model: SpectralSAGE, item_index: np.ndarray, weights: np.ndarray
     return model.users(csr_to_torch(row), x)[0]
 
 
-def served_scorer(model: SpectralSAGE, graph: InteractionGraph,
+@torch.no_grad()
+def model_vectors(model: SpectralSAGE | HeteroGNN, graph: InteractionGraph,
+                  item_text: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(user vectors [U, d], item vectors [I, d]) of the served encoder or a K-layer heterogeneous one."""
+    if isinstance(model, HeteroGNN):
+        model.eval()
+        out = encode(model, graph, model.neighbour_cap, item_text)
+        return out["user"], out["item"]
+    return served_vectors(model, graph, item_text)
+
+
+def served_scorer(model: SpectralSAGE | HeteroGNN, graph: InteractionGraph,
                   item_text: torch.Tensor | None = None) -> Scorer:
-    users, items = served_vectors(model, graph, item_text)
+    users, items = model_vectors(model, graph, item_text)
     return lambda b: users[b] @ items.T
 
 
-def embed_all(model: SpectralSAGE, graph: InteractionGraph, item_text: torch.Tensor | None = None,
+def embed_all(model: SpectralSAGE | HeteroGNN, graph: InteractionGraph, item_text: torch.Tensor | None = None,
               query_text: torch.Tensor | None = None) -> Iterator[VectorRow]:
-    """Every user, item (and query, when the model reads text) vector with its label and external id.
+    """Every user, item (and query, when the served model reads text) vector with its label and external id.
 
     A query is embedded like an item that has only its text, so "items near this search" is one FAISS lookup.
     """
-    users, items = served_vectors(model, graph, item_text)
+    users, items = model_vectors(model, graph, item_text)
     for i, uid in enumerate(graph.user_ids):
         yield "User", uid, users[i].numpy()
     for i, iid in enumerate(graph.item_ids):
         yield "Item", iid, items[i].numpy()
-    if query_text is not None and model.text is not None and len(graph.query_ids):
+    if isinstance(model, SpectralSAGE) and query_text is not None and model.text is not None and graph.query_ids:
         with torch.no_grad():
             q = model.item_out(model.text(query_text), torch.ones(len(graph.query_ids)))
         for i, qid in enumerate(graph.query_ids):
@@ -100,19 +114,3 @@ def write_vectors(path: Path, rows: Iterable[VectorRow], model_version: str) -> 
              vectors=np.stack(vecs) if vecs else np.zeros((0, 0), np.float32),
              model_version=np.asarray(model_version))
     return len(ids)
-
-
-def write_back(rows: Iterable[VectorRow], sink: Callable[[list[VectorRow], str], None], model_version: str,
-               batch_size: int = 5000) -> int:
-    """Hand vectors to ``sink(batch, model_version)`` in batches (the Neo4j write-back connects here)."""
-    batch: list[VectorRow] = []
-    n = 0
-    for row in rows:
-        batch.append(row)
-        if len(batch) >= batch_size:
-            sink(batch, model_version)
-            n, batch = n + len(batch), []
-    if batch:
-        sink(batch, model_version)
-        n += len(batch)
-    return n

@@ -34,8 +34,10 @@ class HeteroFitted:
 
 def build_hetero(graph: InteractionGraph, ms: ModelSettings, text_dim: int) -> HeteroGNN:
     index, _ = typed_edges(graph, ms.neighbour_cap)
+    # Items without any metadata (gowalla) would all start equal: their identity is then their only input.
+    id_rows = 0 if (text_dim or graph.num_categories or graph.num_brands) else graph.num_items
     return HeteroGNN(list(index), graph.num_categories, graph.num_brands, text_dim, ms.hidden, ms.layers,
-                     ms.encoder, ms.aggr)
+                     ms.encoder, ms.aggr, num_items=id_rows, neighbour_cap=ms.neighbour_cap)
 
 
 def encode(model: HeteroGNN, graph: InteractionGraph, cap: int, item_text=None, query_text=None):

@@ -1,6 +1,7 @@
-"""The one training path of the served model: fit, evaluate when a test split is given, save a checkpoint.
+"""The one training path: fit, evaluate when a test split is given, save a checkpoint.
 
-Used by the CLI (dataset files) and by the ``train`` task (the live graph); both hand over the same tensors.
+Used by the CLI (dataset files; any model kind) and by the ``train`` task (the live graph; the served
+`spectral-sage`); both hand over the same tensors.
 """
 
 from __future__ import annotations
@@ -8,12 +9,14 @@ from __future__ import annotations
 import scipy.sparse as sp
 import torch
 
-from workers.checkpoint import save_checkpoint
+from graphdb.errors import InvalidInput
+from workers.checkpoint import MODEL_KINDS, save_checkpoint
 from workers.data import InteractionGraph
 from workers.embed import served_scorer
 from workers.metrics import rank_metrics
 from workers.settings import ModelSettings, TrainSettings, WorkerSettings
 from workers.text import TextEncoder
+from workers.train_hetero import fit_hetero
 from workers.train_served import fit_served
 
 
@@ -26,10 +29,18 @@ def item_texts(graph: InteractionGraph, ws: WorkerSettings, progress: bool = Fal
 
 def train_and_save(graph: InteractionGraph, test: sp.csr_matrix | None, ms: ModelSettings, ts: TrainSettings,
                    ws: WorkerSettings, *, source: str, progress: bool = True,
-                   item_text: torch.Tensor | None = None, version: str | None = None) -> dict:
-    """Fit on ``graph``, score ``test`` (held-out interactions) when given, save; returns version and metrics."""
+                   item_text: torch.Tensor | None = None, version: str | None = None,
+                   model: str = "spectral-sage") -> dict:
+    """Fit a ``model`` (a `workers.checkpoint.MODEL_KINDS` name) on ``graph``, score ``test`` (held-out
+    interactions) when given, save; returns version and metrics."""
     text = item_text if item_text is not None else item_texts(graph, ws, progress)
-    fitted = fit_served(graph, ms, ts, item_text=text, progress=progress)
+    if model == "spectral-sage":
+        fitted = fit_served(graph, ms, ts, item_text=text, progress=progress)
+    elif model in MODEL_KINDS:
+        ms = ms.model_copy(update={"encoder": model.removeprefix("hetero-")})  # the checkpoint records it
+        fitted = fit_hetero(graph, ms, ts, item_text=text, progress=progress)
+    else:
+        raise InvalidInput(f"unknown model {model!r} (one of {', '.join(MODEL_KINDS)})")
     metrics: dict = {}
     if test is not None:
         metrics = rank_metrics(served_scorer(fitted.model, graph, text), graph.interactions(), test, k=ts.eval_k)

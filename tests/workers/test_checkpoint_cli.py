@@ -3,13 +3,17 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 from typer.testing import CliRunner
 
 from planted_graphs import planted
 from workers.checkpoint import load_checkpoint, resolve, save_checkpoint
+from workers.baselines import fit_random
 from workers.cli import app
-from workers.embed import served_vectors, write_back
+from workers.metrics import rank_metrics
+from workers.models.hetero_gnn import HeteroGNN
+from workers.embed import served_vectors
 from workers.settings import ModelSettings, TrainSettings
 from workers.train_served import fit_served
 
@@ -29,14 +33,6 @@ def test_checkpoint_round_trip(tmp_path, planted_split):
     assert torch.equal(a_u, b_u) and torch.equal(a_i, b_i)
 
 
-def test_write_back_hook_batches_everything(planted_split):
-    split, _ = planted_split
-    got = []
-    rows = [("Item", str(i), np.zeros(3, np.float32)) for i in range(12)]
-    n = write_back(rows, lambda batch, version: got.append((len(batch), version)), "v1", batch_size=5)
-    assert n == 12 and got == [(5, "v1"), (5, "v1"), (2, "v1")]
-
-
 def _write_gowalla(folder, split):
     folder.mkdir(parents=True)
     for name, m in (("train.txt", split.train.interactions()), ("test.txt", split.test)):
@@ -46,7 +42,8 @@ def _write_gowalla(folder, split):
                 fh.write(" ".join(map(str, [u, *sorted(items)])) + "\n")
 
 
-def test_cli_train_evaluate_embed_all(tmp_path, monkeypatch):
+@pytest.fixture()
+def tiny_gowalla(tmp_path, monkeypatch):
     split, _ = planted(seed=7)
     _write_gowalla(tmp_path / "data" / "gowalla", split)
     monkeypatch.setenv("IG_WORKER_DATA_DIR", str(tmp_path / "data"))
@@ -55,6 +52,11 @@ def test_cli_train_evaluate_embed_all(tmp_path, monkeypatch):
     monkeypatch.setenv("IG_TRAIN_MAX_EPOCHS", "1")
     monkeypatch.setenv("IG_TRAIN_BATCH_SIZE", "32")
     monkeypatch.setenv("IG_TRAIN_THREADS", "1")
+    return split
+
+
+def test_cli_train_evaluate_embed_all(tmp_path, tiny_gowalla):
+    split = tiny_gowalla
     runner = CliRunner()
     res = runner.invoke(app, ["train", "--dataset", "gowalla"])
     assert res.exit_code == 0, res.output
@@ -71,3 +73,41 @@ def test_cli_train_evaluate_embed_all(tmp_path, monkeypatch):
         assert str(z["model_version"]) == evaluated["version"]
         assert z["vectors"].shape == (split.train.num_users + split.train.num_items, 8)
         assert (z["labels"] == "User").sum() == split.train.num_users
+
+
+def test_cli_hetero_encoder_checkpoint_round_trip(tmp_path, tiny_gowalla, monkeypatch):
+    split = tiny_gowalla
+    monkeypatch.setenv("IG_MODEL_HIDDEN", "8")
+    monkeypatch.setenv("IG_TRAIN_MAX_EPOCHS", "15")
+    monkeypatch.setenv("IG_TRAIN_PATIENCE", "15")
+    monkeypatch.setenv("IG_TRAIN_LR", "0.03")
+    monkeypatch.setenv("IG_TRAIN_LOSS", "bpr")
+    runner = CliRunner()
+    res = runner.invoke(app, ["train", "--dataset", "gowalla", "--model", "hetero-sage"])
+    assert res.exit_code == 0, res.output
+    trained = json.loads(res.stdout.strip().splitlines()[-1])
+    ck = load_checkpoint(resolve(tmp_path / "models", "latest"))
+    assert ck.version == trained["version"] and ck.version.startswith("hetero-sage-")
+    assert isinstance(ck.model, HeteroGNN) and ck.model.conv_name == "sage" and ck.model.hidden == 8
+    assert ck.model_settings["encoder"] == "sage"
+    assert json.loads((tmp_path / "models" / ck.version / "meta.json").read_text())["model"] == "hetero-sage"
+    # the loaded model ranks exactly as the trained one did, and better than chance
+    res = runner.invoke(app, ["evaluate", "--dataset", "gowalla"])
+    assert res.exit_code == 0, res.output
+    evaluated = json.loads(res.stdout.strip().splitlines()[-1])
+    assert evaluated["model"] == "hetero-sage"
+    assert abs(evaluated["recall@20"] - trained["recall@20"]) < 1e-9
+    r = split.train.interactions()
+    chance = rank_metrics(fit_random(r.shape[1]), r, split.test)["recall@20"]
+    assert evaluated["recall@20"] > chance + 0.3
+    out = tmp_path / "hetero.npz"
+    res = runner.invoke(app, ["embed-all", "--dataset", "gowalla", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    with np.load(out) as z:
+        assert str(z["model_version"]) == ck.version
+        assert z["vectors"].shape == (split.train.num_users + split.train.num_items, 8)
+
+
+def test_cli_rejects_an_unknown_model(tiny_gowalla):
+    res = CliRunner().invoke(app, ["train", "--dataset", "gowalla", "--model", "hetero-gat"])
+    assert res.exit_code != 0 and "unknown model" in res.output

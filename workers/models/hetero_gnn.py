@@ -84,15 +84,21 @@ class HeteroGNN(nn.Module):
         conv: "sage" (default), "gcn" or "gin".
         aggr: neighbour aggregation for SAGE ("mean", "sum", "max").
         num_items: size of an optional item ID table (0 = purely inductive).
+        neighbour_cap: top-N incoming edges per node and relation (`typed_edges`), kept with the model so a
+            checkpoint encodes with the cap it was trained with.
 
     ``forward(x_dict, edge_index_dict, edge_weight_dict)`` -> {node type: [N_type, hidden]}.
     """
 
     def __init__(self, edge_types: list[EdgeType], num_categories: int, num_brands: int, text_dim: int,
                  hidden: int = 64, num_layers: int = 2, conv: str = "sage", aggr: str = "mean",
-                 num_items: int = 0):
+                 num_items: int = 0, neighbour_cap: int = 50):
         super().__init__()
-        self.edge_types, self.hidden, self.conv_name = list(edge_types), hidden, conv
+        self.edge_types, self.hidden, self.conv_name = [tuple(et) for et in edge_types], hidden, conv
+        self._hparams = {"edge_types": self.edge_types, "num_categories": num_categories,
+                         "num_brands": num_brands, "text_dim": text_dim, "hidden": hidden, "num_layers": num_layers,
+                         "conv": conv, "aggr": aggr, "num_items": num_items, "neighbour_cap": neighbour_cap}
+        self.neighbour_cap = neighbour_cap
         self.user_start = nn.Parameter(torch.zeros(hidden))
         self.category = nn.Embedding(max(num_categories, 1), hidden)
         self.brand = nn.Embedding(max(num_brands, 1), hidden)
@@ -123,6 +129,10 @@ class HeteroGNN(nn.Module):
         for layer in self.convs:
             for c in layer.convs.values():
                 c.reset_parameters()
+
+    def hparams(self) -> dict:
+        """Constructor arguments (a checkpoint rebuilds the model from them)."""
+        return dict(self._hparams)
 
     def inputs(self, graph: InteractionGraph, item_text: Tensor | None = None,
                query_text: Tensor | None = None) -> dict[str, Tensor]:
