@@ -84,8 +84,9 @@ def _bpr(model, r, ts: TrainSettings, budget_s: float, progress: bool):
 
 def _served(split: Split, ms: ModelSettings, ts: TrainSettings, budget_s: float, progress: bool):
     fitted = fit_served(split.train, ms, ts, budget_s=budget_s, progress=progress)
-    selected = next((h["selected"] for h in fitted.history if "selected" in h), {})
-    info = {"train_s": fitted.train_s, "dim": ms.dim, **selected,
+    sel = next((h for h in fitted.history if "selected" in h), {})
+    info = {"train_s": fitted.train_s, "dim": ms.dim, **sel.get("selected", {}),
+            "selection": sel.get("tried", []),
             "fine_tune_epochs": max((h["epoch"] for h in fitted.history if h.get("best")), default=0)}
     return served_scorer(fitted.model, split.train), info
 
@@ -94,20 +95,20 @@ def main(dataset: str = typer.Option("gowalla", help="benchmark dataset (gowalla
          data_dir: Path = typer.Option(Path("../shared/datasets"), help="folder holding the datasets"),
          budget_min: float = typer.Option(20.0, help="training budget per trainable model, minutes"),
          models: str = typer.Option(",".join(ALL_MODELS), help="comma-separated subset to run"),
-         dim: int = typer.Option(1536, help="served embedding width"),
-         select_filter: bool = typer.Option(False, help="choose the served filter on a validation split"),
-         epochs: int = typer.Option(None, help="served fine-tune epochs (default: settings)"),
+         dim: int = typer.Option(1536, help="served embedding width (the start of the selection)"),
+         select: bool = typer.Option(True, help="choose the served width and filter on a validation split"),
+         # Off: in the last full run the fine-tune lowered validation recall from its first epoch on.
+         epochs: int = typer.Option(0, help="served fine-tune epochs"),
          lr: float = typer.Option(2e-4, help="served fine-tune learning rate"),
          threads: int = typer.Option(2), out: Path = typer.Option(None, help="also write RESULT JSON here")):
     set_threads(threads)
     if dataset != "gowalla":
         raise typer.BadParameter(f"unknown dataset {dataset!r} (supported: gowalla)")
     split = load_gowalla(data_dir / "gowalla")
-    ms = ModelSettings(dim=dim)
+    ms = ModelSettings(dim=dim, select_filter=select)
     # served fine-tune: 1024 users per step against 4096 shared sampled negatives
-    ts = TrainSettings(threads=threads, budget_min=budget_min, batch_size=1024, lr=lr, negatives=4096)
-    if epochs is not None:
-        ts = ts.model_copy(update={"max_epochs": epochs})
+    ts = TrainSettings(threads=threads, budget_min=budget_min, batch_size=1024, lr=lr, negatives=4096,
+                       max_epochs=epochs)
     names = tuple(m.strip() for m in models.split(",") if m.strip())
     unknown = set(names) - set(ALL_MODELS)
     if unknown:

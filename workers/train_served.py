@@ -37,13 +37,19 @@ class Fitted:
 
 
 def holdout(r: sp.csr_matrix, fraction: float, seed: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-    """Split each user's interactions at random into (fit, validation); users keep at least one fit item."""
+    """Split each user's interactions at random into (fit, validation), ``ceil(fraction * n_u)`` of a user's
+    ``n_u`` items to validation, as gowalla's test split takes ceil(20%) of each user's items; users keep at
+    least one fit item."""
     r = sp.csr_matrix(r)
     rng = np.random.default_rng(seed)
-    val = rng.random(r.nnz) < fraction
-    rows = np.repeat(np.arange(r.shape[0]), np.diff(r.indptr))
-    first = r.indptr[:-1][np.diff(r.indptr) > 0]
-    val[first] = False  # never empty a user
+    n = np.diff(r.indptr)
+    rows = np.repeat(np.arange(r.shape[0]), n)
+    # a random rank of each interaction within its user's row
+    order = np.lexsort((rng.random(r.nnz), rows))
+    rank = np.empty(r.nnz, np.int64)
+    rank[order] = np.arange(r.nnz) - np.repeat(r.indptr[:-1], n)
+    n_val = np.minimum(np.ceil(fraction * n - 1e-9).astype(np.int64), np.maximum(n - 1, 0))
+    val = rank < np.repeat(n_val, n)
     mk = lambda m: sp.csr_matrix((r.data[m], (rows[m], r.indices[m])), shape=r.shape)  # noqa: E731
     return mk(~val), mk(val)
 
@@ -118,10 +124,11 @@ def fit_served(graph: InteractionGraph, ms: ModelSettings, ts: TrainSettings,
                progress: bool = True) -> Fitted:
     """Train `SpectralSAGE` on ``graph`` within ``budget_s`` (default: the settings' budget).
 
-    With a validation split (``ts.val_fraction > 0``): the spectral filter (power, user/item degree exponents)
-    is chosen on it, then the fine-tune runs with early stopping; with ``ts.refit`` the model is rebuilt on
-    all interactions with the chosen filter and the best epoch count (validation interactions are real
-    training data; leaving them out of the final SVD costs more than the early stopping gains).
+    With a validation split (``ts.val_fraction > 0``): the width and the spectral filter (power, user/item
+    degree exponents) are chosen on it (`select`), then the fine-tune runs with early stopping; with
+    ``ts.refit`` the model is rebuilt on all interactions with the chosen settings and the best epoch count
+    (validation interactions are real training data; leaving them out of the final SVD costs more than the
+    early stopping gains).
     """
     t0 = time.perf_counter()
     budget_s = ts.budget_min * 60 if budget_s is None else budget_s
@@ -131,12 +138,13 @@ def fit_served(graph: InteractionGraph, ms: ModelSettings, ts: TrainSettings,
     history: list[dict] = []
     if ts.val_fraction > 0 and (ms.select_filter or ts.max_epochs > 0):
         r_fit, r_val = holdout(r_all, ts.val_fraction, ts.seed)
-        model = _start(graph, r_fit, ms, ts, item_text)
         meta_args = (graph.item_category, graph.item_brand, item_text, graph.num_items)
         if ms.select_filter:
-            chosen = _select_filter(model, r_fit, r_val, meta_args, ms, ts, progress)
+            chosen, model, tried = select(graph, r_fit, r_val, ms, ts, item_text, t0, budget_s, progress)
             ms = ms.model_copy(update=chosen)
-            history.append({"epoch": 0, "selected": chosen, "s": time.perf_counter() - t0})
+            history.append({"epoch": 0, "selected": chosen, "tried": tried, "s": time.perf_counter() - t0})
+        else:
+            model = _start(graph, r_fit, ms, ts, item_text)
         if ts.max_epochs > 0:
             history += _finetune(model, r_fit, r_val, meta_args, ts, device, t0, budget_s, progress)
         if ts.refit:
@@ -157,16 +165,18 @@ def fit_served(graph: InteractionGraph, ms: ModelSettings, ts: TrainSettings,
     return Fitted(model, history, time.perf_counter() - t0, item_text)
 
 
-def _start(graph, r, ms: ModelSettings, ts: TrainSettings, item_text) -> SpectralSAGE:
-    """Spectral start + metadata fit on the interactions ``r``."""
+def _start(graph, r, ms: ModelSettings, ts: TrainSettings, item_text,
+           svd: tuple[torch.Tensor, torch.Tensor] | None = None) -> SpectralSAGE:
+    """Spectral start + metadata fit on the interactions ``r`` (``svd``: precomputed (sigma, v) of at least
+    ``ms.dim`` components, truncated here)."""
     model = build_model(graph, ms, 0 if item_text is None else item_text.size(1))
-    sigma, v = spectral_items(r, ms.dim, ms.svd_oversample, ms.svd_power_iters, ts.seed)
+    sigma, v = svd or spectral_items(r, ms.dim, ms.svd_oversample, ms.svd_power_iters, ts.seed)
+    sigma, v = sigma[: ms.dim], v[:, : ms.dim]
     model.spectral_start(v, sigma, ms.filter_power)
     deg = torch.from_numpy(np.asarray(r.sum(0)).ravel()).float()
     model.set_degrees(deg)
     model.set_known(deg > 0)
     fit_metadata(model, graph, item_text, warm=deg.numpy() > 0)
-    model.singular_values = sigma  # kept for filter selection (not a parameter)
     return model
 
 
@@ -179,37 +189,55 @@ def _val_recall(model, r_fit, r_val, meta_args, ts: TrainSettings, users: np.nda
 
 
 @torch.no_grad()
-def _select_filter(model, r_fit, r_val, meta_args, ms: ModelSettings, ts: TrainSettings, progress) -> dict:
-    """Coordinate search on validation recall: filter power, then user exponent, then item exponent."""
-    users = _val_users(r_val, ts.seed)
-    sigma = model.singular_values.clamp(min=1e-6)
-    k = sigma.numel()
-    best = {"filter_power": ms.filter_power, "user_norm": ms.user_norm, "item_norm": ms.item_norm}
+def select(graph, r_fit, r_val, ms: ModelSettings, ts: TrainSettings, item_text, t0: float, budget_s: float,
+           progress: bool = True) -> tuple[dict, SpectralSAGE, list[dict]]:
+    """Choose width, filter power, user and item exponents by validation Recall@K (the test protocol: every
+    validation user, all items ranked, fit items masked); returns (chosen, its model on ``r_fit``, every
+    setting tried with its recall).
 
-    def score(cfg) -> float:
-        model.filter[:k] = sigma.pow(cfg["filter_power"])
-        model.user_norm, model.item_norm = cfg["user_norm"], cfg["item_norm"]
-        return _val_recall(model, r_fit, r_val, meta_args, ts, users)
+    One pass of coordinate search from the settings' values, in the order width, power, user exponent, item
+    exponent. One SVD of the widest candidate serves every width (the top-d singular vectors of a wider
+    randomized SVD are the top-d ones, more accurate). The search stops early, keeping the best so far, once
+    half the budget is spent, so the refit always fits.
+    """
+    dims = sorted({min(d, *r_fit.shape) for d in (ms.dim, *ms.dim_grid)})  # no wider than the rank
+    svd = spectral_items(r_fit, dims[-1], ms.svd_oversample, ms.svd_power_iters, ts.seed)
+    meta_args = (graph.item_category, graph.item_brand, item_text, graph.num_items)
+    users = np.flatnonzero(np.diff(r_val.indptr) > 0)
+    models: dict[int, SpectralSAGE] = {}
 
+    def model_for(cfg: dict) -> SpectralSAGE:
+        d = cfg["dim"]
+        if d not in models:  # one model per width (the others are dropped: they hold I x d tables)
+            models.clear()
+            models[d] = _start(graph, r_fit, ms.model_copy(update={"dim": d}), ts, item_text, svd)
+        m = models[d]
+        m.filter[:d] = svd[0][:d].clamp(min=1e-6).pow(cfg["filter_power"])
+        m.user_norm, m.item_norm = cfg["user_norm"], cfg["item_norm"]
+        return m
+
+    tried: list[dict] = []
+
+    def score(cfg: dict) -> float:
+        rec = _val_recall(model_for(cfg), r_fit, r_val, meta_args, ts, users)
+        tried.append({**cfg, "val_recall": round(rec, 5)})
+        if progress:
+            tqdm.write(f"select {cfg}: val recall@{ts.eval_k} {rec:.4f}")
+        return rec
+
+    best = {"dim": min(ms.dim, *r_fit.shape), "filter_power": ms.filter_power, "user_norm": ms.user_norm, "item_norm": ms.item_norm}
     best_score = score(best)
-    for key, grid in (("filter_power", ms.filter_grid), ("user_norm", ms.user_norm_grid),
-                      ("item_norm", ms.item_norm_grid)):
+    grids = (("dim", dims), ("filter_power", ms.filter_grid), ("user_norm", ms.user_norm_grid),
+             ("item_norm", ms.item_norm_grid))
+    for key, grid in grids:
         for value in grid:
-            if value == best[key]:
-                continue
             cfg = {**best, key: value}
+            if any(cfg == {k: t[k] for k in cfg} for t in tried) or time.perf_counter() - t0 > budget_s / 2:
+                continue
             s = score(cfg)
-            if progress:
-                tqdm.write(f"filter {cfg}: val recall {s:.4f}")
             if s > best_score:
                 best, best_score = cfg, s
-    score(best)
-    return best
-
-
-def _val_users(r_val, seed: int, n: int = 6000) -> np.ndarray:
-    users = np.flatnonzero(np.diff(r_val.indptr) > 0)
-    return np.random.default_rng(seed).choice(users, size=min(len(users), n), replace=False)
+    return best, model_for(best), tried
 
 
 def _finetune(model, r_fit, r_val, meta_args, ts: TrainSettings, device, t0, budget_s, progress,
@@ -221,7 +249,7 @@ def _finetune(model, r_fit, r_val, meta_args, ts: TrainSettings, device, t0, bud
     log_scale = torch.zeros((), device=device, requires_grad=True)
     opt.add_param_group({"params": [log_scale], "lr": 0.05})
     rng = np.random.default_rng(ts.seed)
-    val_users = _val_users(r_val, ts.seed) if r_val is not None else None
+    val_users = np.flatnonzero(np.diff(r_val.indptr) > 0) if r_val is not None else None
     users_all = np.flatnonzero(np.diff(r_fit.indptr) > 1)
 
     def validate() -> float:

@@ -10,7 +10,7 @@ from workers.data import InteractionGraph
 from workers.embed import embed_all, served_scorer, served_vectors, user_vector, item_bases
 from workers.metrics import rank_metrics
 from workers.settings import ModelSettings, TrainSettings
-from workers.train_served import fit_served
+from workers.train_served import fit_served, holdout
 
 MS = ModelSettings(dim=16)
 TS0 = TrainSettings(max_epochs=0)
@@ -82,13 +82,29 @@ def test_embed_all_labels_and_ids(planted_split):
     assert rows[0][1] == "u0" and rows[0][2].shape == (16,)
 
 
-def test_filter_selection_and_refit_use_all_interactions():
+def test_holdout_mirrors_the_test_protocol():
+    r = sp.random(60, 50, density=0.3, format="csr", random_state=0)
+    r.data[:] = 1
+    fit, val = holdout(r, 0.2, seed=1)
+    n = np.diff(r.indptr)
+    assert np.array_equal(np.diff(val.indptr), np.minimum(np.ceil(0.2 * n), n - 1))  # ceil(20%) per user
+    assert (fit + val - r).nnz == 0 and fit.multiply(val).nnz == 0
+    assert (holdout(r, 0.2, seed=2)[1] != val).nnz > 0  # at random
+
+
+def test_selection_picks_the_best_validation_setting_and_refits_on_all_interactions():
     split, _ = planted(seed=2)
     ts = TrainSettings(max_epochs=2, batch_size=32, lr=3e-3, val_fraction=0.2, patience=2, refit=True)
-    fitted = fit_served(split.train, MS.model_copy(update={"select_filter": True}), ts, progress=False)
-    chosen = fitted.history[0]["selected"]
-    assert chosen["filter_power"] in MS.filter_grid + (MS.filter_power,)
-    assert fitted.model.user_norm == chosen["user_norm"]
+    ms = MS.model_copy(update={"select_filter": True, "dim_grid": (4, 32)})
+    fitted = fit_served(split.train, ms, ts, progress=False)
+    chosen, tried = fitted.history[0]["selected"], fitted.history[0]["tried"]
+    # one coordinate pass, no setting scored twice: the start, 2 other widths, 2 values of each filter setting
+    assert len(tried) == 1 + 2 + 2 * 3
+    assert len({tuple(t.items())[:-1] for t in tried}) == len(tried)
+    assert {t["dim"] for t in tried} == {4, 16, 32}
+    chosen_recall = next(t["val_recall"] for t in tried if all(t[k] == v for k, v in chosen.items()))
+    assert chosen_recall == max(t["val_recall"] for t in tried)
+    assert fitted.model.dim == chosen["dim"] and fitted.model.user_norm == chosen["user_norm"]
     # refit: the final item degrees and known items come from every training interaction
     deg = np.asarray(split.train.interactions().sum(0)).ravel()
     assert torch.equal(fitted.model.item_known, torch.from_numpy(deg > 0))
