@@ -77,18 +77,9 @@ def pipeline(var: Path, *, dataset: str = "gowalla", limit: int | None = None, s
         worker = process.start_worker(env, var / "worker.log")
         procs.append(worker)
         process.wait_for_worker(app, worker, timeout_s=120)
-        log("training on the live graph (worker task)")
-        trained = app.send_task("interest.train").get(timeout=3600)
-        if "error" in trained:
-            raise RuntimeError(trained)
-        log(f"rolling out {trained['version']} (worker task)")
-        rebuilt = app.send_task("interest.rebuild", kwargs={"version": trained["version"]}).get(timeout=3600)
-        if "error" in rebuilt:
-            raise RuntimeError(rebuilt)
-        # The load marked every node; the rebuild embedded them all, so those marks are done with.
-        driver.execute_query("MATCH (n:Dirty) REMOVE n:Dirty, n.dirty_since")
+        version = train_and_roll_out(app, driver)
         p = Pipeline(var, stack, ns, gs, driver, redis.Redis.from_url(f"redis://127.0.0.1:{stack.redis_port}/0"),
-                     env, app, trained["version"], worker)
+                     env, app, version, worker)
         if server:
             port = localstack.free_port()
             senv = dict(env, IG_SERVER_PORT=str(port), IG_SERVER_METRICS_PORT="0",
@@ -106,6 +97,21 @@ def pipeline(var: Path, *, dataset: str = "gowalla", limit: int | None = None, s
         with contextlib.suppress(Exception):
             driver.close()  # noqa: F821 - bound once Neo4j is up
         localstack.down(stack)
+
+
+def train_and_roll_out(app: Celery, driver: neo4j.Driver) -> str:
+    """Train the served model on the live graph and roll it out (worker tasks); returns the active version.
+    Only before traffic: the marks left by loading are cleared, as the rebuild embedded every node."""
+    log("training on the live graph (worker task)")
+    trained = app.send_task("interest.train").get(timeout=3600)
+    if "error" in trained:
+        raise RuntimeError(trained)
+    log(f"rolling out {trained['version']} (worker task)")
+    rebuilt = app.send_task("interest.rebuild", kwargs={"version": trained["version"]}).get(timeout=3600)
+    if "error" in rebuilt:
+        raise RuntimeError(rebuilt)
+    driver.execute_query("MATCH (n:Dirty) REMOVE n:Dirty, n.dirty_since")
+    return trained["version"]
 
 
 def start_scheduler(p: Pipeline) -> subprocess.Popen:

@@ -53,7 +53,11 @@ class StreamWatch(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            reply = self.client.xread({self.stream: self.position}, count=1000, block=100)
+            try:
+                reply = self.client.xread({self.stream: self.position}, count=1000, block=100)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                time.sleep(0.5)  # Redis restarts (the soak's faults): the stream survives in its append-only file
+                continue
             now = time.time()
             for _name, entries in reply or ():
                 for entry_id, fields in entries:
