@@ -195,8 +195,8 @@ def select(graph, r_fit, r_val, ms: ModelSettings, ts: TrainSettings, item_text,
     validation user, all items ranked, fit items masked); returns (chosen, its model on ``r_fit``, every
     setting tried with its recall).
 
-    One pass of coordinate search from the settings' values, in the order width, power, user exponent, item
-    exponent. One SVD of the widest candidate serves every width (the top-d singular vectors of a wider
+    Coordinate ascent from the settings' values (the middle of every grid), in the order width, power, user
+    exponent, item exponent, repeated until a pass changes nothing. One SVD of the widest candidate serves every width (the top-d singular vectors of a wider
     randomized SVD are the top-d ones, more accurate). The search stops early, keeping the best so far, once
     half the budget is spent, so the refit always fits.
     """
@@ -229,14 +229,17 @@ def select(graph, r_fit, r_val, ms: ModelSettings, ts: TrainSettings, item_text,
     best_score = score(best)
     grids = (("dim", dims), ("filter_power", ms.filter_grid), ("user_norm", ms.user_norm_grid),
              ("item_norm", ms.item_norm_grid))
-    for key, grid in grids:
-        for value in grid:
-            cfg = {**best, key: value}
-            if any(cfg == {k: t[k] for k in cfg} for t in tried) or time.perf_counter() - t0 > budget_s / 2:
-                continue
-            s = score(cfg)
-            if s > best_score:
-                best, best_score = cfg, s
+    moved = True
+    while moved:  # coordinate ascent: passes until one changes nothing (a setting is never scored twice)
+        moved = False
+        for key, grid in grids:
+            for value in grid:
+                cfg = {**best, key: value}
+                if any(cfg == {k: t[k] for k in cfg} for t in tried) or time.perf_counter() - t0 > budget_s / 2:
+                    continue
+                s = score(cfg)
+                if s > best_score:
+                    best, best_score, moved = cfg, s, True
     return best, model_for(best), tried
 
 

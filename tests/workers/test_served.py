@@ -98,9 +98,14 @@ def test_selection_picks_the_best_validation_setting_and_refits_on_all_interacti
     ms = MS.model_copy(update={"select_filter": True, "dim_grid": (4, 32)})
     fitted = fit_served(split.train, ms, ts, progress=False)
     chosen, tried = fitted.history[0]["selected"], fitted.history[0]["tried"]
-    # one coordinate pass, no setting scored twice: the start, 2 other widths, 2 values of each filter setting
-    assert len(tried) == 1 + 2 + 2 * 3
+    # every grid value was tried; no setting scored twice
+    for key, grid in (("dim", (4, 16, 32)), ("filter_power", ms.filter_grid), ("user_norm", ms.user_norm_grid),
+                      ("item_norm", ms.item_norm_grid)):
+        assert {t[key] for t in tried} == set(grid)
     assert len({tuple(t.items())[:-1] for t in tried}) == len(tried)
+    # converged: no single-setting change of the chosen one scores higher (all its neighbours were tried)
+    neighbours = [t for t in tried if sum(t[k] != v for k, v in chosen.items()) == 1]
+    assert len(neighbours) == 2 + 2 * 3
     assert {t["dim"] for t in tried} == {4, 16, 32}
     chosen_recall = next(t["val_recall"] for t in tried if all(t[k] == v for k, v in chosen.items()))
     assert chosen_recall == max(t["val_recall"] for t in tried)
