@@ -458,8 +458,10 @@ class Soak:
                 worst = max(worst, float(np.max(np.abs(np.asarray(s.vector) - vec))))
         last: dict[str, np.ndarray] = {}  # the stream as a server replays it: the last upsert of each user wins
         client = redis.Redis.from_url(self.redis_url)
+        entries = 0  # Redis's memory follows the stream (trimmed at about 1,000,000 entries by the workers)
         try:
             for _id, fields in client.xrange(STREAM):
+                entries += 1
                 d = pb.EmbeddingDelta.FromString(fields[b"d"])
                 if d.op == pb.EmbeddingDelta.OP_UPSERT and d.node_type == pb.NODE_TYPE_USER:
                     last[d.id] = np.asarray(d.vector, np.float32)
@@ -469,7 +471,7 @@ class Soak:
         stream_worst = max((float(np.max(np.abs(v - users[u]))) for u, v in last.items() if u in users), default=0.0)
         return {"vectors_checked": full.count(), "vectors_max_diff": worst, "wrong_version": wrong_version,
                 "missing": missing, "stream_users_checked": sum(u in users for u in last),
-                "stream_max_diff": stream_worst}
+                "stream_max_diff": stream_worst, "stream_entries": entries}
 
     def recomputes(self) -> int:
         """Recompute tasks the workers finished (every incarnation logs to the same file)."""
