@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import sys
 
-import faiss
-from threadpoolctl import threadpool_limits
-
-from graphdb.settings import GraphSettings, Neo4jSettings
-from server.app import serve
+from server.app import LOG_FORMAT, check_exposure, run_process
+from server.processes import process_count, supervise
 from server.settings import ServerSettings
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # One query at a time per search call: OpenMP fan-out only adds latency to single-vector searches, and
-    # numpy's OpenBLAS threads fighting faiss's OpenMP threads make a 20k x 64 product 50x slower (measured).
-    faiss.omp_set_num_threads(1)
-    threadpool_limits(1)
-    asyncio.run(serve(ServerSettings(), GraphSettings(), Neo4jSettings()))
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    settings = ServerSettings()
+    if process_count(settings) == 1:
+        run_process(settings)
+        return
+    check_exposure(settings)  # fail here, once, rather than in every child
+    sys.exit(supervise(settings, run_process))
 
 
 if __name__ == "__main__":

@@ -8,26 +8,28 @@ import asyncio
 import logging
 import signal
 
+import faiss
 import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from threadpoolctl import threadpool_limits
 
 from graphdb.driver import connect
 from graphdb.errors import FailedPrecondition
 from graphdb.settings import GraphSettings, Neo4jSettings
 from proto.interest.v1 import interest_pb2 as pb
 from proto.interest.v1 import interest_pb2_grpc as pb_grpc
-from server.auth import AuthInterceptor
+from server.calls import CallInterceptor
 from server.delta import connect_redis
 from server.engine import Engine
-from server.errors import ErrorInterceptor
 from server.lifecycle import Lifecycle
 from server.metrics import ServerMetrics
 from server.service import InterestServicer
 from server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
+LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InterestService"].full_name
 
 
@@ -48,14 +50,13 @@ def create_server(settings: ServerSettings, engine: Engine, graph: GraphSettings
     """
     check_exposure(settings)
     engine.metrics = ServerMetrics(engine)
-    interceptors: list[aio.ServerInterceptor] = [engine.metrics.interceptor]  # first: sees every call
-    if settings.tokens:
-        interceptors.append(AuthInterceptor(settings.tokens))
-    interceptors.append(ErrorInterceptor())
+    interceptors = [CallInterceptor(engine.metrics, settings.tokens)]
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
-        ("grpc.so_reuseport", 0),
+        # Several processes share the port only when configured to; otherwise a second server on the same
+        # port must fail to bind rather than silently take half the connections.
+        ("grpc.so_reuseport", 1 if settings.processes != 1 else 0),
     ]
     server = aio.server(interceptors=interceptors, options=options,
                         maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
@@ -122,3 +123,13 @@ async def serve(settings: ServerSettings, graph: GraphSettings, neo4j_settings: 
         await redis.aclose()
     driver.close()
     log.info("stopped")
+
+
+def run_process(settings: ServerSettings) -> None:
+    """One serving process until SIGTERM/SIGINT (``python -m server``, or each child of a multi-process one)."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    # One query at a time per search call: OpenMP fan-out only adds latency to single-vector searches, and
+    # numpy's OpenBLAS threads fighting faiss's OpenMP threads make a 20k x 64 product 50x slower (measured).
+    faiss.omp_set_num_threads(1)
+    threadpool_limits(1)
+    asyncio.run(serve(settings, GraphSettings(), Neo4jSettings()))

@@ -2,28 +2,29 @@
 
 Enforced only when tokens are configured (IG_SERVER_AUTH_TOKENS). Health checks stay open so load balancers
 and orchestrators can probe without credentials; everything else, reflection included, needs a token.
+``server.calls`` wraps each method's behaviour with ``require`` once; the check itself runs per call.
 """
 
 from __future__ import annotations
 
 import hmac
-from typing import Iterable
+import inspect
+from typing import Callable, Iterable
 
 import grpc
 from grpc import aio
 
-from server.errors import wrap_handler
-
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+DENIED = "missing or invalid bearer token"
 
 
-class AuthInterceptor(aio.ServerInterceptor):
+class TokenCheck:
     def __init__(self, tokens: Iterable[str]) -> None:
         self._tokens = [t.encode() for t in tokens]
         if not self._tokens:
-            raise ValueError("AuthInterceptor needs at least one token")
+            raise ValueError("TokenCheck needs at least one token")
 
-    def _valid(self, metadata) -> bool:
+    def valid(self, metadata) -> bool:
         header = next((v for k, v in metadata or () if k == "authorization"), None)
         if not isinstance(header, str) or not header.startswith("Bearer "):
             return False
@@ -31,17 +32,26 @@ class AuthInterceptor(aio.ServerInterceptor):
         # compare against every token (no early exit) so timing reveals nothing
         return sum(hmac.compare_digest(given, t) for t in self._tokens) > 0
 
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        if handler_call_details.method.startswith(OPEN_PREFIXES):
-            return handler
-        if self._valid(handler_call_details.invocation_metadata):
-            return handler
+    def require(self, behaviour: Callable) -> Callable:
+        """``behaviour`` (unary response) refused with UNAUTHENTICATED unless the call carries a valid token."""
+        async def authenticated(request, context: aio.ServicerContext):
+            if not self.valid(context.invocation_metadata()):
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED)
+            return await behaviour(request, context)
 
-        def deny(_behaviour):
-            async def denied(_request, context: aio.ServicerContext):
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
+        return authenticated
 
-            return denied
+    def require_streaming(self, behaviour: Callable) -> Callable:
+        """The same for a streaming-response behaviour (an async generator, or a coroutine using
+        ``context.write``)."""
+        async def authenticated(request, context: aio.ServicerContext):
+            if not self.valid(context.invocation_metadata()):
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED)
+            result = behaviour(request, context)
+            if inspect.isasyncgen(result):
+                async for response in result:
+                    yield response
+            else:
+                await result
 
-        return wrap_handler(handler, deny, streaming_responses=True)
+        return authenticated

@@ -1,4 +1,4 @@
-"""The one place exceptions become gRPC statuses: an interceptor around every handler.
+"""The one place exceptions become gRPC statuses: ``guard`` wraps every unary-response behaviour (``server.calls``).
 
 Project errors (graphdb.errors) carry the status name they map to; anything else is a bug and becomes INTERNAL
 with a generic message, the traceback going to the server log only (never to the client).
@@ -59,7 +59,7 @@ class _Malformed:
         return InvalidInput(f"malformed request message: {self.reason}")
 
 
-def _tolerant(deserializer: Callable[[bytes], object] | None) -> Callable[[bytes], object] | None:
+def tolerant(deserializer: Callable[[bytes], object] | None) -> Callable[[bytes], object] | None:
     if deserializer is None:
         return None
 
@@ -80,7 +80,7 @@ async def _checked(messages):
         yield message
 
 
-def _guard(behaviour: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
+def guard(behaviour: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
     async def guarded(request, context: aio.ServicerContext):
         try:
             if isinstance(request, _Malformed):
@@ -100,19 +100,3 @@ def _guard(behaviour: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
             await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
 
     return guarded
-
-
-class ErrorInterceptor(aio.ServerInterceptor):
-    def __init__(self) -> None:
-        self._wrapped: dict[str, grpc.RpcMethodHandler | None] = {}  # per method: wrap once, not per call
-
-    async def intercept_service(self, continuation, handler_call_details):
-        method = handler_call_details.method
-        wrapped = self._wrapped.get(method)
-        if wrapped is None:
-            wrapped = wrap_handler(await continuation(handler_call_details), _guard)
-            if wrapped is not None and (wrapped.unary_unary or wrapped.stream_unary):  # the guarded kinds
-                wrapped = wrapped._replace(request_deserializer=_tolerant(wrapped.request_deserializer))
-            if wrapped is not None:  # unknown methods are not cached (callers choose their names)
-                self._wrapped[method] = wrapped
-        return wrapped

@@ -61,7 +61,7 @@ class Lifecycle:
         self._signals: set[asyncio.Task] = set()
         self._last_compact = time.monotonic()
         self.stale_deltas = 0
-        self._forgotten_since_snapshot = False
+        self.forgotten_since_snapshot = False
         engine.on_forget.append(self._note_forget)
         if redis is not None:
             engine.on_forget.append(self._publish_forget)
@@ -233,12 +233,12 @@ class Lifecycle:
             self._pending.pop(version, None)
 
     async def _note_forget(self, pseudonym: str) -> None:
-        self._forgotten_since_snapshot = True
+        self.forgotten_since_snapshot = True
 
     async def _snapshot_after_forget(self) -> None:
         """A forgotten user's cached vector must not linger on disk until the next regular snapshot."""
-        if self._forgotten_since_snapshot:
-            self._forgotten_since_snapshot = False
+        if self.forgotten_since_snapshot:
+            self.forgotten_since_snapshot = False
             await self.save_snapshot()
 
     async def _publish_forget(self, pseudonym: str) -> None:
@@ -274,7 +274,7 @@ class Lifecycle:
 
     async def save_snapshot(self) -> None:
         serving = self.engine.serving
-        if serving is None or self.settings.snapshot_dir is None:
+        if serving is None or self.settings.snapshot_dir is None or not self.settings.snapshot_writer:
             return
         position = self.consumer.position if self.consumer else "0-0"
         users = serving.users.items()
@@ -287,6 +287,8 @@ def apply_to(index: ItemIndex, users: UserVectors, msg: Delta, lifecycle: Lifecy
     if msg.node_type == pb.NODE_TYPE_USER:
         if msg.op == Delta.OP_DELETE:
             users.forget(msg.id, msg.ts)  # also refuses older upserts still in flight
+            if lifecycle is not None:  # forgotten on another server or process: our snapshot must drop it too
+                lifecycle.forgotten_since_snapshot = True
         elif msg.model_version == users.model_version and len(msg.vector) == index.dim:
             users.put(msg.id, msg.vector, msg.ts)
         elif lifecycle is not None:

@@ -1,10 +1,10 @@
 """Prometheus metrics of one server: RPCs, index state, model version, delta-stream freshness, ingestion.
 
 Every server has its own ``CollectorRegistry`` (never the process-global one), so several servers in one process
-(tests, benchmarks) keep separate figures. Request counts and latencies are recorded by an interceptor around
-every unary-response RPC (health checks and unauthenticated calls included, unknown methods not); the state of
-the index, the model version and the stream position are read when Prometheus scrapes, so they cost nothing
-between scrapes. The HTTP endpoint (``/metrics``) runs in its own thread, started by ``start_http``.
+(tests, benchmarks) keep separate figures. ``observe`` counts and times every unary-response RPC (health checks
+and unauthenticated calls included, unknown methods not; ``server.calls`` applies it); the state of the index,
+the model version and the stream position are read when Prometheus scrapes, so they cost nothing between
+scrapes. The HTTP endpoint (``/metrics``) runs in its own thread, started by ``start_http``.
 
 Names follow the usual gRPC conventions (``grpc_server_handled_total{grpc_service, grpc_method, grpc_code}``,
 ``grpc_server_handling_seconds``) so standard dashboards work; the rest is prefixed ``ig_``.
@@ -23,7 +23,6 @@ from grpc import aio
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 
-from server.errors import wrap_handler
 
 log = logging.getLogger(__name__)
 
@@ -48,28 +47,6 @@ def _code_name(code: Any) -> str | None:
     return str(code)
 
 
-class MetricsInterceptor(aio.ServerInterceptor):
-    """Counts and times every call; put it first so it also sees calls that auth or limits turn away."""
-
-    def __init__(self, metrics: "ServerMetrics") -> None:
-        self._metrics = metrics
-        # method -> (inner handler, wrapped): reused only while the inner handler is the same object, since
-        # inner interceptors (auth) may answer a call with a per-call handler.
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
-
-    async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        if handler is None:  # unknown method: not counted (callers choose the names)
-            return None
-        method = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = wrap_handler(handler, lambda behaviour: self._metrics.observe(method, behaviour))
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
-
-
 class ServerMetrics:
     """The metrics of one server and its engine (and, once ``follow`` is called, its delta consumer)."""
 
@@ -87,7 +64,6 @@ class ServerMetrics:
         for outcome in ("accepted", "duplicate", "rejected"):
             self.ingested.labels(outcome)  # present (0) before the first ingestion
         self.registry.register(_StateCollector(self))
-        self.interceptor = MetricsInterceptor(self)
         self._http: Any = None
         self._http_thread: threading.Thread | None = None
         engine.on_ingest.append(self.count_ingest)

@@ -30,6 +30,10 @@ class ServerSettings(BaseSettings):
     max_filter_ids: int = Field(default=10_000, ge=0)
     max_concurrent_rpcs: int = Field(default=256, ge=1)
     grace_period_s: float = Field(default=10.0, ge=0)
+    # Serving processes sharing the port (SO_REUSEPORT: the kernel spreads client connections over them), since
+    # one Python process answers RPCs on one core. 0 = one per CPU core. Each is a full replica following the
+    # delta stream; the first writes the snapshots, process i serves metrics on metrics_port + i.
+    processes: int = Field(default=1, ge=0)
 
     # Index.
     # IVF lists; 0 picks about 4 * sqrt(items).
@@ -44,6 +48,8 @@ class ServerSettings(BaseSettings):
 
     # Snapshots and the delta stream.
     snapshot_dir: Path | None = Path("var/index")
+    # False: load snapshots but never write them (the extra processes of a multi-process server).
+    snapshot_writer: bool = True
     snapshot_interval_s: float = Field(default=300.0, gt=0)
     # How soon after a ForgetUser the snapshot on disk is rewritten without the user.
     forget_snapshot_s: float = Field(default=10.0, gt=0)
