@@ -1,7 +1,8 @@
 """The server side of ``bench.serving``: a real gRPC server process loading an index snapshot.
 
-Run by the benchmark as ``python -m bench._serving_server SNAPSHOT_DIR REDIS_URL STREAM N_CATEGORIES NPROBE``
-(or ``... echo`` for a bare echo server, the peer measured in the same run); it
+Run by the benchmark as ``python -m bench._serving_server SNAPSHOT_DIR REDIS_URL STREAM N_CATEGORIES NPROBE
+[PORT PROCESSES]`` (or ``... echo`` for a bare echo server, the peer measured in the same run); with PROCESSES > 1
+the benchmark starts that many on one PORT (SO_REUSEPORT, as ``IG_SERVER_PROCESSES`` does). Each
 prints ``PORT <n>`` once it serves and stops on SIGTERM. No Neo4j: the index comes from the snapshot, updates
 from the Redis delta stream, and the synthetic facets (item j is in category ``c{j % N}``) are rebuilt here.
 """
@@ -26,12 +27,14 @@ from server.lifecycle import Lifecycle
 from server.settings import ServerSettings
 
 
-async def main(snapshot_dir: Path, redis_url: str, stream: str, n_categories: int, nprobe: int) -> None:
+async def main(snapshot_dir: Path, redis_url: str, stream: str, n_categories: int, nprobe: int, port: int = 0,
+               processes: int = 1) -> None:
     faiss.omp_set_num_threads(1)
     threadpool_limits(1)  # as python -m server does: no BLAS/OpenMP thread fights
-    settings = ServerSettings(port=0, snapshot_dir=snapshot_dir, redis_url=redis_url, delta_stream=stream,
-                              snapshot_interval_s=1e9, compact_interval_s=1e9, delta_block_ms=1000,
-                              ivf_nprobe=nprobe, max_concurrent_rpcs=1000)
+    settings = ServerSettings(port=port, processes=processes, snapshot_writer=False, snapshot_dir=snapshot_dir,
+                              redis_url=redis_url, delta_stream=stream, snapshot_interval_s=1e9,
+                              compact_interval_s=1e9, delta_block_ms=1000, ivf_nprobe=nprobe,
+                              max_concurrent_rpcs=1000)
     engine = Engine(settings, GraphSettings(embedding_dim=64), None)
     redis = connect_redis(redis_url, settings.delta_block_ms)
     lifecycle = Lifecycle(engine, redis)
@@ -76,4 +79,5 @@ if __name__ == "__main__":
     if sys.argv[1] == "echo":
         asyncio.run(echo())
         sys.exit(0)
-    asyncio.run(main(Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])))
+    asyncio.run(main(Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]),
+                     *(int(a) for a in sys.argv[6:8])))

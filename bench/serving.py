@@ -4,18 +4,25 @@
 for gowalla's items (64-d truncated SVD of the normalised train interaction matrix, computed here):
 
 - raw FAISS queries/s on one thread (the server's own IVF base index, one query per call);
-- ``SimilarItems`` over gRPC against a real server process (client concurrency 8, 16, 32): throughput, p50/p99;
+- ``SimilarItems`` over gRPC against real server processes (client concurrency 8, 16, 32): throughput, p50/p99,
+  with one server process and with one per core (``IG_SERVER_PROCESSES``, SO_REUSEPORT), driven by the ghz load
+  generator (Go; built once with ``go install`` when ``go`` is there) over 8 connections, and by a Python
+  ``grpc.aio`` client (one connection, one process) for comparison. A Python client spends about as much CPU
+  per call as the server, on the same two cores, so it measures itself as much as the server;
 - recall@10 of the served answers against exact search, also under category filters (synthetic data);
 - how long an upsert on the delta stream (a real redis-server) takes to show up in query answers.
 
-The RESULT line reports the synthetic set at concurrency 16; everything else is in ``details``.
+The RESULT line reports the synthetic set at concurrency 16, one server process per core, ghz (or the Python
+client when ghz is not available: ``client`` says which); everything else is in ``details``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -34,7 +41,11 @@ from server.snapshot import save_snapshot
 
 DIM = 64
 STREAM = "ig:bench-embeddings"
-GOWALLA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "gowalla" / "train.txt"
+ROOT = Path(__file__).resolve().parents[1]
+GOWALLA = ROOT.parent / "shared" / "datasets" / "gowalla" / "train.txt"
+GHZ_MODULE = "github.com/bojand/ghz/cmd/ghz@v0.93.0"  # the version the Go module proxy serves here
+CACHE_BIN = Path.home() / ".cache" / "interest-graph" / "bin"
+GHZ_CONNECTIONS = 8  # several clients' connections, so SO_REUSEPORT can spread them over the processes
 
 
 def log(msg: str) -> None:
@@ -203,6 +214,83 @@ def measure_echo(seconds: float) -> dict:
         proc.wait(30)
 
 
+def ghz_binary() -> Path | None:
+    """The ghz load generator: on PATH, cached, or built once by ``go install`` from the Go module proxy."""
+    for found in (shutil.which("ghz"), CACHE_BIN / "ghz"):
+        if found and Path(found).exists():
+            return Path(found)
+    go = shutil.which("go")
+    if go is None:
+        log("no ghz and no Go toolchain: the Python client alone drives the server")
+        return None
+    log(f"building the ghz load generator once: go install {GHZ_MODULE}")
+    built = subprocess.run([go, "install", GHZ_MODULE], env=dict(os.environ, GOBIN=str(CACHE_BIN)),
+                           capture_output=True, text=True)
+    if built.returncode != 0:
+        log(f"ghz could not be built ({built.stderr.strip()[-300:]}); the Python client alone drives the server")
+        return None
+    return CACHE_BIN / "ghz"
+
+
+def write_protoset(path: Path) -> Path:
+    """The service's descriptors for ghz (its own .proto parser predates proto3 ``optional``)."""
+    from grpc_tools import protoc
+
+    if protoc.main(["protoc", f"-I{ROOT}", f"--descriptor_set_out={path}", "--include_imports",
+                    str(ROOT / "proto" / "interest" / "v1" / "interest.proto")]) != 0:
+        raise RuntimeError("protoc could not write the descriptor set for ghz")
+    return path
+
+
+def ghz_load(ghz: Path, protoset: Path, data: Path, port: int, concurrency: int, seconds: float) -> dict:
+    """``SimilarItems`` calls/s and latencies under ghz (the queries of ``data`` round-robin)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run = subprocess.run([str(ghz), "--insecure", "--protoset", str(protoset),
+                          "--call", "interest.v1.InterestService.SimilarItems", "--data-file", str(data),
+                          "--concurrency", str(concurrency), "--connections", str(GHZ_CONNECTIONS),
+                          "--duration", f"{seconds}s", "--duration-stop", "wait", "--cpus", "1", "--timeout", "5s",
+                          "--format", "json", f"127.0.0.1:{port}"], capture_output=True, text=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if run.returncode != 0 and not run.stdout.strip():
+        raise RuntimeError(f"ghz failed: {run.stderr.strip()[-500:]}")
+    report = json.loads(run.stdout)
+    lat = {d["percentage"]: d["latency"] / 1e6 for d in report.get("latencyDistribution") or []}
+    codes = report.get("statusCodeDistribution") or {}
+    calls = int(codes.get("OK", 0))
+    return {"concurrency": concurrency, "qps": calls / (report["total"] / 1e9), "p50_ms": lat.get(50),
+            "p99_ms": lat.get(99), "calls": calls, "errors": int(sum(codes.values()) - calls),
+            "client_cpu_us_per_call": (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+            / max(calls, 1) * 1e6}
+
+
+def start_servers(snap: Path, redis_url: str, n_categories: int, nprobe: int, processes: int) -> tuple[list, int]:
+    """``processes`` bench servers on one port (each loads the snapshot); returns them once all serve."""
+    port = localstack.free_port() if processes > 1 else 0
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, "-m", "bench._serving_server", str(snap), redis_url, STREAM,
+                               str(n_categories), str(nprobe), str(port), str(processes)],
+                              stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT) for _ in range(processes)]
+    ports = set()
+    for proc in procs:
+        line = proc.stdout.readline()
+        if not line.startswith("PORT "):
+            stop_servers(procs)
+            raise RuntimeError(f"server did not start: {line!r}")
+        ports.add(int(line.split()[1]))
+    return procs, ports.pop()
+
+
+def stop_servers(procs: list) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.wait(30)
+
+
+def servers_cpu(procs: list) -> float:
+    return sum(cpu_seconds(p.pid) for p in procs)
+
+
 async def visibility(port: int, redis_url: str, model_version: str, n: int = 200) -> dict:
     """Time from XADD of an upsert to the first NearestItems answer that contains it."""
     import grpc
@@ -267,24 +355,19 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
     redis.Redis.from_url(redis_url).delete(STREAM)  # the server replays the stream from its start
     save_snapshot(snap, index, {}, stream_id="0-0")
     del index
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "bench._serving_server", str(snap), redis_url, STREAM,
-                             str(n_categories), str(args.nprobe)], stdout=subprocess.PIPE, text=True, env=env)
+    queries = [names[q] for q in qpos]
+    runs, answers, filtered = [], {}, {}
+    procs, port = start_servers(snap, redis_url, n_categories, args.nprobe, 1)
     try:
-        line = proc.stdout.readline()
-        if not line.startswith("PORT "):
-            raise RuntimeError(f"server did not start: {line!r}")
-        port = int(line.split()[1])
-        queries = [names[q] for q in qpos]
-        runs, answers = [], {}
+        # The Python client, one connection, one server process: also the source of the served answers.
         for c in (8, 16, 32):
-            s0, c0 = cpu_seconds(proc.pid), cpu_seconds()
+            s0, c0 = servers_cpu(procs), cpu_seconds()
             runs.append(asyncio.run(grpc_load(port, queries, c, args.seconds, answers)))
             calls = runs[-1]["calls"]
-            runs[-1]["server_cpu_us_per_call"] = (cpu_seconds(proc.pid) - s0) / calls * 1e6
+            runs[-1]["server_cpu_us_per_call"] = (servers_cpu(procs) - s0) / calls * 1e6
             runs[-1]["client_cpu_us_per_call"] = (cpu_seconds() - c0) / calls * 1e6
-            log(f"{name}: gRPC c={c}: {runs[-1]['qps']:.0f} calls/s, p50 {runs[-1]['p50_ms']:.2f} ms, "
-                f"p99 {runs[-1]['p99_ms']:.2f} ms; CPU per call: server "
+            log(f"{name}: Python client, 1 server process, c={c}: {runs[-1]['qps']:.0f} calls/s, p50 "
+                f"{runs[-1]['p50_ms']:.2f} ms, p99 {runs[-1]['p99_ms']:.2f} ms; CPU per call: server "
                 f"{runs[-1]['server_cpu_us_per_call']:.0f} us, client {runs[-1]['client_cpu_us_per_call']:.0f} us")
         echo_run = measure_echo(args.seconds)
         echo = echo_run["qps"]
@@ -292,7 +375,6 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
             f"{echo_run['server_cpu_us_per_call']:.0f} us, client {echo_run['client_cpu_us_per_call']:.0f} us")
         rec = recall(answers, gt, qpos, names)
         log(f"{name}: served recall@10 {rec:.3f} over {len(answers)} queries")
-        filtered = {}
         if n_categories:
             from proto.interest.v1 import interest_pb2 as pb
 
@@ -311,15 +393,45 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
         vis = asyncio.run(visibility(port, redis_url, f"bench-{name}", args.upserts))
         log(f"{name}: upsert visible after p50 {vis['p50_ms']:.1f} ms, p99 {vis['p99_ms']:.1f} ms")
     finally:
-        proc.terminate()
-        proc.wait(30)
+        stop_servers(procs)
+
+    # ghz (Go) against one server process and against one per core.
+    ghz_runs: dict[int, list] = {}
+    ghz = ghz_binary() if not args.no_ghz else None
+    try:
+        if ghz is not None:
+            protoset = write_protoset(snap / "interest.protoset")
+            data = snap / "queries.json"
+            data.write_text(json.dumps([{"item_id": q, "k": 10} for q in queries]))
+            for processes in sorted({1, os.cpu_count() or 1}):
+                procs, port = start_servers(snap, redis_url, n_categories, args.nprobe, processes)
+                try:
+                    ghz_load(ghz, protoset, data, port, 16, 1.0)  # warm-up: connections, first calls
+                    ghz_runs[processes] = []
+                    for c in (8, 16, 32):
+                        s0 = servers_cpu(procs)
+                        run = ghz_load(ghz, protoset, data, port, c, args.seconds)
+                        run["server_cpu_us_per_call"] = (servers_cpu(procs) - s0) / max(run["calls"], 1) * 1e6
+                        ghz_runs[processes].append(run)
+                        log(f"{name}: ghz, {processes} server process(es), c={c}: {run['qps']:.0f} calls/s, p50 "
+                            f"{run['p50_ms']:.2f} ms, p99 {run['p99_ms']:.2f} ms, {run['errors']} errors; CPU per "
+                            f"call: servers {run['server_cpu_us_per_call']:.0f} us, client "
+                            f"{run['client_cpu_us_per_call']:.0f} us")
+                finally:
+                    stop_servers(procs)
+    finally:
         shutil.rmtree(snap, ignore_errors=True)
-    c16 = runs[1]
+    if ghz_runs:
+        client, primary = "ghz", ghz_runs[max(ghz_runs)][1]
+    else:
+        client, primary = "python-aio", runs[1]
     return {"items": n, "build_s": build_s, "raw_qps": qps, "raw_recall_at_10": raw_recall, "grpc": runs,
-            "grpc_qps": c16["qps"], "ratio": c16["qps"] / qps, "p50_ms": c16["p50_ms"], "p99_ms": c16["p99_ms"],
-            "recall_at_10": rec, "filtered": filtered, "upsert_visibility": vis, "echo_qps": echo,
-            "echo": echo_run, "engine_us_per_call": engine_us,
-            "grpc_vs_echo": c16["qps"] / echo}
+            "ghz": {str(k): v for k, v in ghz_runs.items()}, "client": client,
+            "server_processes": max(ghz_runs) if ghz_runs else 1,
+            "grpc_qps": primary["qps"], "ratio": primary["qps"] / qps, "p50_ms": primary["p50_ms"],
+            "p99_ms": primary["p99_ms"], "recall_at_10": rec, "filtered": filtered, "upsert_visibility": vis,
+            "echo_qps": echo, "echo": echo_run, "engine_us_per_call": engine_us,
+            "python_client_qps": runs[1]["qps"], "grpc_vs_echo": runs[1]["qps"] / echo}
 
 
 def main() -> None:
@@ -332,6 +444,7 @@ def main() -> None:
     parser.add_argument("--categories", type=int, default=50, help="synthetic categories (item j in c{j %% N})")
     parser.add_argument("--no-gowalla", action="store_true")
     parser.add_argument("--redis-url", help="use a running Redis instead of starting one")
+    parser.add_argument("--no-ghz", action="store_true", help="drive the server with the Python client only")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -364,6 +477,8 @@ def main() -> None:
               "p50_ms": round(synth["p50_ms"], 3), "p99_ms": round(synth["p99_ms"], 3),
               "recall_at_10": round(synth["recall_at_10"], 4),
               "upsert_visible_p99_ms": round(synth["upsert_visibility"]["p99_ms"], 2),
+              "client": synth["client"], "server_processes": synth["server_processes"],
+              "python_client_qps": round(synth["python_client_qps"], 1),
               "echo_qps": round(synth["echo_qps"], 1), "grpc_vs_echo": round(synth["grpc_vs_echo"], 3),
               "machine": f"{os.cpu_count()} cores, no GPU",
               "details": {"synthetic": synth, "gowalla": gow}}
