@@ -81,7 +81,13 @@ class ServerMetrics:
     def observe(self, method: str, behaviour: Callable) -> Callable:
         service, name = _split(method)
         latency = self.latency.labels(service, name)
-        handled = self.handled
+        by_code: dict[str, Any] = {}  # the labelled child per status code: no label lookup per call
+
+        def count(code: str) -> None:
+            child = by_code.get(code)
+            if child is None:
+                child = by_code[code] = self.handled.labels(service, name, code)
+            child.inc()
 
         async def observed(request, context: aio.ServicerContext):
             started = time.perf_counter()
@@ -103,7 +109,7 @@ class ServerMetrics:
                 if remaining is not None and remaining <= 0:
                     code = "DEADLINE_EXCEEDED"
                 latency.observe(time.perf_counter() - started)
-                handled.labels(service, name, code).inc()
+                count(code)
 
         return observed
 
