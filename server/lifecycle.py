@@ -124,7 +124,7 @@ class Lifecycle:
             await self.engine.notify_ready(True)
         self._spawn(self._every(self.settings.compact_interval_s / 4, self._maybe_compact))
         self._spawn(self._every(self.settings.catalog_refresh_s, self.refresh_facets))
-        if self.settings.snapshot_dir is not None:
+        if self.settings.snapshot_dir is not None and self.settings.snapshot_writer:
             self._spawn(self._every(self.settings.snapshot_interval_s, self.save_snapshot))
             self._spawn(self._every(self.settings.forget_snapshot_s, self._snapshot_after_forget))
 

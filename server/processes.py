@@ -48,7 +48,7 @@ def supervise(settings: ServerSettings, run: Callable[[ServerSettings], None]) -
         signal.signal(sig, lambda *_: stop.set())
 
     def start(i: int):
-        proc = ctx.Process(target=run, args=(replica_settings(settings, i, port),), name=f"server-{i}", daemon=False)
+        proc = ctx.Process(target=run, args=(replica_settings(settings, i, port),), name=f"server-{i}")
         proc.start()
         return proc
 

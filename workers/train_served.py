@@ -196,8 +196,8 @@ def select(graph, r_fit, r_val, ms: ModelSettings, ts: TrainSettings, item_text,
     setting tried with its recall).
 
     Coordinate ascent from the settings' values (the middle of every grid), in the order width, power, user
-    exponent, item exponent, repeated until a pass changes nothing. One SVD of the widest candidate serves every width (the top-d singular vectors of a wider
-    randomized SVD are the top-d ones, more accurate). The search stops early, keeping the best so far, once
+    exponent, item exponent, repeated until a pass changes nothing. One SVD of the widest candidate serves every
+    width (the top-d singular vectors of a wider randomized SVD are the top-d ones, more accurate). The search stops early, keeping the best so far, once
     half the budget is spent, so the refit always fits.
     """
     dims = sorted({min(d, *r_fit.shape) for d in (ms.dim, *ms.dim_grid)})  # no wider than the rank
@@ -225,7 +225,8 @@ def select(graph, r_fit, r_val, ms: ModelSettings, ts: TrainSettings, item_text,
             tqdm.write(f"select {cfg}: val recall@{ts.eval_k} {rec:.4f}")
         return rec
 
-    best = {"dim": min(ms.dim, *r_fit.shape), "filter_power": ms.filter_power, "user_norm": ms.user_norm, "item_norm": ms.item_norm}
+    best = {"dim": min(ms.dim, *r_fit.shape), "filter_power": ms.filter_power, "user_norm": ms.user_norm,
+            "item_norm": ms.item_norm}
     best_score = score(best)
     grids = (("dim", dims), ("filter_power", ms.filter_grid), ("user_norm", ms.user_norm_grid),
              ("item_norm", ms.item_norm_grid))
