@@ -5,15 +5,16 @@ for gowalla's items (64-d truncated SVD of the normalised train interaction matr
 
 - raw FAISS queries/s on one thread (the server's own IVF base index, one query per call);
 - ``SimilarItems`` over gRPC against real server processes (client concurrency 8, 16, 32): throughput, p50/p99,
-  with one server process and with one per core (``IG_SERVER_PROCESSES``, SO_REUSEPORT), driven by the ghz load
-  generator (Go; built once with ``go install`` when ``go`` is there) over 8 connections, and by a Python
-  ``grpc.aio`` client (one connection, one process) for comparison. A Python client spends about as much CPU
-  per call as the server, on the same two cores, so it measures itself as much as the server;
+  with one server process and with one per core (``IG_SERVER_PROCESSES``, SO_REUSEPORT). The driver is
+  bench/loadgen (Go, pre-serialised requests, built with ``go build``) over 8 connections; ghz runs once
+  at 16 as a cross-check, and a Python ``grpc.aio`` client (one connection, one process) supplies the served
+  answers. The client shares the two cores with the server, so its cost per call is reported too;
 - recall@10 of the served answers against exact search, also under category filters (synthetic data);
 - how long an upsert on the delta stream (a real redis-server) takes to show up in query answers.
 
-The RESULT line reports the synthetic set at concurrency 16, one server process per core, ghz (or the Python
-client when ghz is not available: ``client`` says which); everything else is in ``details``.
+The RESULT line reports the synthetic set at concurrency 16 with one server process per core, driven by
+bench/loadgen (or the Python client when Go is not available: ``client`` says
+which); everything else is in ``details``.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GOWALLA = ROOT.parent / "shared" / "datasets" / "gowalla" / "train.txt"
 GHZ_MODULE = "github.com/bojand/ghz/cmd/ghz@v0.93.0"  # the version the Go module proxy serves here
 CACHE_BIN = Path.home() / ".cache" / "interest-graph" / "bin"
-GHZ_CONNECTIONS = 8  # several clients' connections, so SO_REUSEPORT can spread them over the processes
+CONNECTIONS = 8  # several clients' connections, so SO_REUSEPORT can spread them over the processes
 
 
 def log(msg: str) -> None:
@@ -247,7 +248,7 @@ def ghz_load(ghz: Path, protoset: Path, data: Path, port: int, concurrency: int,
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     run = subprocess.run([str(ghz), "--insecure", "--protoset", str(protoset),
                           "--call", "interest.v1.InterestService.SimilarItems", "--data-file", str(data),
-                          "--concurrency", str(concurrency), "--connections", str(GHZ_CONNECTIONS),
+                          "--concurrency", str(concurrency), "--connections", str(CONNECTIONS),
                           "--duration", f"{seconds}s", "--duration-stop", "wait", "--cpus", "1", "--timeout", "5s",
                           "--format", "json", f"127.0.0.1:{port}"], capture_output=True, text=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -259,6 +260,60 @@ def ghz_load(ghz: Path, protoset: Path, data: Path, port: int, concurrency: int,
     calls = int(codes.get("OK", 0))
     return {"concurrency": concurrency, "qps": calls / (report["total"] / 1e9), "p50_ms": lat.get(50),
             "p99_ms": lat.get(99), "calls": calls, "errors": int(sum(codes.values()) - calls),
+            "client_cpu_us_per_call": (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+            / max(calls, 1) * 1e6}
+
+
+def loadgen_binary(out_dir: Path) -> Path | None:
+    """bench/loadgen (Go: raw pre-serialised requests, so it leaves the shared cores to the server), built
+    with ``go build`` (its modules come from the Go module proxy the first time)."""
+    go = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None)
+    if go is None:
+        log("no Go toolchain: bench/loadgen cannot be built")
+        return None
+    target = out_dir / "loadgen"
+    built = subprocess.run([go, "build", "-o", str(target), "."], cwd=ROOT / "bench" / "loadgen",
+                           capture_output=True, text=True)
+    if built.returncode != 0:
+        log(f"bench/loadgen could not be built ({built.stderr.strip()[-300:]})")
+        return None
+    return target
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def write_requests(path: Path, queries: list[str]) -> Path:
+    """The SimilarItems requests for bench/loadgen: serialised, each after its varint length."""
+    from proto.interest.v1 import interest_pb2 as pb
+
+    with path.open("wb") as f:
+        for q in queries:
+            raw = pb.SimilarItemsRequest(item_id=q, k=10).SerializeToString()
+            f.write(_varint(len(raw)) + raw)
+    return path
+
+
+def loadgen_load(binary: Path, requests: Path, port: int, concurrency: int, seconds: float) -> dict:
+    """``SimilarItems`` calls/s and latencies under bench/loadgen (one OS thread: GOMAXPROCS=1, as ghz --cpus 1)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run = subprocess.run([str(binary), "-addr", f"127.0.0.1:{port}", "-method",
+                          "/interest.v1.InterestService/SimilarItems", "-data", str(requests), "-c", str(concurrency),
+                          "-conns", str(CONNECTIONS), "-duration", f"{seconds}s"],
+                         capture_output=True, text=True, env=dict(os.environ, GOMAXPROCS="1"), timeout=seconds + 60)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if run.returncode != 0:
+        raise RuntimeError(f"loadgen failed: {run.stderr.strip()[-500:]}")
+    report = json.loads(run.stdout)
+    calls = int(report["ok"])
+    return {"concurrency": concurrency, "qps": report["qps"], "p50_ms": report["p50_ms"], "p99_ms": report["p99_ms"],
+            "calls": calls, "errors": int(sum(report["codes"].values()) - calls),
             "client_cpu_us_per_call": (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
             / max(calls, 1) * 1e6}
 
@@ -395,39 +450,47 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
     finally:
         stop_servers(procs)
 
-    # ghz (Go) against one server process and against one per core.
-    ghz_runs: dict[int, list] = {}
-    ghz = ghz_binary() if not args.no_ghz else None
+    # Go clients against one server process and against one per core: bench/loadgen at every concurrency, ghz
+    # (the common tool, costlier per call) at 16 as a cross-check.
+    configs: dict[str, list] = {}
     try:
-        if ghz is not None:
-            protoset = write_protoset(snap / "interest.protoset")
-            data = snap / "queries.json"
-            data.write_text(json.dumps([{"item_id": q, "k": 10} for q in queries]))
-            for processes in sorted({1, os.cpu_count() or 1}):
-                procs, port = start_servers(snap, redis_url, n_categories, args.nprobe, processes)
-                try:
-                    ghz_load(ghz, protoset, data, port, 16, 1.0)  # warm-up: connections, first calls
-                    ghz_runs[processes] = []
-                    for c in (8, 16, 32):
-                        s0 = servers_cpu(procs)
+        work = Path(tempfile.mkdtemp(prefix="ig-bench-go-"))
+        loadgen = loadgen_binary(work) if not args.no_go else None
+        ghz = ghz_binary() if not args.no_go else None
+        requests = write_requests(work / "queries.bin", queries)
+        protoset = write_protoset(work / "interest.protoset") if ghz else None
+        data = work / "queries.json"
+        data.write_text(json.dumps([{"item_id": q, "k": 10} for q in queries]))
+        for processes in sorted({1, os.cpu_count() or 1}) if loadgen else ():
+            procs, port = start_servers(snap, redis_url, n_categories, args.nprobe, processes)
+            try:
+                loadgen_load(loadgen, requests, port, 16, 1.0)  # warm-up: connections, first calls
+                configs[str(processes)] = []
+                for client, c in [("loadgen", 8), ("loadgen", 16), ("loadgen", 32)] + ([("ghz", 16)] if ghz else []):
+                    s0 = servers_cpu(procs)
+                    if client == "loadgen":
+                        run = loadgen_load(loadgen, requests, port, c, args.seconds)
+                    else:
                         run = ghz_load(ghz, protoset, data, port, c, args.seconds)
-                        run["server_cpu_us_per_call"] = (servers_cpu(procs) - s0) / max(run["calls"], 1) * 1e6
-                        ghz_runs[processes].append(run)
-                        log(f"{name}: ghz, {processes} server process(es), c={c}: {run['qps']:.0f} calls/s, p50 "
-                            f"{run['p50_ms']:.2f} ms, p99 {run['p99_ms']:.2f} ms, {run['errors']} errors; CPU per "
-                            f"call: servers {run['server_cpu_us_per_call']:.0f} us, client "
-                            f"{run['client_cpu_us_per_call']:.0f} us")
-                finally:
-                    stop_servers(procs)
+                    run["client"] = client
+                    run["server_cpu_us_per_call"] = (servers_cpu(procs) - s0) / max(run["calls"], 1) * 1e6
+                    configs[str(processes)].append(run)
+                    log(f"{name}: {client}, {processes} server process(es), c={c}: {run['qps']:.0f} calls/s, p50 "
+                        f"{run['p50_ms']:.2f} ms, p99 {run['p99_ms']:.2f} ms, {run['errors']} errors; CPU per call: "
+                        f"servers {run['server_cpu_us_per_call']:.0f} us, client {run['client_cpu_us_per_call']:.0f} us")
+            finally:
+                stop_servers(procs)
+        shutil.rmtree(work, ignore_errors=True)
     finally:
         shutil.rmtree(snap, ignore_errors=True)
-    if ghz_runs:
-        client, primary = "ghz", ghz_runs[max(ghz_runs)][1]
+    if configs:
+        processes = max(configs, key=int)
+        client, primary = "loadgen", next(r for r in configs[processes] if r["client"] == "loadgen"
+                                          and r["concurrency"] == 16)
     else:
-        client, primary = "python-aio", runs[1]
+        processes, client, primary = "1", "python-aio", runs[1]
     return {"items": n, "build_s": build_s, "raw_qps": qps, "raw_recall_at_10": raw_recall, "grpc": runs,
-            "ghz": {str(k): v for k, v in ghz_runs.items()}, "client": client,
-            "server_processes": max(ghz_runs) if ghz_runs else 1,
+            "go_clients": configs, "client": client, "server_processes": int(processes),
             "grpc_qps": primary["qps"], "ratio": primary["qps"] / qps, "p50_ms": primary["p50_ms"],
             "p99_ms": primary["p99_ms"], "recall_at_10": rec, "filtered": filtered, "upsert_visibility": vis,
             "echo_qps": echo, "echo": echo_run, "engine_us_per_call": engine_us,
@@ -444,7 +507,7 @@ def main() -> None:
     parser.add_argument("--categories", type=int, default=50, help="synthetic categories (item j in c{j %% N})")
     parser.add_argument("--no-gowalla", action="store_true")
     parser.add_argument("--redis-url", help="use a running Redis instead of starting one")
-    parser.add_argument("--no-ghz", action="store_true", help="drive the server with the Python client only")
+    parser.add_argument("--no-go", action="store_true", help="drive the server with the Python client only")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 

@@ -148,7 +148,7 @@ class Engine:
         labels, scores = index.search(query.reshape(1, -1), k, allowed=allowed,
                                       exclude=np.asarray(exclude, np.int64))[0]
         ids = self.labels.ids()
-        return [(ids[lab], float(s)) for lab, s in zip(labels.tolist(), scores.tolist())]
+        return [(ids[lab], s) for lab, s in zip(labels.tolist(), scores.tolist())]  # tolist: Python ints, floats
 
     def similar_items(self, item_id: str, k: int, flt: ItemFilter) -> Answer:
         serving = self._state()
