@@ -250,12 +250,7 @@ class ItemIndex:
             keep = p >= 0
             lab = base.labels[p[keep]]
             sc = d[keep]
-            valid = self._where[lab] == BASE
-            if len(excl) <= 4:  # the common case (the query item itself): cheaper than np.isin
-                for e in excl.tolist():
-                    valid &= lab != e
-            else:
-                valid &= ~np.isin(lab, excl)
+            valid = (self._where[lab] == BASE) & _not_in(lab, excl)
             out.append((lab[valid], sc[valid]))
         return out
 
@@ -283,7 +278,7 @@ class ItemIndex:
         if ok_labels is not None:
             valid &= ok_labels[np.where(valid, lab, 0)]
         elif len(excl):
-            valid &= ~np.isin(lab, excl)
+            valid &= _not_in(lab, excl)
         scores = self._dvec[: self._dn] @ queries.T
         scores[~valid] = -np.inf
         out = []
@@ -359,6 +354,17 @@ class ItemIndex:
         self._live = int((self._where > ABSENT).sum())
         self._rebuild_delta()
         return self
+
+
+def _not_in(labels: np.ndarray, excl: np.ndarray) -> np.ndarray:
+    """Bool mask: labels not in excl. A few comparisons beat np.isin (~15 us) for the usual 0-4 exclusions
+    (the query item itself); with a 200-row delta np.isin was a third of a query's cost (bench.serving)."""
+    if len(excl) > 4:
+        return ~np.isin(labels, excl)
+    keep = np.ones(len(labels), bool)
+    for e in excl.tolist():
+        keep &= labels != e
+    return keep
 
 
 def _topk(labels: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
