@@ -1,7 +1,8 @@
 """The server side of ``bench.serving``: a real gRPC server process loading an index snapshot.
 
 Run by the benchmark as ``python -m bench._serving_server SNAPSHOT_DIR REDIS_URL STREAM N_CATEGORIES NPROBE
-[PORT PROCESSES]`` (or ``... echo`` for a bare echo server, the peer measured in the same run); with PROCESSES > 1
+[PORT PROCESSES]`` (or ``... echo`` for a bare echo server, or ``... floor SNAPSHOT_DIR NPROBE PORT PROCESSES`` for the
+least a Python gRPC server can do per call: peers measured in the same run); with PROCESSES > 1
 the benchmark starts that many on one PORT (SO_REUSEPORT, as ``IG_SERVER_PROCESSES`` does). Each
 prints ``PORT <n>`` once it serves and stops on SIGTERM. No Neo4j: the index comes from the snapshot, updates
 from the Redis delta stream, and the synthetic facets (item j is in category ``c{j % N}``) are rebuilt here.
@@ -74,10 +75,54 @@ async def echo() -> None:
     await server.stop(0)
 
 
+async def floor(snapshot_dir: Path, nprobe: int, port: int, processes: int) -> None:
+    """The least a Python gRPC server can do per ``SimilarItems`` call: the item's vector, one FAISS search of
+    the base index, the ids of the hits. No validation, filters, delta, interceptors or metrics: what is left
+    is the Python gRPC stack plus the search, the floor under any servicer written with it on this machine."""
+    import grpc
+    from grpc import aio
+
+    from proto.interest.v1 import interest_pb2 as pb
+    from server.index import IndexParams
+    from server.snapshot import load_snapshot
+
+    faiss.omp_set_num_threads(1)
+    threadpool_limits(1)
+    index = load_snapshot(snapshot_dir, IndexParams(nprobe=nprobe)).index
+    base, ids = index.base, index.labels.ids()
+
+    async def handle(request: pb.SimilarItemsRequest, _context) -> pb.SimilarItemsResponse:
+        label = index.labels.get(request.item_id)
+        scores, pos = base.index.search(index.vector(label)[0][None, :], request.k + 1)
+        response = pb.SimilarItemsResponse(model_version=index.model_version)
+        add = response.items.add
+        for lab, score in zip(base.labels[pos[0]].tolist(), scores[0].tolist()):
+            if lab != label:
+                add(item_id=ids[lab], score=score)
+        del response.items[request.k:]
+        return response
+
+    server = aio.server(options=[("grpc.so_reuseport", 1 if processes > 1 else 0)])
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("interest.v1.InterestService", {
+        "SimilarItems": grpc.unary_unary_rpc_method_handler(
+            handle, request_deserializer=pb.SimilarItemsRequest.FromString,
+            response_serializer=pb.SimilarItemsResponse.SerializeToString)}),))
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    print(f"PORT {bound}", flush=True)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await server.stop(0)
+
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)
     if sys.argv[1] == "echo":
         asyncio.run(echo())
+        sys.exit(0)
+    if sys.argv[1] == "floor":
+        asyncio.run(floor(Path(sys.argv[2]), *(int(a) for a in sys.argv[3:6])))
         sys.exit(0)
     asyncio.run(main(Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]),
                      *(int(a) for a in sys.argv[6:8])))

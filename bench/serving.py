@@ -9,6 +9,8 @@ for gowalla's items (64-d truncated SVD of the normalised train interaction matr
   bench/loadgen (Go, pre-serialised requests, built with ``go build``) over 8 connections; ghz runs once
   at 16 as a cross-check, and a Python ``grpc.aio`` client (one connection, one process) supplies the served
   answers. The client shares the two cores with the server, so its cost per call is reported too;
+- the floor under any Python gRPC server here: one process per core that only looks up the item's vector, runs
+  the FAISS search and returns the ids (``bench._serving_server.floor``), driven the same way at 16;
 - recall@10 of the served answers against exact search, also under category filters (synthetic data);
 - how long an upsert on the delta stream (a real redis-server) takes to show up in query answers.
 
@@ -318,12 +320,15 @@ def loadgen_load(binary: Path, requests: Path, port: int, concurrency: int, seco
             / max(calls, 1) * 1e6}
 
 
-def start_servers(snap: Path, redis_url: str, n_categories: int, nprobe: int, processes: int) -> tuple[list, int]:
-    """``processes`` bench servers on one port (each loads the snapshot); returns them once all serve."""
+def start_servers(snap: Path, redis_url: str, n_categories: int, nprobe: int, processes: int,
+                  floor: bool = False) -> tuple[list, int]:
+    """``processes`` bench servers on one port (each loads the snapshot); returns them once all serve.
+    ``floor``: the least Python gRPC server instead (``bench._serving_server.floor``)."""
     port = localstack.free_port() if processes > 1 else 0
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, "-m", "bench._serving_server", str(snap), redis_url, STREAM,
-                               str(n_categories), str(nprobe), str(port), str(processes)],
+    args = ["floor", str(snap), str(nprobe)] if floor else [str(snap), redis_url, STREAM, str(n_categories),
+                                                             str(nprobe)]
+    procs = [subprocess.Popen([sys.executable, "-m", "bench._serving_server", *args, str(port), str(processes)],
                               stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT) for _ in range(processes)]
     ports = set()
     for proc in procs:
@@ -450,8 +455,8 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
     finally:
         stop_servers(procs)
 
-    # Go clients against one server process and against one per core: bench/loadgen at every concurrency, ghz
-    # (the common tool, costlier per call) at 16 as a cross-check.
+    # Go clients against one server process, one per core, and the floor server: bench/loadgen at 8, 16 and 32,
+    # ghz (the common tool, costlier per call) at 16 as a cross-check.
     configs: dict[str, list] = {}
     try:
         work = Path(tempfile.mkdtemp(prefix="ig-bench-go-"))
@@ -461,12 +466,18 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
         protoset = write_protoset(work / "interest.protoset") if ghz else None
         data = work / "queries.json"
         data.write_text(json.dumps([{"item_id": q, "k": 10} for q in queries]))
-        for processes in sorted({1, os.cpu_count() or 1}) if loadgen else ():
-            procs, port = start_servers(snap, redis_url, n_categories, args.nprobe, processes)
+        ncpu = max(1, os.cpu_count() or 1)
+        for key, processes, floor in ([("1", 1, False), (str(ncpu), ncpu, False), ("floor", ncpu, True)]
+                                      if loadgen else []):
+            if key in configs:
+                continue  # one core: "1" is also one per core
+            procs, port = start_servers(snap, redis_url, n_categories, args.nprobe, processes, floor)
             try:
                 loadgen_load(loadgen, requests, port, 16, 1.0)  # warm-up: connections, first calls
-                configs[str(processes)] = []
-                for client, c in [("loadgen", 8), ("loadgen", 16), ("loadgen", 32)] + ([("ghz", 16)] if ghz else []):
+                configs[key] = []
+                clients = [("loadgen", 16)] if floor else \
+                    [("loadgen", 8), ("loadgen", 16), ("loadgen", 32)] + ([("ghz", 16)] if ghz else [])
+                for client, c in clients:
                     s0 = servers_cpu(procs)
                     if client == "loadgen":
                         run = loadgen_load(loadgen, requests, port, c, args.seconds)
@@ -474,8 +485,9 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
                         run = ghz_load(ghz, protoset, data, port, c, args.seconds)
                     run["client"] = client
                     run["server_cpu_us_per_call"] = (servers_cpu(procs) - s0) / max(run["calls"], 1) * 1e6
-                    configs[str(processes)].append(run)
-                    log(f"{name}: {client}, {processes} server process(es), c={c}: {run['qps']:.0f} calls/s, p50 "
+                    configs[key].append(run)
+                    what = f"{processes} server process(es)" + (" of the floor server" if floor else "")
+                    log(f"{name}: {client}, {what}, c={c}: {run['qps']:.0f} calls/s, p50 "
                         f"{run['p50_ms']:.2f} ms, p99 {run['p99_ms']:.2f} ms, {run['errors']} errors; CPU per call: "
                         f"servers {run['server_cpu_us_per_call']:.0f} us, client {run['client_cpu_us_per_call']:.0f} us")
             finally:
@@ -484,17 +496,19 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
     finally:
         shutil.rmtree(snap, ignore_errors=True)
     if configs:
-        processes = max(configs, key=int)
+        processes = str(max(1, os.cpu_count() or 1))
         client, primary = "loadgen", next(r for r in configs[processes] if r["client"] == "loadgen"
                                           and r["concurrency"] == 16)
     else:
         processes, client, primary = "1", "python-aio", runs[1]
+    floor_qps = configs["floor"][0]["qps"] if "floor" in configs else None
     return {"items": n, "build_s": build_s, "raw_qps": qps, "raw_recall_at_10": raw_recall, "grpc": runs,
             "go_clients": configs, "client": client, "server_processes": int(processes),
             "grpc_qps": primary["qps"], "ratio": primary["qps"] / qps, "p50_ms": primary["p50_ms"],
             "p99_ms": primary["p99_ms"], "recall_at_10": rec, "filtered": filtered, "upsert_visibility": vis,
             "echo_qps": echo, "echo": echo_run, "engine_us_per_call": engine_us,
-            "python_client_qps": runs[1]["qps"], "grpc_vs_echo": runs[1]["qps"] / echo}
+            "python_client_qps": runs[1]["qps"], "grpc_vs_echo": runs[1]["qps"] / echo,
+            "floor_qps": floor_qps, "floor_ratio": floor_qps / qps if floor_qps else None}
 
 
 def main() -> None:
@@ -543,6 +557,8 @@ def main() -> None:
               "client": synth["client"], "server_processes": synth["server_processes"],
               "python_client_qps": round(synth["python_client_qps"], 1),
               "echo_qps": round(synth["echo_qps"], 1), "grpc_vs_echo": round(synth["grpc_vs_echo"], 3),
+              "floor_qps": synth["floor_qps"] and round(synth["floor_qps"], 1),
+              "floor_ratio": synth["floor_ratio"] and round(synth["floor_ratio"], 3),
               "machine": f"{os.cpu_count()} cores, no GPU",
               "details": {"synthetic": synth, "gowalla": gow}}
     emit_result(result, args.out)
