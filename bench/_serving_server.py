@@ -45,14 +45,19 @@ async def main(snapshot_dir: Path, redis_url: str, stream: str, n_categories: in
         engine.facets.update(ItemFacets(item_id, (f"c{int(item_id[1:]) % n_categories}",), ())
                              for item_id in ids if item_id.startswith("i"))
     server, port = create_server(settings, engine, engine.graph)
+    await serve_until_sigterm(server, port, grace_s=1.0)
+    await lifecycle.stop(snapshot=False)
+    await redis.aclose()
+
+
+async def serve_until_sigterm(server, port: int, grace_s: float = 0.0) -> None:
+    """Starts ``server``, tells the benchmark its port (``PORT n`` on stdout), serves until SIGTERM."""
     await server.start()
     print(f"PORT {port}", flush=True)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()
-    await server.stop(1.0)
-    await lifecycle.stop(snapshot=False)
-    await redis.aclose()
+    await server.stop(grace_s)
 
 
 async def echo() -> None:
@@ -66,13 +71,7 @@ async def echo() -> None:
     server = aio.server()
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
         "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(handle)}),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    print(f"PORT {port}", flush=True)
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    await stop.wait()
-    await server.stop(0)
+    await serve_until_sigterm(server, server.add_insecure_port("127.0.0.1:0"))
 
 
 async def floor(snapshot_dir: Path, nprobe: int, port: int, processes: int) -> None:
@@ -107,13 +106,7 @@ async def floor(snapshot_dir: Path, nprobe: int, port: int, processes: int) -> N
         "SimilarItems": grpc.unary_unary_rpc_method_handler(
             handle, request_deserializer=pb.SimilarItemsRequest.FromString,
             response_serializer=pb.SimilarItemsResponse.SerializeToString)}),))
-    bound = server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    print(f"PORT {bound}", flush=True)
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    await stop.wait()
-    await server.stop(0)
+    await serve_until_sigterm(server, server.add_insecure_port(f"127.0.0.1:{port}"))
 
 
 if __name__ == "__main__":

@@ -3,8 +3,13 @@
 // It exists because the client shares the benchmark machine's cores with the server: ghz spends about 170 us
 // of CPU per call (JSON templating, dynamic messages), this about 100 us (pre-serialised requests, raw bytes),
 // and every microsecond the client saves is left to the server. It sends the length-prefixed (varint)
-// serialised requests of -data round-robin over -conns connections from -c callers for -duration, then prints
-// one JSON object: calls per status code, calls/s, and p50/p99 latency of the OK calls.
+// serialised requests of -data round-robin from -c callers for -duration, then prints one JSON object: calls
+// per status code, calls/s, and p50/p99 latency of the OK calls.
+//
+// Each call goes to the one of -conns connections with the fewest calls in flight (least-request balancing, as
+// a proxy or a gRPC client with several subchannels does). With callers bound to connections, the kernel's
+// SO_REUSEPORT hash of 8 connections over 2 server processes sometimes gave one process 6 of them, and the
+// run measured one process instead of two.
 package main
 
 import (
@@ -19,6 +24,7 @@ import (
 	"os"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -72,7 +78,7 @@ func main() {
 	method := flag.String("method", "", "full method name, e.g. /interest.v1.InterestService/SimilarItems")
 	data := flag.String("data", "", "file of varint-length-prefixed serialised requests")
 	callers := flag.Int("c", 16, "concurrent callers")
-	conns := flag.Int("conns", 8, "connections (callers are spread over them)")
+	conns := flag.Int("conns", 8, "connections (each call takes the one with the fewest calls in flight)")
 	duration := flag.Duration("duration", 6*time.Second, "how long to call")
 	timeout := flag.Duration("timeout", 5*time.Second, "deadline of each call")
 	flag.Parse()
@@ -96,6 +102,17 @@ func main() {
 		defer clients[i].Close()
 	}
 
+	inFlight := make([]atomic.Int64, len(clients))
+	pick := func() int {
+		best := 0
+		for i := 1; i < len(inFlight); i++ {
+			if inFlight[i].Load() < inFlight[best].Load() {
+				best = i
+			}
+		}
+		return best
+	}
+
 	latencies := make([][]time.Duration, *callers)
 	codes := make([]map[string]int, *callers)
 	var wg sync.WaitGroup
@@ -105,15 +122,17 @@ func main() {
 		wg.Add(1)
 		go func(w int) {
 			defer wg.Done()
-			conn := clients[w%len(clients)]
 			codes[w] = map[string]int{}
 			for j := w; time.Now().Before(deadline); j += *callers {
 				req := msgs[j%len(msgs)]
 				var resp []byte
 				ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+				c := pick()
+				inFlight[c].Add(1)
 				t0 := time.Now()
-				err := conn.Invoke(ctx, *method, &req, &resp)
+				err := clients[c].Invoke(ctx, *method, &req, &resp)
 				took := time.Since(t0)
+				inFlight[c].Add(-1)
 				cancel()
 				codes[w][status.Code(err).String()]++
 				if err == nil {
