@@ -15,8 +15,8 @@ for gowalla's items (64-d truncated SVD of the normalised train interaction matr
 - how long an upsert on the delta stream (a real redis-server) takes to show up in query answers.
 
 The RESULT line reports the synthetic set at concurrency 16 with one server process per core, driven by
-bench/loadgen (or the Python client when Go is not available: ``client`` says
-which); everything else is in ``details``.
+bench/loadgen (or the Python client when Go is not available: ``client`` says which); everything else is in
+``details``.
 """
 
 from __future__ import annotations
@@ -496,14 +496,14 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
     finally:
         shutil.rmtree(snap, ignore_errors=True)
     if configs:
-        processes = str(max(1, os.cpu_count() or 1))
-        client, primary = "loadgen", next(r for r in configs[processes] if r["client"] == "loadgen"
+        served_by = str(max(1, os.cpu_count() or 1))
+        client, primary = "loadgen", next(r for r in configs[served_by] if r["client"] == "loadgen"
                                           and r["concurrency"] == 16)
     else:
-        processes, client, primary = "1", "python-aio", runs[1]
+        served_by, client, primary = "1", "python-aio", runs[1]
     floor_qps = configs["floor"][0]["qps"] if "floor" in configs else None
     return {"items": n, "build_s": build_s, "raw_qps": qps, "raw_recall_at_10": raw_recall, "grpc": runs,
-            "go_clients": configs, "client": client, "server_processes": int(processes),
+            "go_clients": configs, "client": client, "server_processes": int(served_by),
             "grpc_qps": primary["qps"], "ratio": primary["qps"] / qps, "p50_ms": primary["p50_ms"],
             "p99_ms": primary["p99_ms"], "recall_at_10": rec, "filtered": filtered, "upsert_visibility": vis,
             "echo_qps": echo, "echo": echo_run, "engine_us_per_call": engine_us,
