@@ -160,3 +160,14 @@ def test_cached_filter_state_follows_changes(ivf_index: ItemIndex, size: int) ->
     ivf_index.delete(ivf_index.labels.id_of(member))
     after = ivf_index.search(target[None, :], 5, allowed=mask)[0][0]
     assert member not in after.tolist() and len(after) == 5 and len(before) == 5
+
+
+@pytest.mark.parametrize("n_excluded", [1, 6])  # both ways of matching exclusions (few: comparisons; many: isin)
+def test_exclusions_apply_to_the_delta_and_the_base(ivf_index: ItemIndex, n_excluded: int) -> None:
+    _, x = _data(6000)
+    for j in range(8):  # near copies of i0 in the delta, next to i0 itself in the base
+        ivf_index.upsert(f"copy-{j}", normalise(x[:1] + 0.001 * (j + 1))[0])
+    excluded = [ivf_index.labels.get(f"copy-{j}") for j in range(n_excluded - 1)] + [ivf_index.labels.get("i0")]
+    got = ivf_index.search(x[:1], 5, exclude=np.array(excluded))[0][0].tolist()
+    assert not set(got) & set(excluded)
+    assert got == _exact(ivf_index, x[0], 5, exclude=excluded)
