@@ -1,9 +1,9 @@
 """The server side of ``bench.serving``: a real gRPC server process loading an index snapshot.
 
 Run by the benchmark as ``python -m bench._serving_server SNAPSHOT_DIR REDIS_URL STREAM N_CATEGORIES NPROBE
-[PORT PROCESSES]`` (or ``... echo`` for a bare echo server, or ``... floor SNAPSHOT_DIR NPROBE PORT PROCESSES`` for the
-least a Python gRPC server can do per call: peers measured in the same run); with PROCESSES > 1
-the benchmark starts that many on one PORT (SO_REUSEPORT, as ``IG_SERVER_PROCESSES`` does). Each
+[PORT PROCESSES]``, or as one of the peers measured in the same run: ``... echo`` (a bare echo server) and
+``... floor SNAPSHOT_DIR NPROBE PORT PROCESSES`` (the least a Python gRPC server can do per call). With
+PROCESSES > 1 the benchmark starts that many on one PORT (SO_REUSEPORT, as ``IG_SERVER_PROCESSES`` does). Each
 prints ``PORT <n>`` once it serves and stops on SIGTERM. No Neo4j: the index comes from the snapshot, updates
 from the Redis delta stream, and the synthetic facets (item j is in category ``c{j % N}``) are rebuilt here.
 """

@@ -489,7 +489,8 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
                     what = f"{processes} server process(es)" + (" of the floor server" if floor else "")
                     log(f"{name}: {client}, {what}, c={c}: {run['qps']:.0f} calls/s, p50 "
                         f"{run['p50_ms']:.2f} ms, p99 {run['p99_ms']:.2f} ms, {run['errors']} errors; CPU per call: "
-                        f"servers {run['server_cpu_us_per_call']:.0f} us, client {run['client_cpu_us_per_call']:.0f} us")
+                        f"servers {run['server_cpu_us_per_call']:.0f} us, "
+                        f"client {run['client_cpu_us_per_call']:.0f} us")
             finally:
                 stop_servers(procs)
         shutil.rmtree(work, ignore_errors=True)

@@ -56,11 +56,14 @@ class Validator:
 _NO_FILTER = ItemFilter()
 
 
-def _scored(answer: Answer, items) -> None:
-    """Fills a response's repeated ScoredItem field (``add`` in place: half the cost of building a list)."""
-    add = items.add
+def _answer(response_type, answer: Answer, **fields):
+    """A response of ``response_type`` with the answer's scored items (``add`` in place: half the cost of
+    building a list of ScoredItem) and model version."""
+    response = response_type(model_version=answer.model_version, **fields)
+    add = response.items.add
     for item_id, score in answer.items:
         add(item_id=item_id, score=score)
+    return response
 
 
 def event_mapping(ev: pb.Event) -> dict[str, Any]:
@@ -91,17 +94,13 @@ class InterestServicer(pb_grpc.InterestServiceServicer):
     async def SimilarItems(self, request: pb.SimilarItemsRequest, context: aio.ServicerContext):
         answer = self.engine.similar_items(self.check.id(request.item_id, "item_id"), self.check.k(request.k),
                                            self.check.filter(request.filter))
-        response = pb.SimilarItemsResponse(model_version=answer.model_version)
-        _scored(answer, response.items)
-        return response
+        return _answer(pb.SimilarItemsResponse, answer)
 
     async def RecommendForUser(self, request: pb.RecommendForUserRequest, context: aio.ServicerContext):
         answer = await self.engine.recommend_for_user(
             self.check.id(request.user_id, "user_id"), self.check.k(request.k), self.check.filter(request.filter),
             include_seen=request.include_seen)
-        response = pb.RecommendForUserResponse(model_version=answer.model_version, cold_start=answer.cold_start)
-        _scored(answer, response.items)
-        return response
+        return _answer(pb.RecommendForUserResponse, answer, cold_start=answer.cold_start)
 
     async def NearestItems(self, request: pb.NearestItemsRequest, context: aio.ServicerContext):
         if not request.vector:
@@ -110,9 +109,7 @@ class InterestServicer(pb_grpc.InterestServiceServicer):
             raise InvalidInput("vector must contain finite numbers only")
         answer = self.engine.nearest_items(request.vector, self.check.k(request.k),
                                            self.check.filter(request.filter))
-        response = pb.NearestItemsResponse(model_version=answer.model_version)
-        _scored(answer, response.items)
-        return response
+        return _answer(pb.NearestItemsResponse, answer)
 
     async def IngestEvents(self, request_iterator, context: aio.ServicerContext):
         events: list[dict[str, Any]] = []
