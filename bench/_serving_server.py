@@ -51,24 +51,34 @@ async def main(snapshot_dir: Path, redis_url: str, stream: str, n_categories: in
 
 
 async def serve_until_sigterm(server, port: int, grace_s: float = 0.0) -> None:
-    """Starts ``server``, tells the benchmark its port (``PORT n`` on stdout), serves until SIGTERM."""
-    await server.start()
+    """Starts ``server`` (grpc's synchronous server, as ours), tells the benchmark its port (``PORT n`` on
+    stdout), serves until SIGTERM."""
+    server.start()
     print(f"PORT {port}", flush=True)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()
-    await server.stop(grace_s)
+    await asyncio.to_thread(lambda: server.stop(grace_s).wait())
+
+
+def thread_server(processes: int = 1):
+    """grpc's synchronous server with as many RPC threads as ours (``IG_SERVER_RPC_THREADS``)."""
+    from concurrent import futures
+
+    import grpc
+
+    workers = futures.ThreadPoolExecutor(max_workers=ServerSettings().rpc_threads)
+    return grpc.server(workers, options=[("grpc.so_reuseport", 1 if processes > 1 else 0)])
 
 
 async def echo() -> None:
     """A bare gRPC echo (bytes in, bytes out) on the same stack: the ceiling any servicer can reach here."""
     import grpc
-    from grpc import aio
 
-    async def handle(request: bytes, _context) -> bytes:
+    def handle(request: bytes, _context) -> bytes:
         return request
 
-    server = aio.server()
+    server = thread_server()
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
         "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(handle)}),))
     await serve_until_sigterm(server, server.add_insecure_port("127.0.0.1:0"))
@@ -79,7 +89,6 @@ async def floor(snapshot_dir: Path, nprobe: int, port: int, processes: int) -> N
     the base index, the ids of the hits. No validation, filters, delta, interceptors or metrics: what is left
     is the Python gRPC stack plus the search, the floor under any servicer written with it on this machine."""
     import grpc
-    from grpc import aio
 
     from proto.interest.v1 import interest_pb2 as pb
     from server.index import IndexParams
@@ -90,7 +99,7 @@ async def floor(snapshot_dir: Path, nprobe: int, port: int, processes: int) -> N
     index = load_snapshot(snapshot_dir, IndexParams(nprobe=nprobe)).index
     base, ids = index.base, index.labels.ids()
 
-    async def handle(request: pb.SimilarItemsRequest, _context) -> pb.SimilarItemsResponse:
+    def handle(request: pb.SimilarItemsRequest, _context) -> pb.SimilarItemsResponse:
         label = index.labels.get(request.item_id)
         scores, pos = base.index.search(index.vector(label)[0][None, :], request.k + 1)
         response = pb.SimilarItemsResponse(model_version=index.model_version)
@@ -101,7 +110,7 @@ async def floor(snapshot_dir: Path, nprobe: int, port: int, processes: int) -> N
         del response.items[request.k:]
         return response
 
-    server = aio.server(options=[("grpc.so_reuseport", 1 if processes > 1 else 0)])
+    server = thread_server(processes)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("interest.v1.InterestService", {
         "SimilarItems": grpc.unary_unary_rpc_method_handler(
             handle, request_deserializer=pb.SimilarItemsRequest.FromString,

@@ -8,11 +8,9 @@ and orchestrators can probe without credentials; everything else, reflection inc
 from __future__ import annotations
 
 import hmac
-import inspect
 from typing import Callable, Iterable
 
 import grpc
-from grpc import aio
 
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 DENIED = "missing or invalid bearer token"
@@ -34,24 +32,18 @@ class TokenCheck:
 
     def require(self, behaviour: Callable) -> Callable:
         """``behaviour`` (unary response) refused with UNAUTHENTICATED unless the call carries a valid token."""
-        async def authenticated(request, context: aio.ServicerContext):
+        def authenticated(request, context: grpc.ServicerContext):
             if not self.valid(context.invocation_metadata()):
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED)
-            return await behaviour(request, context)
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED)
+            return behaviour(request, context)
 
         return authenticated
 
     def require_streaming(self, behaviour: Callable) -> Callable:
-        """The same for a streaming-response behaviour (an async generator, or a coroutine using
-        ``context.write``)."""
-        async def authenticated(request, context: aio.ServicerContext):
+        """The same for a streaming-response behaviour (a generator of responses)."""
+        def authenticated(request, context: grpc.ServicerContext):
             if not self.valid(context.invocation_metadata()):
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED)
-            result = behaviour(request, context)
-            if inspect.isasyncgen(result):
-                async for response in result:
-                    yield response
-            else:
-                await result
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED)
+            yield from behaviour(request, context)
 
         return authenticated

@@ -8,24 +8,23 @@ interceptor now resolves a method once and reuses the wrapped handler; only the 
 from __future__ import annotations
 
 import grpc
-from grpc import aio
 
 from server.auth import OPEN_PREFIXES, TokenCheck
 from server.errors import guard, tolerant, wrap_handler
 from server.metrics import ServerMetrics
 
 
-class CallInterceptor(aio.ServerInterceptor):
+class CallInterceptor(grpc.ServerInterceptor):
     def __init__(self, metrics: ServerMetrics, tokens: frozenset[str]) -> None:
         self._metrics = metrics
         self._auth = TokenCheck(tokens) if tokens else None
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
-    async def intercept_service(self, continuation, handler_call_details):
+    def intercept_service(self, continuation, handler_call_details):
         method = handler_call_details.method
         wrapped = self._wrapped.get(method)
         if wrapped is None:
-            handler = await continuation(handler_call_details)
+            handler = continuation(handler_call_details)
             if handler is None:  # unknown method: not cached or counted (callers choose the names)
                 return None
             wrapped = self._wrapped[method] = self._wrap(method, handler)

@@ -1,14 +1,17 @@
 """The serving domain object: queries over the live index, and the graph operations behind the RPCs.
 
-Everything here runs on the event loop; index searches are fast (sub-millisecond) and run inline, Neo4j calls
-(sync driver) run in threads. The serving state (item index + user vectors of one model version) is swapped as
-a single reference, so a model switch is atomic for every query.
+Queries run in the gRPC server's worker threads (Neo4j calls too, with the sync driver); the lifecycle changes
+the serving state on the event loop. ``lock`` makes the two take turns: every read or change of the index, the
+user vectors, the facets and the popular items holds it, Neo4j round trips never do. The serving state (item
+index + user vectors of one model version) is swapped as a single reference, so a model switch is atomic for
+every query.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -93,6 +96,12 @@ class Engine:
         self.hold_ready = False
         self.on_ingest: list[Any] = []  # callbacks(received: int, IngestResult), e.g. metrics
         self.metrics: Any = None  # this server's metrics (server.metrics.ServerMetrics), set by create_server
+        # The event loop the lifecycle and the async callbacks run on (set by create_server).
+        self.loop: asyncio.AbstractEventLoop | None = None
+        # Searches hold it while FAISS runs (without the GIL), so one process searches one query at a time:
+        # measured, that costs nothing against letting searches overlap (bench.serving), and it keeps the
+        # index single-writer, single-reader.
+        self.lock = threading.Lock()
 
     # -- state ---------------------------------------------------------------------------------------------
     @property
@@ -108,10 +117,11 @@ class Engine:
     def install(self, index: ItemIndex, users: UserVectors | None = None) -> None:
         """Makes ``index`` the serving index (atomically: one reference swap)."""
         new_users = users or UserVectors(index.model_version, self.settings.user_cache_size)
-        if self.serving is not None:
-            new_users.carry_forgotten(self.serving.users)
-        first = self.serving is None
-        self.serving = Serving(index, new_users)
+        with self.lock:
+            if self.serving is not None:
+                new_users.carry_forgotten(self.serving.users)
+            first = self.serving is None
+            self.serving = Serving(index, new_users)
         log.info("serving model %r: %d items", index.model_version, len(index))
         if first and not self.hold_ready:
             try:
@@ -129,6 +139,17 @@ class Engine:
         if vectors.shape[1:] != (self.dim,):
             raise InvalidInput(f"vectors have dimension {vectors.shape[1:]}, the index expects {self.dim}")
         return ItemIndex.build(self.dim, model_version, self.labels, self.params, ids, vectors, updated_at)
+
+    def update_facets(self, facets) -> None:
+        with self.lock:
+            self.facets.update(facets)
+
+    def _on_loop(self, coro, timeout_s: float = 10.0) -> Any:
+        """Runs ``coro`` on the event loop from a worker thread and waits for its result."""
+        if self.loop is None:
+            coro.close()
+            raise Unavailable("the server's event loop is not running")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
 
     def _pseudonym(self, user_id: str) -> str:
         return pseudonymise(self._key, user_id)
@@ -151,12 +172,13 @@ class Engine:
         return [(ids[lab], s) for lab, s in zip(labels.tolist(), scores.tolist())]  # tolist: Python ints, floats
 
     def similar_items(self, item_id: str, k: int, flt: ItemFilter) -> Answer:
-        serving = self._state()
-        label = serving.index.label_of(item_id)
-        if label is None:
-            raise NotFound(f"item {item_id!r} has no vector in model {serving.index.model_version!r}")
-        vec, _ = serving.index.vector(label)
-        items = self._search(serving, vec, k, flt, extra_exclude=(label,))
+        with self.lock:
+            serving = self._state()
+            label = serving.index.label_of(item_id)
+            if label is None:
+                raise NotFound(f"item {item_id!r} has no vector in model {serving.index.model_version!r}")
+            vec, _ = serving.index.vector(label)
+            items = self._search(serving, vec, k, flt, extra_exclude=(label,))
         return Answer(items, serving.index.model_version)
 
     def nearest_items(self, vector: Sequence[float], k: int, flt: ItemFilter) -> Answer:
@@ -166,107 +188,118 @@ class Engine:
         vec = np.asarray(vector, np.float32)
         if not np.all(np.isfinite(vec)) or not np.any(vec):
             raise InvalidInput("vector must be finite and not all zeros")
-        return Answer(self._search(serving, normalise(vec.reshape(1, -1))[0], k, flt), serving.index.model_version)
+        query = normalise(vec.reshape(1, -1))[0]
+        with self.lock:
+            items = self._search(serving, query, k, flt)
+        return Answer(items, serving.index.model_version)
 
-    async def recommend_for_user(self, user_id: str, k: int, flt: ItemFilter, include_seen: bool) -> Answer:
+    def recommend_for_user(self, user_id: str, k: int, flt: ItemFilter, include_seen: bool) -> Answer:
         serving = self._state()
         pseudonym = self._pseudonym(user_id)
-        user_vec = await self._user_vector(serving, pseudonym)
+        user_vec = self._user_vector(serving, pseudonym)
         seen: list[int] = []
         if not include_seen and self.driver is not None:
-            bought = await asyncio.to_thread(catalog.purchased_items, self.driver, pseudonym, database=self.database)
+            bought = catalog.purchased_items(self.driver, pseudonym, database=self.database)
             seen = [lab for lab in (self.labels.get(i) for i in bought) if lab is not None]
         if user_vec is None:
-            return Answer(await self._cold_start(k, flt, seen), serving.index.model_version, cold_start=True)
-        return Answer(self._search(serving, user_vec, k, flt, seen), serving.index.model_version)
+            return Answer(self._cold_start(k, flt, seen), serving.index.model_version, cold_start=True)
+        with self.lock:
+            items = self._search(serving, user_vec, k, flt, seen)
+        return Answer(items, serving.index.model_version)
 
-    async def _user_vector(self, serving: Serving, pseudonym: str) -> np.ndarray | None:
-        hit = serving.users.get(pseudonym)
+    def _user_vector(self, serving: Serving, pseudonym: str) -> np.ndarray | None:
+        with self.lock:
+            hit = serving.users.get(pseudonym)
         if hit is not None:
             return hit[0]
         if self.driver is None:
             return None
-        rec = await asyncio.to_thread(get_embedding, self.driver, USER, pseudonym, database=self.database)
+        rec = get_embedding(self.driver, USER, pseudonym, database=self.database)
         if rec is None or rec.model_version != serving.index.model_version or len(rec.vector) != self.dim:
             return None  # no vector of the serving model: cold start rather than mixing models
-        serving.users.put(pseudonym, rec.vector, rec.updated_at or 0.0)
-        hit = serving.users.get(pseudonym)
+        with self.lock:
+            serving.users.put(pseudonym, rec.vector, rec.updated_at or 0.0)
+            hit = serving.users.get(pseudonym)
         return hit[0] if hit else None
 
-    async def _cold_start(self, k: int, flt: ItemFilter, seen: Sequence[int]) -> list[tuple[str, float]]:
-        popular = await self._popular_items()
+    def _cold_start(self, k: int, flt: ItemFilter, seen: Sequence[int]) -> list[tuple[str, float]]:
+        popular = self._popular_items()
         if not popular:
             return []
-        allowed = self.facets.mask(flt.category_ids, flt.brand_ids)
         skip = set(flt.exclude_item_ids) | {self.labels.id_of(s) for s in seen}
         top = popular[0][1] or 1.0
         out = []
-        for item_id, score in popular:
-            if item_id in skip:
-                continue
-            if allowed is not None:
-                lab = self.labels.get(item_id)
-                if lab is None or lab >= len(allowed) or not allowed[lab]:
+        with self.lock:
+            allowed = self.facets.mask(flt.category_ids, flt.brand_ids)
+            for item_id, score in popular:
+                if item_id in skip:
                     continue
-            out.append((item_id, score / top))
-            if len(out) == k:
-                break
+                if allowed is not None:
+                    lab = self.labels.get(item_id)
+                    if lab is None or lab >= len(allowed) or not allowed[lab]:
+                        continue
+                out.append((item_id, score / top))
+                if len(out) == k:
+                    break
         return out
 
-    async def _popular_items(self) -> list[tuple[str, float]]:
+    def _popular_items(self) -> list[tuple[str, float]]:
         now = time.time()
         if self.driver is None:
             return []
-        if self._popular.at < 0 or now - self._popular.at > self.settings.popular_ttl_s:
+        popular = self._popular
+        if popular.at < 0 or now - popular.at > self.settings.popular_ttl_s:
+            # Callers arriving meanwhile ask Neo4j too (or use the old list): a refresh a minute, not worth a lock.
             since = now - self.settings.popular_window_days * 86400.0
-            items = await asyncio.to_thread(catalog.popular_items, self.driver, since=since,
-                                            limit=self.settings.popular_pool, database=self.database)
-            self._popular = _Popular(items, now)
-        return self._popular.items
+            items = catalog.popular_items(self.driver, since=since, limit=self.settings.popular_pool,
+                                          database=self.database)
+            popular = self._popular = _Popular(items, now)
+        return popular.items
 
     # -- embeddings, forgetting, ingestion -----------------------------------------------------------------
-    async def get_embedding(self, node_type: str, node_id: str) -> Embedding:
+    def get_embedding(self, node_type: str, node_id: str) -> Embedding:
         serving = self._state()
         if node_type == "Item":
-            label = serving.index.label_of(node_id)
-            if label is None:
-                raise NotFound(f"item {node_id!r} has no vector in model {serving.index.model_version!r}")
-            vec, ts = serving.index.vector(label)
+            with self.lock:
+                label = serving.index.label_of(node_id)
+                if label is None:
+                    raise NotFound(f"item {node_id!r} has no vector in model {serving.index.model_version!r}")
+                vec, ts = serving.index.vector(label)
             return Embedding(vec, serving.index.model_version, ts)
         pseudonym = self._pseudonym(node_id)
-        hit = serving.users.get(pseudonym)
+        with self.lock:
+            hit = serving.users.get(pseudonym)
         if hit is not None:
             return Embedding(hit[0].copy(), serving.users.model_version, hit[1])
         rec = None
         if self.driver is not None:
-            rec = await asyncio.to_thread(get_embedding, self.driver, USER, pseudonym, database=self.database)
+            rec = get_embedding(self.driver, USER, pseudonym, database=self.database)
         if rec is None:
             raise NotFound(f"user {node_id!r} has no vector")
         return Embedding(np.asarray(rec.vector, np.float32), rec.model_version, rec.updated_at or 0.0)
 
-    async def forget_user(self, user_id: str) -> bool:
+    def forget_user(self, user_id: str) -> bool:
         pseudonym = self._pseudonym(user_id)
         existed = False
         if self.driver is not None:
-            existed = await asyncio.to_thread(forget_user, self.driver, pseudonym, database=self.database)
-        if self.serving is not None:
-            existed = self.serving.users.forget(pseudonym) or existed
+            existed = forget_user(self.driver, pseudonym, database=self.database)
+        with self.lock:
+            if self.serving is not None:
+                existed = self.serving.users.forget(pseudonym) or existed
         for callback in self.on_forget:
-            await callback(pseudonym)
+            self._on_loop(callback(pseudonym))
         return existed
 
-    async def ingest(self, events: Sequence[Mapping[str, Any]]) -> IngestResult:
+    def ingest(self, events: Sequence[Mapping[str, Any]]) -> IngestResult:
         driver = self._need_driver()
         total = IngestResult()
         size = self.graph.batch_size
         for start in range(0, len(events), size):
             batch = events[start:start + size]
-            result = await asyncio.to_thread(ingest_events, driver, self.graph, batch, database=self.database)
-            total.add(result, offset=start)
+            total.add(ingest_events(driver, self.graph, batch, database=self.database), offset=start)
         described = sorted({e["item_id"] for e in events if e.get("item") and e.get("item_id")})
         if described:  # new catalogue facts: refresh those items' facets now rather than at the next sweep
-            facets = await asyncio.to_thread(catalog.item_facets, driver, described, database=self.database)
-            self.facets.update(facets)
+            self.update_facets(catalog.item_facets(driver, described, database=self.database))
         for callback in self.on_ingest:
             callback(len(events), total)
         return total

@@ -6,12 +6,11 @@ with a generic message, the traceback going to the server log only (never to the
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from typing import Awaitable, Callable
+from typing import Callable
 
 import grpc
-from grpc import aio
+from google.protobuf.message import Message
 from neo4j.exceptions import ConnectionAcquisitionTimeoutError, ServiceUnavailable, SessionExpired, TransientError
 
 from graphdb.errors import InterestError, InvalidInput
@@ -34,7 +33,7 @@ def wrap_handler(handler: grpc.RpcMethodHandler | None, around, *,
     """``handler`` with its behaviour wrapped by ``around(behaviour) -> behaviour``.
 
     Server-streaming methods (health Watch, reflection) keep their own handling unless
-    ``streaming_responses`` is set (the wrapper must then be a coroutine that does not return a response).
+    ``streaming_responses`` is set (the wrapper must then yield the responses).
     """
     if handler is None:
         return None
@@ -72,31 +71,31 @@ def tolerant(deserializer: Callable[[bytes], object] | None) -> Callable[[bytes]
     return deserialize
 
 
-async def _checked(messages):
+def _checked(messages):
     """A streamed request whose malformed messages raise InvalidInput where the servicer reads them."""
-    async for message in messages:
+    for message in messages:
         if isinstance(message, _Malformed):
             raise message.error()
         yield message
 
 
-def guard(behaviour: Callable[..., Awaitable]) -> Callable[..., Awaitable]:
-    async def guarded(request, context: aio.ServicerContext):
+def guard(behaviour: Callable) -> Callable:
+    def guarded(request, context: grpc.ServicerContext):
         try:
             if isinstance(request, _Malformed):
                 raise request.error()
-            if hasattr(request, "__aiter__"):  # client-streaming: an async iterator of messages
+            if not isinstance(request, Message):  # client-streaming: an iterator of messages
                 request = _checked(request)
-            return await behaviour(request, context)
+            return behaviour(request, context)
         except InterestError as exc:
-            await context.abort(_status(exc), str(exc))
-        except (asyncio.CancelledError, aio.AbortError):
+            context.abort(_status(exc), str(exc))
+        except grpc.RpcError:  # the call ended under us (deadline, cancellation): nobody to answer
             raise
         except GRAPH_UNAVAILABLE as exc:  # a driver error a graphdb call did not translate: retryable all the same
             log.warning("Neo4j error in %s: %s", getattr(behaviour, "__qualname__", behaviour), exc)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the graph database is unavailable; retry later")
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the graph database is unavailable; retry later")
         except Exception:  # noqa: BLE001 - last line of defence: log, answer generically
             log.exception("unexpected error in %s", getattr(behaviour, "__qualname__", behaviour))
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
+            context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
 
     return guarded

@@ -1,6 +1,7 @@
 """Loading and keeping the index fresh: snapshot or Neo4j at start, the delta stream, compaction, snapshots,
-facet refreshes and model switches. Every CPU-heavy step (index builds, snapshot writes) runs in a thread;
-their results are installed on the event loop, so queries never wait for them.
+facet refreshes and model switches, all on the event loop. Every CPU-heavy step (index builds, snapshot
+writes) runs in a thread; their results are installed under the engine's lock, which queries (in the gRPC
+worker threads) hold only for a search, so neither side waits long for the other.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class Lifecycle:
         self._pending: dict[str, list[Delta]] = {}  # model version being built -> deltas that arrived meanwhile
         self._compacting = False
         self._signals: set[asyncio.Task] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._last_compact = time.monotonic()
         self.stale_deltas = 0
         self.forgotten_since_snapshot = False
@@ -68,9 +70,10 @@ class Lifecycle:
             engine.on_ingest.append(self._signal_changed)
 
     def _signal_changed(self, _count: int, result) -> None:
-        """Wake the recompute scheduler: the graph changed (fire and forget; its periodic poll is the fallback)."""
-        if result.accepted and self.redis is not None:
-            self._background(self._push_changed())
+        """Wake the recompute scheduler: the graph changed (fire and forget; its periodic poll is the fallback).
+        Called from the RPC's worker thread."""
+        if result.accepted and self.redis is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(lambda: self._background(self._push_changed()))
 
     def _background(self, coro) -> None:
         """Fire and forget, holding a reference until done so the task is not collected early."""
@@ -92,6 +95,7 @@ class Lifecycle:
         """Loads the index (snapshot, else Neo4j), catches up with the delta stream, then reports ready (health
         SERVING) and keeps the background loops running. Queries are answered from the loaded index meanwhile."""
         position = "0-0"
+        self._loop = asyncio.get_running_loop()
         self.engine.hold_ready = self.redis is not None
         snap = None
         if self.settings.snapshot_dir is not None:
@@ -195,7 +199,7 @@ class Lifecycle:
             return
         facets = await asyncio.to_thread(lambda: list(catalog.iter_item_facets(self.engine.driver,
                                                                                database=self.engine.database)))
-        self.engine.facets.update(facets)
+        self.engine.update_facets(facets)
 
     # -- the delta stream --------------------------------------------------------------------------------------
     async def apply(self, msg: Delta) -> None:
@@ -215,17 +219,19 @@ class Lifecycle:
             return
         if serving is None:
             return
-        if msg.op == Delta.OP_UPSERT and serving.index.model_version == "" and len(serving.index) == 0:
-            serving.index.model_version = serving.users.model_version = msg.model_version  # first model ever
-        apply_to(serving.index, serving.users, msg, self)
+        with engine.lock:
+            if msg.op == Delta.OP_UPSERT and serving.index.model_version == "" and len(serving.index) == 0:
+                serving.index.model_version = serving.users.model_version = msg.model_version  # first model ever
+            apply_to(serving.index, serving.users, msg, self)
 
     async def _switch(self, version: str) -> None:
         """Builds ``version`` beside the serving index, replays the deltas that arrived meanwhile, swaps."""
         try:
             index = await asyncio.to_thread(self._build_from_graph, version)
             users = UserVectors(version, self.settings.user_cache_size)
-            if self.engine.serving is not None:
-                users.carry_forgotten(self.engine.serving.users)
+            with self.engine.lock:
+                if self.engine.serving is not None:
+                    users.carry_forgotten(self.engine.serving.users)
             for msg in self._pending.get(version, []):
                 apply_to(index, users, msg, self)
             self.engine.install(index, users)
@@ -260,10 +266,12 @@ class Lifecycle:
             return False
         self._compacting = True
         try:
-            labels, vecs, versions, cents = index.compaction_input()
+            with self.engine.lock:
+                labels, vecs, versions, cents = index.compaction_input()
             base = await asyncio.to_thread(build_base, vecs, labels, index.params, cents)
-            if self.engine.serving is not None and self.engine.serving.index is index:  # no model switch meanwhile
-                index.apply_compaction(base, versions)
+            with self.engine.lock:
+                if self.engine.serving is not None and self.engine.serving.index is index:  # no switch meanwhile
+                    index.apply_compaction(base, versions)
             self._last_compact = time.monotonic()
             return True
         finally:
@@ -277,7 +285,8 @@ class Lifecycle:
         if serving is None or self.settings.snapshot_dir is None or not self.settings.snapshot_writer:
             return
         position = self.consumer.position if self.consumer else "0-0"
-        users = serving.users.items()
+        with self.engine.lock:
+            users = serving.users.items()
         await asyncio.to_thread(save_snapshot, self.settings.snapshot_dir, serving.index, users, position,
                                 serving.index.base)
 

@@ -12,14 +12,12 @@ Names follow the usual gRPC conventions (``grpc_server_handled_total{grpc_servic
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
 from typing import Any, Callable, Iterator
 
 import grpc
-from grpc import aio
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 
@@ -41,7 +39,7 @@ def _code_name(code: Any) -> str | None:
         return None
     if isinstance(code, grpc.StatusCode):
         return code.name
-    for status in grpc.StatusCode:  # the aio context may report the raw integer
+    for status in grpc.StatusCode:  # a context may report the raw integer
         if status.value[0] == code:
             return status.name
     return str(code)
@@ -89,18 +87,18 @@ class ServerMetrics:
                 child = by_code[code] = self.handled.labels(service, name, code)
             child.inc()
 
-        async def observed(request, context: aio.ServicerContext):
+        def observed(request, context: grpc.ServicerContext):
             started = time.perf_counter()
             code = "UNKNOWN"
             try:
-                response = await behaviour(request, context)
+                response = behaviour(request, context)
                 code = _code_name(context.code()) or "OK"
                 return response
-            except aio.AbortError:
-                code = _code_name(context.code()) or "UNKNOWN"
-                raise
-            except asyncio.CancelledError:
+            except grpc.RpcError:  # the call ended under the handler: cancelled, unless past its deadline
                 code = "CANCELLED"
+                raise
+            except Exception:  # context.abort raises a bare Exception once the status is set
+                code = _code_name(context.code()) or "UNKNOWN"
                 raise
             finally:
                 # Past the deadline the client gets DEADLINE_EXCEEDED whatever the handler did (its request

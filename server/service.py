@@ -1,11 +1,14 @@
-"""The InterestService servicer: validate the request, call the engine, convert the answer. Nothing else."""
+"""The InterestService servicer: validate the request, call the engine, convert the answer. Nothing else.
+
+Methods run in the gRPC server's worker threads (``server.app``) and may block on Neo4j.
+"""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-from grpc import aio
+import grpc
 
 from graphdb.errors import InvalidInput, ResourceExhausted
 from graphdb.settings import GraphSettings
@@ -91,18 +94,18 @@ class InterestServicer(pb_grpc.InterestServiceServicer):
         self.check = Validator(settings, graph)
         self.max_stream_events = settings.max_stream_events
 
-    async def SimilarItems(self, request: pb.SimilarItemsRequest, context: aio.ServicerContext):
+    def SimilarItems(self, request: pb.SimilarItemsRequest, context: grpc.ServicerContext):
         answer = self.engine.similar_items(self.check.id(request.item_id, "item_id"), self.check.k(request.k),
                                            self.check.filter(request.filter))
         return _answer(pb.SimilarItemsResponse, answer)
 
-    async def RecommendForUser(self, request: pb.RecommendForUserRequest, context: aio.ServicerContext):
-        answer = await self.engine.recommend_for_user(
+    def RecommendForUser(self, request: pb.RecommendForUserRequest, context: grpc.ServicerContext):
+        answer = self.engine.recommend_for_user(
             self.check.id(request.user_id, "user_id"), self.check.k(request.k), self.check.filter(request.filter),
             include_seen=request.include_seen)
         return _answer(pb.RecommendForUserResponse, answer, cold_start=answer.cold_start)
 
-    async def NearestItems(self, request: pb.NearestItemsRequest, context: aio.ServicerContext):
+    def NearestItems(self, request: pb.NearestItemsRequest, context: grpc.ServicerContext):
         if not request.vector:
             raise InvalidInput("vector must not be empty")
         if not all(math.isfinite(x) for x in request.vector):
@@ -111,26 +114,26 @@ class InterestServicer(pb_grpc.InterestServiceServicer):
                                            self.check.filter(request.filter))
         return _answer(pb.NearestItemsResponse, answer)
 
-    async def IngestEvents(self, request_iterator, context: aio.ServicerContext):
+    def IngestEvents(self, request_iterator, context: grpc.ServicerContext):
         events: list[dict[str, Any]] = []
-        async for message in request_iterator:
+        for message in request_iterator:
             if len(events) + len(message.events) > self.max_stream_events:
                 raise ResourceExhausted(f"a stream may carry at most {self.max_stream_events} events; "
                                         "nothing was ingested, split it into several streams")
             events.extend(event_mapping(ev) for ev in message.events)
-        result = await self.engine.ingest(events)
+        result = self.engine.ingest(events)
         return pb.IngestEventsResponse(
             received=len(events), accepted=result.accepted, duplicates=result.duplicates,
             rejected=[pb.Rejection(index=r.index, reason=r.reason) for r in result.rejected])
 
-    async def GetEmbedding(self, request: pb.GetEmbeddingRequest, context: aio.ServicerContext):
+    def GetEmbedding(self, request: pb.GetEmbeddingRequest, context: grpc.ServicerContext):
         node_type = NODE_TYPES.get(request.node_type)
         if node_type is None:
             raise InvalidInput("node_type must be NODE_TYPE_USER or NODE_TYPE_ITEM")
-        emb = await self.engine.get_embedding(node_type, self.check.id(request.id, "id"))
+        emb = self.engine.get_embedding(node_type, self.check.id(request.id, "id"))
         return pb.GetEmbeddingResponse(vector=emb.vector.tolist(), model_version=emb.model_version,
                                        updated_at=emb.updated_at)
 
-    async def ForgetUser(self, request: pb.ForgetUserRequest, context: aio.ServicerContext):
-        existed = await self.engine.forget_user(self.check.id(request.user_id, "user_id"))
+    def ForgetUser(self, request: pb.ForgetUserRequest, context: grpc.ServicerContext):
+        existed = self.engine.forget_user(self.check.id(request.user_id, "user_id"))
         return pb.ForgetUserResponse(existed=existed)

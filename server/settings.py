@@ -29,6 +29,10 @@ class ServerSettings(BaseSettings):
     max_stream_events: int = Field(default=100_000, ge=1)
     max_filter_ids: int = Field(default=10_000, ge=0)
     max_concurrent_rpcs: int = Field(default=256, ge=1)
+    # Worker threads per process that run RPCs. Queries need few (each holds the GIL but for its FAISS search),
+    # and more cost CPU in thread switches (bench.serving); but a call blocked on Neo4j or on a slow client's
+    # event stream holds one until it ends, and health Watch streams hold one each.
+    rpc_threads: int = Field(default=8, ge=1)
     grace_period_s: float = Field(default=10.0, ge=0)
     # Serving processes sharing the port (SO_REUSEPORT: the kernel spreads client connections over them), since
     # one Python process answers RPCs on one core. 0 = one per CPU core. Each is a full replica following the

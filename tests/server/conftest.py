@@ -64,7 +64,7 @@ def start_harness(settings: ServerSettings, graph: GraphSettings, driver=None, *
         if setup is not None:
             setup(engine)
         server, port = create_server(settings, engine, graph)
-        await server.start()
+        server.start()
         lifecycle = None
         if start_lifecycle:
             lifecycle = Lifecycle(engine, connect_redis(redis_url, settings.delta_block_ms) if redis_url else None)
@@ -82,7 +82,7 @@ def start_harness(settings: ServerSettings, graph: GraphSettings, driver=None, *
                 await harness.lifecycle.stop(snapshot=False)
                 if harness.lifecycle.redis is not None:
                     await harness.lifecycle.redis.aclose()
-            await server.stop(0)
+            await asyncio.to_thread(lambda: server.stop(0).wait())
 
         fut = asyncio.run_coroutine_threadsafe(down(), loop)
         try:
