@@ -171,3 +171,24 @@ def test_exclusions_apply_to_the_delta_and_the_base(ivf_index: ItemIndex, n_excl
     got = ivf_index.search(x[:1], 5, exclude=np.array(excluded))[0][0].tolist()
     assert not set(got) & set(excluded)
     assert got == _exact(ivf_index, x[0], 5, exclude=excluded)
+
+
+def test_delta_rows_enter_the_answer_exactly_when_they_beat_the_base() -> None:
+    """The delta's merge is skipped when no row reaches the base's k-th score: rows above it (and one tied with
+    it) must still be in the answer, rows below it must not, and the answer equals exact search."""
+    ids, x = _data(400)
+    index = ItemIndex.build(DIM, "m1", LabelMap(), IndexParams(), ids, x)  # flat base: exact
+    q = x[0]
+    base_labels, base_scores = index.search(q[None, :], 5)[0]
+    rng = np.random.default_rng(7)
+    for j in range(30):  # far from q: below the floor
+        index.upsert(f"far-{j}", normalise(-q[None, :] + 0.3 * rng.standard_normal((1, DIM)))[0])
+    labels, _ = index.search(q[None, :], 5)[0]
+    assert labels.tolist() == base_labels.tolist() == _exact(index, q, 5)
+
+    index.upsert("tie", x[int(base_labels[4])])  # the k-th's own vector: ties it, wins on label? exact decides
+    index.upsert("near", normalise(q[None, :] + 0.01)[0])  # beats all but q itself
+    labels, scores = index.search(q[None, :], 5)[0]
+    assert labels.tolist() == _exact(index, q, 5)
+    assert index.labels.get("near") in labels.tolist()
+    assert list(scores) == sorted(scores, reverse=True)
