@@ -60,6 +60,7 @@ class ItemIndex:
         self._ver = np.zeros(0, np.uint32)
         self._base = build_base(np.zeros((0, dim), np.float32), np.zeros(0, np.int64), params)
         self._tomb = 0
+        self._live_bits: np.ndarray | None = None  # bitmap of live base positions; None: rebuild when needed
         self._dvec = np.zeros((1024, dim), np.float32)
         self._dlab = np.full(1024, -1, np.int64)
         self._dslot = np.zeros(0, np.int64)
@@ -128,7 +129,7 @@ class ItemIndex:
         vec = normalise(np.asarray(vector, np.float32).reshape(1, self.dim))[0]
         where = self._where[label]
         if where == BASE:
-            self._tomb += 1
+            self._bury(label)
         if where == DELTA:
             slot = self._dslot[label]
         else:
@@ -153,7 +154,7 @@ class ItemIndex:
         if label is None:
             return False
         if self._where[label] == BASE:
-            self._tomb += 1
+            self._bury(label)
         else:
             self._dlab[self._dslot[label]] = -1
             self._dslot[label] = -1
@@ -162,6 +163,21 @@ class ItemIndex:
         self._gen += 1
         self._live -= 1
         return True
+
+    def _bury(self, label: int) -> None:
+        """The base copy of ``label`` becomes a tombstone (its bit in the live bitmap too, if it is built)."""
+        self._tomb += 1
+        if self._live_bits is not None:
+            pos = int(self._base.pos_of()[label])
+            self._live_bits[pos >> 3] &= np.uint8(~(1 << (pos & 7)) & 0xFF)
+
+    def _base_live_bits(self) -> np.ndarray:
+        """Packed bitmap over base positions, set where the base copy is live; kept up to date by ``_bury``
+        once built (building it is O(items): once per base)."""
+        if self._live_bits is None:
+            labels = self._base.labels
+            self._live_bits = np.packbits(self._where[labels] == BASE, bitorder="little")
+        return self._live_bits
 
     # -- search --------------------------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None,
@@ -183,12 +199,10 @@ class ItemIndex:
             base = self._base_selected(queries, k, ok, fs.n, bits)
             return self._merge(base, self._delta(queries, k, ok, excl, _floors(base, k)), k)
         kf = k + len(excl) + self._tomb
-        if kf <= self.params.overfetch_max:
+        if kf <= self.params.overfetch_max or len(self._base.labels) == 0:
             base = self._base_overfetch(queries, kf, excl)
-        else:
-            ok = self._where > ABSENT
-            ok[excl[excl < len(ok)]] = False
-            base = self._base_selected(queries, k, ok, self._live)
+        else:  # tombstones skipped inside FAISS: the cost stays flat however many items were re-embedded
+            base = self._base_overfetch(queries, k + len(excl), excl, self._base_live_bits())
         return self._merge(base, self._delta(queries, k, None, excl, _floors(base, k)), k)
 
     def _filter_state(self, allowed: np.ndarray) -> _FilterState:
@@ -240,11 +254,18 @@ class ItemIndex:
             out.append((labs[fin], sc[fin]))
         return out
 
-    def _base_overfetch(self, queries: np.ndarray, kf: int, excl: np.ndarray):
+    def _base_overfetch(self, queries: np.ndarray, kf: int, excl: np.ndarray, live_bits: np.ndarray | None = None):
+        """The base's best ``kf`` per query less tombstones and exclusions; with ``live_bits``, FAISS skips the
+        tombstones itself (an id selector)."""
         base = self._base
         if len(base.labels) == 0:
             return [(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in queries]
-        dist, pos = base.index.search(queries, min(kf, len(base.labels)))
+        params = None
+        if live_bits is not None:
+            sel = faiss.IDSelectorBitmap(len(base.labels), faiss.swig_ptr(live_bits))
+            params = (faiss.SearchParametersIVF(sel=sel, nprobe=base.index.nprobe) if base.is_ivf
+                      else faiss.SearchParameters(sel=sel))
+        dist, pos = base.index.search(queries, min(kf, len(base.labels)), params=params)
         out = []
         for d, p in zip(dist, pos):
             keep = p >= 0
@@ -313,6 +334,7 @@ class ItemIndex:
         self._where[labels[same]] = BASE
         self._tomb = int(len(labels) - same.sum())
         self._base = base
+        self._live_bits = None
         self._gen += 1
         self._rebuild_delta()
 

@@ -104,6 +104,35 @@ def test_many_tombstones_switch_to_selector(ivf_index: ItemIndex) -> None:
     assert all(not set(lab.tolist()) & dead and len(lab) == 10 for lab, _ in got)
 
 
+def test_tombstones_made_after_the_selector_bitmap_is_built_stay_hidden(ivf_index: ItemIndex) -> None:
+    """Past ``overfetch_max`` tombstones FAISS skips them through a bitmap that later upserts and deletes keep
+    up to date, and a compaction replaces."""
+    _, x = _data(6000)
+    for j in range(300):
+        ivf_index.delete(f"i{j}")
+    ivf_index.search(x[:1], 10)  # selector path: the bitmap is built now
+    for j in range(300, 350):  # re-embedded far away: the old (base) copy must not answer for them
+        ivf_index.upsert(f"i{j}", -x[j])
+    for j in range(350, 400):
+        ivf_index.delete(f"i{j}")
+    hidden = {ivf_index.labels.get(f"i{j}") for j in range(400)}
+    for q in x[300:400:5]:
+        got = ivf_index.search(q[None, :], 10, exclude=np.asarray([ivf_index.labels.get("i1000")]))[0][0].tolist()
+        assert len(got) == 10 and not set(got) & hidden and ivf_index.labels.get("i1000") not in got
+    assert _recall(ivf_index, x[400:450], 10) >= 0.95
+
+    labels, vecs, versions, cents = ivf_index.compaction_input()
+    ivf_index.apply_compaction(build_base(vecs, labels, ivf_index.params, cents), versions)
+    for j in range(500, 800):  # enough tombstones of the new base for the selector path again
+        ivf_index.delete(f"i{j}")
+    assert ivf_index.tombstones == 300
+    hidden |= {ivf_index.labels.get(f"i{j}") for j in range(500, 800)}
+    for q in x[500:800:10]:
+        got = ivf_index.search(q[None, :], 10)[0][0].tolist()
+        assert len(got) == 10 and not set(got) & hidden
+    assert _recall(ivf_index, x[400:450], 10) >= 0.95
+
+
 def test_compaction_keeps_changes_made_while_building(ivf_index: ItemIndex) -> None:
     rng = np.random.default_rng(2)
     for j in range(100):
