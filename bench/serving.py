@@ -6,7 +6,7 @@ for gowalla's items (64-d truncated SVD of the normalised train interaction matr
 - raw FAISS queries/s on one thread (the server's own IVF base index, one query per call);
 - ``SimilarItems`` over gRPC against real server processes (client concurrency 8, 16, 32): throughput, p50/p99,
   with one server process and with one per core (``IG_SERVER_PROCESSES``, SO_REUSEPORT). The driver is
-  bench/loadgen (Go, pre-serialised requests, built with ``go build``) over 8 connections; ghz runs once
+  bench/loadgen (Go, pre-serialised requests, built with ``go build``) over 32 connections; ghz runs once
   at 16 as a cross-check, and a Python ``grpc.aio`` client (one connection, one process) supplies the served
   answers. The client shares the two cores with the server, so its cost per call is reported too;
 - the floor under any Python gRPC server here: one process per core that only looks up the item's vector, runs
@@ -48,7 +48,10 @@ ROOT = Path(__file__).resolve().parents[1]
 GOWALLA = ROOT.parent / "shared" / "datasets" / "gowalla" / "train.txt"
 GHZ_MODULE = "github.com/bojand/ghz/cmd/ghz@v0.93.0"  # the version the Go module proxy serves here
 CACHE_BIN = Path.home() / ".cache" / "interest-graph" / "bin"
-CONNECTIONS = 8  # several clients' connections, so SO_REUSEPORT can spread them over the processes
+# Several clients' connections, so SO_REUSEPORT can spread them over the processes. The kernel hashes them: with
+# 8, one process sometimes got all or most of them and the run measured one process (2,157 against ~3,400
+# calls/s); with 32 the per-process CPU came out even in every run. ``server_cpu_share`` reports it.
+CONNECTIONS = 32
 
 
 def log(msg: str) -> None:
@@ -478,19 +481,22 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
                 clients = [("loadgen", 16)] if floor else \
                     [("loadgen", 8), ("loadgen", 16), ("loadgen", 32)] + ([("ghz", 16)] if ghz else [])
                 for client, c in clients:
-                    s0 = servers_cpu(procs)
+                    s0, each0 = servers_cpu(procs), [cpu_seconds(p.pid) for p in procs]
                     if client == "loadgen":
                         run = loadgen_load(loadgen, requests, port, c, args.seconds)
                     else:
                         run = ghz_load(ghz, protoset, data, port, c, args.seconds)
                     run["client"] = client
                     run["server_cpu_us_per_call"] = (servers_cpu(procs) - s0) / max(run["calls"], 1) * 1e6
+                    each = [cpu_seconds(p.pid) - t for p, t in zip(procs, each0)]
+                    run["server_cpu_share"] = [round(t / max(sum(each), 1e-9), 3) for t in each]
                     configs[key].append(run)
                     what = f"{processes} server process(es)" + (" of the floor server" if floor else "")
                     log(f"{name}: {client}, {what}, c={c}: {run['qps']:.0f} calls/s, p50 "
                         f"{run['p50_ms']:.2f} ms, p99 {run['p99_ms']:.2f} ms, {run['errors']} errors; CPU per call: "
                         f"servers {run['server_cpu_us_per_call']:.0f} us, "
-                        f"client {run['client_cpu_us_per_call']:.0f} us")
+                        f"client {run['client_cpu_us_per_call']:.0f} us; share of the processes "
+                        f"{run['server_cpu_share']}")
             finally:
                 stop_servers(procs)
         shutil.rmtree(work, ignore_errors=True)

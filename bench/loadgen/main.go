@@ -7,9 +7,9 @@
 // per status code, calls/s, and p50/p99 latency of the OK calls.
 //
 // Each call goes to the one of -conns connections with the fewest calls in flight (least-request balancing, as
-// a proxy or a gRPC client with several subchannels does). With callers bound to connections, the kernel's
-// SO_REUSEPORT hash of 8 connections over 2 server processes sometimes gave one process 6 of them, and the
-// run measured one process instead of two.
+// a proxy or a gRPC client with several subchannels does). That evens out calls over connections, not over the
+// server processes behind them: the kernel's SO_REUSEPORT hash of 8 connections over 2 processes sometimes gave
+// one process most or all of them, and the run measured one process instead of two. bench.serving opens 32.
 package main
 
 import (
