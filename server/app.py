@@ -58,7 +58,7 @@ def create_server(settings: ServerSettings, engine: Engine, graph: GraphSettings
     check_exposure(settings)
     engine.loop = asyncio.get_running_loop()
     engine.metrics = ServerMetrics(engine)
-    interceptors = [CallInterceptor(engine.metrics, settings.tokens)]
+    interceptors = [CallInterceptor(engine.metrics, settings.tokens, settings.stream_threads)]
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),

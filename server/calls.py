@@ -1,4 +1,5 @@
-"""Every RPC passes one wrapper, built once per method: metrics, then auth, then error translation.
+"""Every RPC passes one wrapper, built once per method: metrics, then auth, then error translation, and for
+streaming calls a slot among the threads they may hold.
 
 grpc runs each server interceptor on every call, and each of the three this used to have resolved the method's
 handler and wrapped it again: together they cost more server CPU than the index search (bench.serving). One
@@ -7,17 +8,58 @@ interceptor now resolves a method once and reuses the wrapped handler; only the 
 
 from __future__ import annotations
 
+import threading
+
 import grpc
 
+from graphdb.errors import ResourceExhausted
 from server.auth import OPEN_PREFIXES, TokenCheck
 from server.errors import guard, tolerant, wrap_handler
 from server.metrics import ServerMetrics
 
 
+class StreamSlots:
+    """Caps the streaming calls running at once. Each holds an RPC thread for as long as its client keeps the
+    stream open, so without a cap a few idle streams (health Watch needs no token) could starve queries."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._free = threading.BoundedSemaphore(limit)
+
+    def _refusal(self) -> str:
+        return (f"this server process already runs {self.limit} streaming calls (IG_SERVER_STREAM_THREADS); "
+                "retry later or on another connection")
+
+    def unary_response(self, behaviour):
+        """A client-streaming call (IngestEvents): refused with RESOURCE_EXHAUSTED when no slot is free."""
+        def held(request, context: grpc.ServicerContext):
+            if not self._free.acquire(blocking=False):
+                raise ResourceExhausted(self._refusal())
+            try:
+                return behaviour(request, context)
+            finally:
+                self._free.release()
+
+        return held
+
+    def streaming_response(self, behaviour):
+        """A server-streaming call (health Watch, reflection), likewise."""
+        def held(request, context: grpc.ServicerContext):
+            if not self._free.acquire(blocking=False):
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._refusal())
+            try:
+                yield from behaviour(request, context)
+            finally:
+                self._free.release()
+
+        return held
+
+
 class CallInterceptor(grpc.ServerInterceptor):
-    def __init__(self, metrics: ServerMetrics, tokens: frozenset[str]) -> None:
+    def __init__(self, metrics: ServerMetrics, tokens: frozenset[str], stream_slots: int) -> None:
         self._metrics = metrics
         self._auth = TokenCheck(tokens) if tokens else None
+        self._slots = StreamSlots(stream_slots)
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     def intercept_service(self, continuation, handler_call_details):
@@ -34,11 +76,14 @@ class CallInterceptor(grpc.ServerInterceptor):
         auth = None if method.startswith(OPEN_PREFIXES) else self._auth
         if handler.unary_unary or handler.stream_unary:
             def around(behaviour):
-                inner = guard(behaviour)
+                inner = guard(self._slots.unary_response(behaviour) if handler.stream_unary else behaviour)
                 return self._metrics.observe(method, auth.require(inner) if auth else inner)
 
             wrapped = wrap_handler(handler, around)
             return wrapped._replace(request_deserializer=tolerant(wrapped.request_deserializer))
-        if auth is not None:  # streaming responses (reflection): their own error handling, but not unauthenticated
-            return wrap_handler(handler, auth.require_streaming, streaming_responses=True)
-        return handler
+
+        def streaming(behaviour):  # health Watch, reflection: their own error handling
+            held = self._slots.streaming_response(behaviour)
+            return auth.require_streaming(held) if auth else held
+
+        return wrap_handler(handler, streaming, streaming_responses=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -30,9 +30,12 @@ class ServerSettings(BaseSettings):
     max_filter_ids: int = Field(default=10_000, ge=0)
     max_concurrent_rpcs: int = Field(default=256, ge=1)
     # Worker threads per process that run RPCs. Queries need few (each holds the GIL but for its FAISS search),
-    # and more cost CPU in thread switches (bench.serving); but a call blocked on Neo4j or on a slow client's
-    # event stream holds one until it ends, and health Watch streams hold one each.
-    rpc_threads: int = Field(default=8, ge=1)
+    # and more cost CPU in thread switches (bench.serving); but a call blocked on Neo4j holds one until Neo4j
+    # answers, and a streaming call (IngestEvents, health Watch, reflection) until its client ends the stream.
+    rpc_threads: int = Field(default=8, ge=2)
+    # Of those, how many streaming calls may hold at once; more are refused (RESOURCE_EXHAUSTED), so slow or
+    # idle streams can never take the threads queries need.
+    stream_threads: int = Field(default=4, ge=1)
     grace_period_s: float = Field(default=10.0, ge=0)
     # Serving processes sharing the port (SO_REUSEPORT: the kernel spreads client connections over them), since
     # one Python process answers RPCs on one core. 0 = one per CPU core. Each is a full replica following the
@@ -78,6 +81,13 @@ class ServerSettings(BaseSettings):
     # Prometheus metrics (HTTP /metrics); 0 binds a free port.
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9464, ge=0, le=65535)
+
+    @model_validator(mode="after")
+    def _threads_left_for_queries(self):
+        if self.stream_threads >= self.rpc_threads:
+            raise ValueError(f"IG_SERVER_STREAM_THREADS ({self.stream_threads}) must be below IG_SERVER_RPC_THREADS "
+                             f"({self.rpc_threads}): streams holding every thread would leave none for queries")
+        return self
 
     @field_validator("snapshot_dir", "redis_url", "tls_cert_file", "tls_key_file", mode="before")
     @classmethod

@@ -140,3 +140,60 @@ def test_concurrent_rpc_limit(server_graph_settings) -> None:
     finally:
         release.set()
         stop()
+
+
+def test_streams_cannot_take_the_threads_queries_need(server_graph_settings) -> None:
+    """Streaming calls hold an RPC thread while their client keeps the stream open: past IG_SERVER_STREAM_THREADS
+    they are refused (RESOURCE_EXHAUSTED, saying why), queries keep answering, and a slot frees when a stream
+    ends. Health Watch needs no token, so it is the stream anyone could open."""
+    import threading
+    import time
+
+    settings = base_settings(rpc_threads=3, stream_threads=2)
+    harness, stop = start_harness(settings, server_graph_settings, setup=load_items)
+    release = threading.Event()
+
+    def held_open():
+        yield pb.IngestEventsRequest()
+        release.wait(15)
+
+    try:
+        health = health_pb2_grpc.HealthStub(harness.channel())
+        watches = [health.Watch(health_pb2.HealthCheckRequest(service=SERVICE), timeout=20) for _ in range(2)]
+        for watch in watches:  # both are running: each has sent the current status
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as err:
+            next(health.Watch(health_pb2.HealthCheckRequest(service=SERVICE), timeout=10))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "streaming calls" in err.value.details()
+        stub = harness.stub()
+        with pytest.raises(grpc.RpcError) as err:
+            stub.IngestEvents(held_open(), timeout=10)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "STREAM_THREADS" in err.value.details()
+        for j in range(20):  # the one thread left answers queries
+            assert stub.SimilarItems(pb.SimilarItemsRequest(item_id=f"item-{j}", k=3), timeout=5).items
+        assert health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=5).status == \
+            health_pb2.HealthCheckResponse.SERVING
+
+        watches[0].cancel()  # a slot frees: a stream is accepted again
+        deadline = time.monotonic() + 10
+        while True:
+            holder = stub.IngestEvents.future(held_open(), timeout=15)
+            time.sleep(0.3)
+            if not holder.done():
+                break  # running, holding the freed slot
+            assert holder.exception().code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert time.monotonic() < deadline, "the cancelled Watch never gave its slot back"
+        release.set()
+        with pytest.raises(grpc.RpcError) as err:
+            holder.result()
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE  # it ran: no graph database behind this server
+    finally:
+        release.set()
+        stop()
+
+
+def test_stream_threads_must_leave_threads_for_queries() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="must be below IG_SERVER_RPC_THREADS"):
+        base_settings(rpc_threads=4, stream_threads=4)
