@@ -253,7 +253,7 @@ def ghz_load(ghz: Path, protoset: Path, data: Path, port: int, concurrency: int,
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     run = subprocess.run([str(ghz), "--insecure", "--protoset", str(protoset),
                           "--call", "interest.v1.InterestService.SimilarItems", "--data-file", str(data),
-                          "--concurrency", str(concurrency), "--connections", str(CONNECTIONS),
+                          "--concurrency", str(concurrency), "--connections", str(min(CONNECTIONS, concurrency)),
                           "--duration", f"{seconds}s", "--duration-stop", "wait", "--cpus", "1", "--timeout", "5s",
                           "--format", "json", f"127.0.0.1:{port}"], capture_output=True, text=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
