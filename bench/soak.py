@@ -148,9 +148,9 @@ class Soak:
                         IG_SERVER_COMPACT_INTERVAL_S="30", IG_SERVER_COMPACT_DELTA_MAX="2000",
                         IG_SERVER_SNAPSHOT_INTERVAL_S="120",
                         # sized for this load, as a deployment would: every ingestion client (and the probe)
-                        # may hold a stream at once, and the queries keep threads of their own
+                        # may hold a stream at once, and recommendations wait on Neo4j beside them
                         IG_SERVER_STREAM_THREADS=str(self.args.ingest_streams + 1),
-                        IG_SERVER_RPC_THREADS=str(self.args.ingest_streams + 1 + self.args.query_concurrency + 2))
+                        IG_SERVER_WAIT_THREADS=str(self.args.ingest_streams + 1 + self.args.query_concurrency + 2))
         self._spawn("server", [sys.executable, "-m", "server"])
         self._wait_serving()
         self.children["scheduler"] = process.start_scheduler(self.worker_env, self.var / "scheduler.log")

@@ -1,8 +1,9 @@
 """The gRPC server: ``create_server`` wires services, interceptors and limits (tests bind port 0);
 ``serve`` runs it with its backing services until SIGTERM/SIGINT, then shuts down gracefully.
 
-RPCs run in a pool of worker threads (grpc's synchronous server); the lifecycle (delta stream, compaction,
-snapshots) runs on an asyncio event loop in the main thread. Measured on two cores, ``SimilarItems`` costs
+RPCs run on worker threads (grpc's synchronous server; queries and calls that may wait on separate pools,
+``server.pools``); the lifecycle (delta stream, compaction, snapshots) runs on an asyncio event loop in the
+main thread. Measured on two cores, ``SimilarItems`` costs
 ~30 % less server CPU per call this way than on ``grpc.aio``: the asyncio server hands every call between
 grpc's poller thread and the event loop, 8-10 voluntary and 8 involuntary context switches per call against
 5 and 1.5 here, and FAISS (which releases the GIL) overlaps with other calls' Python work (bench.serving).
@@ -13,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from concurrent import futures
 
 import faiss
 import grpc
@@ -31,6 +31,7 @@ from server.delta import connect_redis
 from server.engine import Engine
 from server.lifecycle import Lifecycle
 from server.metrics import ServerMetrics
+from server.pools import RpcPools
 from server.service import InterestServicer
 from server.settings import ServerSettings
 
@@ -58,7 +59,8 @@ def create_server(settings: ServerSettings, engine: Engine, graph: GraphSettings
     check_exposure(settings)
     engine.loop = asyncio.get_running_loop()
     engine.metrics = ServerMetrics(engine)
-    interceptors = [CallInterceptor(engine.metrics, settings.tokens, settings.stream_threads)]
+    interceptors = [CallInterceptor(engine.metrics, settings.tokens, settings.stream_threads,
+                                    frozenset(f"/{SERVICE_NAME}/{name}" for name in InterestServicer.WAITING))]
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -66,8 +68,7 @@ def create_server(settings: ServerSettings, engine: Engine, graph: GraphSettings
         # port must fail to bind rather than silently take half the connections.
         ("grpc.so_reuseport", 1 if settings.processes != 1 else 0),
     ]
-    workers = futures.ThreadPoolExecutor(max_workers=settings.rpc_threads, thread_name_prefix="rpc")
-    server = grpc.server(workers, interceptors=interceptors, options=options,
+    server = grpc.server(RpcPools(settings.rpc_threads, settings.wait_threads), interceptors=interceptors, options=options,
                          maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
     pb_grpc.add_InterestServiceServicer_to_server(InterestServicer(engine, settings, graph), server)
 
@@ -114,8 +115,8 @@ async def serve(settings: ServerSettings, graph: GraphSettings, neo4j_settings: 
     except OSError as exc:  # serving matters more than its figures
         log.error("metrics endpoint %s:%d not started: %s", settings.metrics_host, settings.metrics_port, exc)
     server.start()
-    log.info("listening on %s:%d (%s), %d RPC threads", settings.host, port, "TLS" if settings.tls else "plaintext",
-             settings.rpc_threads)
+    log.info("listening on %s:%d (%s), %d query threads, %d for calls that wait", settings.host, port,
+             "TLS" if settings.tls else "plaintext", settings.rpc_threads, settings.wait_threads)
     loading = asyncio.create_task(lifecycle.start())
 
     stop = asyncio.Event()

@@ -1,5 +1,6 @@
 """Every RPC passes one wrapper, built once per method: metrics, then auth, then error translation, and for
-streaming calls a slot among the threads they may hold.
+streaming calls a slot among the threads they may hold. Methods that may wait (on Neo4j or on a stream) are
+marked for the waiting pool (``server.pools``).
 
 grpc runs each server interceptor on every call, and each of the three this used to have resolved the method's
 handler and wrapped it again: together they cost more server CPU than the index search (bench.serving). One
@@ -16,6 +17,7 @@ from graphdb.errors import ResourceExhausted
 from server.auth import OPEN_PREFIXES, TokenCheck
 from server.errors import guard, tolerant, wrap_handler
 from server.metrics import ServerMetrics
+from server.pools import mark_waiting
 
 
 class StreamSlots:
@@ -56,10 +58,14 @@ class StreamSlots:
 
 
 class CallInterceptor(grpc.ServerInterceptor):
-    def __init__(self, metrics: ServerMetrics, tokens: frozenset[str], stream_slots: int) -> None:
+    def __init__(self, metrics: ServerMetrics, tokens: frozenset[str], stream_slots: int,
+                 waiting_methods: frozenset[str]) -> None:
+        """``waiting_methods``: full names (``/package.Service/Method``) of the unary calls that may wait on
+        Neo4j; every streaming call is taken to wait too."""
         self._metrics = metrics
         self._auth = TokenCheck(tokens) if tokens else None
         self._slots = StreamSlots(stream_slots)
+        self._waiting = waiting_methods
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     def intercept_service(self, continuation, handler_call_details):
@@ -77,13 +83,14 @@ class CallInterceptor(grpc.ServerInterceptor):
         if handler.unary_unary or handler.stream_unary:
             def around(behaviour):
                 inner = guard(self._slots.unary_response(behaviour) if handler.stream_unary else behaviour)
-                return self._metrics.observe(method, auth.require(inner) if auth else inner)
+                observed = self._metrics.observe(method, auth.require(inner) if auth else inner)
+                return mark_waiting(observed) if handler.stream_unary or method in self._waiting else observed
 
             wrapped = wrap_handler(handler, around)
             return wrapped._replace(request_deserializer=tolerant(wrapped.request_deserializer))
 
         def streaming(behaviour):  # health Watch, reflection: their own error handling
             held = self._slots.streaming_response(behaviour)
-            return auth.require_streaming(held) if auth else held
+            return mark_waiting(auth.require_streaming(held) if auth else held)
 
         return wrap_handler(handler, streaming, streaming_responses=True)

@@ -89,6 +89,9 @@ def event_mapping(ev: pb.Event) -> dict[str, Any]:
 
 
 class InterestServicer(pb_grpc.InterestServiceServicer):
+    # The methods that may wait on Neo4j: they run on the waiting pool (server.pools), not the query threads.
+    WAITING = ("RecommendForUser", "IngestEvents", "GetEmbedding", "ForgetUser")
+
     def __init__(self, engine: Engine, settings: ServerSettings, graph: GraphSettings) -> None:
         self.engine = engine
         self.check = Validator(settings, graph)

@@ -29,13 +29,16 @@ class ServerSettings(BaseSettings):
     max_stream_events: int = Field(default=100_000, ge=1)
     max_filter_ids: int = Field(default=10_000, ge=0)
     max_concurrent_rpcs: int = Field(default=256, ge=1)
-    # Worker threads per process that run RPCs. Queries need few (each holds the GIL but for its FAISS search),
-    # and more cost CPU in thread switches (bench.serving); but a call blocked on Neo4j holds one until Neo4j
-    # answers, and a streaming call (IngestEvents, health Watch, reflection) until its client ends the stream.
-    rpc_threads: int = Field(default=8, ge=2)
+    # Threads per process answering queries (SimilarItems, NearestItems, health checks). Few is best: each holds
+    # the GIL but for its FAISS search, and 8 instead of 4 cost ~25 % of the throughput in thread switches
+    # (bench.serving).
+    rpc_threads: int = Field(default=4, ge=1)
+    # Threads per process for the calls that may wait: on Neo4j (RecommendForUser, GetEmbedding, ForgetUser) or
+    # on a client's stream (IngestEvents, health Watch, reflection). They never take the query threads.
+    wait_threads: int = Field(default=16, ge=2)
     # Of those, how many streaming calls may hold at once; more are refused (RESOURCE_EXHAUSTED), so slow or
-    # idle streams can never take the threads queries need.
-    stream_threads: int = Field(default=4, ge=1)
+    # idle streams leave threads to the calls waiting on Neo4j.
+    stream_threads: int = Field(default=8, ge=1)
     grace_period_s: float = Field(default=10.0, ge=0)
     # Serving processes sharing the port (SO_REUSEPORT: the kernel spreads client connections over them), since
     # one Python process answers RPCs on one core. 0 = one per CPU core. Each is a full replica following the
@@ -84,9 +87,10 @@ class ServerSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _threads_left_for_queries(self):
-        if self.stream_threads >= self.rpc_threads:
-            raise ValueError(f"IG_SERVER_STREAM_THREADS ({self.stream_threads}) must be below IG_SERVER_RPC_THREADS "
-                             f"({self.rpc_threads}): streams holding every thread would leave none for queries")
+        if self.stream_threads >= self.wait_threads:
+            raise ValueError(f"IG_SERVER_STREAM_THREADS ({self.stream_threads}) must be below IG_SERVER_WAIT_THREADS "
+                             f"({self.wait_threads}): streams holding every thread would leave none for the calls "
+                             "waiting on Neo4j")
         return self
 
     @field_validator("snapshot_dir", "redis_url", "tls_cert_file", "tls_key_file", mode="before")

@@ -143,13 +143,15 @@ def test_concurrent_rpc_limit(server_graph_settings) -> None:
 
 
 def test_streams_cannot_take_the_threads_queries_need(server_graph_settings) -> None:
-    """Streaming calls hold an RPC thread while their client keeps the stream open: past IG_SERVER_STREAM_THREADS
-    they are refused (RESOURCE_EXHAUSTED, saying why), queries keep answering, and a slot frees when a stream
-    ends. Health Watch needs no token, so it is the stream anyone could open."""
+    """Streaming calls hold a thread while their client keeps the stream open: they run on the waiting pool, never
+    on the query threads, and past IG_SERVER_STREAM_THREADS they are refused (RESOURCE_EXHAUSTED, saying why);
+    queries keep answering, and a slot frees when a stream ends. Health Watch needs no token, so it is the
+    stream anyone could open."""
     import threading
     import time
 
-    settings = base_settings(rpc_threads=3, stream_threads=2)
+    # Two query threads: were the two held Watch streams on them, no query could be answered.
+    settings = base_settings(rpc_threads=2, wait_threads=3, stream_threads=2)
     harness, stop = start_harness(settings, server_graph_settings, setup=load_items)
     release = threading.Event()
 
@@ -169,7 +171,7 @@ def test_streams_cannot_take_the_threads_queries_need(server_graph_settings) -> 
         with pytest.raises(grpc.RpcError) as err:
             stub.IngestEvents(held_open(), timeout=10)
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "STREAM_THREADS" in err.value.details()
-        for j in range(20):  # the one thread left answers queries
+        for j in range(20):  # the query threads answer
             assert stub.SimilarItems(pb.SimilarItemsRequest(item_id=f"item-{j}", k=3), timeout=5).items
         assert health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=5).status == \
             health_pb2.HealthCheckResponse.SERVING
@@ -192,8 +194,8 @@ def test_streams_cannot_take_the_threads_queries_need(server_graph_settings) -> 
         stop()
 
 
-def test_stream_threads_must_leave_threads_for_queries() -> None:
+def test_stream_threads_must_leave_threads_for_calls_waiting_on_the_graph() -> None:
     from pydantic import ValidationError
 
-    with pytest.raises(ValidationError, match="must be below IG_SERVER_RPC_THREADS"):
-        base_settings(rpc_threads=4, stream_threads=4)
+    with pytest.raises(ValidationError, match="must be below IG_SERVER_WAIT_THREADS"):
+        base_settings(wait_threads=4, stream_threads=4)
