@@ -137,7 +137,7 @@ def load_items(engine: Engine, ids=None, vecs=None, version: str = "m1") -> None
     if ids is None:
         ids, vecs = item_vectors()
     engine.install(engine.load_vectors(ids, vecs, version))
-    engine.facets.update(catalogue_facets(ids))
+    engine.update_facets(catalogue_facets(ids))
 
 
 @pytest.fixture(scope="session")
