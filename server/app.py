@@ -3,10 +3,10 @@
 
 RPCs run on worker threads (grpc's synchronous server; queries and calls that may wait on separate pools,
 ``server.pools``); the lifecycle (delta stream, compaction, snapshots) runs on an asyncio event loop in the
-main thread. Measured on two cores, ``SimilarItems`` costs
-~30 % less server CPU per call this way than on ``grpc.aio``: the asyncio server hands every call between
-grpc's poller thread and the event loop, 8-10 voluntary and 8 involuntary context switches per call against
-5 and 1.5 here, and FAISS (which releases the GIL) overlaps with other calls' Python work (bench.serving).
+main thread. Measured on two cores, ``SimilarItems`` costs ~30 % less server CPU per call this way than on
+``grpc.aio``: the asyncio server hands every call between grpc's poller thread and the event loop, 8-10
+voluntary and 8 involuntary context switches per call against 5 and 1.5 here, and FAISS (which releases the
+GIL) overlaps with other calls' Python work (bench.serving).
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ def create_server(settings: ServerSettings, engine: Engine, graph: GraphSettings
         # port must fail to bind rather than silently take half the connections.
         ("grpc.so_reuseport", 1 if settings.processes != 1 else 0),
     ]
-    server = grpc.server(RpcPools(settings.rpc_threads, settings.wait_threads), interceptors=interceptors, options=options,
-                         maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
+    server = grpc.server(RpcPools(settings.rpc_threads, settings.wait_threads), interceptors=interceptors,
+                         options=options, maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
     pb_grpc.add_InterestServiceServicer_to_server(InterestServicer(engine, settings, graph), server)
 
     health_servicer = health.HealthServicer()

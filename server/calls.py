@@ -21,8 +21,9 @@ from server.pools import mark_waiting
 
 
 class StreamSlots:
-    """Caps the streaming calls running at once. Each holds an RPC thread for as long as its client keeps the
-    stream open, so without a cap a few idle streams (health Watch needs no token) could starve queries."""
+    """Caps the streaming calls running at once. Each holds a thread of the waiting pool for as long as its
+    client keeps the stream open, so without a cap a few idle streams (health Watch needs no token) could take
+    every thread the calls waiting on Neo4j need."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit

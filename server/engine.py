@@ -2,7 +2,7 @@
 
 Queries run in the gRPC server's worker threads (Neo4j calls too, with the sync driver); the lifecycle changes
 the serving state on the event loop. ``lock`` makes the two take turns: every read or change of the index, the
-user vectors, the facets and the popular items holds it, Neo4j round trips never do. The serving state (item
+user vectors and the facets holds it, Neo4j round trips never do. The serving state (item
 index + user vectors of one model version) is swapped as a single reference, so a model switch is atomic for
 every query.
 """
