@@ -12,12 +12,16 @@ from __future__ import annotations
 from concurrent import futures
 from typing import Callable
 
-_WAITS = "_ig_waits"
+# ids of the marked behaviours (they live as long as the server's cached handlers): looking an id up costs less
+# than getattr on grpc's arguments, which raises and catches AttributeError for most of them.
+_WAITING: set[int] = set()
+_KEEP: list[Callable] = []  # keeps marked behaviours alive, so their ids are never reused
 
 
 def mark_waiting(behaviour: Callable) -> Callable:
     """Runs ``behaviour`` on the waiting pool (returns it, marked)."""
-    setattr(behaviour, _WAITS, True)
+    _KEEP.append(behaviour)
+    _WAITING.add(id(behaviour))
     return behaviour
 
 
@@ -29,7 +33,7 @@ class RpcPools(futures.Executor):
     def submit(self, fn, /, *args, **kwargs) -> futures.Future:
         # grpc's server submits (context.run, its handler, rpc_event, state, the method's behaviour, ...):
         # whatever the order, a marked behaviour sends the call to the waiting pool.
-        waits = any(getattr(arg, _WAITS, False) for arg in args)
+        waits = any(id(arg) in _WAITING for arg in args)
         return (self.waiting if waits else self.queries).submit(fn, *args, **kwargs)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
