@@ -28,7 +28,7 @@ from graphdb.pseudonym import pseudonymise
 from graphdb.schema import USER
 from graphdb.settings import GraphSettings
 from server.facets import FacetStore
-from server.index import IndexParams, ItemIndex, LabelMap, normalise
+from server.index import IndexParams, ItemIndex, LabelMap
 from server.settings import ServerSettings
 from server.users import UserVectors
 
@@ -185,10 +185,10 @@ class Engine:
         serving = self._state()
         if len(vector) != serving.index.dim:
             raise InvalidInput(f"vector has dimension {len(vector)}, the index expects {serving.index.dim}")
-        vec = np.asarray(vector, np.float32)
+        vec = np.asarray(vector, np.float64)  # float32 components up to 3.4e38: their squares fit in float64
         if not np.all(np.isfinite(vec)) or not np.any(vec):
             raise InvalidInput("vector must be finite and not all zeros")
-        query = normalise(vec.reshape(1, -1))[0]
+        query = (vec / np.linalg.norm(vec)).astype(np.float32)
         with self.lock:
             items = self._search(serving, query, k, flt)
         return Answer(items, serving.index.model_version)

@@ -58,6 +58,9 @@ def test_nearest_items_normalises_and_checks_dimension(plain_server) -> None:
     _, vecs = item_vectors()
     resp = stub.NearestItems(pb.NearestItemsRequest(vector=(3.0 * vecs[11]).tolist(), k=3), timeout=10)
     assert resp.items[0].item_id == "item-11" and resp.items[0].score == pytest.approx(1.0, abs=1e-4)
+    for scale in (1e30, 1e-30):  # the norm of these overflows / underflows in float32: still the same direction
+        resp = stub.NearestItems(pb.NearestItemsRequest(vector=(scale * vecs[11]).tolist(), k=3), timeout=10)
+        assert resp.items[0].item_id == "item-11" and resp.items[0].score == pytest.approx(1.0, abs=1e-4), scale
     code, details = _code(stub.NearestItems, pb.NearestItemsRequest(vector=[1.0] * (DIM + 1), k=3))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and str(DIM) in details and str(DIM + 1) in details
     for bad in ([], [0.0] * DIM, [float("nan")] + [1.0] * (DIM - 1)):
