@@ -196,7 +196,7 @@ class ItemIndex:
                 ok = ok.copy()
                 ok[excl[excl < len(ok)]] = False
                 bits = self._clear_bits(bits, excl)
-            base = self._base_selected(queries, k, ok, fs.n, bits)
+            base = self._base_selected(queries, k, fs.n, bits)
             return self._merge(base, self._delta(queries, k, ok, excl, _floors(base, k)), k)
         kf = k + len(excl) + self._tomb
         if kf <= self.params.overfetch_max or len(self._base.labels) == 0:
@@ -242,7 +242,7 @@ class ItemIndex:
 
     def _exact(self, queries: np.ndarray, k: int, fs: _FilterState, excl: np.ndarray):
         if fs.n == 0:
-            return [(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in queries]
+            return _no_hits(queries)
         scores = fs.vecs @ queries.T  # (ncand, nq)
         if len(excl):
             pos = np.minimum(np.searchsorted(fs.cand, excl), fs.n - 1)
@@ -254,12 +254,13 @@ class ItemIndex:
             out.append((labs[fin], sc[fin]))
         return out
 
-    def _base_overfetch(self, queries: np.ndarray, kf: int, excl: np.ndarray, live_bits: np.ndarray | None = None):
+    def _base_overfetch(self, queries: np.ndarray, kf: int, excl: np.ndarray,
+                        live_bits: np.ndarray | None = None):
         """The base's best ``kf`` per query less tombstones and exclusions; with ``live_bits``, FAISS skips the
         tombstones itself (an id selector)."""
         base = self._base
         if len(base.labels) == 0:
-            return [(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in queries]
+            return _no_hits(queries)
         params = None
         if live_bits is not None:
             sel = faiss.IDSelectorBitmap(len(base.labels), faiss.swig_ptr(live_bits))
@@ -277,13 +278,11 @@ class ItemIndex:
             out.append((lab[valid], sc[valid]))
         return out
 
-    def _base_selected(self, queries: np.ndarray, k: int, ok_labels: np.ndarray, n_ok: int,
-                       bits: np.ndarray | None = None):
+    def _base_selected(self, queries: np.ndarray, k: int, n_ok: int, bits: np.ndarray):
+        """The base's best k per query among the positions set in ``bits`` (``n_ok`` of the live items)."""
         base = self._base
         if len(base.labels) == 0:
-            return [(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in queries]
-        if bits is None:
-            bits = np.packbits(ok_labels[base.labels] & (self._where[base.labels] == BASE), bitorder="little")
+            return _no_hits(queries)
         sel = faiss.IDSelectorBitmap(len(base.labels), faiss.swig_ptr(bits))
         selectivity = max(n_ok / max(self._live, 1), 1e-6)
         boost = min(1.0 / selectivity, self.params.filter_probe_boost_max)
@@ -298,12 +297,11 @@ class ItemIndex:
         """Top-k of the delta per query. ``floors``: per query, the score a delta row must reach to enter the
         answer (the base's k-th); when no row reaches it, the delta's own top-k and the merge are skipped, which
         saves most of a 200-row delta's cost per query (bench.serving)."""
-        empty = [(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in queries]
         if self._dn == 0:
-            return empty
+            return _no_hits(queries)
         scores = self._dvec[: self._dn] @ queries.T
         if floors is not None and not (scores.max(axis=0) >= floors).any():  # >=: ties break by label
-            return empty
+            return _no_hits(queries)
         lab = self._dlab[: self._dn]
         valid = lab >= 0
         if ok_labels is not None:
@@ -385,6 +383,10 @@ class ItemIndex:
         self._live = int((self._where > ABSENT).sum())
         self._rebuild_delta()
         return self
+
+
+def _no_hits(queries: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in queries]
 
 
 def _floors(results: list[tuple[np.ndarray, np.ndarray]], k: int) -> np.ndarray:
