@@ -4,13 +4,14 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+FRONT := $(VENV)/.front-built
 CLI := $(PY) -m cli.main
 DATASET ?= amazon-office
 PYTEST_ARGS ?=
 
 .PHONY: setup system proto neo4j-jars demo test up down status bench-ingest bench-incremental bench-freshness clean
 
-setup: system $(STAMP) proto neo4j-jars
+setup: system $(STAMP) $(FRONT) proto neo4j-jars
 
 # System packages: Java 17 and Maven (Neo4j), redis-server. Installed only when missing.
 system:
@@ -27,6 +28,13 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || uv venv -q -p python3.11 $(VENV)
 	VIRTUAL_ENV=$(VENV) uv pip install -q -e ".[dev]"
 	@touch $(STAMP)
+
+# The server's native front end (server/native, Rust): cargo fetches its crates from crates.io the first time.
+# Without a Rust toolchain the server runs on grpc's Python server alone (IG_SERVER_FRONT=auto).
+$(FRONT): $(STAMP) server/native/Cargo.toml server/native/Cargo.lock server/native/src/lib.rs
+	@if command -v cargo >/dev/null || test -x $$HOME/.cargo/bin/cargo; then \
+	  PATH="$$HOME/.cargo/bin:$$PATH" VIRTUAL_ENV=$(VENV) uv pip install -q ./server/native && touch $@; \
+	else echo "no Rust toolchain (cargo): the server will use grpc's Python server (IG_SERVER_FRONT=auto)"; fi
 
 proto: $(STAMP)
 	$(PY) -m proto.generate

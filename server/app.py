@@ -26,6 +26,7 @@ from graphdb.errors import FailedPrecondition
 from graphdb.settings import GraphSettings, Neo4jSettings
 from proto.interest.v1 import interest_pb2 as pb
 from proto.interest.v1 import interest_pb2_grpc as pb_grpc
+from server import front
 from server.calls import CallInterceptor
 from server.delta import connect_redis
 from server.engine import Engine
@@ -50,27 +51,74 @@ def check_exposure(settings: ServerSettings) -> None:
         "127.0.0.1, or set IG_SERVER_ALLOW_INSECURE_PUBLIC=true if something in front authenticates callers")
 
 
-def create_server(settings: ServerSettings, engine: Engine, graph: GraphSettings) -> tuple[grpc.Server, int]:
-    """A configured, not yet started server and the port it is bound to. Call it on the event loop the
+def use_native_front(settings: ServerSettings) -> bool:
+    if settings.front == "grpc":
+        return False
+    if settings.tls:
+        if settings.front == "native":
+            raise FailedPrecondition("IG_SERVER_FRONT=native serves plaintext only; with TLS configured use "
+                                     "IG_SERVER_FRONT=grpc or auto (grpc's server then terminates TLS)")
+        return False
+    return settings.front == "native" or front.available()
+
+
+class _Registered:
+    """Collects the generic handlers a generated ``add_*Servicer_to_server`` registers."""
+
+    def __init__(self) -> None:
+        self.generic: list[grpc.GenericRpcHandler] = []
+
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        self.generic.extend(handlers)
+
+    def add_registered_method_handlers(self, service, handlers) -> None:
+        pass
+
+
+class _Details(grpc.HandlerCallDetails):
+    def __init__(self, method: str) -> None:
+        self.method, self.invocation_metadata = method, ()
+
+
+def unary_handlers(servicer: InterestServicer) -> list[tuple[str, grpc.RpcMethodHandler]]:
+    """(full name, handler) of the InterestService methods with one request and one response."""
+    registered = _Registered()
+    pb_grpc.add_InterestServiceServicer_to_server(servicer, registered)
+    out = []
+    for method in pb.DESCRIPTOR.services_by_name["InterestService"].methods:
+        if method.client_streaming or method.server_streaming:
+            continue
+        name = f"/{SERVICE_NAME}/{method.name}"
+        handler = next(h for h in (g.service(_Details(name)) for g in registered.generic) if h is not None)
+        out.append((name, handler))
+    return out
+
+
+def create_server(settings: ServerSettings, engine: Engine, graph: GraphSettings):
+    """A configured, not yet started server (``grpc.Server``, or ``server.front.FrontedServer`` when the native
+    front end owns the port: the same start and stop) and the port it is bound to. Call it on the event loop the
     lifecycle runs on: RPCs hand their asynchronous work (callbacks, Redis) to that loop.
 
     Its metrics (own registry) are ``engine.metrics``; ``engine.metrics.start_http(host, port)`` exposes them.
     """
     check_exposure(settings)
+    native = use_native_front(settings)
     engine.loop = asyncio.get_running_loop()
     engine.metrics = ServerMetrics(engine)
-    interceptors = [CallInterceptor(engine.metrics, settings.tokens, settings.stream_threads,
-                                    frozenset(f"/{SERVICE_NAME}/{name}" for name in InterestServicer.WAITING))]
+    waiting = frozenset(f"/{SERVICE_NAME}/{name}" for name in InterestServicer.WAITING)
+    interceptor = CallInterceptor(engine.metrics, settings.tokens, settings.stream_threads, waiting)
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         # Several processes share the port only when configured to; otherwise a second server on the same
-        # port must fail to bind rather than silently take half the connections.
-        ("grpc.so_reuseport", 1 if settings.processes != 1 else 0),
+        # port must fail to bind rather than silently take half the connections. Behind the native front end,
+        # grpc's server listens on a private loopback port.
+        ("grpc.so_reuseport", 1 if settings.processes != 1 and not native else 0),
     ]
-    server = grpc.server(RpcPools(settings.rpc_threads, settings.wait_threads), interceptors=interceptors,
+    server = grpc.server(RpcPools(settings.rpc_threads, settings.wait_threads), interceptors=[interceptor],
                          options=options, maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
-    pb_grpc.add_InterestServiceServicer_to_server(InterestServicer(engine, settings, graph), server)
+    servicer = InterestServicer(engine, settings, graph)
+    pb_grpc.add_InterestServiceServicer_to_server(servicer, server)
 
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -89,6 +137,19 @@ def create_server(settings: ServerSettings, engine: Engine, graph: GraphSettings
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server)
+
+    if native:
+        backend_port = server.add_insecure_port("127.0.0.1:0")
+        if backend_port == 0:
+            raise OSError("could not bind a loopback port for grpc's server")
+        methods = [(name, interceptor.wrapped(name, handler), name in waiting)
+                   for name, handler in unary_handlers(servicer)]
+        fronted = front.native_front(
+            settings.host, settings.port, settings.processes != 1, backend_port, methods,
+            wait_threads=settings.wait_threads,
+            max_concurrent_rpcs=settings.max_concurrent_rpcs, max_message_bytes=settings.max_message_bytes,
+            io_threads=settings.io_threads)
+        return front.FrontedServer(server, fronted), fronted.port
 
     address = f"{settings.host}:{settings.port}"
     if settings.tls:

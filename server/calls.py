@@ -76,6 +76,13 @@ class CallInterceptor(grpc.ServerInterceptor):
             handler = continuation(handler_call_details)
             if handler is None:  # unknown method: not cached or counted (callers choose the names)
                 return None
+            wrapped = self.wrapped(method, handler)
+        return wrapped
+
+    def wrapped(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """``handler`` of ``method`` with this interceptor's wrappers (for the native front end's calls)."""
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
             wrapped = self._wrapped[method] = self._wrap(method, handler)
         return wrapped
 

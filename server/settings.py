@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -39,6 +40,12 @@ class ServerSettings(BaseSettings):
     # Of those, how many streaming calls may hold at once; more are refused (RESOURCE_EXHAUSTED), so slow or
     # idle streams leave threads to the calls waiting on Neo4j.
     stream_threads: int = Field(default=8, ge=1)
+    # Who owns the public port: "native" (the Rust front end, server.front: HTTP/2 and gRPC framing outside
+    # Python, ~2x the calls per core), "grpc" (grpc's Python server alone) or "auto" (native when built and
+    # without TLS, which only grpc's server terminates).
+    front: Literal["auto", "native", "grpc"] = "auto"
+    # Threads of the native front end's HTTP/2 event loop.
+    io_threads: int = Field(default=2, ge=1)
     grace_period_s: float = Field(default=10.0, ge=0)
     # Serving processes sharing the port (SO_REUSEPORT: the kernel spreads client connections over them), since
     # one Python process answers RPCs on one core. 0 = one per CPU core. Each is a full replica following the

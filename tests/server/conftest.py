@@ -33,6 +33,7 @@ class Harness:
     port: int
     loop: asyncio.AbstractEventLoop
     lifecycle: Lifecycle | None = None
+    server: Any = None  # grpc.Server, or server.front.FrontedServer when the native front end owns the port
     channels: list[grpc.Channel] = field(default_factory=list)
 
     def run(self, coro, timeout: float = 60.0) -> Any:
@@ -69,7 +70,7 @@ def start_harness(settings: ServerSettings, graph: GraphSettings, driver=None, *
         if start_lifecycle:
             lifecycle = Lifecycle(engine, connect_redis(redis_url, settings.delta_block_ms) if redis_url else None)
             await lifecycle.start()
-        return Harness(engine, port, loop, lifecycle), server
+        return Harness(engine, port, loop, lifecycle, server), server
 
     harness, server = asyncio.run_coroutine_threadsafe(boot(), loop).result(120)
 

@@ -1,0 +1,108 @@
+"""The native front end (server/native, Rust): it owns the port, answers the unary calls as grpc's Python server
+does (same codes, details and answers) and forwards what it does not answer itself (streams, health,
+reflection, compressed calls) to that server."""
+
+from __future__ import annotations
+
+import shutil
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from graphdb.errors import FailedPrecondition
+from proto.interest.v1 import interest_pb2 as pb
+from server import front
+from server.app import use_native_front
+from tests.server.conftest import base_settings, load_items, start_harness
+
+# Where cargo exists, `make setup` builds the front end: a missing build there is a failure, not a skip.
+pytestmark = pytest.mark.skipif(not front.available() and shutil.which("cargo") is None,
+                                reason="no Rust toolchain: the native front end cannot be built here")
+
+CALLS = [
+    ("SimilarItems", pb.SimilarItemsRequest(item_id="item-7", k=5)),
+    ("SimilarItems", pb.SimilarItemsRequest(item_id="item-7", k=5, filter=pb.ItemFilter(
+        category_ids=["Fashion"], exclude_item_ids=["item-13"]))),
+    ("SimilarItems", pb.SimilarItemsRequest(item_id="no-such-item", k=5)),
+    ("SimilarItems", pb.SimilarItemsRequest(item_id="größe-€", k=5)),  # non-ASCII details travel percent-encoded
+    ("SimilarItems", pb.SimilarItemsRequest(item_id="item-7", k=0)),
+    ("SimilarItems", pb.SimilarItemsRequest(item_id="", k=5)),
+    ("NearestItems", pb.NearestItemsRequest(vector=[0.5] * 16, k=3)),
+    ("NearestItems", pb.NearestItemsRequest(vector=[0.5] * 5, k=3)),
+    ("NearestItems", pb.NearestItemsRequest(vector=[float("nan")] * 16, k=3)),
+    ("RecommendForUser", pb.RecommendForUserRequest(user_id="u-1", k=3)),  # on the pool for calls that wait
+    ("GetEmbedding", pb.GetEmbeddingRequest(node_type=pb.NODE_TYPE_ITEM, id="item-3")),
+]
+
+
+def _outcomes(port: int, token: str | None = None, compression=None) -> list[tuple]:
+    metadata = (("authorization", f"Bearer {token}"),) if token else None
+    out = []
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        for method, request in CALLS:
+            call = channel.unary_unary(f"/interest.v1.InterestService/{method}",
+                                       request_serializer=type(request).SerializeToString,
+                                       response_deserializer=lambda b: b)
+            try:
+                answer = call(request, timeout=10, metadata=metadata, compression=compression)
+                out.append((method, "OK", answer))
+            except grpc.RpcError as err:
+                out.append((method, err.code().name, err.details()))
+    return out
+
+
+def _serve(server_graph_settings, **settings):
+    return start_harness(base_settings(**settings), server_graph_settings, setup=load_items)
+
+
+def test_the_native_front_end_owns_the_port_when_built(server_graph_settings) -> None:
+    assert front.available(), "cargo is here but the native front end is not built: run `make setup`"
+    harness, stop = _serve(server_graph_settings)
+    try:
+        assert isinstance(harness.server, front.FrontedServer)
+        assert harness.stub().SimilarItems(pb.SimilarItemsRequest(item_id="item-7", k=3), timeout=10).items
+    finally:
+        stop()
+
+
+def test_the_front_is_chosen_by_the_settings() -> None:
+    tls = dict(tls_cert_file="cert.pem", tls_key_file="key.pem")
+    assert use_native_front(base_settings(front="auto")) == front.available()
+    assert use_native_front(base_settings(front="native"))
+    assert not use_native_front(base_settings(front="grpc"))
+    assert not use_native_front(base_settings(front="auto", **tls))  # grpc's server terminates TLS
+    with pytest.raises(FailedPrecondition, match="plaintext only"):
+        use_native_front(base_settings(front="native", **tls))
+
+
+@pytest.mark.parametrize("tokens", ["", "s3cret"])
+def test_both_fronts_answer_every_call_alike(server_graph_settings, tokens) -> None:
+    """Same answers, codes and details, with and without auth; the native front's are not all OK or all errors."""
+    outcomes = {}
+    for name in ("native", "grpc"):
+        harness, stop = _serve(server_graph_settings, front=name, auth_tokens=tokens)
+        try:
+            outcomes[name] = _outcomes(harness.port, token=tokens or None)
+            if tokens:  # a wrong token is refused alike too
+                outcomes[name] += _outcomes(harness.port, token="wrong")
+        finally:
+            stop()
+    assert outcomes["native"] == outcomes["grpc"]
+    codes = {code for _, code, _ in outcomes["native"]}
+    assert {"OK", "NOT_FOUND", "INVALID_ARGUMENT"} <= codes
+    assert ("SimilarItems", "NOT_FOUND", "item 'größe-€' has no vector in model 'm1'") in outcomes["native"]
+    if tokens:
+        assert sum(code == "UNAUTHENTICATED" for _, code, _ in outcomes["native"]) == len(CALLS)
+
+
+def test_compressed_calls_and_health_are_forwarded(server_graph_settings) -> None:
+    harness, stop = _serve(server_graph_settings, front="native")
+    try:
+        plain = _outcomes(harness.port)
+        assert _outcomes(harness.port, compression=grpc.Compression.Gzip) == plain
+        with grpc.insecure_channel(f"127.0.0.1:{harness.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        stop()
