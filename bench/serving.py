@@ -9,14 +9,16 @@ for gowalla's items (64-d truncated SVD of the normalised train interaction matr
   bench/loadgen (Go, pre-serialised requests, built with ``go build``) over 32 connections; ghz runs once
   at 16 as a cross-check, and a Python ``grpc.aio`` client (one connection, one process) supplies the served
   answers. The client shares the two cores with the server, so its cost per call is reported too;
-- the floor under any Python gRPC server here: one process per core that only looks up the item's vector, runs
-  the FAISS search and returns the ids (``bench._serving_server.floor``), driven the same way at 16;
+- two peers, one process per core, driven the same way at 16: our server on grpc's Python server alone
+  (``IG_SERVER_FRONT=grpc``: what the native front end, ``server/native``, saves), and the floor under any
+  servicer on grpc's Python server: a process that only looks up the item's vector, runs the FAISS search and
+  returns the ids (``bench._serving_server.floor``);
 - recall@10 of the served answers against exact search, also under category filters (synthetic data);
 - how long an upsert on the delta stream (a real redis-server) takes to show up in query answers.
 
 The RESULT line reports the synthetic set at concurrency 16 with one server process per core, driven by
-bench/loadgen (or the Python client when Go is not available: ``client`` says which); everything else is in
-``details``.
+bench/loadgen (or the Python client when Go is not available: ``client`` says which), served by the native
+front end when it is built (``front`` says which); everything else is in ``details``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import numpy as np
 from bench._common import emit_result
 from graphdb import localstack
 from graphdb.settings import LocalStackSettings
+from server.front import available as front_built
 from server.index import IndexParams, ItemIndex, LabelMap, normalise
 from server.snapshot import save_snapshot
 
@@ -324,11 +327,12 @@ def loadgen_load(binary: Path, requests: Path, port: int, concurrency: int, seco
 
 
 def start_servers(snap: Path, redis_url: str, n_categories: int, nprobe: int, processes: int,
-                  floor: bool = False) -> tuple[list, int]:
+                  floor: bool = False, front: str = "auto") -> tuple[list, int]:
     """``processes`` bench servers on one port (each loads the snapshot); returns them once all serve.
-    ``floor``: the least Python gRPC server instead (``bench._serving_server.floor``)."""
+    ``floor``: the least Python gRPC server instead (``bench._serving_server.floor``); ``front``: who owns
+    the port (``IG_SERVER_FRONT``)."""
     port = localstack.free_port() if processes > 1 else 0
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", IG_SERVER_FRONT=front)
     args = ["floor", str(snap), str(nprobe)] if floor else [str(snap), redis_url, STREAM, str(n_categories),
                                                              str(nprobe)]
     procs = [subprocess.Popen([sys.executable, "-m", "bench._serving_server", *args, str(port), str(processes)],
@@ -470,15 +474,17 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
         data = work / "queries.json"
         data.write_text(json.dumps([{"item_id": q, "k": 10} for q in queries]))
         ncpu = max(1, os.cpu_count() or 1)
-        for key, processes, floor in ([("1", 1, False), (str(ncpu), ncpu, False), ("floor", ncpu, True)]
-                                      if loadgen else []):
+        # Ours as served (native front end when built), ours on grpc's Python server alone, and the floor.
+        peers = [("1", 1, False, "auto"), (str(ncpu), ncpu, False, "auto"), ("grpc_front", ncpu, False, "grpc"),
+                 ("floor", ncpu, True, "auto")]
+        for key, processes, floor, front in (peers if loadgen else []):
             if key in configs:
                 continue  # one core: "1" is also one per core
-            procs, port = start_servers(snap, redis_url, n_categories, args.nprobe, processes, floor)
+            procs, port = start_servers(snap, redis_url, n_categories, args.nprobe, processes, floor, front)
             try:
                 loadgen_load(loadgen, requests, port, 16, 1.0)  # warm-up: connections, first calls
                 configs[key] = []
-                clients = [("loadgen", 16)] if floor else \
+                clients = [("loadgen", 16)] if floor or front == "grpc" else \
                     [("loadgen", 8), ("loadgen", 16), ("loadgen", 32)] + ([("ghz", 16)] if ghz else [])
                 for client, c in clients:
                     s0, each0 = servers_cpu(procs), [cpu_seconds(p.pid) for p in procs]
@@ -491,7 +497,8 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
                     each = [cpu_seconds(p.pid) - t for p, t in zip(procs, each0)]
                     run["server_cpu_share"] = [round(t / max(sum(each), 1e-9), 3) for t in each]
                     configs[key].append(run)
-                    what = f"{processes} server process(es)" + (" of the floor server" if floor else "")
+                    what = f"{processes} server process(es)" + (" of the floor server" if floor else "") + (
+                        " on grpc's Python server alone" if front == "grpc" else "")
                     log(f"{name}: {client}, {what}, c={c}: {run['qps']:.0f} calls/s, p50 "
                         f"{run['p50_ms']:.2f} ms, p99 {run['p99_ms']:.2f} ms, {run['errors']} errors; CPU per call: "
                         f"servers {run['server_cpu_us_per_call']:.0f} us, "
@@ -509,13 +516,15 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
     else:
         served_by, client, primary = "1", "python-aio", runs[1]
     floor_qps = configs["floor"][0]["qps"] if "floor" in configs else None
+    grpc_front_qps = configs["grpc_front"][0]["qps"] if "grpc_front" in configs else None
     return {"items": n, "build_s": build_s, "raw_qps": qps, "raw_recall_at_10": raw_recall, "grpc": runs,
             "go_clients": configs, "client": client, "server_processes": int(served_by),
             "grpc_qps": primary["qps"], "ratio": primary["qps"] / qps, "p50_ms": primary["p50_ms"],
             "p99_ms": primary["p99_ms"], "recall_at_10": rec, "filtered": filtered, "upsert_visibility": vis,
             "echo_qps": echo, "echo": echo_run, "engine_us_per_call": engine_us,
             "python_client_qps": runs[1]["qps"], "grpc_vs_echo": runs[1]["qps"] / echo,
-            "floor_qps": floor_qps, "floor_ratio": floor_qps / qps if floor_qps else None}
+            "floor_qps": floor_qps, "floor_ratio": floor_qps / qps if floor_qps else None,
+            "grpc_front_qps": grpc_front_qps, "grpc_front_ratio": grpc_front_qps / qps if grpc_front_qps else None}
 
 
 def main() -> None:
@@ -566,6 +575,9 @@ def main() -> None:
               "echo_qps": round(synth["echo_qps"], 1), "grpc_vs_echo": round(synth["grpc_vs_echo"], 3),
               "floor_qps": synth["floor_qps"] and round(synth["floor_qps"], 1),
               "floor_ratio": synth["floor_ratio"] and round(synth["floor_ratio"], 3),
+              "front": "native" if front_built() else "grpc",
+              "grpc_front_qps": synth["grpc_front_qps"] and round(synth["grpc_front_qps"], 1),
+              "grpc_front_ratio": synth["grpc_front_ratio"] and round(synth["grpc_front_ratio"], 3),
               "machine": f"{os.cpu_count()} cores, no GPU",
               "details": {"synthetic": synth, "gowalla": gow}}
     emit_result(result, args.out)

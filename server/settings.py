@@ -30,9 +30,10 @@ class ServerSettings(BaseSettings):
     max_stream_events: int = Field(default=100_000, ge=1)
     max_filter_ids: int = Field(default=10_000, ge=0)
     max_concurrent_rpcs: int = Field(default=256, ge=1)
-    # Threads per process answering queries (SimilarItems, NearestItems, health checks). Few is best: each holds
-    # the GIL but for its FAISS search, and 8 instead of 4 cost ~25 % of the throughput in thread switches
-    # (bench.serving).
+    # grpc's server (IG_SERVER_FRONT=grpc, or TLS): threads per process answering queries (SimilarItems,
+    # NearestItems, health checks). Few is best: each holds the GIL but for its FAISS search, and 8 instead of 4
+    # cost ~25 % of the throughput in thread switches (bench.serving). The native front end answers queries on
+    # its io_threads.
     rpc_threads: int = Field(default=4, ge=1)
     # Threads per process for the calls that may wait: on Neo4j (RecommendForUser, GetEmbedding, ForgetUser) or
     # on a client's stream (IngestEvents, health Watch, reflection). They never take the query threads.

@@ -106,3 +106,33 @@ def test_compressed_calls_and_health_are_forwarded(server_graph_settings) -> Non
         assert health.status == health_pb2.HealthCheckResponse.SERVING
     finally:
         stop()
+
+
+def test_a_query_past_its_deadline_is_answered_and_counted_as_such(server_graph_settings) -> None:
+    """The client's grpc-timeout reaches the behaviour: a query held up (here by the engine lock, as a model
+    switch would) past its deadline fails with DEADLINE_EXCEEDED, is counted so, and the server serves on."""
+    import time
+
+    from tests.server.test_metrics import handled, scrape
+
+    harness, stop = _serve(server_graph_settings, front="native")
+    port = harness.engine.metrics.start_http("127.0.0.1", 0)
+    try:
+        stub = harness.stub()
+        request = pb.SimilarItemsRequest(item_id="item-7", k=3)
+        with harness.engine.lock:
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as err:
+                stub.SimilarItems(request, timeout=0.3)
+            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert time.monotonic() - started < 1.0
+            time.sleep(0.3)  # the query still waits for the lock
+        assert stub.SimilarItems(request, timeout=10).items
+        deadline = time.monotonic() + 10
+        while handled(samples := scrape(port)) != {("SimilarItems", "DEADLINE_EXCEEDED"): 1,
+                                                   ("SimilarItems", "OK"): 1}:
+            assert time.monotonic() < deadline, handled(samples)
+            time.sleep(0.05)
+    finally:
+        harness.engine.metrics.stop_http()
+        stop()
