@@ -136,3 +136,16 @@ def test_a_query_past_its_deadline_is_answered_and_counted_as_such(server_graph_
     finally:
         harness.engine.metrics.stop_http()
         stop()
+
+
+def test_answers_over_the_message_limit_are_refused_by_both_fronts(server_graph_settings) -> None:
+    for name in ("native", "grpc"):
+        harness, stop = _serve(server_graph_settings, front=name, max_message_bytes=1024)
+        try:
+            stub = harness.stub()
+            assert len(stub.SimilarItems(pb.SimilarItemsRequest(item_id="item-7", k=5), timeout=10).items) == 5
+            with pytest.raises(grpc.RpcError) as err:  # 100 scored items: ~1.7 kB
+                stub.SimilarItems(pb.SimilarItemsRequest(item_id="item-7", k=100), timeout=10)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, name
+        finally:
+            stop()

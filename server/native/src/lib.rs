@@ -121,7 +121,11 @@ fn percent_encode(details: &str) -> HeaderValue {
     HeaderValue::from_str(&out).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-fn grpc_response(code: u32, details: &str, message: Option<Bytes>) -> Response<ResponseBody> {
+fn grpc_response(code: u32, details: &str, message: Option<Bytes>, max_message: usize) -> Response<ResponseBody> {
+    if message.as_ref().is_some_and(|m| m.len() > max_message) {  // the limit holds both ways, as in grpc's server
+        let refusal = format!("the response is larger than the limit of {max_message} bytes");
+        return grpc_response(RESOURCE_EXHAUSTED, &refusal, None, max_message);
+    }
     let mut builder = Response::builder().header("content-type", "application/grpc");
     let mut status = HeaderMap::new();
     status.insert("grpc-status", HeaderValue::from(code));
@@ -149,7 +153,7 @@ fn grpc_response(code: u32, details: &str, message: Option<Bytes>) -> Response<R
 }
 
 fn status(code: u32, details: &str) -> Response<ResponseBody> {
-    grpc_response(code, details, None)
+    grpc_response(code, details, None, usize::MAX)
 }
 
 /// The grpc-timeout header: up to 8 digits and a unit.
@@ -224,7 +228,7 @@ async fn unary(shared: Arc<Shared>, method: Method, req: Request<Incoming>) -> R
         if remaining() == Some(0.0) {
             return status(DEADLINE_EXCEEDED, "Deadline Exceeded");  // the caller has given up on the answer
         }
-        return grpc_response(code, &details, response);
+        return grpc_response(code, &details, response, shared.max_message);
     }
     // A call that may wait on Neo4j runs on one of a bounded set of threads of its own.
     let work = {
@@ -250,7 +254,7 @@ async fn unary(shared: Arc<Shared>, method: Method, req: Request<Incoming>) -> R
         },
         None => work.await,
     };
-    grpc_response(code, &details, response)
+    grpc_response(code, &details, response, shared.max_message)
 }
 
 async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<ResponseBody> {
