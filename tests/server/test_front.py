@@ -58,7 +58,7 @@ def _serve(server_graph_settings, **settings):
 
 def test_the_native_front_end_owns_the_port_when_built(server_graph_settings) -> None:
     assert front.available(), "cargo is here but the native front end is not built: run `make setup`"
-    harness, stop = _serve(server_graph_settings)
+    harness, stop = _serve(server_graph_settings, front="auto")
     try:
         assert isinstance(harness.server, front.FrontedServer)
         assert harness.stub().SimilarItems(pb.SimilarItemsRequest(item_id="item-7", k=3), timeout=10).items
