@@ -13,6 +13,7 @@ import asyncio
 import logging
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -98,9 +99,8 @@ class Engine:
         self.metrics: Any = None  # this server's metrics (server.metrics.ServerMetrics), set by create_server
         # The event loop the lifecycle and the async callbacks run on (set by create_server).
         self.loop: asyncio.AbstractEventLoop | None = None
-        # Searches hold it while FAISS runs (without the GIL), so one process searches one query at a time:
-        # measured, that costs nothing against letting searches overlap (bench.serving), and it keeps the
-        # index single-writer, single-reader.
+        # Every read or change of the serving state holds it; an unfiltered search lets it go while FAISS runs
+        # over the immutable base (``_unlocked``), and searches again if the index changed meanwhile.
         self.lock = threading.Lock()
 
     # -- state ---------------------------------------------------------------------------------------------
@@ -160,6 +160,17 @@ class Engine:
         return self.driver
 
     # -- queries ---------------------------------------------------------------------------------------------
+    @contextmanager
+    def _unlocked(self):
+        """Releases ``lock`` for the thread holding it while FAISS searches the immutable base (ItemIndex.search
+        checks afterwards that nothing changed meanwhile), so one process's searches overlap: measured with the
+        native front end, one process then served ~30 % more calls (bench.serving)."""
+        self.lock.release()
+        try:
+            yield
+        finally:
+            self.lock.acquire()
+
     def _search(self, serving: Serving, query: np.ndarray, k: int, flt: ItemFilter,
                 extra_exclude: Sequence[int] = ()) -> list[tuple[str, float]]:
         index = serving.index
@@ -167,7 +178,7 @@ class Engine:
         exclude.extend(extra_exclude)
         allowed = self.facets.mask(flt.category_ids, flt.brand_ids)
         labels, scores = index.search(query.reshape(1, -1), k, allowed=allowed,
-                                      exclude=np.asarray(exclude, np.int64))[0]
+                                      exclude=np.asarray(exclude, np.int64), unlocked=self._unlocked)[0]
         ids = self.labels.ids()
         return [(ids[lab], s) for lab, s in zip(labels.tolist(), scores.tolist())]  # tolist: Python ints, floats
 

@@ -12,6 +12,7 @@ changes that land meanwhile stay in the delta, detected by a per-label change co
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, ContextManager
 
 import faiss
 import numpy as np
@@ -66,7 +67,8 @@ class ItemIndex:
         self._dslot = np.zeros(0, np.int64)
         self._dn = 0
         self._live = 0
-        self._gen = 0  # bumped by every change; invalidates cached filter states
+        self._gen = 0  # bumped by every change; invalidates cached filter states and unlocked searches
+        self.stale_searches = 0  # unlocked searches done again because the index changed meanwhile
         self._fcache: dict[int, tuple[np.ndarray, int, _FilterState]] = {}
 
     # -- bulk load ---------------------------------------------------------------------------------------
@@ -181,10 +183,15 @@ class ItemIndex:
 
     # -- search --------------------------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None,
-               exclude: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+               exclude: np.ndarray | None = None,
+               unlocked: Callable[[], ContextManager] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """Top-k (labels, scores) per query, best first. ``queries`` must be normalised (nq, dim).
 
         ``allowed``: bool mask over labels (None = every item); ``exclude``: labels never returned.
+        ``unlocked``: for a caller holding the lock that guards this index against changes, a context that
+        releases it. An unfiltered search then runs FAISS over the base (immutable) without the lock, so other
+        threads' work overlaps it; if the index changed meanwhile (an upsert, delete or compaction: tombstones
+        and the live bitmap the search read may be stale), it searches again, holding the lock.
         """
         excl = np.zeros(0, np.int64) if exclude is None else np.asarray(exclude, np.int64)
         if allowed is not None:
@@ -198,12 +205,17 @@ class ItemIndex:
                 bits = self._clear_bits(bits, excl)
             base = self._base_selected(queries, k, fs.n, bits)
             return self._merge(base, self._delta(queries, k, ok, excl, _floors(base, k)), k)
-        kf = k + len(excl) + self._tomb
-        if kf <= self.params.overfetch_max or len(self._base.labels) == 0:
-            base = self._base_overfetch(queries, kf, excl)
-        else:  # tombstones skipped inside FAISS: the cost stays flat however many items were re-embedded
-            base = self._base_overfetch(queries, k + len(excl), excl, self._base_live_bits())
-        return self._merge(base, self._delta(queries, k, None, excl, _floors(base, k)), k)
+        while True:
+            gen = self._gen
+            kf = k + len(excl) + self._tomb
+            if kf <= self.params.overfetch_max or len(self._base.labels) == 0:
+                base = self._base_overfetch(queries, kf, excl, unlocked=unlocked)
+            else:  # tombstones skipped inside FAISS: the cost stays flat however many items were re-embedded
+                base = self._base_overfetch(queries, k + len(excl), excl, self._base_live_bits(), unlocked)
+            if self._gen == gen:
+                return self._merge(base, self._delta(queries, k, None, excl, _floors(base, k)), k)
+            self.stale_searches += 1
+            unlocked = None
 
     def _filter_state(self, allowed: np.ndarray) -> _FilterState:
         """What a filter mask needs at query time, cached per mask object until the index changes.
@@ -255,9 +267,9 @@ class ItemIndex:
         return out
 
     def _base_overfetch(self, queries: np.ndarray, kf: int, excl: np.ndarray,
-                        live_bits: np.ndarray | None = None):
+                        live_bits: np.ndarray | None = None, unlocked: Callable[[], ContextManager] | None = None):
         """The base's best ``kf`` per query less tombstones and exclusions; with ``live_bits``, FAISS skips the
-        tombstones itself (an id selector)."""
+        tombstones itself (an id selector). With ``unlocked``, FAISS runs under it (``search``)."""
         base = self._base
         if len(base.labels) == 0:
             return _no_hits(queries)
@@ -266,7 +278,11 @@ class ItemIndex:
             sel = faiss.IDSelectorBitmap(len(base.labels), faiss.swig_ptr(live_bits))
             params = (faiss.SearchParametersIVF(sel=sel, nprobe=base.index.nprobe) if base.is_ivf
                       else faiss.SearchParameters(sel=sel))
-        dist, pos = base.index.search(queries, min(kf, len(base.labels)), params=params)
+        if unlocked is None:
+            dist, pos = base.index.search(queries, min(kf, len(base.labels)), params=params)
+        else:
+            with unlocked():  # `base` and `live_bits` stay referenced here, whatever changes meanwhile
+                dist, pos = base.index.search(queries, min(kf, len(base.labels)), params=params)
         out = []
         for d, p in zip(dist, pos):
             keep = p >= 0
