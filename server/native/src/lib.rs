@@ -7,7 +7,7 @@
 //! may wait (on Neo4j) on a bounded pool of their own. Every other call (streams, health, reflection) is
 //! forwarded to grpc's Python server on a loopback port.
 //!
-//! Why: on two cores grpc's Python server spent ~160-275 us of CPU per call on transport alone (an echo) and
+//! Why: on two cores grpc's Python server spent ~140-275 us of CPU per call on transport alone (an echo) and
 //! more in thread switches, more than the FAISS search a `SimilarItems` call exists for (bench.serving).
 
 use std::collections::HashMap;
@@ -54,7 +54,7 @@ struct Shared {
     dispatch: Py<PyAny>,
     /// Threads for the calls that may wait (on Neo4j): they never hold up the I/O threads, which run queries.
     waiting: Arc<Semaphore>,
-    /// Calls answered here at once, queued ones included (IG_SERVER_MAX_CONCURRENT_RPCS).
+    /// Calls in flight, answered here or forwarded (IG_SERVER_MAX_CONCURRENT_RPCS).
     calls: Arc<Semaphore>,
     max_message: usize,
     backend: Client<HttpConnector, Incoming>,
@@ -402,7 +402,7 @@ impl Front {
     fn stop(&mut self, py: Python<'_>, grace_s: f64) {
         let Some(runtime) = self.runtime.take() else { return };
         let serving = self.serving.take();
-        let _ = self.stop.send(Some(grace_s.max(0.0)));
+        let _ = self.stop.send(Some(grace_s.max(0.0).min(86_400.0)));  // max() also turns NaN into 0
         // Without the GIL: the calls in flight need it to finish.
         py.allow_threads(move || {
             if let Some(serving) = serving {
