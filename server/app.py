@@ -4,11 +4,11 @@
 By default the native front end (``server.front``, Rust) owns the port: it answers the unary InterestService
 calls with the same wrapped behaviours and forwards the rest to grpc's server on a loopback port. On grpc's
 server alone (``IG_SERVER_FRONT=grpc``, or TLS), RPCs run on worker threads (grpc's synchronous server; queries
-and calls that may wait on separate pools, ``server.pools``). The lifecycle (delta stream, compaction, snapshots) runs on an asyncio event loop in the
-main thread. Measured on two cores, ``SimilarItems`` costs ~30 % less server CPU per call this way than on
-``grpc.aio``: the asyncio server hands every call between grpc's poller thread and the event loop, 8-10
-voluntary and 8 involuntary context switches per call against 5 and 1.5 here, and FAISS (which releases the
-GIL) overlaps with other calls' Python work (bench.serving).
+and calls that may wait on separate pools, ``server.pools``). The lifecycle (delta stream, compaction,
+snapshots) runs on an asyncio event loop in the main thread. Measured on two cores, ``SimilarItems`` costs ~30 %
+less server CPU per call on grpc's synchronous server than on ``grpc.aio``: the asyncio server hands every call
+between grpc's poller thread and the event loop, 8-10 voluntary and 8 involuntary context switches per call
+against 5 and 1.5, and FAISS (which releases the GIL) overlaps with other calls' Python work (bench.serving).
 """
 
 from __future__ import annotations

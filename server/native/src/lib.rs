@@ -299,7 +299,8 @@ async fn accept_loop(listener: tokio::net::TcpListener, shared: Arc<Shared>, mut
                 };
                 let _ = stream.set_nodelay(true);
                 let shared = shared.clone();
-                let conn = http2.serve_connection(TokioIo::new(stream), service_fn(move |req| handle(shared.clone(), req)));
+                let service = service_fn(move |req| handle(shared.clone(), req));
+                let conn = http2.serve_connection(TokioIo::new(stream), service);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     let _ = conn.await;
@@ -399,6 +400,7 @@ impl Front {
     }
 
     /// Stops accepting connections and lets calls in flight finish for up to `grace_s` seconds.
+    #[allow(clippy::manual_clamp)] // clamp() keeps NaN, which Duration::from_secs_f64 would panic on
     fn stop(&mut self, py: Python<'_>, grace_s: f64) {
         let Some(runtime) = self.runtime.take() else { return };
         let serving = self.serving.take();
