@@ -53,26 +53,14 @@ class NativeContext:
     def time_remaining(self) -> float | None:
         return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
 
-    def is_active(self) -> bool:
-        return self._deadline is None or time.monotonic() < self._deadline
-
     def abort(self, code: grpc.StatusCode, details: str):
-        if code is grpc.StatusCode.OK:  # as grpc: aborting with OK is a bug of the caller
-            code, details = grpc.StatusCode.UNKNOWN, details
-        self._code, self._details = code, details
-        raise _Aborted(details)
-
-    def set_code(self, code: grpc.StatusCode) -> None:
-        self._code = code
-
-    def set_details(self, details: str) -> None:
+        # as grpc: aborting with OK is a bug of the caller
+        self._code = grpc.StatusCode.UNKNOWN if code is grpc.StatusCode.OK else code
         self._details = details
+        raise _Aborted(details)
 
     def code(self) -> grpc.StatusCode | None:
         return self._code
-
-    def details(self) -> str:
-        return self._details
 
 
 class Dispatcher:
@@ -87,15 +75,14 @@ class Dispatcher:
         context = NativeContext(authorization, timeout_s)
         try:
             response = behaviour(deserialize(data), context)
-            code = context._code
-            if code is not None and code is not grpc.StatusCode.OK:
-                return code.value[0], context._details, None
-            return 0, "", serialize(response)
-        except _Aborted:
-            return context._code.value[0], context._details, None
+        except _Aborted:  # the status is in the context
+            response = None
         except Exception:  # noqa: BLE001 - the wrappers translate errors; this is the last line of defence
             log.exception("unexpected error answering method %d", index)
             return INTERNAL_ERROR
+        if context._code is not None:
+            return context._code.value[0], context._details, None
+        return 0, "", serialize(response)
 
 
 class FrontedServer:

@@ -42,6 +42,8 @@ const DEADLINE_EXCEEDED: u32 = 4;
 const RESOURCE_EXHAUSTED: u32 = 8;
 const INTERNAL: u32 = 13;
 const UNAVAILABLE: u32 = 14;
+const DEADLINE_PASSED: &str = "Deadline Exceeded";
+const INTERNAL_ERROR: &str = "internal error; the server log has the details";
 
 #[derive(Clone, Copy)]
 struct Method {
@@ -189,7 +191,7 @@ fn call_python(shared: &Shared, method: Method, message: Bytes, authorization: O
             });
         outcome.unwrap_or_else(|err| {
             err.print(py);
-            (INTERNAL, "internal error; the server log has the details".to_owned(), None)
+            (INTERNAL, INTERNAL_ERROR.to_owned(), None)
         })
     })
 }
@@ -226,7 +228,7 @@ async fn unary(shared: Arc<Shared>, method: Method, req: Request<Incoming>) -> R
         let (code, details, response) = call_python(&shared, method, message, authorization, remaining());
         drop(call);
         if remaining() == Some(0.0) {
-            return status(DEADLINE_EXCEEDED, "Deadline Exceeded");  // the caller has given up on the answer
+            return status(DEADLINE_EXCEEDED, DEADLINE_PASSED);  // the caller has given up on the answer
         }
         return grpc_response(code, &details, response, shared.max_message);
     }
@@ -237,20 +239,20 @@ async fn unary(shared: Arc<Shared>, method: Method, req: Request<Incoming>) -> R
             let thread = shared.waiting.clone().acquire_owned().await.expect("the semaphore is never closed");
             let remaining = remaining();
             if remaining == Some(0.0) {
-                return (DEADLINE_EXCEEDED, "Deadline Exceeded".to_owned(), None);
+                return (DEADLINE_EXCEEDED, DEADLINE_PASSED.to_owned(), None);
             }
             tokio::task::spawn_blocking(move || {
                 let _held = (thread, call);
                 call_python(&shared, method, message, authorization, remaining)
             })
             .await
-            .unwrap_or_else(|_| (INTERNAL, "internal error; the server log has the details".to_owned(), None))
+            .unwrap_or_else(|_| (INTERNAL, INTERNAL_ERROR.to_owned(), None))
         }
     };
     let (code, details, response) = match deadline {
         Some(deadline) => match tokio::time::timeout_at(deadline.into(), work).await {
             Ok(answer) => answer,
-            Err(_) => (DEADLINE_EXCEEDED, "Deadline Exceeded".to_owned(), None),
+            Err(_) => (DEADLINE_EXCEEDED, DEADLINE_PASSED.to_owned(), None),
         },
         None => work.await,
     };
