@@ -9,10 +9,11 @@ References measured in the same run:
   * category popularity: a new item scored by the mean training popularity of the items sharing its most
     specific category (the popularity a real system can compute for a new item).
 
-The served model embeds a new item as the softmax-weighted mean of its 30 nearest warm items by text
-(`workers.cold`); category and brand enter through the metadata layers fitted by ridge regression.
+The served model embeds a new item from the softmax-weighted mean of its 30 nearest warm items by text
+(`workers.cold`); category and brand enter through the metadata layers fitted by ridge regression. The served
+row is ranked by the server's engine at the live defaults (`bench._served`).
 
-    python -m bench.cold_start [--budget-min 5] [--out docs/results/cold_start-amazon-office.json]
+    python -m bench.cold_start [--out docs/results/cold_start-amazon-office.json]
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ import typer
 from rich.console import Console
 
 from bench._common import emit_result, rounded
+from bench._served import engine_metrics, index_config, served_engine
 from workers.baselines import fit_random
 from workers.data import InteractionGraph
 from workers.datasets import load_amazon_office
-from workers.embed import served_scorer
+from workers.embed import served_vectors
 from workers.metrics import item_recall
 from workers.runtime import pick_device, set_threads
 from workers.settings import ModelSettings, TrainSettings, WorkerSettings
@@ -78,46 +80,47 @@ def category_popularity(graph: InteractionGraph, warm: sp.csr_matrix):
 
 
 def run_cold_start(graph: InteractionGraph, item_text: torch.Tensor | None, ms: ModelSettings,
-                   ts: TrainSettings, fraction: float = 0.2, budget_s: float = 300.0,
-                   progress: bool = True) -> dict:
+                   ts: TrainSettings, fraction: float = 0.2, progress: bool = True) -> dict:
     train_graph, cold, held = cold_split(graph, fraction, ts.seed)
     warm = train_graph.interactions()
-    fitted = fit_served(train_graph, ms, ts, item_text=item_text, budget_s=budget_s, progress=progress)
+    fitted = fit_served(train_graph, ms, ts, item_text=item_text, progress=progress)
     oracle = torch.from_numpy(np.asarray(held.sum(0)).ravel()).float()
     scorers = {
-        SERVED: served_scorer(fitted.model, train_graph, item_text),
         "popularity": lambda users: oracle.expand(len(users), -1).clone(),
         "category-popularity": category_popularity(train_graph, warm),
         "random": fit_random(graph.num_items, ts.seed),
     }
-    models = {}
+    # The served row: the new items' vectors as the worker writes them, ranked by the server's engine over an
+    # index of the new items (the protocol ranks only those).
+    users, items = served_vectors(fitted.model, train_graph, item_text)
+    cold_ids = [train_graph.item_ids[j] for j in cold]
+    engine = served_engine(cold_ids, items[torch.from_numpy(cold)].numpy(), "bench-cold-start")
+    test = held[:, cold].tocsr()
+    models = {SERVED: rounded({**engine_metrics(engine, users.numpy(), cold_ids, sp.csr_matrix(test.shape), test,
+                                                k=ts.eval_k, progress=progress), "train_s": fitted.train_s})}
+    console.print(f"{SERVED}: {models[SERVED]}")
     for name, scorer in scorers.items():
-        m = item_recall(scorer, held, cold, k=ts.eval_k)
-        if name == SERVED:
-            m["train_s"] = fitted.train_s
-        models[name] = rounded(m)
+        models[name] = rounded(item_recall(scorer, held, cold, k=ts.eval_k))
         console.print(f"{name}: {models[name]}")
     n_users = int((np.diff(held[:, cold].tocsr().indptr) > 0).sum())
-    return {"bench": "cold_start", "dataset": "amazon-office", "served": SERVED, "models": models,
+    config = {"dim": fitted.model.dim, "user_norm": fitted.model.user_norm, "item_norm": fitted.model.item_norm,
+              "cold_neighbours": ms.cold_neighbours, "served_epochs": ts.served_epochs, "index": index_config(engine)}
+    return {"bench": "cold_start", "dataset": "amazon-office", "served": SERVED, "served_path": "engine",
+            "config": config, "models": models,
             "cold_items": int(len(cold)), "held_out_interactions": int(held.nnz), "test_users": n_users,
             "device": str(pick_device(ts.device))}
 
 
 def main(data_dir: Path = typer.Option(Path("../shared/datasets")),
-         budget_min: float = typer.Option(5.0, help="training budget, minutes"),
          fraction: float = typer.Option(0.2, help="share of items held out as new"),
-         dim: int = typer.Option(256, help="embedding width"),
-         epochs: int = typer.Option(0, help="fine-tune epochs: 0 (measured best for new items: the fine-tune "
-                                           "moves warm vectors away from what metadata predicts)"),
          text_cache: Path = typer.Option(WorkerSettings().text_cache_dir),
          threads: int = typer.Option(2), out: Path = typer.Option(None)):
+    """The served configuration comes from the environment, as the live service's does (IG_EMBEDDING_DIM,
+    IG_MODEL_*, IG_TRAIN_*)."""
     set_threads(threads)
     graph, _ = load_amazon_office(data_dir / "amazon-office")
     text = TextEncoder(text_cache).encode(graph.item_text, progress=True)
-    ms = ModelSettings(dim=dim)
-    ts = TrainSettings(threads=threads, budget_min=budget_min, batch_size=512)
-    ts = ts.model_copy(update={"max_epochs": epochs})
-    emit_result(run_cold_start(graph, text, ms, ts, fraction, budget_min * 60), out)
+    emit_result(run_cold_start(graph, text, ModelSettings(), TrainSettings(threads=threads), fraction), out)
 
 
 if __name__ == "__main__":

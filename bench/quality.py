@@ -1,7 +1,13 @@
-"""Offline quality: the served encoder against standard baselines, measured in the same run.
+"""Quality of what is served against standard baselines and library peers, measured in the same run.
 
 Protocol (LightGCN / NGCF / GF-CF papers): rank all items for every test user, mask the user's training items,
-Recall@20 and NDCG@20 averaged over test users. Every trainable model gets the same wall-clock CPU budget.
+Recall@20 and NDCG@20 averaged over test users.
+
+The served row is the live configuration: the settings' defaults (IG_EMBEDDING_DIM and IG_MODEL_*, the same
+training the ``interest.train`` task runs, validation selection included), its vectors as the worker writes
+them, ranked by the server's engine at its default index settings (`bench._served`), each user's training items
+excluded through the request. The peers: popularity, GF-CF (ours: no library has it), `implicit`'s ALS, BPR,
+item-kNN (cosine) and BM25 item-item, and LightGCN (BPR, a wall-clock budget).
 
     python -m bench.quality --dataset gowalla [--budget-min 20] [--out docs/results/quality-gowalla.json]
 """
@@ -18,19 +24,21 @@ import typer
 from rich.console import Console
 
 from bench._common import emit_result, rounded
-from workers.baselines import fit_gfcf, fit_itemknn, fit_popularity
+from bench._implicit import fit_implicit
+from bench._served import engine_metrics, index_config, served_engine
+from workers.baselines import fit_gfcf, fit_popularity
 from workers.datasets import Split, load_gowalla
+from workers.embed import served_vectors
 from workers.metrics import rank_metrics
 from workers.models.lightgcn import LightGCN
-from workers.models.mf import MF
 from workers.runtime import pick_device, set_threads
-from workers.embed import served_scorer
 from workers.settings import ModelSettings, TrainSettings
 from workers.train_bpr import fit_bpr
 from workers.train_served import fit_served
 
 SERVED = "spectral-sage"
-ALL_MODELS = (SERVED, "gf-cf", "popularity", "itemknn", "mf-bpr", "lightgcn")
+IMPLICIT = ("als", "bpr", "itemknn", "bm25")
+ALL_MODELS = (SERVED, "gf-cf", "popularity", *IMPLICIT, "lightgcn")
 console = Console(stderr=True)
 
 
@@ -46,26 +54,24 @@ def run_quality(split: Split, budget_s: float, models: tuple[str, ...] = ALL_MOD
     ms = model_settings or ModelSettings()
     ts = train_settings or TrainSettings()
     r = split.train.interactions()
-    # BPR baselines (Adam, d=64, one uniform negative per positive), settings chosen by validation Recall@20
-    # on ceil(20%) of each user's training items within a few minutes (docs/benchmarks.md): LightGCN gains
-    # most per CPU-second from large batches with a larger step; MF overfits with the published L2 1e-4.
-    mf_ts = ts.model_copy(update={"batch_size": 8192, "lr": 5e-3, "max_epochs": 10_000})
+    # LightGCN (Adam, d=64, one uniform negative per positive): large batches with a larger step gained most per
+    # CPU-second in validation runs (docs/benchmarks.md).
     lgcn_ts = ts.model_copy(update={"batch_size": 65536, "lr": 2e-2, "max_epochs": 10_000})
-    fits: dict[str, Callable[[], tuple[Callable, dict]]] = {
+    fits: dict[str, Callable[[], tuple[Callable | None, dict]]] = {
         "popularity": lambda: (fit_popularity(r), {}),
-        "itemknn": lambda: (fit_itemknn(r), {}),
         "gf-cf": lambda: (fit_gfcf(r, k=min(gfcf_rank, *r.shape), seed=ts.seed), {}),
-        "mf-bpr": lambda: _bpr(MF(r.shape[0], r.shape[1], baseline_dim), r, mf_ts, 1e-3, budget_s, progress),
         "lightgcn": lambda: _bpr(LightGCN(r.shape[0], r.shape[1], baseline_dim, 3), r, lgcn_ts, 1e-4, budget_s,
                                  progress),
-        SERVED: lambda: _served(split, ms, ts, budget_s, progress),
+        SERVED: lambda: _served(split, ms, ts, progress),
+        **{name: (lambda name=name: _implicit(name, r, ts)) for name in IMPLICIT},
     }
     out: dict[str, dict] = {}
+    config: dict = {}
 
     def result() -> dict:
-        return {"bench": "quality", "dataset": split.name, "served": SERVED, "models": out,
-                "budget_min": round(budget_s / 60, 3), "device": str(pick_device(ts.device)),
-                "threads": torch.get_num_threads()}
+        return {"bench": "quality", "dataset": split.name, "served": SERVED, "served_path": "engine",
+                "config": config, "models": out, "budget_min": round(budget_s / 60, 3),
+                "device": str(pick_device(ts.device)), "threads": torch.get_num_threads()}
 
     for name in models:
         console.print(f"[bold]{name}[/bold]: fitting")
@@ -73,7 +79,10 @@ def run_quality(split: Split, budget_s: float, models: tuple[str, ...] = ALL_MOD
         scorer, info = fits[name]()
         train_s = info.pop("train_s", time.perf_counter() - t0)
         t1 = time.perf_counter()
-        metrics = rank_metrics(scorer, r, split.test, k=ts.eval_k)
+        # the served row comes measured through the engine; every other model is scored offline
+        metrics = info.pop("metrics") if scorer is None else rank_metrics(scorer, r, split.test, k=ts.eval_k)
+        if name == SERVED:
+            config.update(info.pop("config"))
         out[name] = rounded({**metrics, "train_s": train_s, "eval_s": time.perf_counter() - t1, **info})
         console.print(f"{name}: {out[name]}")
         if on_model is not None:
@@ -87,33 +96,43 @@ def _bpr(model, r, ts: TrainSettings, reg: float, budget_s: float, progress: boo
                                              "batch": ts.batch_size, "lr": ts.lr, "reg": reg}
 
 
-def _served(split: Split, ms: ModelSettings, ts: TrainSettings, budget_s: float, progress: bool):
-    fitted = fit_served(split.train, ms, ts, budget_s=budget_s, progress=progress)
+def _implicit(name: str, r, ts: TrainSettings):
+    t0 = time.perf_counter()
+    scorer, cfg = fit_implicit(name, r, ts.threads, ts.seed)
+    return scorer, {"train_s": time.perf_counter() - t0, "library": "implicit", **cfg}
+
+
+def _served(split: Split, ms: ModelSettings, ts: TrainSettings, progress: bool):
+    """Fit with the live training, then rank through the engine (see the module docstring)."""
+    fitted = fit_served(split.train, ms, ts, progress=progress)
+    t1 = time.perf_counter()
+    users, items = served_vectors(fitted.model, split.train)
+    engine = served_engine(split.train.item_ids, items.numpy(), "bench-quality")
+    metrics = engine_metrics(engine, users.numpy(), split.train.item_ids, split.train.interactions(), split.test,
+                             k=ts.eval_k, progress=progress)
     sel = next((h for h in fitted.history if "selected" in h), {})
-    info = {"train_s": fitted.train_s, "dim": ms.dim, **sel.get("selected", {}),
-            "selection": sel.get("tried", []),
-            "fine_tune_epochs": max((h["epoch"] for h in fitted.history if h.get("best")), default=0)}
-    return served_scorer(fitted.model, split.train), info
+    m = fitted.model
+    config = {"model": SERVED, "dim": m.dim, "filter_power": sel.get("selected", {}).get("filter_power",
+                                                                                         ms.filter_power),
+              "user_norm": m.user_norm, "item_norm": m.item_norm, "select_filter": ms.select_filter,
+              "select_max_settings": ms.select_max_settings, "served_epochs": ts.served_epochs,
+              "index": index_config(engine)}
+    return None, {"train_s": fitted.train_s, "engine_s": time.perf_counter() - t1, "metrics": metrics,
+                  "config": config, "selection": sel.get("tried", [])}
 
 
 def main(dataset: str = typer.Option("gowalla", help="benchmark dataset (gowalla)"),
          data_dir: Path = typer.Option(Path("../shared/datasets"), help="folder holding the datasets"),
-         budget_min: float = typer.Option(20.0, help="training budget per trainable model, minutes"),
+         budget_min: float = typer.Option(20.0, help="wall-clock budget of LightGCN, minutes"),
          models: str = typer.Option(",".join(ALL_MODELS), help="comma-separated subset to run"),
-         dim: int = typer.Option(1536, help="served embedding width (the start of the selection)"),
-         select: bool = typer.Option(True, help="choose the served width and filter on a validation split"),
-         # Off: in the last full run the fine-tune lowered validation recall from its first epoch on.
-         epochs: int = typer.Option(0, help="served fine-tune epochs"),
-         lr: float = typer.Option(2e-4, help="served fine-tune learning rate"),
          threads: int = typer.Option(2), out: Path = typer.Option(None, help="also write RESULT JSON here")):
+    """The served row takes every setting from the environment, as the live service does (IG_EMBEDDING_DIM,
+    IG_MODEL_*, IG_TRAIN_*): change the served configuration there, not here."""
     set_threads(threads)
     if dataset != "gowalla":
         raise typer.BadParameter(f"unknown dataset {dataset!r} (supported: gowalla)")
     split = load_gowalla(data_dir / "gowalla")
-    ms = ModelSettings(dim=dim, select_filter=select)
-    # served fine-tune: 1024 users per step against 4096 shared sampled negatives
-    ts = TrainSettings(threads=threads, budget_min=budget_min, batch_size=1024, lr=lr, negatives=4096,
-                       max_epochs=epochs)
+    ms, ts = ModelSettings(), TrainSettings(threads=threads, budget_min=budget_min)
     names = tuple(m.strip() for m in models.split(",") if m.strip())
     unknown = set(names) - set(ALL_MODELS)
     if unknown:

@@ -41,6 +41,11 @@ class LocalStackSettings(BaseSettings):
     start_timeout_s: float = Field(default=120.0, gt=0)
 
 
+EMBEDDING_DIM = 1024
+"""The one width setting (``IG_EMBEDDING_DIM``): the graph's vector indexes, the served model, the FAISS index.
+Chosen by measurement (docs/benchmarks.md, "Served width")."""
+
+
 class GraphSettings(BaseSettings):
     """How behaviour becomes graph: pseudonymisation, weights, limits of accepted input."""
 
@@ -49,7 +54,7 @@ class GraphSettings(BaseSettings):
     # Keyed hash for external user ids. The default is for local development only; set it in production.
     pseudonym_key: SecretStr = SecretStr("dev-only-pseudonym-key")
     half_life_days: float = Field(default=30.0, gt=0)
-    embedding_dim: int = Field(default=64, ge=2, le=4096)
+    embedding_dim: int = Field(default=EMBEDDING_DIM, ge=2, le=4096)
     dedup_retention_hours: float = Field(default=168.0, gt=0)
     max_future_skew_s: float = Field(default=300.0, ge=0)
     max_text_chars: int = Field(default=4000, ge=16)

@@ -1,6 +1,6 @@
 """Building blocks of the item index: ids as dense labels, index parameters, the immutable base index.
 
-The base is FAISS IVF-Flat with inner product on normalised vectors (exact flat below ``ann_min_items``). IVF
+The base is FAISS IVF-Flat with inner product (exact flat below ``ann_min_items``). IVF
 rather than HNSW: HNSW cannot remove vectors, and an IVF base can be rebuilt during compaction from its trained
 centroids in seconds, where 1M-item HNSW builds take minutes on 2 cores.
 """
@@ -93,7 +93,7 @@ class Base:
 
 def build_base(vectors: np.ndarray, labels: np.ndarray, params: IndexParams,
                centroids: np.ndarray | None = None) -> Base:
-    """Builds a base index (CPU heavy: run it off the event loop). ``vectors`` must be normalised."""
+    """Builds a base index (CPU heavy: run it off the event loop)."""
     n, dim = vectors.shape
     if n < max(params.ann_min_items, 1):
         index = faiss.IndexFlatIP(dim)

@@ -1,6 +1,7 @@
 """The item index: a FAISS base index (IVF, or flat when small) plus an exact delta with tombstones.
 
-Vectors are normalised, so inner product is cosine similarity. Every item gets a *label* (a small int) from a
+Items are ranked by inner product with the query, the served model's own score (its item vectors carry the
+popularity prior ``d^b`` in their norm: normalising them would rank by another model). Every item gets a
 shared ``LabelMap`` once and keeps it for the life of the process; the catalog's filter sets are label arrays.
 
 The base index is never mutated after it is built (so it can be searched while a new one is built in a
@@ -77,7 +78,7 @@ class ItemIndex:
               ids: list[str], vectors: np.ndarray, updated_at: np.ndarray | None = None) -> ItemIndex:
         """A fresh index holding ``vectors`` in its base (CPU heavy; fine to call in a worker thread)."""
         self = cls(dim, model_version, labels, params)
-        vecs = normalise(vectors.reshape(len(ids), dim))
+        vecs = np.ascontiguousarray(vectors.reshape(len(ids), dim), dtype=np.float32)
         lab = np.fromiter((labels.assign(i) for i in ids), np.int64, len(ids))
         if len(np.unique(lab)) != len(lab):
             raise ValueError("duplicate item ids")
@@ -128,7 +129,7 @@ class ItemIndex:
     def upsert(self, item_id: str, vector: np.ndarray, ts: float = 0.0) -> None:
         label = self.labels.assign(item_id)
         self._ensure(label + 1)
-        vec = normalise(np.asarray(vector, np.float32).reshape(1, self.dim))[0]
+        vec = np.asarray(vector, np.float32).reshape(self.dim)
         where = self._where[label]
         if where == BASE:
             self._bury(label)
@@ -185,7 +186,7 @@ class ItemIndex:
     def search(self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None,
                exclude: np.ndarray | None = None,
                unlocked: Callable[[], ContextManager] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Top-k (labels, scores) per query, best first. ``queries`` must be normalised (nq, dim).
+        """Top-k (labels, scores) per query (nq, dim) by inner product, best first.
 
         ``allowed``: bool mask over labels (None = every item); ``exclude``: labels never returned.
         ``unlocked``: for a caller holding the lock that guards this index against changes, a context that

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 
 from graphdb.errors import InvalidInput, NotFound
 from workers.data import InteractionGraph
+from workers.files import atomic_write
 from workers.models.hetero_gnn import HeteroGNN
 from workers.models.spectral_sage import SpectralSAGE
 
@@ -76,16 +76,10 @@ def save_checkpoint(model_dir: Path, model: EmbeddingModel, graph: InteractionGr
                "item_category": graph.item_category, "item_brand": graph.item_brand}
     path = folder / "checkpoint.pt"
     # Write then rename: a process killed mid-save leaves no half checkpoint behind a valid name.
-    _atomic(path, lambda tmp: torch.save(payload, tmp))
-    _atomic(folder / "meta.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
-    _atomic(Path(model_dir) / "LATEST", lambda tmp: tmp.write_text(version + "\n"))
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    atomic_write(folder / "meta.json", lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
+    atomic_write(Path(model_dir) / "LATEST", lambda tmp: tmp.write_text(version + "\n"))
     return path
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def resolve(model_dir: Path, ref: str = "latest") -> Path:

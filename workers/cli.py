@@ -4,7 +4,8 @@
     python -m workers.cli evaluate --dataset amazon-office            # the LATEST checkpoint
     python -m workers.cli embed-all --dataset amazon-office --out var/vectors.npz
 
-Settings come from the environment once, here (IG_MODEL_*, IG_TRAIN_*, IG_WORKER_*); options override them.
+Settings come from the environment once, here (IG_EMBEDDING_DIM, IG_MODEL_*, IG_TRAIN_*, IG_WORKER_*); options
+override them. Checkpoints go to IG_WORKER_OFFLINE_MODEL_DIR, never to the live service's IG_WORKER_MODEL_DIR.
 """
 
 from __future__ import annotations
@@ -41,15 +42,15 @@ def train(dataset: str = typer.Option("amazon-office", help="gowalla | amazon-of
           budget_min: float = typer.Option(None, help="training budget, minutes"),
           epochs: int = typer.Option(None, help="fine-tune epochs (0 = spectral start only)"),
           dim: int = typer.Option(None, help="embedding width"),
-          model_dir: Path = typer.Option(None, help="where checkpoints go")):
+          model_dir: Path = typer.Option(None, help="where checkpoints go (default IG_WORKER_OFFLINE_MODEL_DIR)")):
     """Train an encoder on a dataset's training split, evaluate it, save a checkpoint."""
     if model not in MODEL_KINDS:
         raise typer.BadParameter(f"unknown model {model!r} (one of {', '.join(MODEL_KINDS)})")
     ms, ts, ws = ModelSettings(), TrainSettings(), WorkerSettings()
     if dim is not None:
         ms = ms.model_copy(update={"dim": dim})
-    if model_dir is not None:
-        ws = ws.model_copy(update={"model_dir": model_dir})
+    # Offline checkpoints never share a folder (or its LATEST) with the live service's versions.
+    ws = ws.model_copy(update={"model_dir": model_dir or ws.offline_model_dir})
     upd = {k: v for k, v in {"budget_min": budget_min, "max_epochs": epochs}.items() if v is not None}
     ts = ts.model_copy(update=upd)
     set_threads(ts.threads)
@@ -66,7 +67,7 @@ def evaluate(dataset: str = typer.Option("amazon-office"), checkpoint: str = typ
     """Recall@K / NDCG@K of a checkpoint (any model kind) on a dataset's test split."""
     ws, ts = WorkerSettings(), TrainSettings()
     set_threads(ts.threads)
-    ck = load_checkpoint(resolve(model_dir or ws.model_dir, checkpoint))
+    ck = load_checkpoint(resolve(model_dir or ws.offline_model_dir, checkpoint))
     split, text = _load(dataset, ws)
     if split.train.item_ids != ck.item_ids:
         raise typer.BadParameter("checkpoint was trained on another item vocabulary")
@@ -86,7 +87,7 @@ def embed_all_cmd(dataset: str = typer.Option("amazon-office"), checkpoint: str 
     """
     ws = WorkerSettings()
     set_threads(TrainSettings().threads)
-    ck = load_checkpoint(resolve(model_dir or ws.model_dir, checkpoint))
+    ck = load_checkpoint(resolve(model_dir or ws.offline_model_dir, checkpoint))
     split, text = _load(dataset, ws)
     if split.train.item_ids != ck.item_ids:
         raise typer.BadParameter("checkpoint was trained on another item vocabulary")

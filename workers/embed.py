@@ -15,7 +15,7 @@ import scipy.sparse as sp
 import torch
 
 from graphdb.errors import InvalidInput
-from workers.cold import neighbour_vectors
+from workers.cold import cold_bases
 from workers.data import InteractionGraph, csr_to_torch
 from workers.metrics import Scorer
 from workers.models.hetero_gnn import HeteroGNN
@@ -51,10 +51,9 @@ def served_vectors(model: SpectralSAGE, graph: InteractionGraph, item_text: torc
     if n_new > 0:  # items appended after training: metadata neighbours, as at training time
         deg = torch.cat([deg, deg.new_ones(n_new)])
         if item_text is not None:
-            z_old = model.item_out(x[: model.num_items])
-            x[model.num_items:] = neighbour_vectors(item_text[model.num_items:], item_text[: model.num_items],
-                                                    z_old)
-    return (csr_to_torch(r) @ model.item_in(x, deg)) * model.filter, model.item_out(x, deg)
+            n = model.num_items
+            x[n:], deg[n:] = cold_bases(item_text[n:], item_text[:n], x[:n], model.item_degree)
+    return (csr_to_torch(r) @ model.item_in(x, deg)) * model.user_scale(), model.item_out(x, deg)
 
 
 @torch.no_grad()

@@ -25,7 +25,7 @@ import torch
 
 from graphdb.subgraph import EdgeRow, ItemRow
 from workers.checkpoint import Checkpoint
-from workers.cold import neighbour_vectors
+from workers.cold import cold_bases
 from workers.data import EdgeSet, InteractionGraph, csr_to_torch
 from workers.text import TextEncoder
 
@@ -99,32 +99,38 @@ class LiveEncoder:
             n = m.num_items
             meta = m.meta(_dev(self.ck.item_category, self.device), _dev(self.ck.item_brand, self.device),
                           self.warm_text, n)
-            x = m.item_base(meta)
-            self.z_known = m.item_out(x)  # [I, dim] item vectors of the version
-            self.in_known = m.item_in(x)  # [I, dim] what a known item sends to its users
-            self.filter = m.filter.detach()
+            self.x_known = m.item_base(meta)  # [I, dim] bases of the version's items
+            self.z_known = m.item_out(self.x_known)  # [I, dim] item vectors of the version
+            self.in_known = m.item_in(self.x_known)  # [I, dim] what a known item sends to its users
+            self.filter = m.user_scale().detach()
 
     # ---------------------------------------------------------------- items
     def is_known(self, item_id: str) -> bool:
         return item_id in self.row
 
     @torch.no_grad()
-    def new_items(self, rows: Sequence[ItemRow]) -> torch.Tensor:
-        """Vectors [n, dim] of items the checkpoint does not know, from their live metadata (degree 1, z = x)."""
+    def new_items(self, rows: Sequence[ItemRow]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(item vectors [n, dim], what each sends to its users [n, dim]) of items the checkpoint does not know,
+        from their live metadata: text neighbours among the known items (`workers.cold.cold_bases`), or their
+        category/brand embeddings at degree 1."""
         m = self.ck.model
         if not rows:
-            return torch.zeros(0, self.dim, device=self.device)
+            empty = torch.zeros(0, self.dim, device=self.device)
+            return empty, empty
         if self.reads_text and self.text_encoder is not None:
             text = self.text_encoder.encode([item_text(r) for r in rows]).to(self.device)
-            return neighbour_vectors(text, self.warm_text, self.z_known, self.ck.model_settings.get(
-                "cold_neighbours", 30), self.ck.model_settings.get("cold_temperature", 0.1))
+            x, deg = cold_bases(text, self.warm_text, self.x_known, m.item_degree,
+                                self.ck.model_settings.get("cold_neighbours", 30),
+                                self.ck.model_settings.get("cold_temperature", 0.1))
+            return m.item_out(x, deg), m.item_in(x, deg)
         pairs = [(i, self.category_index[c]) for i, r in enumerate(rows) for c in r.categories
                  if c in self.category_index]
         cats = torch.tensor(pairs, dtype=torch.long, device=self.device).reshape(-1, 2).T
         brands = torch.tensor([self.brand_index.get(r.brand, -1) if r.brand else -1 for r in rows],
                               dtype=torch.long, device=self.device)
         meta = m.meta(cats, brands, None, len(rows))
-        return meta if meta is not None else torch.zeros(len(rows), self.dim, device=self.device)
+        x = meta if meta is not None else torch.zeros(len(rows), self.dim, device=self.device)
+        return x, x  # degree 1: z = d^b x = x = d^-a x
 
     def known_vectors(self, item_ids: Sequence[str]) -> torch.Tensor:
         return self.z_known[torch.tensor([self.row[i] for i in item_ids], dtype=torch.long, device=self.device)]
@@ -136,7 +142,8 @@ class LiveEncoder:
         """Vectors [len(users), dim]: ``h * sum_{j in cap(u)} d_j^-a x_j`` over each user's capped items
         (``neighbours`` from `capped_neighbours`).
 
-        ``new_item_vectors`` holds the vector of every new item the users reach (degree 1: it sends itself).
+        ``new_item_vectors`` holds what every new item the users reach sends them (the second tensor of
+        `new_items`, input scale), never its served vector.
         """
         new_ids = sorted(new_item_vectors)
         new_col = {iid: len(self.row) + j for j, iid in enumerate(new_ids)}
@@ -163,7 +170,8 @@ class LiveEncoder:
             return None
         if not texts:
             return torch.zeros(0, self.dim, device=self.device)
-        return m.text(self.text_encoder.encode(list(texts)).to(self.device))
+        x = m.text(self.text_encoder.encode(list(texts)).to(self.device))
+        return m.item_out(x, torch.ones(len(texts), device=self.device))  # an item with its text only
 
 
 def _dev(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:

@@ -23,7 +23,6 @@ def rank_metrics(scorer: Scorer, train: sp.csr_matrix, test: sp.csr_matrix, k: i
     train, test = sp.csr_matrix(train), sp.csr_matrix(test)
     if users is None:
         users = np.flatnonzero(np.diff(test.indptr) > 0)
-    discount = 1.0 / np.log2(np.arange(2, k + 2))
     recall, ndcg = 0.0, 0.0
     with torch.no_grad():
         for start in range(0, len(users), batch_size):
@@ -32,13 +31,31 @@ def rank_metrics(scorer: Scorer, train: sp.csr_matrix, test: sp.csr_matrix, k: i
             tr = train[batch].tocoo()
             scores[torch.from_numpy(tr.row).long(), torch.from_numpy(tr.col).long()] = -float("inf")
             top = torch.topk(scores, k, dim=1).indices.numpy()
-            te = test[batch]
-            hits = np.take_along_axis(te.toarray(), top, axis=1) > 0 if te.shape[1] <= 200_000 else None
-            n_test = np.diff(te.indptr)
-            recall += float((hits.sum(1) / n_test).sum())
-            idcg = np.cumsum(discount)[np.minimum(n_test, k) - 1]
-            ndcg += float(((hits * discount).sum(1) / idcg).sum())
+            r, n = _sums(top, test[batch], k)
+            recall, ndcg = recall + r, ndcg + n
     n = max(len(users), 1)
+    return {f"recall@{k}": recall / n, f"ndcg@{k}": ndcg / n}
+
+
+def _sums(top: np.ndarray, test: sp.csr_matrix, k: int) -> tuple[float, float]:
+    """Summed recall and NDCG of ranked lists ``top`` [B, k] (item indices, -1 = no item) against the test rows
+    [B, I] (every row with at least one test item)."""
+    discount = 1.0 / np.log2(np.arange(2, k + 2))
+    rows = np.repeat(np.arange(top.shape[0]), top.shape[1])
+    cols = top.ravel()
+    ok = cols >= 0
+    hits = np.zeros(top.shape, bool)
+    hits.ravel()[ok] = np.asarray(test[rows[ok], cols[ok]]).ravel() > 0
+    n_test = np.diff(test.indptr)
+    idcg = np.cumsum(discount)[np.minimum(n_test, k) - 1]
+    return float((hits.sum(1) / n_test).sum()), float(((hits * discount).sum(1) / idcg).sum())
+
+
+def top_k_metrics(top: np.ndarray, test: sp.csr_matrix, k: int = 20) -> dict[str, float]:
+    """Recall@k / NDCG@k of ranked lists ``top`` [U, k] (item indices, -1 = fewer than k answers) for the test
+    rows [U, I], every one with at least one test item: the same figures `rank_metrics` gives for a scorer."""
+    recall, ndcg = _sums(np.asarray(top, np.int64), sp.csr_matrix(test), k)
+    n = max(top.shape[0], 1)
     return {f"recall@{k}": recall / n, f"ndcg@{k}": ndcg / n}
 
 

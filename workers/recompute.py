@@ -131,7 +131,9 @@ def recompute_marked(ctx: Context, limit: int = 10000) -> RecomputeResult:
     stored_new = subgraph.stored_vectors(ctx.driver, ITEM, new_ids, database=ctx.database)
     new_rows = subgraph.items(ctx.driver, new_ids, database=ctx.database)
     clock.lap("pull_s")
-    new_vecs = dict(zip([r.id for r in new_rows], enc.new_items(new_rows)))
+    new_out, new_in = enc.new_items(new_rows)
+    new_vecs = dict(zip([r.id for r in new_rows], new_out))
+    sends = dict(zip([r.id for r in new_rows], new_in))
     to_write: dict[str, np.ndarray] = dict(zip(known, _np(enc.known_vectors(known)))) if known else {}
     propagate: list[str] = []
     for iid, vec_t in new_vecs.items():
@@ -147,7 +149,7 @@ def recompute_marked(ctx: Context, limit: int = 10000) -> RecomputeResult:
     reached = subgraph.users_of_items(ctx.driver, propagate, database=ctx.database) if propagate else set()
     user_ids = sorted(by_label[USER] | reached)
     res.propagated_users = len(reached - by_label[USER])
-    user_vecs, extra_items = _users(ctx, user_ids, new_vecs, clock)
+    user_vecs, extra_items = _users(ctx, user_ids, sends, clock)
     to_write.update(extra_items)
 
     # queries: their text only
@@ -180,27 +182,25 @@ def recompute_marked(ctx: Context, limit: int = 10000) -> RecomputeResult:
 
 def _users(ctx: Context, user_ids: list[str], fresh: dict[str, torch.Tensor], clock: _Clock
            ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """User vectors, and the vectors of new items computed on the way (to be written too)."""
+    """User vectors, and the vectors of new items computed on the way that Neo4j lacks for this version (to be
+    written too). ``fresh``: what the new items computed in this recompute send to their users."""
     enc, version = ctx.encoder, ctx.encoder.version
     if not user_ids:
         return {}, {}
     edges, item_version = subgraph.user_edges(ctx.driver, user_ids, database=ctx.database)
     neighbours = capped_neighbours(edges, enc.user_cap, enc.half_life_days)
-    new_reached = sorted({i for items in neighbours.values() for i in items if not enc.is_known(i)} - set(fresh))
-    current = [i for i in new_reached if item_version.get(i) == version]
-    stored = subgraph.stored_vectors(ctx.driver, ITEM, current, database=ctx.database) if current else {}
-    vectors = dict(fresh)
-    for iid, s in stored.items():
-        if s.vector is not None and s.version == version:
-            vectors[iid] = torch.tensor(s.vector, dtype=torch.float32, device=enc.device)
-    missing = [i for i in new_reached if i not in vectors]
+    # A new item's stored vector is its output (d^b x); what it sends to users (d^-a x) is computed from its
+    # metadata here (text vectors are cached), never read back from the stored one.
+    missing = sorted({i for items in neighbours.values() for i in items if not enc.is_known(i)} - set(fresh))
     rows = subgraph.items(ctx.driver, missing, database=ctx.database) if missing else []
     clock.lap("pull_s")
-    computed = dict(zip([r.id for r in rows], enc.new_items(rows)))
-    vectors.update(computed)
-    out = enc.users(neighbours, user_ids, vectors)
+    out_vecs, in_vecs = enc.new_items(rows)
+    ids = [r.id for r in rows]
+    sends = {**fresh, **dict(zip(ids, in_vecs))}
+    out = enc.users(neighbours, user_ids, sends)
     clock.lap("forward_s")
-    return dict(zip(user_ids, _np(out))), {i: _np(v) for i, v in computed.items()}
+    unstored = {i: _np(v) for i, v in zip(ids, out_vecs) if item_version.get(i) != version}
+    return dict(zip(user_ids, _np(out))), unstored
 
 
 def _write(ctx: Context, label: str, vectors: dict[str, np.ndarray], version: str,
@@ -253,12 +253,12 @@ def full_vectors(ctx: Context, progress: Callable[[str], None] | None = None) ->
     known = [r.id for r in items if enc.is_known(r.id)]
     new_rows = [r for r in items if not enc.is_known(r.id)]
     item_vecs: dict[str, torch.Tensor] = dict(zip(known, enc.known_vectors(known))) if known else {}
-    new_vecs = dict(zip([r.id for r in new_rows], enc.new_items(new_rows)))
-    item_vecs.update(new_vecs)
+    new_out, new_in = enc.new_items(new_rows)
+    item_vecs.update(zip([r.id for r in new_rows], new_out))
     neighbours = capped_neighbours(edges, enc.user_cap, enc.half_life_days)
     user_ids = sorted(users)
     out: dict[str, dict[str, np.ndarray]] = {ITEM: {i: _np(v) for i, v in item_vecs.items()}}
-    u = enc.users(neighbours, user_ids, new_vecs)
+    u = enc.users(neighbours, user_ids, dict(zip([r.id for r in new_rows], new_in)))
     out[USER] = dict(zip(user_ids, _np(u)))
     q = enc.queries([queries[k] for k in sorted(queries)])
     out[QUERY] = dict(zip(sorted(queries), _np(q))) if q is not None else {}

@@ -9,8 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from graphdb.settings import EMBEDDING_DIM
 
 
 class ModelSettings(BaseSettings):
@@ -19,15 +21,20 @@ class ModelSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IG_MODEL_", frozen=True, extra="ignore")
 
     # Served model: spectral item start + inductive user aggregation.
-    dim: int = Field(default=1536, ge=2, description="embedding width (FAISS inner-product dimension)")
-    user_norm: float = Field(default=0.5, description="item weight d_j^-a inside a user's aggregation")
-    item_norm: float = Field(default=0.5, description="item output scale d_i^b (popularity prior)")
-    filter_power: float = Field(default=1.0, ge=0, description="spectral filter h = sigma^p at the start")
-    # Off by default (the live training keeps the values above); bench.quality turns it on: width and filter
-    # are then chosen on the validation split (`workers.train_served.select`).
-    select_filter: bool = Field(default=False, description="choose width/power/exponents on validation")
-    dim_grid: tuple[int, ...] = (1024, 1536, 2048)
-    filter_grid: tuple[float, ...] = (0.5, 1.0, 1.5)
+    # The width is the graph's one setting (IG_EMBEDDING_DIM, graphdb.settings): the vector indexes, the served
+    # model and the FAISS index share it, so there is no separate IG_MODEL_DIM.
+    dim: int = Field(default=EMBEDDING_DIM, ge=2, validation_alias=AliasChoices("IG_EMBEDDING_DIM", "dim"),
+                     description="embedding width (FAISS inner-product dimension)")
+    # Where the validation selection starts: the values it chose in the last full gowalla run.
+    user_norm: float = Field(default=0.4, description="item weight d_j^-a inside a user's aggregation")
+    item_norm: float = Field(default=0.4, description="item output scale d_i^b (popularity prior)")
+    filter_power: float = Field(default=1.5, ge=0, description="spectral filter h = sigma^p at the start")
+    # On: the filter power and the two exponents are chosen on a validation split (`workers.train_served.select`)
+    # by coordinate ascent over the grids below, scoring at most ``select_max_settings`` settings: a budget in
+    # settings, not seconds, so a slower machine picks the same configuration.
+    select_filter: bool = Field(default=True, description="choose power/exponents on validation")
+    select_max_settings: int = Field(default=10, ge=1)
+    filter_grid: tuple[float, ...] = (1.0, 1.5, 2.0)
     user_norm_grid: tuple[float, ...] = (0.4, 0.5, 0.6)
     item_norm_grid: tuple[float, ...] = (0.4, 0.5, 0.6)
     svd_oversample: int = Field(default=64, ge=0)
@@ -63,6 +70,9 @@ class TrainSettings(BaseSettings):
     negatives: int = Field(default=4096, ge=1, description="sampled negatives per batch (shared by its users)")
     temperature: float = Field(default=0.1, gt=0)
     max_epochs: int = Field(default=50, ge=0)
+    # Fine-tune epochs of the served model after its spectral fit. 0 by default: in the full gowalla run the
+    # fine-tune lowered validation recall from its first epoch on, so the served and measured model is the fit.
+    served_epochs: int = Field(default=0, ge=0)
     patience: int = Field(default=2, ge=1, description="validation checks without improvement before stopping")
     # ceil(20%) of each user's training interactions, as the gowalla test split takes of all of them
     val_fraction: float = Field(default=0.2, ge=0, lt=1)
@@ -79,7 +89,8 @@ class WorkerSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="IG_WORKER_", frozen=True, extra="ignore")
 
-    model_dir: Path = Path("var/models")
+    model_dir: Path = Path("var/models")  # the live service's versions (train task, roll-out, roll-back)
+    offline_model_dir: Path = Path("var/offline-models")  # `interest model train` on dataset files
     data_dir: Path = Path("../shared/datasets")
     text_cache_dir: Path = Path("var/text-cache")
     # Celery: Redis broker and result store; queues "gpu" (embedding, training) and "cpu" (maintenance).

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from graphdb.errors import FailedPrecondition
+from workers.files import atomic_write
 
 TEXT_DIM = 384
 
@@ -67,7 +68,13 @@ class TextEncoder:
             cache.update({k: v.astype(np.float32) for (k, _), v in zip(missing, vecs)})
             if f is not None:
                 f.parent.mkdir(parents=True, exist_ok=True)
-                np.savez(f, keys=np.asarray(list(cache)), vecs=np.stack(list(cache.values())))
+                keys_arr, vecs_arr = np.asarray(list(cache)), np.stack(list(cache.values()))
+
+                def save(tmp: Path) -> None:
+                    with open(tmp, "wb") as fh:  # a file object: np.savez would append ".npz" to a name
+                        np.savez(fh, keys=keys_arr, vecs=vecs_arr)
+
+                atomic_write(f, save)  # a crash mid-write leaves the previous cache, not a broken file
         if not texts:
             return torch.zeros(0, TEXT_DIM)
         return torch.from_numpy(np.stack([cache[k] for k in keys]))

@@ -120,9 +120,8 @@ def build_model(graph: InteractionGraph, ms: ModelSettings, text_dim: int) -> Sp
 
 
 def fit_served(graph: InteractionGraph, ms: ModelSettings, ts: TrainSettings,
-               item_text: torch.Tensor | None = None, budget_s: float | None = None,
-               progress: bool = True) -> Fitted:
-    """Train `SpectralSAGE` on ``graph`` within ``budget_s`` (default: the settings' budget).
+               item_text: torch.Tensor | None = None, progress: bool = True) -> Fitted:
+    """Train `SpectralSAGE` on ``graph`` at the width ``ms.dim``.
 
     With a validation split (``ts.val_fraction > 0``): the width and the spectral filter (power, user/item
     degree exponents) are chosen on it (`select`), then the fine-tune runs with early stopping; with
@@ -131,28 +130,26 @@ def fit_served(graph: InteractionGraph, ms: ModelSettings, ts: TrainSettings,
     early stopping gains).
     """
     t0 = time.perf_counter()
-    budget_s = ts.budget_min * 60 if budget_s is None else budget_s
     seed_everything(ts.seed)
     device = pick_device(ts.device)
     r_all = graph.interactions()
     history: list[dict] = []
-    if ts.val_fraction > 0 and (ms.select_filter or ts.max_epochs > 0):
+    if ts.val_fraction > 0 and (ms.select_filter or ts.served_epochs > 0):
         r_fit, r_val = holdout(r_all, ts.val_fraction, ts.seed)
         meta_args = (graph.item_category, graph.item_brand, item_text, graph.num_items)
         if ms.select_filter:
-            chosen, model, tried = select(graph, r_fit, r_val, ms, ts, item_text, t0, budget_s, progress)
+            chosen, model, tried = select(graph, r_fit, r_val, ms, ts, item_text, progress)
             ms = ms.model_copy(update=chosen)
             history.append({"epoch": 0, "selected": chosen, "tried": tried, "s": time.perf_counter() - t0})
         else:
             model = _start(graph, r_fit, ms, ts, item_text)
-        if ts.max_epochs > 0:
-            history += _finetune(model, r_fit, r_val, meta_args, ts, device, t0, budget_s, progress)
+        if ts.served_epochs > 0:
+            history += _finetune(model, r_fit, r_val, meta_args, ts, device, t0, progress)
         if ts.refit:
             best_epochs = max([h["epoch"] for h in history if h.get("best")], default=0)
             model = _start(graph, r_all, ms, ts, item_text)
             if best_epochs:
-                history += _finetune(model, r_all, None, meta_args, ts, device, t0, budget_s, progress,
-                                     epochs=best_epochs)
+                history += _finetune(model, r_all, None, meta_args, ts, device, t0, progress, epochs=best_epochs)
     else:
         model = _start(graph, r_all, ms, ts, item_text)
     model.to("cpu")
@@ -189,32 +186,28 @@ def _val_recall(model, r_fit, r_val, meta_args, ts: TrainSettings, users: np.nda
 
 
 @torch.no_grad()
-def select(graph, r_fit, r_val, ms: ModelSettings, ts: TrainSettings, item_text, t0: float, budget_s: float,
+def select(graph, r_fit, r_val, ms: ModelSettings, ts: TrainSettings, item_text,
            progress: bool = True) -> tuple[dict, SpectralSAGE, list[dict]]:
-    """Choose width, filter power, user and item exponents by validation Recall@K (the test protocol: every
+    """Choose the filter power and the user and item exponents by validation Recall@K (the test protocol: every
     validation user, all items ranked, fit items masked); returns (chosen, its model on ``r_fit``, every
     setting tried with its recall).
 
-    Coordinate ascent from the settings' values (the middle of every grid), in the order width, power, user
-    exponent, item exponent, repeated until a pass changes nothing. One SVD of the widest candidate serves every
-    width (the top-d singular vectors of a wider randomized SVD are the top-d ones, more accurate). The search stops early, keeping the best so far, once
-    half the budget is spent, so the refit always fits.
+    The width is not chosen here: it is the deployment's one setting (IG_EMBEDDING_DIM). Coordinate ascent from
+    the settings' values, in the order power, user exponent, item exponent, repeated until a pass changes
+    nothing or ``ms.select_max_settings`` settings were scored: the budget counts settings, so a slower machine
+    picks the same configuration. One SVD and one model serve every setting (only the filter and exponents
+    change).
     """
-    dims = sorted({min(d, *r_fit.shape) for d in (ms.dim, *ms.dim_grid)})  # no wider than the rank
-    svd = spectral_items(r_fit, dims[-1], ms.svd_oversample, ms.svd_power_iters, ts.seed)
+    dim = min(ms.dim, *r_fit.shape)
+    svd = spectral_items(r_fit, dim, ms.svd_oversample, ms.svd_power_iters, ts.seed)
     meta_args = (graph.item_category, graph.item_brand, item_text, graph.num_items)
     users = np.flatnonzero(np.diff(r_val.indptr) > 0)
-    models: dict[int, SpectralSAGE] = {}
+    model = _start(graph, r_fit, ms, ts, item_text, svd)
 
     def model_for(cfg: dict) -> SpectralSAGE:
-        d = cfg["dim"]
-        if d not in models:  # one model per width (the others are dropped: they hold I x d tables)
-            models.clear()
-            models[d] = _start(graph, r_fit, ms.model_copy(update={"dim": d}), ts, item_text, svd)
-        m = models[d]
-        m.filter[:d] = svd[0][:d].clamp(min=1e-6).pow(cfg["filter_power"])
-        m.user_norm, m.item_norm = cfg["user_norm"], cfg["item_norm"]
-        return m
+        model.filter[:dim] = svd[0][:dim].clamp(min=1e-6).pow(cfg["filter_power"])
+        model.user_norm, model.item_norm = cfg["user_norm"], cfg["item_norm"]
+        return model
 
     tried: list[dict] = []
 
@@ -225,18 +218,16 @@ def select(graph, r_fit, r_val, ms: ModelSettings, ts: TrainSettings, item_text,
             tqdm.write(f"select {cfg}: val recall@{ts.eval_k} {rec:.4f}")
         return rec
 
-    best = {"dim": min(ms.dim, *r_fit.shape), "filter_power": ms.filter_power, "user_norm": ms.user_norm,
-            "item_norm": ms.item_norm}
+    best = {"filter_power": ms.filter_power, "user_norm": ms.user_norm, "item_norm": ms.item_norm}
     best_score = score(best)
-    grids = (("dim", dims), ("filter_power", ms.filter_grid), ("user_norm", ms.user_norm_grid),
-             ("item_norm", ms.item_norm_grid))
+    grids = (("filter_power", ms.filter_grid), ("user_norm", ms.user_norm_grid), ("item_norm", ms.item_norm_grid))
     moved = True
     while moved:  # coordinate ascent: passes until one changes nothing (a setting is never scored twice)
         moved = False
         for key, grid in grids:
             for value in grid:
                 cfg = {**best, key: value}
-                if any(cfg == {k: t[k] for k in cfg} for t in tried) or time.perf_counter() - t0 > budget_s / 2:
+                if any(cfg == {k: t[k] for k in cfg} for t in tried) or len(tried) >= ms.select_max_settings:
                     continue
                 s = score(cfg)
                 if s > best_score:
@@ -244,7 +235,7 @@ def select(graph, r_fit, r_val, ms: ModelSettings, ts: TrainSettings, item_text,
     return best, model_for(best), tried
 
 
-def _finetune(model, r_fit, r_val, meta_args, ts: TrainSettings, device, t0, budget_s, progress,
+def _finetune(model, r_fit, r_val, meta_args, ts: TrainSettings, device, t0, progress,
               epochs: int | None = None):
     """Denoising softmax fine-tune; early-stops on ``r_val`` or, without it, runs ``epochs`` epochs."""
     model.to(device)
@@ -305,14 +296,12 @@ def _finetune(model, r_fit, r_val, meta_args, ts: TrainSettings, device, t0, bud
     history.append({"epoch": 0, "val_recall": best, "probe_loss": probe_loss, "s": time.perf_counter() - t0,
                     "refit": r_val is None})
     best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
-    for epoch in range(1, (ts.max_epochs if epochs is None else epochs) + 1):
+    for epoch in range(1, (ts.served_epochs if epochs is None else epochs) + 1):
         order = rng.permutation(users_all)
         bar = tqdm(range(0, len(order), ts.batch_size), desc=f"fine-tune {epoch}", disable=not progress,
                    leave=False)
         total, n_steps = 0.0, 0
         for start in bar:
-            if time.perf_counter() - t0 > budget_s:
-                break
             batch = order[start:start + ts.batch_size]
             inp, trow, tcol = _rows(r_fit, batch, 0.2, rng)
             if len(trow) == 0:
@@ -337,7 +326,7 @@ def _finetune(model, r_fit, r_val, meta_args, ts: TrainSettings, device, t0, bud
             best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
         else:
             bad += 1
-        if bad >= ts.patience or time.perf_counter() - t0 > budget_s:
+        if bad >= ts.patience:
             break
     model.load_state_dict(best_state)
     return history

@@ -47,8 +47,9 @@ def tiny_gowalla(tmp_path, monkeypatch):
     split, _ = planted(seed=7)
     _write_gowalla(tmp_path / "data" / "gowalla", split)
     monkeypatch.setenv("IG_WORKER_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("IG_WORKER_MODEL_DIR", str(tmp_path / "models"))
-    monkeypatch.setenv("IG_MODEL_DIM", "8")
+    monkeypatch.setenv("IG_WORKER_MODEL_DIR", str(tmp_path / "live-models"))
+    monkeypatch.setenv("IG_WORKER_OFFLINE_MODEL_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("IG_EMBEDDING_DIM", "8")
     monkeypatch.setenv("IG_TRAIN_MAX_EPOCHS", "1")
     monkeypatch.setenv("IG_TRAIN_BATCH_SIZE", "32")
     monkeypatch.setenv("IG_TRAIN_THREADS", "1")
@@ -62,6 +63,9 @@ def test_cli_train_evaluate_embed_all(tmp_path, tiny_gowalla):
     assert res.exit_code == 0, res.output
     trained = json.loads(res.stdout.strip().splitlines()[-1])
     assert trained["recall@20"] > 0.3
+    # offline training leaves the live service's model folder (and its LATEST) alone
+    assert (tmp_path / "models" / "LATEST").read_text().strip() == trained["version"]
+    assert not (tmp_path / "live-models").exists()
     res = runner.invoke(app, ["evaluate", "--dataset", "gowalla"])
     assert res.exit_code == 0, res.output
     evaluated = json.loads(res.stdout.strip().splitlines()[-1])

@@ -5,9 +5,13 @@ normalised interaction matrix, zero for items unseen at training time) + project
 (category bag, brand, sentence-transformers text vector). Users carry no features: one round of
 item -> user message passing with degree-normalised sum aggregation gives their vector,
 
-    u = h * sum_{j in N(u)} w_uj * d_j^-a * x_j          (h: learned per-dimension spectral filter)
-    z_i = d_i^b * x_i                                      (item output, b = popularity prior)
-    score(u, i) = <u, z_i>                                 (FAISS inner product)
+    u = s_h * sum_{j in N(u)} w_uj * d_j^-a * x_j        (h: learned per-dimension spectral filter)
+    z_i = |h|^1/2 * d_i^b * x_i                            (item output, b = popularity prior)
+    score(u, i) = <u, z_i> = sum_k h_k (...)_k (...)_k     (FAISS inner product)
+
+with ``s_h = sign(h) |h|^1/2``: the filter is split between the towers, so ``<z_j, z_i>`` is the score a user
+with the one item ``j`` gives ``i`` (up to a factor of ``j``'s own): SimilarItems is the same model as
+RecommendForUser, not a cosine of a different geometry.
 
 so a new user with one click has a vector at once (the same the full graph gives: it only reads the user's
 own edges), and a new item with only metadata has one from its features. With ``h = 1`` and spectral ``x``
@@ -134,7 +138,7 @@ class SpectralSAGE(nn.Module):
     def item_out(self, x: Tensor, degree: Tensor | None = None) -> Tensor:
         """Item output vectors ``z`` [I, dim] from bases ``x`` and degrees (default: training degrees)."""
         d = self.item_degree if degree is None else degree.clamp(min=1.0)
-        return x * d.pow(self.item_norm).unsqueeze(-1)
+        return x * d.pow(self.item_norm).unsqueeze(-1) * self.filter.abs().sqrt()
 
     # ------------------------------------------------------------------ user tower
     def item_in(self, x: Tensor, degree: Tensor | None = None) -> Tensor:
@@ -144,7 +148,11 @@ class SpectralSAGE(nn.Module):
 
     def users(self, adj: Tensor, x: Tensor) -> Tensor:
         """User vectors [U, dim] from a sparse user-item matrix ``adj`` [U, I] and item bases ``x``."""
-        return (adj @ self.item_in(x)) * self.filter
+        return (adj @ self.item_in(x)) * self.user_scale()
+
+    def user_scale(self) -> Tensor:
+        """The user tower's half of the filter [dim], ``sign(h) |h|^1/2`` (the item tower holds ``|h|^1/2``)."""
+        return self.filter.sign() * self.filter.abs().sqrt()
 
     def forward(self, adj: Tensor, meta: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(user vectors [U, dim], item vectors [I, dim]) for the graph ``adj``."""

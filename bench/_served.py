@@ -1,0 +1,74 @@
+"""The served path, in process: the server's `Engine` at its default settings ranks the model's vectors.
+
+`bench.quality` and `bench.cold_start` score the served model through this, not through an offline scorer: the
+vectors are the ones the worker writes (`workers.embed.served_vectors`, equal to a full recompute on the live
+graph), the engine indexes them as the server does (FAISS at the default `ServerSettings`: flat below
+``IG_SERVER_ANN_MIN_ITEMS`` items, IVF above), and each test user's top K comes from
+``Engine.recommend_for_user``, the call behind the RecommendForUser RPC, with their training items excluded
+through the request's own ``exclude_item_ids``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import scipy.sparse as sp
+from tqdm import tqdm
+
+from graphdb.pseudonym import pseudonymise
+from graphdb.settings import GraphSettings
+from server.engine import Engine, ItemFilter
+from server.settings import ServerSettings
+from workers.metrics import top_k_metrics
+
+
+def served_engine(item_ids: Sequence[str], item_vectors: np.ndarray, version: str,
+                  settings: ServerSettings | None = None) -> Engine:
+    """An engine serving ``item_vectors`` (no Neo4j, no Redis: nothing else differs from a server's)."""
+    settings = settings or ServerSettings(snapshot_dir=None, redis_url=None)
+    graph = GraphSettings(embedding_dim=int(item_vectors.shape[1]))
+    engine = Engine(settings, graph, None)
+    engine.install(engine.load_vectors(list(item_ids), np.asarray(item_vectors, np.float32), version))
+    return engine
+
+
+def index_config(engine: Engine) -> dict:
+    """What ranks: the FAISS index kind and parameters the engine chose for its catalogue."""
+    serving = engine._state()
+    base = serving.index._base  # noqa: SLF001 - reported, not changed
+    out = {"dim": engine.dim, "index": "ivf-flat" if base.is_ivf else "flat", "metric": "inner_product"}
+    if base.is_ivf:
+        out.update(nlist=int(base.index.nlist), nprobe=int(base.index.nprobe))
+    return out
+
+
+def engine_top_k(engine: Engine, user_ids: Sequence[str], user_vectors: np.ndarray, k: int,
+                 exclude: Sequence[Sequence[str]] | None = None, progress: bool = False) -> list[list[str]]:
+    """Each user's top ``k`` item ids from ``Engine.recommend_for_user`` (their vector as the delta stream
+    delivers it, keyed by pseudonym), excluding ``exclude[u]``."""
+    serving = engine._state()
+    key = engine.graph.pseudonym_key.get_secret_value()
+    out = []
+    for n, uid in enumerate(tqdm(user_ids, desc="engine", disable=not progress, leave=False)):
+        serving.users.put(pseudonymise(key, uid), user_vectors[n], 0.0)
+        flt = ItemFilter(exclude_item_ids=tuple(exclude[n]) if exclude is not None else ())
+        answer = engine.recommend_for_user(uid, k, flt, include_seen=True)
+        out.append([item for item, _ in answer.items])
+        serving.users.delete(pseudonymise(key, uid))  # one user at a time: the cache stays small
+    return out
+
+
+def engine_metrics(engine: Engine, user_vectors: np.ndarray, item_ids: Sequence[str], train: sp.csr_matrix,
+                   test: sp.csr_matrix, k: int = 20, progress: bool = True) -> dict[str, float]:
+    """Recall@k / NDCG@k of the engine's answers for every user with test items (training items excluded)."""
+    train, test = sp.csr_matrix(train), sp.csr_matrix(test)
+    users = np.flatnonzero(np.diff(test.indptr) > 0)
+    ids = np.asarray(item_ids, dtype=object)
+    exclude = [ids[train.indices[train.indptr[u]:train.indptr[u + 1]]].tolist() for u in users]
+    tops = engine_top_k(engine, [f"u{u}" for u in users], user_vectors[users], k, exclude, progress)
+    col = {iid: j for j, iid in enumerate(item_ids)}
+    top = np.full((len(users), k), -1, np.int64)
+    for n, items in enumerate(tops):
+        top[n, :len(items)] = [col[i] for i in items]
+    return top_k_metrics(top, test[users], k)
