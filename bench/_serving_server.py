@@ -36,7 +36,7 @@ async def main(snapshot_dir: Path, redis_url: str, stream: str, n_categories: in
                               redis_url=redis_url, delta_stream=stream, snapshot_interval_s=1e9,
                               compact_interval_s=1e9, delta_block_ms=1000, ivf_nprobe=nprobe,
                               max_concurrent_rpcs=1000)
-    engine = Engine(settings, GraphSettings(embedding_dim=64), None)
+    engine = Engine(settings, GraphSettings(), None)  # the width: IG_EMBEDDING_DIM, set by bench.serving
     redis = connect_redis(redis_url, settings.delta_block_ms)
     lifecycle = Lifecycle(engine, redis)
     await lifecycle.start()
@@ -85,9 +85,10 @@ async def echo() -> None:
 
 
 async def floor(snapshot_dir: Path, nprobe: int, port: int, processes: int) -> None:
-    """The least a Python gRPC server can do per ``SimilarItems`` call: the item's vector, one FAISS search of
-    the base index, the ids of the hits. No validation, filters, delta, interceptors or metrics: what is left
-    is the Python gRPC stack plus the search, the floor under any servicer written with it on this machine."""
+    """The least a Python gRPC server can do per ``SimilarItems`` call: the item's vector, one search of the
+    index (FAISS, plus the full-width re-rank when the IVF holds leading components), the ids of the hits. No
+    validation, filters, interceptors or metrics: what is left is the Python gRPC stack plus the search, the
+    floor under any servicer written with it on this machine."""
     import grpc
 
     from proto.interest.v1 import interest_pb2 as pb
@@ -97,14 +98,14 @@ async def floor(snapshot_dir: Path, nprobe: int, port: int, processes: int) -> N
     faiss.omp_set_num_threads(1)
     threadpool_limits(1)
     index = load_snapshot(snapshot_dir, IndexParams(nprobe=nprobe)).index
-    base, ids = index.base, index.labels.ids()
+    ids = index.labels.ids()
 
     def handle(request: pb.SimilarItemsRequest, _context) -> pb.SimilarItemsResponse:
         label = index.labels.get(request.item_id)
-        scores, pos = base.index.search(index.vector(label)[0][None, :], request.k + 1)
+        labels, scores = index.search(index.vector(label)[0][None, :], request.k + 1)[0]
         response = pb.SimilarItemsResponse(model_version=index.model_version)
         add = response.items.add
-        for lab, score in zip(base.labels[pos[0]].tolist(), scores[0].tolist()):
+        for lab, score in zip(labels.tolist(), scores.tolist()):
             if lab != label:
                 add(item_id=ids[lab], score=score)
         del response.items[request.k:]

@@ -10,6 +10,7 @@ excluded through the request. The peers: popularity, GF-CF (ours: no library has
 item-kNN (cosine) and BM25 item-item, and LightGCN (BPR, a wall-clock budget).
 
     python -m bench.quality --dataset gowalla [--budget-min 20] [--out docs/results/quality-gowalla.json]
+    python -m bench.quality --dataset amazon-office   # or amazon-hin: leave-last-out splits
 """
 
 from __future__ import annotations
@@ -27,18 +28,20 @@ from bench._common import emit_result, rounded
 from bench._implicit import fit_implicit
 from bench._served import engine_metrics, index_config, served_engine
 from workers.baselines import fit_gfcf, fit_popularity
-from workers.datasets import Split, load_gowalla
+from workers.datasets import Split, load_split
 from workers.embed import served_vectors
 from workers.metrics import rank_metrics
 from workers.models.lightgcn import LightGCN
 from workers.runtime import pick_device, set_threads
-from workers.settings import ModelSettings, TrainSettings
+from workers.settings import ModelSettings, TrainSettings, WorkerSettings
 from workers.train_bpr import fit_bpr
 from workers.train_served import fit_served
+from workers.training import item_texts
 
 SERVED = "spectral-sage"
 IMPLICIT = ("als", "bpr", "itemknn", "bm25")
 ALL_MODELS = (SERVED, "gf-cf", "popularity", *IMPLICIT, "lightgcn")
+DATASETS = ("gowalla", "amazon-office", "amazon-hin")
 console = Console(stderr=True)
 
 
@@ -103,10 +106,12 @@ def _implicit(name: str, r, ts: TrainSettings):
 
 
 def _served(split: Split, ms: ModelSettings, ts: TrainSettings, progress: bool):
-    """Fit with the live training, then rank through the engine (see the module docstring)."""
-    fitted = fit_served(split.train, ms, ts, progress=progress)
+    """Fit with the live training, then rank through the engine (see the module docstring). Item titles are read
+    as the live training reads them (sentence vectors) when the dataset has them."""
+    text = item_texts(split.train, WorkerSettings(), progress)
+    fitted = fit_served(split.train, ms, ts, item_text=text, progress=progress)
     t1 = time.perf_counter()
-    users, items = served_vectors(fitted.model, split.train)
+    users, items = served_vectors(fitted.model, split.train, text)
     engine = served_engine(split.train.item_ids, items.numpy(), "bench-quality")
     metrics = engine_metrics(engine, users.numpy(), split.train.item_ids, split.train.interactions(), split.test,
                              k=ts.eval_k, progress=progress)
@@ -121,7 +126,8 @@ def _served(split: Split, ms: ModelSettings, ts: TrainSettings, progress: bool):
                   "config": config, "selection": sel.get("tried", [])}
 
 
-def main(dataset: str = typer.Option("gowalla", help="benchmark dataset (gowalla)"),
+def main(dataset: str = typer.Option("gowalla", help="gowalla (its split) | amazon-office | amazon-hin (leave "
+                                                     "last out)"),
          data_dir: Path = typer.Option(Path("../shared/datasets"), help="folder holding the datasets"),
          budget_min: float = typer.Option(20.0, help="wall-clock budget of LightGCN, minutes"),
          models: str = typer.Option(",".join(ALL_MODELS), help="comma-separated subset to run"),
@@ -129,9 +135,9 @@ def main(dataset: str = typer.Option("gowalla", help="benchmark dataset (gowalla
     """The served row takes every setting from the environment, as the live service does (IG_EMBEDDING_DIM,
     IG_MODEL_*, IG_TRAIN_*): change the served configuration there, not here."""
     set_threads(threads)
-    if dataset != "gowalla":
-        raise typer.BadParameter(f"unknown dataset {dataset!r} (supported: gowalla)")
-    split = load_gowalla(data_dir / "gowalla")
+    if dataset not in DATASETS:
+        raise typer.BadParameter(f"unknown dataset {dataset!r} (one of {', '.join(DATASETS)})")
+    split = load_split(dataset, data_dir)
     ms, ts = ModelSettings(), TrainSettings(threads=threads, budget_min=budget_min)
     names = tuple(m.strip() for m in models.split(",") if m.strip())
     unknown = set(names) - set(ALL_MODELS)

@@ -1,9 +1,13 @@
-"""Serving benchmark: raw in-process FAISS against ``SimilarItems`` over gRPC on loopback.
+"""Serving benchmark: raw in-process FAISS against ``SimilarItems`` over gRPC on loopback, at the served width.
 
-``python -m bench.serving [--items 1000000] [--out FILE]`` measures, for synthetic clustered 64-d item vectors and
-for gowalla's items (64-d truncated SVD of the normalised train interaction matrix, computed here):
+``python -m bench.serving [--items 1000000] [--dim 1024] [--compare-dim 64] [--out FILE]`` measures, for
+synthetic item vectors shaped like the served model's and for gowalla's items as the served model embeds them:
 
-- raw FAISS queries/s on one thread (the server's own IVF base index, one query per call);
+- the served format: ``--dim`` (default ``IG_EMBEDDING_DIM``, the one width setting) with the index at the
+  server's defaults: an IVF over the leading ``IG_SERVER_IVF_DIM`` components whose best
+  ``IG_SERVER_IVF_REFINE`` candidates are re-ranked at the full width (exact below ``IG_SERVER_ANN_MIN_ITEMS``);
+- raw FAISS queries/s on one thread doing the same work (``IndexRefineFlat`` over an IVF of the leading
+  components, one query per call);
 - ``SimilarItems`` over gRPC against real server processes (client concurrency 8, 16, 32): throughput, p50/p99,
   with one server process and with one per core (``IG_SERVER_PROCESSES``, SO_REUSEPORT). The driver is
   bench/loadgen (Go, pre-serialised requests, built with ``go build``) over 32 connections; ghz runs once
@@ -11,10 +15,16 @@ for gowalla's items (64-d truncated SVD of the normalised train interaction matr
   answers. The client shares the two cores with the server, so its cost per call is reported too;
 - two peers, one process per core, driven the same way at 16: our server on grpc's Python server alone
   (``IG_SERVER_FRONT=grpc``: what the native front end, ``server/native``, saves), and the floor under any
-  servicer on grpc's Python server: a process that only looks up the item's vector, runs the FAISS search and
+  servicer on grpc's Python server: a process that only looks up the item's vector, searches the index and
   returns the ids (``bench._serving_server.floor``);
-- recall@10 of the served answers against exact search, also under category filters (synthetic data);
-- how long an upsert on the delta stream (a real redis-server) takes to show up in query answers.
+- recall@10 of the served answers against exact inner-product search, also under category filters;
+- how long an upsert on the delta stream (a real redis-server) takes to show up in query answers;
+- memory: the index's arrays per million items, and a serving process's resident memory;
+- with ``--compare-dim``, the synthetic set again at that width in the same run (the previous served width).
+
+Synthetic vectors are shaped like the model's (``z = |h|^1/2 d^b x``): clustered, components of decaying scale
+(a spectral filter), norms spread by a popularity prior. Vectors are not normalised: the engine ranks by inner
+product, as the model scores.
 
 The RESULT line reports the synthetic set at concurrency 16 with one server process per core, driven by
 bench/loadgen (or the Python client when Go is not available: ``client`` says which), served by the native
@@ -40,15 +50,14 @@ import numpy as np
 
 from bench._common import emit_result
 from graphdb import localstack
-from graphdb.settings import LocalStackSettings
+from graphdb.settings import EMBEDDING_DIM, LocalStackSettings
 from server.front import available as front_built
 from server.index import IndexParams, ItemIndex, LabelMap, normalise
+from server.settings import ServerSettings
 from server.snapshot import save_snapshot
 
-DIM = 64
 STREAM = "ig:bench-embeddings"
 ROOT = Path(__file__).resolve().parents[1]
-GOWALLA = ROOT.parent / "shared" / "datasets" / "gowalla" / "train.txt"
 GHZ_MODULE = "github.com/bojand/ghz/cmd/ghz@v0.93.0"  # the version the Go module proxy serves here
 CACHE_BIN = Path.home() / ".cache" / "interest-graph" / "bin"
 # Several clients' connections, so SO_REUSEPORT can spread them over the processes. The kernel hashes them: with
@@ -62,44 +71,41 @@ def log(msg: str) -> None:
 
 
 # -- data ------------------------------------------------------------------------------------------------
-def synthetic(n: int, seed: int = 0) -> np.ndarray:
-    """Clustered vectors: 1 centre per 1,000 items, noise as large as the centres' spread."""
+def synthetic(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    """Vectors shaped like the served model's: 1 cluster centre per 1,000 items plus as much noise, components
+    scaled like a spectral filter (sigma^0.75 of a decaying spectrum), norms spread by a popularity prior
+    (Zipf degrees^0.4)."""
     rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((max(1, n // 1000), DIM)).astype(np.float32)
-    out = np.empty((n, DIM), np.float32)
-    for start in range(0, n, 200_000):
-        m = min(200_000, n - start)
-        out[start:start + m] = centres[rng.integers(0, len(centres), m)] + \
-            rng.standard_normal((m, DIM)).astype(np.float32)
-    return normalise(out)
+    centres = rng.standard_normal((max(1, n // 1000), dim)).astype(np.float32)
+    scale = np.geomspace(1.0, 0.05, dim).astype(np.float32)
+    prior = (rng.zipf(1.8, n).clip(max=10_000) ** 0.4).astype(np.float32)
+    out = np.empty((n, dim), np.float32)
+    for start in range(0, n, 100_000):
+        m = min(100_000, n - start)
+        block = centres[rng.integers(0, len(centres), m)] + rng.standard_normal((m, dim)).astype(np.float32)
+        out[start:start + m] = normalise(block) * scale * prior[start:start + m, None]
+    return out
 
 
-def gowalla_items(path: Path = GOWALLA) -> np.ndarray:
-    """Item vectors from a truncated SVD of D_u^-1/2 R D_i^-1/2 (R: users x items, binary)."""
-    import scipy.sparse as sp
-    from scipy.sparse.linalg import svds
+def gowalla_items(data_dir: Path, dim: int) -> np.ndarray:
+    """gowalla's item vectors as the served model embeds them (its spectral fit at the served settings, without
+    the validation selection, to keep the run short)."""
+    from workers.datasets import load_gowalla
+    from workers.embed import served_vectors
+    from workers.settings import ModelSettings, TrainSettings
+    from workers.train_served import fit_served
 
-    rows, cols = [], []
-    for line in path.read_text().splitlines():
-        parts = line.split()
-        if len(parts) > 1:
-            rows.extend([int(parts[0])] * (len(parts) - 1))
-            cols.extend(int(x) for x in parts[1:])
-    r = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)))
-    r.data[:] = 1.0
-    du = np.asarray(r.sum(axis=1)).ravel()
-    di = np.asarray(r.sum(axis=0)).ravel()
-    norm = sp.diags(1 / np.sqrt(np.maximum(du, 1))) @ r @ sp.diags(1 / np.sqrt(np.maximum(di, 1)))
-    _, s, vt = svds(norm.astype(np.float64), k=DIM, random_state=0)
-    items = (vt.T * np.sqrt(s)).astype(np.float32)
-    return normalise(items[di > 0])
+    split = load_gowalla(data_dir / "gowalla")
+    model = fit_served(split.train, ModelSettings(dim=dim, select_filter=False), TrainSettings(), progress=False).model
+    _, items = served_vectors(model, split.train)
+    return np.ascontiguousarray(items.numpy())
 
 
 # -- measurements ----------------------------------------------------------------------------------------
 def exact_neighbours(vecs: np.ndarray, qpos: np.ndarray, k: int, mask: np.ndarray | None = None) -> list[set]:
     faiss.omp_set_num_threads(2)
     if mask is None:
-        flat = faiss.IndexFlatIP(DIM)
+        flat = faiss.IndexFlatIP(vecs.shape[1])
         flat.add(vecs)
         _, idx = flat.search(vecs[qpos], k + 1)
         return [set([int(j) for j in row if j != q][:k]) for row, q in zip(idx, qpos)]
@@ -112,30 +118,65 @@ def exact_neighbours(vecs: np.ndarray, qpos: np.ndarray, k: int, mask: np.ndarra
     return out
 
 
-def raw_qps(index: ItemIndex, vecs: np.ndarray, qpos: np.ndarray, min_s: float = 3.0) -> tuple[float, float]:
-    """Single-thread, one query per call, on the server's own base index; also its recall source."""
+def raw_index(index: ItemIndex, vecs: np.ndarray) -> faiss.Index:
+    """Raw FAISS doing the server's work: the base as it is, or, when it holds the leading components, an
+    ``IndexRefineFlat`` over the same IVF of those components (same centroids and nprobe), re-ranking as many
+    candidates at the full width."""
+    base = index.base
+    dim = vecs.shape[1]
+    if base.width == dim:
+        return base.index
+    quantizer = faiss.IndexFlatIP(base.width)
+    quantizer.add(base.centroids)
+    ivf = faiss.IndexIVFFlat(quantizer, base.width, len(base.centroids), faiss.METRIC_INNER_PRODUCT)
+    ivf.is_trained = True
+    ivf.nprobe = base.index.nprobe
+    raw = faiss.IndexRefineFlat(faiss.IndexPreTransform(faiss.RemapDimensionsTransform(dim, base.width, False), ivf))
+    raw.add(vecs[base.labels])  # position p holds the vector of base.labels[p], as in the base
+    raw.k_factor = index.params.refine / 11
+    return raw
+
+
+def raw_qps(raw: faiss.Index, vecs: np.ndarray, qpos: np.ndarray, min_s: float = 3.0) -> tuple[float, float]:
+    """Single-thread, one query per call."""
     faiss.omp_set_num_threads(1)
-    base = index.base.index
     n, start = 0, time.perf_counter()
     while True:
         for q in qpos:
-            base.search(vecs[q:q + 1], 11)
+            raw.search(vecs[q:q + 1], 11)
             n += 1
         if time.perf_counter() - start >= min_s:
             break
     return n / (time.perf_counter() - start), n
 
 
+def index_bytes(index: ItemIndex) -> dict:
+    """Memory of the serving index: the full-width vectors every query may re-rank (with the headroom kept for
+    new items) and the FAISS base, per million items."""
+    n = max(len(index), 1)
+    vec = index._vec.nbytes  # noqa: SLF001 - measured, not changed
+    base = index.base.index
+    faiss_bytes = base.ntotal * base.d * 4 + (len(index.base.centroids) * base.d * 4 if index.base.is_ivf else 0)
+    return {"vectors_bytes": vec, "faiss_bytes": int(faiss_bytes),
+            "gb_per_million_items": round((vec + faiss_bytes) / n * 1e6 / 2**30, 3)}
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def engine_cost(index: ItemIndex, names: list[str], qpos: np.ndarray) -> float:
     """Microseconds per SimilarItems answer computed in-process by the serving engine (no gRPC)."""
     from graphdb.settings import GraphSettings
     from server.engine import Engine, ItemFilter
-    from server.settings import ServerSettings
 
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)  # the server runs single-threaded BLAS too (see server/__main__.py)
-    engine = Engine(ServerSettings(snapshot_dir=None, redis_url=None), GraphSettings(embedding_dim=DIM), None)
+    engine = Engine(ServerSettings(snapshot_dir=None, redis_url=None), GraphSettings(embedding_dim=index.dim), None)
     engine.labels = index.labels
     engine.install(index)
     flt = ItemFilter()
@@ -326,13 +367,13 @@ def loadgen_load(binary: Path, requests: Path, port: int, concurrency: int, seco
             / max(calls, 1) * 1e6}
 
 
-def start_servers(snap: Path, redis_url: str, n_categories: int, nprobe: int, processes: int,
+def start_servers(snap: Path, redis_url: str, n_categories: int, nprobe: int, processes: int, dim: int,
                   floor: bool = False, front: str = "auto") -> tuple[list, int]:
     """``processes`` bench servers on one port (each loads the snapshot); returns them once all serve.
     ``floor``: the least Python gRPC server instead (``bench._serving_server.floor``); ``front``: who owns
     the port (``IG_SERVER_FRONT``)."""
     port = localstack.free_port() if processes > 1 else 0
-    env = dict(os.environ, OMP_NUM_THREADS="1", IG_SERVER_FRONT=front)
+    env = dict(os.environ, OMP_NUM_THREADS="1", IG_SERVER_FRONT=front, IG_EMBEDDING_DIM=str(dim))
     args = ["floor", str(snap), str(nprobe)] if floor else [str(snap), redis_url, STREAM, str(n_categories),
                                                              str(nprobe)]
     procs = [subprocess.Popen([sys.executable, "-m", "bench._serving_server", *args, str(port), str(processes)],
@@ -358,7 +399,7 @@ def servers_cpu(procs: list) -> float:
     return sum(cpu_seconds(p.pid) for p in procs)
 
 
-async def visibility(port: int, redis_url: str, model_version: str, n: int = 200) -> dict:
+async def visibility(port: int, redis_url: str, model_version: str, dim: int, n: int = 200) -> dict:
     """Time from XADD of an upsert to the first NearestItems answer that contains it."""
     import grpc
     import redis.asyncio as aioredis
@@ -373,7 +414,8 @@ async def visibility(port: int, redis_url: str, model_version: str, n: int = 200
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.InterestServiceStub(channel)
         for j in range(n):
-            vec = normalise(rng.standard_normal((1, DIM)).astype(np.float32))[0]
+            # far out along its direction, so it is the top answer to a query along it whatever the others' norms
+            vec = 1e4 * normalise(rng.standard_normal((1, dim)).astype(np.float32))[0]
             item = f"fresh-{j}"
             t0 = time.perf_counter()
             await r.xadd(STREAM, {FIELD: encode_upsert(pb.NODE_TYPE_ITEM, item, vec, model_version)})
@@ -397,21 +439,29 @@ def recall(answers: dict, gt: list[set], qpos: np.ndarray, names: list[str]) -> 
 
 
 def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, n_categories: int) -> dict:
-    n = len(vecs)
+    n, dim = vecs.shape
     names = [f"{prefix}{j}" for j in range(n)]
-    params = IndexParams(nprobe=args.nprobe)
+    defaults = ServerSettings(snapshot_dir=None, redis_url=None)
+    params = IndexParams(nprobe=args.nprobe, ivf_dim=defaults.ivf_dim, refine=defaults.ivf_refine,
+                         ann_min_items=defaults.ann_min_items)
     t0 = time.perf_counter()
     faiss.omp_set_num_threads(2)
-    index = ItemIndex.build(DIM, f"bench-{name}", LabelMap(), params, names, vecs)
+    index = ItemIndex.build(dim, f"bench-{name}", LabelMap(), params, names, vecs)
     build_s = time.perf_counter() - t0
-    log(f"{name}: {n} items, index built in {build_s:.1f}s (nlist {index.base.index.nlist}, nprobe {args.nprobe})")
+    kind = (f"IVF over {index.base.width} of {dim} components, nlist {index.base.index.nlist}, nprobe {args.nprobe}, "
+            f"re-rank {params.refine}") if index.base.is_ivf else f"flat, {dim} components"
+    log(f"{name}: {n} items, index built in {build_s:.1f}s ({kind})")
+    memory = index_bytes(index)
+    log(f"{name}: index memory {memory['gb_per_million_items']} GB per million items")
     rng = np.random.default_rng(1)
     qpos = rng.choice(n, size=min(args.queries, n), replace=False)
     gt = exact_neighbours(vecs, qpos, 10)
-    qps, _ = raw_qps(index, vecs, qpos)
-    _, raw_idx = index.base.index.search(vecs[qpos], 11)
+    raw = raw_index(index, vecs)
+    qps, _ = raw_qps(raw, vecs, qpos)
+    _, raw_idx = raw.search(vecs[qpos], 11)
     raw_recall = float(np.mean([len(set(int(index.base.labels[p]) for p in row if p >= 0 and index.base.labels[p] != q)
                                     .intersection(g)) / 10 for row, q, g in zip(raw_idx, qpos, gt)]))
+    del raw
     log(f"{name}: raw FAISS {qps:.0f} q/s on one thread, recall@10 {raw_recall:.3f}")
     engine_us = engine_cost(index, names, qpos)
     log(f"{name}: the server's search path without gRPC (id lookup, search, exclusion, ids): {engine_us:.0f} us/call")
@@ -424,7 +474,8 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
     del index
     queries = [names[q] for q in qpos]
     runs, answers, filtered = [], {}, {}
-    procs, port = start_servers(snap, redis_url, n_categories, args.nprobe, 1)
+    procs, port = start_servers(snap, redis_url, n_categories, args.nprobe, 1, dim)
+    server_rss_mb = rss_mb(procs[0].pid)
     try:
         # The Python client, one connection, one server process: also the source of the served answers.
         for c in (8, 16, 32):
@@ -457,7 +508,7 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
                                    "qps": run["qps"], "p99_ms": run["p99_ms"]}
                 log(f"{name}: filter {label} ({mask.mean():.1%} of items): recall@10 "
                     f"{filtered[label]['recall_at_10']:.3f}, {run['qps']:.0f} calls/s, p99 {run['p99_ms']:.2f} ms")
-        vis = asyncio.run(visibility(port, redis_url, f"bench-{name}", args.upserts))
+        vis = asyncio.run(visibility(port, redis_url, f"bench-{name}", dim, args.upserts))
         log(f"{name}: upsert visible after p50 {vis['p50_ms']:.1f} ms, p99 {vis['p99_ms']:.1f} ms")
     finally:
         stop_servers(procs)
@@ -480,7 +531,7 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
         for key, processes, floor, front in (peers if loadgen else []):
             if key in configs:
                 continue  # one core: "1" is also one per core
-            procs, port = start_servers(snap, redis_url, n_categories, args.nprobe, processes, floor, front)
+            procs, port = start_servers(snap, redis_url, n_categories, args.nprobe, processes, dim, floor, front)
             try:
                 loadgen_load(loadgen, requests, port, 16, 1.0)  # warm-up: connections, first calls
                 configs[key] = []
@@ -517,7 +568,8 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
         served_by, client, primary = "1", "python-aio", runs[1]
     floor_qps = configs["floor"][0]["qps"] if "floor" in configs else None
     grpc_front_qps = configs["grpc_front"][0]["qps"] if "grpc_front" in configs else None
-    return {"items": n, "build_s": build_s, "raw_qps": qps, "raw_recall_at_10": raw_recall, "grpc": runs,
+    return {"items": n, "dim": dim, "index": kind, "memory": {**memory, "server_rss_mb": server_rss_mb},
+            "build_s": build_s, "raw_qps": qps, "raw_recall_at_10": raw_recall, "grpc": runs,
             "go_clients": configs, "client": client, "server_processes": int(served_by),
             "grpc_qps": primary["qps"], "ratio": primary["qps"] / qps, "p50_ms": primary["p50_ms"],
             "p99_ms": primary["p99_ms"], "recall_at_10": rec, "filtered": filtered, "upsert_visibility": vis,
@@ -530,6 +582,10 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=EMBEDDING_DIM, help="the served width (IG_EMBEDDING_DIM)")
+    parser.add_argument("--compare-dim", type=int, default=64, help="also run the synthetic set at this width "
+                        "(0 = not): the previous served width, in the same run")
+    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "datasets")
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=6.0, help="per concurrency level")
     parser.add_argument("--nprobe", type=int, default=16)
@@ -550,22 +606,29 @@ def main() -> None:
         redis_url = f"redis://127.0.0.1:{stack.redis_port}/0"
     try:
         t0 = time.perf_counter()
-        vecs = synthetic(args.items)
-        log(f"synthetic: {args.items} clustered {DIM}-d vectors in {time.perf_counter() - t0:.1f}s")
+        vecs = synthetic(args.items, args.dim)
+        log(f"synthetic: {args.items} model-shaped {args.dim}-d vectors in {time.perf_counter() - t0:.1f}s")
         synth = run_dataset("synthetic", vecs, "i", args, redis_url, args.categories)
         del vecs
+        compare = None
+        if args.compare_dim:
+            vecs = synthetic(args.items, args.compare_dim)
+            compare = run_dataset(f"synthetic-{args.compare_dim}d", vecs, "i", args, redis_url, args.categories)
+            del vecs
         gow = None
         if not args.no_gowalla:
             t0 = time.perf_counter()
-            gvecs = gowalla_items()
-            log(f"gowalla: {len(gvecs)} item vectors (SVD-64) in {time.perf_counter() - t0:.1f}s")
+            gvecs = gowalla_items(args.data_dir, args.dim)
+            log(f"gowalla: {len(gvecs)} served item vectors ({args.dim}-d) in {time.perf_counter() - t0:.1f}s")
             gow = run_dataset("gowalla", gvecs, "g", args, redis_url, 0)
     finally:
         if started is not None:
             localstack.stop_service(started[0])
             shutil.rmtree(started[1], ignore_errors=True)
 
-    result = {"bench": "serving", "items": synth["items"], "raw_qps": round(synth["raw_qps"], 1),
+    result = {"bench": "serving", "items": synth["items"], "dim": synth["dim"], "index": synth["index"],
+              "gb_per_million_items": synth["memory"]["gb_per_million_items"],
+              "raw_qps": round(synth["raw_qps"], 1),
               "grpc_qps": round(synth["grpc_qps"], 1), "ratio": round(synth["ratio"], 3),
               "p50_ms": round(synth["p50_ms"], 3), "p99_ms": round(synth["p99_ms"], 3),
               "recall_at_10": round(synth["recall_at_10"], 4),
@@ -579,7 +642,9 @@ def main() -> None:
               "grpc_front_qps": synth["grpc_front_qps"] and round(synth["grpc_front_qps"], 1),
               "grpc_front_ratio": synth["grpc_front_ratio"] and round(synth["grpc_front_ratio"], 3),
               "machine": f"{os.cpu_count()} cores, no GPU",
-              "details": {"synthetic": synth, "gowalla": gow}}
+              "compare": compare and {k: compare[k] for k in ("dim", "index", "raw_qps", "grpc_qps", "ratio", "p50_ms",
+                                                              "p99_ms", "recall_at_10", "memory")},
+              "details": {"synthetic": synth, "gowalla": gow, "compare": compare}}
     emit_result(result, args.out)
 
 

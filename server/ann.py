@@ -1,6 +1,7 @@
 """Building blocks of the item index: ids as dense labels, index parameters, the immutable base index.
 
-The base is FAISS IVF-Flat with inner product (exact flat below ``ann_min_items``). IVF
+The base is FAISS IVF-Flat with inner product (exact flat below ``ann_min_items``). Its lists hold the leading
+``ivf_dim`` components of each vector; `server.index.ItemIndex` re-ranks the candidates at the full width. IVF
 rather than HNSW: HNSW cannot remove vectors, and an IVF base can be rebuilt during compaction from its trained
 centroids in seconds, where 1M-item HNSW builds take minutes on 2 cores.
 """
@@ -45,6 +46,8 @@ class LabelMap:
 class IndexParams:
     nlist: int = 0
     nprobe: int = 16
+    ivf_dim: int = 128  # components an IVF base holds (0 = all); candidates are re-ranked at the full width
+    refine: int = 256  # candidates re-ranked per query when the IVF holds fewer components than the vectors
     ann_min_items: int = 20_000
     exact_filter_max: int = 20_000
     # Unfiltered queries over-fetch k + exclusions + tombstones from the base when that stays below this;
@@ -76,6 +79,11 @@ class Base:
     labels: np.ndarray
     centroids: np.ndarray | None  # kept to rebuild IVF without retraining
 
+    @property
+    def width(self) -> int:
+        """Components the FAISS index holds (the leading ones of each vector)."""
+        return int(self.index.d)
+
     _pos_of: np.ndarray | None = None
 
     @property
@@ -99,16 +107,18 @@ def build_base(vectors: np.ndarray, labels: np.ndarray, params: IndexParams,
         index = faiss.IndexFlatIP(dim)
         index.add(vectors)
         return Base(index, labels.astype(np.int64), None)
-    if centroids is None or not (len(centroids) * 20 <= n <= len(centroids) * 200):
+    width = min(params.ivf_dim or dim, dim)
+    vectors = np.ascontiguousarray(vectors[:, :width])
+    if centroids is None or centroids.shape[1] != width or not (len(centroids) * 20 <= n <= len(centroids) * 200):
         nlist = _nlist_for(n, params)
         rng = np.random.default_rng(0)
         sample = vectors[rng.choice(n, size=min(n, 64 * nlist), replace=False)]
-        km = faiss.Kmeans(dim, nlist, niter=12, spherical=True, seed=1, max_points_per_centroid=64)
+        km = faiss.Kmeans(width, nlist, niter=12, spherical=True, seed=1, max_points_per_centroid=64)
         km.train(sample)
         centroids = km.centroids.copy()
-    quantizer = faiss.IndexFlatIP(dim)
+    quantizer = faiss.IndexFlatIP(width)
     quantizer.add(centroids)
-    index = faiss.IndexIVFFlat(quantizer, dim, len(centroids), faiss.METRIC_INNER_PRODUCT)
+    index = faiss.IndexIVFFlat(quantizer, width, len(centroids), faiss.METRIC_INNER_PRODUCT)
     index.is_trained = True
     index.add(vectors)
     index.nprobe = params.nprobe

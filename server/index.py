@@ -279,11 +279,12 @@ class ItemIndex:
             sel = faiss.IDSelectorBitmap(len(base.labels), faiss.swig_ptr(live_bits))
             params = (faiss.SearchParametersIVF(sel=sel, nprobe=base.index.nprobe) if base.is_ivf
                       else faiss.SearchParameters(sel=sel))
+        q, kc = self._candidates(base, queries, kf)
         if unlocked is None:
-            dist, pos = base.index.search(queries, min(kf, len(base.labels)), params=params)
+            dist, pos = base.index.search(q, min(kc, len(base.labels)), params=params)
         else:
             with unlocked():  # `base` and `live_bits` stay referenced here, whatever changes meanwhile
-                dist, pos = base.index.search(queries, min(kf, len(base.labels)), params=params)
+                dist, pos = base.index.search(q, min(kc, len(base.labels)), params=params)
         out = []
         for d, p in zip(dist, pos):
             keep = p >= 0
@@ -293,6 +294,22 @@ class ItemIndex:
             if self._tomb and live_bits is None:  # without tombstones every base copy is live: skip the lookups
                 valid &= self._where[lab] == BASE
             out.append((lab[valid], sc[valid]))
+        return self._refine(base, queries, out, kf)
+
+    def _candidates(self, base: Base, queries: np.ndarray, k: int) -> tuple[np.ndarray, int]:
+        """(queries as the base holds them, how many to fetch): an IVF over the leading components fetches
+        ``params.refine`` candidates (at least ``k``) for `_refine` to re-rank at the full width."""
+        if base.width == self.dim:
+            return queries, k
+        return np.ascontiguousarray(queries[:, :base.width]), max(k, self.params.refine)
+
+    def _refine(self, base: Base, queries: np.ndarray, results, k: int):
+        """Exact full-width scores of the candidates (live base copies: ``_vec`` holds them), best ``k`` kept."""
+        if base.width == self.dim:
+            return results
+        out = []
+        for q, (lab, _) in zip(queries, results):
+            out.append(_topk(lab, self._vec[lab] @ q, k))
         return out
 
     def _base_selected(self, queries: np.ndarray, k: int, n_ok: int, bits: np.ndarray):
@@ -305,9 +322,10 @@ class ItemIndex:
         boost = min(1.0 / selectivity, self.params.filter_probe_boost_max)
         nprobe = int(min(base.index.nlist, max(self.params.nprobe, self.params.nprobe * boost)))
         sp = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)
-        dist, pos = base.index.search(queries, min(k, len(base.labels)), params=sp)
+        q, kc = self._candidates(base, queries, k)
+        dist, pos = base.index.search(q, min(kc, len(base.labels)), params=sp)
         del bits  # the selector reads it during search only
-        return [(base.labels[p[p >= 0]], d[p >= 0]) for d, p in zip(dist, pos)]
+        return self._refine(base, queries, [(base.labels[p[p >= 0]], d[p >= 0]) for d, p in zip(dist, pos)], k)
 
     def _delta(self, queries: np.ndarray, k: int, ok_labels: np.ndarray | None, excl: np.ndarray,
                floors: np.ndarray | None = None):

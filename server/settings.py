@@ -57,6 +57,11 @@ class ServerSettings(BaseSettings):
     # IVF lists; 0 picks about 4 * sqrt(items).
     ivf_nlist: int = Field(default=0, ge=0)
     ivf_nprobe: int = Field(default=16, ge=1)
+    # IVF lists hold the first ivf_dim components of each vector (0 = all); the best max(k, ivf_refine)
+    # candidates are then re-ranked exactly at the full width. The served model's components come in spectral
+    # order, so the leading ones carry most of the score (docs/benchmarks.md, "Served width").
+    ivf_dim: int = Field(default=128, ge=0)
+    ivf_refine: int = Field(default=256, ge=1)
     # Below this many items the base index is exact (flat); IVF pays off only on larger sets.
     ann_min_items: int = Field(default=20_000, ge=0)
     # Filters matching at most this many items are answered by exact search over just those items.

@@ -14,8 +14,13 @@ CLASSES = [Neo4jSettings, LocalStackSettings, GraphSettings, DataSettings, Serve
 
 
 def env_names(cls) -> list[str]:
+    """The variable each field reads: its alias when it has one (the one width setting), else prefix + name."""
     prefix = cls.model_config.get("env_prefix", "")
-    return [(prefix + name).upper() for name in cls.model_fields]
+    out = []
+    for name, field in cls.model_fields.items():
+        alias = field.validation_alias
+        out.append(alias.choices[0].upper() if alias is not None else (prefix + name).upper())
+    return out
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.__name__)

@@ -136,7 +136,7 @@ def test_tombstones_made_after_the_selector_bitmap_is_built_stay_hidden(ivf_inde
 def test_compaction_keeps_changes_made_while_building(ivf_index: ItemIndex) -> None:
     rng = np.random.default_rng(2)
     for j in range(100):
-        ivf_index.upsert(f"n{j}", rng.standard_normal(DIM))
+        ivf_index.upsert(f"n{j}", normalise(rng.standard_normal((1, DIM)))[0])
     ivf_index.delete("i1")
     labels, vecs, versions, cents = ivf_index.compaction_input()
     new_base = build_base(vecs, labels, ivf_index.params, cents)
@@ -338,3 +338,33 @@ def test_a_change_made_while_faiss_runs_unlocked_is_not_missed(tombstones: int) 
     assert neighbour not in got[0].tolist()
     assert got[0].tolist() == want[0].tolist() and np.allclose(got[1], want[1])
     assert index.stale_searches == 1
+
+
+def test_ivf_over_leading_components_re_ranks_at_full_width(tmp_path) -> None:
+    """An IVF holding the leading half of each vector (components of decaying scale, as the served model's are)
+    returns exact full-width inner products, keeps recall, and survives snapshots, filters and compaction."""
+    rng = np.random.default_rng(5)
+    n = 6000
+    scale = np.geomspace(1.0, 0.05, DIM).astype(np.float32)
+    centres = rng.standard_normal((40, DIM)).astype(np.float32)
+    x = (centres[rng.integers(0, 40, n)] + 0.3 * rng.standard_normal((n, DIM)).astype(np.float32)) * scale
+    x *= rng.uniform(0.5, 2.0, (n, 1)).astype(np.float32)  # norms vary, like a popularity prior
+    params = IndexParams(ann_min_items=1000, nprobe=32, ivf_dim=DIM // 2, refine=128)
+    index = ItemIndex.build(DIM, "m1", LabelMap(), params, [f"i{j}" for j in range(n)], x)
+    assert index.base.is_ivf and index.base.width == DIM // 2
+    queries = x[rng.choice(n, 40, replace=False)] * 1.3
+    labels, scores = index.search(queries[:1], 10)[0]
+    assert np.allclose(scores, x[labels] @ queries[0], atol=1e-4)  # full-width scores, best first
+    assert list(scores) == sorted(scores, reverse=True)
+    assert _recall(index, queries, 10) >= 0.9
+    allowed = np.zeros(n, bool)
+    allowed[rng.choice(n, 3000, replace=False)] = True
+    assert _recall(index, queries, 10, allowed=allowed) >= 0.9
+    save_snapshot(tmp_path / "snap", index, {}, "0-0")
+    snap = load_snapshot(tmp_path / "snap", params)
+    again = snap.index
+    assert again.base.width == DIM // 2
+    assert np.array_equal(again.search(queries[:5], 10)[0][0], index.search(queries[:5], 10)[0][0])
+    live, vecs, versions, cents = index.compaction_input()
+    index.apply_compaction(build_base(vecs, live, params, cents), versions)
+    assert index.base.width == DIM // 2 and _recall(index, queries, 10) >= 0.9
