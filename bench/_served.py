@@ -62,7 +62,8 @@ def engine_top_k(engine: Engine, user_ids: Sequence[str], user_vectors: np.ndarr
 def engine_metrics(engine: Engine, user_vectors: np.ndarray, item_ids: Sequence[str], train: sp.csr_matrix,
                    test: sp.csr_matrix, k: int = 20, progress: bool = True) -> dict[str, float]:
     """Recall@k / NDCG@k of the engine's answers for every user with test items (training items excluded)."""
-    train, test = sp.csr_matrix(train), sp.csr_matrix(test)
+    train, test = sp.csr_matrix(train), sp.csr_matrix(test, copy=True)
+    test.eliminate_zeros()  # an explicit zero is no test item (and would make its row a test user)
     users = np.flatnonzero(np.diff(test.indptr) > 0)
     ids = np.asarray(item_ids, dtype=object)
     exclude = [ids[train.indices[train.indptr[u]:train.indptr[u + 1]]].tolist() for u in users]

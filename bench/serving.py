@@ -588,7 +588,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "datasets")
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=6.0, help="per concurrency level")
-    parser.add_argument("--nprobe", type=int, default=16)
+    parser.add_argument("--nprobe", type=int, default=ServerSettings(snapshot_dir=None, redis_url=None).ivf_nprobe)
     parser.add_argument("--upserts", type=int, default=200)
     parser.add_argument("--categories", type=int, default=50, help="synthetic categories (item j in c{j %% N})")
     parser.add_argument("--no-gowalla", action="store_true")

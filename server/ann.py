@@ -45,9 +45,9 @@ class LabelMap:
 @dataclass(frozen=True)
 class IndexParams:
     nlist: int = 0
-    nprobe: int = 16
-    ivf_dim: int = 128  # components an IVF base holds (0 = all); candidates are re-ranked at the full width
-    refine: int = 256  # candidates re-ranked per query when the IVF holds fewer components than the vectors
+    nprobe: int = 64
+    ivf_dim: int = 256  # components an IVF base holds (0 = all); candidates are re-ranked at the full width
+    refine: int = 1000  # candidates re-ranked per query when the IVF holds fewer components than the vectors
     ann_min_items: int = 20_000
     exact_filter_max: int = 20_000
     # Unfiltered queries over-fetch k + exclusions + tombstones from the base when that stays below this;
