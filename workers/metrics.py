@@ -30,7 +30,8 @@ def rank_metrics(scorer: Scorer, train: sp.csr_matrix, test: sp.csr_matrix, k: i
             scores = scorer(torch.from_numpy(batch).long()).float()
             tr = train[batch].tocoo()
             scores[torch.from_numpy(tr.row).long(), torch.from_numpy(tr.col).long()] = -float("inf")
-            top = torch.topk(scores, k, dim=1).indices.numpy()
+            top = torch.topk(scores, min(k, scores.shape[1]), dim=1).indices.numpy()
+            top = np.pad(top, ((0, 0), (0, k - top.shape[1])), constant_values=-1)  # fewer items than k
             r, n = _sums(top, test[batch], k)
             recall, ndcg = recall + r, ndcg + n
     n = max(len(users), 1)

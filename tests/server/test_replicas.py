@@ -11,6 +11,7 @@ import pytest
 
 from proto.interest.v1 import interest_pb2 as pb
 from server.delta import connect_redis, encode_delete, encode_upsert, publish
+from server.index import normalise
 from tests.server.conftest import DIM, base_settings, seed_graph_items, start_harness
 
 N_ITEMS = 50
@@ -75,7 +76,8 @@ def test_both_replicas_serve_a_new_item_vector(replicas, redis_url) -> None:
     stubs = [h.stub() for h in servers]
     # the new item sits right next to item-7 (a small step away from it), far from everything else
     rng = np.random.default_rng(11)
-    new_vec = vecs[7] + 0.05 * rng.standard_normal(DIM).astype(np.float32)
+    # (unit length like the others: the index ranks by inner product, so a longer vector would also rank higher)
+    new_vec = normalise((vecs[7] + 0.05 * rng.standard_normal(DIM).astype(np.float32))[None, :])[0]
     for stub in stubs:  # before: unknown everywhere
         assert _similar(stub, "new-item") is None
         assert "new-item" not in _nearest(stub, new_vec)
