@@ -43,11 +43,16 @@ console = Console()
 PREFIX = {"amazon-office": "office", "amazon-hin": "hin", "gowalla": "gowalla"}
 EVENTS = {"amazon-office": 53_258, "gowalla": 810_128}
 
+# The best seller of each of the n busiest categories: unrelated products, so their similar items can differ.
 _TOP_ITEMS = """
 MATCH (i:Item)<-[r]-(:User)
 WHERE i.id STARTS WITH $prefix
-WITH i, count(r) AS buyers ORDER BY buyers DESC, i.id LIMIT $n
-RETURN i.id AS id, coalesce(i.title, i.id) AS title, buyers
+WITH i, count(r) AS buyers
+MATCH (i)-[:IN_CATEGORY]->(c:Category)
+WITH c, i, buyers ORDER BY buyers DESC, i.id
+WITH c, collect({id: i.id, title: coalesce(i.title, i.id), buyers: buyers})[0] AS top, sum(buyers) AS volume
+ORDER BY volume DESC, c.id LIMIT $n
+RETURN top.id AS id, top.title AS title, top.buyers AS buyers, c.name AS category
 """
 _TITLES = "UNWIND $ids AS id MATCH (i:Item {id: id}) RETURN i.id AS id, coalesce(i.title, i.id) AS title"
 # Items of the biggest category (of the same dataset) the user has not touched: a clear change of interest.
@@ -196,7 +201,8 @@ def _similar(stub, driver, prefix: str) -> None:
     for rec in driver.execute_query(_TOP_ITEMS, prefix=prefix, n=3).records:
         answer = stub.SimilarItems(pb.SimilarItemsRequest(item_id=rec["id"], k=5), timeout=10)
         names = _titles(driver, [it.item_id for it in answer.items])
-        console.print(_items_table(f"like: {_short(rec['title'])}  ({rec['buyers']} buyers)", answer, names))
+        console.print(_items_table(f"like: {_short(rec['title'])}  ({rec['buyers']} buyers, "
+                                   f"{rec['category']})", answer, names))
 
 
 def _dataset_users(dataset: str) -> Counter:

@@ -89,8 +89,11 @@ def test_incremental_equals_full_after_random_batches(runtime, graph_settings):
              for k, (u, i) in enumerate((u, rng.randrange(40)) for u in range(30) for _ in range(6))]
     assert not ingest_events(driver, graph_settings, first).rejected
     trained = jobs.train_from_graph(runtime)
+    marked = count_marks(driver)
     out = jobs.rebuild_version(runtime, trained["version"])
     assert out["active"] == trained["version"]
+    # the roll-out embedded the whole graph: the marks of the loaded events are cleared, not recomputed again
+    assert marked > 0 and out["marks_cleared"] == marked and count_marks(driver) == 0
     ctx = runtime.context(trained["version"])
     _drain(ctx)
 
