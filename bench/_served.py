@@ -39,7 +39,8 @@ def index_config(engine: Engine) -> dict:
     base = serving.index._base  # noqa: SLF001 - reported, not changed
     out = {"dim": engine.dim, "index": "ivf-flat" if base.is_ivf else "flat", "metric": "inner_product"}
     if base.is_ivf:
-        out.update(nlist=int(base.index.nlist), nprobe=int(base.index.nprobe))
+        out.update(nlist=int(base.index.nlist), nprobe=int(base.index.nprobe), ivf_dim=base.width,
+                   refine=serving.index.params.refine if base.width < engine.dim else 0)
     return out
 
 

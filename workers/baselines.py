@@ -30,33 +30,6 @@ def fit_random(num_items: int, seed: int = 0) -> Scorer:
     return lambda users: torch.rand(len(users), num_items, generator=gen)
 
 
-def fit_itemknn(r: sp.csr_matrix, k: int = 200, shrink: float = 10.0) -> Scorer:
-    """Item-based kNN: cosine similarity (with shrinkage) pruned to each item's ``k`` nearest items."""
-    r = sp.csr_matrix(r, dtype=np.float32)
-    norms = np.sqrt(np.asarray(r.multiply(r).sum(0)).ravel())
-    co = (r.T @ r).tocsr()  # sparse co-occurrence counts
-    co.setdiag(0)
-    co.eliminate_zeros()
-    coo = co.tocoo()
-    sim = coo.data / (norms[coo.row] * norms[coo.col] + shrink)
-    s = sp.csr_matrix((sim.astype(np.float32), (coo.row, coo.col)), shape=co.shape)
-    # keep top-k per row (column of the final scorer): rank within each row
-    for i in range(s.shape[0]):
-        lo, hi = s.indptr[i], s.indptr[i + 1]
-        if hi - lo > k:
-            keep = np.argpartition(-s.data[lo:hi], k)[:k]
-            mask = np.zeros(hi - lo, bool)
-            mask[keep] = True
-            s.data[lo:hi][~mask] = 0.0
-    s.eliminate_zeros()
-    w = csr_to_torch(s.T.tocsr())  # score_u = r_u S: each of the user's items votes for its neighbours
-
-    def score(users: torch.Tensor) -> torch.Tensor:
-        return (w @ _dense_rows(r, users).T).T
-
-    return score
-
-
 def fit_gfcf(r: sp.csr_matrix, k: int = 256, alpha: float = 0.3, seed: int = 0) -> Scorer:
     """GF-CF (Shen et al., CIKM 2021): linear filter R~^T R~ plus ``alpha`` x ideal low-pass of rank ``k``.
 

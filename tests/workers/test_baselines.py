@@ -1,7 +1,8 @@
 import numpy as np
 
 from planted_graphs import planted
-from workers.baselines import fit_gfcf, fit_itemknn, fit_popularity, fit_random
+from bench._implicit import fit_implicit
+from workers.baselines import fit_gfcf, fit_popularity, fit_random
 from workers.metrics import rank_metrics
 from workers.models.lightgcn import LightGCN
 from workers.models.mf import MF
@@ -14,8 +15,9 @@ def test_graph_filters_beat_random_and_popularity(planted_split):
     r = split.train.interactions()
     res = {name: rank_metrics(f, r, split.test, k=5)["recall@5"] for name, f in {
         "random": fit_random(r.shape[1]), "pop": fit_popularity(r),
-        "knn": fit_itemknn(r, k=20), "gfcf": fit_gfcf(r, k=8)}.items()}
-    assert res["knn"] > res["pop"] + 0.1 and res["gfcf"] > res["pop"] + 0.1
+        "knn": fit_implicit("itemknn", r, 1, 0)[0], "bm25": fit_implicit("bm25", r, 1, 0)[0],
+        "als": fit_implicit("als", r, 1, 0)[0], "gfcf": fit_gfcf(r, k=8)}.items()}
+    assert all(res[m] > res["pop"] + 0.1 for m in ("knn", "bm25", "als", "gfcf")), res
 
 
 def test_metrics_on_a_known_ranking():
