@@ -35,8 +35,8 @@ def served_engine(item_ids: Sequence[str], item_vectors: np.ndarray, version: st
 
 def index_config(engine: Engine) -> dict:
     """What ranks: the FAISS index kind and parameters the engine chose for its catalogue."""
-    serving = engine._state()
-    base = serving.index._base  # noqa: SLF001 - reported, not changed
+    serving = engine.serving
+    base = serving.index.base
     out = {"dim": engine.dim, "index": "ivf-flat" if base.is_ivf else "flat", "metric": "inner_product"}
     if base.is_ivf:
         out.update(nlist=int(base.index.nlist), nprobe=int(base.index.nprobe), ivf_dim=base.width,
@@ -48,7 +48,7 @@ def engine_top_k(engine: Engine, user_ids: Sequence[str], user_vectors: np.ndarr
                  exclude: Sequence[Sequence[str]] | None = None, progress: bool = False) -> list[list[str]]:
     """Each user's top ``k`` item ids from ``Engine.recommend_for_user`` (their vector as the delta stream
     delivers it, keyed by pseudonym), excluding ``exclude[u]``."""
-    serving = engine._state()
+    serving = engine.serving
     key = engine.graph.pseudonym_key.get_secret_value()
     out = []
     for n, uid in enumerate(tqdm(user_ids, desc="engine", disable=not progress, leave=False)):

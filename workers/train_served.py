@@ -123,8 +123,9 @@ def fit_served(graph: InteractionGraph, ms: ModelSettings, ts: TrainSettings,
                item_text: torch.Tensor | None = None, progress: bool = True) -> Fitted:
     """Train `SpectralSAGE` on ``graph`` at the width ``ms.dim``.
 
-    With a validation split (``ts.val_fraction > 0``): the width and the spectral filter (power, user/item
-    degree exponents) are chosen on it (`select`), then the fine-tune runs with early stopping; with
+    With a validation split (``ts.val_fraction > 0``): the spectral filter (power, user/item degree exponents)
+    is chosen on it (`select`, when ``ms.select_filter``), then the fine-tune runs with early stopping (when
+    ``ts.served_epochs > 0``); with
     ``ts.refit`` the model is rebuilt on all interactions with the chosen settings and the best epoch count
     (validation interactions are real training data; leaving them out of the final SVD costs more than the
     early stopping gains).
