@@ -22,8 +22,8 @@ def _exact(index: ItemIndex, q: np.ndarray, k: int, allowed=None, exclude=()):
     live = np.flatnonzero(index.live_mask())
     if allowed is not None:
         live = live[allowed[live]]
-    live = np.array([l for l in live if l not in set(exclude)], np.int64)
-    scores = np.array([index.vector(int(l))[0] @ q for l in live])
+    live = np.array([lab for lab in live if lab not in set(exclude)], np.int64)
+    scores = np.array([index.vector(int(lab))[0] @ q for lab in live])
     order = np.lexsort((live, -scores))[:k]
     return list(live[order])
 
@@ -167,7 +167,7 @@ def test_snapshot_round_trip(tmp_path, ivf_index: ItemIndex) -> None:
     for q in x[:10]:
         a = ivf_index.search(q[None, :], 10)[0][0]
         b = restored.search(q[None, :], 10)[0][0]
-        assert [ivf_index.labels.id_of(int(l)) for l in a] == [restored.labels.id_of(int(l)) for l in b]
+        assert [ivf_index.labels.id_of(int(x)) for x in a] == [restored.labels.id_of(int(x)) for x in b]
     assert np.allclose(snap.users["u1"][0], 1.0) and snap.users["u1"][1] == 5.0
     assert load_snapshot(tmp_path / "missing", ivf_index.params) is None
     assert ABSENT == 0

@@ -149,7 +149,8 @@ def test_event_on_hub_item_recomputes_only_its_user(runtime, graph_settings):
     assert res.users == 1 and res.propagated_users == 0
     assert res.items == 0  # the hub's vector is fixed for the version: nothing to rewrite
     assert res.published == 1
-    stored = subgraph.stored_vectors(driver, USER, [pseudonymise(graph_settings.pseudonym_key.get_secret_value(), "user-5")])
+    key = graph_settings.pseudonym_key.get_secret_value()
+    stored = subgraph.stored_vectors(driver, USER, [pseudonymise(key, "user-5")])
     assert next(iter(stored.values())).version == version
 
 
