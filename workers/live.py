@@ -130,7 +130,8 @@ class LiveEncoder:
                               dtype=torch.long, device=self.device)
         meta = m.meta(cats, brands, None, len(rows))
         x = meta if meta is not None else torch.zeros(len(rows), self.dim, device=self.device)
-        return x, x  # degree 1: z = d^b x = x = d^-a x
+        ones = torch.ones(len(rows), device=self.device)  # degree 1, as `workers.embed.served_vectors` has it
+        return m.item_out(x, ones), m.item_in(x, ones)
 
     def known_vectors(self, item_ids: Sequence[str]) -> torch.Tensor:
         return self.z_known[torch.tensor([self.row[i] for i in item_ids], dtype=torch.long, device=self.device)]

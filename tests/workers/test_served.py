@@ -144,3 +144,28 @@ def test_a_new_item_reaches_its_users_at_input_scale():
     assert model.item_degree[twin] >= 10 and 1 / 3 < ratio < 3, ratio
     # and its served vector carries a popularity prior like its neighbours' (not degree 1)
     assert float(items[-1].norm()) > float(items[:g.num_items].norm(dim=1).min())
+
+
+def test_live_and_full_paths_embed_a_metadata_only_new_item_alike():
+    """A new item with only a category and a brand (a model without text): the live encoder's served vector and
+    what it sends to users equal the full path's (`served_vectors` with the item appended)."""
+    from graphdb.subgraph import ItemRow
+    from workers.checkpoint import Checkpoint
+    from workers.live import LiveEncoder
+
+    split, _ = planted(seed=5)
+    g = split.train
+    model = fit_served(g, MS, TS0, progress=False).model
+    ck = Checkpoint(model, "v1", {}, {}, g.user_ids, g.item_ids, g.category_names, g.brand_names, {},
+                    None, g.item_category, g.item_brand)
+    out, sends = LiveEncoder(ck, user_cap=500, half_life_days=30.0).new_items(
+        [ItemRow("new", (g.category_names[2],), g.brand_names[1], None, None)])
+    g2 = InteractionGraph(
+        num_users=1, num_items=g.num_items + 1, edges={}, user_ids=["u"], item_ids=g.item_ids + ["new"],
+        num_categories=g.num_categories, num_brands=g.num_brands,
+        item_category=torch.cat([g.item_category, torch.tensor([[g.num_items], [2]])], dim=1),
+        item_brand=torch.cat([g.item_brand, torch.tensor([1])]))
+    adj = sp.csr_matrix(([1.0], ([0], [g.num_items])), shape=(1, g.num_items + 1))
+    users, items = served_vectors(model, g2, adj=adj)
+    assert torch.allclose(out[0], items[-1], atol=1e-5) and out[0].norm() > 0
+    assert torch.allclose(sends[0] * model.user_scale(), users[0], atol=1e-5)
