@@ -52,11 +52,12 @@ def engine_top_k(engine: Engine, user_ids: Sequence[str], user_vectors: np.ndarr
     key = engine.graph.pseudonym_key.get_secret_value()
     out = []
     for n, uid in enumerate(tqdm(user_ids, desc="engine", disable=not progress, leave=False)):
-        serving.users.put(pseudonymise(key, uid), user_vectors[n], 0.0)
+        pseudonym = pseudonymise(key, uid)
+        serving.users.put(pseudonym, user_vectors[n], 0.0)
         flt = ItemFilter(exclude_item_ids=tuple(exclude[n]) if exclude is not None else ())
         answer = engine.recommend_for_user(uid, k, flt, include_seen=True)
         out.append([item for item, _ in answer.items])
-        serving.users.delete(pseudonymise(key, uid))  # one user at a time: the cache stays small
+        serving.users.delete(pseudonym)  # one user at a time: the cache stays small
     return out
 
 
