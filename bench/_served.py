@@ -37,10 +37,11 @@ def index_config(engine: Engine) -> dict:
     """What ranks: the FAISS index kind and parameters the engine chose for its catalogue."""
     serving = engine.serving
     base = serving.index.base
-    out = {"dim": engine.dim, "index": "ivf-flat" if base.is_ivf else "flat", "metric": "inner_product"}
+    out = {"dim": engine.dim, "index": f"ivf-{base.codes}" if base.is_ivf else "flat", "metric": "inner_product"}
     if base.is_ivf:
+        refined = base.width < engine.dim or base.codes != "flat"
         out.update(nlist=int(base.index.nlist), nprobe=int(base.index.nprobe), ivf_dim=base.width,
-                   refine=serving.index.params.refine if base.width < engine.dim else 0)
+                   refine=serving.index.params.refine if refined else 0)
     return out
 
 

@@ -4,10 +4,11 @@
 synthetic item vectors shaped like the served model's and for gowalla's items as the served model embeds them:
 
 - the served format: ``--dim`` (default ``IG_EMBEDDING_DIM``, the one width setting) with the index at the
-  server's defaults: an IVF over the leading ``IG_SERVER_IVF_DIM`` components whose best
-  ``IG_SERVER_IVF_REFINE`` candidates are re-ranked at the full width (exact below ``IG_SERVER_ANN_MIN_ITEMS``);
-- raw FAISS queries/s on one thread doing the same work (``IndexRefineFlat`` over an IVF of the leading
-  components, one query per call);
+  server's defaults: an IVF over the leading ``IG_SERVER_IVF_DIM`` components, holding them as 4-bit PQ codes
+  (``IG_SERVER_IVF_CODES``), whose best ``IG_SERVER_IVF_REFINE`` candidates are re-ranked exactly at the full
+  width (exact below ``IG_SERVER_ANN_MIN_ITEMS``);
+- raw FAISS queries/s on one thread doing the same work (``IndexRefineFlat`` over that same IVF, one query per
+  call);
 - ``SimilarItems`` over gRPC against real server processes (client concurrency 8, 16, 32): throughput, p50/p99,
   with one server process and with one per core (``IG_SERVER_PROCESSES``, SO_REUSEPORT). The driver is
   bench/loadgen (Go, pre-serialised requests, built with ``go build``) over 32 connections; ghz runs once
@@ -20,7 +21,8 @@ synthetic item vectors shaped like the served model's and for gowalla's items as
 - recall@10 of the served answers against exact inner-product search, also under category filters;
 - how long an upsert on the delta stream (a real redis-server) takes to show up in query answers;
 - memory: the index's arrays per million items, and a serving process's resident memory;
-- with ``--compare-dim``, the synthetic set again at that width in the same run (the previous served width).
+- with ``--compare-dim``, the synthetic set again at that width in the same run, indexed as it was served then
+  (the whole vector in an IVF of floats, no re-rank).
 
 Synthetic vectors are shaped like the model's (``z = |h|^1/2 d^b x``): clustered, components of decaying scale
 (a spectral filter), norms spread by a popularity prior. Vectors are not normalised: the engine ranks by inner
@@ -117,20 +119,17 @@ def exact_neighbours(vecs: np.ndarray, qpos: np.ndarray, k: int, mask: np.ndarra
 
 
 def raw_index(index: ItemIndex, vecs: np.ndarray) -> faiss.Index:
-    """Raw FAISS doing the server's work: the base as it is, or, when it holds the leading components, an
-    ``IndexRefineFlat`` over the same IVF of those components (same centroids and nprobe), re-ranking as many
-    candidates at the full width."""
+    """Raw FAISS doing the server's work: the base as it is, or, when its scores are approximate (it holds the
+    leading components, or codes), an ``IndexRefineFlat`` over that same base re-ranking as many candidates at
+    the full width."""
     base = index.base
     dim = vecs.shape[1]
-    if base.width == dim:
+    if base.width == dim and base.codes == "flat":
         return base.index
-    quantizer = faiss.IndexFlatIP(base.width)
-    quantizer.add(base.centroids)
-    ivf = faiss.IndexIVFFlat(quantizer, base.width, len(base.centroids), faiss.METRIC_INNER_PRODUCT)
-    ivf.is_trained = True
-    ivf.nprobe = base.index.nprobe
-    raw = faiss.IndexRefineFlat(faiss.IndexPreTransform(faiss.RemapDimensionsTransform(dim, base.width, False), ivf))
-    raw.add(vecs[base.labels])  # position p holds the vector of base.labels[p], as in the base
+    inner = base.index if base.width == dim else faiss.IndexPreTransform(
+        faiss.RemapDimensionsTransform(dim, base.width, False), base.index)
+    full = np.ascontiguousarray(vecs[base.labels])  # position p holds the vector of base.labels[p], as in the base
+    raw = faiss.IndexRefineFlat(inner, faiss.swig_ptr(full))
     raw.k_factor = index.params.refine / 11
     return raw
 
@@ -150,12 +149,11 @@ def raw_qps(raw: faiss.Index, vecs: np.ndarray, qpos: np.ndarray, min_s: float =
 
 def index_bytes(index: ItemIndex) -> dict:
     """Memory of the serving index: the full-width vectors every query may re-rank (with the headroom kept for
-    new items) and the FAISS base, per million items."""
+    new items) and the FAISS base (its serialised size: codes, ids and centroids), per million items."""
     n = max(len(index), 1)
     vec = index._vec.nbytes  # noqa: SLF001 - measured, not changed
-    base = index.base.index
-    faiss_bytes = base.ntotal * base.d * 4 + (len(index.base.centroids) * base.d * 4 if index.base.is_ivf else 0)
-    return {"vectors_bytes": vec, "faiss_bytes": int(faiss_bytes),
+    faiss_bytes = int(faiss.serialize_index(index.base.index).nbytes)
+    return {"vectors_bytes": vec, "faiss_bytes": faiss_bytes,
             "gb_per_million_items": round((vec + faiss_bytes) / n * 1e6 / 2**30, 3)}
 
 
@@ -436,18 +434,20 @@ def recall(answers: dict, gt: list[set], qpos: np.ndarray, names: list[str]) -> 
     return float(np.mean(hits))
 
 
-def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, n_categories: int) -> dict:
+def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, n_categories: int,
+                codes: str | None = None) -> dict:
     n, dim = vecs.shape
     names = [f"{prefix}{j}" for j in range(n)]
     defaults = ServerSettings(snapshot_dir=None, redis_url=None)
     params = IndexParams(nprobe=args.nprobe, ivf_dim=defaults.ivf_dim, refine=defaults.ivf_refine,
-                         ann_min_items=defaults.ann_min_items)
+                         ann_min_items=defaults.ann_min_items, ivf_codes=codes or args.ivf_codes)
     t0 = time.perf_counter()
     faiss.omp_set_num_threads(2)
     index = ItemIndex.build(dim, f"bench-{name}", LabelMap(), params, names, vecs)
     build_s = time.perf_counter() - t0
-    kind = (f"IVF over {index.base.width} of {dim} components, nlist {index.base.index.nlist}, nprobe {args.nprobe}, "
-            f"re-rank {params.refine}") if index.base.is_ivf else f"flat, {dim} components"
+    kind = (f"IVF ({index.base.codes}) over {index.base.width} of {dim} components, nlist {index.base.index.nlist}, "
+            f"nprobe {args.nprobe}" + (f", re-rank {params.refine}" if index.base.width < dim or index.base.codes != "flat"
+                                       else "")) if index.base.is_ivf else f"flat, {dim} components"
     log(f"{name}: {n} items, index built in {build_s:.1f}s ({kind})")
     memory = index_bytes(index)
     log(f"{name}: index memory {memory['gb_per_million_items']} GB per million items")
@@ -586,7 +586,10 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "datasets")
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=6.0, help="per concurrency level")
-    parser.add_argument("--nprobe", type=int, default=ServerSettings(snapshot_dir=None, redis_url=None).ivf_nprobe)
+    defaults = ServerSettings(snapshot_dir=None, redis_url=None)
+    parser.add_argument("--nprobe", type=int, default=defaults.ivf_nprobe)
+    parser.add_argument("--ivf-codes", default=defaults.ivf_codes, choices=["pq4", "flat"],
+                        help="what the IVF lists hold (IG_SERVER_IVF_CODES)")
     parser.add_argument("--upserts", type=int, default=200)
     parser.add_argument("--categories", type=int, default=50, help="synthetic categories (item j in c{j %% N})")
     parser.add_argument("--no-gowalla", action="store_true")
@@ -611,7 +614,8 @@ def main() -> None:
         compare = None
         if args.compare_dim:
             vecs = synthetic(args.items, args.compare_dim)
-            compare = run_dataset(f"synthetic-{args.compare_dim}d", vecs, "i", args, redis_url, args.categories)
+            # as served before: the whole vector in an IVF of floats, no re-rank
+            compare = run_dataset(f"synthetic-{args.compare_dim}d", vecs, "i", args, redis_url, args.categories, "flat")
             del vecs
         gow = None
         if not args.no_gowalla:

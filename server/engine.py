@@ -73,7 +73,7 @@ class _Popular:
 
 def index_params(settings: ServerSettings) -> IndexParams:
     return IndexParams(nlist=settings.ivf_nlist, nprobe=settings.ivf_nprobe, ivf_dim=settings.ivf_dim,
-                       refine=settings.ivf_refine, ann_min_items=settings.ann_min_items,
+                       refine=settings.ivf_refine, ivf_codes=settings.ivf_codes, ann_min_items=settings.ann_min_items,
                        exact_filter_max=settings.exact_filter_max)
 
 

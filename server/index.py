@@ -20,12 +20,12 @@ import numpy as np
 
 from server.ann import Base, IndexParams, LabelMap, build_base, normalise
 
-__all__ = ["ABSENT", "BASE", "DELTA", "Base", "IndexParams", "ItemIndex", "LabelMap", "build_base", "normalise"]
+__all__ = ["ABSENT", "BASE", "DELTA", "Base", "headroom", "IndexParams", "ItemIndex", "LabelMap", "build_base", "normalise"]
 
 ABSENT, BASE, DELTA = 0, 1, 2
 
 
-def _headroom(n: int) -> int:
+def headroom(n: int) -> int:
     """Capacity for n labels plus room for new items, so upserts rarely copy the arrays on the event loop
     (growing 1M x 64 float32 rows costs ~1 s; measured in bench.serving)."""
     return n + max(1024, n // 8)
@@ -34,7 +34,7 @@ def _headroom(n: int) -> int:
 def _grow(arr: np.ndarray, size: int, fill=0) -> np.ndarray:
     if size <= arr.shape[0]:
         return arr
-    new = np.full((max(size, _headroom(arr.shape[0])),) + arr.shape[1:], fill, dtype=arr.dtype)
+    new = np.full((max(size, headroom(arr.shape[0])),) + arr.shape[1:], fill, dtype=arr.dtype)
     new[: arr.shape[0]] = arr
     return new
 
@@ -82,7 +82,7 @@ class ItemIndex:
         lab = np.fromiter((labels.assign(i) for i in ids), np.int64, len(ids))
         if len(np.unique(lab)) != len(lab):
             raise ValueError("duplicate item ids")
-        self._ensure(_headroom(len(labels)))
+        self._ensure(headroom(len(labels)))
         self._vec[lab] = vecs
         self._where[lab] = BASE
         self._ts[lab] = updated_at if updated_at is not None else 0.0
@@ -297,15 +297,15 @@ class ItemIndex:
         return self._refine(base, queries, out, kf)
 
     def _candidates(self, base: Base, queries: np.ndarray, k: int) -> tuple[np.ndarray, int]:
-        """(queries as the base holds them, how many to fetch): an IVF over the leading components fetches
-        ``params.refine`` candidates (at least ``k``) for `_refine` to re-rank at the full width."""
-        if base.width == self.dim:
+        """(queries as the base holds them, how many to fetch): an IVF over the leading components, or over
+        codes, fetches ``params.refine`` candidates (at least ``k``) for `_refine` to re-rank exactly."""
+        if not _refined(base, self.dim):
             return queries, k
         return np.ascontiguousarray(queries[:, :base.width]), max(k, self.params.refine)
 
     def _refine(self, base: Base, queries: np.ndarray, results, k: int):
         """Exact full-width scores of the candidates (live base copies: ``_vec`` holds them), best ``k`` kept."""
-        if base.width == self.dim:
+        if not _refined(base, self.dim):
             return results
         out = []
         for q, (lab, _) in zip(queries, results):
@@ -406,10 +406,15 @@ class ItemIndex:
                    state: dict[str, np.ndarray], base_index: faiss.Index) -> ItemIndex:
         self = cls(dim, model_version, labels, params)
         n = len(state["where"])
-        self._ensure(_headroom(n))
-        self._vec[:n] = state["vec"]
-        self._where[:n] = state["where"]
-        self._ts[:n] = state["ts"]
+        if n >= headroom(len(labels)) and state["vec"].dtype == np.float32:  # sized for it: adopt, not copy
+            self._vec, self._where, self._ts = state["vec"], state["where"].astype(np.int8, copy=False), state["ts"]
+            self._ver = np.zeros(n, np.uint32)
+            self._dslot = np.full(n, -1, np.int64)
+        else:
+            self._ensure(headroom(n))
+            self._vec[:n] = state["vec"]
+            self._where[:n] = state["where"]
+            self._ts[:n] = state["ts"]
         cents = state["centroids"]
         self._base = Base(base_index, state["base_labels"].astype(np.int64), cents if len(cents) else None)
         if self._base.is_ivf:
@@ -418,6 +423,11 @@ class ItemIndex:
         self._live = int((self._where > ABSENT).sum())
         self._rebuild_delta()
         return self
+
+
+def _refined(base: Base, dim: int) -> bool:
+    """Whether the base's scores are approximate (fewer components or codes) and need the exact re-rank."""
+    return base.width < dim or base.codes != "flat"
 
 
 def _no_hits(queries: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:

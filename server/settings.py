@@ -62,7 +62,11 @@ class ServerSettings(BaseSettings):
     # against 0.1936 on 4,000 test users), where a full-width IVF at nprobe 16 gave 0.1833 (docs/benchmarks.md).
     ivf_nprobe: int = Field(default=64, ge=1)
     ivf_dim: int = Field(default=256, ge=0)
-    ivf_refine: int = Field(default=1000, ge=1)
+    ivf_refine: int = Field(default=300, ge=1)
+    # What the IVF lists hold: "pq4" (4-bit product-quantizer codes, one sub-quantizer per 4 components, scanned
+    # with SIMD: 32 bytes an item at 256 components) or "flat" (the floats: 1 KB). The re-rank at the full width
+    # makes up for the codes' error: bench.serving measures both.
+    ivf_codes: Literal["pq4", "flat"] = "pq4"
     # Below this many items the base index is exact (flat); IVF pays off only on larger sets.
     ann_min_items: int = Field(default=20_000, ge=0)
     # Filters matching at most this many items are answered by exact search over just those items.

@@ -1,6 +1,7 @@
 """Index snapshots on disk, so a restart loads in seconds and only catches up from the delta stream.
 
-Layout: ``<dir>/<name>/`` holds ``meta.json``, ``base.faiss``, ``state.npz`` and ``users.npz``; ``<dir>/CURRENT``
+Layout: ``<dir>/<name>/`` holds ``meta.json``, ``base.faiss``, ``vec.npy`` (the item vectors, memory-mapped on load
+so a process holds one copy of them, not three), ``state.npz`` and ``users.npz``; ``<dir>/CURRENT``
 names the complete snapshot. A snapshot is written in full under a new name and then published by replacing
 ``CURRENT`` atomically, so a crash mid-write leaves the previous snapshot in place.
 """
@@ -17,9 +18,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from server.index import Base, IndexParams, ItemIndex, LabelMap
+from server.index import Base, IndexParams, ItemIndex, LabelMap, headroom
 
-FORMAT = 1
+FORMAT = 2  # 2: the item vectors in their own vec.npy
 
 
 @dataclass
@@ -53,6 +54,8 @@ def _write(directory: Path, base: faiss.Index, state: dict, ids: np.ndarray, use
     target = directory / name
     target.mkdir()
     faiss.write_index(base, str(target / "base.faiss"))
+    state = dict(state)
+    np.save(target / "vec.npy", state.pop("vec"))
     np.savez(target / "state.npz", ids=ids.astype(str), **state)
     np.savez(target / "users.npz", ids=np.array(user_ids, dtype=str), vecs=user_vecs, ts=user_ts)
     (target / "meta.json").write_text(json.dumps(meta))
@@ -80,13 +83,15 @@ def load_snapshot(directory: Path, params: IndexParams, labels: LabelMap | None 
     ids = state.pop("ids")
     # Labels in this process may differ from the snapshot's: re-map arrays indexed by the snapshot's labels.
     remap = np.fromiter((labels.assign(str(i)) for i in ids), np.int64, len(ids))
-    n = len(labels)
+    state["vec"] = np.load(target / "vec.npy", mmap_mode="r")  # read once, into the index's own array
+    rows = headroom(len(labels))  # the arrays the index keeps, so it adopts them rather than copy them
     mapped = {}
     for key in ("vec", "where", "ts"):
-        arr = state[key]
-        out = np.zeros((n,) + arr.shape[1:], arr.dtype)
+        arr = state.pop(key)
+        out = np.zeros((rows,) + arr.shape[1:], arr.dtype)
         out[remap] = arr
         mapped[key] = out
+        del arr
     mapped["base_labels"] = remap[state["base_labels"]]
     mapped["centroids"] = state["centroids"]
     base = faiss.read_index(str(target / "base.faiss"))

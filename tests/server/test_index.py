@@ -340,18 +340,23 @@ def test_a_change_made_while_faiss_runs_unlocked_is_not_missed(tombstones: int) 
     assert index.stale_searches == 1
 
 
-def test_ivf_over_leading_components_re_ranks_at_full_width(tmp_path) -> None:
-    """An IVF holding the leading half of each vector (components of decaying scale, as the served model's are)
-    returns exact full-width inner products, keeps recall, and survives snapshots, filters and compaction."""
+@pytest.mark.parametrize(("codes", "dim", "ivf_dim", "held"), [
+    ("flat", DIM, DIM // 2, "flat"), ("pq4", 128, 64, "pq4"), ("pq4", 128, 0, "pq4"), ("pq4", DIM, DIM // 2, "flat")])
+def test_ivf_over_leading_components_re_ranks_at_full_width(tmp_path, codes: str, dim: int, ivf_dim: int,
+                                                             held: str) -> None:
+    """An IVF holding the leading half of each vector (components of decaying scale, as the served model's are),
+    as floats or as PQ codes, or PQ codes of all of it, returns exact full-width inner products, keeps recall, and
+    survives snapshots, filters and compaction. Too narrow an IVF for PQ codes keeps floats."""
     rng = np.random.default_rng(5)
     n = 6000
-    scale = np.geomspace(1.0, 0.05, DIM).astype(np.float32)
-    centres = rng.standard_normal((40, DIM)).astype(np.float32)
-    x = (centres[rng.integers(0, 40, n)] + 0.3 * rng.standard_normal((n, DIM)).astype(np.float32)) * scale
+    scale = np.geomspace(1.0, 0.05, dim).astype(np.float32)
+    centres = rng.standard_normal((40, dim)).astype(np.float32)
+    x = (centres[rng.integers(0, 40, n)] + 0.3 * rng.standard_normal((n, dim)).astype(np.float32)) * scale
     x *= rng.uniform(0.5, 2.0, (n, 1)).astype(np.float32)  # norms vary, like a popularity prior
-    params = IndexParams(ann_min_items=1000, nprobe=32, ivf_dim=DIM // 2, refine=128)
-    index = ItemIndex.build(DIM, "m1", LabelMap(), params, [f"i{j}" for j in range(n)], x)
-    assert index.base.is_ivf and index.base.width == DIM // 2
+    params = IndexParams(ann_min_items=1000, nprobe=32, ivf_dim=ivf_dim, refine=128, ivf_codes=codes)
+    width = ivf_dim or dim
+    index = ItemIndex.build(dim, "m1", LabelMap(), params, [f"i{j}" for j in range(n)], x)
+    assert index.base.is_ivf and index.base.width == width and index.base.codes == held
     queries = x[rng.choice(n, 40, replace=False)] * 1.3
     labels, scores = index.search(queries[:1], 10)[0]
     assert np.allclose(scores, x[labels] @ queries[0], atol=1e-4)  # full-width scores, best first
@@ -363,8 +368,8 @@ def test_ivf_over_leading_components_re_ranks_at_full_width(tmp_path) -> None:
     save_snapshot(tmp_path / "snap", index, {}, "0-0")
     snap = load_snapshot(tmp_path / "snap", params)
     again = snap.index
-    assert again.base.width == DIM // 2
+    assert again.base.width == width and again.base.codes == held
     assert np.array_equal(again.search(queries[:5], 10)[0][0], index.search(queries[:5], 10)[0][0])
     live, vecs, versions, cents = index.compaction_input()
     index.apply_compaction(build_base(vecs, live, params, cents), versions)
-    assert index.base.width == DIM // 2 and _recall(index, queries, 10) >= 0.9
+    assert index.base.width == width and index.base.codes == held and _recall(index, queries, 10) >= 0.9
