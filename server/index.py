@@ -221,8 +221,11 @@ class ItemIndex:
     def _filter_state(self, allowed: np.ndarray) -> _FilterState:
         """What a filter mask needs at query time, cached per mask object until the index changes.
 
-        Small filters keep a contiguous copy of their vectors (exact search = one matrix product); large ones
-        keep the IVF selector bitmap. Both are rebuilt after any upsert, delete or compaction.
+        Small filters keep a contiguous copy of their vectors (exact search = one matrix product; of the leading
+        components when the IVF holds fewer, the best ``refine`` then re-ranked at the full width: at 1,024 components
+        a 20,000-item filter served 295 calls/s at full width, against 1,933 unfiltered, bench.serving); large
+        ones keep the IVF selector bitmap.
+        Both are rebuilt after any upsert, delete or compaction.
         """
         hit = self._fcache.get(id(allowed))
         if hit is not None and hit[0] is allowed and hit[1] == self._gen:
@@ -232,7 +235,9 @@ class ItemIndex:
         ok[:n] = allowed[:n] & (self._where[:n] > ABSENT)
         cand = np.flatnonzero(ok)
         if len(cand) <= self.params.exact_filter_max or not self._base.is_ivf:
-            state = _FilterState(ok, cand, len(cand), vecs=self._vec[cand], bits=None)
+            # the leading components the IVF holds, when it holds fewer: `_exact` re-ranks its best at full width
+            width = self._base.width if self._base.is_ivf else self.dim
+            state = _FilterState(ok, cand, len(cand), vecs=np.ascontiguousarray(self._vec[cand, :width]), bits=None)
         else:
             labels = self._base.labels
             ok_pos = ok[labels] & (self._where[labels] == BASE)
@@ -256,16 +261,18 @@ class ItemIndex:
     def _exact(self, queries: np.ndarray, k: int, fs: _FilterState, excl: np.ndarray):
         if fs.n == 0:
             return _no_hits(queries)
-        scores = fs.vecs @ queries.T  # (ncand, nq)
+        width = fs.vecs.shape[1]
+        scores = fs.vecs @ queries[:, :width].T  # (ncand, nq)
         if len(excl):
             pos = np.minimum(np.searchsorted(fs.cand, excl), fs.n - 1)
             scores[pos[fs.cand[pos] == excl]] = -np.inf
+        kc = k if width == self.dim else max(k, self.params.refine)
         out = []
         for j in range(len(queries)):
-            labs, sc = _topk(fs.cand, scores[:, j], k)
+            labs, sc = _topk(fs.cand, scores[:, j], kc)
             fin = np.isfinite(sc)
             out.append((labs[fin], sc[fin]))
-        return out
+        return out if width == self.dim else [_topk(lab, self._scores(q, lab), k) for q, (lab, _) in zip(queries, out)]
 
     def _base_overfetch(self, queries: np.ndarray, kf: int, excl: np.ndarray,
                         live_bits: np.ndarray | None = None, unlocked: Callable[[], ContextManager] | None = None):
@@ -307,9 +314,17 @@ class ItemIndex:
         """Exact full-width scores of the candidates (live base copies: ``_vec`` holds them), best ``k`` kept."""
         if not _refined(base, self.dim):
             return results
-        out = []
-        for q, (lab, _) in zip(queries, results):
-            out.append(_topk(lab, self._vec[lab] @ q, k))
+        return [_topk(lab, self._scores(q, lab), k) for q, (lab, _) in zip(queries, results)]
+
+    def _scores(self, query: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Full-width inner products of ``query`` with the vectors of ``labels``, read in place by FAISS
+        (numpy's gather copies the rows first: 137 against 70 us for 300 rows of 1024 at 1M items)."""
+        out = np.empty(len(labels), np.float32)
+        if len(labels):
+            q = np.ascontiguousarray(query, np.float32)
+            lab = np.ascontiguousarray(labels, np.int64)
+            faiss.fvec_inner_products_by_idx(faiss.swig_ptr(out), faiss.swig_ptr(q), faiss.swig_ptr(self._vec),
+                                             faiss.swig_ptr(lab), self.dim, 1, len(lab))
         return out
 
     def _base_selected(self, queries: np.ndarray, k: int, n_ok: int, bits: np.ndarray):

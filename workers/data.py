@@ -144,19 +144,45 @@ class InteractionGraph:
             m.data[:] = 1.0
         return m
 
+    def interaction_times(self) -> sp.csr_matrix:
+        """The latest time of each (user, item) pair, with `interactions`' sparsity pattern (int64 CSR)."""
+        rows, cols, times = [], [], []
+        for et in self.interaction_types():
+            es = self.edges[et]
+            rows.append(es.index[0].numpy())
+            cols.append(es.index[1].numpy())
+            times.append(es.time.numpy())
+        if not rows:
+            return sp.csr_matrix((self.num_users, self.num_items), dtype=np.int64)
+        r, c, t = np.concatenate(rows), np.concatenate(cols), np.concatenate(times).astype(np.int64)
+        order = np.lexsort((t, c, r))  # per pair, its latest time last
+        r, c, t = r[order], c[order], t[order]
+        last = np.r_[(r[1:] != r[:-1]) | (c[1:] != c[:-1]), True]
+        m = sp.csr_matrix((t[last], (r[last], c[last])), shape=(self.num_users, self.num_items), dtype=np.int64)
+        m.sort_indices()
+        return m
+
     def item_features(self) -> dict[str, torch.Tensor]:
         """Category pairs and brand ids, the inputs of the learned metadata embeddings."""
         return {"item_category": self.item_category, "item_brand": self.item_brand}
 
-    def with_interactions(self, matrix: sp.spmatrix, relation: str | None = None) -> "InteractionGraph":
+    def with_interactions(self, matrix: sp.spmatrix, relation: str | None = None,
+                          times: sp.spmatrix | None = None) -> "InteractionGraph":
         """A copy whose user->item relations are replaced by one relation built from ``matrix`` (named
-        ``relation``, default the graph's first interaction relation, else "interacted")."""
+        ``relation``, default the graph's first interaction relation, else "interacted"), its edges timed by
+        ``times`` (same sparsity pattern; default 0)."""
         if relation is None:
             types = self.interaction_types()
             relation = types[0][1] if types else "interacted"
         coo = sp.coo_matrix(matrix)
+        edge_times = None
+        if times is not None:
+            tc = sp.coo_matrix(times)
+            if not (np.array_equal(tc.row, coo.row) and np.array_equal(tc.col, coo.col)):
+                raise ValueError("with_interactions: times must have the matrix's sparsity pattern")
+            edge_times = tc.data
         edges = {et: es for et, es in self.edges.items() if not (et[0] == "user" and et[2] == "item")}
-        edges[("user", relation, "item")] = EdgeSet.build(coo.row, coo.col, coo.data)
+        edges[("user", relation, "item")] = EdgeSet.build(coo.row, coo.col, coo.data, edge_times)
         return InteractionGraph(
             num_users=matrix.shape[0], num_items=self.num_items, edges=edges,
             user_ids=self.user_ids[: matrix.shape[0]] if matrix.shape[0] <= self.num_users

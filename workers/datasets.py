@@ -157,12 +157,22 @@ def leave_last_out(graph: InteractionGraph, name: str) -> Split:
     # every earlier edge of a held-out (user, item) pair leaves training too, or the answer would leak
     pair = rows * graph.num_items + cols
     test_mask |= np.isin(pair, pair[test_mask])
-    train = sp.csr_matrix((w[~test_mask], (rows[~test_mask], cols[~test_mask])),
-                          shape=(graph.num_users, graph.num_items))
+    kept = ~test_mask
+    shape = (graph.num_users, graph.num_items)
+    train = sp.csr_matrix((w[kept], (rows[kept], cols[kept])), shape=shape)  # a pair's weights summed
+    train.sum_duplicates()
+    # each training pair's latest time, same pattern (the validation split holds the latest out): a pair's edges
+    # sorted by time, the last one kept
+    by_time = np.lexsort((t[kept], cols[kept], rows[kept]))
+    kr, kc, kt = rows[kept][by_time], cols[kept][by_time], t[kept][by_time]
+    last_of_pair = np.r_[(kr[1:] != kr[:-1]) | (kc[1:] != kc[:-1]), True]
+    times = sp.csr_matrix((kt[last_of_pair], (kr[last_of_pair], kc[last_of_pair])), shape=shape, dtype=np.int64)
+    times.sort_indices()
+    train.sort_indices()
     test = sp.csr_matrix((np.ones(test_mask.sum(), np.float32), (rows[test_mask], cols[test_mask])),
                          shape=(graph.num_users, graph.num_items))
     test.data[:] = 1.0
-    return Split(graph.with_interactions(train, graph.interaction_types()[0][1]), test, name)
+    return Split(graph.with_interactions(train, graph.interaction_types()[0][1], times), test, name)
 
 
 def load_split(name: str, data_dir: Path) -> Split:

@@ -76,6 +76,9 @@ class TrainSettings(BaseSettings):
     patience: int = Field(default=2, ge=1, description="validation checks without improvement before stopping")
     # ceil(20%) of each user's training interactions, as the gowalla test split takes of all of them
     val_fraction: float = Field(default=0.2, ge=0, lt=1)
+    # Which of a user's interactions validate: "latest" (their most recent, by the edges' time; at random among
+    # equal times, so a graph without times gets a random split) or "random".
+    val_split: Literal["latest", "random"] = "latest"
     refit: bool = Field(default=True, description="rebuild on all interactions after model selection")
     budget_min: float = Field(default=20.0, gt=0, description="wall-clock training budget per model")
     seed: int = 2026

@@ -36,16 +36,26 @@ class Fitted:
     item_text: torch.Tensor | None = None
 
 
-def holdout(r: sp.csr_matrix, fraction: float, seed: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-    """Split each user's interactions at random into (fit, validation), ``ceil(fraction * n_u)`` of a user's
-    ``n_u`` items to validation, as gowalla's test split takes ceil(20%) of each user's items; users keep at
-    least one fit item."""
+def holdout(r: sp.csr_matrix, fraction: float, seed: int,
+            times: sp.csr_matrix | None = None) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Split each user's interactions into (fit, validation), ``ceil(fraction * n_u)`` of a user's ``n_u`` items
+    to validation; users keep at least one fit item. With ``times`` (same pattern as ``r``), a user's latest
+    interactions are held out, ties at random: what a live service is asked is what a shopper does next, and
+    leave-last-out benchmarks test exactly that. Without, or with every time equal (gowalla has none), at
+    random, as gowalla's test split takes ceil(20%) of each user's items."""
     r = sp.csr_matrix(r)
     rng = np.random.default_rng(seed)
     n = np.diff(r.indptr)
     rows = np.repeat(np.arange(r.shape[0]), n)
-    # a random rank of each interaction within its user's row
-    order = np.lexsort((rng.random(r.nnz), rows))
+    newest_first = np.zeros(r.nnz)
+    if times is not None:
+        t = sp.csr_matrix(times)
+        if t.shape != r.shape or t.nnz != r.nnz or not (np.array_equal(t.indptr, r.indptr)
+                                                         and np.array_equal(t.indices, r.indices)):
+            raise ValueError("holdout: times must have the interactions' sparsity pattern")
+        newest_first = -t.data.astype(np.float64)
+    # a rank of each interaction within its user's row: newest first, ties at random
+    order = np.lexsort((rng.random(r.nnz), newest_first, rows))
     rank = np.empty(r.nnz, np.int64)
     rank[order] = np.arange(r.nnz) - np.repeat(r.indptr[:-1], n)
     n_val = np.minimum(np.ceil(fraction * n - 1e-9).astype(np.int64), np.maximum(n - 1, 0))
@@ -136,7 +146,8 @@ def fit_served(graph: InteractionGraph, ms: ModelSettings, ts: TrainSettings,
     r_all = graph.interactions()
     history: list[dict] = []
     if ts.val_fraction > 0 and (ms.select_filter or ts.served_epochs > 0):
-        r_fit, r_val = holdout(r_all, ts.val_fraction, ts.seed)
+        times = graph.interaction_times() if ts.val_split == "latest" else None
+        r_fit, r_val = holdout(r_all, ts.val_fraction, ts.seed, times)
         meta_args = (graph.item_category, graph.item_brand, item_text, graph.num_items)
         if ms.select_filter:
             chosen, model, tried = select(graph, r_fit, r_val, ms, ts, item_text, progress)

@@ -365,6 +365,8 @@ def test_ivf_over_leading_components_re_ranks_at_full_width(tmp_path, codes: str
     allowed = np.zeros(n, bool)
     allowed[rng.choice(n, 3000, replace=False)] = True
     assert _recall(index, queries, 10, allowed=allowed) >= 0.9
+    labels, scores = index.search(queries[:1], 10, allowed=allowed)[0]  # the exact path: re-ranked too
+    assert allowed[labels].all() and np.allclose(scores, x[labels] @ queries[0], atol=1e-4)
     save_snapshot(tmp_path / "snap", index, {}, "0-0")
     snap = load_snapshot(tmp_path / "snap", params)
     again = snap.index

@@ -42,3 +42,13 @@ def test_leave_last_out_takes_latest_per_user():
     assert split.test.toarray().tolist() == [[0, 1, 0], [0, 1, 0]]
     assert split.train.interactions().toarray().tolist() == [[1, 0, 0], [0, 0, 1]]
     assert torch.equal(split.train.item_brand, torch.full((3,), -1))
+
+
+def test_interaction_times_keep_each_pairs_latest_and_survive_the_split():
+    g = _graph()
+    times = g.interaction_times()
+    assert times.toarray().tolist() == [[5, 9, 0], [0, 3, 1]]  # (a, y): click at 7, purchase at 9
+    r = g.interactions()
+    assert (times.indptr == r.indptr).all() and (times.indices == r.indices).all()
+    split = leave_last_out(g, "t")
+    assert split.train.interaction_times().toarray().tolist() == [[5, 0, 0], [0, 0, 1]]

@@ -1,6 +1,7 @@
 """The served encoder: spectral start, inductive users, metadata-only items, fine-tune."""
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 import torch
 
@@ -169,3 +170,24 @@ def test_live_and_full_paths_embed_a_metadata_only_new_item_alike():
     users, items = served_vectors(model, g2, adj=adj)
     assert torch.allclose(out[0], items[-1], atol=1e-5) and out[0].norm() > 0
     assert torch.allclose(sends[0] * model.user_scale(), users[0], atol=1e-5)
+
+
+def test_holdout_with_times_holds_out_each_users_latest():
+    r = sp.random(60, 50, density=0.3, format="csr", random_state=0)
+    r.data[:] = 1
+    rng = np.random.default_rng(3)
+    times = r.copy()
+    times.data = rng.permutation(r.nnz).astype(np.float64)  # distinct times
+    fit, val = holdout(r, 0.2, seed=1, times=times)
+    assert np.array_equal(np.diff(val.indptr), np.diff(holdout(r, 0.2, seed=1)[1].indptr))
+    for u in range(r.shape[0]):
+        t_val = times[u].multiply(val[u]).data
+        t_fit = times[u].multiply(fit[u]).data
+        if len(t_val) and len(t_fit):
+            assert t_val.min() > t_fit.max()  # every held-out interaction is newer than every fit one
+    assert (holdout(r, 0.2, seed=2, times=times)[1] != val).nnz == 0  # determined by time, not the seed
+    equal = r.copy()
+    equal.data[:] = 7.0  # no order: at random, as without times
+    assert (holdout(r, 0.2, seed=1, times=equal)[1] != holdout(r, 0.2, seed=1)[1]).nnz == 0
+    with pytest.raises(ValueError, match="sparsity pattern"):
+        holdout(r, 0.2, seed=1, times=times[:, :40])
