@@ -20,6 +20,7 @@ from workers.data import InteractionGraph, csr_to_torch
 from workers.metrics import Scorer
 from workers.models.hetero_gnn import HeteroGNN
 from workers.models.spectral_sage import SpectralSAGE
+from workers.recency import recency_weights, weigh_by_recency
 from workers.train_hetero import encode
 
 VectorRow = tuple[str, str, np.ndarray]
@@ -42,10 +43,15 @@ def item_bases(model: SpectralSAGE, graph: InteractionGraph, item_text: torch.Te
 @torch.no_grad()
 def served_vectors(model: SpectralSAGE, graph: InteractionGraph, item_text: torch.Tensor | None = None,
                    adj: sp.spmatrix | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(user vectors [U, dim], item vectors [I, dim]); ``adj`` defaults to the graph's interactions."""
+    """(user vectors [U, dim], item vectors [I, dim]); ``adj`` defaults to the graph's interactions, weighted by
+    the model's recency weights of the graph's times (`workers.recency`)."""
     model.eval()
     x = item_bases(model, graph, item_text)
-    r = graph.interactions() if adj is None else adj
+    if adj is None:
+        r = weigh_by_recency(graph.interactions(), graph.interaction_times(), model.recency_boost,
+                             model.recency_scale)
+    else:
+        r = adj
     deg = model.item_degree
     n_new = graph.num_items - model.num_items
     if n_new > 0:  # items appended after training: metadata neighbours, as at training time
@@ -58,9 +64,12 @@ def served_vectors(model: SpectralSAGE, graph: InteractionGraph, item_text: torc
 
 @torch.no_grad()
 def user_vector(model: SpectralSAGE, item_index: np.ndarray, weights: np.ndarray | None,
-                x: torch.Tensor) -> torch.Tensor:
-    """One user's vector [dim] from their items (the incremental path: reads only that user's edges)."""
+                x: torch.Tensor, times: np.ndarray | None = None) -> torch.Tensor:
+    """One user's vector [dim] from their items and, for the recency weights, their latest times (the
+    incremental path: reads only that user's edges)."""
     w = np.ones(len(item_index), np.float32) if weights is None else np.asarray(weights, np.float32)
+    if times is not None:
+        w = w * recency_weights(times, model.recency_boost, model.recency_scale)
     row = sp.csr_matrix((w, (np.zeros(len(item_index), int), np.asarray(item_index))), shape=(1, x.size(0)))
     return model.users(csr_to_torch(row), x)[0]
 

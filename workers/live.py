@@ -6,7 +6,8 @@ What a vector depends on (the receptive field that makes incremental recompute e
   metadata it had at training time), so an event on a hub item changes no other node's vector;
 * an item new since training: its own live metadata (text neighbours among the known items when the model
   reads text, else its category/brand embeddings), degree 1;
-* a user: their top ``user_cap`` items by time-decayed weight (ties by item id): one hop, item -> user;
+* a user: their top ``user_cap`` items by time-decayed weight (ties by item id), each weighted by the recency of
+  its latest interaction among them (`workers.recency`): one hop, item -> user;
 * a search query: its text.
 
 So a change to a user's edges affects that user only, and a change to a new item's metadata affects that
@@ -27,6 +28,7 @@ from graphdb.subgraph import EdgeRow, ItemRow
 from workers.checkpoint import Checkpoint
 from workers.cold import cold_bases
 from workers.data import EdgeSet, InteractionGraph, csr_to_torch
+from workers.recency import recency_weights
 from workers.text import TextEncoder
 
 
@@ -74,6 +76,17 @@ def capped_neighbours(edges: Sequence[EdgeRow], cap: int, half_life_days: float)
     pu, pi = pu[keep], pi[keep]
     bounds = np.r_[0, np.flatnonzero(np.diff(pu)) + 1, len(pu)]
     return {str(users[pu[a]]): items[pi[a:b]].tolist() for a, b in zip(bounds[:-1], bounds[1:])}
+
+
+def latest_times(edges: Sequence[EdgeRow]) -> dict[tuple[str, str], int]:
+    """Each (user, item) pair's latest interaction time over its behaviour types, in whole seconds as the
+    training graph stores it (`training_graph`), so the live recency weights equal the full graph's."""
+    out: dict[tuple[str, str], int] = {}
+    for e in edges:
+        key, t = (e.user, e.item), int(e.last_ts)
+        if t > out.get(key, t - 1):
+            out[key] = t
+    return out
 
 
 @dataclass
@@ -139,27 +152,36 @@ class LiveEncoder:
     # ---------------------------------------------------------------- users
     @torch.no_grad()
     def users(self, neighbours: dict[str, list[str]], users: Sequence[str],
-              new_item_vectors: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Vectors [len(users), dim]: ``h * sum_{j in cap(u)} d_j^-a x_j`` over each user's capped items
-        (``neighbours`` from `capped_neighbours`).
+              new_item_vectors: dict[str, torch.Tensor],
+              times: dict[tuple[str, str], int] | None = None) -> torch.Tensor:
+        """Vectors [len(users), dim]: ``h * sum_{j in cap(u)} w_uj d_j^-a x_j`` over each user's capped items
+        (``neighbours`` from `capped_neighbours`), ``w_uj`` the model's recency weights of the pairs' latest
+        times (``times`` from `latest_times`; without it, 1).
 
         ``new_item_vectors`` holds what every new item the users reach sends them (the second tensor of
         `new_items`, input scale), never its served vector.
         """
+        m = self.ck.model
         new_ids = sorted(new_item_vectors)
         new_col = {iid: len(self.row) + j for j, iid in enumerate(new_ids)}
-        rows, cols = [], []
+        rows, cols, weights = [], [], []
         for u_idx, u in enumerate(users):
-            for item in neighbours.get(u, ()):
+            items = neighbours.get(u, ())
+            for item in items:
                 col = self.row.get(item, new_col.get(item))
                 if col is None:
                     raise KeyError(f"item {item!r} of user {u!r} has no vector")
                 rows.append(u_idx)
                 cols.append(col)
+            if times is not None:
+                weights.append(recency_weights([times[(u, i)] for i in items], m.recency_boost, m.recency_scale))
+            else:
+                weights.append(np.ones(len(items), np.float32))
         table = self.in_known
         if new_ids:
             table = torch.cat([table, torch.stack([new_item_vectors[i].to(self.device) for i in new_ids])])
-        adj = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=(len(users), table.size(0)))
+        w = np.concatenate(weights) if weights else np.zeros(0, np.float32)
+        adj = sp.csr_matrix((w, (rows, cols)), shape=(len(users), table.size(0)))
         return (csr_to_torch(adj).to(self.device) @ table) * self.filter
 
     # ---------------------------------------------------------------- queries

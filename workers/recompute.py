@@ -37,7 +37,7 @@ from graphdb.embeddings import write_and_clear
 from graphdb.model_state import activate
 from graphdb.schema import BRAND, CATEGORY, ITEM, QUERY, USER
 from workers import publish
-from workers.live import LiveEncoder, capped_neighbours
+from workers.live import LiveEncoder, capped_neighbours, latest_times
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ def _users(ctx: Context, user_ids: list[str], fresh: dict[str, torch.Tensor], cl
     out_vecs, in_vecs = enc.new_items(rows)
     ids = [r.id for r in rows]
     sends = {**fresh, **dict(zip(ids, in_vecs))}
-    out = enc.users(neighbours, user_ids, sends)
+    out = enc.users(neighbours, user_ids, sends, latest_times(edges))
     clock.lap("forward_s")
     unstored = {i: _np(v) for i, v in zip(ids, out_vecs) if item_version.get(i) != version}
     return dict(zip(user_ids, _np(out))), unstored
@@ -260,7 +260,7 @@ def full_vectors(ctx: Context, progress: Callable[[str], None] | None = None) ->
     neighbours = capped_neighbours(edges, enc.user_cap, enc.half_life_days)
     user_ids = sorted(users)
     out: dict[str, dict[str, np.ndarray]] = {ITEM: {i: _np(v) for i, v in item_vecs.items()}}
-    u = enc.users(neighbours, user_ids, dict(zip([r.id for r in new_rows], new_in)))
+    u = enc.users(neighbours, user_ids, dict(zip([r.id for r in new_rows], new_in)), latest_times(edges))
     out[USER] = dict(zip(user_ids, _np(u)))
     q = enc.queries([queries[k] for k in sorted(queries)])
     out[QUERY] = dict(zip(sorted(queries), _np(q))) if q is not None else {}

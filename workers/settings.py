@@ -33,10 +33,16 @@ class ModelSettings(BaseSettings):
     # by coordinate ascent over the grids below, scoring at most ``select_max_settings`` settings: a budget in
     # settings, not seconds, so a slower machine picks the same configuration.
     select_filter: bool = Field(default=True, description="choose power/exponents on validation")
-    select_max_settings: int = Field(default=10, ge=1)
+    select_max_settings: int = Field(default=16, ge=1)
     filter_grid: tuple[float, ...] = (1.0, 1.5, 2.0)
     user_norm_grid: tuple[float, ...] = (0.4, 0.5, 0.6)
     item_norm_grid: tuple[float, ...] = (0.4, 0.5, 0.6)
+    # Recency weight of a user's items, (1 + boost * exp(-rank / scale)) / (1 + boost) (`workers.recency`): chosen on the
+    # validation split too, when the graph's times order any user's items (gowalla's do not: then it stays off).
+    recency_boost: float = Field(default=0.0, ge=0, description="extra weight of a user's latest items")
+    recency_scale: float = Field(default=2.0, gt=0, description="recency ranks over which the boost decays")
+    recency_boost_grid: tuple[float, ...] = (0.0, 10.0, 30.0, 100.0, 300.0)
+    recency_scale_grid: tuple[float, ...] = (1.0, 2.0, 4.0)
     svd_oversample: int = Field(default=64, ge=0)
     svd_power_iters: int = Field(default=3, ge=0)
     # Item metadata inputs (learned embeddings + the sentence-transformers text vector).

@@ -23,6 +23,7 @@ from workers.cold import embed_cold_items
 from workers.data import InteractionGraph, csr_to_torch
 from workers.metrics import rank_metrics
 from workers.models.spectral_sage import SpectralSAGE
+from workers.recency import has_order, weigh_by_recency
 from workers.runtime import pick_device, seed_everything
 from workers.settings import ModelSettings, TrainSettings
 from workers.spectral import spectral_items
@@ -126,7 +127,7 @@ def _rows(r: sp.csr_matrix, users: np.ndarray, drop: float, rng: np.random.Gener
 
 def build_model(graph: InteractionGraph, ms: ModelSettings, text_dim: int) -> SpectralSAGE:
     return SpectralSAGE(graph.num_items, ms.dim, ms.user_norm, ms.item_norm,
-                        graph.num_categories, graph.num_brands, text_dim)
+                        graph.num_categories, graph.num_brands, text_dim, ms.recency_boost, ms.recency_scale)
 
 
 def fit_served(graph: InteractionGraph, ms: ModelSettings, ts: TrainSettings,
@@ -146,11 +147,12 @@ def fit_served(graph: InteractionGraph, ms: ModelSettings, ts: TrainSettings,
     r_all = graph.interactions()
     history: list[dict] = []
     if ts.val_fraction > 0 and (ms.select_filter or ts.served_epochs > 0):
-        times = graph.interaction_times() if ts.val_split == "latest" else None
-        r_fit, r_val = holdout(r_all, ts.val_fraction, ts.seed, times)
+        times = graph.interaction_times()
+        r_fit, r_val = holdout(r_all, ts.val_fraction, ts.seed, times if ts.val_split == "latest" else None)
         meta_args = (graph.item_category, graph.item_brand, item_text, graph.num_items)
         if ms.select_filter:
-            chosen, model, tried = select(graph, r_fit, r_val, ms, ts, item_text, progress)
+            t_fit = _times_of(r_fit, times) if has_order(times) else None
+            chosen, model, tried = select(graph, r_fit, r_val, ms, ts, item_text, progress, t_fit)
             ms = ms.model_copy(update=chosen)
             history.append({"epoch": 0, "selected": chosen, "tried": tried, "s": time.perf_counter() - t0})
         else:
@@ -189,20 +191,35 @@ def _start(graph, r, ms: ModelSettings, ts: TrainSettings, item_text,
     return model
 
 
+def _times_of(r: sp.csr_matrix, times: sp.csr_matrix) -> sp.csr_matrix:
+    """``times`` on the pattern of ``r`` (a subset of its own pattern)."""
+    r = sp.csr_matrix(r)
+    rows = np.repeat(np.arange(r.shape[0]), np.diff(r.indptr))
+    out = r.astype(np.float64, copy=True)
+    out.data = np.asarray(sp.csr_matrix(times)[rows, r.indices]).ravel().astype(np.float64)
+    return out
+
+
 @torch.no_grad()
-def _val_recall(model, r_fit, r_val, meta_args, ts: TrainSettings, users: np.ndarray) -> float:
+def _val_recall(model, r_fit, r_val, meta_args, ts: TrainSettings, users: np.ndarray,
+                t_fit: sp.csr_matrix | None = None) -> float:
     x = model.item_base(model.meta(*meta_args))
-    u = model.users(csr_to_torch(r_fit), x)
+    if t_fit is not None:
+        r_fit_in = weigh_by_recency(r_fit, t_fit, model.recency_boost, model.recency_scale)
+    else:
+        r_fit_in = r_fit
+    u = model.users(csr_to_torch(r_fit_in), x)
     z = model.item_out(x)
     return rank_metrics(lambda b: u[b] @ z.T, r_fit, r_val, k=ts.eval_k, users=users)[f"recall@{ts.eval_k}"]
 
 
 @torch.no_grad()
 def select(graph, r_fit, r_val, ms: ModelSettings, ts: TrainSettings, item_text,
-           progress: bool = True) -> tuple[dict, SpectralSAGE, list[dict]]:
-    """Choose the filter power and the user and item exponents by validation Recall@K (the test protocol: every
-    validation user, all items ranked, fit items masked); returns (chosen, its model on ``r_fit``, every
-    setting tried with its recall).
+           progress: bool = True, t_fit: sp.csr_matrix | None = None) -> tuple[dict, SpectralSAGE, list[dict]]:
+    """Choose the filter power, the user and item exponents and, when ``t_fit`` (the fit interactions' times)
+    orders any user's items, the recency weights, by validation Recall@K (the test protocol: every validation
+    user, all items ranked, fit items masked); returns (chosen, its model on ``r_fit``, every setting tried with
+    its recall).
 
     The width is not chosen here: it is the deployment's one setting (IG_EMBEDDING_DIM). Coordinate ascent from
     the settings' values, in the order power, user exponent, item exponent, repeated until a pass changes
@@ -219,20 +236,25 @@ def select(graph, r_fit, r_val, ms: ModelSettings, ts: TrainSettings, item_text,
     def model_for(cfg: dict) -> SpectralSAGE:
         model.filter[:dim] = svd[0][:dim].clamp(min=1e-6).pow(cfg["filter_power"])
         model.user_norm, model.item_norm = cfg["user_norm"], cfg["item_norm"]
+        model.recency_boost = cfg.get("recency_boost", ms.recency_boost)
+        model.recency_scale = cfg.get("recency_scale", ms.recency_scale)
         return model
 
     tried: list[dict] = []
 
     def score(cfg: dict) -> float:
-        rec = _val_recall(model_for(cfg), r_fit, r_val, meta_args, ts, users)
+        rec = _val_recall(model_for(cfg), r_fit, r_val, meta_args, ts, users, t_fit)
         tried.append({**cfg, "val_recall": round(rec, 5)})
         if progress:
             tqdm.write(f"select {cfg}: val recall@{ts.eval_k} {rec:.4f}")
         return rec
 
     best = {"filter_power": ms.filter_power, "user_norm": ms.user_norm, "item_norm": ms.item_norm}
-    best_score = score(best)
     grids = (("filter_power", ms.filter_grid), ("user_norm", ms.user_norm_grid), ("item_norm", ms.item_norm_grid))
+    if t_fit is not None:  # only times that order a user's items make recency weights differ
+        best.update(recency_boost=ms.recency_boost, recency_scale=ms.recency_scale)
+        grids += (("recency_boost", ms.recency_boost_grid), ("recency_scale", ms.recency_scale_grid))
+    best_score = score(best)
     moved = True
     while moved:  # coordinate ascent: passes until one changes nothing (a setting is never scored twice)
         moved = False

@@ -45,15 +45,19 @@ def rolled_out(graph, neo4j_settings, graph_settings, redis_url, tmp_path):
     res = ingest_events(graph, graph_settings, events)
     assert not res.rejected
     ws = WorkerSettings(model_dir=tmp_path / "models", text_cache_dir=tmp_path / "text", redis_url=redis_url)
-    rt = jobs.Runtime(neo4j_settings, graph_settings, ModelSettings(dim=graph_settings.embedding_dim),
-                      TrainSettings(threads=1), ws, DataSettings())
+    # recency weights on (each shopper's purchases are a minute apart): the live path reads the pairs' times
+    # from the edges, the bench path from the training graph, and both must weigh alike
+    ms = ModelSettings(dim=graph_settings.embedding_dim, recency_boost=30.0, select_filter=False)
+    rt = jobs.Runtime(neo4j_settings, graph_settings, ms, TrainSettings(threads=1), ws, DataSettings())
     trained = jobs.train_from_graph(rt)
     jobs.rebuild_version(rt, trained["version"])
     rt.close()
     bought: dict[str, list[str]] = {}
     for e in events:
         bought.setdefault(e["user_id"], []).append(e["item_id"])
-    yield load_checkpoint(resolve(ws.model_dir, trained["version"])), bought
+    ck = load_checkpoint(resolve(ws.model_dir, trained["version"]))
+    assert ck.model.recency_boost == 30.0
+    yield ck, bought
 
 
 def test_quality_served_row_equals_the_running_servers_answers(rolled_out, graph, graph_settings, redis_url):

@@ -46,7 +46,9 @@ def _meta(rng: random.Random) -> dict:
 def runtime(graph, neo4j_settings, graph_settings, redis_url, tmp_path):
     ws = WorkerSettings(model_dir=tmp_path / "models", text_cache_dir=tmp_path / "text", redis_url=redis_url,
                         lock_timeout_s=30)
-    rt = jobs.Runtime(neo4j_settings, graph_settings, ModelSettings(dim=graph_settings.embedding_dim, user_cap=6),
+    # recency weights on: a user's vector weighs their capped items by the rank of their latest times
+    ms = ModelSettings(dim=graph_settings.embedding_dim, user_cap=6, recency_boost=10.0, select_filter=False)
+    rt = jobs.Runtime(neo4j_settings, graph_settings, ms,
                       TrainSettings(max_epochs=0, threads=1), ws, DataSettings())
     yield rt
     rt.close()

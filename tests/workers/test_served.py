@@ -65,7 +65,8 @@ def test_new_item_with_metadata_only_lands_near_its_cluster():
 
 def test_fine_tune_improves_training_objective_and_keeps_quality():
     split, _ = planted(seed=1)
-    ts = TrainSettings(served_epochs=4, batch_size=32, lr=3e-3, val_fraction=0.2, patience=4, refit=False)
+    ts = TrainSettings(served_epochs=4, batch_size=32, lr=3e-3, val_fraction=0.2, patience=4, refit=False,
+                       val_split="random")  # the planted split is random; its times are only positions
     fitted = fit_served(split.train, MS, ts, progress=False)
     probe = [h["probe_loss"] for h in fitted.history if "probe_loss" in h and not h["refit"]]
     assert len(probe) >= 3 and min(probe[1:]) < probe[0] - 0.01
@@ -99,14 +100,16 @@ def test_selection_picks_the_best_validation_setting_and_refits_on_all_interacti
     ms = MS.model_copy(update={"select_filter": True, "select_max_settings": 100})
     fitted = fit_served(split.train, ms, ts, progress=False)
     chosen, tried = fitted.history[0]["selected"], fitted.history[0]["tried"]
-    # every grid value was tried; no setting scored twice
-    for key, grid in (("filter_power", ms.filter_grid), ("user_norm", ms.user_norm_grid),
-                      ("item_norm", ms.item_norm_grid)):
+    # every grid value was tried (the recency weights too: the planted graph's times order each user's items);
+    # no setting scored twice
+    grids = (("filter_power", ms.filter_grid), ("user_norm", ms.user_norm_grid), ("item_norm", ms.item_norm_grid),
+             ("recency_boost", ms.recency_boost_grid), ("recency_scale", ms.recency_scale_grid))
+    for key, grid in grids:
         assert {t[key] for t in tried} == set(grid)
     assert len({tuple(t.items())[:-1] for t in tried}) == len(tried)
     # converged: no single-setting change of the chosen one scores higher (all its neighbours were tried)
     neighbours = [t for t in tried if sum(t[k] != v for k, v in chosen.items()) == 1]
-    assert len(neighbours) == 3 * 2 and len(tried) <= ms.select_max_settings
+    assert len(neighbours) == sum(len(grid) - 1 for _, grid in grids) and len(tried) <= ms.select_max_settings
     chosen_recall = next(t["val_recall"] for t in tried if all(t[k] == v for k, v in chosen.items()))
     assert chosen_recall == max(t["val_recall"] for t in tried)
     assert fitted.model.dim == ms.dim and fitted.model.user_norm == chosen["user_norm"]
@@ -120,7 +123,7 @@ def test_selection_picks_the_best_validation_setting_and_refits_on_all_interacti
 def test_sampled_softmax_fine_tune_learns():
     split, _ = planted(seed=1)
     ts = TrainSettings(served_epochs=4, batch_size=32, lr=3e-3, val_fraction=0.2, patience=4, refit=False,
-                       negatives=20)
+                       negatives=20, val_split="random")  # as above: a random planted split
     fitted = fit_served(split.train, MS, ts, progress=False)
     probe = [h["probe_loss"] for h in fitted.history if "probe_loss" in h]
     assert min(probe[1:]) < probe[0] - 0.01

@@ -5,7 +5,8 @@ normalised interaction matrix, zero for items unseen at training time) + project
 (category bag, brand, sentence-transformers text vector). Users carry no features: one round of
 item -> user message passing with degree-normalised sum aggregation gives their vector,
 
-    u = s_h * sum_{j in N(u)} w_uj * d_j^-a * x_j        (h: learned per-dimension spectral filter)
+    u = s_h * sum_{j in N(u)} w_uj * d_j^-a * x_j        (h: learned per-dimension spectral filter;
+                                                           w_uj: the recency weight, `workers.recency`)
     z_i = |h|^1/2 * d_i^b * x_i                            (item output, b = popularity prior)
     score(u, i) = <u, z_i> = sum_k h_k (...)_k (...)_k     (FAISS inner product)
 
@@ -34,16 +35,20 @@ class SpectralSAGE(nn.Module):
         item_norm: exponent ``b`` of the item output scale ``d_i^b``.
         num_categories / num_brands: metadata vocabularies (0 = unused).
         text_dim: width of precomputed item text vectors (0 = unused).
+        recency_boost / recency_scale: a user's items weigh ``(1 + boost * exp(-rank / scale)) / (1 + boost)`` by
+            the recency rank of their latest interaction (`workers.recency`; boost 0 = every item alike).
 
     Shapes: ``adj`` is a sparse [U, I] user-item matrix (weights w_uj); ``item_degree`` [I];
     ``item_category`` [2, C] (item, category) pairs; ``item_brand`` [I] (-1 = none); ``item_text`` [I, text_dim].
     """
 
     def __init__(self, num_items: int, dim: int, user_norm: float = 0.5, item_norm: float = 0.5,
-                 num_categories: int = 0, num_brands: int = 0, text_dim: int = 0):
+                 num_categories: int = 0, num_brands: int = 0, text_dim: int = 0,
+                 recency_boost: float = 0.0, recency_scale: float = 2.0):
         super().__init__()
         self.num_items, self.dim = num_items, dim
         self.user_norm, self.item_norm = user_norm, item_norm
+        self.recency_boost, self.recency_scale = recency_boost, recency_scale
         self.item_emb = nn.Parameter(torch.empty(num_items, dim))
         self.filter = nn.Parameter(torch.ones(dim))
         self.category = nn.EmbeddingBag(num_categories, dim, mode="mean") if num_categories else None
@@ -164,4 +169,5 @@ class SpectralSAGE(nn.Module):
                 "item_norm": self.item_norm,
                 "num_categories": self.category.num_embeddings if self.category is not None else 0,
                 "num_brands": self.brand.num_embeddings if self.brand is not None else 0,
-                "text_dim": self.text.in_features if self.text is not None else 0}
+                "text_dim": self.text.in_features if self.text is not None else 0,
+                "recency_boost": self.recency_boost, "recency_scale": self.recency_scale}
