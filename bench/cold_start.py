@@ -104,6 +104,7 @@ def run_cold_start(graph: InteractionGraph, item_text: torch.Tensor | None, ms: 
         console.print(f"{name}: {models[name]}")
     n_users = int((np.diff(held[:, cold].tocsr().indptr) > 0).sum())
     config = {"dim": fitted.model.dim, "user_norm": fitted.model.user_norm, "item_norm": fitted.model.item_norm,
+              "recency_boost": fitted.model.recency_boost, "recency_scale": fitted.model.recency_scale,
               "cold_neighbours": ms.cold_neighbours, "served_epochs": ts.served_epochs, "index": index_config(engine)}
     return {"bench": "cold_start", "dataset": "amazon-office", "served": SERVED, "served_path": "engine",
             "config": config, "models": models,

@@ -119,7 +119,8 @@ def _served(split: Split, ms: ModelSettings, ts: TrainSettings, progress: bool):
     m = fitted.model
     config = {"model": SERVED, "dim": m.dim, "filter_power": sel.get("selected", {}).get("filter_power",
                                                                                          ms.filter_power),
-              "user_norm": m.user_norm, "item_norm": m.item_norm, "select_filter": ms.select_filter,
+              "user_norm": m.user_norm, "item_norm": m.item_norm, "recency_boost": m.recency_boost,
+              "recency_scale": m.recency_scale, "select_filter": ms.select_filter, "val_split": ts.val_split,
               "select_max_settings": ms.select_max_settings, "served_epochs": ts.served_epochs,
               "index": index_config(engine)}
     return None, {"train_s": fitted.train_s, "engine_s": time.perf_counter() - t1, "metrics": metrics,
