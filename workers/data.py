@@ -127,18 +127,18 @@ class InteractionGraph:
     def interaction_types(self) -> list[EdgeType]:
         return [et for et in self.edges if et[0] == "user" and et[2] == "item"]
 
+    def interaction_edges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Every user->item edge of every relation: (users, items, weights, times), concatenated."""
+        sets = [self.edges[et] for et in self.interaction_types()]
+        if not sets:
+            return (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64))
+        return (np.concatenate([es.index[0].numpy() for es in sets]), np.concatenate([es.index[1].numpy() for es in sets]),
+                np.concatenate([es.weight.numpy() for es in sets]), np.concatenate([es.time.numpy() for es in sets]))
+
     def interactions(self, binary: bool = True) -> sp.csr_matrix:
         """All user->item relations merged: CSR [num_users, num_items] float32 (1.0 per pair if binary)."""
-        rows, cols, vals = [], [], []
-        for et in self.interaction_types():
-            es = self.edges[et]
-            rows.append(es.index[0].numpy())
-            cols.append(es.index[1].numpy())
-            vals.append(es.weight.numpy())
-        if not rows:
-            return sp.csr_matrix((self.num_users, self.num_items), dtype=np.float32)
-        m = sp.csr_matrix((np.concatenate(vals).astype(np.float32), (np.concatenate(rows), np.concatenate(cols))),
-                          shape=(self.num_users, self.num_items))
+        rows, cols, vals, _ = self.interaction_edges()
+        m = sp.csr_matrix((vals.astype(np.float32), (rows, cols)), shape=(self.num_users, self.num_items))
         m.sum_duplicates()
         if binary:
             m.data[:] = 1.0
@@ -146,21 +146,8 @@ class InteractionGraph:
 
     def interaction_times(self) -> sp.csr_matrix:
         """The latest time of each (user, item) pair, with `interactions`' sparsity pattern (int64 CSR)."""
-        rows, cols, times = [], [], []
-        for et in self.interaction_types():
-            es = self.edges[et]
-            rows.append(es.index[0].numpy())
-            cols.append(es.index[1].numpy())
-            times.append(es.time.numpy())
-        if not rows:
-            return sp.csr_matrix((self.num_users, self.num_items), dtype=np.int64)
-        r, c, t = np.concatenate(rows), np.concatenate(cols), np.concatenate(times).astype(np.int64)
-        order = np.lexsort((t, c, r))  # per pair, its latest time last
-        r, c, t = r[order], c[order], t[order]
-        last = np.r_[(r[1:] != r[:-1]) | (c[1:] != c[:-1]), True]
-        m = sp.csr_matrix((t[last], (r[last], c[last])), shape=(self.num_users, self.num_items), dtype=np.int64)
-        m.sort_indices()
-        return m
+        rows, cols, _, times = self.interaction_edges()
+        return latest_per_pair(rows, cols, times, (self.num_users, self.num_items))
 
     def item_features(self) -> dict[str, torch.Tensor]:
         """Category pairs and brand ids, the inputs of the learned metadata embeddings."""
@@ -191,6 +178,17 @@ class InteractionGraph:
             item_category=self.item_category, item_brand=self.item_brand, item_text=self.item_text,
             category_names=self.category_names, brand_names=self.brand_names,
             query_ids=self.query_ids, query_text=self.query_text)
+
+
+def latest_per_pair(rows: np.ndarray, cols: np.ndarray, times: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
+    """Each (row, col) pair's largest time, as a canonical int64 CSR (the pattern scipy gives the pairs)."""
+    t = np.asarray(times).astype(np.int64)
+    order = np.lexsort((t, cols, rows))  # per pair, its latest time last
+    r, c, t = rows[order], cols[order], t[order]
+    last = np.r_[(r[1:] != r[:-1]) | (c[1:] != c[:-1]), True] if len(r) else np.zeros(0, bool)
+    m = sp.csr_matrix((t[last], (r[last], c[last])), shape=shape, dtype=np.int64)
+    m.sort_indices()
+    return m
 
 
 def csr_to_torch(m: sp.spmatrix, dtype=torch.float32) -> torch.Tensor:

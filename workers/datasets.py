@@ -16,7 +16,7 @@ import scipy.sparse as sp
 import torch
 
 from graphdb.errors import InvalidInput
-from workers.data import EdgeSet, InteractionGraph
+from workers.data import EdgeSet, InteractionGraph, latest_per_pair
 
 
 @dataclass
@@ -139,15 +139,7 @@ def load_amazon_hin(root: Path) -> InteractionGraph:
 
 def leave_last_out(graph: InteractionGraph, name: str) -> Split:
     """Per user, the latest interaction (largest ``time``, then last position) becomes the test item."""
-    r_rows, r_cols, r_w, times = [], [], [], []
-    for et in graph.interaction_types():
-        es = graph.edges[et]
-        r_rows.append(es.index[0].numpy())
-        r_cols.append(es.index[1].numpy())
-        r_w.append(es.weight.numpy())
-        times.append(es.time.numpy())
-    rows, cols = np.concatenate(r_rows), np.concatenate(r_cols)
-    w, t = np.concatenate(r_w), np.concatenate(times)
+    rows, cols, w, t = graph.interaction_edges()
     order = np.lexsort((np.arange(len(rows)), t, rows))  # by user, then time, then position
     last = np.r_[np.flatnonzero(np.diff(rows[order])) , len(order) - 1]
     test_mask = np.zeros(len(rows), bool)
@@ -161,13 +153,8 @@ def leave_last_out(graph: InteractionGraph, name: str) -> Split:
     shape = (graph.num_users, graph.num_items)
     train = sp.csr_matrix((w[kept], (rows[kept], cols[kept])), shape=shape)  # a pair's weights summed
     train.sum_duplicates()
-    # each training pair's latest time, same pattern (the validation split holds the latest out): a pair's edges
-    # sorted by time, the last one kept
-    by_time = np.lexsort((t[kept], cols[kept], rows[kept]))
-    kr, kc, kt = rows[kept][by_time], cols[kept][by_time], t[kept][by_time]
-    last_of_pair = np.r_[(kr[1:] != kr[:-1]) | (kc[1:] != kc[:-1]), True]
-    times = sp.csr_matrix((kt[last_of_pair], (kr[last_of_pair], kc[last_of_pair])), shape=shape, dtype=np.int64)
-    times.sort_indices()
+    # each training pair's latest time, same pattern (the validation split holds the latest out)
+    times = latest_per_pair(rows[kept], cols[kept], t[kept], shape)
     train.sort_indices()
     test = sp.csr_matrix((np.ones(test_mask.sum(), np.float32), (rows[test_mask], cols[test_mask])),
                          shape=(graph.num_users, graph.num_items))
