@@ -8,7 +8,6 @@ import scipy.sparse as sp
 import torch
 
 from planted_graphs import planted
-from workers.data import EdgeSet
 from workers.embed import item_bases, served_vectors, user_vector
 from workers.recency import has_order, recency_weights, weigh_by_recency
 from workers.settings import ModelSettings, TrainSettings
@@ -86,4 +85,3 @@ def test_selection_turns_recency_on_when_the_latest_items_predict_the_next():
     assert chosen["recency_boost"] > 0 and fitted.model.recency_boost == chosen["recency_boost"]
     off = max(x["val_recall"] for x in tried if x["recency_boost"] == 0)
     assert max(x["val_recall"] for x in tried) > off
-    assert EdgeSet  # the module's relation type (imported for the reader)
