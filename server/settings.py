@@ -58,8 +58,9 @@ class ServerSettings(BaseSettings):
     ivf_nlist: int = Field(default=0, ge=0)
     # IVF lists hold the first ivf_dim components of each vector (0 = all); the best max(k, ivf_refine)
     # candidates are then re-ranked exactly at the full width. The served model's components come in spectral
-    # order. On gowalla's served 1024-d vectors (41k items) these defaults gave exact search's Recall@20 (0.1936
-    # against 0.1936 on 4,000 test users), where a full-width IVF at nprobe 16 gave 0.1833 (docs/benchmarks.md).
+    # order. On gowalla's served 1024-d vectors (41k items) these defaults, with PQ codes, gave Recall@20 0.1916
+    # against exact search's 0.1924 on 4,000 test users, where a full-width IVF at nprobe 16 gave 0.1833
+    # (docs/benchmarks.md, "Served width and the index").
     ivf_nprobe: int = Field(default=64, ge=1)
     ivf_dim: int = Field(default=256, ge=0)
     ivf_refine: int = Field(default=300, ge=1)

@@ -48,8 +48,9 @@ def served_vectors(model: SpectralSAGE, graph: InteractionGraph, item_text: torc
     model.eval()
     x = item_bases(model, graph, item_text)
     if adj is None:
-        r = weigh_by_recency(graph.interactions(), graph.interaction_times(), model.recency_boost,
-                             model.recency_scale)
+        r = graph.interactions()
+        if model.recency_boost:  # the times only matter with a boost (sorting every edge is not free)
+            r = weigh_by_recency(r, graph.interaction_times(), model.recency_boost, model.recency_scale)
     else:
         r = adj
     deg = model.item_degree

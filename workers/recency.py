@@ -15,6 +15,10 @@ import numpy as np
 import scipy.sparse as sp
 
 
+def _weight(rank: np.ndarray, boost: float, scale: float) -> np.ndarray:
+    return ((1.0 + boost * np.exp(-rank / scale)) / (1.0 + boost)).astype(np.float32)
+
+
 def recency_weights(times: np.ndarray, boost: float, scale: float) -> np.ndarray:
     """Weights [n] of one user's items from their latest interaction times [n]."""
     times = np.asarray(times, np.float64)
@@ -22,7 +26,7 @@ def recency_weights(times: np.ndarray, boost: float, scale: float) -> np.ndarray
         return np.ones(len(times), np.float32)
     distinct = np.unique(times)  # ascending
     rank = len(distinct) - 1 - np.searchsorted(distinct, times)
-    return ((1.0 + boost * np.exp(-rank / scale)) / (1.0 + boost)).astype(np.float32)
+    return _weight(rank, boost, scale)
 
 
 def weigh_by_recency(r: sp.csr_matrix, times: sp.csr_matrix, boost: float, scale: float) -> sp.csr_matrix:
@@ -45,7 +49,7 @@ def weigh_by_recency(r: sp.csr_matrix, times: sp.csr_matrix, boost: float, scale
     dense -= np.maximum.accumulate(np.where(new_row, dense, 0))
     rank = np.empty(r.nnz, np.float64)
     rank[order] = dense
-    r.data *= ((1.0 + boost * np.exp(-rank / scale)) / (1.0 + boost)).astype(np.float32)
+    r.data *= _weight(rank, boost, scale)
     return r
 
 
