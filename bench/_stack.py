@@ -64,7 +64,7 @@ def pipeline(var: Path, *, dataset: str = "gowalla", limit: int | None = None, s
         ns = Neo4jSettings(uri=f"bolt://127.0.0.1:{stack.neo4j_port}")
         driver = connect(ns)
         migrate(driver, gs)
-        root = DataSettings().datasets_dir / dataset
+        root = DataSettings().dataset_dir(dataset)
         if dataset not in DATASETS:
             raise SystemExit(f"unknown dataset {dataset}")
         bar = tqdm(total=limit or EVENTS.get(dataset), desc=f"loading {dataset}", unit="ev")

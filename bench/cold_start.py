@@ -28,6 +28,7 @@ from rich.console import Console
 
 from bench._common import emit_result, rounded
 from bench._served import engine_metrics, index_config, served_engine
+from graphdb.dataset_paths import find_dataset
 from workers.baselines import fit_random
 from workers.data import InteractionGraph
 from workers.datasets import load_amazon_office
@@ -112,14 +113,14 @@ def run_cold_start(graph: InteractionGraph, item_text: torch.Tensor | None, ms: 
             "device": str(pick_device(ts.device))}
 
 
-def main(data_dir: Path = typer.Option(Path("../shared/datasets")),
+def main(data_dir: Path = typer.Option(None, help="folder holding the datasets (default: as the loaders)"),
          fraction: float = typer.Option(0.2, help="share of items held out as new"),
          text_cache: Path = typer.Option(WorkerSettings().text_cache_dir),
          threads: int = typer.Option(2), out: Path = typer.Option(None)):
     """The served configuration comes from the environment, as the live service's does (IG_EMBEDDING_DIM,
     IG_MODEL_*, IG_TRAIN_*)."""
     set_threads(threads)
-    graph, _ = load_amazon_office(data_dir / "amazon-office")
+    graph, _ = load_amazon_office(find_dataset("amazon-office", data_dir))
     text = TextEncoder(text_cache).encode(graph.item_text, progress=True)
     emit_result(run_cold_start(graph, text, ModelSettings(), TrainSettings(threads=threads), fraction), out)
 

@@ -151,7 +151,7 @@ def main(
 
 def _external_users(p, dataset: str, key: str) -> list[str]:
     """External ids of the users in the graph (it holds pseudonyms): the dataset's ids that are present."""
-    ids = sorted({e["user_id"] for e in DATASETS[dataset].events(DataSettings().datasets_dir / dataset)})
+    ids = sorted({e["user_id"] for e in DATASETS[dataset].events(DataSettings().dataset_dir(dataset))})
     present = {r["id"] for r in p.driver.execute_query("MATCH (u:User) RETURN u.id AS id").records}
     return [u for u in ids if pseudonymise(key, u) in present]
 

@@ -142,7 +142,7 @@ def _incremental(p) -> dict:
 
 
 def _dataset_users(dataset: str, limit: int | None):
-    events = DATASETS[dataset].events(DataSettings().datasets_dir / dataset)
+    events = DATASETS[dataset].events(DataSettings().dataset_dir(dataset))
     for k, e in enumerate(events):
         if limit is not None and k >= limit:
             return

@@ -127,7 +127,7 @@ def main(
         result["ratio"] = round(result["batched_eps"] / result["naive_eps"], 1)
 
         if gowalla:
-            root = DataSettings().datasets_dir / "gowalla"
+            root = DataSettings().dataset_dir("gowalla")
             wipe(driver)
             bar = tqdm(total=810_128, desc="gowalla, loader", unit="ev")
             started = time.perf_counter()

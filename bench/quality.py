@@ -27,6 +27,7 @@ from rich.console import Console
 from bench._common import emit_result, rounded
 from bench._implicit import fit_implicit
 from bench._served import engine_metrics, index_config, served_engine
+from graphdb.dataset_paths import find_dataset
 from workers.baselines import fit_gfcf, fit_popularity
 from workers.datasets import Split, load_split
 from workers.embed import served_vectors
@@ -129,7 +130,8 @@ def _served(split: Split, ms: ModelSettings, ts: TrainSettings, progress: bool):
 
 def main(dataset: str = typer.Option("gowalla", help="gowalla (its split) | amazon-office | amazon-hin (leave "
                                                      "last out)"),
-         data_dir: Path = typer.Option(Path("../shared/datasets"), help="folder holding the datasets"),
+         data_dir: Path = typer.Option(None, help="folder holding the datasets (default: IG_DATASETS_DIR, "
+                                                  "../shared/datasets, then data/)"),
          budget_min: float = typer.Option(20.0, help="wall-clock budget of LightGCN, minutes"),
          models: str = typer.Option(",".join(ALL_MODELS), help="comma-separated subset to run"),
          threads: int = typer.Option(2), out: Path = typer.Option(None, help="also write RESULT JSON here")):
@@ -138,7 +140,7 @@ def main(dataset: str = typer.Option("gowalla", help="gowalla (its split) | amaz
     set_threads(threads)
     if dataset not in DATASETS:
         raise typer.BadParameter(f"unknown dataset {dataset!r} (one of {', '.join(DATASETS)})")
-    split = load_split(dataset, data_dir)
+    split = load_split(dataset, find_dataset(dataset, data_dir))
     ms, ts = ModelSettings(), TrainSettings(threads=threads, budget_min=budget_min)
     names = tuple(m.strip() for m in models.split(",") if m.strip())
     unknown = set(names) - set(ALL_MODELS)

@@ -52,6 +52,7 @@ import numpy as np
 
 from bench._common import emit_result
 from graphdb import localstack
+from graphdb.dataset_paths import find_dataset
 from graphdb.settings import EMBEDDING_DIM, LocalStackSettings
 from server.front import available as front_built
 from server.index import IndexParams, ItemIndex, LabelMap, normalise
@@ -89,7 +90,7 @@ def synthetic(n: int, dim: int, seed: int = 0) -> np.ndarray:
     return out
 
 
-def gowalla_items(data_dir: Path, dim: int) -> np.ndarray:
+def gowalla_items(data_dir: Path | None, dim: int) -> np.ndarray:
     """gowalla's item vectors as the served model embeds them (its spectral fit at the served settings, without
     the validation selection, to keep the run short)."""
     from workers.datasets import load_gowalla
@@ -97,7 +98,7 @@ def gowalla_items(data_dir: Path, dim: int) -> np.ndarray:
     from workers.settings import ModelSettings, TrainSettings
     from workers.train_served import fit_served
 
-    split = load_gowalla(data_dir / "gowalla")
+    split = load_gowalla(find_dataset("gowalla", data_dir))
     model = fit_served(split.train, ModelSettings(dim=dim, select_filter=False), TrainSettings(), progress=False).model
     _, items = served_vectors(model, split.train)
     return np.ascontiguousarray(items.numpy())
@@ -583,7 +584,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=EMBEDDING_DIM, help="the served width (IG_EMBEDDING_DIM)")
     parser.add_argument("--compare-dim", type=int, default=64, help="also run the synthetic set at this width "
                         "(0 = not): the previous served width, in the same run")
-    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "datasets")
+    parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=6.0, help="per concurrency level")
     defaults = ServerSettings(snapshot_dir=None, redis_url=None)

@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from graphdb.dataset_paths import find_dataset
+
 
 class Neo4jSettings(BaseSettings):
     """Where the graph lives. Any ``bolt://`` or ``neo4j://`` (routing, for clusters) URI works."""
@@ -67,8 +69,12 @@ class GraphSettings(BaseSettings):
 
 
 class DataSettings(BaseSettings):
-    """Where the shared datasets live (read-only)."""
+    """Where the research datasets live (read-only)."""
 
     model_config = SettingsConfigDict(env_prefix="IG_", frozen=True, extra="ignore")
 
-    datasets_dir: Path = Path("../shared/datasets")
+    # Searched first; then ../shared/datasets next to the checkout, then the repository's data/ (graphdb.dataset_paths).
+    datasets_dir: Path | None = None
+
+    def dataset_dir(self, name: str) -> Path:
+        return find_dataset(name, self.datasets_dir)

@@ -14,9 +14,9 @@ import pytest
 from graphdb import localstack
 from graphdb.driver import connect
 from graphdb.schema import migrate, wipe
-from graphdb.settings import GraphSettings, LocalStackSettings, Neo4jSettings
+from graphdb.settings import DataSettings, GraphSettings, LocalStackSettings, Neo4jSettings
 
-DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+SLICES = Path(__file__).resolve().parent / "data"  # small slices of gowalla and amazon-hin (tests/data/README.md)
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,11 @@ def graph(neo4j_driver):
 
 
 @pytest.fixture(scope="session")
-def datasets() -> Path:
-    if not DATASETS.is_dir():
-        pytest.fail(f"the shared datasets are expected at {DATASETS}")
-    return DATASETS
+def office_root() -> Path:
+    """amazon-office, found as the service finds it: IG_DATASETS_DIR, ../shared/datasets, then the bundled data/."""
+    return DataSettings().dataset_dir("amazon-office")
+
+
+@pytest.fixture(scope="session")
+def slices() -> Path:
+    return SLICES

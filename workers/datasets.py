@@ -162,13 +162,13 @@ def leave_last_out(graph: InteractionGraph, name: str) -> Split:
     return Split(graph.with_interactions(train, graph.interaction_types()[0][1], times), test, name)
 
 
-def load_split(name: str, data_dir: Path) -> Split:
-    """A benchmark split by dataset name: gowalla (its own split), amazon-office / amazon-hin (leave last out)."""
-    data_dir = Path(data_dir)
+def load_split(name: str, root: Path) -> Split:
+    """A benchmark split by dataset name, read from the dataset's folder ``root``: gowalla (its own split),
+    amazon-office / amazon-hin (leave last out)."""
     if name == "gowalla":
-        return load_gowalla(data_dir / "gowalla")
+        return load_gowalla(root)
     if name == "amazon-office":
-        return leave_last_out(load_amazon_office(data_dir / "amazon-office")[0], name)
+        return leave_last_out(load_amazon_office(root)[0], name)
     if name == "amazon-hin":
-        return leave_last_out(load_amazon_hin(data_dir / "amazon-hin"), name)
+        return leave_last_out(load_amazon_hin(root), name)
     raise InvalidInput(f"unknown dataset {name!r} (gowalla, amazon-office, amazon-hin)")

@@ -167,7 +167,7 @@ def backfill(rt: Runtime, dataset: str, limit: int | None = None) -> dict:
     if dataset not in DATASETS:
         raise InvalidInput(f"unknown dataset {dataset!r}; expected one of {', '.join(sorted(DATASETS))}")
     t0 = time.perf_counter()
-    result = load_dataset(rt.driver, rt.graph, dataset, rt.data.datasets_dir / dataset, limit=limit,
+    result = load_dataset(rt.driver, rt.graph, dataset, rt.data.dataset_dir(dataset), limit=limit,
                           database=rt.database)
     return {"dataset": dataset, "accepted": result.accepted, "duplicates": result.duplicates,
             "rejected": len(result.rejected), "s": round(time.perf_counter() - t0, 2)}

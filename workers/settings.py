@@ -100,7 +100,6 @@ class WorkerSettings(BaseSettings):
 
     model_dir: Path = Path("var/models")  # the live service's versions (train task, roll-out, roll-back)
     offline_model_dir: Path = Path("var/offline-models")  # `interest model train` on dataset files
-    data_dir: Path = Path("../shared/datasets")
     text_cache_dir: Path = Path("var/text-cache")
     # Celery: Redis broker and result store; queues "gpu" (embedding, training) and "cpu" (maintenance).
     broker_url: str = "redis://127.0.0.1:6379/1"

@@ -25,7 +25,7 @@ from workers.recompute import full_vectors, recompute_marked
 from workers.settings import ModelSettings, TrainSettings, WorkerSettings
 
 T0 = 1_700_000_000.0
-DATASETS = DataSettings().datasets_dir
+DATASETS = DataSettings().dataset_dir("amazon-office").parent
 
 
 def _env(stack, graph_settings, tmp_path, redis_port: int | None = None, **extra):

@@ -46,7 +46,7 @@ def _write_gowalla(folder, split):
 def tiny_gowalla(tmp_path, monkeypatch):
     split, _ = planted(seed=7)
     _write_gowalla(tmp_path / "data" / "gowalla", split)
-    monkeypatch.setenv("IG_WORKER_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("IG_DATASETS_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("IG_WORKER_MODEL_DIR", str(tmp_path / "live-models"))
     monkeypatch.setenv("IG_WORKER_OFFLINE_MODEL_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("IG_EMBEDDING_DIM", "8")
