@@ -26,6 +26,7 @@ system:
 $(STAMP): pyproject.toml
 	@command -v uv >/dev/null || python3 -m pip install -q uv
 	@test -x $(PY) || uv venv -q -p python3.11 $(VENV)
+	@echo "installing the Python packages into $(VENV) (uv; torch makes it minutes the first time)"
 	VIRTUAL_ENV=$(VENV) uv pip install -q -e ".[dev]"
 	@touch $(STAMP)
 
@@ -33,11 +34,12 @@ $(STAMP): pyproject.toml
 # Without a Rust toolchain the server runs on grpc's Python server alone (IG_SERVER_FRONT=auto).
 $(FRONT): $(STAMP) server/native/Cargo.toml server/native/Cargo.lock server/native/src/lib.rs
 	@if command -v cargo >/dev/null || test -x $$HOME/.cargo/bin/cargo; then \
+	  echo "building the server's native gRPC front end (server/native, Rust; about 30 s the first time)"; \
 	  PATH="$$HOME/.cargo/bin:$$PATH" VIRTUAL_ENV=$(VENV) uv pip install -q ./server/native && touch $@; \
 	else echo "no Rust toolchain (cargo): the server will use grpc's Python server (IG_SERVER_FRONT=auto)"; fi
 
 proto: $(STAMP)
-	$(PY) -m proto.generate
+	@$(PY) -m proto.generate
 
 # Maven fetches the Neo4j jars once into ~/.m2; their classpath is remembered in ~/.cache/interest-graph.
 neo4j-jars: $(STAMP)

@@ -26,9 +26,10 @@ from rich.table import Table
 
 from graphdb import localstack
 from graphdb.driver import connect
+from graphdb.errors import InvalidInput
 from graphdb.loaders import DATASETS, load_dataset
 from graphdb.pseudonym import pseudonymise
-from graphdb.schema import migrate
+from graphdb.schema import DIRTY, migrate
 from graphdb.settings import DataSettings, GraphSettings, LocalStackSettings, Neo4jSettings
 from graphdb.stats import graph_counts
 from proto.interest.v1 import interest_pb2 as pb
@@ -71,7 +72,9 @@ _ANY_ITEMS = "MATCH (i:Item) WHERE i.id STARTS WITH $prefix RETURN i.id AS id OR
 
 
 def _step(msg: str) -> None:
-    console.rule(f"[bold]{msg}")
+    # A heading that wraps on a narrow terminal (a rule would cut it at the width).
+    console.print()
+    console.print(f"[bold]━━ {msg}[/bold]")
 
 
 def _watch(app, name: str, kwargs: dict, label: str) -> dict:
@@ -109,21 +112,26 @@ def _items_table(title: str, answer, names: dict[str, str]) -> Table:
     return t
 
 
-def run(dataset: str = typer.Option("amazon-office", help="amazon-office | amazon-hin | gowalla"),
-        budget_min: float = typer.Option(2.0, help="training budget, minutes"),
-        port: int = typer.Option(None, help="gRPC port (default IG_SERVER_PORT)")) -> None:
-    """Run the whole service on the local stack and show it working through the gRPC API."""
+def run(dataset: str, budget_min: float, port: int | None) -> None:
+    """Run the whole service on the local stack and show it working through the gRPC API (``interest demo``)."""
     if dataset not in DATASETS:
-        raise typer.BadParameter(f"unknown dataset {dataset!r}")
+        raise typer.BadParameter(f"unknown dataset {dataset!r} (one of {', '.join(DATASETS)})")
+    # The data first: a missing dataset fails here, in one line, before anything starts.
+    try:
+        root = DataSettings().dataset_dir(dataset)
+    except InvalidInput as exc:
+        console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(1) from None
     t_start = time.monotonic()
     stack, ns, gs, ws = LocalStackSettings(), Neo4jSettings(), GraphSettings(), WorkerSettings()
     ss = ServerSettings()
     port = port or ss.port
     logs = Path(stack.var_dir) / "logs"
 
+    console.print(f"data: {dataset} from {root}", soft_wrap=True)
     _step("1. local stack: Neo4j and Redis")
     for name, svc in localstack.up(stack).items():
-        console.print(f"{name}: {svc}")
+        console.print(f"{name}: 127.0.0.1:{svc.port} (pid {svc.pid()}, log {svc.log_file})")
     driver = connect(ns)
     migrate(driver, gs)
 
@@ -145,12 +153,14 @@ def run(dataset: str = typer.Option("amazon-office", help="amazon-office | amazo
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console) as bar:
             task = bar.add_task("events", total=EVENTS.get(dataset))
-            loaded = load_dataset(driver, gs, dataset, DataSettings().datasets_dir / dataset,
+            loaded = load_dataset(driver, gs, dataset, root,
                                   progress=lambda n: bar.advance(task, n))
         console.print(f"{loaded.accepted:,} new events, {loaded.duplicates:,} already there (idempotent reload)")
         counts = graph_counts(driver)
+        waiting = counts["nodes"].pop(DIRTY, 0)
         for kind in ("nodes", "relationships"):
             console.print(f"{kind}: " + ", ".join(f"{k} {v:,}" for k, v in counts[kind].items()))
+        console.print(f"{waiting:,} users and items wait for their first vector (the model is not trained yet)")
 
         _step("4. training the model on the live graph (worker task, queue gpu; CPU here)")
         trained = _watch(app, "interest.train", {"budget_min": budget_min}, "train")
@@ -172,7 +182,7 @@ def run(dataset: str = typer.Option("amazon-office", help="amazon-office | amazo
             prefix = PREFIX[dataset] + ":"  # the loaders prefix ids with the dataset; the graph may hold several
             _wait_version(stub, driver, rebuilt["active"], prefix)
             _similar(stub, driver, prefix)
-            users = _dataset_users(dataset)
+            users = _dataset_users(dataset, root)
             _recommend(stub, driver, users)
             _live(stub, driver, gs, users, prefix)
     finally:
@@ -205,10 +215,10 @@ def _similar(stub, driver, prefix: str) -> None:
                                    f"{rec['category']})", answer, names))
 
 
-def _dataset_users(dataset: str) -> Counter:
+def _dataset_users(dataset: str, root: Path) -> Counter:
     """Events per external user id in the dataset's files (the graph holds only pseudonyms, and may hold
     other datasets' users too)."""
-    return Counter(e["user_id"] for e in DATASETS[dataset].events(DataSettings().datasets_dir / dataset))
+    return Counter(e["user_id"] for e in DATASETS[dataset].events(root))
 
 
 def _recommend(stub, driver, users: Counter) -> None:
@@ -260,9 +270,3 @@ def _live(stub, driver, gs: GraphSettings, users: Counter, prefix: str) -> None:
                   f"{changed} of 5 recommendations changed")
 
 
-def main() -> None:  # pragma: no cover - `python -m cli.demo`
-    typer.run(run)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

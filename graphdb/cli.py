@@ -7,17 +7,11 @@ import time
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
-from graphdb import localstack
-from graphdb.driver import connect
 from graphdb.errors import InterestError
-from graphdb.loaders import DATASETS, load_dataset
-from graphdb.pseudonym import pseudonymise
-from graphdb.schema import migrate
-from graphdb.settings import DataSettings, GraphSettings, LocalStackSettings, Neo4jSettings
-from graphdb.stats import graph_counts
+
+# The driver, the loaders and even the settings (pydantic) are imported by the commands that use them, so
+# `interest --help` answers at once.
 
 console = Console()
 stack_app = typer.Typer(help="The local stack: embedded Neo4j and a loopback redis-server.", no_args_is_help=True)
@@ -32,6 +26,9 @@ def _fail(exc: InterestError) -> None:
 @stack_app.command("up")
 def stack_up() -> None:
     """Start Neo4j and Redis (what already runs is left alone) and wait until both answer."""
+    from graphdb import localstack
+    from graphdb.settings import LocalStackSettings
+
     settings = LocalStackSettings()
     try:
         started = time.monotonic()
@@ -46,12 +43,19 @@ def stack_up() -> None:
 @stack_app.command("down")
 def stack_down() -> None:
     """Stop Neo4j (clean shutdown) and Redis."""
+    from graphdb import localstack
+    from graphdb.settings import LocalStackSettings
+
     for name, was_running in localstack.down(LocalStackSettings()).items():
         console.print(f"{name}: {'stopped' if was_running else 'was not running'}")
 
 
 @stack_app.command("status")
 def stack_status() -> None:
+    """Whether Neo4j and Redis run, on which ports."""
+    from graphdb import localstack
+    from graphdb.settings import LocalStackSettings
+
     for name, st in localstack.status(LocalStackSettings()).items():
         console.print(f"{name}: {'running' if st['running'] else 'stopped'} port {st['port']} pid {st['pid']}")
 
@@ -59,6 +63,10 @@ def stack_status() -> None:
 @graph_app.command("migrate")
 def graph_migrate() -> None:
     """Create constraints and indexes (idempotent)."""
+    from graphdb.driver import connect
+    from graphdb.schema import migrate
+    from graphdb.settings import GraphSettings, Neo4jSettings
+
     try:
         with connect(Neo4jSettings()) as driver:
             console.print(f"schema version {migrate(driver, GraphSettings())}")
@@ -68,13 +76,20 @@ def graph_migrate() -> None:
 
 @graph_app.command("load")
 def graph_load(
-    dataset: str = typer.Argument(..., help=f"one of: {', '.join(DATASETS)}"),
+    dataset: str = typer.Argument(..., help="one of: gowalla, amazon-hin, amazon-office"),
     limit: int = typer.Option(None, help="load at most this many events"),
 ) -> None:
-    """Load a shared dataset through the ingestion path, with progress."""
+    """Load a research dataset through the ingestion path, with progress."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from graphdb.driver import connect
+    from graphdb.loaders import DATASETS, load_dataset
+    from graphdb.schema import migrate
+    from graphdb.settings import DataSettings, GraphSettings, Neo4jSettings
+
     gs, data = GraphSettings(), DataSettings()
-    root = data.datasets_dir / dataset
     try:
+        root = data.dataset_dir(dataset)
         with connect(Neo4jSettings()) as driver:
             migrate(driver, gs)
             total = DATASETS[dataset].count_events(root) if dataset in DATASETS else 0
@@ -102,6 +117,12 @@ def graph_load(
 @graph_app.command("stats")
 def graph_stats(as_json: bool = typer.Option(False, "--json")) -> None:
     """Counts of nodes, relationships and events in the graph."""
+    from rich.table import Table
+
+    from graphdb.driver import connect
+    from graphdb.settings import Neo4jSettings
+    from graphdb.stats import graph_counts
+
     try:
         with connect(Neo4jSettings()) as driver:
             counts = graph_counts(driver)
@@ -120,6 +141,8 @@ def graph_stats(as_json: bool = typer.Option(False, "--json")) -> None:
 def _parse_params(params: list[str], user_params: list[str], key: str) -> dict:
     """``name=value`` pairs: a value that parses as JSON is used as such (numbers, lists, quoted strings),
     anything else as a plain string; ``--user-param`` values are external user ids, pseudonymised."""
+    from graphdb.pseudonym import pseudonymise
+
     out: dict = {}
     for raw, is_user in [(p, False) for p in params] + [(p, True) for p in user_params]:
         name, sep, value = raw.partition("=")
@@ -150,6 +173,10 @@ def graph_query(
 ) -> None:
     """Run a read-only Cypher query (as an analyst would) with parameters and print the rows."""
     import neo4j
+    from rich.table import Table
+
+    from graphdb.driver import connect
+    from graphdb.settings import GraphSettings, Neo4jSettings
 
     params = _parse_params(param, user_param, GraphSettings().pseudonym_key.get_secret_value() if user_param else "")
     try:

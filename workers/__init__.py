@@ -1,0 +1,7 @@
+"""Embedding workers: datasets, models, training, the live recompute and the Celery tasks."""
+
+import warnings
+
+# PyG 2.8 applies torch.jit.script at import time, which torch 2.15 reports as deprecated on every process start:
+# a warning about PyG's internals that no user of ours can act on. Silenced by its exact text only.
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)

@@ -18,12 +18,11 @@ import torch
 from graphdb.errors import InvalidInput, NotFound
 from workers.data import InteractionGraph
 from workers.files import atomic_write
+from workers.kinds import MODEL_KINDS
 from workers.models.hetero_gnn import HeteroGNN
 from workers.models.spectral_sage import SpectralSAGE
 
 FORMAT = 1
-MODEL_KINDS = ("spectral-sage", "hetero-sage", "hetero-gcn", "hetero-gin")
-"""What ``--model`` accepts: the served encoder and the K-layer heterogeneous ones (offline only)."""
 EmbeddingModel = SpectralSAGE | HeteroGNN
 
 

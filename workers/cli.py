@@ -12,26 +12,32 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 import typer
 from rich.console import Console
 
 from graphdb.errors import InterestError
-from workers.checkpoint import MODEL_KINDS, load_checkpoint, model_kind, resolve
-from workers.datasets import Split, load_split
-from workers.embed import embed_all, served_scorer, write_vectors
-from workers.metrics import rank_metrics
-from workers.runtime import set_threads
-from workers.settings import ModelSettings, TrainSettings, WorkerSettings
-from workers.training import item_texts, train_and_save
+from workers.kinds import MODEL_KINDS
+
+# torch and PyG take seconds to import (pydantic a few tenths): each command imports what it needs, so
+# `interest --help` answers at once.
+if TYPE_CHECKING:
+    import torch
+
+    from workers.datasets import Split
+    from workers.settings import WorkerSettings
 
 app = typer.Typer(help="Train, evaluate and export the served GNN embeddings.", no_args_is_help=True)
 console = Console(stderr=True)
 
 
 def _load(dataset: str, ws: WorkerSettings) -> tuple[Split, torch.Tensor | None]:
-    split = load_split(dataset, ws.data_dir)
+    from graphdb.settings import DataSettings
+    from workers.datasets import load_split
+    from workers.training import item_texts
+
+    split = load_split(dataset, DataSettings().dataset_dir(dataset))
     return split, item_texts(split.train, ws, progress=True)
 
 
@@ -44,6 +50,10 @@ def train(dataset: str = typer.Option("amazon-office", help="gowalla | amazon-of
           dim: int = typer.Option(None, help="embedding width"),
           model_dir: Path = typer.Option(None, help="where checkpoints go (default IG_WORKER_OFFLINE_MODEL_DIR)")):
     """Train an encoder on a dataset's training split, evaluate it, save a checkpoint."""
+    from workers.runtime import set_threads
+    from workers.settings import ModelSettings, TrainSettings, WorkerSettings
+    from workers.training import train_and_save
+
     if model not in MODEL_KINDS:
         raise typer.BadParameter(f"unknown model {model!r} (one of {', '.join(MODEL_KINDS)})")
     ms, ts, ws = ModelSettings(), TrainSettings(), WorkerSettings()
@@ -65,6 +75,12 @@ def train(dataset: str = typer.Option("amazon-office", help="gowalla | amazon-of
 def evaluate(dataset: str = typer.Option("amazon-office"), checkpoint: str = typer.Option("latest"),
              model_dir: Path = typer.Option(None)):
     """Recall@K / NDCG@K of a checkpoint (any model kind) on a dataset's test split."""
+    from workers.checkpoint import load_checkpoint, model_kind, resolve
+    from workers.embed import served_scorer
+    from workers.metrics import rank_metrics
+    from workers.runtime import set_threads
+    from workers.settings import TrainSettings, WorkerSettings
+
     ws, ts = WorkerSettings(), TrainSettings()
     set_threads(ts.threads)
     ck = load_checkpoint(resolve(model_dir or ws.offline_model_dir, checkpoint))
@@ -85,6 +101,11 @@ def embed_all_cmd(dataset: str = typer.Option("amazon-office"), checkpoint: str 
     To write the served vectors into Neo4j use `interest worker rebuild`: it embeds the live graph (whose
     user ids are pseudonyms, unlike the dataset files' ids) and switches the servers to the version.
     """
+    from workers.checkpoint import load_checkpoint, resolve
+    from workers.embed import embed_all, write_vectors
+    from workers.runtime import set_threads
+    from workers.settings import TrainSettings, WorkerSettings
+
     ws = WorkerSettings()
     set_threads(TrainSettings().threads)
     ck = load_checkpoint(resolve(model_dir or ws.offline_model_dir, checkpoint))

@@ -10,7 +10,8 @@ import scipy.sparse as sp
 import torch
 
 from graphdb.errors import InvalidInput
-from workers.checkpoint import MODEL_KINDS, save_checkpoint
+from workers.checkpoint import save_checkpoint
+from workers.kinds import MODEL_KINDS
 from workers.data import InteractionGraph
 from workers.embed import served_scorer
 from workers.metrics import rank_metrics
@@ -31,7 +32,7 @@ def train_and_save(graph: InteractionGraph, test: sp.csr_matrix | None, ms: Mode
                    ws: WorkerSettings, *, source: str, progress: bool = True,
                    item_text: torch.Tensor | None = None, version: str | None = None,
                    model: str = "spectral-sage") -> dict:
-    """Fit a ``model`` (a `workers.checkpoint.MODEL_KINDS` name) on ``graph``, score ``test`` (held-out
+    """Fit a ``model`` (a `workers.kinds.MODEL_KINDS` name) on ``graph``, score ``test`` (held-out
     interactions) when given, save; returns version and metrics."""
     text = item_text if item_text is not None else item_texts(graph, ws, progress)
     if model == "spectral-sage":
