@@ -27,6 +27,7 @@ class EdgeRow:
     item: str
     weight: float
     last_ts: float
+    first_ts: float | None = None  # read only where needed: the quality gate's split (workers.gate)
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,9 @@ RETURN uid AS user, items, weights, last, versions
 
 _ALL_EDGES = f"""
 MATCH (u:{USER})-[r:{_ITEM_RELS}]->(i:{ITEM})
-WITH u, collect(i.id) AS items, collect(r.weight) AS weights, collect(r.last_ts) AS last
-RETURN u.id AS user, items, weights, last
+WITH u, collect(i.id) AS items, collect(r.weight) AS weights, collect(r.last_ts) AS last,
+     collect(coalesce(r.first_ts, r.last_ts)) AS first
+RETURN u.id AS user, items, weights, last, first
 """
 
 _ITEM_FIELDS = f"""
@@ -124,8 +126,9 @@ def _item_row(r: neo4j.Record) -> ItemRow:
 
 def _edge_rows(r: neo4j.Record) -> Iterator[EdgeRow]:
     user = r["user"]
-    for item, w, t in zip(r["items"], r["weights"], r["last"]):
-        yield EdgeRow(user, item, float(w or 0.0), float(t or 0.0))
+    first = r["first"] if "first" in r.keys() else [None] * len(r["items"])
+    for item, w, t, f in zip(r["items"], r["weights"], r["last"], first):
+        yield EdgeRow(user, item, float(w or 0.0), float(t or 0.0), None if f is None else float(f))
 
 
 def user_edges(driver: neo4j.Driver, user_ids: Iterable[str], *, database: str = "neo4j",

@@ -22,6 +22,7 @@ TASK_QUEUES = {
     "interest.recompute": "gpu",
     "interest.rebuild": "gpu",
     "interest.train": "gpu",
+    "interest.retrain": "gpu",
     "interest.backfill": "cpu",
     "interest.snapshot": "cpu",
 }
@@ -52,6 +53,8 @@ def make_app(ws: WorkerSettings) -> Celery:
         worker_send_task_events=True,
         task_send_sent_event=True,
     )
+    if ws.retrain_period_s > 0:  # run by `celery -A workers.celery_app beat` (one per deployment)
+        app.conf.beat_schedule = {"retrain": {"task": "interest.retrain", "schedule": ws.retrain_period_s}}
     return app
 
 

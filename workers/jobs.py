@@ -27,6 +27,7 @@ from graphdb.model_state import active_model
 from graphdb.schema import ITEM, USER
 from graphdb.settings import DataSettings, GraphSettings, Neo4jSettings
 from workers.checkpoint import load_checkpoint, resolve
+from workers.gate import data_until, served_recall, split_after
 from workers.live import LiveEncoder, training_graph
 from workers.recompute import Context, RecomputeResult, rebuild, recompute_marked
 from workers.runtime import pick_device, set_threads
@@ -151,6 +152,11 @@ def train_from_graph(rt: Runtime, *, budget_min: float | None = None, epochs: in
     say("reading the graph")
     items = subgraph.all_items(rt.driver, database=rt.database)
     edges = subgraph.all_edges(rt.driver, database=rt.database)
+    return _train_on(rt, edges, items, budget_min=budget_min, epochs=epochs, say=say, version=version)
+
+
+def _train_on(rt: Runtime, edges: list[subgraph.EdgeRow], items: list[subgraph.ItemRow], *,
+              budget_min: float | None, epochs: int | None, say: Progress, version: str | None) -> dict:
     if not edges:
         raise FailedPrecondition("the graph has no interactions to train on")
     graph = training_graph(edges, items)
@@ -159,7 +165,44 @@ def train_from_graph(rt: Runtime, *, budget_min: float | None = None, epochs: in
     ts = rt.train.model_copy(update={k: v for k, v in {"budget_min": budget_min, "max_epochs": epochs}.items()
                                      if v is not None})
     set_threads(ts.threads)
-    return train_and_save(graph, None, ms, ts, rt.worker, source="graph", progress=False, version=version)
+    return train_and_save(graph, None, ms, ts, rt.worker, source="graph", progress=False, version=version,
+                          facts={"data_until": data_until(edges)})
+
+
+def retrain(rt: Runtime, *, budget_min: float | None = None, epochs: int | None = None,
+            progress: Progress | None = None, version: str | None = None) -> dict:
+    """The scheduled retrain: a new version trained on the live graph, rolled out only through the quality gate
+    (`workers.gate`): its Recall@K on the pairs first met since the active version's data must be at least the
+    active version's on the same split. Without an active version, the first one rolls out as it is."""
+    say = progress or (lambda _m: None)
+    state = active_model(rt.driver, database=rt.database)
+    if state is None:
+        trained = train_from_graph(rt, budget_min=budget_min, epochs=epochs, progress=say, version=version)
+        rolled = rebuild_version(rt, trained["version"])
+        return {"version": trained["version"], "rolled_out": True, "gate": "no active version", **rolled}
+    active = rt.encoder(state.version)
+    cut = active.ck.metrics.get("data_until")
+    if cut is None:
+        raise FailedPrecondition(f"the active version {state.version} records no data_until (trained before the "
+                                 "quality gate): train and roll out one version by hand first")
+    say("reading the graph")
+    items = subgraph.all_items(rt.driver, database=rt.database)
+    split = split_after(subgraph.all_edges(rt.driver, database=rt.database), float(cut))
+    out: dict = {"was_active": state.version, "held_users": len(split.held),
+                 "held_pairs": sum(map(len, split.held.values()))}
+    if len(split.held) < rt.worker.gate_min_users:
+        return {**out, "rolled_out": False, "reason": f"{len(split.held)} shoppers met new items since the active "
+                f"version's data; the gate needs {rt.worker.gate_min_users} (IG_WORKER_GATE_MIN_USERS)"}
+    trained = _train_on(rt, split.train, items, budget_min=budget_min, epochs=epochs, say=say, version=version)
+    say("measuring both versions on the same split")
+    candidate = LiveEncoder(load_checkpoint(resolve(rt.worker.model_dir, trained["version"])), rt.model.user_cap,
+                            rt.graph.half_life_days, active.text_encoder, active.device)
+    k = rt.train.eval_k
+    new, old = served_recall(candidate, split, items, k), served_recall(active, split, items, k)
+    out.update({"version": trained["version"], f"recall@{k}": round(new, 6), f"active_recall@{k}": round(old, 6)})
+    if new < old:
+        return {**out, "rolled_out": False, "reason": "the new version ranks the held-out items worse"}
+    return {**out, "rolled_out": True, **rebuild_version(rt, trained["version"])}
 
 
 def backfill(rt: Runtime, dataset: str, limit: int | None = None) -> dict:

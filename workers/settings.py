@@ -113,6 +113,10 @@ class WorkerSettings(BaseSettings):
     recompute_batch: int = Field(default=20000, ge=1, description="marks taken by one recompute")
     # One recompute at a time (Redis lock); a lock whose holder died expires after this.
     lock_timeout_s: float = Field(default=60.0, gt=0)
+    # Scheduled retraining (Celery beat; 0 = none): a new version rolls out only through the quality gate
+    # (workers.gate), which needs this many shoppers with items first met since the active version's data.
+    retrain_period_s: float = Field(default=0.0, ge=0)
+    gate_min_users: int = Field(default=20, ge=1)
     # Redis (same instance the servers read): the embedding delta stream and the ingestion signal list.
     redis_url: str = "redis://127.0.0.1:6379/0"
     delta_stream: str = "ig:embeddings"

@@ -5,6 +5,7 @@
 | ``interest.recompute`` | gpu | ``limit`` | counts and timings of one incremental round |
 | ``interest.rebuild`` | gpu | ``version`` ("latest" or a version) | vectors written, active/previous version |
 | ``interest.train`` | gpu | ``budget_min``, ``epochs`` | the new version (not yet active) and its metrics |
+| ``interest.retrain`` | gpu | ``budget_min``, ``epochs`` | the gate's figures, and whether the new version rolled out |
 | ``interest.backfill`` | cpu | ``dataset``, ``limit`` | events accepted / duplicates / rejected |
 | ``interest.snapshot`` | cpu | ``out`` | file written with every vector of the active version |
 
@@ -68,6 +69,13 @@ def rebuild(self, version: str = "latest") -> dict:
 def train(self, budget_min: float | None = None, epochs: int | None = None) -> dict:
     # The version is named after the task: run twice (redelivery), it is one version, saved twice.
     return _run(jobs.train_from_graph, runtime(), budget_min=budget_min, epochs=epochs, progress=_progress(self),
+                version=f"spectral-sage-{self.request.id}")
+
+
+@app.task(name="interest.retrain", bind=True)
+def retrain(self, budget_min: float | None = None, epochs: int | None = None) -> dict:
+    """Celery beat's periodic job (IG_WORKER_RETRAIN_PERIOD_S): train, and roll out through the quality gate."""
+    return _run(jobs.retrain, runtime(), budget_min=budget_min, epochs=epochs, progress=_progress(self),
                 version=f"spectral-sage-{self.request.id}")
 
 

@@ -31,9 +31,10 @@ def item_texts(graph: InteractionGraph, ws: WorkerSettings, progress: bool = Fal
 def train_and_save(graph: InteractionGraph, test: sp.csr_matrix | None, ms: ModelSettings, ts: TrainSettings,
                    ws: WorkerSettings, *, source: str, progress: bool = True,
                    item_text: torch.Tensor | None = None, version: str | None = None,
-                   model: str = "spectral-sage") -> dict:
+                   model: str = "spectral-sage", facts: dict | None = None) -> dict:
     """Fit a ``model`` (a `workers.kinds.MODEL_KINDS` name) on ``graph``, score ``test`` (held-out
-    interactions) when given, save; returns version and metrics."""
+    interactions) when given, save; returns version and metrics. ``facts`` are recorded with the metrics (the
+    live graph's ``data_until``, which the quality gate reads)."""
     text = item_text if item_text is not None else item_texts(graph, ws, progress)
     if model == "spectral-sage":
         fitted = fit_served(graph, ms, ts, item_text=text, progress=progress)
@@ -46,7 +47,7 @@ def train_and_save(graph: InteractionGraph, test: sp.csr_matrix | None, ms: Mode
     if test is not None:
         metrics = rank_metrics(served_scorer(fitted.model, graph, text), graph.interactions(), test, k=ts.eval_k)
     metrics.update({"source": source, "train_s": round(fitted.train_s, 2), "history": fitted.history,
-                    "users": graph.num_users, "items": graph.num_items})
+                    "users": graph.num_users, "items": graph.num_items, **(facts or {})})
     path = save_checkpoint(ws.model_dir, fitted.model, graph, ms.model_dump(), ts.model_dump(), metrics,
                            item_text=text, version=version)
     return {"version": path.parent.name, "checkpoint": str(path),

@@ -26,6 +26,17 @@ def run(queues: str = typer.Option("gpu,cpu", help="queues to consume"),
                      *pool])
 
 
+@worker_app.command("beat")
+def beat(loglevel: str = typer.Option("INFO")) -> None:
+    """Celery beat: queue a gated retrain every IG_WORKER_RETRAIN_PERIOD_S seconds (one per deployment)."""
+    from workers.celery_app import app, settings
+
+    if settings.retrain_period_s <= 0:
+        console.print("[red]error:[/red] IG_WORKER_RETRAIN_PERIOD_S is 0: nothing to schedule")
+        raise typer.Exit(1)
+    app.Beat(loglevel=loglevel).run()
+
+
 @worker_app.command("scheduler")
 def scheduler() -> None:
     """Queue a recompute on each ingestion signal and periodically while marks wait."""
@@ -80,6 +91,13 @@ def submit_train(budget_min: float = typer.Option(None), epochs: int = typer.Opt
                  timeout_s: float = _TIMEOUT) -> None:
     """Train a new model version on the live graph (not yet active: see rebuild)."""
     _submit("interest.train", {"budget_min": budget_min, "epochs": epochs}, wait, timeout_s)
+
+
+@worker_app.command("retrain")
+def submit_retrain(budget_min: float = typer.Option(None), epochs: int = typer.Option(None), wait: bool = _WAIT,
+                   timeout_s: float = _TIMEOUT) -> None:
+    """Train a new version and roll it out only if the quality gate passes (what Celery beat runs)."""
+    _submit("interest.retrain", {"budget_min": budget_min, "epochs": epochs}, wait, timeout_s)
 
 
 @worker_app.command("rebuild")
