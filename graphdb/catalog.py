@@ -7,7 +7,7 @@ Category facets include every ancestor, so filtering on "Electronics" keeps item
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import neo4j
 from neo4j.exceptions import ServiceUnavailable, SessionExpired
@@ -49,7 +49,7 @@ RETURN i.id AS id, cats, collect(DISTINCT b.id) AS brands
 """
 
 
-def _run(driver: neo4j.Driver, query: str, database: str, **params) -> list[neo4j.Record]:
+def _run(driver: neo4j.Driver, query: str, database: str, **params: Any) -> list[neo4j.Record]:
     try:
         records, _, _ = driver.execute_query(query, params, database_=database, routing_="r")
     except (ServiceUnavailable, SessionExpired) as exc:
@@ -110,7 +110,7 @@ def purchased_items(driver: neo4j.Driver, pseudonym: str, *, database: str = "ne
 
 
 def user_exists(driver: neo4j.Driver, pseudonym: str, *, database: str = "neo4j") -> bool:
-    return _run(driver, _USER_EXISTS, database, user=pseudonym)[0]["n"] > 0
+    return bool(_run(driver, _USER_EXISTS, database, user=pseudonym)[0]["n"] > 0)
 
 
 _LATEST_VERSION = f"""

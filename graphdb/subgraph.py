@@ -9,7 +9,7 @@ without fetching the vector itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import neo4j
 
@@ -108,8 +108,10 @@ RETURN n.id AS id, n.embedding AS vector, n.emb_version AS version, n.emb_update
 _STORED = {label: _stored_query(label) for label in NODE_LABELS}
 
 
-def _read(driver: neo4j.Driver, query: str, database: str, **params) -> list[neo4j.Record]:
-    return driver.execute_query(query, database_=database, routing_=neo4j.RoutingControl.READ, **params).records
+def _read(driver: neo4j.Driver, query: str, database: str, **params: Any) -> list[neo4j.Record]:
+    records: list[neo4j.Record] = driver.execute_query(query, database_=database, routing_=neo4j.RoutingControl.READ,
+                                                       **params).records
+    return records
 
 
 def _chunks(ids: Sequence[str], size: int) -> Iterator[list[str]]:
