@@ -13,8 +13,7 @@ import neo4j
 from neo4j.exceptions import ServiceUnavailable, SessionExpired
 
 from graphdb.errors import Unavailable
-from graphdb.schema import (BRAND, CATEGORY, HAS_BRAND, IN_CATEGORY, ITEM, ITEM_INTERACTIONS, REL_FOR_EVENT,
-                            SUBCATEGORY_OF, USER)
+from graphdb.schema import BRAND, CATEGORY, HAS_BRAND, IN_CATEGORY, ITEM, ITEM_INTERACTIONS, REL_FOR_EVENT, SUBCATEGORY_OF, USER
 
 # Strength of each behaviour when ranking popular items: buying says more than looking.
 POPULARITY_WEIGHTS = {REL_FOR_EVENT["view"]: 1.0, REL_FOR_EVENT["click"]: 1.0, REL_FOR_EVENT["add_to_cart"]: 3.0,

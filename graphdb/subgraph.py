@@ -13,8 +13,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import neo4j
 
-from graphdb.schema import (BRAND, CATEGORY, HAS_BRAND, IN_CATEGORY, ITEM, ITEM_INTERACTIONS, NODE_LABELS, QUERY,
-                            SUBCATEGORY_OF, USER)
+from graphdb.schema import BRAND, CATEGORY, HAS_BRAND, IN_CATEGORY, ITEM, ITEM_INTERACTIONS, NODE_LABELS, QUERY, SUBCATEGORY_OF, USER
 
 _ITEM_RELS = "|".join(ITEM_INTERACTIONS)
 

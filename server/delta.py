@@ -12,8 +12,8 @@ import time
 from typing import Any, Awaitable, Callable
 
 import numpy as np
-from numpy.typing import ArrayLike
 import redis.asyncio as aioredis
+from numpy.typing import ArrayLike
 
 from proto.interest.v1 import interest_pb2 as pb
 

@@ -21,7 +21,6 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 
-
 log = logging.getLogger(__name__)
 
 # Index searches take well under a millisecond, ingestion batches up to seconds.

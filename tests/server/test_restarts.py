@@ -32,8 +32,8 @@ from graphdb.settings import GraphSettings, LocalStackSettings, Neo4jSettings
 from proto.interest.v1 import interest_pb2 as pb
 from proto.interest.v1 import interest_pb2_grpc as pb_grpc
 from server.delta import FIELD, connect_redis, encode_upsert
-from server.lifecycle import Lifecycle
 from server.index import normalise
+from server.lifecycle import Lifecycle
 from tests.server.conftest import base_settings, start_harness
 
 ROOT = Path(__file__).resolve().parents[2]
