@@ -64,17 +64,21 @@ test: setup
 # venv's interpreter; without a Rust toolchain the Rust half is skipped, as the front end is (see $(FRONT)).
 check: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	@export PATH="$$HOME/.cargo/bin:$$PATH"; \
 	if ! command -v cargo >/dev/null; then \
 	  echo "no Rust toolchain (cargo): clippy and the server/native tests are skipped"; exit 0; fi; \
 	cargo clippy --version >/dev/null 2>&1 || rustup component add clippy; \
-	export PYO3_PYTHON="$(abspath $(PY))"; \
-	export LD_LIBRARY_PATH="$$($(PY) -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}"; \
+	libdir="$$($(PY) -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')"; \
+	libpython="$$libdir/$$($(PY) -c 'import sysconfig; print(sysconfig.get_config_var("LDLIBRARY"))')"; \
+	test -e "$$libpython" || { echo "installing libpython-dev: the Rust tests link $$libpython"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    "libpython$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])')-dev" >/dev/null; }; \
+	export PYO3_PYTHON="$(abspath $(PY))" LD_LIBRARY_PATH="$$libdir$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}"; \
 	set -x; \
 	cargo clippy --manifest-path server/native/Cargo.toml --all-targets --no-default-features --locked -- -D warnings && \
 	cargo test --manifest-path server/native/Cargo.toml --no-default-features --locked
+	$(VENV)/bin/ruff format --check .
 
 bench-ingest: setup
 	$(PY) -m bench.ingest
