@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
 
 import typer
 from rich.console import Console
@@ -118,10 +117,10 @@ def graph_stats(as_json: bool = typer.Option(False, "--json")) -> None:
     console.print(table)
 
 
-def _parse_params(params: list[str], user_params: list[str], key: str) -> dict[str, Any]:
+def _parse_params(params: list[str], user_params: list[str], key: str) -> dict[str, object]:
     """``name=value`` pairs: a value that parses as JSON is used as such (numbers, lists, quoted strings),
     anything else as a plain string; ``--user-param`` values are external user ids, pseudonymised."""
-    out: dict[str, Any] = {}
+    out: dict[str, object] = {}
     for raw, is_user in [(p, False) for p in params] + [(p, True) for p in user_params]:
         name, sep, value = raw.partition("=")
         name = name.strip()
