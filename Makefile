@@ -9,7 +9,7 @@ CLI := $(PY) -m cli.main
 DATASET ?= amazon-office
 PYTEST_ARGS ?=
 
-.PHONY: setup system proto neo4j-jars demo test up down status bench-ingest bench-incremental bench-freshness clean
+.PHONY: setup system proto neo4j-jars demo test check up down status bench-ingest bench-incremental bench-freshness clean
 
 setup: system $(STAMP) $(FRONT) proto neo4j-jars
 
@@ -60,6 +60,27 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The habits of the trade, run by .ci/run before the tests: lint, formatting, types (pyproject.toml), and the native
+# front end's clippy and unit tests. Its tests link libpython (no extension-module feature), found through the
+# venv's interpreter; without a Rust toolchain the Rust half is skipped, as the front end is (see $(FRONT)).
+check: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	@export PATH="$$HOME/.cargo/bin:$$PATH"; \
+	if ! command -v cargo >/dev/null; then \
+	  echo "no Rust toolchain (cargo): clippy and the server/native tests are skipped"; exit 0; fi; \
+	cargo clippy --version >/dev/null 2>&1 || rustup component add clippy; \
+	libdir="$$($(PY) -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))')"; \
+	libpython="$$libdir/$$($(PY) -c 'import sysconfig; print(sysconfig.get_config_var("LDLIBRARY"))')"; \
+	test -e "$$libpython" || { echo "installing libpython-dev: the Rust tests link $$libpython"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    "libpython$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])')-dev" >/dev/null; }; \
+	export PYO3_PYTHON="$(abspath $(PY))" LD_LIBRARY_PATH="$$libdir$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}"; \
+	set -x; \
+	cargo clippy --manifest-path server/native/Cargo.toml --all-targets --no-default-features --locked -- -D warnings && \
+	cargo test --manifest-path server/native/Cargo.toml --no-default-features --locked
+	$(VENV)/bin/ruff format --check .
 
 bench-ingest: setup
 	$(PY) -m bench.ingest

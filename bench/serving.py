@@ -167,10 +167,10 @@ def rss_mb(pid: int) -> float:
 
 def engine_cost(index: ItemIndex, names: list[str], qpos: np.ndarray) -> float:
     """Microseconds per SimilarItems answer computed in-process by the serving engine (no gRPC)."""
+    from threadpoolctl import threadpool_limits
+
     from graphdb.settings import GraphSettings
     from server.engine import Engine, ItemFilter
-
-    from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)  # the server runs single-threaded BLAS too (see server/__main__.py)
     engine = Engine(ServerSettings(snapshot_dir=None, redis_url=None), GraphSettings(embedding_dim=index.dim), None)

@@ -7,14 +7,13 @@ Category facets include every ancestor, so filtering on "Electronics" keeps item
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import neo4j
 from neo4j.exceptions import ServiceUnavailable, SessionExpired
 
 from graphdb.errors import Unavailable
-from graphdb.schema import (BRAND, CATEGORY, HAS_BRAND, IN_CATEGORY, ITEM, ITEM_INTERACTIONS, REL_FOR_EVENT,
-                            SUBCATEGORY_OF, USER)
+from graphdb.schema import BRAND, CATEGORY, HAS_BRAND, IN_CATEGORY, ITEM, ITEM_INTERACTIONS, REL_FOR_EVENT, SUBCATEGORY_OF, USER
 
 # Strength of each behaviour when ranking popular items: buying says more than looking.
 POPULARITY_WEIGHTS = {REL_FOR_EVENT["view"]: 1.0, REL_FOR_EVENT["click"]: 1.0, REL_FOR_EVENT["add_to_cart"]: 3.0,
@@ -49,7 +48,7 @@ RETURN i.id AS id, cats, collect(DISTINCT b.id) AS brands
 """
 
 
-def _run(driver: neo4j.Driver, query: str, database: str, **params) -> list[neo4j.Record]:
+def _run(driver: neo4j.Driver, query: str, database: str, **params: Any) -> list[neo4j.Record]:
     try:
         records, _, _ = driver.execute_query(query, params, database_=database, routing_="r")
     except (ServiceUnavailable, SessionExpired) as exc:
@@ -110,7 +109,7 @@ def purchased_items(driver: neo4j.Driver, pseudonym: str, *, database: str = "ne
 
 
 def user_exists(driver: neo4j.Driver, pseudonym: str, *, database: str = "neo4j") -> bool:
-    return _run(driver, _USER_EXISTS, database, user=pseudonym)[0]["n"] > 0
+    return bool(_run(driver, _USER_EXISTS, database, user=pseudonym)[0]["n"] > 0)
 
 
 _LATEST_VERSION = f"""

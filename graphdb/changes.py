@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 import neo4j
 
@@ -68,12 +68,12 @@ def read_marks(driver: neo4j.Driver, *, limit: int = 10000, database: str = "neo
 
 
 def count_marks(driver: neo4j.Driver, *, database: str = "neo4j") -> int:
-    return driver.execute_query(_COUNT_MARKS, database_=database).records[0]["n"]
+    return int(driver.execute_query(_COUNT_MARKS, database_=database).records[0]["n"])
 
 
 def clear_marks(driver: neo4j.Driver, marks: Iterable[Mark], *, database: str = "neo4j") -> int:
     """Remove the marks that are unchanged since they were read; returns how many were removed."""
-    by_label: dict[str, list[dict]] = defaultdict(list)
+    by_label: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for m in marks:
         by_label[m.label].append({"id": m.id, "token": m.token})
 
@@ -81,7 +81,7 @@ def clear_marks(driver: neo4j.Driver, marks: Iterable[Mark], *, database: str = 
         cleared = 0
         for label in sorted(by_label):
             rows = sorted(by_label[label], key=lambda r: r["id"])  # a fixed lock order avoids deadlocks
-            cleared += tx.run(_CLEAR[label], marks=rows).single()["cleared"]
+            cleared += tx.run(_CLEAR[label], marks=rows).single(strict=True)["cleared"]
         return cleared
 
     if not by_label:

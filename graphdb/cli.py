@@ -138,12 +138,12 @@ def graph_stats(as_json: bool = typer.Option(False, "--json")) -> None:
     console.print(table)
 
 
-def _parse_params(params: list[str], user_params: list[str], key: str) -> dict:
+def _parse_params(params: list[str], user_params: list[str], key: str) -> dict[str, object]:
     """``name=value`` pairs: a value that parses as JSON is used as such (numbers, lists, quoted strings),
     anything else as a plain string; ``--user-param`` values are external user ids, pseudonymised."""
     from graphdb.pseudonym import pseudonymise
 
-    out: dict = {}
+    out: dict[str, object] = {}
     for raw, is_user in [(p, False) for p in params] + [(p, True) for p in user_params]:
         name, sep, value = raw.partition("=")
         name = name.strip()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import neo4j
 from neo4j.exceptions import AuthError, ServiceUnavailable, SessionExpired
 
@@ -15,13 +17,14 @@ def connect(settings: Neo4jSettings, *, verify: bool = True, max_retry_s: float 
     ``max_retry_s`` bounds how long a managed transaction is retried (the driver's default is 30 s).
     """
     password = settings.password.get_secret_value()
+    retry: dict[str, Any] = {} if max_retry_s is None else {"max_transaction_retry_time": max_retry_s}
     driver = neo4j.GraphDatabase.driver(
         settings.uri,
         auth=(settings.user, password) if password else None,
         max_connection_pool_size=settings.max_pool_size,
         # Queries name every allowed relationship type, some of which a young graph has not seen yet.
         notifications_min_severity="OFF",
-        **({} if max_retry_s is None else {"max_transaction_retry_time": max_retry_s}),
+        **retry,
     )
     if verify:
         try:

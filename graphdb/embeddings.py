@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import neo4j
 from neo4j.exceptions import ServiceUnavailable, SessionExpired
@@ -68,7 +68,7 @@ _GET = {label: _get_query(label) for label in NODE_LABELS}
 
 
 def write_embeddings(driver: neo4j.Driver, label: str, rows: Iterable[tuple[str, Sequence[float]]],
-                     model_version: str, **options) -> int:
+                     model_version: str, **options: Any) -> int:
     """Write vectors for existing nodes (unknown ids are skipped); returns how many were written. Options as
     `write_and_clear` (with ``tokens``, each written node's change mark is cleared in the same transaction)."""
     return write_and_clear(driver, label, rows, model_version, **options)[0]
@@ -90,7 +90,7 @@ def write_and_clear(
     now = time.time() if now is None else now
     tokens = tokens or {}
     written = cleared = 0
-    batch: list[dict] = []
+    batch: list[dict[str, Any]] = []
 
     def flush() -> tuple[int, int]:
         if not batch:

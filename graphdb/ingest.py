@@ -129,7 +129,7 @@ _NODES = {label: _upsert_nodes_query(label) for label in (USER, ITEM, QUERY)}
 _QUERIES = {rel: _interaction_query(rel) for rel in set(REL_FOR_EVENT.values())}
 
 
-def aggregate(events: Sequence[tuple[Event, str]], half_life_s: float) -> dict[str, list[dict]]:
+def aggregate(events: Sequence[tuple[Event, str]], half_life_s: float) -> dict[str, list[dict[str, Any]]]:
     """Per relationship type, one row per (user pseudonym, target): count, first/last ts, decayed weight."""
     k = LN2 / half_life_s
     groups: dict[tuple[str, str, str], list[Event]] = defaultdict(list)
@@ -137,12 +137,14 @@ def aggregate(events: Sequence[tuple[Event, str]], half_life_s: float) -> dict[s
     for ev, user in events:
         rel = REL_FOR_EVENT[ev.type]
         if rel == "SEARCHED":
+            assert ev.query is not None  # validated: a search has its query
             target = query_id(ev.query)
             texts[target] = normalise_query(ev.query)
         else:
+            assert ev.item_id is not None  # validated: any other event has its item
             target = ev.item_id
         groups[(rel, user, target)].append(ev)
-    out: dict[str, list[dict]] = defaultdict(list)
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for (rel, user, target), evs in sorted(groups.items()):
         if len(evs) == 1:  # the common case, without the generator overhead
             ts = evs[0].ts
@@ -168,12 +170,12 @@ def aggregate(events: Sequence[tuple[Event, str]], half_life_s: float) -> dict[s
 def _item_records(events: Sequence[Event]) -> list[ItemRecord]:
     latest: dict[str, Event] = {}
     for ev in events:
-        if ev.item is not None and (ev.item_id not in latest or ev.ts >= latest[ev.item_id].ts):
+        if ev.item is not None and ev.item_id is not None and (ev.item_id not in latest or ev.ts >= latest[ev.item_id].ts):
             latest[ev.item_id] = ev
     return [
-        ItemRecord(id=ev.item_id, title=ev.item.title, description=ev.item.description,
+        ItemRecord(id=item_id, title=ev.item.title, description=ev.item.description,
                    brand=ev.item.brand, categories=ev.item.categories)
-        for ev in latest.values()
+        for item_id, ev in latest.items() if ev.item is not None
     ]
 
 
@@ -187,7 +189,7 @@ class _Batch:
     result: IngestResult  # rejections and in-batch duplicates so far
     events: list[Event]  # valid, unique by event id
     users: list[str]  # the pseudonym of each event's user
-    rows: dict[str, list[dict]]
+    rows: dict[str, list[dict[str, Any]]]
     now: float
 
 
@@ -237,7 +239,7 @@ def _apply(tx: neo4j.ManagedTransaction, batch: _Batch, settings: GraphSettings)
     node_ids: dict[str, dict[str, int]] = {}
     for label, found in nodes.items():
         if found:  # sorted: a fixed lock order keeps concurrent batches from deadlocking
-            record = tx.run(_NODES[label], nodes=[found[i] for i in sorted(found)], token=token, now=now).single()
+            record = tx.run(_NODES[label], nodes=[found[i] for i in sorted(found)], token=token, now=now).single(strict=True)
             node_ids[label] = dict(record[0])
     k = LN2 / settings.half_life_s
     users = node_ids[USER]
@@ -348,7 +350,7 @@ def prune_seen(driver: neo4j.Driver, settings: GraphSettings, *, database: str =
     before = (time.time() if now is None else now) - settings.dedup_retention_hours * 3600.0
     total = 0
     while True:
-        n = driver.execute_query(_PRUNE_SEEN, before=before, batch=batch, database_=database).records[0]["n"]
+        n = int(driver.execute_query(_PRUNE_SEEN, before=before, batch=batch, database_=database).records[0]["n"])
         total += n
         if n < batch:
             return total

@@ -8,7 +8,7 @@ transaction (graphdb.marks).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 import neo4j
 
@@ -111,7 +111,7 @@ def upsert_items(tx: neo4j.ManagedTransaction, items: Iterable[ItemRecord], *, t
         tx.run(_DROP_STALE_BRAND, rows=brands, token=token, now=now).consume()
         tx.run(_LINK_BRAND, rows=brands, token=token, now=now).consume()
 
-    cats: dict[str, dict] = {}
+    cats: dict[str, dict[str, Any]] = {}
     links = []
     for item in items:
         if not item.categories:

@@ -16,7 +16,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import neo4j
 
@@ -35,7 +35,7 @@ Progress = Callable[[int], None]
 
 @dataclass(frozen=True)
 class Dataset:
-    events: Callable[[Path], Iterator[dict]]
+    events: Callable[[Path], Iterator[dict[str, Any]]]
     items: Callable[[Path], Iterable[ItemRecord]]
     also_viewed: Callable[[Path], Iterable[tuple[str, str]]]
     count_events: Callable[[Path], int]
@@ -93,7 +93,7 @@ def _number(path: Path, n: int, text: str, name: str, low: float, high: float) -
     return value
 
 
-def _json(path: Path) -> dict:
+def _json(path: Path) -> dict[str, Any]:
     """A JSON object from a file, or InvalidInput saying where it is broken."""
     if not path.is_file():
         raise InvalidInput(f"dataset file {path} does not exist")
@@ -110,7 +110,7 @@ def _json(path: Path) -> dict:
     return data
 
 
-def _json_id(path: Path, value, what: str) -> str:
+def _json_id(path: Path, value: object, what: str) -> str:
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10 ** MAX_ID_DIGITS:
         return str(value)
     if isinstance(value, str):
@@ -126,7 +126,7 @@ def _json_str_id(path: Path, value: str, what: str) -> str:
 
 
 # gowalla (LightGCN split): `user item item ...` per line; check-ins become `view` events.
-def _gowalla_events(root: Path) -> Iterator[dict]:
+def _gowalla_events(root: Path) -> Iterator[dict[str, Any]]:
     path = root / "train.txt"
     for n, line in _lines(path):
         user, *items = line.split()
@@ -142,7 +142,7 @@ def _gowalla_count(root: Path) -> int:
 
 
 # amazon-hin: timestamped ratings become `rate` events; categories, brands and also-viewed are catalogue.
-def _hin_events(root: Path) -> Iterator[dict]:
+def _hin_events(root: Path) -> Iterator[dict[str, Any]]:
     path = root / "user_item.dat"
     for n, line in _lines(path):
         user, item, rating, ts = _fields(path, n, line, "\t", ("user", "item", "rating", "timestamp"))
@@ -192,7 +192,7 @@ def _office_inter(root: Path) -> dict[str, list[str]]:
     return out
 
 
-def _office_events(root: Path) -> Iterator[dict]:
+def _office_events(root: Path) -> Iterator[dict[str, Any]]:
     for user, items in _office_inter(root).items():
         for pos, item in enumerate(items):
             yield {"event_id": f"office:{user}:{item}", "user_id": f"office:{user}", "type": "purchase",
@@ -234,7 +234,7 @@ DATASETS: dict[str, Dataset] = {
 }
 
 
-def _chunks(rows: Iterable, size: int) -> Iterator[list]:
+def _chunks(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:
     chunk = []
     for row in rows:
         chunk.append(row)
@@ -273,12 +273,12 @@ def load_dataset(
         with driver.session(database=database) as s:
             s.execute_write(lambda tx: link_also_viewed(tx, chunk, token=new_token(), now=now))
     result = IngestResult()
-    events: Iterable[dict] = ds.events(root)
+    events: Iterable[dict[str, Any]] = ds.events(root)
     if limit is not None:
         events = (e for i, e in zip(range(limit), events))
     sizes: deque[int] = deque()
 
-    def chunks() -> Iterator[list]:
+    def chunks() -> Iterator[list[dict[str, Any]]]:
         for chunk in _chunks(events, settings.batch_size):
             sizes.append(len(chunk))
             yield chunk

@@ -15,6 +15,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 from graphdb.errors import FailedPrecondition, Unavailable
 from graphdb.settings import LocalStackSettings
@@ -54,7 +55,7 @@ class Service:
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -102,7 +103,7 @@ def _java(settings: LocalStackSettings) -> str:
     return java
 
 
-def _spawn(service: Service, cmd: list[str]) -> subprocess.Popen:
+def _spawn(service: Service, cmd: list[str]) -> subprocess.Popen[bytes]:
     service.pid_file.parent.mkdir(parents=True, exist_ok=True)
     service.log_file.parent.mkdir(parents=True, exist_ok=True)
     log = open(service.log_file, "ab")
@@ -113,7 +114,7 @@ def _spawn(service: Service, cmd: list[str]) -> subprocess.Popen:
     return proc
 
 
-def _wait(service: Service, proc: subprocess.Popen | None, ready, timeout_s: float) -> None:
+def _wait(service: Service, proc: subprocess.Popen[bytes] | None, ready: Callable[[], bool], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -223,7 +224,7 @@ def down(settings: LocalStackSettings) -> dict[str, bool]:
     return {"neo4j": stop_service(neo4j_service), "redis": stop_service(redis_service)}
 
 
-def status(settings: LocalStackSettings) -> dict[str, dict]:
+def status(settings: LocalStackSettings) -> dict[str, dict[str, Any]]:
     out = {}
     for service in _services(settings):
         pid = service.pid()

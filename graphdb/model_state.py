@@ -45,4 +45,6 @@ def active_model(driver: neo4j.Driver, *, database: str = "neo4j") -> ActiveMode
 def activate(driver: neo4j.Driver, version: str, *, database: str = "neo4j") -> ActiveModel:
     """Make ``version`` the active one (idempotent); returns the new state."""
     records = driver.execute_query(_SET, version=version, now=time.time(), database_=database).records
-    return _model(records[0])
+    model = _model(records[0])
+    assert model is not None  # the query has just set the version
+    return model

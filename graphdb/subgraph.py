@@ -9,12 +9,11 @@ without fetching the vector itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import neo4j
 
-from graphdb.schema import (BRAND, CATEGORY, HAS_BRAND, IN_CATEGORY, ITEM, ITEM_INTERACTIONS, NODE_LABELS, QUERY,
-                            SUBCATEGORY_OF, USER)
+from graphdb.schema import BRAND, CATEGORY, HAS_BRAND, IN_CATEGORY, ITEM, ITEM_INTERACTIONS, NODE_LABELS, QUERY, SUBCATEGORY_OF, USER
 
 _ITEM_RELS = "|".join(ITEM_INTERACTIONS)
 
@@ -110,8 +109,10 @@ RETURN n.id AS id, n.embedding AS vector, n.emb_version AS version, n.emb_update
 _STORED = {label: _stored_query(label) for label in NODE_LABELS}
 
 
-def _read(driver: neo4j.Driver, query: str, database: str, **params) -> list[neo4j.Record]:
-    return driver.execute_query(query, database_=database, routing_=neo4j.RoutingControl.READ, **params).records
+def _read(driver: neo4j.Driver, query: str, database: str, **params: Any) -> list[neo4j.Record]:
+    records: list[neo4j.Record] = driver.execute_query(query, database_=database, routing_=neo4j.RoutingControl.READ,
+                                                       **params).records
+    return records
 
 
 def _chunks(ids: Sequence[str], size: int) -> Iterator[list[str]]:

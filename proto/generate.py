@@ -18,9 +18,8 @@ _IMPORT = re.compile(r"^from interest\.v1 import ", re.MULTILINE)
 
 
 def main() -> int:
-    from grpc_tools import protoc  # a build-time tool, imported only here
-
     import grpc_tools
+    from grpc_tools import protoc  # a build-time tool, imported only here
 
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     sources = sorted(str(p.relative_to(ROOT)) for p in OUT.glob("*.proto"))

@@ -70,7 +70,8 @@ def normalise(vectors: np.ndarray) -> np.ndarray:
     v = np.ascontiguousarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(v, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
-    return v / norms
+    normalised: np.ndarray = v / norms
+    return normalised
 
 
 def _nlist_for(n: int, params: IndexParams) -> int:
@@ -139,9 +140,9 @@ def build_base(vectors: np.ndarray, labels: np.ndarray, params: IndexParams,
     """Builds a base index (CPU heavy: run it off the event loop)."""
     n, dim = vectors.shape
     if n < max(params.ann_min_items, 1):
-        index = faiss.IndexFlatIP(dim)
-        index.add(vectors)
-        return Base(index, labels.astype(np.int64), None)
+        flat = faiss.IndexFlatIP(dim)
+        flat.add(vectors)
+        return Base(flat, labels.astype(np.int64), None)
     width = min(params.ivf_dim or dim, dim)
     vectors = np.ascontiguousarray(vectors[:, :width])
     if centroids is None or centroids.shape[1] != width or not (len(centroids) * 20 <= n <= len(centroids) * 200):
@@ -150,6 +151,7 @@ def build_base(vectors: np.ndarray, labels: np.ndarray, params: IndexParams,
         sample = vectors[rng.choice(n, size=min(n, 64 * nlist), replace=False)]
         km = faiss.Kmeans(width, nlist, niter=12, spherical=True, seed=1, max_points_per_centroid=64)
         km.train(sample)
+        assert km.centroids is not None  # set by train()
         centroids = km.centroids.copy()
     quantizer = coarse_quantizer(centroids)
     index = ivf_index(quantizer, width, len(centroids), params.ivf_codes)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from typing import Any, Iterable
 
 import faiss
 import grpc
@@ -70,14 +71,14 @@ class _Registered:
     def __init__(self) -> None:
         self.generic: list[grpc.GenericRpcHandler] = []
 
-    def add_generic_rpc_handlers(self, handlers) -> None:
+    def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
         self.generic.extend(handlers)
 
-    def add_registered_method_handlers(self, service, handlers) -> None:
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
         pass
 
 
-class _Details(grpc.HandlerCallDetails):
+class _Details(grpc.HandlerCallDetails):  # type: ignore[misc]  # grpc is untyped (Any)
     def __init__(self, method: str) -> None:
         self.method, self.invocation_metadata = method, ()
 
@@ -96,7 +97,7 @@ def unary_handlers(servicer: InterestServicer) -> list[tuple[str, grpc.RpcMethod
     return out
 
 
-def create_server(settings: ServerSettings, engine: Engine, graph: GraphSettings):
+def create_server(settings: ServerSettings, engine: Engine, graph: GraphSettings) -> tuple[Any, int]:
     """A configured, not yet started server (``grpc.Server``, or ``server.front.FrontedServer`` when the native
     front end owns the port: the same start and stop) and the port it is bound to. Call it on the event loop the
     lifecycle runs on: RPCs hand their asynchronous work (callbacks, Redis) to that loop.
@@ -155,6 +156,7 @@ def create_server(settings: ServerSettings, engine: Engine, graph: GraphSettings
 
     address = f"{settings.host}:{settings.port}"
     if settings.tls:
+        assert settings.tls_key_file is not None and settings.tls_cert_file is not None  # what tls means
         creds = grpc.ssl_server_credentials(
             [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())])
         port = server.add_secure_port(address, creds)

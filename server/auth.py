@@ -8,7 +8,7 @@ and orchestrators can probe without credentials; everything else, reflection inc
 from __future__ import annotations
 
 import hmac
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import grpc
 
@@ -22,7 +22,7 @@ class TokenCheck:
         if not self._tokens:
             raise ValueError("TokenCheck needs at least one token")
 
-    def valid(self, metadata) -> bool:
+    def valid(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> bool:
         header = next((v for k, v in metadata or () if k == "authorization"), None)
         if not isinstance(header, str) or not header.startswith("Bearer "):
             return False
@@ -30,18 +30,18 @@ class TokenCheck:
         # compare against every token (no early exit) so timing reveals nothing
         return sum(hmac.compare_digest(given, t) for t in self._tokens) > 0
 
-    def require(self, behaviour: Callable) -> Callable:
+    def require(self, behaviour: Callable[..., Any]) -> Callable[..., Any]:
         """``behaviour`` (unary response) refused with UNAUTHENTICATED unless the call carries a valid token."""
-        def authenticated(request, context: grpc.ServicerContext):
+        def authenticated(request: Any, context: grpc.ServicerContext) -> Any:
             if not self.valid(context.invocation_metadata()):
                 context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED)
             return behaviour(request, context)
 
         return authenticated
 
-    def require_streaming(self, behaviour: Callable) -> Callable:
+    def require_streaming(self, behaviour: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
         """The same for a streaming-response behaviour (a generator of responses)."""
-        def authenticated(request, context: grpc.ServicerContext):
+        def authenticated(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             if not self.valid(context.invocation_metadata()):
                 context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED)
             yield from behaviour(request, context)

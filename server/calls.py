@@ -10,6 +10,7 @@ interceptor now resolves a method once and reuses the wrapped handler; only the 
 from __future__ import annotations
 
 import threading
+from typing import Any, Callable, Iterator
 
 import grpc
 
@@ -33,9 +34,9 @@ class StreamSlots:
         return (f"this server process already runs {self.limit} streaming calls (IG_SERVER_STREAM_THREADS); "
                 "retry later or on another connection")
 
-    def unary_response(self, behaviour):
+    def unary_response(self, behaviour: Callable[..., Any]) -> Callable[..., Any]:
         """A client-streaming call (IngestEvents): refused with RESOURCE_EXHAUSTED when no slot is free."""
-        def held(request, context: grpc.ServicerContext):
+        def held(request: Any, context: grpc.ServicerContext) -> Any:
             if not self._free.acquire(blocking=False):
                 raise ResourceExhausted(self._refusal())
             try:
@@ -45,9 +46,9 @@ class StreamSlots:
 
         return held
 
-    def streaming_response(self, behaviour):
+    def streaming_response(self, behaviour: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
         """A server-streaming call (health Watch, reflection), likewise."""
-        def held(request, context: grpc.ServicerContext):
+        def held(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             if not self._free.acquire(blocking=False):
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._refusal())
             try:
@@ -58,7 +59,7 @@ class StreamSlots:
         return held
 
 
-class CallInterceptor(grpc.ServerInterceptor):
+class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped (Any)
     def __init__(self, metrics: ServerMetrics, tokens: frozenset[str], stream_slots: int,
                  waiting_methods: frozenset[str]) -> None:
         """``waiting_methods``: full names (``/package.Service/Method``) of the unary calls that may wait on
@@ -69,7 +70,8 @@ class CallInterceptor(grpc.ServerInterceptor):
         self._waiting = waiting_methods
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
-    def intercept_service(self, continuation, handler_call_details):
+    def intercept_service(self, continuation: Callable[[Any], grpc.RpcMethodHandler | None],
+                          handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         method = handler_call_details.method
         wrapped = self._wrapped.get(method)
         if wrapped is None:
@@ -89,15 +91,17 @@ class CallInterceptor(grpc.ServerInterceptor):
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         auth = None if method.startswith(OPEN_PREFIXES) else self._auth
         if handler.unary_unary or handler.stream_unary:
-            def around(behaviour):
+            def around(behaviour: Callable[..., Any]) -> Callable[..., Any]:
                 inner = guard(self._slots.unary_response(behaviour) if handler.stream_unary else behaviour)
                 observed = self._metrics.observe(method, auth.require(inner) if auth else inner)
                 return mark_waiting(observed) if handler.stream_unary or method in self._waiting else observed
 
             wrapped = wrap_handler(handler, around)
+            assert wrapped is not None  # so is the handler
             return wrapped._replace(request_deserializer=tolerant(wrapped.request_deserializer))
 
-        def streaming(behaviour):  # health Watch, reflection: their own error handling
+        # health Watch, reflection: their own error handling
+        def streaming(behaviour: Callable[..., Iterator[Any]]) -> Callable[..., Any]:
             held = self._slots.streaming_response(behaviour)
             return mark_waiting(auth.require_streaming(held) if auth else held)
 

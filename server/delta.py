@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import numpy as np
 import redis.asyncio as aioredis
+from numpy.typing import ArrayLike
 
 from proto.interest.v1 import interest_pb2 as pb
 
@@ -27,13 +28,14 @@ def connect_redis(url: str, block_ms: int = 200) -> aioredis.Redis:
     return aioredis.from_url(url, socket_timeout=block_ms / 1000.0 + 5.0, socket_connect_timeout=5.0)
 
 
-def encode_upsert(node_type: int, node_id: str, vector, model_version: str, ts: float | None = None) -> bytes:
+def encode_upsert(node_type: pb.NodeType, node_id: str, vector: ArrayLike, model_version: str,
+                  ts: float | None = None) -> bytes:
     return Delta(op=Delta.OP_UPSERT, node_type=node_type, id=node_id, model_version=model_version,
                  vector=np.asarray(vector, np.float32).tolist(), ts=time.time() if ts is None else ts
                  ).SerializeToString()
 
 
-def encode_delete(node_type: int, node_id: str, model_version: str = "", ts: float | None = None) -> bytes:
+def encode_delete(node_type: pb.NodeType, node_id: str, model_version: str = "", ts: float | None = None) -> bytes:
     return Delta(op=Delta.OP_DELETE, node_type=node_type, id=node_id, model_version=model_version,
                  ts=time.time() if ts is None else ts).SerializeToString()
 
@@ -45,7 +47,7 @@ def encode_activate(model_version: str) -> bytes:
 async def publish(client: aioredis.Redis, stream: str, payload: bytes, maxlen: int | None = 1_000_000) -> str:
     """Appends one delta; the stream is trimmed approximately so it cannot grow without bound."""
     entry = await client.xadd(stream, {FIELD: payload}, maxlen=maxlen, approximate=True)
-    return entry.decode() if isinstance(entry, bytes) else entry
+    return entry.decode() if isinstance(entry, bytes) else str(entry)
 
 
 async def stream_tail(client: aioredis.Redis, stream: str) -> str:
@@ -54,7 +56,7 @@ async def stream_tail(client: aioredis.Redis, stream: str) -> str:
     if not last:
         return "0-0"
     entry = last[0][0]
-    return entry.decode() if isinstance(entry, bytes) else entry
+    return entry.decode() if isinstance(entry, bytes) else str(entry)
 
 
 class DeltaConsumer:
@@ -80,7 +82,7 @@ class DeltaConsumer:
         backoff = 0.1
         while not self.stopping:
             try:
-                reply = await self.client.xread({self.stream: self.position}, count=self.batch, block=self.block_ms)
+                reply: Any = await self.client.xread({self.stream: self.position}, count=self.batch, block=self.block_ms)
                 read_at = time.time()
                 backoff = 0.1
             except asyncio.CancelledError:
@@ -101,7 +103,7 @@ class DeltaConsumer:
             if read < self.batch:
                 self.caught_up_at = read_at
 
-    async def _apply_one(self, entry_id, fields) -> None:
+    async def _apply_one(self, entry_id: bytes | str, fields: dict[bytes, bytes]) -> None:
         payload = fields.get(FIELD)
         try:
             msg = pb.EmbeddingDelta.FromString(payload) if payload is not None else None

@@ -15,7 +15,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Coroutine, Iterable, Iterator, Mapping, Sequence
 
 import neo4j
 import numpy as np
@@ -141,11 +141,11 @@ class Engine:
             raise InvalidInput(f"vectors have dimension {vectors.shape[1:]}, the index expects {self.dim}")
         return ItemIndex.build(self.dim, model_version, self.labels, self.params, ids, vectors, updated_at)
 
-    def update_facets(self, facets) -> None:
+    def update_facets(self, facets: Iterable[catalog.ItemFacets]) -> None:
         with self.lock:
             self.facets.update(facets)
 
-    def _on_loop(self, coro, timeout_s: float = 10.0) -> Any:
+    def _on_loop(self, coro: Coroutine[Any, Any, Any], timeout_s: float = 10.0) -> Any:
         """Runs ``coro`` on the event loop from a worker thread and waits for its result."""
         if self.loop is None:
             coro.close()
@@ -162,7 +162,7 @@ class Engine:
 
     # -- queries ---------------------------------------------------------------------------------------------
     @contextmanager
-    def _unlocked(self):
+    def _unlocked(self) -> Iterator[None]:
         """Releases ``lock`` for the thread holding it while FAISS searches the immutable base (ItemIndex.search
         checks afterwards that nothing changed meanwhile), so one process's searches overlap: measured with the
         native front end, one process then served ~30 % more calls (bench.serving)."""

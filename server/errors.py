@@ -7,7 +7,7 @@ with a generic message, the traceback going to the server log only (never to the
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import grpc
 from google.protobuf.message import Message
@@ -28,7 +28,7 @@ def _status(exc: InterestError) -> grpc.StatusCode:
         return grpc.StatusCode.INTERNAL
 
 
-def wrap_handler(handler: grpc.RpcMethodHandler | None, around, *,
+def wrap_handler(handler: grpc.RpcMethodHandler | None, around: Callable[[Callable[..., Any]], Callable[..., Any]], *,
                  streaming_responses: bool = False) -> grpc.RpcMethodHandler | None:
     """``handler`` with its behaviour wrapped by ``around(behaviour) -> behaviour``.
 
@@ -71,7 +71,7 @@ def tolerant(deserializer: Callable[[bytes], object] | None) -> Callable[[bytes]
     return deserialize
 
 
-def _checked(messages):
+def _checked(messages: Iterable[Any]) -> Iterator[Any]:
     """A streamed request whose malformed messages raise InvalidInput where the servicer reads them."""
     for message in messages:
         if isinstance(message, _Malformed):
@@ -79,8 +79,8 @@ def _checked(messages):
         yield message
 
 
-def guard(behaviour: Callable) -> Callable:
-    def guarded(request, context: grpc.ServicerContext):
+def guard(behaviour: Callable[..., Any]) -> Callable[..., Any]:
+    def guarded(request: Any, context: grpc.ServicerContext) -> Any:
         try:
             if isinstance(request, _Malformed):
                 raise request.error()

@@ -7,7 +7,7 @@ brands; unknown category or brand ids simply match nothing.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -23,7 +23,7 @@ class FacetStore:
         self._by_brand: dict[str, set[int]] = defaultdict(set)
         self._arrays: dict[tuple[str, str], np.ndarray] = {}  # cache, dropped on change
         # Recent filters' masks: the same mask object lets the index reuse its per-filter state.
-        self._masks: dict[tuple, np.ndarray] = {}
+        self._masks: dict[tuple[Any, ...], np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self._of_item)
@@ -78,7 +78,7 @@ class FacetStore:
         if cached is not None:
             return cached
         n = len(self.labels)
-        result = None
+        result: np.ndarray | None = None
         for kind, keys in (("c", category_ids), ("b", brand_ids)):
             if not keys:
                 continue
@@ -88,5 +88,6 @@ class FacetStore:
             result = m if result is None else result & m
         if len(self._masks) >= 64:
             self._masks.pop(next(iter(self._masks)))
+        assert result is not None  # one of the two lists is not empty
         self._masks[key] = result
         return result

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 import grpc
 
@@ -53,7 +53,7 @@ class NativeContext:
     def time_remaining(self) -> float | None:
         return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
 
-    def abort(self, code: grpc.StatusCode, details: str):
+    def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
         # as grpc: aborting with OK is a bug of the caller
         self._code = grpc.StatusCode.UNKNOWN if code is grpc.StatusCode.OK else code
         self._details = details
@@ -88,7 +88,7 @@ class Dispatcher:
 class FrontedServer:
     """The native front end and grpc's server behind it, started and stopped as one (grpc.Server's calls)."""
 
-    def __init__(self, backend: grpc.Server, front) -> None:
+    def __init__(self, backend: grpc.Server, front: Any) -> None:
         self.backend = backend
         self.front = front
 
@@ -99,18 +99,19 @@ class FrontedServer:
     def stop(self, grace: float | None) -> threading.Event:
         """Stops taking calls, lets those in flight finish within ``grace`` seconds; the event is set when done."""
         self.front.stop(grace or 0.0)
-        return self.backend.stop(grace)
+        done: threading.Event = self.backend.stop(grace)
+        return done
 
 
 def native_front(host: str, port: int, reuse_port: bool, backend_port: int,
                  methods: Sequence[tuple[str, grpc.RpcMethodHandler, bool]], *, wait_threads: int,
-                 max_concurrent_rpcs: int, max_message_bytes: int, io_threads: int = 2):
+                 max_concurrent_rpcs: int, max_message_bytes: int, io_threads: int = 2) -> Any:
     """A bound, not yet started front end answering ``methods`` (full name, wrapped handler, may wait): queries
     on its ``io_threads``, calls that may wait on up to ``wait_threads`` threads of their own."""
     if ig_front is None:
         raise FailedPrecondition("IG_SERVER_FRONT=native, but the native front end is not built: run `make setup` "
                                  "(it needs a Rust toolchain) or set IG_SERVER_FRONT=grpc")
-    dispatch: Callable = Dispatcher([handler for _, handler, _ in methods])
+    dispatch: Callable[..., Any] = Dispatcher([handler for _, handler, _ in methods])
     return ig_front.Front(host, port, reuse_port, backend_port, dispatch,
                           [(name, waits) for name, _, waits in methods], wait_threads,
                           max_concurrent_rpcs, max_message_bytes, io_threads)

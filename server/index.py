@@ -13,7 +13,7 @@ changes that land meanwhile stay in the delta, detected by a per-label change co
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ContextManager
+from typing import Any, Callable, ContextManager
 
 import faiss
 import numpy as np
@@ -24,6 +24,8 @@ __all__ = ["ABSENT", "BASE", "DELTA", "Base", "headroom", "IndexParams", "ItemIn
 
 ABSENT, BASE, DELTA = 0, 1, 2
 
+Hits = list[tuple[np.ndarray, np.ndarray]]  # per query: (labels, scores), best first
+
 
 def headroom(n: int) -> int:
     """Capacity for n labels plus room for new items, so upserts rarely copy the arrays on the event loop
@@ -31,7 +33,7 @@ def headroom(n: int) -> int:
     return n + max(1024, n // 8)
 
 
-def _grow(arr: np.ndarray, size: int, fill=0) -> np.ndarray:
+def _grow(arr: np.ndarray, size: int, fill: Any = 0) -> np.ndarray:
     if size <= arr.shape[0]:
         return arr
     new = np.full((max(size, headroom(arr.shape[0])),) + arr.shape[1:], fill, dtype=arr.dtype)
@@ -185,7 +187,7 @@ class ItemIndex:
     # -- search --------------------------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None,
                exclude: np.ndarray | None = None,
-               unlocked: Callable[[], ContextManager] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+               unlocked: Callable[[], ContextManager[Any]] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """Top-k (labels, scores) per query (nq, dim) by inner product, best first.
 
         ``allowed``: bool mask over labels (None = every item); ``exclude``: labels never returned.
@@ -200,6 +202,7 @@ class ItemIndex:
             if fs.vecs is not None:
                 return self._exact(queries, k, fs, excl)
             ok, bits = fs.ok, fs.bits
+            assert bits is not None  # a filter not answered exactly has its bitmap
             if len(excl):
                 ok = ok.copy()
                 ok[excl[excl < len(ok)]] = False
@@ -258,8 +261,8 @@ class ItemIndex:
         np.bitwise_and.at(bits, pos >> 3, ~(np.uint8(1) << (pos & 7).astype(np.uint8)))
         return bits
 
-    def _exact(self, queries: np.ndarray, k: int, fs: _FilterState, excl: np.ndarray):
-        if fs.n == 0:
+    def _exact(self, queries: np.ndarray, k: int, fs: _FilterState, excl: np.ndarray) -> Hits:
+        if fs.n == 0 or fs.vecs is None:
             return _no_hits(queries)
         width = fs.vecs.shape[1]
         scores = fs.vecs @ queries[:, :width].T  # (ncand, nq)
@@ -275,7 +278,8 @@ class ItemIndex:
         return out if width == self.dim else [_topk(lab, self._scores(q, lab), k) for q, (lab, _) in zip(queries, out)]
 
     def _base_overfetch(self, queries: np.ndarray, kf: int, excl: np.ndarray,
-                        live_bits: np.ndarray | None = None, unlocked: Callable[[], ContextManager] | None = None):
+                        live_bits: np.ndarray | None = None,
+                        unlocked: Callable[[], ContextManager[Any]] | None = None) -> Hits:
         """The base's best ``kf`` per query less tombstones and exclusions; with ``live_bits``, FAISS skips the
         tombstones itself (an id selector). With ``unlocked``, FAISS runs under it (``search``)."""
         base = self._base
@@ -284,8 +288,9 @@ class ItemIndex:
         params = None
         if live_bits is not None:
             sel = faiss.IDSelectorBitmap(len(base.labels), faiss.swig_ptr(live_bits))
-            params = (faiss.SearchParametersIVF(sel=sel, nprobe=base.index.nprobe) if base.is_ivf
-                      else faiss.SearchParameters(sel=sel))
+            # FAISS's stubs know neither the keyword constructors nor the IVF's attributes
+            params = (faiss.SearchParametersIVF(sel=sel, nprobe=base.index.nprobe)  # type: ignore[call-arg, attr-defined]
+                      if base.is_ivf else faiss.SearchParameters(sel=sel))  # type: ignore[call-arg]
         q, kc = self._candidates(base, queries, kf)
         if unlocked is None:
             dist, pos = base.index.search(q, min(kc, len(base.labels)), params=params)
@@ -310,7 +315,7 @@ class ItemIndex:
             return queries, k
         return np.ascontiguousarray(queries[:, :base.width]), max(k, self.params.refine)
 
-    def _refine(self, base: Base, queries: np.ndarray, results, k: int):
+    def _refine(self, base: Base, queries: np.ndarray, results: Hits, k: int) -> Hits:
         """Exact full-width scores of the candidates (live base copies: ``_vec`` holds them), best ``k`` kept."""
         if not _refined(base, self.dim):
             return results
@@ -323,11 +328,12 @@ class ItemIndex:
         if len(labels):
             q = np.ascontiguousarray(query, np.float32)
             lab = np.ascontiguousarray(labels, np.int64)
-            faiss.fvec_inner_products_by_idx(faiss.swig_ptr(out), faiss.swig_ptr(q), faiss.swig_ptr(self._vec),
-                                             faiss.swig_ptr(lab), self.dim, 1, len(lab))
+            # not in FAISS's stubs
+            faiss.fvec_inner_products_by_idx(faiss.swig_ptr(out), faiss.swig_ptr(q),  # type: ignore[attr-defined]
+                                             faiss.swig_ptr(self._vec), faiss.swig_ptr(lab), self.dim, 1, len(lab))
         return out
 
-    def _base_selected(self, queries: np.ndarray, k: int, n_ok: int, bits: np.ndarray):
+    def _base_selected(self, queries: np.ndarray, k: int, n_ok: int, bits: np.ndarray) -> Hits:
         """The base's best k per query among the positions set in ``bits`` (``n_ok`` of the live items)."""
         base = self._base
         if len(base.labels) == 0:
@@ -335,15 +341,15 @@ class ItemIndex:
         sel = faiss.IDSelectorBitmap(len(base.labels), faiss.swig_ptr(bits))
         selectivity = max(n_ok / max(self._live, 1), 1e-6)
         boost = min(1.0 / selectivity, self.params.filter_probe_boost_max)
-        nprobe = int(min(base.index.nlist, max(self.params.nprobe, self.params.nprobe * boost)))
-        sp = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)
+        nprobe = int(min(base.index.nlist, max(self.params.nprobe, self.params.nprobe * boost)))  # type: ignore[attr-defined]
+        sp = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)  # type: ignore[call-arg]
         q, kc = self._candidates(base, queries, k)
         dist, pos = base.index.search(q, min(kc, len(base.labels)), params=sp)
         del bits  # the selector reads it during search only
         return self._refine(base, queries, [(base.labels[p[p >= 0]], d[p >= 0]) for d, p in zip(dist, pos)], k)
 
     def _delta(self, queries: np.ndarray, k: int, ok_labels: np.ndarray | None, excl: np.ndarray,
-               floors: np.ndarray | None = None):
+               floors: np.ndarray | None = None) -> Hits:
         """Top-k of the delta per query. ``floors``: per query, the score a delta row must reach to enter the
         answer (the base's k-th); when no row reaches it, the delta's own top-k and the merge are skipped, which
         saves most of a 200-row delta's cost per query (bench.serving)."""
@@ -367,7 +373,7 @@ class ItemIndex:
         return out
 
     @staticmethod
-    def _merge(a, b, k: int):
+    def _merge(a: Hits, b: Hits, k: int) -> Hits:
         return [_topk(np.concatenate([la, lb]), np.concatenate([sa, sb]), k) if len(lb) else (la[:k], sa[:k])
                 for (la, sa), (lb, sb) in zip(a, b)]
 
@@ -410,7 +416,7 @@ class ItemIndex:
         n = len(self.labels)
         return {"vec": self._vec[:n].copy(), "where": self._where[:n].copy(), "ts": self._ts[:n].copy(),
                 "base_labels": base.labels,
-                "centroids": base.centroids if base.is_ivf else np.zeros((0, self.dim), np.float32)}
+                "centroids": base.centroids if base.centroids is not None else np.zeros((0, self.dim), np.float32)}
 
     @property
     def base(self) -> Base:
@@ -445,7 +451,7 @@ def _refined(base: Base, dim: int) -> bool:
     return base.width < dim or base.codes != "flat"
 
 
-def _no_hits(queries: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+def _no_hits(queries: np.ndarray) -> Hits:
     return [(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in queries]
 
 
@@ -462,7 +468,7 @@ def _not_in(labels: np.ndarray, excl: np.ndarray) -> np.ndarray:
     if len(excl) == 0:
         return np.ones(len(labels), bool)
     first, *rest = excl.tolist()
-    keep = labels != first
+    keep: np.ndarray = labels != first
     for e in rest:
         keep &= labels != e
     return keep

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any, Awaitable, Callable, Coroutine, TypeVar
 
 import numpy as np
 import redis.asyncio as aioredis
 
 from graphdb import catalog
 from graphdb.embeddings import iter_embeddings
+from graphdb.ingest import IngestResult
 from graphdb.schema import ITEM
 from proto.interest.v1 import interest_pb2 as pb
 from server.delta import DeltaConsumer, encode_delete, publish, stream_tail
@@ -27,9 +29,10 @@ log = logging.getLogger(__name__)
 Delta = pb.EmbeddingDelta
 # Longest wait for the delta stream at start before reporting ready anyway.
 CATCH_UP_MAX_S = 60.0
+T = TypeVar("T")
 
 
-async def _retrying(what: str, attempt, max_delay_s: float = 5.0):
+async def _retrying(what: str, attempt: Callable[[], Awaitable[T]], max_delay_s: float = 5.0) -> T:
     """``await attempt()`` until it succeeds: a backing service down at start delays readiness (health stays
     NOT_SERVING) instead of leaving a server that never loads."""
     delay = 0.5
@@ -56,10 +59,10 @@ class Lifecycle:
         self.settings = engine.settings
         self.redis = redis
         self.consumer: DeltaConsumer | None = None
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self._pending: dict[str, list[Delta]] = {}  # model version being built -> deltas that arrived meanwhile
         self._compacting = False
-        self._signals: set[asyncio.Task] = set()
+        self._signals: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_compact = time.monotonic()
         self.stale_deltas = 0
@@ -69,13 +72,13 @@ class Lifecycle:
             engine.on_forget.append(self._publish_forget)
             engine.on_ingest.append(self._signal_changed)
 
-    def _signal_changed(self, _count: int, result) -> None:
+    def _signal_changed(self, _count: int, result: IngestResult) -> None:
         """Wake the recompute scheduler: the graph changed (fire and forget; its periodic poll is the fallback).
         Called from the RPC's worker thread."""
         if result.accepted and self.redis is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(lambda: self._background(self._push_changed()))
 
-    def _background(self, coro) -> None:
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         """Fire and forget, holding a reference until done so the task is not collected early."""
         task = asyncio.get_running_loop().create_task(coro)
         self._signals.add(task)
@@ -83,6 +86,7 @@ class Lifecycle:
 
     async def _push_changed(self) -> None:
         try:
+            assert self.redis is not None  # only signalled with Redis
             pipe = self.redis.pipeline(transaction=False)
             pipe.lpush(self.settings.changed_key, b"1")
             pipe.ltrim(self.settings.changed_key, 0, 0)
@@ -112,9 +116,9 @@ class Lifecycle:
             position = snap.stream_id
             log.info("loaded snapshot: %d items, stream position %s", len(snap.index), position)
         else:
-            if self.redis is not None:  # deltas after this point are replayed; replays are idempotent
+            if (redis := self.redis) is not None:  # deltas after this point are replayed; replays are idempotent
                 position = await _retrying("reading the delta stream's tail",
-                                           lambda: stream_tail(self.redis, self.settings.delta_stream))
+                                           lambda: stream_tail(redis, self.settings.delta_stream))
             index = await _retrying("building the index from Neo4j",
                                     lambda: asyncio.to_thread(self._build_from_graph, None))
             self.engine.install(index)
@@ -135,6 +139,7 @@ class Lifecycle:
     async def _catch_up(self) -> None:
         """Waits until the consumer has applied the stream up to its newest entry as of now (bounded: with the
         stream unreachable or a huge backlog the loaded index is served rather than nothing)."""
+        assert self.redis is not None and self.consumer is not None  # called once both are there
         started = time.monotonic()
         try:
             target = await asyncio.wait_for(stream_tail(self.redis, self.settings.delta_stream), CATCH_UP_MAX_S)
@@ -162,10 +167,10 @@ class Lifecycle:
         if snapshot and self.settings.snapshot_dir is not None and self.engine.ready:
             await self.save_snapshot()
 
-    def _spawn(self, coro) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         self._tasks.append(asyncio.create_task(coro))
 
-    async def _every(self, interval_s: float, fn) -> None:
+    async def _every(self, interval_s: float, fn: Callable[[], Awaitable[Any]]) -> None:
         while True:
             await asyncio.sleep(interval_s)
             try:
@@ -195,10 +200,9 @@ class Lifecycle:
         return engine.load_vectors(ids, matrix, version, np.asarray(ts, np.float64))
 
     async def refresh_facets(self) -> None:
-        if self.engine.driver is None:
+        if (driver := self.engine.driver) is None:
             return
-        facets = await asyncio.to_thread(lambda: list(catalog.iter_item_facets(self.engine.driver,
-                                                                               database=self.engine.database)))
+        facets = await asyncio.to_thread(lambda: list(catalog.iter_item_facets(driver, database=self.engine.database)))
         self.engine.update_facets(facets)
 
     # -- the delta stream --------------------------------------------------------------------------------------
@@ -250,6 +254,7 @@ class Lifecycle:
     async def _publish_forget(self, pseudonym: str) -> None:
         """Other replicas drop the user from their caches too."""
         try:
+            assert self.redis is not None  # only registered with Redis
             await publish(self.redis, self.settings.delta_stream, encode_delete(pb.NODE_TYPE_USER, pseudonym))
         except Exception:  # noqa: BLE001 - the graph is already forgotten; replicas' caches expire anyway
             log.exception("could not publish the forget of a user to the delta stream")

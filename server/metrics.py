@@ -21,7 +21,6 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 
-
 log = logging.getLogger(__name__)
 
 # Index searches take well under a millisecond, ingestion batches up to seconds.
@@ -38,10 +37,10 @@ def _code_name(code: Any) -> str | None:
     if code is None:
         return None
     if isinstance(code, grpc.StatusCode):
-        return code.name
+        return str(code.name)
     for status in grpc.StatusCode:  # a context may report the raw integer
         if status.value[0] == code:
-            return status.name
+            return str(status.name)
     return str(code)
 
 
@@ -76,7 +75,7 @@ class ServerMetrics:
         self.ingested.labels("duplicate").inc(result.duplicates)
         self.ingested.labels("rejected").inc(len(result.rejected))
 
-    def observe(self, method: str, behaviour: Callable) -> Callable:
+    def observe(self, method: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
         service, name = _split(method)
         latency = self.latency.labels(service, name)
         by_code: dict[str, Any] = {}  # the labelled child per status code: no label lookup per call
@@ -87,7 +86,7 @@ class ServerMetrics:
                 child = by_code[code] = self.handled.labels(service, name, code)
             child.inc()
 
-        def observed(request, context: grpc.ServicerContext):
+        def observed(request: Any, context: grpc.ServicerContext) -> Any:
             started = time.perf_counter()
             code = "UNKNOWN"
             try:

@@ -10,15 +10,15 @@ behaviours of the waiting methods (``mark_waiting``), and grpc passes a call's b
 from __future__ import annotations
 
 from concurrent import futures
-from typing import Callable
+from typing import Any, Callable
 
 # ids of the marked behaviours (they live as long as the server's cached handlers): looking an id up costs less
 # than getattr on grpc's arguments, which raises and catches AttributeError for most of them.
 _WAITING: set[int] = set()
-_KEEP: list[Callable] = []  # keeps marked behaviours alive, so their ids are never reused
+_KEEP: list[Callable[..., Any]] = []  # keeps marked behaviours alive, so their ids are never reused
 
 
-def mark_waiting(behaviour: Callable) -> Callable:
+def mark_waiting(behaviour: Callable[..., Any]) -> Callable[..., Any]:
     """Runs ``behaviour`` on the waiting pool (returns it, marked)."""
     _KEEP.append(behaviour)
     _WAITING.add(id(behaviour))
@@ -30,7 +30,7 @@ class RpcPools(futures.Executor):
         self.queries = futures.ThreadPoolExecutor(query_threads, thread_name_prefix="rpc-query")
         self.waiting = futures.ThreadPoolExecutor(wait_threads, thread_name_prefix="rpc-wait")
 
-    def submit(self, fn, /, *args, **kwargs) -> futures.Future:
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> futures.Future[Any]:
         # grpc's server submits (context.run, its handler, rpc_event, state, the method's behaviour, ...):
         # whatever the order, a marked behaviour sends the call to the waiting pool.
         waits = any(id(arg) in _WAITING for arg in args)

@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from graphdb.errors import Unavailable
 
 
-def wait_serving(port: int, proc: subprocess.Popen | None = None, timeout_s: float = 300.0,
+def wait_serving(port: int, proc: subprocess.Popen[bytes] | None = None, timeout_s: float = 300.0,
                  host: str = "127.0.0.1") -> None:
     """Until the health service says SERVING; `Unavailable` if ``proc`` exits or time runs out."""
     deadline = time.monotonic() + timeout_s

@@ -29,7 +29,7 @@ def process_count(settings: ServerSettings) -> int:
 def free_port(host: str) -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.bind((host.strip("[]"), 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def replica_settings(settings: ServerSettings, index: int, port: int) -> ServerSettings:
@@ -47,7 +47,7 @@ def supervise(settings: ServerSettings, run: Callable[[ServerSettings], None]) -
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
 
-    def start(i: int):
+    def start(i: int) -> multiprocessing.process.BaseProcess:
         proc = ctx.Process(target=run, args=(replica_settings(settings, i, port),), name=f"server-{i}")
         proc.start()
         return proc
@@ -60,7 +60,7 @@ def supervise(settings: ServerSettings, run: Callable[[ServerSettings], None]) -
                 log.error("serving process %d (pid %d) exited with %s; starting it again", i, proc.pid, proc.exitcode)
                 procs[i] = start(i)
     for proc in procs:
-        if proc.is_alive():
+        if proc.is_alive() and proc.pid is not None:
             os.kill(proc.pid, signal.SIGTERM)
     for proc in procs:
         proc.join(settings.grace_period_s + 30)

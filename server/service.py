@@ -6,9 +6,10 @@ Methods run in the gRPC server's worker threads (``server.app``) and may block o
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable, Iterable, TypeVar, cast
 
 import grpc
+from google.protobuf.message import Message
 
 from graphdb.errors import InvalidInput, ResourceExhausted
 from graphdb.settings import GraphSettings
@@ -16,6 +17,8 @@ from proto.interest.v1 import interest_pb2 as pb
 from proto.interest.v1 import interest_pb2_grpc as pb_grpc
 from server.engine import Answer, Engine, ItemFilter
 from server.settings import ServerSettings
+
+M = TypeVar("M", bound=Message)
 
 EVENT_TYPES = {
     pb.EVENT_TYPE_VIEW: "view", pb.EVENT_TYPE_CLICK: "click", pb.EVENT_TYPE_ADD_TO_CART: "add_to_cart",
@@ -59,14 +62,14 @@ class Validator:
 _NO_FILTER = ItemFilter()
 
 
-def _answer(response_type, answer: Answer, **fields):
+def _answer(response_type: Callable[..., M], answer: Answer, **fields: Any) -> M:
     """A response of ``response_type`` with the answer's scored items (``add`` in place: half the cost of
     building a list of ScoredItem) and model version."""
-    response = response_type(model_version=answer.model_version, **fields)
+    response: Any = response_type(model_version=answer.model_version, **fields)
     add = response.items.add
     for item_id, score in answer.items:
         add(item_id=item_id, score=score)
-    return response
+    return cast(M, response)
 
 
 def event_mapping(ev: pb.Event) -> dict[str, Any]:
@@ -97,18 +100,18 @@ class InterestServicer(pb_grpc.InterestServiceServicer):
         self.check = Validator(settings, graph)
         self.max_stream_events = settings.max_stream_events
 
-    def SimilarItems(self, request: pb.SimilarItemsRequest, context: grpc.ServicerContext):
+    def SimilarItems(self, request: pb.SimilarItemsRequest, context: grpc.ServicerContext) -> pb.SimilarItemsResponse:
         answer = self.engine.similar_items(self.check.id(request.item_id, "item_id"), self.check.k(request.k),
                                            self.check.filter(request.filter))
         return _answer(pb.SimilarItemsResponse, answer)
 
-    def RecommendForUser(self, request: pb.RecommendForUserRequest, context: grpc.ServicerContext):
+    def RecommendForUser(self, request: pb.RecommendForUserRequest, context: grpc.ServicerContext) -> pb.RecommendForUserResponse:
         answer = self.engine.recommend_for_user(
             self.check.id(request.user_id, "user_id"), self.check.k(request.k), self.check.filter(request.filter),
             include_seen=request.include_seen)
         return _answer(pb.RecommendForUserResponse, answer, cold_start=answer.cold_start)
 
-    def NearestItems(self, request: pb.NearestItemsRequest, context: grpc.ServicerContext):
+    def NearestItems(self, request: pb.NearestItemsRequest, context: grpc.ServicerContext) -> pb.NearestItemsResponse:
         if not request.vector:
             raise InvalidInput("vector must not be empty")
         if not all(math.isfinite(x) for x in request.vector):
@@ -117,7 +120,8 @@ class InterestServicer(pb_grpc.InterestServiceServicer):
                                            self.check.filter(request.filter))
         return _answer(pb.NearestItemsResponse, answer)
 
-    def IngestEvents(self, request_iterator, context: grpc.ServicerContext):
+    def IngestEvents(self, request_iterator: Iterable[pb.IngestEventsRequest],
+                     context: grpc.ServicerContext) -> pb.IngestEventsResponse:
         events: list[dict[str, Any]] = []
         for message in request_iterator:
             if len(events) + len(message.events) > self.max_stream_events:
@@ -129,7 +133,7 @@ class InterestServicer(pb_grpc.InterestServiceServicer):
             received=len(events), accepted=result.accepted, duplicates=result.duplicates,
             rejected=[pb.Rejection(index=r.index, reason=r.reason) for r in result.rejected])
 
-    def GetEmbedding(self, request: pb.GetEmbeddingRequest, context: grpc.ServicerContext):
+    def GetEmbedding(self, request: pb.GetEmbeddingRequest, context: grpc.ServicerContext) -> pb.GetEmbeddingResponse:
         node_type = NODE_TYPES.get(request.node_type)
         if node_type is None:
             raise InvalidInput("node_type must be NODE_TYPE_USER or NODE_TYPE_ITEM")
@@ -137,6 +141,6 @@ class InterestServicer(pb_grpc.InterestServiceServicer):
         return pb.GetEmbeddingResponse(vector=emb.vector.tolist(), model_version=emb.model_version,
                                        updated_at=emb.updated_at)
 
-    def ForgetUser(self, request: pb.ForgetUserRequest, context: grpc.ServicerContext):
+    def ForgetUser(self, request: pb.ForgetUserRequest, context: grpc.ServicerContext) -> pb.ForgetUserResponse:
         existed = self.engine.forget_user(self.check.id(request.user_id, "user_id"))
         return pb.ForgetUserResponse(existed=existed)

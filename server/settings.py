@@ -105,7 +105,7 @@ class ServerSettings(BaseSettings):
     metrics_port: int = Field(default=9464, ge=0, le=65535)
 
     @model_validator(mode="after")
-    def _threads_left_for_queries(self):
+    def _threads_left_for_queries(self) -> ServerSettings:
         if self.stream_threads >= self.wait_threads:
             raise ValueError(f"IG_SERVER_STREAM_THREADS ({self.stream_threads}) must be below IG_SERVER_WAIT_THREADS "
                              f"({self.wait_threads}): streams holding every thread would leave none for the calls "
@@ -114,7 +114,7 @@ class ServerSettings(BaseSettings):
 
     @field_validator("snapshot_dir", "redis_url", "tls_cert_file", "tls_key_file", mode="before")
     @classmethod
-    def _empty_is_none(cls, v):
+    def _empty_is_none(cls, v: object) -> object:
         return None if v == "" else v  # IG_SERVER_SNAPSHOT_DIR= (empty) turns snapshots off
 
     @property

@@ -14,6 +14,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -47,8 +48,8 @@ def save_snapshot(directory: Path, index: ItemIndex, users: dict[str, tuple[np.n
     return _write(Path(directory), base.index, state, ids, user_ids, user_vecs, user_ts, meta)
 
 
-def _write(directory: Path, base: faiss.Index, state: dict, ids: np.ndarray, user_ids: list[str],
-           user_vecs: np.ndarray, user_ts: np.ndarray, meta: dict) -> Path:
+def _write(directory: Path, base: faiss.Index, state: dict[str, Any], ids: np.ndarray, user_ids: list[str],
+           user_vecs: np.ndarray, user_ts: np.ndarray, meta: dict[str, Any]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     name = f"snap-{time.time_ns()}"
     target = directory / name

@@ -11,6 +11,7 @@ import time
 from collections import OrderedDict
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from server.index import normalise
 
@@ -33,7 +34,7 @@ class UserVectors:
             self._cache.move_to_end(pseudonym)
         return hit
 
-    def put(self, pseudonym: str, vector, updated_at: float) -> bool:
+    def put(self, pseudonym: str, vector: ArrayLike, updated_at: float) -> bool:
         """Caches a vector (normalised); refused for a user forgotten after ``updated_at``."""
         forgotten_at = self._forgotten.get(pseudonym)
         if forgotten_at is not None and updated_at <= forgotten_at:

@@ -12,8 +12,8 @@ Start a worker:  ``celery -A workers.celery_app worker -Q gpu,cpu --pool=solo`` 
 from __future__ import annotations
 
 from celery import Celery
-from celery.utils.log import get_logger
 from celery.signals import before_task_publish, worker_process_init, worker_process_shutdown, worker_ready
+from celery.utils.log import get_logger
 
 from workers.metrics_http import WorkerMetrics, stamp_sent_at
 from workers.settings import WorkerSettings

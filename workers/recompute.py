@@ -28,8 +28,8 @@ from typing import Callable
 
 import neo4j
 import numpy as np
-from redis import Redis
 import torch
+from redis import Redis
 
 from graphdb import subgraph
 from graphdb.changes import clear_marks, read_marks

@@ -9,7 +9,6 @@ import time
 import typer
 from rich.console import Console
 
-
 worker_app = typer.Typer(help="Celery workers, the recompute scheduler and job submission.", no_args_is_help=True)
 console = Console(stderr=True)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
@@ -144,13 +143,13 @@ def test_python_m_server_exits_with_a_clear_error_on_a_public_address_without_to
     env = dict(os.environ, IG_SERVER_HOST="0.0.0.0", IG_SERVER_PORT=str(port), IG_SERVER_AUTH_TOKENS="",
                IG_SERVER_SNAPSHOT_DIR="", IG_SERVER_REDIS_URL="", NEO4J_URI=f"bolt://127.0.0.1:{port}")
     env.pop("IG_SERVER_ALLOW_INSECURE_PUBLIC", None)
-    started = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "server"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     assert "refusing to listen on 0.0.0.0" in out and "IG_SERVER_ALLOW_INSECURE_PUBLIC=true" in out
-    assert time.monotonic() - started < 30  # it fails before trying to reach Neo4j (nothing listens there)
+    # it fails before trying to reach Neo4j (nothing listens there): no connection error reported
+    assert "not reachable" not in out and "ServiceUnavailable" not in out
     assert not localstack.port_open(port)
 
 

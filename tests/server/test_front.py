@@ -121,12 +121,13 @@ def test_a_query_past_its_deadline_is_answered_and_counted_as_such(server_graph_
         stub = harness.stub()
         request = pb.SimilarItemsRequest(item_id="item-7", k=3)
         with harness.engine.lock:
-            started = time.monotonic()
             with pytest.raises(grpc.RpcError) as err:
                 stub.SimilarItems(request, timeout=0.3)
             assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            assert time.monotonic() - started < 1.0
-            time.sleep(0.3)  # the query still waits for the lock
+            # Part of what is tested, not a wait for a state: the server measures the call's grpc-timeout in wall
+            # time from when the call reached it, a little after the client's clock started, so its deadline may
+            # still be ahead when the client gives up. Hold the lock past it; the query is still waiting for it.
+            time.sleep(0.3)
         assert stub.SimilarItems(request, timeout=10).items
         deadline = time.monotonic() + 10
         while handled(samples := scrape(port)) != {("SimilarItems", "DEADLINE_EXCEEDED"): 1,

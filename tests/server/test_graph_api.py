@@ -15,6 +15,7 @@ from graphdb.pseudonym import pseudonymise
 from graphdb.schema import wipe
 from proto.interest.v1 import interest_pb2 as pb
 from server.delta import FIELD, encode_activate, encode_upsert
+from server.lifecycle import stream_position
 from tests.server.conftest import DIM, base_settings, item_vectors, start_harness
 
 N_ITEMS = 60
@@ -203,9 +204,9 @@ def test_forget_user_everywhere(live, neo4j_driver, graph_settings, redis_url) -
     deltas = [pb.EmbeddingDelta.FromString(f[FIELD]) for _, f in entries if f[FIELD] != b"not a protobuf"]
     assert any(d.op == pb.EmbeddingDelta.OP_DELETE and d.id == pseudonym for d in deltas)
     # an upsert computed before the forget and arriving late cannot bring the user back
-    redis.Redis.from_url(redis_url).xadd(STREAM, {FIELD: encode_upsert(
+    late = redis.Redis.from_url(redis_url).xadd(STREAM, {FIELD: encode_upsert(
         pb.NODE_TYPE_USER, pseudonym, np.ones(DIM), live.engine.serving.index.model_version, ts=time.time() - 60)})
-    time.sleep(0.3)
+    _wait(lambda: stream_position(live.lifecycle.consumer.position) >= stream_position(late.decode()))  # applied
     assert stub.RecommendForUser(pb.RecommendForUserRequest(user_id="alice", k=3), timeout=10).cold_start
     assert not stub.ForgetUser(pb.ForgetUserRequest(user_id="alice"), timeout=10).existed
     # the snapshot on disk is rewritten without the user shortly after

@@ -3,6 +3,7 @@ size, model version, delta-stream freshness and ingestion outcomes reflect exact
 
 from __future__ import annotations
 
+import threading
 import time
 import urllib.request
 
@@ -171,13 +172,18 @@ def test_each_server_has_its_own_registry_and_sees_refused_calls(metered, graph_
         _fails(stub.SimilarItems, pb.SimilarItemsRequest(item_id="item-1", k=3), grpc.StatusCode.UNAUTHENTICATED)
         assert stub.SimilarItems(pb.SimilarItemsRequest(item_id="item-1", k=3), timeout=10, metadata=auth).items
 
-        def slow():
+        release = threading.Event()
+
+        def held_open():  # a client stream that stays open until its call is over: only the deadline ends it
             yield pb.IngestEventsRequest()
-            time.sleep(1.5)
+            release.wait(60)
             yield pb.IngestEventsRequest()
 
-        with pytest.raises(grpc.RpcError) as err:
-            stub.IngestEvents(slow(), timeout=0.3, metadata=auth)
+        try:
+            with pytest.raises(grpc.RpcError) as err:
+                stub.IngestEvents(held_open(), timeout=0.3, metadata=auth)
+        finally:
+            release.set()
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         deadline = time.monotonic() + 10  # the server notices the deadline on its own schedule
         while ("IngestEvents", "DEADLINE_EXCEEDED") not in handled(samples := scrape(port)):

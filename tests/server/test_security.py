@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 
 import grpc
 import pytest
@@ -32,8 +33,11 @@ def test_not_serving_until_the_index_is_loaded(server_graph_settings) -> None:
             pb_grpc.InterestServiceStub(ch).SimilarItems(pb.SimilarItemsRequest(item_id="item-1", k=1), timeout=10)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "not loaded" in err.value.details()
         harness.call(load_items, harness.engine)
-        harness.run(__import__("asyncio").sleep(0.05))
-        assert _health(ch) == health_pb2.HealthCheckResponse.SERVING
+        # the health service is told on the server's event loop: poll it rather than guess when that has run
+        deadline = time.monotonic() + 10
+        while _health(ch) != health_pb2.HealthCheckResponse.SERVING:
+            assert time.monotonic() < deadline, "still NOT_SERVING after the index was loaded"
+            time.sleep(0.02)
         assert pb_grpc.InterestServiceStub(ch).SimilarItems(
             pb.SimilarItemsRequest(item_id="item-1", k=1), timeout=10).items
     finally:
@@ -127,12 +131,17 @@ def test_concurrent_rpc_limit(server_graph_settings) -> None:
     try:
         stub = harness.stub()
         holder = stub.IngestEvents.future(held_open(), timeout=15)
-        import time
-
-        time.sleep(0.3)  # the first call is in flight
-        with pytest.raises(grpc.RpcError) as err:
-            stub.SimilarItems(pb.SimilarItemsRequest(item_id="item-1", k=1), timeout=5)
-        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # Until the held call reaches the server a query may still get through; once it does, queries are refused.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                stub.SimilarItems(pb.SimilarItemsRequest(item_id="item-1", k=1), timeout=5)
+            except grpc.RpcError as err:
+                assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
+                break
+            assert time.monotonic() < deadline, "a query was never refused while a call was in flight"
+            time.sleep(0.02)
+        assert not holder.done()  # refused while the one allowed call was (still) in flight
         release.set()
         with pytest.raises(grpc.RpcError):
             holder.result()  # no graph here: UNAVAILABLE, but it ran
@@ -148,7 +157,6 @@ def test_streams_cannot_take_the_threads_queries_need(server_graph_settings) -> 
     queries keep answering, and a slot frees when a stream ends. Health Watch needs no token, so it is the
     stream anyone could open."""
     import threading
-    import time
 
     # Two query threads: were the two held Watch streams on them, no query could be answered.
     settings = base_settings(rpc_threads=2, wait_threads=3, stream_threads=2)
@@ -177,17 +185,27 @@ def test_streams_cannot_take_the_threads_queries_need(server_graph_settings) -> 
             health_pb2.HealthCheckResponse.SERVING
 
         watches[0].cancel()  # a slot frees: a stream is accepted again
+        # A Watch that runs answers the current status at once: that, not time, shows the slot was given back.
         deadline = time.monotonic() + 10
         while True:
-            holder = stub.IngestEvents.future(held_open(), timeout=15)
-            time.sleep(0.3)
-            if not holder.done():
-                break  # running, holding the freed slot
-            assert holder.exception().code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            watch = health.Watch(health_pb2.HealthCheckRequest(service=SERVICE), timeout=20)
+            try:
+                assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+                break
+            except grpc.RpcError as err:
+                assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
             assert time.monotonic() < deadline, "the cancelled Watch never gave its slot back"
+            time.sleep(0.02)
+        watch.cancel()  # and once that one ends too, a client stream runs in the slot
         release.set()
-        with pytest.raises(grpc.RpcError) as err:
-            holder.result()
+        deadline = time.monotonic() + 10
+        while True:
+            with pytest.raises(grpc.RpcError) as err:
+                stub.IngestEvents(iter([pb.IngestEventsRequest()]), timeout=10)
+            if err.value.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                break
+            assert time.monotonic() < deadline, "the second cancelled Watch never gave its slot back"
+            time.sleep(0.02)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE  # it ran: no graph database behind this server
     finally:
         release.set()

@@ -1,7 +1,7 @@
 import numpy as np
 
-from planted_graphs import planted
 from bench._implicit import fit_implicit
+from planted_graphs import planted
 from workers.baselines import fit_gfcf, fit_popularity, fit_random
 from workers.metrics import rank_metrics
 from workers.models.lightgcn import LightGCN

@@ -157,7 +157,7 @@ def test_worker_killed_mid_recompute_the_task_comes_back_and_nothing_is_lost(gra
         while not lock.exists(jobs.LOCK_NAME) and time.monotonic() < deadline:
             time.sleep(0.005)
         assert lock.exists(jobs.LOCK_NAME), "the recompute never started"
-        time.sleep(0.3)  # in the middle of it
+        # The lock is taken inside the task, before it computes anything: killed now, it dies mid-task.
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
         assert count_marks(graph) == marks_before  # nothing was cleared: every change is still to do
@@ -191,9 +191,8 @@ def test_worker_killed_during_training_the_task_comes_back_and_saves_one_version
     process.wait_for_worker(app, first)
     task = app.send_task("interest.train", kwargs={"epochs": 0})
     deadline = time.monotonic() + 60
-    while task.state not in ("STARTED", "PROGRESS", "SUCCESS") and time.monotonic() < deadline:
+    while task.state not in ("PROGRESS", "SUCCESS") and time.monotonic() < deadline:  # PROGRESS: inside its work
         time.sleep(0.02)
-    time.sleep(0.3)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     assert task.state != "SUCCESS", "training finished before the kill: nothing was tested"
@@ -250,8 +249,17 @@ def test_redis_restarted_under_worker_and_scheduler_an_event_still_gets_a_fresh_
             time.sleep(0.1)
         assert count_marks(graph) == 0
 
+        def noticed() -> tuple[int, int]:  # what the worker and the scheduler log when Redis goes away
+            worker_log, scheduler_log = (tmp_path / name for name in ("worker.log", "scheduler.log"))
+            return (worker_log.read_text(errors="replace").count("Connection to broker lost"),
+                    scheduler_log.read_text(errors="replace").count("; retrying in"))
+
+        before = noticed()
         localstack.stop_service(service)
-        time.sleep(2.0)  # both notice: the worker's broker connection and the scheduler's BLPOP fail
+        deadline = time.monotonic() + 30
+        while not all(now > then for now, then in zip(noticed(), before)):  # both saw it
+            assert time.monotonic() < deadline, f"the outage was not noticed by both: {noticed()} after {before}"
+            time.sleep(0.1)
         service = localstack.start_redis(own)
         assert worker.poll() is None and scheduler.poll() is None
 

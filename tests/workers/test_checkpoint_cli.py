@@ -8,12 +8,12 @@ import torch
 from typer.testing import CliRunner
 
 from planted_graphs import planted
-from workers.checkpoint import load_checkpoint, resolve, save_checkpoint
 from workers.baselines import fit_random
+from workers.checkpoint import load_checkpoint, resolve, save_checkpoint
 from workers.cli import app
+from workers.embed import served_vectors
 from workers.metrics import rank_metrics
 from workers.models.hetero_gnn import HeteroGNN
-from workers.embed import served_vectors
 from workers.settings import ModelSettings, TrainSettings
 from workers.train_served import fit_served
 

@@ -6,7 +6,6 @@ import scipy.sparse as sp
 import torch
 
 from planted_graphs import cluster_text, planted
-
 from workers.models.hetero_gnn import typed_edges
 from workers.settings import ModelSettings, TrainSettings
 from workers.train_hetero import build_hetero, encode, fit_hetero

@@ -8,7 +8,7 @@ import torch
 from planted_graphs import cluster_text, planted
 from workers.baselines import fit_popularity, fit_random
 from workers.data import InteractionGraph
-from workers.embed import embed_all, served_scorer, served_vectors, user_vector, item_bases
+from workers.embed import embed_all, item_bases, served_scorer, served_vectors, user_vector
 from workers.metrics import rank_metrics
 from workers.settings import ModelSettings, TrainSettings
 from workers.train_served import fit_served, holdout

@@ -165,6 +165,9 @@ fn parse_timeout(value: &HeaderValue) -> Option<Duration> {
         return None;
     }
     let (digits, unit) = s.split_at(s.len() - 1);
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;  // u64's parser would also take a sign, which the header's grammar does not allow
+    }
     let n: u64 = digits.parse().ok()?;
     Some(match unit {
         "H" => Duration::from_secs(n.saturating_mul(3600)),
@@ -175,6 +178,16 @@ fn parse_timeout(value: &HeaderValue) -> Option<Duration> {
         "n" => Duration::from_nanos(n),
         _ => return None,
     })
+}
+
+/// The one message of a unary request: a 5-byte prefix (compressed flag 0, big-endian length) and exactly that
+/// many bytes; anything else (compressed, truncated, several messages) is None.
+fn unframe(body: &Bytes) -> Option<Bytes> {
+    if body.len() < 5 || body[0] != 0 {
+        return None;
+    }
+    let length = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+    (length == body.len() - 5).then(|| body.slice(5..))
 }
 
 /// Runs the call in Python; any failure to do so is an INTERNAL status (the details go to stderr).
@@ -211,14 +224,9 @@ async fn unary(shared: Arc<Shared>, method: Method, req: Request<Incoming>) -> R
         }
         Err(_) => return status(CANCELLED, "the request stream ended early"),
     };
-    if body.len() < 5 || body[0] != 0 {
+    let Some(message) = unframe(&body) else {
         return status(INTERNAL, "a unary call needs exactly one uncompressed request message");
-    }
-    let length = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
-    if length != body.len() - 5 {
-        return status(INTERNAL, "a unary call needs exactly one uncompressed request message");
-    }
-    let message = body.slice(5..);
+    };
     let deadline = timeout.map(|t| started + t);
     let remaining = move || deadline.map(|d| d.saturating_duration_since(Instant::now()).as_secs_f64());
     if !method.waits {
@@ -421,4 +429,121 @@ impl Front {
 fn ig_front(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Front>()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(value: &'static str) -> HeaderValue {
+        HeaderValue::from_static(value)
+    }
+
+    #[test]
+    fn percent_encode_passes_printable_ascii() {
+        assert_eq!(percent_encode("no such item: 42 (try ~another)"), "no such item: 42 (try ~another)");
+    }
+
+    #[test]
+    fn percent_encode_escapes_percent_controls_and_utf8() {
+        assert_eq!(percent_encode("100%"), "100%25");
+        assert_eq!(percent_encode("a\nb\tc"), "a%0Ab%09c");
+        assert_eq!(percent_encode("café"), "caf%C3%A9");
+        assert_eq!(percent_encode("\u{7f}"), "%7F");
+    }
+
+    #[test]
+    fn parse_timeout_reads_every_unit() {
+        assert_eq!(parse_timeout(&header("2H")), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_timeout(&header("3M")), Some(Duration::from_secs(180)));
+        assert_eq!(parse_timeout(&header("5S")), Some(Duration::from_secs(5)));
+        assert_eq!(parse_timeout(&header("250m")), Some(Duration::from_millis(250)));
+        assert_eq!(parse_timeout(&header("750u")), Some(Duration::from_micros(750)));
+        assert_eq!(parse_timeout(&header("99999999n")), Some(Duration::from_nanos(99_999_999)));
+        assert_eq!(parse_timeout(&header("0m")), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn parse_timeout_takes_at_most_eight_digits() {
+        assert_eq!(parse_timeout(&header("99999999H")), Some(Duration::from_secs(99_999_999 * 3600)));
+        assert_eq!(parse_timeout(&header("123456789S")), None);
+    }
+
+    #[test]
+    fn parse_timeout_rejects_malformed_values() {
+        for bad in ["", "S", "5", "5s", "5x", "1.5S", "-1S", "+1S", " 1S", "S5", "mm"] {
+            assert_eq!(parse_timeout(&HeaderValue::from_str(bad).unwrap()), None, "{bad:?}");
+        }
+        assert_eq!(parse_timeout(&HeaderValue::from_bytes(b"1\xffS").unwrap()), None);
+    }
+
+    fn framed(flag: u8, length: u32, payload: &[u8]) -> Bytes {
+        let mut out = BytesMut::new();
+        out.put_u8(flag);
+        out.put_u32(length);
+        out.extend_from_slice(payload);
+        out.freeze()
+    }
+
+    #[test]
+    fn unframe_returns_the_one_message() {
+        assert_eq!(unframe(&framed(0, 3, b"abc")), Some(Bytes::from_static(b"abc")));
+        assert_eq!(unframe(&framed(0, 0, b"")), Some(Bytes::new()));
+    }
+
+    #[test]
+    fn unframe_rejects_compressed_truncated_and_repeated_messages() {
+        assert_eq!(unframe(&framed(1, 3, b"abc")), None, "compressed");
+        assert_eq!(unframe(&Bytes::from_static(&[0, 0, 0, 0])), None, "prefix cut short");
+        assert_eq!(unframe(&Bytes::new()), None, "empty body");
+        assert_eq!(unframe(&framed(0, 4, b"abc")), None, "message cut short");
+        assert_eq!(unframe(&framed(0, 2, b"abc")), None, "bytes after the message");
+        let mut two = BytesMut::from(&framed(0, 1, b"a")[..]);
+        two.extend_from_slice(&framed(0, 1, b"b"));
+        assert_eq!(unframe(&two.freeze()), None, "two messages");
+    }
+
+    /// The answer's headers, body bytes and trailers.
+    async fn parts(response: Response<ResponseBody>) -> (HeaderMap, Bytes, Option<HeaderMap>) {
+        let (parts, body) = response.into_parts();
+        let collected = body.collect().await.expect("the body is in memory");
+        let trailers = collected.trailers().cloned();
+        (parts.headers, collected.to_bytes(), trailers)
+    }
+
+    #[tokio::test]
+    async fn a_successful_answer_is_one_framed_message_then_the_status_trailers() {
+        let (headers, body, trailers) = parts(grpc_response(OK, "", Some(Bytes::from_static(b"hello")), 64)).await;
+        assert_eq!(headers["content-type"], "application/grpc");
+        assert!(headers.get("grpc-status").is_none());
+        assert_eq!(&body[..], &[0, 0, 0, 0, 5, b'h', b'e', b'l', b'l', b'o']);
+        let trailers = trailers.expect("trailers");
+        assert_eq!(trailers["grpc-status"], "0");
+        assert!(trailers.get("grpc-message").is_none());
+    }
+
+    #[tokio::test]
+    async fn an_error_is_trailers_only_with_its_encoded_message() {
+        let (headers, body, trailers) = parts(status(UNAVAILABLE, "retry in 5% of a minute")).await;
+        assert_eq!(headers["content-type"], "application/grpc");
+        assert_eq!(headers["grpc-status"], "14");
+        assert_eq!(headers["grpc-message"], "retry in 5%25 of a minute");
+        assert!(body.is_empty());
+        assert!(trailers.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_error_drops_any_response_message() {
+        let (headers, body, _) = parts(grpc_response(INTERNAL, "boom", Some(Bytes::from_static(b"x")), 64)).await;
+        assert_eq!(headers["grpc-status"], "13");
+        assert!(body.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_response_over_the_limit_is_refused() {
+        let (headers, body, _) = parts(grpc_response(OK, "", Some(Bytes::from_static(b"12345")), 4)).await;
+        assert_eq!(headers["grpc-status"], "8");
+        assert_eq!(headers["grpc-message"], "the response is larger than the limit of 4 bytes");
+        assert!(body.is_empty());
+    }
 }
