@@ -11,9 +11,9 @@ import torch
 
 from graphdb.errors import InvalidInput
 from workers.checkpoint import save_checkpoint
-from workers.kinds import MODEL_KINDS
 from workers.data import InteractionGraph
 from workers.embed import served_scorer
+from workers.kinds import MODEL_KINDS
 from workers.metrics import rank_metrics
 from workers.settings import ModelSettings, TrainSettings, WorkerSettings
 from workers.text import TextEncoder
