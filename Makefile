@@ -15,10 +15,11 @@ setup: system $(STAMP) $(FRONT) proto neo4j-jars
 
 # System packages: Java 17 and Maven (Neo4j), redis-server. Installed only when missing.
 system:
-	@command -v java >/dev/null && command -v mvn >/dev/null && command -v redis-server >/dev/null || { \
-	  echo "installing system packages (java, maven, redis-server)"; \
+	@command -v java >/dev/null && command -v mvn >/dev/null && command -v redis-server >/dev/null \
+	  && command -v dot >/dev/null || { \
+	  echo "installing system packages (java, maven, redis-server, graphviz)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    openjdk-17-jre-headless maven redis-server >/dev/null; }
+	    openjdk-17-jre-headless maven redis-server graphviz >/dev/null; }
 	@# The Debian package starts its own redis on 6379; the project runs its own instances.
 	@-systemctl disable --now redis-server >/dev/null 2>&1 || true
 

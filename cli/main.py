@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import typer
 
+from cli.picture import picture
 from graphdb.cli import graph_app, stack_app
 from workers.cli import app as models_app
 from workers.worker_cli import worker_app
 
 app = typer.Typer(help="Real-time user-interest graph service.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
+graph_app.command("picture")(picture)
 app.add_typer(graph_app, name="graph")
 app.add_typer(models_app, name="model")
 app.add_typer(worker_app, name="worker")

@@ -37,6 +37,8 @@ def stack_up() -> None:
         _fail(exc)
     for name, svc in services.items():
         console.print(f"{name}: 127.0.0.1:{svc.port} (pid {svc.pid()}, log {svc.log_file})")
+    if url := localstack.browser_url(settings):
+        console.print(f"Neo4j Browser: {url} (connect to bolt://127.0.0.1:{settings.neo4j_port}, no authentication)")
     console.print(f"stack up in {time.monotonic() - started:.1f} s")
 
 

@@ -76,7 +76,9 @@ def _services(settings: LocalStackSettings) -> tuple[Service, Service]:
 def neo4j_classpath(settings: LocalStackSettings) -> str:
     """Classpath of the Neo4j jars, resolved by Maven once (jars cached in ~/.m2) and remembered per machine,
     so every stack (the project's, the tests', a benchmark's) shares it whatever its ``var_dir``."""
-    cache = CLASSPATH_CACHE_DIR / f"neo4j-classpath-{settings.neo4j_version}.txt"
+    browser = settings.neo4j_browser_version if settings.neo4j_http_port else None
+    suffix = f"-browser-{browser}" if browser else ""
+    cache = CLASSPATH_CACHE_DIR / f"neo4j-classpath-{settings.neo4j_version}{suffix}.txt"
     if cache.exists() and cache.stat().st_size > 0:
         return cache.read_text().strip()
     if shutil.which("mvn") is None:
@@ -85,12 +87,15 @@ def neo4j_classpath(settings: LocalStackSettings) -> str:
     cmd = [
         "mvn", "-q", "-B", "-f", str(LAUNCHER_DIR / "pom.xml"),
         f"-Dneo4j.version={settings.neo4j_version}",
+        # activates the pom's browser profile
+        *([f"-Dneo4j.browser.version={browser}"] if browser else []),
         "dependency:build-classpath", f"-Dmdep.outputFile={cache.resolve()}",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 or not cache.exists():
         cache.unlink(missing_ok=True)
-        raise Unavailable(f"Maven could not resolve Neo4j {settings.neo4j_version}: {proc.stdout[-800:]}{proc.stderr[-800:]}")
+        what = f"Neo4j {settings.neo4j_version}" + (f" with Neo4j Browser {browser}" if browser else "")
+        raise Unavailable(f"Maven could not resolve {what}: {proc.stdout[-800:]}{proc.stderr[-800:]}")
     return cache.read_text().strip()
 
 
@@ -137,10 +142,16 @@ def _redis_ready(port: int) -> bool:
 
 def start_neo4j(settings: LocalStackSettings) -> Service:
     service = _services(settings)[0]
+    http = settings.neo4j_http_port
     if service.pid() is not None and port_open(service.port):
+        if http and not port_open(http):
+            raise FailedPrecondition(f"Neo4j runs without HTTP on port {http}; restart the stack (`interest stack down`, "
+                                     "then up) to serve Neo4j Browser")
         return service
     if port_open(service.port):
         raise FailedPrecondition(f"port {service.port} is taken by another process; set IG_STACK_NEO4J_PORT")
+    if http and port_open(http):
+        raise FailedPrecondition(f"port {http} is taken by another process; set IG_STACK_NEO4J_HTTP_PORT")
     home = (settings.var_dir / "neo4j" / "data").resolve()
     home.mkdir(parents=True, exist_ok=True)
     cmd = [
@@ -149,20 +160,27 @@ def start_neo4j(settings: LocalStackSettings) -> Service:
         "-cp", neo4j_classpath(settings), str(LAUNCHER_DIR / "Launcher.java"),
         "--home", str(home), "--port", str(service.port),
         "--pagecache-mb", str(settings.neo4j_pagecache_mb), "--tx-memory-mb", str(settings.neo4j_tx_memory_mb),
+        "--http-port", str(http),
     ]
     proc = _spawn(service, cmd)
-    _wait(service, proc, lambda: _neo4j_ready(service), settings.start_timeout_s)
+    _wait(service, proc, lambda: _neo4j_ready(service, http), settings.start_timeout_s)
     return service
 
 
-def _neo4j_ready(service: Service) -> bool:
-    # The launcher prints READY once the default database answers queries.
+def browser_url(settings: LocalStackSettings) -> str | None:
+    """Where the local stack serves Neo4j Browser, or None when its HTTP connector is off."""
+    return f"http://127.0.0.1:{settings.neo4j_http_port}/browser/" if settings.neo4j_http_port else None
+
+
+def _neo4j_ready(service: Service, http_port: int) -> bool:
+    # The launcher prints READY once the default database answers queries (and the web server is started).
     if not service.log_file.exists():
         return False
     with open(service.log_file, "rb") as f:
         f.seek(max(0, service.log_file.stat().st_size - 4096))
         tail = f.read().decode(errors="replace")
-    return f"READY {service.port}" in tail and port_open(service.port)
+    ready = f"READY {service.port} http {http_port}" if http_port else f"READY {service.port}"
+    return ready in tail and port_open(service.port) and (not http_port or port_open(http_port))
 
 
 def start_redis(settings: LocalStackSettings) -> Service:

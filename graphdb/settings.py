@@ -35,6 +35,11 @@ class LocalStackSettings(BaseSettings):
     neo4j_version: str = "5.26.30"
     neo4j_port: int = Field(default=7687, ge=0, le=65535)
     redis_port: int = Field(default=6379, ge=0, le=65535)
+    # Neo4j's HTTP connector on loopback, serving Neo4j Browser at /browser/; 0 keeps it off (the default: one
+    # port fewer to collide on a shared machine, and the Browser jar is fetched only when wanted).
+    neo4j_http_port: int = Field(default=0, ge=0, le=65535)
+    # The newest Browser on Maven Central; Neo4j 5.26's own later browsers are not published there.
+    neo4j_browser_version: str = "5.24.0"
     # Capped for a 2-core / 24 GB machine; Neo4j's defaults would take half the RAM for page cache.
     neo4j_heap_mb: int = Field(default=3072, ge=256)
     neo4j_pagecache_mb: int = Field(default=2048, ge=64)

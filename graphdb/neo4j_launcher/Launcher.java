@@ -1,5 +1,7 @@
-// Embedded Neo4j Community for local runs and tests: Bolt on loopback, HTTP off, memory capped.
+// Embedded Neo4j Community for local runs and tests: Bolt on loopback, HTTP off unless asked, memory capped.
 // Run in single-file source mode:  java -cp <neo4j classpath> Launcher.java --home DIR --port N ...
+// --http-port N (N > 0) turns the HTTP connector on, on loopback only: Neo4j Browser at /browser/ when its
+// jar is on the classpath.
 // Prints "READY <port>" once Bolt accepts connections; SIGTERM shuts the database down cleanly.
 
 import java.nio.file.Path;
@@ -25,11 +27,16 @@ public class Launcher {
         int port = Integer.parseInt(opt.getOrDefault("port", "7687"));
         long pagecacheMb = Long.parseLong(opt.getOrDefault("pagecache-mb", "512"));
         long txMb = Long.parseLong(opt.getOrDefault("tx-memory-mb", "1024"));
+        int httpPort = Integer.parseInt(opt.getOrDefault("http-port", "0"));
 
         DatabaseManagementService dbms = new DatabaseManagementServiceBuilder(home)
                 .setConfig(BoltConnector.enabled, true)
                 .setConfig(BoltConnector.listen_address, new SocketAddress("127.0.0.1", port))
-                .setConfig(HttpConnector.enabled, false)
+                // What the HTTP discovery document (and so Neo4j Browser) tells clients to connect to.
+                .setConfig(BoltConnector.advertised_address, new SocketAddress("127.0.0.1", port))
+                .setConfig(HttpConnector.enabled, httpPort > 0)
+                // Loopback like Bolt (the port is unused while HTTP is off).
+                .setConfig(HttpConnector.listen_address, new SocketAddress("127.0.0.1", httpPort > 0 ? httpPort : 7474))
                 .setConfig(HttpsConnector.enabled, false)
                 // Loopback-only development database; production (docker-compose) enables auth.
                 .setConfig(GraphDatabaseSettings.auth_enabled, false)
@@ -45,7 +52,7 @@ public class Launcher {
         }));
         // Touch the default database so READY means queries will be answered.
         dbms.database(GraphDatabaseSettings.DEFAULT_DATABASE_NAME).executeTransactionally("RETURN 1");
-        System.out.println("READY " + port);
+        System.out.println(httpPort > 0 ? "READY " + port + " http " + httpPort : "READY " + port);
         System.out.flush();
         stopped.await();
     }

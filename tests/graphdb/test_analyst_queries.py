@@ -11,6 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import neo4j
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -80,6 +81,10 @@ ITEM_VECTORS = {  # model m1, except i-novel (m0: an older model's vector)
 }
 NOVEL_M0 = unit((3, 1.0))
 ALICE_VECTOR = unit((0, 1.0), (2, 0.1))
+# Written before the "Vectors by model version" window; dave's is of the older model, so alice's nearest
+# users are bob then carol although dave's vector equals hers.
+USER_VECTORS = {"bob": unit((0, 1.0), (2, 0.3)), "carol": unit((3, 1.0), (0, 0.5))}
+DAVE_M0 = ALICE_VECTOR
 
 
 def _mapping(n: int, ev) -> dict:
@@ -102,6 +107,9 @@ def analyst_graph(neo4j_driver, graph_settings):
     assert write_embeddings(driver, "Item", [("i-novel", NOVEL_M0)], "m0", now=NOW - 7200) == 1
     key = graph_settings.pseudonym_key.get_secret_value()
     assert write_embeddings(driver, "User", [(pseudonymise(key, "alice"), ALICE_VECTOR)], "m1", now=NOW - 1800) == 1
+    others = [(pseudonymise(key, user), vector) for user, vector in USER_VECTORS.items()]
+    assert write_embeddings(driver, "User", others, "m1", now=NOW - 7200) == len(others)
+    assert write_embeddings(driver, "User", [(pseudonymise(key, "dave"), DAVE_M0)], "m0", now=NOW - 7200) == 1
     while marks := read_marks(driver):
         clear_marks(driver, marks)
     late = ingest_events(driver, graph_settings, [_mapping(100, LATE[0])], now=NOW)
@@ -248,6 +256,11 @@ def cases(p, hl: float) -> dict[str, tuple[dict, object]]:
             lambda rows: approx_rows(rows_as(rows, "item", "score"), [
                 ("i-head2", cos_score(ALICE_VECTOR, ITEM_VECTORS["i-head2"])),
                 ("i-cam", cos_score(ALICE_VECTOR, ITEM_VECTORS["i-cam"]))], tol=1e-5)),
+        "Users with similar vectors": c(
+            {"user": p("alice"), "candidates": 10, "k": 5},
+            lambda rows: approx_rows(rows_as(rows, "user", "score"), [
+                (p("bob"), cos_score(ALICE_VECTOR, USER_VECTORS["bob"])),
+                (p("carol"), cos_score(ALICE_VECTOR, USER_VECTORS["carol"]))], tol=1e-5)),
         "Vectors by model version": c(
             {"since": NOW - 5000},
             lambda rows: same(rows_as(rows, "label", "model_version", "vectors"),
@@ -305,3 +318,56 @@ def test_cli_query_takes_parameters(analyst_graph, neo4j_settings, graph_setting
     # and a Cypher error is reported, not a traceback
     bad = CliRunner().invoke(graph_app, ["query", "MATCH (n RETURN n"])
     assert bad.exit_code == 1 and "Cypher error" in bad.output
+
+
+# -- the documented vector-index queries against brute force, on many random vectors --------------------------
+
+RANDOM_VERSION = "m-random"
+
+
+@pytest.fixture
+def random_vectors(analyst_graph):
+    """Random vectors for 150 extra items and 40 extra users, of a model version of their own, so the
+    documented queries (which keep to the seed's version) rank only these; removed afterwards, so the
+    hand-built graph the other cases read is left as it was."""
+    rng = np.random.default_rng(19)
+    # float32, as Neo4j stores them, so brute force ranks the very numbers the index holds
+    items = {f"r-item-{n:03d}": v.tolist() for n, v in enumerate(rng.normal(size=(150, DIM)).astype(np.float32))}
+    users = {f"r-user-{n:03d}": v.tolist() for n, v in enumerate(rng.normal(size=(40, DIM)).astype(np.float32))}
+    analyst_graph.execute_query("UNWIND $ids AS id CREATE (:Item {id: id})", ids=list(items))
+    analyst_graph.execute_query("UNWIND $ids AS id CREATE (:User {id: id})", ids=list(users))
+    try:
+        assert write_embeddings(analyst_graph, "Item", items.items(), RANDOM_VERSION, now=NOW - 20 * D) == len(items)
+        assert write_embeddings(analyst_graph, "User", users.items(), RANDOM_VERSION, now=NOW - 20 * D) == len(users)
+        yield items, users
+    finally:
+        analyst_graph.execute_query("MATCH (n:Item|User) WHERE n.id STARTS WITH 'r-' DETACH DELETE n")
+
+
+def brute_force(query: list[float], vectors: dict[str, list[float]], k: int, leave_out: str = "") -> list[tuple]:
+    """The exact top k by cosine, as (id, (1 + cos) / 2), ties by id, as the documented queries order them."""
+    scored = sorted((-cos_score(query, v), id_) for id_, v in vectors.items() if id_ != leave_out)
+    return [(id_, -neg) for neg, id_ in scored[:k]]
+
+
+def test_vector_index_queries_agree_with_brute_force(analyst_graph, random_vectors) -> None:
+    """The documented index queries, asked for 50 candidates of the 156 items (or 44 users) in the index,
+    return the exact cosine top 5: the index's approximation never loses a true neighbour here."""
+    items, users = random_vectors
+    queries = doc_queries()
+
+    def run(heading: str, key: str, **params) -> list[tuple]:
+        records = analyst_graph.execute_query(queries[heading], params, routing_=neo4j.RoutingControl.READ).records
+        return rows_as([r.data() for r in records], key, "score")
+
+    for seed in sorted(items)[::15]:
+        approx_rows(run("Nearest items to an item (vector index)", "item", item=seed, candidates=50, k=5),
+                    brute_force(items[seed], items, 5, leave_out=seed), tol=1e-5)
+    for user in sorted(users)[::4]:
+        approx_rows(run("Users with similar vectors", "user", user=user, candidates=20, k=5),
+                    brute_force(users[user], users, 5, leave_out=user), tol=1e-5)
+        approx_rows(run("A user's nearest items", "item", user=user, candidates=50, k=5),
+                    brute_force(users[user], items, 5), tol=1e-5)
+    probe = np.random.default_rng(7).normal(size=DIM).tolist()
+    approx_rows(run("Nearest items to a vector", "item", vector=probe, candidates=50, model_version=RANDOM_VERSION, k=5),
+                brute_force(probe, items, 5), tol=1e-5)
