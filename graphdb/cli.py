@@ -13,6 +13,7 @@ from rich.table import Table
 from graphdb import localstack
 from graphdb.driver import connect
 from graphdb.errors import InterestError
+from graphdb.import_cli import graph_import
 from graphdb.loaders import DATASETS, load_dataset
 from graphdb.pseudonym import pseudonymise
 from graphdb.schema import migrate
@@ -22,6 +23,7 @@ from graphdb.stats import graph_counts
 console = Console()
 stack_app = typer.Typer(help="The local stack: embedded Neo4j and a loopback redis-server.", no_args_is_help=True)
 graph_app = typer.Typer(help="The graph: migrate, load datasets, counts, Cypher.", no_args_is_help=True)
+graph_app.command("import")(graph_import)  # a shop's own files (graphdb/import_cli.py)
 
 
 def _fail(exc: InterestError) -> None:
