@@ -16,7 +16,7 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Literal
 
 from graphdb.errors import InvalidInput
 
@@ -49,7 +49,7 @@ def detect_format(path: Path) -> str:
     return FORMATS[suffixes[-1]]
 
 
-def _open(path: Path) -> IO[bytes]:
+def _open(path: Path) -> "gzip.GzipFile | io.BufferedReader":
     if not path.is_file():
         raise InvalidInput(f"{path} does not exist or is not a file")
     return gzip.open(path, "rb") if path.suffix.lower() == ".gz" else open(path, "rb")
@@ -109,7 +109,7 @@ def _jsonl(path: Path, sources: dict[str, str], batch_rows: int, after: int) -> 
         yield batch
 
 
-def _values(column: "pa.ChunkedArray | pa.Array") -> tuple[list[Any], dict[int, str]]:
+def _values(column: "pa.ChunkedArray[Any] | pa.Array[Any]") -> tuple[list[Any], dict[int, str]]:
     """A column as Python values; binary columns decoded as UTF-8 (bad cells reported by index)."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -179,14 +179,16 @@ def _csv(path: Path, sources: dict[str, str], batch_rows: int, after: int) -> It
     present = _present(path, _header(path), sources)
     skipped: dict[int, str] = {}  # data row -> reason, filled by pyarrow while it parses a block
 
-    def on_invalid(row: Any) -> str:
+    def on_invalid(row: pacsv.InvalidRow) -> Literal["skip", "error"]:
+        if row.number is None:  # not known when parsing in parallel, which use_threads=False rules out
+            return "error"
         # row.number counts records from the header (1); ours count data rows.
-        skipped[int(row.number) - 1] = f"expected {row.expected_columns} fields, got {row.actual_columns}"
+        skipped[row.number - 1] = f"expected {row.expected_columns} fields, got {row.actual_columns}"
         return "skip"
 
     try:
         reader = pacsv.open_csv(
-            _open(path),
+            str(path),  # pyarrow decompresses .gz by the name
             read_options=pacsv.ReadOptions(use_threads=False, block_size=CSV_BLOCK_BYTES),
             # Empty lines stay rows (rejected as such), so row numbers match the file's records.
             parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid, newlines_in_values=True,
@@ -231,16 +233,17 @@ def _split(batch: RowBatch, size: int) -> Iterator[RowBatch]:
         batch.bad.sort()
         yield batch
         return
-    items = sorted([(p, 0, r) for p, r in zip(batch.positions, batch.rows)] + [(p, 1, r) for p, r in batch.bad],
-                   key=lambda x: x[0])
+    items: list[tuple[int, dict[str, Any] | None, str]] = sorted(
+        [(p, r, "") for p, r in zip(batch.positions, batch.rows)] + [(p, None, reason) for p, reason in batch.bad],
+        key=lambda x: x[0])
     for start in range(0, len(items), size):
         part = RowBatch(end=items[min(start + size, len(items)) - 1][0])
-        for p, is_bad, value in items[start:start + size]:
-            if is_bad:
-                part.bad.append((p, value))
+        for p, row, reason in items[start:start + size]:
+            if row is None:
+                part.bad.append((p, reason))
             else:
                 part.positions.append(p)
-                part.rows.append(value)
+                part.rows.append(row)
         if start + size >= len(items):
             part.end = batch.end
         yield part
