@@ -63,6 +63,13 @@ class ImportState:
 
     def resume(self, *, restart: bool) -> None:
         """Load a checkpoint of the same input and mapping (unless ``restart``) and open the rejects file."""
+        try:
+            self._resume(restart)
+        except OSError as exc:
+            raise InvalidInput(f"cannot write {self.rejects_path} or its checkpoint ({exc.strerror}); "
+                               "choose another place with --rejects-dir") from exc
+
+    def _resume(self, restart: bool) -> None:
         saved = None if restart else self._load()
         self.rejects_path.parent.mkdir(parents=True, exist_ok=True)
         if saved is None:

@@ -22,7 +22,7 @@ import neo4j
 from neo4j.exceptions import ServiceUnavailable, SessionExpired, TransientError
 
 from graphdb.columns import CatalogueColumns, EventColumns, RowError, row_to_event, row_to_item
-from graphdb.errors import Unavailable
+from graphdb.errors import InvalidInput, Unavailable
 from graphdb.events import validate_events
 from graphdb.import_state import ImportState, Totals, input_identity
 from graphdb.ingest import ingest_batches
@@ -61,6 +61,8 @@ def total_rows(path: Path) -> int | None:
 def _state(path: Path, kind: str, mapping: EventColumns | CatalogueColumns, rejects: Path | None,
            restart: bool) -> tuple[str, ImportState]:
     fmt = detect_format(path)
+    if not path.is_file():
+        raise InvalidInput(f"{path} does not exist or is not a file")
     # A checkpoint holds for one file and one way of reading it.
     fingerprint = hashlib.sha256(mapping.model_dump_json().encode()).hexdigest()[:16]
     state = ImportState(rejects or default_rejects(path), input_identity(path, kind, fingerprint), POSITION[fmt])
@@ -128,7 +130,6 @@ def import_events(
                 progress(chunk.rows, result.accepted)
             done_batches += 1
             if stop_after_batches is not None and done_batches >= stop_after_batches:
-                state.close()
                 return _report("events", path, state, started, read, stored, False)
         state.finish()
     finally:

@@ -23,7 +23,8 @@ from graphdb.errors import InvalidInput
 if TYPE_CHECKING:
     import pyarrow as pa
 
-FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+# Not ".json": that is as often one JSON array as JSON Lines.
+FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 POSITION = {"jsonl": "line", "csv": "row", "parquet": "row"}
 # A CSV field must fit in one block of pyarrow's reader; a larger one fails the file with pyarrow's message.
 CSV_BLOCK_BYTES = 16 << 20
