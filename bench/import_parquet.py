@@ -12,6 +12,7 @@ reads, maps and validates the Parquet file in record batches. Both start from an
 from __future__ import annotations
 
 import itertools
+import os
 import random
 import tempfile
 import time
@@ -24,7 +25,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from graphdb.columns import EventColumns
-from graphdb.importer import import_events
+from graphdb.importer import ImportReport, import_events
 from graphdb.ingest import ingest_batches
 from graphdb.schema import wipe
 from graphdb.settings import GraphSettings
@@ -70,7 +71,8 @@ def _peer_batches(cols: dict[str, list[Any]], size: int) -> Iterator[list[dict[s
                if ms is not None and customer is not None and action in OURS]
 
 
-def compare_import(driver: neo4j.Driver, gs: GraphSettings, *, rows: int, warmup_events: int) -> dict[str, Any]:
+def compare_import(driver: neo4j.Driver, gs: GraphSettings, *, rows: int, warmup_events: int,
+                   import_first: bool = False) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-import-") as tmp:
         path = Path(tmp) / "shop-events.parquet"
         started = time.perf_counter()
@@ -88,21 +90,35 @@ def compare_import(driver: neo4j.Driver, gs: GraphSettings, *, rows: int, warmup
                 pass
             wipe(driver)
 
-        started = time.perf_counter()
-        peer = 0
-        with tqdm(total=rows, desc="ingest_batches (peer)", unit="ev") as bar:
-            for r in ingest_batches(driver, gs, _peer_batches(cols, gs.batch_size)):
-                peer += r.accepted
-                bar.update(r.accepted + r.duplicates + len(r.rejected))
-        peer_s = time.perf_counter() - started
-        del cols
-        wipe(driver)
+        out["load_before"] = round(os.getloadavg()[0], 2)
 
-        started = time.perf_counter()
-        with tqdm(total=rows, desc="graph import (parquet)", unit="row") as bar:
-            report = import_events(driver, gs, path, MAPPING, rejects=Path(tmp) / "rejects.jsonl",
-                                   progress=lambda n, _stored: bar.update(n))
-        import_s = time.perf_counter() - started
+        def run_peer() -> tuple[int, float]:
+            started = time.perf_counter()
+            peer = 0
+            with tqdm(total=rows, desc="ingest_batches (peer)", unit="ev") as bar:
+                for r in ingest_batches(driver, gs, _peer_batches(cols, gs.batch_size)):
+                    peer += r.accepted
+                    bar.update(r.accepted + r.duplicates + len(r.rejected))
+            return peer, time.perf_counter() - started
+
+        def run_import() -> tuple[ImportReport, float]:
+            started = time.perf_counter()
+            with tqdm(total=rows, desc="graph import (parquet)", unit="row") as bar:
+                report = import_events(driver, gs, path, MAPPING, rejects=Path(tmp) / "rejects.jsonl",
+                                       progress=lambda n, _stored: bar.update(n))
+            return report, time.perf_counter() - started
+
+        # Both from an empty graph; the order is an option because the second run meets a store that has grown.
+        if import_first:
+            report, import_s = run_import()
+            wipe(driver)
+            peer, peer_s = run_peer()
+        else:
+            peer, peer_s = run_peer()
+            wipe(driver)
+            report, import_s = run_import()
+        out["order"] = "import, peer" if import_first else "peer, import"
+        out["load_after"] = round(os.getloadavg()[0], 2)
         rejected = sum(report.totals.rejected.values())
         assert report.totals.stored == peer == rows - bad, (report.totals, peer)
         assert rejected == bad and report.totals.read == rows, report.totals

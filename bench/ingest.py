@@ -2,7 +2,7 @@
 
     python -m bench.ingest [--events 200000] [--naive-events 3000] [--warmup-events 100000]
                            [--gowalla/--no-gowalla] [--out FILE]
-    python -m bench.ingest --import-parquet [--rows 1000000] [--out FILE]
+    python -m bench.ingest --import-parquet [--rows 1000000] [--import-first] [--out FILE]
 
 Starts its own Neo4j on a free loopback port (or uses ``--neo4j-uri``) and first warms it up with events that
 are then wiped (the JVM compiles Neo4j's hot paths during the first tens of thousands of events; a long-running
@@ -87,6 +87,7 @@ def main(
     out: Path = typer.Option(None, help="also write the RESULT JSON here"),
     import_parquet: bool = typer.Option(False, help="time `interest graph import` of a generated Parquet file instead"),
     rows: int = typer.Option(1_000_000, help="rows of that Parquet file"),
+    import_first: bool = typer.Option(False, help="with --import-parquet: time the import before its peer"),
 ) -> None:
     gs = GraphSettings(batch_size=batch_size)
     with neo4j_for_bench(neo4j_uri) as ns, connect(ns) as driver:
@@ -96,7 +97,7 @@ def main(
             from bench.import_parquet import compare_import
 
             result = {"bench": "ingest-import", "rows": rows, "batch_size": batch_size, "warmup_events": warmup_events}
-            result.update(compare_import(driver, gs, rows=rows, warmup_events=warmup_events))
+            result.update(compare_import(driver, gs, rows=rows, warmup_events=warmup_events, import_first=import_first))
             emit_result(result, out)
             return
         if warmup_events:  # half through each batched path, so neither is timed while the JIT is still at work
