@@ -1,7 +1,7 @@
 """``interest graph import``: the command around graphdb.importer (progress bar, summary).
 
-Only typer and rich at the top: ``interest --help`` stays fast; the importer (pyarrow, the driver) is imported
-when the command runs.
+Only typer and rich's console at the top: ``interest --help`` stays fast; the importer (pyarrow, the driver) and
+the progress bar are imported when the command runs.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
 if TYPE_CHECKING:
     from graphdb.importer import ImportReport
@@ -22,6 +20,8 @@ console = Console()
 
 
 def _summary(report: "ImportReport") -> None:
+    from rich.table import Table
+
     t = report.totals
     rate = report.read_now / report.elapsed_s if report.elapsed_s > 0 else 0.0
     table = Table(title=f"{report.kind}: {report.path}", show_header=False)
@@ -54,6 +54,8 @@ def graph_import(
     restart: bool = typer.Option(False, help="ignore a checkpoint and read the file from the start"),
 ) -> None:
     """Import your shop's files: rejects to FILE.rejects.jsonl, resumable, progress and a summary."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     from graphdb.columns import load_mapping
     from graphdb.driver import connect
     from graphdb.errors import InterestError
