@@ -2,6 +2,7 @@
 
     python -m bench.ingest [--events 200000] [--naive-events 3000] [--warmup-events 100000]
                            [--gowalla/--no-gowalla] [--out FILE]
+    python -m bench.ingest --import-parquet [--rows 1000000] [--import-first] [--out FILE]
 
 Starts its own Neo4j on a free loopback port (or uses ``--neo4j-uri``) and first warms it up with events that
 are then wiped (the JVM compiles Neo4j's hot paths during the first tens of thousands of events; a long-running
@@ -10,7 +11,9 @@ behaviours) in batches through ``ingest_events``, one call per batch, then (afte
 ``ingest_batches`` (pipelined: the next batch is validated and aggregated while the current one is written), then
 further events through the naive path (each event its own call and transaction) on a fresh part of the id space,
 and finally times the whole gowalla train set through the loader and through ``ingest_batches``.
-Prints ``RESULT {json}`` last.
+With ``--import-parquet`` it measures ``interest graph import`` instead (bench/import_parquet.py): a generated
+Parquet file in a shop's own column names, with a few bad rows, against the same events through
+``ingest_batches`` in the same run. Prints ``RESULT {json}`` last.
 """
 
 from __future__ import annotations
@@ -82,11 +85,21 @@ def main(
     gowalla: bool = typer.Option(True, help="also time loading the whole gowalla train set"),
     neo4j_uri: str = typer.Option(None, help="use a running Neo4j (it is wiped!) instead of starting one"),
     out: Path = typer.Option(None, help="also write the RESULT JSON here"),
+    import_parquet: bool = typer.Option(False, help="time `interest graph import` of a generated Parquet file instead"),
+    rows: int = typer.Option(1_000_000, help="rows of that Parquet file"),
+    import_first: bool = typer.Option(False, help="with --import-parquet: time the import before its peer"),
 ) -> None:
     gs = GraphSettings(batch_size=batch_size)
     with neo4j_for_bench(neo4j_uri) as ns, connect(ns) as driver:
         wipe(driver)
         migrate(driver, gs)
+        if import_parquet:
+            from bench.import_parquet import compare_import
+
+            result = {"bench": "ingest-import", "rows": rows, "batch_size": batch_size, "warmup_events": warmup_events}
+            result.update(compare_import(driver, gs, rows=rows, warmup_events=warmup_events, import_first=import_first))
+            emit_result(result, out)
+            return
         if warmup_events:  # half through each batched path, so neither is timed while the JIT is still at work
             warm = synthetic_events(warmup_events, prefix="w", users=50_000, items=100_000, seed=3)
             half = warm[: warmup_events // 2]

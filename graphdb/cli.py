@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from graphdb.errors import InterestError
+from graphdb.import_cli import graph_import
 
 # The driver, the loaders and even the settings (pydantic) are imported by the commands that use them, so
 # `interest --help` answers at once.
@@ -16,6 +17,7 @@ from graphdb.errors import InterestError
 console = Console()
 stack_app = typer.Typer(help="The local stack: embedded Neo4j and a loopback redis-server.", no_args_is_help=True)
 graph_app = typer.Typer(help="The graph: migrate, load datasets, counts, Cypher.", no_args_is_help=True)
+graph_app.command("import")(graph_import)  # a shop's own files (graphdb/import_cli.py)
 
 
 def _fail(exc: InterestError) -> None:
