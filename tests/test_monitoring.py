@@ -181,3 +181,17 @@ def test_backlog_and_freshness_metrics_follow_an_event_and_the_dashboard_names_o
     queried |= {m for e in rule_queries().values() for m in METRIC.findall(e)}
     assert queried - exported == set()
     assert {"ig_worker_task_seconds_bucket", "grpc_server_handled_total", "ig_model_info"} <= queried
+
+
+def test_the_dashboard_picture_reads_quantiles_from_bucket_increases_as_prometheus_does() -> None:
+    from bench.dashboard import histogram_quantile
+
+    def buckets(**counts: float) -> dict:
+        return {("ig_freshness_seconds_bucket", (("le", le.replace("_", ".").replace("inf", "+Inf")),)): v
+                for le, v in counts.items()}
+
+    older = buckets(**{"0_5": 10, "1_0": 10, "2_0": 10, "inf": 10})
+    newer = buckets(**{"0_5": 60, "1_0": 110, "2_0": 110, "inf": 110})  # since then: 50 under 0.5 s, 50 in 0.5-1
+    assert histogram_quantile(0.5, newer, older) == pytest.approx(0.5)
+    assert histogram_quantile(0.75, newer, older) == pytest.approx(0.75)  # linear inside the 0.5-1 bucket
+    assert histogram_quantile(0.99, newer, newer) is None  # nothing observed in the window
