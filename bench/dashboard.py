@@ -1,6 +1,6 @@
 """The operators' dashboard, drawn from a real run: freshness over time under load (docs/freshness-dashboard.png).
 
-    python -m bench.dashboard [--rate 20] [--duration-s 90] [--dataset gowalla] [--limit 100000] --out PNG
+    python -m bench.dashboard [--rate 20] [--duration-s 75] [--dataset gowalla] [--limit 100000] --out PNG
 
 Runs what ``bench.freshness`` runs (Neo4j, Redis, a Celery worker, the scheduler and the gRPC server; the dataset
 loaded, the served model trained and rolled out; a client streaming events through ``IngestEvents``) and scrapes
@@ -136,7 +136,7 @@ def plot(series: list[tuple[float, Samples, Samples]], dots: list[tuple[float, f
 def main(
     out: Path = typer.Option(..., help="the PNG to write"),
     rate: float = typer.Option(20.0, help="events per second"),
-    duration_s: float = typer.Option(90.0, help="how long the stream runs"),
+    duration_s: float = typer.Option(75.0, help="how long the stream runs"),
     dataset: str = typer.Option("gowalla"),
     limit: int = typer.Option(100_000, help="load only this many events"),
     var: Path = typer.Option(None, help="keep data and logs here (default: a temporary directory)"),
