@@ -2,7 +2,10 @@
 the Dockerfile, the monitoring files in deploy/ and the settings classes that read its variables."""
 
 import json
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -189,3 +192,44 @@ def test_workers_scheduler_and_server_share_the_broker_and_the_delta_stream():
     for name in ("worker", "scheduler", "server"):
         assert COMPOSE["services"][name]["environment"]["IG_WORKER_BROKER_URL"] == env["IG_WORKER_BROKER_URL"]
     assert COMPOSE["services"]["scheduler"]["command"] == ["python", "-m", "workers.scheduler"]
+
+
+SECRETS = {"NEO4J_PASSWORD": "pw", "IG_PSEUDONYM_KEY": "key", "IG_SERVER_AUTH_TOKENS": "token",
+           "GRAFANA_ADMIN_PASSWORD": "admin-pw", "FLOWER_BASIC_AUTH": "ops:pw"}
+
+
+@pytest.fixture(scope="module")
+def composecheck(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """deploy/composecheck built: compose-go, the loader of `docker compose` (Go modules from the Go proxy)."""
+    go = shutil.which("go")
+    if go is None:
+        pytest.skip("no Go toolchain: compose-go's check (deploy/composecheck) runs where Go is installed")
+    exe = tmp_path_factory.mktemp("composecheck") / "composecheck"
+    built = subprocess.run([go, "build", "-o", str(exe), "."], cwd=ROOT / "deploy" / "composecheck",
+                           capture_output=True, text=True, timeout=600, check=False)
+    assert built.returncode == 0, built.stderr
+    return exe
+
+
+def _load(exe: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in SECRETS}
+    return subprocess.run([str(exe), str(ROOT / "docker-compose.yml")], env={**clean, **env}, capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+def test_compose_go_loads_the_file_as_docker_compose_would(composecheck):
+    loaded = _load(composecheck, SECRETS)
+    assert loaded.returncode == 0, loaded.stderr  # the compose-spec schema, interpolation, merge keys
+    services = json.loads(loaded.stdout)["services"]
+    assert set(services) == set(COMPOSE["services"])
+    worker = services["worker"]
+    assert worker["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert worker["environment"]["NEO4J_PASSWORD"] == "pw" and worker["user"] == "10001:10001"
+    (datasets,) = [v for v in worker["volumes"] if v["target"] == "/data/datasets"]
+    assert datasets["read_only"] is True and datasets["type"] == "bind"
+
+
+def test_compose_go_refuses_to_start_without_each_secret(composecheck):
+    for missing in SECRETS:
+        loaded = _load(composecheck, {k: v for k, v in SECRETS.items() if k != missing})
+        assert loaded.returncode != 0 and missing in loaded.stderr, missing
