@@ -9,19 +9,21 @@ CLI := $(PY) -m cli.main
 DATASET ?= amazon-office
 PYTEST_ARGS ?=
 
-.PHONY: setup system proto neo4j-jars demo test check up down status bench-ingest bench-incremental bench-freshness clean
+.PHONY: setup system proto neo4j-jars demo test check up down status bench-ingest bench-incremental bench-freshness dashboards clean
 
 setup: system $(STAMP) $(FRONT) proto neo4j-jars
 
-# System packages: Java 17 and Maven (Neo4j), redis-server. Installed only when missing.
+# System packages: Java 17 and Maven (Neo4j), redis-server, prometheus (its promtool checks deploy/ in the
+# tests). Installed only when missing.
 system:
 	@command -v java >/dev/null && command -v mvn >/dev/null && command -v redis-server >/dev/null \
-	  && command -v dot >/dev/null || { \
-	  echo "installing system packages (java, maven, redis-server, graphviz)"; \
+	  && command -v dot >/dev/null && command -v promtool >/dev/null || { \
+	  echo "installing system packages (java, maven, redis-server, graphviz, prometheus)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	    openjdk-17-jre-headless maven redis-server graphviz >/dev/null; }
-	@# The Debian package starts its own redis on 6379; the project runs its own instances.
+	    openjdk-17-jre-headless maven redis-server graphviz prometheus >/dev/null; }
+	@# The Debian packages start their own redis on 6379 and prometheus on 9090; the project runs its own.
 	@-systemctl disable --now redis-server >/dev/null 2>&1 || true
+	@-systemctl disable --now prometheus prometheus-node-exporter >/dev/null 2>&1 || true
 
 # uv makes the several-GB torch install a matter of minutes and caches wheels between runs.
 $(STAMP): pyproject.toml
@@ -91,6 +93,10 @@ bench-incremental: setup
 
 bench-freshness: setup
 	$(PY) -m bench.freshness
+
+# docs/freshness-dashboard.png: freshness over time under load, from the metrics of a real bench.freshness run.
+dashboards: setup
+	$(PY) -m bench.dashboard --out docs/freshness-dashboard.png
 
 clean: down
 	rm -rf var

@@ -37,6 +37,14 @@ RETURN collect(labels(n)) AS labels, collect(n.id) AS ids, collect(n.chg) AS tok
 
 _COUNT_MARKS = f"MATCH (n:{DIRTY}) RETURN count(n) AS n"
 
+# The oldest mark through the dirty_since index (ORDER BY ... LIMIT 1), not a scan of every mark's property.
+_BACKLOG = f"""
+MATCH (n:{DIRTY}) WITH count(n) AS waiting
+OPTIONAL MATCH (m:{DIRTY}) WHERE m.dirty_since IS NOT NULL
+WITH waiting, m.dirty_since AS since ORDER BY since LIMIT 1
+RETURN waiting, since
+"""
+
 
 def _clear_query(label: str) -> str:
     # SET/REMOVE of a throw-away property takes the write lock; the token is compared only after it.
@@ -69,6 +77,12 @@ def read_marks(driver: neo4j.Driver, *, limit: int = 10000, database: str = "neo
 
 def count_marks(driver: neo4j.Driver, *, database: str = "neo4j") -> int:
     return int(driver.execute_query(_COUNT_MARKS, database_=database).records[0]["n"])
+
+
+def backlog(driver: neo4j.Driver, *, database: str = "neo4j") -> tuple[int, float | None]:
+    """(marks waiting, ``dirty_since`` of the oldest one; None when none waits): what operators watch."""
+    r = driver.execute_query(_BACKLOG, database_=database, routing_=neo4j.RoutingControl.READ).records[0]
+    return int(r["waiting"]), (float(r["since"]) if r["since"] is not None else None)
 
 
 def clear_marks(driver: neo4j.Driver, marks: Iterable[Mark], *, database: str = "neo4j") -> int:

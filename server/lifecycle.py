@@ -227,6 +227,10 @@ class Lifecycle:
             if msg.op == Delta.OP_UPSERT and serving.index.model_version == "" and len(serving.index) == 0:
                 serving.index.model_version = serving.users.model_version = msg.model_version  # first model ever
             apply_to(serving.index, serving.users, msg, self)
+            served = (msg.op == Delta.OP_UPSERT and msg.model_version == serving.index.model_version
+                      and len(msg.vector) == serving.index.dim)
+        if served and engine.metrics is not None:
+            engine.metrics.served_change(msg.changed_at)
 
     async def _switch(self, version: str) -> None:
         """Builds ``version`` beside the serving index, replays the deltas that arrived meanwhile, swaps."""

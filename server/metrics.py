@@ -24,6 +24,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 log = logging.getLogger(__name__)
 
 # Index searches take well under a millisecond, ingestion batches up to seconds.
+# Freshness (a change written -> its vector served) runs from a fraction of a second to minutes under backlog.
+FRESHNESS_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 900.0)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -60,6 +62,9 @@ class ServerMetrics:
                                 ("outcome",), registry=self.registry)
         for outcome in ("accepted", "duplicate", "rejected"):
             self.ingested.labels(outcome)  # present (0) before the first ingestion
+        self.freshness = Histogram("ig_freshness_seconds",
+                                   "From a change's mark (written with the event) to its vector served here",
+                                   buckets=FRESHNESS_BUCKETS, registry=self.registry)
         self.registry.register(_StateCollector(self))
         self._http: Any = None
         self._http_thread: threading.Thread | None = None
@@ -74,6 +79,11 @@ class ServerMetrics:
         self.ingested.labels("accepted").inc(result.accepted)
         self.ingested.labels("duplicate").inc(result.duplicates)
         self.ingested.labels("rejected").inc(len(result.rejected))
+
+    def served_change(self, changed_at: float) -> None:
+        """A vector answering a change marked at ``changed_at`` (unix s) is now served (delta applied)."""
+        if changed_at > 0:
+            self.freshness.observe(max(0.0, self.clock() - changed_at))
 
     def observe(self, method: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
         service, name = _split(method)

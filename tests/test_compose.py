@@ -1,17 +1,42 @@
-"""docker-compose.yml is the production topology; no Docker engine here, so the file itself is checked."""
+"""docker-compose.yml is the production topology; no Docker engine here, so the file itself is checked, against
+the Dockerfile, the monitoring files in deploy/ and the settings classes that read its variables."""
 
+import json
+import os
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
+from typer.testing import CliRunner
 
-COMPOSE = yaml.safe_load((Path(__file__).resolve().parents[1] / "docker-compose.yml").read_text())
+from graphdb.dataset_paths import search_path
+from graphdb.settings import DataSettings
+from tests.test_readme import CLASSES, env_names
+from workers.settings import WorkerSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+APP = ("migrate", "worker", "scheduler", "server")  # the services built from the Dockerfile
+MONITORING = ("prometheus", "grafana", "flower")
 
 
 def test_services_and_images():
     s = COMPOSE["services"]
-    assert set(s) == {"neo4j", "redis", "worker", "scheduler", "server"}
+    assert set(s) == {"neo4j", "redis", *APP, *MONITORING}
     assert s["neo4j"]["image"] == "neo4j:5.26-community"
     assert s["redis"]["image"].startswith("redis:")
+    for name in APP:
+        assert s[name]["build"] == "." and "image" not in s[name], name
+
+
+def test_monitoring_images_are_pinned_to_exact_versions():
+    for name in MONITORING:
+        image = COMPOSE["services"][name]["image"]
+        assert re.fullmatch(r"[a-z/]+:v?\d+\.\d+\.\d+", image), image  # no `latest`, no moving minor tag
 
 
 def test_neo4j_has_apoc_auth_memory_caps_and_volumes():
@@ -30,11 +55,122 @@ def test_ports():
 
 def test_health_checks_gate_dependents():
     s = COMPOSE["services"]
-    for name in ("neo4j", "redis", "server"):
+    for name in ("neo4j", "redis", "server", "prometheus"):
         assert s[name]["healthcheck"]["test"], name
     for name in ("worker", "scheduler", "server"):
         deps = s[name]["depends_on"]
-        assert deps == {"neo4j": {"condition": "service_healthy"}, "redis": {"condition": "service_healthy"}}
+        assert deps == {"neo4j": {"condition": "service_healthy"}, "redis": {"condition": "service_healthy"},
+                        "migrate": {"condition": "service_completed_successfully"}}, name
+
+
+def test_migrate_is_a_one_shot_schema_migration_the_others_wait_for():
+    m = COMPOSE["services"]["migrate"]
+    assert m["command"] == ["interest", "graph", "migrate"]
+    assert m["depends_on"] == {"neo4j": {"condition": "service_healthy"}}
+    assert m["restart"] == "no"  # exits 0 once done; a restart policy would run it forever
+    assert m["environment"]["NEO4J_URI"] == "bolt://neo4j:7687"
+    # the command exists in the CLI the image installs (`interest` = cli.main:app)
+    from cli.main import app
+
+    result = CliRunner().invoke(app, ["graph", "migrate", "--help"])
+    assert result.exit_code == 0 and "constraints and indexes" in result.output
+
+
+def test_datasets_are_mounted_read_only_where_the_worker_settings_read_them(monkeypatch):
+    w = COMPOSE["services"]["worker"]
+    mounts = [v for v in w["volumes"] if v.endswith(":ro")]
+    assert len(mounts) == 1
+    target = mounts[0].split(":")[-2]
+    env = w["environment"]
+    assert env["IG_DATASETS_DIR"] == target
+    monkeypatch.setenv("IG_DATASETS_DIR", env["IG_DATASETS_DIR"])
+    assert DataSettings().datasets_dir == Path(target)
+    assert search_path(DataSettings().datasets_dir)[0] == Path(target)  # the first place a backfill looks
+
+
+def test_worker_metrics_listen_on_the_network_and_prometheus_scrapes_them(monkeypatch):
+    s = COMPOSE["services"]
+    w, srv = s["worker"]["environment"], s["server"]["environment"]
+    assert w["IG_WORKER_METRICS_HOST"] == "0.0.0.0" and srv["IG_SERVER_METRICS_HOST"] == "0.0.0.0"
+    monkeypatch.setenv("IG_WORKER_METRICS_HOST", w["IG_WORKER_METRICS_HOST"])
+    monkeypatch.setenv("IG_WORKER_METRICS_PORT", w["IG_WORKER_METRICS_PORT"])
+    ws = WorkerSettings()
+    assert (ws.metrics_host, ws.metrics_port) == ("0.0.0.0", 9465)
+    assert not any(p.split(":")[-1] == "9465" for p in s["worker"].get("ports", []))  # network only
+    prom = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    targets = {job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]]
+               for job in prom["scrape_configs"]}
+    assert targets == {"interest-server": [f"server:{srv['IG_SERVER_METRICS_PORT']}"],
+                       "interest-worker": [f"worker:{w['IG_WORKER_METRICS_PORT']}"]}
+
+
+def _app_env(name: str) -> dict:
+    return COMPOSE["services"][name]["environment"]
+
+
+def test_every_variable_set_for_the_app_is_read_by_a_settings_class():
+    read = {n for cls in CLASSES for n in env_names(cls)}
+    for name in APP:
+        unread = set(_app_env(name)) - read
+        assert not unread, f"{name}: {sorted(unread)} are read by nothing"
+    assert "REDIS_URL" not in (ROOT / "docker-compose.yml").read_text().replace("_REDIS_URL", "")
+
+
+def test_every_process_runs_as_a_fixed_non_root_user():
+    assert re.search(r"useradd .*--uid 10001\b", DOCKERFILE) and re.search(r"groupadd .*--gid 10001\b", DOCKERFILE)
+    assert DOCKERFILE.rstrip().splitlines()[-1] == "USER 10001:10001"
+    for name, svc in COMPOSE["services"].items():
+        uid = str(svc.get("user", "")).split(":")[0]
+        assert uid and uid not in ("0", "root"), f"{name} has no fixed non-root user"
+    for name in APP:
+        assert COMPOSE["services"][name]["user"] == "10001:10001", name
+    # the folders the app's volumes mount are made in the image and owned by that user
+    owned = re.search(r"chown -R app:app (.+)", DOCKERFILE).group(1).split()
+    for name in APP:
+        for volume in COMPOSE["services"][name].get("volumes", []):
+            source, target = volume.split(":")[:2]
+            if not source.startswith(("$", ".", "/")):  # a named volume: takes the image folder's owner
+                assert any(target == o or target.startswith(o + "/") for o in owned), (name, target)
+
+
+def test_torch_comes_from_pypi_and_the_decision_is_documented():
+    # No other index: the CPU-only wheels live on download.pytorch.org, which is not a package registry here.
+    assert not re.search(r"--(extra-)?index-url|--find-links|-f https?://", DOCKERFILE)
+    assert "download.pytorch.org" in DOCKERFILE and "PyPI" in DOCKERFILE
+    ops = (ROOT / "docs/operations.md").read_text()
+    assert "download.pytorch.org" in ops
+
+
+def test_prometheus_grafana_and_flower_are_wired_to_their_files_and_the_queues():
+    s = COMPOSE["services"]
+    mounts = {v.split(":")[1]: ROOT / v.split(":")[0] for v in s["prometheus"]["volumes"] if v.startswith("./")}
+    assert mounts["/etc/prometheus/prometheus.yml"].is_file() and mounts["/etc/prometheus/alerts.yml"].is_file()
+    prom = yaml.safe_load(mounts["/etc/prometheus/prometheus.yml"].read_text())
+    rule_files = {Path("/etc/prometheus") / f for f in prom["rule_files"]}
+    assert rule_files == {Path("/etc/prometheus/alerts.yml")}  # relative to the config, as mounted
+
+    g = {v.split(":")[1]: ROOT / v.split(":")[0] for v in s["grafana"]["volumes"] if v.startswith("./")}
+    provisioning = g["/etc/grafana/provisioning"]
+    (source,) = yaml.safe_load((provisioning / "datasources/prometheus.yml").read_text())["datasources"]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
+    (provider,) = yaml.safe_load((provisioning / "dashboards/interest-graph.yml").read_text())["providers"]
+    dashboards = g[provider["options"]["path"]]
+    dash = json.loads((dashboards / "interest-graph.json").read_text())
+    uids = {p["datasource"]["uid"] for p in dash["panels"] if p["type"] != "row"}
+    assert uids == {source["uid"]}
+    assert "GRAFANA_ADMIN_PASSWORD:?" in (ROOT / "docker-compose.yml").read_text()
+
+    flower = s["flower"]
+    assert f"--broker={COMPOSE['x-app-env']['IG_WORKER_BROKER_URL']}" in flower["command"]
+    assert "FLOWER_BASIC_AUTH:?" in flower["environment"]["FLOWER_BASIC_AUTH"]  # task arguments stay private
+    for name in MONITORING:
+        assert all(p.startswith("127.0.0.1:") for p in s[name]["ports"]), name
+
+
+@pytest.mark.parametrize("name", APP)
+def test_app_services_share_the_secrets_and_urls(name):
+    env = _app_env(name)
+    assert env["NEO4J_PASSWORD"].startswith("${NEO4J_PASSWORD:?") and env["IG_PSEUDONYM_KEY"].startswith("${")
 
 
 def test_worker_reserves_a_gpu_and_runs_solo():
@@ -57,3 +193,44 @@ def test_workers_scheduler_and_server_share_the_broker_and_the_delta_stream():
     for name in ("worker", "scheduler", "server"):
         assert COMPOSE["services"][name]["environment"]["IG_WORKER_BROKER_URL"] == env["IG_WORKER_BROKER_URL"]
     assert COMPOSE["services"]["scheduler"]["command"] == ["python", "-m", "workers.scheduler"]
+
+
+SECRETS = {"NEO4J_PASSWORD": "pw", "IG_PSEUDONYM_KEY": "key", "IG_SERVER_AUTH_TOKENS": "token",
+           "GRAFANA_ADMIN_PASSWORD": "admin-pw", "FLOWER_BASIC_AUTH": "ops:pw"}
+
+
+@pytest.fixture(scope="module")
+def composecheck(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """deploy/composecheck built: compose-go, the loader of `docker compose` (Go modules from the Go proxy)."""
+    go = shutil.which("go")
+    if go is None:
+        pytest.skip("no Go toolchain: compose-go's check (deploy/composecheck) runs where Go is installed")
+    exe = tmp_path_factory.mktemp("composecheck") / "composecheck"
+    built = subprocess.run([go, "build", "-o", str(exe), "."], cwd=ROOT / "deploy" / "composecheck",
+                           capture_output=True, text=True, timeout=600, check=False)
+    assert built.returncode == 0, built.stderr
+    return exe
+
+
+def _load(exe: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in SECRETS}
+    return subprocess.run([str(exe), str(ROOT / "docker-compose.yml")], env={**clean, **env}, capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+def test_compose_go_loads_the_file_as_docker_compose_would(composecheck):
+    loaded = _load(composecheck, SECRETS)
+    assert loaded.returncode == 0, loaded.stderr  # the compose-spec schema, interpolation, merge keys
+    services = json.loads(loaded.stdout)["services"]
+    assert set(services) == set(COMPOSE["services"])
+    worker = services["worker"]
+    assert worker["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert worker["environment"]["NEO4J_PASSWORD"] == "pw" and worker["user"] == "10001:10001"
+    (datasets,) = [v for v in worker["volumes"] if v["target"] == "/data/datasets"]
+    assert datasets["read_only"] is True and datasets["type"] == "bind"
+
+
+def test_compose_go_refuses_to_start_without_each_secret(composecheck):
+    for missing in SECRETS:
+        loaded = _load(composecheck, {k: v for k, v in SECRETS.items() if k != missing})
+        assert loaded.returncode != 0 and missing in loaded.stderr, missing

@@ -15,6 +15,8 @@ from celery import Celery
 from celery.signals import before_task_publish, worker_process_init, worker_process_shutdown, worker_ready
 from celery.utils.log import get_logger
 
+from graphdb.driver import connect
+from graphdb.settings import Neo4jSettings
 from workers.metrics_http import WorkerMetrics, stamp_sent_at
 from workers.settings import WorkerSettings
 
@@ -69,7 +71,10 @@ def _metrics(**_kwargs) -> None:
     """Serve this worker's Prometheus metrics (solo pool: tasks run in this very process)."""
     if settings.metrics_port < 0:
         return
-    metrics = WorkerMetrics(settings.broker_url)
+    # Its own driver (the HTTP thread reads the backlog; tasks keep theirs), connected at the first scrape.
+    neo4j_settings = Neo4jSettings()
+    driver = connect(neo4j_settings, verify=False, max_retry_s=5.0)
+    metrics = WorkerMetrics(settings.broker_url, driver=driver, database=neo4j_settings.database)
     metrics.connect()
     try:
         metrics.start_http(settings.metrics_host, settings.metrics_port)

@@ -10,6 +10,8 @@ by whoever sends it) to its start; queue depth is read from the broker when Prom
     ig_worker_queue_depth{queue}                 messages waiting (read at scrape)
     ig_worker_recompute_nodes_total{kind}        marks read, users/items/queries written, deltas published
     ig_worker_recompute_last_timestamp_seconds   when the last recompute finished
+    ig_worker_marks_waiting                      changed nodes waiting for a recompute (Neo4j, at scrape)
+    ig_worker_oldest_mark_age_seconds            age of the oldest of them (0 when none waits)
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ from __future__ import annotations
 import time
 from typing import Iterator
 
+import neo4j
 import redis
 from celery import signals
 from celery.utils.log import get_logger
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
+
+from graphdb.changes import backlog
 
 log = get_logger(__name__)  # under Celery's logger: the worker log shows it
 
@@ -44,8 +49,29 @@ class _QueueDepth:
         yield g
 
 
+class _Backlog:
+    """The recompute backlog, read from Neo4j when Prometheus scrapes: the marks live there, not in the queue,
+    so a backlog whose worker or scheduler is down still shows (from any other worker)."""
+
+    def __init__(self, driver: neo4j.Driver, database: str) -> None:
+        self.driver, self.database = driver, database
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            waiting, oldest = backlog(self.driver, database=self.database)
+        except (neo4j.exceptions.Neo4jError, neo4j.exceptions.DriverError) as exc:  # Neo4j away: no wrong zero
+            log.warning("backlog not read: %s", exc)
+            return
+        yield GaugeMetricFamily("ig_worker_marks_waiting", "Changed nodes waiting for a recompute",
+                                value=float(waiting))
+        age = max(0.0, time.time() - oldest) if oldest is not None else 0.0
+        yield GaugeMetricFamily("ig_worker_oldest_mark_age_seconds", "Age of the oldest waiting change mark",
+                                value=age)
+
+
 class WorkerMetrics:
-    def __init__(self, broker_url: str, queues: tuple[str, ...] = ("gpu", "cpu")) -> None:
+    def __init__(self, broker_url: str, queues: tuple[str, ...] = ("gpu", "cpu"),
+                 driver: neo4j.Driver | None = None, database: str = "neo4j") -> None:
         self.registry = CollectorRegistry()
         self.task_seconds = Histogram("ig_worker_task_seconds", "Task run time", ["task", "outcome"],
                                       buckets=BUCKETS, registry=self.registry)
@@ -56,6 +82,8 @@ class WorkerMetrics:
         self.recompute_last = Gauge("ig_worker_recompute_last_timestamp_seconds", "Last recompute finished",
                                     registry=self.registry)
         self.registry.register(_QueueDepth(broker_url, queues))
+        if driver is not None:
+            self.registry.register(_Backlog(driver, database))
         self._started: dict[str, float] = {}
         self.port: int | None = None
 

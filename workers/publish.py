@@ -8,7 +8,7 @@ are pseudonyms. The stream is trimmed approximately so it cannot grow without bo
 from __future__ import annotations
 
 import time
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import redis
@@ -20,11 +20,15 @@ Delta = pb.EmbeddingDelta
 NODE_TYPES = {"User": pb.NODE_TYPE_USER, "Item": pb.NODE_TYPE_ITEM}
 
 
-def upserts(label: str, ids: Sequence[str], vectors: np.ndarray, version: str, ts: float) -> Iterable[bytes]:
+def upserts(label: str, ids: Sequence[str], vectors: np.ndarray, version: str, ts: float,
+            changed_at: Mapping[str, float] | None = None) -> Iterable[bytes]:
+    """``changed_at``: id -> when its change mark was set (servers observe mark -> served as freshness)."""
     node_type = NODE_TYPES[label]
+    changed = changed_at or {}
     for node_id, vec in zip(ids, vectors):
         yield Delta(op=Delta.OP_UPSERT, node_type=node_type, id=node_id, model_version=version,
-                    vector=np.asarray(vec, np.float32).tolist(), ts=ts).SerializeToString()
+                    vector=np.asarray(vec, np.float32).tolist(), ts=ts,
+                    changed_at=changed.get(node_id) or 0.0).SerializeToString()
 
 
 def activation(version: str) -> bytes:

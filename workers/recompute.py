@@ -166,7 +166,11 @@ def recompute_marked(ctx: Context, limit: int = 10000) -> RecomputeResult:
 
     # 4. publish, then write (items first) clearing the marks of what was written in the same transactions:
     # a crash after publishing leaves the marks, so the same vectors are computed, published and written again.
-    res.published = _publish(ctx, {ITEM: to_write, USER: user_vecs}, version)
+    since: dict[str, dict[str, float]] = defaultdict(dict)
+    for m in marks:
+        if m.since is not None:
+            since[m.label][m.id] = m.since
+    res.published = _publish(ctx, {ITEM: to_write, USER: user_vecs}, version, since)
     cleared = 0
     for label, vecs in ((ITEM, to_write), (USER, user_vecs), (QUERY, query_vecs)):
         written, n = _write(ctx, label, vecs, version, tokens[label])
@@ -214,7 +218,8 @@ def _write(ctx: Context, label: str, vectors: dict[str, np.ndarray], version: st
                            batch_size=ctx.write_batch, tokens=tokens)
 
 
-def _publish(ctx: Context, by_label: dict[str, dict[str, np.ndarray]], version: str) -> int:
+def _publish(ctx: Context, by_label: dict[str, dict[str, np.ndarray]], version: str,
+             since: dict[str, dict[str, float]] | None = None) -> int:
     if ctx.redis is None:
         return 0
     now = time.time()
@@ -223,7 +228,8 @@ def _publish(ctx: Context, by_label: dict[str, dict[str, np.ndarray]], version: 
         if vecs:
             ids = list(vecs)
             n += publish.publish(ctx.redis, ctx.stream,
-                                 publish.upserts(label, ids, np.stack([vecs[i] for i in ids]), version, now))
+                                 publish.upserts(label, ids, np.stack([vecs[i] for i in ids]), version, now,
+                                                 (since or {}).get(label)))
     return n
 
 

@@ -3,7 +3,7 @@
 import threading
 import time
 
-from graphdb.changes import clear_marks, count_marks, read_marks
+from graphdb.changes import backlog, clear_marks, count_marks, read_marks
 from graphdb.ingest import ingest_events
 from graphdb.pseudonym import pseudonymise
 
@@ -25,6 +25,16 @@ def test_every_touched_node_is_marked_and_clearing_removes_marks(graph, graph_se
     assert {m.label for m in marks} == {"User", "Item", "Query"} and len(marks) == 6
     assert clear_marks(graph, marks) == 6
     assert count_marks(graph) == 0
+
+
+def test_backlog_counts_the_marks_and_dates_the_oldest(graph, graph_settings):
+    assert backlog(graph) == (0, None)
+    ingest_events(graph, graph_settings, [_view(0)], now=NOW + 10)  # u1, i1
+    ingest_events(graph, graph_settings, [_view(1, "u2", "i1")], now=NOW + 50)  # u2; i1 keeps its first time
+    assert backlog(graph) == (3, NOW + 10)
+    first = [m for m in read_marks(graph) if m.since == NOW + 10]
+    assert clear_marks(graph, first) == 2
+    assert backlog(graph) == (1, NOW + 50)
 
 
 def test_a_change_between_read_and_clear_keeps_its_mark(graph, graph_settings):

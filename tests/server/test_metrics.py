@@ -138,6 +138,33 @@ def test_index_size_model_version_and_delta_freshness(metered, redis_url) -> Non
     assert 0.0 <= value(samples, "ig_delta_stream_lag_seconds") < 5.0  # at the tail
 
 
+def test_freshness_observes_only_served_vectors_that_answer_a_change(metered, redis_url) -> None:
+    """ig_freshness_seconds: mark time (``changed_at``) -> delta applied, for upserts of the served version."""
+    harness, port, _vecs = metered
+    assert value(scrape(port), "ig_freshness_seconds_count") == 0
+    marked = time.time() - 20.0  # the change was written 20 s ago
+    rng = np.random.default_rng(6)
+
+    def upsert(node_id: str, version: str, changed_at: float) -> bytes:
+        return pb.EmbeddingDelta(op=pb.EmbeddingDelta.OP_UPSERT, node_type=pb.NODE_TYPE_USER, id=node_id,
+                                 model_version=version, vector=rng.standard_normal(DIM).tolist(), ts=time.time(),
+                                 changed_at=changed_at).SerializeToString()
+
+    r = redis.Redis.from_url(redis_url)
+    for payload in (upsert("u_changed", "m1", marked),  # observed
+                    upsert("u_neighbour", "m1", 0.0),  # recomputed for a neighbour's change: no own mark
+                    upsert("u_other_model", "m0", marked)):  # stale version: never served
+        r.xadd(STREAM, {FIELD: payload})
+    deadline = time.monotonic() + 10
+    while value(samples := scrape(port), "ig_delta_applied_total") != 3:
+        assert time.monotonic() < deadline, samples
+        time.sleep(0.05)
+    assert value(samples, "ig_freshness_seconds_count") == 1
+    assert 20.0 <= value(samples, "ig_freshness_seconds_sum") <= time.time() - marked
+    assert value(samples, "ig_freshness_seconds_bucket", le="10.0") == 0
+    assert value(samples, "ig_freshness_seconds_bucket", le="30.0") == 1
+
+
 def test_ingestion_outcomes(metered) -> None:
     harness, port, _ = metered
     samples = scrape(port)
