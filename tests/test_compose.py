@@ -20,7 +20,7 @@ from workers.settings import WorkerSettings
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
-APP = ("migrate", "worker", "scheduler", "server")  # the services built from the Dockerfile
+APP = ("migrate", "worker", "scheduler", "beat", "server")  # the services built from the Dockerfile
 MONITORING = ("prometheus", "grafana", "flower")
 
 
@@ -57,7 +57,7 @@ def test_health_checks_gate_dependents():
     s = COMPOSE["services"]
     for name in ("neo4j", "redis", "server", "prometheus"):
         assert s[name]["healthcheck"]["test"], name
-    for name in ("worker", "scheduler", "server"):
+    for name in ("worker", "scheduler", "beat", "server"):
         deps = s[name]["depends_on"]
         assert deps == {"neo4j": {"condition": "service_healthy"}, "redis": {"condition": "service_healthy"},
                         "migrate": {"condition": "service_completed_successfully"}}, name
@@ -193,6 +193,19 @@ def test_workers_scheduler_and_server_share_the_broker_and_the_delta_stream():
     for name in ("worker", "scheduler", "server"):
         assert COMPOSE["services"][name]["environment"]["IG_WORKER_BROKER_URL"] == env["IG_WORKER_BROKER_URL"]
     assert COMPOSE["services"]["scheduler"]["command"] == ["python", "-m", "workers.scheduler"]
+
+
+def test_beat_schedules_the_gated_retrain(monkeypatch):
+    beat = COMPOSE["services"]["beat"]
+    assert beat["command"] == ["interest", "worker", "beat"]
+    assert beat["environment"]["IG_WORKER_BROKER_URL"] == COMPOSE["x-app-env"]["IG_WORKER_BROKER_URL"]
+    period = beat["environment"]["IG_WORKER_RETRAIN_PERIOD_S"]
+    assert period.startswith("${IG_WORKER_RETRAIN_PERIOD_S:-")  # a default, so beat always has work
+    from workers.celery_app import make_app
+
+    monkeypatch.setenv("IG_WORKER_RETRAIN_PERIOD_S", period.split(":-")[1].rstrip("}"))
+    schedule = make_app(WorkerSettings()).conf.beat_schedule
+    assert schedule["retrain"]["task"] == "interest.retrain" and schedule["retrain"]["schedule"] == 86400.0
 
 
 SECRETS = {"NEO4J_PASSWORD": "pw", "IG_PSEUDONYM_KEY": "key", "IG_SERVER_AUTH_TOKENS": "token",
