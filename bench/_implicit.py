@@ -40,11 +40,15 @@ def fit_implicit(name: str, r: sp.csr_matrix, threads: int, seed: int) -> tuple[
         warnings.simplefilter("ignore")  # implicit's advice about the BLAS thread pool, and CSR conversions
         if name == "als":
             # the library's own recipe for implicit feedback (its examples): BM25-weighted confidences
-            cfg = {"factors": 128, "regularization": 0.05, "alpha": 1.0, "iterations": 15, "bm25_K1": 100,
-                   "bm25_B": 0.8}
-            m = AlternatingLeastSquares(factors=cfg["factors"], regularization=cfg["regularization"],
-                                        alpha=cfg["alpha"], iterations=cfg["iterations"], num_threads=threads,
-                                        random_state=seed)
+            cfg = {"factors": 128, "regularization": 0.05, "alpha": 1.0, "iterations": 15, "bm25_K1": 100, "bm25_B": 0.8}
+            m = AlternatingLeastSquares(
+                factors=cfg["factors"],
+                regularization=cfg["regularization"],
+                alpha=cfg["alpha"],
+                iterations=cfg["iterations"],
+                num_threads=threads,
+                random_state=seed,
+            )
             m.fit(bm25_weight(r, K1=cfg["bm25_K1"], B=cfg["bm25_B"]).tocsr(), show_progress=False)
             return _factor_scorer(m.user_factors, m.item_factors), cfg
         if name == "bpr":

@@ -23,8 +23,7 @@ from server.settings import ServerSettings
 from workers.metrics import top_k_metrics
 
 
-def served_engine(item_ids: Sequence[str], item_vectors: np.ndarray, version: str,
-                  settings: ServerSettings | None = None) -> Engine:
+def served_engine(item_ids: Sequence[str], item_vectors: np.ndarray, version: str, settings: ServerSettings | None = None) -> Engine:
     """An engine serving ``item_vectors`` (no Neo4j, no Redis: nothing else differs from a server's)."""
     settings = settings or ServerSettings(snapshot_dir=None, redis_url=None)
     graph = GraphSettings(embedding_dim=int(item_vectors.shape[1]))
@@ -40,13 +39,23 @@ def index_config(engine: Engine) -> dict:
     out = {"dim": engine.dim, "index": f"ivf-{base.codes}" if base.is_ivf else "flat", "metric": "inner_product"}
     if base.is_ivf:
         refined = base.width < engine.dim or base.codes != "flat"
-        out.update(nlist=int(base.index.nlist), nprobe=int(base.index.nprobe), ivf_dim=base.width,
-                   refine=serving.index.params.refine if refined else 0)
+        out.update(
+            nlist=int(base.index.nlist),
+            nprobe=int(base.index.nprobe),
+            ivf_dim=base.width,
+            refine=serving.index.params.refine if refined else 0,
+        )
     return out
 
 
-def engine_top_k(engine: Engine, user_ids: Sequence[str], user_vectors: np.ndarray, k: int,
-                 exclude: Sequence[Sequence[str]] | None = None, progress: bool = False) -> list[list[str]]:
+def engine_top_k(
+    engine: Engine,
+    user_ids: Sequence[str],
+    user_vectors: np.ndarray,
+    k: int,
+    exclude: Sequence[Sequence[str]] | None = None,
+    progress: bool = False,
+) -> list[list[str]]:
     """Each user's top ``k`` item ids from ``Engine.recommend_for_user`` (their vector as the delta stream
     delivers it, keyed by pseudonym), excluding ``exclude[u]``."""
     serving = engine.serving
@@ -62,17 +71,24 @@ def engine_top_k(engine: Engine, user_ids: Sequence[str], user_vectors: np.ndarr
     return out
 
 
-def engine_metrics(engine: Engine, user_vectors: np.ndarray, item_ids: Sequence[str], train: sp.csr_matrix,
-                   test: sp.csr_matrix, k: int = 20, progress: bool = True) -> dict[str, float]:
+def engine_metrics(
+    engine: Engine,
+    user_vectors: np.ndarray,
+    item_ids: Sequence[str],
+    train: sp.csr_matrix,
+    test: sp.csr_matrix,
+    k: int = 20,
+    progress: bool = True,
+) -> dict[str, float]:
     """Recall@k / NDCG@k of the engine's answers for every user with test items (training items excluded)."""
     train, test = sp.csr_matrix(train), sp.csr_matrix(test, copy=True)
     test.eliminate_zeros()  # an explicit zero is no test item (and would make its row a test user)
     users = np.flatnonzero(np.diff(test.indptr) > 0)
     ids = np.asarray(item_ids, dtype=object)
-    exclude = [ids[train.indices[train.indptr[u]:train.indptr[u + 1]]].tolist() for u in users]
+    exclude = [ids[train.indices[train.indptr[u] : train.indptr[u + 1]]].tolist() for u in users]
     tops = engine_top_k(engine, [f"u{u}" for u in users], user_vectors[users], k, exclude, progress)
     col = {iid: j for j, iid in enumerate(item_ids)}
     top = np.full((len(users), k), -1, np.int64)
     for n, items in enumerate(tops):
-        top[n, :len(items)] = [col[i] for i in items]
+        top[n, : len(items)] = [col[i] for i in items]
     return top_k_metrics(top, test[users], k)

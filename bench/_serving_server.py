@@ -28,22 +28,33 @@ from server.lifecycle import Lifecycle
 from server.settings import ServerSettings
 
 
-async def main(snapshot_dir: Path, redis_url: str, stream: str, n_categories: int, nprobe: int, port: int = 0,
-               processes: int = 1) -> None:
+async def main(
+    snapshot_dir: Path, redis_url: str, stream: str, n_categories: int, nprobe: int, port: int = 0, processes: int = 1
+) -> None:
     faiss.omp_set_num_threads(1)
     threadpool_limits(1)  # as python -m server does: no BLAS/OpenMP thread fights
-    settings = ServerSettings(port=port, processes=processes, snapshot_writer=False, snapshot_dir=snapshot_dir,
-                              redis_url=redis_url, delta_stream=stream, snapshot_interval_s=1e9,
-                              compact_interval_s=1e9, delta_block_ms=1000, ivf_nprobe=nprobe,
-                              max_concurrent_rpcs=1000)
+    settings = ServerSettings(
+        port=port,
+        processes=processes,
+        snapshot_writer=False,
+        snapshot_dir=snapshot_dir,
+        redis_url=redis_url,
+        delta_stream=stream,
+        snapshot_interval_s=1e9,
+        compact_interval_s=1e9,
+        delta_block_ms=1000,
+        ivf_nprobe=nprobe,
+        max_concurrent_rpcs=1000,
+    )
     engine = Engine(settings, GraphSettings(), None)  # the width: IG_EMBEDDING_DIM, set by bench.serving
     redis = connect_redis(redis_url, settings.delta_block_ms)
     lifecycle = Lifecycle(engine, redis)
     await lifecycle.start()
     ids = engine.labels.ids()
     if n_categories:
-        engine.facets.update(ItemFacets(item_id, (f"c{int(item_id[1:]) % n_categories}",), ())
-                             for item_id in ids if item_id.startswith("i"))
+        engine.facets.update(
+            ItemFacets(item_id, (f"c{int(item_id[1:]) % n_categories}",), ()) for item_id in ids if item_id.startswith("i")
+        )
     server, port = create_server(settings, engine, engine.graph)
     await serve_until_sigterm(server, port, grace_s=1.0)
     await lifecycle.stop(snapshot=False)
@@ -79,8 +90,9 @@ async def echo() -> None:
         return request
 
     server = thread_server()
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(handle)}),))
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(handle)}),)
+    )
     await serve_until_sigterm(server, server.add_insecure_port("127.0.0.1:0"))
 
 
@@ -108,14 +120,24 @@ async def floor(snapshot_dir: Path, nprobe: int, port: int, processes: int) -> N
         for lab, score in zip(labels.tolist(), scores.tolist()):
             if lab != label:
                 add(item_id=ids[lab], score=score)
-        del response.items[request.k:]
+        del response.items[request.k :]
         return response
 
     server = thread_server(processes)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("interest.v1.InterestService", {
-        "SimilarItems": grpc.unary_unary_rpc_method_handler(
-            handle, request_deserializer=pb.SimilarItemsRequest.FromString,
-            response_serializer=pb.SimilarItemsResponse.SerializeToString)}),))
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "interest.v1.InterestService",
+                {
+                    "SimilarItems": grpc.unary_unary_rpc_method_handler(
+                        handle,
+                        request_deserializer=pb.SimilarItemsRequest.FromString,
+                        response_serializer=pb.SimilarItemsResponse.SerializeToString,
+                    )
+                },
+            ),
+        )
+    )
     await serve_until_sigterm(server, server.add_insecure_port(f"127.0.0.1:{port}"))
 
 
@@ -127,5 +149,6 @@ if __name__ == "__main__":
     if sys.argv[1] == "floor":
         asyncio.run(floor(Path(sys.argv[2]), *(int(a) for a in sys.argv[3:6])))
         sys.exit(0)
-    asyncio.run(main(Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]),
-                     *(int(a) for a in sys.argv[6:8])))
+    asyncio.run(
+        main(Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), *(int(a) for a in sys.argv[6:8]))
+    )

@@ -51,12 +51,18 @@ class Pipeline:
 
 
 @contextlib.contextmanager
-def pipeline(var: Path, *, dataset: str = "gowalla", limit: int | None = None, server: bool = False,
-             graph: GraphSettings | None = None, worker_extra: dict[str, str] | None = None) -> Iterator[Pipeline]:
+def pipeline(
+    var: Path,
+    *,
+    dataset: str = "gowalla",
+    limit: int | None = None,
+    server: bool = False,
+    graph: GraphSettings | None = None,
+    worker_extra: dict[str, str] | None = None,
+) -> Iterator[Pipeline]:
     var = Path(var)
     gs = graph or GraphSettings()
-    stack = LocalStackSettings(var_dir=var / "stack", neo4j_port=localstack.free_port(),
-                               redis_port=localstack.free_port())
+    stack = LocalStackSettings(var_dir=var / "stack", neo4j_port=localstack.free_port(), redis_port=localstack.free_port())
     procs: list[subprocess.Popen] = []
     try:
         log("starting Neo4j and Redis")
@@ -70,23 +76,35 @@ def pipeline(var: Path, *, dataset: str = "gowalla", limit: int | None = None, s
         bar = tqdm(total=limit or EVENTS.get(dataset), desc=f"loading {dataset}", unit="ev")
         load_dataset(driver, gs, dataset, root, limit=limit, progress=bar.update)
         bar.close()
-        env = process.worker_env(neo4j_uri=ns.uri, redis_base=f"redis://127.0.0.1:{stack.redis_port}",
-                                 model_dir=var / "models", text_cache_dir=Path("var/text-cache").resolve(),
-                                 graph=gs, extra={"IG_TRAIN_MAX_EPOCHS": "0", **(worker_extra or {})})
+        env = process.worker_env(
+            neo4j_uri=ns.uri,
+            redis_base=f"redis://127.0.0.1:{stack.redis_port}",
+            model_dir=var / "models",
+            text_cache_dir=Path("var/text-cache").resolve(),
+            graph=gs,
+            extra={"IG_TRAIN_MAX_EPOCHS": "0", **(worker_extra or {})},
+        )
         app = process.client_app(env)
         worker = process.start_worker(env, var / "worker.log")
         procs.append(worker)
         process.wait_for_worker(app, worker, timeout_s=120)
         version = train_and_roll_out(app, driver)
-        p = Pipeline(var, stack, ns, gs, driver, redis.Redis.from_url(f"redis://127.0.0.1:{stack.redis_port}/0"),
-                     env, app, version, worker)
+        p = Pipeline(
+            var, stack, ns, gs, driver, redis.Redis.from_url(f"redis://127.0.0.1:{stack.redis_port}/0"), env, app, version, worker
+        )
         if server:
             port = localstack.free_port()
-            senv = dict(env, IG_SERVER_PORT=str(port), IG_SERVER_METRICS_PORT="0",
-                        IG_SERVER_REDIS_URL=env["IG_WORKER_REDIS_URL"], IG_SERVER_SNAPSHOT_DIR=str(var / "index"))
+            senv = dict(
+                env,
+                IG_SERVER_PORT=str(port),
+                IG_SERVER_METRICS_PORT="0",
+                IG_SERVER_REDIS_URL=env["IG_WORKER_REDIS_URL"],
+                IG_SERVER_SNAPSHOT_DIR=str(var / "index"),
+            )
             out = open(var / "server.log", "ab")  # noqa: SIM115 - the child's log
-            srv = subprocess.Popen([sys.executable, "-m", "server"], env=senv, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+            srv = subprocess.Popen(
+                [sys.executable, "-m", "server"], env=senv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
             procs.append(srv)
             wait_serving(port, srv)
             p.server_port = port

@@ -80,8 +80,14 @@ def category_popularity(graph: InteractionGraph, warm: sp.csr_matrix):
     return lambda users: s.expand(len(users), -1).clone()
 
 
-def run_cold_start(graph: InteractionGraph, item_text: torch.Tensor | None, ms: ModelSettings,
-                   ts: TrainSettings, fraction: float = 0.2, progress: bool = True) -> dict:
+def run_cold_start(
+    graph: InteractionGraph,
+    item_text: torch.Tensor | None,
+    ms: ModelSettings,
+    ts: TrainSettings,
+    fraction: float = 0.2,
+    progress: bool = True,
+) -> dict:
     train_graph, cold, held = cold_split(graph, fraction, ts.seed)
     warm = train_graph.interactions()
     fitted = fit_served(train_graph, ms, ts, item_text=item_text, progress=progress)
@@ -97,26 +103,50 @@ def run_cold_start(graph: InteractionGraph, item_text: torch.Tensor | None, ms: 
     cold_ids = [train_graph.item_ids[j] for j in cold]
     engine = served_engine(cold_ids, items[torch.from_numpy(cold)].numpy(), "bench-cold-start")
     test = held[:, cold].tocsr()
-    models = {SERVED: rounded({**engine_metrics(engine, users.numpy(), cold_ids, sp.csr_matrix(test.shape), test,
-                                                k=ts.eval_k, progress=progress), "train_s": fitted.train_s})}
+    models = {
+        SERVED: rounded(
+            {
+                **engine_metrics(engine, users.numpy(), cold_ids, sp.csr_matrix(test.shape), test, k=ts.eval_k, progress=progress),
+                "train_s": fitted.train_s,
+            }
+        )
+    }
     console.print(f"{SERVED}: {models[SERVED]}")
     for name, scorer in scorers.items():
         models[name] = rounded(item_recall(scorer, held, cold, k=ts.eval_k))
         console.print(f"{name}: {models[name]}")
     n_users = int((np.diff(held[:, cold].tocsr().indptr) > 0).sum())
-    config = {"dim": fitted.model.dim, "user_norm": fitted.model.user_norm, "item_norm": fitted.model.item_norm,
-              "recency_boost": fitted.model.recency_boost, "recency_scale": fitted.model.recency_scale,
-              "cold_neighbours": ms.cold_neighbours, "served_epochs": ts.served_epochs, "index": index_config(engine)}
-    return {"bench": "cold_start", "dataset": "amazon-office", "served": SERVED, "served_path": "engine",
-            "config": config, "models": models,
-            "cold_items": int(len(cold)), "held_out_interactions": int(held.nnz), "test_users": n_users,
-            "device": str(pick_device(ts.device))}
+    config = {
+        "dim": fitted.model.dim,
+        "user_norm": fitted.model.user_norm,
+        "item_norm": fitted.model.item_norm,
+        "recency_boost": fitted.model.recency_boost,
+        "recency_scale": fitted.model.recency_scale,
+        "cold_neighbours": ms.cold_neighbours,
+        "served_epochs": ts.served_epochs,
+        "index": index_config(engine),
+    }
+    return {
+        "bench": "cold_start",
+        "dataset": "amazon-office",
+        "served": SERVED,
+        "served_path": "engine",
+        "config": config,
+        "models": models,
+        "cold_items": int(len(cold)),
+        "held_out_interactions": int(held.nnz),
+        "test_users": n_users,
+        "device": str(pick_device(ts.device)),
+    }
 
 
-def main(data_dir: Path = typer.Option(None, help="folder holding the datasets (default: as the loaders)"),
-         fraction: float = typer.Option(0.2, help="share of items held out as new"),
-         text_cache: Path = typer.Option(WorkerSettings().text_cache_dir),
-         threads: int = typer.Option(2), out: Path = typer.Option(None)):
+def main(
+    data_dir: Path = typer.Option(None, help="folder holding the datasets (default: as the loaders)"),
+    fraction: float = typer.Option(0.2, help="share of items held out as new"),
+    text_cache: Path = typer.Option(WorkerSettings().text_cache_dir),
+    threads: int = typer.Option(2),
+    out: Path = typer.Option(None),
+):
     """The served configuration comes from the environment, as the live service's does (IG_EMBEDDING_DIM,
     IG_MODEL_*, IG_TRAIN_*)."""
     set_threads(threads)

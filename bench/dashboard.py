@@ -38,8 +38,7 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 def _scrape(port: int) -> Samples:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         text = resp.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for f in text_string_to_metric_families(text) for s in f.samples}
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text) for s in f.samples}
 
 
 def _server_metrics_port(log_file: Path, timeout_s: float = 30.0) -> int:
@@ -90,8 +89,9 @@ def histogram_quantile(q: float, newer: Samples, older: Samples) -> float | None
     return lower
 
 
-def plot(series: list[tuple[float, Samples, Samples]], dots: list[tuple[float, float]], t0: float, out: Path,
-         title: str) -> dict[str, float | None]:
+def plot(
+    series: list[tuple[float, Samples, Samples]], dots: list[tuple[float, float]], t0: float, out: Path, title: str
+) -> dict[str, float | None]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -108,8 +108,9 @@ def plot(series: list[tuple[float, Samples, Samples]], dots: list[tuple[float, f
         waiting.append(wrk.get(("ig_worker_marks_waiting", ())))
         oldest.append(wrk.get(("ig_worker_oldest_mark_age_seconds", ())))
     fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=(10, 8), sharex=True, dpi=90)
-    ax1.scatter([a - t0 for a, _ in dots], [d for _, d in dots], s=4, color="0.7",
-                label="per event, client: ack -> vector on the stream")
+    ax1.scatter(
+        [a - t0 for a, _ in dots], [d for _, d in dots], s=4, color="0.7", label="per event, client: ack -> vector on the stream"
+    )
     ax1.plot(t, [float("nan") if v is None else v for v in p50], label="p50 served (ig_freshness_seconds, 10 s)")
     ax1.plot(t, [float("nan") if v is None else v for v in p99], label="p99 served (ig_freshness_seconds, 10 s)")
     ax1.set_ylabel("freshness (s)")
@@ -143,11 +144,12 @@ def main(
     limit: int = typer.Option(100_000, help="load only this many events"),
     var: Path = typer.Option(None, help="keep data and logs here (default: a temporary directory)"),
 ) -> None:
-    with (contextlib.nullcontext(str(var)) if var else tempfile.TemporaryDirectory(prefix="bench-dashboard-")) as tmp, \
-            pipeline(Path(tmp), dataset=dataset, limit=limit, server=True) as p:
+    with (
+        contextlib.nullcontext(str(var)) if var else tempfile.TemporaryDirectory(prefix="bench-dashboard-") as tmp,
+        pipeline(Path(tmp), dataset=dataset, limit=limit, server=True) as p,
+    ):
         key = p.graph.pseudonym_key.get_secret_value()
-        items = [r["id"] for r in p.driver.execute_query("MATCH (i:Item)<--(:User) RETURN DISTINCT i.id AS id")
-                 .records]
+        items = [r["id"] for r in p.driver.execute_query("MATCH (i:Item)<--(:User) RETURN DISTINCT i.id AS id").records]
         external = _external_users(p, dataset, key)
         needed = int(rate * duration_s) + 1
         if len(external) < needed:
@@ -174,13 +176,23 @@ def main(
             scraper.join(5)
             process.stop(scheduler)
         dots = [(at, watch.seen[pseudo[u]] - at) for u, at in acks if pseudo[u] in watch.seen]
-        title = (f"bench.dashboard: {dataset} ({limit:,} events loaded), {len(acks) / duration_s:.0f} events/s "
-                 f"through IngestEvents for {duration_s:g} s; 2-core CPU, {time.strftime('%Y-%m-%d')}")
+        title = (
+            f"bench.dashboard: {dataset} ({limit:,} events loaded), {len(acks) / duration_s:.0f} events/s "
+            f"through IngestEvents for {duration_s:g} s; 2-core CPU, {time.strftime('%Y-%m-%d')}"
+        )
         quantiles = plot(scraper.series, dots, t0, out, title)
-        result = {"bench": "dashboard", "dataset": dataset, "events": len(acks), "rate": round(len(acks) / duration_s, 1),
-                  "scrapes": len(scraper.series), "served_freshness_p50_s": quantiles["p50_s"],
-                  "served_freshness_p99_s": quantiles["p99_s"], "missing": len(acks) - len(dots),
-                  "png": str(out), "png_bytes": out.stat().st_size}
+        result = {
+            "bench": "dashboard",
+            "dataset": dataset,
+            "events": len(acks),
+            "rate": round(len(acks) / duration_s, 1),
+            "scrapes": len(scraper.series),
+            "served_freshness_p50_s": quantiles["p50_s"],
+            "served_freshness_p99_s": quantiles["p99_s"],
+            "missing": len(acks) - len(dots),
+            "png": str(out),
+            "png_bytes": out.stat().st_size,
+        }
     emit_result(result, None)
 
 

@@ -67,8 +67,7 @@ class StreamWatch(threading.Thread):
                         self.seen[d.id] = now
 
 
-async def send(port: int, users: list[str], items: list[str], rate: float, duration_s: float,
-               seed: int) -> list[tuple[str, float]]:
+async def send(port: int, users: list[str], items: list[str], rate: float, duration_s: float, seed: int) -> list[tuple[str, float]]:
     """Stream events at ``rate`` through IngestEvents; returns (external user id, ack time) per event."""
     rng = random.Random(seed)
     per_tick = max(1, round(rate * TICK_S))
@@ -88,8 +87,16 @@ async def send(port: int, users: list[str], items: list[str], rate: float, durat
             acks.extend((e.user_id, at) for e in batch)
 
         while time.monotonic() - start < duration_s:
-            batch = [pb.Event(event_id=f"fresh-{tick}-{k}", user_id=next(order), type=pb.EVENT_TYPE_CLICK,
-                              item_id=rng.choice(items), ts=time.time()) for k in range(per_tick)]
+            batch = [
+                pb.Event(
+                    event_id=f"fresh-{tick}-{k}",
+                    user_id=next(order),
+                    type=pb.EVENT_TYPE_CLICK,
+                    item_id=rng.choice(items),
+                    ts=time.time(),
+                )
+                for k in range(per_tick)
+            ]
             task = asyncio.create_task(one(batch))
             pending.add(task)
             task.add_done_callback(pending.discard)
@@ -101,8 +108,11 @@ async def send(port: int, users: list[str], items: list[str], rate: float, durat
 
 def percentiles(values: list[float]) -> dict:
     a = np.asarray(values)
-    return {"p50_s": round(float(np.percentile(a, 50)), 3), "p99_s": round(float(np.percentile(a, 99)), 3),
-            "max_s": round(float(a.max()), 3)}
+    return {
+        "p50_s": round(float(np.percentile(a, 50)), 3),
+        "p99_s": round(float(np.percentile(a, 99)), 3),
+        "max_s": round(float(a.max()), 3),
+    }
 
 
 def main(
@@ -113,12 +123,13 @@ def main(
     out: Path = typer.Option(None, help="also write the RESULT JSON here"),
     var: Path = typer.Option(None, help="keep data and logs here (default: a temporary directory)"),
 ) -> None:
-    with (contextlib.nullcontext(str(var)) if var else tempfile.TemporaryDirectory(prefix="bench-freshness-")) as tmp, \
-            pipeline(Path(tmp), dataset=dataset, limit=limit, server=True) as p:
+    with (
+        contextlib.nullcontext(str(var)) if var else tempfile.TemporaryDirectory(prefix="bench-freshness-") as tmp,
+        pipeline(Path(tmp), dataset=dataset, limit=limit, server=True) as p,
+    ):
         key = p.graph.pseudonym_key.get_secret_value()
         n_users = p.driver.execute_query(_USERS).records[0]["n"]
-        items = [r["id"] for r in p.driver.execute_query("MATCH (i:Item)<--(:User) RETURN DISTINCT i.id AS id")
-                 .records]
+        items = [r["id"] for r in p.driver.execute_query("MATCH (i:Item)<--(:User) RETURN DISTINCT i.id AS id").records]
         external = _external_users(p, dataset, key)
         needed = int(rate * duration_s) + 1
         if len(external) < needed:
@@ -143,9 +154,16 @@ def main(
         stream_lat = [watch.seen[pseudo[u]] - at for u, at in acks if pseudo[u] in watch.seen]
         written = {r["id"]: r["at"] for r in p.driver.execute_query(_UPDATED, ids=list(pseudo.values())).records}
         neo4j_lat = [written[pseudo[u]] - at for u, at in acks if written.get(pseudo[u])]
-        result = {"bench": "freshness", "dataset": dataset, "rate": round(len(acks) / duration_s, 1),
-                  "events": len(acks), "duration_s": duration_s, **percentiles(stream_lat),
-                  **{f"neo4j_{k}": v for k, v in percentiles(neo4j_lat).items()}, "missing": len(missing)}
+        result = {
+            "bench": "freshness",
+            "dataset": dataset,
+            "rate": round(len(acks) / duration_s, 1),
+            "events": len(acks),
+            "duration_s": duration_s,
+            **percentiles(stream_lat),
+            **{f"neo4j_{k}": v for k, v in percentiles(neo4j_lat).items()},
+            "missing": len(missing),
+        }
     emit_result(result, out)
 
 

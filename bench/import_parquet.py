@@ -32,8 +32,10 @@ from graphdb.settings import GraphSettings
 
 ACTIONS = ["pv"] * 6 + ["click"] * 2 + ["cart", "buy"]
 OURS = {"pv": "view", "click": "click", "cart": "add_to_cart", "buy": "purchase"}
-MAPPING = EventColumns(columns={"order_id": "event_id", "customer": "user_id", "action": "type", "sku": "item_id",
-                                "time": "ts"}, behaviours={"pv": "view", "cart": "add_to_cart", "buy": "purchase"})
+MAPPING = EventColumns(
+    columns={"order_id": "event_id", "customer": "user_id", "action": "type", "sku": "item_id", "time": "ts"},
+    behaviours={"pv": "view", "cart": "add_to_cart", "buy": "purchase"},
+)
 BAD_EVERY = 10_000
 
 
@@ -53,11 +55,15 @@ def generate(path: Path, rows: int, seed: int = 11) -> dict[str, list[Any]]:
             which = (k // BAD_EVERY) % 3
             column, value = [("time", None), ("action", "wishlist"), ("customer", None)][which]
             cols[column][-1] = value
-    table = pa.table({"order_id": pa.array(cols["order_id"], pa.string()),
-                      "customer": pa.array(cols["customer"], pa.string()),
-                      "action": pa.array(cols["action"], pa.string()),
-                      "sku": pa.array(cols["sku"], pa.string()),
-                      "time": pa.array(cols["time"], pa.timestamp("ms"))})
+    table = pa.table(
+        {
+            "order_id": pa.array(cols["order_id"], pa.string()),
+            "customer": pa.array(cols["customer"], pa.string()),
+            "action": pa.array(cols["action"], pa.string()),
+            "sku": pa.array(cols["sku"], pa.string()),
+            "time": pa.array(cols["time"], pa.timestamp("ms")),
+        }
+    )
     pq.write_table(table, path, row_group_size=100_000)
     return cols
 
@@ -65,28 +71,37 @@ def generate(path: Path, rows: int, seed: int = 11) -> dict[str, list[Any]]:
 def _peer_batches(cols: dict[str, list[Any]], size: int) -> Iterator[list[dict[str, Any]]]:
     rows = enumerate(zip(*cols.values()))
     while chunk := list(itertools.islice(rows, size)):
-        yield [{"event_id": order or f"d{k}", "user_id": customer, "type": OURS[action], "item_id": sku,
-                "ts": ms / 1000.0}
-               for k, (order, customer, action, sku, ms) in chunk
-               if ms is not None and customer is not None and action in OURS]
+        yield [
+            {"event_id": order or f"d{k}", "user_id": customer, "type": OURS[action], "item_id": sku, "ts": ms / 1000.0}
+            for k, (order, customer, action, sku, ms) in chunk
+            if ms is not None and customer is not None and action in OURS
+        ]
 
 
-def compare_import(driver: neo4j.Driver, gs: GraphSettings, *, rows: int, warmup_events: int,
-                   import_first: bool = False) -> dict[str, Any]:
+def compare_import(
+    driver: neo4j.Driver, gs: GraphSettings, *, rows: int, warmup_events: int, import_first: bool = False
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-import-") as tmp:
         path = Path(tmp) / "shop-events.parquet"
         started = time.perf_counter()
         cols = generate(path, rows)
         bad = sum(1 for k in range(rows) if k % BAD_EVERY == BAD_EVERY // 2)
-        out: dict[str, Any] = {"generate_s": round(time.perf_counter() - started, 1), "bad_rows": bad,
-                               "file_mb": round(path.stat().st_size / 1e6, 1)}
+        out: dict[str, Any] = {
+            "generate_s": round(time.perf_counter() - started, 1),
+            "bad_rows": bad,
+            "file_mb": round(path.stat().st_size / 1e6, 1),
+        }
         if warmup_events:  # the JIT compiles Neo4j's hot paths first (see bench.ingest); wiped after
-            warm = (cols["order_id"][:warmup_events], cols["customer"][:warmup_events], cols["action"][:warmup_events],
-                    cols["sku"][:warmup_events], cols["time"][:warmup_events])
+            warm = (
+                cols["order_id"][:warmup_events],
+                cols["customer"][:warmup_events],
+                cols["action"][:warmup_events],
+                cols["sku"][:warmup_events],
+                cols["time"][:warmup_events],
+            )
             warm_cols = dict(zip(cols, warm))
             warm_cols["order_id"] = [f"w{k}" for k in range(len(warm_cols["order_id"]))]
-            for _ in tqdm(ingest_batches(driver, gs, _peer_batches(warm_cols, gs.batch_size)), desc="warm-up",
-                          unit="batch"):
+            for _ in tqdm(ingest_batches(driver, gs, _peer_batches(warm_cols, gs.batch_size)), desc="warm-up", unit="batch"):
                 pass
             wipe(driver)
 
@@ -104,8 +119,9 @@ def compare_import(driver: neo4j.Driver, gs: GraphSettings, *, rows: int, warmup
         def run_import() -> tuple[ImportReport, float]:
             started = time.perf_counter()
             with tqdm(total=rows, desc="graph import (parquet)", unit="row") as bar:
-                report = import_events(driver, gs, path, MAPPING, rejects=Path(tmp) / "rejects.jsonl",
-                                       progress=lambda n, _stored: bar.update(n))
+                report = import_events(
+                    driver, gs, path, MAPPING, rejects=Path(tmp) / "rejects.jsonl", progress=lambda n, _stored: bar.update(n)
+                )
             return report, time.perf_counter() - started
 
         # Both from an empty graph; the order is an option because the second run meets a store that has grown.
@@ -122,12 +138,18 @@ def compare_import(driver: neo4j.Driver, gs: GraphSettings, *, rows: int, warmup
         rejected = sum(report.totals.rejected.values())
         assert report.totals.stored == peer == rows - bad, (report.totals, peer)
         assert rejected == bad and report.totals.read == rows, report.totals
-        out.update({
-            "peer_events": peer, "peer_s": round(peer_s, 1), "peer_eps": round(peer / peer_s, 1),
-            "import_stored": report.totals.stored, "import_rejected": rejected,
-            "import_rejected_by": dict(report.totals.rejected), "import_s": round(import_s, 1),
-            "import_eps": round(report.totals.stored / import_s, 1),
-            "import_rows_per_s": round(rows / import_s, 1),
-        })
+        out.update(
+            {
+                "peer_events": peer,
+                "peer_s": round(peer_s, 1),
+                "peer_eps": round(peer / peer_s, 1),
+                "import_stored": report.totals.stored,
+                "import_rejected": rejected,
+                "import_rejected_by": dict(report.totals.rejected),
+                "import_s": round(import_s, 1),
+                "import_eps": round(report.totals.stored / import_s, 1),
+                "import_rows_per_s": round(rows / import_s, 1),
+            }
+        )
         out["ratio_import_to_peer"] = round(out["import_eps"] / out["peer_eps"], 3)
     return out

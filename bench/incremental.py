@@ -47,10 +47,16 @@ def new_events(n: int, users: list[str], items: list[str], tag: str, seed: int) 
     now = time.time()
     out = []
     for k in range(n):
-        item = items[min(int(rng.paretovariate(1.2)) - 1, len(items) - 1)] if rng.random() < 0.5 \
-            else rng.choice(items)
-        out.append({"event_id": f"{tag}-{k}", "user_id": rng.choice(users), "type": "click", "item_id": item,
-                    "ts": now - rng.uniform(0, 3600)})
+        item = items[min(int(rng.paretovariate(1.2)) - 1, len(items) - 1)] if rng.random() < 0.5 else rng.choice(items)
+        out.append(
+            {
+                "event_id": f"{tag}-{k}",
+                "user_id": rng.choice(users),
+                "type": "click",
+                "item_id": item,
+                "ts": now - rng.uniform(0, 3600),
+            }
+        )
     return out
 
 
@@ -76,11 +82,18 @@ def main(
     out: Path = typer.Option(None, help="also write the RESULT JSON here"),
     var: Path = typer.Option(None, help="keep data and logs here (default: a temporary directory)"),
 ) -> None:
-    with (contextlib.nullcontext(str(var)) if var else tempfile.TemporaryDirectory(prefix="bench-incremental-")) as tmp, \
-            pipeline(Path(tmp), dataset=dataset, limit=limit) as p:
-        rt = jobs.Runtime(p.neo4j, p.graph, ModelSettings(), TrainSettings(),
-                          WorkerSettings(model_dir=p.var / "models", redis_url=p.redis_url,
-                                         text_cache_dir=Path(p.env["IG_WORKER_TEXT_CACHE_DIR"])), DataSettings())
+    with (
+        contextlib.nullcontext(str(var)) if var else tempfile.TemporaryDirectory(prefix="bench-incremental-") as tmp,
+        pipeline(Path(tmp), dataset=dataset, limit=limit) as p,
+    ):
+        rt = jobs.Runtime(
+            p.neo4j,
+            p.graph,
+            ModelSettings(),
+            TrainSettings(),
+            WorkerSettings(model_dir=p.var / "models", redis_url=p.redis_url, text_cache_dir=Path(p.env["IG_WORKER_TEXT_CACHE_DIR"])),
+            DataSettings(),
+        )
         # external user ids of the dataset (the graph holds pseudonyms): from the loader's id scheme
         users = sorted({e["user_id"] for e in _dataset_users(dataset, limit)})
         items = [r["id"] for r in p.driver.execute_query(_EXTERNAL).records]
@@ -97,7 +110,7 @@ def main(
             for rep in range(repeats):
                 events = new_events(n_events, users, items, f"inc{n_events}-{rep}", seed=n_events * 10 + rep)
                 for s in range(0, len(events), 5000):
-                    ingest_events(p.driver, p.graph, events[s:s + 5000])
+                    ingest_events(p.driver, p.graph, events[s : s + 5000])
                 inc = _incremental(p)
                 diff = compare(rt, p.version)
                 full = p.app.send_task("interest.rebuild", kwargs={"version": p.version}).get(timeout=3600)
@@ -105,22 +118,39 @@ def main(
                 log(f"{n_events} events, rep {rep}: incremental {inc['s']:.3f}s, full {reps[-1][1]:.3f}s")
             inc = sorted(reps, key=lambda r: r[0]["s"])[len(reps) // 2][0]
             full_s = float(np.median([r[1] for r in reps]))
-            row = {"events": n_events, "affected": inc["users"] + inc["items"], "users": inc["users"],
-                   "items": inc["items"], "incremental_s": round(inc["s"], 3), "pull_s": inc["pull_s"],
-                   "forward_s": inc["forward_s"], "write_s": inc["write_s"], "full_s": round(full_s, 3),
-                   "full_vectors": reps[0][2], "speedup": round(full_s / inc["s"], 1),
-                   "max_abs_diff": max(r[3] for r in reps), "repeats": repeats,
-                   "incremental_s_all": [round(r[0]["s"], 3) for r in reps],
-                   "full_s_all": [round(r[1], 3) for r in reps]}
+            row = {
+                "events": n_events,
+                "affected": inc["users"] + inc["items"],
+                "users": inc["users"],
+                "items": inc["items"],
+                "incremental_s": round(inc["s"], 3),
+                "pull_s": inc["pull_s"],
+                "forward_s": inc["forward_s"],
+                "write_s": inc["write_s"],
+                "full_s": round(full_s, 3),
+                "full_vectors": reps[0][2],
+                "speedup": round(full_s / inc["s"], 1),
+                "max_abs_diff": max(r[3] for r in reps),
+                "repeats": repeats,
+                "incremental_s_all": [round(r[0]["s"], 3) for r in reps],
+                "full_s_all": [round(r[1], 3) for r in reps],
+            }
             log(f"{row}")
             rows.append(row)
 
         hub = p.driver.execute_query(_HUB).records[0]
-        ingest_events(p.driver, p.graph, [{"event_id": "hub-1", "user_id": users[0], "type": "purchase",
-                                           "item_id": hub["id"], "ts": time.time()}])
+        ingest_events(
+            p.driver,
+            p.graph,
+            [{"event_id": "hub-1", "user_id": users[0], "type": "purchase", "item_id": hub["id"], "ts": time.time()}],
+        )
         inc = _incremental(p)
-        hub_row = {"item_degree": hub["degree"], "events": 1, "affected": inc["users"] + inc["items"],
-                   "incremental_s": round(inc["s"], 4)}
+        hub_row = {
+            "item_degree": hub["degree"],
+            "events": 1,
+            "affected": inc["users"] + inc["items"],
+            "incremental_s": round(inc["s"], 4),
+        }
         log(f"hub: {hub_row}")
         rt.close()
     emit_result({"bench": "incremental", "dataset": dataset, "rows": rows, "hub": hub_row}, out)

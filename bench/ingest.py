@@ -49,7 +49,8 @@ def synthetic_events(n: int, *, prefix: str, users: int, items: int, seed: int) 
             "user_id": f"user{rng.randrange(users)}",
             "type": rng.choice(TYPES),
             # Popular items are hit far more often, as in a real shop.
-            "item_id": f"item{min(int(rng.paretovariate(1.1)) - 1, items - 1)}" if rng.random() < 0.5
+            "item_id": f"item{min(int(rng.paretovariate(1.1)) - 1, items - 1)}"
+            if rng.random() < 0.5
             else f"item{rng.randrange(items)}",
             "ts": now + k * 0.001,
         }
@@ -63,8 +64,7 @@ def neo4j_for_bench(uri: str | None) -> Iterator[Neo4jSettings]:
         yield Neo4jSettings(uri=uri)
         return
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
-        stack = LocalStackSettings(var_dir=Path(tmp), neo4j_port=localstack.free_port(),
-                                   redis_port=localstack.free_port())
+        stack = LocalStackSettings(var_dir=Path(tmp), neo4j_port=localstack.free_port(), redis_port=localstack.free_port())
         try:
             localstack.start_neo4j(stack)
             yield Neo4jSettings(uri=f"bolt://127.0.0.1:{stack.neo4j_port}")
@@ -73,7 +73,7 @@ def neo4j_for_bench(uri: str | None) -> Iterator[Neo4jSettings]:
 
 
 def _batches(events: list[dict], size: int) -> Iterator[list[dict]]:
-    return (events[i:i + size] for i in range(0, len(events), size))
+    return (events[i : i + size] for i in range(0, len(events), size))
 
 
 def main(
@@ -105,8 +105,9 @@ def main(
             half = warm[: warmup_events // 2]
             for batch in tqdm(_batches(half, batch_size), desc="warm-up, serial", unit="batch"):
                 ingest_events(driver, gs, batch)
-            for _ in tqdm(ingest_batches(driver, gs, _batches(warm[len(half):], batch_size)), desc="warm-up, pipelined",
-                          unit="batch"):
+            for _ in tqdm(
+                ingest_batches(driver, gs, _batches(warm[len(half) :], batch_size)), desc="warm-up, pipelined", unit="batch"
+            ):
                 pass
             for ev in warm[:200]:
                 ingest_events(driver, gs, [{**ev, "event_id": "w1-" + ev["event_id"]}])

@@ -50,10 +50,17 @@ def _embedding_scorer(users: torch.Tensor, items: torch.Tensor):
     return lambda b: users[b] @ items.T
 
 
-def run_quality(split: Split, budget_s: float, models: tuple[str, ...] = ALL_MODELS,
-                model_settings: ModelSettings | None = None, train_settings: TrainSettings | None = None,
-                baseline_dim: int = 64, gfcf_rank: int = 256, progress: bool = True,
-                on_model: Callable[[dict], None] | None = None) -> dict:
+def run_quality(
+    split: Split,
+    budget_s: float,
+    models: tuple[str, ...] = ALL_MODELS,
+    model_settings: ModelSettings | None = None,
+    train_settings: TrainSettings | None = None,
+    baseline_dim: int = 64,
+    gfcf_rank: int = 256,
+    progress: bool = True,
+    on_model: Callable[[dict], None] | None = None,
+) -> dict:
     """Fit and evaluate ``models`` on ``split``; returns the RESULT dictionary."""
     ms = model_settings or ModelSettings()
     ts = train_settings or TrainSettings()
@@ -64,8 +71,7 @@ def run_quality(split: Split, budget_s: float, models: tuple[str, ...] = ALL_MOD
     fits: dict[str, Callable[[], tuple[Callable | None, dict]]] = {
         "popularity": lambda: (fit_popularity(r), {}),
         "gf-cf": lambda: (fit_gfcf(r, k=min(gfcf_rank, *r.shape), seed=ts.seed), {}),
-        "lightgcn": lambda: _bpr(LightGCN(r.shape[0], r.shape[1], baseline_dim, 3), r, lgcn_ts, 1e-4, budget_s,
-                                 progress),
+        "lightgcn": lambda: _bpr(LightGCN(r.shape[0], r.shape[1], baseline_dim, 3), r, lgcn_ts, 1e-4, budget_s, progress),
         SERVED: lambda: _served(split, ms, ts, progress),
         **{name: (lambda name=name: _implicit(name, r, ts)) for name in IMPLICIT},
     }
@@ -73,9 +79,17 @@ def run_quality(split: Split, budget_s: float, models: tuple[str, ...] = ALL_MOD
     config: dict = {}
 
     def result() -> dict:
-        return {"bench": "quality", "dataset": split.name, "served": SERVED, "served_path": "engine",
-                "config": config, "models": out, "budget_min": round(budget_s / 60, 3),
-                "device": str(pick_device(ts.device)), "threads": torch.get_num_threads()}
+        return {
+            "bench": "quality",
+            "dataset": split.name,
+            "served": SERVED,
+            "served_path": "engine",
+            "config": config,
+            "models": out,
+            "budget_min": round(budget_s / 60, 3),
+            "device": str(pick_device(ts.device)),
+            "threads": torch.get_num_threads(),
+        }
 
     for name in models:
         console.print(f"[bold]{name}[/bold]: fitting")
@@ -96,8 +110,13 @@ def run_quality(split: Split, budget_s: float, models: tuple[str, ...] = ALL_MOD
 
 def _bpr(model, r, ts: TrainSettings, reg: float, budget_s: float, progress: bool):
     users, items, info = fit_bpr(model, r, ts, budget_s, reg=reg, progress=progress)
-    return _embedding_scorer(users, items), {"train_s": info["train_s"], "epochs": info["epochs"],
-                                             "batch": ts.batch_size, "lr": ts.lr, "reg": reg}
+    return _embedding_scorer(users, items), {
+        "train_s": info["train_s"],
+        "epochs": info["epochs"],
+        "batch": ts.batch_size,
+        "lr": ts.lr,
+        "reg": reg,
+    }
 
 
 def _implicit(name: str, r, ts: TrainSettings):
@@ -114,27 +133,42 @@ def _served(split: Split, ms: ModelSettings, ts: TrainSettings, progress: bool):
     t1 = time.perf_counter()
     users, items = served_vectors(fitted.model, split.train, text)
     engine = served_engine(split.train.item_ids, items.numpy(), "bench-quality")
-    metrics = engine_metrics(engine, users.numpy(), split.train.item_ids, split.train.interactions(), split.test,
-                             k=ts.eval_k, progress=progress)
+    metrics = engine_metrics(
+        engine, users.numpy(), split.train.item_ids, split.train.interactions(), split.test, k=ts.eval_k, progress=progress
+    )
     sel = next((h for h in fitted.history if "selected" in h), {})
     m = fitted.model
-    config = {"model": SERVED, "dim": m.dim, "filter_power": sel.get("selected", {}).get("filter_power",
-                                                                                         ms.filter_power),
-              "user_norm": m.user_norm, "item_norm": m.item_norm, "recency_boost": m.recency_boost,
-              "recency_scale": m.recency_scale, "select_filter": ms.select_filter, "val_split": ts.val_split,
-              "select_max_settings": ms.select_max_settings, "served_epochs": ts.served_epochs,
-              "index": index_config(engine)}
-    return None, {"train_s": fitted.train_s, "engine_s": time.perf_counter() - t1, "metrics": metrics,
-                  "config": config, "selection": sel.get("tried", [])}
+    config = {
+        "model": SERVED,
+        "dim": m.dim,
+        "filter_power": sel.get("selected", {}).get("filter_power", ms.filter_power),
+        "user_norm": m.user_norm,
+        "item_norm": m.item_norm,
+        "recency_boost": m.recency_boost,
+        "recency_scale": m.recency_scale,
+        "select_filter": ms.select_filter,
+        "val_split": ts.val_split,
+        "select_max_settings": ms.select_max_settings,
+        "served_epochs": ts.served_epochs,
+        "index": index_config(engine),
+    }
+    return None, {
+        "train_s": fitted.train_s,
+        "engine_s": time.perf_counter() - t1,
+        "metrics": metrics,
+        "config": config,
+        "selection": sel.get("tried", []),
+    }
 
 
-def main(dataset: str = typer.Option("gowalla", help="gowalla (its split) | amazon-office | amazon-hin (leave "
-                                                     "last out)"),
-         data_dir: Path = typer.Option(None, help="folder holding the datasets (default: IG_DATASETS_DIR, "
-                                                  "../shared/datasets, then data/)"),
-         budget_min: float = typer.Option(20.0, help="wall-clock budget of LightGCN, minutes"),
-         models: str = typer.Option(",".join(ALL_MODELS), help="comma-separated subset to run"),
-         threads: int = typer.Option(2), out: Path = typer.Option(None, help="also write RESULT JSON here")):
+def main(
+    dataset: str = typer.Option("gowalla", help="gowalla (its split) | amazon-office | amazon-hin (leave last out)"),
+    data_dir: Path = typer.Option(None, help="folder holding the datasets (default: IG_DATASETS_DIR, ../shared/datasets, then data/)"),
+    budget_min: float = typer.Option(20.0, help="wall-clock budget of LightGCN, minutes"),
+    models: str = typer.Option(",".join(ALL_MODELS), help="comma-separated subset to run"),
+    threads: int = typer.Option(2),
+    out: Path = typer.Option(None, help="also write RESULT JSON here"),
+):
     """The served row takes every setting from the environment, as the live service does (IG_EMBEDDING_DIM,
     IG_MODEL_*, IG_TRAIN_*): change the served configuration there, not here."""
     set_threads(threads)

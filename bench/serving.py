@@ -86,7 +86,7 @@ def synthetic(n: int, dim: int, seed: int = 0) -> np.ndarray:
     for start in range(0, n, 100_000):
         m = min(100_000, n - start)
         block = centres[rng.integers(0, len(centres), m)] + rng.standard_normal((m, dim)).astype(np.float32)
-        out[start:start + m] = normalise(block) * scale * prior[start:start + m, None]
+        out[start : start + m] = normalise(block) * scale * prior[start : start + m, None]
     return out
 
 
@@ -127,8 +127,11 @@ def raw_index(index: ItemIndex, vecs: np.ndarray) -> faiss.Index:
     dim = vecs.shape[1]
     if base.width == dim and base.codes == "flat":
         return base.index
-    inner = base.index if base.width == dim else faiss.IndexPreTransform(
-        faiss.RemapDimensionsTransform(dim, base.width, False), base.index)
+    inner = (
+        base.index
+        if base.width == dim
+        else faiss.IndexPreTransform(faiss.RemapDimensionsTransform(dim, base.width, False), base.index)
+    )
     full = np.ascontiguousarray(vecs[base.labels])  # position p holds the vector of base.labels[p], as in the base
     raw = faiss.IndexRefineFlat(inner, faiss.swig_ptr(full))
     raw.k_factor = index.params.refine / 11
@@ -141,7 +144,7 @@ def raw_qps(raw: faiss.Index, vecs: np.ndarray, qpos: np.ndarray, min_s: float =
     n, start = 0, time.perf_counter()
     while True:
         for q in qpos:
-            raw.search(vecs[q:q + 1], 11)
+            raw.search(vecs[q : q + 1], 11)
             n += 1
         if time.perf_counter() - start >= min_s:
             break
@@ -154,8 +157,7 @@ def index_bytes(index: ItemIndex) -> dict:
     n = max(len(index), 1)
     vec = index._vec.nbytes  # noqa: SLF001 - measured, not changed
     faiss_bytes = int(faiss.serialize_index(index.base.index).nbytes)
-    return {"vectors_bytes": vec, "faiss_bytes": faiss_bytes,
-            "gb_per_million_items": round((vec + faiss_bytes) / n * 1e6 / 2**30, 3)}
+    return {"vectors_bytes": vec, "faiss_bytes": faiss_bytes, "gb_per_million_items": round((vec + faiss_bytes) / n * 1e6 / 2**30, 3)}
 
 
 def rss_mb(pid: int) -> float:
@@ -183,8 +185,7 @@ def engine_cost(index: ItemIndex, names: list[str], qpos: np.ndarray) -> float:
     return (time.perf_counter() - start) / len(qpos) * 1e6
 
 
-async def grpc_load(port: int, queries: list[str], concurrency: int, seconds: float, answers: dict,
-                    flt=None) -> dict:
+async def grpc_load(port: int, queries: list[str], concurrency: int, seconds: float, answers: dict, flt=None) -> dict:
     import grpc
 
     from proto.interest.v1 import interest_pb2 as pb
@@ -201,8 +202,7 @@ async def grpc_load(port: int, queries: list[str], concurrency: int, seconds: fl
             while time.perf_counter() < deadline:
                 j = next(counter) % len(queries)
                 t0 = time.perf_counter()
-                resp = await stub.SimilarItems(pb.SimilarItemsRequest(item_id=queries[j], k=10, filter=flt),
-                                               timeout=5)
+                resp = await stub.SimilarItems(pb.SimilarItemsRequest(item_id=queries[j], k=10, filter=flt), timeout=5)
                 latencies.append(time.perf_counter() - t0)
                 if j not in answers:
                     answers[j] = [i.item_id for i in resp.items]
@@ -211,8 +211,13 @@ async def grpc_load(port: int, queries: list[str], concurrency: int, seconds: fl
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
     lat = np.asarray(latencies) * 1000
-    return {"concurrency": concurrency, "qps": len(lat) / elapsed, "p50_ms": float(np.percentile(lat, 50)),
-            "p99_ms": float(np.percentile(lat, 99)), "calls": len(lat)}
+    return {
+        "concurrency": concurrency,
+        "qps": len(lat) / elapsed,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "calls": len(lat),
+    }
 
 
 async def echo_load(port: int, concurrency: int, seconds: float) -> float:
@@ -247,15 +252,17 @@ def cpu_seconds(pid: int | None = None) -> float:
 
 
 def measure_echo(seconds: float) -> dict:
-    proc = subprocess.Popen([sys.executable, "-m", "bench._serving_server", "echo"], stdout=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "bench._serving_server", "echo"], stdout=subprocess.PIPE, text=True)
     try:
         port = int(proc.stdout.readline().split()[1])
         s0, c0 = cpu_seconds(proc.pid), cpu_seconds()
         qps = asyncio.run(echo_load(port, 16, seconds))
         calls = qps * seconds
-        return {"qps": qps, "server_cpu_us_per_call": (cpu_seconds(proc.pid) - s0) / calls * 1e6,
-                "client_cpu_us_per_call": (cpu_seconds() - c0) / calls * 1e6}
+        return {
+            "qps": qps,
+            "server_cpu_us_per_call": (cpu_seconds(proc.pid) - s0) / calls * 1e6,
+            "client_cpu_us_per_call": (cpu_seconds() - c0) / calls * 1e6,
+        }
     finally:
         proc.terminate()
         proc.wait(30)
@@ -271,8 +278,7 @@ def ghz_binary() -> Path | None:
         log("no ghz and no Go toolchain: the Python client alone drives the server")
         return None
     log(f"building the ghz load generator once: go install {GHZ_MODULE}")
-    built = subprocess.run([go, "install", GHZ_MODULE], env=dict(os.environ, GOBIN=str(CACHE_BIN)),
-                           capture_output=True, text=True)
+    built = subprocess.run([go, "install", GHZ_MODULE], env=dict(os.environ, GOBIN=str(CACHE_BIN)), capture_output=True, text=True)
     if built.returncode != 0:
         log(f"ghz could not be built ({built.stderr.strip()[-300:]}); the Python client alone drives the server")
         return None
@@ -283,8 +289,18 @@ def write_protoset(path: Path) -> Path:
     """The service's descriptors for ghz (its own .proto parser predates proto3 ``optional``)."""
     from grpc_tools import protoc
 
-    if protoc.main(["protoc", f"-I{ROOT}", f"--descriptor_set_out={path}", "--include_imports",
-                    str(ROOT / "proto" / "interest" / "v1" / "interest.proto")]) != 0:
+    if (
+        protoc.main(
+            [
+                "protoc",
+                f"-I{ROOT}",
+                f"--descriptor_set_out={path}",
+                "--include_imports",
+                str(ROOT / "proto" / "interest" / "v1" / "interest.proto"),
+            ]
+        )
+        != 0
+    ):
         raise RuntimeError("protoc could not write the descriptor set for ghz")
     return path
 
@@ -292,11 +308,35 @@ def write_protoset(path: Path) -> Path:
 def ghz_load(ghz: Path, protoset: Path, data: Path, port: int, concurrency: int, seconds: float) -> dict:
     """``SimilarItems`` calls/s and latencies under ghz (the queries of ``data`` round-robin)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    run = subprocess.run([str(ghz), "--insecure", "--protoset", str(protoset),
-                          "--call", "interest.v1.InterestService.SimilarItems", "--data-file", str(data),
-                          "--concurrency", str(concurrency), "--connections", str(min(CONNECTIONS, concurrency)),
-                          "--duration", f"{seconds}s", "--duration-stop", "wait", "--cpus", "1", "--timeout", "5s",
-                          "--format", "json", f"127.0.0.1:{port}"], capture_output=True, text=True)
+    run = subprocess.run(
+        [
+            str(ghz),
+            "--insecure",
+            "--protoset",
+            str(protoset),
+            "--call",
+            "interest.v1.InterestService.SimilarItems",
+            "--data-file",
+            str(data),
+            "--concurrency",
+            str(concurrency),
+            "--connections",
+            str(min(CONNECTIONS, concurrency)),
+            "--duration",
+            f"{seconds}s",
+            "--duration-stop",
+            "wait",
+            "--cpus",
+            "1",
+            "--timeout",
+            "5s",
+            "--format",
+            "json",
+            f"127.0.0.1:{port}",
+        ],
+        capture_output=True,
+        text=True,
+    )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if run.returncode != 0 and not run.stdout.strip():
         raise RuntimeError(f"ghz failed: {run.stderr.strip()[-500:]}")
@@ -304,10 +344,15 @@ def ghz_load(ghz: Path, protoset: Path, data: Path, port: int, concurrency: int,
     lat = {d["percentage"]: d["latency"] / 1e6 for d in report.get("latencyDistribution") or []}
     codes = report.get("statusCodeDistribution") or {}
     calls = int(codes.get("OK", 0))
-    return {"concurrency": concurrency, "qps": calls / (report["total"] / 1e9), "p50_ms": lat.get(50),
-            "p99_ms": lat.get(99), "calls": calls, "errors": int(sum(codes.values()) - calls),
-            "client_cpu_us_per_call": (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
-            / max(calls, 1) * 1e6}
+    return {
+        "concurrency": concurrency,
+        "qps": calls / (report["total"] / 1e9),
+        "p50_ms": lat.get(50),
+        "p99_ms": lat.get(99),
+        "calls": calls,
+        "errors": int(sum(codes.values()) - calls),
+        "client_cpu_us_per_call": (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / max(calls, 1) * 1e6,
+    }
 
 
 def loadgen_binary(out_dir: Path) -> Path | None:
@@ -318,8 +363,7 @@ def loadgen_binary(out_dir: Path) -> Path | None:
         log("no Go toolchain on PATH: bench/loadgen cannot be built, the Python client drives the server")
         return None
     target = out_dir / "loadgen"
-    built = subprocess.run([go, "build", "-o", str(target), "."], cwd=ROOT / "bench" / "loadgen",
-                           capture_output=True, text=True)
+    built = subprocess.run([go, "build", "-o", str(target), "."], cwd=ROOT / "bench" / "loadgen", capture_output=True, text=True)
     if built.returncode != 0:
         log(f"bench/loadgen could not be built ({built.stderr.strip()[-300:]})")
         return None
@@ -349,32 +393,62 @@ def write_requests(path: Path, queries: list[str]) -> Path:
 def loadgen_load(binary: Path, requests: Path, port: int, concurrency: int, seconds: float) -> dict:
     """``SimilarItems`` calls/s and latencies under bench/loadgen (one OS thread: GOMAXPROCS=1, as ghz --cpus 1)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    run = subprocess.run([str(binary), "-addr", f"127.0.0.1:{port}", "-method",
-                          "/interest.v1.InterestService/SimilarItems", "-data", str(requests), "-c", str(concurrency),
-                          "-conns", str(CONNECTIONS), "-duration", f"{seconds}s"],
-                         capture_output=True, text=True, env=dict(os.environ, GOMAXPROCS="1"), timeout=seconds + 60)
+    run = subprocess.run(
+        [
+            str(binary),
+            "-addr",
+            f"127.0.0.1:{port}",
+            "-method",
+            "/interest.v1.InterestService/SimilarItems",
+            "-data",
+            str(requests),
+            "-c",
+            str(concurrency),
+            "-conns",
+            str(CONNECTIONS),
+            "-duration",
+            f"{seconds}s",
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, GOMAXPROCS="1"),
+        timeout=seconds + 60,
+    )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if run.returncode != 0:
         raise RuntimeError(f"loadgen failed: {run.stderr.strip()[-500:]}")
     report = json.loads(run.stdout)
     calls = int(report["ok"])
-    return {"concurrency": concurrency, "qps": report["qps"], "p50_ms": report["p50_ms"], "p99_ms": report["p99_ms"],
-            "calls": calls, "errors": int(sum(report["codes"].values()) - calls),
-            "client_cpu_us_per_call": (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
-            / max(calls, 1) * 1e6}
+    return {
+        "concurrency": concurrency,
+        "qps": report["qps"],
+        "p50_ms": report["p50_ms"],
+        "p99_ms": report["p99_ms"],
+        "calls": calls,
+        "errors": int(sum(report["codes"].values()) - calls),
+        "client_cpu_us_per_call": (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / max(calls, 1) * 1e6,
+    }
 
 
-def start_servers(snap: Path, redis_url: str, n_categories: int, nprobe: int, processes: int, dim: int,
-                  floor: bool = False, front: str = "auto") -> tuple[list, int]:
+def start_servers(
+    snap: Path, redis_url: str, n_categories: int, nprobe: int, processes: int, dim: int, floor: bool = False, front: str = "auto"
+) -> tuple[list, int]:
     """``processes`` bench servers on one port (each loads the snapshot); returns them once all serve.
     ``floor``: the least Python gRPC server instead (``bench._serving_server.floor``); ``front``: who owns
     the port (``IG_SERVER_FRONT``)."""
     port = localstack.free_port() if processes > 1 else 0
     env = dict(os.environ, OMP_NUM_THREADS="1", IG_SERVER_FRONT=front, IG_EMBEDDING_DIM=str(dim))
-    args = ["floor", str(snap), str(nprobe)] if floor else [str(snap), redis_url, STREAM, str(n_categories),
-                                                             str(nprobe)]
-    procs = [subprocess.Popen([sys.executable, "-m", "bench._serving_server", *args, str(port), str(processes)],
-                              stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT) for _ in range(processes)]
+    args = ["floor", str(snap), str(nprobe)] if floor else [str(snap), redis_url, STREAM, str(n_categories), str(nprobe)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "bench._serving_server", *args, str(port), str(processes)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
+        for _ in range(processes)
+    ]
     ports = set()
     for proc in procs:
         line = proc.stdout.readline()
@@ -425,8 +499,7 @@ async def visibility(port: int, redis_url: str, model_version: str, dim: int, n:
             out.append((time.perf_counter() - t0) * 1000)
     await r.aclose()
     lat = np.asarray(out)
-    return {"upserts": n, "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
-            "max_ms": float(lat.max())}
+    return {"upserts": n, "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)), "max_ms": float(lat.max())}
 
 
 def recall(answers: dict, gt: list[set], qpos: np.ndarray, names: list[str]) -> float:
@@ -435,20 +508,29 @@ def recall(answers: dict, gt: list[set], qpos: np.ndarray, names: list[str]) -> 
     return float(np.mean(hits))
 
 
-def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, n_categories: int,
-                codes: str | None = None) -> dict:
+def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, n_categories: int, codes: str | None = None) -> dict:
     n, dim = vecs.shape
     names = [f"{prefix}{j}" for j in range(n)]
     defaults = ServerSettings(snapshot_dir=None, redis_url=None)
-    params = IndexParams(nprobe=args.nprobe, ivf_dim=defaults.ivf_dim, refine=defaults.ivf_refine,
-                         ann_min_items=defaults.ann_min_items, ivf_codes=codes or args.ivf_codes)
+    params = IndexParams(
+        nprobe=args.nprobe,
+        ivf_dim=defaults.ivf_dim,
+        refine=defaults.ivf_refine,
+        ann_min_items=defaults.ann_min_items,
+        ivf_codes=codes or args.ivf_codes,
+    )
     t0 = time.perf_counter()
     faiss.omp_set_num_threads(2)
     index = ItemIndex.build(dim, f"bench-{name}", LabelMap(), params, names, vecs)
     build_s = time.perf_counter() - t0
-    kind = (f"IVF ({index.base.codes}) over {index.base.width} of {dim} components, nlist {index.base.index.nlist}, "
-            f"nprobe {args.nprobe}" + (f", re-rank {params.refine}" if index.base.width < dim or index.base.codes != "flat"
-                                       else "")) if index.base.is_ivf else f"flat, {dim} components"
+    kind = (
+        (
+            f"IVF ({index.base.codes}) over {index.base.width} of {dim} components, nlist {index.base.index.nlist}, "
+            f"nprobe {args.nprobe}" + (f", re-rank {params.refine}" if index.base.width < dim or index.base.codes != "flat" else "")
+        )
+        if index.base.is_ivf
+        else f"flat, {dim} components"
+    )
     log(f"{name}: {n} items, index built in {build_s:.1f}s ({kind})")
     memory = index_bytes(index)
     log(f"{name}: index memory {memory['gb_per_million_items']} GB per million items")
@@ -458,8 +540,14 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
     raw = raw_index(index, vecs)
     qps, _ = raw_qps(raw, vecs, qpos)
     _, raw_idx = raw.search(vecs[qpos], 11)
-    raw_recall = float(np.mean([len(set(int(index.base.labels[p]) for p in row if p >= 0 and index.base.labels[p] != q)
-                                    .intersection(g)) / 10 for row, q, g in zip(raw_idx, qpos, gt)]))
+    raw_recall = float(
+        np.mean(
+            [
+                len(set(int(index.base.labels[p]) for p in row if p >= 0 and index.base.labels[p] != q).intersection(g)) / 10
+                for row, q, g in zip(raw_idx, qpos, gt)
+            ]
+        )
+    )
     del raw
     log(f"{name}: raw FAISS {qps:.0f} q/s on one thread, recall@10 {raw_recall:.3f}")
     engine_us = engine_cost(index, names, qpos)
@@ -483,13 +571,17 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
             calls = runs[-1]["calls"]
             runs[-1]["server_cpu_us_per_call"] = (servers_cpu(procs) - s0) / calls * 1e6
             runs[-1]["client_cpu_us_per_call"] = (cpu_seconds() - c0) / calls * 1e6
-            log(f"{name}: Python client, 1 server process, c={c}: {runs[-1]['qps']:.0f} calls/s, p50 "
+            log(
+                f"{name}: Python client, 1 server process, c={c}: {runs[-1]['qps']:.0f} calls/s, p50 "
                 f"{runs[-1]['p50_ms']:.2f} ms, p99 {runs[-1]['p99_ms']:.2f} ms; CPU per call: server "
-                f"{runs[-1]['server_cpu_us_per_call']:.0f} us, client {runs[-1]['client_cpu_us_per_call']:.0f} us")
+                f"{runs[-1]['server_cpu_us_per_call']:.0f} us, client {runs[-1]['client_cpu_us_per_call']:.0f} us"
+            )
         echo_run = measure_echo(args.seconds)
         echo = echo_run["qps"]
-        log(f"{name}: bare gRPC echo (same client, c=16): {echo:.0f} calls/s; CPU per call: server "
-            f"{echo_run['server_cpu_us_per_call']:.0f} us, client {echo_run['client_cpu_us_per_call']:.0f} us")
+        log(
+            f"{name}: bare gRPC echo (same client, c=16): {echo:.0f} calls/s; CPU per call: server "
+            f"{echo_run['server_cpu_us_per_call']:.0f} us, client {echo_run['client_cpu_us_per_call']:.0f} us"
+        )
         rec = recall(answers, gt, qpos, names)
         log(f"{name}: served recall@10 {rec:.3f} over {len(answers)} queries")
         if n_categories:
@@ -503,10 +595,16 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
                 fans: dict = {}
                 flt = pb.ItemFilter(category_ids=[f"c{c}" for c in cats])
                 run = asyncio.run(grpc_load(port, [names[q] for q in fq], 16, min(args.seconds, 3.0), fans, flt))
-                filtered[label] = {"selectivity": float(mask.mean()), "recall_at_10": recall(fans, fgt, fq, names),
-                                   "qps": run["qps"], "p99_ms": run["p99_ms"]}
-                log(f"{name}: filter {label} ({mask.mean():.1%} of items): recall@10 "
-                    f"{filtered[label]['recall_at_10']:.3f}, {run['qps']:.0f} calls/s, p99 {run['p99_ms']:.2f} ms")
+                filtered[label] = {
+                    "selectivity": float(mask.mean()),
+                    "recall_at_10": recall(fans, fgt, fq, names),
+                    "qps": run["qps"],
+                    "p99_ms": run["p99_ms"],
+                }
+                log(
+                    f"{name}: filter {label} ({mask.mean():.1%} of items): recall@10 "
+                    f"{filtered[label]['recall_at_10']:.3f}, {run['qps']:.0f} calls/s, p99 {run['p99_ms']:.2f} ms"
+                )
         vis = asyncio.run(visibility(port, redis_url, f"bench-{name}", dim, args.upserts))
         log(f"{name}: upsert visible after p50 {vis['p50_ms']:.1f} ms, p99 {vis['p99_ms']:.1f} ms")
     finally:
@@ -525,17 +623,24 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
         data.write_text(json.dumps([{"item_id": q, "k": 10} for q in queries]))
         ncpu = max(1, os.cpu_count() or 1)
         # Ours as served (native front end when built), ours on grpc's Python server alone, and the floor.
-        peers = [("1", 1, False, "auto"), (str(ncpu), ncpu, False, "auto"), ("grpc_front", ncpu, False, "grpc"),
-                 ("floor", ncpu, True, "auto")]
-        for key, processes, floor, front in (peers if loadgen else []):
+        peers = [
+            ("1", 1, False, "auto"),
+            (str(ncpu), ncpu, False, "auto"),
+            ("grpc_front", ncpu, False, "grpc"),
+            ("floor", ncpu, True, "auto"),
+        ]
+        for key, processes, floor, front in peers if loadgen else []:
             if key in configs:
                 continue  # one core: "1" is also one per core
             procs, port = start_servers(snap, redis_url, n_categories, args.nprobe, processes, dim, floor, front)
             try:
                 loadgen_load(loadgen, requests, port, 16, 1.0)  # warm-up: connections, first calls
                 configs[key] = []
-                clients = [("loadgen", 16)] if floor or front == "grpc" else \
-                    [("loadgen", 8), ("loadgen", 16), ("loadgen", 32)] + ([("ghz", 16)] if ghz else [])
+                clients = (
+                    [("loadgen", 16)]
+                    if floor or front == "grpc"
+                    else [("loadgen", 8), ("loadgen", 16), ("loadgen", 32)] + ([("ghz", 16)] if ghz else [])
+                )
                 for client, c in clients:
                     s0, each0 = servers_cpu(procs), [cpu_seconds(p.pid) for p in procs]
                     if client == "loadgen":
@@ -547,13 +652,18 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
                     each = [cpu_seconds(p.pid) - t for p, t in zip(procs, each0)]
                     run["server_cpu_share"] = [round(t / max(sum(each), 1e-9), 3) for t in each]
                     configs[key].append(run)
-                    what = f"{processes} server process(es)" + (" of the floor server" if floor else "") + (
-                        " on grpc's Python server alone" if front == "grpc" else "")
-                    log(f"{name}: {client}, {what}, c={c}: {run['qps']:.0f} calls/s, p50 "
+                    what = (
+                        f"{processes} server process(es)"
+                        + (" of the floor server" if floor else "")
+                        + (" on grpc's Python server alone" if front == "grpc" else "")
+                    )
+                    log(
+                        f"{name}: {client}, {what}, c={c}: {run['qps']:.0f} calls/s, p50 "
                         f"{run['p50_ms']:.2f} ms, p99 {run['p99_ms']:.2f} ms, {run['errors']} errors; CPU per call: "
                         f"servers {run['server_cpu_us_per_call']:.0f} us, "
                         f"client {run['client_cpu_us_per_call']:.0f} us; share of the processes "
-                        f"{run['server_cpu_share']}")
+                        f"{run['server_cpu_share']}"
+                    )
             finally:
                 stop_servers(procs)
         shutil.rmtree(work, ignore_errors=True)
@@ -561,36 +671,60 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
         shutil.rmtree(snap, ignore_errors=True)
     if configs:
         served_by = str(max(1, os.cpu_count() or 1))
-        client, primary = "loadgen", next(r for r in configs[served_by] if r["client"] == "loadgen"
-                                          and r["concurrency"] == 16)
+        client, primary = "loadgen", next(r for r in configs[served_by] if r["client"] == "loadgen" and r["concurrency"] == 16)
     else:
         served_by, client, primary = "1", "python-aio", runs[1]
     floor_qps = configs["floor"][0]["qps"] if "floor" in configs else None
     grpc_front_qps = configs["grpc_front"][0]["qps"] if "grpc_front" in configs else None
-    return {"items": n, "dim": dim, "index": kind, "memory": {**memory, "server_rss_mb": server_rss_mb},
-            "build_s": build_s, "raw_qps": qps, "raw_recall_at_10": raw_recall, "grpc": runs,
-            "go_clients": configs, "client": client, "server_processes": int(served_by),
-            "grpc_qps": primary["qps"], "ratio": primary["qps"] / qps, "p50_ms": primary["p50_ms"],
-            "p99_ms": primary["p99_ms"], "recall_at_10": rec, "filtered": filtered, "upsert_visibility": vis,
-            "echo_qps": echo, "echo": echo_run, "engine_us_per_call": engine_us,
-            "python_client_qps": runs[1]["qps"], "grpc_vs_echo": runs[1]["qps"] / echo,
-            "floor_qps": floor_qps, "floor_ratio": floor_qps / qps if floor_qps else None,
-            "grpc_front_qps": grpc_front_qps, "grpc_front_ratio": grpc_front_qps / qps if grpc_front_qps else None}
+    return {
+        "items": n,
+        "dim": dim,
+        "index": kind,
+        "memory": {**memory, "server_rss_mb": server_rss_mb},
+        "build_s": build_s,
+        "raw_qps": qps,
+        "raw_recall_at_10": raw_recall,
+        "grpc": runs,
+        "go_clients": configs,
+        "client": client,
+        "server_processes": int(served_by),
+        "grpc_qps": primary["qps"],
+        "ratio": primary["qps"] / qps,
+        "p50_ms": primary["p50_ms"],
+        "p99_ms": primary["p99_ms"],
+        "recall_at_10": rec,
+        "filtered": filtered,
+        "upsert_visibility": vis,
+        "echo_qps": echo,
+        "echo": echo_run,
+        "engine_us_per_call": engine_us,
+        "python_client_qps": runs[1]["qps"],
+        "grpc_vs_echo": runs[1]["qps"] / echo,
+        "floor_qps": floor_qps,
+        "floor_ratio": floor_qps / qps if floor_qps else None,
+        "grpc_front_qps": grpc_front_qps,
+        "grpc_front_ratio": grpc_front_qps / qps if grpc_front_qps else None,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=EMBEDDING_DIM, help="the served width (IG_EMBEDDING_DIM)")
-    parser.add_argument("--compare-dim", type=int, default=64, help="also run the synthetic set at this width "
-                        "(0 = not): the previous served width, in the same run")
+    parser.add_argument(
+        "--compare-dim",
+        type=int,
+        default=64,
+        help="also run the synthetic set at this width (0 = not): the previous served width, in the same run",
+    )
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--seconds", type=float, default=6.0, help="per concurrency level")
     defaults = ServerSettings(snapshot_dir=None, redis_url=None)
     parser.add_argument("--nprobe", type=int, default=defaults.ivf_nprobe)
-    parser.add_argument("--ivf-codes", default=defaults.ivf_codes, choices=["pq4", "flat"],
-                        help="what the IVF lists hold (IG_SERVER_IVF_CODES)")
+    parser.add_argument(
+        "--ivf-codes", default=defaults.ivf_codes, choices=["pq4", "flat"], help="what the IVF lists hold (IG_SERVER_IVF_CODES)"
+    )
     parser.add_argument("--upserts", type=int, default=200)
     parser.add_argument("--categories", type=int, default=50, help="synthetic categories (item j in c{j %% N})")
     parser.add_argument("--no-gowalla", action="store_true")
@@ -629,25 +763,34 @@ def main() -> None:
             localstack.stop_service(started[0])
             shutil.rmtree(started[1], ignore_errors=True)
 
-    result = {"bench": "serving", "items": synth["items"], "dim": synth["dim"], "index": synth["index"],
-              "gb_per_million_items": synth["memory"]["gb_per_million_items"],
-              "raw_qps": round(synth["raw_qps"], 1),
-              "grpc_qps": round(synth["grpc_qps"], 1), "ratio": round(synth["ratio"], 3),
-              "p50_ms": round(synth["p50_ms"], 3), "p99_ms": round(synth["p99_ms"], 3),
-              "recall_at_10": round(synth["recall_at_10"], 4),
-              "upsert_visible_p99_ms": round(synth["upsert_visibility"]["p99_ms"], 2),
-              "client": synth["client"], "server_processes": synth["server_processes"],
-              "python_client_qps": round(synth["python_client_qps"], 1),
-              "echo_qps": round(synth["echo_qps"], 1), "grpc_vs_echo": round(synth["grpc_vs_echo"], 3),
-              "floor_qps": synth["floor_qps"] and round(synth["floor_qps"], 1),
-              "floor_ratio": synth["floor_ratio"] and round(synth["floor_ratio"], 3),
-              "front": "native" if front_built() else "grpc",
-              "grpc_front_qps": synth["grpc_front_qps"] and round(synth["grpc_front_qps"], 1),
-              "grpc_front_ratio": synth["grpc_front_ratio"] and round(synth["grpc_front_ratio"], 3),
-              "machine": f"{os.cpu_count()} cores, no GPU",
-              "compare": compare and {k: compare[k] for k in ("dim", "index", "raw_qps", "grpc_qps", "ratio", "p50_ms",
-                                                              "p99_ms", "recall_at_10", "memory")},
-              "details": {"synthetic": synth, "gowalla": gow, "compare": compare}}
+    result = {
+        "bench": "serving",
+        "items": synth["items"],
+        "dim": synth["dim"],
+        "index": synth["index"],
+        "gb_per_million_items": synth["memory"]["gb_per_million_items"],
+        "raw_qps": round(synth["raw_qps"], 1),
+        "grpc_qps": round(synth["grpc_qps"], 1),
+        "ratio": round(synth["ratio"], 3),
+        "p50_ms": round(synth["p50_ms"], 3),
+        "p99_ms": round(synth["p99_ms"], 3),
+        "recall_at_10": round(synth["recall_at_10"], 4),
+        "upsert_visible_p99_ms": round(synth["upsert_visibility"]["p99_ms"], 2),
+        "client": synth["client"],
+        "server_processes": synth["server_processes"],
+        "python_client_qps": round(synth["python_client_qps"], 1),
+        "echo_qps": round(synth["echo_qps"], 1),
+        "grpc_vs_echo": round(synth["grpc_vs_echo"], 3),
+        "floor_qps": synth["floor_qps"] and round(synth["floor_qps"], 1),
+        "floor_ratio": synth["floor_ratio"] and round(synth["floor_ratio"], 3),
+        "front": "native" if front_built() else "grpc",
+        "grpc_front_qps": synth["grpc_front_qps"] and round(synth["grpc_front_qps"], 1),
+        "grpc_front_ratio": synth["grpc_front_ratio"] and round(synth["grpc_front_ratio"], 3),
+        "machine": f"{os.cpu_count()} cores, no GPU",
+        "compare": compare
+        and {k: compare[k] for k in ("dim", "index", "raw_qps", "grpc_qps", "ratio", "p50_ms", "p99_ms", "recall_at_10", "memory")},
+        "details": {"synthetic": synth, "gowalla": gow, "compare": compare},
+    }
     emit_result(result, args.out)
 
 

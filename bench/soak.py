@@ -67,9 +67,14 @@ ROOT = Path(__file__).resolve().parents[1]
 DIM = 64
 STREAM = "ig:embeddings"
 KEY = "soak-pseudonym-key"
-TYPES = [(pb.EVENT_TYPE_VIEW, "view"), (pb.EVENT_TYPE_VIEW, "view"), (pb.EVENT_TYPE_CLICK, "click"),
-         (pb.EVENT_TYPE_ADD_TO_CART, "add_to_cart"), (pb.EVENT_TYPE_PURCHASE, "purchase"),
-         (pb.EVENT_TYPE_SEARCH, "search")]
+TYPES = [
+    (pb.EVENT_TYPE_VIEW, "view"),
+    (pb.EVENT_TYPE_VIEW, "view"),
+    (pb.EVENT_TYPE_CLICK, "click"),
+    (pb.EVENT_TYPE_ADD_TO_CART, "add_to_cart"),
+    (pb.EVENT_TYPE_PURCHASE, "purchase"),
+    (pb.EVENT_TYPE_SEARCH, "search"),
+]
 QUERIES = ["red pen", "stapler", "A4 paper", "desk lamp", "ink cartridge", "notebook", "label maker"]
 
 
@@ -106,9 +111,14 @@ class Soak:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.var = Path(tempfile.mkdtemp(prefix="ig-soak-"))
-        self.stack = LocalStackSettings(var_dir=self.var / "stack", neo4j_port=localstack.free_port(),
-                                        redis_port=localstack.free_port(), neo4j_heap_mb=args.neo4j_heap_mb,
-                                        neo4j_pagecache_mb=256, neo4j_tx_memory_mb=512)
+        self.stack = LocalStackSettings(
+            var_dir=self.var / "stack",
+            neo4j_port=localstack.free_port(),
+            redis_port=localstack.free_port(),
+            neo4j_heap_mb=args.neo4j_heap_mb,
+            neo4j_pagecache_mb=256,
+            neo4j_tx_memory_mb=512,
+        )
         self.graph = GraphSettings(pseudonym_key=KEY, embedding_dim=DIM)
         self.port = localstack.free_port()
         self.items = [f"sku-{j}" for j in range(args.items)]
@@ -133,30 +143,44 @@ class Soak:
         # A killed worker's recompute comes back after the visibility timeout, and its lock expires after the
         # lock timeout (a recompute here takes well under a second): short, so faults are recovered within the run.
         self.worker_env = process.worker_env(
-            neo4j_uri=f"bolt://127.0.0.1:{self.stack.neo4j_port}", redis_base=f"redis://127.0.0.1:{self.stack.redis_port}",
-            model_dir=self.var / "models", text_cache_dir=ROOT / "var" / "text-cache", graph=self.graph,
-            extra={"IG_TRAIN_MAX_EPOCHS": "0", "IG_WORKER_VISIBILITY_TIMEOUT_S": "60",
-                   "IG_WORKER_LOCK_TIMEOUT_S": "20"})
+            neo4j_uri=f"bolt://127.0.0.1:{self.stack.neo4j_port}",
+            redis_base=f"redis://127.0.0.1:{self.stack.redis_port}",
+            model_dir=self.var / "models",
+            text_cache_dir=ROOT / "var" / "text-cache",
+            graph=self.graph,
+            extra={"IG_TRAIN_MAX_EPOCHS": "0", "IG_WORKER_VISIBILITY_TIMEOUT_S": "60", "IG_WORKER_LOCK_TIMEOUT_S": "20"},
+        )
         self.app = process.client_app(self.worker_env)
         self._start_worker()
         process.wait_for_worker(self.app, self.children["worker"], timeout_s=120)
         self.version = train_and_roll_out(self.app, self.driver)
-        self.env = dict(self.worker_env, IG_SERVER_HOST="127.0.0.1",
-                        IG_SERVER_PORT=str(self.port), IG_SERVER_AUTH_TOKENS="",
-                        IG_SERVER_SNAPSHOT_DIR=str(self.var / "snap"), IG_SERVER_METRICS_PORT="0",
-                        IG_SERVER_REDIS_URL=self.redis_url, IG_SERVER_DELTA_STREAM=STREAM,
-                        IG_SERVER_COMPACT_INTERVAL_S="30", IG_SERVER_COMPACT_DELTA_MAX="2000",
-                        IG_SERVER_SNAPSHOT_INTERVAL_S="120",
-                        # sized for this load, as a deployment would: every ingestion client (and the probe)
-                        # may hold a stream at once, and recommendations wait on Neo4j beside them
-                        IG_SERVER_STREAM_THREADS=str(self.args.ingest_streams + 1),
-                        IG_SERVER_WAIT_THREADS=str(self.args.ingest_streams + 1 + self.args.query_concurrency + 2))
+        self.env = dict(
+            self.worker_env,
+            IG_SERVER_HOST="127.0.0.1",
+            IG_SERVER_PORT=str(self.port),
+            IG_SERVER_AUTH_TOKENS="",
+            IG_SERVER_SNAPSHOT_DIR=str(self.var / "snap"),
+            IG_SERVER_METRICS_PORT="0",
+            IG_SERVER_REDIS_URL=self.redis_url,
+            IG_SERVER_DELTA_STREAM=STREAM,
+            IG_SERVER_COMPACT_INTERVAL_S="30",
+            IG_SERVER_COMPACT_DELTA_MAX="2000",
+            IG_SERVER_SNAPSHOT_INTERVAL_S="120",
+            # sized for this load, as a deployment would: every ingestion client (and the probe)
+            # may hold a stream at once, and recommendations wait on Neo4j beside them
+            IG_SERVER_STREAM_THREADS=str(self.args.ingest_streams + 1),
+            IG_SERVER_WAIT_THREADS=str(self.args.ingest_streams + 1 + self.args.query_concurrency + 2),
+        )
         self._spawn("server", [sys.executable, "-m", "server"])
         self._wait_serving()
         self.children["scheduler"] = process.start_scheduler(self.worker_env, self.var / "scheduler.log")
-        self.processes = {"server": self.children["server"].pid, "neo4j": self.services["neo4j"].pid(),
-                          "redis": self.services["redis"].pid(), "worker": self.children["worker"].pid,
-                          "scheduler": self.children["scheduler"].pid}
+        self.processes = {
+            "server": self.children["server"].pid,
+            "neo4j": self.services["neo4j"].pid(),
+            "redis": self.services["redis"].pid(),
+            "worker": self.children["worker"].pid,
+            "scheduler": self.children["scheduler"].pid,
+        }
 
     def _start_worker(self) -> None:
         self.children["worker"] = process.start_worker(self.worker_env, self.var / "worker.log")
@@ -178,8 +202,7 @@ class Soak:
                 if self.children["server"].poll() is not None:
                     raise RuntimeError("the server exited:\n" + (self.var / "server.log").read_text()[-3000:])
                 try:
-                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
-                            health_pb2.HealthCheckResponse.SERVING:
+                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
                         return
                 except grpc.RpcError:
                     pass
@@ -189,22 +212,31 @@ class Soak:
 
     def _seed_catalogue(self) -> None:
         """Items in ten categories, and a history to train on: each shopper bought a few items of two aisles."""
-        records = [ItemRecord(id=i, title=f"Item {j}", brand=f"brand-{j % 25}",
-                              categories=(("Office", f"Aisle {j % 10}"),)) for j, i in enumerate(self.items)]
+        records = [
+            ItemRecord(id=i, title=f"Item {j}", brand=f"brand-{j % 25}", categories=(("Office", f"Aisle {j % 10}"),))
+            for j, i in enumerate(self.items)
+        ]
         with self.driver.session() as session:
             for start in range(0, len(records), 2000):
-                chunk = records[start:start + 2000]
+                chunk = records[start : start + 2000]
                 session.execute_write(lambda tx: upsert_items(tx, chunk, token=new_token(), now=time.time()))
         events = []
         for u, user in enumerate(self.users):
             aisles = (u % 10, (u * 3 + 1) % 10)
             for k in range(self.args.history):
                 item = self.items[self.rng.randrange(len(self.items) // 10) * 10 + aisles[k % 2]]
-                events.append({"event_id": f"seed-{u}-{k}", "user_id": user, "type": "purchase",
-                               "ts": time.time() - 86400 * self.rng.random(), "item_id": item})
+                events.append(
+                    {
+                        "event_id": f"seed-{u}-{k}",
+                        "user_id": user,
+                        "type": "purchase",
+                        "ts": time.time() - 86400 * self.rng.random(),
+                        "item_id": item,
+                    }
+                )
                 self.seeded[(pseudonymise(KEY, user), item, REL_FOR_EVENT["purchase"])] += 1
         for start in range(0, len(events), 5000):
-            if ingest_events(self.driver, self.graph, events[start:start + 5000]).rejected:
+            if ingest_events(self.driver, self.graph, events[start : start + 5000]).rejected:
                 raise RuntimeError("seed events rejected")
         log(f"catalogue: {len(self.items)} items; history: {len(events)} purchases by {len(self.users)} shoppers")
 
@@ -243,14 +275,13 @@ class Soak:
             events = [self._event(f"soak-{n}-{seq}-{j}") for j in range(self.args.events_per_stream)]
             seq += 1
             cut = max(1, len(events) // 3)
-            messages = [pb.IngestEventsRequest(events=[e for e, _ in events[i:i + cut]])
-                        for i in range(0, len(events), cut)]
+            messages = [pb.IngestEventsRequest(events=[e for e, _ in events[i : i + cut]]) for i in range(0, len(events), cut)]
             for attempt in range(100):
                 try:
                     resp = await stub.IngestEvents(iter(messages), timeout=30)
                 except grpc.RpcError as err:
                     self.tally.codes[f"IngestEvents:{err.code().name}"] += 1
-                    await asyncio.sleep(min(5.0, 0.2 * 2 ** attempt))
+                    await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
                     continue
                 self.tally.codes["IngestEvents:OK"] += 1
                 if resp.rejected or resp.accepted + resp.duplicates != len(events):
@@ -274,25 +305,28 @@ class Soak:
 
     async def _queries(self, stub, stop: asyncio.Event) -> None:
         period = self.args.query_concurrency / self.args.query_rate
-        rng = np.random.default_rng(self.rng.randrange(2 ** 32))
+        rng = np.random.default_rng(self.rng.randrange(2**32))
         while not stop.is_set():
             started = time.monotonic()
             kind = self.rng.randrange(3)
-            flt = pb.ItemFilter(category_ids=[f"Office > Aisle {self.rng.randrange(10)}"]) \
-                if self.rng.random() < 0.2 else None
+            flt = pb.ItemFilter(category_ids=[f"Office > Aisle {self.rng.randrange(10)}"]) if self.rng.random() < 0.2 else None
             try:
                 if kind == 0:
                     name = "SimilarItems"
-                    resp = await stub.SimilarItems(pb.SimilarItemsRequest(
-                        item_id=self.rng.choice(self.items), k=10, filter=flt), timeout=10)
+                    resp = await stub.SimilarItems(
+                        pb.SimilarItemsRequest(item_id=self.rng.choice(self.items), k=10, filter=flt), timeout=10
+                    )
                 elif kind == 1:
                     name = "RecommendForUser"
-                    resp = await stub.RecommendForUser(pb.RecommendForUserRequest(
-                        user_id=self.rng.choice(self.users), k=10, filter=flt), timeout=10)
+                    resp = await stub.RecommendForUser(
+                        pb.RecommendForUserRequest(user_id=self.rng.choice(self.users), k=10, filter=flt), timeout=10
+                    )
                 else:
                     name = "NearestItems"
-                    resp = await stub.NearestItems(pb.NearestItemsRequest(
-                        vector=rng.standard_normal(DIM).astype(np.float32).tolist(), k=10, filter=flt), timeout=10)
+                    resp = await stub.NearestItems(
+                        pb.NearestItemsRequest(vector=rng.standard_normal(DIM).astype(np.float32).tolist(), k=10, filter=flt),
+                        timeout=10,
+                    )
                 self.tally.codes[f"{name}:OK" if resp.model_version == self.version else f"{name}:WRONG_MODEL"] += 1
             except grpc.RpcError as err:
                 self.tally.codes[f"{name}:{err.code().name}"] += 1
@@ -303,14 +337,13 @@ class Soak:
         n = 0
         while not stop.is_set():
             user, item = f"probe-{n}", self.rng.choice(self.items)
-            ev = pb.Event(event_id=f"soak-probe-{n}", user_id=user, type=pb.EVENT_TYPE_PURCHASE, item_id=item,
-                          ts=time.time())
+            ev = pb.Event(event_id=f"soak-probe-{n}", user_id=user, type=pb.EVENT_TYPE_PURCHASE, item_id=item, ts=time.time())
             for attempt in range(100):
                 try:
                     await stub.IngestEvents(iter([pb.IngestEventsRequest(events=[ev])]), timeout=30)
                 except grpc.RpcError as err:
                     self.tally.codes[f"IngestEvents:{err.code().name}"] += 1
-                    await asyncio.sleep(min(5.0, 0.2 * 2 ** attempt))
+                    await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
                     continue
                 self.tally.codes["IngestEvents:OK"] += 1
                 key = (pseudonymise(KEY, user), item, REL_FOR_EVENT["purchase"])
@@ -391,9 +424,11 @@ class Soak:
             except asyncio.TimeoutError:
                 pass
             rss = {k: v[-1][1] for k, v in self.rss.items() if v}
-            log(f"{time.monotonic() - started:.0f} s: {len(self.tally.acked)} events acknowledged, "
+            log(
+                f"{time.monotonic() - started:.0f} s: {len(self.tally.acked)} events acknowledged, "
                 f"{sum(n for k, n in self.tally.codes.items() if not k.startswith('Ingest'))} queries, "
-                f"{len(self.faults)} faults, {self.tally.error_count()} errors, RSS MB {rss}")
+                f"{len(self.faults)} faults, {self.tally.error_count()} errors, RSS MB {rss}"
+            )
 
     async def run_traffic(self) -> float:
         stop = asyncio.Event()
@@ -404,8 +439,7 @@ class Soak:
             loops.append(asyncio.create_task(self._probes(stub, stop)))
             if self.args.faults:
                 loops.append(asyncio.create_task(self._faults(stop)))
-            watchers = [asyncio.create_task(self._sample_rss(stop, self.args.warmup_s)),
-                        asyncio.create_task(self._progress(stop))]
+            watchers = [asyncio.create_task(self._sample_rss(stop, self.args.warmup_s)), asyncio.create_task(self._progress(stop))]
             started = time.monotonic()
             await asyncio.sleep(self.args.duration_s)
             stop.set()
@@ -422,16 +456,21 @@ class Soak:
         rels = sorted(set(REL_FOR_EVENT.values()))
         stored = Counter()
         for rec in self.driver.execute_query(
-                "MATCH (u:User)-[r]->(t) WHERE type(r) IN $rels RETURN u.id AS u, t.id AS t, type(r) AS rel, "
-                "r.count AS n", rels=rels).records:
+            "MATCH (u:User)-[r]->(t) WHERE type(r) IN $rels RETURN u.id AS u, t.id AS t, type(r) AS rel, r.count AS n", rels=rels
+        ).records:
             stored[(rec["u"], rec["t"], rec["rel"])] += rec["n"]
         lost = sum(max(0, n - stored[key]) for key, n in acked.items())
         duplicated = sum(max(0, n - acked[key] - maybe[key]) for key, n in stored.items())
-        seen = self.driver.execute_query("MATCH (s:Seen) WHERE s.id STARTS WITH 'soak-' RETURN count(s) AS n"
-                                         ).records[0]["n"]
-        return {"lost": lost, "duplicated": duplicated, "stored_events": sum(stored.values()),
-                "seeded_events": sum(self.seeded.values()),
-                "seen_ids": seen, "acknowledged": len(self.tally.acked), "unacknowledged": len(self.tally.unacked)}
+        seen = self.driver.execute_query("MATCH (s:Seen) WHERE s.id STARTS WITH 'soak-' RETURN count(s) AS n").records[0]["n"]
+        return {
+            "lost": lost,
+            "duplicated": duplicated,
+            "stored_events": sum(stored.values()),
+            "seeded_events": sum(self.seeded.values()),
+            "seen_ids": seen,
+            "acknowledged": len(self.tally.acked),
+            "unacknowledged": len(self.tally.unacked),
+        }
 
     def drain(self, timeout_s: float) -> tuple[int, float]:
         """Wait until the worker cleared every change mark; returns (marks left, seconds waited)."""
@@ -442,10 +481,15 @@ class Soak:
 
     def exactness(self) -> dict:
         """Every stored vector, and each user's last vector on the delta stream, against a full recompute."""
-        ws = WorkerSettings(model_dir=self.var / "models", text_cache_dir=ROOT / "var" / "text-cache",
-                            redis_url=self.redis_url)
-        rt = jobs.Runtime(Neo4jSettings(uri=f"bolt://127.0.0.1:{self.stack.neo4j_port}"), self.graph,
-                          ModelSettings(dim=DIM), TrainSettings(max_epochs=0), ws, DataSettings())
+        ws = WorkerSettings(model_dir=self.var / "models", text_cache_dir=ROOT / "var" / "text-cache", redis_url=self.redis_url)
+        rt = jobs.Runtime(
+            Neo4jSettings(uri=f"bolt://127.0.0.1:{self.stack.neo4j_port}"),
+            self.graph,
+            ModelSettings(dim=DIM),
+            TrainSettings(max_epochs=0),
+            ws,
+            DataSettings(),
+        )
         try:
             full = full_vectors(rt.context(self.version))
         finally:
@@ -473,9 +517,15 @@ class Soak:
             client.close()
         users = full.vectors[USER]
         stream_worst = max((float(np.max(np.abs(v - users[u]))) for u, v in last.items() if u in users), default=0.0)
-        return {"vectors_checked": full.count(), "vectors_max_diff": worst, "wrong_version": wrong_version,
-                "missing": missing, "stream_users_checked": sum(u in users for u in last),
-                "stream_max_diff": stream_worst, "stream_entries": entries}
+        return {
+            "vectors_checked": full.count(),
+            "vectors_max_diff": worst,
+            "wrong_version": wrong_version,
+            "missing": missing,
+            "stream_users_checked": sum(u in users for u in last),
+            "stream_max_diff": stream_worst,
+            "stream_entries": entries,
+        }
 
     def recomputes(self) -> int:
         """Recompute tasks the workers finished (every incarnation logs to the same file)."""
@@ -514,8 +564,7 @@ def main() -> None:
     load_before = os.getloadavg()
     try:
         soak.start()
-        log(f"traffic for {args.duration_s:.0f} s (RSS baseline after {args.warmup_s:.0f} s); processes "
-            f"{soak.processes}")
+        log(f"traffic for {args.duration_s:.0f} s (RSS baseline after {args.warmup_s:.0f} s); processes {soak.processes}")
         watch = StreamWatch(soak.redis_url, STREAM)
         watch.start()
         try:
@@ -536,24 +585,38 @@ def main() -> None:
     growth = {name: round(samples[-1][1] - samples[0][1], 1) for name, samples in soak.rss.items() if samples}
     queries = {k: n for k, n in soak.tally.codes.items() if not k.startswith("IngestEvents")}
     result = {
-        "bench": "soak", "duration_s": round(elapsed, 1), "events": counts["acknowledged"],
-        "lost": counts["lost"], "duplicated": counts["duplicated"], "errors": soak.tally.error_count(),
+        "bench": "soak",
+        "duration_s": round(elapsed, 1),
+        "events": counts["acknowledged"],
+        "lost": counts["lost"],
+        "duplicated": counts["duplicated"],
+        "errors": soak.tally.error_count(),
         "rss_growth_mb": growth,
-        "faults": len(soak.faults), "marks_left": marks_left, "drain_s": drain_s,
-        "vectors_max_diff": exact["vectors_max_diff"], "stream_max_diff": exact["stream_max_diff"],
-        "recomputes": recomputes, "model_version": soak.version,
-        "freshness": {"probes": len(soak.tally.probes), "published": len(fresh),
-                      **(percentiles(fresh) if fresh else {})},
-        "queries": sum(queries.values()), "alive": alive,
+        "faults": len(soak.faults),
+        "marks_left": marks_left,
+        "drain_s": drain_s,
+        "vectors_max_diff": exact["vectors_max_diff"],
+        "stream_max_diff": exact["stream_max_diff"],
+        "recomputes": recomputes,
+        "model_version": soak.version,
+        "freshness": {"probes": len(soak.tally.probes), "published": len(fresh), **(percentiles(fresh) if fresh else {})},
+        "queries": sum(queries.values()),
+        "alive": alive,
         "machine": f"{os.cpu_count()} cores, no GPU",
         # other processes share the machine: the load average (1, 5, 15 min) at start and end says how much
         "load_average": {"start": [round(x, 2) for x in load_before], "end": [round(x, 2) for x in os.getloadavg()]},
-        "details": {"reconciliation": counts, "exactness": exact, "faults": soak.faults,
-                    "calls": dict(sorted(soak.tally.codes.items())),
-                    "resent_streams": soak.tally.resent, "resent_all_duplicates": soak.tally.resent_all_duplicates,
-                    "rss_mb": {k: {"first": v[0], "last": v[-1], "max": max(s[1] for s in v), "samples": len(v)}
-                               for k, v in soak.rss.items() if v},
-                    "settings": {k: v for k, v in vars(args).items() if k not in ("out", "keep")}},
+        "details": {
+            "reconciliation": counts,
+            "exactness": exact,
+            "faults": soak.faults,
+            "calls": dict(sorted(soak.tally.codes.items())),
+            "resent_streams": soak.tally.resent,
+            "resent_all_duplicates": soak.tally.resent_all_duplicates,
+            "rss_mb": {
+                k: {"first": v[0], "last": v[-1], "max": max(s[1] for s in v), "samples": len(v)} for k, v in soak.rss.items() if v
+            },
+            "settings": {k: v for k, v in vars(args).items() if k not in ("out", "keep")},
+        },
     }
     emit_result(result, args.out)
 

@@ -83,8 +83,7 @@ def _watch(app, name: str, kwargs: dict, label: str) -> dict:
     with console.status(f"{label} (task {result.id})") as status:
         while not result.ready():
             info = result.info if isinstance(result.info, dict) else {}
-            status.update(f"{label}: {result.state.lower()} {info.get('step', '')} "
-                          f"[{time.monotonic() - started:.0f}s]")
+            status.update(f"{label}: {result.state.lower()} {info.get('step', '')} [{time.monotonic() - started:.0f}s]")
             time.sleep(0.3)
     out = result.get()
     if isinstance(out, dict) and "error" in out:
@@ -135,10 +134,14 @@ def run(dataset: str, budget_min: float, port: int | None) -> None:
     driver = connect(ns)
     migrate(driver, gs)
 
-    env = process.worker_env(neo4j_uri=ns.uri, redis_base=f"redis://127.0.0.1:{stack.redis_port}",
-                             model_dir=Path(ws.model_dir).resolve(), text_cache_dir=Path(ws.text_cache_dir).resolve(),
-                             graph=gs, extra={"IG_TRAIN_BUDGET_MIN": str(budget_min),
-                                                     "IG_WORKER_METRICS_PORT": str(ws.metrics_port)})
+    env = process.worker_env(
+        neo4j_uri=ns.uri,
+        redis_base=f"redis://127.0.0.1:{stack.redis_port}",
+        model_dir=Path(ws.model_dir).resolve(),
+        text_cache_dir=Path(ws.text_cache_dir).resolve(),
+        graph=gs,
+        extra={"IG_TRAIN_BUDGET_MIN": str(budget_min), "IG_WORKER_METRICS_PORT": str(ws.metrics_port)},
+    )
     procs: list[subprocess.Popen] = []
     try:
         _step("2. a Celery worker and the recompute scheduler")
@@ -150,11 +153,11 @@ def run(dataset: str, budget_min: float, port: int | None) -> None:
         console.print(f"worker and scheduler running (logs in {logs})")
 
         _step(f"3. loading {dataset} into the graph")
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console) as bar:
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        ) as bar:
             task = bar.add_task("events", total=EVENTS.get(dataset))
-            loaded = load_dataset(driver, gs, dataset, root,
-                                  progress=lambda n: bar.advance(task, n))
+            loaded = load_dataset(driver, gs, dataset, root, progress=lambda n: bar.advance(task, n))
         console.print(f"{loaded.accepted:,} new events, {loaded.duplicates:,} already there (idempotent reload)")
         counts = graph_counts(driver)
         waiting = counts["nodes"].pop(DIRTY, 0)
@@ -171,8 +174,9 @@ def run(dataset: str, budget_min: float, port: int | None) -> None:
         _step("5. the gRPC server")
         senv = dict(env, IG_SERVER_PORT=str(port), IG_SERVER_REDIS_URL=env["IG_WORKER_REDIS_URL"])
         out = open(logs / "server.log", "ab")  # noqa: SIM115 - the child's log
-        server = subprocess.Popen([sys.executable, "-m", "server"], env=senv, stdout=out, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "server"], env=senv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
         procs.append(server)
         wait_serving(port, server)
         console.print(f"serving on 127.0.0.1:{port} (health SERVING, reflection on: grpcurl works)")
@@ -190,9 +194,11 @@ def run(dataset: str, budget_min: float, port: int | None) -> None:
             process.stop(proc)
         driver.close()
     console.rule()
-    console.print(f"[bold]demo finished in {time.monotonic() - t_start:.0f}s[/bold]. Neo4j and Redis are still up "
-                  f"(bolt://127.0.0.1:{stack.neo4j_port}); `interest graph query` and docs/analysts.md for Cypher, "
-                  f"`interest stack down` to stop.")
+    console.print(
+        f"[bold]demo finished in {time.monotonic() - t_start:.0f}s[/bold]. Neo4j and Redis are still up "
+        f"(bolt://127.0.0.1:{stack.neo4j_port}); `interest graph query` and docs/analysts.md for Cypher, "
+        f"`interest stack down` to stop."
+    )
 
 
 def _wait_version(stub, driver, version: str, prefix: str, timeout_s: float = 120.0) -> None:
@@ -211,8 +217,7 @@ def _similar(stub, driver, prefix: str) -> None:
     for rec in driver.execute_query(_TOP_ITEMS, prefix=prefix, n=3).records:
         answer = stub.SimilarItems(pb.SimilarItemsRequest(item_id=rec["id"], k=5), timeout=10)
         names = _titles(driver, [it.item_id for it in answer.items])
-        console.print(_items_table(f"like: {_short(rec['title'])}  ({rec['buyers']} buyers, "
-                                   f"{rec['category']})", answer, names))
+        console.print(_items_table(f"like: {_short(rec['title'])}  ({rec['buyers']} buyers, {rec['category']})", answer, names))
 
 
 def _dataset_users(dataset: str, root: Path) -> Counter:
@@ -228,8 +233,7 @@ def _recommend(stub, driver, users: Counter) -> None:
         names = _titles(driver, [it.item_id for it in answer.items])
         console.print(_items_table(f"for {user}", answer, names))
     answer = stub.RecommendForUser(pb.RecommendForUserRequest(user_id="someone-new", k=3), timeout=10)
-    console.print(f"a new shopper gets a cold-start answer: cold_start={answer.cold_start}, "
-                  f"{len(answer.items)} popular items")
+    console.print(f"a new shopper gets a cold-start answer: cold_start={answer.cold_start}, {len(answer.items)} popular items")
 
 
 def _live(stub, driver, gs: GraphSettings, users: Counter, prefix: str) -> None:
@@ -238,8 +242,11 @@ def _live(stub, driver, gs: GraphSettings, users: Counter, prefix: str) -> None:
     user = min(users, key=lambda u: (abs(users[u] - 4), u))
     pseudonym = pseudonymise(gs.pseudonym_key.get_secret_value(), user)
     rows = driver.execute_query(_NEW_INTEREST, user=pseudonym, prefix=prefix, n=5).records
-    category, items = (rows[0]["category"], rows[0]["items"]) if rows else \
-        (None, [r["id"] for r in driver.execute_query(_ANY_ITEMS, prefix=prefix, n=5).records])
+    category, items = (
+        (rows[0]["category"], rows[0]["items"])
+        if rows
+        else (None, [r["id"] for r in driver.execute_query(_ANY_ITEMS, prefix=prefix, n=5).records])
+    )
     before = stub.RecommendForUser(pb.RecommendForUserRequest(user_id=user, k=5), timeout=10)
     names = _titles(driver, items + [it.item_id for it in before.items])
     console.print(f"{user} now buys {len(items)} items" + (f" from '{category}'" if category else "") + ":")
@@ -247,12 +254,13 @@ def _live(stub, driver, gs: GraphSettings, users: Counter, prefix: str) -> None:
         console.print(f"  + {_short(names.get(i, i))}")
     old = stub.GetEmbedding(pb.GetEmbeddingRequest(node_type=pb.NODE_TYPE_USER, id=user), timeout=10)
     now = time.time()
-    events = [pb.Event(event_id=f"demo-{int(now * 1000)}-{k}", user_id=user, type=pb.EVENT_TYPE_PURCHASE,
-                       item_id=i, ts=now) for k, i in enumerate(items)]
+    events = [
+        pb.Event(event_id=f"demo-{int(now * 1000)}-{k}", user_id=user, type=pb.EVENT_TYPE_PURCHASE, item_id=i, ts=now)
+        for k, i in enumerate(items)
+    ]
     reply = stub.IngestEvents(iter([pb.IngestEventsRequest(events=events)]), timeout=30)
     acked = time.monotonic()
-    console.print(f"acknowledged: {reply.accepted} accepted, {reply.duplicates} duplicates, "
-                  f"{len(reply.rejected)} rejected")
+    console.print(f"acknowledged: {reply.accepted} accepted, {reply.duplicates} duplicates, {len(reply.rejected)} rejected")
     deadline = acked + 60
     while time.monotonic() < deadline:
         emb = stub.GetEmbedding(pb.GetEmbeddingRequest(node_type=pb.NODE_TYPE_USER, id=user), timeout=10)
@@ -265,8 +273,8 @@ def _live(stub, driver, gs: GraphSettings, users: Counter, prefix: str) -> None:
     console.print(_items_table("before", before, names))
     console.print(_items_table("after", after, names))
     changed = len({it.item_id for it in after.items} - {it.item_id for it in before.items})
-    console.print(f"[bold green]freshness: {fresh_s:.2f}s[/bold green] from the acknowledgement to the new vector "
-                  f"served by the gRPC server (recomputed by the worker, written to Neo4j, on the delta stream); "
-                  f"{changed} of 5 recommendations changed")
-
-
+    console.print(
+        f"[bold green]freshness: {fresh_s:.2f}s[/bold green] from the acknowledgement to the new vector "
+        f"served by the gRPC server (recomputed by the worker, written to Neo4j, on the delta stream); "
+        f"{changed} of 5 recommendations changed"
+    )

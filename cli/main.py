@@ -18,9 +18,11 @@ app.add_typer(worker_app, name="worker")
 
 
 @app.command("demo")
-def demo(dataset: str = typer.Option("amazon-office", help="amazon-office | amazon-hin | gowalla"),
-         budget_min: float = typer.Option(2.0, help="training budget, minutes"),
-         port: int = typer.Option(None, help="gRPC port (default IG_SERVER_PORT)")) -> None:
+def demo(
+    dataset: str = typer.Option("amazon-office", help="amazon-office | amazon-hin | gowalla"),
+    budget_min: float = typer.Option(2.0, help="training budget, minutes"),
+    port: int = typer.Option(None, help="gRPC port (default IG_SERVER_PORT)"),
+) -> None:
     """Run the whole service on the local stack and show it working through the gRPC API."""
     from cli.demo import run  # grpc, the driver and the server's modules: only when the demo runs
 

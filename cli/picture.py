@@ -23,8 +23,7 @@ console = Console()
 FORMATS = ("svg", "png")
 _TITLE_CHARS = 42
 # Funnel order: an edge reads "viewed ×3, bought".
-_BEHAVIOUR = {"VIEWED": "viewed", "CLICKED": "clicked", "ADDED_TO_CART": "carted", "PURCHASED": "bought",
-              "RATED": "rated"}
+_BEHAVIOUR = {"VIEWED": "viewed", "CLICKED": "clicked", "ADDED_TO_CART": "carted", "PURCHASED": "bought", "RATED": "rated"}
 
 
 def _short(text: str, limit: int = _TITLE_CHARS) -> str:
@@ -38,12 +37,22 @@ def to_dot(graph: InterestGraph) -> graphviz.Digraph:
     would read as a port."""
     import graphviz
 
-    dot = graphviz.Digraph("interest", graph_attr={
-        "rankdir": "LR", "fontname": "Helvetica", "fontsize": "12", "labelloc": "t", "nodesep": "0.15",
-        "ranksep": "0.6", "label": graphviz.escape(
-            f"Interest graph of shopper {graph.user[:14]}…: {len(graph.items)} items, {len(graph.searches)} searches")},
+    dot = graphviz.Digraph(
+        "interest",
+        graph_attr={
+            "rankdir": "LR",
+            "fontname": "Helvetica",
+            "fontsize": "12",
+            "labelloc": "t",
+            "nodesep": "0.15",
+            "ranksep": "0.6",
+            "label": graphviz.escape(
+                f"Interest graph of shopper {graph.user[:14]}…: {len(graph.items)} items, {len(graph.searches)} searches"
+            ),
+        },
         node_attr={"fontname": "Helvetica", "fontsize": "10", "style": "filled"},
-        edge_attr={"fontname": "Helvetica", "fontsize": "8", "color": "#777777"})
+        edge_attr={"fontname": "Helvetica", "fontsize": "8", "color": "#777777"},
+    )
     names: dict[tuple[str, str], str] = {}
 
     def node(kind: str, key: str, label: str, **attrs: str) -> str:
@@ -61,12 +70,18 @@ def to_dot(graph: InterestGraph) -> graphviz.Digraph:
     me = node("user", graph.user, "shopper", shape="circle", fillcolor="#f4a261")
     for item in graph.items:
         n = node("item", item.id, _short(item.title or item.id), shape="box", fillcolor="#e9f5ff")
-        dot.edge(me, n, label=graphviz.escape(", ".join(
-            _BEHAVIOUR[kind] + (f" ×{count}" if count > 1 else "")
-            for kind, count in sorted(item.behaviours, key=lambda b: list(_BEHAVIOUR).index(b[0])))))
+        dot.edge(
+            me,
+            n,
+            label=graphviz.escape(
+                ", ".join(
+                    _BEHAVIOUR[kind] + (f" ×{count}" if count > 1 else "")
+                    for kind, count in sorted(item.behaviours, key=lambda b: list(_BEHAVIOUR).index(b[0]))
+                )
+            ),
+        )
         if item.brand:
-            dot.edge(n, node("brand", item.brand, _short(item.brand), shape="ellipse", fillcolor="#ffe8a3"),
-                     style="dashed")
+            dot.edge(n, node("brand", item.brand, _short(item.brand), shape="ellipse", fillcolor="#ffe8a3"), style="dashed")
         for leaf in item.categories:
             dot.edge(n, category(leaf))
     for cat in graph.categories:
@@ -110,5 +125,8 @@ def picture(
         raise typer.Exit(1)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(data)
-    console.print(f"{out}: {len(graph.items)} items, {len({i.brand for i in graph.items if i.brand})} brands, "
-                  f"{len(graph.categories)} categories, {len(graph.searches)} searches", soft_wrap=True)
+    console.print(
+        f"{out}: {len(graph.items)} items, {len({i.brand for i in graph.items if i.brand})} brands, "
+        f"{len(graph.categories)} categories, {len(graph.searches)} searches",
+        soft_wrap=True,
+    )

@@ -16,8 +16,13 @@ from graphdb.errors import Unavailable
 from graphdb.schema import BRAND, CATEGORY, HAS_BRAND, IN_CATEGORY, ITEM, ITEM_INTERACTIONS, REL_FOR_EVENT, SUBCATEGORY_OF, USER
 
 # Strength of each behaviour when ranking popular items: buying says more than looking.
-POPULARITY_WEIGHTS = {REL_FOR_EVENT["view"]: 1.0, REL_FOR_EVENT["click"]: 1.0, REL_FOR_EVENT["add_to_cart"]: 3.0,
-                      REL_FOR_EVENT["purchase"]: 5.0, REL_FOR_EVENT["rate"]: 2.0}
+POPULARITY_WEIGHTS = {
+    REL_FOR_EVENT["view"]: 1.0,
+    REL_FOR_EVENT["click"]: 1.0,
+    REL_FOR_EVENT["add_to_cart"]: 3.0,
+    REL_FOR_EVENT["purchase"]: 5.0,
+    REL_FOR_EVENT["rate"]: 2.0,
+}
 
 
 @dataclass(frozen=True)
@@ -56,8 +61,7 @@ def _run(driver: neo4j.Driver, query: str, database: str, **params: Any) -> list
     return records
 
 
-def iter_item_facets(driver: neo4j.Driver, *, database: str = "neo4j",
-                     batch_size: int = 20000) -> Iterator[ItemFacets]:
+def iter_item_facets(driver: neo4j.Driver, *, database: str = "neo4j", batch_size: int = 20000) -> Iterator[ItemFacets]:
     """Every item's facets, paged by id."""
     after = ""
     while True:
@@ -86,8 +90,7 @@ RETURN i.id AS id, score
 """
 
 
-def popular_items(driver: neo4j.Driver, *, since: float, limit: int,
-                  database: str = "neo4j") -> list[tuple[str, float]]:
+def popular_items(driver: neo4j.Driver, *, since: float, limit: int, database: str = "neo4j") -> list[tuple[str, float]]:
     """Items ranked by weighted behaviour since ``since`` (unix seconds), best first; all time if none."""
     records = _run(driver, _POPULAR, database, since=since, limit=limit, weights=POPULARITY_WEIGHTS)
     if not records and since > 0:
@@ -96,7 +99,7 @@ def popular_items(driver: neo4j.Driver, *, since: float, limit: int,
 
 
 _PURCHASED = f"""
-MATCH (:{USER} {{id: $user}})-[:{REL_FOR_EVENT['purchase']}]->(i:{ITEM})
+MATCH (:{USER} {{id: $user}})-[:{REL_FOR_EVENT["purchase"]}]->(i:{ITEM})
 RETURN i.id AS id
 """
 

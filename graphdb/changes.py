@@ -64,11 +64,9 @@ _CLEAR = {label: _clear_query(label) for label in NODE_LABELS}
 
 def read_marks(driver: neo4j.Driver, *, limit: int = 10000, database: str = "neo4j") -> list[Mark]:
     """The oldest ``limit`` marks."""
-    r = driver.execute_query(_READ_MARKS, limit=limit, database_=database,
-                             routing_=neo4j.RoutingControl.READ).records[0]
+    r = driver.execute_query(_READ_MARKS, limit=limit, database_=database, routing_=neo4j.RoutingControl.READ).records[0]
     marks = []
-    for labels, node_id, token, since, version in zip(r["labels"], r["ids"], r["tokens"], r["since"],
-                                                      r["versions"]):
+    for labels, node_id, token, since, version in zip(r["labels"], r["ids"], r["tokens"], r["since"], r["versions"]):
         label = next((lb for lb in labels if lb in NODE_LABELS), None)
         if label is not None and node_id is not None:
             marks.append(Mark(label, node_id, token, since, version or None))

@@ -99,8 +99,14 @@ def graph_load(
             total = DATASETS[dataset].count_events(root) if dataset in DATASETS else 0
             total = min(total, limit) if limit else total
             started = time.monotonic()
-            with Progress(TextColumn(f"loading {dataset}"), BarColumn(), MofNCompleteColumn(),
-                          TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console) as bar:
+            with Progress(
+                TextColumn(f"loading {dataset}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeRemainingColumn(),
+                console=console,
+            ) as bar:
                 task = bar.add_task("load", total=total, rate="")
 
                 def advance(n: int) -> None:
@@ -112,8 +118,10 @@ def graph_load(
             elapsed = time.monotonic() - started
     except InterestError as exc:
         _fail(exc)
-    console.print(f"{dataset}: {result.accepted:,} events stored, {result.duplicates:,} duplicates, "
-                  f"{len(result.rejected):,} rejected in {elapsed:.1f} s ({result.accepted / max(elapsed, 1e-9):,.0f} ev/s)")
+    console.print(
+        f"{dataset}: {result.accepted:,} events stored, {result.duplicates:,} duplicates, "
+        f"{len(result.rejected):,} rejected in {elapsed:.1f} s ({result.accepted / max(elapsed, 1e-9):,.0f} ev/s)"
+    )
     for r in result.rejected[:5]:
         console.print(f"  rejected #{r.index}: {r.reason}")
 
@@ -168,11 +176,11 @@ def graph_query(
     cypher: str = typer.Argument(..., help="a read-only Cypher query; $name refers to a parameter"),
     limit: int = 20,
     param: list[str] = typer.Option(
-        [], "--param", "-p",
-        help="NAME=VALUE, repeatable; VALUE is JSON when it parses (10, 0.5, [1,2], \"123\"), else a string"),
+        [], "--param", "-p", help='NAME=VALUE, repeatable; VALUE is JSON when it parses (10, 0.5, [1,2], "123"), else a string'
+    ),
     user_param: list[str] = typer.Option(
-        [], "--user-param", "-u",
-        help="NAME=EXTERNAL_USER_ID, repeatable; passed as the user's pseudonym (IG_PSEUDONYM_KEY)"),
+        [], "--user-param", "-u", help="NAME=EXTERNAL_USER_ID, repeatable; passed as the user's pseudonym (IG_PSEUDONYM_KEY)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="one JSON object per row instead of a table"),
 ) -> None:
     """Run a read-only Cypher query (as an analyst would) with parameters and print the rows."""

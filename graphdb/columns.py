@@ -109,9 +109,15 @@ def _pairs(pairs: list[str], what: str) -> dict[str, str]:
     return out
 
 
-def load_mapping(path: Path | None, *, event_columns: list[str] = (), item_columns: list[str] = (),  # type: ignore[assignment]
-                 behaviours: list[str] = (), behaviour: str | None = None,  # type: ignore[assignment]
-                 timestamp: str | None = None) -> ImportMapping:
+def load_mapping(
+    path: Path | None,
+    *,
+    event_columns: list[str] = (),
+    item_columns: list[str] = (),  # type: ignore[assignment]
+    behaviours: list[str] = (),
+    behaviour: str | None = None,  # type: ignore[assignment]
+    timestamp: str | None = None,
+) -> ImportMapping:
     """The YAML file's mapping (if any) with the command line's pairs added; InvalidInput says what is wrong."""
     data: dict[str, Any] = {}
     if path is not None:
@@ -190,8 +196,9 @@ def parse_ts(value: Any, fmt: TimeFormat, column: str) -> float:
             pass
         else:
             return (moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)).timestamp()
-    raise RowError(f"ts (column {column!r}): cannot read {str(value)[:40]!r} as "
-                   + ("ISO 8601" if fmt == "iso" else "unix seconds or ISO 8601"))
+    raise RowError(
+        f"ts (column {column!r}): cannot read {str(value)[:40]!r} as " + ("ISO 8601" if fmt == "iso" else "unix seconds or ISO 8601")
+    )
 
 
 def derived_event_id(event: Mapping[str, Any]) -> str:
@@ -213,8 +220,10 @@ def row_to_event(row: Mapping[str, Any], mapping: EventColumns, sources: Mapping
     else:
         kind = mapping.behaviours.get(raw_type, raw_type)
         if kind not in EVENT_TYPES:
-            raise RowError(f"type (column {sources.get('type', 'type')!r}): unknown behaviour {raw_type[:40]!r}; map it to one of "
-                           f"{', '.join(EVENT_TYPES)} (behaviours in the mapping, or --behaviour)")
+            raise RowError(
+                f"type (column {sources.get('type', 'type')!r}): unknown behaviour {raw_type[:40]!r}; map it to one of "
+                f"{', '.join(EVENT_TYPES)} (behaviours in the mapping, or --behaviour)"
+            )
     user = _text(row.get("user_id"), "user_id", sources.get("user_id", "user_id"))
     if user is None:
         raise RowError(f"user_id (column {sources.get('user_id', 'user_id')!r}): missing")

@@ -25,5 +25,7 @@ def find_dataset(name: str, configured: Path | None = None) -> Path:
         if (root / name).is_dir():
             return root / name
     where = ", ".join(str(p) for p in places)
-    raise InvalidInput(f"dataset {name!r} not found in {where}; set IG_DATASETS_DIR to the folder that holds "
-                       f"{name}/ (the repository ships amazon-office in data/)")
+    raise InvalidInput(
+        f"dataset {name!r} not found in {where}; set IG_DATASETS_DIR to the folder that holds "
+        f"{name}/ (the repository ships amazon-office in data/)"
+    )

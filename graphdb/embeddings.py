@@ -67,8 +67,9 @@ _PAGE = {label: _page_query(label) for label in NODE_LABELS}
 _GET = {label: _get_query(label) for label in NODE_LABELS}
 
 
-def write_embeddings(driver: neo4j.Driver, label: str, rows: Iterable[tuple[str, Sequence[float]]],
-                     model_version: str, **options: Any) -> int:
+def write_embeddings(
+    driver: neo4j.Driver, label: str, rows: Iterable[tuple[str, Sequence[float]]], model_version: str, **options: Any
+) -> int:
     """Write vectors for existing nodes (unknown ids are skipped); returns how many were written. Options as
     `write_and_clear` (with ``tokens``, each written node's change mark is cleared in the same transaction)."""
     return write_and_clear(driver, label, rows, model_version, **options)[0]
@@ -119,8 +120,9 @@ def iter_embeddings(
     query = _PAGE[_label(label)]
     after = ""
     while True:
-        records = driver.execute_query(query, after=after, version=model_version, limit=batch_size,
-                                       database_=database, routing_=neo4j.RoutingControl.READ).records
+        records = driver.execute_query(
+            query, after=after, version=model_version, limit=batch_size, database_=database, routing_=neo4j.RoutingControl.READ
+        ).records
         for r in records:
             yield EmbeddingRecord(r["id"], list(r["vector"]), r["version"], r["updated_at"])
         if len(records) < batch_size:
@@ -131,8 +133,7 @@ def iter_embeddings(
 def get_embedding(driver: neo4j.Driver, label: str, node_id: str, *, database: str = "neo4j") -> EmbeddingRecord | None:
     """The node's vector, or None if the node does not exist or has no vector yet."""
     try:
-        records = driver.execute_query(_GET[_label(label)], id=node_id, database_=database,
-                                       routing_=neo4j.RoutingControl.READ).records
+        records = driver.execute_query(_GET[_label(label)], id=node_id, database_=database, routing_=neo4j.RoutingControl.READ).records
     except (ServiceUnavailable, SessionExpired) as exc:
         raise Unavailable(f"Neo4j is not reachable: {exc}") from exc
     if not records or records[0]["vector"] is None:

@@ -30,13 +30,11 @@ FOREACH (q IN [x IN queries WHERE NOT (x)<--(:{USER})] | DETACH DELETE q)
 """
 
 
-def forget_user(driver: neo4j.Driver, pseudonym: str, *, database: str = "neo4j",
-                now: float | None = None) -> bool:
+def forget_user(driver: neo4j.Driver, pseudonym: str, *, database: str = "neo4j", now: float | None = None) -> bool:
     """Deletes the user with this pseudonym; returns whether it existed. Idempotent."""
 
     def work(tx: neo4j.ManagedTransaction) -> bool:
-        summary = tx.run(_FORGET, user=pseudonym, token=new_token(),
-                         now=time.time() if now is None else now).consume()
+        summary = tx.run(_FORGET, user=pseudonym, token=new_token(), now=time.time() if now is None else now).consume()
         return summary.counters.nodes_deleted > 0
 
     try:

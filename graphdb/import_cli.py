@@ -38,16 +38,21 @@ def _summary(report: "ImportReport") -> None:
 
 def graph_import(
     events: Optional[Path] = typer.Option(None, help="behaviour events: .jsonl, .csv or .parquet (.gz for text)"),
-    catalogue: Optional[Path] = typer.Option(None, help="items (id, title, description, brand, category path); "
-                                                        "imported before the events"),
-    mapping: Optional[Path] = typer.Option(None, "--map", help="YAML: events/catalogue sections with columns "
-                                                               "(SHOP: OURS), behaviours, timestamp"),
-    column: list[str] = typer.Option([], "--column", help="SHOP=OURS for the event file, repeatable "
-                                                          "(event_id user_id type item_id query ts rating review)"),
-    item_column: list[str] = typer.Option([], "--item-column", help="SHOP=OURS for the catalogue "
-                                                                    "(id title description brand categories)"),
-    behaviour: list[str] = typer.Option([], "--behaviour", help="SHOP=OURS behaviour name, repeatable "
-                                                                "(view click add_to_cart purchase rate review search)"),
+    catalogue: Optional[Path] = typer.Option(
+        None, help="items (id, title, description, brand, category path); imported before the events"
+    ),
+    mapping: Optional[Path] = typer.Option(
+        None, "--map", help="YAML: events/catalogue sections with columns (SHOP: OURS), behaviours, timestamp"
+    ),
+    column: list[str] = typer.Option(
+        [], "--column", help="SHOP=OURS for the event file, repeatable (event_id user_id type item_id query ts rating review)"
+    ),
+    item_column: list[str] = typer.Option(
+        [], "--item-column", help="SHOP=OURS for the catalogue (id title description brand categories)"
+    ),
+    behaviour: list[str] = typer.Option(
+        [], "--behaviour", help="SHOP=OURS behaviour name, repeatable (view click add_to_cart purchase rate review search)"
+    ),
     event_type: Optional[str] = typer.Option(None, "--type", help="the behaviour of every row, for a file without one"),
     timestamp: Optional[str] = typer.Option(None, help="auto (default), unix, unix_ms or iso"),
     rejects_dir: Optional[Path] = typer.Option(None, help="where rejects and checkpoints go (default: beside each input)"),
@@ -67,8 +72,9 @@ def graph_import(
         raise typer.BadParameter("give --events FILE, --catalogue FILE or both")
     gs = GraphSettings()
     try:
-        spec = load_mapping(mapping, event_columns=column, item_columns=item_column, behaviours=behaviour,
-                            behaviour=event_type, timestamp=timestamp)
+        spec = load_mapping(
+            mapping, event_columns=column, item_columns=item_column, behaviours=behaviour, behaviour=event_type, timestamp=timestamp
+        )
         with connect(Neo4jSettings()) as driver:
             migrate(driver, gs)
             for kind, path in (("catalogue", catalogue), ("events", events)):
@@ -76,8 +82,14 @@ def graph_import(
                     continue
                 rejects = rejects_dir / default_rejects(path).name if rejects_dir else None
                 started = time.monotonic()
-                with Progress(TextColumn(f"{kind} {path.name}"), BarColumn(), MofNCompleteColumn(),
-                              TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console) as bar:
+                with Progress(
+                    TextColumn(f"{kind} {path.name}"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]}"),
+                    TimeRemainingColumn(),
+                    console=console,
+                ) as bar:
                     task = bar.add_task(kind, total=total_rows(path), rate="")
 
                     def advance(rows: int, stored: int) -> None:
@@ -86,11 +98,9 @@ def graph_import(
                         bar.update(task, rate=f"{done / max(time.monotonic() - started, 1e-9):,.0f} rows/s")
 
                     if kind == "catalogue":
-                        report = import_catalogue(driver, gs, path, spec.catalogue,
-                                                  rejects=rejects, restart=restart, progress=advance)
+                        report = import_catalogue(driver, gs, path, spec.catalogue, rejects=rejects, restart=restart, progress=advance)
                     else:
-                        report = import_events(driver, gs, path, spec.events,
-                                               rejects=rejects, restart=restart, progress=advance)
+                        report = import_events(driver, gs, path, spec.events, rejects=rejects, restart=restart, progress=advance)
                     if report.resumed_from:
                         bar.update(task, completed=report.totals.read)
                 _summary(report)

@@ -29,8 +29,14 @@ def input_identity(path: Path, kind: str, mapping_fingerprint: str) -> dict[str,
     st = path.stat()
     with open(path, "rb") as f:
         head = hashlib.sha256(f.read(_HEAD_BYTES)).hexdigest()[:16]
-    return {"path": str(path.resolve()), "kind": kind, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-            "head_sha256": head, "mapping": mapping_fingerprint}
+    return {
+        "path": str(path.resolve()),
+        "kind": kind,
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "head_sha256": head,
+        "mapping": mapping_fingerprint,
+    }
 
 
 @dataclass
@@ -66,8 +72,9 @@ class ImportState:
         try:
             self._resume(restart)
         except OSError as exc:
-            raise InvalidInput(f"cannot write {self.rejects_path} or its checkpoint ({exc.strerror}); "
-                               "choose another place with --rejects-dir") from exc
+            raise InvalidInput(
+                f"cannot write {self.rejects_path} or its checkpoint ({exc.strerror}); choose another place with --rejects-dir"
+            ) from exc
 
     def _resume(self, restart: bool) -> None:
         saved = None if restart else self._load()
@@ -123,9 +130,13 @@ class ImportState:
 
     def _save(self) -> None:
         t = self.totals
-        data = {"input": self.identity, "position": self.position, "done": self.done,
-                "rejects_bytes": self._rejects.tell() if self._rejects is not None else 0,
-                "totals": {"read": t.read, "stored": t.stored, "duplicates": t.duplicates, "rejected": dict(t.rejected)}}
+        data = {
+            "input": self.identity,
+            "position": self.position,
+            "done": self.done,
+            "rejects_bytes": self._rejects.tell() if self._rejects is not None else 0,
+            "totals": {"read": t.read, "stored": t.stored, "duplicates": t.duplicates, "rejected": dict(t.rejected)},
+        }
         tmp = self.checkpoint_path.with_name(self.checkpoint_path.name + ".tmp")
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(data, f)

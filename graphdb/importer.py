@@ -58,8 +58,9 @@ def total_rows(path: Path) -> int | None:
     return count_rows(path, detect_format(path))
 
 
-def _state(path: Path, kind: str, mapping: EventColumns | CatalogueColumns, rejects: Path | None,
-           restart: bool) -> tuple[str, ImportState]:
+def _state(
+    path: Path, kind: str, mapping: EventColumns | CatalogueColumns, rejects: Path | None, restart: bool
+) -> tuple[str, ImportState]:
     fmt = detect_format(path)
     if not path.is_file():
         raise InvalidInput(f"{path} does not exist or is not a file")
@@ -70,10 +71,19 @@ def _state(path: Path, kind: str, mapping: EventColumns | CatalogueColumns, reje
     return fmt, state
 
 
-def _report(kind: str, path: Path, state: ImportState, started: float, read: int, stored: int,
-            complete: bool) -> ImportReport:
-    return ImportReport(kind, path, state.rejects_path, state.checkpoint_path, state.totals, state.resumed_from,
-                        read, stored, time.monotonic() - started, complete)
+def _report(kind: str, path: Path, state: ImportState, started: float, read: int, stored: int, complete: bool) -> ImportReport:
+    return ImportReport(
+        kind,
+        path,
+        state.rejects_path,
+        state.checkpoint_path,
+        state.totals,
+        state.resumed_from,
+        read,
+        stored,
+        time.monotonic() - started,
+        complete,
+    )
 
 
 @dataclass
@@ -150,10 +160,12 @@ def _unchanged(record: ItemRecord, current: dict[str, Any] | None) -> bool:
     if current is None:
         return False
     brand = record.brand.strip() if record.brand and record.brand.strip() else None
-    return ((record.title is None or record.title == current["title"])
-            and (record.description is None or record.description == current["description"])
-            and (brand is None or current["brands"] == [brand])
-            and (not record.categories or set(current["cats"]) == {category_id(p) for p in record.categories}))
+    return (
+        (record.title is None or record.title == current["title"])
+        and (record.description is None or record.description == current["description"])
+        and (brand is None or current["brands"] == [brand])
+        and (not record.categories or set(current["cats"]) == {category_id(p) for p in record.categories})
+    )
 
 
 def _write_items(tx: neo4j.ManagedTransaction, records: list[ItemRecord], now: float) -> int:
@@ -164,19 +176,29 @@ def _write_items(tx: neo4j.ManagedTransaction, records: list[ItemRecord], now: f
     return len(changed)
 
 
-def _item_records(rows: list[tuple[int, dict[str, Any]]], settings: GraphSettings, now: float
-                  ) -> tuple[list[ItemRecord], list[tuple[int, str]]]:
+def _item_records(
+    rows: list[tuple[int, dict[str, Any]]], settings: GraphSettings, now: float
+) -> tuple[list[ItemRecord], list[tuple[int, str]]]:
     # Each row is checked as an event's item metadata, so the catalogue obeys exactly the limits IngestEvents does.
-    probes = [{"event_id": "catalogue", "user_id": "catalogue", "type": "view", "item_id": item["id"], "ts": 0.0,
-               "item": {k: item[k] for k in ("title", "description", "brand", "categories") if item[k]}}
-              for _, item in rows]
+    probes = [
+        {
+            "event_id": "catalogue",
+            "user_id": "catalogue",
+            "type": "view",
+            "item_id": item["id"],
+            "ts": 0.0,
+            "item": {k: item[k] for k in ("title", "description", "brand", "categories") if item[k]},
+        }
+        for _, item in rows
+    ]
     valid, rejections = validate_events(probes, settings, now)
     latest: dict[str, ItemRecord] = {}  # a later row of the same item wins
     for _, ev in valid:
         meta = ev.item
         assert ev.item_id is not None
-        latest[ev.item_id] = ItemRecord(ev.item_id, meta.title, meta.description, meta.brand,
-                                        meta.categories) if meta else ItemRecord(ev.item_id)
+        latest[ev.item_id] = (
+            ItemRecord(ev.item_id, meta.title, meta.description, meta.brand, meta.categories) if meta else ItemRecord(ev.item_id)
+        )
     rejected = [(rows[r.index][0], r.reason.replace("item_id", "id").removeprefix("item.")) for r in rejections]
     return [latest[k] for k in sorted(latest)], rejected
 

@@ -101,9 +101,12 @@ def _interaction_query(rel: str) -> str:
     # SET items apply left to right: weight and rating read the stored last_ts before it is advanced.
     # The decay goes to the later of the two times, so merging aggregates is order-independent.
     create_rating = ", e.rating = r.rating, e.review = r.review" if rel == "RATED" else ""
-    match_rating = (", e.rating = CASE WHEN r.rating IS NOT NULL AND r.last >= e.last_ts THEN r.rating ELSE e.rating END"
-                    ", e.review = CASE WHEN r.review IS NOT NULL AND r.last >= e.last_ts THEN r.review ELSE e.review END"
-                    if rel == "RATED" else "")
+    match_rating = (
+        ", e.rating = CASE WHEN r.rating IS NOT NULL AND r.last >= e.last_ts THEN r.rating ELSE e.rating END"
+        ", e.review = CASE WHEN r.review IS NOT NULL AND r.last >= e.last_ts THEN r.review ELSE e.review END"
+        if rel == "RATED"
+        else ""
+    )
     # r.u and r.t are internal ids that the node statements of the same transaction returned; the nodes are
     # already locked by those statements (SET of the mark).
     return f"""
@@ -152,8 +155,11 @@ def aggregate(events: Sequence[tuple[Event, str]], half_life_s: float) -> dict[s
         else:
             last = max(e.ts for e in evs)
             row = {
-                "user": user, "target": target, "count": len(evs),
-                "first": min(e.ts for e in evs), "last": last,
+                "user": user,
+                "target": target,
+                "count": len(evs),
+                "first": min(e.ts for e in evs),
+                "last": last,
                 "weight": sum(math.exp(-k * (last - e.ts)) for e in evs),
             }
         if rel == "RATED":
@@ -173,9 +179,11 @@ def _item_records(events: Sequence[Event]) -> list[ItemRecord]:
         if ev.item is not None and ev.item_id is not None and (ev.item_id not in latest or ev.ts >= latest[ev.item_id].ts):
             latest[ev.item_id] = ev
     return [
-        ItemRecord(id=item_id, title=ev.item.title, description=ev.item.description,
-                   brand=ev.item.brand, categories=ev.item.categories)
-        for item_id, ev in latest.items() if ev.item is not None
+        ItemRecord(
+            id=item_id, title=ev.item.title, description=ev.item.description, brand=ev.item.brand, categories=ev.item.categories
+        )
+        for item_id, ev in latest.items()
+        if ev.item is not None
     ]
 
 
@@ -247,8 +255,14 @@ def _apply(tx: neo4j.ManagedTransaction, batch: _Batch, settings: GraphSettings)
         targets = node_ids[_target(rel)]
         params = []
         for r in rel_rows:
-            p = {"u": users[r["user"]], "t": targets[r["target"]], "count": r["count"], "first": r["first"],
-                 "last": r["last"], "weight": r["weight"]}
+            p = {
+                "u": users[r["user"]],
+                "t": targets[r["target"]],
+                "count": r["count"],
+                "first": r["first"],
+                "last": r["last"],
+                "weight": r["weight"],
+            }
             if rel == "RATED":
                 p["rating"], p["review"] = r["rating"], r["review"]
             params.append(p)
@@ -344,8 +358,9 @@ def ingest_batches(
                 pending.exception()
 
 
-def prune_seen(driver: neo4j.Driver, settings: GraphSettings, *, database: str = "neo4j",
-               now: float | None = None, batch: int = 10000) -> int:
+def prune_seen(
+    driver: neo4j.Driver, settings: GraphSettings, *, database: str = "neo4j", now: float | None = None, batch: int = 10000
+) -> int:
     """Forget event ids applied longer ago than the retention window; returns how many."""
     before = (time.time() if now is None else now) - settings.dedup_retention_hours * 3600.0
     total = 0

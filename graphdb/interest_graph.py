@@ -66,8 +66,9 @@ class InterestGraph:
     searches: tuple[tuple[str, int], ...]  # (normalised text, count)
 
 
-def read_interest_graph(driver: neo4j.Driver, user: str, *, max_items: int = 25, max_queries: int = 10,
-                        database: str = "neo4j") -> InterestGraph:
+def read_interest_graph(
+    driver: neo4j.Driver, user: str, *, max_items: int = 25, max_queries: int = 10, database: str = "neo4j"
+) -> InterestGraph:
     """The user's (pseudonym's) interest graph: their ``max_items`` most recently touched items, those items'
     brands and categories with all ancestors, and their ``max_queries`` most recent searches."""
     if max_items < 1 or max_queries < 0:
@@ -79,11 +80,19 @@ def read_interest_graph(driver: neo4j.Driver, user: str, *, max_items: int = 25,
     if read(_USER_EXISTS, user=user)[0]["n"] == 0:
         raise NotFound(f"no user {user} in the graph (give the external id; it is pseudonymised with IG_PSEUDONYM_KEY)")
     items = tuple(
-        ItemTouch(id=r["item"], title=r["title"], behaviours=tuple(sorted((t, n) for t, n in r["behaviours"])),
-                  brand=r["brand"], categories=tuple(sorted(r["categories"])))
-        for r in read(_ITEMS, user=user, max_items=max_items))
+        ItemTouch(
+            id=r["item"],
+            title=r["title"],
+            behaviours=tuple(sorted((t, n) for t, n in r["behaviours"])),
+            brand=r["brand"],
+            categories=tuple(sorted(r["categories"])),
+        )
+        for r in read(_ITEMS, user=user, max_items=max_items)
+    )
     leaves = sorted({c for item in items for c in item.categories})
-    categories = tuple(CategoryNode(id=r["category"], name=r["name"] or r["category"], parent=r["parent"])
-                       for r in read(_CATEGORIES, categories=leaves))
+    categories = tuple(
+        CategoryNode(id=r["category"], name=r["name"] or r["category"], parent=r["parent"])
+        for r in read(_CATEGORIES, categories=leaves)
+    )
     searches = tuple((r["text"], r["searches"]) for r in read(_SEARCHES, user=user, max_queries=max_queries))
     return InterestGraph(user=user, items=items, categories=categories, searches=searches)

@@ -103,8 +103,9 @@ def upsert_items(tx: neo4j.ManagedTransaction, items: Iterable[ItemRecord], *, t
     items = list(items)
     if not items:
         return 0
-    tx.run(_UPSERT_ITEMS, items=[{"id": i.id, "title": i.title, "description": i.description} for i in items],
-           token=token, now=now).consume()
+    tx.run(
+        _UPSERT_ITEMS, items=[{"id": i.id, "title": i.title, "description": i.description} for i in items], token=token, now=now
+    ).consume()
 
     brands = [{"item": i.id, "brand": i.brand.strip()} for i in items if i.brand and i.brand.strip()]
     if brands:

@@ -67,8 +67,9 @@ def _fields(path: Path, n: int, line: str, sep: str | None, names: tuple[str, ..
     if len(parts) != len(names):
         shown = line if len(line) <= 80 else line[:77] + "..."
         sep_name = {"\t": "tab", ",": "comma", None: "space"}[sep]
-        raise InvalidInput(f"{path}:{n}: expected {len(names)} {sep_name}-separated fields "
-                           f"({', '.join(names)}), got {len(parts)}: {shown!r}")
+        raise InvalidInput(
+            f"{path}:{n}: expected {len(names)} {sep_name}-separated fields ({', '.join(names)}), got {len(parts)}: {shown!r}"
+        )
     return parts
 
 
@@ -77,8 +78,7 @@ def _int_id(path: Path, n: int, text: str, name: str) -> str:
     text = text.strip()
     if not (text.isascii() and text.isdigit() and len(text) <= MAX_ID_DIGITS):
         shown = text if len(text) <= 40 else text[:37] + "..."
-        raise InvalidInput(f"{path}:{n}: {name} {shown!r} is not a non-negative integer id "
-                           f"(at most {MAX_ID_DIGITS} digits)")
+        raise InvalidInput(f"{path}:{n}: {name} {shown!r} is not a non-negative integer id (at most {MAX_ID_DIGITS} digits)")
     return text
 
 
@@ -111,7 +111,7 @@ def _json(path: Path) -> dict[str, Any]:
 
 
 def _json_id(path: Path, value: object, what: str) -> str:
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10 ** MAX_ID_DIGITS:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**MAX_ID_DIGITS:
         return str(value)
     if isinstance(value, str):
         return _json_str_id(path, value, what)
@@ -133,8 +133,13 @@ def _gowalla_events(root: Path) -> Iterator[dict[str, Any]]:
         user = _int_id(path, n, user, "user id")
         for pos, item in enumerate(items):
             item = _int_id(path, n, item, f"item id #{pos + 1}")
-            yield {"event_id": f"gowalla:{user}:{item}", "user_id": f"gowalla:{user}", "type": "view",
-                   "item_id": f"gowalla:{item}", "ts": SYNTHETIC_EPOCH + pos}
+            yield {
+                "event_id": f"gowalla:{user}:{item}",
+                "user_id": f"gowalla:{user}",
+                "type": "view",
+                "item_id": f"gowalla:{item}",
+                "ts": SYNTHETIC_EPOCH + pos,
+            }
 
 
 def _gowalla_count(root: Path) -> int:
@@ -149,8 +154,14 @@ def _hin_events(root: Path) -> Iterator[dict[str, Any]]:
         user, item = _int_id(path, n, user, "user id"), _int_id(path, n, item, "item id")
         stars = _number(path, n, rating, "rating", 1.0, 5.0)
         seconds = _number(path, n, ts, "timestamp", 0.0, 1e11)
-        yield {"event_id": f"hin:{user}:{item}:{ts.strip()}", "user_id": f"hin:{user}", "type": "rate",
-               "item_id": f"hin:{item}", "rating": stars, "ts": seconds}
+        yield {
+            "event_id": f"hin:{user}:{item}:{ts.strip()}",
+            "user_id": f"hin:{user}",
+            "type": "rate",
+            "item_id": f"hin:{item}",
+            "rating": stars,
+            "ts": seconds,
+        }
 
 
 def _hin_count(root: Path) -> int:
@@ -195,8 +206,13 @@ def _office_inter(root: Path) -> dict[str, list[str]]:
 def _office_events(root: Path) -> Iterator[dict[str, Any]]:
     for user, items in _office_inter(root).items():
         for pos, item in enumerate(items):
-            yield {"event_id": f"office:{user}:{item}", "user_id": f"office:{user}", "type": "purchase",
-                   "item_id": f"office:{item}", "ts": SYNTHETIC_EPOCH + pos * DAY}
+            yield {
+                "event_id": f"office:{user}:{item}",
+                "user_id": f"office:{user}",
+                "type": "purchase",
+                "item_id": f"office:{item}",
+                "ts": SYNTHETIC_EPOCH + pos * DAY,
+            }
 
 
 def _office_count(root: Path) -> int:
@@ -222,8 +238,15 @@ def _office_items(root: Path) -> list[ItemRecord]:
             if m.get(name) is not None and not isinstance(m[name], str):
                 raise InvalidInput(f"{file}: item {item}: {name} must be text, got {type(m[name]).__name__}")
         path = tuple(p.strip() for p in (_clean(m.get("categories")) or "").split(",") if p.strip())
-        out.append(ItemRecord(id=f"office:{item}", title=_clean(m.get("title")), description=_clean(m.get("description")),
-                              brand=_clean(m.get("brand")), categories=(path,) if path else ()))
+        out.append(
+            ItemRecord(
+                id=f"office:{item}",
+                title=_clean(m.get("title")),
+                description=_clean(m.get("description")),
+                brand=_clean(m.get("brand")),
+                categories=(path,) if path else (),
+            )
+        )
     return out
 
 

@@ -85,11 +85,16 @@ def neo4j_classpath(settings: LocalStackSettings) -> str:
         raise FailedPrecondition("Maven (mvn) is needed once to fetch the Neo4j jars; install it (apt-get install maven)")
     cache.parent.mkdir(parents=True, exist_ok=True)
     cmd = [
-        "mvn", "-q", "-B", "-f", str(LAUNCHER_DIR / "pom.xml"),
+        "mvn",
+        "-q",
+        "-B",
+        "-f",
+        str(LAUNCHER_DIR / "pom.xml"),
         f"-Dneo4j.version={settings.neo4j_version}",
         # activates the pom's browser profile
         *([f"-Dneo4j.browser.version={browser}"] if browser else []),
-        "dependency:build-classpath", f"-Dmdep.outputFile={cache.resolve()}",
+        "dependency:build-classpath",
+        f"-Dmdep.outputFile={cache.resolve()}",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 or not cache.exists():
@@ -145,8 +150,9 @@ def start_neo4j(settings: LocalStackSettings) -> Service:
     http = settings.neo4j_http_port
     if service.pid() is not None and port_open(service.port):
         if http and not port_open(http):
-            raise FailedPrecondition(f"Neo4j runs without HTTP on port {http}; restart the stack (`interest stack down`, "
-                                     "then up) to serve Neo4j Browser")
+            raise FailedPrecondition(
+                f"Neo4j runs without HTTP on port {http}; restart the stack (`interest stack down`, then up) to serve Neo4j Browser"
+            )
         return service
     if port_open(service.port):
         raise FailedPrecondition(f"port {service.port} is taken by another process; set IG_STACK_NEO4J_PORT")
@@ -155,12 +161,24 @@ def start_neo4j(settings: LocalStackSettings) -> Service:
     home = (settings.var_dir / "neo4j" / "data").resolve()
     home.mkdir(parents=True, exist_ok=True)
     cmd = [
-        _java(settings), f"-Xms{settings.neo4j_heap_mb}m", f"-Xmx{settings.neo4j_heap_mb}m",
-        "-XX:+UseG1GC", "-XX:+ExitOnOutOfMemoryError",
-        "-cp", neo4j_classpath(settings), str(LAUNCHER_DIR / "Launcher.java"),
-        "--home", str(home), "--port", str(service.port),
-        "--pagecache-mb", str(settings.neo4j_pagecache_mb), "--tx-memory-mb", str(settings.neo4j_tx_memory_mb),
-        "--http-port", str(http),
+        _java(settings),
+        f"-Xms{settings.neo4j_heap_mb}m",
+        f"-Xmx{settings.neo4j_heap_mb}m",
+        "-XX:+UseG1GC",
+        "-XX:+ExitOnOutOfMemoryError",
+        "-cp",
+        neo4j_classpath(settings),
+        str(LAUNCHER_DIR / "Launcher.java"),
+        "--home",
+        str(home),
+        "--port",
+        str(service.port),
+        "--pagecache-mb",
+        str(settings.neo4j_pagecache_mb),
+        "--tx-memory-mb",
+        str(settings.neo4j_tx_memory_mb),
+        "--http-port",
+        str(http),
     ]
     proc = _spawn(service, cmd)
     _wait(service, proc, lambda: _neo4j_ready(service, http), settings.start_timeout_s)
@@ -195,10 +213,24 @@ def start_redis(settings: LocalStackSettings) -> Service:
     data = (settings.var_dir / "redis").resolve()
     data.mkdir(parents=True, exist_ok=True)
     cmd = [
-        server, "--bind", "127.0.0.1", "--port", str(service.port), "--dir", str(data),
+        server,
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(service.port),
+        "--dir",
+        str(data),
         # The broker and the delta stream must survive a restart: append-only file, fsync every second.
-        "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-        "--daemonize", "no", "--protected-mode", "yes",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--save",
+        "",
+        "--daemonize",
+        "no",
+        "--protected-mode",
+        "yes",
     ]
     proc = _spawn(service, cmd)
     _wait(service, proc, lambda: _redis_ready(service.port), settings.start_timeout_s)

@@ -45,8 +45,9 @@ EMBEDDING_INDEXES = {ITEM: "item_embedding", USER: "user_embedding"}
 
 SCHEMA_VERSION = 1
 
-_CONSTRAINTS = [f"CREATE CONSTRAINT {label.lower()}_id IF NOT EXISTS FOR (n:{label}) REQUIRE n.id IS UNIQUE"
-                for label in (*NODE_LABELS, SEEN)]
+_CONSTRAINTS = [
+    f"CREATE CONSTRAINT {label.lower()}_id IF NOT EXISTS FOR (n:{label}) REQUIRE n.id IS UNIQUE" for label in (*NODE_LABELS, SEEN)
+]
 _INDEXES = [
     f"CREATE INDEX seen_at IF NOT EXISTS FOR (n:{SEEN}) ON (n.at)",
     f"CREATE INDEX dirty_since IF NOT EXISTS FOR (n:{DIRTY}) ON (n.dirty_since)",
@@ -56,8 +57,7 @@ _VECTOR_INDEX = (
     "OPTIONS {{indexConfig: {{`vector.dimensions`: {dim}, `vector.similarity_function`: 'cosine'}}}}"
 )
 _SHOW_VECTOR_INDEXES = (
-    "SHOW INDEXES YIELD name, type, options WHERE type = 'VECTOR' "
-    "RETURN name, options.indexConfig['vector.dimensions'] AS dim"
+    "SHOW INDEXES YIELD name, type, options WHERE type = 'VECTOR' RETURN name, options.indexConfig['vector.dimensions'] AS dim"
 )
 _SET_VERSION = "MERGE (s:SchemaInfo {id: 'schema'}) SET s.version = $version RETURN s.version AS version"
 

@@ -168,8 +168,10 @@ def _header(path: Path) -> list[str]:
 def _present(path: Path, names: list[str], sources: dict[str, str]) -> dict[str, str]:
     present = {ours: shop for ours, shop in sources.items() if shop in names}
     if not present:
-        raise InvalidInput(f"{path}: none of the mapped columns ({', '.join(sorted(set(sources.values())))}) is in the "
-                           f"file, whose columns are {', '.join(names[:20])}")
+        raise InvalidInput(
+            f"{path}: none of the mapped columns ({', '.join(sorted(set(sources.values())))}) is in the "
+            f"file, whose columns are {', '.join(names[:20])}"
+        )
     return present
 
 
@@ -192,12 +194,13 @@ def _csv(path: Path, sources: dict[str, str], batch_rows: int, after: int) -> It
             str(path),  # pyarrow decompresses .gz by the name
             read_options=pacsv.ReadOptions(use_threads=False, block_size=CSV_BLOCK_BYTES),
             # Empty lines stay rows (rejected as such), so row numbers match the file's records.
-            parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid, newlines_in_values=True,
-                                              ignore_empty_lines=False),
+            parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid, newlines_in_values=True, ignore_empty_lines=False),
             # Binary: a cell that is not UTF-8 rejects its row instead of failing the whole block.
-            convert_options=pacsv.ConvertOptions(column_types={c: pa.binary() for c in present.values()},
-                                                 include_columns=list(dict.fromkeys(present.values())),
-                                                 strings_can_be_null=False),
+            convert_options=pacsv.ConvertOptions(
+                column_types={c: pa.binary() for c in present.values()},
+                include_columns=list(dict.fromkeys(present.values())),
+                strings_can_be_null=False,
+            ),
         )
     except pa.ArrowInvalid as exc:
         raise InvalidInput(f"{path}: cannot read as CSV: {exc}") from exc
@@ -235,11 +238,11 @@ def _split(batch: RowBatch, size: int) -> Iterator[RowBatch]:
         yield batch
         return
     items: list[tuple[int, dict[str, Any] | None, str]] = sorted(
-        [(p, r, "") for p, r in zip(batch.positions, batch.rows)] + [(p, None, reason) for p, reason in batch.bad],
-        key=lambda x: x[0])
+        [(p, r, "") for p, r in zip(batch.positions, batch.rows)] + [(p, None, reason) for p, reason in batch.bad], key=lambda x: x[0]
+    )
     for start in range(0, len(items), size):
         part = RowBatch(end=items[min(start + size, len(items)) - 1][0])
-        for p, row, reason in items[start:start + size]:
+        for p, row, reason in items[start : start + size]:
             if row is None:
                 part.bad.append((p, reason))
             else:
@@ -271,8 +274,7 @@ def _parquet(path: Path, sources: dict[str, str], batch_rows: int, after: int) -
             row += size
     if not groups:
         return
-    for record_batch in file.iter_batches(batch_size=batch_rows, row_groups=groups,
-                                          columns=list(dict.fromkeys(present.values()))):
+    for record_batch in file.iter_batches(batch_size=batch_rows, row_groups=groups, columns=list(dict.fromkeys(present.values()))):
         positions = list(range(row + 1, row + record_batch.num_rows + 1))
         row += record_batch.num_rows
         first = max(0, min(after - positions[0] + 1, len(positions))) if positions else 0

@@ -110,15 +110,14 @@ _STORED = {label: _stored_query(label) for label in NODE_LABELS}
 
 
 def _read(driver: neo4j.Driver, query: str, database: str, **params: Any) -> list[neo4j.Record]:
-    records: list[neo4j.Record] = driver.execute_query(query, database_=database, routing_=neo4j.RoutingControl.READ,
-                                                       **params).records
+    records: list[neo4j.Record] = driver.execute_query(query, database_=database, routing_=neo4j.RoutingControl.READ, **params).records
     return records
 
 
 def _chunks(ids: Sequence[str], size: int) -> Iterator[list[str]]:
     ids = list(ids)
     for s in range(0, len(ids), size):
-        yield ids[s:s + size]
+        yield ids[s : s + size]
 
 
 def _item_row(r: neo4j.Record) -> ItemRow:
@@ -132,8 +131,9 @@ def _edge_rows(r: neo4j.Record) -> Iterator[EdgeRow]:
         yield EdgeRow(user, item, float(w or 0.0), float(t or 0.0), None if f is None else float(f))
 
 
-def user_edges(driver: neo4j.Driver, user_ids: Iterable[str], *, database: str = "neo4j",
-               batch_size: int = 2000) -> tuple[list[EdgeRow], dict[str, str | None]]:
+def user_edges(
+    driver: neo4j.Driver, user_ids: Iterable[str], *, database: str = "neo4j", batch_size: int = 2000
+) -> tuple[list[EdgeRow], dict[str, str | None]]:
     """Every item relationship of the given users, and the vector version of each item seen."""
     edges: list[EdgeRow] = []
     item_version: dict[str, str | None] = {}
@@ -154,8 +154,7 @@ def all_user_ids(driver: neo4j.Driver, *, database: str = "neo4j") -> list[str]:
     return [r["id"] for r in _read(driver, _ALL_USERS, database)]
 
 
-def items(driver: neo4j.Driver, item_ids: Iterable[str], *, database: str = "neo4j",
-          batch_size: int = 2000) -> list[ItemRow]:
+def items(driver: neo4j.Driver, item_ids: Iterable[str], *, database: str = "neo4j", batch_size: int = 2000) -> list[ItemRow]:
     """Encoder inputs of the given items (unknown ids are skipped)."""
     out: list[ItemRow] = []
     for chunk in _chunks(sorted(set(item_ids)), batch_size):
@@ -168,8 +167,7 @@ def all_items(driver: neo4j.Driver, *, database: str = "neo4j") -> list[ItemRow]
         return [_item_row(r) for r in session.run(_ALL_ITEMS)]
 
 
-def users_of_items(driver: neo4j.Driver, item_ids: Iterable[str], *, database: str = "neo4j",
-                   batch_size: int = 500) -> set[str]:
+def users_of_items(driver: neo4j.Driver, item_ids: Iterable[str], *, database: str = "neo4j", batch_size: int = 500) -> set[str]:
     """Users with any interaction on the given items."""
     out: set[str] = set()
     for chunk in _chunks(sorted(set(item_ids)), batch_size):
@@ -177,8 +175,7 @@ def users_of_items(driver: neo4j.Driver, item_ids: Iterable[str], *, database: s
     return out
 
 
-def items_under(driver: neo4j.Driver, categories: Iterable[str], brands: Iterable[str], *,
-                database: str = "neo4j") -> set[str]:
+def items_under(driver: neo4j.Driver, categories: Iterable[str], brands: Iterable[str], *, database: str = "neo4j") -> set[str]:
     """Items in (the subtree of) the given categories or of the given brands."""
     cats, brs = sorted(set(categories)), sorted(set(brands))
     if not cats and not brs:
@@ -197,14 +194,14 @@ def all_query_texts(driver: neo4j.Driver, *, database: str = "neo4j") -> dict[st
     return {r["id"]: r["text"] or "" for r in _read(driver, _ALL_QUERIES, database)}
 
 
-def stored_vectors(driver: neo4j.Driver, label: str, ids: Iterable[str], *, database: str = "neo4j",
-                   batch_size: int = 5000) -> dict[str, StoredVector]:
+def stored_vectors(
+    driver: neo4j.Driver, label: str, ids: Iterable[str], *, database: str = "neo4j", batch_size: int = 5000
+) -> dict[str, StoredVector]:
     """The stored vector, version and update time of each existing node (vector None when never embedded)."""
     query = _STORED[label]
     out: dict[str, StoredVector] = {}
     for chunk in _chunks(sorted(set(ids)), batch_size):
         for r in _read(driver, query, database, ids=chunk):
             vec = r["vector"]
-            out[r["id"]] = StoredVector(r["id"], list(vec) if vec is not None else None, r["version"],
-                                        r["updated_at"])
+            out[r["id"]] = StoredVector(r["id"], list(vec) if vec is not None else None, r["version"], r["updated_at"])
     return out

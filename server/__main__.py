@@ -17,14 +17,14 @@ def _default(value: object) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     prefix = ServerSettings.model_config.get("env_prefix", "")
-    names = [f"  {(prefix + name).upper():<38} {_default(field.default)}"
-             for name, field in ServerSettings.model_fields.items()]
+    names = [f"  {(prefix + name).upper():<38} {_default(field.default)}" for name, field in ServerSettings.model_fields.items()]
     return argparse.ArgumentParser(
-        prog="python -m server", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="python -m server",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Serve nearest items and recommendations over gRPC from the graph's embeddings (FAISS), "
-                    "following the worker's delta stream. Every setting comes from the environment.",
-        epilog="server settings (variable, default); the graph's (IG_*, NEO4J_*) are in the README's table:\n"
-               + "\n".join(names))
+        "following the worker's delta stream. Every setting comes from the environment.",
+        epilog="server settings (variable, default); the graph's (IG_*, NEO4J_*) are in the README's table:\n" + "\n".join(names),
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

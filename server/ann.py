@@ -135,8 +135,7 @@ def ivf_index(quantizer: faiss.Index, width: int, nlist: int, codes: str) -> fai
     raise ValueError(f"unknown ivf_codes {codes!r} (pq4 or flat)")
 
 
-def build_base(vectors: np.ndarray, labels: np.ndarray, params: IndexParams,
-               centroids: np.ndarray | None = None) -> Base:
+def build_base(vectors: np.ndarray, labels: np.ndarray, params: IndexParams, centroids: np.ndarray | None = None) -> Base:
     """Builds a base index (CPU heavy: run it off the event loop)."""
     n, dim = vectors.shape
     if n < max(params.ann_min_items, 1):

@@ -51,7 +51,8 @@ def check_exposure(settings: ServerSettings) -> None:
     raise FailedPrecondition(
         f"refusing to listen on {settings.host}:{settings.port} without authentication: anyone who can reach it "
         "could read recommendations, ingest events and forget users. Set IG_SERVER_AUTH_TOKENS, listen on "
-        "127.0.0.1, or set IG_SERVER_ALLOW_INSECURE_PUBLIC=true if something in front authenticates callers")
+        "127.0.0.1, or set IG_SERVER_ALLOW_INSECURE_PUBLIC=true if something in front authenticates callers"
+    )
 
 
 def use_native_front(settings: ServerSettings) -> bool:
@@ -59,8 +60,10 @@ def use_native_front(settings: ServerSettings) -> bool:
         return False
     if settings.tls:
         if settings.front == "native":
-            raise FailedPrecondition("IG_SERVER_FRONT=native serves plaintext only; with TLS configured use "
-                                     "IG_SERVER_FRONT=grpc or auto (grpc's server then terminates TLS)")
+            raise FailedPrecondition(
+                "IG_SERVER_FRONT=native serves plaintext only; with TLS configured use "
+                "IG_SERVER_FRONT=grpc or auto (grpc's server then terminates TLS)"
+            )
         return False
     return settings.front == "native" or front.available()
 
@@ -118,8 +121,12 @@ def create_server(settings: ServerSettings, engine: Engine, graph: GraphSettings
         # grpc's server listens on a private loopback port.
         ("grpc.so_reuseport", 1 if settings.processes != 1 and not native else 0),
     ]
-    server = grpc.server(RpcPools(settings.rpc_threads, settings.wait_threads), interceptors=[interceptor],
-                         options=options, maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
+    server = grpc.server(
+        RpcPools(settings.rpc_threads, settings.wait_threads),
+        interceptors=[interceptor],
+        options=options,
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+    )
     servicer = InterestServicer(engine, settings, graph)
     pb_grpc.add_InterestServiceServicer_to_server(servicer, server)
 
@@ -138,27 +145,31 @@ def create_server(settings: ServerSettings, engine: Engine, graph: GraphSettings
     set_health(engine.ready)  # NOT_SERVING until the index is loaded
 
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server)
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
 
     if native:
         backend_port = server.add_insecure_port("127.0.0.1:0")
         if backend_port == 0:
             raise OSError("could not bind a loopback port for grpc's server")
-        methods = [(name, interceptor.wrapped(name, handler), name in waiting)
-                   for name, handler in unary_handlers(servicer)]
+        methods = [(name, interceptor.wrapped(name, handler), name in waiting) for name, handler in unary_handlers(servicer)]
         fronted = front.native_front(
-            settings.host, settings.port, settings.processes != 1, backend_port, methods,
+            settings.host,
+            settings.port,
+            settings.processes != 1,
+            backend_port,
+            methods,
             wait_threads=settings.wait_threads,
-            max_concurrent_rpcs=settings.max_concurrent_rpcs, max_message_bytes=settings.max_message_bytes,
-            io_threads=settings.io_threads)
+            max_concurrent_rpcs=settings.max_concurrent_rpcs,
+            max_message_bytes=settings.max_message_bytes,
+            io_threads=settings.io_threads,
+        )
         return front.FrontedServer(server, fronted), fronted.port
 
     address = f"{settings.host}:{settings.port}"
     if settings.tls:
         assert settings.tls_key_file is not None and settings.tls_cert_file is not None  # what tls means
-        creds = grpc.ssl_server_credentials(
-            [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())])
+        creds = grpc.ssl_server_credentials([(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())])
         port = server.add_secure_port(address, creds)
     else:
         port = server.add_insecure_port(address)
@@ -181,11 +192,22 @@ async def serve(settings: ServerSettings, graph: GraphSettings, neo4j_settings: 
         log.error("metrics endpoint %s:%d not started: %s", settings.metrics_host, settings.metrics_port, exc)
     server.start()
     if isinstance(server, front.FrontedServer):
-        log.info("listening on %s:%d (native front end, plaintext), %d I/O threads answering queries, %d for "
-                 "calls that wait", settings.host, port, settings.io_threads, settings.wait_threads)
+        log.info(
+            "listening on %s:%d (native front end, plaintext), %d I/O threads answering queries, %d for calls that wait",
+            settings.host,
+            port,
+            settings.io_threads,
+            settings.wait_threads,
+        )
     else:
-        log.info("listening on %s:%d (grpc's server, %s), %d query threads, %d for calls that wait", settings.host,
-                 port, "TLS" if settings.tls else "plaintext", settings.rpc_threads, settings.wait_threads)
+        log.info(
+            "listening on %s:%d (grpc's server, %s), %d query threads, %d for calls that wait",
+            settings.host,
+            port,
+            "TLS" if settings.tls else "plaintext",
+            settings.rpc_threads,
+            settings.wait_threads,
+        )
     loading = asyncio.create_task(lifecycle.start())
 
     stop = asyncio.Event()

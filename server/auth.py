@@ -26,12 +26,13 @@ class TokenCheck:
         header = next((v for k, v in metadata or () if k == "authorization"), None)
         if not isinstance(header, str) or not header.startswith("Bearer "):
             return False
-        given = header[len("Bearer "):].strip().encode()
+        given = header[len("Bearer ") :].strip().encode()
         # compare against every token (no early exit) so timing reveals nothing
         return sum(hmac.compare_digest(given, t) for t in self._tokens) > 0
 
     def require(self, behaviour: Callable[..., Any]) -> Callable[..., Any]:
         """``behaviour`` (unary response) refused with UNAUTHENTICATED unless the call carries a valid token."""
+
         def authenticated(request: Any, context: grpc.ServicerContext) -> Any:
             if not self.valid(context.invocation_metadata()):
                 context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED)
@@ -41,6 +42,7 @@ class TokenCheck:
 
     def require_streaming(self, behaviour: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
         """The same for a streaming-response behaviour (a generator of responses)."""
+
         def authenticated(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             if not self.valid(context.invocation_metadata()):
                 context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED)

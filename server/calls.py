@@ -31,11 +31,14 @@ class StreamSlots:
         self._free = threading.BoundedSemaphore(limit)
 
     def _refusal(self) -> str:
-        return (f"this server process already runs {self.limit} streaming calls (IG_SERVER_STREAM_THREADS); "
-                "retry later or on another connection")
+        return (
+            f"this server process already runs {self.limit} streaming calls (IG_SERVER_STREAM_THREADS); "
+            "retry later or on another connection"
+        )
 
     def unary_response(self, behaviour: Callable[..., Any]) -> Callable[..., Any]:
         """A client-streaming call (IngestEvents): refused with RESOURCE_EXHAUSTED when no slot is free."""
+
         def held(request: Any, context: grpc.ServicerContext) -> Any:
             if not self._free.acquire(blocking=False):
                 raise ResourceExhausted(self._refusal())
@@ -48,6 +51,7 @@ class StreamSlots:
 
     def streaming_response(self, behaviour: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
         """A server-streaming call (health Watch, reflection), likewise."""
+
         def held(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             if not self._free.acquire(blocking=False):
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._refusal())
@@ -60,8 +64,7 @@ class StreamSlots:
 
 
 class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped (Any)
-    def __init__(self, metrics: ServerMetrics, tokens: frozenset[str], stream_slots: int,
-                 waiting_methods: frozenset[str]) -> None:
+    def __init__(self, metrics: ServerMetrics, tokens: frozenset[str], stream_slots: int, waiting_methods: frozenset[str]) -> None:
         """``waiting_methods``: full names (``/package.Service/Method``) of the unary calls that may wait on
         Neo4j; every streaming call is taken to wait too."""
         self._metrics = metrics
@@ -70,8 +73,9 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc is 
         self._waiting = waiting_methods
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
-    def intercept_service(self, continuation: Callable[[Any], grpc.RpcMethodHandler | None],
-                          handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+    def intercept_service(
+        self, continuation: Callable[[Any], grpc.RpcMethodHandler | None], handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
         method = handler_call_details.method
         wrapped = self._wrapped.get(method)
         if wrapped is None:
@@ -91,6 +95,7 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc is 
     def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         auth = None if method.startswith(OPEN_PREFIXES) else self._auth
         if handler.unary_unary or handler.stream_unary:
+
             def around(behaviour: Callable[..., Any]) -> Callable[..., Any]:
                 inner = guard(self._slots.unary_response(behaviour) if handler.stream_unary else behaviour)
                 observed = self._metrics.observe(method, auth.require(inner) if auth else inner)

@@ -28,16 +28,21 @@ def connect_redis(url: str, block_ms: int = 200) -> aioredis.Redis:
     return aioredis.from_url(url, socket_timeout=block_ms / 1000.0 + 5.0, socket_connect_timeout=5.0)
 
 
-def encode_upsert(node_type: pb.NodeType, node_id: str, vector: ArrayLike, model_version: str,
-                  ts: float | None = None) -> bytes:
-    return Delta(op=Delta.OP_UPSERT, node_type=node_type, id=node_id, model_version=model_version,
-                 vector=np.asarray(vector, np.float32).tolist(), ts=time.time() if ts is None else ts
-                 ).SerializeToString()
+def encode_upsert(node_type: pb.NodeType, node_id: str, vector: ArrayLike, model_version: str, ts: float | None = None) -> bytes:
+    return Delta(
+        op=Delta.OP_UPSERT,
+        node_type=node_type,
+        id=node_id,
+        model_version=model_version,
+        vector=np.asarray(vector, np.float32).tolist(),
+        ts=time.time() if ts is None else ts,
+    ).SerializeToString()
 
 
 def encode_delete(node_type: pb.NodeType, node_id: str, model_version: str = "", ts: float | None = None) -> bytes:
-    return Delta(op=Delta.OP_DELETE, node_type=node_type, id=node_id, model_version=model_version,
-                 ts=time.time() if ts is None else ts).SerializeToString()
+    return Delta(
+        op=Delta.OP_DELETE, node_type=node_type, id=node_id, model_version=model_version, ts=time.time() if ts is None else ts
+    ).SerializeToString()
 
 
 def encode_activate(model_version: str) -> bytes:
@@ -62,9 +67,16 @@ async def stream_tail(client: aioredis.Redis, stream: str) -> str:
 class DeltaConsumer:
     """Reads the stream from ``position`` and hands each decoded delta to ``apply`` (on the event loop)."""
 
-    def __init__(self, client: aioredis.Redis, stream: str, position: str,
-                 apply: Callable[[pb.EmbeddingDelta], Awaitable[None] | None], *, block_ms: int = 200,
-                 batch: int = 1000) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        stream: str,
+        position: str,
+        apply: Callable[[pb.EmbeddingDelta], Awaitable[None] | None],
+        *,
+        block_ms: int = 200,
+        batch: int = 1000,
+    ) -> None:
         self.client = client
         self.stream = stream
         self.position = position

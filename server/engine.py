@@ -72,14 +72,19 @@ class _Popular:
 
 
 def index_params(settings: ServerSettings) -> IndexParams:
-    return IndexParams(nlist=settings.ivf_nlist, nprobe=settings.ivf_nprobe, ivf_dim=settings.ivf_dim,
-                       refine=settings.ivf_refine, ivf_codes=settings.ivf_codes, ann_min_items=settings.ann_min_items,
-                       exact_filter_max=settings.exact_filter_max)
+    return IndexParams(
+        nlist=settings.ivf_nlist,
+        nprobe=settings.ivf_nprobe,
+        ivf_dim=settings.ivf_dim,
+        refine=settings.ivf_refine,
+        ivf_codes=settings.ivf_codes,
+        ann_min_items=settings.ann_min_items,
+        exact_filter_max=settings.exact_filter_max,
+    )
 
 
 class Engine:
-    def __init__(self, settings: ServerSettings, graph: GraphSettings, driver: neo4j.Driver | None,
-                 database: str = "neo4j") -> None:
+    def __init__(self, settings: ServerSettings, graph: GraphSettings, driver: neo4j.Driver | None, database: str = "neo4j") -> None:
         self.settings = settings
         self.graph = graph
         self.driver = driver
@@ -134,8 +139,7 @@ class Engine:
         for callback in self.on_ready:
             await callback(serving)
 
-    def load_vectors(self, ids: list[str], vectors: np.ndarray, model_version: str,
-                     updated_at: np.ndarray | None = None) -> ItemIndex:
+    def load_vectors(self, ids: list[str], vectors: np.ndarray, model_version: str, updated_at: np.ndarray | None = None) -> ItemIndex:
         """Builds an index from in-memory vectors (CPU heavy: call from a thread) without installing it."""
         if vectors.shape[1:] != (self.dim,):
             raise InvalidInput(f"vectors have dimension {vectors.shape[1:]}, the index expects {self.dim}")
@@ -172,14 +176,16 @@ class Engine:
         finally:
             self.lock.acquire()
 
-    def _search(self, serving: Serving, query: np.ndarray, k: int, flt: ItemFilter,
-                extra_exclude: Sequence[int] = ()) -> list[tuple[str, float]]:
+    def _search(
+        self, serving: Serving, query: np.ndarray, k: int, flt: ItemFilter, extra_exclude: Sequence[int] = ()
+    ) -> list[tuple[str, float]]:
         index = serving.index
         exclude = [lab for lab in (self.labels.get(i) for i in flt.exclude_item_ids) if lab is not None]
         exclude.extend(extra_exclude)
         allowed = self.facets.mask(flt.category_ids, flt.brand_ids)
-        labels, scores = index.search(query.reshape(1, -1), k, allowed=allowed,
-                                      exclude=np.asarray(exclude, np.int64), unlocked=self._unlocked)[0]
+        labels, scores = index.search(
+            query.reshape(1, -1), k, allowed=allowed, exclude=np.asarray(exclude, np.int64), unlocked=self._unlocked
+        )[0]
         ids = self.labels.ids()
         return [(ids[lab], s) for lab, s in zip(labels.tolist(), scores.tolist())]  # tolist: Python ints, floats
 
@@ -263,8 +269,7 @@ class Engine:
         if popular.at < 0 or now - popular.at > self.settings.popular_ttl_s:
             # Callers arriving meanwhile ask Neo4j too (or use the old list): a refresh a minute, not worth a lock.
             since = now - self.settings.popular_window_days * 86400.0
-            items = catalog.popular_items(self.driver, since=since, limit=self.settings.popular_pool,
-                                          database=self.database)
+            items = catalog.popular_items(self.driver, since=since, limit=self.settings.popular_pool, database=self.database)
             popular = self._popular = _Popular(items, now)
         return popular.items
 
@@ -307,7 +312,7 @@ class Engine:
         total = IngestResult()
         size = self.graph.batch_size
         for start in range(0, len(events), size):
-            batch = events[start:start + size]
+            batch = events[start : start + size]
             total.add(ingest_events(driver, self.graph, batch, database=self.database), offset=start)
         described = sorted({e["item_id"] for e in events if e.get("item") and e.get("item_id")})
         if described:  # new catalogue facts: refresh those items' facets now rather than at the next sweep

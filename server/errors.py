@@ -28,8 +28,12 @@ def _status(exc: InterestError) -> grpc.StatusCode:
         return grpc.StatusCode.INTERNAL
 
 
-def wrap_handler(handler: grpc.RpcMethodHandler | None, around: Callable[[Callable[..., Any]], Callable[..., Any]], *,
-                 streaming_responses: bool = False) -> grpc.RpcMethodHandler | None:
+def wrap_handler(
+    handler: grpc.RpcMethodHandler | None,
+    around: Callable[[Callable[..., Any]], Callable[..., Any]],
+    *,
+    streaming_responses: bool = False,
+) -> grpc.RpcMethodHandler | None:
     """``handler`` with its behaviour wrapped by ``around(behaviour) -> behaviour``.
 
     Server-streaming methods (health Watch, reflection) keep their own handling unless

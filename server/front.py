@@ -69,8 +69,7 @@ class Dispatcher:
     def __init__(self, handlers: Sequence[grpc.RpcMethodHandler]) -> None:
         self._calls = [(h.request_deserializer, h.unary_unary, h.response_serializer) for h in handlers]
 
-    def __call__(self, index: int, data: bytes, authorization: str | None,
-                 timeout_s: float | None) -> tuple[int, str, bytes | None]:
+    def __call__(self, index: int, data: bytes, authorization: str | None, timeout_s: float | None) -> tuple[int, str, bytes | None]:
         deserialize, behaviour, serialize = self._calls[index]
         context = NativeContext(authorization, timeout_s)
         try:
@@ -103,15 +102,35 @@ class FrontedServer:
         return done
 
 
-def native_front(host: str, port: int, reuse_port: bool, backend_port: int,
-                 methods: Sequence[tuple[str, grpc.RpcMethodHandler, bool]], *, wait_threads: int,
-                 max_concurrent_rpcs: int, max_message_bytes: int, io_threads: int = 2) -> Any:
+def native_front(
+    host: str,
+    port: int,
+    reuse_port: bool,
+    backend_port: int,
+    methods: Sequence[tuple[str, grpc.RpcMethodHandler, bool]],
+    *,
+    wait_threads: int,
+    max_concurrent_rpcs: int,
+    max_message_bytes: int,
+    io_threads: int = 2,
+) -> Any:
     """A bound, not yet started front end answering ``methods`` (full name, wrapped handler, may wait): queries
     on its ``io_threads``, calls that may wait on up to ``wait_threads`` threads of their own."""
     if ig_front is None:
-        raise FailedPrecondition("IG_SERVER_FRONT=native, but the native front end is not built: run `make setup` "
-                                 "(it needs a Rust toolchain) or set IG_SERVER_FRONT=grpc")
+        raise FailedPrecondition(
+            "IG_SERVER_FRONT=native, but the native front end is not built: run `make setup` "
+            "(it needs a Rust toolchain) or set IG_SERVER_FRONT=grpc"
+        )
     dispatch: Callable[..., Any] = Dispatcher([handler for _, handler, _ in methods])
-    return ig_front.Front(host, port, reuse_port, backend_port, dispatch,
-                          [(name, waits) for name, _, waits in methods], wait_threads,
-                          max_concurrent_rpcs, max_message_bytes, io_threads)
+    return ig_front.Front(
+        host,
+        port,
+        reuse_port,
+        backend_port,
+        dispatch,
+        [(name, waits) for name, _, waits in methods],
+        wait_threads,
+        max_concurrent_rpcs,
+        max_message_bytes,
+        io_threads,
+    )

@@ -76,8 +76,16 @@ class ItemIndex:
 
     # -- bulk load ---------------------------------------------------------------------------------------
     @classmethod
-    def build(cls, dim: int, model_version: str, labels: LabelMap, params: IndexParams,
-              ids: list[str], vectors: np.ndarray, updated_at: np.ndarray | None = None) -> ItemIndex:
+    def build(
+        cls,
+        dim: int,
+        model_version: str,
+        labels: LabelMap,
+        params: IndexParams,
+        ids: list[str],
+        vectors: np.ndarray,
+        updated_at: np.ndarray | None = None,
+    ) -> ItemIndex:
         """A fresh index holding ``vectors`` in its base (CPU heavy; fine to call in a worker thread)."""
         self = cls(dim, model_version, labels, params)
         vecs = np.ascontiguousarray(vectors.reshape(len(ids), dim), dtype=np.float32)
@@ -185,9 +193,15 @@ class ItemIndex:
         return self._live_bits
 
     # -- search --------------------------------------------------------------------------------------------
-    def search(self, queries: np.ndarray, k: int, *, allowed: np.ndarray | None = None,
-               exclude: np.ndarray | None = None,
-               unlocked: Callable[[], ContextManager[Any]] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        allowed: np.ndarray | None = None,
+        exclude: np.ndarray | None = None,
+        unlocked: Callable[[], ContextManager[Any]] | None = None,
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Top-k (labels, scores) per query (nq, dim) by inner product, best first.
 
         ``allowed``: bool mask over labels (None = every item); ``exclude``: labels never returned.
@@ -277,9 +291,14 @@ class ItemIndex:
             out.append((labs[fin], sc[fin]))
         return out if width == self.dim else [_topk(lab, self._scores(q, lab), k) for q, (lab, _) in zip(queries, out)]
 
-    def _base_overfetch(self, queries: np.ndarray, kf: int, excl: np.ndarray,
-                        live_bits: np.ndarray | None = None,
-                        unlocked: Callable[[], ContextManager[Any]] | None = None) -> Hits:
+    def _base_overfetch(
+        self,
+        queries: np.ndarray,
+        kf: int,
+        excl: np.ndarray,
+        live_bits: np.ndarray | None = None,
+        unlocked: Callable[[], ContextManager[Any]] | None = None,
+    ) -> Hits:
         """The base's best ``kf`` per query less tombstones and exclusions; with ``live_bits``, FAISS skips the
         tombstones itself (an id selector). With ``unlocked``, FAISS runs under it (``search``)."""
         base = self._base
@@ -289,8 +308,11 @@ class ItemIndex:
         if live_bits is not None:
             sel = faiss.IDSelectorBitmap(len(base.labels), faiss.swig_ptr(live_bits))
             # FAISS's stubs know neither the keyword constructors nor the IVF's attributes
-            params = (faiss.SearchParametersIVF(sel=sel, nprobe=base.index.nprobe)  # type: ignore[call-arg, attr-defined]
-                      if base.is_ivf else faiss.SearchParameters(sel=sel))  # type: ignore[call-arg]
+            params = (
+                faiss.SearchParametersIVF(sel=sel, nprobe=base.index.nprobe)  # type: ignore[call-arg, attr-defined]
+                if base.is_ivf
+                else faiss.SearchParameters(sel=sel)
+            )  # type: ignore[call-arg]
         q, kc = self._candidates(base, queries, kf)
         if unlocked is None:
             dist, pos = base.index.search(q, min(kc, len(base.labels)), params=params)
@@ -313,7 +335,7 @@ class ItemIndex:
         codes, fetches ``params.refine`` candidates (at least ``k``) for `_refine` to re-rank exactly."""
         if not _refined(base, self.dim):
             return queries, k
-        return np.ascontiguousarray(queries[:, :base.width]), max(k, self.params.refine)
+        return np.ascontiguousarray(queries[:, : base.width]), max(k, self.params.refine)
 
     def _refine(self, base: Base, queries: np.ndarray, results: Hits, k: int) -> Hits:
         """Exact full-width scores of the candidates (live base copies: ``_vec`` holds them), best ``k`` kept."""
@@ -329,8 +351,15 @@ class ItemIndex:
             q = np.ascontiguousarray(query, np.float32)
             lab = np.ascontiguousarray(labels, np.int64)
             # not in FAISS's stubs
-            faiss.fvec_inner_products_by_idx(faiss.swig_ptr(out), faiss.swig_ptr(q),  # type: ignore[attr-defined]
-                                             faiss.swig_ptr(self._vec), faiss.swig_ptr(lab), self.dim, 1, len(lab))
+            faiss.fvec_inner_products_by_idx(
+                faiss.swig_ptr(out),
+                faiss.swig_ptr(q),  # type: ignore[attr-defined]
+                faiss.swig_ptr(self._vec),
+                faiss.swig_ptr(lab),
+                self.dim,
+                1,
+                len(lab),
+            )
         return out
 
     def _base_selected(self, queries: np.ndarray, k: int, n_ok: int, bits: np.ndarray) -> Hits:
@@ -348,8 +377,9 @@ class ItemIndex:
         del bits  # the selector reads it during search only
         return self._refine(base, queries, [(base.labels[p[p >= 0]], d[p >= 0]) for d, p in zip(dist, pos)], k)
 
-    def _delta(self, queries: np.ndarray, k: int, ok_labels: np.ndarray | None, excl: np.ndarray,
-               floors: np.ndarray | None = None) -> Hits:
+    def _delta(
+        self, queries: np.ndarray, k: int, ok_labels: np.ndarray | None, excl: np.ndarray, floors: np.ndarray | None = None
+    ) -> Hits:
         """Top-k of the delta per query. ``floors``: per query, the score a delta row must reach to enter the
         answer (the base's k-th); when no row reaches it, the delta's own top-k and the merge are skipped, which
         saves most of a 200-row delta's cost per query (bench.serving)."""
@@ -374,8 +404,10 @@ class ItemIndex:
 
     @staticmethod
     def _merge(a: Hits, b: Hits, k: int) -> Hits:
-        return [_topk(np.concatenate([la, lb]), np.concatenate([sa, sb]), k) if len(lb) else (la[:k], sa[:k])
-                for (la, sa), (lb, sb) in zip(a, b)]
+        return [
+            _topk(np.concatenate([la, lb]), np.concatenate([sa, sb]), k) if len(lb) else (la[:k], sa[:k])
+            for (la, sa), (lb, sb) in zip(a, b)
+        ]
 
     # -- compaction ----------------------------------------------------------------------------------------
     def compaction_input(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
@@ -414,17 +446,22 @@ class ItemIndex:
         """
         base = base or self._base
         n = len(self.labels)
-        return {"vec": self._vec[:n].copy(), "where": self._where[:n].copy(), "ts": self._ts[:n].copy(),
-                "base_labels": base.labels,
-                "centroids": base.centroids if base.centroids is not None else np.zeros((0, self.dim), np.float32)}
+        return {
+            "vec": self._vec[:n].copy(),
+            "where": self._where[:n].copy(),
+            "ts": self._ts[:n].copy(),
+            "base_labels": base.labels,
+            "centroids": base.centroids if base.centroids is not None else np.zeros((0, self.dim), np.float32),
+        }
 
     @property
     def base(self) -> Base:
         return self._base
 
     @classmethod
-    def from_state(cls, dim: int, model_version: str, labels: LabelMap, params: IndexParams,
-                   state: dict[str, np.ndarray], base_index: faiss.Index) -> ItemIndex:
+    def from_state(
+        cls, dim: int, model_version: str, labels: LabelMap, params: IndexParams, state: dict[str, np.ndarray], base_index: faiss.Index
+    ) -> ItemIndex:
         self = cls(dim, model_version, labels, params)
         n = len(state["where"])
         if n >= headroom(len(labels)) and state["vec"].dtype == np.float32:  # sized for it: adopt, not copy

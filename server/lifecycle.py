@@ -104,8 +104,7 @@ class Lifecycle:
         snap = None
         if self.settings.snapshot_dir is not None:
             try:
-                snap = await asyncio.to_thread(load_snapshot, self.settings.snapshot_dir, self.engine.params,
-                                               self.engine.labels)
+                snap = await asyncio.to_thread(load_snapshot, self.settings.snapshot_dir, self.engine.params, self.engine.labels)
             except Exception:  # noqa: BLE001 - a broken snapshot is not fatal: Neo4j has everything
                 log.exception("snapshot unreadable; rebuilding from Neo4j")
         if snap is not None and snap.index.dim == self.engine.dim:
@@ -117,15 +116,19 @@ class Lifecycle:
             log.info("loaded snapshot: %d items, stream position %s", len(snap.index), position)
         else:
             if (redis := self.redis) is not None:  # deltas after this point are replayed; replays are idempotent
-                position = await _retrying("reading the delta stream's tail",
-                                           lambda: stream_tail(redis, self.settings.delta_stream))
-            index = await _retrying("building the index from Neo4j",
-                                    lambda: asyncio.to_thread(self._build_from_graph, None))
+                position = await _retrying("reading the delta stream's tail", lambda: stream_tail(redis, self.settings.delta_stream))
+            index = await _retrying("building the index from Neo4j", lambda: asyncio.to_thread(self._build_from_graph, None))
             self.engine.install(index)
         await _retrying("reading the item facets from Neo4j", self.refresh_facets)
         if self.redis is not None:
-            self.consumer = DeltaConsumer(self.redis, self.settings.delta_stream, position, self.apply,
-                                          block_ms=self.settings.delta_block_ms, batch=self.settings.delta_batch)
+            self.consumer = DeltaConsumer(
+                self.redis,
+                self.settings.delta_stream,
+                position,
+                self.apply,
+                block_ms=self.settings.delta_block_ms,
+                batch=self.settings.delta_batch,
+            )
             self._spawn(self.consumer.run())
             await self._catch_up()
             self.engine.hold_ready = False
@@ -148,8 +151,12 @@ class Lifecycle:
             return
         while stream_position(self.consumer.position) < stream_position(target):
             if time.monotonic() - started > CATCH_UP_MAX_S:
-                log.warning("still catching up with the delta stream after %.0f s (at %s of %s); serving meanwhile",
-                            CATCH_UP_MAX_S, self.consumer.position, target)
+                log.warning(
+                    "still catching up with the delta stream after %.0f s (at %s of %s); serving meanwhile",
+                    CATCH_UP_MAX_S,
+                    self.consumer.position,
+                    target,
+                )
                 return
             await asyncio.sleep(0.01)
         log.info("caught up with the delta stream at %s in %.2f s", target, time.monotonic() - started)
@@ -227,8 +234,9 @@ class Lifecycle:
             if msg.op == Delta.OP_UPSERT and serving.index.model_version == "" and len(serving.index) == 0:
                 serving.index.model_version = serving.users.model_version = msg.model_version  # first model ever
             apply_to(serving.index, serving.users, msg, self)
-            served = (msg.op == Delta.OP_UPSERT and msg.model_version == serving.index.model_version
-                      and len(msg.vector) == serving.index.dim)
+            served = (
+                msg.op == Delta.OP_UPSERT and msg.model_version == serving.index.model_version and len(msg.vector) == serving.index.dim
+            )
         if served and engine.metrics is not None:
             engine.metrics.served_change(msg.changed_at)
 
@@ -296,8 +304,7 @@ class Lifecycle:
         position = self.consumer.position if self.consumer else "0-0"
         with self.engine.lock:
             users = serving.users.items()
-        await asyncio.to_thread(save_snapshot, self.settings.snapshot_dir, serving.index, users, position,
-                                serving.index.base)
+        await asyncio.to_thread(save_snapshot, self.settings.snapshot_dir, serving.index, users, position, serving.index.base)
 
 
 def apply_to(index: ItemIndex, users: UserVectors, msg: Delta, lifecycle: Lifecycle | None = None) -> None:

@@ -54,17 +54,30 @@ class ServerMetrics:
         self.lifecycle: Any = None
         self.clock = clock
         self.registry = CollectorRegistry(auto_describe=False)
-        self.handled = Counter("grpc_server_handled", "RPCs completed, by method and status code",
-                               ("grpc_service", "grpc_method", "grpc_code"), registry=self.registry)
-        self.latency = Histogram("grpc_server_handling_seconds", "RPC handling time, by method",
-                                 ("grpc_service", "grpc_method"), buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.ingested = Counter("ig_ingest_events", "Events received through IngestEvents, by outcome",
-                                ("outcome",), registry=self.registry)
+        self.handled = Counter(
+            "grpc_server_handled",
+            "RPCs completed, by method and status code",
+            ("grpc_service", "grpc_method", "grpc_code"),
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "grpc_server_handling_seconds",
+            "RPC handling time, by method",
+            ("grpc_service", "grpc_method"),
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.ingested = Counter(
+            "ig_ingest_events", "Events received through IngestEvents, by outcome", ("outcome",), registry=self.registry
+        )
         for outcome in ("accepted", "duplicate", "rejected"):
             self.ingested.labels(outcome)  # present (0) before the first ingestion
-        self.freshness = Histogram("ig_freshness_seconds",
-                                   "From a change's mark (written with the event) to its vector served here",
-                                   buckets=FRESHNESS_BUCKETS, registry=self.registry)
+        self.freshness = Histogram(
+            "ig_freshness_seconds",
+            "From a change's mark (written with the event) to its vector served here",
+            buckets=FRESHNESS_BUCKETS,
+            registry=self.registry,
+        )
         self.registry.register(_StateCollector(self))
         self._http: Any = None
         self._http_thread: threading.Thread | None = None
@@ -150,36 +163,41 @@ class _StateCollector:
         engine = self.metrics.engine
         now = self.metrics.clock()
         serving = engine.serving
-        yield GaugeMetricFamily("ig_ready", "1 when the index is loaded and the server answers queries",
-                                value=1.0 if serving is not None else 0.0)
+        yield GaugeMetricFamily(
+            "ig_ready", "1 when the index is loaded and the server answers queries", value=1.0 if serving is not None else 0.0
+        )
         if serving is not None:
             index = serving.index
             yield GaugeMetricFamily("ig_index_items", "Live item vectors in the serving index", value=len(index))
-            yield GaugeMetricFamily("ig_index_user_vectors", "User vectors cached in memory",
-                                    value=len(serving.users))
-            yield GaugeMetricFamily("ig_index_delta_rows", "Rows in the exact delta (folded in by compaction)",
-                                    value=index.delta_rows)
-            yield GaugeMetricFamily("ig_index_tombstones", "Dead base-index copies awaiting compaction",
-                                    value=index.tombstones)
-            yield InfoMetricFamily("ig_model", "The model version the server answers with",
-                                   value={"model_version": index.model_version})
+            yield GaugeMetricFamily("ig_index_user_vectors", "User vectors cached in memory", value=len(serving.users))
+            yield GaugeMetricFamily("ig_index_delta_rows", "Rows in the exact delta (folded in by compaction)", value=index.delta_rows)
+            yield GaugeMetricFamily("ig_index_tombstones", "Dead base-index copies awaiting compaction", value=index.tombstones)
+            yield InfoMetricFamily(
+                "ig_model", "The model version the server answers with", value={"model_version": index.model_version}
+            )
         lifecycle = self.metrics.lifecycle
         consumer = getattr(lifecycle, "consumer", None)
         if lifecycle is not None:
-            yield CounterMetricFamily("ig_delta_stale", "Deltas dropped for being of another model version",
-                                      value=lifecycle.stale_deltas)
+            yield CounterMetricFamily(
+                "ig_delta_stale", "Deltas dropped for being of another model version", value=lifecycle.stale_deltas
+            )
         if consumer is not None:
-            yield CounterMetricFamily("ig_delta_applied", "Deltas read from the stream and applied",
-                                      value=consumer.applied)
-            yield CounterMetricFamily("ig_delta_malformed", "Stream entries that could not be decoded (skipped)",
-                                      value=consumer.malformed)
+            yield CounterMetricFamily("ig_delta_applied", "Deltas read from the stream and applied", value=consumer.applied)
+            yield CounterMetricFamily(
+                "ig_delta_malformed", "Stream entries that could not be decoded (skipped)", value=consumer.malformed
+            )
             if consumer.last_delta_ts > 0:
-                yield GaugeMetricFamily("ig_delta_last_ts_seconds", "ts (unix s) of the last applied delta",
-                                        value=consumer.last_delta_ts)
-                yield GaugeMetricFamily("ig_delta_freshness_lag_seconds",
-                                        "Now minus the ts of the last applied delta (grows when idle too)",
-                                        value=max(0.0, now - consumer.last_delta_ts))
+                yield GaugeMetricFamily(
+                    "ig_delta_last_ts_seconds", "ts (unix s) of the last applied delta", value=consumer.last_delta_ts
+                )
+                yield GaugeMetricFamily(
+                    "ig_delta_freshness_lag_seconds",
+                    "Now minus the ts of the last applied delta (grows when idle too)",
+                    value=max(0.0, now - consumer.last_delta_ts),
+                )
             if consumer.caught_up_at > 0:
-                yield GaugeMetricFamily("ig_delta_stream_lag_seconds",
-                                        "Seconds since the consumer last reached the tail of the stream",
-                                        value=max(0.0, now - consumer.caught_up_at))
+                yield GaugeMetricFamily(
+                    "ig_delta_stream_lag_seconds",
+                    "Seconds since the consumer last reached the tail of the stream",
+                    value=max(0.0, now - consumer.caught_up_at),
+                )

@@ -34,8 +34,9 @@ def free_port(host: str) -> int:
 
 def replica_settings(settings: ServerSettings, index: int, port: int) -> ServerSettings:
     metrics_port = settings.metrics_port + index if settings.metrics_port else 0
-    return settings.model_copy(update={"port": port, "snapshot_writer": settings.snapshot_writer and index == 0,
-                                       "metrics_port": metrics_port})
+    return settings.model_copy(
+        update={"port": port, "snapshot_writer": settings.snapshot_writer and index == 0, "metrics_port": metrics_port}
+    )
 
 
 def supervise(settings: ServerSettings, run: Callable[[ServerSettings], None]) -> int:

@@ -21,8 +21,12 @@ from server.settings import ServerSettings
 M = TypeVar("M", bound=Message)
 
 EVENT_TYPES = {
-    pb.EVENT_TYPE_VIEW: "view", pb.EVENT_TYPE_CLICK: "click", pb.EVENT_TYPE_ADD_TO_CART: "add_to_cart",
-    pb.EVENT_TYPE_PURCHASE: "purchase", pb.EVENT_TYPE_RATE: "rate", pb.EVENT_TYPE_REVIEW: "review",
+    pb.EVENT_TYPE_VIEW: "view",
+    pb.EVENT_TYPE_CLICK: "click",
+    pb.EVENT_TYPE_ADD_TO_CART: "add_to_cart",
+    pb.EVENT_TYPE_PURCHASE: "purchase",
+    pb.EVENT_TYPE_RATE: "rate",
+    pb.EVENT_TYPE_REVIEW: "review",
     pb.EVENT_TYPE_SEARCH: "search",
 }
 NODE_TYPES = {pb.NODE_TYPE_USER: "User", pb.NODE_TYPE_ITEM: "Item"}
@@ -52,8 +56,7 @@ class Validator:
             return _NO_FILTER
         if len(cats) + len(brands) + len(excl) > self.max_filter_ids:
             raise InvalidInput(f"the filter lists more than {self.max_filter_ids} ids")
-        for name, ids in (("filter.category_ids", cats), ("filter.brand_ids", brands),
-                          ("filter.exclude_item_ids", excl)):
+        for name, ids in (("filter.category_ids", cats), ("filter.brand_ids", brands), ("filter.exclude_item_ids", excl)):
             for i, value in enumerate(ids):
                 self.id(value, f"{name}[{i}]")
         return ItemFilter(cats, brands, excl)
@@ -74,8 +77,12 @@ def _answer(response_type: Callable[..., M], answer: Answer, **fields: Any) -> M
 
 def event_mapping(ev: pb.Event) -> dict[str, Any]:
     """A proto event as the mapping graphdb.ingest validates (it rejects what is wrong, per event)."""
-    out: dict[str, Any] = {"event_id": ev.event_id, "user_id": ev.user_id,
-                           "type": EVENT_TYPES.get(ev.type, f"unspecified({ev.type})"), "ts": ev.ts}
+    out: dict[str, Any] = {
+        "event_id": ev.event_id,
+        "user_id": ev.user_id,
+        "type": EVENT_TYPES.get(ev.type, f"unspecified({ev.type})"),
+        "ts": ev.ts,
+    }
     if ev.item_id:
         out["item_id"] = ev.item_id
     if ev.query:
@@ -85,9 +92,12 @@ def event_mapping(ev: pb.Event) -> dict[str, Any]:
     if ev.review:
         out["review"] = ev.review
     if ev.HasField("item"):
-        out["item"] = {"title": ev.item.title or None, "description": ev.item.description or None,
-                       "brand": ev.item.brand or None,
-                       "categories": [list(p.names) for p in ev.item.categories]}
+        out["item"] = {
+            "title": ev.item.title or None,
+            "description": ev.item.description or None,
+            "brand": ev.item.brand or None,
+            "categories": [list(p.names) for p in ev.item.categories],
+        }
     return out
 
 
@@ -101,14 +111,18 @@ class InterestServicer(pb_grpc.InterestServiceServicer):
         self.max_stream_events = settings.max_stream_events
 
     def SimilarItems(self, request: pb.SimilarItemsRequest, context: grpc.ServicerContext) -> pb.SimilarItemsResponse:
-        answer = self.engine.similar_items(self.check.id(request.item_id, "item_id"), self.check.k(request.k),
-                                           self.check.filter(request.filter))
+        answer = self.engine.similar_items(
+            self.check.id(request.item_id, "item_id"), self.check.k(request.k), self.check.filter(request.filter)
+        )
         return _answer(pb.SimilarItemsResponse, answer)
 
     def RecommendForUser(self, request: pb.RecommendForUserRequest, context: grpc.ServicerContext) -> pb.RecommendForUserResponse:
         answer = self.engine.recommend_for_user(
-            self.check.id(request.user_id, "user_id"), self.check.k(request.k), self.check.filter(request.filter),
-            include_seen=request.include_seen)
+            self.check.id(request.user_id, "user_id"),
+            self.check.k(request.k),
+            self.check.filter(request.filter),
+            include_seen=request.include_seen,
+        )
         return _answer(pb.RecommendForUserResponse, answer, cold_start=answer.cold_start)
 
     def NearestItems(self, request: pb.NearestItemsRequest, context: grpc.ServicerContext) -> pb.NearestItemsResponse:
@@ -116,30 +130,33 @@ class InterestServicer(pb_grpc.InterestServiceServicer):
             raise InvalidInput("vector must not be empty")
         if not all(math.isfinite(x) for x in request.vector):
             raise InvalidInput("vector must contain finite numbers only")
-        answer = self.engine.nearest_items(request.vector, self.check.k(request.k),
-                                           self.check.filter(request.filter))
+        answer = self.engine.nearest_items(request.vector, self.check.k(request.k), self.check.filter(request.filter))
         return _answer(pb.NearestItemsResponse, answer)
 
-    def IngestEvents(self, request_iterator: Iterable[pb.IngestEventsRequest],
-                     context: grpc.ServicerContext) -> pb.IngestEventsResponse:
+    def IngestEvents(
+        self, request_iterator: Iterable[pb.IngestEventsRequest], context: grpc.ServicerContext
+    ) -> pb.IngestEventsResponse:
         events: list[dict[str, Any]] = []
         for message in request_iterator:
             if len(events) + len(message.events) > self.max_stream_events:
-                raise ResourceExhausted(f"a stream may carry at most {self.max_stream_events} events; "
-                                        "nothing was ingested, split it into several streams")
+                raise ResourceExhausted(
+                    f"a stream may carry at most {self.max_stream_events} events; nothing was ingested, split it into several streams"
+                )
             events.extend(event_mapping(ev) for ev in message.events)
         result = self.engine.ingest(events)
         return pb.IngestEventsResponse(
-            received=len(events), accepted=result.accepted, duplicates=result.duplicates,
-            rejected=[pb.Rejection(index=r.index, reason=r.reason) for r in result.rejected])
+            received=len(events),
+            accepted=result.accepted,
+            duplicates=result.duplicates,
+            rejected=[pb.Rejection(index=r.index, reason=r.reason) for r in result.rejected],
+        )
 
     def GetEmbedding(self, request: pb.GetEmbeddingRequest, context: grpc.ServicerContext) -> pb.GetEmbeddingResponse:
         node_type = NODE_TYPES.get(request.node_type)
         if node_type is None:
             raise InvalidInput("node_type must be NODE_TYPE_USER or NODE_TYPE_ITEM")
         emb = self.engine.get_embedding(node_type, self.check.id(request.id, "id"))
-        return pb.GetEmbeddingResponse(vector=emb.vector.tolist(), model_version=emb.model_version,
-                                       updated_at=emb.updated_at)
+        return pb.GetEmbeddingResponse(vector=emb.vector.tolist(), model_version=emb.model_version, updated_at=emb.updated_at)
 
     def ForgetUser(self, request: pb.ForgetUserRequest, context: grpc.ServicerContext) -> pb.ForgetUserResponse:
         existed = self.engine.forget_user(self.check.id(request.user_id, "user_id"))

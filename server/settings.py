@@ -107,9 +107,11 @@ class ServerSettings(BaseSettings):
     @model_validator(mode="after")
     def _threads_left_for_queries(self) -> ServerSettings:
         if self.stream_threads >= self.wait_threads:
-            raise ValueError(f"IG_SERVER_STREAM_THREADS ({self.stream_threads}) must be below IG_SERVER_WAIT_THREADS "
-                             f"({self.wait_threads}): streams holding every thread would leave none for the calls "
-                             "waiting on Neo4j")
+            raise ValueError(
+                f"IG_SERVER_STREAM_THREADS ({self.stream_threads}) must be below IG_SERVER_WAIT_THREADS "
+                f"({self.wait_threads}): streams holding every thread would leave none for the calls "
+                "waiting on Neo4j"
+            )
         return self
 
     @field_validator("snapshot_dir", "redis_url", "tls_cert_file", "tls_key_file", mode="before")

@@ -32,24 +32,38 @@ class Snapshot:
     created_at: float
 
 
-def save_snapshot(directory: Path, index: ItemIndex, users: dict[str, tuple[np.ndarray, float]],
-                  stream_id: str, base: Base | None = None) -> Path:
+def save_snapshot(
+    directory: Path, index: ItemIndex, users: dict[str, tuple[np.ndarray, float]], stream_id: str, base: Base | None = None
+) -> Path:
     """Writes a snapshot; may run in a thread. ``base`` and ``stream_id`` must be taken on the event loop
     together (a compaction may install a new base meanwhile; the index state is copied here)."""
     base = base or index.base
     state = index.state(base)
     ids = np.array(index.labels.ids()[: len(state["where"])], dtype=object)
     user_ids = list(users)
-    user_vecs = (np.stack([users[u][0] for u in user_ids]) if user_ids
-                 else np.zeros((0, index.dim), np.float32))
+    user_vecs = np.stack([users[u][0] for u in user_ids]) if user_ids else np.zeros((0, index.dim), np.float32)
     user_ts = np.array([users[u][1] for u in user_ids], np.float64)
-    meta = {"format": FORMAT, "model_version": index.model_version, "dim": index.dim,
-            "stream_id": stream_id, "created_at": time.time(), "items": len(index)}
+    meta = {
+        "format": FORMAT,
+        "model_version": index.model_version,
+        "dim": index.dim,
+        "stream_id": stream_id,
+        "created_at": time.time(),
+        "items": len(index),
+    }
     return _write(Path(directory), base.index, state, ids, user_ids, user_vecs, user_ts, meta)
 
 
-def _write(directory: Path, base: faiss.Index, state: dict[str, Any], ids: np.ndarray, user_ids: list[str],
-           user_vecs: np.ndarray, user_ts: np.ndarray, meta: dict[str, Any]) -> Path:
+def _write(
+    directory: Path,
+    base: faiss.Index,
+    state: dict[str, Any],
+    ids: np.ndarray,
+    user_ids: list[str],
+    user_vecs: np.ndarray,
+    user_ts: np.ndarray,
+    meta: dict[str, Any],
+) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     name = f"snap-{time.time_ns()}"
     target = directory / name

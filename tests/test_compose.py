@@ -59,8 +59,11 @@ def test_health_checks_gate_dependents():
         assert s[name]["healthcheck"]["test"], name
     for name in ("worker", "scheduler", "beat", "server"):
         deps = s[name]["depends_on"]
-        assert deps == {"neo4j": {"condition": "service_healthy"}, "redis": {"condition": "service_healthy"},
-                        "migrate": {"condition": "service_completed_successfully"}}, name
+        assert deps == {
+            "neo4j": {"condition": "service_healthy"},
+            "redis": {"condition": "service_healthy"},
+            "migrate": {"condition": "service_completed_successfully"},
+        }, name
 
 
 def test_migrate_is_a_one_shot_schema_migration_the_others_wait_for():
@@ -98,10 +101,11 @@ def test_worker_metrics_listen_on_the_network_and_prometheus_scrapes_them(monkey
     assert (ws.metrics_host, ws.metrics_port) == ("0.0.0.0", 9465)
     assert not any(p.split(":")[-1] == "9465" for p in s["worker"].get("ports", []))  # network only
     prom = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
-    targets = {job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]]
-               for job in prom["scrape_configs"]}
-    assert targets == {"interest-server": [f"server:{srv['IG_SERVER_METRICS_PORT']}"],
-                       "interest-worker": [f"worker:{w['IG_WORKER_METRICS_PORT']}"]}
+    targets = {job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]] for job in prom["scrape_configs"]}
+    assert targets == {
+        "interest-server": [f"server:{srv['IG_SERVER_METRICS_PORT']}"],
+        "interest-worker": [f"worker:{w['IG_WORKER_METRICS_PORT']}"],
+    }
 
 
 def _app_env(name: str) -> dict:
@@ -208,8 +212,13 @@ def test_beat_schedules_the_gated_retrain(monkeypatch):
     assert schedule["retrain"]["task"] == "interest.retrain" and schedule["retrain"]["schedule"] == 86400.0
 
 
-SECRETS = {"NEO4J_PASSWORD": "pw", "IG_PSEUDONYM_KEY": "key", "IG_SERVER_AUTH_TOKENS": "token",
-           "GRAFANA_ADMIN_PASSWORD": "admin-pw", "FLOWER_BASIC_AUTH": "ops:pw"}
+SECRETS = {
+    "NEO4J_PASSWORD": "pw",
+    "IG_PSEUDONYM_KEY": "key",
+    "IG_SERVER_AUTH_TOKENS": "token",
+    "GRAFANA_ADMIN_PASSWORD": "admin-pw",
+    "FLOWER_BASIC_AUTH": "ops:pw",
+}
 
 
 @pytest.fixture(scope="module")
@@ -219,16 +228,23 @@ def composecheck(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if go is None:
         pytest.skip("no Go toolchain: compose-go's check (deploy/composecheck) runs where Go is installed")
     exe = tmp_path_factory.mktemp("composecheck") / "composecheck"
-    built = subprocess.run([go, "build", "-o", str(exe), "."], cwd=ROOT / "deploy" / "composecheck",
-                           capture_output=True, text=True, timeout=600, check=False)
+    built = subprocess.run(
+        [go, "build", "-o", str(exe), "."],
+        cwd=ROOT / "deploy" / "composecheck",
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert built.returncode == 0, built.stderr
     return exe
 
 
 def _load(exe: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if k not in SECRETS}
-    return subprocess.run([str(exe), str(ROOT / "docker-compose.yml")], env={**clean, **env}, capture_output=True,
-                          text=True, timeout=60, check=False)
+    return subprocess.run(
+        [str(exe), str(ROOT / "docker-compose.yml")], env={**clean, **env}, capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 def test_compose_go_loads_the_file_as_docker_compose_would(composecheck):

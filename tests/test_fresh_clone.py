@@ -38,29 +38,43 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
             (target / rel).unlink(missing_ok=True)
     assert not (target.parent / "shared").exists()
     # the one step of `make setup` that writes into the checkout: the generated gRPC stubs (ignored by git)
-    subprocess.run([sys.executable, "-m", "proto.generate"], cwd=target, env=dict(os.environ, PYTHONPATH=str(target)),
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "proto.generate"],
+        cwd=target,
+        env=dict(os.environ, PYTHONPATH=str(target)),
+        check=True,
+        capture_output=True,
+    )
     return target
 
 
 def _env(clone: Path, var: Path) -> dict[str, str]:
     neo4j_port, redis_port = localstack.free_port(), localstack.free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("IG_", "NEO4J_"))}
-    env.update({
-        "PYTHONPATH": str(clone),  # the clone's code, not this checkout's (the venv's editable install)
-        "IG_STACK_VAR_DIR": str(var), "IG_STACK_NEO4J_PORT": str(neo4j_port), "IG_STACK_REDIS_PORT": str(redis_port),
-        "IG_STACK_NEO4J_HEAP_MB": "1536", "IG_STACK_NEO4J_PAGECACHE_MB": "512",
-        "NEO4J_URI": f"bolt://127.0.0.1:{neo4j_port}",
-        "IG_WORKER_MODEL_DIR": str(var / "models"), "IG_WORKER_TEXT_CACHE_DIR": str(var / "text-cache"),
-        "IG_WORKER_METRICS_PORT": "0", "IG_SERVER_METRICS_PORT": str(localstack.free_port()),
-        "IG_SERVER_SNAPSHOT_DIR": str(var / "index"), "IG_TRAIN_BUDGET_MIN": "1",
-    })
+    env.update(
+        {
+            "PYTHONPATH": str(clone),  # the clone's code, not this checkout's (the venv's editable install)
+            "IG_STACK_VAR_DIR": str(var),
+            "IG_STACK_NEO4J_PORT": str(neo4j_port),
+            "IG_STACK_REDIS_PORT": str(redis_port),
+            "IG_STACK_NEO4J_HEAP_MB": "1536",
+            "IG_STACK_NEO4J_PAGECACHE_MB": "512",
+            "NEO4J_URI": f"bolt://127.0.0.1:{neo4j_port}",
+            "IG_WORKER_MODEL_DIR": str(var / "models"),
+            "IG_WORKER_TEXT_CACHE_DIR": str(var / "text-cache"),
+            "IG_WORKER_METRICS_PORT": "0",
+            "IG_SERVER_METRICS_PORT": str(localstack.free_port()),
+            "IG_SERVER_SNAPSHOT_DIR": str(var / "index"),
+            "IG_TRAIN_BUDGET_MIN": "1",
+        }
+    )
     return env
 
 
 def _interest(clone: Path, env: dict[str, str], *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=clone, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args], cwd=clone, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_a_dataset_that_is_nowhere_fails_in_one_line_before_anything_starts(clone: Path, tmp_path: Path) -> None:

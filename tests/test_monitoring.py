@@ -47,12 +47,13 @@ def test_promtool_accepts_the_config_and_its_rules() -> None:
 def test_each_alert_fires_on_its_condition_in_promtool_unit_tests() -> None:
     tested = promtool("test", "rules", str(PROMETHEUS / "alerts_test.yml"))
     assert tested.returncode == 0, tested.stdout + tested.stderr
-    alerts = {r["alert"] for g in yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"]
-              for r in g["rules"]}
-    assert {"FreshnessP99High", "RecomputeBacklogOld", "ServerErrorRate", "ServerNotServing",
-            "WorkerAbsent"} <= alerts
-    covered = {t["alertname"] for case in yaml.safe_load((PROMETHEUS / "alerts_test.yml").read_text())["tests"]
-               for t in case["alert_rule_test"]}
+    alerts = {r["alert"] for g in yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"] for r in g["rules"]}
+    assert {"FreshnessP99High", "RecomputeBacklogOld", "ServerErrorRate", "ServerNotServing", "WorkerAbsent"} <= alerts
+    covered = {
+        t["alertname"]
+        for case in yaml.safe_load((PROMETHEUS / "alerts_test.yml").read_text())["tests"]
+        for t in case["alert_rule_test"]
+    }
     assert covered == alerts  # every alert has a firing (or quiet) case
 
 
@@ -79,11 +80,17 @@ def test_the_dashboard_covers_what_operators_watch() -> None:
     for title, exprs in queries.items():
         assert all(METRIC.search(e) for e in exprs), title
     text = " ".join(e for exprs in queries.values() for e in exprs)
-    for metric in ("grpc_server_handled_total", "grpc_server_handling_seconds_bucket",  # RPC rate, errors, latency
-                   "ig_freshness_seconds_bucket",  # event to vector served
-                   "ig_worker_marks_waiting", "ig_worker_oldest_mark_age_seconds",  # the backlog
-                   'ig_worker_task_seconds_bucket{task="interest.recompute"}',  # recompute time
-                   "ig_index_items", "ig_model_info", "ig_ingest_events_total"):
+    for metric in (
+        "grpc_server_handled_total",
+        "grpc_server_handling_seconds_bucket",  # RPC rate, errors, latency
+        "ig_freshness_seconds_bucket",  # event to vector served
+        "ig_worker_marks_waiting",
+        "ig_worker_oldest_mark_age_seconds",  # the backlog
+        'ig_worker_task_seconds_bucket{task="interest.recompute"}',  # recompute time
+        "ig_index_items",
+        "ig_model_info",
+        "ig_ingest_events_total",
+    ):
         assert metric in text, metric
     assert 'outcome="rejected"' in text
 
@@ -116,12 +123,26 @@ def live(graph, stack, graph_settings, redis_url, tmp_path):
     """A trained, rolled-out model on a small live graph; a real worker (metrics on a free port) and a real
     server following the delta stream (metrics on a free port): (worker env, Celery client, worker metrics port,
     server harness, server metrics port)."""
-    events = [{"event_id": f"seed-{u}-{k}", "user_id": f"user-{u}", "type": "click", "ts": 1_700_000_000.0 + k,
-               "item_id": f"item-{(u * 7 + k * 13) % 25}"} for u in range(40) for k in range(4)]
+    events = [
+        {
+            "event_id": f"seed-{u}-{k}",
+            "user_id": f"user-{u}",
+            "type": "click",
+            "ts": 1_700_000_000.0 + k,
+            "item_id": f"item-{(u * 7 + k * 13) % 25}",
+        }
+        for u in range(40)
+        for k in range(4)
+    ]
     assert not ingest_events(graph, graph_settings, events).rejected
-    env = process.worker_env(neo4j_uri=stack.neo4j_uri, redis_base=f"redis://127.0.0.1:{stack.settings.redis_port}",
-                             model_dir=tmp_path / "models", text_cache_dir=tmp_path / "text", graph=graph_settings,
-                             extra={"IG_TRAIN_MAX_EPOCHS": "0", "IG_TRAIN_THREADS": "1"})
+    env = process.worker_env(
+        neo4j_uri=stack.neo4j_uri,
+        redis_base=f"redis://127.0.0.1:{stack.settings.redis_port}",
+        model_dir=tmp_path / "models",
+        text_cache_dir=tmp_path / "text",
+        graph=graph_settings,
+        extra={"IG_TRAIN_MAX_EPOCHS": "0", "IG_TRAIN_THREADS": "1"},
+    )
     app = process.client_app(env)
     worker = process.start_worker(env, tmp_path / "worker.log")
     stop_server = None
@@ -131,8 +152,7 @@ def live(graph, stack, graph_settings, redis_url, tmp_path):
         app.send_task("interest.rebuild", kwargs={"version": trained["version"]}).get(timeout=120)
         app.send_task("interest.recompute").get(timeout=60)  # the seed's marks: a clean backlog to start from
         settings = base_settings(redis_url=redis_url, delta_block_ms=20, metrics_port=0)
-        harness, stop_server = start_harness(settings, graph_settings, graph, redis_url=redis_url,
-                                             start_lifecycle=True)
+        harness, stop_server = start_harness(settings, graph_settings, graph, redis_url=redis_url, start_lifecycle=True)
         harness.engine.metrics.follow(harness.lifecycle)
         server_port = harness.engine.metrics.start_http("127.0.0.1", 0)
         yield env, app, process.metrics_port(tmp_path / "worker.log"), harness, server_port
@@ -143,17 +163,25 @@ def live(graph, stack, graph_settings, redis_url, tmp_path):
         process.stop(worker)
 
 
-def test_backlog_and_freshness_metrics_follow_an_event_and_the_dashboard_names_only_exported_metrics(
-        live, graph) -> None:
+def test_backlog_and_freshness_metrics_follow_an_event_and_the_dashboard_names_only_exported_metrics(live, graph) -> None:
     _env, app, worker_port, harness, server_port = live
     _, before = scrape(server_port)
     assert before.get(("ig_freshness_seconds_count", ())) == 0.0
 
     # An event through IngestEvents marks its user; the worker's scrape reports that backlog from Neo4j.
     sent = time.time()
-    reply = harness.stub().IngestEvents(iter([pb.IngestEventsRequest(events=[pb.Event(
-        event_id="watched-1", user_id="user-3", type=pb.EVENT_TYPE_PURCHASE, item_id="item-9", ts=time.time())])]),
-        timeout=30)
+    reply = harness.stub().IngestEvents(
+        iter(
+            [
+                pb.IngestEventsRequest(
+                    events=[
+                        pb.Event(event_id="watched-1", user_id="user-3", type=pb.EVENT_TYPE_PURCHASE, item_id="item-9", ts=time.time())
+                    ]
+                )
+            ]
+        ),
+        timeout=30,
+    )
     assert reply.accepted == 1
     waiting = count_marks(graph)
     assert waiting >= 1
@@ -187,8 +215,7 @@ def test_the_dashboard_picture_reads_quantiles_from_bucket_increases_as_promethe
     from bench.dashboard import histogram_quantile
 
     def buckets(**counts: float) -> dict:
-        return {("ig_freshness_seconds_bucket", (("le", le.replace("_", ".").replace("inf", "+Inf")),)): v
-                for le, v in counts.items()}
+        return {("ig_freshness_seconds_bucket", (("le", le.replace("_", ".").replace("inf", "+Inf")),)): v for le, v in counts.items()}
 
     older = buckets(**{"0_5": 10, "1_0": 10, "2_0": 10, "inf": 10})
     newer = buckets(**{"0_5": 60, "1_0": 110, "2_0": 110, "inf": 110})  # since then: 50 under 0.5 s, 50 in 0.5-1

@@ -9,8 +9,16 @@ from server.settings import ServerSettings
 from workers.settings import ModelSettings, TrainSettings, WorkerSettings
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-CLASSES = [Neo4jSettings, LocalStackSettings, GraphSettings, DataSettings, ServerSettings, ModelSettings,
-           TrainSettings, WorkerSettings]
+CLASSES = [
+    Neo4jSettings,
+    LocalStackSettings,
+    GraphSettings,
+    DataSettings,
+    ServerSettings,
+    ModelSettings,
+    TrainSettings,
+    WorkerSettings,
+]
 
 
 def env_names(cls) -> list[str]:

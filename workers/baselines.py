@@ -40,7 +40,7 @@ def fit_gfcf(r: sp.csr_matrix, k: int = 256, alpha: float = 0.3, seed: int = 0) 
     _, v = randomized_svd(rn, k, power_iters=4, seed=seed)
     rn_t, rn_tt = csr_to_torch(rn), csr_to_torch(rn.T.tocsr())
     with np.errstate(divide="ignore"):
-        d_inv = torch.from_numpy(np.where(di > 0, di ** -0.5, 0.0)).float()
+        d_inv = torch.from_numpy(np.where(di > 0, di**-0.5, 0.0)).float()
     d = torch.from_numpy(np.sqrt(di)).float()
     v_out = d[:, None] * v
 

@@ -33,9 +33,11 @@ TASK_QUEUES = {
 def make_app(ws: WorkerSettings) -> Celery:
     app = Celery("interest", broker=ws.broker_url, backend=ws.result_backend, include=["workers.tasks"])
     # Sweep for abandoned (unacknowledged) tasks often enough that one comes back soon after its timeout.
-    transport = {"visibility_timeout": ws.visibility_timeout_s,
-                 "unacked_restore_interval": max(1, min(10, int(ws.visibility_timeout_s // 4))),
-                 "unacked_restore_throttle": 1}
+    transport = {
+        "visibility_timeout": ws.visibility_timeout_s,
+        "unacked_restore_interval": max(1, min(10, int(ws.visibility_timeout_s // 4))),
+        "unacked_restore_throttle": 1,
+    }
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,

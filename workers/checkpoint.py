@@ -57,22 +57,42 @@ def new_version(name: str = "spectral-sage") -> str:
     return f"{name}-{stamp}-{salt}"
 
 
-def save_checkpoint(model_dir: Path, model: EmbeddingModel, graph: InteractionGraph, model_settings: dict,
-                    train_settings: dict, metrics: dict, item_text: torch.Tensor | None = None,
-                    version: str | None = None) -> Path:
+def save_checkpoint(
+    model_dir: Path,
+    model: EmbeddingModel,
+    graph: InteractionGraph,
+    model_settings: dict,
+    train_settings: dict,
+    metrics: dict,
+    item_text: torch.Tensor | None = None,
+    version: str | None = None,
+) -> Path:
     """Write a checkpoint (the model kind and its constructor arguments included) and point LATEST at it;
     returns the checkpoint file."""
     kind = model_kind(model)
     version = version or new_version(kind)
     folder = Path(model_dir) / version
     folder.mkdir(parents=True, exist_ok=True)
-    meta = {"format": FORMAT, "version": version, "model": kind, "hparams": model.hparams(),
-            "model_settings": _plain(model_settings), "train_settings": _plain(train_settings),
-            "metrics": _plain(metrics)}
-    payload = {**meta, "state_dict": model.state_dict(), "user_ids": list(graph.user_ids),
-               "item_ids": list(graph.item_ids), "category_names": list(graph.category_names),
-               "brand_names": list(graph.brand_names), "item_text": item_text,
-               "item_category": graph.item_category, "item_brand": graph.item_brand}
+    meta = {
+        "format": FORMAT,
+        "version": version,
+        "model": kind,
+        "hparams": model.hparams(),
+        "model_settings": _plain(model_settings),
+        "train_settings": _plain(train_settings),
+        "metrics": _plain(metrics),
+    }
+    payload = {
+        **meta,
+        "state_dict": model.state_dict(),
+        "user_ids": list(graph.user_ids),
+        "item_ids": list(graph.item_ids),
+        "category_names": list(graph.category_names),
+        "brand_names": list(graph.brand_names),
+        "item_text": item_text,
+        "item_category": graph.item_category,
+        "item_brand": graph.item_brand,
+    }
     path = folder / "checkpoint.pt"
     # Write then rename: a process killed mid-save leaves no half checkpoint behind a valid name.
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
@@ -105,9 +125,20 @@ def load_checkpoint(path: Path) -> Checkpoint:
     model = (SpectralSAGE if kind == "spectral-sage" else HeteroGNN)(**data["hparams"])
     model.load_state_dict(data["state_dict"])
     model.eval()
-    return Checkpoint(model, data["version"], data["model_settings"], data["train_settings"], data["user_ids"],
-                      data["item_ids"], data["category_names"], data["brand_names"], data["metrics"],
-                      data.get("item_text"), data.get("item_category"), data.get("item_brand"))
+    return Checkpoint(
+        model,
+        data["version"],
+        data["model_settings"],
+        data["train_settings"],
+        data["user_ids"],
+        data["item_ids"],
+        data["category_names"],
+        data["brand_names"],
+        data["metrics"],
+        data.get("item_text"),
+        data.get("item_category"),
+        data.get("item_brand"),
+    )
 
 
 def _plain(obj):

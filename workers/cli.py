@@ -42,13 +42,17 @@ def _load(dataset: str, ws: WorkerSettings) -> tuple[Split, torch.Tensor | None]
 
 
 @app.command()
-def train(dataset: str = typer.Option("amazon-office", help="gowalla | amazon-office | amazon-hin"),
-          model: str = typer.Option("spectral-sage", help=f"{' | '.join(MODEL_KINDS)} (only the first is "
-                                    "served; the K-layer encoders take IG_MODEL_HIDDEN / LAYERS / AGGR)"),
-          budget_min: float = typer.Option(None, help="training budget, minutes"),
-          epochs: int = typer.Option(None, help="fine-tune epochs (0 = spectral start only)"),
-          dim: int = typer.Option(None, help="embedding width"),
-          model_dir: Path = typer.Option(None, help="where checkpoints go (default IG_WORKER_OFFLINE_MODEL_DIR)")):
+def train(
+    dataset: str = typer.Option("amazon-office", help="gowalla | amazon-office | amazon-hin"),
+    model: str = typer.Option(
+        "spectral-sage",
+        help=f"{' | '.join(MODEL_KINDS)} (only the first is served; the K-layer encoders take IG_MODEL_HIDDEN / LAYERS / AGGR)",
+    ),
+    budget_min: float = typer.Option(None, help="training budget, minutes"),
+    epochs: int = typer.Option(None, help="fine-tune epochs (0 = spectral start only)"),
+    dim: int = typer.Option(None, help="embedding width"),
+    model_dir: Path = typer.Option(None, help="where checkpoints go (default IG_WORKER_OFFLINE_MODEL_DIR)"),
+):
     """Train an encoder on a dataset's training split, evaluate it, save a checkpoint."""
     from workers.runtime import set_threads
     from workers.settings import ModelSettings, TrainSettings, WorkerSettings
@@ -72,8 +76,9 @@ def train(dataset: str = typer.Option("amazon-office", help="gowalla | amazon-of
 
 
 @app.command()
-def evaluate(dataset: str = typer.Option("amazon-office"), checkpoint: str = typer.Option("latest"),
-             model_dir: Path = typer.Option(None)):
+def evaluate(
+    dataset: str = typer.Option("amazon-office"), checkpoint: str = typer.Option("latest"), model_dir: Path = typer.Option(None)
+):
     """Recall@K / NDCG@K of a checkpoint (any model kind) on a dataset's test split."""
     from workers.checkpoint import load_checkpoint, model_kind, resolve
     from workers.embed import served_scorer
@@ -87,15 +92,17 @@ def evaluate(dataset: str = typer.Option("amazon-office"), checkpoint: str = typ
     split, text = _load(dataset, ws)
     if split.train.item_ids != ck.item_ids:
         raise typer.BadParameter("checkpoint was trained on another item vocabulary")
-    m = rank_metrics(served_scorer(ck.model, split.train, text), split.train.interactions(), split.test,
-                     k=ts.eval_k)
+    m = rank_metrics(served_scorer(ck.model, split.train, text), split.train.interactions(), split.test, k=ts.eval_k)
     typer.echo(json.dumps({"version": ck.version, "model": model_kind(ck.model), "dataset": dataset, **m}))
 
 
 @app.command("embed-all")
-def embed_all_cmd(dataset: str = typer.Option("amazon-office"), checkpoint: str = typer.Option("latest"),
-                  out: Path = typer.Option(Path("var/vectors.npz"), help="output .npz"),
-                  model_dir: Path = typer.Option(None)):
+def embed_all_cmd(
+    dataset: str = typer.Option("amazon-office"),
+    checkpoint: str = typer.Option("latest"),
+    out: Path = typer.Option(Path("var/vectors.npz"), help="output .npz"),
+    model_dir: Path = typer.Option(None),
+):
     """Write every user and item vector of a dataset, with the model version, to a file.
 
     To write the served vectors into Neo4j use `interest worker rebuild`: it embeds the live graph (whose

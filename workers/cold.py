@@ -14,8 +14,9 @@ from torch import Tensor
 from workers.models.spectral_sage import SpectralSAGE
 
 
-def cold_bases(text_new: Tensor, text_warm: Tensor, x_warm: Tensor, deg_warm: Tensor, k: int = 30,
-               temperature: float = 0.1) -> tuple[Tensor, Tensor]:
+def cold_bases(
+    text_new: Tensor, text_warm: Tensor, x_warm: Tensor, deg_warm: Tensor, k: int = 30, temperature: float = 0.1
+) -> tuple[Tensor, Tensor]:
     """(bases ``x`` [n, dim], degrees [n]) of new items from text [n, T], warm texts [W, T], warm bases [W, dim]
     and warm degrees [W]: the softmax-weighted mean of the ``k`` nearest warm items' bases, and the weighted
     geometric mean of their degrees.
@@ -37,8 +38,7 @@ def cold_bases(text_new: Tensor, text_warm: Tensor, x_warm: Tensor, deg_warm: Te
 
 
 @torch.no_grad()
-def embed_cold_items(model: SpectralSAGE, meta: Tensor | None, item_text: Tensor, k: int = 30,
-                     temperature: float = 0.1) -> int:
+def embed_cold_items(model: SpectralSAGE, meta: Tensor | None, item_text: Tensor, k: int = 30, temperature: float = 0.1) -> int:
     """Give every item without an ID row (``~model.item_known``) its neighbours' base and degree (`cold_bases`)
     and mark it known; returns how many items were embedded."""
     cold = ~model.item_known

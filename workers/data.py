@@ -87,8 +87,13 @@ class InteractionGraph:
 
     # ------------------------------------------------------------------ checks and lookups
     def num_nodes(self, kind: str) -> int:
-        return {"user": self.num_users, "item": self.num_items, "category": self.num_categories,
-                "brand": self.num_brands, "query": len(self.query_ids)}[kind]
+        return {
+            "user": self.num_users,
+            "item": self.num_items,
+            "category": self.num_categories,
+            "brand": self.num_brands,
+            "query": len(self.query_ids),
+        }[kind]
 
     def validate(self) -> None:
         """Raise `InvalidInput` when an index is out of range or shapes disagree."""
@@ -100,8 +105,9 @@ class InteractionGraph:
                 raise InvalidInput(f"{et}: index must be [2, E]")
             if es.weight.numel() != es.num_edges or es.time.numel() != es.num_edges:
                 raise InvalidInput(f"{et}: weight/time length differs from edge count")
-            if es.num_edges and (es.index.min() < 0 or es.index[0].max() >= self.num_nodes(s)
-                                 or es.index[1].max() >= self.num_nodes(d)):
+            if es.num_edges and (
+                es.index.min() < 0 or es.index[0].max() >= self.num_nodes(s) or es.index[1].max() >= self.num_nodes(d)
+            ):
                 raise InvalidInput(f"{et}: node index out of range")
         if self.item_brand.numel() != self.num_items:
             raise InvalidInput("item_brand must have one entry per item")
@@ -132,8 +138,12 @@ class InteractionGraph:
         sets = [self.edges[et] for et in self.interaction_types()]
         if not sets:
             return (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64))
-        return (np.concatenate([es.index[0].numpy() for es in sets]), np.concatenate([es.index[1].numpy() for es in sets]),
-                np.concatenate([es.weight.numpy() for es in sets]), np.concatenate([es.time.numpy() for es in sets]))
+        return (
+            np.concatenate([es.index[0].numpy() for es in sets]),
+            np.concatenate([es.index[1].numpy() for es in sets]),
+            np.concatenate([es.weight.numpy() for es in sets]),
+            np.concatenate([es.time.numpy() for es in sets]),
+        )
 
     def interactions(self, binary: bool = True) -> sp.csr_matrix:
         """All user->item relations merged: CSR [num_users, num_items] float32 (1.0 per pair if binary)."""
@@ -153,8 +163,9 @@ class InteractionGraph:
         """Category pairs and brand ids, the inputs of the learned metadata embeddings."""
         return {"item_category": self.item_category, "item_brand": self.item_brand}
 
-    def with_interactions(self, matrix: sp.spmatrix, relation: str | None = None,
-                          times: sp.spmatrix | None = None) -> "InteractionGraph":
+    def with_interactions(
+        self, matrix: sp.spmatrix, relation: str | None = None, times: sp.spmatrix | None = None
+    ) -> "InteractionGraph":
         """A copy whose user->item relations are replaced by one relation built from ``matrix`` (named
         ``relation``, default the graph's first interaction relation, else "interacted"), its edges timed by
         ``times`` (same sparsity pattern; default 0)."""
@@ -171,13 +182,23 @@ class InteractionGraph:
         edges = {et: es for et, es in self.edges.items() if not (et[0] == "user" and et[2] == "item")}
         edges[("user", relation, "item")] = EdgeSet.build(coo.row, coo.col, coo.data, edge_times)
         return InteractionGraph(
-            num_users=matrix.shape[0], num_items=self.num_items, edges=edges,
-            user_ids=self.user_ids[: matrix.shape[0]] if matrix.shape[0] <= self.num_users
+            num_users=matrix.shape[0],
+            num_items=self.num_items,
+            edges=edges,
+            user_ids=self.user_ids[: matrix.shape[0]]
+            if matrix.shape[0] <= self.num_users
             else self.user_ids + [f"new-{i}" for i in range(matrix.shape[0] - self.num_users)],
-            item_ids=self.item_ids, num_categories=self.num_categories, num_brands=self.num_brands,
-            item_category=self.item_category, item_brand=self.item_brand, item_text=self.item_text,
-            category_names=self.category_names, brand_names=self.brand_names,
-            query_ids=self.query_ids, query_text=self.query_text)
+            item_ids=self.item_ids,
+            num_categories=self.num_categories,
+            num_brands=self.num_brands,
+            item_category=self.item_category,
+            item_brand=self.item_brand,
+            item_text=self.item_text,
+            category_names=self.category_names,
+            brand_names=self.brand_names,
+            query_ids=self.query_ids,
+            query_text=self.query_text,
+        )
 
 
 def latest_per_pair(rows: np.ndarray, cols: np.ndarray, times: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
@@ -196,6 +217,9 @@ def csr_to_torch(m: sp.spmatrix, dtype=torch.float32) -> torch.Tensor:
     m = sp.csr_matrix(m)
     with warnings.catch_warnings():  # "sparse CSR is beta": it is the fastest CPU path, on purpose
         warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(torch.from_numpy(m.indptr.astype(np.int64)),
-                                       torch.from_numpy(m.indices.astype(np.int64)),
-                                       torch.from_numpy(m.data).to(dtype), size=m.shape)
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(m.indptr.astype(np.int64)),
+            torch.from_numpy(m.indices.astype(np.int64)),
+            torch.from_numpy(m.data).to(dtype),
+            size=m.shape,
+        )

@@ -55,9 +55,12 @@ def load_gowalla(root: Path) -> Split:
     n_users = int(max(tr_u.max(), te_u.max())) + 1
     n_items = int(max(tr_i.max(), te_i.max())) + 1
     graph = InteractionGraph(
-        num_users=n_users, num_items=n_items,
+        num_users=n_users,
+        num_items=n_items,
         edges={("user", "interacted", "item"): EdgeSet.build(tr_u, tr_i)},
-        user_ids=[str(i) for i in range(n_users)], item_ids=[str(i) for i in range(n_items)])
+        user_ids=[str(i) for i in range(n_users)],
+        item_ids=[str(i) for i in range(n_items)],
+    )
     test = sp.csr_matrix((np.ones(te_u.size, dtype=np.float32), (te_u, te_i)), shape=(n_users, n_items))
     test.data[:] = 1.0
     return Split(graph, test, "gowalla")
@@ -110,11 +113,19 @@ def load_amazon_office(root: Path) -> tuple[InteractionGraph, np.ndarray]:
     pairs, cat_names = _category_vocab(paths)
     pc = np.asarray(pairs, dtype=np.int64).reshape(-1, 2).T
     graph = InteractionGraph(
-        num_users=len(users), num_items=n_items,
+        num_users=len(users),
+        num_items=n_items,
         edges={("user", "reviewed", "item"): EdgeSet.build(rows, cols, time=order)},
-        user_ids=users, item_ids=items, num_categories=len(cat_names), num_brands=len(brands),
-        item_category=torch.from_numpy(pc), item_brand=torch.from_numpy(item_brand), item_text=texts,
-        category_names=cat_names, brand_names=list(brands))
+        user_ids=users,
+        item_ids=items,
+        num_categories=len(cat_names),
+        num_brands=len(brands),
+        item_category=torch.from_numpy(pc),
+        item_brand=torch.from_numpy(item_brand),
+        item_text=texts,
+        category_names=cat_names,
+        brand_names=list(brands),
+    )
     return graph, np.asarray(order)
 
 
@@ -128,20 +139,25 @@ def load_amazon_hin(root: Path) -> InteractionGraph:
     brand = np.full(n_items, -1, dtype=np.int64)
     brand[ib[:, 0]] = ib[:, 1]
     return InteractionGraph(
-        num_users=n_users, num_items=n_items,
+        num_users=n_users,
+        num_items=n_items,
         edges={("user", "rated", "item"): EdgeSet.build(ui[:, 0], ui[:, 1], ui[:, 2], ui[:, 3])},
-        user_ids=[str(i) for i in range(n_users)], item_ids=[str(i) for i in range(n_items)],
-        num_categories=int(ic[:, 1].max()) + 1, num_brands=int(ib[:, 1].max()) + 1,
-        item_category=torch.from_numpy(ic.T.copy()), item_brand=torch.from_numpy(brand),
+        user_ids=[str(i) for i in range(n_users)],
+        item_ids=[str(i) for i in range(n_items)],
+        num_categories=int(ic[:, 1].max()) + 1,
+        num_brands=int(ib[:, 1].max()) + 1,
+        item_category=torch.from_numpy(ic.T.copy()),
+        item_brand=torch.from_numpy(brand),
         category_names=[str(i) for i in range(int(ic[:, 1].max()) + 1)],
-        brand_names=[str(i) for i in range(int(ib[:, 1].max()) + 1)])
+        brand_names=[str(i) for i in range(int(ib[:, 1].max()) + 1)],
+    )
 
 
 def leave_last_out(graph: InteractionGraph, name: str) -> Split:
     """Per user, the latest interaction (largest ``time``, then last position) becomes the test item."""
     rows, cols, w, t = graph.interaction_edges()
     order = np.lexsort((np.arange(len(rows)), t, rows))  # by user, then time, then position
-    last = np.r_[np.flatnonzero(np.diff(rows[order])) , len(order) - 1]
+    last = np.r_[np.flatnonzero(np.diff(rows[order])), len(order) - 1]
     test_mask = np.zeros(len(rows), bool)
     test_mask[order[last]] = True
     counts = np.bincount(rows, minlength=graph.num_users)
@@ -156,8 +172,9 @@ def leave_last_out(graph: InteractionGraph, name: str) -> Split:
     # each training pair's latest time, same pattern (the validation split holds the latest out)
     times = latest_per_pair(rows[kept], cols[kept], t[kept], shape)
     train.sort_indices()
-    test = sp.csr_matrix((np.ones(test_mask.sum(), np.float32), (rows[test_mask], cols[test_mask])),
-                         shape=(graph.num_users, graph.num_items))
+    test = sp.csr_matrix(
+        (np.ones(test_mask.sum(), np.float32), (rows[test_mask], cols[test_mask])), shape=(graph.num_users, graph.num_items)
+    )
     test.data[:] = 1.0
     return Split(graph.with_interactions(train, graph.interaction_types()[0][1], times), test, name)
 

@@ -41,8 +41,9 @@ def item_bases(model: SpectralSAGE, graph: InteractionGraph, item_text: torch.Te
 
 
 @torch.no_grad()
-def served_vectors(model: SpectralSAGE, graph: InteractionGraph, item_text: torch.Tensor | None = None,
-                   adj: sp.spmatrix | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def served_vectors(
+    model: SpectralSAGE, graph: InteractionGraph, item_text: torch.Tensor | None = None, adj: sp.spmatrix | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(user vectors [U, dim], item vectors [I, dim]); ``adj`` defaults to the graph's interactions, weighted by
     the model's recency weights of the graph's times (`workers.recency`)."""
     model.eval()
@@ -64,8 +65,9 @@ def served_vectors(model: SpectralSAGE, graph: InteractionGraph, item_text: torc
 
 
 @torch.no_grad()
-def user_vector(model: SpectralSAGE, item_index: np.ndarray, weights: np.ndarray | None,
-                x: torch.Tensor, times: np.ndarray | None = None) -> torch.Tensor:
+def user_vector(
+    model: SpectralSAGE, item_index: np.ndarray, weights: np.ndarray | None, x: torch.Tensor, times: np.ndarray | None = None
+) -> torch.Tensor:
     """One user's vector [dim] from their items and, for the recency weights, their latest times (the
     incremental path: reads only that user's edges)."""
     w = np.ones(len(item_index), np.float32) if weights is None else np.asarray(weights, np.float32)
@@ -76,8 +78,9 @@ def user_vector(model: SpectralSAGE, item_index: np.ndarray, weights: np.ndarray
 
 
 @torch.no_grad()
-def model_vectors(model: SpectralSAGE | HeteroGNN, graph: InteractionGraph,
-                  item_text: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def model_vectors(
+    model: SpectralSAGE | HeteroGNN, graph: InteractionGraph, item_text: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(user vectors [U, d], item vectors [I, d]) of the served encoder or a K-layer heterogeneous one."""
     if isinstance(model, HeteroGNN):
         model.eval()
@@ -86,14 +89,17 @@ def model_vectors(model: SpectralSAGE | HeteroGNN, graph: InteractionGraph,
     return served_vectors(model, graph, item_text)
 
 
-def served_scorer(model: SpectralSAGE | HeteroGNN, graph: InteractionGraph,
-                  item_text: torch.Tensor | None = None) -> Scorer:
+def served_scorer(model: SpectralSAGE | HeteroGNN, graph: InteractionGraph, item_text: torch.Tensor | None = None) -> Scorer:
     users, items = model_vectors(model, graph, item_text)
     return lambda b: users[b] @ items.T
 
 
-def embed_all(model: SpectralSAGE | HeteroGNN, graph: InteractionGraph, item_text: torch.Tensor | None = None,
-              query_text: torch.Tensor | None = None) -> Iterator[VectorRow]:
+def embed_all(
+    model: SpectralSAGE | HeteroGNN,
+    graph: InteractionGraph,
+    item_text: torch.Tensor | None = None,
+    query_text: torch.Tensor | None = None,
+) -> Iterator[VectorRow]:
     """Every user, item (and query, when the served model reads text) vector with its label and external id.
 
     A query is embedded like an item that has only its text, so "items near this search" is one FAISS lookup.
@@ -119,7 +125,11 @@ def write_vectors(path: Path, rows: Iterable[VectorRow], model_version: str) -> 
         vecs.append(np.asarray(vec, np.float32))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, labels=np.asarray(labels), ids=np.asarray(ids),
-             vectors=np.stack(vecs) if vecs else np.zeros((0, 0), np.float32),
-             model_version=np.asarray(model_version))
+    np.savez(
+        path,
+        labels=np.asarray(labels),
+        ids=np.asarray(ids),
+        vectors=np.stack(vecs) if vecs else np.zeros((0, 0), np.float32),
+        model_version=np.asarray(model_version),
+    )
     return len(ids)

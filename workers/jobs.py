@@ -55,8 +55,7 @@ class Runtime:
 
     @classmethod
     def from_env(cls) -> "Runtime":
-        return cls(Neo4jSettings(), GraphSettings(), ModelSettings(), TrainSettings(), WorkerSettings(),
-                   DataSettings())
+        return cls(Neo4jSettings(), GraphSettings(), ModelSettings(), TrainSettings(), WorkerSettings(), DataSettings())
 
     @property
     def driver(self) -> neo4j.Driver:
@@ -87,12 +86,18 @@ class Runtime:
         if version not in self._encoders:
             ck = load_checkpoint(resolve(self.worker.model_dir, version))
             if ck.model.dim != self.graph.embedding_dim:
-                raise FailedPrecondition(f"model {version} has dimension {ck.model.dim}, the graph's vector "
-                                         f"indexes {self.graph.embedding_dim} (IG_EMBEDDING_DIM)")
+                raise FailedPrecondition(
+                    f"model {version} has dimension {ck.model.dim}, the graph's vector "
+                    f"indexes {self.graph.embedding_dim} (IG_EMBEDDING_DIM)"
+                )
             self._encoders.clear()  # one version in memory at a time
-            self._encoders[version] = LiveEncoder(ck, self.model.user_cap, self.graph.half_life_days,
-                                                  TextEncoder(self.worker.text_cache_dir),
-                                                  pick_device(self.train.device))
+            self._encoders[version] = LiveEncoder(
+                ck,
+                self.model.user_cap,
+                self.graph.half_life_days,
+                TextEncoder(self.worker.text_cache_dir),
+                pick_device(self.train.device),
+            )
         return self._encoders[version]
 
     def context(self, version: str) -> Context:
@@ -101,8 +106,7 @@ class Runtime:
     @contextmanager
     def lock(self, timeout_s: float | None = None, wait_s: float | None = None) -> Iterator[bool]:
         """The one-recompute-at-a-time lock; yields False when it could not be taken within ``wait_s``."""
-        lock = self.redis.lock(LOCK_NAME, timeout=timeout_s or self.worker.lock_timeout_s,
-                               blocking_timeout=wait_s)
+        lock = self.redis.lock(LOCK_NAME, timeout=timeout_s or self.worker.lock_timeout_s, blocking_timeout=wait_s)
         got = lock.acquire(blocking=True)
         try:
             yield got
@@ -142,8 +146,14 @@ def load_checkpoint_version(rt: Runtime, ref: str) -> str:
     return path.parent.name if path.name == "checkpoint.pt" else load_checkpoint(path).version
 
 
-def train_from_graph(rt: Runtime, *, budget_min: float | None = None, epochs: int | None = None,
-                     progress: Progress | None = None, version: str | None = None) -> dict:
+def train_from_graph(
+    rt: Runtime,
+    *,
+    budget_min: float | None = None,
+    epochs: int | None = None,
+    progress: Progress | None = None,
+    version: str | None = None,
+) -> dict:
     """Train the served model on the live graph; the new version is saved, not yet active (see rebuild).
 
     A task passes a version derived from its id, so a redelivered training saves the same version again
@@ -155,22 +165,36 @@ def train_from_graph(rt: Runtime, *, budget_min: float | None = None, epochs: in
     return _train_on(rt, edges, items, budget_min=budget_min, epochs=epochs, say=say, version=version)
 
 
-def _train_on(rt: Runtime, edges: list[subgraph.EdgeRow], items: list[subgraph.ItemRow], *,
-              budget_min: float | None, epochs: int | None, say: Progress, version: str | None) -> dict:
+def _train_on(
+    rt: Runtime,
+    edges: list[subgraph.EdgeRow],
+    items: list[subgraph.ItemRow],
+    *,
+    budget_min: float | None,
+    epochs: int | None,
+    say: Progress,
+    version: str | None,
+) -> dict:
     if not edges:
         raise FailedPrecondition("the graph has no interactions to train on")
     graph = training_graph(edges, items)
     say(f"training on {graph.num_users:,} users, {graph.num_items:,} items, {len(edges):,} edges")
     ms = rt.model.model_copy(update={"dim": rt.graph.embedding_dim})
-    ts = rt.train.model_copy(update={k: v for k, v in {"budget_min": budget_min, "max_epochs": epochs}.items()
-                                     if v is not None})
+    ts = rt.train.model_copy(update={k: v for k, v in {"budget_min": budget_min, "max_epochs": epochs}.items() if v is not None})
     set_threads(ts.threads)
-    return train_and_save(graph, None, ms, ts, rt.worker, source="graph", progress=False, version=version,
-                          facts={"data_until": data_until(edges)})
+    return train_and_save(
+        graph, None, ms, ts, rt.worker, source="graph", progress=False, version=version, facts={"data_until": data_until(edges)}
+    )
 
 
-def retrain(rt: Runtime, *, budget_min: float | None = None, epochs: int | None = None,
-            progress: Progress | None = None, version: str | None = None) -> dict:
+def retrain(
+    rt: Runtime,
+    *,
+    budget_min: float | None = None,
+    epochs: int | None = None,
+    progress: Progress | None = None,
+    version: str | None = None,
+) -> dict:
     """The scheduled retrain: a new version trained on the live graph, rolled out only through the quality gate
     (`workers.gate`): its Recall@K on the pairs first met since the active version's data must be at least the
     active version's on the same split. Without an active version, the first one rolls out as it is."""
@@ -183,20 +207,30 @@ def retrain(rt: Runtime, *, budget_min: float | None = None, epochs: int | None 
     active = rt.encoder(state.version)
     cut = active.ck.metrics.get("data_until")
     if cut is None:
-        raise FailedPrecondition(f"the active version {state.version} records no data_until (trained before the "
-                                 "quality gate): train and roll out one version by hand first")
+        raise FailedPrecondition(
+            f"the active version {state.version} records no data_until (trained before the "
+            "quality gate): train and roll out one version by hand first"
+        )
     say("reading the graph")
     items = subgraph.all_items(rt.driver, database=rt.database)
     split = split_after(subgraph.all_edges(rt.driver, database=rt.database), float(cut))
-    out: dict = {"was_active": state.version, "held_users": len(split.held),
-                 "held_pairs": sum(map(len, split.held.values()))}
+    out: dict = {"was_active": state.version, "held_users": len(split.held), "held_pairs": sum(map(len, split.held.values()))}
     if len(split.held) < rt.worker.gate_min_users:
-        return {**out, "rolled_out": False, "reason": f"{len(split.held)} shoppers met new items since the active "
-                f"version's data; the gate needs {rt.worker.gate_min_users} (IG_WORKER_GATE_MIN_USERS)"}
+        return {
+            **out,
+            "rolled_out": False,
+            "reason": f"{len(split.held)} shoppers met new items since the active "
+            f"version's data; the gate needs {rt.worker.gate_min_users} (IG_WORKER_GATE_MIN_USERS)",
+        }
     trained = _train_on(rt, split.train, items, budget_min=budget_min, epochs=epochs, say=say, version=version)
     say("measuring both versions on the same split")
-    candidate = LiveEncoder(load_checkpoint(resolve(rt.worker.model_dir, trained["version"])), rt.model.user_cap,
-                            rt.graph.half_life_days, active.text_encoder, active.device)
+    candidate = LiveEncoder(
+        load_checkpoint(resolve(rt.worker.model_dir, trained["version"])),
+        rt.model.user_cap,
+        rt.graph.half_life_days,
+        active.text_encoder,
+        active.device,
+    )
     k = rt.train.eval_k
     new, old = served_recall(candidate, split, items, k), served_recall(active, split, items, k)
     out.update({"version": trained["version"], f"recall@{k}": round(new, 6), f"active_recall@{k}": round(old, 6)})
@@ -210,10 +244,14 @@ def backfill(rt: Runtime, dataset: str, limit: int | None = None) -> dict:
     if dataset not in DATASETS:
         raise InvalidInput(f"unknown dataset {dataset!r}; expected one of {', '.join(sorted(DATASETS))}")
     t0 = time.perf_counter()
-    result = load_dataset(rt.driver, rt.graph, dataset, rt.data.dataset_dir(dataset), limit=limit,
-                          database=rt.database)
-    return {"dataset": dataset, "accepted": result.accepted, "duplicates": result.duplicates,
-            "rejected": len(result.rejected), "s": round(time.perf_counter() - t0, 2)}
+    result = load_dataset(rt.driver, rt.graph, dataset, rt.data.dataset_dir(dataset), limit=limit, database=rt.database)
+    return {
+        "dataset": dataset,
+        "accepted": result.accepted,
+        "duplicates": result.duplicates,
+        "rejected": len(result.rejected),
+        "s": round(time.perf_counter() - t0, 2),
+    }
 
 
 def snapshot(rt: Runtime, out: Path | None = None) -> dict:
@@ -227,9 +265,11 @@ def snapshot(rt: Runtime, out: Path | None = None) -> dict:
     if state is None:
         raise FailedPrecondition("no active model to snapshot")
     out = Path(out) if out else rt.worker.model_dir / state.version / "vectors.npz"
-    rows = ((label, rec.id, np.asarray(rec.vector, np.float32))
-            for label in (ITEM, USER)
-            for rec in iter_embeddings(rt.driver, label, model_version=state.version, database=rt.database))
+    rows = (
+        (label, rec.id, np.asarray(rec.vector, np.float32))
+        for label in (ITEM, USER)
+        for rec in iter_embeddings(rt.driver, label, model_version=state.version, database=rt.database)
+    )
     n = write_vectors(out, rows, state.version)
     publish(rt.redis, rt.worker.delta_stream, [snapshot_request()])
     return {"version": state.version, "vectors": n, "out": str(out), "servers_asked": True}

@@ -38,8 +38,7 @@ def item_text(row: ItemRow) -> str:
     return (title + ". " + desc).strip(". ") if desc else title
 
 
-def rank_keys(edges: Sequence[EdgeRow], half_life_days: float
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def rank_keys(edges: Sequence[EdgeRow], half_life_days: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per (user, item) pair: log of the summed decayed weight over behaviour types, up to a constant.
 
     ``w * 2^-((t - last_ts)/h)`` orders pairs the same way at every ``t``, so the key drops ``t``:
@@ -110,8 +109,7 @@ class LiveEncoder:
         self.warm_text = self.ck.item_text.to(self.device) if self.reads_text else None
         with torch.no_grad():
             n = m.num_items
-            meta = m.meta(_dev(self.ck.item_category, self.device), _dev(self.ck.item_brand, self.device),
-                          self.warm_text, n)
+            meta = m.meta(_dev(self.ck.item_category, self.device), _dev(self.ck.item_brand, self.device), self.warm_text, n)
             self.x_known = m.item_base(meta)  # [I, dim] bases of the version's items
             self.z_known = m.item_out(self.x_known)  # [I, dim] item vectors of the version
             self.in_known = m.item_in(self.x_known)  # [I, dim] what a known item sends to its users
@@ -132,15 +130,20 @@ class LiveEncoder:
             return empty, empty
         if self.reads_text and self.text_encoder is not None:
             text = self.text_encoder.encode([item_text(r) for r in rows]).to(self.device)
-            x, deg = cold_bases(text, self.warm_text, self.x_known, m.item_degree,
-                                self.ck.model_settings.get("cold_neighbours", 30),
-                                self.ck.model_settings.get("cold_temperature", 0.1))
+            x, deg = cold_bases(
+                text,
+                self.warm_text,
+                self.x_known,
+                m.item_degree,
+                self.ck.model_settings.get("cold_neighbours", 30),
+                self.ck.model_settings.get("cold_temperature", 0.1),
+            )
             return m.item_out(x, deg), m.item_in(x, deg)
-        pairs = [(i, self.category_index[c]) for i, r in enumerate(rows) for c in r.categories
-                 if c in self.category_index]
+        pairs = [(i, self.category_index[c]) for i, r in enumerate(rows) for c in r.categories if c in self.category_index]
         cats = torch.tensor(pairs, dtype=torch.long, device=self.device).reshape(-1, 2).T
-        brands = torch.tensor([self.brand_index.get(r.brand, -1) if r.brand else -1 for r in rows],
-                              dtype=torch.long, device=self.device)
+        brands = torch.tensor(
+            [self.brand_index.get(r.brand, -1) if r.brand else -1 for r in rows], dtype=torch.long, device=self.device
+        )
         meta = m.meta(cats, brands, None, len(rows))
         x = meta if meta is not None else torch.zeros(len(rows), self.dim, device=self.device)
         ones = torch.ones(len(rows), device=self.device)  # degree 1, as `workers.embed.served_vectors` has it
@@ -151,9 +154,13 @@ class LiveEncoder:
 
     # ---------------------------------------------------------------- users
     @torch.no_grad()
-    def users(self, neighbours: dict[str, list[str]], users: Sequence[str],
-              new_item_vectors: dict[str, torch.Tensor],
-              times: dict[tuple[str, str], int] | None = None) -> torch.Tensor:
+    def users(
+        self,
+        neighbours: dict[str, list[str]],
+        users: Sequence[str],
+        new_item_vectors: dict[str, torch.Tensor],
+        times: dict[tuple[str, str], int] | None = None,
+    ) -> torch.Tensor:
         """Vectors [len(users), dim]: ``h * sum_{j in cap(u)} w_uj d_j^-a x_j`` over each user's capped items
         (``neighbours`` from `capped_neighbours`), ``w_uj`` the model's recency weights of the pairs' latest
         times (``times`` from `latest_times`; without it, 1).
@@ -220,10 +227,16 @@ def training_graph(edges: Iterable[EdgeRow], items: Sequence[ItemRow]) -> Intera
     src = [ui[e.user] for e in edges]
     dst = [ii[e.item] for e in edges]
     return InteractionGraph(
-        num_users=len(user_ids), num_items=len(item_ids),
-        edges={("user", "interacted", "item"): EdgeSet.build(src, dst, [e.weight for e in edges],
-                                                             [int(e.last_ts) for e in edges])},
-        user_ids=user_ids, item_ids=item_ids, num_categories=len(cat_names), num_brands=len(brand_names),
+        num_users=len(user_ids),
+        num_items=len(item_ids),
+        edges={("user", "interacted", "item"): EdgeSet.build(src, dst, [e.weight for e in edges], [int(e.last_ts) for e in edges])},
+        user_ids=user_ids,
+        item_ids=item_ids,
+        num_categories=len(cat_names),
+        num_brands=len(brand_names),
         item_category=torch.tensor(pairs, dtype=torch.long).reshape(-1, 2).T.contiguous(),
-        item_brand=torch.tensor(brand, dtype=torch.long), item_text=texts if any(texts) else None,
-        category_names=cat_names, brand_names=brand_names)
+        item_brand=torch.tensor(brand, dtype=torch.long),
+        item_text=texts if any(texts) else None,
+        category_names=cat_names,
+        brand_names=brand_names,
+    )

@@ -17,8 +17,9 @@ Scorer = Callable[[torch.Tensor], torch.Tensor]
 """users [B] int64 -> scores [B, num_items] float (higher is better)."""
 
 
-def rank_metrics(scorer: Scorer, train: sp.csr_matrix, test: sp.csr_matrix, k: int = 20,
-                 batch_size: int = 2048, users: np.ndarray | None = None) -> dict[str, float]:
+def rank_metrics(
+    scorer: Scorer, train: sp.csr_matrix, test: sp.csr_matrix, k: int = 20, batch_size: int = 2048, users: np.ndarray | None = None
+) -> dict[str, float]:
     """Recall@k and NDCG@k of ``scorer`` over the users with test items (or ``users``)."""
     train, test = sp.csr_matrix(train), sp.csr_matrix(test)
     if users is None:
@@ -26,7 +27,7 @@ def rank_metrics(scorer: Scorer, train: sp.csr_matrix, test: sp.csr_matrix, k: i
     recall, ndcg = 0.0, 0.0
     with torch.no_grad():
         for start in range(0, len(users), batch_size):
-            batch = users[start:start + batch_size]
+            batch = users[start : start + batch_size]
             scores = scorer(torch.from_numpy(batch).long()).float()
             tr = train[batch].tocoo()
             scores[torch.from_numpy(tr.row).long(), torch.from_numpy(tr.col).long()] = -float("inf")
@@ -60,8 +61,9 @@ def top_k_metrics(top: np.ndarray, test: sp.csr_matrix, k: int = 20) -> dict[str
     return {f"recall@{k}": recall / n, f"ndcg@{k}": ndcg / n}
 
 
-def item_recall(scorer: Scorer, test: sp.csr_matrix, candidate_items: np.ndarray, k: int = 20,
-                batch_size: int = 2048) -> dict[str, float]:
+def item_recall(
+    scorer: Scorer, test: sp.csr_matrix, candidate_items: np.ndarray, k: int = 20, batch_size: int = 2048
+) -> dict[str, float]:
     """Recall@k / NDCG@k when only ``candidate_items`` are ranked (cold-start protocol)."""
     test = sp.csr_matrix(test)[:, candidate_items]
     users = np.flatnonzero(np.diff(test.indptr) > 0)

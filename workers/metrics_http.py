@@ -62,25 +62,24 @@ class _Backlog:
         except (neo4j.exceptions.Neo4jError, neo4j.exceptions.DriverError) as exc:  # Neo4j away: no wrong zero
             log.warning("backlog not read: %s", exc)
             return
-        yield GaugeMetricFamily("ig_worker_marks_waiting", "Changed nodes waiting for a recompute",
-                                value=float(waiting))
+        yield GaugeMetricFamily("ig_worker_marks_waiting", "Changed nodes waiting for a recompute", value=float(waiting))
         age = max(0.0, time.time() - oldest) if oldest is not None else 0.0
-        yield GaugeMetricFamily("ig_worker_oldest_mark_age_seconds", "Age of the oldest waiting change mark",
-                                value=age)
+        yield GaugeMetricFamily("ig_worker_oldest_mark_age_seconds", "Age of the oldest waiting change mark", value=age)
 
 
 class WorkerMetrics:
-    def __init__(self, broker_url: str, queues: tuple[str, ...] = ("gpu", "cpu"),
-                 driver: neo4j.Driver | None = None, database: str = "neo4j") -> None:
+    def __init__(
+        self, broker_url: str, queues: tuple[str, ...] = ("gpu", "cpu"), driver: neo4j.Driver | None = None, database: str = "neo4j"
+    ) -> None:
         self.registry = CollectorRegistry()
-        self.task_seconds = Histogram("ig_worker_task_seconds", "Task run time", ["task", "outcome"],
-                                      buckets=BUCKETS, registry=self.registry)
-        self.queue_lag = Histogram("ig_worker_queue_lag_seconds", "From publication to start", ["task"],
-                                   buckets=BUCKETS, registry=self.registry)
-        self.recompute_nodes = Counter("ig_worker_recompute_nodes", "Recompute work", ["kind"],
-                                       registry=self.registry)
-        self.recompute_last = Gauge("ig_worker_recompute_last_timestamp_seconds", "Last recompute finished",
-                                    registry=self.registry)
+        self.task_seconds = Histogram(
+            "ig_worker_task_seconds", "Task run time", ["task", "outcome"], buckets=BUCKETS, registry=self.registry
+        )
+        self.queue_lag = Histogram(
+            "ig_worker_queue_lag_seconds", "From publication to start", ["task"], buckets=BUCKETS, registry=self.registry
+        )
+        self.recompute_nodes = Counter("ig_worker_recompute_nodes", "Recompute work", ["kind"], registry=self.registry)
+        self.recompute_last = Gauge("ig_worker_recompute_last_timestamp_seconds", "Last recompute finished", registry=self.registry)
         self.registry.register(_QueueDepth(broker_url, queues))
         if driver is not None:
             self.registry.register(_Backlog(driver, database))

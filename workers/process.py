@@ -18,23 +18,32 @@ from graphdb.errors import Unavailable
 from graphdb.settings import GraphSettings
 
 
-def worker_env(*, neo4j_uri: str, redis_base: str, model_dir: Path, text_cache_dir: Path, graph: GraphSettings,
-               extra: dict[str, str] | None = None) -> dict[str, str]:
+def worker_env(
+    *,
+    neo4j_uri: str,
+    redis_base: str,
+    model_dir: Path,
+    text_cache_dir: Path,
+    graph: GraphSettings,
+    extra: dict[str, str] | None = None,
+) -> dict[str, str]:
     """Environment of a worker/scheduler: broker on Redis db 1, results on db 2, deltas and signals on db 0."""
     base = redis_base.rstrip("/")
     env = dict(os.environ)
-    env.update({
-        "NEO4J_URI": neo4j_uri,
-        "IG_WORKER_BROKER_URL": f"{base}/1",
-        "IG_WORKER_RESULT_BACKEND": f"{base}/2",
-        "IG_WORKER_REDIS_URL": f"{base}/0",
-        "IG_WORKER_MODEL_DIR": str(model_dir),
-        "IG_WORKER_TEXT_CACHE_DIR": str(text_cache_dir),
-        "IG_PSEUDONYM_KEY": graph.pseudonym_key.get_secret_value(),
-        "IG_EMBEDDING_DIM": str(graph.embedding_dim),
-        "IG_HALF_LIFE_DAYS": str(graph.half_life_days),
-        "IG_WORKER_METRICS_PORT": "0",  # several workers on one machine: each takes a free port (logged)
-    })
+    env.update(
+        {
+            "NEO4J_URI": neo4j_uri,
+            "IG_WORKER_BROKER_URL": f"{base}/1",
+            "IG_WORKER_RESULT_BACKEND": f"{base}/2",
+            "IG_WORKER_REDIS_URL": f"{base}/0",
+            "IG_WORKER_MODEL_DIR": str(model_dir),
+            "IG_WORKER_TEXT_CACHE_DIR": str(text_cache_dir),
+            "IG_PSEUDONYM_KEY": graph.pseudonym_key.get_secret_value(),
+            "IG_EMBEDDING_DIM": str(graph.embedding_dim),
+            "IG_HALF_LIFE_DAYS": str(graph.half_life_days),
+            "IG_WORKER_METRICS_PORT": "0",  # several workers on one machine: each takes a free port (logged)
+        }
+    )
     env.update(extra or {})
     return env
 
@@ -43,15 +52,30 @@ def _spawn(args: list[str], env: dict[str, str], log_file: Path) -> subprocess.P
     log_file = Path(log_file)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     out = open(log_file, "ab")  # noqa: SIM115 - owned by the child for its lifetime
-    return subprocess.Popen([sys.executable, *args], env=env, stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen([sys.executable, *args], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def start_worker(env: dict[str, str], log_file: Path, queues: str = "gpu,cpu") -> subprocess.Popen:
     """A ``--pool=solo`` Celery worker on ``queues`` (the GPU queue's mode: one process, CUDA after start)."""
-    return _spawn(["-m", "celery", "-A", "workers.celery_app", "worker", "-Q", queues, "--pool=solo",
-                   "--loglevel=INFO", "--without-gossip", "--without-mingle", "-n", f"worker-{os.getpid()}-"
-                   f"{time.monotonic_ns()}@%h"], env, log_file)
+    return _spawn(
+        [
+            "-m",
+            "celery",
+            "-A",
+            "workers.celery_app",
+            "worker",
+            "-Q",
+            queues,
+            "--pool=solo",
+            "--loglevel=INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "-n",
+            f"worker-{os.getpid()}-{time.monotonic_ns()}@%h",
+        ],
+        env,
+        log_file,
+    )
 
 
 def start_scheduler(env: dict[str, str], log_file: Path, timeout_s: float = 60.0) -> subprocess.Popen:
@@ -75,8 +99,7 @@ def client_app(env: dict[str, str]) -> Celery:
     from workers.celery_app import make_app
     from workers.settings import WorkerSettings
 
-    return make_app(WorkerSettings(broker_url=env["IG_WORKER_BROKER_URL"],
-                                   result_backend=env["IG_WORKER_RESULT_BACKEND"]))
+    return make_app(WorkerSettings(broker_url=env["IG_WORKER_BROKER_URL"], result_backend=env["IG_WORKER_RESULT_BACKEND"]))
 
 
 def wait_for_worker(app: Celery, proc: subprocess.Popen, timeout_s: float = 60.0) -> None:

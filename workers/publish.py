@@ -20,15 +20,22 @@ Delta = pb.EmbeddingDelta
 NODE_TYPES = {"User": pb.NODE_TYPE_USER, "Item": pb.NODE_TYPE_ITEM}
 
 
-def upserts(label: str, ids: Sequence[str], vectors: np.ndarray, version: str, ts: float,
-            changed_at: Mapping[str, float] | None = None) -> Iterable[bytes]:
+def upserts(
+    label: str, ids: Sequence[str], vectors: np.ndarray, version: str, ts: float, changed_at: Mapping[str, float] | None = None
+) -> Iterable[bytes]:
     """``changed_at``: id -> when its change mark was set (servers observe mark -> served as freshness)."""
     node_type = NODE_TYPES[label]
     changed = changed_at or {}
     for node_id, vec in zip(ids, vectors):
-        yield Delta(op=Delta.OP_UPSERT, node_type=node_type, id=node_id, model_version=version,
-                    vector=np.asarray(vec, np.float32).tolist(), ts=ts,
-                    changed_at=changed.get(node_id) or 0.0).SerializeToString()
+        yield Delta(
+            op=Delta.OP_UPSERT,
+            node_type=node_type,
+            id=node_id,
+            model_version=version,
+            vector=np.asarray(vec, np.float32).tolist(),
+            ts=ts,
+            changed_at=changed.get(node_id) or 0.0,
+        ).SerializeToString()
 
 
 def activation(version: str) -> bytes:
@@ -40,8 +47,7 @@ def snapshot_request() -> bytes:
     return Delta(op=Delta.OP_SNAPSHOT, ts=time.time()).SerializeToString()
 
 
-def publish(client: redis.Redis, stream: str, payloads: Iterable[bytes], *, maxlen: int = 1_000_000,
-            chunk: int = 1000) -> int:
+def publish(client: redis.Redis, stream: str, payloads: Iterable[bytes], *, maxlen: int = 1_000_000, chunk: int = 1000) -> int:
     """Append the payloads in pipelined chunks; returns how many were appended."""
     n = 0
     pipe = client.pipeline(transaction=False)

@@ -127,9 +127,14 @@ def recompute_marked(ctx: Context, limit: int = 10000) -> RecomputeResult:
         tokens[m.label][m.id] = m.token
     # A known item's vector is fixed for the version: it is written only when its stored one is of another.
     known = sorted({m.id for m in marks if m.label == ITEM and enc.is_known(m.id) and m.version != version})
-    new_ids = sorted({i for i in by_label[ITEM] if not enc.is_known(i)}
-                     | {i for i in subgraph.items_under(ctx.driver, by_label[CATEGORY], by_label[BRAND],
-                                                        database=ctx.database) if not enc.is_known(i)})
+    new_ids = sorted(
+        {i for i in by_label[ITEM] if not enc.is_known(i)}
+        | {
+            i
+            for i in subgraph.items_under(ctx.driver, by_label[CATEGORY], by_label[BRAND], database=ctx.database)
+            if not enc.is_known(i)
+        }
+    )
     stored_new = subgraph.stored_vectors(ctx.driver, ITEM, new_ids, database=ctx.database)
     new_rows = subgraph.items(ctx.driver, new_ids, database=ctx.database)
     clock.lap("pull_s")
@@ -186,8 +191,9 @@ def recompute_marked(ctx: Context, limit: int = 10000) -> RecomputeResult:
     return res
 
 
-def _users(ctx: Context, user_ids: list[str], fresh: dict[str, torch.Tensor], clock: _Clock
-           ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def _users(
+    ctx: Context, user_ids: list[str], fresh: dict[str, torch.Tensor], clock: _Clock
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """User vectors, and the vectors of new items computed on the way that Neo4j lacks for this version (to be
     written too). ``fresh``: what the new items computed in this recompute send to their users."""
     enc, version = ctx.encoder, ctx.encoder.version
@@ -209,17 +215,20 @@ def _users(ctx: Context, user_ids: list[str], fresh: dict[str, torch.Tensor], cl
     return dict(zip(user_ids, _np(out))), unstored
 
 
-def _write(ctx: Context, label: str, vectors: dict[str, np.ndarray], version: str,
-           tokens: dict[str, str] | None = None) -> tuple[int, int]:
+def _write(
+    ctx: Context, label: str, vectors: dict[str, np.ndarray], version: str, tokens: dict[str, str] | None = None
+) -> tuple[int, int]:
     """(vectors written, marks cleared with them)."""
     if not vectors:
         return 0, 0
-    return write_and_clear(ctx.driver, label, vectors.items(), version, database=ctx.database,
-                           batch_size=ctx.write_batch, tokens=tokens)
+    return write_and_clear(
+        ctx.driver, label, vectors.items(), version, database=ctx.database, batch_size=ctx.write_batch, tokens=tokens
+    )
 
 
-def _publish(ctx: Context, by_label: dict[str, dict[str, np.ndarray]], version: str,
-             since: dict[str, dict[str, float]] | None = None) -> int:
+def _publish(
+    ctx: Context, by_label: dict[str, dict[str, np.ndarray]], version: str, since: dict[str, dict[str, float]] | None = None
+) -> int:
     if ctx.redis is None:
         return 0
     now = time.time()
@@ -227,9 +236,11 @@ def _publish(ctx: Context, by_label: dict[str, dict[str, np.ndarray]], version: 
     for label, vecs in by_label.items():
         if vecs:
             ids = list(vecs)
-            n += publish.publish(ctx.redis, ctx.stream,
-                                 publish.upserts(label, ids, np.stack([vecs[i] for i in ids]), version, now,
-                                                 (since or {}).get(label)))
+            n += publish.publish(
+                ctx.redis,
+                ctx.stream,
+                publish.upserts(label, ids, np.stack([vecs[i] for i in ids]), version, now, (since or {}).get(label)),
+            )
     return n
 
 
@@ -306,6 +317,11 @@ def rebuild(ctx: Context, *, activate_after: bool = True, progress: Callable[[st
         if ctx.redis is not None:
             publish.publish(ctx.redis, ctx.stream, [publish.activation(full.version)])
         cleared = clear_marks(ctx.driver, marks, database=ctx.database)
-    return {"version": full.version, "written": written, "active": state.version if state else None,
-            "previous": state.previous if state else None, "marks_cleared": cleared,
-            **{k: round(v, 3) for k, v in full.timings.__dict__.items()}}
+    return {
+        "version": full.version,
+        "written": written,
+        "active": state.version if state else None,
+        "previous": state.previous if state else None,
+        "marks_cleared": cleared,
+        **{k: round(v, 3) for k, v in full.timings.__dict__.items()},
+    }

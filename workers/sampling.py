@@ -13,8 +13,7 @@ import torch
 from torch import Tensor
 
 
-def cap_neighbours(index: Tensor, weight: Tensor, cap: int, by: int = 1,
-                   src_ids: Tensor | None = None) -> Tensor:
+def cap_neighbours(index: Tensor, weight: Tensor, cap: int, by: int = 1, src_ids: Tensor | None = None) -> Tensor:
     """Boolean mask [E] of the edges kept when every node in row ``by`` of ``index`` [2, E] keeps at most
     ``cap`` edges: highest ``weight`` first, ties by the other end's id (``src_ids`` maps the other end's
     index to a global sort key; default the index itself)."""
@@ -66,5 +65,5 @@ def edge_batches(r: sp.csr_matrix, batch_size: int, rng: np.random.Generator):
     cols = r.indices.astype(np.int64)
     perm = rng.permutation(len(rows))
     for s in range(0, len(perm), batch_size):
-        p = perm[s:s + batch_size]
+        p = perm[s : s + batch_size]
         yield rows[p], cols[p]

@@ -28,8 +28,7 @@ log = logging.getLogger(__name__)
 class Scheduler:
     def __init__(self, app: Celery, driver: neo4j.Driver, ws: WorkerSettings, *, database: str = "neo4j") -> None:
         self.app, self.driver, self.ws, self.database = app, driver, ws, database
-        self.redis = redis.Redis.from_url(ws.redis_url, socket_timeout=ws.recompute_interval_s + 10,
-                                          socket_connect_timeout=5)
+        self.redis = redis.Redis.from_url(ws.redis_url, socket_timeout=ws.recompute_interval_s + 10, socket_connect_timeout=5)
         self.queued_key = ws.changed_key + ":queued"
         self.stop = threading.Event()
         self.sent = 0
@@ -56,15 +55,19 @@ class Scheduler:
         return True
 
     def run(self) -> None:
-        log.info("recompute scheduler ready: interval %.2fs, debounce %.2fs", self.ws.recompute_interval_s,
-                 self.ws.debounce_s)
+        log.info("recompute scheduler ready: interval %.2fs, debounce %.2fs", self.ws.recompute_interval_s, self.ws.debounce_s)
         backoff = 0.5
         while not self.stop.is_set():
             try:
                 self.tick(self.ws.recompute_interval_s)
                 backoff = 0.5
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, kombu.exceptions.OperationalError,
-                    neo4j.exceptions.ServiceUnavailable, neo4j.exceptions.SessionExpired) as exc:
+            except (
+                redis.exceptions.ConnectionError,
+                redis.exceptions.TimeoutError,
+                kombu.exceptions.OperationalError,
+                neo4j.exceptions.ServiceUnavailable,
+                neo4j.exceptions.SessionExpired,
+            ) as exc:
                 log.warning("scheduler: %s; retrying in %.1fs", exc, backoff)  # a service restarts: wait
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)

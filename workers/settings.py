@@ -23,8 +23,12 @@ class ModelSettings(BaseSettings):
     # Served model: spectral item start + inductive user aggregation.
     # The width is the graph's one setting (IG_EMBEDDING_DIM, graphdb.settings): the vector indexes, the served
     # model and the FAISS index share it, so there is no separate IG_MODEL_DIM.
-    dim: int = Field(default=EMBEDDING_DIM, ge=2, validation_alias=AliasChoices("IG_EMBEDDING_DIM", "dim"),
-                     description="embedding width (FAISS inner-product dimension)")
+    dim: int = Field(
+        default=EMBEDDING_DIM,
+        ge=2,
+        validation_alias=AliasChoices("IG_EMBEDDING_DIM", "dim"),
+        description="embedding width (FAISS inner-product dimension)",
+    )
     # Where the validation selection starts: the values it chose in the last full gowalla run.
     user_norm: float = Field(default=0.4, description="item weight d_j^-a inside a user's aggregation")
     item_norm: float = Field(default=0.4, description="item output scale d_i^b (popularity prior)")

@@ -21,13 +21,14 @@ def normalised(r: sp.spmatrix) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
     du = np.asarray(r.sum(1)).ravel()
     di = np.asarray(r.sum(0)).ravel()
     with np.errstate(divide="ignore"):
-        su = np.where(du > 0, du ** -0.5, 0.0)
-        si = np.where(di > 0, di ** -0.5, 0.0)
+        su = np.where(du > 0, du**-0.5, 0.0)
+        si = np.where(di > 0, di**-0.5, 0.0)
     return (sp.diags(su.astype(np.float32)) @ r @ sp.diags(si.astype(np.float32))).tocsr(), du, di
 
 
-def randomized_svd(r: sp.spmatrix, k: int, oversample: int = 64, power_iters: int = 3,
-                   seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def randomized_svd(
+    r: sp.spmatrix, k: int, oversample: int = 64, power_iters: int = 3, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` singular values [k] and right singular vectors [n_cols, k] of a sparse matrix.
 
     ``k`` is clipped to min(shape). Power iterations sharpen the spectrum's head; each costs two sparse
@@ -47,8 +48,9 @@ def randomized_svd(r: sp.spmatrix, k: int, oversample: int = 64, power_iters: in
     return s[:k].contiguous(), vt[:k].T.contiguous()
 
 
-def spectral_items(r: sp.spmatrix, k: int, oversample: int = 64, power_iters: int = 3,
-                   seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def spectral_items(
+    r: sp.spmatrix, k: int, oversample: int = 64, power_iters: int = 3, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(singular values [k], item vectors [n_items, k]) of the normalised interaction matrix."""
     rn, _, _ = normalised(r)
     return randomized_svd(rn, k, oversample, power_iters, seed)

@@ -42,6 +42,7 @@ def reset_runtime() -> None:
 def _progress(task):
     def report(step: str) -> None:
         task.update_state(state="PROGRESS", meta={"step": step})
+
     return report
 
 
@@ -68,15 +69,27 @@ def rebuild(self, version: str = "latest") -> dict:
 @app.task(name="interest.train", bind=True)
 def train(self, budget_min: float | None = None, epochs: int | None = None) -> dict:
     # The version is named after the task: run twice (redelivery), it is one version, saved twice.
-    return _run(jobs.train_from_graph, runtime(), budget_min=budget_min, epochs=epochs, progress=_progress(self),
-                version=f"spectral-sage-{self.request.id}")
+    return _run(
+        jobs.train_from_graph,
+        runtime(),
+        budget_min=budget_min,
+        epochs=epochs,
+        progress=_progress(self),
+        version=f"spectral-sage-{self.request.id}",
+    )
 
 
 @app.task(name="interest.retrain", bind=True)
 def retrain(self, budget_min: float | None = None, epochs: int | None = None) -> dict:
     """Celery beat's periodic job (IG_WORKER_RETRAIN_PERIOD_S): train, and roll out through the quality gate."""
-    return _run(jobs.retrain, runtime(), budget_min=budget_min, epochs=epochs, progress=_progress(self),
-                version=f"spectral-sage-{self.request.id}")
+    return _run(
+        jobs.retrain,
+        runtime(),
+        budget_min=budget_min,
+        epochs=epochs,
+        progress=_progress(self),
+        version=f"spectral-sage-{self.request.id}",
+    )
 
 
 @app.task(name="interest.backfill")

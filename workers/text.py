@@ -62,9 +62,13 @@ class TextEncoder:
         keys = [self._key(t) for t in texts]
         missing = sorted({k: t for k, t in zip(keys, texts) if k not in cache}.items())
         if missing:
-            vecs = self._load().encode([t for _, t in missing], batch_size=self.batch_size,
-                                       normalize_embeddings=True, show_progress_bar=progress,
-                                       convert_to_numpy=True)
+            vecs = self._load().encode(
+                [t for _, t in missing],
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                show_progress_bar=progress,
+                convert_to_numpy=True,
+            )
             cache.update({k: v.astype(np.float32) for (k, _), v in zip(missing, vecs)})
             if f is not None:
                 f.parent.mkdir(parents=True, exist_ok=True)

@@ -22,10 +22,15 @@ def bpr_loss(u: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Ten
     return torch.nn.functional.softplus(-((u * pos).sum(-1) - (u * neg).sum(-1))).mean()
 
 
-def fit_bpr(model: MF | LightGCN, r: sp.csr_matrix, ts: TrainSettings, budget_s: float,
-            reg: float = 1e-4, progress: bool = True,
-            on_epoch: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
-            ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def fit_bpr(
+    model: MF | LightGCN,
+    r: sp.csr_matrix,
+    ts: TrainSettings,
+    budget_s: float,
+    reg: float = 1e-4,
+    progress: bool = True,
+    on_epoch: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Train until ``budget_s`` seconds or ``ts.max_epochs``; returns (users, items, info).
 
     ``on_epoch(epoch, users, items)`` sees the vectors after every epoch (validation curves); its time counts.
@@ -42,8 +47,13 @@ def fit_bpr(model: MF | LightGCN, r: sp.csr_matrix, ts: TrainSettings, budget_s:
     while epochs < ts.max_epochs and time.perf_counter() - t0 < budget_s:
         total, n = 0.0, 0
         n_batches = -(-r.nnz // ts.batch_size)
-        for users, pos in tqdm(edge_batches(r, ts.batch_size, rng), total=n_batches, leave=False,
-                               desc=f"{type(model).__name__} epoch {epochs + 1}", disable=not progress):
+        for users, pos in tqdm(
+            edge_batches(r, ts.batch_size, rng),
+            total=n_batches,
+            leave=False,
+            desc=f"{type(model).__name__} epoch {epochs + 1}",
+            disable=not progress,
+        ):
             if time.perf_counter() - t0 >= budget_s:
                 break
             neg = sampler.sample(users)

@@ -36,8 +36,18 @@ def build_hetero(graph: InteractionGraph, ms: ModelSettings, text_dim: int) -> H
     index, _ = typed_edges(graph, ms.neighbour_cap)
     # Items without any metadata (gowalla) would all start equal: their identity is then their only input.
     id_rows = 0 if (text_dim or graph.num_categories or graph.num_brands) else graph.num_items
-    return HeteroGNN(list(index), graph.num_categories, graph.num_brands, text_dim, ms.hidden, ms.layers,
-                     ms.encoder, ms.aggr, num_items=id_rows, neighbour_cap=ms.neighbour_cap)
+    return HeteroGNN(
+        list(index),
+        graph.num_categories,
+        graph.num_brands,
+        text_dim,
+        ms.hidden,
+        ms.layers,
+        ms.encoder,
+        ms.aggr,
+        num_items=id_rows,
+        neighbour_cap=ms.neighbour_cap,
+    )
 
 
 def encode(model: HeteroGNN, graph: InteractionGraph, cap: int, item_text=None, query_text=None):
@@ -46,8 +56,9 @@ def encode(model: HeteroGNN, graph: InteractionGraph, cap: int, item_text=None, 
     return model(model.inputs(graph, item_text, query_text), index, weight)
 
 
-def fit_hetero(graph: InteractionGraph, ms: ModelSettings, ts: TrainSettings, item_text=None,
-               budget_s: float | None = None, progress: bool = True) -> HeteroFitted:
+def fit_hetero(
+    graph: InteractionGraph, ms: ModelSettings, ts: TrainSettings, item_text=None, budget_s: float | None = None, progress: bool = True
+) -> HeteroFitted:
     t0 = time.perf_counter()
     budget_s = ts.budget_min * 60 if budget_s is None else budget_s
     seed_everything(ts.seed)
@@ -64,14 +75,12 @@ def fit_hetero(graph: InteractionGraph, ms: ModelSettings, ts: TrainSettings, it
         perm = rng.permutation(coo.nnz)
         n_sup = max(1, int(0.3 * coo.nnz))
         sup, msg = perm[:n_sup], perm[n_sup:]
-        msg_graph = graph.with_interactions(
-            type(r_fit)((coo.data[msg], (coo.row[msg], coo.col[msg])), shape=r_fit.shape))
+        msg_graph = graph.with_interactions(type(r_fit)((coo.data[msg], (coo.row[msg], coo.col[msg])), shape=r_fit.shape))
         index, weight = typed_edges(msg_graph, ms.neighbour_cap)  # once per epoch: the message graph is fixed
         model.train()
         total, steps = 0.0, 0
-        for s in tqdm(range(0, n_sup, ts.batch_size), desc=f"{ms.encoder} epoch {epoch}", leave=False,
-                      disable=not progress):
-            b = sup[s:s + ts.batch_size]
+        for s in tqdm(range(0, n_sup, ts.batch_size), desc=f"{ms.encoder} epoch {epoch}", leave=False, disable=not progress):
+            b = sup[s : s + ts.batch_size]
             users, pos = coo.row[b], coo.col[b]
             out = model(model.inputs(msg_graph, item_text), index, weight)
             u, i = out["user"], out["item"]
@@ -108,8 +117,15 @@ def _validate(model, fit_graph, r_fit, r_val, ms, ts, item_text) -> float:
     return rank_metrics(lambda b: u[b] @ i.T, r_fit, r_val, k=ts.eval_k)[f"recall@{ts.eval_k}"]
 
 
-def fit_ego_gin(graph: InteractionGraph, item_vectors: torch.Tensor, ms: ModelSettings, ts: TrainSettings,
-                users: np.ndarray | None = None, steps: int = 50, batch: int = 32) -> EgoGIN:
+def fit_ego_gin(
+    graph: InteractionGraph,
+    item_vectors: torch.Tensor,
+    ms: ModelSettings,
+    ts: TrainSettings,
+    users: np.ndarray | None = None,
+    steps: int = 50,
+    batch: int = 32,
+) -> EgoGIN:
     """Contrastive training: two views of a user's ego-graph (each keeps a random half of the user's items)
     must be nearer to each other than to other users' views (InfoNCE)."""
     seed_everything(ts.seed)
@@ -124,11 +140,12 @@ def fit_ego_gin(graph: InteractionGraph, item_vectors: torch.Tensor, ms: ModelSe
         for _ in range(2):
             gs = []
             for u in b:
-                items = r.indices[r.indptr[u]:r.indptr[u + 1]]
+                items = r.indices[r.indptr[u] : r.indptr[u + 1]]
                 keep = items[rng.random(len(items)) < 0.5]
                 keep = keep if len(keep) else items[:1]
-                sub = graph.with_interactions(type(r)((np.ones(len(keep)), (np.zeros(len(keep), int), keep)),
-                                                      shape=(1, graph.num_items)))
+                sub = graph.with_interactions(
+                    type(r)((np.ones(len(keep)), (np.zeros(len(keep), int), keep)), shape=(1, graph.num_items))
+                )
                 gs.append(ego_graph(sub, 0, item_vectors))
             views.append(model(*batch_ego_graphs(gs)))
         a, c = (torch.nn.functional.normalize(v, dim=-1) for v in views)

@@ -37,8 +37,7 @@ class Fitted:
     item_text: torch.Tensor | None = None
 
 
-def holdout(r: sp.csr_matrix, fraction: float, seed: int,
-            times: sp.csr_matrix | None = None) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+def holdout(r: sp.csr_matrix, fraction: float, seed: int, times: sp.csr_matrix | None = None) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     """Split each user's interactions into (fit, validation), ``ceil(fraction * n_u)`` of a user's ``n_u`` items
     to validation; users keep at least one fit item. With ``times`` (same pattern as ``r``), a user's latest
     interactions are held out, ties at random: what a live service is asked is what a shopper does next, and
@@ -51,8 +50,7 @@ def holdout(r: sp.csr_matrix, fraction: float, seed: int,
     newest_first = np.zeros(r.nnz)
     if times is not None:
         t = sp.csr_matrix(times)
-        if t.shape != r.shape or t.nnz != r.nnz or not (np.array_equal(t.indptr, r.indptr)
-                                                         and np.array_equal(t.indices, r.indices)):
+        if t.shape != r.shape or t.nnz != r.nnz or not (np.array_equal(t.indptr, r.indptr) and np.array_equal(t.indices, r.indices)):
             raise ValueError("holdout: times must have the interactions' sparsity pattern")
         newest_first = -t.data.astype(np.float64)
     # a rank of each interaction within its user's row: newest first, ties at random
@@ -79,14 +77,14 @@ def feature_matrix(graph: InteractionGraph, item_text: torch.Tensor | None) -> s
     if graph.num_brands:
         b = graph.item_brand.numpy()
         ok = b >= 0
-        blocks.append(sp.csr_matrix((np.ones(ok.sum(), np.float32), (np.flatnonzero(ok), b[ok])),
-                                    shape=(n, graph.num_brands)))
+        blocks.append(sp.csr_matrix((np.ones(ok.sum(), np.float32), (np.flatnonzero(ok), b[ok])), shape=(n, graph.num_brands)))
     return sp.hstack(blocks).tocsr().astype(np.float32) if blocks else None
 
 
 @torch.no_grad()
-def fit_metadata(model: SpectralSAGE, graph: InteractionGraph, item_text: torch.Tensor | None,
-                 warm: np.ndarray, ridge: float = 1.0) -> None:
+def fit_metadata(
+    model: SpectralSAGE, graph: InteractionGraph, item_text: torch.Tensor | None, warm: np.ndarray, ridge: float = 1.0
+) -> None:
     """Closed-form ridge from features to the warm items' spectral vectors, written into the metadata layers."""
     f = feature_matrix(graph, item_text)
     if f is None or not warm.any():
@@ -97,13 +95,13 @@ def fit_metadata(model: SpectralSAGE, graph: InteractionGraph, item_text: torch.
     w = torch.linalg.solve(gram, fw.T @ target).float()  # [F, dim]
     col = 0
     if model.text is not None and item_text is not None:
-        model.text.weight.copy_(w[col:col + item_text.size(1)].T)
+        model.text.weight.copy_(w[col : col + item_text.size(1)].T)
         col += item_text.size(1)
     if model.category is not None and graph.num_categories:
-        model.category.weight.copy_(w[col:col + graph.num_categories])
+        model.category.weight.copy_(w[col : col + graph.num_categories])
         col += graph.num_categories
     if model.brand is not None and graph.num_brands:
-        model.brand.weight.copy_(w[col:col + graph.num_brands])
+        model.brand.weight.copy_(w[col : col + graph.num_brands])
     meta = model.meta(graph.item_category, graph.item_brand, item_text, graph.num_items)
     w_t = torch.from_numpy(warm)
     model.item_emb[w_t] -= meta[w_t]  # warm x unchanged
@@ -126,12 +124,22 @@ def _rows(r: sp.csr_matrix, users: np.ndarray, drop: float, rng: np.random.Gener
 
 
 def build_model(graph: InteractionGraph, ms: ModelSettings, text_dim: int) -> SpectralSAGE:
-    return SpectralSAGE(graph.num_items, ms.dim, ms.user_norm, ms.item_norm,
-                        graph.num_categories, graph.num_brands, text_dim, ms.recency_boost, ms.recency_scale)
+    return SpectralSAGE(
+        graph.num_items,
+        ms.dim,
+        ms.user_norm,
+        ms.item_norm,
+        graph.num_categories,
+        graph.num_brands,
+        text_dim,
+        ms.recency_boost,
+        ms.recency_scale,
+    )
 
 
-def fit_served(graph: InteractionGraph, ms: ModelSettings, ts: TrainSettings,
-               item_text: torch.Tensor | None = None, progress: bool = True) -> Fitted:
+def fit_served(
+    graph: InteractionGraph, ms: ModelSettings, ts: TrainSettings, item_text: torch.Tensor | None = None, progress: bool = True
+) -> Fitted:
     """Train `SpectralSAGE` on ``graph`` at the width ``ms.dim``.
 
     With a validation split (``ts.val_fraction > 0``): the spectral filter (power, user/item degree exponents)
@@ -176,8 +184,9 @@ def fit_served(graph: InteractionGraph, ms: ModelSettings, ts: TrainSettings,
     return Fitted(model, history, time.perf_counter() - t0, item_text)
 
 
-def _start(graph, r, ms: ModelSettings, ts: TrainSettings, item_text,
-           svd: tuple[torch.Tensor, torch.Tensor] | None = None) -> SpectralSAGE:
+def _start(
+    graph, r, ms: ModelSettings, ts: TrainSettings, item_text, svd: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> SpectralSAGE:
     """Spectral start + metadata fit on the interactions ``r`` (``svd``: precomputed (sigma, v) of at least
     ``ms.dim`` components, truncated here)."""
     model = build_model(graph, ms, 0 if item_text is None else item_text.size(1))
@@ -201,8 +210,7 @@ def _times_of(r: sp.csr_matrix, times: sp.csr_matrix) -> sp.csr_matrix:
 
 
 @torch.no_grad()
-def _val_recall(model, r_fit, r_val, meta_args, ts: TrainSettings, users: np.ndarray,
-                t_fit: sp.csr_matrix | None = None) -> float:
+def _val_recall(model, r_fit, r_val, meta_args, ts: TrainSettings, users: np.ndarray, t_fit: sp.csr_matrix | None = None) -> float:
     x = model.item_base(model.meta(*meta_args))
     if t_fit is not None:
         r_fit_in = weigh_by_recency(r_fit, t_fit, model.recency_boost, model.recency_scale)
@@ -214,8 +222,9 @@ def _val_recall(model, r_fit, r_val, meta_args, ts: TrainSettings, users: np.nda
 
 
 @torch.no_grad()
-def select(graph, r_fit, r_val, ms: ModelSettings, ts: TrainSettings, item_text,
-           progress: bool = True, t_fit: sp.csr_matrix | None = None) -> tuple[dict, SpectralSAGE, list[dict]]:
+def select(
+    graph, r_fit, r_val, ms: ModelSettings, ts: TrainSettings, item_text, progress: bool = True, t_fit: sp.csr_matrix | None = None
+) -> tuple[dict, SpectralSAGE, list[dict]]:
     """Choose the filter power, the user and item exponents and, when ``t_fit`` (the fit interactions' times)
     orders any user's items, the recency weights, by validation Recall@K (the test protocol: every validation
     user, all items ranked, fit items masked); returns (chosen, its model on ``r_fit``, every setting tried with
@@ -269,8 +278,7 @@ def select(graph, r_fit, r_val, ms: ModelSettings, ts: TrainSettings, item_text,
     return best, model_for(best), tried
 
 
-def _finetune(model, r_fit, r_val, meta_args, ts: TrainSettings, device, t0, progress,
-              epochs: int | None = None):
+def _finetune(model, r_fit, r_val, meta_args, ts: TrainSettings, device, t0, progress, epochs: int | None = None):
     """Denoising softmax fine-tune; early-stops on ``r_val`` or, without it, runs ``epochs`` epochs."""
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -327,16 +335,14 @@ def _finetune(model, r_fit, r_val, meta_args, ts: TrainSettings, device, t0, pro
         log_scale.fill_(float(np.log(grid[int(np.argmin(losses))])))
         probe_loss = min(losses)
     best, bad, history = validate(), 0, []
-    history.append({"epoch": 0, "val_recall": best, "probe_loss": probe_loss, "s": time.perf_counter() - t0,
-                    "refit": r_val is None})
+    history.append({"epoch": 0, "val_recall": best, "probe_loss": probe_loss, "s": time.perf_counter() - t0, "refit": r_val is None})
     best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
     for epoch in range(1, (ts.served_epochs if epochs is None else epochs) + 1):
         order = rng.permutation(users_all)
-        bar = tqdm(range(0, len(order), ts.batch_size), desc=f"fine-tune {epoch}", disable=not progress,
-                   leave=False)
+        bar = tqdm(range(0, len(order), ts.batch_size), desc=f"fine-tune {epoch}", disable=not progress, leave=False)
         total, n_steps = 0.0, 0
         for start in bar:
-            batch = order[start:start + ts.batch_size]
+            batch = order[start : start + ts.batch_size]
             inp, trow, tcol = _rows(r_fit, batch, 0.2, rng)
             if len(trow) == 0:
                 continue
@@ -349,11 +355,18 @@ def _finetune(model, r_fit, r_val, meta_args, ts: TrainSettings, device, t0, pro
         rec = validate()
         with torch.no_grad():
             probe_loss = float(loss_of(batch_logits(probe[0]), probe[1], probe[2], log_scale.exp()))
-        history.append({"epoch": epoch, "val_recall": rec, "loss": total / max(n_steps, 1),
-                        "probe_loss": probe_loss, "s": time.perf_counter() - t0, "refit": r_val is None})
+        history.append(
+            {
+                "epoch": epoch,
+                "val_recall": rec,
+                "loss": total / max(n_steps, 1),
+                "probe_loss": probe_loss,
+                "s": time.perf_counter() - t0,
+                "refit": r_val is None,
+            }
+        )
         if progress:
-            tqdm.write(f"epoch {epoch}: val recall@{ts.eval_k} {rec:.4f} (best {best:.4f}) "
-                       f"probe loss {probe_loss:.4f}")
+            tqdm.write(f"epoch {epoch}: val recall@{ts.eval_k} {rec:.4f} (best {best:.4f}) probe loss {probe_loss:.4f}")
         if r_val is None or rec > best:
             best, bad = rec, 0
             history[-1]["best"] = True

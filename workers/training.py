@@ -28,10 +28,20 @@ def item_texts(graph: InteractionGraph, ws: WorkerSettings, progress: bool = Fal
     return TextEncoder(ws.text_cache_dir).encode(graph.item_text, progress=progress)
 
 
-def train_and_save(graph: InteractionGraph, test: sp.csr_matrix | None, ms: ModelSettings, ts: TrainSettings,
-                   ws: WorkerSettings, *, source: str, progress: bool = True,
-                   item_text: torch.Tensor | None = None, version: str | None = None,
-                   model: str = "spectral-sage", facts: dict | None = None) -> dict:
+def train_and_save(
+    graph: InteractionGraph,
+    test: sp.csr_matrix | None,
+    ms: ModelSettings,
+    ts: TrainSettings,
+    ws: WorkerSettings,
+    *,
+    source: str,
+    progress: bool = True,
+    item_text: torch.Tensor | None = None,
+    version: str | None = None,
+    model: str = "spectral-sage",
+    facts: dict | None = None,
+) -> dict:
     """Fit a ``model`` (a `workers.kinds.MODEL_KINDS` name) on ``graph``, score ``test`` (held-out
     interactions) when given, save; returns version and metrics. ``facts`` are recorded with the metrics (the
     live graph's ``data_until``, which the quality gate reads)."""
@@ -46,9 +56,17 @@ def train_and_save(graph: InteractionGraph, test: sp.csr_matrix | None, ms: Mode
     metrics: dict = {}
     if test is not None:
         metrics = rank_metrics(served_scorer(fitted.model, graph, text), graph.interactions(), test, k=ts.eval_k)
-    metrics.update({"source": source, "train_s": round(fitted.train_s, 2), "history": fitted.history,
-                    "users": graph.num_users, "items": graph.num_items, **(facts or {})})
-    path = save_checkpoint(ws.model_dir, fitted.model, graph, ms.model_dump(), ts.model_dump(), metrics,
-                           item_text=text, version=version)
-    return {"version": path.parent.name, "checkpoint": str(path),
-            **{k: v for k, v in metrics.items() if k != "history"}}
+    metrics.update(
+        {
+            "source": source,
+            "train_s": round(fitted.train_s, 2),
+            "history": fitted.history,
+            "users": graph.num_users,
+            "items": graph.num_items,
+            **(facts or {}),
+        }
+    )
+    path = save_checkpoint(
+        ws.model_dir, fitted.model, graph, ms.model_dump(), ts.model_dump(), metrics, item_text=text, version=version
+    )
+    return {"version": path.parent.name, "checkpoint": str(path), **{k: v for k, v in metrics.items() if k != "history"}}

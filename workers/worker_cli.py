@@ -14,15 +14,16 @@ console = Console(stderr=True)
 
 
 @worker_app.command("run")
-def run(queues: str = typer.Option("gpu,cpu", help="queues to consume"),
-        concurrency: int = typer.Option(1, help="processes (solo pool when 1: the GPU queue's mode)"),
-        loglevel: str = typer.Option("INFO")) -> None:
+def run(
+    queues: str = typer.Option("gpu,cpu", help="queues to consume"),
+    concurrency: int = typer.Option(1, help="processes (solo pool when 1: the GPU queue's mode)"),
+    loglevel: str = typer.Option("INFO"),
+) -> None:
     """Start a Celery worker (``--pool=solo`` for one process: one per GPU)."""
     from workers.celery_app import app
 
     pool = ["--pool=solo"] if concurrency == 1 else ["--pool=prefork", f"--concurrency={concurrency}"]
-    app.worker_main(["worker", "-Q", queues, f"--loglevel={loglevel}", "--without-gossip", "--without-mingle",
-                     *pool])
+    app.worker_main(["worker", "-Q", queues, f"--loglevel={loglevel}", "--without-gossip", "--without-mingle", *pool])
 
 
 @worker_app.command("beat")
@@ -86,22 +87,27 @@ _TIMEOUT = typer.Option(3600.0, help="how long --wait waits")
 
 
 @worker_app.command("train")
-def submit_train(budget_min: float = typer.Option(None), epochs: int = typer.Option(None), wait: bool = _WAIT,
-                 timeout_s: float = _TIMEOUT) -> None:
+def submit_train(
+    budget_min: float = typer.Option(None), epochs: int = typer.Option(None), wait: bool = _WAIT, timeout_s: float = _TIMEOUT
+) -> None:
     """Train a new model version on the live graph (not yet active: see rebuild)."""
     _submit("interest.train", {"budget_min": budget_min, "epochs": epochs}, wait, timeout_s)
 
 
 @worker_app.command("retrain")
-def submit_retrain(budget_min: float = typer.Option(None), epochs: int = typer.Option(None), wait: bool = _WAIT,
-                   timeout_s: float = _TIMEOUT) -> None:
+def submit_retrain(
+    budget_min: float = typer.Option(None), epochs: int = typer.Option(None), wait: bool = _WAIT, timeout_s: float = _TIMEOUT
+) -> None:
     """Train a new version and roll it out only if the quality gate passes (what Celery beat runs)."""
     _submit("interest.retrain", {"budget_min": budget_min, "epochs": epochs}, wait, timeout_s)
 
 
 @worker_app.command("rebuild")
-def submit_rebuild(version: str = typer.Option("latest", help="'latest', or a version to roll back to"),
-                   wait: bool = _WAIT, timeout_s: float = _TIMEOUT) -> None:
+def submit_rebuild(
+    version: str = typer.Option("latest", help="'latest', or a version to roll back to"),
+    wait: bool = _WAIT,
+    timeout_s: float = _TIMEOUT,
+) -> None:
     """Embed every node with a version, then switch the servers to it."""
     _submit("interest.rebuild", {"version": version}, wait, timeout_s)
 
@@ -113,8 +119,12 @@ def submit_recompute(limit: int = typer.Option(None), wait: bool = _WAIT, timeou
 
 
 @worker_app.command("backfill")
-def submit_backfill(dataset: str = typer.Argument(..., help="gowalla | amazon-office | amazon-hin"),
-                    limit: int = typer.Option(None), wait: bool = _WAIT, timeout_s: float = _TIMEOUT) -> None:
+def submit_backfill(
+    dataset: str = typer.Argument(..., help="gowalla | amazon-office | amazon-hin"),
+    limit: int = typer.Option(None),
+    wait: bool = _WAIT,
+    timeout_s: float = _TIMEOUT,
+) -> None:
     """Load a dataset's files into the graph through the cpu queue."""
     _submit("interest.backfill", {"dataset": dataset, "limit": limit}, wait, timeout_s)
 

@@ -26,10 +26,14 @@ ITEMS = [
     ItemRecord("i-else", title="Somebody Else's Lamp", brand="Elsewhere", categories=(("Home", "Lamps"),)),
 ]
 EVENTS = [
-    ("shopper", "view", "i-head", NOW - 300), ("shopper", "purchase", "i-head", NOW - 200),
-    ("shopper", "view", "i-cam", NOW - 100), ("shopper", "view", "i-cam", NOW - 90),
-    ("shopper", "purchase", "i-pen", NOW - 50), ("shopper", "search", "Wireless  Headphones", NOW - 400),
-    ("other", "purchase", "i-else", NOW - 10), ("other", "search", "lamps", NOW - 20),
+    ("shopper", "view", "i-head", NOW - 300),
+    ("shopper", "purchase", "i-head", NOW - 200),
+    ("shopper", "view", "i-cam", NOW - 100),
+    ("shopper", "view", "i-cam", NOW - 90),
+    ("shopper", "purchase", "i-pen", NOW - 50),
+    ("shopper", "search", "Wireless  Headphones", NOW - 400),
+    ("other", "purchase", "i-else", NOW - 10),
+    ("other", "search", "lamps", NOW - 20),
 ]
 
 
@@ -37,9 +41,10 @@ EVENTS = [
 def shopper_graph(graph, graph_settings, neo4j_settings, monkeypatch):
     with graph.session() as session:
         session.execute_write(lambda tx: upsert_items(tx, ITEMS, token=new_token(), now=NOW - 1000))
-    rows = [{"event_id": f"e{n}", "user_id": user, "type": type_, "ts": ts,
-             ("query" if type_ == "search" else "item_id"): target}
-            for n, (user, type_, target, ts) in enumerate(EVENTS)]
+    rows = [
+        {"event_id": f"e{n}", "user_id": user, "type": type_, "ts": ts, ("query" if type_ == "search" else "item_id"): target}
+        for n, (user, type_, target, ts) in enumerate(EVENTS)
+    ]
     assert ingest_events(graph, graph_settings, rows, now=NOW).accepted == len(EVENTS)
     monkeypatch.setenv("NEO4J_URI", neo4j_settings.uri)
     monkeypatch.setenv("IG_PSEUDONYM_KEY", graph_settings.pseudonym_key.get_secret_value())
@@ -68,23 +73,43 @@ def test_picture_shows_the_shoppers_items_brands_categories_and_searches(shopper
     assert result.exit_code == 0, result.output
     assert "3 items, 2 brands, 6 categories, 1 searches" in " ".join(result.output.split())
     labels, edges = read_svg(out)
-    assert sorted(labels.values()) == sorted([
-        "shopper", "Headphones One", "Camera", 'A 14" Pen', "Sonic", "Snap", "Electronics", "Audio", "Headphones",
-        "Cameras", "Office", "Pens", "“wireless headphones”"])
+    assert sorted(labels.values()) == sorted(
+        [
+            "shopper",
+            "Headphones One",
+            "Camera",
+            'A 14" Pen',
+            "Sonic",
+            "Snap",
+            "Electronics",
+            "Audio",
+            "Headphones",
+            "Cameras",
+            "Office",
+            "Pens",
+            "“wireless headphones”",
+        ]
+    )
     assert edges == {
-        ("shopper", "Headphones One", "viewed, bought"), ("shopper", "Camera", "viewed ×2"),
-        ("shopper", 'A 14" Pen', "bought"), ("shopper", "“wireless headphones”", "searched"),
-        ("Headphones One", "Sonic", ""), ("Camera", "Snap", ""),
-        ("Headphones One", "Headphones", ""), ("Camera", "Cameras", ""), ('A 14" Pen', "Pens", ""),
-        ("Headphones", "Audio", ""), ("Audio", "Electronics", ""), ("Cameras", "Electronics", ""),
+        ("shopper", "Headphones One", "viewed, bought"),
+        ("shopper", "Camera", "viewed ×2"),
+        ("shopper", 'A 14" Pen', "bought"),
+        ("shopper", "“wireless headphones”", "searched"),
+        ("Headphones One", "Sonic", ""),
+        ("Camera", "Snap", ""),
+        ("Headphones One", "Headphones", ""),
+        ("Camera", "Cameras", ""),
+        ('A 14" Pen', "Pens", ""),
+        ("Headphones", "Audio", ""),
+        ("Audio", "Electronics", ""),
+        ("Cameras", "Electronics", ""),
         ("Pens", "Office", ""),
     }
 
 
 def test_picture_keeps_to_the_most_recent_items_when_capped(shopper_graph, tmp_path) -> None:
     out = tmp_path / "capped.png"
-    result = CliRunner().invoke(app, ["graph", "picture", "-u", "shopper", "-o", str(out), "--max-items", "1",
-                                      "--max-queries", "0"])
+    result = CliRunner().invoke(app, ["graph", "picture", "-u", "shopper", "-o", str(out), "--max-items", "1", "--max-queries", "0"])
     assert result.exit_code == 0, result.output
     assert out.read_bytes().startswith(b"\x89PNG")
     assert "1 items, 0 brands, 2 categories, 0 searches" in " ".join(result.output.split())  # A Pen: Office > Pens

@@ -76,8 +76,11 @@ def unit(*pairs: tuple[int, float]) -> list[float]:
 
 
 ITEM_VECTORS = {  # model m1, except i-novel (m0: an older model's vector)
-    "i-head1": unit((0, 1.0)), "i-head2": unit((0, 1.0), (1, 0.2)), "i-speaker": unit((0, 1.0), (1, 0.6)),
-    "i-cam": unit((2, 1.0)), "i-cold": unit((3, 1.0), (2, 0.5)),
+    "i-head1": unit((0, 1.0)),
+    "i-head2": unit((0, 1.0), (1, 0.2)),
+    "i-speaker": unit((0, 1.0), (1, 0.6)),
+    "i-cam": unit((2, 1.0)),
+    "i-cold": unit((3, 1.0), (2, 0.5)),
 }
 NOVEL_M0 = unit((3, 1.0))
 ALICE_VECTOR = unit((0, 1.0), (2, 0.1))
@@ -99,8 +102,12 @@ def analyst_graph(neo4j_driver, graph_settings):
     driver = neo4j_driver
     wipe(driver)
     with driver.session() as session:
-        session.execute_write(lambda tx: (upsert_items(tx, ITEMS, token=new_token(), now=NOW - 50 * D),
-                                          link_also_viewed(tx, ALSO_VIEWED, token=new_token(), now=NOW - 50 * D)))
+        session.execute_write(
+            lambda tx: (
+                upsert_items(tx, ITEMS, token=new_token(), now=NOW - 50 * D),
+                link_also_viewed(tx, ALSO_VIEWED, token=new_token(), now=NOW - 50 * D),
+            )
+        )
     result = ingest_events(driver, graph_settings, [_mapping(n, ev) for n, ev in enumerate(EVENTS)], now=NOW - 30)
     assert (result.accepted, result.rejected) == (len(EVENTS), [])
     assert write_embeddings(driver, "Item", ITEM_VECTORS.items(), "m1", now=NOW - 3600) == len(ITEM_VECTORS)
@@ -131,6 +138,7 @@ def doc_queries() -> dict[str, str]:
 
 
 # -- what the hand-built graph implies, computed from the event list ----------------------------------------
+
 
 def _decay(ts: float, now: float, half_life_s: float) -> float:
     return 2.0 ** (-(now - ts) / half_life_s)
@@ -182,95 +190,136 @@ def approx_rows(got: list[tuple], want: list[tuple], tol: float = 1e-6) -> None:
 
 # -- one case per heading: parameters, and a check of the rows -------------------------------------------------
 
+
 def cases(p, hl: float) -> dict[str, tuple[dict, object]]:
     """``p`` pseudonymises; ``hl`` is the half-life in seconds."""
+
     def c(params, check):
         return params, check
 
     return {
         "A user's top categories": c(
             {"user": p("alice"), "now": NOW, "half_life_s": hl, "k": 2},
-            lambda rows: approx_rows(rows_as(rows, "category", "interest"), expected_top_categories("alice", hl, 2))),
+            lambda rows: approx_rows(rows_as(rows, "category", "interest"), expected_top_categories("alice", hl, 2)),
+        ),
         "A user's recent activity": c(
             {"user": p("alice"), "since": NOW - 2.5 * D},
-            lambda rows: same(rows_as(rows, "behaviour", "target", "label", "events", "last_ts"), [
-                ("PURCHASED", "i-head1", "Headphones One", 1, NOW - 1 * D),
-                ("VIEWED", "i-head1", "Headphones One", 1, NOW - 1 * D - 300),
-                ("SEARCHED", query_id("wireless headphones"), "wireless headphones", 1, NOW - 1 * D - 600),
-                ("PURCHASED", "i-speaker", "Speaker", 1, NOW - 2 * D)])),
+            lambda rows: same(
+                rows_as(rows, "behaviour", "target", "label", "events", "last_ts"),
+                [
+                    ("PURCHASED", "i-head1", "Headphones One", 1, NOW - 1 * D),
+                    ("VIEWED", "i-head1", "Headphones One", 1, NOW - 1 * D - 300),
+                    ("SEARCHED", query_id("wireless headphones"), "wireless headphones", 1, NOW - 1 * D - 600),
+                    ("PURCHASED", "i-speaker", "Speaker", 1, NOW - 2 * D),
+                ],
+            ),
+        ),
         "Items bought together": c(
             {"item": "i-head1", "k": 5},
-            lambda rows: same(rows_as(rows, "item", "title", "buyers"), [
-                ("i-speaker", "Speaker", 2), ("i-novel", "A Novel", 1)])),
+            lambda rows: same(rows_as(rows, "item", "title", "buyers"), [("i-speaker", "Speaker", 2), ("i-novel", "A Novel", 1)]),
+        ),
         "Users with similar interests": c(
             {"user": p("alice"), "k": 5},
-            lambda rows: same(rows_as(rows, "user", "shared_items"), [(p("bob"), 2)] + sorted(
-                [(p("carol"), 1), (p("dave"), 1)]))),
+            lambda rows: same(rows_as(rows, "user", "shared_items"), [(p("bob"), 2)] + sorted([(p("carol"), 1), (p("dave"), 1)])),
+        ),
         "Trending items in a category": c(
             {"category": "Electronics", "since": NOW - 7 * D, "now": NOW, "half_life_s": hl, "k": 3},
-            lambda rows: (approx_rows(rows_as(rows, "item", "trend"),
-                                      expected_trending("Electronics", NOW - 7 * D, hl, 3)),
-                          same([r["item"] for r in rows], ["i-head1", "i-speaker", "i-cam"]))),
+            lambda rows: (
+                approx_rows(rows_as(rows, "item", "trend"), expected_trending("Electronics", NOW - 7 * D, hl, 3)),
+                same([r["item"] for r in rows], ["i-head1", "i-speaker", "i-cam"]),
+            ),
+        ),
         "Conversion funnel of an item": c(
-            {"item": "i-head1"},
-            lambda rows: same(rows_as(rows, "viewers", "carted", "buyers"), [(1, 1, 3)])),
-        "Ratings of an item": c(
-            {"item": "i-novel"},
-            lambda rows: same(rows_as(rows, "ratings", "average"), [(2, 4.5)])),
+            {"item": "i-head1"}, lambda rows: same(rows_as(rows, "viewers", "carted", "buyers"), [(1, 1, 3)])
+        ),
+        "Ratings of an item": c({"item": "i-novel"}, lambda rows: same(rows_as(rows, "ratings", "average"), [(2, 4.5)])),
         "Top brands": c(
             {"types": ["PURCHASED"], "k": 3},
-            lambda rows: same(rows_as(rows, "brand", "events"), [("Sonic", 3), ("Boom", 2), ("PagePress", 1)])),
+            lambda rows: same(rows_as(rows, "brand", "events"), [("Sonic", 3), ("Boom", 2), ("PagePress", 1)]),
+        ),
         "Category hierarchy": c(
             {"root": "Electronics"},
-            lambda rows: same(rows_as(rows, "category", "depth", "items"), [
-                ("Electronics", 0, 0), ("Electronics > Audio", 1, 1), ("Electronics > Audio > Headphones", 2, 2),
-                ("Electronics > Cameras", 1, 1)])),
+            lambda rows: same(
+                rows_as(rows, "category", "depth", "items"),
+                [
+                    ("Electronics", 0, 0),
+                    ("Electronics > Audio", 1, 1),
+                    ("Electronics > Audio > Headphones", 2, 2),
+                    ("Electronics > Cameras", 1, 1),
+                ],
+            ),
+        ),
         "Top searches": c(
             {"since": NOW - 7 * D, "k": 5},
-            lambda rows: same(rows_as(rows, "query", "searches", "users"), [
-                ("wireless headphones", 2, 2), ("camera", 1, 1)])),
+            lambda rows: same(rows_as(rows, "query", "searches", "users"), [("wireless headphones", 2, 2), ("camera", 1, 1)]),
+        ),
         "Items found after a search": c(
             {"text": "wireless headphones", "within_s": D, "k": 5},
-            lambda rows: same(rows_as(rows, "item", "searchers"), [("i-head1", 2), ("i-speaker", 1)])),
+            lambda rows: same(rows_as(rows, "item", "searchers"), [("i-head1", 2), ("i-speaker", 1)]),
+        ),
         "Also viewed": c(
             {"item": "i-head1", "k": 10},
-            lambda rows: same(rows_as(rows, "item", "title"),
-                              [("i-cold", "Unread Novel"), ("i-head2", "Headphones Two")])),
+            lambda rows: same(rows_as(rows, "item", "title"), [("i-cold", "Unread Novel"), ("i-head2", "Headphones Two")]),
+        ),
         "Cold items": c(
-            {"k": 10},
-            lambda rows: same(rows_as(rows, "item", "title", "has_vector"), [("i-cold", "Unread Novel", True)])),
+            {"k": 10}, lambda rows: same(rows_as(rows, "item", "title", "has_vector"), [("i-cold", "Unread Novel", True)])
+        ),
         "Nearest items to an item (vector index)": c(
             {"item": "i-head1", "candidates": 5, "k": 2},
-            lambda rows: approx_rows(rows_as(rows, "item", "score"), [
-                ("i-head2", cos_score(ITEM_VECTORS["i-head1"], ITEM_VECTORS["i-head2"])),
-                ("i-speaker", cos_score(ITEM_VECTORS["i-head1"], ITEM_VECTORS["i-speaker"]))], tol=1e-5)),
+            lambda rows: approx_rows(
+                rows_as(rows, "item", "score"),
+                [
+                    ("i-head2", cos_score(ITEM_VECTORS["i-head1"], ITEM_VECTORS["i-head2"])),
+                    ("i-speaker", cos_score(ITEM_VECTORS["i-head1"], ITEM_VECTORS["i-speaker"])),
+                ],
+                tol=1e-5,
+            ),
+        ),
         "Nearest items to a vector": c(
             # closest of all is i-novel, but its vector is of model m0
             {"vector": unit((3, 1.0), (2, 0.1)), "candidates": 10, "model_version": "m1", "k": 2},
-            lambda rows: approx_rows(rows_as(rows, "item", "score"), [
-                ("i-cold", cos_score(unit((3, 1.0), (2, 0.1)), ITEM_VECTORS["i-cold"])),
-                ("i-cam", cos_score(unit((3, 1.0), (2, 0.1)), ITEM_VECTORS["i-cam"]))], tol=1e-5)),
+            lambda rows: approx_rows(
+                rows_as(rows, "item", "score"),
+                [
+                    ("i-cold", cos_score(unit((3, 1.0), (2, 0.1)), ITEM_VECTORS["i-cold"])),
+                    ("i-cam", cos_score(unit((3, 1.0), (2, 0.1)), ITEM_VECTORS["i-cam"])),
+                ],
+                tol=1e-5,
+            ),
+        ),
         "A user's nearest items": c(
             # alice bought i-head1 and i-speaker, the two closest to her vector
             {"user": p("alice"), "candidates": 10, "k": 2},
-            lambda rows: approx_rows(rows_as(rows, "item", "score"), [
-                ("i-head2", cos_score(ALICE_VECTOR, ITEM_VECTORS["i-head2"])),
-                ("i-cam", cos_score(ALICE_VECTOR, ITEM_VECTORS["i-cam"]))], tol=1e-5)),
+            lambda rows: approx_rows(
+                rows_as(rows, "item", "score"),
+                [
+                    ("i-head2", cos_score(ALICE_VECTOR, ITEM_VECTORS["i-head2"])),
+                    ("i-cam", cos_score(ALICE_VECTOR, ITEM_VECTORS["i-cam"])),
+                ],
+                tol=1e-5,
+            ),
+        ),
         "Users with similar vectors": c(
             {"user": p("alice"), "candidates": 10, "k": 5},
-            lambda rows: approx_rows(rows_as(rows, "user", "score"), [
-                (p("bob"), cos_score(ALICE_VECTOR, USER_VECTORS["bob"])),
-                (p("carol"), cos_score(ALICE_VECTOR, USER_VECTORS["carol"]))], tol=1e-5)),
+            lambda rows: approx_rows(
+                rows_as(rows, "user", "score"),
+                [
+                    (p("bob"), cos_score(ALICE_VECTOR, USER_VECTORS["bob"])),
+                    (p("carol"), cos_score(ALICE_VECTOR, USER_VECTORS["carol"])),
+                ],
+                tol=1e-5,
+            ),
+        ),
         "Vectors by model version": c(
             {"since": NOW - 5000},
-            lambda rows: same(rows_as(rows, "label", "model_version", "vectors"),
-                              [("Item", "m1", 5), ("User", "m1", 1)])),
+            lambda rows: same(rows_as(rows, "label", "model_version", "vectors"), [("Item", "m1", 5), ("User", "m1", 1)]),
+        ),
         "Users pending recompute": c(
-            {"now": NOW + 120, "k": 10},
-            lambda rows: same(rows_as(rows, "user", "since", "waiting_s"), [(p("erin"), NOW, 120.0)])),
+            {"now": NOW + 120, "k": 10}, lambda rows: same(rows_as(rows, "user", "since", "waiting_s"), [(p("erin"), NOW, 120.0)])
+        ),
         "Pending changes by label": c(
-            {"now": NOW + 120},
-            lambda rows: same(rows_as(rows, "label", "pending", "oldest"), [("Item", 1, NOW), ("User", 1, NOW)])),
+            {"now": NOW + 120}, lambda rows: same(rows_as(rows, "label", "pending", "oldest"), [("Item", 1, NOW), ("User", 1, NOW)])
+        ),
     }
 
 
@@ -296,10 +345,16 @@ def test_documented_query(heading, analyst_graph, expectations) -> None:
 
 
 def test_parse_params() -> None:
-    params = _parse_params(["k=10", "w=0.5", "types=[\"PURCHASED\"]", 'item="12345"', "name=Sonic Sound", "e="],
-                           ["user=alice"], "key")
-    assert params == {"k": 10, "w": 0.5, "types": ["PURCHASED"], "item": "12345", "name": "Sonic Sound", "e": "",
-                      "user": pseudonymise("key", "alice")}
+    params = _parse_params(["k=10", "w=0.5", 'types=["PURCHASED"]', 'item="12345"', "name=Sonic Sound", "e="], ["user=alice"], "key")
+    assert params == {
+        "k": 10,
+        "w": 0.5,
+        "types": ["PURCHASED"],
+        "item": "12345",
+        "name": "Sonic Sound",
+        "e": "",
+        "user": pseudonymise("key", "alice"),
+    }
     with pytest.raises(Exception, match="name=value"):
         _parse_params(["no-equals-sign"], [], "key")
 
@@ -309,9 +364,22 @@ def test_cli_query_takes_parameters(analyst_graph, neo4j_settings, graph_setting
     monkeypatch.setenv("NEO4J_URI", neo4j_settings.uri)
     monkeypatch.setenv("IG_PSEUDONYM_KEY", graph_settings.pseudonym_key.get_secret_value())
     hl = graph_settings.half_life_s
-    result = CliRunner().invoke(graph_app, [
-        "query", doc_queries()["A user's top categories"], "--user-param", "user=alice",
-        "--param", f"now={NOW}", "--param", f"half_life_s={hl}", "-p", "k=2", "--json"])
+    result = CliRunner().invoke(
+        graph_app,
+        [
+            "query",
+            doc_queries()["A user's top categories"],
+            "--user-param",
+            "user=alice",
+            "--param",
+            f"now={NOW}",
+            "--param",
+            f"half_life_s={hl}",
+            "-p",
+            "k=2",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.output.splitlines() if line.strip()]
     approx_rows(rows_as(rows, "category", "interest"), expected_top_categories("alice", hl, 2))
@@ -361,13 +429,21 @@ def test_vector_index_queries_agree_with_brute_force(analyst_graph, random_vecto
         return rows_as([r.data() for r in records], key, "score")
 
     for seed in sorted(items)[::15]:
-        approx_rows(run("Nearest items to an item (vector index)", "item", item=seed, candidates=50, k=5),
-                    brute_force(items[seed], items, 5, leave_out=seed), tol=1e-5)
+        approx_rows(
+            run("Nearest items to an item (vector index)", "item", item=seed, candidates=50, k=5),
+            brute_force(items[seed], items, 5, leave_out=seed),
+            tol=1e-5,
+        )
     for user in sorted(users)[::4]:
-        approx_rows(run("Users with similar vectors", "user", user=user, candidates=20, k=5),
-                    brute_force(users[user], users, 5, leave_out=user), tol=1e-5)
-        approx_rows(run("A user's nearest items", "item", user=user, candidates=50, k=5),
-                    brute_force(users[user], items, 5), tol=1e-5)
+        approx_rows(
+            run("Users with similar vectors", "user", user=user, candidates=20, k=5),
+            brute_force(users[user], users, 5, leave_out=user),
+            tol=1e-5,
+        )
+        approx_rows(run("A user's nearest items", "item", user=user, candidates=50, k=5), brute_force(users[user], items, 5), tol=1e-5)
     probe = np.random.default_rng(7).normal(size=DIM).tolist()
-    approx_rows(run("Nearest items to a vector", "item", vector=probe, candidates=50, model_version=RANDOM_VERSION, k=5),
-                brute_force(probe, items, 5), tol=1e-5)
+    approx_rows(
+        run("Nearest items to a vector", "item", vector=probe, candidates=50, model_version=RANDOM_VERSION, k=5),
+        brute_force(probe, items, 5),
+        tol=1e-5,
+    )

@@ -15,13 +15,20 @@ def _view(i, user="u1", item="i1"):
 
 
 def test_every_touched_node_is_marked_and_clearing_removes_marks(graph, graph_settings):
-    ingest_events(graph, graph_settings, [_view(0), _view(1, "u2", "i2"),
-                                          {"event_id": "q", "user_id": "u3", "type": "search", "query": "lamp", "ts": NOW}],
-                  now=NOW + 10)
+    ingest_events(
+        graph,
+        graph_settings,
+        [_view(0), _view(1, "u2", "i2"), {"event_id": "q", "user_id": "u3", "type": "search", "query": "lamp", "ts": NOW}],
+        now=NOW + 10,
+    )
     marks = read_marks(graph)
     key = graph_settings.pseudonym_key.get_secret_value()
-    assert {(m.label, m.id) for m in marks} >= {("User", pseudonymise(key, "u1")), ("User", pseudonymise(key, "u2")),
-                                                ("Item", "i1"), ("Item", "i2")}
+    assert {(m.label, m.id) for m in marks} >= {
+        ("User", pseudonymise(key, "u1")),
+        ("User", pseudonymise(key, "u2")),
+        ("Item", "i1"),
+        ("Item", "i2"),
+    }
     assert {m.label for m in marks} == {"User", "Item", "Query"} and len(marks) == 6
     assert clear_marks(graph, marks) == 6
     assert count_marks(graph) == 0

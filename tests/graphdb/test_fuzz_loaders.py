@@ -19,8 +19,12 @@ from graphdb.loaders import DATASETS, load_dataset
 from graphdb.settings import GraphSettings
 from graphdb.stats import graph_counts
 
-FUZZ = settings(max_examples=80, deadline=None, database=None,  # no example files in the checkout
-                suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=80,
+    deadline=None,
+    database=None,  # no example files in the checkout
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 NOW = 1_700_000_000.0
 
 # -- tiny valid datasets in each format ------------------------------------------------------------------------------
@@ -32,8 +36,9 @@ HIN = {
     "item_view.dat": ["10,7", "11,8"],
 }
 OFFICE_INTER = {"0": [0, 1], "1": [1, 2, 0]}
-OFFICE_ITEMS = {str(i): {"title": f"Pen {i}", "description": "", "brand": "Acme",
-                         "categories": "Office Products, Writing"} for i in range(3)}
+OFFICE_ITEMS = {
+    str(i): {"title": f"Pen {i}", "description": "", "brand": "Acme", "categories": "Office Products, Writing"} for i in range(3)
+}
 LINE_FILES = {"gowalla": ("train.txt", GOWALLA), **{f"amazon-hin/{k}": (k, v) for k, v in HIN.items()}}
 
 
@@ -69,12 +74,29 @@ def _read_all(name: str, root: Path) -> int:
 # -- strategies of broken lines ------------------------------------------------------------------------------------
 junk_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=30)
 not_an_id = st.one_of(
-    st.sampled_from(["-1", "1.5", "1e3", "abc", "0x10", "١٢", "²", "nan", "inf", "9" * 19, "12345678901234567890123",
-                     "1_000", "+5", "' OR 1=1", "`x`", "$id"]),
+    st.sampled_from(
+        [
+            "-1",
+            "1.5",
+            "1e3",
+            "abc",
+            "0x10",
+            "١٢",
+            "²",
+            "nan",
+            "inf",
+            "9" * 19,
+            "12345678901234567890123",
+            "1_000",
+            "+5",
+            "' OR 1=1",
+            "`x`",
+            "$id",
+        ]
+    ),
     junk_text.filter(lambda t: not (t.strip().isascii() and t.strip().isdigit())),
 )
-bad_numbers = st.sampled_from(["nan", "NaN", "inf", "-inf", "1e400", "-1", "abc", "", "0", "6", "5.5e1", "2e11",
-                               "0x1", "١"])
+bad_numbers = st.sampled_from(["nan", "NaN", "inf", "-inf", "1e400", "-1", "abc", "", "0", "6", "5.5e1", "2e11", "0x1", "١"])
 
 
 def _bad_gowalla_line() -> st.SearchStrategy[str]:
@@ -138,13 +160,16 @@ def test_hin_bad_line_is_named(file, data) -> None:
 
 
 @FUZZ
-@given(target=st.sampled_from(["gowalla/train.txt"] + [f"amazon-hin/{f}" for f in sorted(HIN)]),
-       junk=st.binary(min_size=1, max_size=200), pos=st.integers(0, 3))
+@given(
+    target=st.sampled_from(["gowalla/train.txt"] + [f"amazon-hin/{f}" for f in sorted(HIN)]),
+    junk=st.binary(min_size=1, max_size=200),
+    pos=st.integers(0, 3),
+)
 def test_binary_junk_is_invalid_input_or_parsed(target, junk, pos) -> None:
     """Arbitrary bytes spliced into a file: either it still parses (the bytes happened to be a valid line) or
     InvalidInput names the file; never a UnicodeDecodeError, ValueError or the like."""
     dataset, file = target.split("/")
-    good = (GOWALLA if dataset == "gowalla" else HIN[file])
+    good = GOWALLA if dataset == "gowalla" else HIN[file]
     data = "\n".join(good[:pos]).encode() + b"\n" + junk + b"\n" + "\n".join(good[pos:]).encode() + b"\n"
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / dataset
@@ -167,19 +192,30 @@ def test_missing_files_are_named(tmp_path, dataset) -> None:
 
 
 # -- JSON files (amazon-office) ----------------------------------------------------------------------------------------
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | junk_text,
-                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(junk_text, inner, max_size=4),
-                           max_leaves=12)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | junk_text,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(junk_text, inner, max_size=4),
+    max_leaves=12,
+)
 
 
 @FUZZ
-@given(inter=st.one_of(json_values, st.dictionaries(junk_text, json_values, max_size=4),
-                       st.dictionaries(st.sampled_from(["0", "1", "x"]), st.lists(json_values, max_size=3),
-                                       min_size=1, max_size=3)),
-       items=st.one_of(st.just(OFFICE_ITEMS), json_values,
-                       st.dictionaries(st.sampled_from(["0", "1", "-1", "a"]),
-                                       st.dictionaries(st.sampled_from(["title", "brand", "categories", "x"]),
-                                                       json_values, max_size=4), max_size=3)))
+@given(
+    inter=st.one_of(
+        json_values,
+        st.dictionaries(junk_text, json_values, max_size=4),
+        st.dictionaries(st.sampled_from(["0", "1", "x"]), st.lists(json_values, max_size=3), min_size=1, max_size=3),
+    ),
+    items=st.one_of(
+        st.just(OFFICE_ITEMS),
+        json_values,
+        st.dictionaries(
+            st.sampled_from(["0", "1", "-1", "a"]),
+            st.dictionaries(st.sampled_from(["title", "brand", "categories", "x"]), json_values, max_size=4),
+            max_size=3,
+        ),
+    ),
+)
 def test_office_json_garbage(inter, items) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "amazon-office"
@@ -192,18 +228,21 @@ def test_office_json_garbage(inter, items) -> None:
             assert isinstance(inter, dict) and n == sum(len(v) for v in inter.values())
 
 
-@pytest.mark.parametrize("inter, where", [
-    (b"{\"0\": [0, 1,\n  ]", "Office.inter.json:2:"),
-    (b"\xff\xfe{}", "not UTF-8"),
-    (b"[1, 2]", "expected a JSON object"),
-    (b"{\"0\": 5}", "expected a list of item ids"),
-    (b"{\"0\": [1.5]}", "item id #1"),
-    (b"{\"0\": [true]}", "item id #1"),
-    (b"{\"0\": [\"x\"]}", "item id #1"),
-    (b"{\"0\": [-3]}", "item id #1"),
-    (b"{\"u1\": [1]}", "user id 'u1'"),
-    (b"[" * 100000 + b"]" * 100000, "Office.inter.json"),  # deep nesting
-])
+@pytest.mark.parametrize(
+    "inter, where",
+    [
+        (b'{"0": [0, 1,\n  ]', "Office.inter.json:2:"),
+        (b"\xff\xfe{}", "not UTF-8"),
+        (b"[1, 2]", "expected a JSON object"),
+        (b'{"0": 5}', "expected a list of item ids"),
+        (b'{"0": [1.5]}', "item id #1"),
+        (b'{"0": [true]}', "item id #1"),
+        (b'{"0": ["x"]}', "item id #1"),
+        (b'{"0": [-3]}', "item id #1"),
+        (b'{"u1": [1]}', "user id 'u1'"),
+        (b"[" * 100000 + b"]" * 100000, "Office.inter.json"),  # deep nesting
+    ],
+)
 def test_office_json_errors_say_where(tmp_path, inter, where) -> None:
     _write_office(tmp_path, inter=inter)
     with pytest.raises(InvalidInput) as err:
@@ -256,26 +295,42 @@ def test_malformed_files_change_nothing_and_valid_data_stays(graph, graph_settin
 SETTINGS = GraphSettings(pseudonym_key="k", embedding_dim=16)
 FIELDS = ["event_id", "user_id", "type", "ts", "item_id", "query", "rating", "review", "item"]
 valid_events = st.builds(
-    lambda n, t, item: {"event_id": f"ev-{n}", "user_id": f"user-{n % 7}", "type": t, "item_id": item,
-                        "ts": NOW - n, **({"rating": 4} if t == "rate" else {}),
-                        **({"review": "fine", "rating": 5} if t == "review" else {})},
-    st.integers(0, 10 ** 6), st.sampled_from(["view", "click", "add_to_cart", "purchase", "rate", "review"]),
-    st.sampled_from(["item-1", "item-2", "Ω-3"]))
-garbage_values = st.one_of(json_values, st.binary(max_size=10), st.tuples(st.integers()), st.just(object()),
-                           st.floats(allow_nan=True, allow_infinity=True), st.integers(-2 ** 70, 2 ** 70),
-                           st.text(max_size=5000))
+    lambda n, t, item: {
+        "event_id": f"ev-{n}",
+        "user_id": f"user-{n % 7}",
+        "type": t,
+        "item_id": item,
+        "ts": NOW - n,
+        **({"rating": 4} if t == "rate" else {}),
+        **({"review": "fine", "rating": 5} if t == "review" else {}),
+    },
+    st.integers(0, 10**6),
+    st.sampled_from(["view", "click", "add_to_cart", "purchase", "rate", "review"]),
+    st.sampled_from(["item-1", "item-2", "Ω-3"]),
+)
+garbage_values = st.one_of(
+    json_values,
+    st.binary(max_size=10),
+    st.tuples(st.integers()),
+    st.just(object()),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-(2**70), 2**70),
+    st.text(max_size=5000),
+)
 garbage_events = st.one_of(
     garbage_values,
     st.dictionaries(st.sampled_from(FIELDS + ["extra", ""]), garbage_values, max_size=8),
     st.builds(lambda ev, field, value: {**ev, field: value}, valid_events, st.sampled_from(FIELDS), garbage_values),
-    st.builds(lambda ev, field: {k: v for k, v in ev.items() if k != field}, valid_events,
-              st.sampled_from(["event_id", "user_id", "type", "ts", "item_id"])),
+    st.builds(
+        lambda ev, field: {k: v for k, v in ev.items() if k != field},
+        valid_events,
+        st.sampled_from(["event_id", "user_id", "type", "ts", "item_id"]),
+    ),
 )
 
 
 @FUZZ
-@given(tagged=st.lists(st.one_of(valid_events.map(lambda e: (True, e)), garbage_events.map(lambda e: (False, e))),
-                       max_size=12))
+@given(tagged=st.lists(st.one_of(valid_events.map(lambda e: (True, e)), garbage_events.map(lambda e: (False, e))), max_size=12))
 def test_validate_events_never_raises_and_keeps_the_valid(tagged) -> None:
     batch = [ev for _, ev in tagged]
     valid, rejected = validate_events(batch, SETTINGS, now=NOW)

@@ -51,13 +51,16 @@ EVENTS = [
 
 def _write(path: Path, header: list[str], rows: list[list[Any]]) -> Path:
     """The rows as CSV, JSON Lines or Parquet by the name's suffix; bytes cells are written raw (maybe not UTF-8)."""
+
     def raw(v: Any) -> bytes:
         return v if isinstance(v, bytes) else str(v).encode()
 
     if path.suffix == ".csv":
+
         def cell(v: Any) -> bytes:
             b = raw(v)
             return b'"' + b.replace(b'"', b'""') + b'"' if any(c in b for c in (b",", b'"', b"\n")) else b
+
         path.write_bytes(b"".join(b",".join(cell(v) for v in row) + b"\n" for row in [header, *rows]))
     elif path.suffix == ".jsonl":
         lines = []
@@ -71,8 +74,10 @@ def _write(path: Path, header: list[str], rows: list[list[Any]]) -> Path:
         path.write_bytes(b"".join(lines))
     else:
         binary = any(isinstance(v, bytes) for row in rows for v in row)
-        columns = {h: pa.array([raw(row[i]) if binary else str(row[i]) for row in rows],
-                               pa.binary() if binary else pa.string()) for i, h in enumerate(header)}
+        columns = {
+            h: pa.array([raw(row[i]) if binary else str(row[i]) for row in rows], pa.binary() if binary else pa.string())
+            for i, h in enumerate(header)
+        }
         pq.write_table(pa.table(columns), path, row_group_size=4)
     return path
 
@@ -88,9 +93,9 @@ def _snapshot(driver) -> dict[str, Any]:
     rels = driver.execute_query(
         "MATCH (u)-[r]->(t) RETURN u.id AS u, type(r) AS type, t.id AS t, r.count AS count, r.first_ts AS first, "
         "r.last_ts AS last, round(r.weight, 9) AS weight, r.rating AS rating, r.review AS review "
-        "ORDER BY u, type, t").records
-    items = driver.execute_query("MATCH (i:Item) RETURN i.id AS id, i.title AS title, i.description AS d "
-                                 "ORDER BY id").records
+        "ORDER BY u, type, t"
+    ).records
+    items = driver.execute_query("MATCH (i:Item) RETURN i.id AS id, i.title AS title, i.description AS d ORDER BY id").records
     return {"counts": graph_counts(driver), "rels": [dict(r) for r in rels], "items": [dict(r) for r in items]}
 
 
@@ -113,16 +118,23 @@ def test_each_format_imports_catalogue_and_events(graph, graph_settings, tmp_pat
     c = graph_counts(graph)
     assert c["nodes"]["Item"] == 3 and c["nodes"]["User"] == 3 and c["nodes"]["Brand"] == 2
     assert c["nodes"]["Category"] == 4  # Office, Office > Desk, Office > Desk > Staplers, Office > Paper
-    assert c["relationships"] == {**c["relationships"], "VIEWED": 2, "PURCHASED": 1, "ADDED_TO_CART": 1, "RATED": 2,
-                                  "HAS_BRAND": 3, "IN_CATEGORY": 3, "SUBCATEGORY_OF": 3}
+    assert c["relationships"] == {
+        **c["relationships"],
+        "VIEWED": 2,
+        "PURCHASED": 1,
+        "ADDED_TO_CART": 1,
+        "RATED": 2,
+        "HAS_BRAND": 3,
+        "IN_CATEGORY": 3,
+        "SUBCATEGORY_OF": 3,
+    }
     stapler = graph.execute_query(
         "MATCH (i:Item {id: 's1'})-[:IN_CATEGORY]->(c), (i)-[:HAS_BRAND]->(b) RETURN i.title AS t, c.id AS c, b.id AS b"
     ).records[0]
     assert (stapler["t"], stapler["c"], stapler["b"]) == ("Stapler", "Office > Desk > Staplers", "Acme")
     # External ids are pseudonymised; ISO 8601 and unix seconds are the same clock.
     alice = pseudonymise(graph_settings.pseudonym_key.get_secret_value(), "alice")
-    bought = graph.execute_query("MATCH (:User {id: $u})-[r:PURCHASED]->(:Item {id: 's1'}) RETURN r.last_ts AS ts",
-                                 u=alice).records
+    bought = graph.execute_query("MATCH (:User {id: $u})-[r:PURCHASED]->(:Item {id: 's1'}) RETURN r.last_ts AS ts", u=alice).records
     assert [r["ts"] for r in bought] == [1700000010.0]
     review = graph.execute_query("MATCH (:User)-[r:RATED]->(:Item {id: 's1'}) RETURN r.rating AS r, r.review AS t").records
     assert [(r["r"], r["t"]) for r in review] == [(5.0, "Works well")]
@@ -158,8 +170,13 @@ def test_bad_rows_go_to_the_rejects_file_and_good_rows_are_stored(graph, graph_s
 
 
 def test_bad_catalogue_rows_go_to_the_rejects_file(graph, graph_settings, tmp_path):
-    rows = [list(ITEMS[0].values()), ["", "No id", "", "", ""], ["s9", "t" * 5000, "", "", ""],
-            ["s8", "Shelf", "", "", "Office >  > Shelves"], list(ITEMS[1].values())]
+    rows = [
+        list(ITEMS[0].values()),
+        ["", "No id", "", "", ""],
+        ["s9", "t" * 5000, "", "", ""],
+        ["s8", "Shelf", "", "", "Office >  > Shelves"],
+        list(ITEMS[1].values()),
+    ]
     path = _write(tmp_path / "items.csv", list(ITEMS[0]), rows)
     report = import_catalogue(graph, graph_settings, path, _mapping(tmp_path).catalogue)
     assert [(r["row"], r["reason"]) for r in _rejects(report)] == [
@@ -177,8 +194,9 @@ def _many_events(n: int) -> list[list[Any]]:
     for k in range(n):
         kind = types[k % len(types)]
         ts = "not-a-time" if k % 97 == 96 else str(1700000000 + k)
-        rows.append([f"o{k}" if k % 2 else "", f"user{k % 40}", kind, f"s{(k * 7) % 30}", ts,
-                     str(1 + k % 5) if kind == "stars" else "", ""])
+        rows.append(
+            [f"o{k}" if k % 2 else "", f"user{k % 40}", kind, f"s{(k * 7) % 30}", ts, str(1 + k % 5) if kind == "stars" else "", ""]
+        )
     return rows
 
 
@@ -209,9 +227,14 @@ def test_killed_import_resumes_to_the_same_graph(graph, graph_settings, neo4j_se
     path = _write(tmp_path / "events.jsonl", HEADER, _many_events(12000))
     mapping = tmp_path / "shop.yaml"
     mapping.write_text(MAPPING)
-    env = {**os.environ, "NEO4J_URI": neo4j_settings.uri, "IG_PSEUDONYM_KEY": "test-pseudonym-key",
-           "IG_EMBEDDING_DIM": str(graph_settings.embedding_dim), "IG_BATCH_SIZE": "200",
-           "COLUMNS": "200"}
+    env = {
+        **os.environ,
+        "NEO4J_URI": neo4j_settings.uri,
+        "IG_PSEUDONYM_KEY": "test-pseudonym-key",
+        "IG_EMBEDDING_DIM": str(graph_settings.embedding_dim),
+        "IG_BATCH_SIZE": "200",
+        "COLUMNS": "200",
+    }
     command = [sys.executable, "-m", "cli.main", "graph", "import", "--events", str(path), "--map", str(mapping)]
     checkpoint = tmp_path / "events.jsonl.rejects.jsonl.progress.json"
 

@@ -18,7 +18,8 @@ def _pid(settings, user):
 
 def _rel(driver, rel, user_pid, target):
     recs = driver.execute_query(
-        f"MATCH (:User {{id: $u}})-[e:{rel}]->({{id: $t}}) RETURN properties(e) AS p", u=user_pid, t=target).records
+        f"MATCH (:User {{id: $u}})-[e:{rel}]->({{id: $t}}) RETURN properties(e) AS p", u=user_pid, t=target
+    ).records
     return recs[0]["p"] if recs else None
 
 
@@ -44,11 +45,17 @@ def test_weights_do_not_depend_on_arrival_order(graph, graph_settings):
     h = graph_settings.half_life_s
     ts = [NOW - 3 * h, NOW, NOW - h, NOW - 0.5 * h]
     for i, t in enumerate(ts):  # one batch per event, out of order
-        ingest_events(graph, graph_settings, [
-            {"event_id": f"o{i}", "user_id": "u1", "type": "click", "item_id": "i1", "ts": t}], now=NOW)
-    ingest_events(graph, graph_settings, [  # the same events in one batch, for another user
-        {"event_id": f"p{i}", "user_id": "u2", "type": "click", "item_id": "i1", "ts": t} for i, t in enumerate(ts)],
-        now=NOW)
+        ingest_events(
+            graph, graph_settings, [{"event_id": f"o{i}", "user_id": "u1", "type": "click", "item_id": "i1", "ts": t}], now=NOW
+        )
+    ingest_events(
+        graph,
+        graph_settings,
+        [  # the same events in one batch, for another user
+            {"event_id": f"p{i}", "user_id": "u2", "type": "click", "item_id": "i1", "ts": t} for i, t in enumerate(ts)
+        ],
+        now=NOW,
+    )
     expected = sum(2 ** (-(NOW - t) / h) for t in ts)
     for user in ("u1", "u2"):
         e = _rel(graph, "CLICKED", _pid(graph_settings, user), "i1")
@@ -57,15 +64,15 @@ def test_weights_do_not_depend_on_arrival_order(graph, graph_settings):
 
 
 def test_duplicates_in_a_batch_and_on_replay_change_nothing(graph, graph_settings):
-    batch = [{"event_id": f"e{i}", "user_id": f"u{i % 2}", "type": "view", "item_id": f"i{i % 3}", "ts": NOW - i}
-             for i in range(10)]
+    batch = [{"event_id": f"e{i}", "user_id": f"u{i % 2}", "type": "view", "item_id": f"i{i % 3}", "ts": NOW - i} for i in range(10)]
     first = ingest_events(graph, graph_settings, batch + batch[:3], now=NOW)
     assert (first.accepted, first.duplicates) == (10, 3)
     snapshot = graph.execute_query("MATCH ()-[e:VIEWED]->() RETURN sum(e.count) AS c, sum(e.weight) AS w").records[0]
     replay = ingest_events(graph, graph_settings, batch, now=NOW + 5)  # a client retry of the whole batch
     assert (replay.accepted, replay.duplicates) == (0, 10)
-    mixed = ingest_events(graph, graph_settings, batch[:2] + [
-        {"event_id": "new", "user_id": "u0", "type": "view", "item_id": "i0", "ts": NOW}], now=NOW)
+    mixed = ingest_events(
+        graph, graph_settings, batch[:2] + [{"event_id": "new", "user_id": "u0", "type": "view", "item_id": "i0", "ts": NOW}], now=NOW
+    )
     assert (mixed.accepted, mixed.duplicates) == (1, 2)
     after = graph.execute_query("MATCH ()-[e:VIEWED]->() RETURN sum(e.count) AS c, sum(e.weight) AS w").records[0]
     assert snapshot["c"] == 10 and after["c"] == 11
@@ -95,9 +102,15 @@ def test_bad_events_are_rejected_and_good_ones_stored(graph, graph_settings):
 
 def test_cypher_looking_ids_are_stored_as_plain_data(graph, graph_settings):
     evil = "x'}) MATCH (n) DETACH DELETE n //"
-    r = ingest_events(graph, graph_settings, [
-        {"event_id": "s1", "user_id": "u1", "type": "view", "item_id": "safe", "ts": NOW},
-        {"event_id": "s2", "user_id": evil, "type": "view", "item_id": evil, "ts": NOW}], now=NOW)
+    r = ingest_events(
+        graph,
+        graph_settings,
+        [
+            {"event_id": "s1", "user_id": "u1", "type": "view", "item_id": "safe", "ts": NOW},
+            {"event_id": "s2", "user_id": evil, "type": "view", "item_id": evil, "ts": NOW},
+        ],
+        now=NOW,
+    )
     assert r.accepted == 2
     ids = {rec["id"] for rec in graph.execute_query("MATCH (i:Item) RETURN i.id AS id").records}
     assert ids == {"safe", evil}
@@ -105,8 +118,12 @@ def test_cypher_looking_ids_are_stored_as_plain_data(graph, graph_settings):
 
 def test_item_metadata_builds_brand_and_category_hierarchy(graph, graph_settings):
     meta = {"title": "Blue pen", "brand": "Bic", "categories": [["Office", "Writing", "Pens"]]}
-    ingest_events(graph, graph_settings, [
-        {"event_id": "m1", "user_id": "u1", "type": "view", "item_id": "pen", "ts": NOW - 1, "item": meta}], now=NOW)
+    ingest_events(
+        graph,
+        graph_settings,
+        [{"event_id": "m1", "user_id": "u1", "type": "view", "item_id": "pen", "ts": NOW - 1, "item": meta}],
+        now=NOW,
+    )
     path = graph.execute_query(
         "MATCH (i:Item {id: 'pen'})-[:IN_CATEGORY]->(c:Category)-[:SUBCATEGORY_OF*]->(root:Category) "
         "WHERE NOT (root)-[:SUBCATEGORY_OF]->() "
@@ -114,9 +131,12 @@ def test_item_metadata_builds_brand_and_category_hierarchy(graph, graph_settings
     ).records
     assert [(p["t"], p["leaf"], p["root"], p["brand"]) for p in path] == [("Blue pen", "Pens", "Office", "Bic")]
     # A newer event re-brands the item: the old brand link goes, the graph keeps one brand.
-    ingest_events(graph, graph_settings, [
-        {"event_id": "m2", "user_id": "u1", "type": "view", "item_id": "pen", "ts": NOW, "item": {"brand": "Pilot"}}],
-        now=NOW)
+    ingest_events(
+        graph,
+        graph_settings,
+        [{"event_id": "m2", "user_id": "u1", "type": "view", "item_id": "pen", "ts": NOW, "item": {"brand": "Pilot"}}],
+        now=NOW,
+    )
     brands = graph.execute_query("MATCH (:Item {id: 'pen'})-[:HAS_BRAND]->(b) RETURN b.id AS b").records
     assert [b["b"] for b in brands] == ["Pilot"]
 
@@ -124,7 +144,8 @@ def test_item_metadata_builds_brand_and_category_hierarchy(graph, graph_settings
 def _interactions(driver):
     recs = driver.execute_query(
         "MATCH (u:User)-[e]->(t) WHERE type(e) IN ['VIEWED', 'CLICKED', 'RATED', 'SEARCHED'] "
-        "RETURN u.id AS u, type(e) AS rel, t.id AS t, properties(e) AS p ORDER BY u, rel, t").records
+        "RETURN u.id AS u, type(e) AS rel, t.id AS t, properties(e) AS p ORDER BY u, rel, t"
+    ).records
     return [(r["u"], r["rel"], r["t"], r["p"]) for r in recs]
 
 
@@ -148,7 +169,12 @@ def test_pipelined_batches_equal_one_call_per_batch(graph, graph_settings):
     pipelined = list(ingest_batches(graph, graph_settings, iter(batches), now=NOW))
     assert pipelined == one_by_one
     assert [(r.accepted, r.duplicates, [x.index for x in r.rejected]) for r in pipelined] == [
-        (4, 1, []), (2, 2, [3]), (1, 1, []), (0, 2, []), (2, 0, [])]
+        (4, 1, []),
+        (2, 2, [3]),
+        (1, 1, []),
+        (0, 2, []),
+        (2, 0, []),
+    ]
     got = _interactions(graph)
     assert [g[:3] for g in got] == [x[:3] for x in expected]
     for (_, _, _, p), (_, _, _, q) in zip(got, expected):

@@ -13,8 +13,9 @@ def test_amazon_office(graph, graph_settings, office_root):
     meta = json.loads((root / "Office.item.json").read_text())
     pairs = {(u, i) for u, items in inter.items() for i in items}
     brands = {m["brand"].replace("&amp;", "&").strip() for m in meta.values() if m["brand"].strip()}
-    paths = {tuple(p.strip() for p in m["categories"].replace("&amp;", "&").split(",")) for m in meta.values()
-             if m["categories"].strip()}
+    paths = {
+        tuple(p.strip() for p in m["categories"].replace("&amp;", "&").split(",")) for m in meta.values() if m["categories"].strip()
+    }
     prefixes = {p[:k] for p in paths for k in range(1, len(p) + 1)}
 
     result = load_dataset(graph, graph_settings, "amazon-office", root)
@@ -62,8 +63,9 @@ def test_amazon_hin(graph, graph_settings, slices):
         if (u, i) not in latest or float(ts) >= latest[(u, i)][1]:
             latest[(u, i)] = (float(rating), float(ts))
     (u, i), (rating, ts) = next(iter(sorted(latest.items())))
-    rec = graph.execute_query("MATCH (:User)-[e:RATED]->(:Item {id: $i}) WHERE e.last_ts = $ts RETURN e.rating AS r",
-                              i=f"hin:{i}", ts=ts).records
+    rec = graph.execute_query(
+        "MATCH (:User)-[e:RATED]->(:Item {id: $i}) WHERE e.last_ts = $ts RETURN e.rating AS r", i=f"hin:{i}", ts=ts
+    ).records
     assert rating in [r["r"] for r in rec]
 
 

@@ -25,9 +25,13 @@ def test_up_again_keeps_the_running_services(stack, neo4j_driver):
 def test_neo4j_is_the_capped_community_engine_on_loopback(stack, neo4j_driver):
     rec = neo4j_driver.execute_query("CALL dbms.components() YIELD versions, edition RETURN versions[0] AS v, edition").records[0]
     assert rec["edition"] == "community" and rec["v"] == stack.settings.neo4j_version
-    conf = {r["name"]: r["value"] for r in neo4j_driver.execute_query(
-        "SHOW SETTINGS YIELD name, value WHERE name IN ['server.memory.pagecache.size', "
-        "'server.bolt.listen_address', 'server.http.enabled'] RETURN name, value").records}
+    conf = {
+        r["name"]: r["value"]
+        for r in neo4j_driver.execute_query(
+            "SHOW SETTINGS YIELD name, value WHERE name IN ['server.memory.pagecache.size', "
+            "'server.bolt.listen_address', 'server.http.enabled'] RETURN name, value"
+        ).records
+    }
     assert conf["server.http.enabled"] == "false"
     assert conf["server.bolt.listen_address"].startswith("127.0.0.1:")
     assert conf["server.memory.pagecache.size"] in ("512.00MiB", "536870912", "512m", "512MiB")
@@ -37,9 +41,14 @@ def test_neo4j_is_the_capped_community_engine_on_loopback(stack, neo4j_driver):
 def browser_stack(tmp_path_factory: pytest.TempPathFactory):
     """A Neo4j of its own with the HTTP connector on (the session's stack keeps it off, the default)."""
     settings = LocalStackSettings(
-        var_dir=tmp_path_factory.mktemp("browser-stack"), neo4j_port=localstack.free_port(),
-        redis_port=localstack.free_port(), neo4j_http_port=localstack.free_port(),
-        neo4j_heap_mb=1024, neo4j_pagecache_mb=128, neo4j_tx_memory_mb=256)
+        var_dir=tmp_path_factory.mktemp("browser-stack"),
+        neo4j_port=localstack.free_port(),
+        redis_port=localstack.free_port(),
+        neo4j_http_port=localstack.free_port(),
+        neo4j_heap_mb=1024,
+        neo4j_pagecache_mb=128,
+        neo4j_tx_memory_mb=256,
+    )
     try:
         localstack.start_neo4j(settings)
         yield settings
@@ -60,8 +69,9 @@ def test_http_port_serves_neo4j_browser_on_loopback(browser_stack):
     status, _, discovery = _get(f"http://127.0.0.1:{browser_stack.neo4j_http_port}/")
     assert json.loads(discovery)["bolt_direct"] == f"bolt://127.0.0.1:{browser_stack.neo4j_port}"
     with connect(Neo4jSettings(uri=f"bolt://127.0.0.1:{browser_stack.neo4j_port}")) as driver:
-        address = driver.execute_query("SHOW SETTINGS YIELD name, value WHERE name = 'server.http.listen_address' "
-                                       "RETURN value").records[0]["value"]
+        address = driver.execute_query(
+            "SHOW SETTINGS YIELD name, value WHERE name = 'server.http.listen_address' RETURN value"
+        ).records[0]["value"]
     assert address == f"127.0.0.1:{browser_stack.neo4j_http_port}"
 
 

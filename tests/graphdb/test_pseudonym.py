@@ -13,10 +13,12 @@ def test_pseudonym_is_keyed_stable_and_hides_the_id():
 
 
 def test_external_user_ids_never_reach_the_graph(graph, graph_settings):
-    ingest_events(graph, graph_settings, [
-        {"event_id": "p1", "user_id": "alice@example.com", "type": "view", "item_id": "i1", "ts": time.time()}])
+    ingest_events(
+        graph, graph_settings, [{"event_id": "p1", "user_id": "alice@example.com", "type": "view", "item_id": "i1", "ts": time.time()}]
+    )
     ids = graph.execute_query("MATCH (u:User) RETURN u.id AS id").records
     assert [r["id"] for r in ids] == [pseudonymise(graph_settings.pseudonym_key.get_secret_value(), "alice@example.com")]
     leaked = graph.execute_query(
-        "MATCH (n) UNWIND keys(n) AS k WITH n[k] AS v WHERE toString(v) CONTAINS 'alice' RETURN count(*) AS n")
+        "MATCH (n) UNWIND keys(n) AS k WITH n[k] AS v WHERE toString(v) CONTAINS 'alice' RETURN count(*) AS n"
+    )
     assert leaked.records[0]["n"] == 0

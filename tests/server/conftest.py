@@ -43,6 +43,7 @@ class Harness:
     def call(self, fn, *args) -> Any:
         async def wrapper():
             return fn(*args)
+
         return self.run(wrapper())
 
     def channel(self, token: str | None = None) -> grpc.Channel:
@@ -54,8 +55,15 @@ class Harness:
         return pb_grpc.InterestServiceStub(self.channel())
 
 
-def start_harness(settings: ServerSettings, graph: GraphSettings, driver=None, *, redis_url: str | None = None,
-                  setup=None, start_lifecycle: bool = False) -> tuple[Harness, Any]:
+def start_harness(
+    settings: ServerSettings,
+    graph: GraphSettings,
+    driver=None,
+    *,
+    redis_url: str | None = None,
+    setup=None,
+    start_lifecycle: bool = False,
+) -> tuple[Harness, Any]:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -90,9 +98,9 @@ def start_harness(settings: ServerSettings, graph: GraphSettings, driver=None, *
             fut.result(30)
         except TimeoutError:
             import sys
+
             for t in asyncio.all_tasks(loop):
-                print("TASK", t.get_coro(), [(f.f_code.co_filename, f.f_lineno) for f in t.get_stack()],
-                      file=sys.stderr)
+                print("TASK", t.get_coro(), [(f.f_code.co_filename, f.f_lineno) for f in t.get_stack()], file=sys.stderr)
             raise
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
@@ -107,8 +115,9 @@ def item_vectors(n: int = 300, seed: int = 0) -> tuple[list[str], np.ndarray]:
     return [f"item-{j}" for j in range(n)], normalise(x)
 
 
-def seed_graph_items(driver, graph: GraphSettings, redis_url: str, stream: str, n: int,
-                     version: str = "m1") -> tuple[list[str], np.ndarray]:
+def seed_graph_items(
+    driver, graph: GraphSettings, redis_url: str, stream: str, n: int, version: str = "m1"
+) -> tuple[list[str], np.ndarray]:
     """An empty graph with ``n`` viewed items carrying vectors of ``version``, and an empty delta stream."""
     from graphdb.embeddings import write_embeddings
     from graphdb.ingest import ingest_events
@@ -118,8 +127,9 @@ def seed_graph_items(driver, graph: GraphSettings, redis_url: str, stream: str, 
     redis.Redis.from_url(redis_url).delete(stream)
     ids, vecs = item_vectors(n)
     now = time.time()
-    seeded = ingest_events(driver, graph, [
-        {"event_id": f"seed-{i}", "user_id": "shop-bot", "type": "view", "item_id": i, "ts": now - 100} for i in ids])
+    seeded = ingest_events(
+        driver, graph, [{"event_id": f"seed-{i}", "user_id": "shop-bot", "type": "view", "item_id": i, "ts": now - 100} for i in ids]
+    )
     assert seeded.accepted == n
     assert write_embeddings(driver, "Item", zip(ids, vecs.tolist()), version) == n
     return ids, vecs
@@ -147,8 +157,18 @@ def server_graph_settings() -> GraphSettings:
 
 
 def base_settings(**overrides) -> ServerSettings:
-    defaults = dict(port=0, snapshot_dir=None, redis_url=None, max_k=100, max_filter_ids=50, max_stream_events=20,
-                    ann_min_items=100, exact_filter_max=50, ivf_nprobe=4, compact_interval_s=3600.0)
+    defaults = dict(
+        port=0,
+        snapshot_dir=None,
+        redis_url=None,
+        max_k=100,
+        max_filter_ids=50,
+        max_stream_events=20,
+        ann_min_items=100,
+        exact_filter_max=50,
+        ivf_nprobe=4,
+        compact_interval_s=3600.0,
+    )
     defaults.update(overrides)
     return ServerSettings(**defaults)
 

@@ -45,11 +45,11 @@ def test_filters_by_category_brand_and_exclusion(plain_server) -> None:
     keep = lambda j: j % 2 == 0 and j % 3 in (0, 1) and j != 4 and f"item-{j}" not in excl  # noqa: E731
     assert got == _exact(vecs, vecs[4], 10, keep)
     # a subcategory filter matches through the stored ancestors; an unknown category matches nothing
-    sub = stub.SimilarItems(pb.SimilarItemsRequest(item_id="item-4", k=5, filter=pb.ItemFilter(
-        category_ids=["Electronics > Audio"])), timeout=10)
+    sub = stub.SimilarItems(
+        pb.SimilarItemsRequest(item_id="item-4", k=5, filter=pb.ItemFilter(category_ids=["Electronics > Audio"])), timeout=10
+    )
     assert all(int(i.item_id.split("-")[1]) % 2 == 0 for i in sub.items) and len(sub.items) == 5
-    none = stub.SimilarItems(pb.SimilarItemsRequest(item_id="item-4", k=5, filter=pb.ItemFilter(
-        category_ids=["Nope"])), timeout=10)
+    none = stub.SimilarItems(pb.SimilarItemsRequest(item_id="item-4", k=5, filter=pb.ItemFilter(category_ids=["Nope"])), timeout=10)
     assert list(none.items) == []
 
 
@@ -80,15 +80,17 @@ def test_get_embedding_of_an_item(plain_server) -> None:
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "node_type" in details
 
 
-@pytest.mark.parametrize("request_, field", [
-    (pb.SimilarItemsRequest(item_id="item-1", k=0), "k must be"),
-    (pb.SimilarItemsRequest(item_id="item-1", k=101), "k must be"),
-    (pb.SimilarItemsRequest(item_id="", k=5), "item_id must not be empty"),
-    (pb.SimilarItemsRequest(item_id="x" * 300, k=5), "item_id is longer"),
-    (pb.SimilarItemsRequest(item_id="item-1", k=5, filter=pb.ItemFilter(brand_ids=[""])), "filter.brand_ids[0]"),
-    (pb.SimilarItemsRequest(item_id="item-1", k=5, filter=pb.ItemFilter(exclude_item_ids=["a"] * 51)),
-     "more than 50 ids"),
-])
+@pytest.mark.parametrize(
+    "request_, field",
+    [
+        (pb.SimilarItemsRequest(item_id="item-1", k=0), "k must be"),
+        (pb.SimilarItemsRequest(item_id="item-1", k=101), "k must be"),
+        (pb.SimilarItemsRequest(item_id="", k=5), "item_id must not be empty"),
+        (pb.SimilarItemsRequest(item_id="x" * 300, k=5), "item_id is longer"),
+        (pb.SimilarItemsRequest(item_id="item-1", k=5, filter=pb.ItemFilter(brand_ids=[""])), "filter.brand_ids[0]"),
+        (pb.SimilarItemsRequest(item_id="item-1", k=5, filter=pb.ItemFilter(exclude_item_ids=["a"] * 51)), "more than 50 ids"),
+    ],
+)
 def test_bad_similar_items_requests(plain_server, request_, field) -> None:
     code, details = _code(plain_server.stub().SimilarItems, request_)
     assert code == grpc.StatusCode.INVALID_ARGUMENT and field in details

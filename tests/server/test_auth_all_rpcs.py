@@ -31,8 +31,9 @@ REQUESTS = {
     "SimilarItems": pb.SimilarItemsRequest(item_id="item-1", k=3),
     "RecommendForUser": pb.RecommendForUserRequest(user_id="alice", k=3),
     "NearestItems": pb.NearestItemsRequest(vector=[1.0] * DIM, k=3),
-    "IngestEvents": pb.IngestEventsRequest(events=[pb.Event(event_id="e1", user_id="u", type=pb.EVENT_TYPE_VIEW,
-                                                            item_id="item-1", ts=1.0)]),
+    "IngestEvents": pb.IngestEventsRequest(
+        events=[pb.Event(event_id="e1", user_id="u", type=pb.EVENT_TYPE_VIEW, item_id="item-1", ts=1.0)]
+    ),
     "GetEmbedding": pb.GetEmbeddingRequest(node_type=pb.NODE_TYPE_ITEM, id="item-1"),
     "ForgetUser": pb.ForgetUserRequest(user_id="alice"),
 }
@@ -68,9 +69,14 @@ def test_the_request_table_covers_every_rpc() -> None:
 @pytest.mark.parametrize("method", list(SERVICE.methods), ids=lambda m: m.name)
 def test_every_rpc_needs_a_valid_token(auth_server, method) -> None:
     ch = auth_server.channel()
-    for metadata in (None, [("authorization", "Bearer wrong")], [("authorization", "Bearer ")],
-                     [("authorization", "Bearer tok-a-but-longer")], [("authorization", "tok-a")],
-                     [("x-api-key", "tok-a")]):
+    for metadata in (
+        None,
+        [("authorization", "Bearer wrong")],
+        [("authorization", "Bearer ")],
+        [("authorization", "Bearer tok-a-but-longer")],
+        [("authorization", "tok-a")],
+        [("x-api-key", "tok-a")],
+    ):
         assert _call(ch, method, metadata) == grpc.StatusCode.UNAUTHENTICATED, (method.name, metadata)
     # with either configured token the call gets past auth and gets its normal answer (this server has no graph
     # database: ingestion answers UNAVAILABLE, the other graph-backed calls degrade to empty/cold-start answers)
@@ -82,8 +88,7 @@ def test_every_rpc_needs_a_valid_token(auth_server, method) -> None:
 def test_health_check_and_watch_are_open(auth_server) -> None:
     stub = health_pb2_grpc.HealthStub(auth_server.channel())
     for service in ("", SERVICE.full_name):
-        assert stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status == \
-            health_pb2.HealthCheckResponse.SERVING
+        assert stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
     watch = stub.Watch(health_pb2.HealthCheckRequest(service=SERVICE.full_name), timeout=10)
     assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
     watch.cancel()
@@ -125,8 +130,7 @@ def test_create_server_refuses_a_public_address_without_token(server_graph_setti
     with pytest.raises(FailedPrecondition):
         start_harness(base_settings(host="0.0.0.0"), server_graph_settings, setup=load_items)
     # with a token it listens on every interface, loopback included, and enforces the token
-    harness, stop = start_harness(base_settings(host="0.0.0.0", auth_tokens="t"), server_graph_settings,
-                                  setup=load_items)
+    harness, stop = start_harness(base_settings(host="0.0.0.0", auth_tokens="t"), server_graph_settings, setup=load_items)
     try:
         stub = harness.stub()
         req = pb.SimilarItemsRequest(item_id="item-1", k=2)
@@ -140,11 +144,17 @@ def test_create_server_refuses_a_public_address_without_token(server_graph_setti
 
 def test_python_m_server_exits_with_a_clear_error_on_a_public_address_without_token() -> None:
     port = localstack.free_port()
-    env = dict(os.environ, IG_SERVER_HOST="0.0.0.0", IG_SERVER_PORT=str(port), IG_SERVER_AUTH_TOKENS="",
-               IG_SERVER_SNAPSHOT_DIR="", IG_SERVER_REDIS_URL="", NEO4J_URI=f"bolt://127.0.0.1:{port}")
+    env = dict(
+        os.environ,
+        IG_SERVER_HOST="0.0.0.0",
+        IG_SERVER_PORT=str(port),
+        IG_SERVER_AUTH_TOKENS="",
+        IG_SERVER_SNAPSHOT_DIR="",
+        IG_SERVER_REDIS_URL="",
+        NEO4J_URI=f"bolt://127.0.0.1:{port}",
+    )
     env.pop("IG_SERVER_ALLOW_INSECURE_PUBLIC", None)
-    proc = subprocess.run([sys.executable, "-m", "server"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "server"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     out = proc.stdout + proc.stderr
     assert "refusing to listen on 0.0.0.0" in out and "IG_SERVER_ALLOW_INSECURE_PUBLIC=true" in out

@@ -17,13 +17,16 @@ from server.app import use_native_front
 from tests.server.conftest import base_settings, load_items, start_harness
 
 # Where cargo exists, `make setup` builds the front end: a missing build there is a failure, not a skip.
-pytestmark = pytest.mark.skipif(not front.available() and shutil.which("cargo") is None,
-                                reason="no Rust toolchain: the native front end cannot be built here")
+pytestmark = pytest.mark.skipif(
+    not front.available() and shutil.which("cargo") is None, reason="no Rust toolchain: the native front end cannot be built here"
+)
 
 CALLS = [
     ("SimilarItems", pb.SimilarItemsRequest(item_id="item-7", k=5)),
-    ("SimilarItems", pb.SimilarItemsRequest(item_id="item-7", k=5, filter=pb.ItemFilter(
-        category_ids=["Fashion"], exclude_item_ids=["item-13"]))),
+    (
+        "SimilarItems",
+        pb.SimilarItemsRequest(item_id="item-7", k=5, filter=pb.ItemFilter(category_ids=["Fashion"], exclude_item_ids=["item-13"])),
+    ),
     ("SimilarItems", pb.SimilarItemsRequest(item_id="no-such-item", k=5)),
     ("SimilarItems", pb.SimilarItemsRequest(item_id="größe-€", k=5)),  # non-ASCII details travel percent-encoded
     ("SimilarItems", pb.SimilarItemsRequest(item_id="item-7", k=0)),
@@ -41,9 +44,11 @@ def _outcomes(port: int, token: str | None = None, compression=None) -> list[tup
     out = []
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         for method, request in CALLS:
-            call = channel.unary_unary(f"/interest.v1.InterestService/{method}",
-                                       request_serializer=type(request).SerializeToString,
-                                       response_deserializer=lambda b: b)
+            call = channel.unary_unary(
+                f"/interest.v1.InterestService/{method}",
+                request_serializer=type(request).SerializeToString,
+                response_deserializer=lambda b: b,
+            )
             try:
                 answer = call(request, timeout=10, metadata=metadata, compression=compression)
                 out.append((method, "OK", answer))
@@ -130,8 +135,7 @@ def test_a_query_past_its_deadline_is_answered_and_counted_as_such(server_graph_
             time.sleep(0.3)
         assert stub.SimilarItems(request, timeout=10).items
         deadline = time.monotonic() + 10
-        while handled(samples := scrape(port)) != {("SimilarItems", "DEADLINE_EXCEEDED"): 1,
-                                                   ("SimilarItems", "OK"): 1}:
+        while handled(samples := scrape(port)) != {("SimilarItems", "DEADLINE_EXCEEDED"): 1, ("SimilarItems", "OK"): 1}:
             assert time.monotonic() < deadline, handled(samples)
             time.sleep(0.05)
     finally:

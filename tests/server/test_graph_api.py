@@ -33,12 +33,16 @@ def _seed(stub, now: float) -> pb.IngestEventsResponse:
         cat = ["Electronics", "Audio"] if j % 2 == 0 else ["Fashion"]
         info = pb.ItemInfo(title=f"t{j}", brand=f"brand-{j % 3}", categories=[pb.CategoryPath(names=cat)])
         events.append(_event(j, "shop-bot", pb.EVENT_TYPE_VIEW, f"item-{j}", now - 100, item=info))
-    events += [_event(100, "alice", pb.EVENT_TYPE_PURCHASE, "item-0", now - 50),
-               _event(101, "alice", pb.EVENT_TYPE_PURCHASE, "item-1", now - 40)]
+    events += [
+        _event(100, "alice", pb.EVENT_TYPE_PURCHASE, "item-0", now - 50),
+        _event(101, "alice", pb.EVENT_TYPE_PURCHASE, "item-1", now - 40),
+    ]
     events += [_event(200 + u, f"fan-{u}", pb.EVENT_TYPE_PURCHASE, "item-5", now - 30) for u in range(4)]
     events += [_event(300 + u, f"fan-{u}", pb.EVENT_TYPE_ADD_TO_CART, "item-8", now - 20) for u in range(3)]
-    bad = [pb.Event(event_id="bad-1", user_id="x", type=pb.EVENT_TYPE_VIEW, ts=now),  # no item
-           pb.Event(event_id="bad-2", user_id="x", item_id="item-1", ts=now)]  # no type
+    bad = [
+        pb.Event(event_id="bad-1", user_id="x", type=pb.EVENT_TYPE_VIEW, ts=now),  # no item
+        pb.Event(event_id="bad-2", user_id="x", item_id="item-1", ts=now),
+    ]  # no type
     dup = [_event(100, "alice", pb.EVENT_TYPE_PURCHASE, "item-0", now - 50)]
     msgs = [pb.IngestEventsRequest(events=events[:30]), pb.IngestEventsRequest(events=events[30:] + bad + dup)]
     return stub.IngestEvents(iter(msgs), timeout=60)
@@ -61,9 +65,15 @@ def live(neo4j_driver, graph_settings, redis_url, tmp_path_factory):
     graph = neo4j_driver
     wipe(graph)
     redis.Redis.from_url(redis_url).delete(STREAM)
-    settings = base_settings(redis_url=redis_url, delta_stream=STREAM, snapshot_dir=tmp_path_factory.mktemp("snap"),
-                             max_stream_events=1000, delta_block_ms=20, popular_ttl_s=0,
-                             forget_snapshot_s=0.2)
+    settings = base_settings(
+        redis_url=redis_url,
+        delta_stream=STREAM,
+        snapshot_dir=tmp_path_factory.mktemp("snap"),
+        max_stream_events=1000,
+        delta_block_ms=20,
+        popular_ttl_s=0,
+        forget_snapshot_s=0.2,
+    )
     seeder, stop = start_harness(settings, graph_settings, graph)
     summary = _seed(seeder.stub(), time.time())
     stop()
@@ -92,10 +102,10 @@ def test_recommend_excludes_purchases_unless_asked(live) -> None:
     assert "item-0" not in got and "item-1" not in got
     seen = stub.RecommendForUser(pb.RecommendForUserRequest(user_id="alice", k=5, include_seen=True), timeout=10)
     assert seen.items[0].item_id == "item-0" and seen.items[0].score == pytest.approx(1.0, abs=1e-4)
-    fashion = stub.RecommendForUser(pb.RecommendForUserRequest(
-        user_id="alice", k=5, filter=pb.ItemFilter(category_ids=["Fashion"])), timeout=10)
-    assert all(int(i.item_id.split("-")[1]) % 2 == 1 for i in fashion.items) and "item-1" not in \
-        [i.item_id for i in fashion.items]
+    fashion = stub.RecommendForUser(
+        pb.RecommendForUserRequest(user_id="alice", k=5, filter=pb.ItemFilter(category_ids=["Fashion"])), timeout=10
+    )
+    assert all(int(i.item_id.split("-")[1]) % 2 == 1 for i in fashion.items) and "item-1" not in [i.item_id for i in fashion.items]
 
 
 def test_cold_start_for_unknown_and_vectorless_users(live) -> None:
@@ -144,8 +154,9 @@ def test_delta_stream_upserts_deletes_and_model_switch(live, neo4j_driver, graph
     _wait(lambda: near().items[0].item_id == "fresh")
     r.xadd(STREAM, {FIELD: encode_upsert(pb.NODE_TYPE_ITEM, "ignored", probe, "other-model")})
     r.xadd(STREAM, {FIELD: b"not a protobuf"})
-    r.xadd(STREAM, {FIELD: pb.EmbeddingDelta(op=pb.EmbeddingDelta.OP_DELETE, node_type=pb.NODE_TYPE_ITEM,
-                                             id="fresh").SerializeToString()})
+    r.xadd(
+        STREAM, {FIELD: pb.EmbeddingDelta(op=pb.EmbeddingDelta.OP_DELETE, node_type=pb.NODE_TYPE_ITEM, id="fresh").SerializeToString()}
+    )
     _wait(lambda: near().items[0].item_id not in ("fresh", "ignored"))
     # compaction folds the delta into the base without changing answers
     before = [i.item_id for i in stub.SimilarItems(pb.SimilarItemsRequest(item_id="item-9", k=5), timeout=10).items]
@@ -176,8 +187,7 @@ def test_snapshot_then_catch_up_from_the_stream(live, neo4j_driver, graph_settin
     r.xadd(STREAM, {FIELD: encode_upsert(pb.NODE_TYPE_ITEM, "after-snap", -probe, version)})
     saved = neo4j_driver.execute_query("MATCH (n:Item) WHERE n.embedding IS NOT NULL RETURN count(n) AS n")
     neo4j_driver.execute_query("MATCH (n:Item) SET n.emb_version = 'gone'")  # proves the restart reads the snapshot
-    second, stop = start_harness(live.settings, graph_settings, neo4j_driver, redis_url=redis_url,
-                                 start_lifecycle=True)
+    second, stop = start_harness(live.settings, graph_settings, neo4j_driver, redis_url=redis_url, start_lifecycle=True)
     try:
         stub = second.stub()
         top = lambda v: stub.NearestItems(pb.NearestItemsRequest(vector=v, k=1), timeout=10).items[0].item_id  # noqa
@@ -204,8 +214,14 @@ def test_forget_user_everywhere(live, neo4j_driver, graph_settings, redis_url) -
     deltas = [pb.EmbeddingDelta.FromString(f[FIELD]) for _, f in entries if f[FIELD] != b"not a protobuf"]
     assert any(d.op == pb.EmbeddingDelta.OP_DELETE and d.id == pseudonym for d in deltas)
     # an upsert computed before the forget and arriving late cannot bring the user back
-    late = redis.Redis.from_url(redis_url).xadd(STREAM, {FIELD: encode_upsert(
-        pb.NODE_TYPE_USER, pseudonym, np.ones(DIM), live.engine.serving.index.model_version, ts=time.time() - 60)})
+    late = redis.Redis.from_url(redis_url).xadd(
+        STREAM,
+        {
+            FIELD: encode_upsert(
+                pb.NODE_TYPE_USER, pseudonym, np.ones(DIM), live.engine.serving.index.model_version, ts=time.time() - 60
+            )
+        },
+    )
     _wait(lambda: stream_position(live.lifecycle.consumer.position) >= stream_position(late.decode()))  # applied
     assert stub.RecommendForUser(pb.RecommendForUserRequest(user_id="alice", k=3), timeout=10).cold_start
     assert not stub.ForgetUser(pb.ForgetUserRequest(user_id="alice"), timeout=10).existed
@@ -218,4 +234,5 @@ def test_forget_user_everywhere(live, neo4j_driver, graph_settings, redis_url) -
         except (OSError, ValueError):  # replaced while we read it
             return False
         return snap is not None and pseudonym not in snap.users and time.time() - snap.created_at < 5
+
     _wait(snapshot_clean, timeout=10)

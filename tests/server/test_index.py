@@ -299,8 +299,7 @@ def test_searches_without_the_lock_never_see_a_half_changed_index() -> None:
     assert index.stale_searches > 0
     with lock:  # and once quiet, the answers are the exact ones where recall allows: spot-check they agree
         for q in queries[:8]:
-            assert index.search(q[None, :], 10, unlocked=unlocked)[0][0].tolist() == \
-                index.search(q[None, :], 10)[0][0].tolist()
+            assert index.search(q[None, :], 10, unlocked=unlocked)[0][0].tolist() == index.search(q[None, :], 10)[0][0].tolist()
 
 
 @pytest.mark.parametrize("tombstones", [0, 300])  # 300: FAISS skips tombstones through the live bitmap
@@ -322,9 +321,11 @@ def test_a_change_made_while_faiss_runs_unlocked_is_not_missed(tombstones: int) 
     def unlocked_with_a_change():
         lock.release()
         try:
+
             def change():
                 with lock:
                     index.upsert(names[neighbour], -q)
+
             t = threading.Thread(target=change)
             t.start()
             t.join()
@@ -340,10 +341,11 @@ def test_a_change_made_while_faiss_runs_unlocked_is_not_missed(tombstones: int) 
     assert index.stale_searches == 1
 
 
-@pytest.mark.parametrize(("codes", "dim", "ivf_dim", "held"), [
-    ("flat", DIM, DIM // 2, "flat"), ("pq4", 128, 64, "pq4"), ("pq4", 128, 0, "pq4"), ("pq4", DIM, DIM // 2, "flat")])
-def test_ivf_over_leading_components_re_ranks_at_full_width(tmp_path, codes: str, dim: int, ivf_dim: int,
-                                                             held: str) -> None:
+@pytest.mark.parametrize(
+    ("codes", "dim", "ivf_dim", "held"),
+    [("flat", DIM, DIM // 2, "flat"), ("pq4", 128, 64, "pq4"), ("pq4", 128, 0, "pq4"), ("pq4", DIM, DIM // 2, "flat")],
+)
+def test_ivf_over_leading_components_re_ranks_at_full_width(tmp_path, codes: str, dim: int, ivf_dim: int, held: str) -> None:
     """An IVF holding the leading half of each vector (components of decaying scale, as the served model's are),
     as floats or as PQ codes, or PQ codes of all of it, returns exact full-width inner products, keeps recall, and
     survives snapshots, filters and compaction. Too narrow an IVF for PQ codes keeps floats."""

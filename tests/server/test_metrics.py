@@ -28,8 +28,9 @@ def scrape(port: int) -> dict[tuple[str, tuple], float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
         assert resp.status == 200
         text = resp.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value for family in text_string_to_metric_families(text) for s in family.samples
+    }
 
 
 def value(samples, name: str, **labels) -> float | None:
@@ -38,8 +39,11 @@ def value(samples, name: str, **labels) -> float | None:
 
 def handled(samples) -> dict[tuple[str, str], float]:
     """(method, code) -> count, over every method of the InterestService."""
-    return {(dict(lab)["grpc_method"], dict(lab)["grpc_code"]): v for (name, lab), v in samples.items()
-            if name == "grpc_server_handled_total" and dict(lab)["grpc_service"] == SERVICE}
+    return {
+        (dict(lab)["grpc_method"], dict(lab)["grpc_code"]): v
+        for (name, lab), v in samples.items()
+        if name == "grpc_server_handled_total" and dict(lab)["grpc_service"] == SERVICE
+    }
 
 
 @pytest.fixture
@@ -48,8 +52,7 @@ def metered(neo4j_driver, graph_settings, redis_url):
     free port: (harness, metrics port, item vectors)."""
     ids, vecs = seed_graph_items(neo4j_driver, graph_settings, redis_url, STREAM, N_ITEMS)
     settings = base_settings(redis_url=redis_url, delta_stream=STREAM, delta_block_ms=20, metrics_port=0)
-    harness, stop = start_harness(settings, graph_settings, neo4j_driver, redis_url=redis_url,
-                                  start_lifecycle=True)
+    harness, stop = start_harness(settings, graph_settings, neo4j_driver, redis_url=redis_url, start_lifecycle=True)
     metrics = harness.engine.metrics
     metrics.follow(harness.lifecycle)
     port = metrics.start_http(settings.metrics_host, settings.metrics_port)
@@ -75,24 +78,28 @@ def test_requests_are_counted_and_timed_by_method_and_code(metered) -> None:
     _fails(stub.SimilarItems, pb.SimilarItemsRequest(item_id="no-such-item", k=5), grpc.StatusCode.NOT_FOUND)
     assert stub.NearestItems(pb.NearestItemsRequest(vector=vecs[0].tolist(), k=3), timeout=10).items
     for _ in range(2):
-        _fails(stub.NearestItems, pb.NearestItemsRequest(vector=vecs[0].tolist(), k=0),
-               grpc.StatusCode.INVALID_ARGUMENT)
+        _fails(stub.NearestItems, pb.NearestItemsRequest(vector=vecs[0].tolist(), k=0), grpc.StatusCode.INVALID_ARGUMENT)
     health = health_pb2_grpc.HealthStub(harness.channel())
-    assert health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status == \
-        health_pb2.HealthCheckResponse.SERVING
+    assert health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
 
     samples = scrape(port)
-    assert handled(samples) == {("SimilarItems", "OK"): 3, ("SimilarItems", "NOT_FOUND"): 1,
-                                ("NearestItems", "OK"): 1, ("NearestItems", "INVALID_ARGUMENT"): 2}
-    assert value(samples, "grpc_server_handled_total", grpc_service="grpc.health.v1.Health",
-                 grpc_method="Check", grpc_code="OK") == 1
+    assert handled(samples) == {
+        ("SimilarItems", "OK"): 3,
+        ("SimilarItems", "NOT_FOUND"): 1,
+        ("NearestItems", "OK"): 1,
+        ("NearestItems", "INVALID_ARGUMENT"): 2,
+    }
+    assert value(samples, "grpc_server_handled_total", grpc_service="grpc.health.v1.Health", grpc_method="Check", grpc_code="OK") == 1
     for method, n in (("SimilarItems", 4), ("NearestItems", 3)):
         labels = dict(grpc_service=SERVICE, grpc_method=method)
         assert value(samples, "grpc_server_handling_seconds_count", **labels) == n
         total = value(samples, "grpc_server_handling_seconds_sum", **labels)
         assert 0 < total < 10
-        buckets = sorted((float(dict(lab)["le"]), v) for (name, lab), v in samples.items()
-                         if name == "grpc_server_handling_seconds_bucket" and dict(lab)["grpc_method"] == method)
+        buckets = sorted(
+            (float(dict(lab)["le"]), v)
+            for (name, lab), v in samples.items()
+            if name == "grpc_server_handling_seconds_bucket" and dict(lab)["grpc_method"] == method
+        )
         counts = [v for _, v in buckets]
         assert counts == sorted(counts) and buckets[-1] == (float("inf"), n)
     # an unknown method is not counted (its name is the caller's choice)
@@ -117,10 +124,12 @@ def test_index_size_model_version_and_delta_freshness(metered, redis_url) -> Non
     r = redis.Redis.from_url(redis_url)
     ts = time.time() - 30.0  # vectors computed half a minute ago
     rng = np.random.default_rng(5)
-    for payload in (encode_upsert(pb.NODE_TYPE_ITEM, "fresh-item", rng.standard_normal(DIM), "m1", ts=ts - 5),
-                    encode_delete(pb.NODE_TYPE_ITEM, "item-3", "m1", ts=ts - 4),
-                    encode_upsert(pb.NODE_TYPE_ITEM, "item-4", rng.standard_normal(DIM), "m0", ts=ts - 3),
-                    encode_upsert(pb.NODE_TYPE_USER, "u_pseudonym", rng.standard_normal(DIM), "m1", ts=ts)):
+    for payload in (
+        encode_upsert(pb.NODE_TYPE_ITEM, "fresh-item", rng.standard_normal(DIM), "m1", ts=ts - 5),
+        encode_delete(pb.NODE_TYPE_ITEM, "item-3", "m1", ts=ts - 4),
+        encode_upsert(pb.NODE_TYPE_ITEM, "item-4", rng.standard_normal(DIM), "m0", ts=ts - 3),
+        encode_upsert(pb.NODE_TYPE_USER, "u_pseudonym", rng.standard_normal(DIM), "m1", ts=ts),
+    ):
         r.xadd(STREAM, {FIELD: payload})
     r.xadd(STREAM, {b"junk": b"x"})  # no delta field: skipped as malformed
 
@@ -146,14 +155,22 @@ def test_freshness_observes_only_served_vectors_that_answer_a_change(metered, re
     rng = np.random.default_rng(6)
 
     def upsert(node_id: str, version: str, changed_at: float) -> bytes:
-        return pb.EmbeddingDelta(op=pb.EmbeddingDelta.OP_UPSERT, node_type=pb.NODE_TYPE_USER, id=node_id,
-                                 model_version=version, vector=rng.standard_normal(DIM).tolist(), ts=time.time(),
-                                 changed_at=changed_at).SerializeToString()
+        return pb.EmbeddingDelta(
+            op=pb.EmbeddingDelta.OP_UPSERT,
+            node_type=pb.NODE_TYPE_USER,
+            id=node_id,
+            model_version=version,
+            vector=rng.standard_normal(DIM).tolist(),
+            ts=time.time(),
+            changed_at=changed_at,
+        ).SerializeToString()
 
     r = redis.Redis.from_url(redis_url)
-    for payload in (upsert("u_changed", "m1", marked),  # observed
-                    upsert("u_neighbour", "m1", 0.0),  # recomputed for a neighbour's change: no own mark
-                    upsert("u_other_model", "m0", marked)):  # stale version: never served
+    for payload in (
+        upsert("u_changed", "m1", marked),  # observed
+        upsert("u_neighbour", "m1", 0.0),  # recomputed for a neighbour's change: no own mark
+        upsert("u_other_model", "m0", marked),
+    ):  # stale version: never served
         r.xadd(STREAM, {FIELD: payload})
     deadline = time.monotonic() + 10
     while value(samples := scrape(port), "ig_delta_applied_total") != 3:
@@ -168,11 +185,9 @@ def test_freshness_observes_only_served_vectors_that_answer_a_change(metered, re
 def test_ingestion_outcomes(metered) -> None:
     harness, port, _ = metered
     samples = scrape(port)
-    assert [value(samples, "ig_ingest_events_total", outcome=o) for o in ("accepted", "duplicate", "rejected")] \
-        == [0, 0, 0]
+    assert [value(samples, "ig_ingest_events_total", outcome=o) for o in ("accepted", "duplicate", "rejected")] == [0, 0, 0]
     now = time.time()
-    events = [pb.Event(event_id=f"ev-{j}", user_id="alice", type=pb.EVENT_TYPE_VIEW, item_id=f"item-{j}", ts=now)
-              for j in range(3)]
+    events = [pb.Event(event_id=f"ev-{j}", user_id="alice", type=pb.EVENT_TYPE_VIEW, item_id=f"item-{j}", ts=now) for j in range(3)]
     events.append(pb.Event(event_id="ev-0", user_id="alice", type=pb.EVENT_TYPE_VIEW, item_id="item-0", ts=now))
     events.append(pb.Event(event_id="bad", user_id="alice", type=pb.EVENT_TYPE_VIEW, ts=now))  # no item
     resp = harness.stub().IngestEvents(iter([pb.IngestEventsRequest(events=events)]), timeout=60)
@@ -180,8 +195,7 @@ def test_ingestion_outcomes(metered) -> None:
     # replaying the valid ones: all duplicates now
     harness.stub().IngestEvents(iter([pb.IngestEventsRequest(events=events[:3])]), timeout=60)
     samples = scrape(port)
-    assert [value(samples, "ig_ingest_events_total", outcome=o) for o in ("accepted", "duplicate", "rejected")] \
-        == [3, 4, 1]
+    assert [value(samples, "ig_ingest_events_total", outcome=o) for o in ("accepted", "duplicate", "rejected")] == [3, 4, 1]
     assert handled(samples) == {("IngestEvents", "OK"): 2}
 
 
@@ -190,8 +204,7 @@ def test_each_server_has_its_own_registry_and_sees_refused_calls(metered, graph_
     there and nowhere else."""
     first, first_port, _ = metered
     settings = base_settings(auth_tokens="s3cret", metrics_port=0)
-    second, stop = start_harness(settings, graph_settings, setup=lambda e: e.install(
-        e.load_vectors(*item_vectors(N_ITEMS), "m9")))
+    second, stop = start_harness(settings, graph_settings, setup=lambda e: e.install(e.load_vectors(*item_vectors(N_ITEMS), "m9")))
     port = second.engine.metrics.start_http("127.0.0.1", 0)
     try:
         stub = second.stub()
@@ -216,8 +229,11 @@ def test_each_server_has_its_own_registry_and_sees_refused_calls(metered, graph_
         while ("IngestEvents", "DEADLINE_EXCEEDED") not in handled(samples := scrape(port)):
             assert time.monotonic() < deadline, handled(samples)
             time.sleep(0.05)
-        assert handled(samples) == {("SimilarItems", "UNAUTHENTICATED"): 1, ("SimilarItems", "OK"): 1,
-                                    ("IngestEvents", "DEADLINE_EXCEEDED"): 1}
+        assert handled(samples) == {
+            ("SimilarItems", "UNAUTHENTICATED"): 1,
+            ("SimilarItems", "OK"): 1,
+            ("IngestEvents", "DEADLINE_EXCEEDED"): 1,
+        }
         assert value(samples, "ig_model_info", model_version="m9") == 1
         assert value(samples, "ig_delta_applied_total") is None  # follows no stream
         first_samples = scrape(first_port)

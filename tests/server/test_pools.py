@@ -14,6 +14,7 @@ def _thread_name() -> str:
 def test_marked_behaviours_run_on_the_waiting_pool_and_the_rest_on_the_query_threads() -> None:
     pools = RpcPools(query_threads=1, wait_threads=2)
     try:
+
         def query(request, context):
             return "answer"
 

@@ -43,8 +43,11 @@ def two_free_ports() -> int:
 
 def handled(metrics_port: int, method: str) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("grpc_server_handled_total{") and f'grpc_method="{method}"' in line)
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("grpc_server_handled_total{") and f'grpc_method="{method}"' in line
+    )
 
 
 def children(pid: int) -> list[int]:
@@ -73,23 +76,37 @@ def wait_for(condition, what: str, timeout: float = 90.0):
 def test_two_processes_share_the_port_and_the_stream(stack, graph, tmp_path) -> None:
     port, metrics = localstack.free_port(), two_free_ports()
     snap, log = tmp_path / "snap", tmp_path / "server.log"
-    env = dict(os.environ, NEO4J_URI=stack.neo4j_uri, IG_EMBEDDING_DIM=str(DIM), IG_SERVER_PORT=str(port),
-               IG_SERVER_PROCESSES="2", IG_SERVER_METRICS_PORT=str(metrics), IG_SERVER_SNAPSHOT_DIR=str(snap),
-               IG_SERVER_REDIS_URL=stack.redis_url, IG_SERVER_DELTA_STREAM=STREAM, IG_SERVER_DELTA_BLOCK_MS="50")
+    env = dict(
+        os.environ,
+        NEO4J_URI=stack.neo4j_uri,
+        IG_EMBEDDING_DIM=str(DIM),
+        IG_SERVER_PORT=str(port),
+        IG_SERVER_PROCESSES="2",
+        IG_SERVER_METRICS_PORT=str(metrics),
+        IG_SERVER_SNAPSHOT_DIR=str(snap),
+        IG_SERVER_REDIS_URL=stack.redis_url,
+        IG_SERVER_DELTA_STREAM=STREAM,
+        IG_SERVER_DELTA_BLOCK_MS="50",
+    )
     r = redis.Redis.from_url(stack.redis_url)
     r.delete(STREAM)
-    proc = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
     # Separate connections, as separate clients would have (a local subchannel pool per channel).
     def connect() -> list[grpc.Channel]:
-        return [grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
-                for _ in range(CONNECTIONS)]
+        return [
+            grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(CONNECTIONS)
+        ]
 
     channels = connect()
     try:
+
         def all_serving() -> bool:
-            return all(health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2).status
-                       == health_pb2.HealthCheckResponse.SERVING for ch in channels)
+            return all(
+                health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2).status
+                == health_pb2.HealthCheckResponse.SERVING
+                for ch in channels
+            )
 
         wait_for(all_serving, "every connection SERVING")
         pids = children(proc.pid)
@@ -103,9 +120,12 @@ def test_two_processes_share_the_port_and_the_stream(stack, graph, tmp_path) -> 
 
         def everyone_sees(item: str, vec: np.ndarray):
             def check() -> bool:
-                answers = [pb_grpc.InterestServiceStub(ch).NearestItems(
-                    pb.NearestItemsRequest(vector=vec.tolist(), k=1), timeout=5) for ch in channels]
+                answers = [
+                    pb_grpc.InterestServiceStub(ch).NearestItems(pb.NearestItemsRequest(vector=vec.tolist(), k=1), timeout=5)
+                    for ch in channels
+                ]
                 return all([i.item_id for i in a.items] == [item] and a.model_version == "m1" for a in answers)
+
             return check
 
         wait_for(everyone_sees("fresh", publish("fresh", 3)), "the upsert on every connection", timeout=30)
@@ -118,8 +138,7 @@ def test_two_processes_share_the_port_and_the_stream(stack, graph, tmp_path) -> 
         wait_for(lambda: handled(metrics + 1, "NearestItems") is not None, "the new process's metrics endpoint")
         channels += connect()  # new clients: the old connections all went to process 0 meanwhile
         wait_for(all_serving, "every connection SERVING again")
-        wait_for(everyone_sees("later", publish("later", 5)), "an upsert after the restart on every connection",
-                 timeout=30)
+        wait_for(everyone_sees("later", publish("later", 5)), "an upsert after the restart on every connection", timeout=30)
         assert handled(metrics + 1, "NearestItems") > 0  # the new process answered some of them
         assert proc.poll() is None
 

@@ -24,8 +24,7 @@ def replicas(neo4j_driver, graph_settings, redis_url):
     """Two servers loaded from the same graph (model m1) and following the same stream."""
     ids, vecs = seed_graph_items(neo4j_driver, graph_settings, redis_url, STREAM, N_ITEMS)
     settings = base_settings(redis_url=redis_url, delta_stream=STREAM, delta_block_ms=50)
-    started = [start_harness(settings, graph_settings, neo4j_driver, redis_url=redis_url, start_lifecycle=True)
-               for _ in range(2)]
+    started = [start_harness(settings, graph_settings, neo4j_driver, redis_url=redis_url, start_lifecycle=True) for _ in range(2)]
     try:
         yield [h for h, _ in started], vecs
     finally:
@@ -35,12 +34,14 @@ def replicas(neo4j_driver, graph_settings, redis_url):
 
 def _publish(harness, redis_url: str, payload: bytes) -> None:
     """Publishes like a worker does (server.delta.publish, its own client)."""
+
     async def go():
         client = connect_redis(redis_url)
         try:
             await publish(client, STREAM, payload)
         finally:
             await client.aclose()
+
     harness.run(go())
 
 
@@ -84,8 +85,10 @@ def test_both_replicas_serve_a_new_item_vector(replicas, redis_url) -> None:
 
     _publish(servers[0], redis_url, encode_upsert(pb.NODE_TYPE_ITEM, "new-item", new_vec, "m1"))
     for n, stub in enumerate(stubs):
-        top = _wait_for(lambda: (lambda got: got if got[0] == "new-item" else None)(_nearest(stub, new_vec)),
-                        f"replica {n} answering NearestItems with new-item")
+        top = _wait_for(
+            lambda: (lambda got: got if got[0] == "new-item" else None)(_nearest(stub, new_vec)),
+            f"replica {n} answering NearestItems with new-item",
+        )
         assert top[1] == "item-7"
         similar = _wait_for(lambda: _similar(stub, "new-item"), f"replica {n} knowing new-item")
         assert similar[0] == "item-7" and "new-item" not in similar

@@ -57,8 +57,9 @@ class ServerProcess:
 
     def start(self) -> None:
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "server"], cwd=ROOT, env=self.env, stdout=out,
-                                         stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "server"], cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
 
     def status(self):
         try:
@@ -105,8 +106,7 @@ class _LateServer:
 
     def __init__(self, rig) -> None:
         settings = base_settings(redis_url=f"redis://127.0.0.1:{rig.stack.redis_port}/0", delta_stream=STREAM)
-        self.driver = connect(Neo4jSettings(uri=f"bolt://127.0.0.1:{rig.stack.neo4j_port}"), verify=False,
-                              max_retry_s=0.5)
+        self.driver = connect(Neo4jSettings(uri=f"bolt://127.0.0.1:{rig.stack.neo4j_port}"), verify=False, max_retry_s=0.5)
         self.harness, self._stop = start_harness(settings, rig.graph, self.driver)
         self.lifecycle = Lifecycle(self.harness.engine, connect_redis(settings.redis_url, settings.delta_block_ms))
         self.loading = asyncio.run_coroutine_threadsafe(self.lifecycle.start(), self.harness.loop)
@@ -144,8 +144,14 @@ def _wait(predicate, timeout: float) -> float:
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory):
     var = tmp_path_factory.mktemp("restarts")
-    stack = LocalStackSettings(var_dir=var, neo4j_port=localstack.free_port(), redis_port=localstack.free_port(),
-                               neo4j_heap_mb=512, neo4j_pagecache_mb=128, neo4j_tx_memory_mb=256)
+    stack = LocalStackSettings(
+        var_dir=var,
+        neo4j_port=localstack.free_port(),
+        redis_port=localstack.free_port(),
+        neo4j_heap_mb=512,
+        neo4j_pagecache_mb=128,
+        neo4j_tx_memory_mb=256,
+    )
     graph = GraphSettings(pseudonym_key="restart-key", embedding_dim=DIM)
     server = driver = None
     services: dict[str, localstack.Service] = {}
@@ -155,16 +161,25 @@ def rig(tmp_path_factory):
         migrate(driver, graph)
         ids, vecs = _vectors()
         with driver.session() as session:
-            session.execute_write(lambda tx: upsert_items(tx, [ItemRecord(id=i) for i in ids], token=new_token(),
-                                                          now=time.time()))
+            session.execute_write(lambda tx: upsert_items(tx, [ItemRecord(id=i) for i in ids], token=new_token(), now=time.time()))
         assert write_embeddings(driver, "Item", zip(ids, vecs.tolist()), MODEL) == N_ITEMS
-        env = dict(os.environ, NEO4J_URI=f"bolt://127.0.0.1:{stack.neo4j_port}", IG_EMBEDDING_DIM=str(DIM),
-                   IG_PSEUDONYM_KEY="restart-key", IG_SERVER_PORT=str(localstack.free_port()),
-                   IG_SERVER_SNAPSHOT_DIR=str(var / "snap"), IG_SERVER_SNAPSHOT_INTERVAL_S="3600",
-                   IG_SERVER_REDIS_URL=f"redis://127.0.0.1:{stack.redis_port}/0", IG_SERVER_DELTA_STREAM=STREAM,
-                   IG_SERVER_DELTA_BLOCK_MS="100", IG_SERVER_METRICS_PORT="0", IG_SERVER_GRACE_PERIOD_S="2",
-                   IG_SERVER_GRAPH_RETRY_S="1",
-                   IG_SERVER_AUTH_TOKENS="", IG_SERVER_HOST="127.0.0.1")
+        env = dict(
+            os.environ,
+            NEO4J_URI=f"bolt://127.0.0.1:{stack.neo4j_port}",
+            IG_EMBEDDING_DIM=str(DIM),
+            IG_PSEUDONYM_KEY="restart-key",
+            IG_SERVER_PORT=str(localstack.free_port()),
+            IG_SERVER_SNAPSHOT_DIR=str(var / "snap"),
+            IG_SERVER_SNAPSHOT_INTERVAL_S="3600",
+            IG_SERVER_REDIS_URL=f"redis://127.0.0.1:{stack.redis_port}/0",
+            IG_SERVER_DELTA_STREAM=STREAM,
+            IG_SERVER_DELTA_BLOCK_MS="100",
+            IG_SERVER_METRICS_PORT="0",
+            IG_SERVER_GRACE_PERIOD_S="2",
+            IG_SERVER_GRAPH_RETRY_S="1",
+            IG_SERVER_AUTH_TOKENS="",
+            IG_SERVER_HOST="127.0.0.1",
+        )
         server = ServerProcess(env, var / "server.log")
         server.start()
         server.wait_serving()
@@ -210,8 +225,7 @@ def test_redis_restart(rig) -> None:
         time.sleep(0.05)
     assert server.status() == SERVING
     # ingestion needs only Neo4j: it goes on without Redis (the workers' wake-up signal is best effort)
-    ev = pb.Event(event_id="ev-no-redis", user_id="u-no-redis", type=pb.EVENT_TYPE_VIEW, item_id="item-1",
-                  ts=time.time())
+    ev = pb.Event(event_id="ev-no-redis", user_id="u-no-redis", type=pb.EVENT_TYPE_VIEW, item_id="item-1", ts=time.time())
     assert server.stub.IngestEvents(iter([pb.IngestEventsRequest(events=[ev])]), timeout=30).accepted == 1
 
     localstack.start_redis(rig.stack)
@@ -238,9 +252,16 @@ def test_neo4j_restart_during_ingestion(rig) -> None:
     def client(c: int) -> None:
         b = 0
         while not stop.is_set():
-            events = [pb.Event(event_id=f"c{c}-b{b}-e{j}", user_id=f"shopper-{c}-{j % 4}", type=pb.EVENT_TYPE_VIEW,
-                               item_id=f"item-{(b * batch_size + j) % N_ITEMS}", ts=time.time())
-                      for j in range(batch_size)]
+            events = [
+                pb.Event(
+                    event_id=f"c{c}-b{b}-e{j}",
+                    user_id=f"shopper-{c}-{j % 4}",
+                    type=pb.EVENT_TYPE_VIEW,
+                    item_id=f"item-{(b * batch_size + j) % N_ITEMS}",
+                    ts=time.time(),
+                )
+                for j in range(batch_size)
+            ]
             while True:  # the same batch, same ids, until acknowledged
                 try:
                     resp = server.stub.IngestEvents(iter([pb.IngestEventsRequest(events=events)]), timeout=15)
@@ -286,10 +307,14 @@ def test_neo4j_restart_during_ingestion(rig) -> None:
             except grpc.RpcError as err:
                 reads[type(req).__name__] = err.code().name
 
-        readers = [threading.Thread(target=read, args=a) for a in (
-            (server.stub.RecommendForUser, pb.RecommendForUserRequest(user_id="someone-new", k=3)),
-            (server.stub.GetEmbedding, pb.GetEmbeddingRequest(node_type=pb.NODE_TYPE_USER, id="x")),
-            (server.stub.ForgetUser, pb.ForgetUserRequest(user_id="shopper-0-0")))]
+        readers = [
+            threading.Thread(target=read, args=a)
+            for a in (
+                (server.stub.RecommendForUser, pb.RecommendForUserRequest(user_id="someone-new", k=3)),
+                (server.stub.GetEmbedding, pb.GetEmbeddingRequest(node_type=pb.NODE_TYPE_USER, id="x")),
+                (server.stub.ForgetUser, pb.ForgetUserRequest(user_id="shopper-0-0")),
+            )
+        ]
         for t in readers:
             t.start()
         for t in readers:
@@ -324,10 +349,12 @@ def test_neo4j_restart_during_ingestion(rig) -> None:
     seen = rig.driver.execute_query("MATCH (s:Seen) WHERE s.id IN $ids RETURN count(s) AS n", ids=acked)
     assert seen.records[0]["n"] == len(acked)
     shoppers = [pseudonymise("restart-key", f"shopper-{c}-{j}") for c in range(clients) for j in range(4)]
-    total = rig.driver.execute_query("MATCH (u:User)-[r:VIEWED]->(:Item) WHERE u.id IN $users "
-                                     "RETURN sum(r.count) AS n", users=shoppers)
-    stray = rig.driver.execute_query("MATCH (s:Seen) WHERE s.id STARTS WITH 'c' AND NOT s.id IN $ids "
-                                     "RETURN count(s) AS n", ids=acked).records[0]["n"]
+    total = rig.driver.execute_query(
+        "MATCH (u:User)-[r:VIEWED]->(:Item) WHERE u.id IN $users RETURN sum(r.count) AS n", users=shoppers
+    )
+    stray = rig.driver.execute_query(
+        "MATCH (s:Seen) WHERE s.id STARTS WITH 'c' AND NOT s.id IN $ids RETURN count(s) AS n", ids=acked
+    ).records[0]["n"]
     # events whose batch was committed but never acknowledged cannot exist: every batch was retried until acked
     assert stray == 0
     assert total.records[0]["n"] == len(acked)

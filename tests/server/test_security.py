@@ -38,8 +38,7 @@ def test_not_serving_until_the_index_is_loaded(server_graph_settings) -> None:
         while _health(ch) != health_pb2.HealthCheckResponse.SERVING:
             assert time.monotonic() < deadline, "still NOT_SERVING after the index was loaded"
             time.sleep(0.02)
-        assert pb_grpc.InterestServiceStub(ch).SimilarItems(
-            pb.SimilarItemsRequest(item_id="item-1", k=1), timeout=10).items
+        assert pb_grpc.InterestServiceStub(ch).SimilarItems(pb.SimilarItemsRequest(item_id="item-1", k=1), timeout=10).items
     finally:
         stop()
 
@@ -50,15 +49,13 @@ def test_reflection_describes_the_service(plain_server) -> None:
     pool = descriptor_pool.DescriptorPool(db)
     svc = pool.FindServiceByName(SERVICE)
     methods = {m.name for m in svc.methods}
-    assert methods == {"SimilarItems", "RecommendForUser", "NearestItems", "IngestEvents", "GetEmbedding",
-                       "ForgetUser"}
+    assert methods == {"SimilarItems", "RecommendForUser", "NearestItems", "IngestEvents", "GetEmbedding", "ForgetUser"}
     assert pool.FindMessageTypeByName("interest.v1.EmbeddingDelta").fields_by_name["vector"]
 
 
 @pytest.fixture(scope="module")
 def auth_server(server_graph_settings):
-    harness, stop = start_harness(base_settings(auth_tokens="tok-a, tok-b"), server_graph_settings,
-                                  setup=load_items)
+    harness, stop = start_harness(base_settings(auth_tokens="tok-a, tok-b"), server_graph_settings, setup=load_items)
     yield harness
     stop()
 
@@ -66,8 +63,7 @@ def auth_server(server_graph_settings):
 def test_bearer_token_is_enforced(auth_server) -> None:
     stub = auth_server.stub()
     req = pb.SimilarItemsRequest(item_id="item-1", k=3)
-    for metadata in (None, [("authorization", "Bearer nope")], [("authorization", "tok-a")],
-                     [("authorization", "Basic tok-a")]):
+    for metadata in (None, [("authorization", "Bearer nope")], [("authorization", "tok-a")], [("authorization", "Basic tok-a")]):
         with pytest.raises(grpc.RpcError) as err:
             stub.SimilarItems(req, metadata=metadata, timeout=10)
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, metadata
@@ -99,21 +95,39 @@ def test_message_size_limit(server_graph_settings) -> None:
 
 def test_tls(tmp_path, server_graph_settings) -> None:
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
-                   check=True, capture_output=True)
-    harness, stop = start_harness(base_settings(tls_cert_file=cert, tls_key_file=key, host="localhost"),
-                                  server_graph_settings, setup=load_items)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    harness, stop = start_harness(
+        base_settings(tls_cert_file=cert, tls_key_file=key, host="localhost"), server_graph_settings, setup=load_items
+    )
     try:
         creds = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
         with grpc.secure_channel(f"localhost:{harness.port}", creds) as ch:
-            resp = pb_grpc.InterestServiceStub(ch).SimilarItems(pb.SimilarItemsRequest(item_id="item-1", k=2),
-                                                                timeout=10)
+            resp = pb_grpc.InterestServiceStub(ch).SimilarItems(pb.SimilarItemsRequest(item_id="item-1", k=2), timeout=10)
             assert len(resp.items) == 2
         with grpc.insecure_channel(f"localhost:{harness.port}") as ch:
             with pytest.raises(grpc.RpcError):
-                pb_grpc.InterestServiceStub(ch).SimilarItems(pb.SimilarItemsRequest(item_id="item-1", k=2),
-                                                             timeout=3)
+                pb_grpc.InterestServiceStub(ch).SimilarItems(pb.SimilarItemsRequest(item_id="item-1", k=2), timeout=3)
     finally:
         stop()
 
@@ -181,8 +195,7 @@ def test_streams_cannot_take_the_threads_queries_need(server_graph_settings) -> 
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "STREAM_THREADS" in err.value.details()
         for j in range(20):  # the query threads answer
             assert stub.SimilarItems(pb.SimilarItemsRequest(item_id=f"item-{j}", k=3), timeout=5).items
-        assert health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=5).status == \
-            health_pb2.HealthCheckResponse.SERVING
+        assert health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
 
         watches[0].cancel()  # a slot frees: a stream is accepted again
         # A Watch that runs answers the current status at once: that, not time, shows the slot was given back.

@@ -34,8 +34,9 @@ def _events(rng: np.random.Generator) -> list[dict]:
         own = rng.choice(np.arange(c * per, (c + 1) * per), size=n - 1, replace=False)
         items = [*own.tolist(), int(rng.integers(ITEMS))]
         for k, j in enumerate(dict.fromkeys(items)):
-            out.append({"event_id": f"e{u}-{k}", "user_id": f"shopper-{u}", "type": "purchase",
-                        "item_id": f"item-{j:02d}", "ts": T0 + 60 * k})
+            out.append(
+                {"event_id": f"e{u}-{k}", "user_id": f"shopper-{u}", "type": "purchase", "item_id": f"item-{j:02d}", "ts": T0 + 60 * k}
+            )
     return out
 
 
@@ -78,8 +79,10 @@ def test_quality_served_row_equals_the_running_servers_answers(rolled_out, graph
     try:
         stub = harness.stub()
         for s, expected in zip(shoppers, bench_top):
-            resp = stub.RecommendForUser(pb.RecommendForUserRequest(
-                user_id=s, k=20, include_seen=True, filter=pb.ItemFilter(exclude_item_ids=bought[s])), timeout=30)
+            resp = stub.RecommendForUser(
+                pb.RecommendForUserRequest(user_id=s, k=20, include_seen=True, filter=pb.ItemFilter(exclude_item_ids=bought[s])),
+                timeout=30,
+            )
             assert resp.model_version == ck.version and not resp.cold_start
             got = [i.item_id for i in resp.items]
             assert len(got) == 20 and not set(got) & set(bought[s])

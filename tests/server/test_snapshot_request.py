@@ -26,9 +26,16 @@ def test_snapshot_request_makes_each_replica_write_its_index(neo4j_driver, graph
 
     seed_graph_items(neo4j_driver, graph_settings, redis_url, STREAM, N_ITEMS)
     dirs = [tmp_path / "a", tmp_path / "b"]
-    started = [start_harness(base_settings(redis_url=redis_url, delta_stream=STREAM, delta_block_ms=50,
-                                           snapshot_dir=d, snapshot_interval_s=3600.0), graph_settings,
-                             neo4j_driver, redis_url=redis_url, start_lifecycle=True) for d in dirs]
+    started = [
+        start_harness(
+            base_settings(redis_url=redis_url, delta_stream=STREAM, delta_block_ms=50, snapshot_dir=d, snapshot_interval_s=3600.0),
+            graph_settings,
+            neo4j_driver,
+            redis_url=redis_url,
+            start_lifecycle=True,
+        )
+        for d in dirs
+    ]
     try:
         before = [_current(d) for d in dirs]
         publish(redis.Redis.from_url(redis_url), STREAM, [snapshot_request()])

@@ -10,8 +10,15 @@ from workers.data import EdgeSet, InteractionGraph
 from workers.datasets import Split
 
 
-def planted(n_clusters: int = 4, users_per: int = 25, items_per: int = 15, train_per_user: int = 6,
-            test_per_user: int = 2, noise: float = 0.05, seed: int = 0) -> tuple[Split, np.ndarray]:
+def planted(
+    n_clusters: int = 4,
+    users_per: int = 25,
+    items_per: int = 15,
+    train_per_user: int = 6,
+    test_per_user: int = 2,
+    noise: float = 0.05,
+    seed: int = 0,
+) -> tuple[Split, np.ndarray]:
     """Users and items in planted interest clusters: a user's items (train and test) come from its own cluster
     (with a little noise), items of a cluster share a category and carry "cluster k" text. Returns the split
     and each item's cluster."""
@@ -39,14 +46,19 @@ def planted(n_clusters: int = 4, users_per: int = 25, items_per: int = 15, train
     coo = train.tocoo()
     times = np.arange(coo.nnz)
     graph = InteractionGraph(
-        num_users=n_users, num_items=n_items,
+        num_users=n_users,
+        num_items=n_items,
         edges={("user", "clicked", "item"): EdgeSet.build(coo.row, coo.col, time=times)},
-        user_ids=[f"u{i}" for i in range(n_users)], item_ids=[f"i{i}" for i in range(n_items)],
-        num_categories=n_clusters, num_brands=3,
+        user_ids=[f"u{i}" for i in range(n_users)],
+        item_ids=[f"i{i}" for i in range(n_items)],
+        num_categories=n_clusters,
+        num_brands=3,
         item_category=torch.from_numpy(np.stack([np.arange(n_items), item_cluster])),
         item_brand=torch.from_numpy(rng.integers(-1, 3, size=n_items)),
         item_text=[f"cluster {c} product {i}" for i, c in enumerate(item_cluster)],
-        category_names=[f"c{k}" for k in range(n_clusters)], brand_names=["a", "b", "c"])
+        category_names=[f"c{k}" for k in range(n_clusters)],
+        brand_names=["a", "b", "c"],
+    )
     return Split(graph, test, "planted"), item_cluster
 
 
@@ -56,4 +68,3 @@ def cluster_text(item_cluster: np.ndarray, dim: int = 16, seed: int = 1) -> torc
     centers = torch.randn(int(item_cluster.max()) + 1, dim, generator=g)
     x = centers[torch.from_numpy(item_cluster)] + 0.3 * torch.randn(len(item_cluster), dim, generator=g)
     return torch.nn.functional.normalize(x, dim=-1)
-

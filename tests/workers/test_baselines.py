@@ -13,16 +13,24 @@ from workers.train_bpr import fit_bpr
 def test_graph_filters_beat_random_and_popularity(planted_split):
     split, _ = planted_split
     r = split.train.interactions()
-    res = {name: rank_metrics(f, r, split.test, k=5)["recall@5"] for name, f in {
-        "random": fit_random(r.shape[1]), "pop": fit_popularity(r),
-        "knn": fit_implicit("itemknn", r, 1, 0)[0], "bm25": fit_implicit("bm25", r, 1, 0)[0],
-        "als": fit_implicit("als", r, 1, 0)[0], "gfcf": fit_gfcf(r, k=8)}.items()}
+    res = {
+        name: rank_metrics(f, r, split.test, k=5)["recall@5"]
+        for name, f in {
+            "random": fit_random(r.shape[1]),
+            "pop": fit_popularity(r),
+            "knn": fit_implicit("itemknn", r, 1, 0)[0],
+            "bm25": fit_implicit("bm25", r, 1, 0)[0],
+            "als": fit_implicit("als", r, 1, 0)[0],
+            "gfcf": fit_gfcf(r, k=8),
+        }.items()
+    }
     assert all(res[m] > res["pop"] + 0.1 for m in ("knn", "bm25", "als", "gfcf")), res
 
 
 def test_metrics_on_a_known_ranking():
     import scipy.sparse as sp
     import torch
+
     train = sp.csr_matrix(np.array([[1, 0, 0, 0]], np.float32))
     test = sp.csr_matrix(np.array([[0, 1, 0, 1]], np.float32))
     scores = torch.tensor([[9.0, 3.0, 2.0, 1.0]])  # item 0 masked; top-2 = items 1, 2

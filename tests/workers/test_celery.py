@@ -30,10 +30,19 @@ DATASETS = DataSettings().dataset_dir("amazon-office").parent
 
 def _env(stack, graph_settings, tmp_path, redis_port: int | None = None, **extra):
     return process.worker_env(
-        neo4j_uri=stack.neo4j_uri, redis_base=f"redis://127.0.0.1:{redis_port or stack.settings.redis_port}",
-        model_dir=tmp_path / "models", text_cache_dir=tmp_path / "text", graph=graph_settings,
-        extra={"IG_TRAIN_MAX_EPOCHS": "0", "IG_TRAIN_THREADS": "1", "IG_DATASETS_DIR": str(DATASETS.resolve()),
-               "IG_WORKER_RECOMPUTE_INTERVAL_S": "0.5", **extra})
+        neo4j_uri=stack.neo4j_uri,
+        redis_base=f"redis://127.0.0.1:{redis_port or stack.settings.redis_port}",
+        model_dir=tmp_path / "models",
+        text_cache_dir=tmp_path / "text",
+        graph=graph_settings,
+        extra={
+            "IG_TRAIN_MAX_EPOCHS": "0",
+            "IG_TRAIN_THREADS": "1",
+            "IG_DATASETS_DIR": str(DATASETS.resolve()),
+            "IG_WORKER_RECOMPUTE_INTERVAL_S": "0.5",
+            **extra,
+        },
+    )
 
 
 def _flush_queues(env):
@@ -42,10 +51,19 @@ def _flush_queues(env):
 
 
 def _seed(driver, graph_settings, users: int, per_user: int, items: int, tag: str, ts: float) -> int:
-    events = [{"event_id": f"{tag}-{u}-{k}", "user_id": f"user-{u}", "type": "click", "ts": ts + k,
-               "item_id": f"item-{(u * 7 + k * 13) % items}"} for u in range(users) for k in range(per_user)]
+    events = [
+        {
+            "event_id": f"{tag}-{u}-{k}",
+            "user_id": f"user-{u}",
+            "type": "click",
+            "ts": ts + k,
+            "item_id": f"item-{(u * 7 + k * 13) % items}",
+        }
+        for u in range(users)
+        for k in range(per_user)
+    ]
     for s in range(0, len(events), 5000):
-        assert not ingest_events(driver, graph_settings, events[s:s + 5000]).rejected
+        assert not ingest_events(driver, graph_settings, events[s : s + 5000]).rejected
     return len(events)
 
 
@@ -62,8 +80,7 @@ def worker(graph, stack, graph_settings, tmp_path):
         process.stop(proc)
 
 
-def test_tasks_and_scheduler_bring_an_event_to_neo4j_and_the_stream(worker, graph, graph_settings, tmp_path,
-                                                                    redis_url):
+def test_tasks_and_scheduler_bring_an_event_to_neo4j_and_the_stream(worker, graph, graph_settings, tmp_path, redis_url):
     env, app, _proc = worker
     _seed(graph, graph_settings, users=40, per_user=4, items=25, tag="seed", ts=T0)
     trained = app.send_task("interest.train", kwargs={"epochs": 0}).get(timeout=120)
@@ -77,8 +94,14 @@ def test_tasks_and_scheduler_bring_an_event_to_neo4j_and_the_stream(worker, grap
         start_id = r.xrevrange(env.get("IG_WORKER_DELTA_STREAM", "ig:embeddings"), count=1)
         start_id = start_id[0][0] if start_id else b"0-0"
         acked = time.time()
-        assert ingest_events(graph, graph_settings, [{"event_id": "fresh-1", "user_id": "user-3", "type": "purchase",
-                                                      "ts": T0 + 500, "item_id": "item-9"}]).accepted == 1
+        assert (
+            ingest_events(
+                graph,
+                graph_settings,
+                [{"event_id": "fresh-1", "user_id": "user-3", "type": "purchase", "ts": T0 + 500, "item_id": "item-9"}],
+            ).accepted
+            == 1
+        )
         r.lpush("ig:changed", b"1")  # what the server does after a write
         pseudonym = pseudonymise(graph_settings.pseudonym_key.get_secret_value(), "user-3")
         _wait_fresh_vector(graph, r, "ig:embeddings", start_id, pseudonym, acked, trained["version"])
@@ -103,8 +126,7 @@ def test_tasks_and_scheduler_bring_an_event_to_neo4j_and_the_stream(worker, grap
 
     def scrape() -> dict:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for m in text_string_to_metric_families(text) for s in m.samples}
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value for m in text_string_to_metric_families(text) for s in m.samples}
 
     def value(name, **labels):
         return samples.get((name, tuple(sorted(labels.items()))), 0.0)
@@ -113,8 +135,7 @@ def test_tasks_and_scheduler_bring_an_event_to_neo4j_and_the_stream(worker, grap
     # last task's observation may land a moment after its result reached us.
     deadline = time.monotonic() + 10
     samples = scrape()
-    while value("ig_worker_task_seconds_count", task="interest.backfill", outcome="ok") < 1 \
-            and time.monotonic() < deadline:
+    while value("ig_worker_task_seconds_count", task="interest.backfill", outcome="ok") < 1 and time.monotonic() < deadline:
         time.sleep(0.05)
         samples = scrape()
 
@@ -129,14 +150,20 @@ def test_tasks_and_scheduler_bring_an_event_to_neo4j_and_the_stream(worker, grap
     assert ("ig_worker_queue_depth", (("queue", "gpu"),)) in samples
 
 
-def test_worker_killed_mid_recompute_the_task_comes_back_and_nothing_is_lost(graph, stack, graph_settings,
-                                                                             neo4j_settings, tmp_path, redis_url):
-    env = _env(stack, graph_settings, tmp_path, IG_WORKER_VISIBILITY_TIMEOUT_S="10",
-               IG_WORKER_LOCK_TIMEOUT_S="8")
+def test_worker_killed_mid_recompute_the_task_comes_back_and_nothing_is_lost(
+    graph, stack, graph_settings, neo4j_settings, tmp_path, redis_url
+):
+    env = _env(stack, graph_settings, tmp_path, IG_WORKER_VISIBILITY_TIMEOUT_S="10", IG_WORKER_LOCK_TIMEOUT_S="8")
     _flush_queues(env)
     ws = WorkerSettings(model_dir=tmp_path / "models", text_cache_dir=tmp_path / "text", redis_url=redis_url)
-    rt = jobs.Runtime(neo4j_settings, graph_settings, ModelSettings(dim=graph_settings.embedding_dim),
-                      TrainSettings(max_epochs=0, threads=1), ws, DataSettings())
+    rt = jobs.Runtime(
+        neo4j_settings,
+        graph_settings,
+        ModelSettings(dim=graph_settings.embedding_dim),
+        TrainSettings(max_epochs=0, threads=1),
+        ws,
+        DataSettings(),
+    )
     try:
         _seed(graph, graph_settings, users=15000, per_user=1, items=400, tag="a", ts=T0)
         version = jobs.train_from_graph(rt)["version"]
@@ -181,8 +208,7 @@ def test_worker_killed_mid_recompute_the_task_comes_back_and_nothing_is_lost(gra
         rt.close()
 
 
-def test_worker_killed_during_training_the_task_comes_back_and_saves_one_version(graph, stack, graph_settings,
-                                                                                 tmp_path):
+def test_worker_killed_during_training_the_task_comes_back_and_saves_one_version(graph, stack, graph_settings, tmp_path):
     env = _env(stack, graph_settings, tmp_path, IG_WORKER_VISIBILITY_TIMEOUT_S="10")
     _flush_queues(env)
     _seed(graph, graph_settings, users=15000, per_user=2, items=3000, tag="t", ts=T0)
@@ -210,8 +236,9 @@ def test_worker_killed_during_training_the_task_comes_back_and_saves_one_version
     assert not list(models.rglob("*.tmp"))
 
 
-def _wait_fresh_vector(graph, redis_client, stream: str, start_id, pseudonym: str, acked: float, version: str,
-                       timeout_s: float = 30.0):
+def _wait_fresh_vector(
+    graph, redis_client, stream: str, start_id, pseudonym: str, acked: float, version: str, timeout_s: float = 30.0
+):
     """Until the user's vector in Neo4j is newer than ``acked``; then its delta must be on the stream too."""
     deadline = time.monotonic() + timeout_s
     stored = None
@@ -227,8 +254,7 @@ def _wait_fresh_vector(graph, redis_client, stream: str, start_id, pseudonym: st
     assert np.allclose(np.asarray(mine[-1].vector), stored.vector, atol=1e-6)
 
 
-def test_redis_restarted_under_worker_and_scheduler_an_event_still_gets_a_fresh_vector(graph, stack, graph_settings,
-                                                                                       tmp_path):
+def test_redis_restarted_under_worker_and_scheduler_an_event_still_gets_a_fresh_vector(graph, stack, graph_settings, tmp_path):
     """Redis (broker, result store, stream and signal list) stops and comes back on the same port and append-only
     file while a worker and the scheduler run: both reconnect, and the next event is recomputed and published."""
     own = LocalStackSettings(var_dir=tmp_path / "redis-stack", redis_port=localstack.free_port())
@@ -251,8 +277,10 @@ def test_redis_restarted_under_worker_and_scheduler_an_event_still_gets_a_fresh_
 
         def noticed() -> tuple[int, int]:  # what the worker and the scheduler log when Redis goes away
             worker_log, scheduler_log = (tmp_path / name for name in ("worker.log", "scheduler.log"))
-            return (worker_log.read_text(errors="replace").count("Connection to broker lost"),
-                    scheduler_log.read_text(errors="replace").count("; retrying in"))
+            return (
+                worker_log.read_text(errors="replace").count("Connection to broker lost"),
+                scheduler_log.read_text(errors="replace").count("; retrying in"),
+            )
 
         before = noticed()
         localstack.stop_service(service)
@@ -267,9 +295,14 @@ def test_redis_restarted_under_worker_and_scheduler_an_event_still_gets_a_fresh_
         tail = r.xrevrange(stream, count=1)
         start_id = tail[0][0] if tail else b"0-0"
         acked = time.time()
-        assert ingest_events(graph, graph_settings, [{"event_id": "after-restart", "user_id": "user-3",
-                                                      "type": "purchase", "ts": T0 + 900,
-                                                      "item_id": "item-9"}]).accepted == 1
+        assert (
+            ingest_events(
+                graph,
+                graph_settings,
+                [{"event_id": "after-restart", "user_id": "user-3", "type": "purchase", "ts": T0 + 900, "item_id": "item-9"}],
+            ).accepted
+            == 1
+        )
         r.lpush("ig:changed", b"1")  # what the server does after a write
         pseudonym = pseudonymise(graph_settings.pseudonym_key.get_secret_value(), "user-3")
         _wait_fresh_vector(graph, r, stream, start_id, pseudonym, acked, version)

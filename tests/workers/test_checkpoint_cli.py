@@ -22,8 +22,7 @@ def test_checkpoint_round_trip(tmp_path, planted_split):
     split, _ = planted_split
     ms, ts = ModelSettings(dim=8), TrainSettings(max_epochs=0)
     fitted = fit_served(split.train, ms, ts, progress=False)
-    path = save_checkpoint(tmp_path, fitted.model, split.train, ms.model_dump(), ts.model_dump(),
-                           {"recall@20": 0.5}, version="v-test")
+    path = save_checkpoint(tmp_path, fitted.model, split.train, ms.model_dump(), ts.model_dump(), {"recall@20": 0.5}, version="v-test")
     assert resolve(tmp_path, "latest") == path
     ck = load_checkpoint(path)
     assert ck.version == "v-test" and ck.item_ids == split.train.item_ids and ck.metrics["recall@20"] == 0.5
@@ -38,7 +37,7 @@ def _write_gowalla(folder, split):
     for name, m in (("train.txt", split.train.interactions()), ("test.txt", split.test)):
         with open(folder / name, "w") as fh:
             for u in range(m.shape[0]):
-                items = m.indices[m.indptr[u]:m.indptr[u + 1]]
+                items = m.indices[m.indptr[u] : m.indptr[u + 1]]
                 fh.write(" ".join(map(str, [u, *sorted(items)])) + "\n")
 
 

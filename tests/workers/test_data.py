@@ -7,8 +7,10 @@ from workers.datasets import leave_last_out
 
 
 def _graph(**kw):
-    edges = {("user", "clicked", "item"): EdgeSet.build([0, 0, 1], [0, 1, 1], time=[5, 7, 3]),
-             ("user", "purchased", "item"): EdgeSet.build([0, 1], [1, 2], weight=[3.0, 3.0], time=[9, 1])}
+    edges = {
+        ("user", "clicked", "item"): EdgeSet.build([0, 0, 1], [0, 1, 1], time=[5, 7, 3]),
+        ("user", "purchased", "item"): EdgeSet.build([0, 1], [1, 2], weight=[3.0, 3.0], time=[9, 1]),
+    }
     args = dict(num_users=2, num_items=3, edges=edges, user_ids=["a", "b"], item_ids=["x", "y", "z"])
     args.update(kw)
     return InteractionGraph(**args)

@@ -24,14 +24,12 @@ def test_similar_interests_get_closer_vectors():
     split, cluster = planted(seed=11)
     g = split.train
     g_ = torch.Generator().manual_seed(0)
-    vecs = torch.nn.functional.one_hot(torch.from_numpy(cluster), 4).float() + 0.1 * torch.randn(
-        g.num_items, 4, generator=g_)
+    vecs = torch.nn.functional.one_hot(torch.from_numpy(cluster), 4).float() + 0.1 * torch.randn(g.num_items, 4, generator=g_)
     model = fit_ego_gin(g, vecs, ModelSettings(hidden=16), TrainSettings(lr=1e-2), steps=30, batch=16)
     model.eval()
     users = np.arange(g.num_users)
     with torch.no_grad():
-        emb = torch.nn.functional.normalize(model(*batch_ego_graphs([ego_graph(g, int(u), vecs) for u in users])),
-                                            dim=-1)
+        emb = torch.nn.functional.normalize(model(*batch_ego_graphs([ego_graph(g, int(u), vecs) for u in users])), dim=-1)
     sim = emb @ emb.T
     same = torch.from_numpy((users[:, None] // 25) == (users[None, :] // 25))
     off = ~torch.eye(len(users), dtype=torch.bool)

@@ -22,10 +22,13 @@ COMMUNITIES, OLD, NEW = 8, 20, 8
 
 
 def test_split_holds_out_pairs_first_met_after_the_cut_for_users_with_a_history() -> None:
-    edges = [EdgeRow("a", "x", 1.0, 5.0, 1.0), EdgeRow("a", "y", 1.0, 9.0, 9.0),  # y: met after the cut
-             EdgeRow("a", "y", 2.0, 9.5, 8.0),  # the same pair, another behaviour: held out with it
-             EdgeRow("a", "z", 1.0, 12.0, 3.0),  # met before, seen again after: the active model knows it
-             EdgeRow("b", "y", 1.0, 9.0, 9.0)]  # b had nothing before the cut: nothing to encode b from
+    edges = [
+        EdgeRow("a", "x", 1.0, 5.0, 1.0),
+        EdgeRow("a", "y", 1.0, 9.0, 9.0),  # y: met after the cut
+        EdgeRow("a", "y", 2.0, 9.5, 8.0),  # the same pair, another behaviour: held out with it
+        EdgeRow("a", "z", 1.0, 12.0, 3.0),  # met before, seen again after: the active model knows it
+        EdgeRow("b", "y", 1.0, 9.0, 9.0),
+    ]  # b had nothing before the cut: nothing to encode b from
     split = split_after(edges, cut=4.0)
     assert split.held == {"a": {"y"}}
     assert [(e.user, e.item) for e in split.train] == [("a", "x"), ("a", "z"), ("b", "y")]
@@ -42,15 +45,13 @@ def _events(rng: random.Random) -> tuple[list[dict], list[dict], list[dict]]:
     per community buy 3 old and 3 of its 8 new items, and 4 earlier shoppers per community buy 2 new items (the
     pairs the first gate holds out). Later: 4 other earlier shoppers per community buy 2 new items each."""
     # The catalogue says nothing of the communities (same titles, one category): only co-purchases tell them apart.
-    meta = {_item(c, j): {"title": f"thing {j}", "categories": [["shop"]]}
-            for c in range(COMMUNITIES) for j in range(OLD + NEW)}
+    meta = {_item(c, j): {"title": f"thing {j}", "categories": [["shop"]]} for c in range(COMMUNITIES) for j in range(OLD + NEW)}
     before: list[dict] = []
     after: list[dict] = []
     later: list[dict] = []
 
     def buy(out: list[dict], user: str, item: str, ts: float) -> None:
-        out.append({"event_id": f"{user}-{item}", "user_id": user, "type": "purchase", "item_id": item, "ts": ts,
-                    "item": meta[item]})
+        out.append({"event_id": f"{user}-{item}", "user_id": user, "type": "purchase", "item_id": item, "ts": ts, "item": meta[item]})
 
     for u in range(40):
         for j in rng.sample(range(OLD), 8):
@@ -72,11 +73,9 @@ def _events(rng: random.Random) -> tuple[list[dict], list[dict], list[dict]]:
 
 
 def _runtime(neo4j_settings, graph_settings, redis_url, tmp_path, **model) -> jobs.Runtime:
-    ws = WorkerSettings(model_dir=tmp_path / "models", text_cache_dir=tmp_path / "text", redis_url=redis_url,
-                        gate_min_users=20)
+    ws = WorkerSettings(model_dir=tmp_path / "models", text_cache_dir=tmp_path / "text", redis_url=redis_url, gate_min_users=20)
     ms = ModelSettings(dim=graph_settings.embedding_dim, select_filter=False, **model)
-    return jobs.Runtime(neo4j_settings, graph_settings, ms, TrainSettings(max_epochs=0, threads=1), ws,
-                        DataSettings())
+    return jobs.Runtime(neo4j_settings, graph_settings, ms, TrainSettings(max_epochs=0, threads=1), ws, DataSettings())
 
 
 @pytest.fixture

@@ -38,18 +38,15 @@ def _title(rng: random.Random) -> str:
 
 
 def _meta(rng: random.Random) -> dict:
-    return {"title": _title(rng), "brand": rng.choice(["acme", "zenith", "orbit"]),
-            "categories": [list(rng.choice(CATEGORIES))]}
+    return {"title": _title(rng), "brand": rng.choice(["acme", "zenith", "orbit"]), "categories": [list(rng.choice(CATEGORIES))]}
 
 
 @pytest.fixture
 def runtime(graph, neo4j_settings, graph_settings, redis_url, tmp_path):
-    ws = WorkerSettings(model_dir=tmp_path / "models", text_cache_dir=tmp_path / "text", redis_url=redis_url,
-                        lock_timeout_s=30)
+    ws = WorkerSettings(model_dir=tmp_path / "models", text_cache_dir=tmp_path / "text", redis_url=redis_url, lock_timeout_s=30)
     # recency weights on: a user's vector weighs their capped items by the rank of their latest times
     ms = ModelSettings(dim=graph_settings.embedding_dim, user_cap=6, recency_boost=10.0, select_filter=False)
-    rt = jobs.Runtime(neo4j_settings, graph_settings, ms,
-                      TrainSettings(max_epochs=0, threads=1), ws, DataSettings())
+    rt = jobs.Runtime(neo4j_settings, graph_settings, ms, TrainSettings(max_epochs=0, threads=1), ws, DataSettings())
     yield rt
     rt.close()
 
@@ -57,8 +54,12 @@ def runtime(graph, neo4j_settings, graph_settings, redis_url, tmp_path):
 def _events(rng: random.Random, batch: int, n: int, users: int, items: int, new_item_meta: dict) -> list[dict]:
     out = []
     for k in range(n):
-        e = {"event_id": f"b{batch}-{k}", "user_id": f"user-{rng.randrange(users)}", "type": rng.choice(TYPES),
-             "ts": T0 + batch * 3600 + rng.uniform(-7200, 3600)}
+        e = {
+            "event_id": f"b{batch}-{k}",
+            "user_id": f"user-{rng.randrange(users)}",
+            "type": rng.choice(TYPES),
+            "ts": T0 + batch * 3600 + rng.uniform(-7200, 3600),
+        }
         if e["type"] == "rate":
             e["rating"] = float(rng.randint(1, 5))
         item = rng.randrange(items)
@@ -66,8 +67,13 @@ def _events(rng: random.Random, batch: int, n: int, users: int, items: int, new_
         if item in new_item_meta and rng.random() < 0.5:
             e["item"] = new_item_meta[item]
         if rng.random() < 0.08:
-            e = {"event_id": f"b{batch}-{k}", "user_id": e["user_id"], "type": "search", "ts": e["ts"],
-                 "query": rng.choice(WORDS) + " " + rng.choice(WORDS)}
+            e = {
+                "event_id": f"b{batch}-{k}",
+                "user_id": e["user_id"],
+                "type": "search",
+                "ts": e["ts"],
+                "query": rng.choice(WORDS) + " " + rng.choice(WORDS),
+            }
         out.append(e)
     return out
 
@@ -86,9 +92,17 @@ def test_incremental_equals_full_after_random_batches(runtime, graph_settings):
     driver = runtime.driver
     # the catalogue and history the model is trained on
     meta = {i: _meta(rng) for i in range(40)}
-    first = [{"event_id": f"seed-{k}", "user_id": f"user-{u}", "type": "purchase", "ts": T0 - 86400 * rng.random(),
-              "item_id": f"item-{i}", "item": meta[i]}
-             for k, (u, i) in enumerate((u, rng.randrange(40)) for u in range(30) for _ in range(6))]
+    first = [
+        {
+            "event_id": f"seed-{k}",
+            "user_id": f"user-{u}",
+            "type": "purchase",
+            "ts": T0 - 86400 * rng.random(),
+            "item_id": f"item-{i}",
+            "item": meta[i],
+        }
+        for k, (u, i) in enumerate((u, rng.randrange(40)) for u in range(30) for _ in range(6))
+    ]
     assert not ingest_events(driver, graph_settings, first).rejected
     trained = jobs.train_from_graph(runtime)
     marked = count_marks(driver)
@@ -106,8 +120,10 @@ def test_incremental_equals_full_after_random_batches(runtime, graph_settings):
         result = ingest_events(driver, graph_settings, events)
         assert not result.rejected
         if batch in (2, 3):  # edit the catalogue of some new items: their users must follow
-            edits = [ItemRecord(id=f"item-{i}", title=_title(rng), categories=(rng.choice(CATEGORIES),))
-                     for i in rng.sample(range(40, 55), 5)]
+            edits = [
+                ItemRecord(id=f"item-{i}", title=_title(rng), categories=(rng.choice(CATEGORIES),))
+                for i in rng.sample(range(40, 55), 5)
+            ]
             with driver.session() as s:
                 s.execute_write(lambda tx: upsert_items(tx, edits, token=new_token(), now=T0))
         rounds = _drain(ctx)
@@ -134,18 +150,21 @@ def test_event_on_hub_item_recomputes_only_its_user(runtime, graph_settings):
     driver = runtime.driver
     rng = random.Random(3)
     # item-0 is a hub: every one of 200 users bought it
-    events = [{"event_id": f"h-{u}", "user_id": f"user-{u}", "type": "purchase", "ts": T0, "item_id": "item-0"}
-              for u in range(200)]
-    events += [{"event_id": f"o-{u}-{k}", "user_id": f"user-{u}", "type": "view", "ts": T0 + k,
-                "item_id": f"item-{rng.randrange(1, 30)}"} for u in range(200) for k in range(3)]
+    events = [{"event_id": f"h-{u}", "user_id": f"user-{u}", "type": "purchase", "ts": T0, "item_id": "item-0"} for u in range(200)]
+    events += [
+        {"event_id": f"o-{u}-{k}", "user_id": f"user-{u}", "type": "view", "ts": T0 + k, "item_id": f"item-{rng.randrange(1, 30)}"}
+        for u in range(200)
+        for k in range(3)
+    ]
     ingest_events(driver, graph_settings, events)
     version = jobs.train_from_graph(runtime)["version"]
     jobs.rebuild_version(runtime, version)
     ctx = runtime.context(version)
     _drain(ctx)
 
-    ingest_events(driver, graph_settings, [{"event_id": "late", "user_id": "user-5", "type": "purchase",
-                                            "ts": T0 + 99, "item_id": "item-0"}])
+    ingest_events(
+        driver, graph_settings, [{"event_id": "late", "user_id": "user-5", "type": "purchase", "ts": T0 + 99, "item_id": "item-0"}]
+    )
     res = recompute_marked(ctx)
     assert res.marks == 2  # the user and the hub item
     assert res.users == 1 and res.propagated_users == 0
@@ -158,9 +177,11 @@ def test_event_on_hub_item_recomputes_only_its_user(runtime, graph_settings):
 
 def test_rollback_switches_the_active_version(runtime, graph_settings, redis_url):
     driver = runtime.driver
-    ingest_events(driver, graph_settings, [
-        {"event_id": f"e{k}", "user_id": f"u{k % 7}", "type": "click", "ts": T0 + k, "item_id": f"i{k % 11}"}
-        for k in range(80)])
+    ingest_events(
+        driver,
+        graph_settings,
+        [{"event_id": f"e{k}", "user_id": f"u{k % 7}", "type": "click", "ts": T0 + k, "item_id": f"i{k % 11}"} for k in range(80)],
+    )
     v1 = jobs.train_from_graph(runtime)["version"]
     jobs.rebuild_version(runtime, v1)
     v2 = jobs.train_from_graph(runtime)["version"]

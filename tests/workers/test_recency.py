@@ -17,7 +17,7 @@ from workers.train_served import fit_served
 def test_weights_follow_the_dense_rank_of_times():
     w = recency_weights(np.array([50, 90, 90, 10]), boost=10.0, scale=1.0)
     e = np.exp(-1.0)
-    assert np.allclose(w, np.array([1 + 10 * e, 11, 11, 1 + 10 * e ** 2]) / 11)  # 90 and 90 share rank 0
+    assert np.allclose(w, np.array([1 + 10 * e, 11, 11, 1 + 10 * e**2]) / 11)  # 90 and 90 share rank 0
     assert np.array_equal(recency_weights(np.array([3, 1]), 0.0, 1.0), [1, 1])  # off
     assert np.allclose(recency_weights(np.array([7, 7, 7]), 10.0, 1.0), [1, 1, 1])  # no order: the plain sum
 
@@ -40,8 +40,9 @@ def test_incremental_user_vector_equals_the_full_graphs_with_recency():
     g = split.train
     rng = np.random.default_rng(2)
     coo = g.interactions().tocoo()
-    timed = g.with_interactions(g.interactions(), times=sp.csr_matrix(
-        (rng.integers(0, 1000, coo.nnz), (coo.row, coo.col)), shape=coo.shape))
+    timed = g.with_interactions(
+        g.interactions(), times=sp.csr_matrix((rng.integers(0, 1000, coo.nnz), (coo.row, coo.col)), shape=coo.shape)
+    )
     ms = ModelSettings(dim=16, select_filter=False, recency_boost=30.0, recency_scale=2.0)
     model = fit_served(timed, ms, TrainSettings(served_epochs=0, val_fraction=0.0), progress=False).model
     assert model.recency_boost == 30.0
@@ -50,8 +51,8 @@ def test_incremental_user_vector_equals_the_full_graphs_with_recency():
     x = item_bases(model, timed)
     r, t = timed.interactions(), timed.interaction_times()
     for u in (0, 5, 17):
-        items = r.indices[r.indptr[u]:r.indptr[u + 1]]
-        times = t.data[t.indptr[u]:t.indptr[u + 1]]
+        items = r.indices[r.indptr[u] : r.indptr[u + 1]]
+        times = t.data[t.indptr[u] : t.indptr[u + 1]]
         assert torch.allclose(user_vector(model, items, None, x, times), full[u], atol=1e-4)
         assert torch.allclose(user_vector(model, items, None, x), plain[u], atol=1e-4)
         assert not torch.allclose(full[u] / full[u].norm(), plain[u] / plain[u].norm(), atol=1e-3)
@@ -67,7 +68,7 @@ def test_selection_turns_recency_on_when_the_latest_items_predict_the_next():
     rows, cols, times = [], [], []
     rng = np.random.default_rng(3)
     for u in range(r.shape[0]):
-        own = r.indices[r.indptr[u]:r.indptr[u + 1]]
+        own = r.indices[r.indptr[u] : r.indptr[u + 1]]
         home = np.bincount(cluster[own], minlength=n_clusters).argmax()
         drift = (home + 1) % n_clusters
         other = rng.choice(np.flatnonzero(cluster == drift), size=4, replace=False)

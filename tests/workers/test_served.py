@@ -52,10 +52,16 @@ def test_new_item_with_metadata_only_lands_near_its_cluster():
     # append an item of cluster 2 that no one has touched: text + category only
     new_text = torch.cat([text, cluster_text(np.array([2]), seed=1)[:1] * 0 + text[cluster == 2].mean(0)])
     g2 = InteractionGraph(
-        num_users=g.num_users, num_items=g.num_items + 1, edges=g.edges, user_ids=g.user_ids,
-        item_ids=g.item_ids + ["new"], num_categories=g.num_categories, num_brands=g.num_brands,
+        num_users=g.num_users,
+        num_items=g.num_items + 1,
+        edges=g.edges,
+        user_ids=g.user_ids,
+        item_ids=g.item_ids + ["new"],
+        num_categories=g.num_categories,
+        num_brands=g.num_brands,
         item_category=torch.cat([g.item_category, torch.tensor([[g.num_items], [2]])], dim=1),
-        item_brand=torch.cat([g.item_brand, torch.tensor([-1])]))
+        item_brand=torch.cat([g.item_brand, torch.tensor([-1])]),
+    )
     users, items = served_vectors(model, g2, new_text)
     scores = users @ items[-1]
     user_cluster = np.arange(g.num_users) // 25
@@ -65,8 +71,9 @@ def test_new_item_with_metadata_only_lands_near_its_cluster():
 
 def test_fine_tune_improves_training_objective_and_keeps_quality():
     split, _ = planted(seed=1)
-    ts = TrainSettings(served_epochs=4, batch_size=32, lr=3e-3, val_fraction=0.2, patience=4, refit=False,
-                       val_split="random")  # the planted split is random; its times are only positions
+    ts = TrainSettings(
+        served_epochs=4, batch_size=32, lr=3e-3, val_fraction=0.2, patience=4, refit=False, val_split="random"
+    )  # the planted split is random; its times are only positions
     fitted = fit_served(split.train, MS, ts, progress=False)
     probe = [h["probe_loss"] for h in fitted.history if "probe_loss" in h and not h["refit"]]
     assert len(probe) >= 3 and min(probe[1:]) < probe[0] - 0.01
@@ -102,8 +109,13 @@ def test_selection_picks_the_best_validation_setting_and_refits_on_all_interacti
     chosen, tried = fitted.history[0]["selected"], fitted.history[0]["tried"]
     # every grid value was tried (the recency weights too: the planted graph's times order each user's items);
     # no setting scored twice
-    grids = (("filter_power", ms.filter_grid), ("user_norm", ms.user_norm_grid), ("item_norm", ms.item_norm_grid),
-             ("recency_boost", ms.recency_boost_grid), ("recency_scale", ms.recency_scale_grid))
+    grids = (
+        ("filter_power", ms.filter_grid),
+        ("user_norm", ms.user_norm_grid),
+        ("item_norm", ms.item_norm_grid),
+        ("recency_boost", ms.recency_boost_grid),
+        ("recency_scale", ms.recency_scale_grid),
+    )
     for key, grid in grids:
         assert {t[key] for t in tried} == set(grid)
     assert len({tuple(t.items())[:-1] for t in tried}) == len(tried)
@@ -122,8 +134,9 @@ def test_selection_picks_the_best_validation_setting_and_refits_on_all_interacti
 
 def test_sampled_softmax_fine_tune_learns():
     split, _ = planted(seed=1)
-    ts = TrainSettings(served_epochs=4, batch_size=32, lr=3e-3, val_fraction=0.2, patience=4, refit=False,
-                       negatives=20, val_split="random")  # as above: a random planted split
+    ts = TrainSettings(
+        served_epochs=4, batch_size=32, lr=3e-3, val_fraction=0.2, patience=4, refit=False, negatives=20, val_split="random"
+    )  # as above: a random planted split
     fitted = fit_served(split.train, MS, ts, progress=False)
     probe = [h["probe_loss"] for h in fitted.history if "probe_loss" in h]
     assert min(probe[1:]) < probe[0] - 0.01
@@ -138,16 +151,23 @@ def test_a_new_item_reaches_its_users_at_input_scale():
     model = fit_served(g, MS, TS0, item_text=text, progress=False).model
     twin = int(np.argmax(np.asarray(g.interactions().sum(0)).ravel()))  # a popular item
     g2 = InteractionGraph(
-        num_users=2, num_items=g.num_items + 1, edges={}, user_ids=["a", "b"],
-        item_ids=g.item_ids + ["new"], num_categories=g.num_categories, num_brands=g.num_brands,
-        item_category=g.item_category, item_brand=torch.cat([g.item_brand, torch.tensor([-1])]))
-    new_text = torch.cat([text, text[twin:twin + 1]])  # the new item reads like the popular one
+        num_users=2,
+        num_items=g.num_items + 1,
+        edges={},
+        user_ids=["a", "b"],
+        item_ids=g.item_ids + ["new"],
+        num_categories=g.num_categories,
+        num_brands=g.num_brands,
+        item_category=g.item_category,
+        item_brand=torch.cat([g.item_brand, torch.tensor([-1])]),
+    )
+    new_text = torch.cat([text, text[twin : twin + 1]])  # the new item reads like the popular one
     adj = sp.csr_matrix(([1.0, 1.0], ([0, 1], [twin, g.num_items])), shape=(2, g.num_items + 1))
     users, items = served_vectors(model, g2, new_text, adj=adj)
     ratio = float(users[1].norm() / users[0].norm())
     assert model.item_degree[twin] >= 10 and 1 / 3 < ratio < 3, ratio
     # and its served vector carries a popularity prior like its neighbours' (not degree 1)
-    assert float(items[-1].norm()) > float(items[:g.num_items].norm(dim=1).min())
+    assert float(items[-1].norm()) > float(items[: g.num_items].norm(dim=1).min())
 
 
 def test_live_and_full_paths_embed_a_metadata_only_new_item_alike():
@@ -160,15 +180,23 @@ def test_live_and_full_paths_embed_a_metadata_only_new_item_alike():
     split, _ = planted(seed=5)
     g = split.train
     model = fit_served(g, MS, TS0, progress=False).model
-    ck = Checkpoint(model, "v1", {}, {}, g.user_ids, g.item_ids, g.category_names, g.brand_names, {},
-                    None, g.item_category, g.item_brand)
+    ck = Checkpoint(
+        model, "v1", {}, {}, g.user_ids, g.item_ids, g.category_names, g.brand_names, {}, None, g.item_category, g.item_brand
+    )
     out, sends = LiveEncoder(ck, user_cap=500, half_life_days=30.0).new_items(
-        [ItemRow("new", (g.category_names[2],), g.brand_names[1], None, None)])
+        [ItemRow("new", (g.category_names[2],), g.brand_names[1], None, None)]
+    )
     g2 = InteractionGraph(
-        num_users=1, num_items=g.num_items + 1, edges={}, user_ids=["u"], item_ids=g.item_ids + ["new"],
-        num_categories=g.num_categories, num_brands=g.num_brands,
+        num_users=1,
+        num_items=g.num_items + 1,
+        edges={},
+        user_ids=["u"],
+        item_ids=g.item_ids + ["new"],
+        num_categories=g.num_categories,
+        num_brands=g.num_brands,
         item_category=torch.cat([g.item_category, torch.tensor([[g.num_items], [2]])], dim=1),
-        item_brand=torch.cat([g.item_brand, torch.tensor([1])]))
+        item_brand=torch.cat([g.item_brand, torch.tensor([1])]),
+    )
     adj = sp.csr_matrix(([1.0], ([0], [g.num_items])), shape=(1, g.num_items + 1))
     users, items = served_vectors(model, g2, adj=adj)
     assert torch.allclose(out[0], items[-1], atol=1e-5) and out[0].norm() > 0

@@ -21,9 +21,16 @@ def test_text_encoder_offline_and_cached(tmp_path):
 
 def test_quality_bench_tiny():
     split, _ = planted(seed=8)
-    res = run_quality(split, budget_s=3, models=ALL_MODELS, model_settings=ModelSettings(dim=16),
-                      train_settings=TrainSettings(served_epochs=1, batch_size=32), baseline_dim=8, gfcf_rank=8,
-                      progress=False)
+    res = run_quality(
+        split,
+        budget_s=3,
+        models=ALL_MODELS,
+        model_settings=ModelSettings(dim=16),
+        train_settings=TrainSettings(served_epochs=1, batch_size=32),
+        baseline_dim=8,
+        gfcf_rank=8,
+        progress=False,
+    )
     assert res["bench"] == "quality" and res["served"] == SERVED and set(res["models"]) == set(ALL_MODELS)
     assert res["served_path"] == "engine" and res["config"]["dim"] == 16 and res["config"]["index"]["dim"] == 16
     m = res["models"]
@@ -33,8 +40,14 @@ def test_quality_bench_tiny():
 
 def test_cold_start_bench_tiny():
     split, cluster = planted(seed=9, items_per=25)
-    res = run_cold_start(split.train, cluster_text(cluster), ModelSettings(dim=16),
-                         TrainSettings(served_epochs=1, batch_size=32, eval_k=5), fraction=0.2, progress=False)
+    res = run_cold_start(
+        split.train,
+        cluster_text(cluster),
+        ModelSettings(dim=16),
+        TrainSettings(served_epochs=1, batch_size=32, eval_k=5),
+        fraction=0.2,
+        progress=False,
+    )
     m = res["models"]
     assert res["bench"] == "cold_start" and res["cold_items"] == 20 and res["served_path"] == "engine"
     assert m["spectral-sage"]["recall@5"] > m["random"]["recall@5"]

@@ -18,8 +18,7 @@ from workers.data import InteractionGraph
 NODE_TYPES = {"user": 0, "item": 1, "category": 2, "brand": 3}
 
 
-def ego_graph(graph: InteractionGraph, user: int, item_vectors: Tensor,
-              max_items: int = 200) -> tuple[Tensor, Tensor, Tensor]:
+def ego_graph(graph: InteractionGraph, user: int, item_vectors: Tensor, max_items: int = 200) -> tuple[Tensor, Tensor, Tensor]:
     """(node types [N], node features [N, F], undirected edge_index [2, E]) of one user's interest subgraph.
 
     Node 0 is the user; items are the user's latest ``max_items`` (by time, ties by index) and carry their
@@ -80,8 +79,9 @@ class EgoGIN(nn.Module):
         self.type_emb = nn.Embedding(len(NODE_TYPES), hidden)
         self.inp = nn.Linear(in_channels, hidden)
         self.convs = nn.ModuleList(
-            GINConv(nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, hidden)),
-                    train_eps=True) for _ in range(num_layers))
+            GINConv(nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, hidden)), train_eps=True)
+            for _ in range(num_layers)
+        )
         self.head = nn.Linear(2 * hidden * (num_layers + 1), out_channels)
         self.reset_parameters()
 

@@ -90,14 +90,33 @@ class HeteroGNN(nn.Module):
     ``forward(x_dict, edge_index_dict, edge_weight_dict)`` -> {node type: [N_type, hidden]}.
     """
 
-    def __init__(self, edge_types: list[EdgeType], num_categories: int, num_brands: int, text_dim: int,
-                 hidden: int = 64, num_layers: int = 2, conv: str = "sage", aggr: str = "mean",
-                 num_items: int = 0, neighbour_cap: int = 50):
+    def __init__(
+        self,
+        edge_types: list[EdgeType],
+        num_categories: int,
+        num_brands: int,
+        text_dim: int,
+        hidden: int = 64,
+        num_layers: int = 2,
+        conv: str = "sage",
+        aggr: str = "mean",
+        num_items: int = 0,
+        neighbour_cap: int = 50,
+    ):
         super().__init__()
         self.edge_types, self.hidden, self.conv_name = [tuple(et) for et in edge_types], hidden, conv
-        self._hparams = {"edge_types": self.edge_types, "num_categories": num_categories,
-                         "num_brands": num_brands, "text_dim": text_dim, "hidden": hidden, "num_layers": num_layers,
-                         "conv": conv, "aggr": aggr, "num_items": num_items, "neighbour_cap": neighbour_cap}
+        self._hparams = {
+            "edge_types": self.edge_types,
+            "num_categories": num_categories,
+            "num_brands": num_brands,
+            "text_dim": text_dim,
+            "hidden": hidden,
+            "num_layers": num_layers,
+            "conv": conv,
+            "aggr": aggr,
+            "num_items": num_items,
+            "neighbour_cap": neighbour_cap,
+        }
         self.neighbour_cap = neighbour_cap
         self.user_start = nn.Parameter(torch.zeros(hidden))
         self.category = nn.Embedding(max(num_categories, 1), hidden)
@@ -105,8 +124,8 @@ class HeteroGNN(nn.Module):
         self.text = nn.Linear(text_dim, hidden) if text_dim else None
         self.item_id = nn.Embedding(num_items, hidden) if num_items else None
         self.convs = nn.ModuleList(
-            HeteroConv({et: self._conv(conv, aggr) for et in self.edge_types}, aggr="sum")
-            for _ in range(num_layers))
+            HeteroConv({et: self._conv(conv, aggr) for et in self.edge_types}, aggr="sum") for _ in range(num_layers)
+        )
         self.reset_parameters()
 
     def _conv(self, conv: str, aggr: str) -> nn.Module:
@@ -134,13 +153,13 @@ class HeteroGNN(nn.Module):
         """Constructor arguments (a checkpoint rebuilds the model from them)."""
         return dict(self._hparams)
 
-    def inputs(self, graph: InteractionGraph, item_text: Tensor | None = None,
-               query_text: Tensor | None = None) -> dict[str, Tensor]:
+    def inputs(self, graph: InteractionGraph, item_text: Tensor | None = None, query_text: Tensor | None = None) -> dict[str, Tensor]:
         """Layer-0 vectors of every node type present in ``graph``."""
         n_i = graph.num_items
         ic = graph.item_category
-        cat_sum = torch.zeros(n_i, self.hidden).index_add_(0, ic[0], self.category(ic[1])) if ic.numel() \
-            else torch.zeros(n_i, self.hidden)
+        cat_sum = (
+            torch.zeros(n_i, self.hidden).index_add_(0, ic[0], self.category(ic[1])) if ic.numel() else torch.zeros(n_i, self.hidden)
+        )
         cnt = torch.bincount(ic[0], minlength=n_i).clamp(min=1).unsqueeze(-1) if ic.numel() else 1
         b = graph.item_brand
         item = cat_sum / cnt + self.brand(b.clamp(min=0)) * (b >= 0).unsqueeze(-1)
@@ -148,17 +167,27 @@ class HeteroGNN(nn.Module):
             item = item + self.text(item_text)
         if self.item_id is not None:
             item = item + self.item_id.weight[:n_i]
-        x = {"user": self.user_start.expand(graph.num_users, -1), "item": item,
-             "category": self.category.weight[: max(graph.num_categories, 1)],
-             "brand": self.brand.weight[: max(graph.num_brands, 1)]}
+        x = {
+            "user": self.user_start.expand(graph.num_users, -1),
+            "item": item,
+            "category": self.category.weight[: max(graph.num_categories, 1)],
+            "brand": self.brand.weight[: max(graph.num_brands, 1)],
+        }
         if graph.query_ids:
-            q = self.text(query_text) if self.text is not None and query_text is not None \
+            q = (
+                self.text(query_text)
+                if self.text is not None and query_text is not None
                 else torch.zeros(len(graph.query_ids), self.hidden)
+            )
             x["query"] = q
         return x
 
-    def forward(self, x_dict: dict[str, Tensor], edge_index_dict: dict[EdgeType, Tensor],
-                edge_weight_dict: dict[EdgeType, Tensor] | None = None) -> dict[str, Tensor]:
+    def forward(
+        self,
+        x_dict: dict[str, Tensor],
+        edge_index_dict: dict[EdgeType, Tensor],
+        edge_weight_dict: dict[EdgeType, Tensor] | None = None,
+    ) -> dict[str, Tensor]:
         eis = {et: e for et, e in edge_index_dict.items() if et in self.edge_types}
         for i, layer in enumerate(self.convs):
             kwargs = {}

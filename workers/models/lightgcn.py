@@ -37,7 +37,7 @@ def normalised_bipartite(r: sp.spmatrix) -> Tensor:
     a = sp.bmat([[None, r], [r.T, None]]).tocsr()
     deg = np.asarray(a.sum(1)).ravel()
     with np.errstate(divide="ignore"):
-        s = np.where(deg > 0, deg ** -0.5, 0.0).astype(np.float32)
+        s = np.where(deg > 0, deg**-0.5, 0.0).astype(np.float32)
     return csr_to_torch(sp.diags(s) @ a @ sp.diags(s))
 
 
@@ -62,7 +62,7 @@ class LightGCN(nn.Module):
         for _ in range(self.num_layers):
             x = _SymmetricSpMM.apply(adj, x)
             out = out + x / (self.num_layers + 1)
-        return out[: self.num_users], out[self.num_users:]
+        return out[: self.num_users], out[self.num_users :]
 
     def ego(self, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
         return self.emb(users), self.emb(items + self.num_users)

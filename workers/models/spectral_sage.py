@@ -42,9 +42,18 @@ class SpectralSAGE(nn.Module):
     ``item_category`` [2, C] (item, category) pairs; ``item_brand`` [I] (-1 = none); ``item_text`` [I, text_dim].
     """
 
-    def __init__(self, num_items: int, dim: int, user_norm: float = 0.5, item_norm: float = 0.5,
-                 num_categories: int = 0, num_brands: int = 0, text_dim: int = 0,
-                 recency_boost: float = 0.0, recency_scale: float = 2.0):
+    def __init__(
+        self,
+        num_items: int,
+        dim: int,
+        user_norm: float = 0.5,
+        item_norm: float = 0.5,
+        num_categories: int = 0,
+        num_brands: int = 0,
+        text_dim: int = 0,
+        recency_boost: float = 0.0,
+        recency_scale: float = 2.0,
+    ):
         super().__init__()
         self.num_items, self.dim = num_items, dim
         self.user_norm, self.item_norm = user_norm, item_norm
@@ -61,7 +70,7 @@ class SpectralSAGE(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.normal_(self.item_emb, std=self.dim ** -0.5)
+        nn.init.normal_(self.item_emb, std=self.dim**-0.5)
         nn.init.ones_(self.filter)
         for m in (self.category, self.brand):
             if m is not None:
@@ -74,8 +83,7 @@ class SpectralSAGE(nn.Module):
 
     # ------------------------------------------------------------------ set-up
     @torch.no_grad()
-    def spectral_start(self, item_vectors: Tensor, singular_values: Tensor | None = None,
-                       filter_power: float = 0.0) -> None:
+    def spectral_start(self, item_vectors: Tensor, singular_values: Tensor | None = None, filter_power: float = 0.0) -> None:
         """Initialise the ID table from spectral item vectors [I, <=dim] (missing columns stay zero) and the
         filter from singular values [<=dim] as ``h = sigma^filter_power`` (0 = GF-CF's ideal low-pass; larger
         powers weight the smoother components more, a soft low-pass).
@@ -115,8 +123,7 @@ class SpectralSAGE(nn.Module):
             self.item_degree[cold] = self.predicted_degree(meta[cold])
 
     # ------------------------------------------------------------------ item tower
-    def meta(self, item_category: Tensor | None, item_brand: Tensor | None, item_text: Tensor | None,
-             n: int) -> Tensor | None:
+    def meta(self, item_category: Tensor | None, item_brand: Tensor | None, item_text: Tensor | None, n: int) -> Tensor | None:
         """Metadata part of ``x`` for ``n`` items [n, dim], or None when the model has no metadata inputs."""
         out = None
         if self.category is not None and item_category is not None and item_category.numel():
@@ -165,9 +172,14 @@ class SpectralSAGE(nn.Module):
         return self.users(adj, x), self.item_out(x)
 
     def hparams(self) -> dict:
-        return {"num_items": self.num_items, "dim": self.dim, "user_norm": self.user_norm,
-                "item_norm": self.item_norm,
-                "num_categories": self.category.num_embeddings if self.category is not None else 0,
-                "num_brands": self.brand.num_embeddings if self.brand is not None else 0,
-                "text_dim": self.text.in_features if self.text is not None else 0,
-                "recency_boost": self.recency_boost, "recency_scale": self.recency_scale}
+        return {
+            "num_items": self.num_items,
+            "dim": self.dim,
+            "user_norm": self.user_norm,
+            "item_norm": self.item_norm,
+            "num_categories": self.category.num_embeddings if self.category is not None else 0,
+            "num_brands": self.brand.num_embeddings if self.brand is not None else 0,
+            "text_dim": self.text.in_features if self.text is not None else 0,
+            "recency_boost": self.recency_boost,
+            "recency_scale": self.recency_scale,
+        }
