@@ -14,7 +14,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -112,10 +112,10 @@ def _pairs(pairs: list[str], what: str) -> dict[str, str]:
 def load_mapping(
     path: Path | None,
     *,
-    event_columns: list[str] = (),
-    item_columns: list[str] = (),  # type: ignore[assignment]
-    behaviours: list[str] = (),
-    behaviour: str | None = None,  # type: ignore[assignment]
+    event_columns: Sequence[str] = (),
+    item_columns: Sequence[str] = (),
+    behaviours: Sequence[str] = (),
+    behaviour: str | None = None,
     timestamp: str | None = None,
 ) -> ImportMapping:
     """The YAML file's mapping (if any) with the command line's pairs added; InvalidInput says what is wrong."""

@@ -311,8 +311,8 @@ class ItemIndex:
             params = (
                 faiss.SearchParametersIVF(sel=sel, nprobe=base.index.nprobe)  # type: ignore[call-arg, attr-defined]
                 if base.is_ivf
-                else faiss.SearchParameters(sel=sel)
-            )  # type: ignore[call-arg]
+                else faiss.SearchParameters(sel=sel)  # type: ignore[call-arg]
+            )
         q, kc = self._candidates(base, queries, kf)
         if unlocked is None:
             dist, pos = base.index.search(q, min(kc, len(base.labels)), params=params)
@@ -351,9 +351,9 @@ class ItemIndex:
             q = np.ascontiguousarray(query, np.float32)
             lab = np.ascontiguousarray(labels, np.int64)
             # not in FAISS's stubs
-            faiss.fvec_inner_products_by_idx(
+            faiss.fvec_inner_products_by_idx(  # type: ignore[attr-defined]
                 faiss.swig_ptr(out),
-                faiss.swig_ptr(q),  # type: ignore[attr-defined]
+                faiss.swig_ptr(q),
                 faiss.swig_ptr(self._vec),
                 faiss.swig_ptr(lab),
                 self.dim,
