@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import re
 import tempfile
 import threading
@@ -27,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench._common import emit_result
 from bench._stack import log, pipeline, start_scheduler
-from bench.freshness import StreamWatch, _external_users, send
+from bench.freshness import StreamWatch, send, stream_inputs
 from graphdb.pseudonym import pseudonymise
 from workers import process
 
@@ -149,12 +148,8 @@ def main(
         pipeline(Path(tmp), dataset=dataset, limit=limit, server=True) as p,
     ):
         key = p.graph.pseudonym_key.get_secret_value()
-        items = [r["id"] for r in p.driver.execute_query("MATCH (i:Item)<--(:User) RETURN DISTINCT i.id AS id").records]
-        external = _external_users(p, dataset, key)
         needed = int(rate * duration_s) + 1
-        if len(external) < needed:
-            raise SystemExit(f"{len(external)} users cannot give {needed} events by distinct users")
-        random.Random(1).shuffle(external)
+        items, external = stream_inputs(p, dataset, key, needed)
         scheduler = start_scheduler(p)
         watch = StreamWatch(p.redis_url, p.env.get("IG_WORKER_DELTA_STREAM", "ig:embeddings"))
         scraper = Scraper(_server_metrics_port(p.var / "server.log"), process.metrics_port(p.var / "worker.log"))

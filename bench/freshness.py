@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -115,6 +116,17 @@ def percentiles(values: list[float]) -> dict:
     }
 
 
+def stream_inputs(p: Any, dataset: str, key: str, needed: int) -> tuple[list[str], list[str]]:
+    """The items shoppers touched and, shuffled, the external ids of enough distinct users for ``needed`` events
+    (each event of the stream comes from another user, so each is one user's recompute)."""
+    items = [r["id"] for r in p.driver.execute_query("MATCH (i:Item)<--(:User) RETURN DISTINCT i.id AS id").records]
+    external = _external_users(p, dataset, key)
+    if len(external) < needed:
+        raise SystemExit(f"{len(external)} users cannot give {needed} events by distinct users")
+    random.Random(1).shuffle(external)
+    return items, external
+
+
 def main(
     rate: float = typer.Option(200.0, help="events per second"),
     duration_s: float = typer.Option(60.0, help="how long the stream runs"),
@@ -129,12 +141,8 @@ def main(
     ):
         key = p.graph.pseudonym_key.get_secret_value()
         n_users = p.driver.execute_query(_USERS).records[0]["n"]
-        items = [r["id"] for r in p.driver.execute_query("MATCH (i:Item)<--(:User) RETURN DISTINCT i.id AS id").records]
-        external = _external_users(p, dataset, key)
         needed = int(rate * duration_s) + 1
-        if len(external) < needed:
-            raise SystemExit(f"{len(external)} users cannot give {needed} events by distinct users")
-        random.Random(1).shuffle(external)
+        items, external = stream_inputs(p, dataset, key, needed)
         scheduler = start_scheduler(p)
         watch = StreamWatch(p.redis_url, p.env.get("IG_WORKER_DELTA_STREAM", "ig:embeddings"))
         watch.start()

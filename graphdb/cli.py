@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from graphdb.errors import InterestError
-from graphdb.import_cli import graph_import
+from graphdb.import_cli import graph_import, rate_progress
 
 # The driver, the loaders and even the settings (pydantic) are imported by the commands that use them, so
 # `interest --help` answers at once.
@@ -84,8 +84,6 @@ def graph_load(
     limit: int = typer.Option(None, help="load at most this many events"),
 ) -> None:
     """Load a research dataset through the ingestion path, with progress."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from graphdb.driver import connect
     from graphdb.loaders import DATASETS, load_dataset
     from graphdb.schema import migrate
@@ -99,14 +97,7 @@ def graph_load(
             total = DATASETS[dataset].count_events(root) if dataset in DATASETS else 0
             total = min(total, limit) if limit else total
             started = time.monotonic()
-            with Progress(
-                TextColumn(f"loading {dataset}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"),
-                TimeRemainingColumn(),
-                console=console,
-            ) as bar:
+            with rate_progress(f"loading {dataset}", console) as bar:
                 task = bar.add_task("load", total=total, rate="")
 
                 def advance(n: int) -> None:

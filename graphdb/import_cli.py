@@ -14,9 +14,20 @@ import typer
 from rich.console import Console
 
 if TYPE_CHECKING:
+    from rich.progress import Progress
+
     from graphdb.importer import ImportReport
 
 console = Console()
+
+
+def rate_progress(label: str, console: Console) -> Progress:
+    """A bar with done/total, the rate (a ``rate`` field the caller updates) and the time left: loads and imports."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=console
+    )
 
 
 def _summary(report: "ImportReport") -> None:
@@ -59,7 +70,6 @@ def graph_import(
     restart: bool = typer.Option(False, help="ignore a checkpoint and read the file from the start"),
 ) -> None:
     """Import your shop's files: rejects to FILE.rejects.jsonl, resumable, progress and a summary."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from graphdb.columns import load_mapping
     from graphdb.driver import connect
@@ -82,14 +92,7 @@ def graph_import(
                     continue
                 rejects = rejects_dir / default_rejects(path).name if rejects_dir else None
                 started = time.monotonic()
-                with Progress(
-                    TextColumn(f"{kind} {path.name}"),
-                    BarColumn(),
-                    MofNCompleteColumn(),
-                    TextColumn("{task.fields[rate]}"),
-                    TimeRemainingColumn(),
-                    console=console,
-                ) as bar:
+                with rate_progress(f"{kind} {path.name}", console) as bar:
                     task = bar.add_task(kind, total=total_rows(path), rate="")
 
                     def advance(rows: int, stored: int) -> None:
