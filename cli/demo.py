@@ -163,7 +163,7 @@ def run(dataset: str, budget_min: float, port: int | None) -> None:
         waiting = counts["nodes"].pop(DIRTY, 0)
         for kind in ("nodes", "relationships"):
             console.print(f"{kind}: " + ", ".join(f"{k} {v:,}" for k, v in counts[kind].items()))
-        console.print(f"{waiting:,} users and items wait for their first vector (the model is not trained yet)")
+        console.print(f"{waiting:,} nodes marked for recompute (none has a vector until the model is trained)")
 
         _step("4. training the model on the live graph (worker task, queue gpu; CPU here)")
         trained = _watch(app, "interest.train", {"budget_min": budget_min}, "train")
