@@ -28,6 +28,16 @@ def _status(exc: InterestError) -> grpc.StatusCode:
         return grpc.StatusCode.INTERNAL
 
 
+def status_of(exc: Exception) -> tuple[grpc.StatusCode, str] | None:
+    """The status and message an answerable failure gives its caller (what ``guard`` aborts with), or None for a
+    bug (guard's INTERNAL): for a batch's entries, which fail one by one."""
+    if isinstance(exc, InterestError):
+        return _status(exc), str(exc)
+    if isinstance(exc, GRAPH_UNAVAILABLE):
+        return grpc.StatusCode.UNAVAILABLE, "the graph database is unavailable; retry later"
+    return None
+
+
 def wrap_handler(
     handler: grpc.RpcMethodHandler | None,
     around: Callable[[Callable[..., Any]], Callable[..., Any]],

@@ -11,11 +11,12 @@ from typing import Any, Callable, Iterable, TypeVar, cast
 import grpc
 from google.protobuf.message import Message
 
-from graphdb.errors import InvalidInput, ResourceExhausted
+from graphdb.errors import InvalidInput, ResourceExhausted, Unavailable
 from graphdb.settings import GraphSettings
 from proto.interest.v1 import interest_pb2 as pb
 from proto.interest.v1 import interest_pb2_grpc as pb_grpc
 from server.engine import Answer, Engine, ItemFilter
+from server.errors import status_of
 from server.settings import ServerSettings
 
 M = TypeVar("M", bound=Message)
@@ -103,12 +104,13 @@ def event_mapping(ev: pb.Event) -> dict[str, Any]:
 
 class InterestServicer(pb_grpc.InterestServiceServicer):
     # The methods that may wait on Neo4j: they run on the waiting pool (server.pools), not the query threads.
-    WAITING = ("RecommendForUser", "IngestEvents", "GetEmbedding", "ForgetUser")
+    WAITING = ("RecommendForUser", "IngestEvents", "GetEmbedding", "ForgetUser", "BatchRecommend")
 
     def __init__(self, engine: Engine, settings: ServerSettings, graph: GraphSettings) -> None:
         self.engine = engine
         self.check = Validator(settings, graph)
         self.max_stream_events = settings.max_stream_events
+        self.max_batch = settings.max_batch
 
     def SimilarItems(self, request: pb.SimilarItemsRequest, context: grpc.ServicerContext) -> pb.SimilarItemsResponse:
         answer = self.engine.similar_items(
@@ -132,6 +134,32 @@ class InterestServicer(pb_grpc.InterestServiceServicer):
             raise InvalidInput("vector must contain finite numbers only")
         answer = self.engine.nearest_items(request.vector, self.check.k(request.k), self.check.filter(request.filter))
         return _answer(pb.NearestItemsResponse, answer)
+
+    def BatchRecommend(self, request: pb.BatchRecommendRequest, context: grpc.ServicerContext) -> pb.BatchRecommendResponse:
+        n = len(request.entries)
+        if not 1 <= n <= self.max_batch:
+            raise InvalidInput(f"a batch holds 1 to {self.max_batch} entries, got {n}")
+        if not self.engine.ready:  # what fails every entry fails the call
+            raise Unavailable("the index is not loaded yet; retry shortly")
+        out = pb.BatchRecommendResponse()
+        for i, entry in enumerate(request.entries):
+            result = out.results.add()
+            kind = entry.WhichOneof("request")
+            try:
+                if kind == "user":
+                    result.user.CopyFrom(self.RecommendForUser(entry.user, context))
+                elif kind == "similar":
+                    result.similar.CopyFrom(self.SimilarItems(entry.similar, context))
+                elif kind == "nearest":
+                    result.nearest.CopyFrom(self.NearestItems(entry.nearest, context))
+                else:
+                    raise InvalidInput("the entry holds no request (user, similar or nearest)")
+            except Exception as exc:  # noqa: BLE001 - an answerable failure is the entry's; a bug fails the call
+                status = status_of(exc)
+                if status is None:
+                    raise
+                result.code, result.message = status[0].value[0], f"entries[{i}]: {status[1]}"
+        return out
 
     def IngestEvents(
         self, request_iterator: Iterable[pb.IngestEventsRequest], context: grpc.ServicerContext
