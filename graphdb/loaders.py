@@ -47,18 +47,19 @@ MAX_ID_DIGITS = 18
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, stripped line) of the non-blank lines of a UTF-8 text file."""
+    """(line number, line) of the non-blank lines of a UTF-8 text file, without the line break and outer spaces.
+    Tabs stay: in a tab-separated file a leading or trailing tab is an empty field, which the parser must see."""
     if not path.is_file():
         raise InvalidInput(f"dataset file {path} does not exist")
     with open(path, "rb") as f:
         for n, raw in enumerate(f, 1):
             try:
-                line = raw.decode("utf-8").strip()
+                line = raw.decode("utf-8").strip(" \r\n")
             except UnicodeDecodeError as exc:
                 raise InvalidInput(f"{path}:{n}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
             if "\x00" in line:
                 raise InvalidInput(f"{path}:{n}: contains NUL bytes (binary data?)")
-            if line:
+            if line.strip():
                 yield n, line
 
 

@@ -159,6 +159,17 @@ def test_hin_bad_line_is_named(file, data) -> None:
         _check_names(err.value, file, pos + 1)
 
 
+@pytest.mark.parametrize("bad", ["\t1\t1\t1\t1", "1\t1\t1\t1\t", "1\t\t1\t1"])
+def test_hin_empty_tab_field_is_named(bad: str) -> None:
+    """A leading or trailing tab is an empty field (found by the fuzz test above: outer tabs were stripped once)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "amazon-hin"
+        _write_hin(root, {"user_item.dat": [bad] + HIN["user_item.dat"]})
+        with pytest.raises(InvalidInput) as err:
+            _read_all("amazon-hin", root)
+        _check_names(err.value, "user_item.dat", 1)
+
+
 @FUZZ
 @given(
     target=st.sampled_from(["gowalla/train.txt"] + [f"amazon-hin/{f}" for f in sorted(HIN)]),

@@ -49,7 +49,15 @@ def test_reflection_describes_the_service(plain_server) -> None:
     pool = descriptor_pool.DescriptorPool(db)
     svc = pool.FindServiceByName(SERVICE)
     methods = {m.name for m in svc.methods}
-    assert methods == {"SimilarItems", "RecommendForUser", "NearestItems", "IngestEvents", "GetEmbedding", "ForgetUser"}
+    assert methods == {
+        "SimilarItems",
+        "RecommendForUser",
+        "NearestItems",
+        "IngestEvents",
+        "GetEmbedding",
+        "ForgetUser",
+        "BatchRecommend",
+    }
     assert pool.FindMessageTypeByName("interest.v1.EmbeddingDelta").fields_by_name["vector"]
 
 
