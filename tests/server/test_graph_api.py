@@ -3,7 +3,10 @@ loading from Neo4j, the delta stream, model switches and snapshots. Real Neo4j a
 
 from __future__ import annotations
 
+import contextlib
+import io
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -197,6 +200,26 @@ def test_snapshot_then_catch_up_from_the_stream(live, neo4j_driver, graph_settin
         assert second.engine.serving.index.model_version == version
     finally:
         stop()
+
+
+def test_the_api_guide_runs_as_written(live) -> None:
+    """docs/api.md's Python walk-through, run as it is against this server (only its address changed)."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    section = doc[doc.index("## A storefront's integration") :]
+    code = section[section.index("```python\n") + len("```python\n") : section.index("\n```\n")]
+    assert 'ADDRESS = "127.0.0.1:50051"' in code
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(code.replace('ADDRESS = "127.0.0.1:50051"', f'ADDRESS = "127.0.0.1:{live.port}"'), {})
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "stored 2 already there 0 rejected []"
+    assert lines[1].startswith("like item-4: [('item-") and "'item-4'" not in lines[1]
+    assert lines[2].startswith("for alice: ['item-") and lines[2].endswith(" personal")
+    assert lines[3].startswith("ok: ['item-") and lines[4].startswith("ok: ['item-")
+    assert lines[5].startswith("failed: True entries[2]: ") and "no-such-item" in lines[5]
+    assert lines[6].startswith("near item-4's vector: ['item-4'")
+    assert lines[7].startswith("refused: INVALID_ARGUMENT k must be")
+    assert lines[8] == "forgotten: True" and len(lines) == 9
 
 
 def test_forget_user_everywhere(live, neo4j_driver, graph_settings, redis_url) -> None:
