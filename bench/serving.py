@@ -220,6 +220,52 @@ async def grpc_load(port: int, queries: list[str], concurrency: int, seconds: fl
     }
 
 
+async def batch_load(port: int, queries: list[str], entries: int, concurrency: int, seconds: float, answers: dict) -> dict:
+    """BatchRecommend calls of ``entries`` SimilarItems entries each (a page of lists), with the same client as
+    ``grpc_load``; each batched answer is checked against the single call's (``answers``)."""
+    import grpc
+
+    from proto.interest.v1 import interest_pb2 as pb
+    from proto.interest.v1 import interest_pb2_grpc as pb_grpc
+
+    latencies: list[float] = []
+    counter = iter(range(10**12))
+    mismatches = 0
+    deadline = time.perf_counter() + seconds
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.InterestServiceStub(channel)
+        await stub.SimilarItems(pb.SimilarItemsRequest(item_id=queries[0], k=10))  # connect
+
+        async def worker() -> None:
+            nonlocal mismatches
+            while time.perf_counter() < deadline:
+                js = [next(counter) % len(queries) for _ in range(entries)]
+                request = pb.BatchRecommendRequest(
+                    entries=[pb.BatchEntry(similar=pb.SimilarItemsRequest(item_id=queries[j], k=10)) for j in js]
+                )
+                t0 = time.perf_counter()
+                resp = await stub.BatchRecommend(request, timeout=5)
+                latencies.append(time.perf_counter() - t0)
+                for j, r in zip(js, resp.results):
+                    got = [i.item_id for i in r.similar.items]
+                    mismatches += r.code != 0 or (j in answers and got != answers[j])
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    lat = np.asarray(latencies) * 1000
+    return {
+        "entries": entries,
+        "concurrency": concurrency,
+        "calls_per_s": len(lat) / elapsed,
+        "lists_per_s": len(lat) * entries / elapsed,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "calls": len(lat),
+        "answers_differing_from_single_calls": int(mismatches),
+    }
+
+
 async def echo_load(port: int, concurrency: int, seconds: float) -> float:
     """Calls/s of a bare gRPC echo with the same client: what this machine allows any Python servicer."""
     import grpc
@@ -576,6 +622,15 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
                 f"{runs[-1]['p50_ms']:.2f} ms, p99 {runs[-1]['p99_ms']:.2f} ms; CPU per call: server "
                 f"{runs[-1]['server_cpu_us_per_call']:.0f} us, client {runs[-1]['client_cpu_us_per_call']:.0f} us"
             )
+        # A page of 8 lists in one BatchRecommend call, against the same lists as 8 single calls (c=16 above).
+        batch = asyncio.run(batch_load(port, queries, 8, 16, args.seconds, answers))
+        single = next(r for r in runs if r["concurrency"] == 16)
+        batch["lists_per_s_vs_single_calls"] = batch["lists_per_s"] / single["qps"]
+        log(
+            f"{name}: BatchRecommend of 8 lists, c=16: {batch['calls_per_s']:.0f} calls/s = {batch['lists_per_s']:.0f} "
+            f"lists/s ({batch['lists_per_s_vs_single_calls']:.2f}x single calls), p50 {batch['p50_ms']:.2f} ms, p99 "
+            f"{batch['p99_ms']:.2f} ms; {batch['answers_differing_from_single_calls']} answers differ from single calls"
+        )
         echo_run = measure_echo(args.seconds)
         echo = echo_run["qps"]
         log(
@@ -685,6 +740,7 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
         "raw_qps": qps,
         "raw_recall_at_10": raw_recall,
         "grpc": runs,
+        "batch": batch,
         "go_clients": configs,
         "client": client,
         "server_processes": int(served_by),
