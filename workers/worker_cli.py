@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -34,7 +35,11 @@ def beat(loglevel: str = typer.Option("INFO")) -> None:
     if settings.retrain_period_s <= 0:
         console.print("[red]error:[/red] IG_WORKER_RETRAIN_PERIOD_S is 0: nothing to schedule")
         raise typer.Exit(1)
-    app.Beat(loglevel=loglevel).run()
+    # Beat remembers when it last ran each entry in a small file: under var/ (owned by the app user in the image),
+    # never in the working directory.
+    schedule = Path("var") / "celerybeat-schedule"
+    schedule.parent.mkdir(parents=True, exist_ok=True)
+    app.Beat(loglevel=loglevel, schedule=str(schedule)).run()
 
 
 @worker_app.command("scheduler")
