@@ -82,5 +82,5 @@ def served_recall(enc: LiveEncoder, split: GateSplit, items: Sequence[ItemRow], 
 
 
 def _matrix(pairs: list[tuple[int, int]], rows: int, cols: int) -> sp.csr_matrix:
-    r, c = (np.array(x, dtype=np.int64) for x in zip(*pairs)) if pairs else (np.zeros(0, np.int64),) * 2
-    return sp.csr_matrix((np.ones(len(r), np.float32), (r, c)), shape=(rows, cols))
+    rc = np.array(pairs, dtype=np.int64).reshape(-1, 2)
+    return sp.csr_matrix((np.ones(len(rc), np.float32), (rc[:, 0], rc[:, 1])), shape=(rows, cols))
