@@ -26,7 +26,7 @@ class EdgeRow:
     item: str
     weight: float
     last_ts: float
-    first_ts: float | None = None  # read only where needed: the quality gate's split (workers.gate)
+    first_ts: float | None = None  # first interaction (the fold-in of new items, the quality gate's split)
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,8 @@ _USER_EDGES = f"""
 UNWIND $ids AS uid
 MATCH (u:{USER} {{id: uid}})-[r:{_ITEM_RELS}]->(i:{ITEM})
 WITH uid, collect(i.id) AS items, collect(r.weight) AS weights, collect(r.last_ts) AS last,
-     collect(i.emb_version) AS versions
-RETURN uid AS user, items, weights, last, versions
+     collect(coalesce(r.first_ts, r.last_ts)) AS first, collect(i.emb_version) AS versions
+RETURN uid AS user, items, weights, last, first, versions
 """
 
 _ALL_EDGES = f"""
@@ -81,6 +81,16 @@ _USERS_OF_ITEMS = f"""
 UNWIND $ids AS iid
 MATCH (u:{USER})-[:{_ITEM_RELS}]->(:{ITEM} {{id: iid}})
 RETURN DISTINCT u.id AS id
+"""
+
+# Each item's first n shoppers: by their first interaction with it over behaviour types, ties by pseudonym.
+_FIRST_USERS = f"""
+UNWIND $ids AS iid
+MATCH (u:{USER})-[r:{_ITEM_RELS}]->(:{ITEM} {{id: iid}})
+WITH iid, u.id AS uid, min(coalesce(r.first_ts, r.last_ts)) AS t
+ORDER BY iid, t, uid
+WITH iid, collect(uid)[..$n] AS users
+RETURN iid AS item, users
 """
 
 # Items whose encoder input depends on these categories (anywhere below them) or brands.
@@ -142,6 +152,17 @@ def user_edges(
             edges.extend(_edge_rows(r))
             item_version.update(zip(r["items"], r["versions"]))
     return edges, item_version
+
+
+def first_users(
+    driver: neo4j.Driver, item_ids: Iterable[str], n: int, *, database: str = "neo4j", batch_size: int = 500
+) -> dict[str, list[str]]:
+    """The first ``n`` shoppers of each item (``workers.live.fold_sets`` reads their edges); items without any
+    are left out."""
+    out: dict[str, list[str]] = {}
+    for chunk in _chunks(sorted(set(item_ids)), batch_size):
+        out.update((r["item"], list(r["users"])) for r in _read(driver, _FIRST_USERS, database, ids=chunk, n=n))
+    return out
 
 
 def all_edges(driver: neo4j.Driver, *, database: str = "neo4j") -> list[EdgeRow]:

@@ -56,7 +56,7 @@ def split_after(edges: Sequence[EdgeRow], cut: float) -> GateSplit:
 
 def served_recall(enc: LiveEncoder, split: GateSplit, items: Sequence[ItemRow], k: int = 20) -> float:
     """Recall@k over the held-out users, ranking every item of the graph with ``enc``'s vectors: items as the
-    recompute embeds them (known to the version, or new from their metadata), users from their training edges
+    recompute embeds them (known to the version, or new from their metadata and first shoppers), users from their training edges
     (capped, recency-weighted). Training items are masked, as the server leaves bought items out."""
     ids = [r.id for r in items]
     col = {iid: j for j, iid in enumerate(ids)}
@@ -65,7 +65,7 @@ def served_recall(enc: LiveEncoder, split: GateSplit, items: Sequence[ItemRow], 
     table = torch.zeros(len(ids), enc.dim, device=enc.device)
     if known:
         table[[col[i] for i in known]] = enc.known_vectors(known)
-    new_out, new_in = enc.new_items(new_rows)
+    new_out, new_in = enc.new_items(new_rows, split.train)
     if new_rows:
         table[[col[r.id] for r in new_rows]] = new_out
     users = sorted(split.held)

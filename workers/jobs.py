@@ -97,6 +97,7 @@ class Runtime:
                 self.graph.half_life_days,
                 TextEncoder(self.worker.text_cache_dir),
                 pick_device(self.train.device),
+                **self.model.fold(),
             )
         return self._encoders[version]
 
@@ -230,6 +231,7 @@ def retrain(
         rt.graph.half_life_days,
         active.text_encoder,
         active.device,
+        **rt.model.fold(),
     )
     k = rt.train.eval_k
     new, old = served_recall(candidate, split, items, k), served_recall(active, split, items, k)

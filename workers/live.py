@@ -5,20 +5,23 @@ What a vector depends on (the receptive field that makes incremental recompute e
 * an item known to the checkpoint: nothing live. Its vector is fixed for the model version (ID row + the
   metadata it had at training time), so an event on a hub item changes no other node's vector;
 * an item new since training: its own live metadata (text neighbours among the known items when the model
-  reads text, else its category/brand embeddings), degree 1;
+  reads text, else its category/brand embeddings), folded together with what its first shoppers bought before
+  it (`fold_sets`): its first ``fold_users`` shoppers by first interaction time (ties by user id), and for each
+  the ``fold_context`` known items they met last before it. Those sets stop changing once the item has
+  ``fold_users`` shoppers, so a new hub item's vector, and the fan-out to its users, settle;
 * a user: their top ``user_cap`` items by time-decayed weight (ties by item id), each weighted by the recency of
   its latest interaction among them (`workers.recency`): one hop, item -> user;
 * a search query: its text.
 
-So a change to a user's edges affects that user only, and a change to a new item's metadata affects that
-item and then its users. ``workers.recompute`` turns this into the affected set.
+So a change to a user's edges affects that user and the new items among their edges (whose first shoppers they
+may be), and a change to a new item's vector affects its users. ``workers.recompute`` turns this into the affected set.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -88,6 +91,48 @@ def latest_times(edges: Sequence[EdgeRow]) -> dict[tuple[str, str], int]:
     return out
 
 
+def first_times(edges: Iterable[EdgeRow]) -> dict[tuple[str, str], float]:
+    """Each (user, item) pair's first interaction time over its behaviour types (``last_ts`` where the first is
+    not stored)."""
+    out: dict[tuple[str, str], float] = {}
+    for e in edges:
+        key, t = (e.user, e.item), e.last_ts if e.first_ts is None else e.first_ts
+        if key not in out or t < out[key]:
+            out[key] = t
+    return out
+
+
+def fold_sets(
+    new_ids: Sequence[str], edges: Iterable[EdgeRow], is_known: Callable[[str], bool], users: int, context: int
+) -> dict[str, tuple[int, list[list[str]]]]:
+    """Per new item: (how many first shoppers it has, up to ``users``; for each, the known items they met
+    before it). First shoppers are ordered by their first interaction with the item, ties by user id; a shopper's
+    items "before" are those first met strictly earlier, the latest ``context`` of them (ties by item id).
+
+    ``edges`` must hold every edge of each item's first ``users`` shoppers (more is fine): the result depends on
+    nothing else, so the live path (`graphdb.subgraph.first_users`, then those users' edges) and the full path
+    (every edge) agree.
+    """
+    wanted = set(new_ids)
+    first = first_times(edges)
+    of_item: dict[str, list[tuple[float, str]]] = {i: [] for i in new_ids}
+    of_user: dict[str, list[tuple[float, str]]] = {}
+    for (u, i), t in first.items():
+        if i in wanted:
+            of_item[i].append((t, u))
+        elif is_known(i):
+            of_user.setdefault(u, []).append((t, i))
+    out: dict[str, tuple[int, list[list[str]]]] = {}
+    for i in new_ids:
+        early = sorted(of_item[i])[:users]
+        sets = []
+        for t, u in early:
+            before = sorted((p for p in of_user.get(u, ()) if p[0] < t), key=lambda p: (-p[0], p[1]))
+            sets.append([j for _, j in before[:context]])
+        out[i] = (len(early), sets)
+    return out
+
+
 @dataclass
 class LiveEncoder:
     """A checkpoint ready to embed live rows. ``device`` is CUDA when present (same code on CPU)."""
@@ -97,6 +142,11 @@ class LiveEncoder:
     half_life_days: float
     text_encoder: TextEncoder | None = None
     device: torch.device = torch.device("cpu")
+    # Fold-in of new items (`fold_sets`): first shoppers read, known items per shopper, and the prior weight of
+    # the metadata vector in shoppers (0 shoppers: metadata only; ``fold_users`` 0 turns the fold-in off).
+    fold_users: int = 0
+    fold_context: int = 50
+    fold_prior: float = 2.0
 
     def __post_init__(self) -> None:
         m = self.ck.model.to(self.device).eval()
@@ -120,17 +170,31 @@ class LiveEncoder:
         return item_id in self.row
 
     @torch.no_grad()
-    def new_items(self, rows: Sequence[ItemRow]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(item vectors [n, dim], what each sends to its users [n, dim]) of items the checkpoint does not know,
-        from their live metadata: text neighbours among the known items (`workers.cold.cold_bases`), or their
-        category/brand embeddings at degree 1."""
-        m = self.ck.model
+    def new_items(self, rows: Sequence[ItemRow], edges: Iterable[EdgeRow] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+        """(item vectors [n, dim], what each sends to its users [n, dim]) of items the checkpoint does not know.
+
+        The base is their live metadata: text neighbours among the known items (`workers.cold.cold_bases`), or
+        their category/brand embeddings at degree 1. With ``fold_users`` > 0 and ``edges`` holding their first
+        shoppers' edges, the base becomes ``(p * meta + s * mean_s(mean of x_j over the shopper's items before))
+        / (p + s)`` over the ``s`` first shoppers with items before (``p`` = ``fold_prior``), and the degree is at
+        least the number of first shoppers: the items its shoppers had met are what it is like, and it is as
+        popular as its shoppers make it. Without shoppers both are the metadata's, unchanged.
+        """
         if not rows:
             empty = torch.zeros(0, self.dim, device=self.device)
             return empty, empty
+        x, deg = self._meta_bases(rows)
+        if self.fold_users > 0:
+            x, deg = self._fold(rows, edges, x, deg)
+        m = self.ck.model
+        return m.item_out(x, deg), m.item_in(x, deg)
+
+    def _meta_bases(self, rows: Sequence[ItemRow]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(bases [n, dim], degrees [n]) of new items from their metadata alone."""
+        m = self.ck.model
         if self.reads_text and self.text_encoder is not None:
             text = self.text_encoder.encode([item_text(r) for r in rows]).to(self.device)
-            x, deg = cold_bases(
+            return cold_bases(
                 text,
                 self.warm_text,
                 self.x_known,
@@ -138,7 +202,6 @@ class LiveEncoder:
                 self.ck.model_settings.get("cold_neighbours", 30),
                 self.ck.model_settings.get("cold_temperature", 0.1),
             )
-            return m.item_out(x, deg), m.item_in(x, deg)
         pairs = [(i, self.category_index[c]) for i, r in enumerate(rows) for c in r.categories if c in self.category_index]
         cats = torch.tensor(pairs, dtype=torch.long, device=self.device).reshape(-1, 2).T
         brands = torch.tensor(
@@ -146,8 +209,33 @@ class LiveEncoder:
         )
         meta = m.meta(cats, brands, None, len(rows))
         x = meta if meta is not None else torch.zeros(len(rows), self.dim, device=self.device)
-        ones = torch.ones(len(rows), device=self.device)  # degree 1, as `workers.embed.served_vectors` has it
-        return m.item_out(x, ones), m.item_in(x, ones)
+        return x, torch.ones(len(rows), device=self.device)  # degree 1, as `workers.embed.served_vectors` has it
+
+    def _fold(
+        self, rows: Sequence[ItemRow], edges: Iterable[EdgeRow], x: torch.Tensor, deg: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        sets = fold_sets([r.id for r in rows], edges, self.is_known, self.fold_users, self.fold_context)
+        # One sparse row per item averaging its shoppers' per-shopper means of known bases.
+        rows_i, cols, vals, shoppers, firsts = [], [], [], [], []
+        for n, r in enumerate(rows):
+            count, per_user = sets[r.id]
+            used = [s for s in per_user if s]
+            for s in used:
+                rows_i.extend([n] * len(s))
+                cols.extend(self.row[j] for j in s)
+                vals.extend([1.0 / (len(s) * len(used))] * len(s))
+            shoppers.append(len(used))
+            firsts.append(count)
+        s = torch.tensor(shoppers, dtype=torch.float32, device=self.device)
+        folded = s > 0
+        if bool(folded.any()):
+            mix = sp.csr_matrix((np.asarray(vals, np.float32), (rows_i, cols)), shape=(len(rows), len(self.row)))
+            ctx = csr_to_torch(mix).to(self.device) @ self.x_known
+            p = self.fold_prior
+            blend = (p * x + s.unsqueeze(-1) * ctx) / (p + s).unsqueeze(-1)
+            x = torch.where(folded.unsqueeze(-1), blend, x)
+        deg = torch.maximum(deg, torch.tensor(firsts, dtype=deg.dtype, device=self.device))
+        return x, deg
 
     def known_vectors(self, item_ids: Sequence[str]) -> torch.Tensor:
         return self.z_known[torch.tensor([self.row[i] for i in item_ids], dtype=torch.long, device=self.device)]

@@ -3,9 +3,10 @@
 Incremental (``recompute_marked``), with the receptive field of ``workers.live``:
 
 1. read the oldest marks (node id + the token of the write that marked it);
-2. items: marked items, plus new items under marked categories/brands. A known item's vector is fixed for the
-   version (written only if missing); a new item's vector is recomputed from its metadata and, if it differs
-   from the stored vector of the same version, its users join the affected set;
+2. items: marked items, new items under marked categories/brands, and the new items among the marked users'
+   edges (the fold-in reads an item's first shoppers' edges). A known item's vector is fixed for the version
+   (written only if missing); a new item's vector is recomputed from its metadata and first shoppers and, if it
+   differs from the stored vector of the same version, its users join the affected set;
 3. users: the marked ones plus those reached in step 2; pull their edges (batched Cypher), cap each user to the
    top-N items, take the vectors of the new items they reach (stored, or computed now when missing), forward;
 4. publish the vectors on the delta stream, then write items, users and queries to Neo4j with the model version,
@@ -127,8 +128,13 @@ def recompute_marked(ctx: Context, limit: int = 10000) -> RecomputeResult:
         tokens[m.label][m.id] = m.token
     # A known item's vector is fixed for the version: it is written only when its stored one is of another.
     known = sorted({m.id for m in marks if m.label == ITEM and enc.is_known(m.id) and m.version != version})
+    # The marked users' edges: their vectors need them, and with the fold-in the new items among them may count
+    # these users among their first shoppers.
+    marked_users = sorted(by_label[USER])
+    user_reads = subgraph.user_edges(ctx.driver, marked_users, database=ctx.database) if marked_users else ([], {})
+    shopped = {e.item for e in user_reads[0]} if enc.fold_users else set()
     new_ids = sorted(
-        {i for i in by_label[ITEM] if not enc.is_known(i)}
+        {i for i in by_label[ITEM] | shopped if not enc.is_known(i)}
         | {
             i
             for i in subgraph.items_under(ctx.driver, by_label[CATEGORY], by_label[BRAND], database=ctx.database)
@@ -137,8 +143,9 @@ def recompute_marked(ctx: Context, limit: int = 10000) -> RecomputeResult:
     )
     stored_new = subgraph.stored_vectors(ctx.driver, ITEM, new_ids, database=ctx.database)
     new_rows = subgraph.items(ctx.driver, new_ids, database=ctx.database)
+    fold_edges = _fold_edges(ctx, new_ids)
     clock.lap("pull_s")
-    new_out, new_in = enc.new_items(new_rows)
+    new_out, new_in = enc.new_items(new_rows, fold_edges)
     new_vecs = dict(zip([r.id for r in new_rows], new_out))
     sends = dict(zip([r.id for r in new_rows], new_in))
     to_write: dict[str, np.ndarray] = dict(zip(known, _np(enc.known_vectors(known)))) if known else {}
@@ -156,7 +163,7 @@ def recompute_marked(ctx: Context, limit: int = 10000) -> RecomputeResult:
     reached = subgraph.users_of_items(ctx.driver, propagate, database=ctx.database) if propagate else set()
     user_ids = sorted(by_label[USER] | reached)
     res.propagated_users = len(reached - by_label[USER])
-    user_vecs, extra_items = _users(ctx, user_ids, sends, clock)
+    user_vecs, extra_items = _users(ctx, user_ids, sends, clock, user_reads)
     to_write.update(extra_items)
 
     # queries: their text only
@@ -191,22 +198,40 @@ def recompute_marked(ctx: Context, limit: int = 10000) -> RecomputeResult:
     return res
 
 
+def _fold_edges(ctx: Context, new_ids: list[str]) -> list[subgraph.EdgeRow]:
+    """Every edge of the first shoppers of these new items: what their fold-in reads (`workers.live.fold_sets`)."""
+    if not ctx.encoder.fold_users or not new_ids:
+        return []
+    firsts = subgraph.first_users(ctx.driver, new_ids, ctx.encoder.fold_users, database=ctx.database)
+    shoppers = {u for users in firsts.values() for u in users}
+    return subgraph.user_edges(ctx.driver, shoppers, database=ctx.database)[0] if shoppers else []
+
+
 def _users(
-    ctx: Context, user_ids: list[str], fresh: dict[str, torch.Tensor], clock: _Clock
+    ctx: Context,
+    user_ids: list[str],
+    fresh: dict[str, torch.Tensor],
+    clock: _Clock,
+    read: tuple[list[subgraph.EdgeRow], dict[str, str | None]] = ([], {}),
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """User vectors, and the vectors of new items computed on the way that Neo4j lacks for this version (to be
-    written too). ``fresh``: what the new items computed in this recompute send to their users."""
+    written too). ``fresh``: what the new items computed in this recompute send to their users; ``read``: edges
+    (and item versions) already read for some of the users, all of each user's edges."""
     enc, version = ctx.encoder, ctx.encoder.version
     if not user_ids:
         return {}, {}
-    edges, item_version = subgraph.user_edges(ctx.driver, user_ids, database=ctx.database)
+    done = {e.user for e in read[0]}
+    rest = [u for u in user_ids if u not in done]
+    edges, item_version = subgraph.user_edges(ctx.driver, rest, database=ctx.database) if rest else ([], {})
+    edges, item_version = read[0] + edges, {**read[1], **item_version}
     neighbours = capped_neighbours(edges, enc.user_cap, enc.half_life_days)
     # A new item's stored vector is its output (d^b x); what it sends to users (d^-a x) is computed from its
     # metadata here (text vectors are cached), never read back from the stored one.
     missing = sorted({i for items in neighbours.values() for i in items if not enc.is_known(i)} - set(fresh))
     rows = subgraph.items(ctx.driver, missing, database=ctx.database) if missing else []
+    fold_edges = _fold_edges(ctx, missing)
     clock.lap("pull_s")
-    out_vecs, in_vecs = enc.new_items(rows)
+    out_vecs, in_vecs = enc.new_items(rows, fold_edges)
     ids = [r.id for r in rows]
     sends = {**fresh, **dict(zip(ids, in_vecs))}
     out = enc.users(neighbours, user_ids, sends, latest_times(edges))
@@ -272,7 +297,7 @@ def full_vectors(ctx: Context, progress: Callable[[str], None] | None = None) ->
     known = [r.id for r in items if enc.is_known(r.id)]
     new_rows = [r for r in items if not enc.is_known(r.id)]
     item_vecs: dict[str, torch.Tensor] = dict(zip(known, enc.known_vectors(known))) if known else {}
-    new_out, new_in = enc.new_items(new_rows)
+    new_out, new_in = enc.new_items(new_rows, edges)
     item_vecs.update(zip([r.id for r in new_rows], new_out))
     neighbours = capped_neighbours(edges, enc.user_cap, enc.half_life_days)
     user_ids = sorted(users)

@@ -7,7 +7,7 @@ and passed down; library code never reads ``os.environ``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -64,8 +64,19 @@ class ModelSettings(BaseSettings):
     # Served model on the live graph: a user's vector reads at most this many of their items (top by
     # time-decayed weight, ties by item id), so one very active user costs a bounded recompute.
     user_cap: int = Field(default=500, ge=1)
+    # Fold-in of items new since training (`workers.live.fold_sets`): a new item's vector follows what its first
+    # ``fold_users`` shoppers had met before it (their latest ``fold_context`` known items), weighed against its
+    # metadata as ``fold_prior`` shoppers. It stops changing at ``fold_users`` shoppers, which bounds the fan-out
+    # to its users; 0 turns it off (metadata only until a retrain).
+    fold_users: int = Field(default=50, ge=0)
+    fold_context: int = Field(default=10, ge=1)
+    fold_prior: float = Field(default=2.0, gt=0)
     # Graph-level interest embedding (GIN over a user's ego-graph).
     ego_hops: int = Field(default=2, ge=1)
+
+    def fold(self) -> dict[str, Any]:
+        """The fold-in settings as `workers.live.LiveEncoder` takes them."""
+        return {"fold_users": self.fold_users, "fold_context": self.fold_context, "fold_prior": self.fold_prior}
 
 
 class TrainSettings(BaseSettings):

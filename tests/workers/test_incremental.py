@@ -41,12 +41,16 @@ def _meta(rng: random.Random) -> dict:
     return {"title": _title(rng), "brand": rng.choice(["acme", "zenith", "orbit"]), "categories": [list(rng.choice(CATEGORIES))]}
 
 
-@pytest.fixture
-def runtime(graph, neo4j_settings, graph_settings, redis_url, tmp_path):
+def _runtime(neo4j_settings, graph_settings, redis_url, tmp_path, **model) -> jobs.Runtime:
     ws = WorkerSettings(model_dir=tmp_path / "models", text_cache_dir=tmp_path / "text", redis_url=redis_url, lock_timeout_s=30)
     # recency weights on: a user's vector weighs their capped items by the rank of their latest times
-    ms = ModelSettings(dim=graph_settings.embedding_dim, user_cap=6, recency_boost=10.0, select_filter=False)
-    rt = jobs.Runtime(neo4j_settings, graph_settings, ms, TrainSettings(max_epochs=0, threads=1), ws, DataSettings())
+    ms = ModelSettings(dim=graph_settings.embedding_dim, user_cap=6, recency_boost=10.0, select_filter=False, **model)
+    return jobs.Runtime(neo4j_settings, graph_settings, ms, TrainSettings(max_epochs=0, threads=1), ws, DataSettings())
+
+
+@pytest.fixture
+def runtime(graph, neo4j_settings, graph_settings, redis_url, tmp_path):
+    rt = _runtime(neo4j_settings, graph_settings, redis_url, tmp_path)
     yield rt
     rt.close()
 
@@ -173,6 +177,53 @@ def test_event_on_hub_item_recomputes_only_its_user(runtime, graph_settings):
     key = graph_settings.pseudonym_key.get_secret_value()
     stored = subgraph.stored_vectors(driver, USER, [pseudonymise(key, "user-5")])
     assert next(iter(stored.values())).version == version
+
+
+def test_a_new_item_settles_after_its_first_shoppers(graph, neo4j_settings, graph_settings, redis_url, tmp_path):
+    """A new item's vector follows its first ``fold_users`` shoppers: each of them moves it and its users follow;
+    a later shopper moves neither it nor anyone else (the deterministic cap on a new hub's fan-out)."""
+    rt = _runtime(neo4j_settings, graph_settings, redis_url, tmp_path, fold_users=3)
+    try:
+        driver = rt.driver
+        rng = random.Random(5)
+        history = [
+            {
+                "event_id": f"h-{u}-{k}",
+                "user_id": f"user-{u}",
+                "type": "purchase",
+                "ts": T0 + k,
+                "item_id": f"item-{rng.randrange(20)}",
+            }
+            for u in range(30)
+            for k in range(4)
+        ]
+        ingest_events(driver, graph_settings, history)
+        version = jobs.train_from_graph(rt)["version"]
+        jobs.rebuild_version(rt, version)
+        ctx = rt.context(version)
+        _drain(ctx)
+        item = "item-new"
+        key = graph_settings.pseudonym_key.get_secret_value()
+        vectors, propagated = [], []
+        for u in range(6):  # shoppers 0, 1, 2 are its first three
+            buy = {"event_id": f"n-{u}", "user_id": f"user-{u}", "type": "purchase", "ts": T0 + 100 + u, "item_id": item}
+            ingest_events(driver, graph_settings, [buy])
+            res = recompute_marked(ctx)
+            propagated.append(res.propagated_users)
+            vectors.append(np.asarray(subgraph.stored_vectors(driver, ITEM, [item])[item].vector))
+            assert count_marks(driver) == 0
+        moved = [float(np.max(np.abs(b - a))) for a, b in zip(vectors, vectors[1:])]
+        assert all(m > 1e-4 for m in moved[:2]), moved  # the 2nd and 3rd shoppers move it
+        assert all(m == 0.0 for m in moved[2:]), moved  # the 4th, 5th and 6th do not
+        assert propagated == [0, 1, 2, 0, 0, 0]  # its earlier shoppers follow each move, nobody after
+        # and the stored vectors are the full recompute's
+        full = full_vectors(ctx).vectors
+        assert np.allclose(vectors[-1], full[ITEM][item], atol=1e-5)
+        for u in range(6):
+            pid = pseudonymise(key, f"user-{u}")
+            assert np.allclose(subgraph.stored_vectors(driver, USER, [pid])[pid].vector, full[USER][pid], atol=1e-5)
+    finally:
+        rt.close()
 
 
 def test_rollback_switches_the_active_version(runtime, graph_settings, redis_url):
