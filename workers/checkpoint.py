@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from graphdb.errors import InvalidInput, NotFound
@@ -46,6 +47,11 @@ class Checkpoint:
     # fixed for its model version, so serving recomputes it exactly from these.
     item_category: torch.Tensor | None = None
     item_brand: torch.Tensor | None = None
+    # [I] bool: items with interactions in the training graph (the others were embedded from metadata alone).
+    item_trained: torch.Tensor | None = None
+    # [dim]: per-dimension scale from the mean base of an item's shoppers' other items to its own base, fitted
+    # on the trained items (`workers.fold.fit_fold_scale`); the fold-in of new items applies it.
+    fold_scale: torch.Tensor | None = None
 
     def item_index(self) -> dict[str, int]:
         return {s: i for i, s in enumerate(self.item_ids)}
@@ -66,6 +72,7 @@ def save_checkpoint(
     metrics: dict,
     item_text: torch.Tensor | None = None,
     version: str | None = None,
+    fold_scale: torch.Tensor | None = None,
 ) -> Path:
     """Write a checkpoint (the model kind and its constructor arguments included) and point LATEST at it;
     returns the checkpoint file."""
@@ -92,6 +99,8 @@ def save_checkpoint(
         "item_text": item_text,
         "item_category": graph.item_category,
         "item_brand": graph.item_brand,
+        "item_trained": torch.from_numpy(np.asarray(graph.interactions().sum(0)).ravel() > 0),
+        "fold_scale": fold_scale,
     }
     path = folder / "checkpoint.pt"
     # Write then rename: a process killed mid-save leaves no half checkpoint behind a valid name.
@@ -138,6 +147,8 @@ def load_checkpoint(path: Path) -> Checkpoint:
         data.get("item_text"),
         data.get("item_category"),
         data.get("item_brand"),
+        data.get("item_trained"),
+        data.get("fold_scale"),
     )
 
 

@@ -60,8 +60,8 @@ def served_recall(enc: LiveEncoder, split: GateSplit, items: Sequence[ItemRow], 
     (capped, recency-weighted). Training items are masked, as the server leaves bought items out."""
     ids = [r.id for r in items]
     col = {iid: j for j, iid in enumerate(ids)}
-    known = [r.id for r in items if enc.is_known(r.id)]
-    new_rows = [r for r in items if not enc.is_known(r.id)]
+    known = [r.id for r in items if enc.is_fixed(r.id)]
+    new_rows = [r for r in items if not enc.is_fixed(r.id)]
     table = torch.zeros(len(ids), enc.dim, device=enc.device)
     if known:
         table[[col[i] for i in known]] = enc.known_vectors(known)

@@ -103,7 +103,7 @@ def first_times(edges: Iterable[EdgeRow]) -> dict[tuple[str, str], float]:
 
 
 def fold_sets(
-    new_ids: Sequence[str], edges: Iterable[EdgeRow], is_known: Callable[[str], bool], users: int, context: int
+    new_ids: Sequence[str], edges: Iterable[EdgeRow], is_fixed: Callable[[str], bool], users: int, context: int
 ) -> dict[str, tuple[int, list[list[str]]]]:
     """Per new item: (how many first shoppers it has, up to ``users``; for each, the known items they met
     before it). First shoppers are ordered by their first interaction with the item, ties by user id; a shopper's
@@ -120,7 +120,7 @@ def fold_sets(
     for (u, i), t in first.items():
         if i in wanted:
             of_item[i].append((t, u))
-        elif is_known(i):
+        elif is_fixed(i):
             of_user.setdefault(u, []).append((t, i))
     out: dict[str, tuple[int, list[list[str]]]] = {}
     for i in new_ids:
@@ -164,17 +164,28 @@ class LiveEncoder:
             self.z_known = m.item_out(self.x_known)  # [I, dim] item vectors of the version
             self.in_known = m.item_in(self.x_known)  # [I, dim] what a known item sends to its users
             self.filter = m.user_scale().detach()
+        # Items in the version without interactions at training time (metadata only): with the fold-in they learn
+        # from their shoppers like items new since training. Checkpoints before `item_trained` count all as trained.
+        trained = self.ck.item_trained
+        untrained = [] if trained is None or self.fold_users == 0 else torch.nonzero(~trained.bool()).flatten().tolist()
+        self.untrained = {self.ck.item_ids[j] for j in untrained}
+        scale = self.ck.fold_scale
+        self.fold_scale = torch.ones(self.dim, device=self.device) if scale is None else scale.to(self.device)
 
     # ---------------------------------------------------------------- items
-    def is_known(self, item_id: str) -> bool:
-        return item_id in self.row
+    def is_fixed(self, item_id: str) -> bool:
+        """Whether the item's vector is fixed for the version (known to it, and learned from interactions or no
+        fold-in); every other item is embedded by `new_items`."""
+        return item_id in self.row and item_id not in self.untrained
 
     @torch.no_grad()
     def new_items(self, rows: Sequence[ItemRow], edges: Iterable[EdgeRow] = ()) -> tuple[torch.Tensor, torch.Tensor]:
-        """(item vectors [n, dim], what each sends to its users [n, dim]) of items the checkpoint does not know.
+        """(item vectors [n, dim], what each sends to its users [n, dim]) of items whose vector is not fixed for
+        the version (`is_fixed`).
 
-        The base is their live metadata: text neighbours among the known items (`workers.cold.cold_bases`), or
-        their category/brand embeddings at degree 1. With ``fold_users`` > 0 and ``edges`` holding their first
+        The base is the version's own for its items without training interactions, else their live metadata: text
+        neighbours among the known items (`workers.cold.cold_bases`), or their category/brand embeddings at degree
+        1. With ``fold_users`` > 0 and ``edges`` holding their first
         shoppers' edges, the base becomes ``(p * meta + s * mean_s(mean of x_j over the shopper's items before))
         / (p + s)`` over the ``s`` first shoppers with items before (``p`` = ``fold_prior``), and the degree is at
         least the number of first shoppers: the items its shoppers had met are what it is like, and it is as
@@ -183,10 +194,18 @@ class LiveEncoder:
         if not rows:
             empty = torch.zeros(0, self.dim, device=self.device)
             return empty, empty
-        x, deg = self._meta_bases(rows)
+        m = self.ck.model
+        in_version = [n for n, r in enumerate(rows) if r.id in self.row]
+        others = [n for n, r in enumerate(rows) if r.id not in self.row]
+        x = torch.zeros(len(rows), self.dim, device=self.device)
+        deg = torch.ones(len(rows), device=self.device)
+        if in_version:
+            at = torch.tensor([self.row[rows[n].id] for n in in_version], dtype=torch.long, device=self.device)
+            x[in_version], deg[in_version] = self.x_known[at], m.item_degree.to(self.device)[at]
+        if others:
+            x[others], deg[others] = self._meta_bases([rows[n] for n in others])
         if self.fold_users > 0:
             x, deg = self._fold(rows, edges, x, deg)
-        m = self.ck.model
         return m.item_out(x, deg), m.item_in(x, deg)
 
     def _meta_bases(self, rows: Sequence[ItemRow]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,7 +233,7 @@ class LiveEncoder:
     def _fold(
         self, rows: Sequence[ItemRow], edges: Iterable[EdgeRow], x: torch.Tensor, deg: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        sets = fold_sets([r.id for r in rows], edges, self.is_known, self.fold_users, self.fold_context)
+        sets = fold_sets([r.id for r in rows], edges, self.is_fixed, self.fold_users, self.fold_context)
         # One sparse row per item averaging its shoppers' per-shopper means of known bases.
         rows_i, cols, vals, shoppers, firsts = [], [], [], [], []
         for n, r in enumerate(rows):
@@ -230,7 +249,7 @@ class LiveEncoder:
         folded = s > 0
         if bool(folded.any()):
             mix = sp.csr_matrix((np.asarray(vals, np.float32), (rows_i, cols)), shape=(len(rows), len(self.row)))
-            ctx = csr_to_torch(mix).to(self.device) @ self.x_known
+            ctx = (csr_to_torch(mix).to(self.device) @ self.x_known) * self.fold_scale
             p = self.fold_prior
             blend = (p * x + s.unsqueeze(-1) * ctx) / (p + s).unsqueeze(-1)
             x = torch.where(folded.unsqueeze(-1), blend, x)
@@ -238,6 +257,7 @@ class LiveEncoder:
         return x, deg
 
     def known_vectors(self, item_ids: Sequence[str]) -> torch.Tensor:
+        """Served vectors of items fixed for the version (`is_fixed`)."""
         return self.z_known[torch.tensor([self.row[i] for i in item_ids], dtype=torch.long, device=self.device)]
 
     # ---------------------------------------------------------------- users
@@ -253,8 +273,8 @@ class LiveEncoder:
         (``neighbours`` from `capped_neighbours`), ``w_uj`` the model's recency weights of the pairs' latest
         times (``times`` from `latest_times`; without it, 1).
 
-        ``new_item_vectors`` holds what every new item the users reach sends them (the second tensor of
-        `new_items`, input scale), never its served vector.
+        ``new_item_vectors`` holds what every item not fixed for the version that the users reach sends them (the
+        second tensor of `new_items`, input scale), never its served vector; it takes precedence over the version.
         """
         m = self.ck.model
         new_ids = sorted(new_item_vectors)
@@ -263,7 +283,7 @@ class LiveEncoder:
         for u_idx, u in enumerate(users):
             items = neighbours.get(u, ())
             for item in items:
-                col = self.row.get(item, new_col.get(item))
+                col = new_col.get(item, self.row.get(item))
                 if col is None:
                     raise KeyError(f"item {item!r} of user {u!r} has no vector")
                 rows.append(u_idx)

@@ -127,18 +127,18 @@ def recompute_marked(ctx: Context, limit: int = 10000) -> RecomputeResult:
     for m in marks:
         tokens[m.label][m.id] = m.token
     # A known item's vector is fixed for the version: it is written only when its stored one is of another.
-    known = sorted({m.id for m in marks if m.label == ITEM and enc.is_known(m.id) and m.version != version})
+    known = sorted({m.id for m in marks if m.label == ITEM and enc.is_fixed(m.id) and m.version != version})
     # The marked users' edges: their vectors need them, and with the fold-in the new items among them may count
     # these users among their first shoppers.
     marked_users = sorted(by_label[USER])
     user_reads = subgraph.user_edges(ctx.driver, marked_users, database=ctx.database) if marked_users else ([], {})
     shopped = {e.item for e in user_reads[0]} if enc.fold_users else set()
     new_ids = sorted(
-        {i for i in by_label[ITEM] | shopped if not enc.is_known(i)}
+        {i for i in by_label[ITEM] | shopped if not enc.is_fixed(i)}
         | {
             i
             for i in subgraph.items_under(ctx.driver, by_label[CATEGORY], by_label[BRAND], database=ctx.database)
-            if not enc.is_known(i)
+            if not enc.is_fixed(i)
         }
     )
     stored_new = subgraph.stored_vectors(ctx.driver, ITEM, new_ids, database=ctx.database)
@@ -227,7 +227,7 @@ def _users(
     neighbours = capped_neighbours(edges, enc.user_cap, enc.half_life_days)
     # A new item's stored vector is its output (d^b x); what it sends to users (d^-a x) is computed from its
     # metadata here (text vectors are cached), never read back from the stored one.
-    missing = sorted({i for items in neighbours.values() for i in items if not enc.is_known(i)} - set(fresh))
+    missing = sorted({i for items in neighbours.values() for i in items if not enc.is_fixed(i)} - set(fresh))
     rows = subgraph.items(ctx.driver, missing, database=ctx.database) if missing else []
     fold_edges = _fold_edges(ctx, missing)
     clock.lap("pull_s")
@@ -294,8 +294,8 @@ def full_vectors(ctx: Context, progress: Callable[[str], None] | None = None) ->
     queries = subgraph.all_query_texts(ctx.driver, database=ctx.database)
     clock.lap("pull_s")
     say(f"embedding {len(users):,} users, {len(items):,} items")
-    known = [r.id for r in items if enc.is_known(r.id)]
-    new_rows = [r for r in items if not enc.is_known(r.id)]
+    known = [r.id for r in items if enc.is_fixed(r.id)]
+    new_rows = [r for r in items if not enc.is_fixed(r.id)]
     item_vecs: dict[str, torch.Tensor] = dict(zip(known, enc.known_vectors(known))) if known else {}
     new_out, new_in = enc.new_items(new_rows, edges)
     item_vecs.update(zip([r.id for r in new_rows], new_out))

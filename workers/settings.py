@@ -68,7 +68,7 @@ class ModelSettings(BaseSettings):
     # ``fold_users`` shoppers had met before it (their latest ``fold_context`` known items), weighed against its
     # metadata as ``fold_prior`` shoppers. It stops changing at ``fold_users`` shoppers, which bounds the fan-out
     # to its users; 0 turns it off (metadata only until a retrain).
-    fold_users: int = Field(default=50, ge=0)
+    fold_users: int = Field(default=100, ge=0)
     fold_context: int = Field(default=10, ge=1)
     fold_prior: float = Field(default=2.0, gt=0)
     # Graph-level interest embedding (GIN over a user's ego-graph).

@@ -13,8 +13,10 @@ from graphdb.errors import InvalidInput
 from workers.checkpoint import save_checkpoint
 from workers.data import InteractionGraph
 from workers.embed import served_scorer
+from workers.fold import fit_fold_scale
 from workers.kinds import MODEL_KINDS
 from workers.metrics import rank_metrics
+from workers.models.spectral_sage import SpectralSAGE
 from workers.settings import ModelSettings, TrainSettings, WorkerSettings
 from workers.text import TextEncoder
 from workers.train_hetero import fit_hetero
@@ -66,7 +68,20 @@ def train_and_save(
             **(facts or {}),
         }
     )
+    fold_scale = None
+    if isinstance(fitted.model, SpectralSAGE):
+        with torch.no_grad():
+            meta = fitted.model.meta(graph.item_category, graph.item_brand, text, graph.num_items)
+            fold_scale = fit_fold_scale(graph.interactions(), fitted.model.item_base(meta))
     path = save_checkpoint(
-        ws.model_dir, fitted.model, graph, ms.model_dump(), ts.model_dump(), metrics, item_text=text, version=version
+        ws.model_dir,
+        fitted.model,
+        graph,
+        ms.model_dump(),
+        ts.model_dump(),
+        metrics,
+        item_text=text,
+        version=version,
+        fold_scale=fold_scale,
     )
     return {"version": path.parent.name, "checkpoint": str(path), **{k: v for k, v in metrics.items() if k != "history"}}
