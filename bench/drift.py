@@ -35,14 +35,17 @@ import typer
 
 from bench._common import emit_result
 from bench._stack import Pipeline, log, pipeline, start_scheduler
+from graphdb.pseudonym import pseudonymise
 from proto.interest.v1 import interest_pb2 as pb
 from proto.interest.v1 import interest_pb2_grpc as pb_grpc
 from workers import process
 from workers.checkpoint import load_checkpoint, resolve
 
 DAY_S = 86400.0
+_UPDATED = "UNWIND $ids AS id MATCH (u:User {id: id}) RETURN u.id AS id, u.emb_updated_at AS at"
 K = 10
 SHIFTED_AT = 3  # of the top 10 from the new interest
+STREAMS = 4  # IngestEvents streams open at once (the server's default limit is 8)
 # (category path, brands, product noun): one planted interest each; more interests than these repeat them
 # with a numbered sub-category.
 INTERESTS = [
@@ -171,16 +174,25 @@ def share(items: list[str], shop: Shop, interest: int) -> float:
 class Shift:
     user: str
     new: int
-    ack: float
+    ack: float  # monotonic
+    sent_wall: float = 0.0
     shift_s: float | None = None
     polls: int = 0
 
 
 async def follow(
-    stub: pb_grpc.InterestServiceStub, shop: Shop, s: Shift, events: list[pb.Event], poll_s: float, timeout_s: float
+    stub: pb_grpc.InterestServiceStub,
+    shop: Shop,
+    s: Shift,
+    events: list[pb.Event],
+    poll_s: float,
+    timeout_s: float,
+    streams: asyncio.Semaphore,
 ) -> None:
     """Send the drift, then poll the shopper's top 10 until ``SHIFTED_AT`` come from the new interest."""
-    await ingest(stub, events)
+    async with streams:  # the server takes a bounded number of concurrent streams (IG_SERVER_STREAM_THREADS)
+        s.sent_wall = time.time()
+        await ingest(stub, events)
     s.ack = time.monotonic()
     while True:
         answer = await top_k(stub, s.user)
@@ -258,17 +270,29 @@ async def measure(
             new = int((shop.home[u] + rng.integers(1, n_interests)) % n_interests)
             shifts.append(Shift(u, new, 0.0))
         log(f"drift: {len(drifted)} shoppers, {concurrency} at a time; {len(controls)} control shoppers asked meanwhile")
-        done = asyncio.Event()
+        done, streams = asyncio.Event(), asyncio.Semaphore(STREAMS)
         ctl = asyncio.create_task(control(stub, shop, controls, done, pace_s=0.02))
-        for w in range(0, len(shifts), concurrency):
-            wave = shifts[w : w + concurrency]
-            await asyncio.gather(
-                *(follow(stub, shop, s, drift_events(shop, s.user, s.new, time.time(), rng), poll_s, timeout_s) for s in wave)
-            )
+        try:
+            for w in range(0, len(shifts), concurrency):
+                wave = shifts[w : w + concurrency]
+                await asyncio.gather(
+                    *(
+                        follow(stub, shop, s, drift_events(shop, s.user, s.new, time.time(), rng), poll_s, timeout_s, streams)
+                        for s in wave
+                    )
+                )
+        except BaseException:
+            ctl.cancel()
+            raise
         done.set()
         during = await ctl
         # settled: every drifted shopper once more, after all of them were followed
         after = [[i.item_id for i in (await top_k(stub, s.user)).items] for s in shifts]
+    # the update path itself: each drifted shopper's vector rewritten after their events were sent
+    key = p.graph.pseudonym_key.get_secret_value()
+    rows = p.driver.execute_query(_UPDATED, ids=[pseudonymise(key, s.user) for s in shifts]).records
+    written = {r["id"]: r["at"] for r in rows}
+    updated = sum((written.get(pseudonymise(key, s.user)) or 0.0) >= s.sent_wall for s in shifts)
     times = [s.shift_s if s.shift_s is not None else float("inf") for s in shifts]
     shifted = [s.shift_s for s in shifts if s.shift_s is not None]
     return {
@@ -279,6 +303,7 @@ async def measure(
         "shifted": len(shifted),
         "shifted_within_1s": sum(t <= 1.0 for t in shifted),
         "drifted": len(shifts),
+        "vectors_updated": updated,
         "home_share_during": round(float(np.mean(during)), 4),
         "controls_min_home_share": round(float(np.min(during)), 2),
         "control_queries": len(during),
