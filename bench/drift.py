@@ -223,6 +223,20 @@ def percentile(values: list[float], q: float) -> float | None:
     return None if np.isinf(v) else round(v, 3)
 
 
+async def rewritten(p: Pipeline, shifts: list[Shift], wait_s: float) -> int:
+    """How many drifted shoppers' vectors were written to Neo4j after their events were sent (the vector is on
+    the delta stream before that write), waiting up to ``wait_s`` for all of them."""
+    key = p.graph.pseudonym_key.get_secret_value()
+    ids = {pseudonymise(key, s.user): s.sent_wall for s in shifts}
+    deadline = time.monotonic() + wait_s
+    while True:
+        rows = (await asyncio.to_thread(p.driver.execute_query, _UPDATED, ids=list(ids))).records
+        n = sum((r["at"] or 0.0) >= ids[r["id"]] for r in rows)
+        if n == len(ids) or time.monotonic() > deadline:
+            return n
+        await asyncio.sleep(0.2)
+
+
 def served_config(p: Pipeline) -> dict:
     """What was served: the rolled-out checkpoint's model and how it was selected."""
     ck = load_checkpoint(resolve(Path(p.env["IG_WORKER_MODEL_DIR"]), p.version))
@@ -286,13 +300,9 @@ async def measure(
             raise
         done.set()
         during = await ctl
-        # settled: every drifted shopper once more, after all of them were followed
+        # settled: once every drifted vector is rewritten (or a minute passed), each drifted shopper once more
+        updated = await rewritten(p, shifts, wait_s=60.0)
         after = [[i.item_id for i in (await top_k(stub, s.user)).items] for s in shifts]
-    # the update path itself: each drifted shopper's vector rewritten after their events were sent
-    key = p.graph.pseudonym_key.get_secret_value()
-    rows = p.driver.execute_query(_UPDATED, ids=[pseudonymise(key, s.user) for s in shifts]).records
-    written = {r["id"]: r["at"] for r in rows}
-    updated = sum((written.get(pseudonymise(key, s.user)) or 0.0) >= s.sent_wall for s in shifts)
     times = [s.shift_s if s.shift_s is not None else float("inf") for s in shifts]
     shifted = [s.shift_s for s in shifts if s.shift_s is not None]
     return {

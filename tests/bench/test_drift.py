@@ -17,6 +17,8 @@ def test_drift_bench_tiny(tmp_path):
         assert 0.0 <= res[key] <= 1.0, key
     # planted interests: the served model puts shoppers in theirs far above chance (popularity over 4 interests)
     assert res["home_share"] > res["popularity"]["home_share"]
+    # every drifted shopper's vector was rewritten after their events (the path the shift depends on)
+    assert res["vectors_updated"] == res["drifted"]
     assert 0 <= res["shifted_within_1s"] <= res["shifted"] <= res["drifted"]
     # a shift time exists exactly when enough shoppers shifted, and p50 <= p99
     if res["shifted"] == res["drifted"]:
