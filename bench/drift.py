@@ -272,7 +272,10 @@ async def measure(
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the server did not switch to {p.version}: {answer.model_version}")
             await asyncio.sleep(0.2)
-        popular = [i.item_id for i in (await top_k(stub, "bench-drift-stranger", k=200)).items]
+        stranger = await top_k(stub, "bench-drift-stranger", k=200)  # a shopper the server does not know: popular items
+        if not stranger.cold_start:
+            raise RuntimeError("the popularity peer should be the server's cold-start answer")
+        popular = [i.item_id for i in stranger.items]
         before = [await top_k(stub, u) for u in controls + drifted]
         home_before = [share([i.item_id for i in a.items], shop, shop.home[u]) for u, a in zip(controls + drifted, before)]
 
