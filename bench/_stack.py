@@ -9,7 +9,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import neo4j
 import redis
@@ -54,13 +54,18 @@ class Pipeline:
 def pipeline(
     var: Path,
     *,
-    dataset: str = "gowalla",
+    dataset: str | None = "gowalla",
     limit: int | None = None,
     server: bool = False,
     graph: GraphSettings | None = None,
     worker_extra: dict[str, str] | None = None,
+    seed: Callable[[int], None] | None = None,
 ) -> Iterator[Pipeline]:
+    """``dataset=None`` loads nothing. ``seed(port)``, with ``server=True``, fills the graph through the running
+    server's IngestEvents before the model is trained (the server switches to it when it is rolled out)."""
     var = Path(var)
+    if seed is not None and not server:
+        raise ValueError("seed ingests through the server: pass server=True")
     gs = graph or GraphSettings()
     stack = LocalStackSettings(var_dir=var / "stack", neo4j_port=localstack.free_port(), redis_port=localstack.free_port())
     procs: list[subprocess.Popen] = []
@@ -70,12 +75,12 @@ def pipeline(
         ns = Neo4jSettings(uri=f"bolt://127.0.0.1:{stack.neo4j_port}")
         driver = connect(ns)
         migrate(driver, gs)
-        root = DataSettings().dataset_dir(dataset)
-        if dataset not in DATASETS:
-            raise SystemExit(f"unknown dataset {dataset}")
-        bar = tqdm(total=limit or EVENTS.get(dataset), desc=f"loading {dataset}", unit="ev")
-        load_dataset(driver, gs, dataset, root, limit=limit, progress=bar.update)
-        bar.close()
+        if dataset is not None:
+            if dataset not in DATASETS:
+                raise SystemExit(f"unknown dataset {dataset}")
+            bar = tqdm(total=limit or EVENTS.get(dataset), desc=f"loading {dataset}", unit="ev")
+            load_dataset(driver, gs, dataset, root=DataSettings().dataset_dir(dataset), limit=limit, progress=bar.update)
+            bar.close()
         env = process.worker_env(
             neo4j_uri=ns.uri,
             redis_base=f"redis://127.0.0.1:{stack.redis_port}",
@@ -88,26 +93,16 @@ def pipeline(
         worker = process.start_worker(env, var / "worker.log")
         procs.append(worker)
         process.wait_for_worker(app, worker, timeout_s=120)
+        port = None
+        if seed is not None:
+            port = _start_server(env, var, procs)
+            seed(port)
         version = train_and_roll_out(app, driver)
         p = Pipeline(
             var, stack, ns, gs, driver, redis.Redis.from_url(f"redis://127.0.0.1:{stack.redis_port}/0"), env, app, version, worker
         )
         if server:
-            port = localstack.free_port()
-            senv = dict(
-                env,
-                IG_SERVER_PORT=str(port),
-                IG_SERVER_METRICS_PORT="0",
-                IG_SERVER_REDIS_URL=env["IG_WORKER_REDIS_URL"],
-                IG_SERVER_SNAPSHOT_DIR=str(var / "index"),
-            )
-            out = open(var / "server.log", "ab")  # noqa: SIM115 - the child's log
-            srv = subprocess.Popen(
-                [sys.executable, "-m", "server"], env=senv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-            procs.append(srv)
-            wait_serving(port, srv)
-            p.server_port = port
+            p.server_port = port or _start_server(env, var, procs)
         yield p
     finally:
         for proc in reversed(procs):
@@ -115,6 +110,23 @@ def pipeline(
         with contextlib.suppress(Exception):
             driver.close()  # noqa: F821 - bound once Neo4j is up
         localstack.down(stack)
+
+
+def _start_server(env: dict[str, str], var: Path, procs: list[subprocess.Popen]) -> int:
+    """The gRPC server (``python -m server``) on a free port, once it answers health checks."""
+    port = localstack.free_port()
+    senv = dict(
+        env,
+        IG_SERVER_PORT=str(port),
+        IG_SERVER_METRICS_PORT="0",
+        IG_SERVER_REDIS_URL=env["IG_WORKER_REDIS_URL"],
+        IG_SERVER_SNAPSHOT_DIR=str(var / "index"),
+    )
+    out = open(var / "server.log", "ab")  # noqa: SIM115 - the child's log
+    srv = subprocess.Popen([sys.executable, "-m", "server"], env=senv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    procs.append(srv)
+    wait_serving(port, srv)
+    return port
 
 
 def train_and_roll_out(app: Celery, driver: neo4j.Driver) -> str:

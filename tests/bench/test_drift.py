@@ -1,0 +1,31 @@
+"""bench.drift at a tiny size, through the real stack it starts (Neo4j, Redis, Celery worker, gRPC server): its
+RESULT carries the figures the issue asks for, with sane values. No assertion on timing."""
+
+from __future__ import annotations
+
+from bench.drift import run_drift
+
+
+def test_drift_bench_tiny(tmp_path):
+    res = run_drift(
+        tmp_path, shoppers=120, interests=4, items_per=15, events_per=12, drift_share=0.1, controls=20, timeout_s=5.0, concurrency=4
+    )
+    assert res["bench"] == "drift"
+    assert res["drifted"] == 12 and res["sizes"]["shoppers"] == 120 and res["sizes"]["items"] == 60
+    assert res["sizes"]["controls"] == 20 and res["control_queries"] >= 20
+    for key in ("home_share", "new_share_after", "home_share_during", "drifted_home_share_after"):
+        assert 0.0 <= res[key] <= 1.0, key
+    # planted interests: the served model puts shoppers in theirs far above chance (popularity over 4 interests)
+    assert res["home_share"] > res["popularity"]["home_share"]
+    # every drifted shopper's vector was rewritten after their events (the path the shift depends on)
+    assert res["vectors_updated"] == res["drifted"]
+    assert 0 <= res["shifted_within_1s"] <= res["shifted"] <= res["drifted"]
+    # a shift time exists exactly when enough shoppers shifted, and p50 <= p99
+    if res["shifted"] == res["drifted"]:
+        assert res["shift_p50_s"] is not None and res["shift_p99_s"] is not None
+    if res["shift_p50_s"] is not None and res["shift_p99_s"] is not None:
+        assert 0 <= res["shift_p50_s"] <= res["shift_p99_s"]
+    if res["shifted"] == 0:
+        assert res["shift_p50_s"] is None
+    assert res["config"]["version"] and res["config"]["dim"] > 0
+    assert 0.0 <= res["popularity"]["new_share"] <= 1.0
