@@ -238,13 +238,13 @@ class Engine:
         recent = [lab for lab in (index.label_of(i) for i in hidden[: s.feedback_max_hidden]) if lab is not None]
         if not recent or s.feedback_strength == 0.0:
             return self._search(serving, query, k, flt, seen)
-        pool = self._search(serving, query, min(k + s.feedback_pool, len(index)), flt, seen)
+        pool = self._search(serving, query, k + s.feedback_pool, flt, seen)
         if not pool:
             return pool
         ids = [i for i, _ in pool]
         labels = [self.labels.get(i) for i in ids]
-        candidates = np.stack([index.vector(lab)[0] for lab in labels if lab is not None])
-        hidden_vecs = np.stack([index.vector(lab)[0] for lab in recent])
+        candidates = index.vectors([lab for lab in labels if lab is not None])  # the pool's items: all in the index
+        hidden_vecs = index.vectors(recent)
         scores = np.asarray([sc for _, sc in pool], np.float64)
         return push_down(ids, scores, candidates, hidden_vecs, k, strength=s.feedback_strength, threshold=s.feedback_threshold)
 

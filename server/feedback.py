@@ -46,5 +46,5 @@ def push_down(
         return []
     s = np.asarray(scores, np.float64)
     adjusted = s - strength * penalties(candidates, hidden, threshold).astype(np.float64) * np.abs(s)
-    order = sorted(range(len(ids)), key=lambda j: (-adjusted[j], ids[j]))[:k]
-    return [(ids[j], float(adjusted[j])) for j in order]
+    order = np.lexsort((np.asarray(ids), -adjusted))[:k]  # best first, ties by item id
+    return [(ids[j], float(adjusted[j])) for j in order.tolist()]
