@@ -13,6 +13,7 @@ import neo4j
 from neo4j.exceptions import ServiceUnavailable, SessionExpired
 
 from graphdb.errors import Unavailable
+from graphdb.feedback import NOT_INTERESTED, PURCHASED, Exclusions, counts, purchase_counts
 from graphdb.schema import BRAND, CATEGORY, HAS_BRAND, IN_CATEGORY, ITEM, ITEM_INTERACTIONS, REL_FOR_EVENT, SUBCATEGORY_OF, USER
 
 # Strength of each behaviour when ranking popular items: buying says more than looking.
@@ -81,8 +82,8 @@ def item_facets(driver: neo4j.Driver, item_ids: Sequence[str], *, database: str 
 
 _REL_ALT = "|".join(ITEM_INTERACTIONS)
 _POPULAR = f"""
-MATCH (:{USER})-[r:{_REL_ALT}]->(i:{ITEM})
-WHERE r.last_ts >= $since
+MATCH (u:{USER})-[r:{_REL_ALT}]->(i:{ITEM})
+WHERE r.last_ts >= $since AND {counts("u", "r", "i")}
 WITH i, sum(coalesce(r.weight, toFloat(r.count), 1.0) * coalesce($weights[type(r)], 1.0)) AS score
 ORDER BY score DESC, i.id
 LIMIT $limit
@@ -98,17 +99,27 @@ def popular_items(driver: neo4j.Driver, *, since: float, limit: int, database: s
     return [(r["id"], float(r["score"])) for r in records]
 
 
-_PURCHASED = f"""
-MATCH (:{USER} {{id: $user}})-[:{REL_FOR_EVENT["purchase"]}]->(i:{ITEM})
-RETURN i.id AS id
+# One read for both kinds of exclusion: serving asks it on every RecommendForUser.
+_EXCLUSIONS = f"""
+MATCH (u:{USER} {{id: $user}})-[r:{PURCHASED}|{NOT_INTERESTED}]->(i:{ITEM})
+WHERE type(r) = '{NOT_INTERESTED}' OR {purchase_counts("u", "r", "i")}
+RETURN type(r) = '{NOT_INTERESTED}' AS hidden, i.id AS id, r.last_ts AS at
+ORDER BY at DESC, id
 """
 
 _USER_EXISTS = f"MATCH (u:{USER} {{id: $user}}) RETURN count(u) AS n"
 
 
+def shopper_exclusions(driver: neo4j.Driver, pseudonym: str, *, database: str = "neo4j") -> Exclusions:
+    """The items the user bought (returns applied, graphdb.feedback) and hid; the user is given by pseudonym."""
+    records = _run(driver, _EXCLUSIONS, database, user=pseudonym)
+    bought = tuple(sorted(r["id"] for r in records if not r["hidden"]))
+    return Exclusions(bought, tuple(r["id"] for r in records if r["hidden"]))  # hidden: newest first
+
+
 def purchased_items(driver: neo4j.Driver, pseudonym: str, *, database: str = "neo4j") -> list[str]:
-    """Ids of the items the user bought (the user is given by pseudonym)."""
-    return [r["id"] for r in _run(driver, _PURCHASED, database, user=pseudonym)]
+    """Ids of the items the user bought and has not returned since (the user is given by pseudonym)."""
+    return list(shopper_exclusions(driver, pseudonym, database=database).bought)
 
 
 def user_exists(driver: neo4j.Driver, pseudonym: str, *, database: str = "neo4j") -> bool:

@@ -28,11 +28,16 @@ REL_FOR_EVENT = {
     "rate": "RATED",
     "review": "RATED",
     "search": "SEARCHED",
+    # Negative feedback (graphdb.feedback has the rules): stored for analysts and serving, never a sign of interest.
+    "not_interested": "NOT_INTERESTED",
+    "return": "RETURNED",
 }
 EVENT_TYPES = tuple(REL_FOR_EVENT)
 INTERACTION_TYPES = tuple(dict.fromkeys(REL_FOR_EVENT.values()))
-# Behaviour towards items (everything but search, which points at a Query node).
-ITEM_INTERACTIONS = tuple(t for t in INTERACTION_TYPES if t != "SEARCHED")
+NEGATIVE_TYPES = (REL_FOR_EVENT["not_interested"], REL_FOR_EVENT["return"])
+# Positive behaviour towards items: what models, popularity and "who touched this item" read. Search points at a
+# Query node; hiding and returning are negative feedback.
+ITEM_INTERACTIONS = tuple(t for t in INTERACTION_TYPES if t != "SEARCHED" and t not in NEGATIVE_TYPES)
 
 IN_CATEGORY = "IN_CATEGORY"  # (Item)-[:IN_CATEGORY]->(Category)
 HAS_BRAND = "HAS_BRAND"  # (Item)-[:HAS_BRAND]->(Brand)

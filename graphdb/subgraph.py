@@ -13,6 +13,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import neo4j
 
+from graphdb.feedback import counts
 from graphdb.schema import BRAND, CATEGORY, HAS_BRAND, IN_CATEGORY, ITEM, ITEM_INTERACTIONS, NODE_LABELS, QUERY, SUBCATEGORY_OF, USER
 
 _ITEM_RELS = "|".join(ITEM_INTERACTIONS)
@@ -48,10 +49,12 @@ class StoredVector:
     updated_at: float | None
 
 
+# Both edge reads apply the same return rule (graphdb.feedback), so an incremental recompute equals a full one.
 # One row per user with parallel lists: the driver decodes a few long lists far faster than many records.
 _USER_EDGES = f"""
 UNWIND $ids AS uid
 MATCH (u:{USER} {{id: uid}})-[r:{_ITEM_RELS}]->(i:{ITEM})
+WHERE {counts("u", "r", "i")}
 WITH uid, collect(i.id) AS items, collect(r.weight) AS weights, collect(r.last_ts) AS last,
      collect(coalesce(r.first_ts, r.last_ts)) AS first, collect(i.emb_version) AS versions
 RETURN uid AS user, items, weights, last, first, versions
@@ -59,6 +62,7 @@ RETURN uid AS user, items, weights, last, first, versions
 
 _ALL_EDGES = f"""
 MATCH (u:{USER})-[r:{_ITEM_RELS}]->(i:{ITEM})
+WHERE {counts("u", "r", "i")}
 WITH u, collect(i.id) AS items, collect(r.weight) AS weights, collect(r.last_ts) AS last,
      collect(coalesce(r.first_ts, r.last_ts)) AS first
 RETURN u.id AS user, items, weights, last, first

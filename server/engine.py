@@ -23,12 +23,14 @@ import numpy as np
 from graphdb import catalog
 from graphdb.embeddings import get_embedding
 from graphdb.errors import InvalidInput, NotFound, Unavailable
+from graphdb.feedback import Exclusions
 from graphdb.forget import forget_user
 from graphdb.ingest import IngestResult, ingest_events
 from graphdb.pseudonym import pseudonymise
 from graphdb.schema import USER
 from graphdb.settings import GraphSettings
 from server.facets import FacetStore
+from server.feedback import push_down
 from server.index import IndexParams, ItemIndex, LabelMap
 from server.settings import ServerSettings
 from server.users import UserVectors
@@ -215,15 +217,36 @@ class Engine:
         serving = self._state()
         pseudonym = self._pseudonym(user_id)
         user_vec = self._user_vector(serving, pseudonym)
-        seen: list[int] = []
-        if not include_seen and self.driver is not None:
-            bought = catalog.purchased_items(self.driver, pseudonym, database=self.database)
-            seen = [lab for lab in (self.labels.get(i) for i in bought) if lab is not None]
+        # One read for what the shopper bought and hid: hidden items never come back, whatever include_seen says.
+        excl = Exclusions()
+        if self.driver is not None:
+            excl = catalog.shopper_exclusions(self.driver, pseudonym, database=self.database)
+        skipped = excl.hidden if include_seen else excl.hidden + excl.bought
+        seen = [lab for lab in (self.labels.get(i) for i in skipped) if lab is not None]
         if user_vec is None:
             return Answer(self._cold_start(k, flt, seen), serving.index.model_version, cold_start=True)
         with self.lock:
-            items = self._search(serving, user_vec, k, flt, seen)
+            items = self._search_pushing_down(serving, user_vec, k, flt, seen, excl.hidden)
         return Answer(items, serving.index.model_version)
+
+    def _search_pushing_down(
+        self, serving: Serving, query: np.ndarray, k: int, flt: ItemFilter, seen: Sequence[int], hidden: Sequence[str]
+    ) -> list[tuple[str, float]]:
+        """``_search``, re-ranked by the negative-feedback rule (server.feedback) when the shopper hid items."""
+        s = self.settings
+        index = serving.index
+        recent = [lab for lab in (index.label_of(i) for i in hidden[: s.feedback_max_hidden]) if lab is not None]
+        if not recent or s.feedback_strength == 0.0:
+            return self._search(serving, query, k, flt, seen)
+        pool = self._search(serving, query, k + s.feedback_pool, flt, seen)
+        if not pool:
+            return pool
+        ids = [i for i, _ in pool]
+        labels = [self.labels.get(i) for i in ids]
+        candidates = index.vectors([lab for lab in labels if lab is not None])  # the pool's items: all in the index
+        hidden_vecs = index.vectors(recent)
+        scores = np.asarray([sc for _, sc in pool], np.float64)
+        return push_down(ids, scores, candidates, hidden_vecs, k, strength=s.feedback_strength, threshold=s.feedback_threshold)
 
     def _user_vector(self, serving: Serving, pseudonym: str) -> np.ndarray | None:
         with self.lock:

@@ -13,7 +13,7 @@ changes that land meanwhile stay in the delta, detected by a per-label change co
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager
+from typing import Any, Callable, ContextManager, Sequence
 
 import faiss
 import numpy as np
@@ -131,6 +131,10 @@ class ItemIndex:
 
     def vector(self, label: int) -> tuple[np.ndarray, float]:
         return self._vec[label].copy(), float(self._ts[label])
+
+    def vectors(self, labels: Sequence[int]) -> np.ndarray:
+        """The vectors of ``labels`` (rows, copied in one gather)."""
+        return self._vec[np.asarray(labels, np.int64)]
 
     def live_mask(self) -> np.ndarray:
         return self._where > ABSENT

@@ -29,6 +29,8 @@ EVENT_TYPES = {
     pb.EVENT_TYPE_RATE: "rate",
     pb.EVENT_TYPE_REVIEW: "review",
     pb.EVENT_TYPE_SEARCH: "search",
+    pb.EVENT_TYPE_NOT_INTERESTED: "not_interested",
+    pb.EVENT_TYPE_RETURN: "return",
 }
 NODE_TYPES = {pb.NODE_TYPE_USER: "User", pb.NODE_TYPE_ITEM: "Item"}
 

@@ -90,6 +90,15 @@ class ServerSettings(BaseSettings):
     delta_block_ms: int = Field(default=200, ge=1)
     delta_batch: int = Field(default=1000, ge=1)
 
+    # Negative feedback (server.feedback, docs/api.md): a hidden item's close neighbours are pushed down a
+    # shopper's answer by re-ranking k + feedback_pool candidates by their cosine with the vectors of the
+    # feedback_max_hidden most recently hidden items: above feedback_threshold, a candidate loses up to
+    # feedback_strength of its score (all of it at 1.0). The hidden items themselves are always excluded.
+    feedback_pool: int = Field(default=100, ge=0, le=1000)
+    feedback_max_hidden: int = Field(default=20, ge=0, le=200)
+    feedback_strength: float = Field(default=1.0, ge=0.0, le=2.0)
+    feedback_threshold: float = Field(default=0.5, ge=0.0, lt=1.0)
+
     # Caches.
     popular_ttl_s: float = Field(default=60.0, ge=0)
     popular_window_days: float = Field(default=7.0, gt=0)

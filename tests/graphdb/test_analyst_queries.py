@@ -22,7 +22,7 @@ from graphdb.ingest import ingest_events, query_id
 from graphdb.items import ItemRecord, link_also_viewed, upsert_items
 from graphdb.marks import new_token
 from graphdb.pseudonym import pseudonymise
-from graphdb.schema import REL_FOR_EVENT, wipe
+from graphdb.schema import ITEM_INTERACTIONS, REL_FOR_EVENT, wipe
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "analysts.md"
 NOW = 1_750_000_000.0
@@ -62,6 +62,12 @@ EVENTS = [
     ("dave", "view", "i-cam", NOW - 40 * D, {}),
     ("dave", "click", "i-cam", NOW - 40 * D + 10, {}),
     ("dave", "rate", "i-cam", NOW - 39 * D, {"rating": 3}),
+    # negative feedback: a returned purchase, a return without a purchase, a hidden item
+    ("frank", "purchase", "i-novel", NOW - 6 * D, {}),
+    ("frank", "return", "i-novel", NOW - 5 * D, {}),
+    ("frank", "return", "i-speaker", NOW - 4 * D, {}),
+    ("frank", "not_interested", "i-head2", NOW - 3 * D, {}),
+    ("frank", "not_interested", "i-head2", NOW - 3 * D + 60, {}),
 ]
 # Ingested after every earlier mark was cleared (as if the workers had caught up): the only pending changes.
 LATE = [("erin", "rate", "i-novel", NOW - 60, {"rating": 4, "review": "Good read"})]
@@ -156,7 +162,7 @@ def relationships() -> dict[tuple[str, str, str], list[float]]:
 def expected_top_categories(user: str, hl: float, k: int) -> list[tuple[str, float]]:
     score: dict[str, float] = defaultdict(float)
     for (u, rel, target), times in relationships().items():
-        if u == user and rel != "SEARCHED":
+        if u == user and rel in ITEM_INTERACTIONS:
             score[LEAF[target]] += sum(_decay(t, NOW, hl) for t in times)
     return sorted(score.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
 
@@ -164,7 +170,7 @@ def expected_top_categories(user: str, hl: float, k: int) -> list[tuple[str, flo
 def expected_trending(under: str, since: float, hl: float, k: int) -> list[tuple[str, float]]:
     score: dict[str, float] = defaultdict(float)
     for (_, rel, target), times in relationships().items():
-        if rel != "SEARCHED" and LEAF[target].startswith(under) and max(times) >= since:
+        if rel in ITEM_INTERACTIONS and LEAF[target].startswith(under) and max(times) >= since:
             score[target] += sum(_decay(t, NOW, hl) for t in times)
     return sorted(score.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
 
@@ -214,6 +220,17 @@ def cases(p, hl: float) -> dict[str, tuple[dict, object]]:
                 ],
             ),
         ),
+        "A shopper's negative feedback": c(
+            {"user": p("frank")},
+            lambda rows: same(
+                rows_as(rows, "feedback", "item", "title", "events", "last_ts", "purchase_voided"),
+                [
+                    ("NOT_INTERESTED", "i-head2", "Headphones Two", 2, NOW - 3 * D + 60, False),
+                    ("RETURNED", "i-speaker", "Speaker", 1, NOW - 4 * D, False),
+                    ("RETURNED", "i-novel", "A Novel", 1, NOW - 5 * D, True),
+                ],
+            ),
+        ),
         "Items bought together": c(
             {"item": "i-head1", "k": 5},
             lambda rows: same(rows_as(rows, "item", "title", "buyers"), [("i-speaker", "Speaker", 2), ("i-novel", "A Novel", 1)]),
@@ -235,7 +252,8 @@ def cases(p, hl: float) -> dict[str, tuple[dict, object]]:
         "Ratings of an item": c({"item": "i-novel"}, lambda rows: same(rows_as(rows, "ratings", "average"), [(2, 4.5)])),
         "Top brands": c(
             {"types": ["PURCHASED"], "k": 3},
-            lambda rows: same(rows_as(rows, "brand", "events"), [("Sonic", 3), ("Boom", 2), ("PagePress", 1)]),
+            # frank's returned purchase is still a PURCHASED event
+            lambda rows: same(rows_as(rows, "brand", "events"), [("Sonic", 3), ("Boom", 2), ("PagePress", 2)]),
         ),
         "Category hierarchy": c(
             {"root": "Electronics"},

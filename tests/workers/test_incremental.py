@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import redis
 
-from graphdb import subgraph
+from graphdb import catalog, subgraph
 from graphdb.changes import count_marks
 from graphdb.ingest import ingest_events
 from graphdb.items import ItemRecord, upsert_items
@@ -28,7 +28,8 @@ from workers.recompute import full_vectors, recompute_marked
 from workers.settings import ModelSettings, TrainSettings, WorkerSettings
 
 T0 = 1_700_000_000.0
-TYPES = ["view", "click", "add_to_cart", "purchase", "rate"]
+# negative feedback too: returns void earlier purchases (graphdb.feedback), hides count for nothing
+TYPES = ["view", "click", "add_to_cart", "purchase", "rate", "return", "not_interested"]
 CATEGORIES = [("Office", "Paper"), ("Office", "Pens"), ("Office", "Desks"), ("Home", "Lamps")]
 WORDS = ["blue", "pen", "paper", "ream", "desk", "lamp", "stapler", "ink", "gel", "oak", "steel", "notebook"]
 
@@ -148,6 +149,54 @@ def test_incremental_equals_full_after_random_batches(runtime, graph_settings):
     # and the vectors are not trivially equal: users differ from one another
     users = np.stack(list(full.vectors[USER].values()))
     assert np.linalg.matrix_rank(users) > 5
+
+
+def test_a_return_removes_the_purchase_from_the_shoppers_vector(runtime, graph_settings):
+    """ann bought item-1 and item-2; twin bought item-2 alone, at the same time. Once ann returns item-1, her
+    vector is recomputed at once from the marks and equals twin's (the purchase no longer counts), a full recompute
+    agrees, and item-1 is no longer excluded as bought; solo returns her only purchase and keeps a vector that
+    the full recompute agrees with."""
+    driver = runtime.driver
+    rng = random.Random(11)
+    events = [
+        {"event_id": f"bg-{k}", "user_id": f"user-{k % 12}", "type": "purchase", "ts": T0 - k, "item_id": f"item-{rng.randrange(20)}"}
+        for k in range(120)
+    ]
+    events += [
+        {"event_id": "ann-1", "user_id": "ann", "type": "purchase", "ts": T0, "item_id": "item-1"},
+        {"event_id": "ann-2", "user_id": "ann", "type": "purchase", "ts": T0, "item_id": "item-2"},
+        {"event_id": "twin-2", "user_id": "twin", "type": "purchase", "ts": T0, "item_id": "item-2"},
+        {"event_id": "solo-3", "user_id": "solo", "type": "purchase", "ts": T0, "item_id": "item-3"},
+    ]
+    assert not ingest_events(driver, graph_settings, events).rejected
+    version = jobs.train_from_graph(runtime)["version"]
+    jobs.rebuild_version(runtime, version)
+    ctx = runtime.context(version)
+    _drain(ctx)
+    key = graph_settings.pseudonym_key.get_secret_value()
+    ann, twin, solo = (pseudonymise(key, u) for u in ("ann", "twin", "solo"))
+
+    def vectors() -> dict[str, np.ndarray]:
+        return {k: np.asarray(v.vector) for k, v in subgraph.stored_vectors(driver, USER, [ann, twin, solo]).items()}
+
+    before = vectors()
+    assert catalog.shopper_exclusions(driver, ann).bought == ("item-1", "item-2")
+    assert np.max(np.abs(before[ann] - before[twin])) > 1e-3  # the purchase of item-1 shows in her vector
+
+    returns = [
+        {"event_id": "ann-r1", "user_id": "ann", "type": "return", "ts": T0 + 60, "item_id": "item-1"},
+        {"event_id": "solo-r3", "user_id": "solo", "type": "return", "ts": T0 + 60, "item_id": "item-3"},
+    ]
+    assert ingest_events(driver, graph_settings, returns).accepted == 2
+    res = recompute_marked(ctx)  # the return marked both shoppers: one round recomputes them
+    assert res.users >= 2
+    after = vectors()
+    assert np.max(np.abs(after[ann] - before[ann])) > 1e-3
+    assert np.max(np.abs(after[ann] - after[twin])) <= 1e-4
+    assert catalog.shopper_exclusions(driver, ann).bought == ("item-2",)
+    full = full_vectors(ctx).vectors[USER]
+    for user in (ann, twin, solo):
+        assert np.max(np.abs(after[user] - full[user])) <= 1e-4, user
 
 
 def test_event_on_hub_item_recomputes_only_its_user(runtime, graph_settings):
