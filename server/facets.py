@@ -1,4 +1,5 @@
-"""Item facets (categories with their ancestors, brands) held in memory as label sets, for filtered search.
+"""Item facets (categories with their ancestors, brands) held in memory as label sets, for filtered search, and
+each item's direct categories and brands, for the caps of the ranking rules (server.rules).
 
 A filter keeps items in any of the requested categories AND (when brands are given) of any of the requested
 brands; unknown category or brand ids simply match nothing.
@@ -14,11 +15,14 @@ import numpy as np
 from graphdb.catalog import ItemFacets
 from server.index import LabelMap
 
+_NONE: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+
 
 class FacetStore:
     def __init__(self, labels: LabelMap) -> None:
         self.labels = labels
         self._of_item: dict[int, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        self._caps: dict[int, tuple[tuple[str, ...], tuple[str, ...]]] = {}  # label -> (direct categories, brands)
         self._by_category: dict[str, set[int]] = defaultdict(set)
         self._by_brand: dict[str, set[int]] = defaultdict(set)
         self._arrays: dict[tuple[str, str], np.ndarray] = {}  # cache, dropped on change
@@ -32,6 +36,7 @@ class FacetStore:
         n = 0
         for f in facets:
             label = self.labels.assign(f.id)
+            self._caps[label] = (f.direct_category_ids, f.brand_ids)
             old = self._of_item.get(label)
             if old == (f.category_ids, f.brand_ids):
                 continue
@@ -60,6 +65,10 @@ class FacetStore:
     def facets_of(self, item_id: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
         label = self.labels.get(item_id)
         return None if label is None else self._of_item.get(label)
+
+    def cap_keys(self, label: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(direct categories, brands) of the item with ``label``; empty for an item without facets."""
+        return self._caps.get(label, _NONE)
 
     def _array(self, kind: str, key: str) -> np.ndarray:
         arr = self._arrays.get((kind, key))
