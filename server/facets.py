@@ -66,6 +66,10 @@ class FacetStore:
         label = self.labels.get(item_id)
         return None if label is None else self._of_item.get(label)
 
+    def members(self, kind: str, key: str) -> set[int] | frozenset[int]:
+        """Labels of the items in category ``key`` or its subcategories (``kind`` "category"), or of brand ``key``."""
+        return (self._by_category if kind == "category" else self._by_brand).get(key, frozenset())
+
     def cap_keys(self, label: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(direct categories, brands) of the item with ``label``; empty for an item without facets."""
         return self._caps.get(label, _NONE)
