@@ -201,7 +201,8 @@ class Engine:
         n = min(max(k, 4 * k, self.settings.rules_candidates), most)
         while True:
             labels, scores = index.search(query.reshape(1, -1), n, allowed=allowed, exclude=excl, unlocked=self._unlocked)[0]
-            items = apply_rules(self.facets, rules, [ids[lab] for lab in labels.tolist()], labels, scores, k)
+            labs = labels.tolist()
+            items = apply_rules(self.facets, rules, labels, scores, k, lambda j: ids[labs[j]])
             if len(items) >= k or len(labels) < n or n >= most:
                 return items
             n = min(2 * n, most)
@@ -284,7 +285,9 @@ class Engine:
                 if len(ids) == take:
                     break
             if rules is not None:
-                return apply_rules(self.facets, rules, ids, np.asarray(labels, np.int64), np.asarray(scores, np.float32), k)
+                return apply_rules(
+                    self.facets, rules, np.asarray(labels, np.int64), np.asarray(scores, np.float32), k, ids.__getitem__
+                )
         return list(zip(ids, scores))
 
     def _popular_items(self) -> list[tuple[str, float]]:

@@ -16,7 +16,7 @@ Everything here is a pure function of the candidates and the facets, so the same
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 
@@ -50,20 +50,22 @@ def boosted(scores: np.ndarray, factors: np.ndarray) -> np.ndarray:
 def boost_factors(facets: FacetStore, labels: np.ndarray, boosts: Sequence[Boost]) -> np.ndarray:
     """Per candidate (label, -1 for an item without one), the product of the multipliers of the boosts it matches."""
     factors = np.ones(len(labels), np.float32)
-    labs = labels.tolist()
     for b in boosts:
-        # set lookups per candidate: no O(items) mask per boost, and the filters' cached masks stay untouched
-        members = facets.members(b.kind, b.id)
-        hit = np.fromiter((lab in members for lab in labs), bool, len(labs))
+        bits = facets.members_bits(b.kind, b.id)
+        known = (labels >= 0) & (labels < 8 * len(bits))
+        lab = labels[known]
+        hit = np.zeros(len(labels), bool)
+        hit[known] = (bits[lab >> 3] >> (lab & 7).astype(np.uint8)) & 1
         factors[hit] *= np.float32(b.multiplier)
     return factors
 
 
 def apply_rules(
-    facets: FacetStore, rules: RankingRules, ids: Sequence[str], labels: np.ndarray, scores: np.ndarray, k: int
+    facets: FacetStore, rules: RankingRules, labels: np.ndarray, scores: np.ndarray, k: int, id_of: Callable[[int], str]
 ) -> list[tuple[str, float]]:
-    """The best ``k`` candidates (``ids``, their ``labels``, model ``scores``) under ``rules``, as (id, score)."""
-    if len(ids) == 0:
+    """The best ``k`` candidates (their ``labels`` and model ``scores``; ``id_of(j)``: candidate j's item id, asked
+    only of the answer and of ties) under ``rules``, as (id, score)."""
+    if len(labels) == 0:
         return []
     sc = np.asarray(scores, np.float32)
     if rules.boosts:
@@ -71,29 +73,30 @@ def apply_rules(
     order = np.argsort(-sc, kind="stable")
     ranked = sc[order]
     if np.any(ranked[1:] == ranked[:-1]):  # ties (rare): break them by item id
-        order = np.asarray(sorted(order.tolist(), key=lambda j: (-float(sc[j]), ids[j])), np.int64)
+        order = np.asarray(sorted(order.tolist(), key=lambda j: (-float(sc[j]), id_of(j))), np.int64)
     if not rules.capped:
-        return [(ids[j], float(sc[j])) for j in order[:k].tolist()]
-    return _capped(facets, rules, ids, labels, sc, order, k)
+        return [(id_of(j), float(sc[j])) for j in order[:k].tolist()]
+    return _capped(facets, rules, labels, sc, order, k, id_of)
 
 
 def _capped(
-    facets: FacetStore, rules: RankingRules, ids: Sequence[str], labels: np.ndarray, sc: np.ndarray, order: np.ndarray, k: int
+    facets: FacetStore, rules: RankingRules, labels: np.ndarray, sc: np.ndarray, order: np.ndarray, k: int, id_of: Callable[[int], str]
 ) -> list[tuple[str, float]]:
     max_cat = rules.max_per_category or k
     max_brand = rules.max_per_brand or k
     per_cat: dict[str, int] = {}
     per_brand: dict[str, int] = {}
     out: list[tuple[str, float]] = []
+    labs = labels.tolist()
     for j in order.tolist():
-        cats, brands = facets.cap_keys(int(labels[j]))
+        cats, brands = facets.cap_keys(labs[j])
         if any(per_cat.get(c, 0) >= max_cat for c in cats) or any(per_brand.get(b, 0) >= max_brand for b in brands):
             continue
         for c in cats:
             per_cat[c] = per_cat.get(c, 0) + 1
         for b in brands:
             per_brand[b] = per_brand.get(b, 0) + 1
-        out.append((ids[j], float(sc[j])))
+        out.append((id_of(j), float(sc[j])))
         if len(out) == k:
             break
     return out
