@@ -198,7 +198,7 @@ class Engine:
         # The rules re-rank the best n candidates; caps that leave the answer short fetch twice as many, up to the
         # bound, so an answer has k items whenever the bounded candidates allow.
         most = max(k, self.settings.rules_max_candidates)
-        n = min(max(k, 4 * k, self.settings.rules_candidates), most)
+        n = min(max(4 * k, self.settings.rules_candidates), most)
         while True:
             labels, scores = index.search(query.reshape(1, -1), n, allowed=allowed, exclude=excl, unlocked=self._unlocked)[0]
             labs = labels.tolist()
