@@ -5,7 +5,8 @@ vectors are the ones the worker writes (`workers.embed.served_vectors`, equal to
 graph), the engine indexes them as the server does (FAISS at the default `ServerSettings`: flat below
 ``IG_SERVER_ANN_MIN_ITEMS`` items, IVF above), and each test user's top K comes from
 ``Engine.recommend_for_user``, the call behind the RecommendForUser RPC, with their training items excluded
-through the request's own ``exclude_item_ids``.
+through the request's own ``exclude_item_ids``, and with ranking rules (``server.rules``) when asked: the engine then
+holds the catalogue's facets (`graph_facets`) as a server loads them from Neo4j.
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm import tqdm
 
+from graphdb.catalog import ItemFacets
 from graphdb.pseudonym import pseudonymise
 from graphdb.settings import GraphSettings
 from server.engine import Engine, ItemFilter
+from server.rules import RankingRules
 from server.settings import ServerSettings
+from workers.data import InteractionGraph
 from workers.metrics import top_k_metrics
 
 
@@ -30,6 +34,24 @@ def served_engine(item_ids: Sequence[str], item_vectors: np.ndarray, version: st
     engine = Engine(settings, graph, None)
     engine.install(engine.load_vectors(list(item_ids), np.asarray(item_vectors, np.float32), version))
     return engine
+
+
+def graph_facets(graph: InteractionGraph) -> list[ItemFacets]:
+    """Each item's facets as ``graphdb.catalog`` reads them: categories with their ancestors (the datasets' names
+    are paths "A > B > C", every level listed), the direct ones (those no other of the item's categories lies
+    under), and the brand."""
+    cats: list[list[str]] = [[] for _ in range(graph.num_items)]
+    if graph.item_category is not None:
+        for item, c in graph.item_category.T.tolist():
+            cats[item].append(graph.category_names[c])
+    brands = graph.item_brand.tolist() if graph.item_brand is not None else [-1] * graph.num_items
+    out = []
+    for j, item_id in enumerate(graph.item_ids):
+        mine = sorted(set(cats[j]))
+        direct = tuple(c for c in mine if not any(d.startswith(c + " > ") for d in mine))
+        brand = (graph.brand_names[brands[j]],) if brands[j] >= 0 else ()
+        out.append(ItemFacets(item_id, tuple(mine), brand, direct))
+    return out
 
 
 def index_config(engine: Engine) -> dict:
@@ -55,6 +77,7 @@ def engine_top_k(
     k: int,
     exclude: Sequence[Sequence[str]] | None = None,
     progress: bool = False,
+    rules: RankingRules | None = None,
 ) -> list[list[str]]:
     """Each user's top ``k`` item ids from ``Engine.recommend_for_user`` (their vector as the delta stream
     delivers it, keyed by pseudonym), excluding ``exclude[u]``."""
@@ -65,7 +88,7 @@ def engine_top_k(
         pseudonym = pseudonymise(key, uid)
         serving.users.put(pseudonym, user_vectors[n], 0.0)
         flt = ItemFilter(exclude_item_ids=tuple(exclude[n]) if exclude is not None else ())
-        answer = engine.recommend_for_user(uid, k, flt, include_seen=True)
+        answer = engine.recommend_for_user(uid, k, flt, include_seen=True, rules=rules)
         out.append([item for item, _ in answer.items])
         serving.users.delete(pseudonym)  # one user at a time: the cache stays small
     return out
@@ -79,6 +102,7 @@ def engine_metrics(
     test: sp.csr_matrix,
     k: int = 20,
     progress: bool = True,
+    rules: RankingRules | None = None,
 ) -> dict[str, float]:
     """Recall@k / NDCG@k of the engine's answers for every user with test items (training items excluded)."""
     train, test = sp.csr_matrix(train), sp.csr_matrix(test, copy=True)
@@ -86,7 +110,7 @@ def engine_metrics(
     users = np.flatnonzero(np.diff(test.indptr) > 0)
     ids = np.asarray(item_ids, dtype=object)
     exclude = [ids[train.indices[train.indptr[u] : train.indptr[u + 1]]].tolist() for u in users]
-    tops = engine_top_k(engine, [f"u{u}" for u in users], user_vectors[users], k, exclude, progress)
+    tops = engine_top_k(engine, [f"u{u}" for u in users], user_vectors[users], k, exclude, progress, rules)
     col = {iid: j for j, iid in enumerate(item_ids)}
     top = np.full((len(users), k), -1, np.int64)
     for n, items in enumerate(tops):

@@ -5,7 +5,8 @@ Run by the benchmark as ``python -m bench._serving_server SNAPSHOT_DIR REDIS_URL
 ``... floor SNAPSHOT_DIR NPROBE PORT PROCESSES`` (the least a Python gRPC server can do per call). With
 PROCESSES > 1 the benchmark starts that many on one PORT (SO_REUSEPORT, as ``IG_SERVER_PROCESSES`` does). Each
 prints ``PORT <n>`` once it serves and stops on SIGTERM. No Neo4j: the index comes from the snapshot, updates
-from the Redis delta stream, and the synthetic facets (item j is in category ``c{j % N}``) are rebuilt here.
+from the Redis delta stream, and the synthetic facets (item j is in category ``c{j % N}``, its direct one, and brand
+``b{j % 7}``) are rebuilt here.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ async def main(
     ids = engine.labels.ids()
     if n_categories:
         engine.facets.update(
-            ItemFacets(item_id, (f"c{int(item_id[1:]) % n_categories}",), ()) for item_id in ids if item_id.startswith("i")
+            ItemFacets(item_id, (f"c{j % n_categories}",), (f"b{j % 7}",), (f"c{j % n_categories}",))
+            for item_id, j in ((i, int(i[1:])) for i in ids if i.startswith("i"))
         )
     server, port = create_server(settings, engine, engine.graph)
     await serve_until_sigterm(server, port, grace_s=1.0)

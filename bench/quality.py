@@ -11,6 +11,11 @@ item-kNN (cosine) and BM25 item-item, and LightGCN (BPR, a wall-clock budget).
 
     python -m bench.quality --dataset gowalla [--budget-min 20] [--out docs/results/quality-gowalla.json]
     python -m bench.quality --dataset amazon-office   # or amazon-hin: leave-last-out splits
+    python -m bench.quality --dataset amazon-office --models spectral-sage --max-per-category 2 --max-per-brand 2
+
+With ``--max-per-category`` / ``--max-per-brand`` the served row is also ranked under those ranking rules (the
+RecommendForUser caps, over the catalogue's direct categories and brands), in the same run on the same vectors:
+``with_rules`` in its row, beside the figures without.
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ from rich.console import Console
 
 from bench._common import emit_result, rounded
 from bench._implicit import fit_implicit
-from bench._served import engine_metrics, index_config, served_engine
+from bench._served import engine_metrics, graph_facets, index_config, served_engine
 from graphdb.dataset_paths import find_dataset
+from server.rules import RankingRules
 from workers.baselines import fit_gfcf, fit_popularity
 from workers.datasets import Split, load_split
 from workers.embed import served_vectors
@@ -60,6 +66,7 @@ def run_quality(
     gfcf_rank: int = 256,
     progress: bool = True,
     on_model: Callable[[dict], None] | None = None,
+    rules: RankingRules | None = None,
 ) -> dict:
     """Fit and evaluate ``models`` on ``split``; returns the RESULT dictionary."""
     ms = model_settings or ModelSettings()
@@ -72,7 +79,7 @@ def run_quality(
         "popularity": lambda: (fit_popularity(r), {}),
         "gf-cf": lambda: (fit_gfcf(r, k=min(gfcf_rank, *r.shape), seed=ts.seed), {}),
         "lightgcn": lambda: _bpr(LightGCN(r.shape[0], r.shape[1], baseline_dim, 3), r, lgcn_ts, 1e-4, budget_s, progress),
-        SERVED: lambda: _served(split, ms, ts, progress),
+        SERVED: lambda: _served(split, ms, ts, progress, rules),
         **{name: (lambda name=name: _implicit(name, r, ts)) for name in IMPLICIT},
     }
     out: dict[str, dict] = {}
@@ -125,7 +132,7 @@ def _implicit(name: str, r, ts: TrainSettings):
     return scorer, {"train_s": time.perf_counter() - t0, "library": "implicit", **cfg}
 
 
-def _served(split: Split, ms: ModelSettings, ts: TrainSettings, progress: bool):
+def _served(split: Split, ms: ModelSettings, ts: TrainSettings, progress: bool, rules: RankingRules | None = None):
     """Fit with the live training, then rank through the engine (see the module docstring). Item titles are read
     as the live training reads them (sentence vectors) when the dataset has them."""
     text = item_texts(split.train, WorkerSettings(), progress)
@@ -136,6 +143,26 @@ def _served(split: Split, ms: ModelSettings, ts: TrainSettings, progress: bool):
     metrics = engine_metrics(
         engine, users.numpy(), split.train.item_ids, split.train.interactions(), split.test, k=ts.eval_k, progress=progress
     )
+    engine_s = time.perf_counter() - t1
+    with_rules = None
+    if rules is not None:  # the same engine and vectors, the catalogue's facets loaded, each request with the rules
+        engine.update_facets(graph_facets(split.train))
+        t2 = time.perf_counter()
+        ruled = engine_metrics(
+            engine, users.numpy(), split.train.item_ids, split.train.interactions(), split.test, ts.eval_k, progress, rules
+        )
+        ruled_s = time.perf_counter() - t2
+        with_rules = {
+            "rules": {"max_per_category": rules.max_per_category, "max_per_brand": rules.max_per_brand},
+            **rounded(
+                {
+                    **ruled,
+                    **{f"{m}_vs_none": ruled[m] / metrics[m] for m in metrics if metrics[m]},
+                    "engine_s": ruled_s,
+                    "engine_s_vs_none": ruled_s / engine_s,
+                }
+            ),
+        }
     sel = next((h for h in fitted.history if "selected" in h), {})
     m = fitted.model
     config = {
@@ -154,10 +181,11 @@ def _served(split: Split, ms: ModelSettings, ts: TrainSettings, progress: bool):
     }
     return None, {
         "train_s": fitted.train_s,
-        "engine_s": time.perf_counter() - t1,
+        "engine_s": engine_s,
         "metrics": metrics,
         "config": config,
         "selection": sel.get("tried", []),
+        **({"with_rules": with_rules} if with_rules else {}),
     }
 
 
@@ -168,6 +196,8 @@ def main(
     models: str = typer.Option(",".join(ALL_MODELS), help="comma-separated subset to run"),
     threads: int = typer.Option(2),
     out: Path = typer.Option(None, help="also write RESULT JSON here"),
+    max_per_category: int = typer.Option(0, help="also rank the served row with this cap per direct category (0 = not)"),
+    max_per_brand: int = typer.Option(0, help="also rank the served row with this cap per brand (0 = not)"),
 ):
     """The served row takes every setting from the environment, as the live service does (IG_EMBEDDING_DIM,
     IG_MODEL_*, IG_TRAIN_*): change the served configuration there, not here."""
@@ -187,7 +217,8 @@ def main(
             partial.parent.mkdir(parents=True, exist_ok=True)
             partial.write_text(json.dumps(res, indent=2) + "\n")
 
-    emit_result(run_quality(split, budget_min * 60, names, ms, ts, on_model=save_partial), out)
+    rules = RankingRules(max_per_category, max_per_brand) if max_per_category or max_per_brand else None
+    emit_result(run_quality(split, budget_min * 60, names, ms, ts, on_model=save_partial, rules=rules), out)
     if partial is not None and partial.exists():
         partial.unlink()
 

@@ -185,7 +185,7 @@ def engine_cost(index: ItemIndex, names: list[str], qpos: np.ndarray) -> float:
     return (time.perf_counter() - start) / len(qpos) * 1e6
 
 
-async def grpc_load(port: int, queries: list[str], concurrency: int, seconds: float, answers: dict, flt=None) -> dict:
+async def grpc_load(port: int, queries: list[str], concurrency: int, seconds: float, answers: dict, flt=None, rules=None) -> dict:
     import grpc
 
     from proto.interest.v1 import interest_pb2 as pb
@@ -202,7 +202,7 @@ async def grpc_load(port: int, queries: list[str], concurrency: int, seconds: fl
             while time.perf_counter() < deadline:
                 j = next(counter) % len(queries)
                 t0 = time.perf_counter()
-                resp = await stub.SimilarItems(pb.SimilarItemsRequest(item_id=queries[j], k=10, filter=flt), timeout=5)
+                resp = await stub.SimilarItems(pb.SimilarItemsRequest(item_id=queries[j], k=10, filter=flt, rules=rules), timeout=5)
                 latencies.append(time.perf_counter() - t0)
                 if j not in answers:
                     answers[j] = [i.item_id for i in resp.items]
@@ -554,6 +554,57 @@ def recall(answers: dict, gt: list[set], qpos: np.ndarray, names: list[str]) -> 
     return float(np.mean(hits))
 
 
+def rules_cost(port: int, queries: list[str], n_categories: int, seconds: float, name: str) -> dict:
+    """SimilarItems (k 10, c 16, the Python client) without and with ranking rules, on the same server and queries,
+    alternated twice so drift hits both alike. Item j is in category c{j % N} and brand b{j % 7}
+    (bench._serving_server); the caps are checked in every answer."""
+    from proto.interest.v1 import interest_pb2 as pb
+
+    cases = {
+        "none": None,
+        "caps": pb.RankingRules(max_per_category=1, max_per_brand=2),
+        "boosts": pb.RankingRules(boosts=[pb.Boost(category_id=f"c{c}", multiplier=2.0) for c in range(3)]),
+        "caps_and_boosts": pb.RankingRules(
+            max_per_category=1, max_per_brand=2, boosts=[pb.Boost(category_id=f"c{c}", multiplier=2.0) for c in range(3)]
+        ),
+    }
+    runs: dict[str, list[dict]] = {key: [] for key in cases}
+    answers: dict[str, dict] = {key: {} for key in cases}
+    for _ in range(2):
+        for key, rules in cases.items():
+            runs[key].append(asyncio.run(grpc_load(port, queries, 16, seconds / 2, answers[key], rules=rules)))
+    out: dict = {}
+    for key in cases:
+        calls = sum(r["calls"] for r in runs[key])
+        qps = sum(r["qps"] for r in runs[key]) / len(runs[key])
+        out[key] = {
+            "qps": qps,
+            "p50_ms": float(np.mean([r["p50_ms"] for r in runs[key]])),
+            "p99_ms": float(np.mean([r["p99_ms"] for r in runs[key]])),
+            "calls": calls,
+            "short_answers": sum(len(a) < 10 for a in answers[key].values()),
+        }
+        if key.startswith("caps"):
+            out[key]["cap_violations"] = sum(_violations(a, n_categories) for a in answers[key].values())
+    for key in cases:
+        out[key]["qps_vs_none"] = out[key]["qps"] / out["none"]["qps"]
+        out[key]["p99_vs_none"] = out[key]["p99_ms"] / out["none"]["p99_ms"]
+        log(
+            f"{name}: rules {key}: {out[key]['qps']:.0f} calls/s ({out[key]['qps_vs_none']:.2f}x none), p50 "
+            f"{out[key]['p50_ms']:.2f} ms, p99 {out[key]['p99_ms']:.2f} ms ({out[key]['p99_vs_none']:.2f}x); "
+            f"{out[key]['short_answers']} answers under 10 items, {out[key].get('cap_violations', 0)} cap violations"
+        )
+    return out
+
+
+def _violations(items: list[str], n_categories: int) -> int:
+    """Items past the caps of ``rules_cost`` (1 per category, 2 per brand) in one answer."""
+    js = [int(i[1:]) for i in items]
+    _, per_cat = np.unique([j % n_categories for j in js], return_counts=True)
+    _, per_brand = np.unique([j % 7 for j in js], return_counts=True)
+    return int(np.maximum(per_cat - 1, 0).sum() + np.maximum(per_brand - 2, 0).sum())
+
+
 def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, n_categories: int, codes: str | None = None) -> dict:
     n, dim = vecs.shape
     names = [f"{prefix}{j}" for j in range(n)]
@@ -606,7 +657,7 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
     save_snapshot(snap, index, {}, stream_id="0-0")
     del index
     queries = [names[q] for q in qpos]
-    runs, answers, filtered = [], {}, {}
+    runs, answers, filtered, rules = [], {}, {}, {}
     procs, port = start_servers(snap, redis_url, n_categories, args.nprobe, 1, dim)
     server_rss_mb = rss_mb(procs[0].pid)
     try:
@@ -660,6 +711,7 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
                     f"{name}: filter {label} ({mask.mean():.1%} of items): recall@10 "
                     f"{filtered[label]['recall_at_10']:.3f}, {run['qps']:.0f} calls/s, p99 {run['p99_ms']:.2f} ms"
                 )
+            rules = rules_cost(port, queries, n_categories, args.seconds, name)
         vis = asyncio.run(visibility(port, redis_url, f"bench-{name}", dim, args.upserts))
         log(f"{name}: upsert visible after p50 {vis['p50_ms']:.1f} ms, p99 {vis['p99_ms']:.1f} ms")
     finally:
@@ -750,6 +802,7 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
         "p99_ms": primary["p99_ms"],
         "recall_at_10": rec,
         "filtered": filtered,
+        "rules": rules,
         "upsert_visibility": vis,
         "echo_qps": echo,
         "echo": echo_run,
@@ -832,6 +885,8 @@ def main() -> None:
         "p99_ms": round(synth["p99_ms"], 3),
         "recall_at_10": round(synth["recall_at_10"], 4),
         "upsert_visible_p99_ms": round(synth["upsert_visibility"]["p99_ms"], 2),
+        # SimilarItems with ranking rules against none, same server and queries (details.synthetic.rules)
+        "rules": {k: {m: round(v[m], 3) for m in ("qps", "qps_vs_none", "p50_ms", "p99_ms")} for k, v in synth["rules"].items()},
         "client": synth["client"],
         "server_processes": synth["server_processes"],
         "python_client_qps": round(synth["python_client_qps"], 1),

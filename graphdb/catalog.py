@@ -1,7 +1,8 @@
 """Catalogue reads for serving: item facets for filters, popular items for cold start, a user's purchases.
 
 Category facets include every ancestor, so filtering on "Electronics" keeps items filed under
-"Electronics > Audio > Headphones".
+"Electronics > Audio > Headphones"; the direct (leaf) categories the item is filed under come separately, for the
+per-category caps of the ranking rules.
 """
 
 from __future__ import annotations
@@ -31,26 +32,31 @@ class ItemFacets:
     id: str
     category_ids: tuple[str, ...]  # the item's categories and all their ancestors
     brand_ids: tuple[str, ...]
+    direct_category_ids: tuple[str, ...] = ()  # the categories the item is filed under (IN_CATEGORY), no ancestors
 
 
 _FACETS_PAGE = f"""
 MATCH (i:{ITEM})
 WHERE i.id > $after
 WITH i ORDER BY i.id LIMIT $limit
+OPTIONAL MATCH (i)-[:{IN_CATEGORY}]->(d:{CATEGORY})
+WITH i, collect(DISTINCT d.id) AS direct
 OPTIONAL MATCH (i)-[:{IN_CATEGORY}]->(:{CATEGORY})-[:{SUBCATEGORY_OF}*0..]->(c:{CATEGORY})
-WITH i, collect(DISTINCT c.id) AS cats
+WITH i, direct, collect(DISTINCT c.id) AS cats
 OPTIONAL MATCH (i)-[:{HAS_BRAND}]->(b:{BRAND})
-RETURN i.id AS id, cats, collect(DISTINCT b.id) AS brands
+RETURN i.id AS id, cats, direct, collect(DISTINCT b.id) AS brands
 ORDER BY id
 """
 
 _FACETS_OF = f"""
 UNWIND $ids AS item_id
 MATCH (i:{ITEM} {{id: item_id}})
+OPTIONAL MATCH (i)-[:{IN_CATEGORY}]->(d:{CATEGORY})
+WITH i, collect(DISTINCT d.id) AS direct
 OPTIONAL MATCH (i)-[:{IN_CATEGORY}]->(:{CATEGORY})-[:{SUBCATEGORY_OF}*0..]->(c:{CATEGORY})
-WITH i, collect(DISTINCT c.id) AS cats
+WITH i, direct, collect(DISTINCT c.id) AS cats
 OPTIONAL MATCH (i)-[:{HAS_BRAND}]->(b:{BRAND})
-RETURN i.id AS id, cats, collect(DISTINCT b.id) AS brands
+RETURN i.id AS id, cats, direct, collect(DISTINCT b.id) AS brands
 """
 
 
@@ -67,8 +73,7 @@ def iter_item_facets(driver: neo4j.Driver, *, database: str = "neo4j", batch_siz
     after = ""
     while True:
         records = _run(driver, _FACETS_PAGE, database, after=after, limit=batch_size)
-        for r in records:
-            yield ItemFacets(r["id"], tuple(sorted(r["cats"])), tuple(sorted(r["brands"])))
+        yield from map(_facets, records)
         if len(records) < batch_size:
             return
         after = records[-1]["id"]
@@ -77,7 +82,11 @@ def iter_item_facets(driver: neo4j.Driver, *, database: str = "neo4j", batch_siz
 def item_facets(driver: neo4j.Driver, item_ids: Sequence[str], *, database: str = "neo4j") -> list[ItemFacets]:
     """Facets of the given items (unknown ids are left out)."""
     records = _run(driver, _FACETS_OF, database, ids=list(item_ids))
-    return [ItemFacets(r["id"], tuple(sorted(r["cats"])), tuple(sorted(r["brands"]))) for r in records]
+    return [_facets(r) for r in records]
+
+
+def _facets(r: neo4j.Record) -> ItemFacets:
+    return ItemFacets(r["id"], tuple(sorted(r["cats"])), tuple(sorted(r["brands"])), tuple(sorted(r["direct"])))
 
 
 _REL_ALT = "|".join(ITEM_INTERACTIONS)

@@ -32,6 +32,7 @@ from graphdb.settings import GraphSettings
 from server.facets import FacetStore
 from server.feedback import push_down
 from server.index import IndexParams, ItemIndex, LabelMap
+from server.rules import RankingRules, apply_rules
 from server.settings import ServerSettings
 from server.users import UserVectors
 
@@ -179,29 +180,46 @@ class Engine:
             self.lock.acquire()
 
     def _search(
-        self, serving: Serving, query: np.ndarray, k: int, flt: ItemFilter, extra_exclude: Sequence[int] = ()
+        self,
+        serving: Serving,
+        query: np.ndarray,
+        k: int,
+        flt: ItemFilter,
+        extra_exclude: Sequence[int] = (),
+        rules: RankingRules | None = None,
     ) -> list[tuple[str, float]]:
         index = serving.index
         exclude = [lab for lab in (self.labels.get(i) for i in flt.exclude_item_ids) if lab is not None]
         exclude.extend(extra_exclude)
         allowed = self.facets.mask(flt.category_ids, flt.brand_ids)
-        labels, scores = index.search(
-            query.reshape(1, -1), k, allowed=allowed, exclude=np.asarray(exclude, np.int64), unlocked=self._unlocked
-        )[0]
+        excl = np.asarray(exclude, np.int64)
         ids = self.labels.ids()
-        return [(ids[lab], s) for lab, s in zip(labels.tolist(), scores.tolist())]  # tolist: Python ints, floats
+        if rules is None:
+            labels, scores = index.search(query.reshape(1, -1), k, allowed=allowed, exclude=excl, unlocked=self._unlocked)[0]
+            return [(ids[lab], s) for lab, s in zip(labels.tolist(), scores.tolist())]  # tolist: Python ints, floats
+        # The rules re-rank the best n candidates; caps that leave the answer short fetch twice as many, up to the
+        # bound, so an answer has k items whenever the bounded candidates allow.
+        most = max(k, self.settings.rules_max_candidates)
+        n = min(max(4 * k, self.settings.rules_candidates), most)
+        while True:
+            labels, scores = index.search(query.reshape(1, -1), n, allowed=allowed, exclude=excl, unlocked=self._unlocked)[0]
+            labs = labels.tolist()
+            items = apply_rules(self.facets, rules, labels, scores, k, lambda j: ids[labs[j]])
+            if len(items) >= k or len(labels) < n or n >= most:
+                return items
+            n = min(2 * n, most)
 
-    def similar_items(self, item_id: str, k: int, flt: ItemFilter) -> Answer:
+    def similar_items(self, item_id: str, k: int, flt: ItemFilter, rules: RankingRules | None = None) -> Answer:
         with self.lock:
             serving = self._state()
             label = serving.index.label_of(item_id)
             if label is None:
                 raise NotFound(f"item {item_id!r} has no vector in model {serving.index.model_version!r}")
             vec, _ = serving.index.vector(label)
-            items = self._search(serving, vec, k, flt, extra_exclude=(label,))
+            items = self._search(serving, vec, k, flt, extra_exclude=(label,), rules=rules)
         return Answer(items, serving.index.model_version)
 
-    def nearest_items(self, vector: Sequence[float], k: int, flt: ItemFilter) -> Answer:
+    def nearest_items(self, vector: Sequence[float], k: int, flt: ItemFilter, rules: RankingRules | None = None) -> Answer:
         serving = self._state()
         if len(vector) != serving.index.dim:
             raise InvalidInput(f"vector has dimension {len(vector)}, the index expects {serving.index.dim}")
@@ -210,10 +228,12 @@ class Engine:
             raise InvalidInput("vector must be finite and not all zeros")
         query = (vec / np.linalg.norm(vec)).astype(np.float32)
         with self.lock:
-            items = self._search(serving, query, k, flt)
+            items = self._search(serving, query, k, flt, rules=rules)
         return Answer(items, serving.index.model_version)
 
-    def recommend_for_user(self, user_id: str, k: int, flt: ItemFilter, include_seen: bool) -> Answer:
+    def recommend_for_user(
+        self, user_id: str, k: int, flt: ItemFilter, include_seen: bool, rules: RankingRules | None = None
+    ) -> Answer:
         serving = self._state()
         pseudonym = self._pseudonym(user_id)
         user_vec = self._user_vector(serving, pseudonym)
@@ -224,21 +244,30 @@ class Engine:
         skipped = excl.hidden if include_seen else excl.hidden + excl.bought
         seen = [lab for lab in (self.labels.get(i) for i in skipped) if lab is not None]
         if user_vec is None:
-            return Answer(self._cold_start(k, flt, seen), serving.index.model_version, cold_start=True)
+            return Answer(self._cold_start(k, flt, seen, rules), serving.index.model_version, cold_start=True)
         with self.lock:
-            items = self._search_pushing_down(serving, user_vec, k, flt, seen, excl.hidden)
+            items = self._search_pushing_down(serving, user_vec, k, flt, seen, excl.hidden, rules)
         return Answer(items, serving.index.model_version)
 
     def _search_pushing_down(
-        self, serving: Serving, query: np.ndarray, k: int, flt: ItemFilter, seen: Sequence[int], hidden: Sequence[str]
+        self,
+        serving: Serving,
+        query: np.ndarray,
+        k: int,
+        flt: ItemFilter,
+        seen: Sequence[int],
+        hidden: Sequence[str],
+        rules: RankingRules | None = None,
     ) -> list[tuple[str, float]]:
-        """``_search``, re-ranked by the negative-feedback rule (server.feedback) when the shopper hid items."""
+        """``_search``, re-ranked by the negative-feedback rule (server.feedback) when the shopper hid items; ranking
+        rules then apply to the re-ranked candidates (at least ``IG_SERVER_RULES_CANDIDATES`` of them)."""
         s = self.settings
         index = serving.index
         recent = [lab for lab in (index.label_of(i) for i in hidden[: s.feedback_max_hidden]) if lab is not None]
         if not recent or s.feedback_strength == 0.0:
-            return self._search(serving, query, k, flt, seen)
-        pool = self._search(serving, query, k + s.feedback_pool, flt, seen)
+            return self._search(serving, query, k, flt, seen, rules)
+        n = k + s.feedback_pool if rules is None else max(k + s.feedback_pool, s.rules_candidates)
+        pool = self._search(serving, query, n, flt, seen)
         if not pool:
             return pool
         ids = [i for i, _ in pool]
@@ -246,7 +275,12 @@ class Engine:
         candidates = index.vectors([lab for lab in labels if lab is not None])  # the pool's items: all in the index
         hidden_vecs = index.vectors(recent)
         scores = np.asarray([sc for _, sc in pool], np.float64)
-        return push_down(ids, scores, candidates, hidden_vecs, k, strength=s.feedback_strength, threshold=s.feedback_threshold)
+        kept = k if rules is None else len(pool)
+        ranked = push_down(ids, scores, candidates, hidden_vecs, kept, strength=s.feedback_strength, threshold=s.feedback_threshold)
+        if rules is None:
+            return ranked
+        labs = np.asarray([self.labels.get(i) for i, _ in ranked], np.int64)
+        return apply_rules(self.facets, rules, labs, np.asarray([sc for _, sc in ranked], np.float32), k, lambda j: ranked[j][0])
 
     def _user_vector(self, serving: Serving, pseudonym: str) -> np.ndarray | None:
         with self.lock:
@@ -263,26 +297,35 @@ class Engine:
             hit = serving.users.get(pseudonym)
         return hit[0] if hit else None
 
-    def _cold_start(self, k: int, flt: ItemFilter, seen: Sequence[int]) -> list[tuple[str, float]]:
+    def _cold_start(self, k: int, flt: ItemFilter, seen: Sequence[int], rules: RankingRules | None = None) -> list[tuple[str, float]]:
         popular = self._popular_items()
         if not popular:
             return []
         skip = set(flt.exclude_item_ids) | {self.labels.id_of(s) for s in seen}
         top = popular[0][1] or 1.0
-        out = []
+        # with rules, they re-rank the whole popular pool that passes the filter (at most IG_SERVER_POPULAR_POOL)
+        take = k if rules is None else len(popular)
+        ids: list[str] = []
+        labels: list[int] = []
+        scores: list[float] = []
         with self.lock:
             allowed = self.facets.mask(flt.category_ids, flt.brand_ids)
             for item_id, score in popular:
                 if item_id in skip:
                     continue
-                if allowed is not None:
-                    lab = self.labels.get(item_id)
-                    if lab is None or lab >= len(allowed) or not allowed[lab]:
-                        continue
-                out.append((item_id, score / top))
-                if len(out) == k:
+                lab = self.labels.get(item_id)
+                if allowed is not None and (lab is None or lab >= len(allowed) or not allowed[lab]):
+                    continue
+                ids.append(item_id)
+                labels.append(-1 if lab is None else lab)
+                scores.append(score / top)
+                if len(ids) == take:
                     break
-        return out
+            if rules is not None:
+                return apply_rules(
+                    self.facets, rules, np.asarray(labels, np.int64), np.asarray(scores, np.float32), k, ids.__getitem__
+                )
+        return list(zip(ids, scores))
 
     def _popular_items(self) -> list[tuple[str, float]]:
         now = time.time()

@@ -17,6 +17,7 @@ from proto.interest.v1 import interest_pb2 as pb
 from proto.interest.v1 import interest_pb2_grpc as pb_grpc
 from server.engine import Answer, Engine, ItemFilter
 from server.errors import status_of
+from server.rules import Boost, RankingRules
 from server.settings import ServerSettings
 
 M = TypeVar("M", bound=Message)
@@ -40,6 +41,8 @@ class Validator:
         self.max_k = settings.max_k
         self.max_filter_ids = settings.max_filter_ids
         self.max_id_chars = graph.max_id_chars
+        self.max_boosts = settings.max_boosts
+        self.boost_min, self.boost_max = settings.boost_min, settings.boost_max
 
     def k(self, k: int) -> int:
         if not 1 <= k <= self.max_k:
@@ -63,6 +66,31 @@ class Validator:
             for i, value in enumerate(ids):
                 self.id(value, f"{name}[{i}]")
         return ItemFilter(cats, brands, excl)
+
+    def rules(self, request: pb.SimilarItemsRequest | pb.RecommendForUserRequest | pb.NearestItemsRequest) -> RankingRules | None:
+        """The request's ranking rules, or None when it sets none (the model's ranking as is)."""
+        if not request.HasField("rules"):
+            return None
+        r = request.rules
+        if len(r.boosts) > self.max_boosts:
+            raise InvalidInput(f"rules.boosts holds {len(r.boosts)} boosts, at most {self.max_boosts} are allowed")
+        boosts = []
+        seen: set[tuple[str, str]] = set()
+        for i, b in enumerate(r.boosts):
+            kind = b.WhichOneof("target")
+            if kind is None:
+                raise InvalidInput(f"rules.boosts[{i}] names neither a category_id nor a brand_id")
+            target = self.id(getattr(b, kind), f"rules.boosts[{i}].{kind}")
+            m = b.multiplier
+            if not (math.isfinite(m) and self.boost_min <= m <= self.boost_max):
+                raise InvalidInput(f"rules.boosts[{i}].multiplier must be between {self.boost_min} and {self.boost_max}, got {m:g}")
+            if (kind, target) in seen:
+                raise InvalidInput(f"rules.boosts[{i}] repeats {kind} {target!r}")
+            seen.add((kind, target))
+            boosts.append(Boost("category" if kind == "category_id" else "brand", target, m))
+        if not (r.max_per_category or r.max_per_brand or boosts):
+            return None
+        return RankingRules(r.max_per_category, r.max_per_brand, tuple(boosts))
 
 
 _NO_FILTER = ItemFilter()
@@ -116,7 +144,10 @@ class InterestServicer(pb_grpc.InterestServiceServicer):
 
     def SimilarItems(self, request: pb.SimilarItemsRequest, context: grpc.ServicerContext) -> pb.SimilarItemsResponse:
         answer = self.engine.similar_items(
-            self.check.id(request.item_id, "item_id"), self.check.k(request.k), self.check.filter(request.filter)
+            self.check.id(request.item_id, "item_id"),
+            self.check.k(request.k),
+            self.check.filter(request.filter),
+            self.check.rules(request),
         )
         return _answer(pb.SimilarItemsResponse, answer)
 
@@ -126,6 +157,7 @@ class InterestServicer(pb_grpc.InterestServiceServicer):
             self.check.k(request.k),
             self.check.filter(request.filter),
             include_seen=request.include_seen,
+            rules=self.check.rules(request),
         )
         return _answer(pb.RecommendForUserResponse, answer, cold_start=answer.cold_start)
 
@@ -134,7 +166,9 @@ class InterestServicer(pb_grpc.InterestServiceServicer):
             raise InvalidInput("vector must not be empty")
         if not all(math.isfinite(x) for x in request.vector):
             raise InvalidInput("vector must contain finite numbers only")
-        answer = self.engine.nearest_items(request.vector, self.check.k(request.k), self.check.filter(request.filter))
+        answer = self.engine.nearest_items(
+            request.vector, self.check.k(request.k), self.check.filter(request.filter), self.check.rules(request)
+        )
         return _answer(pb.NearestItemsResponse, answer)
 
     def BatchRecommend(self, request: pb.BatchRecommendRequest, context: grpc.ServicerContext) -> pb.BatchRecommendResponse:

@@ -30,6 +30,13 @@ class ServerSettings(BaseSettings):
     max_stream_events: int = Field(default=100_000, ge=1)
     max_filter_ids: int = Field(default=10_000, ge=0)
     max_batch: int = Field(default=32, ge=1, description="entries of one BatchRecommend call")
+    # Ranking rules (server.rules): boosts per request, their multipliers' bounds, and the candidates re-ranked:
+    # first max(rules_candidates, 4 k), doubled while caps leave the answer short, up to rules_max_candidates.
+    max_boosts: int = Field(default=16, ge=0)
+    boost_min: float = Field(default=0.1, gt=0)
+    boost_max: float = Field(default=10.0, gt=0)
+    rules_candidates: int = Field(default=200, ge=1)
+    rules_max_candidates: int = Field(default=2000, ge=1)
     max_concurrent_rpcs: int = Field(default=256, ge=1)
     # grpc's server (IG_SERVER_FRONT=grpc, or TLS): threads per process answering queries (SimilarItems,
     # NearestItems, health checks). Few is best: each holds the GIL but for its FAISS search, and 8 instead of 4
@@ -122,6 +129,12 @@ class ServerSettings(BaseSettings):
                 f"({self.wait_threads}): streams holding every thread would leave none for the calls "
                 "waiting on Neo4j"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _boost_bounds(self) -> ServerSettings:
+        if not self.boost_min <= 1.0 <= self.boost_max:
+            raise ValueError(f"IG_SERVER_BOOST_MIN ({self.boost_min}) and IG_SERVER_BOOST_MAX ({self.boost_max}) must enclose 1")
         return self
 
     @field_validator("snapshot_dir", "redis_url", "tls_cert_file", "tls_key_file", mode="before")

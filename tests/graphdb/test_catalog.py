@@ -34,7 +34,8 @@ def test_facets_include_ancestor_categories_and_brands(graph, graph_settings) ->
     facets = {f.id: f for f in iter_item_facets(graph, batch_size=2)}  # pages of 2
     assert set(facets) == {"phone", "head", "shirt", "old"}
     assert facets["head"].category_ids == ("Electronics", "Electronics > Audio", "Electronics > Audio > Headphones")
-    assert facets["phone"].brand_ids == ("Acme",) and facets["old"].category_ids == ()
+    assert facets["head"].direct_category_ids == ("Electronics > Audio > Headphones",)  # the leaf alone, for the caps
+    assert facets["phone"].brand_ids == ("Acme",) and facets["old"].category_ids == facets["old"].direct_category_ids == ()
     assert [f.id for f in item_facets(graph, ["shirt", "nope"])] == ["shirt"]
 
 

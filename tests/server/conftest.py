@@ -140,7 +140,7 @@ def catalogue_facets(ids: list[str]) -> list[ItemFacets]:
     out = []
     for j, item_id in enumerate(ids):
         cats = ("Electronics", "Electronics > Audio") if j % 2 == 0 else ("Fashion",)
-        out.append(ItemFacets(item_id, cats, (f"brand-{j % 3}",)))
+        out.append(ItemFacets(item_id, cats, (f"brand-{j % 3}",), cats[-1:]))
     return out
 
 

@@ -12,6 +12,7 @@ import struct
 
 import grpc
 import neo4j
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, assume, given, settings
@@ -105,8 +106,16 @@ filters = st.builds(
     brand_ids=st.lists(ids, max_size=20),
     exclude_item_ids=st.lists(ids, max_size=30),
 )
-known_items = st.sampled_from([f"item-{j}" for j in range(300)])  # in the index
 f32 = st.floats(width=32, allow_nan=True, allow_infinity=True)
+boosts = st.builds(
+    lambda kind, target, m: pb.Boost(**{kind: target}, multiplier=m) if kind else pb.Boost(multiplier=m),
+    st.sampled_from(["category_id", "brand_id", None]),
+    st.one_of(st.sampled_from(["Electronics", "Fashion", "brand-1"]), ids),
+    st.one_of(st.floats(0.125, 8, width=32), f32),  # in bounds (exact in float32) or anything
+)
+caps = st.one_of(st.integers(0, 5), st.sampled_from([0, 2**31, 2**32 - 1]))
+rules = st.builds(pb.RankingRules, max_per_category=caps, max_per_brand=caps, boosts=st.lists(boosts, max_size=20))
+known_items = st.sampled_from([f"item-{j}" for j in range(300)])  # in the index
 vectors = st.one_of(
     st.lists(st.floats(-10, 10, width=32), min_size=DIM, max_size=DIM),
     st.lists(f32, max_size=3 * DIM),
@@ -203,6 +212,20 @@ def test_similar_items(fuzz, item_id, k, flt) -> None:
     _count(fuzz, "SimilarItems", code)
     if code == OK:
         assert 1 <= k <= 100 and len(resp.items) <= k and item_id not in [i.item_id for i in resp.items]
+
+
+@FUZZ
+@given(item_id=known_items, k=ks, flt=st.one_of(st.none(), filters), rules=rules)
+def test_similar_items_with_rules(fuzz, item_id, k, flt, rules) -> None:
+    code, details, resp = _code(fuzz.rpc.SimilarItems, pb.SimilarItemsRequest(item_id=item_id, k=k, filter=flt, rules=rules))
+    _proper(code, details)
+    _count(fuzz, "SimilarItems", code)
+    if code == OK:
+        assert len(rules.boosts) <= 16 and all(b.WhichOneof("target") and 0.1 <= b.multiplier <= 10 for b in rules.boosts)
+        assert len(resp.items) <= k and all(i.score == i.score for i in resp.items)  # never NaN
+        if rules.max_per_brand:  # conftest.catalogue_facets: brand-{j % 3}
+            _, per_brand = np.unique([int(i.item_id.split("-")[1]) % 3 for i in resp.items], return_counts=True)
+            assert per_brand.max(initial=0) <= rules.max_per_brand
 
 
 @FUZZ

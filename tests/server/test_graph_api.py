@@ -127,6 +127,29 @@ def test_cold_start_for_unknown_and_vectorless_users(live) -> None:
     assert "item-5" not in [i.item_id for i in resp.items]
 
 
+def test_cold_start_answers_follow_the_ranking_rules(live) -> None:
+    """The popular items, re-ranked by the same rules: caps count the direct categories the graph files items
+    under ("Electronics > Audio", "Fashion"), boosts scale the normalised popularity."""
+    stub = live.stub()
+
+    def ask(rules: pb.RankingRules, k: int) -> list[tuple[str, float]]:
+        resp = stub.RecommendForUser(pb.RecommendForUserRequest(user_id="never-seen", k=k, rules=rules), timeout=10)
+        assert resp.cold_start
+        return [(i.item_id, i.score) for i in resp.items]
+
+    # item-5 (Fashion, 4 purchases + a view) and item-8 (Electronics > Audio, 3 carts + a view) lead; every other
+    # item is in one of the two leaves, so one per category leaves two items however many are asked
+    assert [i for i, _ in ask(pb.RankingRules(max_per_category=1), 5)] == ["item-5", "item-8"]
+    # both leading items are brand-2; the rest (one view each) tie and follow by id
+    assert [i for i, _ in ask(pb.RankingRules(max_per_brand=1), 3)] == ["item-5", "item-0", "item-1"]
+    plain = dict(ask(pb.RankingRules(), 60))
+    boosted = ask(pb.RankingRules(boosts=[pb.Boost(brand_id="brand-0", multiplier=5.0)]), 60)
+    assert boosted[0][0] == "item-0"  # bought by alice besides its view: 5 x its popularity overtakes item-5
+    assert boosted == sorted(boosted, key=lambda t: (-t[1], t[0]))  # by boosted score, ties by id
+    for item_id, score in boosted:
+        assert score == pytest.approx(plain[item_id] * (5.0 if int(item_id.split("-")[1]) % 3 == 0 else 1.0), rel=1e-5)
+
+
 def test_get_embedding_of_a_user(live) -> None:
     stub = live.stub()
     _, vecs = item_vectors(N_ITEMS)
@@ -220,7 +243,8 @@ def test_the_api_guide_runs_as_written(live) -> None:
     assert lines[6].startswith("failed: True entries[2]: ") and "no-such-item" in lines[6]
     assert lines[7].startswith("near item-4's vector: ['item-4'")
     assert lines[8].startswith("refused: INVALID_ARGUMENT k must be")
-    assert lines[9] == "forgotten: True" and len(lines) == 10
+    assert lines[9] == "forgotten: True"
+    assert lines[10].startswith("varied: [('item-") and len(lines) == 11
 
 
 def test_forget_user_everywhere(live, neo4j_driver, graph_settings, redis_url) -> None:
