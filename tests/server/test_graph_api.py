@@ -215,11 +215,12 @@ def test_the_api_guide_runs_as_written(live) -> None:
     assert lines[0] == "stored 2 already there 0 rejected []"
     assert lines[1].startswith("like item-4: [('item-") and "'item-4'" not in lines[1]
     assert lines[2].startswith("for alice: ['item-") and lines[2].endswith(" personal")
-    assert lines[3].startswith("ok: ['item-") and lines[4].startswith("ok: ['item-")
-    assert lines[5].startswith("failed: True entries[2]: ") and "no-such-item" in lines[5]
-    assert lines[6].startswith("near item-4's vector: ['item-4'")
-    assert lines[7].startswith("refused: INVALID_ARGUMENT k must be")
-    assert lines[8] == "forgotten: True" and len(lines) == 9
+    assert lines[3].startswith("why: [('item-")
+    assert lines[4].startswith("ok: ['item-") and lines[5].startswith("ok: ['item-")
+    assert lines[6].startswith("failed: True entries[2]: ") and "no-such-item" in lines[6]
+    assert lines[7].startswith("near item-4's vector: ['item-4'")
+    assert lines[8].startswith("refused: INVALID_ARGUMENT k must be")
+    assert lines[9] == "forgotten: True" and len(lines) == 10
 
 
 def test_forget_user_everywhere(live, neo4j_driver, graph_settings, redis_url) -> None:
