@@ -143,6 +143,10 @@ RETURN i.id AS id, coalesce(a.title, a.id) AS asked_title,
 """
 
 
+def _shoppers(n: int) -> str:
+    return "1 shopper" if n == 1 else f"{n} shoppers"
+
+
 def _read(driver: neo4j.Driver, query: str, limits: ExplainLimits, database: str, params: dict[str, Any]) -> list[neo4j.Record]:
     try:
         records, _, _ = driver.execute_query(neo4j.Query(query, timeout=limits.timeout_s), params, database_=database, routing_="r")
@@ -161,7 +165,7 @@ def _shopper_reasons(records: list[neo4j.Record]) -> dict[str, list[Reason]]:
         reasons = []
         if r["together"]:
             x, label, n = r["together"][0]
-            reasons.append(Reason(BOUGHT_TOGETHER, f"bought together with {label} by {n} shoppers", item_id=x, count=int(n)))
+            reasons.append(Reason(BOUGHT_TOGETHER, f"bought together with {label} by {_shoppers(n)}", item_id=x, count=int(n)))
         often = {c: int(n) for c, n in r["often"]}
         mine = [(depth, often[c], c) for c, depth in r["categories"] if c in often]
         if mine:  # the most specific category, then the one bought most often, then by id
@@ -230,7 +234,7 @@ def for_similar(
         reasons = []
         n, label = int(r["together"]), r["asked_title"]
         if n >= limits.min_shoppers:
-            reasons.append(Reason(BOUGHT_TOGETHER, f"bought together with {label} by {n} shoppers", item_id=asked, count=n))
+            reasons.append(Reason(BOUGHT_TOGETHER, f"bought together with {label} by {_shoppers(n)}", item_id=asked, count=n))
         if r["shared"]:
             c = r["shared"][0]
             reasons.append(Reason(SAME_CATEGORY, f"in {c}, like {label}", item_id=asked, category_id=c))
