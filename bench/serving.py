@@ -28,6 +28,10 @@ Synthetic vectors are shaped like the model's (``z = |h|^1/2 d^b x``): clustered
 (a spectral filter), norms spread by a popularity prior. Vectors are not normalised: the engine ranks by inner
 product, as the model scores.
 
+- explanations (``bench._serving_explain``): ``RecommendForUser`` and ``SimilarItems`` with ``explain`` on against
+  off, alternating on one server in one run, on a dataset loaded, trained and served by the whole pipeline
+  (amazon-office by default): p99 on/off, and the share of returned items with at least one reason.
+
 The RESULT line reports the synthetic set at concurrency 16 with one server process per core, driven by
 bench/loadgen (or the Python client when Go is not available: ``client`` says which), served by the native
 front end when it is built (``front`` says which); everything else is in ``details``.
@@ -50,6 +54,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from bench import _serving_explain as serving_explain
 from bench._common import emit_result
 from graphdb import localstack
 from graphdb.dataset_paths import find_dataset
@@ -840,7 +845,29 @@ def main() -> None:
     parser.add_argument("--redis-url", help="use a running Redis instead of starting one")
     parser.add_argument("--no-go", action="store_true", help="drive the server with the Python client only")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--no-explain", action="store_true", help="skip the explanations section (bench._serving_explain)")
+    parser.add_argument("--explain-only", action="store_true", help="run only the explanations section")
+    parser.add_argument("--explain-dataset", default="amazon-office", help="loaded, trained and served for that section")
+    parser.add_argument("--explain-users", type=int, default=500, help="shoppers (and items) asked")
+    parser.add_argument("--explain-concurrency", type=int, default=4)
+    parser.add_argument("--explain-seconds", type=float, default=4.0, help="per round and mode (explain off, on)")
+    parser.add_argument("--explain-rounds", type=int, default=3)
     args = parser.parse_args()
+    explained = None
+    if not args.no_explain:
+        # First, on its own stack: the pipeline it starts (Neo4j, Redis, a worker, a server) is gone before the rest.
+        explained = serving_explain.measure(
+            args.explain_dataset,
+            users=args.explain_users,
+            k=10,
+            concurrency=args.explain_concurrency,
+            seconds=args.explain_seconds,
+            rounds=args.explain_rounds,
+        )
+    if args.explain_only:
+        assert explained is not None, "--explain-only with --no-explain measures nothing"
+        emit_result({"bench": "serving", "explain": explained, "machine": f"{os.cpu_count()} cores, no GPU"}, args.out)
+        return
 
     started = None
     redis_url = args.redis_url
@@ -900,6 +927,7 @@ def main() -> None:
         "machine": f"{os.cpu_count()} cores, no GPU",
         "compare": compare
         and {k: compare[k] for k in ("dim", "index", "raw_qps", "grpc_qps", "ratio", "p50_ms", "p99_ms", "recall_at_10", "memory")},
+        "explain": explained,
         "details": {"synthetic": synth, "gowalla": gow, "compare": compare},
     }
     emit_result(result, args.out)

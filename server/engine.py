@@ -14,13 +14,13 @@ import logging
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Coroutine, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 
 import neo4j
 import numpy as np
 
-from graphdb import catalog
+from graphdb import catalog, explain
 from graphdb.embeddings import get_embedding
 from graphdb.errors import InvalidInput, NotFound, Unavailable
 from graphdb.feedback import Exclusions
@@ -51,6 +51,8 @@ class Answer:
     items: list[tuple[str, float]]
     model_version: str
     cold_start: bool = False
+    # With explain: item id -> its reasons (items without any are left out); None without explain.
+    reasons: Mapping[str, list[explain.Reason]] | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,16 @@ class _Popular:
     at: float = -1.0
 
 
+def explain_limits(settings: ServerSettings) -> explain.ExplainLimits:
+    return explain.ExplainLimits(
+        max_own_items=settings.explain_max_own_items,
+        max_queries=settings.explain_max_queries,
+        min_shoppers=settings.explain_min_shoppers,
+        min_category_items=settings.explain_min_category_items,
+        timeout_s=settings.explain_timeout_s,
+    )
+
+
 def index_params(settings: ServerSettings) -> IndexParams:
     return IndexParams(
         nlist=settings.ivf_nlist,
@@ -94,6 +106,7 @@ class Engine:
         self.database = database
         self.dim = graph.embedding_dim
         self.params = index_params(settings)
+        self.explain_limits = explain_limits(settings)
         self.labels = LabelMap()
         self.facets = FacetStore(self.labels)
         self.serving: Serving | None = None
@@ -209,7 +222,9 @@ class Engine:
                 return items
             n = min(2 * n, most)
 
-    def similar_items(self, item_id: str, k: int, flt: ItemFilter, rules: RankingRules | None = None) -> Answer:
+    def similar_items(
+        self, item_id: str, k: int, flt: ItemFilter, rules: RankingRules | None = None, explained: bool = False
+    ) -> Answer:
         with self.lock:
             serving = self._state()
             label = serving.index.label_of(item_id)
@@ -217,7 +232,11 @@ class Engine:
                 raise NotFound(f"item {item_id!r} has no vector in model {serving.index.model_version!r}")
             vec, _ = serving.index.vector(label)
             items = self._search(serving, vec, k, flt, extra_exclude=(label,), rules=rules)
-        return Answer(items, serving.index.model_version)
+        answer = Answer(items, serving.index.model_version)
+        if explained:
+            limits, db = self.explain_limits, self.database
+            return self._with_reasons(answer, lambda driver, ids: explain.for_similar(driver, item_id, ids, limits, database=db))
+        return answer
 
     def nearest_items(self, vector: Sequence[float], k: int, flt: ItemFilter, rules: RankingRules | None = None) -> Answer:
         serving = self._state()
@@ -232,10 +251,25 @@ class Engine:
         return Answer(items, serving.index.model_version)
 
     def recommend_for_user(
-        self, user_id: str, k: int, flt: ItemFilter, include_seen: bool, rules: RankingRules | None = None
+        self,
+        user_id: str,
+        k: int,
+        flt: ItemFilter,
+        include_seen: bool,
+        rules: RankingRules | None = None,
+        explained: bool = False,
+    ) -> Answer:
+        pseudonym = self._pseudonym(user_id)
+        answer = self._recommend_for_user(pseudonym, k, flt, include_seen, rules)
+        if explained:
+            limits, db = self.explain_limits, self.database
+            return self._with_reasons(answer, lambda driver, ids: explain.for_user(driver, pseudonym, ids, limits, database=db))
+        return answer
+
+    def _recommend_for_user(
+        self, pseudonym: str, k: int, flt: ItemFilter, include_seen: bool, rules: RankingRules | None = None
     ) -> Answer:
         serving = self._state()
-        pseudonym = self._pseudonym(user_id)
         user_vec = self._user_vector(serving, pseudonym)
         # One read for what the shopper bought and hid: hidden items never come back, whatever include_seen says.
         excl = Exclusions()
@@ -281,6 +315,20 @@ class Engine:
             return ranked
         labs = np.asarray([self.labels.get(i) for i, _ in ranked], np.int64)
         return apply_rules(self.facets, rules, labs, np.asarray([sc for _, sc in ranked], np.float32), k, lambda j: ranked[j][0])
+
+    def explain_session(self, answer: Answer, own: Sequence[str], bought: Sequence[str], queries: Sequence[str]) -> Answer:
+        """``answer`` with reasons for a shopper given by their items, purchases and normalised searches (most
+        recent first) instead of stored edges: what RecommendForSession's explain calls."""
+        limits, db = self.explain_limits, self.database
+        return self._with_reasons(
+            answer,
+            lambda driver, ids: explain.for_items(driver, ids, limits, own=own, bought=bought, queries=queries, database=db),
+        )
+
+    def _with_reasons(self, answer: Answer, read: Callable[[neo4j.Driver, list[str]], dict[str, list[explain.Reason]]]) -> Answer:
+        """``answer`` with its items' reasons: one batched graph read (graphdb.explain)."""
+        driver = self._need_driver()
+        return replace(answer, reasons=read(driver, [item_id for item_id, _ in answer.items]) if answer.items else {})
 
     def _user_vector(self, serving: Serving, pseudonym: str) -> np.ndarray | None:
         with self.lock:

@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterable, TypeVar, cast
 import grpc
 from google.protobuf.message import Message
 
+from graphdb import explain
 from graphdb.errors import InvalidInput, ResourceExhausted, Unavailable
 from graphdb.settings import GraphSettings
 from proto.interest.v1 import interest_pb2 as pb
@@ -34,6 +35,12 @@ EVENT_TYPES = {
     pb.EVENT_TYPE_RETURN: "return",
 }
 NODE_TYPES = {pb.NODE_TYPE_USER: "User", pb.NODE_TYPE_ITEM: "Item"}
+REASON_KINDS = {
+    explain.BOUGHT_TOGETHER: pb.REASON_KIND_BOUGHT_TOGETHER,
+    explain.CATEGORY_YOU_BUY: pb.REASON_KIND_CATEGORY,
+    explain.RECENT_SEARCH: pb.REASON_KIND_SEARCH,
+    explain.SAME_CATEGORY: pb.REASON_KIND_SAME_CATEGORY,
+}
 
 
 class Validator:
@@ -101,8 +108,16 @@ def _answer(response_type: Callable[..., M], answer: Answer, **fields: Any) -> M
     building a list of ScoredItem) and model version."""
     response: Any = response_type(model_version=answer.model_version, **fields)
     add = response.items.add
+    if answer.reasons is None:
+        for item_id, score in answer.items:
+            add(item_id=item_id, score=score)
+        return cast(M, response)
     for item_id, score in answer.items:
-        add(item_id=item_id, score=score)
+        scored = add(item_id=item_id, score=score)
+        for r in answer.reasons.get(item_id, ()):
+            scored.reasons.add(
+                kind=REASON_KINDS[r.kind], text=r.text, item_id=r.item_id, count=r.count, category_id=r.category_id, query=r.query
+            )
     return cast(M, response)
 
 
@@ -147,7 +162,8 @@ class InterestServicer(pb_grpc.InterestServiceServicer):
             self.check.id(request.item_id, "item_id"),
             self.check.k(request.k),
             self.check.filter(request.filter),
-            self.check.rules(request),
+            rules=self.check.rules(request),
+            explained=request.explain,
         )
         return _answer(pb.SimilarItemsResponse, answer)
 
@@ -158,6 +174,7 @@ class InterestServicer(pb_grpc.InterestServiceServicer):
             self.check.filter(request.filter),
             include_seen=request.include_seen,
             rules=self.check.rules(request),
+            explained=request.explain,
         )
         return _answer(pb.RecommendForUserResponse, answer, cold_start=answer.cold_start)
 

@@ -117,6 +117,16 @@ class ServerSettings(BaseSettings):
     # calls, and the threads running them, through a whole outage; clients retry with their own backoff.
     graph_retry_s: float = Field(default=3.0, ge=0)
 
+    # Explanations (explain: true): what is read of the shopper, and when a fact becomes a reason. The shopper's
+    # most recent items (and as many purchases) and searches bound the one batched read (graphdb.explain).
+    explain_max_own_items: int = Field(default=50, ge=1)
+    explain_max_queries: int = Field(default=10, ge=0)
+    # "bought together by N shoppers" needs N at least this; "a category you often buy", this many purchases.
+    explain_min_shoppers: int = Field(default=2, ge=1)
+    explain_min_category_items: int = Field(default=2, ge=1)
+    # Neo4j's limit on that read; past it the call answers UNAVAILABLE rather than hold its thread.
+    explain_timeout_s: float = Field(default=2.0, gt=0)
+
     # Prometheus metrics (HTTP /metrics); 0 binds a free port.
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9464, ge=0, le=65535)

@@ -338,6 +338,26 @@ def cases(p, hl: float) -> dict[str, tuple[dict, object]]:
         "Pending changes by label": c(
             {"now": NOW + 120}, lambda rows: same(rows_as(rows, "label", "pending", "oldest"), [("Item", 1, NOW), ("User", 1, NOW)])
         ),
+        # alice and bob bought both i-head1 and i-speaker
+        "Explanation: bought together with one of your items": c(
+            {"user": p("alice"), "x": "i-head1", "item": "i-speaker"}, lambda rows: same(rows_as(rows, "shoppers"), [(2,)])
+        ),
+        # alice bought i-head1 (Electronics > Audio > Headphones) and i-speaker (Electronics > Audio)
+        "Explanation: a category you often buy": c(
+            {"user": p("alice"), "item": "i-head2", "category": "Electronics > Audio"},
+            lambda rows: same(rows_as(rows, "bought"), [(2,)]),
+        ),
+        "Explanation: your recent search": c(
+            {"user": p("alice"), "item": "i-head2", "query": "wireless headphones"},
+            lambda rows: same(rows_as(rows, "matches"), [(1,)]),
+        ),
+        "Explanation: bought together with the asked item": c(
+            {"asked": "i-head1", "item": "i-novel"}, lambda rows: same(rows_as(rows, "shoppers"), [(1,)])
+        ),
+        "Explanation: in the same category as the asked item": c(
+            {"asked": "i-head1", "item": "i-speaker", "category": "Electronics > Audio"},
+            lambda rows: same(rows_as(rows, "shared"), [(1,)]),
+        ),
     }
 
 

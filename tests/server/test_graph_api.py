@@ -239,12 +239,13 @@ def test_the_api_guide_runs_as_written(live) -> None:
     assert lines[1] == "feedback stored 2 item-6 hidden: True"
     assert lines[2].startswith("like item-4: [('item-") and "'item-4'" not in lines[2]
     assert lines[3].startswith("for alice: ['item-") and lines[3].endswith(" personal")
-    assert lines[4].startswith("ok: ['item-") and lines[5].startswith("ok: ['item-")
-    assert lines[6].startswith("failed: True entries[2]: ") and "no-such-item" in lines[6]
-    assert lines[7].startswith("near item-4's vector: ['item-4'")
-    assert lines[8].startswith("refused: INVALID_ARGUMENT k must be")
-    assert lines[9] == "forgotten: True"
-    assert lines[10].startswith("varied: [('item-") and len(lines) == 11
+    assert lines[4].startswith("why: [('item-")
+    assert lines[5].startswith("ok: ['item-") and lines[6].startswith("ok: ['item-")
+    assert lines[7].startswith("failed: True entries[2]: ") and "no-such-item" in lines[7]
+    assert lines[8].startswith("near item-4's vector: ['item-4'")
+    assert lines[9].startswith("refused: INVALID_ARGUMENT k must be")
+    assert lines[10] == "forgotten: True"
+    assert lines[11].startswith("varied: [('item-") and len(lines) == 12
 
 
 def test_forget_user_everywhere(live, neo4j_driver, graph_settings, redis_url) -> None:
