@@ -30,6 +30,7 @@ class ServerSettings(BaseSettings):
     max_stream_events: int = Field(default=100_000, ge=1)
     max_filter_ids: int = Field(default=10_000, ge=0)
     max_batch: int = Field(default=32, ge=1, description="entries of one BatchRecommend call")
+    max_session_events: int = Field(default=200, ge=1, description="events of one RecommendForSession request")
     max_concurrent_rpcs: int = Field(default=256, ge=1)
     # grpc's server (IG_SERVER_FRONT=grpc, or TLS): threads per process answering queries (SimilarItems,
     # NearestItems, health checks). Few is best: each holds the GIL but for its FAISS search, and 8 instead of 4

@@ -16,7 +16,6 @@ item and then its users. ``workers.recompute`` turns this into the affected set.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -24,68 +23,21 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from graphdb.model_state import UserSideCard
 from graphdb.subgraph import EdgeRow, ItemRow
 from workers.checkpoint import Checkpoint
 from workers.cold import cold_bases
 from workers.data import EdgeSet, InteractionGraph, csr_to_torch
-from workers.recency import recency_weights
 from workers.text import TextEncoder
+from workers.user_side import capped_neighbours, item_weights, latest_times, rank_keys
+
+__all__ = ["LiveEncoder", "capped_neighbours", "item_text", "latest_times", "rank_keys", "training_graph"]
 
 
 def item_text(row: ItemRow) -> str:
     """Title and description as one string, the form the dataset loaders use."""
     title, desc = (row.title or "").strip(), (row.description or "").strip()
     return (title + ". " + desc).strip(". ") if desc else title
-
-
-def rank_keys(edges: Sequence[EdgeRow], half_life_days: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per (user, item) pair: log of the summed decayed weight over behaviour types, up to a constant.
-
-    ``w * 2^-((t - last_ts)/h)`` orders pairs the same way at every ``t``, so the key drops ``t``:
-    ``log(sum_r w_r * exp(k * last_r))`` (log-sum-exp, no overflow). Terms are summed in a fixed order, so the
-    key does not depend on the order Neo4j returned the edges in.
-
-    Returns (user ids, item ids, pair user index, pair item index, pair key); ids are sorted, so index order is
-    id order.
-    """
-    k = math.log(2.0) / (half_life_days * 86400.0)
-    users, u_idx = np.unique(np.array([e.user for e in edges], dtype=object).astype(str), return_inverse=True)
-    items, i_idx = np.unique(np.array([e.item for e in edges], dtype=object).astype(str), return_inverse=True)
-    w = np.array([e.weight for e in edges], dtype=np.float64)
-    key = np.log(np.maximum(w, 1e-30)) + k * np.array([e.last_ts for e in edges], dtype=np.float64)
-    pair = u_idx.astype(np.int64) * len(items) + i_idx
-    order = np.lexsort((key, pair))
-    pair, key = pair[order], key[order]
-    uniq, starts = np.unique(pair, return_index=True)
-    top = np.maximum.reduceat(key, starts)
-    sums = np.add.reduceat(np.exp(key - np.repeat(top, np.diff(np.r_[starts, len(key)]))), starts)
-    return users, items, uniq // len(items), uniq % len(items), top + np.log(sums)
-
-
-def capped_neighbours(edges: Sequence[EdgeRow], cap: int, half_life_days: float) -> dict[str, list[str]]:
-    """Each user's top ``cap`` items: highest key first, ties by item id; deterministic for a given edge set."""
-    if not edges:
-        return {}
-    users, items, pu, pi, key = rank_keys(edges, half_life_days)
-    order = np.lexsort((pi, -key, pu))  # user, then key descending, then item id
-    pu, pi = pu[order], pi[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(pu)) + 1]
-    rank = np.arange(len(pu)) - np.repeat(starts, np.diff(np.r_[starts, len(pu)]))
-    keep = rank < cap
-    pu, pi = pu[keep], pi[keep]
-    bounds = np.r_[0, np.flatnonzero(np.diff(pu)) + 1, len(pu)]
-    return {str(users[pu[a]]): items[pi[a:b]].tolist() for a, b in zip(bounds[:-1], bounds[1:])}
-
-
-def latest_times(edges: Sequence[EdgeRow]) -> dict[tuple[str, str], int]:
-    """Each (user, item) pair's latest interaction time over its behaviour types, in whole seconds as the
-    training graph stores it (`training_graph`), so the live recency weights equal the full graph's."""
-    out: dict[tuple[str, str], int] = {}
-    for e in edges:
-        key, t = (e.user, e.item), int(e.last_ts)
-        if t > out.get(key, t - 1):
-            out[key] = t
-    return out
 
 
 @dataclass
@@ -114,20 +66,39 @@ class LiveEncoder:
             self.z_known = m.item_out(self.x_known)  # [I, dim] item vectors of the version
             self.in_known = m.item_in(self.x_known)  # [I, dim] what a known item sends to its users
             self.filter = m.user_scale().detach()
+            self.s_known = self.in_scale(m.item_degree)  # [I] s_j of the version's items (workers.user_side)
+
+    def in_scale(self, degree: torch.Tensor) -> torch.Tensor:
+        """``s_j = d_j^(-a-b)`` [n] of items of the given degrees: ``in_j = s_j z_j / |h|^1/2`` elementwise, so a
+        server holding ``z_j`` and ``s_j`` embeds a user as the model does (`workers.user_side.user_vector`)."""
+        m = self.ck.model
+        return degree.to(self.device).clamp(min=1.0).pow(-(m.user_norm + m.item_norm))
+
+    def card(self) -> UserSideCard:
+        """The version's user side as servers read it (``graphdb.model_state``)."""
+        m = self.ck.model
+        sign = self.filter.sign().to("cpu", torch.float32).tolist()
+        return UserSideCard(self.version, sign, self.user_cap, self.half_life_days, m.recency_boost, m.recency_scale)
 
     # ---------------------------------------------------------------- items
     def is_known(self, item_id: str) -> bool:
         return item_id in self.row
 
-    @torch.no_grad()
     def new_items(self, rows: Sequence[ItemRow]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(item vectors [n, dim], what each sends to its users [n, dim]) of items the checkpoint does not know,
-        from their live metadata: text neighbours among the known items (`workers.cold.cold_bases`), or their
-        category/brand embeddings at degree 1."""
+        """(item vectors [n, dim], what each sends to its users [n, dim]) of items the checkpoint does not know;
+        see `new_items_scaled`."""
+        out, sends, _ = self.new_items_scaled(rows)
+        return out, sends
+
+    @torch.no_grad()
+    def new_items_scaled(self, rows: Sequence[ItemRow]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(item vectors [n, dim], what each sends to its users [n, dim], their ``in_scale`` [n]) of items the
+        checkpoint does not know, from their live metadata: text neighbours among the known items
+        (`workers.cold.cold_bases`), or their category/brand embeddings at degree 1."""
         m = self.ck.model
         if not rows:
             empty = torch.zeros(0, self.dim, device=self.device)
-            return empty, empty
+            return empty, empty, torch.zeros(0, device=self.device)
         if self.reads_text and self.text_encoder is not None:
             text = self.text_encoder.encode([item_text(r) for r in rows]).to(self.device)
             x, deg = cold_bases(
@@ -138,7 +109,7 @@ class LiveEncoder:
                 self.ck.model_settings.get("cold_neighbours", 30),
                 self.ck.model_settings.get("cold_temperature", 0.1),
             )
-            return m.item_out(x, deg), m.item_in(x, deg)
+            return m.item_out(x, deg), m.item_in(x, deg), self.in_scale(deg)
         pairs = [(i, self.category_index[c]) for i, r in enumerate(rows) for c in r.categories if c in self.category_index]
         cats = torch.tensor(pairs, dtype=torch.long, device=self.device).reshape(-1, 2).T
         brands = torch.tensor(
@@ -147,7 +118,11 @@ class LiveEncoder:
         meta = m.meta(cats, brands, None, len(rows))
         x = meta if meta is not None else torch.zeros(len(rows), self.dim, device=self.device)
         ones = torch.ones(len(rows), device=self.device)  # degree 1, as `workers.embed.served_vectors` has it
-        return m.item_out(x, ones), m.item_in(x, ones)
+        return m.item_out(x, ones), m.item_in(x, ones), self.in_scale(ones)
+
+    def known_scales(self, item_ids: Sequence[str]) -> torch.Tensor:
+        """``in_scale`` [n] of items the version knows."""
+        return self.s_known[torch.tensor([self.row[i] for i in item_ids], dtype=torch.long, device=self.device)]
 
     def known_vectors(self, item_ids: Sequence[str]) -> torch.Tensor:
         return self.z_known[torch.tensor([self.row[i] for i in item_ids], dtype=torch.long, device=self.device)]
@@ -171,19 +146,16 @@ class LiveEncoder:
         m = self.ck.model
         new_ids = sorted(new_item_vectors)
         new_col = {iid: len(self.row) + j for j, iid in enumerate(new_ids)}
-        rows, cols, weights = [], [], []
+        rows, cols = [], []
         for u_idx, u in enumerate(users):
-            items = neighbours.get(u, ())
-            for item in items:
+            for item in neighbours.get(u, ()):
                 col = self.row.get(item, new_col.get(item))
                 if col is None:
                     raise KeyError(f"item {item!r} of user {u!r} has no vector")
                 rows.append(u_idx)
                 cols.append(col)
-            if times is not None:
-                weights.append(recency_weights([times[(u, i)] for i in items], m.recency_boost, m.recency_scale))
-            else:
-                weights.append(np.ones(len(items), np.float32))
+        # the weights of the one user side the servers share (workers.user_side)
+        weights = item_weights(neighbours, users, times, m.recency_boost, m.recency_scale)
         table = self.in_known
         if new_ids:
             table = torch.cat([table, torch.stack([new_item_vectors[i].to(self.device) for i in new_ids])])
