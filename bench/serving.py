@@ -289,6 +289,7 @@ def shoppers(names: list[str], vecs: np.ndarray, scales: np.ndarray, n: int, see
     key = graph.pseudonym_key.get_secret_value()
     now = time.time() - 3600
     sessions, users = [], {}
+    row = {name: j for j, name in enumerate(names)}
     for u in range(n):
         items = rng.choice(len(names), size=SESSION_EVENTS * 3 // 4, replace=False)
         events = [
@@ -298,7 +299,6 @@ def shoppers(names: list[str], vecs: np.ndarray, scales: np.ndarray, n: int, see
         valid, _ = validate_events([{**e, "event_id": f"s{u}-{k}", "user_id": "x"} for k, e in enumerate(events)], graph, time.time())
         rows = aggregate([(ev, "x") for _, ev in valid], graph.half_life_s)
         edges = [EdgeRow("x", r["target"], r["weight"], r["last"]) for rel in ITEM_INTERACTIONS for r in rows.get(rel, ())]
-        row = {name: j for j, name in enumerate(names)}
         known = {e.item: (vecs[row[e.item]], float(scales[row[e.item]])) for e in edges}
         embedded = user_vector(edges, known, bench_card("", vecs.shape[1]))
         assert embedded is not None

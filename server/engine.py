@@ -243,7 +243,8 @@ class Engine:
         """Items for an anonymous session (ingestion-shaped event mappings): the session is aggregated into edge
         rows as ingestion aggregates a stored user's events (``graphdb.ingest.aggregate``) and embedded with the
         served model's user side (``workers.user_side``) from the index's item vectors; nothing is written.
-        Session items without a vector (or without their in_scale) are left out, as they would add nothing."""
+        Session items without a vector in the serving model are left out before the cap (there is nothing to
+        add for them), and so are items whose vector came without its in_scale (written by an older worker)."""
         serving = self._state()
         index = serving.index
         valid, rejected = validate_events(events, self.graph, time.time())
