@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import faiss
+import numpy as np
 from threadpoolctl import threadpool_limits
 
 from graphdb.catalog import ItemFacets
@@ -32,7 +33,7 @@ from server.settings import ServerSettings
 def bench_card(version: str, dim: int) -> UserSideCard:
     """The user side sessions are embedded with (no Neo4j here to hold the version's card): a filter of positive
     signs, as spectral filters have, the served neighbour cap and half-life, recency weights on."""
-    return UserSideCard(version, (1.0,) * dim, 500, GraphSettings().half_life_days, 30.0, 2.0)
+    return UserSideCard(version, np.ones(dim, np.float32), 500, GraphSettings().half_life_days, 30.0, 2.0)
 
 
 async def main(

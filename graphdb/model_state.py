@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Sequence
 
 import neo4j
+import numpy as np
 
 MODEL_STATE = "ModelState"
 MODEL_CARD = "ModelCard"
@@ -55,17 +55,23 @@ def activate(driver: neo4j.Driver, version: str, *, database: str = "neo4j") -> 
     return model
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class UserSideCard:
     """A model version's user side: ``sign`` [dim] of its spectral filter and the settings that pick and weigh a
     user's items (the neighbour cap, the decay half-life that ranks them, the recency weights)."""
 
     version: str
-    sign: Sequence[float]
+    sign: np.ndarray  # float32 [dim], read-only; built from any sequence of numbers
     user_cap: int
     half_life_days: float
     recency_boost: float
     recency_scale: float
+
+    def __post_init__(self) -> None:
+        # an array once, not a list per request: converting 1,024 Python floats costs ~30 us (bench.serving)
+        sign = np.array(self.sign, np.float32)
+        sign.flags.writeable = False
+        object.__setattr__(self, "sign", sign)
 
 
 _SET_CARD = f"""
@@ -102,5 +108,10 @@ def read_card(driver: neo4j.Driver, version: str, *, database: str = "neo4j") ->
         return None
     r = records[0]
     return UserSideCard(
-        version, tuple(r["sign"]), int(r["user_cap"]), float(r["half_life_days"]), float(r["recency_boost"]), float(r["recency_scale"])
+        version,
+        np.asarray(r["sign"], np.float32),
+        int(r["user_cap"]),
+        float(r["half_life_days"]),
+        float(r["recency_boost"]),
+        float(r["recency_scale"]),
     )

@@ -77,7 +77,7 @@ class LiveEncoder:
     def card(self) -> UserSideCard:
         """The version's user side as servers read it (``graphdb.model_state``)."""
         m = self.ck.model
-        sign = self.filter.sign().to("cpu", torch.float32).tolist()
+        sign = self.filter.sign().to("cpu", torch.float32).numpy()
         return UserSideCard(self.version, sign, self.user_cap, self.half_life_days, m.recency_boost, m.recency_scale)
 
     # ---------------------------------------------------------------- items

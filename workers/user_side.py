@@ -108,9 +108,10 @@ def user_vector(
     user = rows[0].user
     if any(e.user != user for e in rows):
         raise ValueError("user_vector: the edges of one user only")
-    items = capped_neighbours(rows, card.user_cap, card.half_life_days)[user]
+    distinct = {e.item for e in rows}
+    # The cap keeps every item of a user who has no more than it (a session, mostly): no ranking needed then.
+    items = sorted(distinct) if len(distinct) <= card.user_cap else capped_neighbours(rows, card.user_cap, card.half_life_days)[user]
     (w,) = item_weights({user: items}, [user], latest_times(rows), card.recency_boost, card.recency_scale)
-    z = np.stack([vectors[i][0] for i in items]).astype(np.float64)
-    s = np.array([vectors[i][1] for i in items], np.float64)
-    u = (w.astype(np.float64) * s) @ z * np.asarray(card.sign, np.float64)
-    return u.astype(np.float32), items
+    z = np.stack([vectors[i][0] for i in items]).astype(np.float32, copy=False)
+    coef = (w * np.array([vectors[i][1] for i in items], np.float32)).astype(np.float32)
+    return (coef @ z) * card.sign, items

@@ -56,7 +56,7 @@ def _write_vectors(graph, graph_settings, version: str = "m1", seed: int = 0) ->
     """Item vectors with their in_scale and the version's user-side card (sessions), and alice's vector."""
     ids, vecs = item_vectors(N_ITEMS, seed)
     write_embeddings(graph, "Item", zip(ids, vecs.tolist()), version, in_scales=dict.fromkeys(ids, 1.0))
-    write_card(graph, UserSideCard(version, [1.0] * DIM, 500, graph_settings.half_life_days, 0.0, 2.0))
+    write_card(graph, UserSideCard(version, np.ones(DIM, np.float32), 500, graph_settings.half_life_days, 0.0, 2.0))
     key = graph_settings.pseudonym_key.get_secret_value()
     write_embeddings(graph, "User", [(pseudonymise(key, "alice"), vecs[0].tolist())], version)
     return ids, vecs
