@@ -18,15 +18,23 @@ import sys
 from pathlib import Path
 
 import faiss
+import numpy as np
 from threadpoolctl import threadpool_limits
 
 from graphdb.catalog import ItemFacets
+from graphdb.model_state import UserSideCard
 from graphdb.settings import GraphSettings
 from server.app import create_server
 from server.delta import connect_redis
 from server.engine import Engine
 from server.lifecycle import Lifecycle
 from server.settings import ServerSettings
+
+
+def bench_card(version: str, dim: int) -> UserSideCard:
+    """The user side sessions are embedded with (no Neo4j here to hold the version's card): a filter of positive
+    signs, as spectral filters have, the served neighbour cap and half-life, recency weights on."""
+    return UserSideCard(version, np.ones(dim, np.float32), 500, GraphSettings().half_life_days, 30.0, 2.0)
 
 
 async def main(
@@ -51,6 +59,8 @@ async def main(
     redis = connect_redis(redis_url, settings.delta_block_ms)
     lifecycle = Lifecycle(engine, redis)
     await lifecycle.start()
+    if engine.serving is not None:
+        engine.add_card(bench_card(engine.serving.index.model_version, engine.dim))
     ids = engine.labels.ids()
     if n_categories:
         engine.facets.update(

@@ -18,6 +18,9 @@ synthetic item vectors shaped like the served model's and for gowalla's items as
   (``IG_SERVER_FRONT=grpc``: what the native front end, ``server/native``, saves), and the floor under any
   servicer on grpc's Python server: a process that only looks up the item's vector, searches the index and
   returns the ids (``bench._serving_server.floor``);
+- ``RecommendForSession`` (a session of 20 item events embedded at request time) against ``RecommendForUser``
+  (a stored vector of a shopper with the same events) in the same run, same client and concurrency (16), each
+  session's answer checked against its shopper's;
 - recall@10 of the served answers against exact inner-product search, also under category filters;
 - how long an upsert on the delta stream (a real redis-server) takes to show up in query answers;
 - memory: the index's arrays per million items, and a serving process's resident memory;
@@ -56,13 +59,20 @@ import numpy as np
 
 from bench import _serving_explain as serving_explain
 from bench._common import emit_result
+from bench._serving_server import bench_card
 from graphdb import localstack
 from graphdb.dataset_paths import find_dataset
-from graphdb.settings import EMBEDDING_DIM, LocalStackSettings
+from graphdb.events import validate_events
+from graphdb.ingest import aggregate
+from graphdb.pseudonym import pseudonymise
+from graphdb.schema import ITEM_INTERACTIONS
+from graphdb.settings import EMBEDDING_DIM, GraphSettings, LocalStackSettings
+from graphdb.subgraph import EdgeRow
 from server.front import available as front_built
 from server.index import IndexParams, ItemIndex, LabelMap, normalise
 from server.settings import ServerSettings
 from server.snapshot import save_snapshot
+from workers.user_side import user_vector
 
 STREAM = "ig:bench-embeddings"
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +86,10 @@ CONNECTIONS = 32
 
 def log(msg: str) -> None:
     print(f"[serving] {msg}", flush=True)
+
+
+SESSION_EVENTS = 20  # a browsing session's worth of item events
+SESSION_KINDS = ("view", "view", "view", "click", "add_to_cart", "view", "click", "purchase")
 
 
 # -- data ------------------------------------------------------------------------------------------------
@@ -269,6 +283,98 @@ async def batch_load(port: int, queries: list[str], entries: int, concurrency: i
         "calls": len(lat),
         "answers_differing_from_single_calls": int(mismatches),
     }
+
+
+def shoppers(names: list[str], vecs: np.ndarray, scales: np.ndarray, n: int, seed: int = 2) -> tuple[list[list[dict]], dict]:
+    """``n`` sessions of ``SESSION_EVENTS`` item events (as RecommendForSession sends them) and, keyed by the
+    pseudonym of ``shopper-<i>``, the stored vector of a shopper with exactly those events (as a snapshot holds
+    it), computed with the same user side (``workers.user_side``, the server's card ``bench_card``)."""
+    rng = np.random.default_rng(seed)
+    graph = GraphSettings()
+    key = graph.pseudonym_key.get_secret_value()
+    now = time.time() - 3600
+    sessions, users = [], {}
+    row = {name: j for j, name in enumerate(names)}
+    for u in range(n):
+        items = rng.choice(len(names), size=SESSION_EVENTS * 3 // 4, replace=False)
+        events = [
+            {"item_id": names[int(items[e % len(items)])], "type": SESSION_KINDS[e % len(SESSION_KINDS)], "ts": now + 20.0 * (e // 2)}
+            for e in range(SESSION_EVENTS)
+        ]
+        valid, _ = validate_events([{**e, "event_id": f"s{u}-{k}", "user_id": "x"} for k, e in enumerate(events)], graph, time.time())
+        rows = aggregate([(ev, "x") for _, ev in valid], graph.half_life_s)
+        edges = [EdgeRow("x", r["target"], r["weight"], r["last"]) for rel in ITEM_INTERACTIONS for r in rows.get(rel, ())]
+        known = {e.item: (vecs[row[e.item]], float(scales[row[e.item]])) for e in edges}
+        embedded = user_vector(edges, known, bench_card("", vecs.shape[1]))
+        assert embedded is not None
+        sessions.append(events)
+        users[pseudonymise(key, f"shopper-{u}")] = (embedded[0], now)
+    return sessions, users
+
+
+async def session_load(port: int, sessions: list[list[dict]], concurrency: int, seconds: float) -> dict:
+    """RecommendForUser of ``shopper-<i>`` and RecommendForSession of their session (``shoppers``), each for
+    ``seconds`` in two alternating halves, same client and concurrency; every session's answer is checked
+    against its shopper's (same items, scores within 1e-5)."""
+    import grpc
+
+    from proto.interest.v1 import interest_pb2 as pb
+    from proto.interest.v1 import interest_pb2_grpc as pb_grpc
+
+    kinds = {"view": pb.EVENT_TYPE_VIEW, "click": pb.EVENT_TYPE_CLICK, "add_to_cart": pb.EVENT_TYPE_ADD_TO_CART}
+    kinds["purchase"] = pb.EVENT_TYPE_PURCHASE
+    requests = {
+        "user": [pb.RecommendForUserRequest(user_id=f"shopper-{u}", k=10, include_seen=True) for u in range(len(sessions))],
+        "session": [
+            pb.RecommendForSessionRequest(
+                events=[pb.SessionEvent(item_id=e["item_id"], type=kinds[e["type"]], ts=e["ts"]) for e in events],
+                k=10,
+                include_seen=True,
+            )
+            for events in sessions
+        ],
+    }
+    latencies: dict[str, list[float]] = {"user": [], "session": []}
+    elapsed = {"user": 0.0, "session": 0.0}
+    answers: dict[str, dict[int, list[tuple[str, float]]]] = {"user": {}, "session": {}}
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.InterestServiceStub(channel)
+        calls = {"user": stub.RecommendForUser, "session": stub.RecommendForSession}
+        for kind in ("user", "session"):
+            await calls[kind](requests[kind][0], timeout=5)  # connect, warm
+        for kind in ("user", "session", "user", "session"):
+            counter = iter(range(10**12))
+            deadline = time.perf_counter() + seconds / 2
+
+            async def worker(kind: str = kind) -> None:
+                while time.perf_counter() < deadline:
+                    j = next(counter) % len(sessions)
+                    t0 = time.perf_counter()
+                    resp = await calls[kind](requests[kind][j], timeout=5)
+                    latencies[kind].append(time.perf_counter() - t0)
+                    if resp.cold_start:
+                        raise RuntimeError(f"{kind} {j} got the cold-start answer")
+                    answers[kind].setdefault(j, [(i.item_id, i.score) for i in resp.items])
+
+            start = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            elapsed[kind] += time.perf_counter() - start
+    differing = 0
+    for j, got in answers["session"].items():
+        want = answers["user"].get(j)
+        if want is not None:
+            same = [i for i, _ in got] == [i for i, _ in want] and np.allclose([s for _, s in got], [s for _, s in want], atol=1e-5)
+            differing += not same
+    out: dict = {"concurrency": concurrency, "session_events": SESSION_EVENTS}
+    for kind, lat in latencies.items():
+        ms = np.asarray(lat) * 1000
+        out[kind] = {"qps": len(ms) / elapsed[kind], "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
+        out[kind]["calls"] = len(ms)
+    out["p50_ratio"] = out["session"]["p50_ms"] / out["user"]["p50_ms"]
+    out["p99_ratio"] = out["session"]["p99_ms"] / out["user"]["p99_ms"]
+    out["compared"] = len(set(answers["session"]) & set(answers["user"]))
+    out["answers_differing"] = differing
+    return out
 
 
 async def echo_load(port: int, concurrency: int, seconds: float) -> float:
@@ -623,7 +729,9 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
     )
     t0 = time.perf_counter()
     faiss.omp_set_num_threads(2)
-    index = ItemIndex.build(dim, f"bench-{name}", LabelMap(), params, names, vecs)
+    # each item's in_scale s_j = d_j^(-a-b) (sessions): a spread like the model's over Zipf degrees
+    scales = np.random.default_rng(3).uniform(0.05, 1.0, n).astype(np.float32)
+    index = ItemIndex.build(dim, f"bench-{name}", LabelMap(), params, names, vecs, None, scales)
     build_s = time.perf_counter() - t0
     kind = (
         (
@@ -659,7 +767,8 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
     import redis
 
     redis.Redis.from_url(redis_url).delete(STREAM)  # the server replays the stream from its start
-    save_snapshot(snap, index, {}, stream_id="0-0")
+    sessions, users = shoppers(names, vecs, scales, args.sessions)
+    save_snapshot(snap, index, users, stream_id="0-0")
     del index
     queries = [names[q] for q in qpos]
     runs, answers, filtered, rules = [], {}, {}, {}
@@ -686,6 +795,15 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
             f"{name}: BatchRecommend of 8 lists, c=16: {batch['calls_per_s']:.0f} calls/s = {batch['lists_per_s']:.0f} "
             f"lists/s ({batch['lists_per_s_vs_single_calls']:.2f}x single calls), p50 {batch['p50_ms']:.2f} ms, p99 "
             f"{batch['p99_ms']:.2f} ms; {batch['answers_differing_from_single_calls']} answers differ from single calls"
+        )
+        # Anonymous sessions against stored shoppers with the same events (the same 16 concurrent calls).
+        session = asyncio.run(session_load(port, sessions, 16, args.seconds))
+        log(
+            f"{name}: RecommendForSession ({SESSION_EVENTS} events) vs RecommendForUser, c=16: "
+            f"{session['session']['qps']:.0f} vs {session['user']['qps']:.0f} calls/s, p50 {session['session']['p50_ms']:.2f} vs "
+            f"{session['user']['p50_ms']:.2f} ms ({session['p50_ratio']:.2f}x), p99 {session['session']['p99_ms']:.2f} vs "
+            f"{session['user']['p99_ms']:.2f} ms ({session['p99_ratio']:.2f}x); {session['answers_differing']} of "
+            f"{session['compared']} session answers differ from their shopper's"
         )
         echo_run = measure_echo(args.seconds)
         echo = echo_run["qps"]
@@ -798,6 +916,7 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
         "raw_recall_at_10": raw_recall,
         "grpc": runs,
         "batch": batch,
+        "session": session,
         "go_clients": configs,
         "client": client,
         "server_processes": int(served_by),
@@ -840,6 +959,7 @@ def main() -> None:
         "--ivf-codes", default=defaults.ivf_codes, choices=["pq4", "flat"], help="what the IVF lists hold (IG_SERVER_IVF_CODES)"
     )
     parser.add_argument("--upserts", type=int, default=200)
+    parser.add_argument("--sessions", type=int, default=500, help="sessions (and shoppers with the same events) measured")
     parser.add_argument("--categories", type=int, default=50, help="synthetic categories (item j in c{j %% N})")
     parser.add_argument("--no-gowalla", action="store_true")
     parser.add_argument("--redis-url", help="use a running Redis instead of starting one")
@@ -914,6 +1034,9 @@ def main() -> None:
         "upsert_visible_p99_ms": round(synth["upsert_visibility"]["p99_ms"], 2),
         # SimilarItems with ranking rules against none, same server and queries (details.synthetic.rules)
         "rules": {k: {m: round(v[m], 3) for m in ("qps", "qps_vs_none", "p50_ms", "p99_ms")} for k, v in synth["rules"].items()},
+        "session_vs_user_p50": round(synth["session"]["p50_ratio"], 3),
+        "session_vs_user_p99": round(synth["session"]["p99_ratio"], 3),
+        "session_answers_differing": synth["session"]["answers_differing"],
         "client": synth["client"],
         "server_processes": synth["server_processes"],
         "python_client_qps": round(synth["python_client_qps"], 1),

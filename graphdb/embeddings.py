@@ -23,6 +23,8 @@ class EmbeddingRecord:
     vector: list[float]
     model_version: str
     updated_at: float
+    # Items: s_j = d_j^(-a-b) of the served model, what a server needs to embed a session (workers.user_side).
+    in_scale: float | None = None
 
 
 def _label(label: str) -> str:
@@ -38,7 +40,7 @@ def _write_query(label: str) -> str:
 UNWIND $rows AS r
 MATCH (n:{label} {{id: r.id}})
 CALL db.create.setNodeVectorProperty(n, 'embedding', r.vector)
-SET n.emb_version = $version, n.emb_updated_at = $now
+SET n.emb_version = $version, n.emb_updated_at = $now, n.emb_in_scale = r.in_scale
 WITH n, r.token IS NOT NULL AND n:{DIRTY} AND n.chg = r.token AS done
 FOREACH (_ IN CASE WHEN done THEN [1] ELSE [] END | REMOVE n:{DIRTY}, n.dirty_since)
 RETURN count(n) AS written, sum(CASE WHEN done THEN 1 ELSE 0 END) AS cleared
@@ -49,7 +51,8 @@ def _page_query(label: str) -> str:
     return f"""
 MATCH (n:{label})
 WHERE n.id > $after AND n.embedding IS NOT NULL AND ($version IS NULL OR n.emb_version = $version)
-RETURN n.id AS id, n.embedding AS vector, n.emb_version AS version, n.emb_updated_at AS updated_at
+RETURN n.id AS id, n.embedding AS vector, n.emb_version AS version, n.emb_updated_at AS updated_at,
+       n.emb_in_scale AS in_scale
 ORDER BY n.id
 LIMIT $limit
 """
@@ -85,11 +88,14 @@ def write_and_clear(
     now: float | None = None,
     batch_size: int = 5000,
     tokens: Mapping[str, str] | None = None,
+    in_scales: Mapping[str, float] | None = None,
 ) -> tuple[int, int]:
-    """`write_embeddings`, returning (vectors written, marks cleared)."""
+    """`write_embeddings`, returning (vectors written, marks cleared). ``in_scales``: item id -> the served
+    model's ``in_scale`` of that vector (stored beside it; a vector written without one has none)."""
     query = _WRITE[_label(label)]
     now = time.time() if now is None else now
     tokens = tokens or {}
+    scales = in_scales or {}
     written = cleared = 0
     batch: list[dict[str, Any]] = []
 
@@ -100,7 +106,15 @@ def write_and_clear(
         return rec.records[0]["written"], rec.records[0]["cleared"]
 
     for node_id, vector in rows:
-        batch.append({"id": node_id, "vector": [float(x) for x in vector], "token": tokens.get(node_id)})
+        scale = scales.get(node_id)
+        batch.append(
+            {
+                "id": node_id,
+                "vector": [float(x) for x in vector],
+                "token": tokens.get(node_id),
+                "in_scale": None if scale is None else float(scale),
+            }
+        )
         if len(batch) >= batch_size:
             w, c = flush()
             written, cleared, batch = written + w, cleared + c, []
@@ -124,7 +138,7 @@ def iter_embeddings(
             query, after=after, version=model_version, limit=batch_size, database_=database, routing_=neo4j.RoutingControl.READ
         ).records
         for r in records:
-            yield EmbeddingRecord(r["id"], list(r["vector"]), r["version"], r["updated_at"])
+            yield EmbeddingRecord(r["id"], list(r["vector"]), r["version"], r["updated_at"], r["in_scale"])
         if len(records) < batch_size:
             return
         after = records[-1]["id"]

@@ -2,6 +2,9 @@
 
 ``activate`` records the new version and remembers the one it replaced, so a roll-back is one more
 ``activate`` of the previous version (after its vectors are rebuilt, see ``workers.recompute.rebuild``).
+
+Each version also has a card (``UserSideCard``, one ``ModelCard`` node per version): what a server needs, besides
+the item vectors and their ``in_scale``, to embed a session with the version's user side (``workers.user_side``).
 """
 
 from __future__ import annotations
@@ -10,8 +13,10 @@ import time
 from dataclasses import dataclass
 
 import neo4j
+import numpy as np
 
 MODEL_STATE = "ModelState"
+MODEL_CARD = "ModelCard"
 
 
 @dataclass(frozen=True)
@@ -48,3 +53,65 @@ def activate(driver: neo4j.Driver, version: str, *, database: str = "neo4j") -> 
     model = _model(records[0])
     assert model is not None  # the query has just set the version
     return model
+
+
+@dataclass(frozen=True, eq=False)
+class UserSideCard:
+    """A model version's user side: ``sign`` [dim] of its spectral filter and the settings that pick and weigh a
+    user's items (the neighbour cap, the decay half-life that ranks them, the recency weights)."""
+
+    version: str
+    sign: np.ndarray  # float32 [dim], read-only; built from any sequence of numbers
+    user_cap: int
+    half_life_days: float
+    recency_boost: float
+    recency_scale: float
+
+    def __post_init__(self) -> None:
+        # an array once, not a list per request: converting 1,024 Python floats costs ~30 us (bench.serving)
+        sign = np.array(self.sign, np.float32)
+        sign.flags.writeable = False
+        object.__setattr__(self, "sign", sign)
+
+
+_SET_CARD = f"""
+MERGE (c:{MODEL_CARD} {{version: $version}})
+SET c.sign = $sign, c.user_cap = $user_cap, c.half_life_days = $half_life_days,
+    c.recency_boost = $recency_boost, c.recency_scale = $recency_scale
+"""
+
+_GET_CARD = f"""
+MATCH (c:{MODEL_CARD} {{version: $version}})
+RETURN c.sign AS sign, c.user_cap AS user_cap, c.half_life_days AS half_life_days,
+       c.recency_boost AS recency_boost, c.recency_scale AS recency_scale
+"""
+
+
+def write_card(driver: neo4j.Driver, card: UserSideCard, *, database: str = "neo4j") -> None:
+    """Records (or replaces, idempotently) the card of ``card.version``."""
+    driver.execute_query(
+        _SET_CARD,
+        version=card.version,
+        sign=[float(x) for x in card.sign],
+        user_cap=int(card.user_cap),
+        half_life_days=float(card.half_life_days),
+        recency_boost=float(card.recency_boost),
+        recency_scale=float(card.recency_scale),
+        database_=database,
+    )
+
+
+def read_card(driver: neo4j.Driver, version: str, *, database: str = "neo4j") -> UserSideCard | None:
+    """The card of ``version``, or None when no worker has written one."""
+    records = driver.execute_query(_GET_CARD, version=version, database_=database, routing_=neo4j.RoutingControl.READ).records
+    if not records:
+        return None
+    r = records[0]
+    return UserSideCard(
+        version,
+        np.asarray(r["sign"], np.float32),
+        int(r["user_cap"]),
+        float(r["half_life_days"]),
+        float(r["recency_boost"]),
+        float(r["recency_scale"]),
+    )

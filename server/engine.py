@@ -23,20 +23,26 @@ import numpy as np
 from graphdb import catalog, explain
 from graphdb.embeddings import get_embedding
 from graphdb.errors import InvalidInput, NotFound, Unavailable
+from graphdb.events import validate_events
 from graphdb.feedback import Exclusions
 from graphdb.forget import forget_user
-from graphdb.ingest import IngestResult, ingest_events
+from graphdb.ingest import IngestResult, aggregate, ingest_events
+from graphdb.model_state import UserSideCard, read_card
 from graphdb.pseudonym import pseudonymise
-from graphdb.schema import USER
+from graphdb.schema import ITEM_INTERACTIONS, REL_FOR_EVENT, USER
 from graphdb.settings import GraphSettings
+from graphdb.subgraph import EdgeRow
 from server.facets import FacetStore
 from server.feedback import push_down
-from server.index import IndexParams, ItemIndex, LabelMap
+from server.index import IndexParams, ItemIndex, LabelMap, normalise
 from server.rules import RankingRules, apply_rules
 from server.settings import ServerSettings
 from server.users import UserVectors
+from workers.user_side import user_vector
 
 log = logging.getLogger(__name__)
+# The one user of a session's edge rows (never stored: sessions are embedded in memory only).
+SESSION_USER = "session"
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,7 @@ class Engine:
         self.facets = FacetStore(self.labels)
         self.serving: Serving | None = None
         self._popular = _Popular()
+        self._cards: dict[str, UserSideCard] = {}  # model version -> its user side (sessions)
         self._key = graph.pseudonym_key.get_secret_value()
         self.on_forget: list[Any] = []  # async callbacks(pseudonym), e.g. publish to the delta stream
         self.on_ready: list[Any] = []  # async callbacks(serving: bool), e.g. the health service
@@ -155,11 +162,18 @@ class Engine:
         for callback in self.on_ready:
             await callback(serving)
 
-    def load_vectors(self, ids: list[str], vectors: np.ndarray, model_version: str, updated_at: np.ndarray | None = None) -> ItemIndex:
+    def load_vectors(
+        self,
+        ids: list[str],
+        vectors: np.ndarray,
+        model_version: str,
+        updated_at: np.ndarray | None = None,
+        in_scale: np.ndarray | None = None,
+    ) -> ItemIndex:
         """Builds an index from in-memory vectors (CPU heavy: call from a thread) without installing it."""
         if vectors.shape[1:] != (self.dim,):
             raise InvalidInput(f"vectors have dimension {vectors.shape[1:]}, the index expects {self.dim}")
-        return ItemIndex.build(self.dim, model_version, self.labels, self.params, ids, vectors, updated_at)
+        return ItemIndex.build(self.dim, model_version, self.labels, self.params, ids, vectors, updated_at, in_scale)
 
     def update_facets(self, facets: Iterable[catalog.ItemFacets]) -> None:
         with self.lock:
@@ -329,6 +343,69 @@ class Engine:
         """``answer`` with its items' reasons: one batched graph read (graphdb.explain)."""
         driver = self._need_driver()
         return replace(answer, reasons=read(driver, [item_id for item_id, _ in answer.items]) if answer.items else {})
+
+    def recommend_for_session(
+        self,
+        events: Sequence[Mapping[str, Any]],
+        k: int,
+        flt: ItemFilter,
+        include_seen: bool,
+        rules: RankingRules | None = None,
+        explained: bool = False,
+    ) -> Answer:
+        """Items for an anonymous session (ingestion-shaped event mappings): the session is aggregated into edge
+        rows as ingestion aggregates a stored user's events (``graphdb.ingest.aggregate``) and embedded with the
+        served model's user side (``workers.user_side``) from the index's item vectors; nothing is written.
+        Session items without a vector in the serving model are left out before the cap (there is nothing to
+        add for them), and so are items whose vector came without its in_scale (written by an older worker)."""
+        serving = self._state()
+        index = serving.index
+        valid, rejected = validate_events(events, self.graph, time.time())
+        if rejected:
+            raise InvalidInput(f"events[{rejected[0].index}]: {rejected[0].reason}")
+        rows = aggregate([(ev, SESSION_USER) for _, ev in valid], self.graph.half_life_s) if valid else {}
+        edges = [EdgeRow(SESSION_USER, r["target"], r["weight"], r["last"]) for rel in ITEM_INTERACTIONS for r in rows.get(rel, ())]
+        bought = {r["target"] for r in rows.get(REL_FOR_EVENT["purchase"], ())}
+        items = sorted({e.item for e in edges})
+        seen = [] if include_seen else [lab for lab in (self.labels.get(i) for i in sorted(bought)) if lab is not None]
+        with self.lock:
+            found = [(i, lab) for i, lab in ((i, index.label_of(i)) for i in items) if lab is not None]
+            vecs, scales = index.user_side(np.array([lab for _, lab in found], np.int64))
+        known = {i: (v, float(s)) for (i, _), v, s in zip(found, vecs, scales) if s > 0}
+        embedded = user_vector(edges, known, self._card(index.model_version)) if known else None
+        if embedded is None or not np.any(embedded[0]):
+            return Answer(self._cold_start(k, flt, seen, rules), index.model_version, cold_start=True)
+        query = normalise(embedded[0].reshape(1, -1))[0]  # as a stored user's vector is (server.users)
+        with self.lock:
+            top = self._search(serving, query, k, flt, seen, rules)
+        answer = Answer(top, index.model_version)
+        if explained:  # the session's own items, most recent first, stand in for a stored shopper's edges
+            latest: dict[str, float] = {}
+            for e in edges:
+                latest[e.item] = max(e.last_ts, latest.get(e.item, e.last_ts))
+            own = sorted(latest, key=lambda i: (-latest[i], i))
+            return self.explain_session(answer, own, [i for i in own if i in bought], [])
+        return answer
+
+    def add_card(self, card: UserSideCard) -> None:
+        """Makes ``card`` the user side of its version without asking Neo4j (a server without a graph)."""
+        self._cards = {**self._cards, card.version: card}
+
+    def _card(self, version: str) -> UserSideCard:
+        """The user side of ``version``, read from Neo4j once per version."""
+        card = self._cards.get(version)
+        if card is None:
+            if self.driver is None:
+                raise Unavailable("this server runs without a graph database: the model's user side is unknown")
+            card = read_card(self.driver, version, database=self.database)
+            if card is None:
+                raise Unavailable(
+                    f"model {version!r} has no user-side card yet (its worker writes it with its vectors); retry shortly"
+                )
+            if len(card.sign) != self.dim:
+                raise Unavailable(f"model {version!r}'s user-side card has dimension {len(card.sign)}, the index {self.dim}")
+            self._cards = {**self._cards, version: card}  # swapped whole: readers in other threads see either
+        return card
 
     def _user_vector(self, serving: Serving, pseudonym: str) -> np.ndarray | None:
         with self.lock:

@@ -61,6 +61,8 @@ class ItemIndex:
         self._vec = np.zeros((0, dim), np.float32)
         self._where = np.zeros(0, np.int8)
         self._ts = np.zeros(0, np.float64)
+        # per label: the served model's s_j (0 = unknown), with which sessions are embedded (workers.user_side)
+        self._scale = np.zeros(0, np.float32)
         self._ver = np.zeros(0, np.uint32)
         self._base = build_base(np.zeros((0, dim), np.float32), np.zeros(0, np.int64), params)
         self._tomb = 0
@@ -85,8 +87,10 @@ class ItemIndex:
         ids: list[str],
         vectors: np.ndarray,
         updated_at: np.ndarray | None = None,
+        in_scale: np.ndarray | None = None,
     ) -> ItemIndex:
-        """A fresh index holding ``vectors`` in its base (CPU heavy; fine to call in a worker thread)."""
+        """A fresh index holding ``vectors`` in its base (CPU heavy; fine to call in a worker thread);
+        ``in_scale`` [n]: each item's s_j (0 = unknown)."""
         self = cls(dim, model_version, labels, params)
         vecs = np.ascontiguousarray(vectors.reshape(len(ids), dim), dtype=np.float32)
         lab = np.fromiter((labels.assign(i) for i in ids), np.int64, len(ids))
@@ -96,6 +100,7 @@ class ItemIndex:
         self._vec[lab] = vecs
         self._where[lab] = BASE
         self._ts[lab] = updated_at if updated_at is not None else 0.0
+        self._scale[lab] = in_scale if in_scale is not None else 0.0
         self._base = build_base(vecs, lab, params)
         self._live = len(lab)
         return self
@@ -104,6 +109,7 @@ class ItemIndex:
         self._vec = _grow(self._vec, n)
         self._where = _grow(self._where, n)
         self._ts = _grow(self._ts, n)
+        self._scale = _grow(self._scale, n)
         self._ver = _grow(self._ver, n)
         self._dslot = _grow(self._dslot, n, -1)
 
@@ -136,11 +142,15 @@ class ItemIndex:
         """The vectors of ``labels`` (rows, copied in one gather)."""
         return self._vec[np.asarray(labels, np.int64)]
 
+    def user_side(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(served vectors [n, dim], in_scale [n]) of live labels: what a session is embedded from."""
+        return self._vec[labels].copy(), self._scale[labels].copy()
+
     def live_mask(self) -> np.ndarray:
         return self._where > ABSENT
 
     # -- mutation ------------------------------------------------------------------------------------------
-    def upsert(self, item_id: str, vector: np.ndarray, ts: float = 0.0) -> None:
+    def upsert(self, item_id: str, vector: np.ndarray, ts: float = 0.0, in_scale: float = 0.0) -> None:
         label = self.labels.assign(item_id)
         self._ensure(label + 1)
         vec = np.asarray(vector, np.float32).reshape(self.dim)
@@ -163,6 +173,7 @@ class ItemIndex:
         self._vec[label] = vec
         self._where[label] = DELTA
         self._ts[label] = ts
+        self._scale[label] = in_scale
         self._ver[label] += 1
         self._gen += 1
 
@@ -454,6 +465,7 @@ class ItemIndex:
             "vec": self._vec[:n].copy(),
             "where": self._where[:n].copy(),
             "ts": self._ts[:n].copy(),
+            "in_scale": self._scale[:n].copy(),
             "base_labels": base.labels,
             "centroids": base.centroids if base.centroids is not None else np.zeros((0, self.dim), np.float32),
         }
@@ -470,6 +482,7 @@ class ItemIndex:
         n = len(state["where"])
         if n >= headroom(len(labels)) and state["vec"].dtype == np.float32:  # sized for it: adopt, not copy
             self._vec, self._where, self._ts = state["vec"], state["where"].astype(np.int8, copy=False), state["ts"]
+            self._scale = state["in_scale"].astype(np.float32, copy=False)
             self._ver = np.zeros(n, np.uint32)
             self._dslot = np.full(n, -1, np.int64)
         else:
@@ -477,6 +490,7 @@ class ItemIndex:
             self._vec[:n] = state["vec"]
             self._where[:n] = state["where"]
             self._ts[:n] = state["ts"]
+            self._scale[:n] = state["in_scale"]
         cents = state["centroids"]
         self._base = Base(base_index, state["base_labels"].astype(np.int64), cents if len(cents) else None)
         if self._base.is_ivf:

@@ -196,15 +196,16 @@ class Lifecycle:
         version = model_version or catalog.latest_model_version(engine.driver, database=engine.database)
         if version is None:
             return ItemIndex(engine.dim, "", engine.labels, engine.params)
-        ids, vecs, ts = [], [], []
+        ids, vecs, ts, scales = [], [], [], []
         for rec in iter_embeddings(engine.driver, ITEM, model_version=version, database=engine.database):
             if len(rec.vector) == engine.dim:
                 ids.append(rec.id)
                 vecs.append(rec.vector)
                 ts.append(rec.updated_at or 0.0)
+                scales.append(rec.in_scale or 0.0)
         matrix = np.asarray(vecs, np.float32).reshape(len(ids), engine.dim)
         log.info("building index of model %r from Neo4j: %d items", version, len(ids))
-        return engine.load_vectors(ids, matrix, version, np.asarray(ts, np.float64))
+        return engine.load_vectors(ids, matrix, version, np.asarray(ts, np.float64), np.asarray(scales, np.float32))
 
     async def refresh_facets(self) -> None:
         if (driver := self.engine.driver) is None:
@@ -324,6 +325,6 @@ def apply_to(index: ItemIndex, users: UserVectors, msg: Delta, lifecycle: Lifecy
     if msg.op == Delta.OP_DELETE:
         index.delete(msg.id)
     elif msg.op == Delta.OP_UPSERT and msg.model_version == index.model_version and len(msg.vector) == index.dim:
-        index.upsert(msg.id, np.asarray(msg.vector, np.float32), msg.ts)
+        index.upsert(msg.id, np.asarray(msg.vector, np.float32), msg.ts, msg.in_scale)
     elif lifecycle is not None:
         lifecycle.stale_deltas += 1

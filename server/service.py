@@ -6,7 +6,7 @@ Methods run in the gRPC server's worker threads (``server.app``) and may block o
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable, TypeVar, cast
+from typing import Any, Callable, Iterable, Sequence, TypeVar, cast
 
 import grpc
 from google.protobuf.message import Message
@@ -41,6 +41,11 @@ REASON_KINDS = {
     explain.RECENT_SEARCH: pb.REASON_KIND_SEARCH,
     explain.SAME_CATEGORY: pb.REASON_KIND_SAME_CATEGORY,
 }
+# A session's events are about items; searches make no part of a shopper's vector, and negative feedback in a
+# session (hides, returns) is not supported yet: it is refused rather than counted as interest.
+SESSION_EVENT_TYPES = {t: name for t, name in EVENT_TYPES.items() if name not in ("search", "not_interested", "return")}
+# Review text is never stored for a session: a placeholder satisfies the event model's check.
+_SESSION_REVIEW = "(session)"
 
 
 class Validator:
@@ -74,7 +79,10 @@ class Validator:
                 self.id(value, f"{name}[{i}]")
         return ItemFilter(cats, brands, excl)
 
-    def rules(self, request: pb.SimilarItemsRequest | pb.RecommendForUserRequest | pb.NearestItemsRequest) -> RankingRules | None:
+    def rules(
+        self,
+        request: pb.SimilarItemsRequest | pb.RecommendForUserRequest | pb.NearestItemsRequest | pb.RecommendForSessionRequest,
+    ) -> RankingRules | None:
         """The request's ranking rules, or None when it sets none (the model's ranking as is)."""
         if not request.HasField("rules"):
             return None
@@ -149,13 +157,14 @@ def event_mapping(ev: pb.Event) -> dict[str, Any]:
 
 class InterestServicer(pb_grpc.InterestServiceServicer):
     # The methods that may wait on Neo4j: they run on the waiting pool (server.pools), not the query threads.
-    WAITING = ("RecommendForUser", "IngestEvents", "GetEmbedding", "ForgetUser", "BatchRecommend")
+    WAITING = ("RecommendForUser", "IngestEvents", "GetEmbedding", "ForgetUser", "BatchRecommend", "RecommendForSession")
 
     def __init__(self, engine: Engine, settings: ServerSettings, graph: GraphSettings) -> None:
         self.engine = engine
         self.check = Validator(settings, graph)
         self.max_stream_events = settings.max_stream_events
         self.max_batch = settings.max_batch
+        self.max_session_events = settings.max_session_events
 
     def SimilarItems(self, request: pb.SimilarItemsRequest, context: grpc.ServicerContext) -> pb.SimilarItemsResponse:
         answer = self.engine.similar_items(
@@ -177,6 +186,45 @@ class InterestServicer(pb_grpc.InterestServiceServicer):
             explained=request.explain,
         )
         return _answer(pb.RecommendForUserResponse, answer, cold_start=answer.cold_start)
+
+    def RecommendForSession(
+        self, request: pb.RecommendForSessionRequest, context: grpc.ServicerContext
+    ) -> pb.RecommendForSessionResponse:
+        k, flt = self.check.k(request.k), self.check.filter(request.filter)
+        answer = self.engine.recommend_for_session(
+            self.session_events(request.events),
+            k,
+            flt,
+            include_seen=request.include_seen,
+            rules=self.check.rules(request),
+            explained=request.explain,
+        )
+        return _answer(pb.RecommendForSessionResponse, answer, cold_start=answer.cold_start)
+
+    def session_events(self, events: Sequence[pb.SessionEvent]) -> list[dict[str, Any]]:
+        """A session's events as the mappings ingestion validates (graphdb.events), with ids of their own."""
+        if len(events) > self.max_session_events:
+            raise InvalidInput(f"a session carries at most {self.max_session_events} events, got {len(events)}")
+        out: list[dict[str, Any]] = []
+        for i, ev in enumerate(events):
+            kind = SESSION_EVENT_TYPES.get(ev.type)
+            if kind is None:
+                raise InvalidInput(f"events[{i}].type must be an item event type ({', '.join(SESSION_EVENT_TYPES.values())})")
+            if ev.ts == 0:  # proto3's default: the client did not set it (ingestion checks the rest)
+                raise InvalidInput(f"events[{i}].ts must be set (unix seconds)")
+            mapping: dict[str, Any] = {
+                "event_id": f"session-{i}",
+                "user_id": "session",
+                "type": kind,
+                "item_id": self.check.id(ev.item_id, f"events[{i}].item_id"),
+                "ts": ev.ts,
+            }
+            if ev.rating:
+                mapping["rating"] = ev.rating
+            if kind == "review":
+                mapping["review"] = _SESSION_REVIEW
+            out.append(mapping)
+        return out
 
     def NearestItems(self, request: pb.NearestItemsRequest, context: grpc.ServicerContext) -> pb.NearestItemsResponse:
         if not request.vector:
@@ -205,8 +253,10 @@ class InterestServicer(pb_grpc.InterestServiceServicer):
                     result.similar.CopyFrom(self.SimilarItems(entry.similar, context))
                 elif kind == "nearest":
                     result.nearest.CopyFrom(self.NearestItems(entry.nearest, context))
+                elif kind == "session":
+                    result.session.CopyFrom(self.RecommendForSession(entry.session, context))
                 else:
-                    raise InvalidInput("the entry holds no request (user, similar or nearest)")
+                    raise InvalidInput("the entry holds no request (user, similar, nearest or session)")
             except Exception as exc:  # noqa: BLE001 - an answerable failure is the entry's; a bug fails the call
                 status = status_of(exc)
                 if status is None:

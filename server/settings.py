@@ -37,6 +37,7 @@ class ServerSettings(BaseSettings):
     boost_max: float = Field(default=10.0, gt=0)
     rules_candidates: int = Field(default=200, ge=1)
     rules_max_candidates: int = Field(default=2000, ge=1)
+    max_session_events: int = Field(default=200, ge=1, description="events of one RecommendForSession request")
     max_concurrent_rpcs: int = Field(default=256, ge=1)
     # grpc's server (IG_SERVER_FRONT=grpc, or TLS): threads per process answering queries (SimilarItems,
     # NearestItems, health checks). Few is best: each holds the GIL but for its FAISS search, and 8 instead of 4

@@ -21,7 +21,7 @@ import numpy as np
 
 from server.index import Base, IndexParams, ItemIndex, LabelMap, headroom
 
-FORMAT = 2  # 2: the item vectors in their own vec.npy
+FORMAT = 3  # 2: the item vectors in their own vec.npy; 3: with each item's in_scale (sessions)
 
 
 @dataclass
@@ -101,7 +101,7 @@ def load_snapshot(directory: Path, params: IndexParams, labels: LabelMap | None 
     state["vec"] = np.load(target / "vec.npy", mmap_mode="r")  # read once, into the index's own array
     rows = headroom(len(labels))  # the arrays the index keeps, so it adopts them rather than copy them
     mapped = {}
-    for key in ("vec", "where", "ts"):
+    for key in ("vec", "where", "ts", "in_scale"):
         arr = state.pop(key)
         out = np.zeros((rows,) + arr.shape[1:], arr.dtype)
         out[remap] = arr

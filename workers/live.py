@@ -19,7 +19,6 @@ may be), and a change to a new item's vector affects its users. ``workers.recomp
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
@@ -27,68 +26,21 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from graphdb.model_state import UserSideCard
 from graphdb.subgraph import EdgeRow, ItemRow
 from workers.checkpoint import Checkpoint
 from workers.cold import cold_bases
 from workers.data import EdgeSet, InteractionGraph, csr_to_torch
-from workers.recency import recency_weights
 from workers.text import TextEncoder
+from workers.user_side import capped_neighbours, item_weights, latest_times, rank_keys
+
+__all__ = ["LiveEncoder", "capped_neighbours", "item_text", "latest_times", "rank_keys", "training_graph"]
 
 
 def item_text(row: ItemRow) -> str:
     """Title and description as one string, the form the dataset loaders use."""
     title, desc = (row.title or "").strip(), (row.description or "").strip()
     return (title + ". " + desc).strip(". ") if desc else title
-
-
-def rank_keys(edges: Sequence[EdgeRow], half_life_days: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per (user, item) pair: log of the summed decayed weight over behaviour types, up to a constant.
-
-    ``w * 2^-((t - last_ts)/h)`` orders pairs the same way at every ``t``, so the key drops ``t``:
-    ``log(sum_r w_r * exp(k * last_r))`` (log-sum-exp, no overflow). Terms are summed in a fixed order, so the
-    key does not depend on the order Neo4j returned the edges in.
-
-    Returns (user ids, item ids, pair user index, pair item index, pair key); ids are sorted, so index order is
-    id order.
-    """
-    k = math.log(2.0) / (half_life_days * 86400.0)
-    users, u_idx = np.unique(np.array([e.user for e in edges], dtype=object).astype(str), return_inverse=True)
-    items, i_idx = np.unique(np.array([e.item for e in edges], dtype=object).astype(str), return_inverse=True)
-    w = np.array([e.weight for e in edges], dtype=np.float64)
-    key = np.log(np.maximum(w, 1e-30)) + k * np.array([e.last_ts for e in edges], dtype=np.float64)
-    pair = u_idx.astype(np.int64) * len(items) + i_idx
-    order = np.lexsort((key, pair))
-    pair, key = pair[order], key[order]
-    uniq, starts = np.unique(pair, return_index=True)
-    top = np.maximum.reduceat(key, starts)
-    sums = np.add.reduceat(np.exp(key - np.repeat(top, np.diff(np.r_[starts, len(key)]))), starts)
-    return users, items, uniq // len(items), uniq % len(items), top + np.log(sums)
-
-
-def capped_neighbours(edges: Sequence[EdgeRow], cap: int, half_life_days: float) -> dict[str, list[str]]:
-    """Each user's top ``cap`` items: highest key first, ties by item id; deterministic for a given edge set."""
-    if not edges:
-        return {}
-    users, items, pu, pi, key = rank_keys(edges, half_life_days)
-    order = np.lexsort((pi, -key, pu))  # user, then key descending, then item id
-    pu, pi = pu[order], pi[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(pu)) + 1]
-    rank = np.arange(len(pu)) - np.repeat(starts, np.diff(np.r_[starts, len(pu)]))
-    keep = rank < cap
-    pu, pi = pu[keep], pi[keep]
-    bounds = np.r_[0, np.flatnonzero(np.diff(pu)) + 1, len(pu)]
-    return {str(users[pu[a]]): items[pi[a:b]].tolist() for a, b in zip(bounds[:-1], bounds[1:])}
-
-
-def latest_times(edges: Sequence[EdgeRow]) -> dict[tuple[str, str], int]:
-    """Each (user, item) pair's latest interaction time over its behaviour types, in whole seconds as the
-    training graph stores it (`training_graph`), so the live recency weights equal the full graph's."""
-    out: dict[tuple[str, str], int] = {}
-    for e in edges:
-        key, t = (e.user, e.item), int(e.last_ts)
-        if t > out.get(key, t - 1):
-            out[key] = t
-    return out
 
 
 def first_times(edges: Iterable[EdgeRow]) -> dict[tuple[str, str], float]:
@@ -164,6 +116,7 @@ class LiveEncoder:
             self.z_known = m.item_out(self.x_known)  # [I, dim] item vectors of the version
             self.in_known = m.item_in(self.x_known)  # [I, dim] what a known item sends to its users
             self.filter = m.user_scale().detach()
+            self.s_known = self.in_scale(m.item_degree)  # [I] s_j of the version's items (workers.user_side)
         # Items in the version without interactions at training time (metadata only): with the fold-in they learn
         # from their shoppers like items new since training. Checkpoints before `item_trained` count all as trained.
         trained = self.ck.item_trained
@@ -171,6 +124,18 @@ class LiveEncoder:
         self.untrained = {self.ck.item_ids[j] for j in untrained}
         scale = self.ck.fold_scale
         self.fold_scale = torch.ones(self.dim, device=self.device) if scale is None else scale.to(self.device)
+
+    def in_scale(self, degree: torch.Tensor) -> torch.Tensor:
+        """``s_j = d_j^(-a-b)`` [n] of items of the given degrees: ``in_j = s_j z_j / |h|^1/2`` elementwise, so a
+        server holding ``z_j`` and ``s_j`` embeds a user as the model does (`workers.user_side.user_vector`)."""
+        m = self.ck.model
+        return degree.to(self.device).clamp(min=1.0).pow(-(m.user_norm + m.item_norm))
+
+    def card(self) -> UserSideCard:
+        """The version's user side as servers read it (``graphdb.model_state``)."""
+        m = self.ck.model
+        sign = self.filter.sign().to("cpu", torch.float32).numpy()
+        return UserSideCard(self.version, sign, self.user_cap, self.half_life_days, m.recency_boost, m.recency_scale)
 
     # ---------------------------------------------------------------- items
     def is_fixed(self, item_id: str) -> bool:
@@ -181,19 +146,28 @@ class LiveEncoder:
     @torch.no_grad()
     def new_items(self, rows: Sequence[ItemRow], edges: Iterable[EdgeRow] = ()) -> tuple[torch.Tensor, torch.Tensor]:
         """(item vectors [n, dim], what each sends to its users [n, dim]) of items whose vector is not fixed for
-        the version (`is_fixed`).
+        the version (`is_fixed`); see `new_items_scaled`."""
+        out, sends, _ = self.new_items_scaled(rows, edges)
+        return out, sends
+
+    @torch.no_grad()
+    def new_items_scaled(
+        self, rows: Sequence[ItemRow], edges: Iterable[EdgeRow] = ()
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(item vectors [n, dim], what each sends to its users [n, dim], their ``in_scale`` [n]) of items whose
+        vector is not fixed for the version (`is_fixed`).
 
         The base is the version's own for its items without training interactions, else their live metadata: text
         neighbours among the known items (`workers.cold.cold_bases`), or their category/brand embeddings at degree
-        1. With ``fold_users`` > 0 and ``edges`` holding their first
-        shoppers' edges, the base becomes ``(p * meta + s * mean_s(mean of x_j over the shopper's items before))
-        / (p + s)`` over the ``s`` first shoppers with items before (``p`` = ``fold_prior``), and the degree is at
-        least the number of first shoppers: the items its shoppers had met are what it is like, and it is as
-        popular as its shoppers make it. Without shoppers both are the metadata's, unchanged.
+        1. With ``fold_users`` > 0 and ``edges`` holding their first shoppers' edges, the base becomes
+        ``(p * meta + s * scale * mean_s(mean of x_j over the shopper's items before)) / (p + s)`` over the ``s``
+        first shoppers with items before (``p`` = ``fold_prior``, ``scale`` the version's `workers.fold` scale),
+        and the degree is at least the number of first shoppers: the items its shoppers had met are what it is
+        like, and it is as popular as its shoppers make it. Without shoppers both are unchanged.
         """
         if not rows:
             empty = torch.zeros(0, self.dim, device=self.device)
-            return empty, empty
+            return empty, empty, torch.zeros(0, device=self.device)
         m = self.ck.model
         in_version = [n for n, r in enumerate(rows) if r.id in self.row]
         others = [n for n, r in enumerate(rows) if r.id not in self.row]
@@ -206,7 +180,7 @@ class LiveEncoder:
             x[others], deg[others] = self._meta_bases([rows[n] for n in others])
         if self.fold_users > 0:
             x, deg = self._fold(rows, edges, x, deg)
-        return m.item_out(x, deg), m.item_in(x, deg)
+        return m.item_out(x, deg), m.item_in(x, deg), self.in_scale(deg)
 
     def _meta_bases(self, rows: Sequence[ItemRow]) -> tuple[torch.Tensor, torch.Tensor]:
         """(bases [n, dim], degrees [n]) of new items from their metadata alone."""
@@ -256,6 +230,10 @@ class LiveEncoder:
         deg = torch.maximum(deg, torch.tensor(firsts, dtype=deg.dtype, device=self.device))
         return x, deg
 
+    def known_scales(self, item_ids: Sequence[str]) -> torch.Tensor:
+        """``in_scale`` [n] of items the version knows."""
+        return self.s_known[torch.tensor([self.row[i] for i in item_ids], dtype=torch.long, device=self.device)]
+
     def known_vectors(self, item_ids: Sequence[str]) -> torch.Tensor:
         """Served vectors of items fixed for the version (`is_fixed`)."""
         return self.z_known[torch.tensor([self.row[i] for i in item_ids], dtype=torch.long, device=self.device)]
@@ -279,19 +257,16 @@ class LiveEncoder:
         m = self.ck.model
         new_ids = sorted(new_item_vectors)
         new_col = {iid: len(self.row) + j for j, iid in enumerate(new_ids)}
-        rows, cols, weights = [], [], []
+        rows, cols = [], []
         for u_idx, u in enumerate(users):
-            items = neighbours.get(u, ())
-            for item in items:
+            for item in neighbours.get(u, ()):
                 col = new_col.get(item, self.row.get(item))
                 if col is None:
                     raise KeyError(f"item {item!r} of user {u!r} has no vector")
                 rows.append(u_idx)
                 cols.append(col)
-            if times is not None:
-                weights.append(recency_weights([times[(u, i)] for i in items], m.recency_boost, m.recency_scale))
-            else:
-                weights.append(np.ones(len(items), np.float32))
+        # the weights of the one user side the servers share (workers.user_side)
+        weights = item_weights(neighbours, users, times, m.recency_boost, m.recency_scale)
         table = self.in_known
         if new_ids:
             table = torch.cat([table, torch.stack([new_item_vectors[i].to(self.device) for i in new_ids])])

@@ -21,11 +21,19 @@ NODE_TYPES = {"User": pb.NODE_TYPE_USER, "Item": pb.NODE_TYPE_ITEM}
 
 
 def upserts(
-    label: str, ids: Sequence[str], vectors: np.ndarray, version: str, ts: float, changed_at: Mapping[str, float] | None = None
+    label: str,
+    ids: Sequence[str],
+    vectors: np.ndarray,
+    version: str,
+    ts: float,
+    changed_at: Mapping[str, float] | None = None,
+    in_scales: Mapping[str, float] | None = None,
 ) -> Iterable[bytes]:
-    """``changed_at``: id -> when its change mark was set (servers observe mark -> served as freshness)."""
+    """``changed_at``: id -> when its change mark was set (servers observe mark -> served as freshness);
+    ``in_scales``: item id -> its ``in_scale`` (servers embed sessions with it, `workers.user_side`)."""
     node_type = NODE_TYPES[label]
     changed = changed_at or {}
+    scales = in_scales or {}
     for node_id, vec in zip(ids, vectors):
         yield Delta(
             op=Delta.OP_UPSERT,
@@ -35,6 +43,7 @@ def upserts(
             vector=np.asarray(vec, np.float32).tolist(),
             ts=ts,
             changed_at=changed.get(node_id) or 0.0,
+            in_scale=scales.get(node_id) or 0.0,
         ).SerializeToString()
 
 

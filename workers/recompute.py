@@ -35,10 +35,11 @@ from redis import Redis
 from graphdb import subgraph
 from graphdb.changes import clear_marks, read_marks
 from graphdb.embeddings import write_and_clear
-from graphdb.model_state import activate
+from graphdb.model_state import activate, write_card
 from graphdb.schema import BRAND, CATEGORY, ITEM, QUERY, USER
 from workers import publish
-from workers.live import LiveEncoder, capped_neighbours, latest_times
+from workers.live import LiveEncoder
+from workers.user_side import capped_neighbours, latest_times
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class Context:
     stream: str = "ig:embeddings"
     database: str = "neo4j"
     write_batch: int = 5000
+    card_written: bool = False  # the version's user-side card is in Neo4j (written once per process)
 
 
 @dataclass
@@ -98,6 +100,14 @@ class _Clock:
         self.t = now
 
 
+def _ensure_card(ctx: Context) -> None:
+    """The version's user-side card goes to Neo4j before any of its vectors: a server that serves them can then
+    embed sessions (idempotent)."""
+    if not ctx.card_written:
+        write_card(ctx.driver, ctx.encoder.card(), database=ctx.database)
+        ctx.card_written = True
+
+
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float32).numpy()
 
@@ -118,6 +128,7 @@ def recompute_marked(ctx: Context, limit: int = 10000) -> RecomputeResult:
     res.marks = len(marks)
     if not marks:
         return res
+    _ensure_card(ctx)
     by_label: dict[str, set[str]] = defaultdict(set)
     for m in marks:
         by_label[m.label].add(m.id)
@@ -145,10 +156,12 @@ def recompute_marked(ctx: Context, limit: int = 10000) -> RecomputeResult:
     new_rows = subgraph.items(ctx.driver, new_ids, database=ctx.database)
     fold_edges = _fold_edges(ctx, new_ids)
     clock.lap("pull_s")
-    new_out, new_in = enc.new_items(new_rows, fold_edges)
+    new_out, new_in, new_scale = enc.new_items_scaled(new_rows, fold_edges)
     new_vecs = dict(zip([r.id for r in new_rows], new_out))
     sends = dict(zip([r.id for r in new_rows], new_in))
     to_write: dict[str, np.ndarray] = dict(zip(known, _np(enc.known_vectors(known)))) if known else {}
+    scales: dict[str, float] = dict(zip(known, _np(enc.known_scales(known)).tolist())) if known else {}
+    scales.update(zip([r.id for r in new_rows], _np(new_scale).tolist()))
     propagate: list[str] = []
     for iid, vec_t in new_vecs.items():
         vec = _np(vec_t)
@@ -163,8 +176,9 @@ def recompute_marked(ctx: Context, limit: int = 10000) -> RecomputeResult:
     reached = subgraph.users_of_items(ctx.driver, propagate, database=ctx.database) if propagate else set()
     user_ids = sorted(by_label[USER] | reached)
     res.propagated_users = len(reached - by_label[USER])
-    user_vecs, extra_items = _users(ctx, user_ids, sends, clock, user_reads)
+    user_vecs, extra_items, extra_scales = _users(ctx, user_ids, sends, clock, user_reads)
     to_write.update(extra_items)
+    scales.update(extra_scales)
 
     # queries: their text only
     query_vecs: dict[str, np.ndarray] = {}
@@ -182,10 +196,10 @@ def recompute_marked(ctx: Context, limit: int = 10000) -> RecomputeResult:
     for m in marks:
         if m.since is not None:
             since[m.label][m.id] = m.since
-    res.published = _publish(ctx, {ITEM: to_write, USER: user_vecs}, version, since)
+    res.published = _publish(ctx, {ITEM: to_write, USER: user_vecs}, version, since, scales)
     cleared = 0
     for label, vecs in ((ITEM, to_write), (USER, user_vecs), (QUERY, query_vecs)):
-        written, n = _write(ctx, label, vecs, version, tokens[label])
+        written, n = _write(ctx, label, vecs, version, tokens[label], scales if label == ITEM else None)
         cleared += n
         setattr(res, {ITEM: "items", USER: "users", QUERY: "queries"}[label], written)
     clock.lap("write_s")
@@ -213,46 +227,63 @@ def _users(
     fresh: dict[str, torch.Tensor],
     clock: _Clock,
     read: tuple[list[subgraph.EdgeRow], dict[str, str | None]] = ([], {}),
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """User vectors, and the vectors of new items computed on the way that Neo4j lacks for this version (to be
-    written too). ``fresh``: what the new items computed in this recompute send to their users; ``read``: edges
-    (and item versions) already read for some of the users, all of each user's edges."""
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, float]]:
+    """User vectors, and the vectors (and in_scales) of new items computed on the way that Neo4j lacks for this
+    version (to be written too). ``fresh``: what the new items computed in this recompute send to their users;
+    ``read``: edges (and item versions) already read for some of the users, all of each user's edges."""
     enc, version = ctx.encoder, ctx.encoder.version
     if not user_ids:
-        return {}, {}
+        return {}, {}, {}
     done = {e.user for e in read[0]}
     rest = [u for u in user_ids if u not in done]
     edges, item_version = subgraph.user_edges(ctx.driver, rest, database=ctx.database) if rest else ([], {})
     edges, item_version = read[0] + edges, {**read[1], **item_version}
     neighbours = capped_neighbours(edges, enc.user_cap, enc.half_life_days)
     # A new item's stored vector is its output (d^b x); what it sends to users (d^-a x) is computed from its
-    # metadata here (text vectors are cached), never read back from the stored one.
+    # metadata and first shoppers here (text vectors are cached), never read back from the stored one.
     missing = sorted({i for items in neighbours.values() for i in items if not enc.is_fixed(i)} - set(fresh))
     rows = subgraph.items(ctx.driver, missing, database=ctx.database) if missing else []
     fold_edges = _fold_edges(ctx, missing)
     clock.lap("pull_s")
-    out_vecs, in_vecs = enc.new_items(rows, fold_edges)
+    out_vecs, in_vecs, in_scales = enc.new_items_scaled(rows, fold_edges)
     ids = [r.id for r in rows]
     sends = {**fresh, **dict(zip(ids, in_vecs))}
     out = enc.users(neighbours, user_ids, sends, latest_times(edges))
     clock.lap("forward_s")
     unstored = {i: _np(v) for i, v in zip(ids, out_vecs) if item_version.get(i) != version}
-    return dict(zip(user_ids, _np(out))), unstored
+    scales = {i: s for i, s in zip(ids, _np(in_scales).tolist()) if i in unstored}
+    return dict(zip(user_ids, _np(out))), unstored, scales
 
 
 def _write(
-    ctx: Context, label: str, vectors: dict[str, np.ndarray], version: str, tokens: dict[str, str] | None = None
+    ctx: Context,
+    label: str,
+    vectors: dict[str, np.ndarray],
+    version: str,
+    tokens: dict[str, str] | None = None,
+    in_scales: dict[str, float] | None = None,
 ) -> tuple[int, int]:
     """(vectors written, marks cleared with them)."""
     if not vectors:
         return 0, 0
     return write_and_clear(
-        ctx.driver, label, vectors.items(), version, database=ctx.database, batch_size=ctx.write_batch, tokens=tokens
+        ctx.driver,
+        label,
+        vectors.items(),
+        version,
+        database=ctx.database,
+        batch_size=ctx.write_batch,
+        tokens=tokens,
+        in_scales=in_scales,
     )
 
 
 def _publish(
-    ctx: Context, by_label: dict[str, dict[str, np.ndarray]], version: str, since: dict[str, dict[str, float]] | None = None
+    ctx: Context,
+    by_label: dict[str, dict[str, np.ndarray]],
+    version: str,
+    since: dict[str, dict[str, float]] | None = None,
+    in_scales: dict[str, float] | None = None,
 ) -> int:
     if ctx.redis is None:
         return 0
@@ -264,7 +295,15 @@ def _publish(
             n += publish.publish(
                 ctx.redis,
                 ctx.stream,
-                publish.upserts(label, ids, np.stack([vecs[i] for i in ids]), version, now, (since or {}).get(label)),
+                publish.upserts(
+                    label,
+                    ids,
+                    np.stack([vecs[i] for i in ids]),
+                    version,
+                    now,
+                    (since or {}).get(label),
+                    in_scales if label == ITEM else None,
+                ),
             )
     return n
 
@@ -275,6 +314,7 @@ class FullVectors:
     version: str
     vectors: dict[str, dict[str, np.ndarray]]  # label -> id -> vector
     timings: Timings
+    in_scales: dict[str, float] = field(default_factory=dict)  # item id -> in_scale (workers.user_side)
 
     def count(self) -> int:
         return sum(len(v) for v in self.vectors.values())
@@ -297,8 +337,10 @@ def full_vectors(ctx: Context, progress: Callable[[str], None] | None = None) ->
     known = [r.id for r in items if enc.is_fixed(r.id)]
     new_rows = [r for r in items if not enc.is_fixed(r.id)]
     item_vecs: dict[str, torch.Tensor] = dict(zip(known, enc.known_vectors(known))) if known else {}
-    new_out, new_in = enc.new_items(new_rows, edges)
+    scales: dict[str, float] = dict(zip(known, _np(enc.known_scales(known)).tolist())) if known else {}
+    new_out, new_in, new_scale = enc.new_items_scaled(new_rows, edges)
     item_vecs.update(zip([r.id for r in new_rows], new_out))
+    scales.update(zip([r.id for r in new_rows], _np(new_scale).tolist()))
     neighbours = capped_neighbours(edges, enc.user_cap, enc.half_life_days)
     user_ids = sorted(users)
     out: dict[str, dict[str, np.ndarray]] = {ITEM: {i: _np(v) for i, v in item_vecs.items()}}
@@ -307,18 +349,20 @@ def full_vectors(ctx: Context, progress: Callable[[str], None] | None = None) ->
     q = enc.queries([queries[k] for k in sorted(queries)])
     out[QUERY] = dict(zip(sorted(queries), _np(q))) if q is not None else {}
     clock.lap("forward_s")
-    return FullVectors(enc.version, out, timings)
+    return FullVectors(enc.version, out, timings, scales)
 
 
 def write_all(ctx: Context, full: FullVectors, progress: Callable[[str], None] | None = None) -> int:
     """Write every vector of ``full`` to Neo4j (nothing published: servers load a version on activation)."""
     clock = _Clock(full.timings)
+    if full.version == ctx.encoder.version:
+        _ensure_card(ctx)
     n = 0
     for label in (ITEM, USER, QUERY):
         if full.vectors[label]:
             if progress:
                 progress(f"writing {len(full.vectors[label]):,} {label} vectors")
-            n += _write(ctx, label, full.vectors[label], full.version)[0]
+            n += _write(ctx, label, full.vectors[label], full.version, in_scales=full.in_scales if label == ITEM else None)[0]
     clock.lap("write_s")
     return n
 

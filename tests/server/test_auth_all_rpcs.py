@@ -37,6 +37,7 @@ REQUESTS = {
     "GetEmbedding": pb.GetEmbeddingRequest(node_type=pb.NODE_TYPE_ITEM, id="item-1"),
     "ForgetUser": pb.ForgetUserRequest(user_id="alice"),
     "BatchRecommend": pb.BatchRecommendRequest(entries=[pb.BatchEntry(similar=pb.SimilarItemsRequest(item_id="item-1", k=3))]),
+    "RecommendForSession": pb.RecommendForSessionRequest(k=3),
 }
 
 

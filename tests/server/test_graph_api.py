@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from graphdb.embeddings import write_embeddings
+from graphdb.model_state import UserSideCard, write_card
 from graphdb.pseudonym import pseudonymise
 from graphdb.schema import wipe
 from proto.interest.v1 import interest_pb2 as pb
@@ -52,8 +53,10 @@ def _seed(stub, now: float) -> pb.IngestEventsResponse:
 
 
 def _write_vectors(graph, graph_settings, version: str = "m1", seed: int = 0) -> tuple[list[str], np.ndarray]:
+    """Item vectors with their in_scale and the version's user-side card (sessions), and alice's vector."""
     ids, vecs = item_vectors(N_ITEMS, seed)
-    write_embeddings(graph, "Item", zip(ids, vecs.tolist()), version)
+    write_embeddings(graph, "Item", zip(ids, vecs.tolist()), version, in_scales=dict.fromkeys(ids, 1.0))
+    write_card(graph, UserSideCard(version, np.ones(DIM, np.float32), 500, graph_settings.half_life_days, 0.0, 2.0))
     key = graph_settings.pseudonym_key.get_secret_value()
     write_embeddings(graph, "User", [(pseudonymise(key, "alice"), vecs[0].tolist())], version)
     return ids, vecs
@@ -240,12 +243,14 @@ def test_the_api_guide_runs_as_written(live) -> None:
     assert lines[2].startswith("like item-4: [('item-") and "'item-4'" not in lines[2]
     assert lines[3].startswith("for alice: ['item-") and lines[3].endswith(" personal")
     assert lines[4].startswith("why: [('item-")
-    assert lines[5].startswith("ok: ['item-") and lines[6].startswith("ok: ['item-")
-    assert lines[7].startswith("failed: True entries[2]: ") and "no-such-item" in lines[7]
-    assert lines[8].startswith("near item-4's vector: ['item-4'")
-    assert lines[9].startswith("refused: INVALID_ARGUMENT k must be")
-    assert lines[10] == "forgotten: True"
-    assert lines[11].startswith("varied: [('item-") and len(lines) == 12
+    assert lines[5].startswith("for this session: ['item-") and lines[5].endswith(" personal")
+    assert lines[6].startswith("ok: ['item-") and lines[7].startswith("ok: ['item-")
+    assert lines[8].startswith("failed: True entries[2]: ") and "no-such-item" in lines[8]
+    assert lines[9].startswith("ok: ['item-")
+    assert lines[10].startswith("near item-4's vector: ['item-4'")
+    assert lines[11].startswith("refused: INVALID_ARGUMENT k must be")
+    assert lines[12] == "forgotten: True"
+    assert lines[13].startswith("varied: [('item-") and len(lines) == 14
 
 
 def test_forget_user_everywhere(live, neo4j_driver, graph_settings, redis_url) -> None:

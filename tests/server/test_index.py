@@ -154,7 +154,7 @@ def test_compaction_keeps_changes_made_while_building(ivf_index: ItemIndex) -> N
 
 
 def test_snapshot_round_trip(tmp_path, ivf_index: ItemIndex) -> None:
-    ivf_index.upsert("fresh", np.ones(DIM))
+    ivf_index.upsert("fresh", np.ones(DIM), in_scale=0.25)
     ivf_index.delete("i3")
     users = {"u1": (np.ones(DIM, np.float32), 5.0)}
     save_snapshot(tmp_path / "snap", ivf_index, users, stream_id="17-0")
@@ -170,6 +170,10 @@ def test_snapshot_round_trip(tmp_path, ivf_index: ItemIndex) -> None:
         assert [ivf_index.labels.id_of(int(x)) for x in a] == [restored.labels.id_of(int(x)) for x in b]
     assert np.allclose(snap.users["u1"][0], 1.0) and snap.users["u1"][1] == 5.0
     assert load_snapshot(tmp_path / "missing", ivf_index.params) is None
+    # what sessions are embedded from: each item's vector and in_scale (0 where none was given)
+    labels = np.array([restored.label_of("fresh"), restored.label_of("i4")], np.int64)
+    vecs, scales = restored.user_side(labels)
+    assert np.allclose(vecs[0], 1.0) and scales.tolist() == [0.25, 0.0]
     assert ABSENT == 0
 
 
