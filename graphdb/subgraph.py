@@ -87,10 +87,12 @@ MATCH (u:{USER})-[:{_ITEM_RELS}]->(:{ITEM} {{id: iid}})
 RETURN DISTINCT u.id AS id
 """
 
-# Each item's first n shoppers: by their first interaction with it over behaviour types, ties by pseudonym.
+# Each item's first n shoppers: by their first interaction with it over behaviour types (the return rule as in
+# the edge reads), ties by pseudonym.
 _FIRST_USERS = f"""
 UNWIND $ids AS iid
-MATCH (u:{USER})-[r:{_ITEM_RELS}]->(:{ITEM} {{id: iid}})
+MATCH (u:{USER})-[r:{_ITEM_RELS}]->(i:{ITEM} {{id: iid}})
+WHERE {counts("u", "r", "i")}
 WITH iid, u.id AS uid, min(coalesce(r.first_ts, r.last_ts)) AS t
 ORDER BY iid, t, uid
 WITH iid, collect(uid)[..$n] AS users
