@@ -11,6 +11,10 @@ share of shoppers each click 6 and buy 2 items of another interest within one mi
 least 3 come from the new interest (the time to shift) or ``--timeout-s`` passes. Meanwhile shoppers who did not
 drift are asked too: their top 10 should stay in their interest.
 
+Then the item side: one item new since training per interest (up to ``--new-items``), bought by 20 shoppers of
+that interest one after another; from the 20th acknowledgement, 5 other shoppers of the interest who never met it
+are asked until it is in their top 10 (``new_items`` in the RESULT: how many saw it, and when).
+
 The peer, measured in the same run, is popularity: the server's own answer for a shopper it does not know
 (its popular items), less each shopper's purchases, i.e. what the new interest gets by chance.
 
@@ -46,6 +50,8 @@ _UPDATED = "UNWIND $ids AS id MATCH (u:User {id: id}) RETURN u.id AS id, u.emb_u
 K = 10
 SHIFTED_AT = 3  # of the top 10 from the new interest
 STREAMS = 4  # IngestEvents streams open at once (the server's default limit is 8)
+NEW_ITEM_BUYERS = 20  # a new item's buyers before its like shoppers are watched (issue 16: "its 20th purchase")
+NEW_ITEM_WATCHERS = 5  # shoppers of the same interest who never met it
 # (category path, brands, product noun): one planted interest each; more interests than these repeat them
 # with a numbered sub-category.
 INTERESTS = [
@@ -217,6 +223,73 @@ async def control(stub: pb_grpc.InterestServiceStub, shop: Shop, users: list[str
     return shares
 
 
+@dataclass
+class NewItem:
+    item: str
+    interest: int
+    buyers: list[str]
+    watchers: list[str]
+    ack: float = 0.0  # monotonic, the last buyer's acknowledgement
+    seen_s: dict[str, float] = field(default_factory=dict)  # watcher -> seconds from ack to the item in their top 10
+
+
+async def launch(
+    stub: pb_grpc.InterestServiceStub, n: NewItem, info: pb.ItemInfo, poll_s: float, timeout_s: float, streams: asyncio.Semaphore
+) -> None:
+    """A new item bought by its buyers one after another (each a click then a purchase, its own IngestEvents
+    stream), then its watchers (shoppers of the same interest who never met it) asked until it is in their top 10."""
+    for b, user in enumerate(n.buyers):
+        now = time.time()
+        events = [
+            pb.Event(event_id=f"n-{n.item}-{user}-c", user_id=user, type=pb.EVENT_TYPE_CLICK, item_id=n.item, ts=now - 1, item=info),
+            pb.Event(event_id=f"n-{n.item}-{user}-p", user_id=user, type=pb.EVENT_TYPE_PURCHASE, item_id=n.item, ts=now),
+        ]
+        async with streams:
+            await ingest(stub, events)
+    n.ack = time.monotonic()
+    waiting = set(n.watchers)
+    while waiting and time.monotonic() - n.ack < timeout_s:
+        for u in sorted(waiting):
+            if n.item in {i.item_id for i in (await top_k(stub, u)).items}:
+                n.seen_s[u] = time.monotonic() - n.ack
+                waiting.discard(u)
+        await asyncio.sleep(poll_s)
+
+
+async def new_items(
+    stub: pb_grpc.InterestServiceStub,
+    shop: Shop,
+    skip: set[str],
+    count: int,
+    buyers: int,
+    watchers: int,
+    poll_s: float,
+    timeout_s: float,
+) -> dict:
+    """Items new since training, one per interest: from the last buyer's acknowledgement until the item is in the
+    top 10 of shoppers like its buyers (issue 16: the item side in real time, without a retrain)."""
+    launches = []
+    for c in range(min(count, len(shop.members))):
+        like = [u for u in shop.home if shop.home[u] == c and u not in skip]
+        path, brands, noun = INTERESTS[c % len(INTERESTS)]
+        item = f"sku-{c:02d}-new"
+        info = pb.ItemInfo(title=f"{brands[0]} {noun} new", brand=brands[0], categories=[pb.CategoryPath(names=path)])
+        launches.append((NewItem(item, c, like[:buyers], like[buyers : buyers + watchers]), info))
+    streams = asyncio.Semaphore(STREAMS)
+    await asyncio.gather(*(launch(stub, n, info, poll_s, timeout_s, streams) for n, info in launches))
+    times = [n.seen_s.get(u, float("inf")) for n, _ in launches for u in n.watchers]
+    return {
+        "items": len(launches),
+        "buyers_each": buyers,
+        "watchers_each": watchers,
+        "appeared": sum(t < float("inf") for t in times),
+        "asked": len(times),
+        "appeared_within_2s": sum(t <= 2.0 for t in times),
+        "appear_p50_s": percentile(times, 50),
+        "appear_p99_s": percentile(times, 99),
+    }
+
+
 def percentile(values: list[float], q: float) -> float | None:
     """``q``-th percentile with shoppers that never shifted counted as infinitely slow (None if it lands there)."""
     v = float(np.percentile(np.asarray(values, dtype=np.float64), q, method="higher"))
@@ -260,7 +333,15 @@ def served_config(p: Pipeline) -> dict:
 
 
 async def measure(
-    p: Pipeline, shop: Shop, drifted: list[str], controls: list[str], poll_s: float, timeout_s: float, concurrency: int, seed: int
+    p: Pipeline,
+    shop: Shop,
+    drifted: list[str],
+    controls: list[str],
+    poll_s: float,
+    timeout_s: float,
+    concurrency: int,
+    seed: int,
+    new_item_count: int = 10,
 ) -> dict:
     rng = np.random.default_rng(seed)
     n_interests = len(shop.members)
@@ -306,6 +387,8 @@ async def measure(
         # settled: once every drifted vector is rewritten (or a minute passed), each drifted shopper once more
         updated = await rewritten(p, shifts, wait_s=60.0)
         after = [[i.item_id for i in (await top_k(stub, s.user)).items] for s in shifts]
+        log(f"new items: {new_item_count} items, {NEW_ITEM_BUYERS} buyers each, {NEW_ITEM_WATCHERS} like shoppers watched")
+        launched = await new_items(stub, shop, set(drifted), new_item_count, NEW_ITEM_BUYERS, NEW_ITEM_WATCHERS, poll_s, timeout_s)
     times = [s.shift_s if s.shift_s is not None else float("inf") for s in shifts]
     shifted = [s.shift_s for s in shifts if s.shift_s is not None]
     return {
@@ -326,6 +409,7 @@ async def measure(
             "home_share": round(float(np.mean([share(pop_top(u), shop, shop.home[u]) for u in controls])), 4),
         },
         "polls": sum(s.polls for s in shifts),
+        "new_items": launched,
     }
 
 
@@ -344,6 +428,7 @@ def run_drift(
     concurrency: int = 10,
     seed: int = 16,
     worker_extra: dict[str, str] | None = None,
+    new_item_count: int = 10,
 ) -> dict:
     shop = make_shop(interests, items_per, shoppers, seed)
     events = history(shop, events_per, noise, time.time(), seed + 1)
@@ -365,7 +450,7 @@ def run_drift(
         config = served_config(p)
         scheduler = start_scheduler(p)
         try:
-            res = asyncio.run(measure(p, shop, drifted, rest[:controls], poll_s, timeout_s, concurrency, seed + 2))
+            res = asyncio.run(measure(p, shop, drifted, rest[:controls], poll_s, timeout_s, concurrency, seed + 2, new_item_count))
         finally:
             process.stop(scheduler)
     return {
@@ -399,6 +484,7 @@ def main(
     timeout_s: float = typer.Option(10.0, help="a shopper not shifted this long after the acknowledgement counts as never"),
     concurrency: int = typer.Option(10, help="drifted shoppers followed at once"),
     seed: int = typer.Option(16),
+    new_items: int = typer.Option(10, help="items new since training launched after the drift, one per interest"),
     out: Path = typer.Option(None, help="also write the RESULT JSON here"),
     var: Path = typer.Option(None, help="keep data and logs here (default: a temporary directory)"),
 ) -> None:
@@ -417,6 +503,7 @@ def main(
             timeout_s=timeout_s,
             concurrency=concurrency,
             seed=seed,
+            new_item_count=new_items,
         )
     emit_result(result, out)
 

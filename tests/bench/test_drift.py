@@ -29,3 +29,7 @@ def test_drift_bench_tiny(tmp_path):
         assert res["shift_p50_s"] is None
     assert res["config"]["version"] and res["config"]["dim"] > 0
     assert 0.0 <= res["popularity"]["new_share"] <= 1.0
+    # the item side: one new item per interest, 20 buyers each, 5 shoppers of the interest watched
+    launched = res["new_items"]
+    assert launched["items"] == 4 and launched["buyers_each"] == 20 and launched["asked"] == 4 * 5
+    assert 0 <= launched["appeared_within_2s"] <= launched["appeared"] <= launched["asked"]

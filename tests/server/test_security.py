@@ -57,6 +57,7 @@ def test_reflection_describes_the_service(plain_server) -> None:
         "GetEmbedding",
         "ForgetUser",
         "BatchRecommend",
+        "RecommendForSession",
     }
     assert pool.FindMessageTypeByName("interest.v1.EmbeddingDelta").fields_by_name["vector"]
 
