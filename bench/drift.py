@@ -52,6 +52,7 @@ SHIFTED_AT = 3  # of the top 10 from the new interest
 STREAMS = 4  # IngestEvents streams open at once (the server's default limit is 8)
 NEW_ITEM_BUYERS = 20  # a new item's buyers before its like shoppers are watched (issue 16: "its 20th purchase")
 NEW_ITEM_WATCHERS = 5  # shoppers of the same interest who never met it
+RANK_DEPTH = 100  # how deep a new item's rank in a watcher's answer is looked for
 # (category path, brands, product noun): one planted interest each; more interests than these repeat them
 # with a numbered sub-category.
 INTERESTS = [
@@ -231,10 +232,16 @@ class NewItem:
     watchers: list[str]
     ack: float = 0.0  # monotonic, the last buyer's acknowledgement
     seen_s: dict[str, float] = field(default_factory=dict)  # watcher -> seconds from ack to the item in their top 10
+    rank: dict[str, int | None] = field(default_factory=dict)  # watcher -> the item's rank after the wait
 
 
 async def launch(
-    stub: pb_grpc.InterestServiceStub, n: NewItem, info: pb.ItemInfo, poll_s: float, timeout_s: float, streams: asyncio.Semaphore
+    stub: pb_grpc.InterestServiceStub,
+    n: NewItem,
+    info: pb.ItemInfo | None,
+    poll_s: float,
+    timeout_s: float,
+    streams: asyncio.Semaphore,
 ) -> None:
     """A new item bought by its buyers one after another (each a click then a purchase, its own IngestEvents
     stream), then its watchers (shoppers of the same interest who never met it) asked until it is in their top 10."""
@@ -254,6 +261,9 @@ async def launch(
                 n.seen_s[u] = time.monotonic() - n.ack
                 waiting.discard(u)
         await asyncio.sleep(poll_s)
+    for u in n.watchers:  # where it stands in the end, within the top RANK_DEPTH (None: below)
+        ranked = [i.item_id for i in (await top_k(stub, u, k=RANK_DEPTH)).items]
+        n.rank[u] = ranked.index(n.item) + 1 if n.item in ranked else None
 
 
 async def new_items(
@@ -265,6 +275,7 @@ async def new_items(
     watchers: int,
     poll_s: float,
     timeout_s: float,
+    with_info: bool = True,
 ) -> dict:
     """Items new since training, one per interest: from the last buyer's acknowledgement until the item is in the
     top 10 of shoppers like its buyers (issue 16: the item side in real time, without a retrain)."""
@@ -273,7 +284,11 @@ async def new_items(
         like = [u for u in shop.home if shop.home[u] == c and u not in skip]
         path, brands, noun = INTERESTS[c % len(INTERESTS)]
         item = f"sku-{c:02d}-new"
-        info = pb.ItemInfo(title=f"{brands[0]} {noun} new", brand=brands[0], categories=[pb.CategoryPath(names=path)])
+        info = (
+            pb.ItemInfo(title=f"{brands[0]} {noun} new", brand=brands[0], categories=[pb.CategoryPath(names=path)])
+            if with_info
+            else None
+        )
         launches.append((NewItem(item, c, like[:buyers], like[buyers : buyers + watchers]), info))
     streams = asyncio.Semaphore(STREAMS)
     await asyncio.gather(*(launch(stub, n, info, poll_s, timeout_s, streams) for n, info in launches))
@@ -287,6 +302,8 @@ async def new_items(
         "appeared_within_2s": sum(t <= 2.0 for t in times),
         "appear_p50_s": percentile(times, 50),
         "appear_p99_s": percentile(times, 99),
+        # the item's rank in each watcher's answer after the wait (within the top RANK_DEPTH; null: below)
+        "ranks": sorted((r for n, _ in launches for r in n.rank.values()), key=lambda r: (r is None, r or 0)),
     }
 
 
@@ -342,6 +359,7 @@ async def measure(
     concurrency: int,
     seed: int,
     new_item_count: int = 10,
+    new_item_info: bool = True,
 ) -> dict:
     rng = np.random.default_rng(seed)
     n_interests = len(shop.members)
@@ -388,7 +406,9 @@ async def measure(
         updated = await rewritten(p, shifts, wait_s=60.0)
         after = [[i.item_id for i in (await top_k(stub, s.user)).items] for s in shifts]
         log(f"new items: {new_item_count} items, {NEW_ITEM_BUYERS} buyers each, {NEW_ITEM_WATCHERS} like shoppers watched")
-        launched = await new_items(stub, shop, set(drifted), new_item_count, NEW_ITEM_BUYERS, NEW_ITEM_WATCHERS, poll_s, timeout_s)
+        launched = await new_items(
+            stub, shop, set(drifted), new_item_count, NEW_ITEM_BUYERS, NEW_ITEM_WATCHERS, poll_s, timeout_s, new_item_info
+        )
     times = [s.shift_s if s.shift_s is not None else float("inf") for s in shifts]
     shifted = [s.shift_s for s in shifts if s.shift_s is not None]
     return {
@@ -429,6 +449,7 @@ def run_drift(
     seed: int = 16,
     worker_extra: dict[str, str] | None = None,
     new_item_count: int = 10,
+    new_item_info: bool = True,
 ) -> dict:
     shop = make_shop(interests, items_per, shoppers, seed)
     events = history(shop, events_per, noise, time.time(), seed + 1)
@@ -450,7 +471,9 @@ def run_drift(
         config = served_config(p)
         scheduler = start_scheduler(p)
         try:
-            res = asyncio.run(measure(p, shop, drifted, rest[:controls], poll_s, timeout_s, concurrency, seed + 2, new_item_count))
+            res = asyncio.run(
+                measure(p, shop, drifted, rest[:controls], poll_s, timeout_s, concurrency, seed + 2, new_item_count, new_item_info)
+            )
         finally:
             process.stop(scheduler)
     return {
@@ -485,6 +508,7 @@ def main(
     concurrency: int = typer.Option(10, help="drifted shoppers followed at once"),
     seed: int = typer.Option(16),
     new_items: int = typer.Option(10, help="items new since training launched after the drift, one per interest"),
+    new_item_info: bool = typer.Option(True, help="send the new items' catalogue entries (else they are known by their buyers only)"),
     out: Path = typer.Option(None, help="also write the RESULT JSON here"),
     var: Path = typer.Option(None, help="keep data and logs here (default: a temporary directory)"),
 ) -> None:
@@ -504,6 +528,7 @@ def main(
             concurrency=concurrency,
             seed=seed,
             new_item_count=new_items,
+            new_item_info=new_item_info,
         )
     emit_result(result, out)
 
