@@ -1,15 +1,22 @@
 """bench.drift at a tiny size, through the real stack it starts (Neo4j, Redis, Celery worker, gRPC server): its
-RESULT carries the figures the issue asks for, with sane values. No assertion on timing."""
+RESULT carries the figures the issue asks for, with sane values. No assertion on timing. It runs as a user runs
+it, as its own process, so the command line and its RESULT line are tested too."""
 
 from __future__ import annotations
 
-from bench.drift import run_drift
+import json
+import subprocess
+import sys
 
 
 def test_drift_bench_tiny(tmp_path):
-    res = run_drift(
-        tmp_path, shoppers=120, interests=4, items_per=15, events_per=12, drift_share=0.1, controls=20, timeout_s=5.0, concurrency=4
-    )
+    out = tmp_path / "drift.json"
+    sizes = ["--shoppers", "120", "--interests", "4", "--items-per", "15", "--events-per", "12", "--drift-share", "0.1"]
+    sizes += ["--controls", "20", "--timeout-s", "5", "--concurrency", "4", "--var", str(tmp_path / "var")]
+    run = subprocess.run([sys.executable, "-m", "bench.drift", *sizes, "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert run.stdout.strip().splitlines()[-1] == "RESULT " + json.dumps(res)
     assert res["bench"] == "drift"
     assert res["drifted"] == 12 and res["sizes"]["shoppers"] == 120 and res["sizes"]["items"] == 60
     assert res["sizes"]["controls"] == 20 and res["control_queries"] >= 20
