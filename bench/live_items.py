@@ -72,16 +72,12 @@ def item_split(edges: list[EdgeRow], share: float, seed: int) -> tuple[list[Edge
     count: Counter[str] = Counter(e.user for e in edges)
     for e in edges:
         held = latest.get(e.user)
-        if count[e.user] >= 2 and (held is None or (_first(e), e.item) > (_first(held), held.item)):
+        if count[e.user] >= 2 and (held is None or (e.first, e.item) > (held.first, held.item)):
             latest[e.user] = e
     held_pairs = {(e.user, e.item) for e in latest.values()}
     live = [e for e in edges if (e.user, e.item) not in held_pairs]
     before = [e for e in live if e.item not in new_items]
     return before, GateSplit(live, {u: {e.item} for u, e in latest.items()}, 0.0), new_items
-
-
-def _first(e: EdgeRow) -> float:
-    return e.last_ts if e.first_ts is None else e.first_ts
 
 
 def popularity_recall(split: GateSplit, k: int) -> float:

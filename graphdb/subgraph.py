@@ -29,6 +29,11 @@ class EdgeRow:
     last_ts: float
     first_ts: float | None = None  # first interaction (the fold-in of new items, the quality gate's split)
 
+    @property
+    def first(self) -> float:
+        """The first interaction's time, or the latest where the first is not stored."""
+        return self.last_ts if self.first_ts is None else self.first_ts
+
 
 @dataclass(frozen=True)
 class ItemRow:

@@ -30,13 +30,9 @@ class GateSplit:
     cut: float
 
 
-def _first(e: EdgeRow) -> float:
-    return e.last_ts if e.first_ts is None else e.first_ts
-
-
 def data_until(edges: Sequence[EdgeRow]) -> float:
     """When the data a model is trained on ends: the latest first meeting of a user and an item."""
-    return max((_first(e) for e in edges), default=0.0)
+    return max((e.first for e in edges), default=0.0)
 
 
 def split_after(edges: Sequence[EdgeRow], cut: float) -> GateSplit:
@@ -44,7 +40,7 @@ def split_after(edges: Sequence[EdgeRow], cut: float) -> GateSplit:
     first: dict[tuple[str, str], float] = {}
     for e in edges:
         key = (e.user, e.item)
-        first[key] = min(first.get(key, np.inf), _first(e))
+        first[key] = min(first.get(key, np.inf), e.first)
     known_users = {u for (u, _), t in first.items() if t <= cut}
     held: dict[str, set[str]] = defaultdict(set)
     for (u, i), t in first.items():

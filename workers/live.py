@@ -48,7 +48,7 @@ def first_times(edges: Iterable[EdgeRow]) -> dict[tuple[str, str], float]:
     not stored)."""
     out: dict[tuple[str, str], float] = {}
     for e in edges:
-        key, t = (e.user, e.item), e.last_ts if e.first_ts is None else e.first_ts
+        key, t = (e.user, e.item), e.first
         if key not in out or t < out[key]:
             out[key] = t
     return out

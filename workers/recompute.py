@@ -25,7 +25,7 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Collection
 
 import neo4j
 import numpy as np
@@ -143,6 +143,7 @@ def recompute_marked(ctx: Context, limit: int = 10000) -> RecomputeResult:
     # these users among their first shoppers.
     marked_users = sorted(by_label[USER])
     user_reads = subgraph.user_edges(ctx.driver, marked_users, database=ctx.database) if marked_users else ([], {})
+    read_for = set(marked_users)
     shopped = {e.item for e in user_reads[0]} if enc.fold_users else set()
     new_ids = sorted(
         {i for i in by_label[ITEM] | shopped if not enc.is_fixed(i)}
@@ -176,7 +177,7 @@ def recompute_marked(ctx: Context, limit: int = 10000) -> RecomputeResult:
     reached = subgraph.users_of_items(ctx.driver, propagate, database=ctx.database) if propagate else set()
     user_ids = sorted(by_label[USER] | reached)
     res.propagated_users = len(reached - by_label[USER])
-    user_vecs, extra_items, extra_scales = _users(ctx, user_ids, sends, clock, user_reads)
+    user_vecs, extra_items, extra_scales = _users(ctx, user_ids, sends, clock, user_reads, read_for)
     to_write.update(extra_items)
     scales.update(extra_scales)
 
@@ -227,15 +228,15 @@ def _users(
     fresh: dict[str, torch.Tensor],
     clock: _Clock,
     read: tuple[list[subgraph.EdgeRow], dict[str, str | None]] = ([], {}),
+    read_for: Collection[str] = (),
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, float]]:
     """User vectors, and the vectors (and in_scales) of new items computed on the way that Neo4j lacks for this
     version (to be written too). ``fresh``: what the new items computed in this recompute send to their users;
-    ``read``: edges (and item versions) already read for some of the users, all of each user's edges."""
+    ``read``: every edge (and item version) of the users ``read_for``, already read."""
     enc, version = ctx.encoder, ctx.encoder.version
     if not user_ids:
         return {}, {}, {}
-    done = {e.user for e in read[0]}
-    rest = [u for u in user_ids if u not in done]
+    rest = [u for u in user_ids if u not in read_for]
     edges, item_version = subgraph.user_edges(ctx.driver, rest, database=ctx.database) if rest else ([], {})
     edges, item_version = read[0] + edges, {**read[1], **item_version}
     neighbours = capped_neighbours(edges, enc.user_cap, enc.half_life_days)
