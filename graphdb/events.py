@@ -91,18 +91,26 @@ class Event(BaseModel):
                 raise ValueError("a search event has a query, not an item_id")
         elif not self.item_id:
             raise ValueError(f"a {self.type} event needs an item_id")
-        if self.type == "rate" and self.rating is None:
-            raise ValueError("a rate event needs a rating")
+        problem = rating_shape(self.type, self.rating)
+        if problem:
+            raise ValueError(problem)
         if self.type == "review" and not (self.review and self.review.strip()):
             raise ValueError("a review event needs review text")
-        if self.rating is not None and self.type not in ("rate", "review"):
-            raise ValueError("only rate and review events carry a rating")
         if self.item is not None and self.item_id is None:
             raise ValueError("item metadata needs an item_id")
         return self
 
 
-def _check_id(name: str, value: str | None, limit: int) -> str | None:
+def rating_shape(kind: str, rating: float | None) -> str | None:
+    """Which event types carry a rating (the model's check, shared with sessions: ``graphdb.session``)."""
+    if kind == "rate" and rating is None:
+        return "a rate event needs a rating"
+    if rating is not None and kind not in ("rate", "review"):
+        return "only rate and review events carry a rating"
+    return None
+
+
+def check_id(name: str, value: str | None, limit: int) -> str | None:
     if value is None:
         return None
     if not value or value != value.strip():
@@ -114,17 +122,28 @@ def _check_id(name: str, value: str | None, limit: int) -> str | None:
     return None
 
 
+def check_time(ts: float, settings: GraphSettings, now: float) -> str | None:
+    if not math.isfinite(ts) or ts < MIN_TS:
+        return f"ts {ts!r} is not a valid unix time in seconds"
+    if ts > now + settings.max_future_skew_s:
+        return f"ts is {ts - now:.0f} s in the future (allowed skew {settings.max_future_skew_s:.0f} s)"
+    return None
+
+
+def check_rating(rating: float | None) -> str | None:
+    if rating is not None and not (math.isfinite(rating) and 1.0 <= rating <= 5.0):
+        return f"rating {rating!r} is outside 1..5"
+    return None
+
+
 def _check_limits(ev: Event, settings: GraphSettings, now: float) -> str | None:
     for name in ("event_id", "user_id", "item_id"):
-        problem = _check_id(name, getattr(ev, name), settings.max_id_chars)
+        problem = check_id(name, getattr(ev, name), settings.max_id_chars)
         if problem:
             return problem
-    if not math.isfinite(ev.ts) or ev.ts < MIN_TS:
-        return f"ts {ev.ts!r} is not a valid unix time in seconds"
-    if ev.ts > now + settings.max_future_skew_s:
-        return f"ts is {ev.ts - now:.0f} s in the future (allowed skew {settings.max_future_skew_s:.0f} s)"
-    if ev.rating is not None and not (math.isfinite(ev.rating) and 1.0 <= ev.rating <= 5.0):
-        return f"rating {ev.rating!r} is outside 1..5"
+    problem = check_time(ev.ts, settings, now) or check_rating(ev.rating)
+    if problem:
+        return problem
     if ev.query is None and ev.review is None and ev.item is None:
         return None  # most events: ids and a time only
     texts = {"query": ev.query, "review": ev.review}

@@ -132,6 +132,12 @@ _NODES = {label: _upsert_nodes_query(label) for label in (USER, ITEM, QUERY)}
 _QUERIES = {rel: _interaction_query(rel) for rel in set(REL_FOR_EVENT.values())}
 
 
+def decayed_weight(times: Sequence[float], last: float, k: float) -> float:
+    """Several events of one (user, relationship, target) as one edge's weight at ``last``: each decays with rate
+    ``k`` (ln 2 / half-life); a single event weighs 1."""
+    return sum(math.exp(-k * (last - t)) for t in times)
+
+
 def aggregate(events: Sequence[tuple[Event, str]], half_life_s: float) -> dict[str, list[dict[str, Any]]]:
     """Per relationship type, one row per (user pseudonym, target): count, first/last ts, decayed weight."""
     k = LN2 / half_life_s
@@ -160,7 +166,7 @@ def aggregate(events: Sequence[tuple[Event, str]], half_life_s: float) -> dict[s
                 "count": len(evs),
                 "first": min(e.ts for e in evs),
                 "last": last,
-                "weight": sum(math.exp(-k * (last - e.ts)) for e in evs),
+                "weight": decayed_weight([e.ts for e in evs], last, k),
             }
         if rel == "RATED":
             latest = max(evs, key=lambda e: e.ts)

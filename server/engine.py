@@ -23,22 +23,21 @@ import numpy as np
 from graphdb import catalog, explain
 from graphdb.embeddings import get_embedding
 from graphdb.errors import InvalidInput, NotFound, Unavailable
-from graphdb.events import validate_events
 from graphdb.feedback import Exclusions
 from graphdb.forget import forget_user
-from graphdb.ingest import IngestResult, aggregate, ingest_events
+from graphdb.ingest import IngestResult, ingest_events
 from graphdb.model_state import UserSideCard, read_card
 from graphdb.pseudonym import pseudonymise
-from graphdb.schema import ITEM_INTERACTIONS, REL_FOR_EVENT, USER
+from graphdb.schema import USER
+from graphdb.session import SessionEdges, SessionEvent, session_edges
 from graphdb.settings import GraphSettings
-from graphdb.subgraph import EdgeRow
 from server.facets import FacetStore
 from server.feedback import push_down
 from server.index import IndexParams, ItemIndex, LabelMap, normalise
 from server.rules import RankingRules, apply_rules
 from server.settings import ServerSettings
 from server.users import UserVectors
-from workers.user_side import user_vector
+from workers.user_side import user_vector, weighted_sum
 
 log = logging.getLogger(__name__)
 # The one user of a session's edge rows (never stored: sessions are embedded in memory only).
@@ -346,46 +345,56 @@ class Engine:
 
     def recommend_for_session(
         self,
-        events: Sequence[Mapping[str, Any]],
+        events: Sequence[SessionEvent],
         k: int,
         flt: ItemFilter,
         include_seen: bool,
         rules: RankingRules | None = None,
         explained: bool = False,
     ) -> Answer:
-        """Items for an anonymous session (ingestion-shaped event mappings): the session is aggregated into edge
-        rows as ingestion aggregates a stored user's events (``graphdb.ingest.aggregate``) and embedded with the
-        served model's user side (``workers.user_side``) from the index's item vectors; nothing is written.
-        Session items without a vector in the serving model are left out before the cap (there is nothing to
-        add for them), and so are items whose vector came without its in_scale (written by an older worker)."""
+        """Items for an anonymous session: its events are checked and aggregated into edge rows by ingestion's
+        rules (``graphdb.session``) and embedded with the served model's user side (``workers.user_side``) from
+        the index's item vectors; nothing is written. Session items without a vector in the serving model are
+        left out before the cap (there is nothing to add for them), and so are items whose vector came without
+        its in_scale (written by an older worker)."""
         serving = self._state()
         index = serving.index
-        valid, rejected = validate_events(events, self.graph, time.time())
-        if rejected:
-            raise InvalidInput(f"events[{rejected[0].index}]: {rejected[0].reason}")
-        rows = aggregate([(ev, SESSION_USER) for _, ev in valid], self.graph.half_life_s) if valid else {}
-        edges = [EdgeRow(SESSION_USER, r["target"], r["weight"], r["last"]) for rel in ITEM_INTERACTIONS for r in rows.get(rel, ())]
-        bought = {r["target"] for r in rows.get(REL_FOR_EVENT["purchase"], ())}
-        items = sorted({e.item for e in edges})
-        seen = [] if include_seen else [lab for lab in (self.labels.get(i) for i in sorted(bought)) if lab is not None]
-        with self.lock:
-            found = [(i, lab) for i, lab in ((i, index.label_of(i)) for i in items) if lab is not None]
-            vecs, scales = index.user_side(np.array([lab for _, lab in found], np.int64))
-        known = {i: (v, float(s)) for (i, _), v, s in zip(found, vecs, scales) if s > 0}
-        embedded = user_vector(edges, known, self._card(index.model_version)) if known else None
-        if embedded is None or not np.any(embedded[0]):
+        session = session_edges(events, SESSION_USER, self.graph, time.time())
+        items = sorted(session.latest)
+        with self.lock:  # the rows and scales of the session's items, read together
+            found = [(i, lab) for i, lab in zip(items, map(index.label_of, items)) if lab is not None]
+            z, scales = index.user_side(np.fromiter((lab for _, lab in found), np.int64, len(found)))
+        seen = [] if include_seen else [lab for i, lab in found if i in session.bought]
+        keep = scales > 0
+        embedded = self._session_vector(session, [i for (i, _), kept in zip(found, keep) if kept], z[keep], scales[keep], index)
+        if embedded is None or not np.any(embedded):
+            if not include_seen:  # bought items without a vector are not in the index either
+                seen = [lab for lab in map(self.labels.get, sorted(session.bought)) if lab is not None]
             return Answer(self._cold_start(k, flt, seen, rules), index.model_version, cold_start=True)
-        query = normalise(embedded[0].reshape(1, -1))[0]  # as a stored user's vector is (server.users)
+        query = normalise(embedded.reshape(1, -1))[0]  # as a stored user's vector is (server.users)
         with self.lock:
             top = self._search(serving, query, k, flt, seen, rules)
         answer = Answer(top, index.model_version)
         if explained:  # the session's own items, most recent first, stand in for a stored shopper's edges
-            latest: dict[str, float] = {}
-            for e in edges:
-                latest[e.item] = max(e.last_ts, latest.get(e.item, e.last_ts))
-            own = sorted(latest, key=lambda i: (-latest[i], i))
-            return self.explain_session(answer, own, [i for i in own if i in bought], [])
+            own = sorted(session.latest, key=lambda i: (-session.latest[i], i))
+            return self.explain_session(answer, own, [i for i in own if i in session.bought], [])
         return answer
+
+    def _session_vector(
+        self, session: SessionEdges, items: list[str], z: np.ndarray, scales: np.ndarray, index: ItemIndex
+    ) -> np.ndarray | None:
+        """The session's user vector from its items' served rows ``z`` and ``scales`` (``items``: sorted, each with
+        a vector); None when it has none. Within the cap (every session of up to ``user_cap`` items) the rows are
+        summed as they are; past it ``user_vector`` chooses the items as the worker does."""
+        if not items:
+            return None
+        card = self._card(index.model_version)
+        if len(items) <= card.user_cap:
+            times = np.fromiter((int(session.latest[i]) for i in items), np.float64, len(items))  # whole seconds, as stored
+            return weighted_sum(z, scales, times, card)
+        known = {i: (v, float(s)) for i, v, s in zip(items, z, scales)}
+        embedded = user_vector(session.edges, known, card)
+        return None if embedded is None else embedded[0]
 
     def add_card(self, card: UserSideCard) -> None:
         """Makes ``card`` the user side of its version without asking Neo4j (a server without a graph)."""

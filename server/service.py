@@ -13,6 +13,7 @@ from google.protobuf.message import Message
 
 from graphdb import explain
 from graphdb.errors import InvalidInput, ResourceExhausted, Unavailable
+from graphdb.session import SessionEvent
 from graphdb.settings import GraphSettings
 from proto.interest.v1 import interest_pb2 as pb
 from proto.interest.v1 import interest_pb2_grpc as pb_grpc
@@ -44,8 +45,6 @@ REASON_KINDS = {
 # A session's events are about items; searches make no part of a shopper's vector, and negative feedback in a
 # session (hides, returns) is not supported yet: it is refused rather than counted as interest.
 SESSION_EVENT_TYPES = {t: name for t, name in EVENT_TYPES.items() if name not in ("search", "not_interested", "return")}
-# Review text is never stored for a session: a placeholder satisfies the event model's check.
-_SESSION_REVIEW = "(session)"
 
 
 class Validator:
@@ -158,6 +157,9 @@ def event_mapping(ev: pb.Event) -> dict[str, Any]:
 class InterestServicer(pb_grpc.InterestServiceServicer):
     # The methods that may wait on Neo4j: they run on the waiting pool (server.pools), not the query threads.
     WAITING = ("RecommendForUser", "IngestEvents", "GetEmbedding", "ForgetUser", "BatchRecommend", "RecommendForSession")
+    # Queries that read the graph too when their request sets this bool (explanations): the native front end sends
+    # those calls to the waiting threads, so a slow graph read cannot hold up the I/O threads (server/native).
+    WAITING_IF = {"SimilarItems": "explain"}
 
     def __init__(self, engine: Engine, settings: ServerSettings, graph: GraphSettings) -> None:
         self.engine = engine
@@ -201,29 +203,23 @@ class InterestServicer(pb_grpc.InterestServiceServicer):
         )
         return _answer(pb.RecommendForSessionResponse, answer, cold_start=answer.cold_start)
 
-    def session_events(self, events: Sequence[pb.SessionEvent]) -> list[dict[str, Any]]:
-        """A session's events as the mappings ingestion validates (graphdb.events), with ids of their own."""
+    def session_events(self, events: Sequence[pb.SessionEvent]) -> list[SessionEvent]:
+        """A session's events as ``graphdb.session`` takes them (which checks the rest by ingestion's rules)."""
         if len(events) > self.max_session_events:
             raise InvalidInput(f"a session carries at most {self.max_session_events} events, got {len(events)}")
-        out: list[dict[str, Any]] = []
+        out: list[SessionEvent] = []
+        checked: set[str] = set()  # a session names few items, many times each
         for i, ev in enumerate(events):
             kind = SESSION_EVENT_TYPES.get(ev.type)
             if kind is None:
                 raise InvalidInput(f"events[{i}].type must be an item event type ({', '.join(SESSION_EVENT_TYPES.values())})")
-            if ev.ts == 0:  # proto3's default: the client did not set it (ingestion checks the rest)
+            ts = ev.ts
+            if ts == 0:  # proto3's default: the client did not set it (ingestion's rules check the rest)
                 raise InvalidInput(f"events[{i}].ts must be set (unix seconds)")
-            mapping: dict[str, Any] = {
-                "event_id": f"session-{i}",
-                "user_id": "session",
-                "type": kind,
-                "item_id": self.check.id(ev.item_id, f"events[{i}].item_id"),
-                "ts": ev.ts,
-            }
-            if ev.rating:
-                mapping["rating"] = ev.rating
-            if kind == "review":
-                mapping["review"] = _SESSION_REVIEW
-            out.append(mapping)
+            item = ev.item_id
+            if item not in checked:
+                checked.add(self.check.id(item, f"events[{i}].item_id"))
+            out.append(SessionEvent(item, kind, ts, ev.rating or None))
         return out
 
     def NearestItems(self, request: pb.NearestItemsRequest, context: grpc.ServicerContext) -> pb.NearestItemsResponse:

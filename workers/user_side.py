@@ -24,7 +24,7 @@ from graphdb.model_state import UserSideCard
 from graphdb.subgraph import EdgeRow
 from workers.recency import recency_weights
 
-__all__ = ["UserSideCard", "capped_neighbours", "item_weights", "latest_times", "rank_keys", "user_vector"]
+__all__ = ["UserSideCard", "capped_neighbours", "item_weights", "latest_times", "rank_keys", "user_vector", "weighted_sum"]
 
 
 def rank_keys(edges: Sequence[EdgeRow], half_life_days: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -111,7 +111,18 @@ def user_vector(
     distinct = {e.item for e in rows}
     # The cap keeps every item of a user who has no more than it (a session, mostly): no ranking needed then.
     items = sorted(distinct) if len(distinct) <= card.user_cap else capped_neighbours(rows, card.user_cap, card.half_life_days)[user]
-    (w,) = item_weights({user: items}, [user], latest_times(rows), card.recency_boost, card.recency_scale)
+    times = latest_times(rows)
     z = np.stack([vectors[i][0] for i in items]).astype(np.float32, copy=False)
-    coef = (w * np.array([vectors[i][1] for i in items], np.float32)).astype(np.float32)
-    return (coef @ z) * card.sign, items
+    scales = np.array([vectors[i][1] for i in items], np.float32)
+    return weighted_sum(z, scales, np.array([times[(user, i)] for i in items], np.float64), card), items
+
+
+def weighted_sum(z: np.ndarray, scales: np.ndarray, times: np.ndarray, card: UserSideCard) -> np.ndarray:
+    """``sign(h) * sum_j w_j s_j z_j`` [dim] over a user's chosen items: served vectors ``z`` [n, dim] (float32),
+    in_scales ``s`` [n] and latest times [n] in whole seconds (`latest_times`), whose recency weights are ``w``.
+    What `user_vector` computes once it has chosen the items; RecommendForSession calls it directly with the
+    index's rows when the cap keeps every item."""
+    w = recency_weights(times, card.recency_boost, card.recency_scale)
+    coef = (w * scales.astype(np.float32, copy=False)).astype(np.float32)
+    out: np.ndarray = (coef @ z) * card.sign
+    return out
