@@ -112,6 +112,11 @@ def create_server(settings: ServerSettings, engine: Engine, graph: GraphSettings
     engine.loop = asyncio.get_running_loop()
     engine.metrics = ServerMetrics(engine)
     waiting = frozenset(f"/{SERVICE_NAME}/{name}" for name in InterestServicer.WAITING)
+    service = pb.DESCRIPTOR.services_by_name["InterestService"]
+    waiting_if = {
+        f"/{SERVICE_NAME}/{name}": service.methods_by_name[name].input_type.fields_by_name[flag].number
+        for name, flag in InterestServicer.WAITING_IF.items()
+    }
     interceptor = CallInterceptor(engine.metrics, settings.tokens, settings.stream_threads, waiting)
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -152,7 +157,10 @@ def create_server(settings: ServerSettings, engine: Engine, graph: GraphSettings
         backend_port = server.add_insecure_port("127.0.0.1:0")
         if backend_port == 0:
             raise OSError("could not bind a loopback port for grpc's server")
-        methods = [(name, interceptor.wrapped(name, handler), name in waiting) for name, handler in unary_handlers(servicer)]
+        methods = [
+            (name, interceptor.wrapped(name, handler), name in waiting, waiting_if.get(name, 0))
+            for name, handler in unary_handlers(servicer)
+        ]
         fronted = front.native_front(
             settings.host,
             settings.port,

@@ -107,28 +107,29 @@ def native_front(
     port: int,
     reuse_port: bool,
     backend_port: int,
-    methods: Sequence[tuple[str, grpc.RpcMethodHandler, bool]],
+    methods: Sequence[tuple[str, grpc.RpcMethodHandler, bool, int]],
     *,
     wait_threads: int,
     max_concurrent_rpcs: int,
     max_message_bytes: int,
     io_threads: int = 2,
 ) -> Any:
-    """A bound, not yet started front end answering ``methods`` (full name, wrapped handler, may wait): queries
-    on its ``io_threads``, calls that may wait on up to ``wait_threads`` threads of their own."""
+    """A bound, not yet started front end answering ``methods`` (full name, wrapped handler, may wait, number of
+    the request's bool field that makes a call wait or 0): queries on its ``io_threads``, calls that may wait on
+    up to ``wait_threads`` threads of their own, so a slow graph read never holds up an I/O thread."""
     if ig_front is None:
         raise FailedPrecondition(
             "IG_SERVER_FRONT=native, but the native front end is not built: run `make setup` "
             "(it needs a Rust toolchain) or set IG_SERVER_FRONT=grpc"
         )
-    dispatch: Callable[..., Any] = Dispatcher([handler for _, handler, _ in methods])
+    dispatch: Callable[..., Any] = Dispatcher([handler for _, handler, _, _ in methods])
     return ig_front.Front(
         host,
         port,
         reuse_port,
         backend_port,
         dispatch,
-        [(name, waits) for name, _, waits in methods],
+        [(name, waits, waits_if) for name, _, waits, waits_if in methods],
         wait_threads,
         max_concurrent_rpcs,
         max_message_bytes,

@@ -4,18 +4,21 @@ seeded graph implies, none without explain, and every reason given checked by it
 from __future__ import annotations
 
 import time
+from urllib.parse import urlsplit
 
 import grpc
 import neo4j
 import pytest
 import redis
 
+from graphdb.driver import connect
 from graphdb.embeddings import write_embeddings
 from graphdb.pseudonym import pseudonymise
 from graphdb.schema import wipe
 from proto.interest.v1 import interest_pb2 as pb
 from server.engine import Answer, ItemFilter
 from tests.graphdb.test_analyst_queries import doc_queries
+from tests.relay import Relay
 from tests.server.conftest import base_settings, item_vectors, start_harness
 
 N_ITEMS = 36  # item_vectors: item j in cluster j % 6, so alice (item-0's vector) is nearest 6, 12, 18, 24, 30
@@ -217,3 +220,37 @@ def test_every_reason_given_holds_in_the_graph(live, neo4j_driver) -> None:
                         assert row["shared"] == 1
                     checked.append(r.kind)
     assert len(checked) > 100 and set(checked) == {BT, CAT, SEARCH, SAME}  # many reasons, of every kind
+
+
+def test_an_explained_similar_items_call_waiting_on_the_graph_leaves_the_port_answering(
+    live, neo4j_settings, graph_settings, redis_url
+) -> None:
+    """SimilarItems with explain reads the graph; without, only the index. A server whose graph stops answering
+    (its Bolt bytes held back by a relay) keeps answering plain calls while more explained calls than the native
+    front end has I/O threads wait, and the explained ones get their reasons once the graph answers again."""
+    bolt = urlsplit(neo4j_settings.uri)
+    relay = Relay(bolt.hostname or "127.0.0.1", bolt.port or 7687)
+    driver = connect(neo4j_settings.model_copy(update={"uri": f"bolt://127.0.0.1:{relay.port}"}))
+    settings = base_settings(redis_url=redis_url, delta_stream=STREAM, delta_block_ms=20)
+    harness, stop = start_harness(settings, graph_settings, driver, redis_url=redis_url, start_lifecycle=True)
+    try:
+        stub = harness.stub()
+        asked = [f"item-{j}" for j in range(settings.io_threads + 2)]
+        want = {i: stub.SimilarItems(pb.SimilarItemsRequest(item_id=i, k=5, explain=True), timeout=10) for i in asked}
+        plain = stub.SimilarItems(pb.SimilarItemsRequest(item_id="item-1", k=5), timeout=10)
+        relay.hold()
+        try:
+            waiting = [stub.SimilarItems.future(pb.SimilarItemsRequest(item_id=i, k=5, explain=True), timeout=60) for i in asked]
+            # as many explained calls as there are I/O threads are inside their graph read
+            assert relay.wait_held(settings.io_threads, timeout_s=30)
+            again = stub.SimilarItems(pb.SimilarItemsRequest(item_id="item-1", k=5), timeout=10)
+            assert again == plain
+            assert not any(f.done() for f in waiting)
+        finally:
+            relay.release()
+        for item_id, f in zip(asked, waiting):
+            assert f.result() == want[item_id] and any(i.reasons for i in want[item_id].items)
+    finally:
+        stop()
+        driver.close()
+        relay.close()

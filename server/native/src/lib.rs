@@ -4,7 +4,8 @@
 //! deadlines, size and concurrency limits run in Rust, and the call itself (validation, auth, metrics, the
 //! search, the answer) runs in Python through one `dispatch(method, request_bytes, authorization, timeout_s)
 //! -> (status_code, details, response_bytes)` callable: queries on the I/O thread that read them, calls that
-//! may wait (on Neo4j) on a bounded pool of their own. Every other call (streams, health, reflection) is
+//! may wait (on Neo4j; also a query whose request sets a flag that makes it read the graph, such as `explain`) on
+//! a bounded pool of their own. Every other call (streams, health, reflection) is
 //! forwarded to grpc's Python server on a loopback port.
 //!
 //! Why: on two cores grpc's Python server spent ~140-275 us of CPU per call on transport alone (an echo) and
@@ -49,6 +50,62 @@ const INTERNAL_ERROR: &str = "internal error; the server log has the details";
 struct Method {
     index: usize,
     waits: bool,
+    /// A top-level bool field of the request (its field number; 0 = none) whose being set makes the call one
+    /// that may wait: `SimilarItems` with `explain` reads the graph, without it only the index.
+    waits_if: u32,
+}
+
+impl Method {
+    fn waits_for(&self, message: &[u8]) -> bool {
+        self.waits || (self.waits_if != 0 && flag_set(message, self.waits_if))
+    }
+}
+
+fn varint(data: &[u8], at: &mut usize) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *data.get(*at)?;
+        *at += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// Whether the top-level varint field `field` of a protobuf message is set to a non-zero value (the last
+/// occurrence wins, as in protobuf). A message this cannot read counts as set: the call then runs where a slow
+/// one may, and Python's parser gives the error.
+fn flag_set(message: &[u8], field: u32) -> bool {
+    let mut at = 0;
+    let mut set = false;
+    while at < message.len() {
+        let Some(key) = varint(message, &mut at) else { return true };
+        let skip = match key & 7 {
+            0 => match varint(message, &mut at) {
+                Some(value) => {
+                    if key >> 3 == u64::from(field) {
+                        set = value != 0;
+                    }
+                    0
+                }
+                None => return true,
+            },
+            1 => 8,
+            2 => match varint(message, &mut at) {
+                Some(length) => length,
+                None => return true,
+            },
+            5 => 4,
+            _ => return true,  // groups: not in this API
+        };
+        match usize::try_from(skip).ok().and_then(|skip| at.checked_add(skip)) {
+            Some(next) if next <= message.len() => at = next,
+            _ => return true,
+        }
+    }
+    set
 }
 
 struct Shared {
@@ -229,7 +286,7 @@ async fn unary(shared: Arc<Shared>, method: Method, req: Request<Incoming>) -> R
     };
     let deadline = timeout.map(|t| started + t);
     let remaining = move || deadline.map(|d| d.saturating_duration_since(Instant::now()).as_secs_f64());
-    if !method.waits {
+    if !method.waits_for(&message) {
         // A query runs right here, on the I/O thread that read it, as in a thread-per-core server: handing it to
         // another thread and back cost more CPU (thread switches) than its Python part (bench.serving). It
         // holds the thread for a search; the other I/O threads keep serving meanwhile.
@@ -353,14 +410,15 @@ fn bind(host: &str, port: u16, reuse_port: bool) -> std::io::Result<std::net::Tc
 
 #[pymethods]
 impl Front {
-    /// `methods`: (full method name, may wait) for the unary methods answered through `dispatch`, which gets
-    /// the method's position in that list. Everything else goes to `backend_port` on 127.0.0.1.
+    /// `methods`: (full method name, may wait, field number of the request's bool that makes it wait or 0) for
+    /// the unary methods answered through `dispatch`, which gets the method's position in that list. Everything
+    /// else goes to `backend_port` on 127.0.0.1.
     #[new]
     #[pyo3(signature = (host, port, reuse_port, backend_port, dispatch, methods, wait_threads,
                         max_concurrent_rpcs, max_message_bytes, io_threads))]
     #[allow(clippy::too_many_arguments)]
     fn new(host: &str, port: u16, reuse_port: bool, backend_port: u16, dispatch: Py<PyAny>,
-           methods: Vec<(String, bool)>, wait_threads: usize, max_concurrent_rpcs: usize,
+           methods: Vec<(String, bool, u32)>, wait_threads: usize, max_concurrent_rpcs: usize,
            max_message_bytes: usize, io_threads: usize) -> PyResult<Self> {
         if wait_threads == 0 || max_concurrent_rpcs == 0 || io_threads == 0 {
             return Err(PyValueError::new_err("wait_threads, max_concurrent_rpcs and io_threads must be at least 1"));
@@ -378,7 +436,7 @@ impl Front {
         let methods = methods
             .into_iter()
             .enumerate()
-            .map(|(index, (name, waits))| (name, Method { index, waits }))
+            .map(|(index, (name, waits, waits_if))| (name, Method { index, waits, waits_if }))
             .collect();
         let shared = Arc::new(Shared {
             methods,
@@ -475,6 +533,36 @@ mod tests {
             assert_eq!(parse_timeout(&HeaderValue::from_str(bad).unwrap()), None, "{bad:?}");
         }
         assert_eq!(parse_timeout(&HeaderValue::from_bytes(b"1\xffS").unwrap()), None);
+    }
+
+    #[test]
+    fn flag_set_reads_the_top_level_varint_field() {
+        // SimilarItemsRequest-like: 1 = "item" (string), 2 = k (varint), 5 = explain (bool), 3 = a nested message
+        let base: &[u8] = &[0x0a, 0x04, b'i', b't', b'e', b'm', 0x10, 0x0a, 0x1a, 0x02, 0x28, 0x01];
+        assert!(!flag_set(base, 5), "a varint inside a nested message is not the top-level field");
+        assert!(flag_set(&[base, &[0x28, 0x01]].concat(), 5));
+        assert!(!flag_set(&[base, &[0x28, 0x01, 0x28, 0x00]].concat(), 5), "the last occurrence wins");
+        assert!(flag_set(&[base, &[0x28, 0x80, 0x01]].concat(), 5), "a multi-byte varint");
+        assert!(!flag_set(&[], 5));
+        assert!(!flag_set(&[0x09, 1, 2, 3, 4, 5, 6, 7, 8, 0x15, 1, 2, 3, 4], 5), "fixed64 and fixed32 are skipped");
+    }
+
+    #[test]
+    fn flag_set_counts_an_unreadable_message_as_set() {
+        assert!(flag_set(&[0x0a, 0x09, b'x'], 5), "a length past the end");
+        assert!(flag_set(&[0x28], 5), "a key without its value");
+        assert!(flag_set(&[0x0b], 5), "a group");
+        assert!(flag_set(&[0xff; 11], 5), "a varint longer than 10 bytes");
+    }
+
+    #[test]
+    fn only_a_method_with_the_flag_waits_for_it() {
+        let plain = Method { index: 0, waits: false, waits_if: 0 };
+        let explainable = Method { index: 0, waits: false, waits_if: 5 };
+        let waiting = Method { index: 0, waits: true, waits_if: 0 };
+        assert!(!plain.waits_for(&[0x28, 0x01]));
+        assert!(explainable.waits_for(&[0x28, 0x01]) && !explainable.waits_for(&[0x10, 0x0a]));
+        assert!(waiting.waits_for(&[]));
     }
 
     fn framed(flag: u8, length: u32, payload: &[u8]) -> Bytes {
