@@ -53,6 +53,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import faiss
 import numpy as np
@@ -312,10 +313,13 @@ def shoppers(names: list[str], vecs: np.ndarray, scales: np.ndarray, n: int, see
     return sessions, users
 
 
-async def session_load(port: int, sessions: list[list[dict]], concurrency: int, seconds: float) -> dict:
+async def session_load(
+    port: int, sessions: list[list[dict]], concurrency: int, seconds: float, server_cpu: Callable[[], float] | None = None
+) -> dict:
     """RecommendForUser of ``shopper-<i>`` and RecommendForSession of their session (``shoppers``), each for
     ``seconds`` in two alternating halves, same client and concurrency; every session's answer is checked
-    against its shopper's (same items, scores within 1e-5)."""
+    against its shopper's (same items, scores within 1e-5). ``server_cpu``: the server processes' CPU seconds so
+    far, for each kind's server CPU per call."""
     import grpc
 
     from proto.interest.v1 import interest_pb2 as pb
@@ -336,6 +340,7 @@ async def session_load(port: int, sessions: list[list[dict]], concurrency: int, 
     }
     latencies: dict[str, list[float]] = {"user": [], "session": []}
     elapsed = {"user": 0.0, "session": 0.0}
+    cpu = {"user": 0.0, "session": 0.0}
     answers: dict[str, dict[int, list[tuple[str, float]]]] = {"user": {}, "session": {}}
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.InterestServiceStub(channel)
@@ -356,9 +361,10 @@ async def session_load(port: int, sessions: list[list[dict]], concurrency: int, 
                         raise RuntimeError(f"{kind} {j} got the cold-start answer")
                     answers[kind].setdefault(j, [(i.item_id, i.score) for i in resp.items])
 
-            start = time.perf_counter()
+            start, cpu0 = time.perf_counter(), server_cpu() if server_cpu else 0.0
             await asyncio.gather(*(worker() for _ in range(concurrency)))
             elapsed[kind] += time.perf_counter() - start
+            cpu[kind] += (server_cpu() - cpu0) if server_cpu else 0.0
     differing = 0
     for j, got in answers["session"].items():
         want = answers["user"].get(j)
@@ -370,6 +376,8 @@ async def session_load(port: int, sessions: list[list[dict]], concurrency: int, 
         ms = np.asarray(lat) * 1000
         out[kind] = {"qps": len(ms) / elapsed[kind], "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
         out[kind]["calls"] = len(ms)
+        if server_cpu:
+            out[kind]["server_cpu_us_per_call"] = cpu[kind] / len(ms) * 1e6
     out["p50_ratio"] = out["session"]["p50_ms"] / out["user"]["p50_ms"]
     out["p99_ratio"] = out["session"]["p99_ms"] / out["user"]["p99_ms"]
     out["compared"] = len(set(answers["session"]) & set(answers["user"]))
@@ -716,6 +724,50 @@ def _violations(items: list[str], n_categories: int) -> int:
     return int(np.maximum(per_cat - 1, 0).sum() + np.maximum(per_brand - 2, 0).sum())
 
 
+def session_only(args, redis_url: str) -> dict:
+    """``--session-only``: the synthetic set as ``run_dataset`` serves it (one server process), and only
+    RecommendForSession against RecommendForUser (``session_load``), ``--rounds`` times on that server."""
+    vecs = synthetic(args.items, args.dim)
+    n, dim = vecs.shape
+    names = [f"i{j}" for j in range(n)]
+    defaults = ServerSettings(snapshot_dir=None, redis_url=None)
+    params = IndexParams(
+        nprobe=args.nprobe,
+        ivf_dim=defaults.ivf_dim,
+        refine=defaults.ivf_refine,
+        ann_min_items=defaults.ann_min_items,
+        ivf_codes=args.ivf_codes,
+    )
+    faiss.omp_set_num_threads(2)
+    scales = np.random.default_rng(3).uniform(0.05, 1.0, n).astype(np.float32)  # as run_dataset
+    index = ItemIndex.build(dim, "bench-synthetic", LabelMap(), params, names, vecs, None, scales)
+    snap = Path(tempfile.mkdtemp(prefix="ig-bench-"))
+    import redis
+
+    redis.Redis.from_url(redis_url).delete(STREAM)
+    sessions, users = shoppers(names, vecs, scales, args.sessions)
+    save_snapshot(snap, index, users, stream_id="0-0")
+    del index, vecs
+    rounds = []
+    procs, port = start_servers(snap, redis_url, args.categories, args.nprobe, 1, dim)
+    try:
+        for r in range(args.rounds):
+            session = asyncio.run(session_load(port, sessions, 16, args.seconds, lambda: servers_cpu(procs)))
+            rounds.append(session)
+            log(
+                f"round {r + 1}: RecommendForSession ({SESSION_EVENTS} events) vs RecommendForUser, c=16: "
+                f"{session['session']['qps']:.0f} vs {session['user']['qps']:.0f} calls/s, p50 {session['session']['p50_ms']:.2f} "
+                f"vs {session['user']['p50_ms']:.2f} ms ({session['p50_ratio']:.2f}x), p99 {session['session']['p99_ms']:.2f} vs "
+                f"{session['user']['p99_ms']:.2f} ms ({session['p99_ratio']:.2f}x); server CPU per call "
+                f"{session['session']['server_cpu_us_per_call']:.0f} vs {session['user']['server_cpu_us_per_call']:.0f} us; "
+                f"{session['answers_differing']} of {session['compared']} session answers differ from their shopper's"
+            )
+    finally:
+        stop_servers(procs)
+        shutil.rmtree(snap, ignore_errors=True)
+    return {"items": n, "dim": dim, "rounds": rounds}
+
+
 def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, n_categories: int, codes: str | None = None) -> dict:
     n, dim = vecs.shape
     names = [f"{prefix}{j}" for j in range(n)]
@@ -797,13 +849,14 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
             f"{batch['p99_ms']:.2f} ms; {batch['answers_differing_from_single_calls']} answers differ from single calls"
         )
         # Anonymous sessions against stored shoppers with the same events (the same 16 concurrent calls).
-        session = asyncio.run(session_load(port, sessions, 16, args.seconds))
+        session = asyncio.run(session_load(port, sessions, 16, args.seconds, lambda: servers_cpu(procs)))
         log(
             f"{name}: RecommendForSession ({SESSION_EVENTS} events) vs RecommendForUser, c=16: "
             f"{session['session']['qps']:.0f} vs {session['user']['qps']:.0f} calls/s, p50 {session['session']['p50_ms']:.2f} vs "
             f"{session['user']['p50_ms']:.2f} ms ({session['p50_ratio']:.2f}x), p99 {session['session']['p99_ms']:.2f} vs "
             f"{session['user']['p99_ms']:.2f} ms ({session['p99_ratio']:.2f}x); {session['answers_differing']} of "
-            f"{session['compared']} session answers differ from their shopper's"
+            f"{session['compared']} session answers differ from their shopper's; server CPU per call "
+            f"{session['session']['server_cpu_us_per_call']:.0f} vs {session['user']['server_cpu_us_per_call']:.0f} us"
         )
         echo_run = measure_echo(args.seconds)
         echo = echo_run["qps"]
@@ -972,8 +1025,14 @@ def main() -> None:
     parser.add_argument("--explain-concurrency", type=int, default=4)
     parser.add_argument("--explain-seconds", type=float, default=4.0, help="per round and mode (explain off, on)")
     parser.add_argument("--explain-rounds", type=int, default=3)
+    parser.add_argument(
+        "--session-only", action="store_true", help="run only RecommendForSession against RecommendForUser (--rounds times)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="with --session-only: rounds on the same server")
     args = parser.parse_args()
     explained = None
+    if args.session_only:
+        args.no_explain = True
     if not args.no_explain:
         # First, on its own stack: the pipeline it starts (Neo4j, Redis, a worker, a server) is gone before the rest.
         explained = serving_explain.measure(
@@ -996,6 +1055,28 @@ def main() -> None:
         stack = LocalStackSettings(var_dir=var, redis_port=localstack.free_port())
         started = (localstack.start_redis(stack), var)
         redis_url = f"redis://127.0.0.1:{stack.redis_port}/0"
+    if args.session_only:
+        try:
+            only = session_only(args, redis_url)
+        finally:
+            if started is not None:
+                localstack.stop_service(started[0])
+                shutil.rmtree(started[1], ignore_errors=True)
+        last = only["rounds"]
+        result = {
+            "bench": "serving",
+            "session_only": True,
+            "items": only["items"],
+            "dim": only["dim"],
+            "session_vs_user_p50": [round(r["p50_ratio"], 3) for r in last],
+            "session_vs_user_p99": [round(r["p99_ratio"], 3) for r in last],
+            "session_answers_differing": sum(r["answers_differing"] for r in last),
+            "front": "native" if front_built() else "grpc",
+            "machine": f"{os.cpu_count()} cores, no GPU",
+            "details": only,
+        }
+        emit_result(result, args.out)
+        return
     try:
         t0 = time.perf_counter()
         vecs = synthetic(args.items, args.dim)
