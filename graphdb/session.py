@@ -33,27 +33,40 @@ class SessionEvent(NamedTuple):
 
 @dataclass(frozen=True)
 class SessionEdges:
-    edges: list[EdgeRow]  # one per (behaviour type, item), as ingestion aggregates a stored user's events
+    times: dict[tuple[str, str], list[float]]  # (relationship type, item) -> its events' times
     latest: dict[str, float]  # item -> its latest event over every behaviour type
     bought: frozenset[str]
+    half_life_s: float
+
+    def edges(self, user: str) -> list[EdgeRow]:
+        """One row per (behaviour type, item), as ingestion aggregates a stored user's events: only a session
+        past the user cap needs them (to rank its items), so they are built on demand."""
+        k = LN2 / self.half_life_s
+        out = []
+        for (_, item), times in self.times.items():
+            last = max(times)
+            out.append(EdgeRow(user, item, 1.0 if len(times) == 1 else decayed_weight(times, last, k), last, min(times)))
+        return out
 
 
-def session_edges(events: Sequence[SessionEvent], user: str, settings: GraphSettings, now: float) -> SessionEdges:
-    """``events`` (item events only) checked by ingestion's rules and aggregated into ``user``'s edge rows.
+def session_edges(events: Sequence[SessionEvent], settings: GraphSettings, now: float) -> SessionEdges:
+    """``events`` (item events only) checked by ingestion's rules and grouped as ingestion aggregates them.
 
     Raises InvalidInput naming the first bad event (``events[i]: ...``), as ingestion would reject it."""
     limit = settings.max_id_chars
     checked: set[str] = set()
     groups: dict[tuple[str, str], list[float]] = {}
+    latest: dict[str, float] = {}
     for i, (item, kind, ts, rating) in enumerate(events):
         rel = REL_FOR_EVENT.get(kind)
         if rel is None or rel not in ITEM_INTERACTIONS:
             raise InvalidInput(f"events[{i}]: {kind!r} is not an item interaction")
-        problem = rating_shape(kind, rating)
+        rated = rating is not None or kind == "rate"  # the rating rules have nothing to say otherwise
+        problem = rating_shape(kind, rating) if rated else None
         if problem is None and item not in checked:
             problem = check_id("item_id", item, limit)
             checked.add(item)
-        problem = problem or check_time(ts, settings, now) or check_rating(rating)
+        problem = problem or check_time(ts, settings, now) or (check_rating(rating) if rated else None)
         if problem:
             raise InvalidInput(f"events[{i}]: {problem}")
         times = groups.get((rel, item))
@@ -61,12 +74,6 @@ def session_edges(events: Sequence[SessionEvent], user: str, settings: GraphSett
             groups[(rel, item)] = [ts]
         else:
             times.append(ts)
-    k = LN2 / settings.half_life_s
-    edges: list[EdgeRow] = []
-    latest: dict[str, float] = {}
-    for (rel, item), times in groups.items():
-        last = max(times)
-        edges.append(EdgeRow(user, item, 1.0 if len(times) == 1 else decayed_weight(times, last, k), last, min(times)))
-        if last > latest.get(item, last - 1):
-            latest[item] = last
-    return SessionEdges(edges, latest, frozenset(item for rel, item in groups if rel == _PURCHASED))
+        if ts > latest.get(item, ts - 1):
+            latest[item] = ts
+    return SessionEdges(groups, latest, frozenset(item for rel, item in groups if rel == _PURCHASED), settings.half_life_s)

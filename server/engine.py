@@ -359,14 +359,17 @@ class Engine:
         its in_scale (written by an older worker)."""
         serving = self._state()
         index = serving.index
-        session = session_edges(events, SESSION_USER, self.graph, time.time())
+        session = session_edges(events, self.graph, time.time())
         items = sorted(session.latest)
         with self.lock:  # the rows and scales of the session's items, read together
             found = [(i, lab) for i, lab in zip(items, map(index.label_of, items)) if lab is not None]
             z, scales = index.user_side(np.fromiter((lab for _, lab in found), np.int64, len(found)))
         seen = [] if include_seen else [lab for i, lab in found if i in session.bought]
         keep = scales > 0
-        embedded = self._session_vector(session, [i for (i, _), kept in zip(found, keep) if kept], z[keep], scales[keep], index)
+        if keep.all():  # mostly: no copy of the rows
+            embedded = self._session_vector(session, [i for i, _ in found], z, scales, index)
+        else:
+            embedded = self._session_vector(session, [i for (i, _), kept in zip(found, keep) if kept], z[keep], scales[keep], index)
         if embedded is None or not np.any(embedded):
             if not include_seen:  # bought items without a vector are not in the index either
                 seen = [lab for lab in map(self.labels.get, sorted(session.bought)) if lab is not None]
@@ -393,7 +396,7 @@ class Engine:
             times = np.fromiter((int(session.latest[i]) for i in items), np.float64, len(items))  # whole seconds, as stored
             return weighted_sum(z, scales, times, card)
         known = {i: (v, float(s)) for i, v, s in zip(items, z, scales)}
-        embedded = user_vector(session.edges, known, card)
+        embedded = user_vector(session.edges(SESSION_USER), known, card)
         return None if embedded is None else embedded[0]
 
     def add_card(self, card: UserSideCard) -> None:
