@@ -8,11 +8,13 @@ from urllib.parse import urlsplit
 
 import grpc
 import neo4j
+import numpy as np
 import pytest
 import redis
 
 from graphdb.driver import connect
 from graphdb.embeddings import write_embeddings
+from graphdb.model_state import UserSideCard, write_card
 from graphdb.pseudonym import pseudonymise
 from graphdb.schema import wipe
 from proto.interest.v1 import interest_pb2 as pb
@@ -77,7 +79,11 @@ def live(neo4j_driver, graph_settings, redis_url):
     assert (ack.accepted, list(ack.rejected)) == (len(events), [])
     stop()
     ids, vecs = item_vectors(N_ITEMS)
-    write_embeddings(neo4j_driver, "Item", zip(ids, vecs.tolist()), "m1")
+    # in_scales and a user-side card make sessions answerable: items 2 and 4 weigh next to nothing, so a session of
+    # alice's item events embeds as her stored vector (item-0's) and gets her answer
+    scales = {i: 1e-9 if i in ("item-2", "item-4") else 1.0 for i in ids}
+    write_embeddings(neo4j_driver, "Item", zip(ids, vecs.tolist()), "m1", in_scales=scales)
+    write_card(neo4j_driver, UserSideCard("m1", np.ones(vecs.shape[1]), 500, graph_settings.half_life_days, 0.0, 1.0))
     alice = pseudonymise(graph_settings.pseudonym_key.get_secret_value(), "alice")
     write_embeddings(neo4j_driver, "User", [(alice, vecs[0].tolist())], "m1")
     harness, stop = start_harness(settings, graph_settings, neo4j_driver, redis_url=redis_url, start_lifecycle=True)
@@ -170,6 +176,25 @@ def test_a_session_explained_by_its_items_gets_the_stored_shoppers_reasons(live)
         queries=["wireless headphones"],
     )
     assert session.reasons == answer.reasons and len(answer.reasons) == 5
+
+
+def test_a_session_is_explained_through_the_stubs_by_its_own_items(live) -> None:
+    """RecommendForSession with explain: alice's item events as a session get her answer and her reasons, but for
+    her search (a session carries none)."""
+    stub = live.stub()
+    now = time.time()
+    events = [
+        pb.SessionEvent(item_id="item-0", type=pb.EVENT_TYPE_PURCHASE, ts=now - 50),
+        pb.SessionEvent(item_id="item-2", type=pb.EVENT_TYPE_PURCHASE, ts=now - 40),
+        pb.SessionEvent(item_id="item-4", type=pb.EVENT_TYPE_VIEW, ts=now - 30),
+    ]
+    got = stub.RecommendForSession(pb.RecommendForSessionRequest(events=events, k=5, explain=True), timeout=10)
+    want = stub.RecommendForUser(pb.RecommendForUserRequest(user_id="alice", k=5, explain=True), timeout=10)
+    assert not got.cold_start and [i.item_id for i in got.items] == [i.item_id for i in want.items]
+    assert {i.item_id: _reasons(i) for i in got.items} == {i.item_id: [r for r in _reasons(i) if r[0] != SEARCH] for i in want.items}
+    assert sum(len(i.reasons) for i in got.items) == 7  # alice's 9 but her 2 search reasons
+    plain = stub.RecommendForSession(pb.RecommendForSessionRequest(events=events, k=5), timeout=10)
+    assert [i.item_id for i in plain.items] == [i.item_id for i in got.items] and all(not i.reasons for i in plain.items)
 
 
 def _holds(driver: neo4j.Driver, heading: str, params: dict) -> dict:
