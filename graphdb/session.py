@@ -49,8 +49,9 @@ class SessionEdges:
         return out
 
 
-def session_edges(events: Sequence[SessionEvent], settings: GraphSettings, now: float) -> SessionEdges:
-    """``events`` (item events only) checked by ingestion's rules and grouped as ingestion aggregates them.
+def session_edges(events: Sequence[tuple[str, str, float, float | None]], settings: GraphSettings, now: float) -> SessionEdges:
+    """``events`` (item events only, as ``SessionEvent`` or plain tuples of its shape) checked by ingestion's rules
+    and grouped as ingestion aggregates them.
 
     Raises InvalidInput naming the first bad event (``events[i]: ...``), as ingestion would reject it."""
     limit = settings.max_id_chars

@@ -29,11 +29,11 @@ from graphdb.ingest import IngestResult, ingest_events
 from graphdb.model_state import UserSideCard, read_card
 from graphdb.pseudonym import pseudonymise
 from graphdb.schema import USER
-from graphdb.session import SessionEdges, SessionEvent, session_edges
+from graphdb.session import SessionEdges, session_edges
 from graphdb.settings import GraphSettings
 from server.facets import FacetStore
 from server.feedback import push_down
-from server.index import IndexParams, ItemIndex, LabelMap, normalise
+from server.index import IndexParams, ItemIndex, LabelMap
 from server.rules import RankingRules, apply_rules
 from server.settings import ServerSettings
 from server.users import UserVectors
@@ -345,7 +345,7 @@ class Engine:
 
     def recommend_for_session(
         self,
-        events: Sequence[SessionEvent],
+        events: Sequence[tuple[str, str, float, float | None]],
         k: int,
         flt: ItemFilter,
         include_seen: bool,
@@ -370,11 +370,12 @@ class Engine:
             embedded = self._session_vector(session, [i for i, _ in found], z, scales, index)
         else:
             embedded = self._session_vector(session, [i for (i, _), kept in zip(found, keep) if kept], z[keep], scales[keep], index)
-        if embedded is None or not np.any(embedded):
+        norm = 0.0 if embedded is None else float(np.sqrt(np.dot(embedded, embedded)))
+        if norm == 0.0 or embedded is None:
             if not include_seen:  # bought items without a vector are not in the index either
                 seen = [lab for lab in map(self.labels.get, sorted(session.bought)) if lab is not None]
             return Answer(self._cold_start(k, flt, seen, rules), index.model_version, cold_start=True)
-        query = normalise(embedded.reshape(1, -1))[0]  # as a stored user's vector is (server.users)
+        query = embedded / np.float32(norm)  # normalised, as a stored user's vector is (server.users)
         with self.lock:
             top = self._search(serving, query, k, flt, seen, rules)
         answer = Answer(top, index.model_version)

@@ -144,7 +144,7 @@ class ItemIndex:
 
     def user_side(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(served vectors [n, dim], in_scale [n]) of live labels: what a session is embedded from."""
-        return self._vec[labels].copy(), self._scale[labels].copy()
+        return self._vec[labels], self._scale[labels]  # fancy indexing copies
 
     def live_mask(self) -> np.ndarray:
         return self._where > ABSENT

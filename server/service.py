@@ -13,7 +13,6 @@ from google.protobuf.message import Message
 
 from graphdb import explain
 from graphdb.errors import InvalidInput, ResourceExhausted, Unavailable
-from graphdb.session import SessionEvent
 from graphdb.settings import GraphSettings
 from proto.interest.v1 import interest_pb2 as pb
 from proto.interest.v1 import interest_pb2_grpc as pb_grpc
@@ -203,11 +202,11 @@ class InterestServicer(pb_grpc.InterestServiceServicer):
         )
         return _answer(pb.RecommendForSessionResponse, answer, cold_start=answer.cold_start)
 
-    def session_events(self, events: Sequence[pb.SessionEvent]) -> list[SessionEvent]:
+    def session_events(self, events: Sequence[pb.SessionEvent]) -> list[tuple[str, str, float, float | None]]:
         """A session's events as ``graphdb.session`` takes them (which checks the rest by ingestion's rules)."""
         if len(events) > self.max_session_events:
             raise InvalidInput(f"a session carries at most {self.max_session_events} events, got {len(events)}")
-        out: list[SessionEvent] = []
+        out: list[tuple[str, str, float, float | None]] = []
         checked: set[str] = set()  # a session names few items, many times each
         for i, ev in enumerate(events):
             kind = SESSION_EVENT_TYPES.get(ev.type)
@@ -219,7 +218,7 @@ class InterestServicer(pb_grpc.InterestServiceServicer):
             item = ev.item_id
             if item not in checked:
                 checked.add(self.check.id(item, f"events[{i}].item_id"))
-            out.append(SessionEvent(item, kind, ts, ev.rating or None))
+            out.append((item, kind, ts, ev.rating or None))  # a plain tuple: a SessionEvent's shape, built faster
         return out
 
     def NearestItems(self, request: pb.NearestItemsRequest, context: grpc.ServicerContext) -> pb.NearestItemsResponse:
