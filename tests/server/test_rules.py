@@ -219,6 +219,7 @@ def test_bad_rules_are_invalid_argument_on_every_call(rules_server, rules, messa
         (stub.SimilarItems, pb.SimilarItemsRequest(item_id="item-7", k=5, rules=rules)),
         (stub.NearestItems, pb.NearestItemsRequest(vector=[1.0] * 16, k=5, rules=rules)),
         (stub.RecommendForUser, pb.RecommendForUserRequest(user_id="alice", k=5, rules=rules)),
+        (stub.RecommendForSession, pb.RecommendForSessionRequest(k=5, rules=rules)),
     ]
     for call, request in calls:
         with pytest.raises(grpc.RpcError) as err:
