@@ -7,6 +7,8 @@ the same client concurrency (a Python ``grpc.aio`` client, one connection), so d
 both alike. Reported: p50/p99 latency and calls/s of each, the p99 ratio on/off, and with explain on the share of
 returned items with at least one reason, reasons per item and the share of items with each kind.
 
+``RecommendForSession`` is measured the same way, each asked shopper's latest purchases sent as a session.
+
 Negative feedback's serving cost on the same server (``_feedback``): RecommendForUser of the same shoppers before
 and after half of them hide an item and return a purchase through ``IngestEvents``, the other half as the peer.
 """
@@ -29,6 +31,8 @@ from graphdb.loaders import DATASETS
 from graphdb.settings import DataSettings
 from proto.interest.v1 import interest_pb2 as pb
 from proto.interest.v1 import interest_pb2_grpc as pb_grpc
+
+SESSION_EVENTS = 20  # at most this many of a shopper's latest purchases make their session
 
 
 def log(msg: str) -> None:
@@ -184,7 +188,11 @@ def measure(dataset: str, *, users: int, k: int, concurrency: int, seconds: floa
     rng = random.Random(seed)
     events = list(DATASETS[dataset].events(root))
     shoppers = sorted({e["user_id"] for e in events})
-    bought = {e["user_id"]: e["item_id"] for e in sorted(events, key=lambda e: e["ts"]) if e["type"] == "purchase"}  # the latest
+    history: dict[str, list[dict[str, Any]]] = {}
+    for e in sorted(events, key=lambda e: e["ts"]):
+        if e["type"] == "purchase":
+            history.setdefault(e["user_id"], []).append(e)
+    bought = {u: evs[-1]["item_id"] for u, evs in history.items()}  # the latest
     shoppers = rng.sample(shoppers, min(users, len(shoppers)))
     with tempfile.TemporaryDirectory(prefix="ig-bench-explain-") as tmp, pipeline(Path(tmp), dataset=dataset, server=True) as p:
         assert p.server_port is not None
@@ -213,6 +221,25 @@ def measure(dataset: str, *, users: int, k: int, concurrency: int, seconds: floa
                 rounds,
             )
         )
+        # each asked shopper's latest purchases as an anonymous session (what RecommendForSession explains by)
+        sessions = [
+            [
+                pb.SessionEvent(item_id=e["item_id"], type=pb.EVENT_TYPE_PURCHASE, ts=e["ts"])
+                for e in history.get(u, [])[-SESSION_EVENTS:]
+            ]
+            for u in shoppers
+        ]
+        session = asyncio.run(
+            _run(
+                p.server_port,
+                lambda i, e: pb.RecommendForSessionRequest(events=sessions[i], k=k, explain=e),
+                "RecommendForSession",
+                len(sessions),
+                concurrency,
+                seconds,
+                rounds,
+            )
+        )
         feedback = asyncio.run(_feedback(p.server_port, shoppers, bought, k, concurrency, seconds, rounds))
     for group in ("hiders", "control"):
         f = feedback[group]
@@ -221,7 +248,7 @@ def measure(dataset: str, *, users: int, k: int, concurrency: int, seconds: floa
             f"({f['p50_with_over_without']:.2f}x), p99 {f['without']['p99_ms']:.2f} -> {f['with']['p99_ms']:.2f} ms "
             f"({f['p99_with_over_without']:.2f}x)"
         )
-    for name, r in (("RecommendForUser", recommend), ("SimilarItems", similar)):
+    for name, r in (("RecommendForUser", recommend), ("SimilarItems", similar), ("RecommendForSession", session)):
         log(
             f"{name}: p99 {r['off']['p99_ms']:.2f} ms off, {r['on']['p99_ms']:.2f} ms on ({r['p99_on_over_off']:.2f}x); "
             f"{r['share_with_a_reason']:.1%} of {r['items_returned']} items with a reason, {r['reasons_per_item']:.2f} per item; "
@@ -237,5 +264,7 @@ def measure(dataset: str, *, users: int, k: int, concurrency: int, seconds: floa
         "rounds": rounds,
         "recommend_for_user": recommend,
         "similar_items": similar,
+        "recommend_for_session": session,
+        "session_events": SESSION_EVENTS,
         "feedback": feedback,
     }
