@@ -10,11 +10,13 @@ import re
 import signal
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from graphdb import subgraph
 from graphdb.changes import count_marks
@@ -215,6 +217,13 @@ def _rounds(logs: list[Path]) -> list[tuple[int, int, float, float, int]]:
     return out
 
 
+def _scrape(log: Path, name: str) -> dict[str, float]:
+    """partition label -> value of the metric ``name`` on the worker that wrote ``log``."""
+    port = process.metrics_port(log)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {s.labels.get("partition", ""): s.value for m in text_string_to_metric_families(text) for s in m.samples if s.name == name}
+
+
 def _wait(cond, timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not cond():
@@ -256,10 +265,18 @@ def test_workers_recompute_partitions_concurrently_and_end_equal_to_full(
             t.join()
         _wait(lambda: count_marks(rt.driver) == 0, 300, "marks left after 300 s")
 
+        assert _scrape(logs[0], "ig_worker_partition_marks_waiting") == {"0": 0, "1": 0, "2": 0}
         rounds = _rounds(logs)
         assert {p for _w, p, *_ in rounds} == {0, 1, 2}
         overlapping = [(a, b) for a in rounds for b in rounds if a[0] < b[0] and a[1] != b[1] and a[2] < b[3] and b[2] < a[3]]
         assert overlapping, f"no two partitions ran at once: {rounds}"
+        # every task of worker 0 records its lock wait (after its result: wait for the last one to land)
+        worked = len([r for r in rounds if r[0] == 0])
+        _wait(
+            lambda: _scrape(logs[0], "ig_worker_recompute_lock_wait_seconds_count").get("", 0) >= worked,
+            30,
+            "lock waits not recorded",
+        )
         ctx = rt.context(version)
         _assert_equals_full(ctx)
         labels = {label: len(full) for label, full in full_vectors(ctx).vectors.items()}
@@ -299,6 +316,9 @@ def test_a_worker_killed_holding_a_partition_gives_it_back_within_the_lock_timeo
         second = process.start_worker(env, tmp_path / "worker2.log")
         try:
             process.wait_for_worker(app, second)
+            # the backlog per partition, as the new worker's metrics show it while nobody works on it
+            waiting = _scrape(tmp_path / "worker2.log", "ig_worker_partition_marks_waiting")
+            assert waiting == {"0": before[0][0], "1": before[1][0]}
             _wait(lambda: not client.exists(name), lock_timeout + 5, "the dead worker's claim never expired")
             done = app.send_task("interest.recompute", kwargs={"partition": 0}).get(timeout=120)
             assert done["partitions"] == [0] and done["marks"] == before[0][0]
