@@ -109,13 +109,13 @@ def main(
     ):
         key = p.graph.pseudonym_key.get_secret_value()
         warm_n = 200
-        needed = (1 + len(counts)) * (events + warm_n)
-        items, external = stream_inputs(p, dataset, key, needed)
-        slices = iter(range(0, needed, events + warm_n))
+        items, external = stream_inputs(p, dataset, key, events + warm_n)
+        rng = random.Random(5)
 
         def users() -> tuple[list[str], list[str]]:
-            s = next(slices)
-            return external[s + warm_n : s + warm_n + events], external[s : s + warm_n]
+            """Distinct users within a phase (a new sample each phase): the phase's events, and the warm-up's."""
+            picked = rng.sample(external, events + warm_n)
+            return picked[warm_n:], picked[:warm_n]
 
         phase_users, warm = users()
         rows = [_phase(p, 1, [p.worker.pid], phase_users, warm, items)]
