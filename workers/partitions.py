@@ -34,7 +34,7 @@ import redis.lock
 
 from graphdb import subgraph
 from graphdb.changes import clear_marks
-from graphdb.errors import Unavailable
+from graphdb.errors import InvalidInput, Unavailable
 from graphdb.schema import BRAND, CATEGORY, ITEM, QUERY, USER
 from graphdb.slots import hand_off, read_partition_marks
 from workers.recompute import Context, RecomputeResult, _Clock, _differs, _ensure_card, _fold_edges, _np, _publish, _users, _write
@@ -184,6 +184,8 @@ def recompute_partition(ctx: Context, index: int, partitions: int, limit: int, k
 def recompute(ctx: Context, client: redis.Redis, partitions: int, limit: int, lock_timeout_s: float, index: int | None = None) -> dict:
     """One round on partition ``index``, or on every partition this worker can claim now (from a random one on,
     so concurrent callers spread); a partition another worker holds is skipped (its marks wait for the next)."""
+    if index is not None and not 0 <= index < partitions:
+        raise InvalidInput(f"partition {index} is not one of 0..{partitions - 1} (IG_WORKER_PARTITIONS={partitions})")
     order = [index] if index is not None else _rotated(partitions)
     total = RecomputeResult(ctx.encoder.version)
     done: list[int] = []

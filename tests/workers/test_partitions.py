@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from graphdb import subgraph
 from graphdb.changes import count_marks
-from graphdb.errors import Unavailable
+from graphdb.errors import InvalidInput, Unavailable
 from graphdb.ingest import ingest_events
 from graphdb.marks import SLOTS, slot_of
 from graphdb.model_state import active_model
@@ -127,6 +127,13 @@ def test_every_node_gets_the_slot_of_its_id_and_partitions_split_the_slots(graph
     users = (marks[0] | marks[1] | marks[2]) - set(ids)
     assert sum(len(v) for v in marks.values()) == len(ids) + 1 and len(users) == 1
     assert sum(n for n, _ in partition_backlog(graph, 3).values()) == len(ids) + 1
+
+
+def test_a_partition_outside_the_count_is_refused_with_what_was_wrong(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    for bad in (3, -1):
+        with pytest.raises(InvalidInput, match=rf"partition {bad} is not one of 0..2"):
+            partitions.recompute(None, client, 3, 10, 5.0, bad)  # type: ignore[arg-type]  # refused before the context is used
 
 
 def test_partition_rounds_in_any_order_equal_a_full_recompute(graph, neo4j_settings, graph_settings, redis_url, tmp_path):
