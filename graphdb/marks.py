@@ -3,18 +3,48 @@
 A mark is the ``Dirty`` label plus ``chg``, a token unique to the writing transaction. Writes set the token
 blindly (no read-modify-write), so concurrent writers can never leave a token a reader has already seen;
 ``graphdb.changes.clear_marks`` removes a mark only if its token is still the one the reader saw.
+
+A marked node also carries ``slot``, a stable hash of its id into ``SLOTS`` buckets (set on its first mark and
+never changed), so a partitioned recompute reads only the marks of its slots through an index
+(``graphdb.slots``). Cypher has no hash function, so the hash is spelled in Cypher over the id's characters;
+``slot_of`` is its twin in Python.
 """
 
 from __future__ import annotations
 
+import string
 import uuid
 
 from graphdb.schema import DIRTY
 
+# Fixed for the life of a graph (stored on the nodes); partitions are unions of slots, so their number can change.
+SLOTS = 4096
+_ALPHABET = string.ascii_letters + string.digits + "_-:.|/ "  # ids' usual characters; any other counts as one more
+_MOD = 1_000_000_007
+
+
+def slot_expr(var: str) -> str:
+    """Cypher: the slot of node ``var`` from its id (31-polynomial hash of the characters' alphabet positions)."""
+    # split(alphabet, c)[0] is the part before c: its size is c's position (the whole alphabet when absent).
+    return f"reduce(h = 0, c IN split({var}.id, '') | (h * 31 + size(split('{_ALPHABET}', c)[0])) % {_MOD}) % {SLOTS}"
+
+
+def slot_of(node_id: str) -> int:
+    """What ``slot_expr`` stores for ``node_id`` (for characters of the Basic Multilingual Plane)."""
+    h = 0
+    for c in node_id:
+        pos = _ALPHABET.find(c)
+        h = (h * 31 + (pos if pos >= 0 else len(_ALPHABET))) % _MOD
+    return h % SLOTS
+
 
 def mark(var: str) -> str:
     """SET items that mark node variable ``var``; the query must bind ``$token`` and ``$now``."""
-    return f"{var}:{DIRTY}, {var}.chg = $token, {var}.dirty_since = coalesce({var}.dirty_since, $now)"
+    # CASE, not coalesce: the hash is computed once per node, on its first mark.
+    return (
+        f"{var}:{DIRTY}, {var}.chg = $token, {var}.dirty_since = coalesce({var}.dirty_since, $now), "
+        f"{var}.slot = CASE WHEN {var}.slot IS NULL THEN {slot_expr(var)} ELSE {var}.slot END"
+    )
 
 
 def new_token() -> str:

@@ -56,6 +56,7 @@ _CONSTRAINTS = [
 _INDEXES = [
     f"CREATE INDEX seen_at IF NOT EXISTS FOR (n:{SEEN}) ON (n.at)",
     f"CREATE INDEX dirty_since IF NOT EXISTS FOR (n:{DIRTY}) ON (n.dirty_since)",
+    f"CREATE INDEX dirty_slot IF NOT EXISTS FOR (n:{DIRTY}) ON (n.slot)",  # a partition's marks (graphdb.slots)
 ]
 _VECTOR_INDEX = (
     "CREATE VECTOR INDEX {name} IF NOT EXISTS FOR (n:{label}) ON n.embedding "
@@ -82,6 +83,9 @@ def migrate(driver: neo4j.Driver, settings: GraphSettings, database: str = "neo4
     for label, name in EMBEDDING_INDEXES.items():
         driver.execute_query(_VECTOR_INDEX.format(name=name, label=label, dim=dim), database_=database)
     driver.execute_query("CALL db.awaitIndexes(300)", database_=database)
+    from graphdb.slots import fill_slots  # imports graphdb.marks, which imports this module
+
+    fill_slots(driver, database=database)  # marks written before slots existed
     record = driver.execute_query(_SET_VERSION, version=SCHEMA_VERSION, database_=database).records[0]
     return int(record["version"])
 

@@ -76,7 +76,7 @@ def _metrics(**_kwargs) -> None:
     # Its own driver (the HTTP thread reads the backlog; tasks keep theirs), connected at the first scrape.
     neo4j_settings = Neo4jSettings()
     driver = connect(neo4j_settings, verify=False, max_retry_s=5.0)
-    metrics = WorkerMetrics(settings.broker_url, driver=driver, database=neo4j_settings.database)
+    metrics = WorkerMetrics(settings.broker_url, driver=driver, database=neo4j_settings.database, partitions=settings.partitions)
     metrics.connect()
     try:
         metrics.start_http(settings.metrics_host, settings.metrics_port)

@@ -26,6 +26,7 @@ from graphdb.loaders import DATASETS, load_dataset
 from graphdb.model_state import active_model
 from graphdb.schema import ITEM, USER
 from graphdb.settings import DataSettings, GraphSettings, Neo4jSettings
+from workers import partitions
 from workers.checkpoint import load_checkpoint, resolve
 from workers.gate import data_until, served_recall, split_after
 from workers.live import LiveEncoder, training_graph
@@ -120,11 +121,16 @@ class Runtime:
 
 
 # ---------------------------------------------------------------------------------------------- the jobs
-def recompute(rt: Runtime, limit: int | None = None) -> dict:
-    """Recompute what the marked nodes affect, with the active model; a no-op without one."""
+def recompute(rt: Runtime, limit: int | None = None, partition: int | None = None) -> dict:
+    """Recompute what the marked nodes affect, with the active model; a no-op without one. With
+    ``IG_WORKER_PARTITIONS`` > 1, one partition's marks (or every partition free now): `workers.partitions`."""
     state = active_model(rt.driver, database=rt.database)
     if state is None:
         return {"skipped": "no active model", "marks": 0}
+    ws = rt.worker
+    if ws.partitions > 1:
+        ctx = rt.context(state.version)
+        return partitions.recompute(ctx, rt.redis, ws.partitions, limit or ws.recompute_batch, ws.lock_timeout_s, partition)
     with rt.lock(wait_s=rt.worker.lock_timeout_s) as got:
         if not got:
             return {"skipped": "another recompute holds the lock", "marks": 0}
@@ -139,7 +145,10 @@ def rebuild_version(rt: Runtime, version: str = "latest", progress: Progress | N
     with rt.lock(timeout_s=rt.worker.visibility_timeout_s) as got:
         if not got:
             raise FailedPrecondition("could not take the recompute lock")
-        return rebuild(rt.context(ck_version), progress=progress)
+        if rt.worker.partitions == 1:
+            return rebuild(rt.context(ck_version), progress=progress)
+        with partitions.hold_all(rt.redis, rt.worker.partitions, rt.worker.visibility_timeout_s, rt.worker.lock_timeout_s):
+            return rebuild(rt.context(ck_version), progress=progress)
 
 
 def load_checkpoint_version(rt: Runtime, ref: str) -> str:

@@ -12,6 +12,9 @@ by whoever sends it) to its start; queue depth is read from the broker when Prom
     ig_worker_recompute_last_timestamp_seconds   when the last recompute finished
     ig_worker_marks_waiting                      changed nodes waiting for a recompute (Neo4j, at scrape)
     ig_worker_oldest_mark_age_seconds            age of the oldest of them (0 when none waits)
+    ig_worker_partition_marks_waiting{partition}          the same per partition (IG_WORKER_PARTITIONS > 1)
+    ig_worker_partition_oldest_mark_age_seconds{partition}
+    ig_worker_recompute_lock_wait_seconds        histogram of the time a recompute task spent taking its locks
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from graphdb.changes import backlog
+from graphdb.slots import partition_backlog
 
 log = get_logger(__name__)  # under Celery's logger: the worker log shows it
 
@@ -53,8 +57,8 @@ class _Backlog:
     """The recompute backlog, read from Neo4j when Prometheus scrapes: the marks live there, not in the queue,
     so a backlog whose worker or scheduler is down still shows (from any other worker)."""
 
-    def __init__(self, driver: neo4j.Driver, database: str) -> None:
-        self.driver, self.database = driver, database
+    def __init__(self, driver: neo4j.Driver, database: str, partitions: int = 1) -> None:
+        self.driver, self.database, self.partitions = driver, database, partitions
 
     def collect(self) -> Iterator[Metric]:
         try:
@@ -65,11 +69,36 @@ class _Backlog:
         yield GaugeMetricFamily("ig_worker_marks_waiting", "Changed nodes waiting for a recompute", value=float(waiting))
         age = max(0.0, time.time() - oldest) if oldest is not None else 0.0
         yield GaugeMetricFamily("ig_worker_oldest_mark_age_seconds", "Age of the oldest waiting change mark", value=age)
+        if self.partitions > 1:
+            yield from self._partitions()
+
+    def _partitions(self) -> Iterator[Metric]:
+        try:
+            parts = partition_backlog(self.driver, self.partitions, database=self.database)
+        except (neo4j.exceptions.Neo4jError, neo4j.exceptions.DriverError) as exc:
+            log.warning("partition backlog not read: %s", exc)
+            return
+        waiting = GaugeMetricFamily("ig_worker_partition_marks_waiting", "Marks waiting per partition", labels=["partition"])
+        oldest = GaugeMetricFamily(
+            "ig_worker_partition_oldest_mark_age_seconds", "Age of a partition's oldest mark", labels=["partition"]
+        )
+        now = time.time()
+        for p in range(self.partitions):
+            n, since = parts.get(p, (0, None))
+            waiting.add_metric([str(p)], float(n))
+            oldest.add_metric([str(p)], max(0.0, now - since) if since is not None else 0.0)
+        yield waiting
+        yield oldest
 
 
 class WorkerMetrics:
     def __init__(
-        self, broker_url: str, queues: tuple[str, ...] = ("gpu", "cpu"), driver: neo4j.Driver | None = None, database: str = "neo4j"
+        self,
+        broker_url: str,
+        queues: tuple[str, ...] = ("gpu", "cpu"),
+        driver: neo4j.Driver | None = None,
+        database: str = "neo4j",
+        partitions: int = 1,
     ) -> None:
         self.registry = CollectorRegistry()
         self.task_seconds = Histogram(
@@ -79,10 +108,13 @@ class WorkerMetrics:
             "ig_worker_queue_lag_seconds", "From publication to start", ["task"], buckets=BUCKETS, registry=self.registry
         )
         self.recompute_nodes = Counter("ig_worker_recompute_nodes", "Recompute work", ["kind"], registry=self.registry)
+        self.lock_wait = Histogram(
+            "ig_worker_recompute_lock_wait_seconds", "Time a recompute spent taking its locks", buckets=BUCKETS, registry=self.registry
+        )
         self.recompute_last = Gauge("ig_worker_recompute_last_timestamp_seconds", "Last recompute finished", registry=self.registry)
         self.registry.register(_QueueDepth(broker_url, queues))
         if driver is not None:
-            self.registry.register(_Backlog(driver, database))
+            self.registry.register(_Backlog(driver, database, partitions))
         self._started: dict[str, float] = {}
         self.port: int | None = None
 
@@ -108,6 +140,8 @@ class WorkerMetrics:
             for kind in ("marks", "users", "items", "queries", "published", "cleared"):
                 self.recompute_nodes.labels(kind).inc(retval.get(kind, 0))
             self.recompute_last.set(time.time())
+            if isinstance(retval.get("lock_wait_s"), (int, float)):
+                self.lock_wait.observe(retval["lock_wait_s"])
 
     def connect(self) -> None:
         signals.task_prerun.connect(self.prerun, weak=False)

@@ -4,7 +4,9 @@ one ``interest.recompute`` when marks are waiting.
 Ingestion (the gRPC server) pushes onto the list ``IG_WORKER_CHANGED_KEY`` after a write; the scheduler pops it
 (``BLPOP``), waits ``IG_WORKER_DEBOUNCE_S`` so a burst lands in one recompute, and sends the task unless one
 is already queued (a Redis key the task deletes when it starts). At most one recompute is queued and one runs;
-loaders and other writers need no signal, the periodic poll finds their marks.
+loaders and other writers need no signal, the periodic poll finds their marks. With ``IG_WORKER_PARTITIONS`` > 1
+the same holds per partition (`workers.partitions`): one task per partition with marks, at most one queued each,
+so the queue is bounded by the partition count however far the marks run ahead.
 """
 
 from __future__ import annotations
@@ -20,16 +22,21 @@ import redis
 from celery import Celery
 
 from graphdb.changes import count_marks
+from graphdb.slots import partition_backlog
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
+
+
+def queued_key(changed_key: str, partition: int | None = None) -> str:
+    """The flag that says a recompute (of ``partition``) is queued and not started."""
+    return f"{changed_key}:queued" if partition is None else f"{changed_key}:queued:{partition}"
 
 
 class Scheduler:
     def __init__(self, app: Celery, driver: neo4j.Driver, ws: WorkerSettings, *, database: str = "neo4j") -> None:
         self.app, self.driver, self.ws, self.database = app, driver, ws, database
         self.redis = redis.Redis.from_url(ws.redis_url, socket_timeout=ws.recompute_interval_s + 10, socket_connect_timeout=5)
-        self.queued_key = ws.changed_key + ":queued"
         self.stop = threading.Event()
         self.sent = 0
 
@@ -38,18 +45,25 @@ class Scheduler:
         signalled = self.redis.blpop([self.ws.changed_key], timeout=wait_s) is not None
         if signalled and self.ws.debounce_s:
             time.sleep(self.ws.debounce_s)
+        if self.ws.partitions > 1:
+            waiting = sorted(partition_backlog(self.driver, self.ws.partitions, database=self.database))
+            return sum(self._send(p) for p in waiting) > 0
         if count_marks(self.driver, database=self.database) == 0:
             return False
+        return self._send(None)
+
+    def _send(self, partition: int | None) -> bool:
+        key = queued_key(self.ws.changed_key, partition)
         ttl = max(int(self.ws.lock_timeout_s * 2), 1)
-        if not self.redis.set(self.queued_key, b"1", nx=True, ex=ttl):
+        if not self.redis.set(key, b"1", nx=True, ex=ttl):
             return False  # one is queued already; it will see these marks too
         try:
-            self.app.send_task("interest.recompute")
+            self.app.send_task("interest.recompute", kwargs={} if partition is None else {"partition": partition})
         except kombu.exceptions.OperationalError:
             # The broker went away between the flag and the send: drop the flag (if Redis is back) so the
             # next round sends, instead of waiting out its expiry with marks pending.
             with contextlib.suppress(redis.exceptions.RedisError):
-                self.redis.delete(self.queued_key)
+                self.redis.delete(key)
             raise
         self.sent += 1
         return True

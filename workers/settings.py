@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from graphdb.marks import SLOTS
 from graphdb.settings import EMBEDDING_DIM
 
 
@@ -126,8 +127,12 @@ class WorkerSettings(BaseSettings):
     # After a signal, wait this long for more changes to arrive in the same recompute.
     debounce_s: float = Field(default=0.05, ge=0)
     recompute_batch: int = Field(default=20000, ge=1, description="marks taken by one recompute")
-    # One recompute at a time (Redis lock); a lock whose holder died expires after this.
+    # One recompute at a time per partition (Redis lock); a lock whose holder died expires after this.
     lock_timeout_s: float = Field(default=60.0, gt=0)
+    # Partitions of the marks (workers.partitions): up to this many workers recompute at once. 1 = one global
+    # lock. Every worker and the scheduler must share it. See docs/benchmarks.md (partitioned recompute) for the
+    # default: one worker gains nothing from more, and pays a round's fixed cost per partition.
+    partitions: int = Field(default=1, ge=1, le=SLOTS)
     # Scheduled retraining (Celery beat; 0 = none): a new version rolls out only through the quality gate
     # (workers.gate), which needs this many shoppers with items first met since the active version's data.
     retrain_period_s: float = Field(default=0.0, ge=0)

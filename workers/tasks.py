@@ -2,7 +2,7 @@
 
 | task | queue | arguments | result |
 |---|---|---|---|
-| ``interest.recompute`` | gpu | ``limit`` | counts and timings of one incremental round |
+| ``interest.recompute`` | gpu | ``limit``, ``partition`` | counts and timings of one incremental round |
 | ``interest.rebuild`` | gpu | ``version`` ("latest" or a version) | vectors written, active/previous version |
 | ``interest.train`` | gpu | ``budget_min``, ``epochs`` | the new version (not yet active) and its metrics |
 | ``interest.retrain`` | gpu | ``budget_min``, ``epochs`` | the gate's figures, and whether the new version rolled out |
@@ -19,6 +19,7 @@ import os
 from graphdb.errors import InterestError
 from workers import jobs
 from workers.celery_app import app
+from workers.scheduler import queued_key
 
 _runtime: jobs.Runtime | None = None
 _pid: int | None = None
@@ -55,10 +56,10 @@ def _run(fn, *args, **kwargs) -> dict:
 
 
 @app.task(name="interest.recompute")
-def recompute(limit: int | None = None) -> dict:
+def recompute(limit: int | None = None, partition: int | None = None) -> dict:
     rt = runtime()
-    rt.redis.delete(rt.worker.changed_key + ":queued")  # a new round may be scheduled from now on
-    return _run(jobs.recompute, rt, limit)
+    rt.redis.delete(queued_key(rt.worker.changed_key, partition))  # a new round may be scheduled from now on
+    return _run(jobs.recompute, rt, limit, partition)
 
 
 @app.task(name="interest.rebuild", bind=True)

@@ -1,0 +1,230 @@
+"""Partitioned incremental recompute: N workers recompute N partitions of the marks at once.
+
+Every marked node has a slot, a stable hash of its id (``graphdb.marks``); partition ``p`` of ``P``
+(``IG_WORKER_PARTITIONS``) owns the slots ``s % P == p``. A round claims one partition with a Redis lock of its
+own (timeout ``IG_WORKER_LOCK_TIMEOUT_S``: a worker killed while holding it gives it back by expiry), reads only
+that partition's marks, and writes only the nodes whose marks it read. Work that belongs elsewhere is handed over
+as a mark (``graphdb.slots.hand_off``), in Neo4j, before this round's own writes:
+
+- a new item of another partition, reached through a marked user's edges or a marked category/brand, whose
+  vector computed here differs from its stored one: marked for its owner;
+- the users of an own new item whose vector changed (or was never stored): marked, for whichever partition
+  owns each (the ones this round computes anyway excepted).
+
+So no node is written by two partitions, and the ordering the model needs is kept without one: a user's vector
+never reads a new item's stored vector, it computes what the item sends from the graph (``recompute._users``),
+and a user computed before the item changed is marked when the item is written. Before publishing and writing,
+a round renews its lock (``Claim.keep``); one that lost it (stalled past the timeout) stops there, so a stale
+round never publishes over the new holder's vectors. All workers must share ``IG_WORKER_PARTITIONS``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import defaultdict
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import redis
+import redis.lock
+
+from graphdb import subgraph
+from graphdb.changes import clear_marks
+from graphdb.errors import InvalidInput, Unavailable
+from graphdb.schema import BRAND, CATEGORY, ITEM, QUERY, USER
+from graphdb.slots import hand_off, read_partition_marks
+from workers.recompute import Context, RecomputeResult, _Clock, _differs, _ensure_card, _fold_edges, _np, _publish, _users, _write
+
+log = logging.getLogger(__name__)
+
+LOCK_PREFIX = "ig:recompute:part"
+
+
+def lock_name(index: int, partitions: int) -> str:
+    # The count is in the name: workers started with another IG_WORKER_PARTITIONS never pass for the same claim.
+    return f"{LOCK_PREFIX}:{partitions}:{index}"
+
+
+@dataclass
+class Claim:
+    """One partition held by this process."""
+
+    index: int
+    partitions: int
+    lock: redis.lock.Lock
+
+    def keep(self) -> None:
+        """Renew the lock's full timeout; raise `Unavailable` if it expired and may be someone else's now."""
+        try:
+            self.lock.reacquire()
+        except redis.exceptions.LockError as exc:
+            raise Unavailable(f"partition {self.index}/{self.partitions} was lost (lock expired); its marks stay") from exc
+
+
+@contextmanager
+def claim(client: redis.Redis, index: int, partitions: int, timeout_s: float, wait_s: float = 0.0) -> Iterator[Claim | None]:
+    """The partition's lock, or None when another holds it (after waiting at most ``wait_s``)."""
+    lock = client.lock(lock_name(index, partitions), timeout=timeout_s, blocking_timeout=wait_s)
+    got = lock.acquire(blocking=wait_s > 0)
+    try:
+        yield Claim(index, partitions, lock) if got else None
+    finally:
+        if got:
+            try:
+                lock.release()
+            except redis.exceptions.LockError:
+                log.warning("partition %d/%d: lock expired before release", index, partitions)
+
+
+@contextmanager
+def hold_all(client: redis.Redis, partitions: int, timeout_s: float, wait_s: float) -> Iterator[None]:
+    """Every partition (in order, so two callers cannot deadlock): a roll-out excludes every round."""
+    with ExitStack() as stack:
+        for p in range(partitions):
+            if stack.enter_context(claim(client, p, partitions, timeout_s, wait_s)) is None:
+                raise Unavailable(f"partition {p}/{partitions} stayed claimed for {wait_s:.0f}s")
+        yield
+
+
+# ------------------------------------------------------------------------------------------------ one round
+@dataclass
+class PartitionResult:
+    index: int
+    result: RecomputeResult
+    handed_off: int = 0
+
+
+def recompute_partition(ctx: Context, index: int, partitions: int, limit: int, keep: Callable[[], None]) -> PartitionResult:
+    """What the oldest ``limit`` marks of one partition affect, written for the nodes of those marks only."""
+    enc, version = ctx.encoder, ctx.encoder.version
+    res = RecomputeResult(version)
+    clock = _Clock(res.timings)
+    marks = read_partition_marks(ctx.driver, index, partitions, limit=limit, database=ctx.database)
+    res.marks = len(marks)
+    if not marks:
+        return PartitionResult(index, res)
+    _ensure_card(ctx)
+    by_label: dict[str, set[str]] = defaultdict(set)
+    tokens: dict[str, dict[str, str]] = defaultdict(dict)
+    for m in marks:
+        by_label[m.label].add(m.id)
+        tokens[m.label][m.id] = m.token
+
+    # items: the same reach as `recompute_marked`; only the marked ones are written here
+    known = sorted({m.id for m in marks if m.label == ITEM and enc.is_fixed(m.id) and m.version != version})
+    marked_users = sorted(by_label[USER])
+    user_reads = subgraph.user_edges(ctx.driver, marked_users, database=ctx.database) if marked_users else ([], {})
+    shopped = {e.item for e in user_reads[0]} if enc.fold_users else set()
+    under = subgraph.items_under(ctx.driver, by_label[CATEGORY], by_label[BRAND], database=ctx.database)
+    new_ids = sorted({i for i in by_label[ITEM] | shopped | set(under) if not enc.is_fixed(i)})
+    stored_new = subgraph.stored_vectors(ctx.driver, ITEM, new_ids, database=ctx.database)
+    new_rows = subgraph.items(ctx.driver, new_ids, database=ctx.database)
+    fold_edges = _fold_edges(ctx, new_ids)
+    clock.lap("pull_s")
+    new_out, new_in, new_scale = enc.new_items_scaled(new_rows, fold_edges)
+    row_ids = [r.id for r in new_rows]
+    sends = dict(zip(row_ids, new_in))
+    to_write: dict[str, np.ndarray] = dict(zip(known, _np(enc.known_vectors(known)))) if known else {}
+    scales: dict[str, float] = dict(zip(known, _np(enc.known_scales(known)).tolist())) if known else {}
+    scales.update(zip(row_ids, _np(new_scale).tolist()))
+    propagate: list[str] = []
+    foreign: list[str] = []
+    for iid, vec_t in zip(row_ids, new_out):
+        vec = _np(vec_t)
+        stored = stored_new.get(iid)
+        if not _differs(stored, vec, version):
+            continue
+        if iid not in by_label[ITEM]:
+            foreign.append(iid)  # not a mark of this round: its owner computes and writes it
+            continue
+        to_write[iid] = vec
+        # users computed with its old vector, or computed with what it sent before it was first written, follow
+        if stored is None or stored.vector is None or stored.version == version:
+            propagate.append(iid)
+    clock.lap("forward_s")
+
+    # users: the marked ones (the new items' vectors they read are computed on the way, from the same graph)
+    reached = subgraph.users_of_items(ctx.driver, propagate, database=ctx.database) - by_label[USER] if propagate else set()
+    user_vecs, _unstored, _ = _users(ctx, marked_users, sends, clock, user_reads, set(marked_users))
+    query_vecs: dict[str, np.ndarray] = {}
+    if by_label[QUERY]:
+        texts = subgraph.query_texts(ctx.driver, by_label[QUERY], database=ctx.database)
+        clock.lap("pull_s")
+        q = enc.queries([texts[k] for k in sorted(texts)])
+        if q is not None:
+            query_vecs = dict(zip(sorted(texts), _np(q)))
+        clock.lap("forward_s")
+
+    # hand over, then publish and write: a crash after the hand-off leaves this round's marks, so it runs again
+    keep()
+    handed = hand_off(ctx.driver, {USER: reached, ITEM: foreign}, now=time.time(), database=ctx.database)
+    since: dict[str, dict[str, float]] = defaultdict(dict)
+    for m in marks:
+        if m.since is not None:
+            since[m.label][m.id] = m.since
+    res.published = _publish(ctx, {ITEM: to_write, USER: user_vecs}, version, since, scales)
+    cleared = 0
+    for label, vecs in ((ITEM, to_write), (USER, user_vecs), (QUERY, query_vecs)):
+        written, n = _write(ctx, label, vecs, version, tokens[label], scales if label == ITEM else None)
+        cleared += n
+        setattr(res, {ITEM: "items", USER: "users", QUERY: "queries"}[label], written)
+    written_ids = {ITEM: to_write, USER: user_vecs, QUERY: query_vecs}
+    rest = [m for m in marks if m.id not in written_ids.get(m.label, ())]
+    res.cleared = cleared + clear_marks(ctx.driver, rest, database=ctx.database)
+    res.propagated_users = len(reached)
+    clock.lap("write_s")
+    return PartitionResult(index, res, handed)
+
+
+# ------------------------------------------------------------------------------------------------ the job
+def recompute(ctx: Context, client: redis.Redis, partitions: int, limit: int, lock_timeout_s: float, index: int | None = None) -> dict:
+    """One round on partition ``index``, or on every partition this worker can claim now (from a random one on,
+    so concurrent callers spread); a partition another worker holds is skipped (its marks wait for the next)."""
+    if index is not None and not 0 <= index < partitions:
+        raise InvalidInput(f"partition {index} is not one of 0..{partitions - 1} (IG_WORKER_PARTITIONS={partitions})")
+    order = [index] if index is not None else _rotated(partitions)
+    total = RecomputeResult(ctx.encoder.version)
+    done: list[int] = []
+    skipped: list[int] = []
+    handed = 0
+    lock_wait = 0.0
+    for p in order:
+        t0 = time.perf_counter()
+        with claim(client, p, partitions, lock_timeout_s) as held:
+            lock_wait += time.perf_counter() - t0
+            if held is None:
+                skipped.append(p)
+                continue
+            started = time.time()
+            out = recompute_partition(ctx, p, partitions, limit, held.keep)
+            log.info(
+                "partition %d/%d round from %.6f to %.6f: %d marks, %d users, %d items, %d handed off",
+                p,
+                partitions,
+                started,
+                time.time(),
+                out.result.marks,
+                out.result.users,
+                out.result.items,
+                out.handed_off,
+            )
+        done.append(p)
+        handed += out.handed_off
+        _add(total, out.result)
+    return {**total.as_dict(), "partitions": done, "skipped": skipped, "handed_off": handed, "lock_wait_s": round(lock_wait, 6)}
+
+
+def _rotated(partitions: int) -> list[int]:
+    start = random.randrange(partitions)
+    return [(start + k) % partitions for k in range(partitions)]
+
+
+def _add(total: RecomputeResult, part: RecomputeResult) -> None:
+    for name in ("marks", "users", "items", "queries", "propagated_users", "published", "cleared"):
+        setattr(total, name, getattr(total, name) + getattr(part, name))
+    for name in ("pull_s", "forward_s", "write_s"):
+        setattr(total.timings, name, getattr(total.timings, name) + getattr(part.timings, name))
