@@ -157,7 +157,15 @@ def event_mapping(ev: pb.Event) -> dict[str, Any]:
 
 class InterestServicer(pb_grpc.InterestServiceServicer):
     # The methods that may wait on Neo4j: they run on the waiting pool (server.pools), not the query threads.
-    WAITING = ("RecommendForUser", "IngestEvents", "GetEmbedding", "ForgetUser", "BatchRecommend", "RecommendForSession")
+    WAITING = (
+        "RecommendForUser",
+        "IngestEvents",
+        "GetEmbedding",
+        "ForgetUser",
+        "BatchRecommend",
+        "RecommendForSession",
+        "SimilarUsers",
+    )
 
     def __init__(self, engine: Engine, settings: ServerSettings, graph: GraphSettings) -> None:
         self.engine = engine
@@ -225,6 +233,13 @@ class InterestServicer(pb_grpc.InterestServiceServicer):
                 mapping["review"] = _SESSION_REVIEW
             out.append(mapping)
         return out
+
+    def SimilarUsers(self, request: pb.SimilarUsersRequest, context: grpc.ServicerContext) -> pb.SimilarUsersResponse:
+        found, version = self.engine.similar_users(self.check.id(request.user_id, "user_id"), self.check.k(request.k))
+        response = pb.SimilarUsersResponse(model_version=version)
+        for user in found:
+            response.users.add(user_id=user.pseudonym, score=user.score)
+        return response
 
     def NearestItems(self, request: pb.NearestItemsRequest, context: grpc.ServicerContext) -> pb.NearestItemsResponse:
         if not request.vector:
