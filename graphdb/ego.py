@@ -37,6 +37,12 @@ RETURN count(n) AS written
 _CLEAR = f"UNWIND $ids AS id MATCH (n:{USER} {{id: id}}) REMOVE n.ego, n.ego_version"
 
 _GET = f"MATCH (u:{USER} {{id: $id}}) RETURN u.ego AS vector, u.ego_version AS version"
+_GET_MANY = f"""
+UNWIND $ids AS id
+MATCH (u:{USER} {{id: id}})
+WHERE u.ego IS NOT NULL
+RETURN u.id AS id, u.ego AS vector, u.ego_version AS version
+"""
 
 # Neo4j's cosine score is (1 + cos) / 2; answers carry the cosine itself.
 _NEAREST = f"""
@@ -92,6 +98,14 @@ def write_ego_vectors(
         ensure_index(driver, dim, database=database)
         written += driver.execute_query(_WRITE, rows=batch, version=model_version, database_=database).records[0]["written"]
     return written
+
+
+def stored_ego_vectors(
+    driver: neo4j.Driver, user_ids: Sequence[str], *, database: str = "neo4j"
+) -> dict[str, tuple[list[float], str]]:
+    """user id -> (ego vector, model version) of those of ``user_ids`` that have one."""
+    rows = driver.execute_query(_GET_MANY, ids=list(user_ids), database_=database, routing_=neo4j.RoutingControl.READ).records
+    return {r["id"]: (list(r["vector"]), r["version"]) for r in rows}
 
 
 def clear_ego_vectors(driver: neo4j.Driver, user_ids: Sequence[str], *, database: str = "neo4j") -> None:

@@ -38,6 +38,7 @@ REQUESTS = {
     "ForgetUser": pb.ForgetUserRequest(user_id="alice"),
     "BatchRecommend": pb.BatchRecommendRequest(entries=[pb.BatchEntry(similar=pb.SimilarItemsRequest(item_id="item-1", k=3))]),
     "RecommendForSession": pb.RecommendForSessionRequest(k=3),
+    "SimilarUsers": pb.SimilarUsersRequest(user_id="alice", k=3),
 }
 
 
