@@ -76,7 +76,7 @@ def fit_ego(
         opt.zero_grad()
         loss.backward()
         opt.step()
-        steps, loss_v = steps + 1, float(loss)
+        steps, loss_v = steps + 1, loss.item()
     model.eval()
     return model, {"steps": steps, "train_s": time.perf_counter() - t0, "loss": loss_v}
 
