@@ -3,8 +3,8 @@
 Split: each user's latest interaction is held out (leave last out, as `bench.quality`). The served model is
 fitted on the training part (the live training, `workers.train_served`); what its items send to their users
 (``item_in``, as the worker has them) are the item inputs of the users' ego-graphs (user, their training items,
-those items' categories and brands), which `EgoGIN` embeds (`workers.train_ego`: contrastive, within
-``--budget-s``).
+those items' categories and brands), which `EgoGIN` embeds, trained as the train job trains it
+(`workers.train_ego.fit_served_ego`: contrastive, IG_MODEL_EGO_STEPS steps within IG_MODEL_EGO_TRAIN_S).
 
 For every user with a held-out item, k neighbours are taken by each method, and scored by
 ``hit@k`` (some neighbour has the held-out item among their training items) and ``precision@k`` (the share of
@@ -17,7 +17,7 @@ neighbours that have it). Methods:
 - ``mean-items`` and ``user-vector`` (labelled peers, not served): the mean of the user's unit item vectors
   (a readout with no trained weights) and the served model's own user vector.
 
-    python -m bench.similar_users [--dataset amazon-office] [--budget-s 60] [--out docs/results/similar_users-amazon-office.json]
+    python -m bench.similar_users [--dataset amazon-office] [--ego-steps N] [--out docs/results/similar_users-amazon-office.json]
 """
 
 from __future__ import annotations
@@ -36,10 +36,11 @@ from torch.nn.functional import normalize
 from bench._common import emit_result, rounded
 from graphdb.dataset_paths import find_dataset
 from workers.datasets import Split, load_split
+from workers.ego_live import load_ego
 from workers.embed import item_bases, served_vectors
 from workers.runtime import set_threads
 from workers.settings import ModelSettings, TrainSettings, WorkerSettings
-from workers.train_ego import ego_vectors, fit_ego, user_items
+from workers.train_ego import ego_vectors, fit_served_ego, user_items
 from workers.train_served import fit_served
 from workers.training import item_texts
 
@@ -98,7 +99,7 @@ def random_users(n: int, users: np.ndarray, k: int, seed: int) -> np.ndarray:
     return out
 
 
-def run_similar_users(split: Split, budget_s: float, ms: ModelSettings, ts: TrainSettings, progress: bool = True) -> dict:
+def run_similar_users(split: Split, ms: ModelSettings, ts: TrainSettings, progress: bool = True) -> dict:
     g = split.train
     train = g.interactions()
     users = np.flatnonzero((np.diff(split.test.indptr) > 0) & (np.diff(train.indptr) > 0))
@@ -110,10 +111,10 @@ def run_similar_users(split: Split, budget_s: float, ms: ModelSettings, ts: Trai
     with torch.no_grad():  # what each item sends to its users, as the worker feeds the ego-graphs (workers.ego_live)
         item_vecs = fitted.model.item_in(item_bases(fitted.model, g, text))
     served_s = time.perf_counter() - t0
-    items = user_items(train, g.interaction_times())
-    model, info = fit_ego(
-        items, item_vecs, g.item_category, g.item_brand, hidden=ms.hidden, layers=ms.ego_hops, budget_s=budget_s, seed=ts.seed
-    )
+    items = user_items(train, g.interaction_times(), ms.user_cap)
+    state, info = fit_served_ego(fitted.model, g, text, ms, ts)  # the train job's own call
+    model = load_ego(state)
+    assert model is not None
     console.print(f"ego-gin: {info}")
     t1 = time.perf_counter()
     ego = ego_vectors(model, items, item_vecs, g.item_category, g.item_brand)
@@ -139,7 +140,7 @@ def run_similar_users(split: Split, budget_s: float, ms: ModelSettings, ts: Trai
         "dataset": split.name,
         "users": int(len(users)),
         "item_inputs": {"model": "spectral-sage", "dim": int(item_vecs.size(1)), "train_s": round(served_s, 2)},
-        "ego_gin": {"hidden": ms.hidden, "layers": ms.ego_hops, "budget_s": budget_s, "views": "random halves of the items"},
+        "ego_gin": {**model.hparams(), "steps": ms.ego_steps, "budget_s": ms.ego_train_s, "views": "random halves of the items"},
         "served": "ego-gin",
         "peers_not_served": ["mean-items", "user-vector"],
         "models": out,
@@ -150,7 +151,7 @@ def run_similar_users(split: Split, budget_s: float, ms: ModelSettings, ts: Trai
 def main(
     dataset: str = typer.Option("amazon-office", help="amazon-office | amazon-hin (leave last out) | gowalla (its split)"),
     data_dir: Path = typer.Option(None, help="folder holding the datasets (default: IG_DATASETS_DIR, ../shared/datasets, then data/)"),
-    budget_s: float = typer.Option(60.0, help="training budget of the ego-graph GIN, seconds"),
+    ego_steps: int = typer.Option(None, help="training steps of the ego-graph GIN (default: IG_MODEL_EGO_STEPS, as served)"),
     threads: int = typer.Option(2),
     out: Path = typer.Option(None, help="also write RESULT JSON here"),
 ):
@@ -158,7 +159,8 @@ def main(
     if dataset not in DATASETS:
         raise typer.BadParameter(f"unknown dataset {dataset!r} (one of {', '.join(DATASETS)})")
     split = load_split(dataset, find_dataset(dataset, data_dir))
-    emit_result(run_similar_users(split, budget_s, ModelSettings(), TrainSettings(threads=threads)), out)
+    ms = ModelSettings() if ego_steps is None else ModelSettings(ego_steps=ego_steps)
+    emit_result(run_similar_users(split, ms, TrainSettings(threads=threads)), out)
 
 
 if __name__ == "__main__":

@@ -77,9 +77,25 @@ class EgoGIN(nn.Module):
     ``forward(types [N], x [N, F], edge_index [2, E], batch [N])`` -> [num_graphs, out_channels].
     """
 
-    def __init__(self, in_channels: int, hidden: int = 64, out_channels: int = 64, num_layers: int = 2):
+    def __init__(
+        self,
+        in_channels: int,
+        hidden: int = 64,
+        out_channels: int = 64,
+        num_layers: int = 2,
+        unit_inputs: bool = True,
+        skip: bool = True,
+    ):
         super().__init__()
-        self._hparams = {"in_channels": in_channels, "hidden": hidden, "out_channels": out_channels, "num_layers": num_layers}
+        self._hparams = {
+            "in_channels": in_channels,
+            "hidden": hidden,
+            "out_channels": out_channels,
+            "num_layers": num_layers,
+            "unit_inputs": unit_inputs,
+            "skip": skip,
+        }
+        self.unit_inputs = unit_inputs
         self.type_emb = nn.Embedding(len(NODE_TYPES), hidden)
         self.inp = nn.Linear(in_channels, hidden)
         self.convs = nn.ModuleList(
@@ -87,9 +103,12 @@ class EgoGIN(nn.Module):
             for _ in range(num_layers)
         )
         self.head = nn.Linear(2 * hidden * (num_layers + 1), out_channels)
+        # the mean of the item inputs, projected, added to the head: the readout starts from what the items say
+        # and the layers learn what the graph adds (bench.similar_users: the layers alone did worse)
+        self.skip = nn.Linear(in_channels, out_channels, bias=False) if skip else None
         self.reset_parameters()
 
-    def hparams(self) -> dict[str, int]:
+    def hparams(self) -> dict[str, int | bool]:
         """The constructor arguments (checkpoints record them)."""
         return dict(self._hparams)
 
@@ -99,14 +118,23 @@ class EgoGIN(nn.Module):
         for c in self.convs:
             c.reset_parameters()
         self.head.reset_parameters()
+        if self.skip is not None:
+            self.skip.reset_parameters()
 
     def forward(self, types: Tensor, x: Tensor, edge_index: Tensor, batch: Tensor) -> Tensor:
+        if self.unit_inputs:  # item vectors' norms carry popularity; the direction carries the interest
+            x = torch.nn.functional.normalize(x, dim=-1)
         h = self.type_emb(types) + self.inp(x)
         reads = [global_add_pool(h, batch), global_mean_pool(h, batch)]
+        n = reads[0].size(0)
         for conv in self.convs:
             h = torch.relu(conv(h, edge_index))
-            reads += [global_add_pool(h, batch), global_mean_pool(h, batch)]
-        return self.head(torch.cat(reads, dim=-1))
+            reads += [global_add_pool(h, batch, n), global_mean_pool(h, batch, n)]
+        out = self.head(torch.cat(reads, dim=-1))
+        if self.skip is not None:
+            items = types == NODE_TYPES["item"]
+            out = out + self.skip(global_mean_pool(x[items], batch[items], n))
+        return out
 
 
 def ego_batch(
