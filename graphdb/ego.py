@@ -44,12 +44,14 @@ WHERE u.ego IS NOT NULL
 RETURN u.id AS id, u.ego AS vector, u.ego_version AS version
 """
 
-# Neo4j's cosine score is (1 + cos) / 2; answers carry the cosine itself.
+# The index is approximate (HNSW over a quantised copy, docs/analysts.md): it proposes $fetch candidates, ranked
+# here by the exact `vector.similarity.cosine`, which is (1 + cos) / 2; answers carry the cosine itself.
 _NEAREST = f"""
-CALL db.index.vector.queryNodes('{INDEX}', $fetch, $vector) YIELD node, score
-WITH node, score
+CALL db.index.vector.queryNodes('{INDEX}', $fetch, $vector) YIELD node
+WITH node
 WHERE node.id <> $id AND node.ego_version = $version
-RETURN node.id AS id, 2 * score - 1 AS score
+WITH node, 2 * vector.similarity.cosine(node.ego, $vector) - 1 AS score
+RETURN node.id AS id, score
 ORDER BY score DESC, id
 LIMIT $k
 """
@@ -122,13 +124,13 @@ def similar_users(driver: neo4j.Driver, pseudonym: str, k: int, model_version: s
         rec = driver.execute_query(_GET, id=pseudonym, database_=database, routing_=read).records
         if not rec or rec[0]["vector"] is None or rec[0]["version"] != model_version:
             raise NotFound(f"user has no interest-graph vector of model {model_version!r} yet")
-        # the user and, during a roll-out, vectors of another version take places in the index's answer
+        # candidates: a few times k, as the user and (during a roll-out) vectors of another version are among them
         rows = driver.execute_query(
             _NEAREST,
             id=pseudonym,
             vector=list(rec[0]["vector"]),
             version=model_version,
-            fetch=2 * k + 1,
+            fetch=4 * k + 10,
             k=k,
             database_=database,
             routing_=read,
