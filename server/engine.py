@@ -21,6 +21,7 @@ import neo4j
 import numpy as np
 
 from graphdb import catalog, explain
+from graphdb.ego import SimilarUser, similar_users
 from graphdb.embeddings import get_embedding
 from graphdb.errors import InvalidInput, NotFound, Unavailable
 from graphdb.feedback import Exclusions
@@ -476,6 +477,13 @@ class Engine:
             items = catalog.popular_items(self.driver, since=since, limit=self.settings.popular_pool, database=self.database)
             popular = self._popular = _Popular(items, now)
         return popular.items
+
+    def similar_users(self, user_id: str, k: int) -> tuple[list[SimilarUser], str]:
+        """The k users nearest to this one by ego-graph vector of the serving model (graphdb.ego), with that
+        version; their pseudonyms, as the graph holds them."""
+        version = self._state().index.model_version
+        found = similar_users(self._need_driver(), self._pseudonym(user_id), k, version, database=self.database)
+        return found, version
 
     # -- embeddings, forgetting, ingestion -----------------------------------------------------------------
     def get_embedding(self, node_type: str, node_id: str) -> Embedding:

@@ -155,7 +155,15 @@ def event_mapping(ev: pb.Event) -> dict[str, Any]:
 
 class InterestServicer(pb_grpc.InterestServiceServicer):
     # The methods that may wait on Neo4j: they run on the waiting pool (server.pools), not the query threads.
-    WAITING = ("RecommendForUser", "IngestEvents", "GetEmbedding", "ForgetUser", "BatchRecommend", "RecommendForSession")
+    WAITING = (
+        "RecommendForUser",
+        "IngestEvents",
+        "GetEmbedding",
+        "ForgetUser",
+        "BatchRecommend",
+        "RecommendForSession",
+        "SimilarUsers",
+    )
     # Queries that read the graph too when their request sets this bool (explanations): the native front end sends
     # those calls to the waiting threads, so a slow graph read cannot hold up the I/O threads (server/native).
     WAITING_IF = {"SimilarItems": "explain"}
@@ -220,6 +228,13 @@ class InterestServicer(pb_grpc.InterestServiceServicer):
                 checked.add(self.check.id(item, f"events[{i}].item_id"))
             out.append((item, kind, ts, ev.rating or None))  # a plain tuple: a SessionEvent's shape, built faster
         return out
+
+    def SimilarUsers(self, request: pb.SimilarUsersRequest, context: grpc.ServicerContext) -> pb.SimilarUsersResponse:
+        found, version = self.engine.similar_users(self.check.id(request.user_id, "user_id"), self.check.k(request.k))
+        response = pb.SimilarUsersResponse(model_version=version)
+        for user in found:
+            response.users.add(user_id=user.pseudonym, score=user.score)
+        return response
 
     def NearestItems(self, request: pb.NearestItemsRequest, context: grpc.ServicerContext) -> pb.NearestItemsResponse:
         if not request.vector:

@@ -52,6 +52,8 @@ class Checkpoint:
     # [dim]: per-dimension scale from the mean base of an item's shoppers' other items to its own base, fitted
     # on the trained items (`workers.fold.fit_fold_scale`); the fold-in of new items applies it.
     fold_scale: torch.Tensor | None = None
+    # The users' ego-graph encoder trained with this version (`workers.train_ego`): {"hparams", "state_dict"}.
+    ego: dict | None = None
 
     def item_index(self) -> dict[str, int]:
         return {s: i for i, s in enumerate(self.item_ids)}
@@ -73,6 +75,7 @@ def save_checkpoint(
     item_text: torch.Tensor | None = None,
     version: str | None = None,
     fold_scale: torch.Tensor | None = None,
+    ego: dict | None = None,
 ) -> Path:
     """Write a checkpoint (the model kind and its constructor arguments included) and point LATEST at it;
     returns the checkpoint file."""
@@ -101,6 +104,7 @@ def save_checkpoint(
         "item_brand": graph.item_brand,
         "item_trained": torch.from_numpy(np.asarray(graph.interactions().sum(0)).ravel() > 0),
         "fold_scale": fold_scale,
+        "ego": ego,
     }
     path = folder / "checkpoint.pt"
     # Write then rename: a process killed mid-save leaves no half checkpoint behind a valid name.
@@ -149,6 +153,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         data.get("item_brand"),
         data.get("item_trained"),
         data.get("fold_scale"),
+        data.get("ego"),
     )
 
 

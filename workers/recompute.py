@@ -34,10 +34,12 @@ from redis import Redis
 
 from graphdb import subgraph
 from graphdb.changes import clear_marks, read_marks
+from graphdb.ego import clear_ego_vectors, write_ego_vectors
 from graphdb.embeddings import write_and_clear
 from graphdb.model_state import activate, write_card
 from graphdb.schema import BRAND, CATEGORY, ITEM, QUERY, USER
 from workers import publish
+from workers.ego_live import ego_encoder
 from workers.live import LiveEncoder
 from workers.user_side import capped_neighbours, latest_times
 
@@ -177,7 +179,7 @@ def recompute_marked(ctx: Context, limit: int = 10000) -> RecomputeResult:
     reached = subgraph.users_of_items(ctx.driver, propagate, database=ctx.database) if propagate else set()
     user_ids = sorted(by_label[USER] | reached)
     res.propagated_users = len(reached - by_label[USER])
-    user_vecs, extra_items, extra_scales = _users(ctx, user_ids, sends, clock, user_reads, read_for)
+    user_vecs, extra_items, extra_scales, egos = _users(ctx, user_ids, sends, clock, user_reads, read_for)
     to_write.update(extra_items)
     scales.update(extra_scales)
 
@@ -198,6 +200,7 @@ def recompute_marked(ctx: Context, limit: int = 10000) -> RecomputeResult:
         if m.since is not None:
             since[m.label][m.id] = m.since
     res.published = _publish(ctx, {ITEM: to_write, USER: user_vecs}, version, since, scales)
+    _write_ego(ctx, egos, version)  # before the user writes that clear the users' marks
     cleared = 0
     for label, vecs in ((ITEM, to_write), (USER, user_vecs), (QUERY, query_vecs)):
         written, n = _write(ctx, label, vecs, version, tokens[label], scales if label == ITEM else None)
@@ -229,13 +232,14 @@ def _users(
     clock: _Clock,
     read: tuple[list[subgraph.EdgeRow], dict[str, str | None]] = ([], {}),
     read_for: Collection[str] = (),
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, float]]:
-    """User vectors, and the vectors (and in_scales) of new items computed on the way that Neo4j lacks for this
-    version (to be written too). ``fresh``: what the new items computed in this recompute send to their users;
-    ``read``: every edge (and item version) of the users ``read_for``, already read."""
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, float], dict[str, np.ndarray | None]]:
+    """User vectors, the vectors (and in_scales) of new items computed on the way that Neo4j lacks for this
+    version (to be written too), and the users' ego vectors (None: no items; `_ego`). ``fresh``: what the new
+    items computed in this recompute send to their users; ``read``: every edge (and item version) of the users
+    ``read_for``, already read."""
     enc, version = ctx.encoder, ctx.encoder.version
     if not user_ids:
-        return {}, {}, {}
+        return {}, {}, {}, {}
     rest = [u for u in user_ids if u not in read_for]
     edges, item_version = subgraph.user_edges(ctx.driver, rest, database=ctx.database) if rest else ([], {})
     edges, item_version = read[0] + edges, {**read[1], **item_version}
@@ -250,10 +254,33 @@ def _users(
     ids = [r.id for r in rows]
     sends = {**fresh, **dict(zip(ids, in_vecs))}
     out = enc.users(neighbours, user_ids, sends, latest_times(edges))
+    egos = _ego(ctx, neighbours, user_ids, sends)
     clock.lap("forward_s")
     unstored = {i: _np(v) for i, v in zip(ids, out_vecs) if item_version.get(i) != version}
     scales = {i: s for i, s in zip(ids, _np(in_scales).tolist()) if i in unstored}
-    return dict(zip(user_ids, _np(out))), unstored, scales
+    return dict(zip(user_ids, _np(out))), unstored, scales, egos
+
+
+def _ego(
+    ctx: Context, neighbours: dict[str, list[str]], user_ids: list[str], sends: dict[str, torch.Tensor]
+) -> dict[str, np.ndarray | None]:
+    """The users' ego vectors from the items their user vectors read (`workers.ego_live`); None for a user
+    without items. Empty when the version has no ego encoder."""
+    ego = ego_encoder(ctx.encoder)
+    if ego is None:
+        return {}
+    with_items = [u for u in user_ids if neighbours.get(u)]
+    out: dict[str, np.ndarray | None] = {u: None for u in user_ids}
+    if with_items:
+        out.update(zip(with_items, _np(ego.vectors(neighbours, with_items, sends))))
+    return out
+
+
+def _write_ego(ctx: Context, egos: dict[str, np.ndarray | None], version: str) -> None:
+    vecs = [(u, v) for u, v in egos.items() if v is not None]
+    if vecs:
+        write_ego_vectors(ctx.driver, vecs, version, database=ctx.database, batch_size=ctx.write_batch)
+    clear_ego_vectors(ctx.driver, [u for u, v in egos.items() if v is None], database=ctx.database)
 
 
 def _write(
@@ -316,6 +343,7 @@ class FullVectors:
     vectors: dict[str, dict[str, np.ndarray]]  # label -> id -> vector
     timings: Timings
     in_scales: dict[str, float] = field(default_factory=dict)  # item id -> in_scale (workers.user_side)
+    ego: dict[str, np.ndarray | None] = field(default_factory=dict)  # user id -> ego vector (workers.ego_live)
 
     def count(self) -> int:
         return sum(len(v) for v in self.vectors.values())
@@ -345,12 +373,14 @@ def full_vectors(ctx: Context, progress: Callable[[str], None] | None = None) ->
     neighbours = capped_neighbours(edges, enc.user_cap, enc.half_life_days)
     user_ids = sorted(users)
     out: dict[str, dict[str, np.ndarray]] = {ITEM: {i: _np(v) for i, v in item_vecs.items()}}
-    u = enc.users(neighbours, user_ids, dict(zip([r.id for r in new_rows], new_in)), latest_times(edges))
+    sends = dict(zip([r.id for r in new_rows], new_in))
+    u = enc.users(neighbours, user_ids, sends, latest_times(edges))
     out[USER] = dict(zip(user_ids, _np(u)))
+    egos = _ego(ctx, neighbours, user_ids, sends)
     q = enc.queries([queries[k] for k in sorted(queries)])
     out[QUERY] = dict(zip(sorted(queries), _np(q))) if q is not None else {}
     clock.lap("forward_s")
-    return FullVectors(enc.version, out, timings, scales)
+    return FullVectors(enc.version, out, timings, scales, egos)
 
 
 def write_all(ctx: Context, full: FullVectors, progress: Callable[[str], None] | None = None) -> int:
@@ -364,6 +394,7 @@ def write_all(ctx: Context, full: FullVectors, progress: Callable[[str], None] |
             if progress:
                 progress(f"writing {len(full.vectors[label]):,} {label} vectors")
             n += _write(ctx, label, full.vectors[label], full.version, in_scales=full.in_scales if label == ITEM else None)[0]
+    _write_ego(ctx, full.ego, full.version)
     clock.lap("write_s")
     return n
 

@@ -72,8 +72,11 @@ class ModelSettings(BaseSettings):
     fold_users: int = Field(default=100, ge=0)
     fold_context: int = Field(default=10, ge=1)
     fold_prior: float = Field(default=2.0, gt=0)
-    # Graph-level interest embedding (GIN over a user's ego-graph).
+    # Graph-level interest embedding (GIN over a user's ego-graph, SimilarUsers): layers, and the contrastive
+    # training that follows the served model's (`workers.train_ego`), bounded by steps and seconds; 0 steps: none.
     ego_hops: int = Field(default=2, ge=1)
+    ego_steps: int = Field(default=1000, ge=0)
+    ego_train_s: float = Field(default=60.0, gt=0)
 
     def fold(self) -> dict[str, Any]:
         """The fold-in settings as `workers.live.LiveEncoder` takes them."""

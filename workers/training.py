@@ -19,6 +19,7 @@ from workers.metrics import rank_metrics
 from workers.models.spectral_sage import SpectralSAGE
 from workers.settings import ModelSettings, TrainSettings, WorkerSettings
 from workers.text import TextEncoder
+from workers.train_ego import fit_served_ego
 from workers.train_hetero import fit_hetero
 from workers.train_served import fit_served
 
@@ -68,11 +69,14 @@ def train_and_save(
             **(facts or {}),
         }
     )
-    fold_scale = None
+    fold_scale = ego = None
     if isinstance(fitted.model, SpectralSAGE):
         with torch.no_grad():
             meta = fitted.model.meta(graph.item_category, graph.item_brand, text, graph.num_items)
             fold_scale = fit_fold_scale(graph.interactions(), fitted.model.item_base(meta))
+        if ms.ego_steps > 0:  # the users' ego-graph encoder of this version (SimilarUsers)
+            ego, ego_info = fit_served_ego(fitted.model, graph, text, ms, ts)
+            metrics["ego"] = {k: round(v, 4) for k, v in ego_info.items()}
     path = save_checkpoint(
         ws.model_dir,
         fitted.model,
@@ -83,5 +87,6 @@ def train_and_save(
         item_text=text,
         version=version,
         fold_scale=fold_scale,
+        ego=ego,
     )
     return {"version": path.parent.name, "checkpoint": str(path), **{k: v for k, v in metrics.items() if k != "history"}}

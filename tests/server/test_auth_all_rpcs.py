@@ -38,6 +38,7 @@ REQUESTS = {
     "ForgetUser": pb.ForgetUserRequest(user_id="alice"),
     "BatchRecommend": pb.BatchRecommendRequest(entries=[pb.BatchEntry(similar=pb.SimilarItemsRequest(item_id="item-1", k=3))]),
     "RecommendForSession": pb.RecommendForSessionRequest(k=3),
+    "SimilarUsers": pb.SimilarUsersRequest(user_id="alice", k=3),
 }
 
 
@@ -81,8 +82,9 @@ def test_every_rpc_needs_a_valid_token(auth_server, method) -> None:
     ):
         assert _call(ch, method, metadata) == grpc.StatusCode.UNAUTHENTICATED, (method.name, metadata)
     # with either configured token the call gets past auth and gets its normal answer (this server has no graph
-    # database: ingestion answers UNAVAILABLE, the other graph-backed calls degrade to empty/cold-start answers)
-    want = grpc.StatusCode.UNAVAILABLE if method.name == "IngestEvents" else grpc.StatusCode.OK
+    # database: ingestion and SimilarUsers (which asks the graph's index) answer UNAVAILABLE, the other graph-backed
+    # calls degrade to empty/cold-start answers)
+    want = grpc.StatusCode.UNAVAILABLE if method.name in ("IngestEvents", "SimilarUsers") else grpc.StatusCode.OK
     for token in ("tok-a", "tok-b"):
         assert _call(ch, method, [("authorization", f"Bearer {token}")]) == want, (method.name, token)
 

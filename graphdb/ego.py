@@ -1,0 +1,140 @@
+"""Users' ego-graph vectors (graph-level embeddings of their interest subgraphs) and the similar-users search.
+
+Workers write each user's ego vector beside the user vector, with its model version (``ego``, ``ego_version``),
+whenever they compute the user vector; a vector index (``user_ego``, cosine) serves "users nearest to this one"
+to the server's SimilarUsers and to analysts. A forgotten user's node is deleted with its vector, so it can
+never be an answer. The index's width is the vectors' (the ego model's), created on first write.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import neo4j
+from neo4j.exceptions import ServiceUnavailable, SessionExpired
+
+from graphdb.errors import NotFound, Unavailable
+from graphdb.schema import USER
+
+INDEX = "user_ego"
+
+_SHOW = "SHOW INDEXES YIELD name, options WHERE name = $name RETURN options.indexConfig['vector.dimensions'] AS dim"
+_CREATE = (
+    f"CREATE VECTOR INDEX {INDEX} IF NOT EXISTS FOR (n:{USER}) ON n.ego "
+    "OPTIONS {{indexConfig: {{`vector.dimensions`: {dim}, `vector.similarity_function`: 'cosine'}}}}"
+)
+_DROP = f"DROP INDEX {INDEX} IF EXISTS"
+
+_WRITE = f"""
+UNWIND $rows AS r
+MATCH (n:{USER} {{id: r.id}})
+CALL db.create.setNodeVectorProperty(n, 'ego', r.vector)
+SET n.ego_version = $version
+RETURN count(n) AS written
+"""
+
+_CLEAR = f"UNWIND $ids AS id MATCH (n:{USER} {{id: id}}) REMOVE n.ego, n.ego_version"
+
+_GET = f"MATCH (u:{USER} {{id: $id}}) RETURN u.ego AS vector, u.ego_version AS version"
+_GET_MANY = f"""
+UNWIND $ids AS id
+MATCH (u:{USER} {{id: id}})
+WHERE u.ego IS NOT NULL
+RETURN u.id AS id, u.ego AS vector, u.ego_version AS version
+"""
+
+# The index is approximate (HNSW over a quantised copy, docs/analysts.md): it proposes $fetch candidates, ranked
+# here by the exact `vector.similarity.cosine`, which is (1 + cos) / 2; answers carry the cosine itself.
+_NEAREST = f"""
+CALL db.index.vector.queryNodes('{INDEX}', $fetch, $vector) YIELD node
+WITH node
+WHERE node.id <> $id AND node.ego_version = $version
+WITH node, 2 * vector.similarity.cosine(node.ego, $vector) - 1 AS score
+RETURN node.id AS id, score
+ORDER BY score DESC, id
+LIMIT $k
+"""
+
+_ready: dict[tuple[int, str], int] = {}  # (driver, database) -> the index width known to exist
+
+
+@dataclass(frozen=True)
+class SimilarUser:
+    pseudonym: str
+    score: float
+
+
+def ensure_index(driver: neo4j.Driver, dim: int, *, database: str = "neo4j") -> None:
+    """The ``user_ego`` index at width ``dim``; one of another width (a model with another ego width) is
+    replaced: the vectors of the new model are the only ones served."""
+    key = (id(driver), database)
+    if _ready.get(key) == dim:
+        return
+    rows = driver.execute_query(_SHOW, name=INDEX, database_=database).records
+    if rows and rows[0]["dim"] is not None and int(rows[0]["dim"]) != dim:
+        driver.execute_query(_DROP, database_=database)
+    driver.execute_query(_CREATE.format(dim=int(dim)), database_=database)
+    driver.execute_query("CALL db.awaitIndexes(300)", database_=database)
+    _ready[key] = dim
+
+
+def write_ego_vectors(
+    driver: neo4j.Driver,
+    rows: Iterable[tuple[str, Sequence[float]]],
+    model_version: str,
+    *,
+    database: str = "neo4j",
+    batch_size: int = 5000,
+) -> int:
+    """Store the users' ego vectors with the model version (unknown users are skipped); returns how many."""
+    written, batch, dim = 0, [], 0
+    for user_id, vector in rows:
+        batch.append({"id": user_id, "vector": [float(x) for x in vector]})
+        dim = len(batch[-1]["vector"])
+        if len(batch) >= batch_size:
+            ensure_index(driver, dim, database=database)
+            written += driver.execute_query(_WRITE, rows=batch, version=model_version, database_=database).records[0]["written"]
+            batch = []
+    if batch:
+        ensure_index(driver, dim, database=database)
+        written += driver.execute_query(_WRITE, rows=batch, version=model_version, database_=database).records[0]["written"]
+    return written
+
+
+def stored_ego_vectors(
+    driver: neo4j.Driver, user_ids: Sequence[str], *, database: str = "neo4j"
+) -> dict[str, tuple[list[float], str]]:
+    """user id -> (ego vector, model version) of those of ``user_ids`` that have one."""
+    rows = driver.execute_query(_GET_MANY, ids=list(user_ids), database_=database, routing_=neo4j.RoutingControl.READ).records
+    return {r["id"]: (list(r["vector"]), r["version"]) for r in rows}
+
+
+def clear_ego_vectors(driver: neo4j.Driver, user_ids: Sequence[str], *, database: str = "neo4j") -> None:
+    """Remove the ego vectors of users left without items (an empty ego-graph says nothing about interests)."""
+    if user_ids:
+        driver.execute_query(_CLEAR, ids=list(user_ids), database_=database)
+
+
+def similar_users(driver: neo4j.Driver, pseudonym: str, k: int, model_version: str, *, database: str = "neo4j") -> list[SimilarUser]:
+    """The ``k`` users nearest to this one by ego vector of ``model_version`` (best first, ties by pseudonym);
+    `NotFound` when the user has no ego vector of that version."""
+    read = neo4j.RoutingControl.READ
+    try:
+        rec = driver.execute_query(_GET, id=pseudonym, database_=database, routing_=read).records
+        if not rec or rec[0]["vector"] is None or rec[0]["version"] != model_version:
+            raise NotFound(f"user has no interest-graph vector of model {model_version!r} yet")
+        # candidates: a few times k, as the user and (during a roll-out) vectors of another version are among them
+        rows = driver.execute_query(
+            _NEAREST,
+            id=pseudonym,
+            vector=list(rec[0]["vector"]),
+            version=model_version,
+            fetch=4 * k + 10,
+            k=k,
+            database_=database,
+            routing_=read,
+        ).records
+    except (ServiceUnavailable, SessionExpired) as exc:
+        raise Unavailable(f"Neo4j is not reachable: {exc}") from exc
+    return [SimilarUser(r["id"], float(r["score"])) for r in rows]
