@@ -33,11 +33,10 @@ import redis
 import redis.lock
 
 from graphdb import subgraph
-from graphdb.changes import clear_marks
 from graphdb.errors import InvalidInput, Unavailable
 from graphdb.schema import BRAND, CATEGORY, ITEM, QUERY, USER
 from graphdb.slots import hand_off, read_partition_marks
-from workers.recompute import Context, RecomputeResult, _Clock, _differs, _ensure_card, _fold_edges, _np, _publish, _users, _write
+from workers.recompute import Context, RecomputeResult, _Clock, _commit, _differs, _ensure_card, _fold_edges, _np, _queries, _users
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +108,8 @@ def recompute_partition(ctx: Context, index: int, partitions: int, limit: int, k
         return PartitionResult(index, res)
     _ensure_card(ctx)
     by_label: dict[str, set[str]] = defaultdict(set)
-    tokens: dict[str, dict[str, str]] = defaultdict(dict)
     for m in marks:
         by_label[m.label].add(m.id)
-        tokens[m.label][m.id] = m.token
 
     # items: the same reach as `recompute_marked`; only the marked ones are written here
     known = sorted({m.id for m in marks if m.label == ITEM and enc.is_fixed(m.id) and m.version != version})
@@ -149,34 +146,14 @@ def recompute_partition(ctx: Context, index: int, partitions: int, limit: int, k
 
     # users: the marked ones (the new items' vectors they read are computed on the way, from the same graph)
     reached = subgraph.users_of_items(ctx.driver, propagate, database=ctx.database) - by_label[USER] if propagate else set()
-    user_vecs, _unstored, _ = _users(ctx, marked_users, sends, clock, user_reads, set(marked_users))
-    query_vecs: dict[str, np.ndarray] = {}
-    if by_label[QUERY]:
-        texts = subgraph.query_texts(ctx.driver, by_label[QUERY], database=ctx.database)
-        clock.lap("pull_s")
-        q = enc.queries([texts[k] for k in sorted(texts)])
-        if q is not None:
-            query_vecs = dict(zip(sorted(texts), _np(q)))
-        clock.lap("forward_s")
+    user_vecs, _unstored, _, egos = _users(ctx, marked_users, sends, clock, user_reads, set(marked_users))
+    query_vecs = _queries(ctx, by_label[QUERY], clock)
 
     # hand over, then publish and write: a crash after the hand-off leaves this round's marks, so it runs again
     keep()
     handed = hand_off(ctx.driver, {USER: reached, ITEM: foreign}, now=time.time(), database=ctx.database)
-    since: dict[str, dict[str, float]] = defaultdict(dict)
-    for m in marks:
-        if m.since is not None:
-            since[m.label][m.id] = m.since
-    res.published = _publish(ctx, {ITEM: to_write, USER: user_vecs}, version, since, scales)
-    cleared = 0
-    for label, vecs in ((ITEM, to_write), (USER, user_vecs), (QUERY, query_vecs)):
-        written, n = _write(ctx, label, vecs, version, tokens[label], scales if label == ITEM else None)
-        cleared += n
-        setattr(res, {ITEM: "items", USER: "users", QUERY: "queries"}[label], written)
-    written_ids = {ITEM: to_write, USER: user_vecs, QUERY: query_vecs}
-    rest = [m for m in marks if m.id not in written_ids.get(m.label, ())]
-    res.cleared = cleared + clear_marks(ctx.driver, rest, database=ctx.database)
+    _commit(ctx, res, marks, {ITEM: to_write, USER: user_vecs, QUERY: query_vecs}, scales, egos, clock)
     res.propagated_users = len(reached)
-    clock.lap("write_s")
     return PartitionResult(index, res, handed)
 
 

@@ -33,7 +33,7 @@ import torch
 from redis import Redis
 
 from graphdb import subgraph
-from graphdb.changes import clear_marks, read_marks
+from graphdb.changes import Mark, clear_marks, read_marks
 from graphdb.ego import clear_ego_vectors, write_ego_vectors
 from graphdb.embeddings import write_and_clear
 from graphdb.model_state import activate, write_card
@@ -136,9 +136,6 @@ def recompute_marked(ctx: Context, limit: int = 10000) -> RecomputeResult:
         by_label[m.label].add(m.id)
 
     # 2. items
-    tokens: dict[str, dict[str, str]] = defaultdict(dict)
-    for m in marks:
-        tokens[m.label][m.id] = m.token
     # A known item's vector is fixed for the version: it is written only when its stored one is of another.
     known = sorted({m.id for m in marks if m.label == ITEM and enc.is_fixed(m.id) and m.version != version})
     # The marked users' edges: their vectors need them, and with the fold-in the new items among them may count
@@ -183,37 +180,51 @@ def recompute_marked(ctx: Context, limit: int = 10000) -> RecomputeResult:
     to_write.update(extra_items)
     scales.update(extra_scales)
 
-    # queries: their text only
-    query_vecs: dict[str, np.ndarray] = {}
-    if by_label[QUERY]:
-        texts = subgraph.query_texts(ctx.driver, by_label[QUERY], database=ctx.database)
-        clock.lap("pull_s")
-        q = enc.queries([texts[k] for k in sorted(texts)])
-        if q is not None:
-            query_vecs = dict(zip(sorted(texts), _np(q)))
-        clock.lap("forward_s")
+    query_vecs = _queries(ctx, by_label[QUERY], clock)
+    _commit(ctx, res, marks, {ITEM: to_write, USER: user_vecs, QUERY: query_vecs}, scales, egos, clock)
+    return res
 
-    # 4. publish, then write (items first) clearing the marks of what was written in the same transactions:
-    # a crash after publishing leaves the marks, so the same vectors are computed, published and written again.
+
+def _queries(ctx: Context, ids: Collection[str], clock: _Clock) -> dict[str, np.ndarray]:
+    """Query vectors: their text only."""
+    if not ids:
+        return {}
+    texts = subgraph.query_texts(ctx.driver, ids, database=ctx.database)
+    clock.lap("pull_s")
+    q = ctx.encoder.queries([texts[k] for k in sorted(texts)])
+    clock.lap("forward_s")
+    return dict(zip(sorted(texts), _np(q))) if q is not None else {}
+
+
+def _commit(
+    ctx: Context,
+    res: RecomputeResult,
+    marks: list[Mark],
+    vecs: dict[str, dict[str, np.ndarray]],
+    scales: dict[str, float],
+    egos: dict[str, np.ndarray | None],
+    clock: _Clock,
+) -> None:
+    """Publish, then write (items first) clearing the marks of what was written in the same transactions: a crash
+    after publishing leaves the marks, so the same vectors are computed, published and written again. Then
+    compare-and-clear the marks of the nodes not written (known items, categories, brands, ...)."""
+    version = ctx.encoder.version
+    tokens: dict[str, dict[str, str]] = defaultdict(dict)
     since: dict[str, dict[str, float]] = defaultdict(dict)
     for m in marks:
+        tokens[m.label][m.id] = m.token
         if m.since is not None:
             since[m.label][m.id] = m.since
-    res.published = _publish(ctx, {ITEM: to_write, USER: user_vecs}, version, since, scales)
+    res.published = _publish(ctx, {ITEM: vecs[ITEM], USER: vecs[USER]}, version, since, scales)
     _write_ego(ctx, egos, version)  # before the user writes that clear the users' marks
     cleared = 0
-    for label, vecs in ((ITEM, to_write), (USER, user_vecs), (QUERY, query_vecs)):
-        written, n = _write(ctx, label, vecs, version, tokens[label], scales if label == ITEM else None)
+    for label in (ITEM, USER, QUERY):
+        written, n = _write(ctx, label, vecs[label], version, tokens[label], scales if label == ITEM else None)
         cleared += n
         setattr(res, {ITEM: "items", USER: "users", QUERY: "queries"}[label], written)
-    clock.lap("write_s")
-
-    # 5. compare-and-clear the marks of nodes not written (known items, categories, brands, ...)
-    written_ids = {ITEM: to_write, USER: user_vecs, QUERY: query_vecs}
-    rest = [m for m in marks if m.id not in written_ids.get(m.label, ())]
+    rest = [m for m in marks if m.id not in vecs.get(m.label, ())]
     res.cleared = cleared + clear_marks(ctx.driver, rest, database=ctx.database)
     clock.lap("write_s")
-    return res
 
 
 def _fold_edges(ctx: Context, new_ids: list[str]) -> list[subgraph.EdgeRow]:
