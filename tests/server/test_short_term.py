@@ -98,15 +98,15 @@ def test_a_burst_moves_the_answer_at_once_and_standing_items_stay(served) -> Non
     stub = served.stub()
     user, home, new = "shopper-0", 0, 2
     before = _top(stub, user)
-    assert sum(_cluster(i) == home for i in before) >= K - 1 and not any(_cluster(i) == new for i in before)
+    reserved = reserved_slots(K, served.settings_.short_term_share)
+    assert reserved >= 2 and sum(_cluster(i) == home for i in before) >= K // 2
+    assert sum(_cluster(i) == new for i in before) < reserved
     reply = stub.IngestEvents(iter([pb.IngestEventsRequest(events=_burst(user, new, time.time()))]), timeout=30)
     assert reply.accepted == 5
     after = _top(stub, user)  # at once: the graph holds the burst when the events are acknowledged
-    reserved = reserved_slots(K, served.settings_.short_term_share)
-    assert reserved >= 2
     assert sum(_cluster(i) == new for i in after) >= reserved
-    # the standing interest keeps the rest, led by the same best item
-    assert sum(_cluster(i) == home for i in after) >= K - reserved - 1 and after[0] == before[0]
+    # the standing interest keeps the other slots: the long-term answer's best items, in their order
+    assert [i for i in after if i in before] == before[: K - reserved]
     assert "item-24" not in after  # bought in the burst: left out as purchases are
 
 
