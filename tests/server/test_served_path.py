@@ -1,14 +1,13 @@
 """What is measured is what is served: on a small live graph, the served row of `bench.quality` (its vectors and
-its in-process engine, `bench._served`, with the shoppers' short-term interests read from the graph's edges) gives
-each shopper the same top 20 as a running server's RecommendForUser, after the worker trained the model on the
-graph and rolled it out. Real Neo4j, Redis, gRPC."""
+its in-process engine, `bench._served`) gives each shopper the same top 20 as a running server's
+RecommendForUser, after the worker trained the model on the graph and rolled it out. Real Neo4j, Redis, gRPC."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from bench._served import engine_top_k, recent_source, served_engine, use_recent
+from bench._served import engine_top_k, served_engine
 from graphdb import subgraph
 from graphdb.ingest import ingest_events
 from graphdb.pseudonym import pseudonymise
@@ -35,9 +34,9 @@ def _events(rng: np.random.Generator) -> list[dict]:
         own = rng.choice(np.arange(c * per, (c + 1) * per), size=n - 1, replace=False)
         items = [*own.tolist(), int(rng.integers(ITEMS))]
         for k, j in enumerate(dict.fromkeys(items)):
-            # the first a week before the rest: the rest (3 to 8), a minute apart, are a short-term interest
-            ts = T0 + 60 * k if k >= 1 else T0 - 7 * 86400
-            out.append({"event_id": f"e{u}-{k}", "user_id": f"shopper-{u}", "type": "purchase", "item_id": f"item-{j:02d}", "ts": ts})
+            out.append(
+                {"event_id": f"e{u}-{k}", "user_id": f"shopper-{u}", "type": "purchase", "item_id": f"item-{j:02d}", "ts": T0 + 60 * k}
+            )
     return out
 
 
@@ -72,12 +71,7 @@ def test_quality_served_row_equals_the_running_servers_answers(rolled_out, graph
     row = {p: n for n, p in enumerate(live_graph.user_ids)}
     user_vecs = users.numpy()[[row[pseudonymise(key, s)] for s in shoppers]]
     engine = served_engine(live_graph.item_ids, items.numpy(), ck.version)
-    # the short-term interest from the same graph's edges, as the server reads them from Neo4j
-    pseudonyms = [pseudonymise(key, s) for s in shoppers]
-    use_recent(engine, recent_source(live_graph, [row[p] for p in pseudonyms], pseudonyms))
     bench_top = engine_top_k(engine, shoppers, user_vecs, 20, [bought[s] for s in shoppers])
-    # every shopper has one (3 to 8 purchases a minute apart after an older one), so the mix is compared too
-    assert all(engine._short_term_query(engine.serving, *engine._recent(p)) is not None for p in pseudonyms)
 
     # the running server, loaded from Neo4j after the roll-out
     settings = base_settings(ann_min_items=20_000, max_filter_ids=100)  # the server's default index kind here
