@@ -20,6 +20,7 @@ from tqdm import tqdm
 from graphdb.catalog import ItemFacets
 from graphdb.pseudonym import pseudonymise
 from graphdb.settings import GraphSettings
+from graphdb.subgraph import EdgeRow
 from server.engine import Engine, ItemFilter
 from server.rules import RankingRules
 from server.settings import ServerSettings
@@ -94,6 +95,32 @@ def engine_top_k(
     return out
 
 
+def recent_source(graph: InteractionGraph, users: Sequence[int], keys: Sequence[str]) -> dict[str, tuple[list[EdgeRow], int]]:
+    """The edges of ``users`` (graph rows) as the server reads a shopper's recent edges from Neo4j
+    (``graphdb.recent``: one row per item and behaviour type, newest first, and their number of distinct items),
+    keyed by ``keys`` (the users' pseudonyms): what ``Engine.recent_source`` serves the short-term interest from."""
+    key_of = dict(zip((int(u) for u in users), keys))
+    rows, cols, weights, times = graph.interaction_edges()
+    wanted = np.zeros(graph.num_users, bool)
+    wanted[list(key_of)] = True
+    keep = wanted[rows]
+    rows, cols, weights, times = rows[keep], cols[keep], weights[keep], times[keep]
+    order = np.lexsort((cols, -times, rows))  # per user: newest first, ties by item
+    out: dict[str, tuple[list[EdgeRow], int]] = {}
+    bounds = np.r_[0, np.flatnonzero(np.diff(rows[order])) + 1, len(order)]
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        idx = order[a:b]
+        p = key_of[int(rows[idx[0]])]
+        edges = [EdgeRow(p, graph.item_ids[c], float(w), float(t)) for c, w, t in zip(cols[idx], weights[idx], times[idx])]
+        out[p] = (edges, len(set(cols[idx].tolist())))
+    return out
+
+
+def use_recent(engine: Engine, source: dict[str, tuple[list[EdgeRow], int]] | None) -> None:
+    """The engine reads shoppers' recent edges from ``source`` (``recent_source``), or has none (short-term off)."""
+    engine.recent_source = None if source is None else (lambda pseudonym: source.get(pseudonym, ([], 0)))
+
+
 def engine_metrics(
     engine: Engine,
     user_vectors: np.ndarray,
@@ -103,11 +130,17 @@ def engine_metrics(
     k: int = 20,
     progress: bool = True,
     rules: RankingRules | None = None,
+    recent: InteractionGraph | None = None,
 ) -> dict[str, float]:
-    """Recall@k / NDCG@k of the engine's answers for every user with test items (training items excluded)."""
+    """Recall@k / NDCG@k of the engine's answers for every user with test items (training items excluded).
+
+    ``recent``: the training graph, whose edges the engine reads as a server reads a shopper's recent edges from
+    Neo4j (the short-term interest, ``server.short_term``); without it the engine has none (short-term off)."""
     train, test = sp.csr_matrix(train), sp.csr_matrix(test, copy=True)
     test.eliminate_zeros()  # an explicit zero is no test item (and would make its row a test user)
     users = np.flatnonzero(np.diff(test.indptr) > 0)
+    key = engine.graph.pseudonym_key.get_secret_value()
+    use_recent(engine, None if recent is None else recent_source(recent, users, [pseudonymise(key, f"u{u}") for u in users]))
     ids = np.asarray(item_ids, dtype=object)
     exclude = [ids[train.indices[train.indptr[u] : train.indptr[u + 1]]].tolist() for u in users]
     tops = engine_top_k(engine, [f"u{u}" for u in users], user_vectors[users], k, exclude, progress, rules)

@@ -20,7 +20,8 @@ The peer, measured in the same run, is popularity: the server's own answer for a
 
 The served model is the one at the service's defaults. Variants are measured with the same script through the
 worker's environment, e.g. ``IG_MODEL_RECENCY_BOOST=30 IG_MODEL_SELECT_FILTER=false python -m bench.drift``;
-the RESULT's ``config`` is read from the rolled-out checkpoint, so it shows what was served.
+the RESULT's ``config`` is read from the rolled-out checkpoint, so it shows what was served. The server's
+short-term interest (``server.short_term``) is on by default; ``IG_SERVER_SHORT_TERM_SHARE=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from bench._stack import Pipeline, log, pipeline, start_scheduler
 from graphdb.pseudonym import pseudonymise
 from proto.interest.v1 import interest_pb2 as pb
 from proto.interest.v1 import interest_pb2_grpc as pb_grpc
+from server.settings import ServerSettings
 from workers import process
 from workers.checkpoint import load_checkpoint, resolve
 
@@ -346,6 +348,8 @@ def served_config(p: Pipeline) -> dict:
         "val_split": ts.get("val_split"),
         "served_epochs": ts.get("served_epochs"),
         "half_life_days": p.graph.half_life_days,
+        # the server's short-term interest (server.short_term), from the environment the server reads
+        "short_term": {k: v for k, v in ServerSettings().model_dump().items() if k.startswith("short_term_")},
     }
 
 

@@ -140,17 +140,17 @@ def _served(split: Split, ms: ModelSettings, ts: TrainSettings, progress: bool, 
     t1 = time.perf_counter()
     users, items = served_vectors(fitted.model, split.train, text)
     engine = served_engine(split.train.item_ids, items.numpy(), "bench-quality")
-    metrics = engine_metrics(
-        engine, users.numpy(), split.train.item_ids, split.train.interactions(), split.test, k=ts.eval_k, progress=progress
-    )
+    train = split.train.interactions()
+    metrics = engine_metrics(engine, users.numpy(), split.train.item_ids, train, split.test, ts.eval_k, progress, recent=split.train)
     engine_s = time.perf_counter() - t1
+    # issue 16 ablation: the same engine and vectors without the short-term interest (server.short_term)
+    off = engine_metrics(engine, users.numpy(), split.train.item_ids, train, split.test, ts.eval_k, progress)
+    short_term_off = rounded({**off, **{f"{m}_on_vs_off": metrics[m] / off[m] for m in off if off[m]}})
     with_rules = None
     if rules is not None:  # the same engine and vectors, the catalogue's facets loaded, each request with the rules
         engine.update_facets(graph_facets(split.train))
         t2 = time.perf_counter()
-        ruled = engine_metrics(
-            engine, users.numpy(), split.train.item_ids, split.train.interactions(), split.test, ts.eval_k, progress, rules
-        )
+        ruled = engine_metrics(engine, users.numpy(), split.train.item_ids, train, split.test, ts.eval_k, progress, rules, split.train)
         ruled_s = time.perf_counter() - t2
         with_rules = {
             "rules": {"max_per_category": rules.max_per_category, "max_per_brand": rules.max_per_brand},
@@ -178,6 +178,8 @@ def _served(split: Split, ms: ModelSettings, ts: TrainSettings, progress: bool, 
         "select_max_settings": ms.select_max_settings,
         "served_epochs": ts.served_epochs,
         "index": index_config(engine),
+        "short_term_share": engine.settings.short_term_share,
+        "short_term_window_s": engine.settings.short_term_window_s,
     }
     return None, {
         "train_s": fitted.train_s,
@@ -185,6 +187,7 @@ def _served(split: Split, ms: ModelSettings, ts: TrainSettings, progress: bool, 
         "metrics": metrics,
         "config": config,
         "selection": sel.get("tried", []),
+        "short_term_off": short_term_off,
         **({"with_rules": with_rules} if with_rules else {}),
     }
 

@@ -29,14 +29,17 @@ from graphdb.forget import forget_user
 from graphdb.ingest import IngestResult, ingest_events
 from graphdb.model_state import UserSideCard, read_card
 from graphdb.pseudonym import pseudonymise
-from graphdb.schema import USER
+from graphdb.recent import recent_edges
+from graphdb.schema import ITEM_INTERACTIONS, USER
 from graphdb.session import SessionEdges, session_edges
 from graphdb.settings import GraphSettings
+from graphdb.subgraph import EdgeRow
 from server.facets import FacetStore
 from server.feedback import push_down
-from server.index import IndexParams, ItemIndex, LabelMap
+from server.index import IndexParams, ItemIndex, LabelMap, normalise
 from server.rules import RankingRules, apply_rules
 from server.settings import ServerSettings
+from server.short_term import ShortTermParams, mix, recent_items, reserved_slots
 from server.users import UserVectors
 from workers.user_side import user_vector, weighted_sum
 
@@ -92,6 +95,15 @@ def explain_limits(settings: ServerSettings) -> explain.ExplainLimits:
     )
 
 
+def short_term_params(settings: ServerSettings) -> ShortTermParams:
+    return ShortTermParams(
+        share=settings.short_term_share,
+        window_s=settings.short_term_window_s,
+        min_items=settings.short_term_min_items,
+        max_items=settings.short_term_max_items,
+    )
+
+
 def index_params(settings: ServerSettings) -> IndexParams:
     return IndexParams(
         nlist=settings.ivf_nlist,
@@ -113,6 +125,10 @@ class Engine:
         self.dim = graph.embedding_dim
         self.params = index_params(settings)
         self.explain_limits = explain_limits(settings)
+        self.short_term = short_term_params(settings)
+        # Where a shopper's recent edges come from (pseudonym -> (edges, distinct items)): Neo4j unless set; the
+        # quality bench sets it to the training graph's edges, as it has no Neo4j (bench._served).
+        self.recent_source: Callable[[str], tuple[list[EdgeRow], int]] | None = None
         self.labels = LabelMap()
         self.facets = FacetStore(self.labels)
         self.serving: Serving | None = None
@@ -293,9 +309,69 @@ class Engine:
         seen = [lab for lab in (self.labels.get(i) for i in skipped) if lab is not None]
         if user_vec is None:
             return Answer(self._cold_start(k, flt, seen, rules), serving.index.model_version, cold_start=True)
+        short_q = self._short_term_query(serving, *self._recent(pseudonym)) if self.short_term.share > 0 else None
         with self.lock:
-            items = self._search_pushing_down(serving, user_vec, k, flt, seen, excl.hidden, rules)
+            items = self._search_mixed(serving, user_vec, short_q, k, flt, seen, excl.hidden, rules)
         return Answer(items, serving.index.model_version)
+
+    def _recent(self, pseudonym: str) -> tuple[list[EdgeRow], int]:
+        """The shopper's newest edges (enough for ``short_term.max_items`` items) and their number of items."""
+        if self.recent_source is not None:
+            return self.recent_source(pseudonym)
+        if self.driver is None:
+            return [], 0
+        limit = len(ITEM_INTERACTIONS) * self.short_term.max_items  # one edge per item and behaviour type at most
+        return recent_edges(self.driver, pseudonym, limit, database=self.database)
+
+    def _short_term_query(self, serving: Serving, edges: Sequence[EdgeRow], total_items: int) -> np.ndarray | None:
+        """The short-term interest's query (server.short_term): its items' served vectors summed by weight,
+        normalised; None without a short-term interest or when none of its items has a vector."""
+        recent = recent_items(edges, total_items, self.short_term)
+        if recent is None:
+            return None
+        with self.lock:
+            found = [(lab, w) for lab, w in ((serving.index.label_of(i), w) for i, w in recent.items()) if lab is not None]
+            if not found:
+                return None
+            vecs = serving.index.vectors([lab for lab, _ in found])
+        query = np.asarray([w for _, w in found], np.float32) @ vecs
+        return normalise(query.reshape(1, -1))[0] if np.any(query) else None
+
+    def _search_mixed(
+        self,
+        serving: Serving,
+        query: np.ndarray,
+        short_q: np.ndarray | None,
+        k: int,
+        flt: ItemFilter,
+        seen: Sequence[int],
+        hidden: Sequence[str],
+        rules: RankingRules | None = None,
+    ) -> list[tuple[str, float]]:
+        """``_search_pushing_down`` of the long-term ``query``, with the short-term ranking mixed in
+        (server.short_term.mix) when there is a short-term query. With rules, they apply to the mixed candidates in
+        their mixed order (a rank score), and each item keeps its own ranking's score."""
+        if short_q is None:
+            return self._search_pushing_down(serving, query, k, flt, seen, hidden, rules)
+        share = self.short_term.share
+        if rules is None:
+            long = self._search_pushing_down(serving, query, k, flt, seen, hidden)
+            short = self._search_pushing_down(serving, short_q, k, flt, seen, hidden)
+            return mix(long, short, k, reserved_slots(k, share))
+        n = max(k, self.settings.rules_candidates)
+        pool = mix(
+            self._search_pushing_down(serving, query, n, flt, seen, hidden),
+            self._search_pushing_down(serving, short_q, n, flt, seen, hidden),
+            n,
+            reserved_slots(n, share),
+        )
+        if not pool:
+            return pool
+        score = dict(pool)
+        labels = np.asarray([self.labels.get(i) for i, _ in pool], np.int64)
+        rank_scores = np.linspace(1.0, 0.5, len(pool), dtype=np.float32)
+        ranked = apply_rules(self.facets, rules, labels, rank_scores, k, lambda j: pool[j][0])
+        return [(i, score[i]) for i, _ in ranked]
 
     def _search_pushing_down(
         self,
@@ -377,8 +453,9 @@ class Engine:
                 seen = [lab for lab in map(self.labels.get, sorted(session.bought)) if lab is not None]
             return Answer(self._cold_start(k, flt, seen, rules), index.model_version, cold_start=True)
         query = embedded / np.float32(norm)  # normalised, as a stored user's vector is (server.users)
+        short_q = self._short_term_query(serving, session.edges(SESSION_USER), len(items)) if self.short_term.share > 0 else None
         with self.lock:
-            top = self._search(serving, query, k, flt, seen, rules)
+            top = self._search_mixed(serving, query, short_q, k, flt, seen, (), rules)
         answer = Answer(top, index.model_version)
         if explained:  # the session's own items, most recent first, stand in for a stored shopper's edges
             own = sorted(session.latest, key=lambda i: (-session.latest[i], i))

@@ -107,6 +107,14 @@ class ServerSettings(BaseSettings):
     feedback_strength: float = Field(default=1.0, ge=0.0, le=2.0)
     feedback_threshold: float = Field(default=0.5, ge=0.0, lt=1.0)
 
+    # Short-term interest (server.short_term, issue 16): the shopper's items within short_term_window_s of their
+    # latest interaction (newest first, at most short_term_max_items, at least short_term_min_items, not their
+    # whole history) get round(short_term_share * k) of the k slots of RecommendForUser / RecommendForSession.
+    short_term_share: float = Field(default=0.3, ge=0.0, le=0.9)
+    short_term_window_s: float = Field(default=1800.0, gt=0)
+    short_term_min_items: int = Field(default=3, ge=1)
+    short_term_max_items: int = Field(default=20, ge=1, le=500)
+
     # Caches.
     popular_ttl_s: float = Field(default=60.0, ge=0)
     popular_window_days: float = Field(default=7.0, gt=0)
