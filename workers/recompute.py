@@ -39,7 +39,7 @@ from graphdb.model_state import activate, write_card
 from graphdb.schema import BRAND, CATEGORY, ITEM, QUERY, USER
 from workers import publish
 from workers.live import LiveEncoder
-from workers.user_side import capped_neighbours, latest_times
+from workers.user_side import capped_neighbours, latest_times, pair_strengths
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +249,7 @@ def _users(
     out_vecs, in_vecs, in_scales = enc.new_items_scaled(rows, fold_edges)
     ids = [r.id for r in rows]
     sends = {**fresh, **dict(zip(ids, in_vecs))}
-    out = enc.users(neighbours, user_ids, sends, latest_times(edges))
+    out = enc.users(neighbours, user_ids, sends, latest_times(edges), pair_strengths(edges))
     clock.lap("forward_s")
     unstored = {i: _np(v) for i, v in zip(ids, out_vecs) if item_version.get(i) != version}
     scales = {i: s for i, s in zip(ids, _np(in_scales).tolist()) if i in unstored}
@@ -345,7 +345,7 @@ def full_vectors(ctx: Context, progress: Callable[[str], None] | None = None) ->
     neighbours = capped_neighbours(edges, enc.user_cap, enc.half_life_days)
     user_ids = sorted(users)
     out: dict[str, dict[str, np.ndarray]] = {ITEM: {i: _np(v) for i, v in item_vecs.items()}}
-    u = enc.users(neighbours, user_ids, dict(zip([r.id for r in new_rows], new_in)), latest_times(edges))
+    u = enc.users(neighbours, user_ids, dict(zip([r.id for r in new_rows], new_in)), latest_times(edges), pair_strengths(edges))
     out[USER] = dict(zip(user_ids, _np(u)))
     q = enc.queries([queries[k] for k in sorted(queries)])
     out[QUERY] = dict(zip(sorted(queries), _np(q))) if q is not None else {}

@@ -23,8 +23,9 @@ import numpy as np
 from graphdb.model_state import UserSideCard
 from graphdb.subgraph import EdgeRow
 from workers.recency import recency_weights
+from workers.signals import half_life_seconds, signal_weights
 
-__all__ = ["UserSideCard", "capped_neighbours", "item_weights", "latest_times", "rank_keys", "user_vector"]
+__all__ = ["UserSideCard", "capped_neighbours", "item_weights", "latest_times", "pair_strengths", "rank_keys", "user_vector"]
 
 
 def rank_keys(edges: Sequence[EdgeRow], half_life_days: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -77,23 +78,56 @@ def latest_times(edges: Sequence[EdgeRow]) -> dict[tuple[str, str], int]:
     return out
 
 
+def pair_strengths(edges: Sequence[EdgeRow]) -> dict[tuple[str, str], float]:
+    """Each (user, item) pair's behaviour strength: its edges' weights summed over behaviour types, as the training
+    graph sums them (`workers.live.training_graph`), so the live signal weights equal the full graph's."""
+    out: dict[tuple[str, str], float] = {}
+    for e in edges:
+        out[(e.user, e.item)] = out.get((e.user, e.item), 0.0) + e.weight
+    return out
+
+
 def item_weights(
     neighbours: Mapping[str, Sequence[str]],
     users: Sequence[str],
     times: Mapping[tuple[str, str], int] | None,
     recency_boost: float,
     recency_scale: float,
+    strength: Mapping[tuple[str, str], float] | None = None,
+    behaviour_power: float = 0.0,
+    decay_half_life_days: float = 0.0,
 ) -> list[np.ndarray]:
     """Per user (in ``users`` order), the weights [len(neighbours[user])] of their capped items: the recency
-    weights of the pairs' latest ``times`` (`latest_times`), or 1 without times."""
+    weights of the pairs' latest ``times`` (`latest_times`), or 1 without times; times the signal weights
+    (`user_signal_weights`)."""
     out = []
     for u in users:
         items = neighbours.get(u, ())
         if times is None:
-            out.append(np.ones(len(items), np.float32))
+            w = np.ones(len(items), np.float32)
         else:
-            out.append(recency_weights(np.array([times[(u, i)] for i in items], np.float64), recency_boost, recency_scale))
+            w = recency_weights(np.array([times[(u, i)] for i in items], np.float64), recency_boost, recency_scale)
+        out.append(w * user_signal_weights(u, items, times, strength, behaviour_power, decay_half_life_days))
     return out
+
+
+def user_signal_weights(
+    user: str,
+    items: Sequence[str],
+    times: Mapping[tuple[str, str], int] | None,
+    strength: Mapping[tuple[str, str], float] | None,
+    behaviour_power: float,
+    decay_half_life_days: float,
+) -> np.ndarray:
+    """One user's behaviour-strength and time-decay weights [len(items)] (`workers.signals`); 1 where a signal
+    is off or its input is not given."""
+    power = behaviour_power if strength is not None else 0.0
+    half_life = half_life_seconds(decay_half_life_days) if times is not None else 0.0
+    if not (power or half_life) or not items:
+        return np.ones(len(items), np.float32)
+    s = np.array([strength[(user, i)] for i in items], np.float64) if strength is not None else np.ones(len(items))
+    t = np.array([times[(user, i)] for i in items], np.float64) if times is not None else np.zeros(len(items))
+    return signal_weights(s, t, power, half_life)
 
 
 def user_vector(
@@ -111,7 +145,16 @@ def user_vector(
     distinct = {e.item for e in rows}
     # The cap keeps every item of a user who has no more than it (a session, mostly): no ranking needed then.
     items = sorted(distinct) if len(distinct) <= card.user_cap else capped_neighbours(rows, card.user_cap, card.half_life_days)[user]
-    (w,) = item_weights({user: items}, [user], latest_times(rows), card.recency_boost, card.recency_scale)
+    (w,) = item_weights(
+        {user: items},
+        [user],
+        latest_times(rows),
+        card.recency_boost,
+        card.recency_scale,
+        pair_strengths(rows) if card.behaviour_power else None,
+        card.behaviour_power,
+        card.decay_half_life_days,
+    )
     z = np.stack([vectors[i][0] for i in items]).astype(np.float32, copy=False)
     coef = (w * np.array([vectors[i][1] for i in items], np.float32)).astype(np.float32)
     return (coef @ z) * card.sign, items
