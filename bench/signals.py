@@ -40,11 +40,11 @@ from workers.text import TextEncoder
 
 console = Console(stderr=True)
 
-# Each signal: the setting it moves and the values tried (the served default is the "off" value, 0).
+# Each signal: the setting it moves and the values tried, 0 = off (the served default's own value is its row).
 SIGNALS: dict[str, tuple[str, tuple[float, ...]]] = {
-    "behaviour": ("behaviour_power", (0.5, 1.0, 2.0)),
-    "decay": ("decay_half_life_days", (30.0, 180.0, 730.0)),
-    "warm-meta": ("warm_meta_blend", (0.1, 0.3)),
+    "behaviour": ("behaviour_power", (0.0, 0.5, 1.0, 2.0)),
+    "decay": ("decay_half_life_days", (0.0, 30.0, 180.0, 365.0, 730.0, 1460.0)),
+    "warm-meta": ("warm_meta_blend", (0.0, 0.1, 0.3)),
 }
 COLD_BLENDS = (0.25, 0.5)
 
@@ -97,6 +97,8 @@ def run_signals(
         if signal in skip:
             continue
         for value in values:
+            if value == getattr(ms, setting):
+                continue  # the served row
             row = measure(f"{signal}={value:g}", {setting: value})
             rec = row[f"recall@{k}"]
             if rec > served[f"recall@{k}"] and rec > best.get(signal, ("", 0.0, -1.0))[2]:

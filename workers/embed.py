@@ -21,7 +21,7 @@ from workers.metrics import Scorer
 from workers.models.hetero_gnn import HeteroGNN
 from workers.models.spectral_sage import SpectralSAGE
 from workers.recency import recency_weights, weigh_by_recency
-from workers.signals import blend_cold, half_life_seconds, weigh_by_signals
+from workers.signals import blend_cold, half_life_seconds, signal_weights, weigh_by_signals
 from workers.train_hetero import encode
 
 VectorRow = tuple[str, str, np.ndarray]
@@ -76,14 +76,20 @@ def served_vectors(
 
 @torch.no_grad()
 def user_vector(
-    model: SpectralSAGE, item_index: np.ndarray, weights: np.ndarray | None, x: torch.Tensor, times: np.ndarray | None = None
+    model: SpectralSAGE, item_index: np.ndarray, strength: np.ndarray | None, x: torch.Tensor, times: np.ndarray | None = None
 ) -> torch.Tensor:
-    """One user's vector [dim] from their items and, for the recency weights, their latest times (the
-    incremental path: reads only that user's edges)."""
-    w = np.ones(len(item_index), np.float32) if weights is None else np.asarray(weights, np.float32)
+    """One user's vector [dim] from their items, their behaviour ``strength`` and, for the recency and decay
+    weights, their latest times (the incremental path: reads only that user's edges)."""
+    n = len(item_index)
+    w = signal_weights(
+        np.ones(n) if strength is None else np.asarray(strength, np.float64),
+        np.zeros(n) if times is None else np.asarray(times, np.float64),
+        model.behaviour_power if strength is not None else 0.0,
+        half_life_seconds(model.decay_half_life_days) if times is not None else 0.0,
+    )
     if times is not None:
         w = w * recency_weights(times, model.recency_boost, model.recency_scale)
-    row = sp.csr_matrix((w, (np.zeros(len(item_index), int), np.asarray(item_index))), shape=(1, x.size(0)))
+    row = sp.csr_matrix((w, (np.zeros(n, int), np.asarray(item_index))), shape=(1, x.size(0)))
     return model.users(csr_to_torch(row), x)[0]
 
 

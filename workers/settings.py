@@ -51,7 +51,8 @@ class ModelSettings(BaseSettings):
     # behaviour strength ** power and a half-life decay of a user's items, on the user side; the share of the
     # metadata vector in trained items' bases (warm) and in new items' bases beside their text neighbours (cold).
     behaviour_power: float = Field(default=0.0, ge=0, description="user-side weight: behaviour strength ** power (0 = off)")
-    decay_half_life_days: float = Field(default=0.0, ge=0, description="user-side time decay half-life (0 = off)")
+    # 730 days: the best of {30, 180, 365, 730, 1460} on amazon-hin (real timestamps; docs/benchmarks.md "Signals").
+    decay_half_life_days: float = Field(default=730.0, ge=0, description="user-side time decay half-life (0 = off)")
     warm_meta_blend: float = Field(default=0.0, ge=0, le=1, description="metadata share of trained items' bases")
     cold_meta_blend: float = Field(default=0.0, ge=0, le=1, description="metadata share of new items' bases")
     svd_oversample: int = Field(default=64, ge=0)
