@@ -46,7 +46,7 @@ SIGNALS: dict[str, tuple[str, tuple[float, ...]]] = {
     "decay": ("decay_half_life_days", (0.0, 30.0, 180.0, 365.0, 730.0, 1460.0)),
     "warm-meta": ("warm_meta_blend", (0.0, 0.1, 0.3)),
 }
-COLD_BLENDS = (0.25, 0.5)
+COLD_BLENDS = (0.0, 0.25, 0.5)
 
 
 def not_applicable(split: Split) -> dict[str, str]:
@@ -83,7 +83,10 @@ def run_signals(
             {
                 **m,
                 "settings": update,
-                "selected": {key: cfg[key] for key in ("filter_power", "user_norm", "item_norm", "recency_boost", "recency_scale")},
+                "selected": {
+                    key: cfg[key]
+                    for key in ("filter_power", "user_norm", "item_norm", "recency_boost", "recency_scale", "warm_meta_blend")
+                },
                 "s": time.perf_counter() - t0,
             }
         )
@@ -99,12 +102,18 @@ def run_signals(
         for value in values:
             if value == getattr(ms, setting):
                 continue  # the served row
-            row = measure(f"{signal}={value:g}", {setting: value})
+            # the value held: a setting the selection chooses (the warm blend) is not chosen again in its rows
+            row = measure(
+                f"{signal}={value:g}", {setting: value, f"{setting}_grid": ()} if hasattr(ms, f"{setting}_grid") else {setting: value}
+            )
             rec = row[f"recall@{k}"]
             if rec > served[f"recall@{k}"] and rec > best.get(signal, ("", 0.0, -1.0))[2]:
                 best[signal] = (setting, value, rec)
     if len(best) > 1:  # one helpful signal alone is already its own row
-        measure("combined", {setting: value for setting, value, _ in best.values()})
+        measure(
+            "combined",
+            {k: v for setting, value, _ in best.values() for k, v in ((setting, value), (f"{setting}_grid", ())) if hasattr(ms, k)},
+        )
     for name, row in variants.items():
         row.update(rounded({f"{m}_vs_served": row[m] / served[m] for m in (f"recall@{k}", f"ndcg@{k}") if served[m]}))
     out: dict = {
@@ -132,7 +141,7 @@ def cold_rows(ms: ModelSettings, ts: TrainSettings, progress: bool, data_dir: Pa
     graph, _ = load_amazon_office(find_dataset("amazon-office", data_dir))
     text = TextEncoder(WorkerSettings().text_cache_dir).encode(graph.item_text, progress=progress)
     rows = {}
-    for gamma in (0.0, *COLD_BLENDS):
+    for gamma in COLD_BLENDS:
         console.print(f"[bold]cold-meta={gamma:g}[/bold]")
         res = run_cold_start(graph, text, ms.model_copy(update={"cold_meta_blend": gamma}), ts, progress=progress)
         rows[f"cold-meta={gamma:g}"] = {**res["models"]["spectral-sage"], "settings": {"cold_meta_blend": gamma}}

@@ -276,7 +276,10 @@ def select(
     users = np.flatnonzero(np.diff(r_val.indptr) > 0)
     model = _start(graph, r_fit, ms, ts, item_text, svd)
 
+    trained_emb = model.item_emb.detach().clone()  # the warm blend scales the trained rows (`blend_warm`)
+
     def model_for(cfg: dict) -> SpectralSAGE:
+        model.item_emb.copy_(trained_emb * (1.0 - cfg.get("warm_meta_blend", ms.warm_meta_blend)))
         model.filter[:dim] = svd[0][:dim].clamp(min=1e-6).pow(cfg["filter_power"])
         model.user_norm, model.item_norm = cfg["user_norm"], cfg["item_norm"]
         model.recency_boost = cfg.get("recency_boost", ms.recency_boost)
@@ -297,6 +300,9 @@ def select(
     if t_fit is not None:  # only times that order a user's items make recency weights differ
         best.update(recency_boost=ms.recency_boost, recency_scale=ms.recency_scale)
         grids += (("recency_boost", ms.recency_boost_grid), ("recency_scale", ms.recency_scale_grid))
+    if ms.warm_meta_blend_grid and model.meta(*meta_args) is not None:  # only items with metadata can blend
+        best.update(warm_meta_blend=ms.warm_meta_blend)
+        grids += (("warm_meta_blend", ms.warm_meta_blend_grid),)
     best_score = score(best)
     moved = True
     while moved:  # coordinate ascent: passes until one changes nothing (a setting is never scored twice)
