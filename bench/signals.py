@@ -100,8 +100,8 @@ def run_signals(
         if signal in skip:
             continue
         for value in values:
-            if value == getattr(ms, setting):
-                continue  # the served row
+            if value == getattr(ms, setting) and not getattr(ms, f"{setting}_grid", ()):
+                continue  # the served row (a setting the selection chooses gets its held row)
             # the value held: a setting the selection chooses (the warm blend) is not chosen again in its rows
             row = measure(
                 f"{signal}={value:g}", {setting: value, f"{setting}_grid": ()} if hasattr(ms, f"{setting}_grid") else {setting: value}
