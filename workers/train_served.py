@@ -260,7 +260,8 @@ def select(
     sig: tuple[sp.csr_matrix | None, sp.csr_matrix | None] = (None, None),
 ) -> tuple[dict, SpectralSAGE, list[dict]]:
     """Choose the filter power, the user and item exponents and, when ``t_fit`` (the fit interactions' times)
-    orders any user's items, the recency weights, by validation Recall@K (the test protocol: every validation
+    orders any user's items, the recency weights, and where items have metadata the warm metadata blend
+    (`blend_warm`), by validation Recall@K (the test protocol: every validation
     user, all items ranked, fit items masked); returns (chosen, its model on ``r_fit``, every setting tried with
     its recall).
 
@@ -315,7 +316,9 @@ def select(
                 s = score(cfg)
                 if s > best_score:
                     best, best_score, moved = cfg, s, True
-    return best, model_for(best), tried
+    chosen = model_for(best)
+    chosen.item_emb.copy_(trained_emb)  # unblended: `fit_served` applies the chosen warm blend once, at the end
+    return best, chosen, tried
 
 
 def _finetune(model, r_fit, r_val, meta_args, ts: TrainSettings, device, t0, progress, epochs: int | None = None):
