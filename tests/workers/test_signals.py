@@ -170,3 +170,16 @@ def test_new_items_keep_their_category_and_brand_beside_their_text_neighbours():
     assert embed_cold_items(blended, meta, text, k=2, meta_blend=0.4) == 2
     nb = model.item_base(meta)[3:]  # today: the neighbours' mean alone
     assert torch.allclose(blended.item_base(meta)[3:], 0.6 * nb + 0.4 * meta[3:], atol=1e-6)
+
+
+@torch.no_grad()
+def test_the_warm_blend_is_applied_once_after_a_selection_without_refit():
+    split, _ = planted(seed=3)
+    g = split.train
+    base = ModelSettings(dim=16, select_filter=True, warm_meta_blend_grid=())
+    ts = TrainSettings(served_epochs=0, val_fraction=0.2, refit=False)
+    a = fit_served(g, base, ts, progress=False).model
+    b = fit_served(g, base.model_copy(update={"warm_meta_blend": 0.3}), ts, progress=False).model
+    meta = a.meta(g.item_category, g.item_brand, None, g.num_items)
+    trained = a.item_known.clone()
+    assert torch.allclose(b.item_base(meta)[trained], 0.7 * a.item_base(meta)[trained] + 0.3 * meta[trained], atol=1e-5)
