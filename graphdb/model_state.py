@@ -66,6 +66,9 @@ class UserSideCard:
     half_life_days: float
     recency_boost: float
     recency_scale: float
+    # workers.signals: behaviour strength ** power and the half-life decay of a user's items (0 = off)
+    behaviour_power: float = 0.0
+    decay_half_life_days: float = 0.0
 
     def __post_init__(self) -> None:
         # an array once, not a list per request: converting 1,024 Python floats costs ~30 us (bench.serving)
@@ -77,13 +80,15 @@ class UserSideCard:
 _SET_CARD = f"""
 MERGE (c:{MODEL_CARD} {{version: $version}})
 SET c.sign = $sign, c.user_cap = $user_cap, c.half_life_days = $half_life_days,
-    c.recency_boost = $recency_boost, c.recency_scale = $recency_scale
+    c.recency_boost = $recency_boost, c.recency_scale = $recency_scale,
+    c.behaviour_power = $behaviour_power, c.decay_half_life_days = $decay_half_life_days
 """
 
 _GET_CARD = f"""
 MATCH (c:{MODEL_CARD} {{version: $version}})
 RETURN c.sign AS sign, c.user_cap AS user_cap, c.half_life_days AS half_life_days,
-       c.recency_boost AS recency_boost, c.recency_scale AS recency_scale
+       c.recency_boost AS recency_boost, c.recency_scale AS recency_scale,
+       coalesce(c.behaviour_power, 0.0) AS behaviour_power, coalesce(c.decay_half_life_days, 0.0) AS decay_half_life_days
 """
 
 
@@ -97,6 +102,8 @@ def write_card(driver: neo4j.Driver, card: UserSideCard, *, database: str = "neo
         half_life_days=float(card.half_life_days),
         recency_boost=float(card.recency_boost),
         recency_scale=float(card.recency_scale),
+        behaviour_power=float(card.behaviour_power),
+        decay_half_life_days=float(card.decay_half_life_days),
         database_=database,
     )
 
@@ -114,4 +121,6 @@ def read_card(driver: neo4j.Driver, version: str, *, database: str = "neo4j") ->
         float(r["half_life_days"]),
         float(r["recency_boost"]),
         float(r["recency_scale"]),
+        float(r["behaviour_power"]),
+        float(r["decay_half_life_days"]),
     )

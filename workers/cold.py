@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from workers.models.spectral_sage import SpectralSAGE
+from workers.signals import blend_cold
 
 
 def cold_bases(
@@ -38,15 +39,19 @@ def cold_bases(
 
 
 @torch.no_grad()
-def embed_cold_items(model: SpectralSAGE, meta: Tensor | None, item_text: Tensor, k: int = 30, temperature: float = 0.1) -> int:
-    """Give every item without an ID row (``~model.item_known``) its neighbours' base and degree (`cold_bases`)
-    and mark it known; returns how many items were embedded."""
+def embed_cold_items(
+    model: SpectralSAGE, meta: Tensor | None, item_text: Tensor, k: int = 30, temperature: float = 0.1, meta_blend: float = 0.0
+) -> int:
+    """Give every item without an ID row (``~model.item_known``) its neighbours' base (`cold_bases`), mixed with
+    its own metadata vector by ``meta_blend`` (`workers.signals.blend_cold`: 0 = the neighbours alone, so category
+    and brand count only through the neighbours), and their degree; mark it known; returns how many were embedded."""
     cold = ~model.item_known
     n = int(cold.sum())
     if n == 0 or bool(cold.all()):
         return 0
     x = model.item_base(meta)
     x_new, deg = cold_bases(item_text[cold], item_text[~cold], x[~cold], model.item_degree[~cold], k, temperature)
+    x_new = blend_cold(x_new, meta[cold] if meta is not None else None, meta_blend)
     model.item_emb[cold] = x_new - (meta[cold] if meta is not None else 0.0)
     model.item_degree[cold] = deg
     model.item_known[cold] = True

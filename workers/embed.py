@@ -21,6 +21,7 @@ from workers.metrics import Scorer
 from workers.models.hetero_gnn import HeteroGNN
 from workers.models.spectral_sage import SpectralSAGE
 from workers.recency import recency_weights, weigh_by_recency
+from workers.signals import blend_cold, half_life_seconds, signal_weights, weigh_by_signals
 from workers.train_hetero import encode
 
 VectorRow = tuple[str, str, np.ndarray]
@@ -48,10 +49,18 @@ def served_vectors(
     the model's recency weights of the graph's times (`workers.recency`)."""
     model.eval()
     x = item_bases(model, graph, item_text)
+    meta = model.meta(graph.item_category, graph.item_brand, item_text, graph.num_items)
     if adj is None:
         r = graph.interactions()
         if model.recency_boost:  # the times only matter with a boost (sorting every edge is not free)
             r = weigh_by_recency(r, graph.interaction_times(), model.recency_boost, model.recency_scale)
+        r = weigh_by_signals(
+            r,
+            graph.interactions(binary=False) if model.behaviour_power else None,
+            graph.interaction_times() if model.decay_half_life_days else None,
+            model.behaviour_power,
+            half_life_seconds(model.decay_half_life_days),
+        )
     else:
         r = adj
     deg = model.item_degree
@@ -60,20 +69,27 @@ def served_vectors(
         deg = torch.cat([deg, deg.new_ones(n_new)])
         if item_text is not None:
             n = model.num_items
-            x[n:], deg[n:] = cold_bases(item_text[n:], item_text[:n], x[:n], model.item_degree)
+            x_nb, deg[n:] = cold_bases(item_text[n:], item_text[:n], x[:n], model.item_degree)
+            x[n:] = blend_cold(x_nb, meta[n:] if meta is not None else None, model.cold_meta_blend)
     return (csr_to_torch(r) @ model.item_in(x, deg)) * model.user_scale(), model.item_out(x, deg)
 
 
 @torch.no_grad()
 def user_vector(
-    model: SpectralSAGE, item_index: np.ndarray, weights: np.ndarray | None, x: torch.Tensor, times: np.ndarray | None = None
+    model: SpectralSAGE, item_index: np.ndarray, strength: np.ndarray | None, x: torch.Tensor, times: np.ndarray | None = None
 ) -> torch.Tensor:
-    """One user's vector [dim] from their items and, for the recency weights, their latest times (the
-    incremental path: reads only that user's edges)."""
-    w = np.ones(len(item_index), np.float32) if weights is None else np.asarray(weights, np.float32)
+    """One user's vector [dim] from their items, their behaviour ``strength`` and, for the recency and decay
+    weights, their latest times (the incremental path: reads only that user's edges)."""
+    n = len(item_index)
+    w = signal_weights(
+        np.ones(n) if strength is None else np.asarray(strength, np.float64),
+        np.zeros(n) if times is None else np.asarray(times, np.float64),
+        model.behaviour_power if strength is not None else 0.0,
+        half_life_seconds(model.decay_half_life_days) if times is not None else 0.0,
+    )
     if times is not None:
         w = w * recency_weights(times, model.recency_boost, model.recency_scale)
-    row = sp.csr_matrix((w, (np.zeros(len(item_index), int), np.asarray(item_index))), shape=(1, x.size(0)))
+    row = sp.csr_matrix((w, (np.zeros(n, int), np.asarray(item_index))), shape=(1, x.size(0)))
     return model.users(csr_to_torch(row), x)[0]
 
 

@@ -21,6 +21,7 @@ import torch
 from graphdb.subgraph import EdgeRow, ItemRow
 from workers.live import LiveEncoder, capped_neighbours, latest_times
 from workers.metrics import rank_metrics
+from workers.user_side import pair_strengths
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,9 @@ def served_recall(enc: LiveEncoder, split: GateSplit, items: Sequence[ItemRow], 
     if not users:
         return 0.0
     neighbours = capped_neighbours(split.train, enc.user_cap, enc.half_life_days)
-    u = enc.users(neighbours, users, dict(zip([r.id for r in new_rows], new_in)), latest_times(split.train))
+    u = enc.users(
+        neighbours, users, dict(zip([r.id for r in new_rows], new_in)), latest_times(split.train), pair_strengths(split.train)
+    )
     row = {user: n for n, user in enumerate(users)}
     seen = {(e.user, e.item) for e in split.train if e.user in row}
     train = _matrix([(row[a], col[b]) for a, b in seen], len(users), len(ids))

@@ -31,6 +31,7 @@ from graphdb.subgraph import EdgeRow, ItemRow
 from workers.checkpoint import Checkpoint
 from workers.cold import cold_bases
 from workers.data import EdgeSet, InteractionGraph, csr_to_torch
+from workers.signals import blend_cold
 from workers.text import TextEncoder
 from workers.user_side import capped_neighbours, item_weights, latest_times, rank_keys
 
@@ -135,7 +136,16 @@ class LiveEncoder:
         """The version's user side as servers read it (``graphdb.model_state``)."""
         m = self.ck.model
         sign = self.filter.sign().to("cpu", torch.float32).numpy()
-        return UserSideCard(self.version, sign, self.user_cap, self.half_life_days, m.recency_boost, m.recency_scale)
+        return UserSideCard(
+            self.version,
+            sign,
+            self.user_cap,
+            self.half_life_days,
+            m.recency_boost,
+            m.recency_scale,
+            m.behaviour_power,
+            m.decay_half_life_days,
+        )
 
     # ---------------------------------------------------------------- items
     def is_fixed(self, item_id: str) -> bool:
@@ -185,9 +195,14 @@ class LiveEncoder:
     def _meta_bases(self, rows: Sequence[ItemRow]) -> tuple[torch.Tensor, torch.Tensor]:
         """(bases [n, dim], degrees [n]) of new items from their metadata alone."""
         m = self.ck.model
+        pairs = [(i, self.category_index[c]) for i, r in enumerate(rows) for c in r.categories if c in self.category_index]
+        cats = torch.tensor(pairs, dtype=torch.long, device=self.device).reshape(-1, 2).T
+        brands = torch.tensor(
+            [self.brand_index.get(r.brand, -1) if r.brand else -1 for r in rows], dtype=torch.long, device=self.device
+        )
         if self.reads_text and self.text_encoder is not None:
             text = self.text_encoder.encode([item_text(r) for r in rows]).to(self.device)
-            return cold_bases(
+            x_nb, deg = cold_bases(
                 text,
                 self.warm_text,
                 self.x_known,
@@ -195,11 +210,7 @@ class LiveEncoder:
                 self.ck.model_settings.get("cold_neighbours", 30),
                 self.ck.model_settings.get("cold_temperature", 0.1),
             )
-        pairs = [(i, self.category_index[c]) for i, r in enumerate(rows) for c in r.categories if c in self.category_index]
-        cats = torch.tensor(pairs, dtype=torch.long, device=self.device).reshape(-1, 2).T
-        brands = torch.tensor(
-            [self.brand_index.get(r.brand, -1) if r.brand else -1 for r in rows], dtype=torch.long, device=self.device
-        )
+            return blend_cold(x_nb, m.meta(cats, brands, text, len(rows)), m.cold_meta_blend), deg
         meta = m.meta(cats, brands, None, len(rows))
         x = meta if meta is not None else torch.zeros(len(rows), self.dim, device=self.device)
         return x, torch.ones(len(rows), device=self.device)  # degree 1, as `workers.embed.served_vectors` has it
@@ -246,6 +257,7 @@ class LiveEncoder:
         users: Sequence[str],
         new_item_vectors: dict[str, torch.Tensor],
         times: dict[tuple[str, str], int] | None = None,
+        strength: dict[tuple[str, str], float] | None = None,
     ) -> torch.Tensor:
         """Vectors [len(users), dim]: ``h * sum_{j in cap(u)} w_uj d_j^-a x_j`` over each user's capped items
         (``neighbours`` from `capped_neighbours`), ``w_uj`` the model's recency weights of the pairs' latest
@@ -266,7 +278,9 @@ class LiveEncoder:
                 rows.append(u_idx)
                 cols.append(col)
         # the weights of the one user side the servers share (workers.user_side)
-        weights = item_weights(neighbours, users, times, m.recency_boost, m.recency_scale)
+        weights = item_weights(
+            neighbours, users, times, m.recency_boost, m.recency_scale, strength, m.behaviour_power, m.decay_half_life_days
+        )
         table = self.in_known
         if new_ids:
             table = torch.cat([table, torch.stack([new_item_vectors[i].to(self.device) for i in new_ids])])

@@ -48,6 +48,18 @@ class ModelSettings(BaseSettings):
     recency_scale: float = Field(default=2.0, gt=0, description="recency ranks over which the boost decays")
     recency_boost_grid: tuple[float, ...] = (0.0, 10.0, 30.0, 100.0, 300.0)
     recency_scale_grid: tuple[float, ...] = (1.0, 2.0, 4.0)
+    # Signals beside the interactions (`workers.signals`; docs/benchmarks.md "Signals" has the ablation):
+    # behaviour strength ** power and a half-life decay of a user's items, on the user side; the share of the
+    # metadata vector in trained items' bases (warm) and in new items' bases beside their text neighbours (cold).
+    behaviour_power: float = Field(default=0.0, ge=0, description="user-side weight: behaviour strength ** power (0 = off)")
+    # 730 days: the best of {30, 180, 365, 730, 1460} on amazon-hin (real timestamps; docs/benchmarks.md "Signals").
+    decay_half_life_days: float = Field(default=730.0, ge=0, description="user-side time decay half-life (0 = off)")
+    # The warm blend is chosen on the validation split from its grid (where items have metadata): it helps where the
+    # metadata says much (amazon-office's titles: +9 % Recall@20 at 0.3) and hurts where it says little (amazon-hin's
+    # categories and brands: -6 % at 0.3). An empty grid keeps the value.
+    warm_meta_blend: float = Field(default=0.0, ge=0, le=1, description="metadata share of trained items' bases")
+    warm_meta_blend_grid: tuple[float, ...] = (0.0, 0.3, 0.5)
+    cold_meta_blend: float = Field(default=0.25, ge=0, le=1, description="metadata share of new items' bases")
     svd_oversample: int = Field(default=64, ge=0)
     svd_power_iters: int = Field(default=3, ge=0)
     # Item metadata inputs (learned embeddings + the sentence-transformers text vector).

@@ -26,6 +26,7 @@ from workers.models.spectral_sage import SpectralSAGE
 from workers.recency import has_order, weigh_by_recency
 from workers.runtime import pick_device, seed_everything
 from workers.settings import ModelSettings, TrainSettings
+from workers.signals import half_life_seconds, weigh_by_signals
 from workers.spectral import spectral_items
 
 
@@ -134,6 +135,9 @@ def build_model(graph: InteractionGraph, ms: ModelSettings, text_dim: int) -> Sp
         text_dim,
         ms.recency_boost,
         ms.recency_scale,
+        ms.behaviour_power,
+        ms.decay_half_life_days,
+        ms.cold_meta_blend,
     )
 
 
@@ -160,7 +164,8 @@ def fit_served(
         meta_args = (graph.item_category, graph.item_brand, item_text, graph.num_items)
         if ms.select_filter:
             t_fit = _times_of(r_fit, times) if has_order(times) else None
-            chosen, model, tried = select(graph, r_fit, r_val, ms, ts, item_text, progress, t_fit)
+            sig = signal_inputs(graph, r_fit, ms)
+            chosen, model, tried = select(graph, r_fit, r_val, ms, ts, item_text, progress, t_fit, sig)
             ms = ms.model_copy(update=chosen)
             history.append({"epoch": 0, "selected": chosen, "tried": tried, "s": time.perf_counter() - t0})
         else:
@@ -179,8 +184,10 @@ def fit_served(
     with torch.no_grad():
         meta = model.meta(graph.item_category, graph.item_brand, item_text, graph.num_items)
         model.fill_cold_degrees(meta)
+        trained = model.item_known.clone()
         if item_text is not None and ms.cold_neighbours > 0:  # items with metadata only
-            embed_cold_items(model, meta, item_text, ms.cold_neighbours, ms.cold_temperature)
+            embed_cold_items(model, meta, item_text, ms.cold_neighbours, ms.cold_temperature, ms.cold_meta_blend)
+        blend_warm(model, meta, ms.warm_meta_blend, trained)
     return Fitted(model, history, time.perf_counter() - t0, item_text)
 
 
@@ -200,6 +207,22 @@ def _start(
     return model
 
 
+@torch.no_grad()
+def blend_warm(model: SpectralSAGE, meta: torch.Tensor | None, beta: float, trained: torch.Tensor) -> None:
+    """Trained items' (``trained`` [I] bool) bases ``x = id + meta`` become ``(1 - beta) x + beta meta``
+    (`workers.signals`): the ID row shrinks, so the checkpoint carries the blend to every path that serves it."""
+    if meta is None or beta == 0:
+        return
+    model.item_emb[trained] *= 1.0 - beta
+
+
+def signal_inputs(graph, r, ms: ModelSettings) -> tuple[sp.csr_matrix | None, sp.csr_matrix | None]:
+    """(behaviour strength, latest times) on the pattern of ``r`` for the signals that are on, else None."""
+    strength = _times_of(r, graph.interactions(binary=False)) if ms.behaviour_power else None
+    times = _times_of(r, graph.interaction_times()) if ms.decay_half_life_days else None
+    return strength, times
+
+
 def _times_of(r: sp.csr_matrix, times: sp.csr_matrix) -> sp.csr_matrix:
     """``times`` on the pattern of ``r`` (a subset of its own pattern)."""
     r = sp.csr_matrix(r)
@@ -210,12 +233,15 @@ def _times_of(r: sp.csr_matrix, times: sp.csr_matrix) -> sp.csr_matrix:
 
 
 @torch.no_grad()
-def _val_recall(model, r_fit, r_val, meta_args, ts: TrainSettings, users: np.ndarray, t_fit: sp.csr_matrix | None = None) -> float:
+def _val_recall(
+    model, r_fit, r_val, meta_args, ts: TrainSettings, users: np.ndarray, t_fit: sp.csr_matrix | None = None, sig=(None, None)
+) -> float:
     x = model.item_base(model.meta(*meta_args))
     if t_fit is not None:
         r_fit_in = weigh_by_recency(r_fit, t_fit, model.recency_boost, model.recency_scale)
     else:
         r_fit_in = r_fit
+    r_fit_in = weigh_by_signals(r_fit_in, *sig, model.behaviour_power, half_life_seconds(model.decay_half_life_days))
     u = model.users(csr_to_torch(r_fit_in), x)
     z = model.item_out(x)
     return rank_metrics(lambda b: u[b] @ z.T, r_fit, r_val, k=ts.eval_k, users=users)[f"recall@{ts.eval_k}"]
@@ -223,10 +249,19 @@ def _val_recall(model, r_fit, r_val, meta_args, ts: TrainSettings, users: np.nda
 
 @torch.no_grad()
 def select(
-    graph, r_fit, r_val, ms: ModelSettings, ts: TrainSettings, item_text, progress: bool = True, t_fit: sp.csr_matrix | None = None
+    graph,
+    r_fit,
+    r_val,
+    ms: ModelSettings,
+    ts: TrainSettings,
+    item_text,
+    progress: bool = True,
+    t_fit: sp.csr_matrix | None = None,
+    sig: tuple[sp.csr_matrix | None, sp.csr_matrix | None] = (None, None),
 ) -> tuple[dict, SpectralSAGE, list[dict]]:
     """Choose the filter power, the user and item exponents and, when ``t_fit`` (the fit interactions' times)
-    orders any user's items, the recency weights, by validation Recall@K (the test protocol: every validation
+    orders any user's items, the recency weights, and where items have metadata the warm metadata blend
+    (`blend_warm`), by validation Recall@K (the test protocol: every validation
     user, all items ranked, fit items masked); returns (chosen, its model on ``r_fit``, every setting tried with
     its recall).
 
@@ -242,7 +277,10 @@ def select(
     users = np.flatnonzero(np.diff(r_val.indptr) > 0)
     model = _start(graph, r_fit, ms, ts, item_text, svd)
 
+    trained_emb = model.item_emb.detach().clone()  # the warm blend scales the trained rows (`blend_warm`)
+
     def model_for(cfg: dict) -> SpectralSAGE:
+        model.item_emb.copy_(trained_emb * (1.0 - cfg.get("warm_meta_blend", ms.warm_meta_blend)))
         model.filter[:dim] = svd[0][:dim].clamp(min=1e-6).pow(cfg["filter_power"])
         model.user_norm, model.item_norm = cfg["user_norm"], cfg["item_norm"]
         model.recency_boost = cfg.get("recency_boost", ms.recency_boost)
@@ -252,7 +290,7 @@ def select(
     tried: list[dict] = []
 
     def score(cfg: dict) -> float:
-        rec = _val_recall(model_for(cfg), r_fit, r_val, meta_args, ts, users, t_fit)
+        rec = _val_recall(model_for(cfg), r_fit, r_val, meta_args, ts, users, t_fit, sig)
         tried.append({**cfg, "val_recall": round(rec, 5)})
         if progress:
             tqdm.write(f"select {cfg}: val recall@{ts.eval_k} {rec:.4f}")
@@ -263,6 +301,9 @@ def select(
     if t_fit is not None:  # only times that order a user's items make recency weights differ
         best.update(recency_boost=ms.recency_boost, recency_scale=ms.recency_scale)
         grids += (("recency_boost", ms.recency_boost_grid), ("recency_scale", ms.recency_scale_grid))
+    if ms.warm_meta_blend_grid and model.meta(*meta_args) is not None:  # only items with metadata can blend
+        best.update(warm_meta_blend=ms.warm_meta_blend)
+        grids += (("warm_meta_blend", ms.warm_meta_blend_grid),)
     best_score = score(best)
     moved = True
     while moved:  # coordinate ascent: passes until one changes nothing (a setting is never scored twice)
@@ -275,7 +316,9 @@ def select(
                 s = score(cfg)
                 if s > best_score:
                     best, best_score, moved = cfg, s, True
-    return best, model_for(best), tried
+    chosen = model_for(best)
+    chosen.item_emb.copy_(trained_emb)  # unblended: `fit_served` applies the chosen warm blend once, at the end
+    return best, chosen, tried
 
 
 def _finetune(model, r_fit, r_val, meta_args, ts: TrainSettings, device, t0, progress, epochs: int | None = None):

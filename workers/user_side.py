@@ -23,8 +23,18 @@ import numpy as np
 from graphdb.model_state import UserSideCard
 from graphdb.subgraph import EdgeRow
 from workers.recency import recency_weights
+from workers.signals import half_life_seconds, signal_weights
 
-__all__ = ["UserSideCard", "capped_neighbours", "item_weights", "latest_times", "rank_keys", "user_vector", "weighted_sum"]
+__all__ = [
+    "UserSideCard",
+    "capped_neighbours",
+    "item_weights",
+    "latest_times",
+    "pair_strengths",
+    "rank_keys",
+    "user_vector",
+    "weighted_sum",
+]
 
 
 def rank_keys(edges: Sequence[EdgeRow], half_life_days: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -77,23 +87,56 @@ def latest_times(edges: Sequence[EdgeRow]) -> dict[tuple[str, str], int]:
     return out
 
 
+def pair_strengths(edges: Sequence[EdgeRow]) -> dict[tuple[str, str], float]:
+    """Each (user, item) pair's behaviour strength: its edges' weights summed over behaviour types, as the training
+    graph sums them (`workers.live.training_graph`), so the live signal weights equal the full graph's."""
+    out: dict[tuple[str, str], float] = {}
+    for e in edges:
+        out[(e.user, e.item)] = out.get((e.user, e.item), 0.0) + e.weight
+    return out
+
+
 def item_weights(
     neighbours: Mapping[str, Sequence[str]],
     users: Sequence[str],
     times: Mapping[tuple[str, str], int] | None,
     recency_boost: float,
     recency_scale: float,
+    strength: Mapping[tuple[str, str], float] | None = None,
+    behaviour_power: float = 0.0,
+    decay_half_life_days: float = 0.0,
 ) -> list[np.ndarray]:
     """Per user (in ``users`` order), the weights [len(neighbours[user])] of their capped items: the recency
-    weights of the pairs' latest ``times`` (`latest_times`), or 1 without times."""
+    weights of the pairs' latest ``times`` (`latest_times`), or 1 without times; times the signal weights
+    (`user_signal_weights`)."""
     out = []
     for u in users:
         items = neighbours.get(u, ())
         if times is None:
-            out.append(np.ones(len(items), np.float32))
+            w = np.ones(len(items), np.float32)
         else:
-            out.append(recency_weights(np.array([times[(u, i)] for i in items], np.float64), recency_boost, recency_scale))
+            w = recency_weights(np.array([times[(u, i)] for i in items], np.float64), recency_boost, recency_scale)
+        out.append(w * user_signal_weights(u, items, times, strength, behaviour_power, decay_half_life_days))
     return out
+
+
+def user_signal_weights(
+    user: str,
+    items: Sequence[str],
+    times: Mapping[tuple[str, str], int] | None,
+    strength: Mapping[tuple[str, str], float] | None,
+    behaviour_power: float,
+    decay_half_life_days: float,
+) -> np.ndarray:
+    """One user's behaviour-strength and time-decay weights [len(items)] (`workers.signals`); 1 where a signal
+    is off or its input is not given."""
+    power = behaviour_power if strength is not None else 0.0
+    half_life = half_life_seconds(decay_half_life_days) if times is not None else 0.0
+    if not (power or half_life) or not items:
+        return np.ones(len(items), np.float32)
+    s = np.array([strength[(user, i)] for i in items], np.float64) if strength is not None else np.ones(len(items))
+    t = np.array([times[(user, i)] for i in items], np.float64) if times is not None else np.zeros(len(items))
+    return signal_weights(s, t, power, half_life)
 
 
 def user_vector(
@@ -112,17 +155,27 @@ def user_vector(
     # The cap keeps every item of a user who has no more than it (a session, mostly): no ranking needed then.
     items = sorted(distinct) if len(distinct) <= card.user_cap else capped_neighbours(rows, card.user_cap, card.half_life_days)[user]
     times = latest_times(rows)
+    strengths = pair_strengths(rows) if card.behaviour_power else None
     z = np.stack([vectors[i][0] for i in items]).astype(np.float32, copy=False)
     scales = np.array([vectors[i][1] for i in items], np.float32)
-    return weighted_sum(z, scales, np.array([times[(user, i)] for i in items], np.float64), card), items
+    t = np.array([times[(user, i)] for i in items], np.float64)
+    s = np.array([strengths[(user, i)] for i in items], np.float64) if strengths is not None else None
+    return weighted_sum(z, scales, t, card, s), items
 
 
-def weighted_sum(z: np.ndarray, scales: np.ndarray, times: np.ndarray, card: UserSideCard) -> np.ndarray:
+def weighted_sum(
+    z: np.ndarray, scales: np.ndarray, times: np.ndarray, card: UserSideCard, strengths: np.ndarray | None = None
+) -> np.ndarray:
     """``sign(h) * sum_j w_j s_j z_j`` [dim] over a user's chosen items: served vectors ``z`` [n, dim] (float32),
-    in_scales ``s`` [n] and latest times [n] in whole seconds (`latest_times`), whose recency weights are ``w``.
-    What `user_vector` computes once it has chosen the items; RecommendForSession calls it directly with the
-    index's rows when the cap keeps every item."""
+    in_scales ``s`` [n] and latest times [n] in whole seconds (`latest_times`), whose recency and signal weights
+    (`workers.signals`; behaviour strengths [n] from `pair_strengths`, needed when the card weighs behaviour)
+    are ``w``. What `user_vector` computes once it has chosen the items; RecommendForSession calls it directly
+    with the index's rows when the cap keeps every item."""
     w = recency_weights(times, card.recency_boost, card.recency_scale)
+    half_life = half_life_seconds(card.decay_half_life_days)
+    power = card.behaviour_power if strengths is not None else 0.0
+    if power or half_life > 0:
+        w = w * signal_weights(strengths if strengths is not None else np.ones(len(times)), times, power, half_life)
     coef = (w * scales.astype(np.float32, copy=False)).astype(np.float32)
     out: np.ndarray = (coef @ z) * card.sign
     return out

@@ -92,7 +92,17 @@ def _drain(ctx) -> list:
             return rounds
 
 
-def test_incremental_equals_full_after_random_batches(runtime, graph_settings):
+# with the signals of workers.signals on too: behaviour strength and time decay weigh a user's items
+@pytest.mark.parametrize("signals", [{}, {"behaviour_power": 1.0, "decay_half_life_days": 0.5}], ids=["plain", "signals"])
+def test_incremental_equals_full_after_random_batches(graph, neo4j_settings, graph_settings, redis_url, tmp_path, signals):
+    runtime = _runtime(neo4j_settings, graph_settings, redis_url, tmp_path, **signals)
+    try:
+        _incremental_equals_full(runtime, graph_settings)
+    finally:
+        runtime.close()
+
+
+def _incremental_equals_full(runtime, graph_settings):
     rng = random.Random(7)
     driver = runtime.driver
     # the catalogue and history the model is trained on

@@ -115,6 +115,7 @@ def test_selection_picks_the_best_validation_setting_and_refits_on_all_interacti
         ("item_norm", ms.item_norm_grid),
         ("recency_boost", ms.recency_boost_grid),
         ("recency_scale", ms.recency_scale_grid),
+        ("warm_meta_blend", ms.warm_meta_blend_grid),  # the planted items have categories (workers.signals)
     )
     for key, grid in grids:
         assert {t[key] for t in tried} == set(grid)

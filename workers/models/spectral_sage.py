@@ -37,6 +37,8 @@ class SpectralSAGE(nn.Module):
         text_dim: width of precomputed item text vectors (0 = unused).
         recency_boost / recency_scale: a user's items weigh ``(1 + boost * exp(-rank / scale)) / (1 + boost)`` by
             the recency rank of their latest interaction (`workers.recency`; boost 0 = every item alike).
+        behaviour_power / decay_half_life_days / cold_meta_blend: the user-side behaviour strength and time decay
+            and the new items' metadata share (`workers.signals`; 0 = off).
 
     Shapes: ``adj`` is a sparse [U, I] user-item matrix (weights w_uj); ``item_degree`` [I];
     ``item_category`` [2, C] (item, category) pairs; ``item_brand`` [I] (-1 = none); ``item_text`` [I, text_dim].
@@ -53,11 +55,16 @@ class SpectralSAGE(nn.Module):
         text_dim: int = 0,
         recency_boost: float = 0.0,
         recency_scale: float = 2.0,
+        behaviour_power: float = 0.0,
+        decay_half_life_days: float = 0.0,
+        cold_meta_blend: float = 0.0,
     ):
         super().__init__()
         self.num_items, self.dim = num_items, dim
         self.user_norm, self.item_norm = user_norm, item_norm
         self.recency_boost, self.recency_scale = recency_boost, recency_scale
+        self.behaviour_power, self.decay_half_life_days = behaviour_power, decay_half_life_days
+        self.cold_meta_blend = cold_meta_blend
         self.item_emb = nn.Parameter(torch.empty(num_items, dim))
         self.filter = nn.Parameter(torch.ones(dim))
         self.category = nn.EmbeddingBag(num_categories, dim, mode="mean") if num_categories else None
@@ -182,4 +189,7 @@ class SpectralSAGE(nn.Module):
             "text_dim": self.text.in_features if self.text is not None else 0,
             "recency_boost": self.recency_boost,
             "recency_scale": self.recency_scale,
+            "behaviour_power": self.behaviour_power,
+            "decay_half_life_days": self.decay_half_life_days,
+            "cold_meta_blend": self.cold_meta_blend,
         }
