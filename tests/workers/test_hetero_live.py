@@ -14,6 +14,7 @@ from graphdb.changes import count_marks
 from graphdb.ingest import ingest_events
 from graphdb.loaders import load_dataset
 from graphdb.model_state import active_model
+from graphdb.pseudonym import pseudonymise
 from graphdb.schema import ITEM, USER
 from graphdb.settings import DataSettings
 from workers import hetero_recompute, jobs
@@ -65,15 +66,17 @@ def _drain(ctx) -> list:
 
 
 def _worst(driver, full, version: str) -> float:
-    worst = 0.0
+    diffs = []
     for label, vectors in full.vectors.items():
         stored = subgraph.stored_vectors(driver, label, vectors)
         assert set(stored) == set(vectors), label
         for node_id, vec in vectors.items():
             s = stored[node_id]
             assert s.version == version, (label, node_id)
-            worst = max(worst, float(np.max(np.abs(np.asarray(s.vector) - vec))))
-    return worst
+            diffs.append((float(np.max(np.abs(np.asarray(s.vector) - vec))), label, node_id))
+    diffs.sort(reverse=True)
+    print("worst stored-against-full differences:", diffs[:8], sum(d > 1e-4 for d, _, _ in diffs), "over 1e-4")
+    return diffs[0][0] if diffs else 0.0
 
 
 @pytest.mark.parametrize("conv", ["sage", "gin", "gcn"])
@@ -109,9 +112,8 @@ def test_hetero_incremental_equals_full_on_amazon_hin(graph, neo4j_settings, gra
 
 
 def test_an_event_recomputes_the_affected_set_not_the_ball(graph, neo4j_settings, graph_settings, redis_url, tmp_path, slices):
-    """A newcomer views the hub item: the hub keeps its top-4 shoppers by weight (a view weighs less than their
-    ratings), so its capped in-list, its vector and its other shoppers stay; only the newcomer is recomputed, and
-    the result equals a full recompute."""
+    """A newcomer views the hub item without entering the hub's top 4: the hub's capped in-list, its vector and
+    its other shoppers stay; only the newcomer is recomputed, and the result equals a full recompute."""
     rt = _runtime(neo4j_settings, graph_settings, redis_url, tmp_path, "sage")
     driver = rt.driver
     load_dataset(driver, graph_settings, "amazon-hin", slices / "amazon-hin")
@@ -119,7 +121,12 @@ def test_an_event_recomputes_the_affected_set_not_the_ball(graph, neo4j_settings
     jobs.rebuild_version(rt, version)
     ctx = rt.hetero_context(version)
     hub = driver.execute_query(_HUB).records[0]
-    event = {"event_id": "hub-1", "user_id": "hin:newcomer", "type": "view", "item_id": hub["id"], "ts": T0}
+    # every edge here weighs 1 (one interaction each), so the cap keeps the smallest pseudonyms: a newcomer whose
+    # pseudonym sorts after every shopper of the hub stays out of the hub's top 4
+    shoppers = subgraph.users_of_items(driver, [hub["id"]])
+    key = graph_settings.pseudonym_key.get_secret_value()
+    name = next(n for n in (f"hin:newcomer{k}" for k in range(1000)) if pseudonymise(key, n) > max(shoppers))
+    event = {"event_id": "hub-1", "user_id": name, "type": "view", "item_id": hub["id"], "ts": T0}
     assert ingest_events(driver, graph_settings, [event]).accepted == 1
     res = hetero_recompute.recompute_marked(ctx)
     assert res.changed == 1 and res.users == 1 and res.items == 0
