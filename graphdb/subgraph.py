@@ -117,7 +117,8 @@ RETURN DISTINCT i.id AS id
 
 # The K-layer encoders' neighbourhoods (workers.hetero_recompute): an item's shoppers with the edge rows a cap ranks,
 # and the members of categories (their subtrees, as ItemRow.categories holds ancestors) and of brands (an item's
-# brand is its smallest brand id, as in ItemRow).
+# brand is its smallest brand id, as in ItemRow; two MATCH clauses, as one pattern would need two distinct HAS_BRAND
+# relationships and miss every item with one brand).
 _ITEM_EDGES = f"""
 UNWIND $ids AS iid
 MATCH (u:{USER})-[r:{_ITEM_RELS}]->(i:{ITEM} {{id: iid}})
@@ -135,7 +136,8 @@ RETURN cid AS id, collect(DISTINCT i.id) AS items
 
 _BRAND_MEMBERS = f"""
 UNWIND $ids AS bid
-MATCH (:{BRAND} {{id: bid}})<-[:{HAS_BRAND}]-(i:{ITEM})-[:{HAS_BRAND}]->(b:{BRAND})
+MATCH (:{BRAND} {{id: bid}})<-[:{HAS_BRAND}]-(i:{ITEM})
+MATCH (i)-[:{HAS_BRAND}]->(b:{BRAND})
 WITH bid, i, min(b.id) AS brand WHERE brand = bid
 RETURN bid AS id, collect(i.id) AS items
 """
