@@ -13,8 +13,9 @@ The affected set is propagated layer by layer under the neighbour caps, InkStrea
 
 Then the rows that make ``A_K`` exact are pulled with batched Cypher (``graphdb.subgraph``): every node down to
 layer 1 with its cap, and the layer-0 neighbours of those; one forward over that subgraph gives ``A_K``'s vectors.
-GCN normalises by each source's capped out-degree, which a subgraph does not hold: ``hetero-gcn`` recomputes its
-affected set with a full forward (exact, not fast).
+GCN normalises by each source's capped out-degree, which changes whenever any cap takes the source in or drops
+it, and which a subgraph does not hold: ``hetero-gcn`` recomputes every vector on each round (exact, not fast; an
+exact GCN affected set would add the nodes reading a source whose capped degree changed).
 """
 
 from __future__ import annotations
@@ -300,12 +301,13 @@ def recompute_marked(ctx: HeteroContext, limit: int = 10000) -> HeteroResult:
     store = LayerStore(ctx)
     found = affected(nb, cands, marked_items, _stored_prints(ctx, cands), store)
     res.affected, res.changed = found.per_layer, len(found.changed)
-    users = {i for k, i in found.nodes if k == "user"}
-    items = {i for k, i in found.nodes if k == "item"}
-    if enc.kind == "hetero-gcn":  # source degrees need the whole graph (module docstring)
+    if enc.kind == "hetero-gcn":  # source degrees need the whole graph, and change the whole graph (module docstring)
         all_users, edges, rows = _everything(ctx)
+        found.nodes = {("user", u) for u in all_users} | {("user", e.user) for e in edges} | {("item", r.id) for r in rows}
     else:
         all_users, edges, rows = pull(nb, found.nodes)
+    users = {i for k, i in found.nodes if k == "user"}
+    items = {i for k, i in found.nodes if k == "item"}
     clock.lap("pull_s")
     out = enc.encode(all_users, edges, rows)
     user_vecs = {u: out.users[u] for u in users if u in out.users}
