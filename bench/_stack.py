@@ -60,9 +60,11 @@ def pipeline(
     graph: GraphSettings | None = None,
     worker_extra: dict[str, str] | None = None,
     seed: Callable[[int], None] | None = None,
+    model: str = "spectral-sage",
 ) -> Iterator[Pipeline]:
     """``dataset=None`` loads nothing. ``seed(port)``, with ``server=True``, fills the graph through the running
-    server's IngestEvents before the model is trained (the server switches to it when it is rolled out)."""
+    server's IngestEvents before the model is trained (the server switches to it when it is rolled out). ``model``:
+    the kind the worker trains and rolls out (`workers.kinds`)."""
     var = Path(var)
     if seed is not None and not server:
         raise ValueError("seed ingests through the server: pass server=True")
@@ -97,7 +99,7 @@ def pipeline(
         if seed is not None:
             port = _start_server(env, var, procs)
             seed(port)
-        version = train_and_roll_out(app, driver)
+        version = train_and_roll_out(app, driver, model)
         p = Pipeline(
             var, stack, ns, gs, driver, redis.Redis.from_url(f"redis://127.0.0.1:{stack.redis_port}/0"), env, app, version, worker
         )
@@ -129,11 +131,11 @@ def _start_server(env: dict[str, str], var: Path, procs: list[subprocess.Popen])
     return port
 
 
-def train_and_roll_out(app: Celery, driver: neo4j.Driver) -> str:
+def train_and_roll_out(app: Celery, driver: neo4j.Driver, model: str = "spectral-sage") -> str:
     """Train the served model on the live graph and roll it out (worker tasks); returns the active version.
     Only before traffic: the marks left by loading are cleared, as the rebuild embedded every node."""
     log("training on the live graph (worker task)")
-    trained = app.send_task("interest.train").get(timeout=3600)
+    trained = app.send_task("interest.train", kwargs={"model": model}).get(timeout=3600)
     if "error" in trained:
         raise RuntimeError(trained)
     log(f"rolling out {trained['version']} (worker task)")

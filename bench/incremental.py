@@ -1,6 +1,7 @@
 """Incremental recompute against a full recompute, on the real stack with gowalla loaded.
 
     python -m bench.incremental [--dataset gowalla] [--sizes 100,1000,10000] [--out FILE]
+    python -m bench.incremental --model hetero-sage --layers 2 --dataset amazon-hin --sizes 1000
 
 Starts Neo4j, Redis and a Celery worker, loads the dataset, trains the served model on the live graph and rolls
 it out (worker tasks). Then, per batch size: ingest that many new events (existing users and items, Zipf-like
@@ -10,6 +11,11 @@ recompute (``interest.rebuild`` of the same version: pull + forward + write of e
 after a few unmeasured warm-up rounds (query plans and JIT, as in a running service). Each size is repeated
 ``--repeats`` times with fresh events; the row reports the medians (a shared 2-core machine is noisy).
 A last row shows a hub: one event on the most popular item costs one user, not its thousands of neighbours.
+
+With ``--model hetero-*`` the worker trains and serves a K-layer heterogeneous encoder (``workers.hetero_live``;
+``--dim`` wide, one epoch) and recomputes with its K-hop affected set (``workers.hetero_recompute``). Rows then
+also carry the affected set per layer, and ``--singles`` single events report the affected set of one event
+against the full K-hop ball around it (users, items, categories and brands within K hops of its user and item).
 """
 
 from __future__ import annotations
@@ -28,8 +34,10 @@ from bench._stack import log, pipeline
 from graphdb import subgraph
 from graphdb.ingest import ingest_events
 from graphdb.loaders import DATASETS
-from graphdb.settings import DataSettings
-from workers import jobs
+from graphdb.pseudonym import pseudonymise
+from graphdb.schema import HAS_BRAND, IN_CATEGORY, ITEM_INTERACTIONS
+from graphdb.settings import DataSettings, GraphSettings
+from workers import hetero_recompute, jobs
 from workers.recompute import full_vectors
 from workers.settings import ModelSettings, TrainSettings, WorkerSettings
 
@@ -40,6 +48,13 @@ WITH i, count(r) AS degree ORDER BY degree DESC, i.id LIMIT 1
 RETURN i.id AS id, degree
 """
 _EXTERNAL = "MATCH (i:Item) RETURN i.id AS id"
+_BALL_RELS = "|".join((*ITEM_INTERACTIONS, IN_CATEGORY, HAS_BRAND))
+# The K-hop ball of an event: every user, item, category and brand within K hops of its user or its item.
+_BALL = f"""
+MATCH (s) WHERE (s:User AND s.id = $user) OR (s:Item AND s.id = $item)
+MATCH (s)-[:{_BALL_RELS}*0..$hops]-(n)
+RETURN count(DISTINCT n) AS ball
+"""
 
 
 def new_events(n: int, users: list[str], items: list[str], tag: str, seed: int) -> list[dict]:
@@ -62,7 +77,7 @@ def new_events(n: int, users: list[str], items: list[str], tag: str, seed: int) 
 
 def compare(rt: jobs.Runtime, version: str) -> float:
     """Max |stored - full recompute| over every vector."""
-    full = full_vectors(rt.context(version))
+    full = hetero_recompute.full_vectors(rt.hetero_context(version)) if rt.is_hetero(version) else full_vectors(rt.context(version))
     worst = 0.0
     for label, vectors in full.vectors.items():
         stored = subgraph.stored_vectors(rt.driver, label, vectors)
@@ -81,15 +96,22 @@ def main(
     repeats: int = typer.Option(3, help="repetitions per size (medians reported)"),
     out: Path = typer.Option(None, help="also write the RESULT JSON here"),
     var: Path = typer.Option(None, help="keep data and logs here (default: a temporary directory)"),
+    model: str = typer.Option("spectral-sage", help="model kind the worker trains and serves"),
+    layers: int = typer.Option(2, help="message-passing layers of a hetero-* model"),
+    dim: int = typer.Option(64, help="embedding width of a hetero-* model (IG_EMBEDDING_DIM of the run)"),
+    singles: int = typer.Option(30, help="hetero-*: single events measured against their K-hop ball"),
 ) -> None:
+    hetero = model.startswith("hetero-")
+    extra = {"IG_MODEL_LAYERS": str(layers), "IG_TRAIN_MAX_EPOCHS": "1", "IG_TRAIN_VAL_FRACTION": "0"} if hetero else {}
+    gs = GraphSettings(embedding_dim=dim) if hetero else None
     with (
         contextlib.nullcontext(str(var)) if var else tempfile.TemporaryDirectory(prefix="bench-incremental-") as tmp,
-        pipeline(Path(tmp), dataset=dataset, limit=limit) as p,
+        pipeline(Path(tmp), dataset=dataset, limit=limit, model=model, graph=gs, worker_extra=extra) as p,
     ):
         rt = jobs.Runtime(
             p.neo4j,
             p.graph,
-            ModelSettings(),
+            ModelSettings(layers=layers),
             TrainSettings(),
             WorkerSettings(model_dir=p.var / "models", redis_url=p.redis_url, text_cache_dir=Path(p.env["IG_WORKER_TEXT_CACHE_DIR"])),
             DataSettings(),
@@ -119,6 +141,8 @@ def main(
             inc = sorted(reps, key=lambda r: r[0]["s"])[len(reps) // 2][0]
             full_s = float(np.median([r[1] for r in reps]))
             row = {
+                "model": model,
+                "layers": layers if hetero else 1,
                 "events": n_events,
                 "affected": inc["users"] + inc["items"],
                 "users": inc["users"],
@@ -135,6 +159,8 @@ def main(
                 "incremental_s_all": [round(r[0]["s"], 3) for r in reps],
                 "full_s_all": [round(r[1], 3) for r in reps],
             }
+            if hetero:
+                row["affected_per_layer"] = inc["affected"]
             log(f"{row}")
             rows.append(row)
 
@@ -152,13 +178,41 @@ def main(
             "incremental_s": round(inc["s"], 4),
         }
         log(f"hub: {hub_row}")
+        result = {"bench": "incremental", "dataset": dataset, "model": model, "rows": rows, "hub": hub_row}
+        if hetero:
+            result["singles"] = _singles(p, users, items, singles, layers)
+            log(f"singles: {result['singles']}")
         rt.close()
-    emit_result({"bench": "incremental", "dataset": dataset, "rows": rows, "hub": hub_row}, out)
+    emit_result(result, out)
+
+
+def _singles(p, users: list[str], items: list[str], n: int, hops: int) -> dict:
+    """One event at a time: the users and items recomputed against the K-hop ball around the event."""
+    key = p.graph.pseudonym_key.get_secret_value()
+    affected, balls, changed = [], [], []
+    for k, e in enumerate(new_events(n, users, items, "single", seed=4242)):
+        ingest_events(p.driver, p.graph, [e])
+        inc = _incremental(p)
+        affected.append(inc["users"] + inc["items"])
+        changed.append(inc["affected"])
+        query = _BALL.replace("$hops", str(int(hops)))  # a path length cannot be a parameter
+        balls.append(p.driver.execute_query(query, user=pseudonymise(key, e["user_id"]), item=e["item_id"]).records[0]["ball"])
+    return {
+        "events": n,
+        "recomputed_per_event_mean": round(float(np.mean(affected)), 1),
+        "recomputed_per_event_median": float(np.median(affected)),
+        "recomputed_per_event_max": int(np.max(affected)),
+        "affected_per_layer_mean": [round(float(x), 1) for x in np.mean(np.array(changed, dtype=float), axis=0)],
+        "ball_per_event_mean": round(float(np.mean(balls)), 1),
+        "ball_per_event_median": float(np.median(balls)),
+        "recomputed_over_ball": round(float(np.sum(affected) / max(np.sum(balls), 1)), 4),
+    }
 
 
 def _incremental(p) -> dict:
     """Recompute rounds through the worker until no mark is left; timings summed over the rounds."""
     total = {"users": 0, "items": 0, "pull_s": 0.0, "forward_s": 0.0, "write_s": 0.0}
+    per_layer: list[int] = []
     while True:
         res = p.app.send_task("interest.recompute", kwargs={"limit": 100_000}).get(timeout=3600)
         if "error" in res:
@@ -167,8 +221,9 @@ def _incremental(p) -> dict:
             break
         for k in total:
             total[k] += res[k]
+        per_layer = [a + b for a, b in zip(res.get("affected", []), per_layer or [0] * len(res.get("affected", [])))]
     total["s"] = total["pull_s"] + total["forward_s"] + total["write_s"]
-    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in total.items()}
+    return {**{k: (round(v, 4) if isinstance(v, float) else v) for k, v in total.items()}, "affected": per_layer}
 
 
 def _dataset_users(dataset: str, limit: int | None):

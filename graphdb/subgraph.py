@@ -115,6 +115,33 @@ MATCH (:{BRAND} {{id: bid}})<-[:{HAS_BRAND}]-(i:{ITEM})
 RETURN DISTINCT i.id AS id
 """
 
+# The K-layer encoders' neighbourhoods (workers.hetero_recompute): an item's shoppers with the edge rows a cap ranks,
+# and the members of categories (their subtrees, as ItemRow.categories holds ancestors) and of brands (an item's
+# brand is its smallest brand id, as in ItemRow; two MATCH clauses, as one pattern would need two distinct HAS_BRAND
+# relationships and miss every item with one brand).
+_ITEM_EDGES = f"""
+UNWIND $ids AS iid
+MATCH (u:{USER})-[r:{_ITEM_RELS}]->(i:{ITEM} {{id: iid}})
+WHERE {counts("u", "r", "i")}
+WITH iid, collect(u.id) AS users, collect(r.weight) AS weights, collect(r.last_ts) AS last,
+     collect(coalesce(r.first_ts, r.last_ts)) AS first
+RETURN iid AS item, users, weights, last, first
+"""
+
+_CATEGORY_MEMBERS = f"""
+UNWIND $ids AS cid
+MATCH (:{CATEGORY} {{id: cid}})<-[:{SUBCATEGORY_OF}*0..]-(:{CATEGORY})<-[:{IN_CATEGORY}]-(i:{ITEM})
+RETURN cid AS id, collect(DISTINCT i.id) AS items
+"""
+
+_BRAND_MEMBERS = f"""
+UNWIND $ids AS bid
+MATCH (:{BRAND} {{id: bid}})<-[:{HAS_BRAND}]-(i:{ITEM})
+MATCH (i)-[:{HAS_BRAND}]->(b:{BRAND})
+WITH bid, i, min(b.id) AS brand WHERE brand = bid
+RETURN bid AS id, collect(i.id) AS items
+"""
+
 _QUERIES = f"UNWIND $ids AS qid MATCH (q:{QUERY} {{id: qid}}) RETURN q.id AS id, q.text AS text"
 _ALL_QUERIES = f"MATCH (q:{QUERY}) RETURN q.id AS id, q.text AS text"
 
@@ -236,4 +263,33 @@ def stored_vectors(
         for r in _read(driver, query, database, ids=chunk):
             vec = r["vector"]
             out[r["id"]] = StoredVector(r["id"], list(vec) if vec is not None else None, r["version"], r["updated_at"])
+    return out
+
+
+def item_edges(driver: neo4j.Driver, item_ids: Iterable[str], *, database: str = "neo4j", batch_size: int = 500) -> list[EdgeRow]:
+    """Every user relationship of the given items (the same return rule as `user_edges`)."""
+    edges: list[EdgeRow] = []
+    for chunk in _chunks(sorted(set(item_ids)), batch_size):
+        for r in _read(driver, _ITEM_EDGES, database, ids=chunk):
+            item = r["item"]
+            for user, w, t, f in zip(r["users"], r["weights"], r["last"], r["first"]):
+                edges.append(EdgeRow(user, item, float(w or 0.0), float(t or 0.0), None if f is None else float(f)))
+    return edges
+
+
+def category_members(driver: neo4j.Driver, category_ids: Iterable[str], *, database: str = "neo4j") -> dict[str, list[str]]:
+    """Items in (the subtree of) each category, ascending ids; every requested category is a key."""
+    ids = sorted(set(category_ids))
+    out: dict[str, list[str]] = {c: [] for c in ids}
+    for chunk in _chunks(ids, 200):
+        out.update((r["id"], sorted(r["items"])) for r in _read(driver, _CATEGORY_MEMBERS, database, ids=chunk))
+    return out
+
+
+def brand_members(driver: neo4j.Driver, brand_ids: Iterable[str], *, database: str = "neo4j") -> dict[str, list[str]]:
+    """Items whose brand (their smallest brand id) is each brand, ascending ids; every requested brand is a key."""
+    ids = sorted(set(brand_ids))
+    out: dict[str, list[str]] = {b: [] for b in ids}
+    for chunk in _chunks(ids, 200):
+        out.update((r["id"], sorted(r["items"])) for r in _read(driver, _BRAND_MEMBERS, database, ids=chunk))
     return out

@@ -19,6 +19,7 @@ import scipy.sparse as sp
 import torch
 
 from graphdb.subgraph import EdgeRow, ItemRow
+from workers.hetero_live import HeteroLive
 from workers.live import LiveEncoder, capped_neighbours, latest_times
 from workers.metrics import rank_metrics
 from workers.user_side import pair_strengths
@@ -51,10 +52,12 @@ def split_after(edges: Sequence[EdgeRow], cut: float) -> GateSplit:
     return GateSplit(train, dict(held), cut)
 
 
-def served_recall(enc: LiveEncoder, split: GateSplit, items: Sequence[ItemRow], k: int = 20) -> float:
+def served_recall(enc: LiveEncoder | HeteroLive, split: GateSplit, items: Sequence[ItemRow], k: int = 20) -> float:
     """Recall@k over the held-out users, ranking every item of the graph with ``enc``'s vectors: items as the
     recompute embeds them (known to the version, or new from their metadata and first shoppers), users from their training edges
     (capped, recency-weighted). Training items are masked, as the server leaves bought items out."""
+    if isinstance(enc, HeteroLive):
+        return _hetero_recall(enc, split, items, k)
     ids = [r.id for r in items]
     col = {iid: j for j, iid in enumerate(ids)}
     known = [r.id for r in items if enc.is_fixed(r.id)]
@@ -83,3 +86,21 @@ def served_recall(enc: LiveEncoder, split: GateSplit, items: Sequence[ItemRow], 
 def _matrix(pairs: list[tuple[int, int]], rows: int, cols: int) -> sp.csr_matrix:
     rc = np.array(pairs, dtype=np.int64).reshape(-1, 2)
     return sp.csr_matrix((np.ones(len(rc), np.float32), (rc[:, 0], rc[:, 1])), shape=(rows, cols))
+
+
+def _hetero_recall(enc: HeteroLive, split: GateSplit, items: Sequence[ItemRow], k: int) -> float:
+    """`served_recall` of a K-layer encoder: every vector from one forward over the training edges."""
+    users = sorted(split.held)
+    if not users:
+        return 0.0
+    enc_out = enc.encode(users, split.train, items)
+    u_vecs, i_vecs = enc_out.users, enc_out.items
+    ids = sorted(i_vecs)
+    col = {iid: j for j, iid in enumerate(ids)}
+    row = {user: n for n, user in enumerate(users)}
+    u = torch.from_numpy(np.stack([u_vecs[x] for x in users]))
+    table = torch.from_numpy(np.stack([i_vecs[i] for i in ids]))
+    seen = {(e.user, e.item) for e in split.train if e.user in row}
+    train = _matrix([(row[a], col[b]) for a, b in seen], len(users), len(ids))
+    test = _matrix([(row[a], col[b]) for a, held in split.held.items() for b in held if b in col], len(users), len(ids))
+    return rank_metrics(lambda b: u[b] @ table.T, train, test, k=k)[f"recall@{k}"]

@@ -11,6 +11,7 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -26,10 +27,13 @@ from graphdb.loaders import DATASETS, load_dataset
 from graphdb.model_state import active_model
 from graphdb.schema import ITEM, USER
 from graphdb.settings import DataSettings, GraphSettings, Neo4jSettings
-from workers import partitions
+from workers import hetero_recompute, partitions
 from workers.checkpoint import load_checkpoint, resolve
 from workers.gate import data_until, served_recall, split_after
+from workers.hetero_live import HeteroLive
+from workers.kinds import MODEL_KINDS
 from workers.live import LiveEncoder, training_graph
+from workers.models.hetero_gnn import HeteroGNN
 from workers.recompute import Context, RecomputeResult, rebuild, recompute_marked
 from workers.runtime import pick_device, set_threads
 from workers.settings import ModelSettings, TrainSettings, WorkerSettings
@@ -52,7 +56,7 @@ class Runtime:
     data: DataSettings
     _driver: neo4j.Driver | None = None
     _redis: redis.Redis | None = None
-    _encoders: dict[str, LiveEncoder] = field(default_factory=dict)
+    _encoders: dict[str, LiveEncoder | HeteroLive] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls) -> "Runtime":
@@ -83,27 +87,38 @@ class Runtime:
             self._redis = None
 
     # ------------------------------------------------------------------ models
-    def encoder(self, version: str) -> LiveEncoder:
+    def encoder(self, version: str) -> LiveEncoder | HeteroLive:
+        """The live encoder of a version, of whichever kind its checkpoint records."""
         if version not in self._encoders:
             ck = load_checkpoint(resolve(self.worker.model_dir, version))
-            if ck.model.dim != self.graph.embedding_dim:
+            width = ck.model.hidden if isinstance(ck.model, HeteroGNN) else ck.model.dim
+            if width != self.graph.embedding_dim:
                 raise FailedPrecondition(
-                    f"model {version} has dimension {ck.model.dim}, the graph's vector "
-                    f"indexes {self.graph.embedding_dim} (IG_EMBEDDING_DIM)"
+                    f"model {version} has dimension {width}, the graph's vector indexes {self.graph.embedding_dim} (IG_EMBEDDING_DIM)"
                 )
             self._encoders.clear()  # one version in memory at a time
-            self._encoders[version] = LiveEncoder(
-                ck,
-                self.model.user_cap,
-                self.graph.half_life_days,
-                TextEncoder(self.worker.text_cache_dir),
-                pick_device(self.train.device),
-                **self.model.fold(),
+            text, device = TextEncoder(self.worker.text_cache_dir), pick_device(self.train.device)
+            self._encoders[version] = (
+                HeteroLive(ck, text, device)
+                if isinstance(ck.model, HeteroGNN)
+                else LiveEncoder(ck, self.model.user_cap, self.graph.half_life_days, text, device, **self.model.fold())
             )
         return self._encoders[version]
 
     def context(self, version: str) -> Context:
-        return Context(self.driver, self.encoder(version), self.redis, self.worker.delta_stream, self.database)
+        enc = self.encoder(version)
+        if not isinstance(enc, LiveEncoder):
+            raise FailedPrecondition(f"model {version} is a {enc.kind}: use hetero_context")
+        return Context(self.driver, enc, self.redis, self.worker.delta_stream, self.database)
+
+    def hetero_context(self, version: str) -> hetero_recompute.HeteroContext:
+        enc = self.encoder(version)
+        if not isinstance(enc, HeteroLive):
+            raise FailedPrecondition(f"model {version} is not a heterogeneous encoder")
+        return hetero_recompute.HeteroContext(self.driver, enc, self.redis, self.worker.delta_stream, self.database)
+
+    def is_hetero(self, version: str) -> bool:
+        return isinstance(self.encoder(version), HeteroLive)
 
     @contextmanager
     def lock(self, timeout_s: float | None = None, wait_s: float | None = None) -> Iterator[bool]:
@@ -128,13 +143,20 @@ def recompute(rt: Runtime, limit: int | None = None, partition: int | None = Non
     if state is None:
         return {"skipped": "no active model", "marks": 0}
     ws = rt.worker
-    if ws.partitions > 1:
+    # Partitions split the served spectral model's marks; a K-layer encoder's affected set crosses them, so its
+    # recompute takes the single lock (workers.hetero_recompute).
+    if ws.partitions > 1 and not rt.is_hetero(state.version):
         ctx = rt.context(state.version)
         return partitions.recompute(ctx, rt.redis, ws.partitions, limit or ws.recompute_batch, ws.lock_timeout_s, partition)
     with rt.lock(wait_s=rt.worker.lock_timeout_s) as got:
         if not got:
             return {"skipped": "another recompute holds the lock", "marks": 0}
-        result: RecomputeResult = recompute_marked(rt.context(state.version), limit or rt.worker.recompute_batch)
+        n = limit or rt.worker.recompute_batch
+        result: RecomputeResult = (
+            hetero_recompute.recompute_marked(rt.hetero_context(state.version), n)
+            if rt.is_hetero(state.version)
+            else recompute_marked(rt.context(state.version), n)
+        )
     return result.as_dict()
 
 
@@ -145,10 +167,16 @@ def rebuild_version(rt: Runtime, version: str = "latest", progress: Progress | N
     with rt.lock(timeout_s=rt.worker.visibility_timeout_s) as got:
         if not got:
             raise FailedPrecondition("could not take the recompute lock")
+        hetero = rt.is_hetero(ck_version)
+        run = (
+            partial(hetero_recompute.rebuild, rt.hetero_context(ck_version), progress=progress)
+            if hetero
+            else partial(rebuild, rt.context(ck_version), progress=progress)
+        )
         if rt.worker.partitions == 1:
-            return rebuild(rt.context(ck_version), progress=progress)
+            return run()
         with partitions.hold_all(rt.redis, rt.worker.partitions, rt.worker.visibility_timeout_s, rt.worker.lock_timeout_s):
-            return rebuild(rt.context(ck_version), progress=progress)
+            return run()
 
 
 def load_checkpoint_version(rt: Runtime, ref: str) -> str:
@@ -163,8 +191,10 @@ def train_from_graph(
     epochs: int | None = None,
     progress: Progress | None = None,
     version: str | None = None,
+    model: str = "spectral-sage",
 ) -> dict:
-    """Train the served model on the live graph; the new version is saved, not yet active (see rebuild).
+    """Train a ``model`` (a `workers.kinds.MODEL_KINDS` name) on the live graph; the new version is saved, not yet
+    active (see rebuild).
 
     A task passes a version derived from its id, so a redelivered training saves the same version again
     instead of a second one."""
@@ -172,7 +202,7 @@ def train_from_graph(
     say("reading the graph")
     items = subgraph.all_items(rt.driver, database=rt.database)
     edges = subgraph.all_edges(rt.driver, database=rt.database)
-    return _train_on(rt, edges, items, budget_min=budget_min, epochs=epochs, say=say, version=version)
+    return _train_on(rt, edges, items, budget_min=budget_min, epochs=epochs, say=say, version=version, model=model)
 
 
 def _train_on(
@@ -184,16 +214,29 @@ def _train_on(
     epochs: int | None,
     say: Progress,
     version: str | None,
+    model: str = "spectral-sage",
 ) -> dict:
+    if model not in MODEL_KINDS:
+        raise InvalidInput(f"unknown model {model!r}; expected one of {', '.join(MODEL_KINDS)}")
     if not edges:
         raise FailedPrecondition("the graph has no interactions to train on")
     graph = training_graph(edges, items)
     say(f"training on {graph.num_users:,} users, {graph.num_items:,} items, {len(edges):,} edges")
-    ms = rt.model.model_copy(update={"dim": rt.graph.embedding_dim})
+    # one width for every kind: the vectors go into the graph's vector indexes
+    ms = rt.model.model_copy(update={"dim": rt.graph.embedding_dim, "hidden": rt.graph.embedding_dim})
     ts = rt.train.model_copy(update={k: v for k, v in {"budget_min": budget_min, "max_epochs": epochs}.items() if v is not None})
     set_threads(ts.threads)
     return train_and_save(
-        graph, None, ms, ts, rt.worker, source="graph", progress=False, version=version, facts={"data_until": data_until(edges)}
+        graph,
+        None,
+        ms,
+        ts,
+        rt.worker,
+        source="graph",
+        progress=False,
+        version=version,
+        model=model,
+        facts={"data_until": data_until(edges)},
     )
 
 
@@ -215,6 +258,7 @@ def retrain(
         rolled = rebuild_version(rt, trained["version"])
         return {"version": trained["version"], "rolled_out": True, "gate": "no active version", **rolled}
     active = rt.encoder(state.version)
+    kind = active.kind if isinstance(active, HeteroLive) else "spectral-sage"  # a retrain keeps the active kind
     cut = active.ck.metrics.get("data_until")
     if cut is None:
         raise FailedPrecondition(
@@ -232,15 +276,13 @@ def retrain(
             "reason": f"{len(split.held)} shoppers met new items since the active "
             f"version's data; the gate needs {rt.worker.gate_min_users} (IG_WORKER_GATE_MIN_USERS)",
         }
-    trained = _train_on(rt, split.train, items, budget_min=budget_min, epochs=epochs, say=say, version=version)
+    trained = _train_on(rt, split.train, items, budget_min=budget_min, epochs=epochs, say=say, version=version, model=kind)
     say("measuring both versions on the same split")
-    candidate = LiveEncoder(
-        load_checkpoint(resolve(rt.worker.model_dir, trained["version"])),
-        rt.model.user_cap,
-        rt.graph.half_life_days,
-        active.text_encoder,
-        active.device,
-        **rt.model.fold(),
+    ck = load_checkpoint(resolve(rt.worker.model_dir, trained["version"]))
+    candidate: LiveEncoder | HeteroLive = (
+        HeteroLive(ck, active.text_encoder, active.device)
+        if isinstance(ck.model, HeteroGNN)
+        else LiveEncoder(ck, rt.model.user_cap, rt.graph.half_life_days, active.text_encoder, active.device, **rt.model.fold())
     )
     k = rt.train.eval_k
     new, old = served_recall(candidate, split, items, k), served_recall(active, split, items, k)

@@ -4,7 +4,7 @@
 |---|---|---|---|
 | ``interest.recompute`` | gpu | ``limit``, ``partition`` | counts and timings of one incremental round |
 | ``interest.rebuild`` | gpu | ``version`` ("latest" or a version) | vectors written, active/previous version |
-| ``interest.train`` | gpu | ``budget_min``, ``epochs`` | the new version (not yet active) and its metrics |
+| ``interest.train`` | gpu | ``budget_min``, ``epochs``, ``model`` (a kind) | the new version (not yet active) and its metrics |
 | ``interest.retrain`` | gpu | ``budget_min``, ``epochs`` | the gate's figures, and whether the new version rolled out |
 | ``interest.backfill`` | cpu | ``dataset``, ``limit`` | events accepted / duplicates / rejected |
 | ``interest.snapshot`` | cpu | ``out`` | file written with every vector of the active version |
@@ -68,7 +68,7 @@ def rebuild(self, version: str = "latest") -> dict:
 
 
 @app.task(name="interest.train", bind=True)
-def train(self, budget_min: float | None = None, epochs: int | None = None) -> dict:
+def train(self, budget_min: float | None = None, epochs: int | None = None, model: str = "spectral-sage") -> dict:
     # The version is named after the task: run twice (redelivery), it is one version, saved twice.
     return _run(
         jobs.train_from_graph,
@@ -76,7 +76,8 @@ def train(self, budget_min: float | None = None, epochs: int | None = None) -> d
         budget_min=budget_min,
         epochs=epochs,
         progress=_progress(self),
-        version=f"spectral-sage-{self.request.id}",
+        version=f"{model}-{self.request.id}",
+        model=model,
     )
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from workers.kinds import MODEL_KINDS
+
 worker_app = typer.Typer(help="Celery workers, the recompute scheduler and job submission.", no_args_is_help=True)
 console = Console(stderr=True)
 
@@ -93,10 +95,16 @@ _TIMEOUT = typer.Option(3600.0, help="how long --wait waits")
 
 @worker_app.command("train")
 def submit_train(
-    budget_min: float = typer.Option(None), epochs: int = typer.Option(None), wait: bool = _WAIT, timeout_s: float = _TIMEOUT
+    budget_min: float = typer.Option(None),
+    epochs: int = typer.Option(None),
+    model: str = typer.Option("spectral-sage", help=f"model kind: {', '.join(MODEL_KINDS)}"),
+    wait: bool = _WAIT,
+    timeout_s: float = _TIMEOUT,
 ) -> None:
-    """Train a new model version on the live graph (not yet active: see rebuild)."""
-    _submit("interest.train", {"budget_min": budget_min, "epochs": epochs}, wait, timeout_s)
+    """Train a new model version of any kind on the live graph (not yet active: see rebuild)."""
+    if model not in MODEL_KINDS:
+        raise typer.BadParameter(f"unknown model {model!r}; expected one of {', '.join(MODEL_KINDS)}", param_hint="--model")
+    _submit("interest.train", {"budget_min": budget_min, "epochs": epochs, "model": model}, wait, timeout_s)
 
 
 @worker_app.command("retrain")

@@ -32,22 +32,31 @@ def test_encoders_train_and_rank_better_than_random(conv):
 
 
 def test_new_user_incremental_equals_full_graph():
+    """GIN sums its neighbours, so item 7's layer-1 vector counts its (capped) shoppers: the subgraph of the new
+    user's item and all its shoppers gives the full-graph vector, and one shopper fewer does not (with a shared
+    user start and mean aggregation the check would hold whatever the subgraph, a tautology). Caps: test_hetero_live."""
     split, cluster = planted(seed=6)
     g, text = split.train, cluster_text(cluster)
-    ms = ModelSettings(hidden=16, layers=2, neighbour_cap=4)
+    ms = ModelSettings(encoder="gin", hidden=16, layers=2, neighbour_cap=64)
     model = build_hetero(g, ms, text.size(1))
     model.eval()
     r = g.interactions()
     new_r = sp.vstack([r, sp.csr_matrix(([1.0], ([0], [7])), shape=(1, g.num_items))]).tocsr()
     full_graph = g.with_interactions(new_r, "clicked")
-    with torch.no_grad():
-        full = encode(model, full_graph, ms.neighbour_cap, text)["user"][-1]
-        # incremental: a subgraph with only the users of the new user's item (and their edges); the other
-        # users' edges are left out, as a recompute of the affected set would leave them out
-        item_users = new_r[:, 7].nonzero()[0]
-        keep = sp.diags(np.isin(np.arange(new_r.shape[0]), item_users).astype(np.float32))
+
+    def keep_users(users) -> torch.Tensor:
+        keep = sp.diags(np.isin(np.arange(new_r.shape[0]), users).astype(np.float32))
         sub_graph = g.with_interactions((keep @ new_r).tocsr(), "clicked")
         assert sub_graph.interactions().nnz < full_graph.interactions().nnz
-        inc = encode(model, sub_graph, ms.neighbour_cap, text)["user"][-1]
+        return encode(model, sub_graph, ms.neighbour_cap, text)["user"][-1]
+
+    with torch.no_grad():
+        full = encode(model, full_graph, ms.neighbour_cap, text)["user"][-1]
+        # incremental: the new user's item with its shoppers and their edges; every other user is left out
+        item_users = new_r[:, 7].nonzero()[0]
+        assert 3 <= len(item_users) <= ms.neighbour_cap
+        inc = keep_users(item_users)
+        short = keep_users(item_users[1:])  # a shopper of item 7 left out: item 7 reads one neighbour fewer
     assert torch.allclose(inc, full, atol=1e-4)
+    assert (short - full).abs().max() > 1e-3
     assert inc.abs().sum() > 0

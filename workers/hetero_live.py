@@ -1,0 +1,218 @@
+"""A K-layer heterogeneous checkpoint (`workers.models.hetero_gnn.HeteroGNN`) applied to live rows.
+
+Rows from ``graphdb.subgraph`` in, vectors out; nothing here talks to Neo4j (``workers.hetero_recompute`` does).
+The live graph is laid out as the worker trained it (``workers.live.training_graph``): one user->item relation
+(one edge per behaviour type), item categories with their ancestors, one brand, and the model adds every reverse.
+Categories and brands are indexed by the checkpoint's vocabularies (unknown ones are left out), and an item known
+to the version keeps the layer-0 input it had at training time (metadata and text, ID row); a new item gets one
+from its live metadata, without an ID row.
+
+What a vector depends on (the receptive field, invariant 3): node v's layer-k output reads its own layer-(k-1)
+output and those of its capped in-neighbours (`cap_of`: top ``neighbour_cap`` edges by weight, ties by the
+source's id; the same rule as `workers.sampling.cap_neighbours`, which `typed_edges` applies). So a subgraph that
+holds, for every node whose layer-k output (k >= 1) is needed, every edge of its cap, gives those nodes exactly the
+outputs of the whole graph: `encode` on the pulled rows equals `encode` on every row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from graphdb.subgraph import EdgeRow, ItemRow
+from workers.checkpoint import Checkpoint
+from workers.data import EdgeSet, InteractionGraph
+from workers.live import item_text
+from workers.models.hetero_gnn import HeteroGNN, typed_edges
+from workers.text import TextEncoder
+
+Node = tuple[str, str]  # (node type, id): ("user", pseudonym), ("item", id), ("category", id), ("brand", id)
+RELATION = ("user", "interacted", "item")  # the worker's one interaction relation (workers.live.training_graph)
+
+
+def _w(weight: float) -> float:
+    """The weight as the model's tensors hold it (float32): caps rank on this."""
+    return float(np.float32(weight))
+
+
+class HeteroLive:
+    """A hetero checkpoint ready to embed live rows (``device``: CUDA when present, the same code on CPU)."""
+
+    def __init__(self, ck: Checkpoint, text_encoder: TextEncoder | None = None, device: torch.device = torch.device("cpu")):
+        if not isinstance(ck.model, HeteroGNN):
+            raise TypeError(f"{ck.version} is not a heterogeneous encoder")
+        self.ck, self.version, self.text_encoder, self.device = ck, ck.version, text_encoder, device
+        self.model: HeteroGNN = ck.model.to(device).eval()
+        self.dim = self.model.hidden
+        self.cap = self.model.neighbour_cap
+        self.layers = len(self.model.convs)
+        self.kind = f"hetero-{self.model.conv_name}"
+        self.row = ck.item_index()
+        self.category_index = {c: i for i, c in enumerate(ck.category_names)}
+        self.brand_index = {b: i for i, b in enumerate(ck.brand_names)}
+        self.reads_text = self.model.text is not None and ck.item_text is not None
+        n = len(ck.item_ids)
+        brand = ck.item_brand if ck.item_brand is not None else torch.full((n,), -1, dtype=torch.long)
+        version_graph = self._graph(["_"], ck.item_ids, {}, _pairs_or_empty(ck.item_category), brand)
+        with torch.no_grad():
+            x = self.model.inputs(version_graph, _dev(ck.item_text if self.reads_text else None, device))
+        self.x_user = x["user"][0]  # every user starts from the same learned vector
+        self.x_known = x["item"]  # [I, hidden] the version's items as trained
+        self.x_category, self.x_brand = x["category"], x["brand"]
+
+    # ------------------------------------------------------------------ caps (the receptive field)
+    def categories_of(self, row: ItemRow) -> list[str]:
+        """The item's categories the version knows, in vocabulary order (the cap's tie order)."""
+        return sorted((c for c in row.categories if c in self.category_index), key=self.category_index.__getitem__)
+
+    def brand_of(self, row: ItemRow) -> str | None:
+        return row.brand if row.brand is not None and row.brand in self.brand_index else None
+
+    def cap_of_user(self, edges: Iterable[EdgeRow]) -> list[EdgeRow]:
+        """A user's kept in-edges (from items): top ``cap`` by weight, ties by item id."""
+        return sorted(edges, key=lambda e: (-_w(e.weight), e.item))[: self.cap]
+
+    def cap_of_item(self, edges: Iterable[EdgeRow], row: ItemRow | None) -> tuple[list[EdgeRow], list[str], str | None]:
+        """An item's kept in-edges: (from users: top ``cap`` by weight, ties by user id; categories; brand)."""
+        users = sorted(edges, key=lambda e: (-_w(e.weight), e.user))[: self.cap]
+        if row is None:
+            return users, [], None
+        return users, self.categories_of(row)[: self.cap], self.brand_of(row)
+
+    def cap_of_members(self, members: Sequence[str]) -> list[str]:
+        """A category's or brand's kept in-edges: every edge weighs 1, so the ``cap`` smallest item ids."""
+        return sorted(members)[: self.cap]
+
+    @staticmethod
+    def fingerprint(parts: Iterable[object]) -> str:
+        """A digest of a capped in-list: equal digests, equal inputs from the neighbours."""
+        return hashlib.sha1(repr(list(parts)).encode()).hexdigest()[:20]
+
+    def user_print(self, capped: Sequence[EdgeRow]) -> str:
+        return self.fingerprint(sorted((e.item, _w(e.weight)) for e in capped))
+
+    def item_print(self, capped: tuple[list[EdgeRow], list[str], str | None]) -> str:
+        users, cats, brand = capped
+        return self.fingerprint([sorted((e.user, _w(e.weight)) for e in users), cats, brand])
+
+    # ------------------------------------------------------------------ forward
+    def _graph(
+        self, user_ids: list[str], item_ids: list[str], rel: dict, item_category: torch.Tensor, item_brand: torch.Tensor
+    ) -> InteractionGraph:
+        return InteractionGraph(
+            num_users=len(user_ids),
+            num_items=len(item_ids),
+            edges=rel,
+            user_ids=user_ids,
+            item_ids=item_ids,
+            num_categories=len(self.ck.category_names),
+            num_brands=len(self.ck.brand_names),
+            item_category=item_category,
+            item_brand=item_brand,
+            category_names=list(self.ck.category_names),
+            brand_names=list(self.ck.brand_names),
+        )
+
+    @torch.no_grad()
+    def item_inputs(self, rows: Sequence[ItemRow]) -> torch.Tensor:
+        """Layer-0 vectors [n, hidden]: the version's own for its items, else from live metadata (no ID row)."""
+        x = torch.zeros(len(rows), self.dim, device=self.device)
+        known = [n for n, r in enumerate(rows) if r.id in self.row]
+        new = [n for n, r in enumerate(rows) if r.id not in self.row]
+        if known:
+            x[known] = self.x_known[torch.tensor([self.row[rows[n].id] for n in known], device=self.device)]
+        if new:
+            x[new] = self._new_inputs([rows[n] for n in new])
+        return x
+
+    def _new_inputs(self, rows: Sequence[ItemRow]) -> torch.Tensor:
+        m = self.model
+        pairs = [(n, self.category_index[c]) for n, r in enumerate(rows) for c in self.categories_of(r)]
+        brands = [self.brand_index[b] if (b := self.brand_of(r)) is not None else -1 for r in rows]
+        text = None
+        if self.reads_text and self.text_encoder is not None:
+            text = self.text_encoder.encode([item_text(r) for r in rows]).to(self.device)
+        out = []
+        # `HeteroGNN.inputs` adds ID rows by position; a new item has none, so they are taken off again (in chunks no
+        # longer than the ID table).
+        step = m.item_id.num_embeddings if m.item_id is not None else max(len(rows), 1)
+        for s in range(0, len(rows), step):
+            part = range(s, min(s + step, len(rows)))
+            sub_pairs = [(n - s, c) for n, c in pairs if s <= n < part.stop]
+            g = self._graph(["_"], [rows[n].id for n in part], {}, _pairs_or_empty(sub_pairs), torch.tensor(brands[s : part.stop]))
+            x = m.inputs(g, None if text is None else text[s : part.stop])["item"]
+            if m.item_id is not None:
+                x = x - m.item_id.weight[: len(part)]
+            out.append(x)
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def encode(
+        self, user_ids: Iterable[str], edges: Iterable[EdgeRow], rows: Iterable[ItemRow], layers: Sequence[int] = ()
+    ) -> Encoded:
+        """Vectors of every user and item in the given rows: ``rows`` must hold every item of ``edges``; users are
+        ``user_ids`` and every user of ``edges``. Exact for a node whose cap, and whose neighbours' caps down to
+        layer 1, are inside the rows (module docstring). ``layers``: also keep these intermediate layers' outputs
+        (1..K-1, before the activation) of every node."""
+        edges = list(edges)
+        by_id = {r.id: r for r in rows}
+        item_ids = sorted(by_id)
+        user_ids = sorted(set(user_ids) | {e.user for e in edges})
+        ids = {"user": user_ids, "item": item_ids, "category": list(self.ck.category_names), "brand": list(self.ck.brand_names)}
+        ii = {s: i for i, s in enumerate(item_ids)}
+        ui = {s: i for i, s in enumerate(user_ids)}
+        rel = {RELATION: EdgeSet.build([ui[e.user] for e in edges], [ii[e.item] for e in edges], [e.weight for e in edges])}
+        pairs = [(ii[i], self.category_index[c]) for i in item_ids for c in self.categories_of(by_id[i])]
+        brands = torch.tensor(
+            [self.brand_index[b] if (b := self.brand_of(by_id[i])) is not None else -1 for i in item_ids], dtype=torch.long
+        )
+        graph = self._graph(user_ids, item_ids, rel, _pairs_or_empty(pairs), brands)
+        index, weight = typed_edges(graph, self.cap)
+        for et in self.model.edge_types:  # a relation with no edge here still adds its root term, as in the full graph
+            if et not in index:
+                index[et], weight[et] = torch.empty(2, 0, dtype=torch.long), torch.empty(0)
+        x = {
+            "user": self.x_user.expand(len(user_ids), -1),
+            "item": self.item_inputs([by_id[i] for i in item_ids]),
+            "category": self.x_category,
+            "brand": self.x_brand,
+        }
+        # intermediate layers through forward hooks on the layer modules: the model's own forward, untouched
+        kept: dict[int, dict[str, torch.Tensor]] = {}
+        hooks = [
+            self.model.convs[k - 1].register_forward_hook(lambda _m, _i, out, k=k: kept.__setitem__(k, dict(out))) for k in layers
+        ]
+        try:
+            out = self.model(x, {k: v.to(self.device) for k, v in index.items()}, {k: v.to(self.device) for k, v in weight.items()})
+        finally:
+            for h in hooks:
+                h.remove()
+        res = Encoded(*({n: v for n, v in zip(ids[t], _np(out[t]))} for t in ("user", "item")))
+        for k, by_type in kept.items():
+            res.layers[k] = {(t, n): v for t, vs in by_type.items() if t in ids for n, v in zip(ids[t], _np(vs))}
+        return res
+
+
+@dataclass
+class Encoded:
+    users: dict[str, np.ndarray]  # user id -> output vector
+    items: dict[str, np.ndarray]  # item id -> output vector
+    layers: dict[int, dict[Node, np.ndarray]] = field(default_factory=dict)  # layer -> node -> its output there
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float32).numpy()
+
+
+def _pairs_or_empty(pairs: torch.Tensor | Sequence[tuple[int, int]] | None) -> torch.Tensor:
+    if isinstance(pairs, torch.Tensor):
+        return pairs
+    return torch.tensor(list(pairs or []), dtype=torch.long).reshape(-1, 2).T.contiguous()
+
+
+def _dev(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    return None if t is None else t.to(device)
