@@ -1,0 +1,113 @@
+"""The K-layer encoders' inputs on real-data shapes: time-decayed weights under the caps, the weighted mean,
+per-relation training pairs, items viewed together, and items past the ID table."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from torch_geometric.nn import SAGEConv
+
+from planted_graphs import cluster_text, planted
+from workers.data import EdgeSet, InteractionGraph
+from workers.datasets import co_viewed
+from workers.models.hetero_gnn import WeightedSAGEConv, decayed, typed_edges
+from workers.settings import ModelSettings
+from workers.train_hetero import build_hetero, encode, keep_pairs
+
+DAY = 86400
+
+
+def _graph(edges: dict, n_users: int = 3, n_items: int = 3) -> InteractionGraph:
+    return InteractionGraph(
+        num_users=n_users,
+        num_items=n_items,
+        edges=edges,
+        user_ids=[f"u{i}" for i in range(n_users)],
+        item_ids=[f"i{i}" for i in range(n_items)],
+    )
+
+
+def test_decay_halves_per_half_life_and_leaves_untimed_edges():
+    w = decayed(torch.tensor([2.0, 2.0, 2.0]), torch.tensor([100 * DAY, 90 * DAY, 0]), 10 * DAY, 100 * DAY)
+    assert torch.allclose(w, torch.tensor([2.0, 1.0, 2.0]))
+
+
+def test_cap_keeps_the_latest_neighbours_when_weights_decay():
+    # item 0 has three buyers of equal weight; with decay the two most recent survive a cap of 2, not the lowest ids
+    g = _graph({("user", "bought", "item"): EdgeSet.build([0, 1, 2], [0, 0, 0], time=[10 * DAY, 30 * DAY, 20 * DAY])})
+    plain, _ = typed_edges(g, cap=2)
+    assert plain[("user", "bought", "item")][0].tolist() == [0, 1]
+    timed, weight = typed_edges(g, cap=2, half_life_s=10 * DAY, time_ref=30 * DAY)
+    assert sorted(timed[("user", "bought", "item")][0].tolist()) == [1, 2]
+    assert torch.allclose(weight[("item", "rev_bought", "user")].sort().values, torch.tensor([0.25, 0.5, 1.0]))
+
+
+def test_weighted_mean_equals_sage_mean_at_unit_weights_and_follows_weights():
+    torch.manual_seed(0)
+    ours, ref = WeightedSAGEConv(4, 3), SAGEConv((4, 4), 3, aggr="mean")
+    ref.load_state_dict(ours.state_dict())  # same parameter names and shapes
+    xs, xd = torch.randn(5, 4), torch.randn(2, 4)
+    ei = torch.tensor([[0, 1, 2, 3, 4], [0, 0, 1, 1, 1]])
+    assert torch.allclose(ours((xs, xd), ei), ref((xs, xd), ei), atol=1e-6)
+    # a neighbour with (almost) all the weight is (almost) the whole mean
+    w = torch.tensor([1e-6, 1.0, 1.0, 1.0, 1.0])
+    only = ours((xs, xd), ei[:, 1:2].clone(), torch.ones(1))
+    assert torch.allclose(ours((xs, xd), ei, w)[0], only[0], atol=1e-4)
+
+
+def test_keep_pairs_keeps_each_behaviour_with_its_weights_and_times():
+    g = _graph(
+        {
+            ("user", "viewed", "item"): EdgeSet.build([0, 0, 1], [0, 1, 2], [1.0, 1.0, 1.0], [5, 6, 7]),
+            ("user", "purchased", "item"): EdgeSet.build([0, 1], [1, 2], [3.0, 3.0], [8, 9]),
+            ("item", "also_viewed", "item"): EdgeSet.build([0], [1]),
+        }
+    )
+    kept = keep_pairs(g, sp.csr_matrix(([1.0], ([0], [1])), shape=(3, 3)))  # only the pair (user 0, item 1)
+    v, p = kept.edges[("user", "viewed", "item")], kept.edges[("user", "purchased", "item")]
+    assert v.index.tolist() == [[0], [1]] and v.time.tolist() == [6]
+    assert p.index.tolist() == [[0], [1]] and p.weight.tolist() == [3.0] and p.time.tolist() == [8]
+    assert kept.edges[("item", "also_viewed", "item")].num_edges == 1
+    assert g.edges[("user", "viewed", "item")].num_edges == 3  # the input is unchanged
+
+
+def test_items_sharing_a_view_node_are_linked_once_weighted_by_shared_nodes():
+    iv = np.array([[0, 7], [1, 7], [0, 8], [1, 8], [2, 8], [3, 9], [9, 7]])  # item 9 is outside the catalogue
+    es = co_viewed(iv, n_items=4)
+    pairs = {(int(a), int(b)): float(w) for a, b, w in zip(es.index[0], es.index[1], es.weight)}
+    assert pairs == {(0, 1): 2.0, (0, 2): 1.0, (1, 2): 1.0}
+    g = _graph({("item", "also_viewed", "item"): es}, n_items=4)
+    index, _ = typed_edges(g, cap=10)
+    assert torch.equal(index[("item", "rev_also_viewed", "item")], index[("item", "also_viewed", "item")].flip(0))
+
+
+@pytest.mark.parametrize("conv", ["sage", "gcn", "gin"])
+def test_an_item_past_the_id_table_starts_from_its_metadata(conv):
+    split, cluster = planted(seed=3)
+    g, text = split.train, cluster_text(cluster)
+    model = build_hetero(g, ModelSettings(encoder=conv, hidden=8, hetero_item_ids="always"), text.size(1)).eval()
+    assert model.item_id is not None and model.item_id.num_embeddings == g.num_items
+    # one more item (a copy of item 0's metadata, never bought) and one user who bought it
+    grown = InteractionGraph(
+        num_users=g.num_users + 1,
+        num_items=g.num_items + 1,
+        edges={
+            ("user", "clicked", "item"): EdgeSet.build(
+                np.r_[g.edges[("user", "clicked", "item")].index[0].numpy(), g.num_users],
+                np.r_[g.edges[("user", "clicked", "item")].index[1].numpy(), g.num_items],
+            )
+        },
+        user_ids=g.user_ids + ["new"],
+        item_ids=g.item_ids + ["new"],
+        num_categories=g.num_categories,
+        num_brands=g.num_brands,
+        item_category=torch.cat([g.item_category, torch.tensor([[g.num_items], [int(cluster[0])]])], 1),
+        item_brand=torch.cat([g.item_brand, g.item_brand[:1]]),
+    )
+    grown_text = torch.cat([text, text[:1]])
+    with torch.no_grad():
+        x = model.inputs(grown, grown_text)["item"]
+        out = encode(model, grown, model.neighbour_cap, grown_text)
+    meta_only = x[0] - model.item_id.weight[0]
+    assert torch.allclose(x[-1], meta_only, atol=1e-6)
+    assert out["user"].shape[0] == g.num_users + 1 and torch.isfinite(out["user"][-1]).all()
