@@ -79,6 +79,13 @@ def _category_vocab(paths: list[str]) -> tuple[list[tuple[int, int]], list[str]]
     return pairs, list(names)
 
 
+def category_tree(names: list[str]) -> EdgeSet:
+    """Child -> parent links between category paths "A > B > C" -> "A > B" (both in ``names``)."""
+    index = {n: i for i, n in enumerate(names)}
+    links = [(i, index[n.rsplit(" > ", 1)[0]]) for i, n in enumerate(names) if " > " in n and n.rsplit(" > ", 1)[0] in index]
+    return EdgeSet.build([c for c, _ in links], [p for _, p in links])
+
+
 def load_amazon_office(root: Path) -> tuple[InteractionGraph, np.ndarray]:
     """Office Products 5-core with titles/brands/categories.
 
@@ -112,10 +119,14 @@ def load_amazon_office(root: Path) -> tuple[InteractionGraph, np.ndarray]:
         paths.append(m.get("categories") or "")
     pairs, cat_names = _category_vocab(paths)
     pc = np.asarray(pairs, dtype=np.int64).reshape(-1, 2).T
+    edges = {("user", "reviewed", "item"): EdgeSet.build(rows, cols, time=order)}
+    tree = category_tree(cat_names)
+    if tree.num_edges:
+        edges[("category", "child_of", "category")] = tree
     graph = InteractionGraph(
         num_users=len(users),
         num_items=n_items,
-        edges={("user", "reviewed", "item"): EdgeSet.build(rows, cols, time=order)},
+        edges=edges,
         user_ids=users,
         item_ids=items,
         num_categories=len(cat_names),

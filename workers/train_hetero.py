@@ -86,8 +86,16 @@ def keep_pairs(graph: InteractionGraph, pairs: sp.spmatrix) -> InteractionGraph:
 
 
 def fit_hetero(
-    graph: InteractionGraph, ms: ModelSettings, ts: TrainSettings, item_text=None, budget_s: float | None = None, progress: bool = True
+    graph: InteractionGraph,
+    ms: ModelSettings,
+    ts: TrainSettings,
+    item_text=None,
+    budget_s: float | None = None,
+    progress: bool = True,
+    query_text=None,
 ) -> HeteroFitted:
+    """Train a `HeteroGNN` on ``graph`` (see the module docstring); ``item_text`` / ``query_text`` are the sentence
+    vectors of the items / query nodes (None: none)."""
     t0 = time.perf_counter()
     budget_s = ts.budget_min * 60 if budget_s is None else budget_s
     seed_everything(ts.seed)
@@ -99,6 +107,7 @@ def fit_hetero(
     fit_graph = keep_pairs(graph, r_fit)
     model = build_hetero(graph, ms, 0 if item_text is None else item_text.size(1)).to(device)
     text = None if item_text is None else item_text.to(device)
+    queries = None if query_text is None else query_text.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=ts.lr, weight_decay=ts.weight_decay)
     sampler = NegativeSampler(r_fit, rng)
     coo = r_fit.tocoo()
@@ -115,7 +124,7 @@ def fit_hetero(
         for s in tqdm(range(0, n_sup, ts.batch_size), desc=f"{ms.encoder} epoch {epoch}", leave=False, disable=not progress):
             b = sup[s : s + ts.batch_size]
             users, pos = coo.row[b], coo.col[b]
-            out = model(model.inputs(msg_graph, text), index, weight)
+            out = model(model.inputs(msg_graph, text, queries), index, weight)
             u, i = out["user"], out["item"]
             uu = torch.from_numpy(users).long().to(device)
             if ts.loss == "bpr":
@@ -133,7 +142,7 @@ def fit_hetero(
             if time.perf_counter() - t0 > budget_s:
                 break
         total /= max(steps, 1)
-        rec = _validate(model, fit_graph, r_fit, r_val, ms, ts, text) if r_val is not None else -total
+        rec = _validate(model, fit_graph, r_fit, r_val, ts, text, queries) if r_val is not None else -total
         history.append({"epoch": epoch, "loss": total, "val": rec, "s": time.perf_counter() - t0})
         if progress:
             tqdm.write(
@@ -152,9 +161,9 @@ def fit_hetero(
 
 
 @torch.no_grad()
-def _validate(model, fit_graph, r_fit, r_val, ms, ts, item_text) -> float:
+def _validate(model, fit_graph, r_fit, r_val, ts, item_text, query_text) -> float:
     model.eval()
-    out = encode(model, fit_graph, model.neighbour_cap, item_text)
+    out = encode(model, fit_graph, model.neighbour_cap, item_text, query_text)
     u, i = out["user"].cpu(), out["item"].cpu()
     return rank_metrics(lambda b: u[b] @ i.T, r_fit, r_val, k=ts.eval_k)[f"recall@{ts.eval_k}"]
 

@@ -9,7 +9,7 @@ from torch_geometric.nn import SAGEConv
 
 from planted_graphs import cluster_text, planted
 from workers.data import EdgeSet, InteractionGraph
-from workers.datasets import co_viewed
+from workers.datasets import category_tree, co_viewed
 from workers.models.hetero_gnn import WeightedSAGEConv, decayed, typed_edges
 from workers.settings import ModelSettings
 from workers.train_hetero import build_hetero, encode, keep_pairs
@@ -79,6 +79,12 @@ def test_items_sharing_a_view_node_are_linked_once_weighted_by_shared_nodes():
     g = _graph({("item", "also_viewed", "item"): es}, n_items=4)
     index, _ = typed_edges(g, cap=10)
     assert torch.equal(index[("item", "rev_also_viewed", "item")], index[("item", "also_viewed", "item")].flip(0))
+
+
+def test_category_paths_link_each_level_to_its_parent():
+    names = ["Office", "Office > Pens", "Office > Pens > Gel", "Toys > Cars"]  # "Toys" itself is not a category
+    es = category_tree(names)
+    assert sorted(zip(es.index[0].tolist(), es.index[1].tolist())) == [(1, 0), (2, 1)]
 
 
 @pytest.mark.parametrize("conv", ["sage", "gcn", "gin"])
