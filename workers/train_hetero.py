@@ -58,6 +58,8 @@ def build_hetero(graph: InteractionGraph, ms: ModelSettings, text_dim: int) -> H
         half_life_days=ms.hetero_half_life_days,
         time_ref=int(times.max()) if len(times) else 0,
         weighted=ms.hetero_weighted,
+        recency_boost=ms.hetero_recency_boost,
+        recency_scale=ms.hetero_recency_scale,
     )
 
 

@@ -117,3 +117,21 @@ def test_an_item_past_the_id_table_starts_from_its_metadata(conv):
     meta_only = x[0] - model.item_id.weight[0]
     assert torch.allclose(x[-1], meta_only, atol=1e-6)
     assert out["user"].shape[0] == g.num_users + 1 and torch.isfinite(out["user"][-1]).all()
+
+
+def test_recency_weighs_a_users_latest_items_most_and_only_on_the_edges_into_users():
+    g = _graph(
+        {
+            ("user", "viewed", "item"): EdgeSet.build([0, 0, 1], [0, 1, 2], time=[5, 9, 3]),
+            ("user", "bought", "item"): EdgeSet.build([0, 1], [2, 0], [3.0, 3.0], time=[9, 3]),
+        }
+    )
+    index, weight = typed_edges(g, cap=10, recency_boost=9.0, recency_scale=1.0)
+    back = weight[("item", "rev_viewed", "user")]
+    # user 0: times 9 (item 1 viewed, item 2 bought) rank 0 -> 1.0; time 5 rank 1 -> (1 + 9/e) / 10
+    assert torch.allclose(back, torch.tensor([(1 + 9 / np.e) / 10, 1.0, 1.0]))
+    assert torch.allclose(weight[("item", "rev_bought", "user")], torch.tensor([3.0, 3.0]))  # both newest of their user
+    assert torch.allclose(weight[("user", "viewed", "item")], torch.ones(3))  # items see their shoppers unweighted
+    # equal times (gowalla has none) weigh every edge 1
+    flat = _graph({("user", "viewed", "item"): EdgeSet.build([0, 0], [0, 1])})
+    assert torch.allclose(typed_edges(flat, cap=10, recency_boost=9.0)[1][("item", "rev_viewed", "user")], torch.ones(2))

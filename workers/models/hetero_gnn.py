@@ -11,7 +11,9 @@ added as ``rev_<relation>``), so users inform items and items inform users. Inpu
 so a new user with one click or a new item with metadata only gets a vector from the same forward pass (an item
 past the ID table, when the model has one, gets a zero ID row).
 Edge weights are the event strength times a time decay ``2 ** ((t - time_ref) / half_life)`` (edges without a
-time, ``t <= 0``, are not decayed); they order the neighbour caps and weigh the aggregation (SAGE's weighted mean
+time, ``t <= 0``, are not decayed) and, on the edges into a user, the recency weight of `workers.recency` (the
+dense rank of the edge's time among the user's own interactions: what a shopper did last weighs most, and it
+depends on the user's edges only); they order the neighbour caps and weigh the aggregation (SAGE's weighted mean
 when ``weighted``, GCN's normalised sum; GIN sums unweighted). Neighbour caps (`workers.sampling.cap_neighbours`)
 are applied before the pass and depend only on a node's own edges, so a subgraph around the changed nodes
 reproduces the full-graph vectors. Every tensor the model makes or receives goes to its parameters' device.
@@ -19,6 +21,7 @@ reproduces the full-graph vectors. Every tensor the model makes or receives goes
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch_geometric.nn import GINConv, HeteroConv, MessagePassing, SAGEConv
@@ -94,13 +97,41 @@ def decayed(weight: Tensor, time: Tensor, half_life_s: float, time_ref: int) -> 
     return (weight.double() * f).float()
 
 
+def user_recency(graph: InteractionGraph, boost: float, scale: float) -> dict[EdgeType, Tensor]:
+    """Per interaction relation, the recency weight [E] of each edge in its user's aggregation: the dense rank of
+    its time among all of the user's interaction times (newest = 0, equal times share a rank), weighed as
+    `workers.recency` weighs the served model's items. Every weight is 1 when ``boost`` is 0 or times are equal."""
+    types = graph.interaction_types()
+    if boost <= 0 or not types:
+        return {et: torch.ones(graph.edges[et].num_edges) for et in types}
+    users = np.concatenate([graph.edges[et].index[0].numpy() for et in types])
+    times = np.concatenate([graph.edges[et].time.numpy() for et in types]).astype(np.float64)
+    order = np.lexsort((-times, users))
+    su, st = users[order], times[order]
+    new_user = np.r_[True, su[1:] != su[:-1]] if len(su) else np.zeros(0, bool)
+    step = np.r_[False, (st[1:] != st[:-1]) & ~new_user[1:]] if len(su) else np.zeros(0, bool)
+    dense = np.cumsum(step)
+    dense -= np.maximum.accumulate(np.where(new_user, dense, 0)) if len(su) else 0
+    rank = np.empty(len(users), np.float64)
+    rank[order] = dense
+    w = torch.from_numpy((1.0 + boost * np.exp(-rank / scale)) / (1.0 + boost)).float()
+    return dict(zip(types, torch.split(w, [graph.edges[et].num_edges for et in types])))
+
+
 def typed_edges(
-    graph: InteractionGraph, cap: int, half_life_s: float = 0.0, time_ref: int = 0
+    graph: InteractionGraph,
+    cap: int,
+    half_life_s: float = 0.0,
+    time_ref: int = 0,
+    recency_boost: float = 0.0,
+    recency_scale: float = 1.0,
 ) -> tuple[dict[EdgeType, Tensor], dict[EdgeType, Tensor]]:
     """Edge indices and weights of every relation and its reverse, capped per target node (top-N by weight,
     ties by source index). Item->category and item->brand links come from the item metadata. With
-    ``half_life_s`` > 0, weights decay with age (`decayed`) before the caps."""
+    ``half_life_s`` > 0, weights decay with age (`decayed`); with ``recency_boost`` > 0, the edges into a user
+    also carry `user_recency`; both before the caps."""
     rels: dict[EdgeType, tuple[Tensor, Tensor]] = {}
+    recency = user_recency(graph, recency_boost, recency_scale)
     for et, es in graph.edges.items():
         rels[et] = (es.index, decayed(es.weight, es.time, half_life_s, time_ref))
     if graph.num_categories and graph.item_category.numel():
@@ -111,9 +142,10 @@ def typed_edges(
         rels[("item", "of_brand", "brand")] = (idx, torch.ones(idx.size(1)))
     index, weight = {}, {}
     for (s, r, d), (ei, w) in rels.items():
-        for et, e in (((s, r, d), ei), ((d, f"rev_{r}", s), ei.flip(0))):
-            keep = cap_neighbours(e, w, cap, by=1)
-            index[et], weight[et] = e[:, keep], w[keep]
+        back = w * recency[(s, r, d)] if (s, r, d) in recency else w  # item -> user: the user's recency
+        for et, e, we in (((s, r, d), ei, w), ((d, f"rev_{r}", s), ei.flip(0), back)):
+            keep = cap_neighbours(e, we, cap, by=1)
+            index[et], weight[et] = e[:, keep], we[keep]
     return index, weight
 
 
@@ -133,6 +165,7 @@ class HeteroGNN(nn.Module):
             checkpoint encodes with the cap it was trained with.
         half_life_days, time_ref: time decay of edge weights (`decayed`; 0 = none) and its reference time (unix
             seconds, the training graph's latest event), kept with the model for the same reason.
+        recency_boost, recency_scale: `user_recency` of the edges into a user (0 = none).
         weighted: with ``conv="sage"`` and ``aggr="mean"``, neighbours are averaged by edge weight (`WeightedSAGEConv`).
 
     ``forward(x_dict, edge_index_dict, edge_weight_dict)`` -> {node type: [N_type, hidden]}.
@@ -153,6 +186,8 @@ class HeteroGNN(nn.Module):
         half_life_days: float = 0.0,
         time_ref: int = 0,
         weighted: bool = False,
+        recency_boost: float = 0.0,
+        recency_scale: float = 1.0,
     ):
         super().__init__()
         self.edge_types, self.hidden, self.conv_name = [tuple(et) for et in edge_types], hidden, conv
@@ -170,7 +205,10 @@ class HeteroGNN(nn.Module):
             "half_life_days": half_life_days,
             "time_ref": time_ref,
             "weighted": weighted,
+            "recency_boost": recency_boost,
+            "recency_scale": recency_scale,
         }
+        self.recency_boost, self.recency_scale = recency_boost, recency_scale
         self.neighbour_cap, self.half_life_s, self.time_ref = neighbour_cap, half_life_days * 86400.0, time_ref
         self.weighted = weighted and conv == "sage" and aggr == "mean"
         self.user_start = nn.Parameter(torch.zeros(hidden))
@@ -214,7 +252,7 @@ class HeteroGNN(nn.Module):
 
     def edges(self, graph: InteractionGraph) -> tuple[dict[EdgeType, Tensor], dict[EdgeType, Tensor]]:
         """`typed_edges` of ``graph`` under this model's cap and time decay, on the model's device."""
-        index, weight = typed_edges(graph, self.neighbour_cap, self.half_life_s, self.time_ref)
+        index, weight = typed_edges(graph, self.neighbour_cap, self.half_life_s, self.time_ref, self.recency_boost, self.recency_scale)
         dev = self.device
         return {et: e.to(dev) for et, e in index.items()}, {et: w.to(dev) for et, w in weight.items()}
 
