@@ -1,6 +1,8 @@
 """The K-layer encoders' inputs on real-data shapes: time-decayed weights under the caps, the weighted mean,
 per-relation training pairs, items viewed together, and items past the ID table."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -135,3 +137,27 @@ def test_recency_weighs_a_users_latest_items_most_and_only_on_the_edges_into_use
     # equal times (gowalla has none) weigh every edge 1
     flat = _graph({("user", "viewed", "item"): EdgeSet.build([0, 0], [0, 1])})
     assert torch.allclose(typed_edges(flat, cap=10, recency_boost=9.0)[1][("item", "rev_viewed", "user")], torch.ones(2))
+
+
+@pytest.mark.parametrize("conv", ["sage", "gcn", "gin"])
+def test_relations_within_a_node_type_pass_messages(conv):
+    """Item-item (also viewed) and category-category (the tree) relations, in both directions, move the vectors."""
+    split, cluster = planted(seed=4)
+    g, text = split.train, cluster_text(cluster)
+    linked = dataclasses.replace(
+        g,
+        edges={
+            **g.edges,
+            ("item", "also_viewed", "item"): EdgeSet.build([0, 1], [1, 2], [2.0, 1.0]),
+            ("category", "child_of", "category"): EdgeSet.build([1], [0]),
+        },
+    )
+    ms = ModelSettings(encoder=conv, hidden=8)
+    torch.manual_seed(0)
+    model = build_hetero(linked, ms, text.size(1)).eval()
+    assert ("item", "rev_also_viewed", "item") in model.edge_types and ("category", "rev_child_of", "category") in model.edge_types
+    with torch.no_grad():
+        with_links = encode(model, linked, model.neighbour_cap, text)["item"]
+        without = encode(model, g, model.neighbour_cap, text)["item"]
+    assert torch.isfinite(with_links).all()
+    assert not torch.allclose(with_links[1], without[1])  # item 1 hears items 0 and 2

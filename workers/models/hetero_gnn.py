@@ -47,8 +47,8 @@ class BipartiteGCNConv(MessagePassing):
         self.lin.reset_parameters()
         self.root.reset_parameters()
 
-    def forward(self, x: tuple[Tensor, Tensor], edge_index: Tensor, edge_weight: Tensor | None = None) -> Tensor:
-        xs, xd = x
+    def forward(self, x: Tensor | tuple[Tensor, Tensor], edge_index: Tensor, edge_weight: Tensor | None = None) -> Tensor:
+        xs, xd = x if isinstance(x, tuple) else (x, x)  # HeteroConv hands one tensor to a relation within a type
         w = torch.ones(edge_index.size(1), device=xs.device) if edge_weight is None else edge_weight
         ds = degree(edge_index[0], xs.size(0)).clamp(min=1)
         dd = degree(edge_index[1], xd.size(0)).clamp(min=1)
@@ -76,8 +76,8 @@ class WeightedSAGEConv(MessagePassing):
         self.lin_l.reset_parameters()
         self.lin_r.reset_parameters()
 
-    def forward(self, x: tuple[Tensor, Tensor], edge_index: Tensor, edge_weight: Tensor | None = None) -> Tensor:
-        xs, xd = x
+    def forward(self, x: Tensor | tuple[Tensor, Tensor], edge_index: Tensor, edge_weight: Tensor | None = None) -> Tensor:
+        xs, xd = x if isinstance(x, tuple) else (x, x)  # HeteroConv hands one tensor to a relation within a type
         w = torch.ones(edge_index.size(1), device=xs.device) if edge_weight is None else edge_weight
         total = scatter(w, edge_index[1], dim=0, dim_size=xd.size(0), reduce="sum").clamp(min=1e-30)
         norm = w / total[edge_index[1]]
