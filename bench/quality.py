@@ -87,7 +87,7 @@ def run_quality(
     # CPU-second in validation runs (docs/benchmarks.md).
     lgcn_ts = ts.model_copy(update={"batch_size": 65536, "lr": 2e-2, "max_epochs": 10_000})
     # K-layer encoders: a full-graph pass per step, so at most HETERO_STEPS steps an epoch (1,024 pairs a step on the
-    # Amazon sets, ~6,000 on gowalla) and a larger step; the budget or the validation's patience ends them
+    # Amazon sets: 1,024 and 1,423; ~6,000 on gowalla) and a larger step; the budget or the validation's patience ends them
     het_batch = max(HETERO_TRAIN["batch_size"], -(-int(0.3 * (1 - ts.val_fraction) * r.nnz) // HETERO_STEPS))
     het_ts = ts.model_copy(update={**HETERO_TRAIN, "batch_size": het_batch})
     fits: dict[str, Callable[[], tuple[Callable | None, dict]]] = {
