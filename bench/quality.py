@@ -7,11 +7,15 @@ The served row is the live configuration: the settings' defaults (IG_EMBEDDING_D
 training the ``interest.train`` task runs, validation selection included), its vectors as the worker writes
 them, ranked by the server's engine at its default index settings (`bench._served`), each user's training items
 excluded through the request. The peers: popularity, GF-CF (ours: no library has it), `implicit`'s ALS, BPR,
-item-kNN (cosine) and BM25 item-item, and LightGCN (BPR, a wall-clock budget).
+item-kNN (cosine) and BM25 item-item, and LightGCN (BPR, a wall-clock budget). The K-layer heterogeneous encoders
+(``hetero-sage``, ``hetero-gcn``, ``hetero-gin``: every relation in both directions, item text / categories /
+brands, time-decayed weights) train with `workers.train_hetero.fit_hetero` in LightGCN's budget and are ranked
+through the same engine as the served row (they are not the served model: their rows say ``"served": false``).
 
     python -m bench.quality --dataset gowalla [--budget-min 20] [--out docs/results/quality-gowalla.json]
     python -m bench.quality --dataset amazon-office   # or amazon-hin: leave-last-out splits
     python -m bench.quality --dataset amazon-office --models spectral-sage --max-per-category 2 --max-per-brand 2
+    python -m bench.quality --dataset amazon-office --models spectral-sage,hetero-sage,hetero-gcn,hetero-gin --budget-min 5
 
 With ``--max-per-category`` / ``--max-per-brand`` the served row is also ranked under those ranking rules (the
 RecommendForUser caps, over the catalogue's direct categories and brands), in the same run on the same vectors:
@@ -36,20 +40,27 @@ from graphdb.dataset_paths import find_dataset
 from server.rules import RankingRules
 from workers.baselines import fit_gfcf, fit_popularity
 from workers.datasets import Split, load_split
-from workers.embed import served_vectors
+from workers.embed import model_vectors, served_vectors
 from workers.metrics import rank_metrics
 from workers.models.lightgcn import LightGCN
 from workers.runtime import pick_device, set_threads
 from workers.settings import ModelSettings, TrainSettings, WorkerSettings
 from workers.train_bpr import fit_bpr
+from workers.train_hetero import fit_hetero
 from workers.train_served import fit_served
 from workers.training import item_texts
 
 SERVED = "spectral-sage"
 IMPLICIT = ("als", "bpr", "itemknn", "bm25")
-ALL_MODELS = (SERVED, "gf-cf", "popularity", *IMPLICIT, "lightgcn")
+HETERO = ("hetero-sage", "hetero-gcn", "hetero-gin")
+ALL_MODELS = (SERVED, "gf-cf", "popularity", *IMPLICIT, "lightgcn", *HETERO)
 DATASETS = ("gowalla", "amazon-office", "amazon-hin")
 console = Console(stderr=True)
+# Training of the K-layer encoders in this bench (see run_quality); everything else from TrainSettings. Patience 15:
+# with 3 (TrainSettings' 2 + 1) validation noise stopped all three on amazon-office after ~9 s of a 5-minute
+# budget while the loss still fell (docs/benchmarks.md).
+HETERO_TRAIN = {"batch_size": 1024, "lr": 5e-3, "max_epochs": 10_000, "patience": 15}
+HETERO_STEPS = 32
 
 
 def _embedding_scorer(users: torch.Tensor, items: torch.Tensor):
@@ -75,11 +86,16 @@ def run_quality(
     # LightGCN (Adam, d=64, one uniform negative per positive): large batches with a larger step gained most per
     # CPU-second in validation runs (docs/benchmarks.md).
     lgcn_ts = ts.model_copy(update={"batch_size": 65536, "lr": 2e-2, "max_epochs": 10_000})
+    # K-layer encoders: a full-graph pass per step, so at most HETERO_STEPS steps an epoch (1,024 pairs a step on the
+    # Amazon sets: 1,024 and 1,423; ~6,000 on gowalla) and a larger step; the budget or the validation's patience ends them
+    het_batch = max(HETERO_TRAIN["batch_size"], -(-int(0.3 * (1 - ts.val_fraction) * r.nnz) // HETERO_STEPS))
+    het_ts = ts.model_copy(update={**HETERO_TRAIN, "batch_size": het_batch})
     fits: dict[str, Callable[[], tuple[Callable | None, dict]]] = {
         "popularity": lambda: (fit_popularity(r), {}),
         "gf-cf": lambda: (fit_gfcf(r, k=min(gfcf_rank, *r.shape), seed=ts.seed), {}),
         "lightgcn": lambda: _bpr(LightGCN(r.shape[0], r.shape[1], baseline_dim, 3), r, lgcn_ts, 1e-4, budget_s, progress),
         SERVED: lambda: _served(split, ms, ts, progress, rules),
+        **{name: (lambda name=name: _hetero(name, split, ms, het_ts, budget_s, progress)) for name in HETERO},
         **{name: (lambda name=name: _implicit(name, r, ts)) for name in IMPLICIT},
     }
     out: dict[str, dict] = {}
@@ -113,6 +129,43 @@ def run_quality(
         if on_model is not None:
             on_model(result())
     return result()
+
+
+def _hetero(name: str, split: Split, ms: ModelSettings, ts: TrainSettings, budget_s: float, progress: bool):
+    """Fit a K-layer heterogeneous encoder in ``budget_s``, then rank its vectors through the served engine, as the
+    served row is ranked (same index settings, training items excluded through the request)."""
+    text = item_texts(split.train, WorkerSettings(), progress, ts.device)
+    hms = ms.model_copy(update={"encoder": name.removeprefix("hetero-")})
+    fitted = fit_hetero(split.train, hms, ts, item_text=text, budget_s=budget_s, progress=progress)
+    t1 = time.perf_counter()
+    users, items = model_vectors(fitted.model, split.train, text)
+    engine = served_engine(split.train.item_ids, items.numpy(), f"bench-quality-{name}")
+    metrics = engine_metrics(
+        engine, users.numpy(), split.train.item_ids, split.train.interactions(), split.test, k=ts.eval_k, progress=progress
+    )
+    m = fitted.model
+    best = max(fitted.history, key=lambda h: h["val"]) if fitted.history else {}
+    return None, {
+        "train_s": fitted.train_s,
+        "engine_s": time.perf_counter() - t1,
+        "metrics": metrics,
+        "served": False,
+        "epochs": len(fitted.history),
+        "best_epoch": best.get("epoch"),
+        "val_recall": best.get("val"),
+        "hidden": m.hidden,
+        "layers": len(m.convs),
+        "neighbour_cap": m.neighbour_cap,
+        "half_life_days": m.hparams()["half_life_days"],
+        "weighted": m.weighted,
+        "item_ids": m.item_id is not None,
+        "text": text is not None,
+        "relations": sorted("/".join(et) for et in m.edge_types),
+        "loss": ts.loss,
+        "lr": ts.lr,
+        "batch": ts.batch_size,
+        "device": str(m.device),
+    }
 
 
 def _bpr(model, r, ts: TrainSettings, reg: float, budget_s: float, progress: bool):
@@ -200,7 +253,7 @@ def _served(split: Split, ms: ModelSettings, ts: TrainSettings, progress: bool, 
 def main(
     dataset: str = typer.Option("gowalla", help="gowalla (its split) | amazon-office | amazon-hin (leave last out)"),
     data_dir: Path = typer.Option(None, help="folder holding the datasets (default: IG_DATASETS_DIR, ../shared/datasets, then data/)"),
-    budget_min: float = typer.Option(20.0, help="wall-clock budget of LightGCN, minutes"),
+    budget_min: float = typer.Option(20.0, help="wall-clock budget of LightGCN and of each K-layer encoder, minutes"),
     models: str = typer.Option(",".join(ALL_MODELS), help="comma-separated subset to run"),
     threads: int = typer.Option(2),
     out: Path = typer.Option(None, help="also write RESULT JSON here"),

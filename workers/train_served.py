@@ -324,6 +324,8 @@ def select(
 def _finetune(model, r_fit, r_val, meta_args, ts: TrainSettings, device, t0, progress, epochs: int | None = None):
     """Denoising softmax fine-tune; early-stops on ``r_val`` or, without it, runs ``epochs`` epochs."""
     model.to(device)
+    # the metadata inputs follow the model: CPU tensors come in, the forward runs on ``device`` (validation on the CPU)
+    dev_meta = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in meta_args)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=ts.lr, weight_decay=ts.weight_decay)
     log_scale = torch.zeros((), device=device, requires_grad=True)
@@ -345,16 +347,17 @@ def _finetune(model, r_fit, r_val, meta_args, ts: TrainSettings, device, t0, pro
 
     def batch_logits(inp, cand: np.ndarray | None = None):
         """Logits [B, C] over candidate items ``cand`` (sorted; None = all) and the (row, col) input items."""
-        x = model.item_base(model.meta(*meta_args))
+        x = model.item_base(model.meta(*dev_meta))
         u = model.users(csr_to_torch(inp).to(device), x)
         ic = inp.tocoo()
         rows, cols = ic.row, ic.col
+        on = lambda a: torch.from_numpy(a).long().to(device)  # noqa: E731
         if cand is None:
-            return u @ model.item_out(x).T, (torch.from_numpy(rows).long(), torch.from_numpy(cols).long())
-        z = model.item_out(x[torch.from_numpy(cand)], model.item_degree[torch.from_numpy(cand)])
+            return u @ model.item_out(x).T, (on(rows), on(cols))
+        z = model.item_out(x[on(cand)], model.item_degree[on(cand)])
         pos = np.searchsorted(cand, cols)
         hit = (pos < len(cand)) & (cand[np.minimum(pos, len(cand) - 1)] == cols)
-        return u @ z.T, (torch.from_numpy(rows[hit]).long(), torch.from_numpy(pos[hit]).long())
+        return u @ z.T, (on(rows[hit]), on(pos[hit]))
 
     def sampled_step(inp, trow, tcol):
         """Sampled softmax: the batch's targets plus ``ts.negatives`` uniform items share one candidate set
@@ -369,7 +372,7 @@ def _finetune(model, r_fit, r_val, meta_args, ts: TrainSettings, device, t0, pro
         # the user's input items leave the softmax (masked after scaling: inf * 0 would poison the gradient)
         logits = (logits * scale).index_put(seen, torch.tensor(-float("inf"), device=logits.device))
         logp = torch.log_softmax(logits, dim=1)
-        return -logp[torch.from_numpy(trow).long(), torch.from_numpy(tcol).long()].mean()
+        return -logp[torch.from_numpy(trow).long().to(logp.device), torch.from_numpy(tcol).long().to(logp.device)].mean()
 
     with torch.no_grad():  # start the temperature where the probe loss is lowest (neither flat nor saturated)
         raw = batch_logits(probe[0])

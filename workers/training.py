@@ -24,11 +24,12 @@ from workers.train_hetero import fit_hetero
 from workers.train_served import fit_served
 
 
-def item_texts(graph: InteractionGraph, ws: WorkerSettings, progress: bool = False) -> torch.Tensor | None:
-    """Cached sentence vectors of the item texts (None when the graph has no text)."""
+def item_texts(graph: InteractionGraph, ws: WorkerSettings, progress: bool = False, device: str = "auto") -> torch.Tensor | None:
+    """Cached sentence vectors of the item texts (None when the graph has no text), encoded on ``device``
+    (`workers.runtime.pick_device`: CUDA when present), returned on the CPU."""
     if not graph.item_text:
         return None
-    return TextEncoder(ws.text_cache_dir).encode(graph.item_text, progress=progress)
+    return TextEncoder(ws.text_cache_dir, device=device).encode(graph.item_text, progress=progress)
 
 
 def train_and_save(
@@ -48,7 +49,7 @@ def train_and_save(
     """Fit a ``model`` (a `workers.kinds.MODEL_KINDS` name) on ``graph``, score ``test`` (held-out
     interactions) when given, save; returns version and metrics. ``facts`` are recorded with the metrics (the
     live graph's ``data_until``, which the quality gate reads)."""
-    text = item_text if item_text is not None else item_texts(graph, ws, progress)
+    text = item_text if item_text is not None else item_texts(graph, ws, progress, ts.device)
     if model == "spectral-sage":
         fitted = fit_served(graph, ms, ts, item_text=text, progress=progress)
     elif model in MODEL_KINDS:

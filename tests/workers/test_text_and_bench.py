@@ -3,7 +3,7 @@
 import numpy as np
 
 from bench.cold_start import run_cold_start
-from bench.quality import ALL_MODELS, SERVED, run_quality
+from bench.quality import ALL_MODELS, HETERO, SERVED, run_quality
 from planted_graphs import cluster_text, planted
 from workers.settings import ModelSettings, TrainSettings
 from workers.text import TEXT_DIM, TextEncoder
@@ -36,6 +36,9 @@ def test_quality_bench_tiny():
     m = res["models"]
     assert all({"recall@20", "ndcg@20", "train_s"} <= set(v) for v in m.values())
     assert m[SERVED]["recall@20"] > m["popularity"]["recall@20"]
+    for name in HETERO:  # the K-layer encoders: ranked by the engine, not the served model, every relation both ways
+        assert m[name]["served"] is False and m[name]["epochs"] >= 1 and m[name]["text"] is True
+        assert {"user/clicked/item", "item/rev_clicked/user", "item/in_category/category"} <= set(m[name]["relations"])
 
 
 def test_cold_start_bench_tiny():

@@ -8,17 +8,24 @@ added as ``rev_<relation>``), so users inform items and items inform users. Inpu
 * query: projected sentence vector of its text,
 * user: no raw features, a shared learned start vector; after one layer a user is what they did,
 
-so a new user with one click or a new item with metadata only gets a vector from the same forward pass.
-Neighbour caps (`workers.sampling.cap_neighbours`) are applied before the pass and depend only on a node's own
-edges, so a subgraph around the changed nodes reproduces the full-graph vectors.
+so a new user with one click or a new item with metadata only gets a vector from the same forward pass (an item
+past the ID table, when the model has one, gets a zero ID row).
+Edge weights are the event strength times a time decay ``2 ** ((t - time_ref) / half_life)`` (edges without a
+time, ``t <= 0``, are not decayed) and, on the edges into a user, the recency weight of `workers.recency` (the
+dense rank of the edge's time among the user's own interactions: what a shopper did last weighs most, and it
+depends on the user's edges only); they order the neighbour caps and weigh the aggregation (SAGE's weighted mean
+when ``weighted``, GCN's normalised sum; GIN sums unweighted). Neighbour caps (`workers.sampling.cap_neighbours`)
+are applied before the pass and depend only on a node's own edges, so a subgraph around the changed nodes
+reproduces the full-graph vectors. Every tensor the model makes or receives goes to its parameters' device.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch_geometric.nn import GINConv, HeteroConv, MessagePassing, SAGEConv
-from torch_geometric.utils import degree
+from torch_geometric.utils import degree, scatter
 
 from workers.data import EdgeType, InteractionGraph
 from workers.sampling import cap_neighbours
@@ -40,8 +47,8 @@ class BipartiteGCNConv(MessagePassing):
         self.lin.reset_parameters()
         self.root.reset_parameters()
 
-    def forward(self, x: tuple[Tensor, Tensor], edge_index: Tensor, edge_weight: Tensor | None = None) -> Tensor:
-        xs, xd = x
+    def forward(self, x: Tensor | tuple[Tensor, Tensor], edge_index: Tensor, edge_weight: Tensor | None = None) -> Tensor:
+        xs, xd = x if isinstance(x, tuple) else (x, x)  # HeteroConv hands one tensor to a relation within a type
         w = torch.ones(edge_index.size(1), device=xs.device) if edge_weight is None else edge_weight
         ds = degree(edge_index[0], xs.size(0)).clamp(min=1)
         dd = degree(edge_index[1], xd.size(0)).clamp(min=1)
@@ -52,12 +59,81 @@ class BipartiteGCNConv(MessagePassing):
         return norm.unsqueeze(-1) * x_j
 
 
-def typed_edges(graph: InteractionGraph, cap: int) -> tuple[dict[EdgeType, Tensor], dict[EdgeType, Tensor]]:
+class WeightedSAGEConv(MessagePassing):
+    """GraphSAGE with a weighted mean: ``x'_i = W_l (sum_j w_ij x_j / sum_j w_ij) + W_r x_i``; equal to PyG's
+    ``SAGEConv(aggr="mean")`` when every weight is 1 (same parameter names).
+
+    Shapes: ``x = (x_src [Ns, in], x_dst [Nd, in])``, ``edge_index`` [2, E], ``edge_weight`` [E] -> [Nd, out].
+    """
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(aggr="add")
+        self.lin_l = nn.Linear(in_channels, out_channels)
+        self.lin_r = nn.Linear(in_channels, out_channels, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.lin_l.reset_parameters()
+        self.lin_r.reset_parameters()
+
+    def forward(self, x: Tensor | tuple[Tensor, Tensor], edge_index: Tensor, edge_weight: Tensor | None = None) -> Tensor:
+        xs, xd = x if isinstance(x, tuple) else (x, x)  # HeteroConv hands one tensor to a relation within a type
+        w = torch.ones(edge_index.size(1), device=xs.device) if edge_weight is None else edge_weight
+        total = scatter(w, edge_index[1], dim=0, dim_size=xd.size(0), reduce="sum").clamp(min=1e-30)
+        norm = w / total[edge_index[1]]
+        return self.lin_l(self.propagate(edge_index, x=(xs, xd), norm=norm)) + self.lin_r(xd)
+
+    def message(self, x_j: Tensor, norm: Tensor) -> Tensor:
+        return norm.unsqueeze(-1) * x_j
+
+
+def decayed(weight: Tensor, time: Tensor, half_life_s: float, time_ref: int) -> Tensor:
+    """``weight * 2 ** ((time - time_ref) / half_life_s)``; edges without a time (``<= 0``) keep their weight.
+    In float64, so old edges keep their order under the caps."""
+    if half_life_s <= 0:
+        return weight
+    t = time.double()
+    f = torch.where(t > 0, torch.exp2((t - float(time_ref)) / half_life_s), torch.ones_like(t))
+    return (weight.double() * f).float()
+
+
+def user_recency(graph: InteractionGraph, boost: float, scale: float) -> dict[EdgeType, Tensor]:
+    """Per interaction relation, the recency weight [E] of each edge in its user's aggregation: the dense rank of
+    its time among all of the user's interaction times (newest = 0, equal times share a rank), weighed as
+    `workers.recency` weighs the served model's items. Every weight is 1 when ``boost`` is 0 or times are equal."""
+    types = graph.interaction_types()
+    if boost <= 0 or not types:
+        return {et: torch.ones(graph.edges[et].num_edges) for et in types}
+    users = np.concatenate([graph.edges[et].index[0].numpy() for et in types])
+    times = np.concatenate([graph.edges[et].time.numpy() for et in types]).astype(np.float64)
+    order = np.lexsort((-times, users))
+    su, st = users[order], times[order]
+    new_user = np.r_[True, su[1:] != su[:-1]] if len(su) else np.zeros(0, bool)
+    step = np.r_[False, (st[1:] != st[:-1]) & ~new_user[1:]] if len(su) else np.zeros(0, bool)
+    dense = np.cumsum(step)
+    dense -= np.maximum.accumulate(np.where(new_user, dense, 0)) if len(su) else 0
+    rank = np.empty(len(users), np.float64)
+    rank[order] = dense
+    w = torch.from_numpy((1.0 + boost * np.exp(-rank / scale)) / (1.0 + boost)).float()
+    return dict(zip(types, torch.split(w, [graph.edges[et].num_edges for et in types])))
+
+
+def typed_edges(
+    graph: InteractionGraph,
+    cap: int,
+    half_life_s: float = 0.0,
+    time_ref: int = 0,
+    recency_boost: float = 0.0,
+    recency_scale: float = 1.0,
+) -> tuple[dict[EdgeType, Tensor], dict[EdgeType, Tensor]]:
     """Edge indices and weights of every relation and its reverse, capped per target node (top-N by weight,
-    ties by source index). Item->category and item->brand links come from the item metadata."""
+    ties by source index). Item->category and item->brand links come from the item metadata. With
+    ``half_life_s`` > 0, weights decay with age (`decayed`); with ``recency_boost`` > 0, the edges into a user
+    also carry `user_recency`; both before the caps."""
     rels: dict[EdgeType, tuple[Tensor, Tensor]] = {}
+    recency = user_recency(graph, recency_boost, recency_scale)
     for et, es in graph.edges.items():
-        rels[et] = (es.index, es.weight)
+        rels[et] = (es.index, decayed(es.weight, es.time, half_life_s, time_ref))
     if graph.num_categories and graph.item_category.numel():
         rels[("item", "in_category", "category")] = (graph.item_category, torch.ones(graph.item_category.size(1)))
     has_brand = graph.item_brand >= 0
@@ -66,9 +142,10 @@ def typed_edges(graph: InteractionGraph, cap: int) -> tuple[dict[EdgeType, Tenso
         rels[("item", "of_brand", "brand")] = (idx, torch.ones(idx.size(1)))
     index, weight = {}, {}
     for (s, r, d), (ei, w) in rels.items():
-        for et, e in (((s, r, d), ei), ((d, f"rev_{r}", s), ei.flip(0))):
-            keep = cap_neighbours(e, w, cap, by=1)
-            index[et], weight[et] = e[:, keep], w[keep]
+        back = w * recency[(s, r, d)] if (s, r, d) in recency else w  # item -> user: the user's recency
+        for et, e, we in (((s, r, d), ei, w), ((d, f"rev_{r}", s), ei.flip(0), back)):
+            keep = cap_neighbours(e, we, cap, by=1)
+            index[et], weight[et] = e[:, keep], we[keep]
     return index, weight
 
 
@@ -86,6 +163,10 @@ class HeteroGNN(nn.Module):
         num_items: size of an optional item ID table (0 = purely inductive).
         neighbour_cap: top-N incoming edges per node and relation (`typed_edges`), kept with the model so a
             checkpoint encodes with the cap it was trained with.
+        half_life_days, time_ref: time decay of edge weights (`decayed`; 0 = none) and its reference time (unix
+            seconds, the training graph's latest event), kept with the model for the same reason.
+        recency_boost, recency_scale: `user_recency` of the edges into a user (0 = none).
+        weighted: with ``conv="sage"`` and ``aggr="mean"``, neighbours are averaged by edge weight (`WeightedSAGEConv`).
 
     ``forward(x_dict, edge_index_dict, edge_weight_dict)`` -> {node type: [N_type, hidden]}.
     """
@@ -102,6 +183,11 @@ class HeteroGNN(nn.Module):
         aggr: str = "mean",
         num_items: int = 0,
         neighbour_cap: int = 50,
+        half_life_days: float = 0.0,
+        time_ref: int = 0,
+        weighted: bool = False,
+        recency_boost: float = 0.0,
+        recency_scale: float = 1.0,
     ):
         super().__init__()
         self.edge_types, self.hidden, self.conv_name = [tuple(et) for et in edge_types], hidden, conv
@@ -116,8 +202,15 @@ class HeteroGNN(nn.Module):
             "aggr": aggr,
             "num_items": num_items,
             "neighbour_cap": neighbour_cap,
+            "half_life_days": half_life_days,
+            "time_ref": time_ref,
+            "weighted": weighted,
+            "recency_boost": recency_boost,
+            "recency_scale": recency_scale,
         }
-        self.neighbour_cap = neighbour_cap
+        self.recency_boost, self.recency_scale = recency_boost, recency_scale
+        self.neighbour_cap, self.half_life_s, self.time_ref = neighbour_cap, half_life_days * 86400.0, time_ref
+        self.weighted = weighted and conv == "sage" and aggr == "mean"
         self.user_start = nn.Parameter(torch.zeros(hidden))
         self.category = nn.Embedding(max(num_categories, 1), hidden)
         self.brand = nn.Embedding(max(num_brands, 1), hidden)
@@ -131,7 +224,7 @@ class HeteroGNN(nn.Module):
     def _conv(self, conv: str, aggr: str) -> nn.Module:
         h = self.hidden
         if conv == "sage":
-            return SAGEConv((h, h), h, aggr=aggr)
+            return WeightedSAGEConv(h, h) if self.weighted else SAGEConv((h, h), h, aggr=aggr)
         if conv == "gcn":
             return BipartiteGCNConv(h, h)
         if conv == "gin":
@@ -153,20 +246,32 @@ class HeteroGNN(nn.Module):
         """Constructor arguments (a checkpoint rebuilds the model from them)."""
         return dict(self._hparams)
 
+    @property
+    def device(self) -> torch.device:
+        return self.user_start.device
+
+    def edges(self, graph: InteractionGraph) -> tuple[dict[EdgeType, Tensor], dict[EdgeType, Tensor]]:
+        """`typed_edges` of ``graph`` under this model's cap and time decay, on the model's device."""
+        index, weight = typed_edges(graph, self.neighbour_cap, self.half_life_s, self.time_ref, self.recency_boost, self.recency_scale)
+        dev = self.device
+        return {et: e.to(dev) for et, e in index.items()}, {et: w.to(dev) for et, w in weight.items()}
+
     def inputs(self, graph: InteractionGraph, item_text: Tensor | None = None, query_text: Tensor | None = None) -> dict[str, Tensor]:
-        """Layer-0 vectors of every node type present in ``graph``."""
-        n_i = graph.num_items
-        ic = graph.item_category
-        cat_sum = (
-            torch.zeros(n_i, self.hidden).index_add_(0, ic[0], self.category(ic[1])) if ic.numel() else torch.zeros(n_i, self.hidden)
-        )
+        """Layer-0 vectors of every node type present in ``graph``, on the model's device (the graph's tensors and
+        the sentence vectors may be on any device)."""
+        dev, n_i = self.device, graph.num_items
+        ic = graph.item_category.to(dev)
+        zeros = torch.zeros(n_i, self.hidden, device=dev)
+        cat_sum = zeros.index_add(0, ic[0], self.category(ic[1])) if ic.numel() else zeros
         cnt = torch.bincount(ic[0], minlength=n_i).clamp(min=1).unsqueeze(-1) if ic.numel() else 1
-        b = graph.item_brand
+        b = graph.item_brand.to(dev)
         item = cat_sum / cnt + self.brand(b.clamp(min=0)) * (b >= 0).unsqueeze(-1)
         if self.text is not None and item_text is not None:
-            item = item + self.text(item_text)
+            item = item + self.text(item_text.to(dev))
         if self.item_id is not None:
-            item = item + self.item_id.weight[:n_i]
+            rows = self.item_id.weight[:n_i]
+            # items added since training have no ID row: they start from their metadata alone
+            item = item + (torch.cat([rows, rows.new_zeros(n_i - rows.size(0), self.hidden)]) if n_i > rows.size(0) else rows)
         x = {
             "user": self.user_start.expand(graph.num_users, -1),
             "item": item,
@@ -175,9 +280,9 @@ class HeteroGNN(nn.Module):
         }
         if graph.query_ids:
             q = (
-                self.text(query_text)
+                self.text(query_text.to(dev))
                 if self.text is not None and query_text is not None
-                else torch.zeros(len(graph.query_ids), self.hidden)
+                else torch.zeros(len(graph.query_ids), self.hidden, device=dev)
             )
             x["query"] = q
         return x
@@ -188,11 +293,13 @@ class HeteroGNN(nn.Module):
         edge_index_dict: dict[EdgeType, Tensor],
         edge_weight_dict: dict[EdgeType, Tensor] | None = None,
     ) -> dict[str, Tensor]:
-        eis = {et: e for et, e in edge_index_dict.items() if et in self.edge_types}
+        dev = self.device
+        x_dict = {k: v.to(dev) for k, v in x_dict.items()}
+        eis = {et: e.to(dev) for et, e in edge_index_dict.items() if et in self.edge_types}
         for i, layer in enumerate(self.convs):
             kwargs = {}
-            if self.conv_name == "gcn" and edge_weight_dict is not None:
-                kwargs = {"edge_weight_dict": {et: edge_weight_dict[et] for et in eis}}
+            if (self.conv_name == "gcn" or self.weighted) and edge_weight_dict is not None:
+                kwargs = {"edge_weight_dict": {et: edge_weight_dict[et].to(dev) for et in eis}}
             out = layer(x_dict, eis, **kwargs)
             # node types without incoming edges keep their vectors
             out = {k: out.get(k, v) for k, v in x_dict.items()}
