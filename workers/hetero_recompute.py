@@ -32,12 +32,11 @@ from redis import Redis
 from graphdb import subgraph
 from graphdb.changes import clear_marks, read_marks
 from graphdb.embeddings import write_and_clear
-from graphdb.model_state import activate
 from graphdb.schema import BRAND, CATEGORY, ITEM, USER
 from graphdb.subgraph import EdgeRow, ItemRow
 from workers import publish
 from workers.hetero_live import HeteroLive, Node
-from workers.recompute import MARKS_PER_ROLLOUT, RecomputeResult, Timings, _Clock
+from workers.recompute import MARKS_PER_ROLLOUT, RecomputeResult, Timings, _Clock, switch_to
 
 FINGERPRINTS = "ig:hetero:inlists:{version}"
 LAYERS = "ig:hetero:layers:{version}"
@@ -419,17 +418,4 @@ def rebuild(ctx: HeteroContext, *, activate_after: bool = True, progress: Callab
     for k, vectors in full.layers.items():
         store.put(k, vectors)
     clock.lap("write_s")
-    state, cleared = None, 0
-    if activate_after:
-        state = activate(ctx.driver, full.version, database=ctx.database)
-        if ctx.redis is not None:
-            publish.publish(ctx.redis, ctx.stream, [publish.activation(full.version)])
-        cleared = clear_marks(ctx.driver, marks, database=ctx.database)
-    return {
-        "version": full.version,
-        "written": written,
-        "active": state.version if state else None,
-        "previous": state.previous if state else None,
-        "marks_cleared": cleared,
-        **{k: round(v, 3) for k, v in full.timings.__dict__.items()},
-    }
+    return switch_to(ctx.driver, ctx.database, ctx.redis, ctx.stream, full.version, written, full.timings, marks, activate_after)

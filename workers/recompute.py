@@ -423,17 +423,33 @@ def rebuild(ctx: Context, *, activate_after: bool = True, progress: Callable[[st
     marks = read_marks(ctx.driver, limit=MARKS_PER_ROLLOUT, database=ctx.database) if activate_after else []
     full = full_vectors(ctx, progress)
     written = write_all(ctx, full, progress)
+    return switch_to(ctx.driver, ctx.database, ctx.redis, ctx.stream, full.version, written, full.timings, marks, activate_after)
+
+
+def switch_to(
+    driver: neo4j.Driver,
+    database: str,
+    client: Redis | None,
+    stream: str,
+    version: str,
+    written: int,
+    timings: Timings,
+    marks: list[Mark],
+    activate_after: bool,
+) -> dict[str, object]:
+    """After a rebuild has written every vector of ``version``: make it active, tell the servers (an ACTIVATE_MODEL
+    delta), clear the ``marks`` read before the rebuild (compare-and-clear), and report. Any model kind."""
     state, cleared = None, 0
     if activate_after:
-        state = activate(ctx.driver, full.version, database=ctx.database)
-        if ctx.redis is not None:
-            publish.publish(ctx.redis, ctx.stream, [publish.activation(full.version)])
-        cleared = clear_marks(ctx.driver, marks, database=ctx.database)
+        state = activate(driver, version, database=database)
+        if client is not None:
+            publish.publish(client, stream, [publish.activation(version)])
+        cleared = clear_marks(driver, marks, database=database)
     return {
-        "version": full.version,
+        "version": version,
         "written": written,
         "active": state.version if state else None,
         "previous": state.previous if state else None,
         "marks_cleared": cleared,
-        **{k: round(v, 3) for k, v in full.timings.__dict__.items()},
+        **{k: round(v, 3) for k, v in timings.__dict__.items()},
     }
