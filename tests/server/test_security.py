@@ -58,6 +58,7 @@ def test_reflection_describes_the_service(plain_server) -> None:
         "ForgetUser",
         "BatchRecommend",
         "RecommendForSession",
+        "SimilarUsers",
     }
     assert pool.FindMessageTypeByName("interest.v1.EmbeddingDelta").fields_by_name["vector"]
 
