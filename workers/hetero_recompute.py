@@ -20,7 +20,6 @@ exact GCN affected set would add the nodes reading a source whose capped degree 
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -34,9 +33,8 @@ from graphdb.changes import clear_marks, read_marks
 from graphdb.embeddings import write_and_clear
 from graphdb.schema import BRAND, CATEGORY, ITEM, USER
 from graphdb.subgraph import EdgeRow, ItemRow
-from workers import publish
 from workers.hetero_live import HeteroLive, Node
-from workers.recompute import MARKS_PER_ROLLOUT, RecomputeResult, Timings, _Clock, switch_to
+from workers.recompute import MARKS_PER_ROLLOUT, RecomputeResult, Timings, _Clock, publish_vectors, switch_to
 
 FINGERPRINTS = "ig:hetero:inlists:{version}"
 LAYERS = "ig:hetero:layers:{version}"
@@ -316,7 +314,7 @@ def recompute_marked(ctx: HeteroContext, limit: int = 10000) -> HeteroResult:
     for m in marks:
         if m.since is not None:
             since[m.label][m.id] = m.since
-    res.published = _publish(ctx, {ITEM: item_vecs, USER: user_vecs}, since)
+    res.published = publish_vectors(ctx.redis, ctx.stream, {ITEM: item_vecs, USER: user_vecs}, version, since)
     cleared = 0
     for label, vecs in ((ITEM, item_vecs), (USER, user_vecs)):
         if vecs:
@@ -343,21 +341,6 @@ def _everything(ctx: HeteroContext) -> tuple[list[str], list[EdgeRow], list[Item
         subgraph.all_edges(ctx.driver, database=ctx.database),
         subgraph.all_items(ctx.driver, database=ctx.database),
     )
-
-
-def _publish(ctx: HeteroContext, by_label: dict[str, dict[str, np.ndarray]], since: dict[str, dict[str, float]]) -> int:
-    if ctx.redis is None:
-        return 0
-    now, n = time.time(), 0
-    for label, vecs in by_label.items():
-        if vecs:
-            ids = list(vecs)
-            n += publish.publish(
-                ctx.redis,
-                ctx.stream,
-                publish.upserts(label, ids, np.stack([vecs[i] for i in ids]), ctx.encoder.version, now, since.get(label)),
-            )
-    return n
 
 
 # ------------------------------------------------------------------------------------------------ full

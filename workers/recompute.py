@@ -215,7 +215,7 @@ def _commit(
         tokens[m.label][m.id] = m.token
         if m.since is not None:
             since[m.label][m.id] = m.since
-    res.published = _publish(ctx, {ITEM: vecs[ITEM], USER: vecs[USER]}, version, since, scales)
+    res.published = publish_vectors(ctx.redis, ctx.stream, {ITEM: vecs[ITEM], USER: vecs[USER]}, version, since, scales)
     _write_ego(ctx, egos, version)  # before the user writes that clear the users' marks
     cleared = 0
     for label in (ITEM, USER, QUERY):
@@ -317,14 +317,16 @@ def _write(
     )
 
 
-def _publish(
-    ctx: Context,
+def publish_vectors(
+    client: Redis | None,
+    stream: str,
     by_label: dict[str, dict[str, np.ndarray]],
     version: str,
     since: dict[str, dict[str, float]] | None = None,
     in_scales: dict[str, float] | None = None,
 ) -> int:
-    if ctx.redis is None:
+    """Upserts of these vectors on the delta stream (any model kind); none without Redis."""
+    if client is None:
         return 0
     now = time.time()
     n = 0
@@ -332,8 +334,8 @@ def _publish(
         if vecs:
             ids = list(vecs)
             n += publish.publish(
-                ctx.redis,
-                ctx.stream,
+                client,
+                stream,
                 publish.upserts(
                     label,
                     ids,
