@@ -38,10 +38,9 @@ def _slice(root) -> tuple[list[EdgeRow], list[ItemRow]]:
     ]
 
 
-def test_caps_match_the_forward(slices):
-    edges, rows = _slice(slices / "amazon-hin")
-    graph = training_graph(edges, rows)
-    model = build_hetero(graph, ModelSettings(hidden=8, layers=2, neighbour_cap=4), 0)
+def _live(graph, settings: ModelSettings) -> HeteroLive:
+    """A freshly built encoder of ``settings`` over ``graph``, as the worker serves it (version "v")."""
+    model = build_hetero(graph, settings, 0)
     ck = Checkpoint(
         model,
         "v",
@@ -56,7 +55,13 @@ def test_caps_match_the_forward(slices):
         graph.item_category,
         graph.item_brand,
     )
-    enc = HeteroLive(ck)
+    return HeteroLive(ck)
+
+
+def test_caps_match_the_forward(slices):
+    edges, rows = _slice(slices / "amazon-hin")
+    graph = training_graph(edges, rows)
+    enc = _live(graph, ModelSettings(hidden=8, layers=2, neighbour_cap=4))
     index, _ = typed_edges(graph, enc.cap)
     kept_items: dict[str, set[str]] = defaultdict(set)  # user -> items the forward keeps
     for i, u in index[("item", f"rev_{RELATION[1]}", "user")].T.tolist():
@@ -93,22 +98,7 @@ def test_encode_on_the_capped_rows_equals_the_whole_graph(slices):
     edges, rows = _slice(slices / "amazon-hin")
     graph = training_graph(edges, rows)
     torch.manual_seed(0)
-    model = build_hetero(graph, ModelSettings(encoder="gin", hidden=8, layers=2, neighbour_cap=4), 0)
-    ck = Checkpoint(
-        model,
-        "v",
-        {},
-        {},
-        graph.user_ids,
-        graph.item_ids,
-        graph.category_names,
-        graph.brand_names,
-        {},
-        None,
-        graph.item_category,
-        graph.item_brand,
-    )
-    enc = HeteroLive(ck)
+    enc = _live(graph, ModelSettings(encoder="gin", hidden=8, layers=2, neighbour_cap=4))
     full = enc.encode([], edges, rows)
     by_item, by_user = defaultdict(list), defaultdict(list)
     for e in edges:
