@@ -10,7 +10,7 @@ import torch
 
 from graphdb.ego import similar_users, stored_ego_vectors
 from graphdb.ingest import ingest_events
-from tests.workers.test_incremental import _drain, _events, _meta, _runtime
+from tests.workers.test_incremental import _drain, _events, _meta, _runtime, _seed_history
 from workers import jobs
 from workers.models.ego_gin import EgoGIN, batch_ego_graphs, ego_batch, ego_graph
 from workers.recompute import full_vectors
@@ -39,18 +39,7 @@ def test_ego_vectors_follow_the_recompute_and_equal_a_full_one(graph, neo4j_sett
     try:
         rng = random.Random(11)
         driver = runtime.driver
-        meta = {i: _meta(rng) for i in range(40)}
-        first = [
-            {
-                "event_id": f"seed-{k}",
-                "user_id": f"user-{u}",
-                "type": "purchase",
-                "ts": T0 - 86400 * rng.random(),
-                "item_id": f"item-{i}",
-                "item": meta[i],
-            }
-            for k, (u, i) in enumerate((u, rng.randrange(40)) for u in range(30) for _ in range(6))
-        ]
+        first = _seed_history(rng)
         assert not ingest_events(driver, graph_settings, first).rejected
         trained = jobs.train_from_graph(runtime)
         version = trained["version"]

@@ -38,6 +38,23 @@ def _title(rng: random.Random) -> str:
     return " ".join(rng.sample(WORDS, 3))
 
 
+def _seed_history(rng: random.Random) -> list[dict]:
+    """The history a model is trained on: 30 users with 6 purchases each of a catalogue of 40 items."""
+    meta = {i: _meta(rng) for i in range(40)}
+    first = [
+        {
+            "event_id": f"seed-{k}",
+            "user_id": f"user-{u}",
+            "type": "purchase",
+            "ts": T0 - 86400 * rng.random(),
+            "item_id": f"item-{i}",
+            "item": meta[i],
+        }
+        for k, (u, i) in enumerate((u, rng.randrange(40)) for u in range(30) for _ in range(6))
+    ]
+    return first
+
+
 def _meta(rng: random.Random) -> dict:
     return {"title": _title(rng), "brand": rng.choice(["acme", "zenith", "orbit"]), "categories": [list(rng.choice(CATEGORIES))]}
 
@@ -106,18 +123,7 @@ def _incremental_equals_full(runtime, graph_settings):
     rng = random.Random(7)
     driver = runtime.driver
     # the catalogue and history the model is trained on
-    meta = {i: _meta(rng) for i in range(40)}
-    first = [
-        {
-            "event_id": f"seed-{k}",
-            "user_id": f"user-{u}",
-            "type": "purchase",
-            "ts": T0 - 86400 * rng.random(),
-            "item_id": f"item-{i}",
-            "item": meta[i],
-        }
-        for k, (u, i) in enumerate((u, rng.randrange(40)) for u in range(30) for _ in range(6))
-    ]
+    first = _seed_history(rng)
     assert not ingest_events(driver, graph_settings, first).rejected
     trained = jobs.train_from_graph(runtime)
     marked = count_marks(driver)
