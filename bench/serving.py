@@ -724,20 +724,25 @@ def _violations(items: list[str], n_categories: int) -> int:
     return int(np.maximum(per_cat - 1, 0).sum() + np.maximum(per_brand - 2, 0).sum())
 
 
+def index_params(args, codes: str) -> IndexParams:
+    """The served index's defaults, with the bench's ``--nprobe`` and what the IVF lists hold."""
+    defaults = ServerSettings(snapshot_dir=None, redis_url=None)
+    return IndexParams(
+        nprobe=args.nprobe,
+        ivf_dim=defaults.ivf_dim,
+        refine=defaults.ivf_refine,
+        ann_min_items=defaults.ann_min_items,
+        ivf_codes=codes,
+    )
+
+
 def session_only(args, redis_url: str) -> dict:
     """``--session-only``: the synthetic set as ``run_dataset`` serves it (one server process), and only
     RecommendForSession against RecommendForUser (``session_load``), ``--rounds`` times on that server."""
     vecs = synthetic(args.items, args.dim)
     n, dim = vecs.shape
     names = [f"i{j}" for j in range(n)]
-    defaults = ServerSettings(snapshot_dir=None, redis_url=None)
-    params = IndexParams(
-        nprobe=args.nprobe,
-        ivf_dim=defaults.ivf_dim,
-        refine=defaults.ivf_refine,
-        ann_min_items=defaults.ann_min_items,
-        ivf_codes=args.ivf_codes,
-    )
+    params = index_params(args, args.ivf_codes)
     faiss.omp_set_num_threads(2)
     scales = np.random.default_rng(3).uniform(0.05, 1.0, n).astype(np.float32)  # as run_dataset
     index = ItemIndex.build(dim, "bench-synthetic", LabelMap(), params, names, vecs, None, scales)
@@ -771,14 +776,7 @@ def session_only(args, redis_url: str) -> dict:
 def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, n_categories: int, codes: str | None = None) -> dict:
     n, dim = vecs.shape
     names = [f"{prefix}{j}" for j in range(n)]
-    defaults = ServerSettings(snapshot_dir=None, redis_url=None)
-    params = IndexParams(
-        nprobe=args.nprobe,
-        ivf_dim=defaults.ivf_dim,
-        refine=defaults.ivf_refine,
-        ann_min_items=defaults.ann_min_items,
-        ivf_codes=codes or args.ivf_codes,
-    )
+    params = index_params(args, codes or args.ivf_codes)
     t0 = time.perf_counter()
     faiss.omp_set_num_threads(2)
     # each item's in_scale s_j = d_j^(-a-b) (sessions): a spread like the model's over Zipf degrees
