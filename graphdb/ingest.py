@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import random
 import sys
 import threading
 import time
@@ -47,6 +48,11 @@ from graphdb.settings import GraphSettings
 LN2 = math.log(2.0)
 # A concurrent batch may record the same event id first; re-running sees it as a duplicate.
 _CONSTRAINT_RETRIES = 3
+# Transient errors (DeadlockDetected, lock timeouts, a leader switch) are first retried by the driver's managed
+# transaction for its ``max_transaction_retry_time``; several servers writing the same hub items can outlast
+# that, so the batch is run again a few more times, after a jittered pause that lets the contenders part.
+_TRANSIENT_RETRIES = 4
+_TRANSIENT_PAUSE_S = 0.05
 
 
 @dataclass
@@ -280,15 +286,23 @@ def _write(driver: neo4j.Driver, settings: GraphSettings, batch: _Batch, databas
     result = batch.result
     if not batch.events:
         return result
-    for attempt in range(_CONSTRAINT_RETRIES):
+    constraint_tries = transient_tries = 0
+    while True:
         try:
             with driver.session(database=database) as session:
                 accepted, dups = session.execute_write(_apply, batch, settings)
             break
         except ConstraintError as exc:
-            if attempt == _CONSTRAINT_RETRIES - 1:
+            constraint_tries += 1
+            if constraint_tries == _CONSTRAINT_RETRIES:
                 raise Unavailable("concurrent batches kept recording the same event ids; retry the batch") from exc
-        except (ServiceUnavailable, SessionExpired, TransientError) as exc:
+        except TransientError as exc:
+            # The transaction was rolled back, so running the batch again is safe (the Seen ids make it idempotent).
+            transient_tries += 1
+            if transient_tries > _TRANSIENT_RETRIES:
+                raise Unavailable(f"Neo4j could not take the batch, retry it: {exc}") from exc
+            time.sleep(random.uniform(0.5, 1.5) * _TRANSIENT_PAUSE_S * 2**transient_tries)
+        except (ServiceUnavailable, SessionExpired) as exc:
             raise Unavailable(f"Neo4j could not take the batch, retry it: {exc}") from exc
     result.accepted += accepted
     result.duplicates += dups
