@@ -278,6 +278,8 @@ def test_workers_and_servers_are_scaled_and_agree_on_the_partitions(monkeypatch)
     s = COMPOSE["services"]
     assert s["worker"]["deploy"]["replicas"] == "${IG_WORKER_REPLICAS:-2}"
     assert s["server"]["deploy"]["replicas"] == "${IG_SERVER_REPLICAS:-3}"
+    # each replica writes its own index snapshots: no volume shared by the replicas at the snapshot folder
+    assert not [v for v in s["server"].get("volumes", []) if v.split(":")[1] == "/app/var/index"]
     for name in ("scheduler", "beat"):  # one each: a second would queue every recompute twice
         assert "replicas" not in s[name].get("deploy", {}), name
     # every worker and the scheduler read the same partition count, from the shared environment
