@@ -82,8 +82,9 @@ def test_three_servers_ingest_hub_events_concurrently_without_errors_or_double_c
             IG_SERVER_METRICS_PORT="0",
             IG_SERVER_SNAPSHOT_DIR=str(tmp_path / f"snap-{n}"),
             IG_SERVER_REDIS_URL=stack.redis_url,
-            IG_SERVER_STREAM_THREADS=str(STREAMS + 1),
-            IG_SERVER_WAIT_THREADS=str(STREAMS + 2),
+            # its own clients' streams plus the neighbour's clients' second sends, all at once
+            IG_SERVER_STREAM_THREADS=str(2 * STREAMS),
+            IG_SERVER_WAIT_THREADS=str(2 * STREAMS + 2),
         )
         env.pop("IG_SERVER_AUTH_TOKENS", None)
         procs.append(
