@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import math
 import random
 import sys
@@ -44,6 +45,8 @@ from graphdb.marks import mark, new_token
 from graphdb.pseudonym import pseudonymise
 from graphdb.schema import ITEM, QUERY, REL_FOR_EVENT, SEEN, USER
 from graphdb.settings import GraphSettings
+
+log = logging.getLogger(__name__)
 
 LN2 = math.log(2.0)
 # A concurrent batch may record the same event id first; re-running sees it as a duplicate.
@@ -301,6 +304,7 @@ def _write(driver: neo4j.Driver, settings: GraphSettings, batch: _Batch, databas
             transient_tries += 1
             if transient_tries > _TRANSIENT_RETRIES:
                 raise Unavailable(f"Neo4j could not take the batch, retry it: {exc}") from exc
+            log.warning("batch of %d events: %s outlasted the driver's retries; running it again", len(batch.events), exc.code)
             time.sleep(random.uniform(0.5, 1.5) * _TRANSIENT_PAUSE_S * 2**transient_tries)
         except (ServiceUnavailable, SessionExpired) as exc:
             raise Unavailable(f"Neo4j could not take the batch, retry it: {exc}") from exc
