@@ -10,8 +10,12 @@ concurrently:
 - SimilarItems, RecommendForUser and NearestItems queries, some with category filters;
 - a freshness probe: every 2 s one event by a new shopper, timed from its acknowledgement to the shopper's first
   vector on the delta stream (the worker's recompute, published to the server);
-- with ``--faults``, every ``--fault-every-s`` in turn: the worker SIGKILLed and started again, Redis restarted
-  (same port and append-only file), optionally Neo4j restarted (``--fault-kinds worker,redis,neo4j``).
+- with ``--faults``, every ``--fault-every-s`` in turn: a worker SIGKILLed and started again (the workers in turn),
+  Redis restarted (same port and append-only file), optionally Neo4j's JVM SIGKILLed and started again on the same
+  store and port (``--fault-kinds worker,redis,neo4j``): it recovers from its transaction log, and the server, the
+  workers and the scheduler reconnect through their drivers.
+
+``--workers N --partitions P`` runs N workers with ``IG_WORKER_PARTITIONS=P`` (``workers.partitions``).
 
 Afterwards it waits until the worker has cleared every change mark, then checks: per (user, target, behaviour) the
 stored ``count`` equals the seeded plus acknowledged events (``lost`` and ``duplicated`` count the differences);
@@ -148,11 +152,17 @@ class Soak:
             model_dir=self.var / "models",
             text_cache_dir=ROOT / "var" / "text-cache",
             graph=self.graph,
-            extra={"IG_TRAIN_MAX_EPOCHS": "0", "IG_WORKER_VISIBILITY_TIMEOUT_S": "60", "IG_WORKER_LOCK_TIMEOUT_S": "20"},
+            extra={
+                "IG_TRAIN_MAX_EPOCHS": "0",
+                "IG_WORKER_VISIBILITY_TIMEOUT_S": "60",
+                "IG_WORKER_LOCK_TIMEOUT_S": "20",
+                "IG_WORKER_PARTITIONS": str(self.args.partitions),
+            },
         )
         self.app = process.client_app(self.worker_env)
-        self._start_worker()
-        process.wait_for_worker(self.app, self.children["worker"], timeout_s=120)
+        for w in range(self.args.workers):
+            self._start_worker(w)
+            process.wait_for_worker(self.app, self.children[f"worker-{w}"], timeout_s=120)
         self.version = train_and_roll_out(self.app, self.driver)
         self.env = dict(
             self.worker_env,
@@ -178,12 +188,12 @@ class Soak:
             "server": self.children["server"].pid,
             "neo4j": self.services["neo4j"].pid(),
             "redis": self.services["redis"].pid(),
-            "worker": self.children["worker"].pid,
+            **{f"worker-{w}": self.children[f"worker-{w}"].pid for w in range(self.args.workers)},
             "scheduler": self.children["scheduler"].pid,
         }
 
-    def _start_worker(self) -> None:
-        self.children["worker"] = process.start_worker(self.worker_env, self.var / "worker.log")
+    def _start_worker(self, w: int) -> None:
+        self.children[f"worker-{w}"] = process.start_worker(self.worker_env, self.var / f"worker-{w}.log")
 
     @property
     def redis_url(self) -> str:
@@ -363,21 +373,26 @@ class Soak:
         self.rss[name] = []  # replaced, not removed: the other loops iterate this dict
         self.started_at[name] = time.monotonic()  # it warms up again (a worker loads torch and the model)
 
-    def _fault(self, kind: str) -> float:
-        """One fault, blocking; returns how long the component was down (s)."""
+    def _fault(self, kind: str, n: int) -> float:
+        """Fault number ``n``, blocking; returns how long the component was down (s)."""
         started = time.monotonic()
         if kind == "worker":
-            os.killpg(self.children["worker"].pid, signal.SIGKILL)  # mid-task or idle: whatever it was doing
-            self.children["worker"].wait()
-            self._start_worker()
-            self._restarted("worker", self.children["worker"].pid)
+            w = n % self.args.workers  # the workers in turn
+            name = f"worker-{w}"
+            os.killpg(self.children[name].pid, signal.SIGKILL)  # mid-task or idle: whatever it was doing
+            self.children[name].wait()
+            self._start_worker(w)
+            self._restarted(name, self.children[name].pid)
         elif kind == "redis":
             localstack.stop_service(self.services["redis"])  # SIGTERM: the append-only file is flushed
             time.sleep(self.args.fault_down_s)
             self.services["redis"] = localstack.start_redis(self.stack)
             self._restarted("redis", self.services["redis"].pid())
         elif kind == "neo4j":
-            localstack.stop_service(self.services["neo4j"])
+            pid = self.services["neo4j"].pid()
+            if pid is not None:  # a crash, not a shutdown: committed transactions are replayed from the log on start
+                os.kill(pid, signal.SIGKILL)
+            localstack.stop_service(self.services["neo4j"])  # waits until it is gone, removes the pid file
             time.sleep(self.args.fault_down_s)
             self.services["neo4j"] = localstack.start_neo4j(self.stack)
             self._restarted("neo4j", self.services["neo4j"].pid())
@@ -396,7 +411,7 @@ class Soak:
             kind = kinds[n % len(kinds)]
             n += 1
             at = time.monotonic() - started
-            down = await asyncio.to_thread(self._fault, kind)
+            down = await asyncio.to_thread(self._fault, kind, n // len(kinds))
             self.faults.append({"kind": kind, "at_s": round(at, 1), "down_s": round(down, 1)})
             log(f"fault {n}: {kind} restarted after {down:.1f} s")
 
@@ -528,9 +543,12 @@ class Soak:
         }
 
     def recomputes(self) -> int:
-        """Recompute tasks the workers finished (every incarnation logs to the same file)."""
-        text = (self.var / "worker.log").read_text(errors="replace")
-        return sum(1 for line in text.splitlines() if "interest.recompute[" in line and "succeeded" in line)
+        """Recompute tasks the workers finished (every incarnation of worker w logs to worker-w.log)."""
+        n = 0
+        for w in range(self.args.workers):
+            text = (self.var / f"worker-{w}.log").read_text(errors="replace")
+            n += sum(1 for line in text.splitlines() if "interest.recompute[" in line and "succeeded" in line)
+        return n
 
 
 def main() -> None:
@@ -546,6 +564,8 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=5000)
     parser.add_argument("--users", type=int, default=2000)
     parser.add_argument("--history", type=int, default=6, help="seeded purchases per shopper (the training data)")
+    parser.add_argument("--workers", type=int, default=1, help="Celery worker processes")
+    parser.add_argument("--partitions", type=int, default=1, help="IG_WORKER_PARTITIONS (partitioned recompute when > 1)")
     parser.add_argument("--faults", action="store_true", help="kill/restart components during the traffic")
     parser.add_argument("--fault-every-s", type=float, default=45.0)
     parser.add_argument("--fault-kinds", default="worker,redis", help="in turn; any of worker, redis, neo4j")

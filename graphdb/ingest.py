@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import math
+import random
 import sys
 import threading
 import time
@@ -44,9 +46,16 @@ from graphdb.pseudonym import pseudonymise
 from graphdb.schema import ITEM, QUERY, REL_FOR_EVENT, SEEN, USER
 from graphdb.settings import GraphSettings
 
+log = logging.getLogger(__name__)
+
 LN2 = math.log(2.0)
 # A concurrent batch may record the same event id first; re-running sees it as a duplicate.
 _CONSTRAINT_RETRIES = 3
+# Transient errors (DeadlockDetected, lock timeouts, a leader switch) are first retried by the driver's managed
+# transaction for its ``max_transaction_retry_time``; several servers writing the same hub items can outlast
+# that, so the batch is run again a few more times, after a jittered pause that lets the contenders part.
+_TRANSIENT_RETRIES = 4
+_TRANSIENT_PAUSE_S = 0.05
 
 
 @dataclass
@@ -280,15 +289,24 @@ def _write(driver: neo4j.Driver, settings: GraphSettings, batch: _Batch, databas
     result = batch.result
     if not batch.events:
         return result
-    for attempt in range(_CONSTRAINT_RETRIES):
+    constraint_tries = transient_tries = 0
+    while True:
         try:
             with driver.session(database=database) as session:
                 accepted, dups = session.execute_write(_apply, batch, settings)
             break
         except ConstraintError as exc:
-            if attempt == _CONSTRAINT_RETRIES - 1:
+            constraint_tries += 1
+            if constraint_tries == _CONSTRAINT_RETRIES:
                 raise Unavailable("concurrent batches kept recording the same event ids; retry the batch") from exc
-        except (ServiceUnavailable, SessionExpired, TransientError) as exc:
+        except TransientError as exc:
+            # The transaction was rolled back, so running the batch again is safe (the Seen ids make it idempotent).
+            transient_tries += 1
+            if transient_tries > _TRANSIENT_RETRIES:
+                raise Unavailable(f"Neo4j could not take the batch, retry it: {exc}") from exc
+            log.warning("batch of %d events: %s outlasted the driver's retries; running it again", len(batch.events), exc.code)
+            time.sleep(random.uniform(0.5, 1.5) * _TRANSIENT_PAUSE_S * 2**transient_tries)
+        except (ServiceUnavailable, SessionExpired) as exc:
             raise Unavailable(f"Neo4j could not take the batch, retry it: {exc}") from exc
     result.accepted += accepted
     result.duplicates += dups

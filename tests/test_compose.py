@@ -22,11 +22,12 @@ COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 APP = ("migrate", "worker", "scheduler", "beat", "server")  # the services built from the Dockerfile
 MONITORING = ("prometheus", "grafana", "flower")
+ENVOY = yaml.safe_load((ROOT / "deploy/envoy/envoy.yaml").read_text())
 
 
 def test_services_and_images():
     s = COMPOSE["services"]
-    assert set(s) == {"neo4j", "redis", *APP, *MONITORING}
+    assert set(s) == {"neo4j", "redis", "envoy", *APP, *MONITORING}
     assert s["neo4j"]["image"] == "neo4j:5.26-community"
     assert s["redis"]["image"].startswith("redis:")
     for name in APP:
@@ -34,7 +35,7 @@ def test_services_and_images():
 
 
 def test_monitoring_images_are_pinned_to_exact_versions():
-    for name in MONITORING:
+    for name in (*MONITORING, "envoy"):
         image = COMPOSE["services"][name]["image"]
         assert re.fullmatch(r"[a-z/]+:v?\d+\.\d+\.\d+", image), image  # no `latest`, no moving minor tag
 
@@ -50,7 +51,10 @@ def test_neo4j_has_apoc_auth_memory_caps_and_volumes():
 def test_ports():
     s = COMPOSE["services"]
     assert "7687:7687" in s["neo4j"]["ports"] and "6379:6379" in s["redis"]["ports"]
-    assert "50051:50051" in s["server"]["ports"] and "9464:9464" in s["server"]["ports"]
+    # the replicas publish nothing (they would collide on the host); clients come in through envoy
+    assert "ports" not in s["server"] and set(s["server"]["expose"]) == {"50051", "9464"}
+    assert "50051:50051" in s["envoy"]["ports"]
+    assert [p for p in s["envoy"]["ports"] if p.endswith(":9901")] == ["127.0.0.1:9901:9901"]  # admin: loopback only
 
 
 def test_health_checks_gate_dependents():
@@ -101,10 +105,14 @@ def test_worker_metrics_listen_on_the_network_and_prometheus_scrapes_them(monkey
     assert (ws.metrics_host, ws.metrics_port) == ("0.0.0.0", 9465)
     assert not any(p.split(":")[-1] == "9465" for p in s["worker"].get("ports", []))  # network only
     prom = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
-    targets = {job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]] for job in prom["scrape_configs"]}
+    # every replica: the service's DNS name resolves to one A record per replica
+    targets = {
+        job["job_name"]: [(n, sd["type"], str(sd["port"])) for sd in job["dns_sd_configs"] for n in sd["names"]]
+        for job in prom["scrape_configs"]
+    }
     assert targets == {
-        "interest-server": [f"server:{srv['IG_SERVER_METRICS_PORT']}"],
-        "interest-worker": [f"worker:{w['IG_WORKER_METRICS_PORT']}"],
+        "interest-server": [("server", "A", srv["IG_SERVER_METRICS_PORT"])],
+        "interest-worker": [("worker", "A", w["IG_WORKER_METRICS_PORT"])],
     }
 
 
@@ -257,9 +265,72 @@ def test_compose_go_loads_the_file_as_docker_compose_would(composecheck):
     assert worker["environment"]["NEO4J_PASSWORD"] == "pw" and worker["user"] == "10001:10001"
     (datasets,) = [v for v in worker["volumes"] if v["target"] == "/data/datasets"]
     assert datasets["read_only"] is True and datasets["type"] == "bind"
+    assert worker["deploy"]["replicas"] == 2 and services["server"]["deploy"]["replicas"] == 3  # interpolated as numbers
 
 
 def test_compose_go_refuses_to_start_without_each_secret(composecheck):
     for missing in SECRETS:
         loaded = _load(composecheck, {k: v for k, v in SECRETS.items() if k != missing})
         assert loaded.returncode != 0 and missing in loaded.stderr, missing
+
+
+def test_workers_and_servers_are_scaled_and_agree_on_the_partitions(monkeypatch):
+    s = COMPOSE["services"]
+    assert s["worker"]["deploy"]["replicas"] == "${IG_WORKER_REPLICAS:-2}"
+    assert s["server"]["deploy"]["replicas"] == "${IG_SERVER_REPLICAS:-3}"
+    # each replica writes its own index snapshots: no volume shared by the replicas at the snapshot folder
+    assert not [v for v in s["server"].get("volumes", []) if v.split(":")[1] == "/app/var/index"]
+    for name in ("scheduler", "beat"):  # one each: a second would queue every recompute twice
+        assert "replicas" not in s[name].get("deploy", {}), name
+    # every worker and the scheduler read the same partition count, from the shared environment
+    partitions = COMPOSE["x-app-env"]["IG_WORKER_PARTITIONS"]
+    for name in ("worker", "scheduler"):
+        assert s[name]["environment"]["IG_WORKER_PARTITIONS"] == partitions, name
+    monkeypatch.setenv("IG_WORKER_PARTITIONS", partitions.split(":-")[1].rstrip("}"))
+    assert WorkerSettings().partitions == 2
+
+
+def _envoy_cluster(name: str) -> dict:
+    (cluster,) = [c for c in ENVOY["static_resources"]["clusters"] if c["name"] == name]
+    return cluster
+
+
+def test_envoy_balances_grpc_calls_over_every_server_replica_with_http2_upstream():
+    s = COMPOSE["services"]
+    envoy = s["envoy"]
+    mounts = {v.split(":")[1]: ROOT / v.split(":")[0] for v in envoy["volumes"] if v.startswith("./")}
+    assert mounts["/etc/envoy/envoy.yaml"] == ROOT / "deploy/envoy/envoy.yaml"
+    assert envoy["command"] == ["envoy", "-c", "/etc/envoy/envoy.yaml"]
+    assert envoy["depends_on"] == {"server": {"condition": "service_healthy"}}
+    assert envoy["healthcheck"]["test"]
+
+    (listener,) = ENVOY["static_resources"]["listeners"]
+    published = [p for p in envoy["ports"] if p.endswith(":50051")]
+    assert published == [f"50051:{listener['address']['socket_address']['port_value']}"]
+    (chain,) = listener["filter_chains"]
+    (hcm,) = chain["filters"]
+    assert hcm["name"] == "envoy.filters.network.http_connection_manager"
+    config = hcm["typed_config"]
+    assert config["codec_type"] == "HTTP2"
+    assert [f["name"] for f in config["http_filters"]][-1] == "envoy.filters.http.router"  # the router comes last
+    routes = [r for vh in config["route_config"]["virtual_hosts"] for r in vh["routes"]]
+    assert [r["match"] for r in routes] == [{"prefix": "/"}]  # every service: InterestService, health, reflection
+    route = routes[0]["route"]
+    assert route["timeout"] == "0s"  # the client's deadline governs; a long IngestEvents stream is not cut
+
+    cluster = _envoy_cluster(route["cluster"])
+    assert cluster["type"] == "STRICT_DNS"  # re-resolves `server` as replicas come and go
+    assert cluster["lb_policy"] in ("LEAST_REQUEST", "ROUND_ROBIN")
+    options = cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    assert "http2_protocol_options" in options["explicit_http_config"]  # gRPC needs HTTP/2 to the replicas
+    (health,) = cluster["health_checks"]
+    assert "grpc_health_check" in health  # the servers' grpc.health.v1 (open without a token: server/auth.py)
+    endpoints = [
+        e["endpoint"]["address"]["socket_address"] for la in cluster["load_assignment"]["endpoints"] for e in la["lb_endpoints"]
+    ]
+    server_env = s["server"]["environment"]
+    assert endpoints == [{"address": "server", "port_value": int(server_env["IG_SERVER_PORT"])}]
+    assert server_env["IG_SERVER_HOST"] == "0.0.0.0"  # reachable from envoy on the compose network
+    from server.auth import OPEN_PREFIXES
+
+    assert "/grpc.health.v1.Health/" in OPEN_PREFIXES

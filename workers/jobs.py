@@ -27,7 +27,7 @@ from graphdb.loaders import DATASETS, load_dataset
 from graphdb.model_state import active_model
 from graphdb.schema import ITEM, USER
 from graphdb.settings import DataSettings, GraphSettings, Neo4jSettings
-from workers import hetero_recompute, partitions
+from workers import hetero_recompute, partitions, redis_keys
 from workers.checkpoint import load_checkpoint, resolve
 from workers.gate import data_until, served_recall, split_after
 from workers.hetero_live import HeteroLive
@@ -43,7 +43,7 @@ from workers.training import train_and_save
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 
-LOCK_NAME = "ig:recompute:lock"
+LOCK_NAME = redis_keys.LOCK  # "{ig}:recompute:lock" (the hash tag: workers.redis_keys)
 
 
 @dataclass

@@ -36,16 +36,12 @@ from graphdb import subgraph
 from graphdb.errors import InvalidInput, Unavailable
 from graphdb.schema import BRAND, CATEGORY, ITEM, QUERY, USER
 from graphdb.slots import hand_off, read_partition_marks
+from workers import redis_keys
 from workers.recompute import Context, RecomputeResult, _Clock, _commit, _differs, _ensure_card, _fold_edges, _np, _queries, _users
 
 log = logging.getLogger(__name__)
 
-LOCK_PREFIX = "ig:recompute:part"
-
-
-def lock_name(index: int, partitions: int) -> str:
-    # The count is in the name: workers started with another IG_WORKER_PARTITIONS never pass for the same claim.
-    return f"{LOCK_PREFIX}:{partitions}:{index}"
+lock_name = redis_keys.part_lock  # "{ig}:recompute:part:P:p" (the hash tag: workers.redis_keys)
 
 
 @dataclass

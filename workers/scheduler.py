@@ -23,14 +23,10 @@ from celery import Celery
 
 from graphdb.changes import count_marks
 from graphdb.slots import partition_backlog
+from workers.redis_keys import queued_key
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
-
-
-def queued_key(changed_key: str, partition: int | None = None) -> str:
-    """The flag that says a recompute (of ``partition``) is queued and not started."""
-    return f"{changed_key}:queued" if partition is None else f"{changed_key}:queued:{partition}"
 
 
 class Scheduler:

@@ -19,7 +19,7 @@ import os
 from graphdb.errors import InterestError
 from workers import jobs
 from workers.celery_app import app
-from workers.scheduler import queued_key
+from workers.redis_keys import queued_key
 
 _runtime: jobs.Runtime | None = None
 _pid: int | None = None
