@@ -266,22 +266,33 @@ def wait_drained(p: Pipeline, timeout_s: float) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ measurements
+def _drain(f: Fleet, serial: bool = False) -> dict[str, float]:
+    """``interest.recompute`` tasks, one per partition (all at once, or ``serial``: each after the previous one),
+    until no mark is left; the rounds' summed timers."""
+    p = f.p
+    timings = {"pull_s": 0.0, "forward_s": 0.0, "write_s": 0.0, "publish_s": 0.0}
+    while count_marks(p.driver):
+        kwargs = [{}] if f.partitions == 1 else [{"partition": q} for q in range(f.partitions)]
+        sent = [] if serial else [p.app.send_task("interest.recompute", kwargs=k) for k in kwargs]
+        for k in kwargs:
+            res = (p.app.send_task("interest.recompute", kwargs=k) if serial else sent.pop(0)).get(timeout=1800)
+            if "error" in res:
+                raise RuntimeError(res)
+            for name in timings:
+                timings[name] += res.get(name, 0.0)
+    return timings
+
+
 def costs(f: Fleet, stream: Stream, events: int, queries: int) -> dict:
     """CPU seconds per event of each part, and per query of the server and Neo4j (see the module doc)."""
     p = f.p
     rng = random.Random(7)
+    asyncio.run(_ingest_fast(p.server_port, stream, 200, rng))  # first use (the model loads in each worker): not counted
+    _drain(f)
     c0 = f.cpu()
     asyncio.run(_ingest_fast(p.server_port, stream, events, rng))
     c1 = f.cpu()
-    timings = {"pull_s": 0.0, "forward_s": 0.0, "write_s": 0.0, "publish_s": 0.0}
-    while count_marks(p.driver):
-        kwargs = [{}] if f.partitions == 1 else [{"partition": q} for q in range(f.partitions)]
-        for r in [p.app.send_task("interest.recompute", kwargs=k) for k in kwargs]:
-            res = r.get(timeout=1800)
-            if "error" in res:
-                raise RuntimeError(res)
-            for k in timings:
-                timings[k] += res.get(k, 0.0)
+    timings = _drain(f)
     time.sleep(1.0)  # let the server's delta consumer apply the last deltas: its CPU is the "server" part
     c2 = f.cpu()
     asyncio.run(_query(p.server_port, stream.users[:queries]))
@@ -296,14 +307,23 @@ def costs(f: Fleet, stream: Stream, events: int, queries: int) -> dict:
         "publish": worker * publish_share / events,
         "server": (c2["server"] - c1["server"]) / events,
     }
+    detail: dict[str, Any] = {
+        "neo4j_ingest": round((c1["neo4j"] - c0["neo4j"]) / events, 6),
+        "neo4j_recompute": round((c2["neo4j"] - c1["neo4j"]) / events, 6),
+        "workers_total": round(worker / events, 6),
+        "round_timings_s": {k: round(v, 3) for k, v in timings.items()},
+    }
+    if f.partitions > 1:
+        # the same partitions drained one at a time: what partitioning costs apart from running at once
+        asyncio.run(_ingest_fast(p.server_port, stream, events, rng))
+        s0 = f.cpu()
+        _drain(f, serial=True)
+        s1 = f.cpu()
+        detail["workers_total_serial"] = round((s1["workers"] - s0["workers"]) / events, 6)
+        detail["neo4j_recompute_serial"] = round((s1["neo4j"] - s0["neo4j"]) / events, 6)
     return {
         "cpu_s_per_event": {k: round(v, 6) for k, v in per.items()},
-        "cpu_s_per_event_detail": {
-            "neo4j_ingest": round((c1["neo4j"] - c0["neo4j"]) / events, 6),
-            "neo4j_recompute": round((c2["neo4j"] - c1["neo4j"]) / events, 6),
-            "workers_total": round(worker / events, 6),
-            "round_timings_s": {k: round(v, 3) for k, v in timings.items()},
-        },
+        "cpu_s_per_event_detail": detail,
         "cpu_s_per_query": {
             "server": round((c3["server"] - c2["server"]) / queries, 6),
             "neo4j": round((c3["neo4j"] - c2["neo4j"]) / queries, 6),
@@ -525,6 +545,8 @@ def run(
         result["recompute_cpu_ratio"] = {
             str(r["workers"]): round((r["cpu_s_per_event"]["recompute"] + r["cpu_s_per_event"]["publish"]) / base, 3) for r in rows[1:]
         }
+        serial = {str(r["workers"]): r["cpu_s_per_event_detail"].get("workers_total_serial") for r in rows[1:]}
+        result["recompute_cpu_ratio_serial"] = {k: round(v / base, 3) if v else None for k, v in serial.items()}
         result["sustainable_rate_by_workers"] = {str(r["workers"]): r["sustainable_rate"] for r in rows}
     if over is not None:
         result["overload"] = over
