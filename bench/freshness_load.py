@@ -83,7 +83,7 @@ class Fleet:
         return {
             "workers": [w.pid for w in self.workers],
             "neo4j": [neo4j_pid] if neo4j_pid else [],
-            "server": [_server_pid(self.p)],
+            "server": _server_pids(),
             "scheduler": [self.scheduler.pid] if self.scheduler else [],
         }
 
@@ -112,11 +112,13 @@ class Fleet:
         return {"sum_s": round(out["sum_s"], 6), "tasks": int(out["tasks"])}
 
 
-def _server_pid(p: Pipeline) -> int:
-    for c in psutil.net_connections("tcp"):
-        if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == p.server_port and c.pid:
-            return c.pid
-    raise RuntimeError(f"no process listens on the server port {p.server_port}")
+def _server_pids() -> list[int]:
+    """The gRPC server this bench started (``python -m server``) and its serving processes, if it has several."""
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if child.cmdline()[-2:] == ["-m", "server"]:
+                return [child.pid] + [c.pid for c in child.children(recursive=True)]
+    raise RuntimeError("no `python -m server` among this bench's processes")
 
 
 @contextlib.contextmanager
@@ -203,21 +205,24 @@ class Stream:
         return self.pseudo[user]
 
 
-async def send(port: int, stream: Stream, schedule: list[tuple[float, float]], seed: int) -> list[tuple[str, float]]:
-    """Events through IngestEvents, a request per 50 ms, at each (duration_s, rate) of ``schedule`` in turn;
-    returns (external user id, ack time) per event."""
+Ack = tuple[str, float, float]  # external user id, request sent, acknowledged
+
+
+async def send(port: int, stream: Stream, schedule: list[tuple[float, float]], seed: int) -> list[Ack]:
+    """Events through IngestEvents, a request per 50 ms, at each (duration_s, rate) of ``schedule`` in turn."""
     rng = random.Random(seed)
-    acks: list[tuple[str, float]] = []
+    acks: list[Ack] = []
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.InterestServiceStub(channel)
         pending: set[asyncio.Task] = set()
 
         async def one(batch: list[pb.Event]) -> None:
+            sent = time.time()
             reply = await stub.IngestEvents(iter([pb.IngestEventsRequest(events=batch)]), timeout=60)
             at = time.time()
             if reply.accepted != len(batch):
                 raise RuntimeError(f"events not accepted: {reply}")
-            acks.extend((e.user_id, at) for e in batch)
+            acks.extend((e.user_id, sent, at) for e in batch)
 
         start, tick, owed = time.monotonic(), 0, 0.0
         for duration_s, rate in schedule:
@@ -235,20 +240,22 @@ async def send(port: int, stream: Stream, schedule: list[tuple[float, float]], s
     return acks
 
 
-def latencies(watch: Watch, stream: Stream, acks: list[tuple[str, float]], wait_s: float) -> tuple[list[tuple[float, float]], int]:
-    """(ack time, latency) of each event once its vector is out (waiting at most ``wait_s``), and how many are not."""
+def latencies(watch: Watch, stream: Stream, acks: list[Ack], wait_s: float) -> tuple[list[tuple[float, float]], int]:
+    """(ack time, latency) of each event once its vector is out (waiting at most ``wait_s``), and how many are not.
+    The event's vector is the user's first one on the stream after the request was sent (a round may publish it
+    before this client has read the ack; it counts 0 then)."""
     deadline = time.time() + wait_s
-    while time.time() < deadline and any(watch.first_after(stream.node(u), at) is None for u, at in acks[-200:]):
+    while time.time() < deadline and any(watch.first_after(stream.node(u), sent) is None for u, sent, _ in acks[-200:]):
         time.sleep(0.2)
-    while time.time() < deadline and any(watch.first_after(stream.node(u), at) is None for u, at in acks):
+    while time.time() < deadline and any(watch.first_after(stream.node(u), sent) is None for u, sent, _ in acks):
         time.sleep(0.5)
     out, missing = [], 0
-    for u, at in acks:
-        t = watch.first_after(stream.node(u), at)
+    for u, sent, at in acks:
+        t = watch.first_after(stream.node(u), sent)
         if t is None:
             missing += 1
         else:
-            out.append((at, t - at))
+            out.append((at, max(0.0, t - at)))
     return out, missing
 
 
@@ -428,7 +435,7 @@ def overload(f: Fleet, stream: Stream, rate: float, overload_s: float) -> dict:
     for at, v in lat:
         by_window[int((at - t0) // WINDOW_S)].append(v)
     sent: dict[int, int] = defaultdict(int)
-    for _, at in acks:
+    for _, _, at in acks:
         sent[int((at - t0) // WINDOW_S)] += 1
     timeline = []
     for s in sampler.samples:
