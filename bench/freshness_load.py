@@ -49,6 +49,7 @@ from proto.interest.v1 import interest_pb2_grpc as pb_grpc
 from workers import process
 
 TICK_S = 0.05
+IN_FLIGHT = 8  # a server process runs at most 8 streaming calls (IG_SERVER_STREAM_THREADS); more are refused
 TARGET_P99_S = 1.0
 WINDOW_S = 5.0
 
@@ -215,10 +216,12 @@ async def send(port: int, stream: Stream, schedule: list[tuple[float, float]], s
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = pb_grpc.InterestServiceStub(channel)
         pending: set[asyncio.Task] = set()
+        slots = asyncio.Semaphore(IN_FLIGHT)  # back-pressure: a slow server delays the stream instead of refusing it
 
         async def one(batch: list[pb.Event]) -> None:
-            sent = time.time()
-            reply = await stub.IngestEvents(iter([pb.IngestEventsRequest(events=batch)]), timeout=60)
+            async with slots:
+                sent = time.time()
+                reply = await stub.IngestEvents(iter([pb.IngestEventsRequest(events=batch)]), timeout=60)
             at = time.time()
             if reply.accepted != len(batch):
                 raise RuntimeError(f"events not accepted: {reply}")
@@ -529,9 +532,9 @@ def run(
             row.update({"sustainable_rate": good, "probes": probes, "lock_wait": f.lock_wait()})
             best = next((r for r in probes if r["rate"] == good), probes[-1])
             row.update({k: best[k] for k in ("rate", "p50_s", "p99_s", "max_s", "missing")})
-            if overload_s > 0 and over is None:
-                log(f"overload: 2x {good or rate:.0f}/s for {overload_s:.0f}s")
-                over = {"workers": n, **overload(f, stream, good or rate or 200.0, overload_s)}
+            if overload_s > 0 and over is None and good is not None:  # 2x a rate that was sustained
+                log(f"overload: 2x {good:.0f}/s for {overload_s:.0f}s")
+                over = {"workers": n, **overload(f, stream, good, overload_s)}
                 row["lock_wait"] = f.lock_wait()
             rows.append(row)
     first = rows[0]
