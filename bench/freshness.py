@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import tempfile
 import threading
@@ -164,6 +165,8 @@ def main(
                 overload_s=overload_s,
                 cost_events=cost_events,
                 cost_queries=cost_queries,
+                # each worker count's row as it is measured: a long run that is stopped keeps what it measured
+                partial=lambda r: out.with_suffix(".partial.json").write_text(json.dumps(r, indent=2)) if out else None,
             )
             emit_result({**result, "dataset": dataset}, out)
             return

@@ -33,7 +33,7 @@ import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import grpc
 import numpy as np
@@ -513,6 +513,7 @@ def run(
     overload_s: float,
     cost_events: int,
     cost_queries: int,
+    partial: Callable[[dict], None] = lambda _result: None,
 ) -> dict:
     """Every measurement above for each worker count; the RESULT dict."""
     stream = Stream(users, items, p.graph.pseudonym_key.get_secret_value())
@@ -537,6 +538,7 @@ def run(
                 over = {"workers": n, **overload(f, stream, good, overload_s)}
                 row["lock_wait"] = f.lock_wait()
             rows.append(row)
+            partial({"bench": "freshness", "partial": True, "rows": rows, **({"overload": over} if over else {})})
     first = rows[0]
     result: dict[str, Any] = {
         "bench": "freshness",
