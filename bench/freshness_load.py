@@ -286,6 +286,9 @@ def _drain(f: Fleet, serial: bool = False) -> dict[str, float]:
         sent = [] if serial else [p.app.send_task("interest.recompute", kwargs=k) for k in kwargs]
         for k in kwargs:
             res = (p.app.send_task("interest.recompute", kwargs=k) if serial else sent.pop(0)).get(timeout=1800)
+            if res.get("error") == "Unavailable":  # a round outlived its partition's lock: its marks stay, the loop retries
+                log(f"recompute round gave its partition back: {res.get('message')}")
+                continue
             if "error" in res:
                 raise RuntimeError(res)
             for name in timings:
