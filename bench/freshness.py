@@ -1,6 +1,7 @@
 """Freshness: from an event's acknowledgement to the user's new vector in Neo4j and on the delta stream.
 
     python -m bench.freshness [--rate 200] [--duration-s 60] [--dataset gowalla] [--out FILE]
+    python -m bench.freshness --workers 1,2,3 --find-rate [--overload-s 60]     (issue 18: bench/freshness_load.py)
 
 Starts Neo4j, Redis, a Celery worker, the recompute scheduler and the gRPC server, loads the dataset, trains
 the served model on the live graph and rolls it out. Then a client streams events through ``IngestEvents`` at
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import tempfile
 import threading
@@ -26,6 +28,7 @@ import numpy as np
 import redis
 import typer
 
+from bench import freshness_load
 from bench._common import emit_result
 from bench._stack import log, pipeline, start_scheduler
 from graphdb.loaders import DATASETS
@@ -134,12 +137,39 @@ def main(
     limit: int = typer.Option(None, help="load only this many events (quick runs)"),
     out: Path = typer.Option(None, help="also write the RESULT JSON here"),
     var: Path = typer.Option(None, help="keep data and logs here (default: a temporary directory)"),
+    workers: str = typer.Option(None, help="issue 18: worker counts (IG_WORKER_PARTITIONS = N each), e.g. 1,2,3"),
+    find_rate: bool = typer.Option(False, help="with --workers: the highest rate with p99 <= 1 s (from --rate up)"),
+    probe_s: float = typer.Option(20.0, help="with --workers: seconds per rate probe"),
+    max_probes: int = typer.Option(5, help="with --find-rate: probes per worker count"),
+    overload_s: float = typer.Option(0.0, help="with --workers: 2x the sustainable rate this long (first N), 0 = none"),
+    cost_events: int = typer.Option(3000, help="with --workers: events of the CPU-cost phase"),
+    cost_queries: int = typer.Option(1000, help="with --workers: RecommendForUser queries of the CPU-cost phase"),
 ) -> None:
     with (
         contextlib.nullcontext(str(var)) if var else tempfile.TemporaryDirectory(prefix="bench-freshness-") as tmp,
         pipeline(Path(tmp), dataset=dataset, limit=limit, server=True) as p,
     ):
         key = p.graph.pseudonym_key.get_secret_value()
+        if workers:
+            items, external = stream_inputs(p, dataset, key, 1)
+            counts = [int(w) for w in workers.split(",") if w.strip()]
+            result = freshness_load.run(
+                p,
+                users=external,
+                items=items,
+                workers=counts,
+                rate=rate,
+                find=find_rate,
+                probe_s=probe_s,
+                max_probes=max_probes,
+                overload_s=overload_s,
+                cost_events=cost_events,
+                cost_queries=cost_queries,
+                # each worker count's row as it is measured: a long run that is stopped keeps what it measured
+                partial=lambda r: out.with_suffix(".partial.json").write_text(json.dumps(r, indent=2)) if out else None,
+            )
+            emit_result({**result, "dataset": dataset}, out)
+            return
         n_users = p.driver.execute_query(_USERS).records[0]["n"]
         needed = int(rate * duration_s) + 1
         items, external = stream_inputs(p, dataset, key, needed)

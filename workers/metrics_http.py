@@ -15,6 +15,7 @@ by whoever sends it) to its start; queue depth is read from the broker when Prom
     ig_worker_partition_marks_waiting{partition}          the same per partition (IG_WORKER_PARTITIONS > 1)
     ig_worker_partition_oldest_mark_age_seconds{partition}
     ig_worker_recompute_lock_wait_seconds        histogram of the time a recompute task spent taking its locks
+    ig_worker_recompute_phase_seconds_total{phase}   seconds of recompute rounds in pull/forward/write (publish: of write)
 """
 
 from __future__ import annotations
@@ -111,6 +112,10 @@ class WorkerMetrics:
         self.lock_wait = Histogram(
             "ig_worker_recompute_lock_wait_seconds", "Time a recompute spent taking its locks", buckets=BUCKETS, registry=self.registry
         )
+        # wall seconds per phase of the recompute rounds (publish is part of write): what a round's time goes to
+        self.recompute_seconds = Counter(
+            "ig_worker_recompute_phase_seconds", "Recompute time by phase", ["phase"], registry=self.registry
+        )
         self.recompute_last = Gauge("ig_worker_recompute_last_timestamp_seconds", "Last recompute finished", registry=self.registry)
         self.registry.register(_QueueDepth(broker_url, queues))
         if driver is not None:
@@ -142,6 +147,8 @@ class WorkerMetrics:
             self.recompute_last.set(time.time())
             if isinstance(retval.get("lock_wait_s"), (int, float)):
                 self.lock_wait.observe(retval["lock_wait_s"])
+            for phase in ("pull", "forward", "write", "publish"):
+                self.recompute_seconds.labels(phase).inc(max(0.0, float(retval.get(f"{phase}_s", 0.0))))
 
     def connect(self) -> None:
         signals.task_prerun.connect(self.prerun, weak=False)

@@ -199,5 +199,5 @@ def _rotated(partitions: int) -> list[int]:
 def _add(total: RecomputeResult, part: RecomputeResult) -> None:
     for name in ("marks", "users", "items", "queries", "propagated_users", "published", "cleared"):
         setattr(total, name, getattr(total, name) + getattr(part, name))
-    for name in ("pull_s", "forward_s", "write_s"):
+    for name in ("pull_s", "forward_s", "write_s", "publish_s"):
         setattr(total.timings, name, getattr(total.timings, name) + getattr(part.timings, name))

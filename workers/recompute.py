@@ -69,6 +69,7 @@ class Timings:
     pull_s: float = 0.0
     forward_s: float = 0.0
     write_s: float = 0.0
+    publish_s: float = 0.0  # of write_s, the delta stream's share (what a publish costs apart from Neo4j's writes)
 
     def total(self) -> float:
         return self.pull_s + self.forward_s + self.write_s
@@ -215,7 +216,9 @@ def _commit(
         tokens[m.label][m.id] = m.token
         if m.since is not None:
             since[m.label][m.id] = m.since
+    t0 = time.perf_counter()
     res.published = publish_vectors(ctx.redis, ctx.stream, {ITEM: vecs[ITEM], USER: vecs[USER]}, version, since, scales)
+    res.timings.publish_s += time.perf_counter() - t0
     _write_ego(ctx, egos, version)  # before the user writes that clear the users' marks
     cleared = 0
     for label in (ITEM, USER, QUERY):
