@@ -13,13 +13,15 @@ from dataclasses import dataclass
 from typing import NamedTuple, Sequence
 
 from graphdb.errors import InvalidInput
-from graphdb.events import check_id, check_rating, check_time, rating_shape
+from graphdb.events import MIN_TS, check_id, check_rating, check_time, rating_shape
 from graphdb.ingest import LN2, decayed_weight
 from graphdb.schema import ITEM_INTERACTIONS, REL_FOR_EVENT
 from graphdb.settings import GraphSettings
 from graphdb.subgraph import EdgeRow
 
 _PURCHASED = REL_FOR_EVENT["purchase"]
+# event type -> its relationship, for the item interactions a session may carry
+_ITEM_RELS = {kind: rel for kind, rel in REL_FOR_EVENT.items() if rel in ITEM_INTERACTIONS}
 
 
 class SessionEvent(NamedTuple):
@@ -55,21 +57,26 @@ def session_edges(events: Sequence[tuple[str, str, float, float | None]], settin
 
     Raises InvalidInput naming the first bad event (``events[i]: ...``), as ingestion would reject it."""
     limit = settings.max_id_chars
+    newest = now + settings.max_future_skew_s
+    rels = _ITEM_RELS
     checked: set[str] = set()
     groups: dict[tuple[str, str], list[float]] = {}
     latest: dict[str, float] = {}
     for i, (item, kind, ts, rating) in enumerate(events):
-        rel = REL_FOR_EVENT.get(kind)
-        if rel is None or rel not in ITEM_INTERACTIONS:
-            raise InvalidInput(f"events[{i}]: {kind!r} is not an item interaction")
-        rated = rating is not None or kind == "rate"  # the rating rules have nothing to say otherwise
-        problem = rating_shape(kind, rating) if rated else None
-        if problem is None and item not in checked:
-            problem = check_id("item_id", item, limit)
-            checked.add(item)
-        problem = problem or check_time(ts, settings, now) or (check_rating(rating) if rated else None)
-        if problem:
-            raise InvalidInput(f"events[{i}]: {problem}")
+        rel = rels.get(kind)
+        # Most events: a known item interaction without a rating, on an item already checked, at a plausible time
+        # (NaN fails both comparisons). Anything else goes through ingestion's own checks, for their reasons.
+        if rel is None or rating is not None or kind == "rate" or item not in checked or not MIN_TS <= ts <= newest:
+            if rel is None:
+                raise InvalidInput(f"events[{i}]: {kind!r} is not an item interaction")
+            rated = rating is not None or kind == "rate"  # the rating rules have nothing to say otherwise
+            problem = rating_shape(kind, rating) if rated else None
+            if problem is None and item not in checked:
+                problem = check_id("item_id", item, limit)
+                checked.add(item)
+            problem = problem or check_time(ts, settings, now) or (check_rating(rating) if rated else None)
+            if problem:
+                raise InvalidInput(f"events[{i}]: {problem}")
         times = groups.get((rel, item))
         if times is None:
             groups[(rel, item)] = [ts]

@@ -216,15 +216,14 @@ class InterestServicer(pb_grpc.InterestServiceServicer):
             raise InvalidInput(f"a session carries at most {self.max_session_events} events, got {len(events)}")
         out: list[tuple[str, str, float, float | None]] = []
         checked: set[str] = set()  # a session names few items, many times each
+        kinds = SESSION_EVENT_TYPES
         for i, ev in enumerate(events):
-            kind = SESSION_EVENT_TYPES.get(ev.type)
-            if kind is None:
-                raise InvalidInput(f"events[{i}].type must be an item event type ({', '.join(SESSION_EVENT_TYPES.values())})")
-            ts = ev.ts
-            if ts == 0:  # proto3's default: the client did not set it (ingestion's rules check the rest)
-                raise InvalidInput(f"events[{i}].ts must be set (unix seconds)")
-            item = ev.item_id
-            if item not in checked:
+            item, kind, ts = ev.item_id, kinds.get(ev.type), ev.ts
+            if kind is None or ts == 0 or item not in checked:  # else nothing to check here
+                if kind is None:
+                    raise InvalidInput(f"events[{i}].type must be an item event type ({', '.join(kinds.values())})")
+                if ts == 0:  # proto3's default: the client did not set it (ingestion's rules check the rest)
+                    raise InvalidInput(f"events[{i}].ts must be set (unix seconds)")
                 checked.add(self.check.id(item, f"events[{i}].item_id"))
             out.append((item, kind, ts, ev.rating or None))  # a plain tuple: a SessionEvent's shape, built faster
         return out

@@ -177,5 +177,6 @@ def weighted_sum(
     if power or half_life > 0:
         w = w * signal_weights(strengths if strengths is not None else np.ones(len(times)), times, power, half_life)
     coef = (w * scales.astype(np.float32, copy=False)).astype(np.float32)
-    out: np.ndarray = (coef @ z) * card.sign
+    out: np.ndarray = coef @ z
+    out *= card.sign
     return out
