@@ -64,9 +64,9 @@ def session_edges(events: Sequence[tuple[str, str, float, float | None]], settin
     latest: dict[str, float] = {}
     for i, (item, kind, ts, rating) in enumerate(events):
         rel = rels.get(kind)
-        # Most events: a known item interaction without a rating, on an item already checked, at a plausible time
-        # (NaN fails both comparisons). Anything else goes through ingestion's own checks, for their reasons.
-        if rel is None or rating is not None or kind == "rate" or item not in checked or not MIN_TS <= ts <= newest:
+        # Most events: a known item interaction without a rating at a plausible time (NaN fails both comparisons),
+        # for which only a new item's id is left to check. Anything else goes through ingestion's own checks.
+        if rel is None or rating is not None or kind == "rate" or not MIN_TS <= ts <= newest:
             if rel is None:
                 raise InvalidInput(f"events[{i}]: {kind!r} is not an item interaction")
             rated = rating is not None or kind == "rate"  # the rating rules have nothing to say otherwise
@@ -77,6 +77,11 @@ def session_edges(events: Sequence[tuple[str, str, float, float | None]], settin
             problem = problem or check_time(ts, settings, now) or (check_rating(rating) if rated else None)
             if problem:
                 raise InvalidInput(f"events[{i}]: {problem}")
+        elif item not in checked:
+            problem = check_id("item_id", item, limit)
+            if problem:
+                raise InvalidInput(f"events[{i}]: {problem}")
+            checked.add(item)
         times = groups.get((rel, item))
         if times is None:
             groups[(rel, item)] = [ts]

@@ -445,7 +445,7 @@ class Engine:
             z, scales = index.user_side(np.array([labels[j] for j in live], np.int64))
         bought = session.bought
         seen = [] if include_seen or not bought else [labels[j] for j in live if items[j] in bought]
-        if len(scales) and not scales.min() > 0:  # mostly every item has its scale: no copy of the rows
+        if not all(s > 0 for s in scales.tolist()):  # mostly every item has its scale: no copy of the rows
             keep = scales > 0
             live, z, scales = [j for j, kept in zip(live, keep.tolist()) if kept], z[keep], scales[keep]
         embedded = self._session_vector(session, [items[j] for j in live], z, scales, index)
@@ -478,7 +478,8 @@ class Engine:
             return None
         card = self._card(index.model_version)
         if len(items) <= card.user_cap:
-            times = np.fromiter((int(session.latest[i]) for i in items), np.float64, len(items))  # whole seconds, as stored
+            latest = session.latest
+            times = [int(latest[i]) for i in items]  # whole seconds, as stored
             strengths = None
             if card.behaviour_power:  # what the worker weighs by: each item's edges' weights summed (pair_strengths)
                 pairs = pair_strengths(session.edges(SESSION_USER))

@@ -12,6 +12,7 @@ latest interactions predict the next one far better than the long-standing ones 
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -32,8 +33,8 @@ def _table(boost: float, scale: float) -> np.ndarray:
     return table
 
 
-def recency_weights(times: np.ndarray, boost: float, scale: float) -> np.ndarray:
-    """Weights [n] of one user's items from their latest interaction times [n]."""
+def recency_weights(times: np.ndarray | Sequence[float], boost: float, scale: float) -> np.ndarray:
+    """Weights [n] of one user's items from their latest interaction times [n] (an array or a list)."""
     if boost == 0 or len(times) == 0:
         return np.ones(len(times), np.float32)
     if len(times) > _FEW:
@@ -42,7 +43,7 @@ def recency_weights(times: np.ndarray, boost: float, scale: float) -> np.ndarray
         return _weight(len(distinct) - 1 - np.searchsorted(distinct, t64), boost, scale)
     # A session's few items: ranks in Python and a cached table of the weights cost a third of np.unique and
     # `_weight`'s array operations (RecommendForSession embeds one on every call).
-    t = np.asarray(times, np.float64).tolist()
+    t = times if isinstance(times, list) else np.asarray(times, np.float64).tolist()
     rank = {x: r for r, x in enumerate(sorted(set(t), reverse=True))}  # dense, newest = 0
     return _table(boost, scale)[[rank[x] for x in t]]
 
