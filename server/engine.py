@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 import time
 from contextlib import contextmanager
@@ -39,7 +40,7 @@ from server.feedback import push_down
 from server.index import IndexParams, ItemIndex, LabelMap, normalise
 from server.rules import RankingRules, apply_rules
 from server.settings import ServerSettings
-from server.short_term import ShortTermParams, mix, recent_items, reserved_slots
+from server.short_term import ShortTermParams, may_have_recent, mix, recent_items, reserved_slots
 from server.users import UserVectors
 from workers.user_side import pair_strengths, user_vector, weighted_sum
 
@@ -438,22 +439,27 @@ class Engine:
         index = serving.index
         session = session_edges(events, self.graph, time.time())
         items = sorted(session.latest)
-        with self.lock:  # the rows and scales of the session's items, read together
-            found = [(i, lab) for i, lab in zip(items, map(index.label_of, items)) if lab is not None]
-            z, scales = index.user_side(np.fromiter((lab for _, lab in found), np.int64, len(found)))
-        seen = [] if include_seen else [lab for i, lab in found if i in session.bought]
-        keep = scales > 0
-        if keep.all():  # mostly: no copy of the rows
-            embedded = self._session_vector(session, [i for i, _ in found], z, scales, index)
-        else:
-            embedded = self._session_vector(session, [i for (i, _), kept in zip(found, keep) if kept], z[keep], scales[keep], index)
-        norm = 0.0 if embedded is None else float(np.sqrt(np.dot(embedded, embedded)))
+        with self.lock:  # the labels, rows and scales of the session's items, read together
+            labels = index.live_labels(items)
+            live = [j for j, lab in enumerate(labels) if lab >= 0]  # the items with a vector
+            z, scales = index.user_side(np.array([labels[j] for j in live], np.int64))
+        bought = session.bought
+        seen = [] if include_seen or not bought else [labels[j] for j in live if items[j] in bought]
+        if not all(s > 0 for s in scales.tolist()):  # mostly every item has its scale: no copy of the rows
+            keep = scales > 0
+            live, z, scales = [j for j, kept in zip(live, keep.tolist()) if kept], z[keep], scales[keep]
+        embedded = self._session_vector(session, [items[j] for j in live], z, scales, index)
+        norm = 0.0 if embedded is None else math.sqrt(float(embedded @ embedded))  # float32(sqrt) either way
         if norm == 0.0 or embedded is None:
             if not include_seen:  # bought items without a vector are not in the index either
                 seen = [lab for lab in map(self.labels.get, sorted(session.bought)) if lab is not None]
             return Answer(self._cold_start(k, flt, seen, rules), index.model_version, cold_start=True)
         query = embedded / np.float32(norm)  # normalised, as a stored user's vector is (server.users)
-        short_q = self._short_term_query(serving, session.edges(SESSION_USER), len(items)) if self.short_term.share > 0 else None
+        # The short-term interest from the session's own events (a session has no stored edges to read); its edge
+        # rows are built only when it has one, which a session whose items are all recent never has.
+        short_q = None
+        if may_have_recent(session.latest.values(), len(items), self.short_term):
+            short_q = self._short_term_query(serving, session.edges(SESSION_USER), len(items))
         with self.lock:
             top = self._search_mixed(serving, query, short_q, k, flt, seen, (), rules)
         answer = Answer(top, index.model_version)
@@ -472,7 +478,8 @@ class Engine:
             return None
         card = self._card(index.model_version)
         if len(items) <= card.user_cap:
-            times = np.fromiter((int(session.latest[i]) for i in items), np.float64, len(items))  # whole seconds, as stored
+            latest = session.latest
+            times = [int(latest[i]) for i in items]  # whole seconds, as stored
             strengths = None
             if card.behaviour_power:  # what the worker weighs by: each item's edges' weights summed (pair_strengths)
                 pairs = pair_strengths(session.edges(SESSION_USER))

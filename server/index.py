@@ -142,6 +142,15 @@ class ItemIndex:
         """The vectors of ``labels`` (rows, copied in one gather)."""
         return self._vec[np.asarray(labels, np.int64)]
 
+    def live_labels(self, item_ids: Sequence[str]) -> list[int]:
+        """``label_of`` of each of ``item_ids``, -1 for an item without a vector here, in one pass."""
+        get, where, n = self.labels.get, self._where, len(self._where)
+        out = []
+        for item_id in item_ids:
+            label = get(item_id)
+            out.append(-1 if label is None or label >= n or where[label] == ABSENT else label)
+        return out
+
     def user_side(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(served vectors [n, dim], in_scale [n]) of live labels: what a session is embedded from."""
         return self._vec[labels], self._scale[labels]  # fancy indexing copies

@@ -214,20 +214,18 @@ class InterestServicer(pb_grpc.InterestServiceServicer):
         """A session's events as ``graphdb.session`` takes them (which checks the rest by ingestion's rules)."""
         if len(events) > self.max_session_events:
             raise InvalidInput(f"a session carries at most {self.max_session_events} events, got {len(events)}")
-        out: list[tuple[str, str, float, float | None]] = []
+        kinds = SESSION_EVENT_TYPES
+        # One comprehension reads the fields (each read of a message's field costs ~0.2 us); the checks run on the tuples.
+        out = [(ev.item_id, kinds.get(ev.type), ev.ts, ev.rating or None) for ev in events]
         checked: set[str] = set()  # a session names few items, many times each
-        for i, ev in enumerate(events):
-            kind = SESSION_EVENT_TYPES.get(ev.type)
-            if kind is None:
-                raise InvalidInput(f"events[{i}].type must be an item event type ({', '.join(SESSION_EVENT_TYPES.values())})")
-            ts = ev.ts
-            if ts == 0:  # proto3's default: the client did not set it (ingestion's rules check the rest)
-                raise InvalidInput(f"events[{i}].ts must be set (unix seconds)")
-            item = ev.item_id
-            if item not in checked:
+        for i, (item, kind, ts, _) in enumerate(out):
+            if kind is None or ts == 0 or item not in checked:  # else nothing to check here
+                if kind is None:
+                    raise InvalidInput(f"events[{i}].type must be an item event type ({', '.join(kinds.values())})")
+                if ts == 0:  # proto3's default: the client did not set it (ingestion's rules check the rest)
+                    raise InvalidInput(f"events[{i}].ts must be set (unix seconds)")
                 checked.add(self.check.id(item, f"events[{i}].item_id"))
-            out.append((item, kind, ts, ev.rating or None))  # a plain tuple: a SessionEvent's shape, built faster
-        return out
+        return cast(list[tuple[str, str, float, float | None]], out)  # every kind is a name once checked
 
     def SimilarUsers(self, request: pb.SimilarUsersRequest, context: grpc.ServicerContext) -> pb.SimilarUsersResponse:
         found, version = self.engine.similar_users(self.check.id(request.user_id, "user_id"), self.check.k(request.k))

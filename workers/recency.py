@@ -11,6 +11,9 @@ latest interactions predict the next one far better than the long-standing ones 
 
 from __future__ import annotations
 
+from functools import lru_cache
+from typing import Sequence
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -19,14 +22,30 @@ def _weight(rank: np.ndarray, boost: float, scale: float) -> np.ndarray:
     return ((1.0 + boost * np.exp(-rank / scale)) / (1.0 + boost)).astype(np.float32)
 
 
-def recency_weights(times: np.ndarray, boost: float, scale: float) -> np.ndarray:
-    """Weights [n] of one user's items from their latest interaction times [n]."""
-    times = np.asarray(times, np.float64)
+_FEW = 64  # items of one user ranked in Python
+
+
+@lru_cache(maxsize=64)
+def _table(boost: float, scale: float) -> np.ndarray:
+    """`_weight` of ranks 0.._FEW-1 (read-only): the same values, element by element, as `_weight` of any ranks."""
+    table = _weight(np.arange(_FEW, dtype=np.int64), boost, scale)
+    table.flags.writeable = False
+    return table
+
+
+def recency_weights(times: np.ndarray | Sequence[float], boost: float, scale: float) -> np.ndarray:
+    """Weights [n] of one user's items from their latest interaction times [n] (an array or a list)."""
     if boost == 0 or len(times) == 0:
         return np.ones(len(times), np.float32)
-    distinct = np.unique(times)  # ascending
-    rank = len(distinct) - 1 - np.searchsorted(distinct, times)
-    return _weight(rank, boost, scale)
+    if len(times) > _FEW:
+        t64 = np.asarray(times, np.float64)
+        distinct = np.unique(t64)  # ascending
+        return _weight(len(distinct) - 1 - np.searchsorted(distinct, t64), boost, scale)
+    # A session's few items: ranks in Python and a cached table of the weights cost a third of np.unique and
+    # `_weight`'s array operations (RecommendForSession embeds one on every call).
+    t = times if isinstance(times, list) else np.asarray(times, np.float64).tolist()
+    rank = {x: r for r, x in enumerate(sorted(set(t), reverse=True))}  # dense, newest = 0
+    return _table(boost, scale)[[rank[x] for x in t]]
 
 
 def weigh_by_recency(r: sp.csr_matrix, times: sp.csr_matrix, boost: float, scale: float) -> sp.csr_matrix:

@@ -164,18 +164,20 @@ def user_vector(
 
 
 def weighted_sum(
-    z: np.ndarray, scales: np.ndarray, times: np.ndarray, card: UserSideCard, strengths: np.ndarray | None = None
+    z: np.ndarray, scales: np.ndarray, times: np.ndarray | Sequence[float], card: UserSideCard, strengths: np.ndarray | None = None
 ) -> np.ndarray:
     """``sign(h) * sum_j w_j s_j z_j`` [dim] over a user's chosen items: served vectors ``z`` [n, dim] (float32),
-    in_scales ``s`` [n] and latest times [n] in whole seconds (`latest_times`), whose recency and signal weights
-    (`workers.signals`; behaviour strengths [n] from `pair_strengths`, needed when the card weighs behaviour)
-    are ``w``. What `user_vector` computes once it has chosen the items; RecommendForSession calls it directly
+    in_scales ``s`` [n] and latest times [n] in whole seconds (`latest_times`; an array or a list), whose recency
+    and signal weights (`workers.signals`; behaviour strengths [n] from `pair_strengths`, needed when the card weighs
+    behaviour) are ``w``. What `user_vector` computes once it has chosen the items; RecommendForSession calls it directly
     with the index's rows when the cap keeps every item."""
     w = recency_weights(times, card.recency_boost, card.recency_scale)
     half_life = half_life_seconds(card.decay_half_life_days)
     power = card.behaviour_power if strengths is not None else 0.0
     if power or half_life > 0:
-        w = w * signal_weights(strengths if strengths is not None else np.ones(len(times)), times, power, half_life)
-    coef = (w * scales.astype(np.float32, copy=False)).astype(np.float32)
-    out: np.ndarray = (coef @ z) * card.sign
+        t = np.asarray(times, np.float64)
+        w = w * signal_weights(strengths if strengths is not None else np.ones(len(t)), t, power, half_life)
+    coef = (w * scales.astype(np.float32, copy=False)).astype(np.float32, copy=False)
+    out: np.ndarray = coef @ z
+    out *= card.sign
     return out
