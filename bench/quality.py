@@ -131,9 +131,7 @@ def run_quality(
     return result()
 
 
-def _hetero(
-    name: str, split: Split, ms: ModelSettings, ts: TrainSettings, budget_s: float, progress: bool, served_ts: TrainSettings
-):
+def _hetero(name: str, split: Split, ms: ModelSettings, ts: TrainSettings, budget_s: float, progress: bool, served_ts: TrainSettings):
     """Fit a K-layer heterogeneous encoder in ``budget_s``, then rank its vectors through the served engine, as the
     served row is ranked (same index settings, training items excluded through the request). With
     IG_MODEL_HETERO_ID_INIT=served its ID rows start from the served model's item vectors, fitted first as the worker

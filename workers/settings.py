@@ -108,6 +108,8 @@ class ModelSettings(BaseSettings):
     # Its objective (`workers.train_ego`): "future" (a user without their latest item is near a user who has it)
     # or "halves" (two random halves of a user's items are near each other).
     ego_views: Literal["future", "halves"] = "future"
+    # Width of the ego vectors (the ``user_ego`` index's): wider keeps more of "which items" from the 1024-d inputs.
+    ego_dim: int = Field(default=64, ge=2)
 
     def fold(self) -> dict[str, Any]:
         """The fold-in settings as `workers.live.LiveEncoder` takes them."""

@@ -49,6 +49,7 @@ def fit_ego(
     item_brand: torch.Tensor,
     *,
     hidden: int = 64,
+    out: int | None = None,
     layers: int = 2,
     lr: float = 1e-2,
     batch: int = 128,
@@ -74,7 +75,7 @@ def fit_ego(
         users = users[(latest[users] >= 0) & (n_owners[np.maximum(latest[users], 0)] >= 2)]
     elif views != "halves":
         raise ValueError(f"fit_ego: unknown views {views!r}")
-    model = EgoGIN(item_vectors.size(1), hidden, hidden, layers)
+    model = EgoGIN(item_vectors.size(1), hidden, out or hidden, layers)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     t0, steps, loss_v = time.perf_counter(), 0, float("nan")
     model.train()
@@ -176,6 +177,7 @@ def fit_served_ego(
         graph.item_category,
         graph.item_brand,
         hidden=ms.hidden,
+        out=ms.ego_dim,
         layers=ms.ego_hops,
         budget_s=ms.ego_train_s,
         max_steps=ms.ego_steps,
