@@ -109,7 +109,7 @@ class ModelSettings(BaseSettings):
     # or "halves" (two random halves of a user's items are near each other).
     ego_views: Literal["future", "halves"] = "future"
     # Width of the ego vectors (the ``user_ego`` index's): wider keeps more of "which items" from the 1024-d inputs.
-    ego_dim: int = Field(default=64, ge=2)
+    ego_dim: int = Field(default=256, ge=2)
 
     def fold(self) -> dict[str, Any]:
         """The fold-in settings as `workers.live.LiveEncoder` takes them."""
