@@ -2,11 +2,11 @@
 
 Two objectives (``views``), both InfoNCE over a batch of users:
 
-- ``"future"`` (the default): a user's ego-graph without their latest item must be nearest to the ego-graph of
+- ``"future"``: a user's ego-graph without their latest item must be nearest to the ego-graph of
   another user who has that item (one drawn at random), and not to the other users' in the batch. That is the
   question the vectors answer later: does a user's nearest user have what the user does next? Training reads the
   training graph only (its latest items stand in for the held-out ones).
-- ``"halves"``: the two views of a user are a random split of the user's items in two halves; each half's
+- ``"halves"`` (the default): the two views of a user are a random split of the user's items in two halves; each half's
   ego-graph must be nearer to the other half's than to any other user's.
 
 Receives tensors and item lists, never talks to Neo4j.
