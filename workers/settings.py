@@ -84,12 +84,13 @@ class ModelSettings(BaseSettings):
     # here: the K-layer trainer selects nothing on validation).
     hetero_recency_boost: float = Field(default=30.0, ge=0)
     hetero_recency_scale: float = Field(default=2.0, gt=0)
-    # GIN's neighbour aggregation: "mean" (its unnormalised sum started at a loss of 135 against SAGE's 7.7 and
+    # GIN's neighbour aggregation (the defaults of this recipe stay the measured ones until bench.quality has run the
+    # new ones, docs/benchmarks.md): "mean" (its unnormalised sum started at a loss of 135 against SAGE's 7.7 and
     # needed the most epochs; docs/benchmarks.md) or "add".
-    hetero_gin_aggr: Literal["mean", "add"] = "mean"
+    hetero_gin_aggr: Literal["mean", "add"] = "add"
     # Where the items' ID rows start: "served" (the leading principal directions of the served model's item
     # vectors, fitted on the same graph first: the GNN refines what the served model knows) or "random".
-    hetero_id_init: Literal["served", "random"] = "served"
+    hetero_id_init: Literal["served", "random"] = "random"
     # Served model on the live graph: a user's vector reads at most this many of their items (top by
     # time-decayed weight, ties by item id), so one very active user costs a bounded recompute.
     user_cap: int = Field(default=500, ge=1)
@@ -146,7 +147,7 @@ class TrainSettings(BaseSettings):
     eval_k: int = Field(default=20, ge=1)
     # K-layer encoders (`workers.train_hetero`): which fit pairs supervise an epoch, "latest" (each user's newest:
     # predict what comes next from what came before; random 30 % in a graph without times) or "random" (30 %).
-    hetero_supervision: Literal["latest", "random"] = "latest"
+    hetero_supervision: Literal["latest", "random"] = "random"
 
 
 class WorkerSettings(BaseSettings):
