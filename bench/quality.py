@@ -48,7 +48,7 @@ from workers.settings import ModelSettings, TrainSettings, WorkerSettings
 from workers.train_bpr import fit_bpr
 from workers.train_hetero import fit_hetero
 from workers.train_served import fit_served
-from workers.training import item_texts
+from workers.training import hetero_item_init, item_texts
 
 SERVED = "spectral-sage"
 IMPLICIT = ("als", "bpr", "itemknn", "bm25")
@@ -95,7 +95,7 @@ def run_quality(
         "gf-cf": lambda: (fit_gfcf(r, k=min(gfcf_rank, *r.shape), seed=ts.seed), {}),
         "lightgcn": lambda: _bpr(LightGCN(r.shape[0], r.shape[1], baseline_dim, 3), r, lgcn_ts, 1e-4, budget_s, progress),
         SERVED: lambda: _served(split, ms, ts, progress, rules),
-        **{name: (lambda name=name: _hetero(name, split, ms, het_ts, budget_s, progress)) for name in HETERO},
+        **{name: (lambda name=name: _hetero(name, split, ms, het_ts, budget_s, progress, ts)) for name in HETERO},
         **{name: (lambda name=name: _implicit(name, r, ts)) for name in IMPLICIT},
     }
     out: dict[str, dict] = {}
@@ -131,12 +131,17 @@ def run_quality(
     return result()
 
 
-def _hetero(name: str, split: Split, ms: ModelSettings, ts: TrainSettings, budget_s: float, progress: bool):
+def _hetero(name: str, split: Split, ms: ModelSettings, ts: TrainSettings, budget_s: float, progress: bool, served_ts: TrainSettings):
     """Fit a K-layer heterogeneous encoder in ``budget_s``, then rank its vectors through the served engine, as the
-    served row is ranked (same index settings, training items excluded through the request)."""
+    served row is ranked (same index settings, training items excluded through the request). With
+    IG_MODEL_HETERO_ID_INIT=served its ID rows start from the served model's item vectors, fitted first as the worker
+    fits them (``served_ts``), inside the budget and counted in its ``train_s``."""
     text = item_texts(split.train, WorkerSettings(), progress, ts.device)
     hms = ms.model_copy(update={"encoder": name.removeprefix("hetero-")})
-    fitted = fit_hetero(split.train, hms, ts, item_text=text, budget_s=budget_s, progress=progress)
+    t0 = time.perf_counter()
+    init = hetero_item_init(split.train, hms, served_ts, text, progress)
+    init_s = time.perf_counter() - t0
+    fitted = fit_hetero(split.train, hms, ts, item_text=text, budget_s=budget_s - init_s, progress=progress, item_init=init)
     t1 = time.perf_counter()
     users, items = model_vectors(fitted.model, split.train, text)
     engine = served_engine(split.train.item_ids, items.numpy(), f"bench-quality-{name}")
@@ -146,7 +151,8 @@ def _hetero(name: str, split: Split, ms: ModelSettings, ts: TrainSettings, budge
     m = fitted.model
     best = max(fitted.history, key=lambda h: h["val"]) if fitted.history else {}
     return None, {
-        "train_s": fitted.train_s,
+        "train_s": init_s + fitted.train_s,
+        "init_s": init_s,
         "engine_s": time.perf_counter() - t1,
         "metrics": metrics,
         "served": False,
@@ -159,6 +165,10 @@ def _hetero(name: str, split: Split, ms: ModelSettings, ts: TrainSettings, budge
         "half_life_days": m.hparams()["half_life_days"],
         "weighted": m.weighted,
         "item_ids": m.item_id is not None,
+        "id_init": hms.hetero_id_init if m.item_id is not None else None,
+        "supervision": ts.hetero_supervision,
+        "recency": [m.recency_boost, m.recency_scale],
+        "gin_aggr": m.gin_aggr if m.conv_name == "gin" else None,
         "text": text is not None,
         "relations": sorted("/".join(et) for et in m.edge_types),
         "loss": ts.loss,

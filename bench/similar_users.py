@@ -4,7 +4,8 @@ Split: each user's latest interaction is held out (leave last out, as `bench.qua
 fitted on the training part (the live training, `workers.train_served`); what its items send to their users
 (``item_in``, as the worker has them) are the item inputs of the users' ego-graphs (user, their training items,
 those items' categories and brands), which `EgoGIN` embeds, trained as the train job trains it
-(`workers.train_ego.fit_served_ego`: contrastive, IG_MODEL_EGO_STEPS steps within IG_MODEL_EGO_TRAIN_S).
+(`workers.train_ego.fit_served_ego`: contrastive, IG_MODEL_EGO_STEPS steps within IG_MODEL_EGO_TRAIN_S, on the
+training split only; IG_MODEL_EGO_VIEWS picks the objective).
 
 For every user with a held-out item, k neighbours are taken by each method, and scored by
 ``hit@k`` (some neighbour has the held-out item among their training items) and ``precision@k`` (the share of
@@ -140,7 +141,7 @@ def run_similar_users(split: Split, ms: ModelSettings, ts: TrainSettings, progre
         "dataset": split.name,
         "users": int(len(users)),
         "item_inputs": {"model": "spectral-sage", "dim": int(item_vecs.size(1)), "train_s": round(served_s, 2)},
-        "ego_gin": {**model.hparams(), "steps": ms.ego_steps, "budget_s": ms.ego_train_s, "views": "random halves of the items"},
+        "ego_gin": {**model.hparams(), "steps": ms.ego_steps, "budget_s": ms.ego_train_s, "views": info["views"]},
         "served": "ego-gin",
         "peers_not_served": ["mean-items", "user-vector"],
         "models": out,

@@ -84,6 +84,13 @@ class ModelSettings(BaseSettings):
     # here: the K-layer trainer selects nothing on validation).
     hetero_recency_boost: float = Field(default=30.0, ge=0)
     hetero_recency_scale: float = Field(default=2.0, gt=0)
+    # GIN's neighbour aggregation (the defaults of this recipe stay the measured ones until bench.quality has run the
+    # new ones, docs/benchmarks.md): "mean" (its unnormalised sum started at a loss of 135 against SAGE's 7.7 and
+    # needed the most epochs; docs/benchmarks.md) or "add".
+    hetero_gin_aggr: Literal["mean", "add"] = "add"
+    # Where the items' ID rows start: "served" (the leading principal directions of the served model's item
+    # vectors, fitted on the same graph first: the GNN refines what the served model knows) or "random".
+    hetero_id_init: Literal["served", "random"] = "random"
     # Served model on the live graph: a user's vector reads at most this many of their items (top by
     # time-decayed weight, ties by item id), so one very active user costs a bounded recompute.
     user_cap: int = Field(default=500, ge=1)
@@ -99,6 +106,12 @@ class ModelSettings(BaseSettings):
     ego_hops: int = Field(default=2, ge=1)
     ego_steps: int = Field(default=1000, ge=0)
     ego_train_s: float = Field(default=60.0, gt=0)
+    # Its objective (`workers.train_ego`): "halves" (two random halves of a user's items are near each other) or
+    # "future" (a user without their latest item is near a user who has it: hit@10 0.086 against 0.111 on
+    # amazon-office at width 256 in 60 s, docs/benchmarks.md, so not the default).
+    ego_views: Literal["future", "halves"] = "halves"
+    # Width of the ego vectors (the ``user_ego`` index's width follows it).
+    ego_dim: int = Field(default=64, ge=2)
 
     def fold(self) -> dict[str, Any]:
         """The fold-in settings as `workers.live.LiveEncoder` takes them."""
@@ -132,6 +145,9 @@ class TrainSettings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = Field(default=2, ge=1)
     eval_k: int = Field(default=20, ge=1)
+    # K-layer encoders (`workers.train_hetero`): which fit pairs supervise an epoch, "latest" (each user's newest:
+    # predict what comes next from what came before; random 30 % in a graph without times) or "random" (30 %).
+    hetero_supervision: Literal["latest", "random"] = "random"
 
 
 class WorkerSettings(BaseSettings):

@@ -30,6 +30,9 @@ from workers.settings import ModelSettings, TrainSettings
 from workers.train_bpr import bpr_loss
 from workers.train_served import holdout
 
+# scale of the ID rows started from served vectors (`init_item_ids`); the learned embeddings start at 0.1
+INIT_SCALE = 0.1
+
 
 @dataclass
 class HeteroFitted:
@@ -60,6 +63,7 @@ def build_hetero(graph: InteractionGraph, ms: ModelSettings, text_dim: int) -> H
         weighted=ms.hetero_weighted,
         recency_boost=ms.hetero_recency_boost,
         recency_scale=ms.hetero_recency_scale,
+        gin_aggr=ms.hetero_gin_aggr,
     )
 
 
@@ -95,9 +99,11 @@ def fit_hetero(
     budget_s: float | None = None,
     progress: bool = True,
     query_text=None,
+    item_init: torch.Tensor | None = None,
 ) -> HeteroFitted:
     """Train a `HeteroGNN` on ``graph`` (see the module docstring); ``item_text`` / ``query_text`` are the sentence
-    vectors of the items / query nodes (None: none)."""
+    vectors of the items / query nodes (None: none); ``item_init`` [I, D]: item vectors (the served model's) whose
+    leading principal directions start the model's ID rows (`init_item_ids`)."""
     t0 = time.perf_counter()
     budget_s = ts.budget_min * 60 if budget_s is None else budget_s
     seed_everything(ts.seed)
@@ -108,17 +114,21 @@ def fit_hetero(
     r_fit, r_val = holdout(r_all, ts.val_fraction, ts.seed, times) if ts.val_fraction > 0 else (r_all, None)
     fit_graph = keep_pairs(graph, r_fit)
     model = build_hetero(graph, ms, 0 if item_text is None else item_text.size(1)).to(device)
+    if item_init is not None:
+        init_item_ids(model, item_init)
     text = None if item_text is None else item_text.to(device)
     queries = None if query_text is None else query_text.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=ts.lr, weight_decay=ts.weight_decay)
     sampler = NegativeSampler(r_fit, rng)
     coo = r_fit.tocoo()
+    fit_times = np.asarray(fit_graph.interaction_times()[coo.row, coo.col]).ravel() if ts.hetero_supervision == "latest" else None
+    if fit_times is not None and (fit_times.size == 0 or np.all(fit_times == fit_times[0])):
+        fit_times = None  # no order to learn from (gowalla): the random split
     n_items = graph.num_items
     best, best_state, bad, history = -1.0, None, 0, []
     for epoch in range(1, ts.max_epochs + 1):
-        perm = rng.permutation(coo.nnz)
-        n_sup = max(1, int(0.3 * coo.nnz))
-        sup, msg = perm[:n_sup], perm[n_sup:]
+        sup, msg = supervision_split(coo.row, fit_times, rng)
+        n_sup = len(sup)
         msg_graph = keep_pairs(graph, sp.coo_matrix((coo.data[msg], (coo.row[msg], coo.col[msg])), shape=r_fit.shape))
         index, weight = model.edges(msg_graph)  # once per epoch: the message graph is fixed
         model.train()
@@ -160,6 +170,43 @@ def fit_hetero(
     if best_state is not None:
         model.load_state_dict(best_state)
     return HeteroFitted(model.to("cpu"), history, time.perf_counter() - t0)
+
+
+def supervision_split(users: np.ndarray, times: np.ndarray | None, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(supervision, message) positions of the fit pairs (``users`` [P], their ``times`` [P]) for one epoch.
+
+    Without times: a random 30 % supervise. With times: each user's latest pair (ties at random) supervises, for
+    users with at least two pairs, and the rest carry the messages, so the model learns to predict what a shopper
+    does next from what they did before: what the leave-last-out test and the live service ask."""
+    n = len(users)
+    if times is None:
+        perm = rng.permutation(n)
+        n_sup = max(1, int(0.3 * n))
+        return perm[:n_sup], perm[n_sup:]
+    order = np.lexsort((rng.random(n), -times.astype(np.float64), users))
+    first = np.r_[True, users[order][1:] != users[order][:-1]] if n else np.zeros(0, bool)
+    counts = np.bincount(users, minlength=int(users.max()) + 1 if n else 0)
+    sup_mask = np.zeros(n, bool)
+    sup_mask[order[first]] = True
+    sup_mask &= counts[users] >= 2
+    return np.flatnonzero(sup_mask), np.flatnonzero(~sup_mask)
+
+
+@torch.no_grad()
+def init_item_ids(model: HeteroGNN, item_vectors: torch.Tensor) -> None:
+    """Start the model's ID rows from the top ``hidden`` principal directions of ``item_vectors`` [I, D] (e.g. the
+    served model's item vectors), scaled to unit variance per column: the GNN then refines what the served model
+    knows rather than learning every item from scratch. No-op for a model without ID rows."""
+    if model.item_id is None:
+        return
+    x = item_vectors.float().cpu()
+    x = x - x.mean(0, keepdim=True)
+    q = min(model.hidden, *x.shape)
+    u, s, _ = torch.linalg.svd(x, full_matrices=False)
+    proj = u[:, :q] * s[:q]
+    proj = proj / proj.std(0, keepdim=True).clamp(min=1e-12) * INIT_SCALE
+    rows = model.item_id.weight
+    rows[: proj.size(0), :q] = proj[: rows.size(0)].to(rows.device)
 
 
 @torch.no_grad()

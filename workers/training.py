@@ -12,7 +12,7 @@ import torch
 from graphdb.errors import InvalidInput
 from workers.checkpoint import save_checkpoint
 from workers.data import InteractionGraph
-from workers.embed import served_scorer
+from workers.embed import served_scorer, served_vectors
 from workers.fold import fit_fold_scale
 from workers.kinds import MODEL_KINDS
 from workers.metrics import rank_metrics
@@ -30,6 +30,17 @@ def item_texts(graph: InteractionGraph, ws: WorkerSettings, progress: bool = Fal
     if not graph.item_text:
         return None
     return TextEncoder(ws.text_cache_dir, device=device).encode(graph.item_text, progress=progress)
+
+
+def hetero_item_init(
+    graph: InteractionGraph, ms: ModelSettings, ts: TrainSettings, text: torch.Tensor | None, progress: bool = False
+) -> torch.Tensor | None:
+    """The item vectors that start a K-layer encoder's ID rows (`workers.train_hetero.init_item_ids`): the served
+    model's, fitted here on the same graph, with ``ms.hetero_id_init == "served"``; else None (random rows)."""
+    if ms.hetero_id_init != "served":
+        return None
+    fitted = fit_served(graph, ms, ts, item_text=text, progress=progress)
+    return served_vectors(fitted.model, graph, text)[1]
 
 
 def train_and_save(
@@ -54,7 +65,8 @@ def train_and_save(
         fitted = fit_served(graph, ms, ts, item_text=text, progress=progress)
     elif model in MODEL_KINDS:
         ms = ms.model_copy(update={"encoder": model.removeprefix("hetero-")})  # the checkpoint records it
-        fitted = fit_hetero(graph, ms, ts, item_text=text, progress=progress)
+        init = hetero_item_init(graph, ms, ts, text, progress)
+        fitted = fit_hetero(graph, ms, ts, item_text=text, progress=progress, item_init=init)
     else:
         raise InvalidInput(f"unknown model {model!r} (one of {', '.join(MODEL_KINDS)})")
     metrics: dict = {}
@@ -77,7 +89,7 @@ def train_and_save(
             fold_scale = fit_fold_scale(graph.interactions(), fitted.model.item_base(meta))
         if ms.ego_steps > 0:  # the users' ego-graph encoder of this version (SimilarUsers)
             ego, ego_info = fit_served_ego(fitted.model, graph, text, ms, ts)
-            metrics["ego"] = {k: round(v, 4) for k, v in ego_info.items()}
+            metrics["ego"] = {k: round(v, 4) if isinstance(v, float) else v for k, v in ego_info.items()}
     path = save_checkpoint(
         ws.model_dir,
         fitted.model,

@@ -14,7 +14,7 @@ Edge weights are the event strength times a time decay ``2 ** ((t - time_ref) / 
 time, ``t <= 0``, are not decayed) and, on the edges into a user, the recency weight of `workers.recency` (the
 dense rank of the edge's time among the user's own interactions: what a shopper did last weighs most, and it
 depends on the user's edges only); they order the neighbour caps and weigh the aggregation (SAGE's weighted mean
-when ``weighted``, GCN's normalised sum; GIN sums unweighted). Neighbour caps (`workers.sampling.cap_neighbours`)
+when ``weighted``, GCN's normalised sum; GIN sums or averages unweighted). Neighbour caps (`workers.sampling.cap_neighbours`)
 are applied before the pass and depend only on a node's own edges, so a subgraph around the changed nodes
 reproduces the full-graph vectors. Every tensor the model makes or receives goes to its parameters' device.
 """
@@ -167,6 +167,8 @@ class HeteroGNN(nn.Module):
             seconds, the training graph's latest event), kept with the model for the same reason.
         recency_boost, recency_scale: `user_recency` of the edges into a user (0 = none).
         weighted: with ``conv="sage"`` and ``aggr="mean"``, neighbours are averaged by edge weight (`WeightedSAGEConv`).
+        gin_aggr: GIN's neighbour aggregation, "add" (the GIN paper's sum) or "mean" (a hub's sum is not hundreds of
+            times a leaf's, so one learning rate suits every node; the default of `workers.train_hetero.build_hetero`).
 
     ``forward(x_dict, edge_index_dict, edge_weight_dict)`` -> {node type: [N_type, hidden]}.
     """
@@ -188,6 +190,7 @@ class HeteroGNN(nn.Module):
         weighted: bool = False,
         recency_boost: float = 0.0,
         recency_scale: float = 1.0,
+        gin_aggr: str = "add",
     ):
         super().__init__()
         self.edge_types, self.hidden, self.conv_name = [tuple(et) for et in edge_types], hidden, conv
@@ -207,7 +210,9 @@ class HeteroGNN(nn.Module):
             "weighted": weighted,
             "recency_boost": recency_boost,
             "recency_scale": recency_scale,
+            "gin_aggr": gin_aggr,
         }
+        self.gin_aggr = gin_aggr
         self.recency_boost, self.recency_scale = recency_boost, recency_scale
         self.neighbour_cap, self.half_life_s, self.time_ref = neighbour_cap, half_life_days * 86400.0, time_ref
         self.weighted = weighted and conv == "sage" and aggr == "mean"
@@ -228,7 +233,8 @@ class HeteroGNN(nn.Module):
         if conv == "gcn":
             return BipartiteGCNConv(h, h)
         if conv == "gin":
-            return GINConv(nn.Sequential(nn.Linear(h, h), nn.ReLU(), nn.Linear(h, h)), train_eps=True)
+            mlp = nn.Sequential(nn.Linear(h, h), nn.ReLU(), nn.Linear(h, h))
+            return GINConv(mlp, train_eps=True, aggr=self.gin_aggr)
         raise ValueError(f"unknown conv {conv!r}")
 
     def reset_parameters(self) -> None:
