@@ -111,6 +111,7 @@ struct Shared {
     waiting: Arc<Semaphore>,
     /// Calls in flight, answered here or forwarded (IG_SERVER_MAX_CONCURRENT_RPCS).
     calls: Arc<Semaphore>,
+    max_calls: usize,
     max_message: usize,
     backend: Client<HttpConnector, Incoming>,
     backend_authority: String,
@@ -294,10 +295,18 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
     }
 }
 
+/// What a request that is not a gRPC call gets, and how much of its body is read before it is answered.
+const NOT_GRPC: &[u8] = b"this port serves gRPC: POST with content-type application/grpc\n";
+const REFUSED_BODY: usize = 64 * 1024;
+
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     if let Some(code) = refusal(req.method(), req.headers()) {
-        let mut answer = Response::new(Body::default());
+        // The request is read to its end first (up to a bound), as for any call: answering while the client still
+        // sends would reset its stream under it, and a protocol error it then makes would go unanswered (h2spec).
+        let _ = Limited::new(req.into_body(), REFUSED_BODY).collect().await;
+        let mut answer = Response::new(Body::new(Full::new(Bytes::from_static(NOT_GRPC))));
         *answer.status_mut() = code;
+        answer.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
         if code == http::StatusCode::METHOD_NOT_ALLOWED {
             answer.headers_mut().insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
         }
@@ -435,6 +444,7 @@ impl TonicFront {
             dispatch,
             waiting: Arc::new(Semaphore::new(wait_threads)),
             calls: Arc::new(Semaphore::new(max_concurrent_rpcs)),
+            max_calls: max_concurrent_rpcs,
             max_message: max_message_bytes,
             backend,
             backend_authority: format!("127.0.0.1:{backend_port}"),
@@ -446,6 +456,12 @@ impl TonicFront {
     #[getter]
     fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Calls in flight: answered here (queued or running) or forwarded and not yet answered.
+    #[getter]
+    fn in_flight(&self) -> usize {
+        self.shared.max_calls - self.shared.calls.available_permits()
     }
 
     #[getter]
