@@ -170,6 +170,8 @@ struct Call {
     method: Method,
     deadline: Option<Instant>,
     permit: Option<OwnedSemaphorePermit>,
+    /// Read from the request's headers before tonic takes them, which spares copying them.
+    metadata: Vec<(String, Value)>,
 }
 
 impl UnaryService<Bytes> for Call {
@@ -178,7 +180,7 @@ impl UnaryService<Bytes> for Call {
 
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
         let (shared, method, deadline, permit) = (self.shared.clone(), self.method, self.deadline, self.permit.take());
-        let metadata = request_metadata(&request.metadata().clone().into_headers());
+        let metadata = std::mem::take(&mut self.metadata);
         let message = request.into_inner();
         let remaining = move || deadline.map(|d| d.saturating_duration_since(Instant::now()).as_secs_f64());
         Box::pin(async move {
@@ -274,7 +276,8 @@ async fn unary(shared: Arc<Shared>, method: Method, req: Request<Incoming>) -> R
         .accept_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(shared.max_message)
         .max_encoding_message_size(usize::MAX);  // into_result applies the limit, with grpc's status
-    let call = Call { shared: shared.clone(), method, deadline, permit: Some(permit) };
+    let metadata = request_metadata(&parts.headers);
+    let call = Call { shared: shared.clone(), method, deadline, permit: Some(permit), metadata };
     grpc.unary(call, Request::from_parts(parts, Full::new(body))).await
 }
 
