@@ -137,3 +137,30 @@ def test_a_clients_request_id_is_in_the_log_line_of_its_call(server_graph_settin
         assert "/interest.v1.InterestService/SimilarItems: NOT_FOUND [x-request-id=req-43]" in lines, lines
     finally:
         stop()
+
+
+def test_health_is_answered_while_queries_wait_on_the_engine_lock(server_graph_settings) -> None:
+    """More queries than I/O threads held up by the engine lock (as a model switch holds it): the port does not
+    stall, health checks (forwarded to grpc's server) are answered within their deadline, and once the lock is
+    released every held query is answered."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    harness, stop = start_harness(base_settings(front="native", io_threads=2), server_graph_settings, setup=load_items)
+    try:
+        stub = harness.stub()
+        request = pb.SimilarItemsRequest(item_id="item-7", k=3)
+        with harness.engine.lock:
+            held = [stub.SimilarItems.future(request, timeout=60) for _ in range(6)]
+            deadline = time.monotonic() + 10
+            while harness.server.front.in_flight < len(held):  # every one has reached the server and waits
+                assert time.monotonic() < deadline, harness.server.front.in_flight
+                time.sleep(0.01)
+            with grpc.insecure_channel(f"127.0.0.1:{harness.port}") as channel:
+                health = health_pb2_grpc.HealthStub(channel)
+                for _ in range(3):
+                    answer = health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+                    assert answer.status == health_pb2.HealthCheckResponse.SERVING
+            assert not any(call.done() for call in held)  # still held: the health checks did not wait for them
+        assert all(call.result().items for call in held)
+    finally:
+        stop()

@@ -190,8 +190,10 @@ impl UnaryService<Bytes> for Call {
             let max_message = shared.max_message;
             if !method.waits_for(&message) {
                 // A query runs right here, on the I/O thread that read it: handing it to another thread and back
-                // cost more CPU (thread switches) than its Python part (bench.serving).
-                let answer = call_python(&shared, method, message, metadata, remaining());
+                // cost more CPU (thread switches) than its Python part (bench.serving). block_in_place hands the
+                // thread's other connections to another thread meanwhile, so a query held up (by the engine lock,
+                // during a model switch) stalls no other call: health checks and forwarded calls go on.
+                let answer = tokio::task::block_in_place(|| call_python(&shared, method, message, metadata, remaining()));
                 drop(permit);
                 if expired(deadline) {
                     return Err(Status::deadline_exceeded(DEADLINE_PASSED));  // the caller has given up on it
