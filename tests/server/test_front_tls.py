@@ -31,7 +31,8 @@ def _issue(ca: trustme.CA, tmp_path) -> tuple:
 def _similar(port: int, ca: trustme.CA) -> grpc.StatusCode:
     """A SimilarItems call over a new TLS connection trusting only ``ca``: its status code."""
     credentials = grpc.ssl_channel_credentials(root_certificates=ca.cert_pem.bytes())
-    with grpc.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
+    # A subchannel of its own: one shared with an earlier channel may still be backing off from a failed handshake.
+    with grpc.secure_channel(f"127.0.0.1:{port}", credentials, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
         try:
             pb_grpc.InterestServiceStub(channel).SimilarItems(pb.SimilarItemsRequest(item_id="item-7", k=3), timeout=10)
         except grpc.RpcError as err:
