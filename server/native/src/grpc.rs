@@ -600,6 +600,121 @@ mod tests {
         assert!(body.is_empty() && trailers.is_none());
     }
 
+    fn py_eval(source: &str) -> Py<PyAny> {
+        pyo3::prepare_freethreaded_python();
+        Python::with_gil(|py| py.eval(&std::ffi::CString::new(source).unwrap(), None, None).unwrap().unbind())
+    }
+
+    type Sender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
+
+    /// A front end's request handling over an in-memory connection, with `dispatch` for the methods `/t.T/Query`
+    /// and `/t.T/Wait` (one that waits: one waiting thread), and a hyper client speaking HTTP/2 to it.
+    async fn connected(dispatch: Py<PyAny>, max_calls: usize, max_message: usize) -> (Sender, Arc<Shared>) {
+        let methods = [("/t.T/Query", false), ("/t.T/Wait", true)]
+            .into_iter()
+            .enumerate()
+            .map(|(index, (name, waits))| (name.to_owned(), Method { index, waits, waits_if: 0 }))
+            .collect();
+        let shared = Arc::new(Shared {
+            methods,
+            dispatch,
+            waiting: Arc::new(Semaphore::new(1)),
+            calls: Arc::new(Semaphore::new(max_calls)),
+            max_calls,
+            max_message,
+            backend: Client::builder(TokioExecutor::new()).http2_only(true).build_http(),
+            backend_authority: "127.0.0.1:9".to_owned(),
+        });
+        let limits = Http2Limits {
+            max_concurrent_streams: 8,
+            max_header_list_bytes: 4096,
+            keepalive_interval: None,
+            keepalive_timeout: Duration::from_secs(20),
+            max_pending_accept_reset_streams: 20,
+            max_local_error_reset_streams: 1024,
+        };
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let graceful = GracefulShutdown::new();
+        tokio::spawn(serve(server, shared.clone(), limits.builder(), graceful.watcher()));
+        std::mem::forget(graceful); // the connection lives as long as the test
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(client))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        (sender, shared)
+    }
+
+    fn call(path: &str, message: &[u8], headers: &[(&'static str, &'static str)]) -> Request<Full<Bytes>> {
+        let mut builder = Request::post(format!("http://front{path}")).header("content-type", "application/grpc").header("te", "trailers");
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        builder.body(Full::new(framed(0, message))).unwrap()
+    }
+
+    /// grpc-status and grpc-message of an answer (trailers-only or trailers), and its message.
+    async fn outcome(sender: &mut Sender, request: Request<Full<Bytes>>) -> (String, String, Bytes) {
+        let (parts, body) = sender.send_request(request).await.unwrap().into_parts();
+        let collected = body.collect().await.unwrap();
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        let bytes = collected.to_bytes();
+        let get = |name: &str| {
+            parts.headers.get(name).or_else(|| trailers.get(name)).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default()
+        };
+        (get("grpc-status"), get("grpc-message"), if bytes.len() >= 5 { bytes.slice(5..) } else { bytes })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn metadata_and_the_message_reach_python_and_its_answer_comes_back() {
+        // The answer: the request's bytes, then each metadata pair as "key=value;".
+        let echo = py_eval("lambda i, data, md, t: (0, '', data + b'|' + ''.join(f'{k}={v};' for k, v in md).encode())");
+        let (mut front, _) = connected(echo, 8, 1024).await;
+        let request = call("/t.T/Query", b"hi", &[("x-request-id", "r-1"), ("grpc-timeout", "5S"), ("x-tag", "a")]);
+        let (code, _, message) = outcome(&mut front, request).await;
+        assert_eq!(code, "0");
+        assert_eq!(&message[..], b"hi|x-request-id=r-1;x-tag=a;");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn size_and_concurrency_limits_answer_resource_exhausted() {
+        let (mut front, _) = connected(py_eval("lambda i, data, md, t: (0, '', b'x' * len(data))"), 8, 16).await;
+        let (code, details, _) = outcome(&mut front, call("/t.T/Query", &[1; 17], &[])).await;
+        assert_eq!((code.as_str(), details.as_str()), ("8", "the%20request%20is%20larger%20than%20the%20limit%20of%2016%20bytes"));
+        let (code, _, message) = outcome(&mut front, call("/t.T/Query", &[1; 16], &[])).await;
+        assert_eq!((code.as_str(), message.len()), ("0", 16));
+
+        // One call in flight at most: a held call takes the place, the next is refused at once.
+        let event = py_eval("__import__('threading').Event()");
+        let dispatch = Python::with_gil(|py| {
+            let make = py_eval("lambda e: lambda i, data, md, t: (e.wait(30), (0, '', b'done'))[1]");
+            make.call1(py, (event.clone_ref(py),)).unwrap()
+        });
+        let (mut front, shared) = connected(dispatch, 1, 16).await;
+        let mut holder = front.clone();
+        let held = tokio::spawn(async move { outcome(&mut holder, call("/t.T/Wait", b"", &[])).await });
+        while shared.calls.available_permits() != 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await; // until the held call has its place
+        }
+        let (code, details, _) = outcome(&mut front, call("/t.T/Query", b"", &[])).await;
+        assert_eq!((code.as_str(), details.as_str()), ("8", "too%20many%20concurrent%20RPCs%20on%20this%20server%20process;%20retry%20later"));
+        Python::with_gil(|py| event.call_method0(py, "set").unwrap());
+        let (code, _, message) = held.await.unwrap();
+        assert_eq!((code.as_str(), &message[..]), ("0", &b"done"[..]));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_that_is_not_a_grpc_post_gets_its_http_status() {
+        let (mut front, _) = connected(py_eval("lambda i, data, md, t: (0, '', b'')"), 8, 16).await;
+        let json = Request::post("http://front/t.T/Query").header("content-type", "application/json").body(Full::new(Bytes::new())).unwrap();
+        assert_eq!(front.send_request(json).await.unwrap().status(), http::StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        let get = Request::get("http://front/t.T/Query").header("content-type", "application/grpc").body(Full::new(Bytes::new())).unwrap();
+        let answer = front.send_request(get).await.unwrap();
+        assert_eq!(answer.status(), http::StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(answer.headers()["allow"], "POST");
+    }
+
     #[test]
     fn deadlines_expire_at_their_instant() {
         assert!(!expired(None));

@@ -14,6 +14,7 @@ const NOT_METADATA: &[&str] = &[
     "upgrade",
     "te",
     "content-type",
+    "content-length",
     "grpc-timeout",
     "grpc-encoding",
     "grpc-accept-encoding",
