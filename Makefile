@@ -35,7 +35,7 @@ $(STAMP): pyproject.toml
 
 # The server's native front end (server/native, Rust): cargo fetches its crates from crates.io the first time.
 # Without a Rust toolchain the server runs on grpc's Python server alone (IG_SERVER_FRONT=auto).
-$(FRONT): $(STAMP) server/native/Cargo.toml server/native/Cargo.lock server/native/src/lib.rs
+$(FRONT): $(STAMP) server/native/Cargo.toml server/native/Cargo.lock $(wildcard server/native/src/*.rs)
 	@if command -v cargo >/dev/null || test -x $$HOME/.cargo/bin/cargo; then \
 	  echo "building the server's native gRPC front end (server/native, Rust; about 30 s the first time)"; \
 	  PATH="$$HOME/.cargo/bin:$$PATH" VIRTUAL_ENV=$(VENV) uv pip install -q ./server/native && touch $@; \

@@ -1,14 +1,15 @@
-"""The gRPC server: ``create_server`` wires services, interceptors and limits (tests bind port 0);
-``serve`` runs it with its backing services until SIGTERM/SIGINT, then shuts down gracefully.
+"""The gRPC server: ``create_server`` wires services, interceptors and limits (tests bind port 0); ``serve`` runs it
+with its backing services until SIGTERM/SIGINT, then shuts down gracefully.
 
-By default the native front end (``server.front``, Rust) owns the port: it answers the unary InterestService
-calls with the same wrapped behaviours and forwards the rest to grpc's server on a loopback port. On grpc's
-server alone (``IG_SERVER_FRONT=grpc``, or TLS), RPCs run on worker threads (grpc's synchronous server; queries
-and calls that may wait on separate pools, ``server.pools``). The lifecycle (delta stream, compaction,
-snapshots) runs on an asyncio event loop in the main thread. Measured on two cores, ``SimilarItems`` costs ~30 %
-less server CPU per call on grpc's synchronous server than on ``grpc.aio``: the asyncio server hands every call
-between grpc's poller thread and the event loop, 8-10 voluntary and 8 involuntary context switches per call
-against 5 and 1.5, and FAISS (which releases the GIL) overlaps with other calls' Python work (bench.serving).
+By default the native front end (``server.front``, Rust) owns the port, with TLS when configured (reloaded on
+SIGHUP): it answers the unary InterestService calls with the same wrapped behaviours and forwards the rest to
+grpc's server on a loopback port. On grpc's server alone (``IG_SERVER_FRONT=grpc``), RPCs run on worker threads
+(grpc's synchronous server; queries and calls that may wait on separate pools, ``server.pools``). The lifecycle
+(delta stream, compaction, snapshots) runs on an asyncio event loop in the main thread. Measured on two cores,
+``SimilarItems`` costs ~30 % less server CPU per call on grpc's synchronous server than on ``grpc.aio``: the
+asyncio server hands every call between grpc's poller thread and the event loop, 8-10 voluntary and 8 involuntary
+context switches per call against 5 and 1.5, and FAISS (which releases the GIL) overlaps with other calls' Python
+work (bench.serving).
 """
 
 from __future__ import annotations
@@ -58,14 +59,38 @@ def check_exposure(settings: ServerSettings) -> None:
 def use_native_front(settings: ServerSettings) -> bool:
     if settings.front == "grpc":
         return False
-    if settings.tls:
-        if settings.front == "native":
-            raise FailedPrecondition(
-                "IG_SERVER_FRONT=native serves plaintext only; with TLS configured use "
-                "IG_SERVER_FRONT=grpc or auto (grpc's server then terminates TLS)"
-            )
-        return False
-    return settings.front == "native" or front.available()
+    if settings.tls and settings.front == "native-legacy":
+        raise FailedPrecondition(
+            "IG_SERVER_FRONT=native-legacy serves plaintext only; with TLS configured use IG_SERVER_FRONT=native or "
+            "auto (the native front end on tonic terminates TLS) or grpc"
+        )
+    return settings.front in ("native", "native-legacy") or front.available()
+
+
+def tls_pems(settings: ServerSettings) -> tuple[bytes, bytes] | None:
+    """The configured certificate chain and key (PEM), read now: at start and on each SIGHUP."""
+    if not settings.tls:
+        return None
+    assert settings.tls_key_file is not None and settings.tls_cert_file is not None  # what tls means
+    return settings.tls_cert_file.read_bytes(), settings.tls_key_file.read_bytes()
+
+
+def reload_tls(server: Any, settings: ServerSettings) -> None:
+    """SIGHUP: the native front end presents the certificate now in the configured files from the next
+    handshake on; grpc's server cannot swap its credentials, so there it takes a restart."""
+    if not settings.tls:
+        return
+    if not isinstance(server, front.FrontedServer):
+        log.warning("SIGHUP: grpc's server keeps its TLS certificate until restarted (IG_SERVER_FRONT=native reloads it)")
+        return
+    try:
+        pems = tls_pems(settings)
+        assert pems is not None
+        server.reload_tls(*pems)
+    except (OSError, ValueError) as exc:
+        log.error("SIGHUP: TLS certificate not reloaded, the current one stays: %s", exc)
+        return
+    log.info("SIGHUP: TLS certificate reloaded from %s", settings.tls_cert_file)
 
 
 class _Registered:
@@ -171,6 +196,16 @@ def create_server(settings: ServerSettings, engine: Engine, graph: GraphSettings
             max_concurrent_rpcs=settings.max_concurrent_rpcs,
             max_message_bytes=settings.max_message_bytes,
             io_threads=settings.io_threads,
+            legacy=settings.front == "native-legacy",
+            tls=tls_pems(settings),
+            http2=front.Http2Limits(
+                settings.h2_max_concurrent_streams,
+                settings.h2_max_header_list_bytes,
+                settings.h2_keepalive_interval_s,
+                settings.h2_keepalive_timeout_s,
+                settings.h2_max_pending_accept_reset_streams,
+                settings.h2_max_local_error_reset_streams,
+            ),
         )
         return front.FrontedServer(server, fronted), fronted.port
 
@@ -201,9 +236,11 @@ async def serve(settings: ServerSettings, graph: GraphSettings, neo4j_settings: 
     server.start()
     if isinstance(server, front.FrontedServer):
         log.info(
-            "listening on %s:%d (native front end, plaintext), %d I/O threads answering queries, %d for calls that wait",
+            "listening on %s:%d (native front end%s, %s), %d I/O threads answering queries, %d for calls that wait",
             settings.host,
             port,
+            " (legacy)" if settings.front == "native-legacy" else "",
+            "TLS" if settings.tls else "plaintext",
             settings.io_threads,
             settings.wait_threads,
         )
@@ -222,6 +259,7 @@ async def serve(settings: ServerSettings, graph: GraphSettings, neo4j_settings: 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_tls, server, settings)
     await stop.wait()
 
     log.info("shutting down: draining RPCs for up to %.0fs", settings.grace_period_s)

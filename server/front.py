@@ -5,7 +5,10 @@ health, reflection) to grpc's Python server on a loopback port.
 The calls run the very behaviours grpc's server would run (``server.calls`` wrappers: metrics, auth, error
 translation, then the servicer), with a ``NativeContext`` in place of grpc's. Only the transport changes: on
 two cores it cost ~275 us of server CPU per call in grpc's Python server, more than the search itself
-(bench.serving). ``IG_SERVER_FRONT`` chooses: ``auto`` (native when built, the default), ``native`` or ``grpc``.
+(bench.serving). ``IG_SERVER_FRONT`` chooses: ``auto`` (native when built, the default), ``native`` or ``grpc``;
+``native-legacy`` is the first native front end (hand-written gRPC framing, plaintext, only ``authorization``
+reaches Python), kept for comparison until the one on tonic (``ig_front.TonicFront``: TLS, all metadata) has
+proven itself.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, Callable, NamedTuple, NoReturn, Sequence
 
 import grpc
 
@@ -26,6 +29,17 @@ except ImportError:  # not built: `make setup` builds it where a Rust toolchain 
 
 log = logging.getLogger(__name__)
 INTERNAL_ERROR = (grpc.StatusCode.INTERNAL.value[0], "internal error; the server log has the details", None)
+
+
+class Http2Limits(NamedTuple):
+    """Per-connection HTTP/2 limits of the front end on tonic (IG_SERVER_H2_*, server.settings)."""
+
+    max_concurrent_streams: int = 256
+    max_header_list_bytes: int = 16384
+    keepalive_interval_s: float = 60.0
+    keepalive_timeout_s: float = 20.0
+    max_pending_accept_reset_streams: int = 20
+    max_local_error_reset_streams: int = 1024
 
 
 def available() -> bool:
@@ -41,13 +55,13 @@ class NativeContext:
 
     __slots__ = ("_metadata", "_deadline", "_code", "_details")
 
-    def __init__(self, authorization: str | None, timeout_s: float | None) -> None:
-        self._metadata = (("authorization", authorization),) if authorization is not None else ()
+    def __init__(self, metadata: Sequence[tuple[str, str | bytes]], timeout_s: float | None) -> None:
+        self._metadata = metadata
         self._deadline = None if timeout_s is None else time.monotonic() + timeout_s
         self._code: grpc.StatusCode | None = None
         self._details = ""
 
-    def invocation_metadata(self) -> Sequence[tuple[str, str]]:
+    def invocation_metadata(self) -> Sequence[tuple[str, str | bytes]]:
         return self._metadata
 
     def time_remaining(self) -> float | None:
@@ -64,24 +78,48 @@ class NativeContext:
 
 
 class Dispatcher:
-    """Runs a method's behaviour on a request's bytes; what the front end calls, one method per list index."""
+    """Runs a method's behaviour on a request's bytes; what the front end calls, one method per list index, with
+    the request's metadata (every key but pseudo-, hop-by-hop and transport headers; ``-bin`` values decoded)."""
 
-    def __init__(self, handlers: Sequence[grpc.RpcMethodHandler]) -> None:
+    def __init__(self, names: Sequence[str], handlers: Sequence[grpc.RpcMethodHandler]) -> None:
+        self._names = list(names)
         self._calls = [(h.request_deserializer, h.unary_unary, h.response_serializer) for h in handlers]
 
-    def __call__(self, index: int, data: bytes, authorization: str | None, timeout_s: float | None) -> tuple[int, str, bytes | None]:
+    def __call__(
+        self, index: int, data: bytes, metadata: Sequence[tuple[str, str | bytes]], timeout_s: float | None
+    ) -> tuple[int, str, bytes | None]:
         deserialize, behaviour, serialize = self._calls[index]
-        context = NativeContext(authorization, timeout_s)
+        context = NativeContext(metadata, timeout_s)
         try:
             response = behaviour(deserialize(data), context)
         except _Aborted:  # the status is in the context
             response = None
         except Exception:  # noqa: BLE001 - the wrappers translate errors; this is the last line of defence
-            log.exception("unexpected error answering method %d", index)
+            log.exception("unexpected error answering %s%s", self._names[index], request_id(metadata))
             return INTERNAL_ERROR
-        if context._code is not None:
-            return context._code.value[0], context._details, None
+        code = context._code
+        if log.isEnabledFor(logging.DEBUG):  # one line per call, with the client's request id to find it by
+            log.debug("%s: %s%s", self._names[index], "OK" if code is None else code.name, request_id(metadata))
+        if code is not None:
+            return code.value[0], context._details, None
         return 0, "", serialize(response)
+
+
+class LegacyDispatcher(Dispatcher):
+    """The first native front end's calling convention: only the ``authorization`` value, or None."""
+
+    def __call__(  # type: ignore[override]  # another calling convention, on purpose
+        self, index: int, data: bytes, authorization: str | None, timeout_s: float | None
+    ) -> tuple[int, str, bytes | None]:
+        return super().__call__(index, data, (("authorization", authorization),) if authorization is not None else (), timeout_s)
+
+
+def request_id(metadata: Sequence[tuple[str, str | bytes]]) -> str:
+    """`` [x-request-id=...]`` for a log line when the client sent one, else empty."""
+    for key, value in metadata:
+        if key == "x-request-id":
+            return f" [x-request-id={value!s}]"
+    return ""
 
 
 class FrontedServer:
@@ -94,6 +132,10 @@ class FrontedServer:
     def start(self) -> None:
         self.backend.start()
         self.front.start()
+
+    def reload_tls(self, cert_pem: bytes, key_pem: bytes) -> None:
+        """New handshakes present this certificate; ValueError (what was wrong) leaves the current one."""
+        self.front.reload_tls(cert_pem, key_pem)
 
     def stop(self, grace: float | None) -> threading.Event:
         """Stops taking calls, lets those in flight finish within ``grace`` seconds; the event is set when done."""
@@ -113,25 +155,56 @@ def native_front(
     max_concurrent_rpcs: int,
     max_message_bytes: int,
     io_threads: int = 2,
+    legacy: bool = False,
+    tls: tuple[bytes, bytes] | None = None,
+    http2: Http2Limits | None = None,
 ) -> Any:
     """A bound, not yet started front end answering ``methods`` (full name, wrapped handler, may wait, number of
     the request's bool field that makes a call wait or 0): queries on its ``io_threads``, calls that may wait on
-    up to ``wait_threads`` threads of their own, so a slow graph read never holds up an I/O thread."""
+    up to ``wait_threads`` threads of their own, so a slow graph read never holds up an I/O thread. ``tls``:
+    (certificate chain PEM, key PEM); ``legacy``: the first front end (plaintext, ``http2`` unused)."""
     if ig_front is None:
         raise FailedPrecondition(
             "IG_SERVER_FRONT=native, but the native front end is not built: run `make setup` "
             "(it needs a Rust toolchain) or set IG_SERVER_FRONT=grpc"
         )
-    dispatch: Callable[..., Any] = Dispatcher([handler for _, handler, _, _ in methods])
-    return ig_front.Front(
+    names = [name for name, _, _, _ in methods]
+    handlers = [handler for _, handler, _, _ in methods]
+    table = [(name, waits, waits_if) for name, _, waits, waits_if in methods]
+    if legacy:
+        if tls is not None:
+            raise FailedPrecondition("IG_SERVER_FRONT=native-legacy serves plaintext only: use native or auto for TLS")
+        dispatch: Callable[..., Any] = LegacyDispatcher(names, handlers)
+        args = (
+            host,
+            port,
+            reuse_port,
+            backend_port,
+            dispatch,
+            table,
+            wait_threads,
+            max_concurrent_rpcs,
+            max_message_bytes,
+            io_threads,
+        )
+        return ig_front.Front(*args)
+    limits = http2 or Http2Limits()
+    return ig_front.TonicFront(
         host,
         port,
         reuse_port,
         backend_port,
-        dispatch,
-        [(name, waits, waits_if) for name, _, waits, waits_if in methods],
+        Dispatcher(names, handlers),
+        table,
         wait_threads,
         max_concurrent_rpcs,
         max_message_bytes,
         io_threads,
+        tls=tls,
+        max_concurrent_streams=limits.max_concurrent_streams,
+        max_header_list_bytes=limits.max_header_list_bytes,
+        keepalive_interval_s=limits.keepalive_interval_s,
+        keepalive_timeout_s=limits.keepalive_timeout_s,
+        max_pending_accept_reset_streams=limits.max_pending_accept_reset_streams,
+        max_local_error_reset_streams=limits.max_local_error_reset_streams,
     )

@@ -4,7 +4,8 @@ cores runs one per core behind SO_REUSEPORT (``IG_SERVER_PROCESSES``).
 Each process is a full replica: it loads the snapshot, follows the delta stream and answers every RPC. The
 kernel spreads client connections over them, so a client needs several connections (as a fleet of storefront
 processes has) to use them all. Process 0 writes the snapshots; process i serves metrics on metrics_port + i.
-The parent only supervises: it restarts a process that dies and passes SIGTERM/SIGINT on for a graceful stop.
+The parent only supervises: it restarts a process that dies and passes SIGTERM/SIGINT on for a graceful stop,
+and SIGHUP for a TLS certificate reload.
 """
 
 from __future__ import annotations
@@ -54,6 +55,13 @@ def supervise(settings: ServerSettings, run: Callable[[ServerSettings], None]) -
         return proc
 
     procs = [start(i) for i in range(count)]
+
+    def pass_on(signum: int, _frame: object) -> None:  # SIGHUP: each process reloads its TLS certificate
+        for proc in procs:
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, signum)
+
+    signal.signal(signal.SIGHUP, pass_on)
     log.info("%d serving processes on %s:%d (pids %s)", count, settings.host, port, [p.pid for p in procs])
     while not stop.wait(0.5):
         for i, proc in enumerate(procs):

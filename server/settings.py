@@ -50,13 +50,26 @@ class ServerSettings(BaseSettings):
     # Of those, how many streaming calls may hold at once; more are refused (RESOURCE_EXHAUSTED), so slow or
     # idle streams leave threads to the calls waiting on Neo4j.
     stream_threads: int = Field(default=8, ge=1)
-    # Who owns the public port: "native" (the Rust front end, server.front: HTTP/2 and gRPC framing outside
-    # Python, ~2x the calls per core), "grpc" (grpc's Python server alone) or "auto" (native when built and
-    # without TLS, which only grpc's server terminates).
-    front: Literal["auto", "native", "grpc"] = "auto"
+    # Who owns the public port: "native" (the Rust front end on tonic, server.front: HTTP/2, gRPC framing and
+    # TLS outside Python, ~2x the calls per core), "grpc" (grpc's Python server alone), "auto" (native when
+    # built) or "native-legacy" (the first Rust front end, hand-written gRPC framing, plaintext only; kept for
+    # comparison in bench.fronts until it is removed).
+    front: Literal["auto", "native", "grpc", "native-legacy"] = "auto"
     # Threads of the native front end's HTTP/2 event loop.
     io_threads: int = Field(default=2, ge=1)
     grace_period_s: float = Field(default=10.0, ge=0)
+    # issue 20: HTTP/2 limits of the native front end, per client connection (docs/api.md, "HTTP/2 limits").
+    # Streams open at once (SETTINGS_MAX_CONCURRENT_STREAMS; IG_SERVER_MAX_CONCURRENT_RPCS caps the process).
+    h2_max_concurrent_streams: int = Field(default=256, ge=1, le=2**31 - 1)
+    # Request header block, decoded (SETTINGS_MAX_HEADER_LIST_SIZE): larger requests are refused.
+    h2_max_header_list_bytes: int = Field(default=16 * 1024, ge=1024, le=2**31 - 1)
+    # PING an idle connection this often (0 = never) and close it when no answer comes within the timeout.
+    h2_keepalive_interval_s: float = Field(default=60.0, ge=0)
+    h2_keepalive_timeout_s: float = Field(default=20.0, gt=0)
+    # Rapid reset (CVE-2023-44487): streams a client opened and reset before they were answered, and streams
+    # the server had to reset for a client's protocol errors, allowed at once; past either, GOAWAY.
+    h2_max_pending_accept_reset_streams: int = Field(default=20, ge=1)
+    h2_max_local_error_reset_streams: int = Field(default=1024, ge=1)
     # Serving processes sharing the port (SO_REUSEPORT: the kernel spreads client connections over them), since
     # one Python process answers RPCs on one core. 0 = one per CPU core. Each is a full replica following the
     # delta stream; the first writes the snapshots, process i serves metrics on metrics_port + i.

@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 )
@@ -75,6 +76,7 @@ func percentile(sorted []time.Duration, p float64) float64 {
 
 func main() {
 	addr := flag.String("addr", "127.0.0.1:50051", "server address")
+	tlsCA := flag.String("tls-ca", "", "TLS: PEM file of the CA to trust (plaintext when empty)")
 	method := flag.String("method", "", "full method name, e.g. /interest.v1.InterestService/SimilarItems")
 	data := flag.String("data", "", "file of varint-length-prefixed serialised requests")
 	callers := flag.Int("c", 16, "concurrent callers")
@@ -91,9 +93,16 @@ func main() {
 		fmt.Fprintln(os.Stderr, "loadgen:", err, "(needs -method, -data, -c >= 1, -conns >= 1)")
 		os.Exit(2)
 	}
+	creds := insecure.NewCredentials()
+	if *tlsCA != "" {
+		if creds, err = credentials.NewClientTLSFromFile(*tlsCA, ""); err != nil {
+			fmt.Fprintln(os.Stderr, "loadgen:", err)
+			os.Exit(2)
+		}
+	}
 	clients := make([]*grpc.ClientConn, *conns)
 	for i := range clients {
-		clients[i], err = grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		clients[i], err = grpc.NewClient(*addr, grpc.WithTransportCredentials(creds),
 			grpc.WithDefaultCallOptions(grpc.ForceCodec(rawCodec{})))
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "loadgen:", err)

@@ -1,6 +1,7 @@
 """The native front end (server/native, Rust): it owns the port, answers the unary calls as grpc's Python server
 does (same codes, details and answers) and forwards what it does not answer itself (streams, health,
-reflection, compressed calls) to that server."""
+reflection; the first front end, native-legacy, also compressed calls, which the one on tonic reads) to that
+server."""
 
 from __future__ import annotations
 
@@ -75,17 +76,19 @@ def test_the_front_is_chosen_by_the_settings() -> None:
     tls = dict(tls_cert_file="cert.pem", tls_key_file="key.pem")
     assert use_native_front(base_settings(front="auto")) == front.available()
     assert use_native_front(base_settings(front="native"))
+    assert use_native_front(base_settings(front="native-legacy"))
     assert not use_native_front(base_settings(front="grpc"))
-    assert not use_native_front(base_settings(front="auto", **tls))  # grpc's server terminates TLS
+    assert use_native_front(base_settings(front="auto", **tls)) == front.available()  # the tonic one terminates TLS
+    assert use_native_front(base_settings(front="native", **tls))
     with pytest.raises(FailedPrecondition, match="plaintext only"):
-        use_native_front(base_settings(front="native", **tls))
+        use_native_front(base_settings(front="native-legacy", **tls))
 
 
 @pytest.mark.parametrize("tokens", ["", "s3cret"])
 def test_both_fronts_answer_every_call_alike(server_graph_settings, tokens) -> None:
     """Same answers, codes and details, with and without auth; the native front's are not all OK or all errors."""
     outcomes = {}
-    for name in ("native", "grpc"):
+    for name in ("native", "native-legacy", "grpc"):
         harness, stop = _serve(server_graph_settings, front=name, auth_tokens=tokens)
         try:
             outcomes[name] = _outcomes(harness.port, token=tokens or None)
@@ -94,6 +97,7 @@ def test_both_fronts_answer_every_call_alike(server_graph_settings, tokens) -> N
         finally:
             stop()
     assert outcomes["native"] == outcomes["grpc"]
+    assert outcomes["native-legacy"] == outcomes["grpc"]
     codes = {code for _, code, _ in outcomes["native"]}
     assert {"OK", "NOT_FOUND", "INVALID_ARGUMENT"} <= codes
     assert ("SimilarItems", "NOT_FOUND", "item 'größe-€' has no vector in model 'm1'") in outcomes["native"]
@@ -101,8 +105,9 @@ def test_both_fronts_answer_every_call_alike(server_graph_settings, tokens) -> N
         assert sum(code == "UNAUTHENTICATED" for _, code, _ in outcomes["native"]) == len(CALLS)
 
 
-def test_compressed_calls_and_health_are_forwarded(server_graph_settings) -> None:
-    harness, stop = _serve(server_graph_settings, front="native")
+@pytest.mark.parametrize("name", ["native", "native-legacy"])
+def test_compressed_calls_are_answered_alike_and_health_is_forwarded(server_graph_settings, name) -> None:
+    harness, stop = _serve(server_graph_settings, front=name)
     try:
         plain = _outcomes(harness.port)
         assert _outcomes(harness.port, compression=grpc.Compression.Gzip) == plain
@@ -144,7 +149,7 @@ def test_a_query_past_its_deadline_is_answered_and_counted_as_such(server_graph_
 
 
 def test_answers_over_the_message_limit_are_refused_by_both_fronts(server_graph_settings) -> None:
-    for name in ("native", "grpc"):
+    for name in ("native", "native-legacy", "grpc"):
         harness, stop = _serve(server_graph_settings, front=name, max_message_bytes=1024)
         try:
             stub = harness.stub()

@@ -1,5 +1,9 @@
 //! The native front end of the gRPC server (`server.front` drives it from Python).
 //!
+//! Two of them: `TonicFront` (src/grpc.rs: tonic's gRPC framing, TLS through rustls, request metadata) and `Front`,
+//! below, the first one, which hand-writes the gRPC protocol over hyper (IG_SERVER_FRONT=native-legacy), kept
+//! until the tonic one has proven itself; they share the method table, the flag reader, grpc-timeout and bind.
+//!
 //! It owns the public port. Unary calls of the methods it is given are answered here: HTTP/2, gRPC framing,
 //! deadlines, size and concurrency limits run in Rust, and the call itself (validation, auth, metrics, the
 //! search, the answer) runs in Python through one `dispatch(method, request_bytes, authorization, timeout_s)
@@ -43,20 +47,24 @@ const DEADLINE_EXCEEDED: u32 = 4;
 const RESOURCE_EXHAUSTED: u32 = 8;
 const INTERNAL: u32 = 13;
 const UNAVAILABLE: u32 = 14;
-const DEADLINE_PASSED: &str = "Deadline Exceeded";
-const INTERNAL_ERROR: &str = "internal error; the server log has the details";
+pub(crate) const DEADLINE_PASSED: &str = "Deadline Exceeded";
+pub(crate) const INTERNAL_ERROR: &str = "internal error; the server log has the details";
+
+mod grpc;
+mod metadata;
+mod tls;
 
 #[derive(Clone, Copy)]
-struct Method {
-    index: usize,
-    waits: bool,
+pub(crate) struct Method {
+    pub(crate) index: usize,
+    pub(crate) waits: bool,
     /// A top-level bool field of the request (its field number; 0 = none) whose being set makes the call one
     /// that may wait: `SimilarItems` with `explain` reads the graph, without it only the index.
-    waits_if: u32,
+    pub(crate) waits_if: u32,
 }
 
 impl Method {
-    fn waits_for(&self, message: &[u8]) -> bool {
+    pub(crate) fn waits_for(&self, message: &[u8]) -> bool {
         self.waits || (self.waits_if != 0 && flag_set(message, self.waits_if))
     }
 }
@@ -165,7 +173,7 @@ impl Body for Held {
     }
 }
 
-const TOO_MANY: &str = "too many concurrent RPCs on this server process; retry later";
+pub(crate) const TOO_MANY: &str = "too many concurrent RPCs on this server process; retry later";
 
 /// grpc-message is percent-encoded: printable ASCII except '%' passes as is.
 fn percent_encode(details: &str) -> HeaderValue {
@@ -216,7 +224,7 @@ fn status(code: u32, details: &str) -> Response<ResponseBody> {
 }
 
 /// The grpc-timeout header: up to 8 digits and a unit.
-fn parse_timeout(value: &HeaderValue) -> Option<Duration> {
+pub(crate) fn parse_timeout(value: &HeaderValue) -> Option<Duration> {
     let s = value.to_str().ok()?;
     if s.len() < 2 || s.len() > 9 {
         return None;
@@ -392,7 +400,7 @@ struct Front {
     serving: Option<tokio::task::JoinHandle<()>>,
 }
 
-fn bind(host: &str, port: u16, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
+pub(crate) fn bind(host: &str, port: u16, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
     let addr: SocketAddr = (host, port)
         .to_socket_addrs()?
         .next()
@@ -486,6 +494,7 @@ impl Front {
 #[pymodule]
 fn ig_front(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Front>()?;
+    m.add_class::<grpc::TonicFront>()?;
     Ok(())
 }
 
