@@ -249,6 +249,27 @@ def pull(nb: Neighbourhood, targets: set[Node], depth: int | None = None) -> tup
     return users, edges, item_rows
 
 
+def last_layer_inputs(
+    nb: Neighbourhood, found: Affected, store: LayerStore
+) -> tuple[list[str], list[EdgeRow], list[ItemRow], dict[Node, np.ndarray] | None]:
+    """The rows of ``found.nodes``' own caps and the layer-(K-1) outputs of those nodes and their caps' sources:
+    what the last layer alone needs (`HeteroLive.encode`'s ``given``), so neither the K-hop rows nor the lower
+    layers are read or run again. The outputs are the ones just computed for the nodes that moved, the stored ones
+    for the rest (equal within ``MOVED_TOL``). ``given`` is None when the store lacks one of them (no Redis, or a
+    version rolled out before the store): then the K-hop rows are pulled instead."""
+    k = nb.enc.layers - 1
+    if k < 1 or store.redis is None or k not in found.layer_updates:
+        return [], [], [], None
+    users, edges, rows = pull(nb, found.nodes, depth=1)
+    need: set[Node] = {("user", u) for u in users} | {("user", e.user) for e in edges} | {("item", r.id) for r in rows}
+    for r in rows:
+        if ("item", r.id) in found.nodes:
+            need.update(n for n in nb.cap(("item", r.id)) if n[0] != "user")
+    moved = found.layer_updates[k]
+    given = {**store.get(k, need - moved.keys()), **{n: v for n, v in moved.items() if n in need}}
+    return users, edges, rows, given if need <= given.keys() else None
+
+
 def _key(node: Node) -> str:
     return f"{node[0]}:{node[1]}"
 
@@ -301,12 +322,15 @@ def recompute_marked(ctx: HeteroContext, limit: int = 10000) -> HeteroResult:
     if enc.kind == "hetero-gcn":  # source degrees need the whole graph, and change the whole graph (module docstring)
         all_users, edges, rows = _everything(ctx)
         found.nodes = {("user", u) for u in all_users} | {("user", e.user) for e in edges} | {("item", r.id) for r in rows}
+        given = None
     else:
-        all_users, edges, rows = pull(nb, found.nodes)
+        all_users, edges, rows, given = last_layer_inputs(nb, found, store)
+        if given is None:
+            all_users, edges, rows = pull(nb, found.nodes)
     users = {i for k, i in found.nodes if k == "user"}
     items = {i for k, i in found.nodes if k == "item"}
     clock.lap("pull_s")
-    out = enc.encode(all_users, edges, rows)
+    out = enc.encode(all_users, edges, rows, given=given)
     user_vecs = {u: out.users[u] for u in users if u in out.users}
     item_vecs = {i: out.items[i] for i in items if i in out.items}
     clock.lap("forward_s")
