@@ -16,6 +16,7 @@ outputs of the whole graph: `encode` on the pulled rows equals `encode` on every
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
@@ -34,8 +35,9 @@ Node = tuple[str, str]  # (node type, id): ("user", pseudonym), ("item", id), ("
 RELATION = ("user", "interacted", "item")  # the worker's one interaction relation (workers.live.training_graph)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _w(weight: float) -> float:
-    """The weight as the model's tensors hold it (float32): caps rank on this."""
+    """The weight as the model's tensors hold it (float32): caps rank on this. Cached: the caps sort on it."""
     return float(np.float32(weight))
 
 

@@ -62,6 +62,8 @@ class Neighbourhood:
         self.item_edges: dict[str, list[EdgeRow]] = {}
         self.rows: dict[str, ItemRow | None] = {}
         self.members: dict[Node, list[str]] = {}
+        self._user_caps: dict[str, list[EdgeRow]] = {}
+        self._item_caps: dict[str, list[EdgeRow]] = {}
 
     def load(self, nodes: Iterable[Node]) -> None:
         """Read the in-lists (and item rows) of these nodes that are not read yet."""
@@ -97,22 +99,38 @@ class Neighbourhood:
             self.rows.update({i: got.get(i) for i in missing})
 
     # ------------------------------------------------------------------ caps, after `load`
+    # A node's in-list does not change within a round once read, so its cap is sorted once (the sort is the cost).
+    def user_cap(self, uid: str) -> list[EdgeRow]:
+        """The user's kept in-edges (`HeteroLive.cap_of_user`)."""
+        got = self._user_caps.get(uid)
+        if got is None:
+            got = self._user_caps[uid] = self.enc.cap_of_user(self.user_edges[uid])
+        return got
+
+    def item_cap(self, iid: str) -> tuple[list[EdgeRow], list[str], str | None]:
+        """The item's kept in-edges from users, categories and brand (`HeteroLive.cap_of_item`)."""
+        users = self._item_caps.get(iid)
+        if users is None:
+            users = self._item_caps[iid] = self.enc.cap_of_item(self.item_edges[iid], None)[0]
+        _, cats, brand = self.enc.cap_of_item((), self.rows.get(iid))
+        return users, cats, brand
+
     def cap(self, node: Node) -> list[Node]:
         """The sources node keeps (its capped in-neighbours)."""
         kind, nid = node
         if kind == "user":
-            return [("item", e.item) for e in self.enc.cap_of_user(self.user_edges[nid])]
+            return [("item", e.item) for e in self.user_cap(nid)]
         if kind == "item":
-            users, cats, brand = self.enc.cap_of_item(self.item_edges[nid], self.rows.get(nid))
+            users, cats, brand = self.item_cap(nid)
             return [("user", e.user) for e in users] + [("category", c) for c in cats] + ([("brand", brand)] if brand else [])
         return [("item", i) for i in self.enc.cap_of_members(self.members[node])]
 
     def print_of(self, node: Node) -> str:
         kind, nid = node
         if kind == "user":
-            return self.enc.user_print(self.enc.cap_of_user(self.user_edges[nid]))
+            return self.enc.user_print(self.user_cap(nid))
         if kind == "item":
-            return self.enc.item_print(self.enc.cap_of_item(self.item_edges[nid], self.rows.get(nid)))
+            return self.enc.item_print(self.item_cap(nid))
         return self.enc.fingerprint(self.enc.cap_of_members(self.members[node]))
 
     def out(self, nodes: set[Node]) -> set[Node]:
@@ -232,12 +250,12 @@ def pull(nb: Neighbourhood, targets: set[Node], depth: int | None = None) -> tup
     pairs: dict[tuple[str, str], list[EdgeRow]] = {}
     for kind, nid in capped:
         if kind == "user":
-            side, kept = nb.user_edges[nid], {("user", nid, e.item) for e in nb.enc.cap_of_user(nb.user_edges[nid])}
+            side, kept = nb.user_edges[nid], {("user", nid, e.item) for e in nb.user_cap(nid)}
         elif kind == "item":
-            side, kept = nb.item_edges[nid], {("item", e.user, nid) for e in nb.enc.cap_of_item(nb.item_edges[nid], None)[0]}
+            side, kept = nb.item_edges[nid], {("item", e.user, nid) for e in nb.item_cap(nid)[0]}
         else:
             continue
-        fresh = {(u, i) for _, u, i in kept} - pairs.keys()
+        fresh = {(u, i) for _, u, i in kept if (u, i) not in pairs}  # not `set - pairs.keys()`: that walks every key
         for e in side:
             if (e.user, e.item) in fresh:
                 pairs.setdefault((e.user, e.item), []).append(e)
