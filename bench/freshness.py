@@ -2,6 +2,7 @@
 
     python -m bench.freshness [--rate 200] [--duration-s 60] [--dataset gowalla] [--out FILE]
     python -m bench.freshness --workers 1,2,3 --find-rate [--overload-s 60]     (issue 18: bench/freshness_load.py)
+    python -m bench.freshness --model hetero-sage --dataset amazon-hin --duration-s 30
 
 Starts Neo4j, Redis, a Celery worker, the recompute scheduler and the gRPC server, loads the dataset, trains
 the served model on the live graph and rolls it out. Then a client streams events through ``IngestEvents`` at
@@ -9,6 +10,8 @@ the served model on the live graph and rolls it out. Then a client streams event
 the first vector of that user written or published after the acknowledgement is the one that event caused. A
 reader follows the delta stream; Neo4j's ``emb_updated_at`` gives the write time. The RESULT's p50/p99/max are
 for the vector being on the stream (it is published after the Neo4j write), the ``neo4j_*`` ones for the write.
+``--model hetero-*``: the worker trains (one epoch) and serves a ``--layers`` K-layer heterogeneous encoder, as
+``bench.incremental`` does, and the scheduler's rounds recompute its K-hop affected set (``workers.hetero_recompute``).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from bench._common import emit_result
 from bench._stack import log, pipeline, start_scheduler
 from graphdb.loaders import DATASETS
 from graphdb.pseudonym import pseudonymise
-from graphdb.settings import DataSettings
+from graphdb.settings import DataSettings, GraphSettings
 from proto.interest.v1 import interest_pb2 as pb
 from proto.interest.v1 import interest_pb2_grpc as pb_grpc
 from workers import process
@@ -144,10 +147,17 @@ def main(
     overload_s: float = typer.Option(0.0, help="with --workers: 2x the sustainable rate this long (first N), 0 = none"),
     cost_events: int = typer.Option(3000, help="with --workers: events of the CPU-cost phase"),
     cost_queries: int = typer.Option(1000, help="with --workers: RecommendForUser queries of the CPU-cost phase"),
+    model: str = typer.Option("spectral-sage", help="model kind the worker trains and serves"),
+    layers: int = typer.Option(2, help="message-passing layers of a hetero-* model"),
+    dim: int = typer.Option(64, help="embedding width of a hetero-* model (IG_EMBEDDING_DIM of the run)"),
 ) -> None:
+    # a hetero-* model: trained for one epoch on the live graph and served at its width, as bench.incremental does
+    hetero = model.startswith("hetero-")
+    extra = {"IG_MODEL_LAYERS": str(layers), "IG_TRAIN_MAX_EPOCHS": "1", "IG_TRAIN_VAL_FRACTION": "0"} if hetero else {}
+    gs = GraphSettings(embedding_dim=dim) if hetero else None
     with (
         contextlib.nullcontext(str(var)) if var else tempfile.TemporaryDirectory(prefix="bench-freshness-") as tmp,
-        pipeline(Path(tmp), dataset=dataset, limit=limit, server=True) as p,
+        pipeline(Path(tmp), dataset=dataset, limit=limit, server=True, model=model, graph=gs, worker_extra=extra) as p,
     ):
         key = p.graph.pseudonym_key.get_secret_value()
         if workers:
@@ -195,6 +205,7 @@ def main(
         result = {
             "bench": "freshness",
             "dataset": dataset,
+            "model": model,
             "rate": round(len(acks) / duration_s, 1),
             "events": len(acks),
             "duration_s": duration_s,

@@ -16,16 +16,17 @@ outputs of the whole graph: `encode` on the pulled rows equals `encode` on every
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from graphdb.subgraph import EdgeRow, ItemRow
 from workers.checkpoint import Checkpoint
-from workers.data import EdgeSet, InteractionGraph
+from workers.data import EdgeSet, EdgeType, InteractionGraph
 from workers.live import item_text
 from workers.models.hetero_gnn import HeteroGNN, typed_edges
 from workers.text import TextEncoder
@@ -34,8 +35,9 @@ Node = tuple[str, str]  # (node type, id): ("user", pseudonym), ("item", id), ("
 RELATION = ("user", "interacted", "item")  # the worker's one interaction relation (workers.live.training_graph)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _w(weight: float) -> float:
-    """The weight as the model's tensors hold it (float32): caps rank on this."""
+    """The weight as the model's tensors hold it (float32): caps rank on this. Cached: the caps sort on it."""
     return float(np.float32(weight))
 
 
@@ -152,12 +154,21 @@ class HeteroLive:
 
     @torch.no_grad()
     def encode(
-        self, user_ids: Iterable[str], edges: Iterable[EdgeRow], rows: Iterable[ItemRow], layers: Sequence[int] = ()
+        self,
+        user_ids: Iterable[str],
+        edges: Iterable[EdgeRow],
+        rows: Iterable[ItemRow],
+        layers: Sequence[int] = (),
+        given: Mapping[Node, np.ndarray] | None = None,
     ) -> Encoded:
         """Vectors of every user and item in the given rows: ``rows`` must hold every item of ``edges``; users are
         ``user_ids`` and every user of ``edges``. Exact for a node whose cap, and whose neighbours' caps down to
         layer 1, are inside the rows (module docstring). ``layers``: also keep these intermediate layers' outputs
-        (1..K-1, before the activation) of every node."""
+        (1..K-1, before the activation) of every node.
+
+        ``given``: the layer-(K-1) outputs (before the activation) of the nodes, from which only the last layer
+        runs: then a node's vector is exact when its own cap is inside the rows and ``given`` holds it and its cap's
+        sources (a node missing from ``given`` reads zeros). K = 1 ignores ``given``."""
         edges = list(edges)
         by_id = {r.id: r for r in rows}
         item_ids = sorted(by_id)
@@ -175,6 +186,11 @@ class HeteroLive:
         for et in self.model.edge_types:  # a relation with no edge here still adds its root term, as in the full graph
             if et not in index:
                 index[et], weight[et] = torch.empty(2, 0, dtype=torch.long), torch.empty(0)
+        eis = {k: v.to(self.device) for k, v in index.items()}
+        ews = {k: v.to(self.device) for k, v in weight.items()}
+        if given is not None and self.layers > 1:
+            out = self._last_layer({t: self._given(given, t, ids[t]) for t in ids}, eis, ews)
+            return Encoded(*({n: v for n, v in zip(ids[t], _np(out[t]))} for t in ("user", "item")))
         x = {
             "user": self.x_user.expand(len(user_ids), -1),
             "item": self.item_inputs([by_id[i] for i in item_ids]),
@@ -187,7 +203,7 @@ class HeteroLive:
             self.model.convs[k - 1].register_forward_hook(lambda _m, _i, out, k=k: kept.__setitem__(k, dict(out))) for k in layers
         ]
         try:
-            out = self.model(x, {k: v.to(self.device) for k, v in index.items()}, {k: v.to(self.device) for k, v in weight.items()})
+            out = self.model(x, eis, ews)
         finally:
             for h in hooks:
                 h.remove()
@@ -195,6 +211,27 @@ class HeteroLive:
         for k, by_type in kept.items():
             res.layers[k] = {(t, n): v for t, vs in by_type.items() if t in ids for n, v in zip(ids[t], _np(vs))}
         return res
+
+    def _given(self, given: Mapping[Node, np.ndarray], kind: str, ids: Sequence[str]) -> torch.Tensor:
+        """[len(ids), hidden] rows of ``given`` for one node type, zeros where it has none."""
+        x = np.zeros((len(ids), self.dim), np.float32)
+        for n, nid in enumerate(ids):
+            v = given.get((kind, nid))
+            if v is not None:
+                x[n] = v
+        return torch.from_numpy(x).to(self.device)
+
+    def _last_layer(
+        self, h: dict[str, torch.Tensor], eis: dict[EdgeType, torch.Tensor], ews: dict[EdgeType, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """The model's last layer on layer-(K-1) outputs ``h`` (before the activation): the last step of
+        `HeteroGNN.forward`, with the same activation, relations and edge weights."""
+        m = self.model
+        x = {k: torch.relu(v) for k, v in h.items()}
+        eis = {et: e for et, e in eis.items() if et in m.edge_types}
+        kwargs = {"edge_weight_dict": {et: ews[et] for et in eis}} if m.conv_name == "gcn" or m.weighted else {}
+        out = m.convs[-1](x, eis, **kwargs)
+        return {k: out.get(k, v) for k, v in x.items()}
 
 
 @dataclass

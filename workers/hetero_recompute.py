@@ -62,6 +62,8 @@ class Neighbourhood:
         self.item_edges: dict[str, list[EdgeRow]] = {}
         self.rows: dict[str, ItemRow | None] = {}
         self.members: dict[Node, list[str]] = {}
+        self._user_caps: dict[str, list[EdgeRow]] = {}
+        self._item_caps: dict[str, list[EdgeRow]] = {}
 
     def load(self, nodes: Iterable[Node]) -> None:
         """Read the in-lists (and item rows) of these nodes that are not read yet."""
@@ -97,22 +99,38 @@ class Neighbourhood:
             self.rows.update({i: got.get(i) for i in missing})
 
     # ------------------------------------------------------------------ caps, after `load`
+    # A node's in-list does not change within a round once read, so its cap is sorted once (the sort is the cost).
+    def user_cap(self, uid: str) -> list[EdgeRow]:
+        """The user's kept in-edges (`HeteroLive.cap_of_user`)."""
+        got = self._user_caps.get(uid)
+        if got is None:
+            got = self._user_caps[uid] = self.enc.cap_of_user(self.user_edges[uid])
+        return got
+
+    def item_cap(self, iid: str) -> tuple[list[EdgeRow], list[str], str | None]:
+        """The item's kept in-edges from users, categories and brand (`HeteroLive.cap_of_item`)."""
+        users = self._item_caps.get(iid)
+        if users is None:
+            users = self._item_caps[iid] = self.enc.cap_of_item(self.item_edges[iid], None)[0]
+        _, cats, brand = self.enc.cap_of_item((), self.rows.get(iid))
+        return users, cats, brand
+
     def cap(self, node: Node) -> list[Node]:
         """The sources node keeps (its capped in-neighbours)."""
         kind, nid = node
         if kind == "user":
-            return [("item", e.item) for e in self.enc.cap_of_user(self.user_edges[nid])]
+            return [("item", e.item) for e in self.user_cap(nid)]
         if kind == "item":
-            users, cats, brand = self.enc.cap_of_item(self.item_edges[nid], self.rows.get(nid))
+            users, cats, brand = self.item_cap(nid)
             return [("user", e.user) for e in users] + [("category", c) for c in cats] + ([("brand", brand)] if brand else [])
         return [("item", i) for i in self.enc.cap_of_members(self.members[node])]
 
     def print_of(self, node: Node) -> str:
         kind, nid = node
         if kind == "user":
-            return self.enc.user_print(self.enc.cap_of_user(self.user_edges[nid]))
+            return self.enc.user_print(self.user_cap(nid))
         if kind == "item":
-            return self.enc.item_print(self.enc.cap_of_item(self.item_edges[nid], self.rows.get(nid)))
+            return self.enc.item_print(self.item_cap(nid))
         return self.enc.fingerprint(self.enc.cap_of_members(self.members[node]))
 
     def out(self, nodes: set[Node]) -> set[Node]:
@@ -232,12 +250,12 @@ def pull(nb: Neighbourhood, targets: set[Node], depth: int | None = None) -> tup
     pairs: dict[tuple[str, str], list[EdgeRow]] = {}
     for kind, nid in capped:
         if kind == "user":
-            side, kept = nb.user_edges[nid], {("user", nid, e.item) for e in nb.enc.cap_of_user(nb.user_edges[nid])}
+            side, kept = nb.user_edges[nid], {("user", nid, e.item) for e in nb.user_cap(nid)}
         elif kind == "item":
-            side, kept = nb.item_edges[nid], {("item", e.user, nid) for e in nb.enc.cap_of_item(nb.item_edges[nid], None)[0]}
+            side, kept = nb.item_edges[nid], {("item", e.user, nid) for e in nb.item_cap(nid)[0]}
         else:
             continue
-        fresh = {(u, i) for _, u, i in kept} - pairs.keys()
+        fresh = {(u, i) for _, u, i in kept if (u, i) not in pairs}  # not `set - pairs.keys()`: that walks every key
         for e in side:
             if (e.user, e.item) in fresh:
                 pairs.setdefault((e.user, e.item), []).append(e)
@@ -247,6 +265,27 @@ def pull(nb: Neighbourhood, targets: set[Node], depth: int | None = None) -> tup
     edges = [e for e in edges if e.item in have]
     users = sorted({i for k, i in need if k == "user"})
     return users, edges, item_rows
+
+
+def last_layer_inputs(
+    nb: Neighbourhood, found: Affected, store: LayerStore
+) -> tuple[list[str], list[EdgeRow], list[ItemRow], dict[Node, np.ndarray] | None]:
+    """The rows of ``found.nodes``' own caps and the layer-(K-1) outputs of those nodes and their caps' sources:
+    what the last layer alone needs (`HeteroLive.encode`'s ``given``), so neither the K-hop rows nor the lower
+    layers are read or run again. The outputs are the ones just computed for the nodes that moved, the stored ones
+    for the rest (equal within ``MOVED_TOL``). ``given`` is None when the store lacks one of them (no Redis, or a
+    version rolled out before the store): then the K-hop rows are pulled instead."""
+    k = nb.enc.layers - 1
+    if k < 1 or store.redis is None or k not in found.layer_updates:
+        return [], [], [], None
+    users, edges, rows = pull(nb, found.nodes, depth=1)
+    need: set[Node] = {("user", u) for u in users} | {("user", e.user) for e in edges} | {("item", r.id) for r in rows}
+    for r in rows:
+        if ("item", r.id) in found.nodes:
+            need.update(n for n in nb.cap(("item", r.id)) if n[0] != "user")
+    moved = found.layer_updates[k]
+    given = {**store.get(k, need - moved.keys()), **{n: v for n, v in moved.items() if n in need}}
+    return users, edges, rows, given if need <= given.keys() else None
 
 
 def _key(node: Node) -> str:
@@ -301,12 +340,15 @@ def recompute_marked(ctx: HeteroContext, limit: int = 10000) -> HeteroResult:
     if enc.kind == "hetero-gcn":  # source degrees need the whole graph, and change the whole graph (module docstring)
         all_users, edges, rows = _everything(ctx)
         found.nodes = {("user", u) for u in all_users} | {("user", e.user) for e in edges} | {("item", r.id) for r in rows}
+        given = None
     else:
-        all_users, edges, rows = pull(nb, found.nodes)
+        all_users, edges, rows, given = last_layer_inputs(nb, found, store)
+        if given is None:
+            all_users, edges, rows = pull(nb, found.nodes)
     users = {i for k, i in found.nodes if k == "user"}
     items = {i for k, i in found.nodes if k == "item"}
     clock.lap("pull_s")
-    out = enc.encode(all_users, edges, rows)
+    out = enc.encode(all_users, edges, rows, given=given)
     user_vecs = {u: out.users[u] for u in users if u in out.users}
     item_vecs = {i: out.items[i] for i in items if i in out.items}
     clock.lap("forward_s")
