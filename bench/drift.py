@@ -235,6 +235,8 @@ class NewItem:
     ack: float = 0.0  # monotonic, the last buyer's acknowledgement
     seen_s: dict[str, float] = field(default_factory=dict)  # watcher -> seconds from ack to the item in their top 10
     rank: dict[str, int | None] = field(default_factory=dict)  # watcher -> the item's rank after the wait
+    strangers: list[str] = field(default_factory=list)  # shoppers of another interest: it should not reach them
+    stranger_hits: int = 0  # strangers with the item in their top 10 after the wait
 
 
 async def launch(
@@ -266,6 +268,8 @@ async def launch(
     for u in n.watchers:  # where it stands in the end, within the top RANK_DEPTH (None: below)
         ranked = [i.item_id for i in (await top_k(stub, u, k=RANK_DEPTH)).items]
         n.rank[u] = ranked.index(n.item) + 1 if n.item in ranked else None
+    for u in n.strangers:
+        n.stranger_hits += n.item in {i.item_id for i in (await top_k(stub, u)).items}
 
 
 async def new_items(
@@ -291,7 +295,9 @@ async def new_items(
             if with_info
             else None
         )
-        launches.append((NewItem(item, c, like[:buyers], like[buyers : buyers + watchers]), info))
+        other = (c + 1) % len(shop.members)
+        strangers = [u for u in shop.home if shop.home[u] == other and u not in skip][-watchers:]
+        launches.append((NewItem(item, c, like[:buyers], like[buyers : buyers + watchers], strangers), info))
     streams = asyncio.Semaphore(STREAMS)
     await asyncio.gather(*(launch(stub, n, info, poll_s, timeout_s, streams) for n, info in launches))
     times = [n.seen_s.get(u, float("inf")) for n, _ in launches for u in n.watchers]
@@ -305,6 +311,9 @@ async def new_items(
         "appear_p50_s": percentile(times, 50),
         "appear_p99_s": percentile(times, 99),
         # the item's rank in each watcher's answer after the wait (within the top RANK_DEPTH; null: below)
+        # shoppers of the next interest with the item in their top 10 after the wait (a prior that floods would show)
+        "stranger_hits": sum(n.stranger_hits for n, _ in launches),
+        "strangers_asked": sum(len(n.strangers) for n, _ in launches),
         "ranks": sorted((r for n, _ in launches for r in n.rank.values()), key=lambda r: (r is None, r or 0)),
     }
 
