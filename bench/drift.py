@@ -299,7 +299,7 @@ async def new_items(
         )
         other = (c + 1) % len(shop.members)
         strangers = [u for u in shop.home if shop.home[u] == other and u not in skip][-watchers:]
-        launches.append((NewItem(item, c, like[:buyers], like[buyers : buyers + watchers], strangers), info))
+        launches.append((NewItem(item, c, like[:buyers], like[buyers : buyers + watchers], strangers=strangers), info))
     streams = asyncio.Semaphore(STREAMS)
     await asyncio.gather(*(launch(stub, n, info, poll_s, timeout_s, streams) for n, info in launches))
     times = [n.seen_s.get(u, float("inf")) for n, _ in launches for u in n.watchers]
