@@ -22,6 +22,8 @@ The served model is the one at the service's defaults. Variants are measured wit
 worker's environment, e.g. ``IG_MODEL_RECENCY_BOOST=30 IG_MODEL_SELECT_FILTER=false python -m bench.drift``;
 the RESULT's ``config`` is read from the rolled-out checkpoint, so it shows what was served. The server's
 short-term interest (``server.short_term``) is on by default; ``IG_SERVER_SHORT_TERM_SHARE=0`` turns it off.
+Its serving cost is measured last (``short_term_cost``): a second server over the same graph with it off, and
+``RecommendForUser`` of the same shoppers (the drifted ones first) on both, alternating rounds.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import numpy as np
 import typer
 
 from bench._common import emit_result
-from bench._stack import Pipeline, log, pipeline, start_scheduler
+from bench._stack import Pipeline, _start_server, log, pipeline, start_scheduler
 from graphdb.pseudonym import pseudonymise
 from proto.interest.v1 import interest_pb2 as pb
 from proto.interest.v1 import interest_pb2_grpc as pb_grpc
@@ -235,6 +237,8 @@ class NewItem:
     ack: float = 0.0  # monotonic, the last buyer's acknowledgement
     seen_s: dict[str, float] = field(default_factory=dict)  # watcher -> seconds from ack to the item in their top 10
     rank: dict[str, int | None] = field(default_factory=dict)  # watcher -> the item's rank after the wait
+    strangers: list[str] = field(default_factory=list)  # shoppers of another interest: it should not reach them
+    stranger_hits: int = 0  # strangers with the item in their top 10 after the wait
 
 
 async def launch(
@@ -266,6 +270,8 @@ async def launch(
     for u in n.watchers:  # where it stands in the end, within the top RANK_DEPTH (None: below)
         ranked = [i.item_id for i in (await top_k(stub, u, k=RANK_DEPTH)).items]
         n.rank[u] = ranked.index(n.item) + 1 if n.item in ranked else None
+    for u in n.strangers:
+        n.stranger_hits += n.item in {i.item_id for i in (await top_k(stub, u)).items}
 
 
 async def new_items(
@@ -291,7 +297,9 @@ async def new_items(
             if with_info
             else None
         )
-        launches.append((NewItem(item, c, like[:buyers], like[buyers : buyers + watchers]), info))
+        other = (c + 1) % len(shop.members)
+        strangers = [u for u in shop.home if shop.home[u] == other and u not in skip][-watchers:]
+        launches.append((NewItem(item, c, like[:buyers], like[buyers : buyers + watchers], strangers=strangers), info))
     streams = asyncio.Semaphore(STREAMS)
     await asyncio.gather(*(launch(stub, n, info, poll_s, timeout_s, streams) for n, info in launches))
     times = [n.seen_s.get(u, float("inf")) for n, _ in launches for u in n.watchers]
@@ -305,6 +313,9 @@ async def new_items(
         "appear_p50_s": percentile(times, 50),
         "appear_p99_s": percentile(times, 99),
         # the item's rank in each watcher's answer after the wait (within the top RANK_DEPTH; null: below)
+        # shoppers of the next interest with the item in their top 10 after the wait (a prior that floods would show)
+        "stranger_hits": sum(n.stranger_hits for n, _ in launches),
+        "strangers_asked": sum(len(n.strangers) for n, _ in launches),
         "ranks": sorted((r for n, _ in launches for r in n.rank.values()), key=lambda r: (r is None, r or 0)),
     }
 
@@ -327,6 +338,38 @@ async def rewritten(p: Pipeline, shifts: list[Shift], wait_s: float) -> int:
         if n == len(ids) or time.monotonic() > deadline:
             return n
         await asyncio.sleep(0.2)
+
+
+async def short_term_cost(on_port: int, off_port: int, users: list[str], rounds: int = 3) -> dict:
+    """RecommendForUser latency of the same shoppers on the served server (short-term interest on) and on a second
+    server over the same graph with ``IG_SERVER_SHORT_TERM_SHARE=0``, alternating rounds, one call at a time."""
+    lat: dict[str, list[float]] = {"on": [], "off": []}
+    answers: dict[str, dict[str, list[str]]] = {"on": {}, "off": {}}
+    async with (
+        grpc.aio.insecure_channel(f"127.0.0.1:{on_port}") as on_ch,
+        grpc.aio.insecure_channel(f"127.0.0.1:{off_port}") as off_ch,
+    ):
+        stubs = {"on": pb_grpc.InterestServiceStub(on_ch), "off": pb_grpc.InterestServiceStub(off_ch)}
+        for mode in ("on", "off"):  # warm both
+            for u in users[:20]:
+                await top_k(stubs[mode], u)
+        for _ in range(rounds):
+            for mode in ("on", "off"):
+                for u in users:
+                    t0 = time.perf_counter()
+                    answer = await top_k(stubs[mode], u)
+                    lat[mode].append(time.perf_counter() - t0)
+                    answers[mode][u] = [i.item_id for i in answer.items]
+
+    def ms(values: list[float], q: float) -> float:
+        return round(1000 * float(np.percentile(values, q)), 3)
+
+    out: dict = {m: {"p50_ms": ms(v, 50), "p99_ms": ms(v, 99), "calls": len(v)} for m, v in lat.items()}
+    out["p50_ratio"] = round(out["on"]["p50_ms"] / out["off"]["p50_ms"], 3)
+    out["p99_ratio"] = round(out["on"]["p99_ms"] / out["off"]["p99_ms"], 3)
+    out["answers_differing"] = sum(answers["on"][u] != answers["off"][u] for u in users)
+    out["shoppers"] = len(users)
+    return out
 
 
 def served_config(p: Pipeline) -> dict:
@@ -454,6 +497,7 @@ def run_drift(
     worker_extra: dict[str, str] | None = None,
     new_item_count: int = 10,
     new_item_info: bool = True,
+    short_term_users: int = 200,
 ) -> dict:
     shop = make_shop(interests, items_per, shoppers, seed)
     events = history(shop, events_per, noise, time.time(), seed + 1)
@@ -480,6 +524,19 @@ def run_drift(
             )
         finally:
             process.stop(scheduler)
+        if short_term_users and p.server_port is not None:
+            # the short-term interest's serving cost: a second server over the same graph with it off
+            off_var = p.var / "short-term-off"
+            off_var.mkdir(exist_ok=True)
+            procs: list = []
+            try:
+                off_port = _start_server({**p.env, "IG_SERVER_SHORT_TERM_SHARE": "0"}, off_var, procs)
+                asked = drifted + rest[: max(0, short_term_users - len(drifted))]
+                log(f"short-term cost: RecommendForUser of {len(asked)} shoppers, short-term on and off")
+                res["short_term_cost"] = asyncio.run(short_term_cost(p.server_port, off_port, asked))
+            finally:
+                for proc in procs:
+                    process.stop(proc)
     return {
         "bench": "drift",
         **res,
@@ -513,6 +570,7 @@ def main(
     seed: int = typer.Option(16),
     new_items: int = typer.Option(10, help="items new since training launched after the drift, one per interest"),
     new_item_info: bool = typer.Option(True, help="send the new items' catalogue entries (else they are known by their buyers only)"),
+    short_term_users: int = typer.Option(200, help="shoppers (the drifted first) asked for the short-term cost; 0: not measured"),
     out: Path = typer.Option(None, help="also write the RESULT JSON here"),
     var: Path = typer.Option(None, help="keep data and logs here (default: a temporary directory)"),
 ) -> None:
@@ -533,6 +591,7 @@ def main(
             seed=seed,
             new_item_count=new_items,
             new_item_info=new_item_info,
+            short_term_users=short_term_users,
         )
     emit_result(result, out)
 

@@ -10,6 +10,8 @@ live items masked):
 
 - ``frozen``: new items from their metadata only (``IG_MODEL_FOLD_USERS=0``, the behaviour before the fold-in);
 - ``fold_in``: new items from their first shoppers too (the default);
+- ``fold_in_count`` / ``fold_in_trend``: the fold-in with the popularity prior from the first shoppers' count, or
+  from their rate (`workers.trend`, ``--trend-horizon-days``), whatever the default is;
 - ``retrained``: a version trained on the whole live graph, what the scheduled retrain would serve (the reference);
 - ``popularity``: live interaction counts (the peer).
 
@@ -99,6 +101,7 @@ def main(
     seed: int = typer.Option(0),
     k: int = typer.Option(20),
     fold_users: int = typer.Option(ModelSettings().fold_users, help="the fold-in's first shoppers (the default setting)"),
+    trend_horizon_days: float = typer.Option(30.0, help="the fold_in_trend row's IG_MODEL_FOLD_TREND_HORIZON_DAYS"),
     out: Path | None = typer.Option(None),
 ) -> None:
     root = DataSettings().dataset_dir(dataset)
@@ -127,6 +130,10 @@ def main(
             "frozen": LiveEncoder(active.ck, ms.user_cap, active.half_life_days, fold_users=0),
             "fold_in": LiveEncoder(active.ck, ms.user_cap, active.half_life_days, **{**ms.fold(), "fold_users": fold_users}),
         }
+        # the popularity prior from the first shoppers' rate (workers.trend), on and off whatever the default is
+        for name, horizon in (("fold_in_count", 0.0), ("fold_in_trend", trend_horizon_days)):
+            fold = {**ms.fold(), "fold_users": fold_users, "fold_trend_horizon_days": horizon}
+            variants[name] = LiveEncoder(active.ck, ms.user_cap, active.half_life_days, **fold)
         variants["retrained"], result["retrain_s"] = encoder(split.train)
         for name, enc in variants.items():
             t0 = time.perf_counter()
@@ -136,7 +143,18 @@ def main(
             print(f"{name}: {result[f'{name}_recall@{k}']} ({result[f'{name}_new_recall@{k}']} on new items), {took:.1f} s")
     result[f"popularity_recall@{k}"] = round(popularity_recall(split, k), 4)
     result[f"popularity_new_recall@{k}"] = round(popularity_recall(new_split, k), 4)
-    result["config"] = {"dim": ms.dim, "fold_users": fold_users, "fold_context": ms.fold_context, "fold_prior": ms.fold_prior}
+    result["config"] = {
+        "dim": ms.dim,
+        "fold_users": fold_users,
+        "fold_context": ms.fold_context,
+        "fold_prior": ms.fold_prior,
+        "fold_trend_horizon_days": ms.fold_trend_horizon_days,
+        "trend_row": {
+            "horizon_days": trend_horizon_days,
+            "prior_days": ms.fold_trend_prior_days,
+            "min_shoppers": ms.fold_trend_min_shoppers,
+        },
+    }
     emit_result(result, out)
 
 

@@ -53,13 +53,17 @@ EMBEDDING_DIM = 1024
 Chosen by measurement (docs/benchmarks.md, "Served width")."""
 
 
+# The pseudonym key's default: for local development only (a server refuses it beyond loopback, server.app).
+DEV_PSEUDONYM_KEY = "dev-only-pseudonym-key"
+
+
 class GraphSettings(BaseSettings):
     """How behaviour becomes graph: pseudonymisation, weights, limits of accepted input."""
 
     model_config = SettingsConfigDict(env_prefix="IG_", frozen=True, extra="ignore")
 
     # Keyed hash for external user ids. The default is for local development only; set it in production.
-    pseudonym_key: SecretStr = SecretStr("dev-only-pseudonym-key")
+    pseudonym_key: SecretStr = SecretStr(DEV_PSEUDONYM_KEY)
     half_life_days: float = Field(default=30.0, gt=0)
     embedding_dim: int = Field(default=EMBEDDING_DIM, ge=2, le=4096)
     dedup_retention_hours: float = Field(default=168.0, gt=0)

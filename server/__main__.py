@@ -30,7 +30,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     _parser().parse_args(argv)  # --help, and a clear error for anything else given on the command line
     # grpc, FAISS and the driver load only once the server is really to run
-    from server.app import LOG_FORMAT, check_exposure, run_process
+    from graphdb.settings import GraphSettings
+    from server.app import LOG_FORMAT, check_exposure, check_pseudonym_key, run_process
     from server.processes import process_count, supervise
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> None:
         run_process(settings)
         return
     check_exposure(settings)  # fail here, once, rather than in every child
+    check_pseudonym_key(settings, GraphSettings())
     sys.exit(supervise(settings, run_process))
 
 

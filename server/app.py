@@ -27,7 +27,7 @@ from threadpoolctl import threadpool_limits
 
 from graphdb.driver import connect
 from graphdb.errors import FailedPrecondition
-from graphdb.settings import GraphSettings, Neo4jSettings
+from graphdb.settings import DEV_PSEUDONYM_KEY, GraphSettings, Neo4jSettings
 from proto.interest.v1 import interest_pb2 as pb
 from proto.interest.v1 import interest_pb2_grpc as pb_grpc
 from server import front
@@ -53,6 +53,17 @@ def check_exposure(settings: ServerSettings) -> None:
         f"refusing to listen on {settings.host}:{settings.port} without authentication: anyone who can reach it "
         "could read recommendations, ingest events and forget users. Set IG_SERVER_AUTH_TOKENS, listen on "
         "127.0.0.1, or set IG_SERVER_ALLOW_INSECURE_PUBLIC=true if something in front authenticates callers"
+    )
+
+
+def check_pseudonym_key(settings: ServerSettings, graph: GraphSettings) -> None:
+    """Refuses to listen beyond loopback with the development pseudonym key: its hashes are public knowledge, so
+    the graph's user ids would be reversible by anyone with a list of candidate ids. No setting allows it."""
+    if settings.loopback_only or graph.pseudonym_key.get_secret_value() != DEV_PSEUDONYM_KEY:
+        return
+    raise FailedPrecondition(
+        f"refusing to listen on {settings.host}:{settings.port} with the development pseudonym key: user ids "
+        "hashed with a published key can be reversed. Set IG_PSEUDONYM_KEY to a secret, or listen on 127.0.0.1"
     )
 
 
@@ -133,6 +144,7 @@ def create_server(settings: ServerSettings, engine: Engine, graph: GraphSettings
     Its metrics (own registry) are ``engine.metrics``; ``engine.metrics.start_http(host, port)`` exposes them.
     """
     check_exposure(settings)
+    check_pseudonym_key(settings, graph)
     native = use_native_front(settings)
     engine.loop = asyncio.get_running_loop()
     engine.metrics = ServerMetrics(engine)
@@ -223,6 +235,7 @@ def create_server(settings: ServerSettings, engine: Engine, graph: GraphSettings
 
 async def serve(settings: ServerSettings, graph: GraphSettings, neo4j_settings: Neo4jSettings) -> None:
     check_exposure(settings)  # before connecting anywhere: a misconfiguration fails at once
+    check_pseudonym_key(settings, graph)
     driver = connect(neo4j_settings, max_retry_s=settings.graph_retry_s)
     redis = connect_redis(settings.redis_url, settings.delta_block_ms) if settings.redis_url else None
     engine = Engine(settings, graph, driver, neo4j_settings.database)

@@ -68,7 +68,7 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc is 
         """``waiting_methods``: full names (``/package.Service/Method``) of the unary calls that may wait on
         Neo4j; every streaming call is taken to wait too."""
         self._metrics = metrics
-        self._auth = TokenCheck(tokens) if tokens else None
+        self._auth = TokenCheck(tokens, metrics.count_auth_failure) if tokens else None
         self._slots = StreamSlots(stream_slots)
         self._waiting = waiting_methods
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
@@ -98,7 +98,7 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc is 
 
             def around(behaviour: Callable[..., Any]) -> Callable[..., Any]:
                 inner = guard(self._slots.unary_response(behaviour) if handler.stream_unary else behaviour)
-                observed = self._metrics.observe(method, auth.require(inner) if auth else inner)
+                observed = self._metrics.observe(method, auth.require(inner, method) if auth else inner)
                 return mark_waiting(observed) if handler.stream_unary or method in self._waiting else observed
 
             wrapped = wrap_handler(handler, around)
@@ -108,6 +108,6 @@ class CallInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc is 
         # health Watch, reflection: their own error handling
         def streaming(behaviour: Callable[..., Iterator[Any]]) -> Callable[..., Any]:
             held = self._slots.streaming_response(behaviour)
-            return mark_waiting(auth.require_streaming(held) if auth else held)
+            return mark_waiting(auth.require_streaming(held, method) if auth else held)
 
         return wrap_handler(handler, streaming, streaming_responses=True)

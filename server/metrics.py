@@ -72,6 +72,13 @@ class ServerMetrics:
         )
         for outcome in ("accepted", "duplicate", "rejected"):
             self.ingested.labels(outcome)  # present (0) before the first ingestion
+        # Calls refused by the token check, by method and reason (server.auth.REASONS); the token is never a label.
+        self.auth_failures = Counter(
+            "ig_auth_failures",
+            "Calls refused for authentication, by method and reason",
+            ("grpc_service", "grpc_method", "reason"),
+            registry=self.registry,
+        )
         self.freshness = Histogram(
             "ig_freshness_seconds",
             "From a change's mark (written with the event) to its vector served here",
@@ -92,6 +99,10 @@ class ServerMetrics:
         self.ingested.labels("accepted").inc(result.accepted)
         self.ingested.labels("duplicate").inc(result.duplicates)
         self.ingested.labels("rejected").inc(len(result.rejected))
+
+    def count_auth_failure(self, method: str, reason: str) -> None:
+        service, name = _split(method)
+        self.auth_failures.labels(service, name, reason).inc()
 
     def served_change(self, changed_at: float) -> None:
         """A vector answering a change marked at ``changed_at`` (unix s) is now served (delta applied)."""

@@ -33,7 +33,10 @@ from workers.cold import cold_bases
 from workers.data import EdgeSet, InteractionGraph, csr_to_torch
 from workers.signals import blend_cold
 from workers.text import TextEncoder
+from workers.trend import TrendParams, trend_degree
 from workers.user_side import capped_neighbours, item_weights, latest_times, rank_keys
+
+DAY_S = 86400.0
 
 __all__ = ["LiveEncoder", "capped_neighbours", "item_text", "latest_times", "rank_keys", "training_graph"]
 
@@ -57,10 +60,11 @@ def first_times(edges: Iterable[EdgeRow]) -> dict[tuple[str, str], float]:
 
 def fold_sets(
     new_ids: Sequence[str], edges: Iterable[EdgeRow], is_fixed: Callable[[str], bool], users: int, context: int
-) -> dict[str, tuple[int, list[list[str]]]]:
+) -> dict[str, tuple[int, list[list[str]], list[float]]]:
     """Per new item: (how many first shoppers it has, up to ``users``; for each, the known items they met
-    before it). First shoppers are ordered by their first interaction with the item, ties by user id; a shopper's
-    items "before" are those first met strictly earlier, the latest ``context`` of them (ties by item id).
+    before it; and when each first met it). First shoppers are ordered by their first interaction with the item,
+    ties by user id; a shopper's items "before" are those first met strictly earlier, the latest ``context`` of
+    them (ties by item id).
 
     ``edges`` must hold every edge of each item's first ``users`` shoppers (more is fine): the result depends on
     nothing else, so the live path (`graphdb.subgraph.first_users`, then those users' edges) and the full path
@@ -75,14 +79,14 @@ def fold_sets(
             of_item[i].append((t, u))
         elif is_fixed(i):
             of_user.setdefault(u, []).append((t, i))
-    out: dict[str, tuple[int, list[list[str]]]] = {}
+    out: dict[str, tuple[int, list[list[str]], list[float]]] = {}
     for i in new_ids:
         early = sorted(of_item[i])[:users]
         sets = []
         for t, u in early:
             before = sorted((p for p in of_user.get(u, ()) if p[0] < t), key=lambda p: (-p[0], p[1]))
             sets.append([j for _, j in before[:context]])
-        out[i] = (len(early), sets)
+        out[i] = (len(early), sets, [t for t, _ in early])
     return out
 
 
@@ -100,6 +104,10 @@ class LiveEncoder:
     fold_users: int = 0
     fold_context: int = 50
     fold_prior: float = 2.0
+    # A folded item's popularity prior from its first shoppers' rate (`workers.trend`; horizon 0: their count).
+    fold_trend_horizon_days: float = 0.0
+    fold_trend_prior_days: float = 1.0
+    fold_trend_min_shoppers: int = 10
 
     def __post_init__(self) -> None:
         m = self.ck.model.to(self.device).eval()
@@ -125,6 +133,9 @@ class LiveEncoder:
         self.untrained = {self.ck.item_ids[j] for j in untrained}
         scale = self.ck.fold_scale
         self.fold_scale = torch.ones(self.dim, device=self.device) if scale is None else scale.to(self.device)
+        days = self.fold_trend_horizon_days, self.fold_trend_prior_days
+        self.trend = TrendParams(days[0] * DAY_S, days[1] * DAY_S, self.fold_trend_min_shoppers)
+        self.trend_cap = float(m.item_degree.max()) if m.item_degree.numel() else 1.0
 
     def in_scale(self, degree: torch.Tensor) -> torch.Tensor:
         """``s_j = d_j^(-a-b)`` [n] of items of the given degrees: ``in_j = s_j z_j / |h|^1/2`` elementwise, so a
@@ -173,7 +184,8 @@ class LiveEncoder:
         ``(p * meta + s * scale * mean_s(mean of x_j over the shopper's items before)) / (p + s)`` over the ``s``
         first shoppers with items before (``p`` = ``fold_prior``, ``scale`` the version's `workers.fold` scale),
         and the degree is at least the number of first shoppers: the items its shoppers had met are what it is
-        like, and it is as popular as its shoppers make it. Without shoppers both are unchanged.
+        like, and it is as popular as its shoppers make it; with ``fold_trend_horizon_days`` > 0, as their rate
+        makes it (`workers.trend`). Without shoppers both are unchanged.
         """
         if not rows:
             empty = torch.zeros(0, self.dim, device=self.device)
@@ -222,14 +234,14 @@ class LiveEncoder:
         # One sparse row per item averaging its shoppers' per-shopper means of known bases.
         rows_i, cols, vals, shoppers, firsts = [], [], [], [], []
         for n, r in enumerate(rows):
-            count, per_user = sets[r.id]
+            _, per_user, times = sets[r.id]
             used = [s for s in per_user if s]
             for s in used:
                 rows_i.extend([n] * len(s))
                 cols.extend(self.row[j] for j in s)
                 vals.extend([1.0 / (len(s) * len(used))] * len(s))
             shoppers.append(len(used))
-            firsts.append(count)
+            firsts.append(trend_degree(times, self.trend, self.trend_cap))
         s = torch.tensor(shoppers, dtype=torch.float32, device=self.device)
         folded = s > 0
         if bool(folded.any()):

@@ -101,6 +101,12 @@ class ModelSettings(BaseSettings):
     fold_users: int = Field(default=100, ge=0)
     fold_context: int = Field(default=10, ge=1)
     fold_prior: float = Field(default=2.0, gt=0)
+    # A folded item's popularity prior (the ``d^b`` of its served vector) from its first shoppers' rate rather than
+    # their count (`workers.trend`): n shoppers within ``span`` weigh as ``n * horizon / (span + prior)`` would,
+    # from ``fold_trend_min_shoppers`` on, at most the version's largest degree; horizon 0 turns it off.
+    fold_trend_horizon_days: float = Field(default=0.0, ge=0)
+    fold_trend_prior_days: float = Field(default=1.0, gt=0)
+    fold_trend_min_shoppers: int = Field(default=10, ge=1)
     # Graph-level interest embedding (GIN over a user's ego-graph, SimilarUsers): layers, and the contrastive
     # training that follows the served model's (`workers.train_ego`), bounded by steps and seconds; 0 steps: none.
     ego_hops: int = Field(default=2, ge=1)
@@ -115,7 +121,14 @@ class ModelSettings(BaseSettings):
 
     def fold(self) -> dict[str, Any]:
         """The fold-in settings as `workers.live.LiveEncoder` takes them."""
-        return {"fold_users": self.fold_users, "fold_context": self.fold_context, "fold_prior": self.fold_prior}
+        return {
+            "fold_users": self.fold_users,
+            "fold_context": self.fold_context,
+            "fold_prior": self.fold_prior,
+            "fold_trend_horizon_days": self.fold_trend_horizon_days,
+            "fold_trend_prior_days": self.fold_trend_prior_days,
+            "fold_trend_min_shoppers": self.fold_trend_min_shoppers,
+        }
 
 
 class TrainSettings(BaseSettings):

@@ -40,3 +40,9 @@ def test_drift_bench_tiny(tmp_path):
     launched = res["new_items"]
     assert launched["items"] == 4 and launched["buyers_each"] == 20 and launched["asked"] == 4 * 5
     assert 0 <= launched["appeared_within_2s"] <= launched["appeared"] <= launched["asked"]
+    # shoppers of the next interest asked whether a new item reached them (a flooding prior would show)
+    assert launched["strangers_asked"] == 4 * 5 and 0 <= launched["stranger_hits"] <= launched["strangers_asked"]
+    # the short-term interest's cost: every shopper (120 < 200) on both servers, 3 rounds
+    cost = res["short_term_cost"]
+    assert cost["shoppers"] == 120 and cost["on"]["calls"] == cost["off"]["calls"] == 3 * 120
+    assert 0 <= cost["answers_differing"] <= cost["shoppers"] and cost["on"]["p50_ms"] > 0 and cost["off"]["p50_ms"] > 0

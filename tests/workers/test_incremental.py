@@ -8,6 +8,7 @@ end every stored vector is compared with a full recompute of the final graph.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import numpy as np
@@ -285,6 +286,71 @@ def test_a_new_item_settles_after_its_first_shoppers(graph, neo4j_settings, grap
         full = full_vectors(ctx).vectors
         assert np.allclose(vectors[-1], full[ITEM][item], atol=1e-5)
         for u in range(6):
+            pid = pseudonymise(key, f"user-{u}")
+            assert np.allclose(subgraph.stored_vectors(driver, USER, [pid])[pid].vector, full[USER][pid], atol=1e-5)
+    finally:
+        rt.close()
+
+
+def test_a_trending_new_item_takes_its_shoppers_rate_as_its_prior(graph, neo4j_settings, graph_settings, redis_url, tmp_path):
+    """With ``fold_trend_horizon_days`` set, a new item bought by its first shoppers within seconds is served with
+    the version's largest degree as its popularity prior (`workers.trend`), one bought as often over months with
+    its count; the stored vectors are the full recompute's, and below ``fold_trend_min_shoppers`` nothing changes."""
+    rt = _runtime(
+        neo4j_settings, graph_settings, redis_url, tmp_path, fold_users=3, fold_trend_horizon_days=30.0, fold_trend_min_shoppers=2
+    )
+    try:
+        driver = rt.driver
+        rng = random.Random(5)
+        history = [
+            {
+                "event_id": f"h-{u}-{k}",
+                "user_id": f"user-{u}",
+                "type": "purchase",
+                "ts": T0 + k,
+                "item_id": f"item-{rng.randrange(20)}",
+            }
+            for u in range(30)
+            for k in range(4)
+        ]
+        ingest_events(driver, graph_settings, history)
+        version = jobs.train_from_graph(rt)["version"]
+        jobs.rebuild_version(rt, version)
+        ctx = rt.context(version)
+        _drain(ctx)
+        counted = dataclasses.replace(ctx.encoder, fold_trend_horizon_days=0.0)  # the same version, prior from counts
+        day = 86400.0
+
+        def buy(item: str, u: int, ts: float) -> np.ndarray:
+            ingest_events(
+                driver,
+                graph_settings,
+                [{"event_id": f"{item}-{u}", "user_id": f"user-{u}", "type": "purchase", "ts": ts, "item_id": item}],
+            )
+            recompute_marked(ctx)
+            return np.asarray(subgraph.stored_vectors(driver, ITEM, [item])[item].vector)
+
+        def count_prior(item: str) -> np.ndarray:
+            rows = [r for r in subgraph.all_items(driver) if r.id == item]
+            return counted.new_items(rows, subgraph.all_edges(driver))[0][0].cpu().numpy()
+
+        first = buy("item-hot", 0, T0 + 100)
+        assert np.allclose(first, count_prior("item-hot"), atol=1e-6)  # one shopper is no trend
+        buy("item-hot", 1, T0 + 101)
+        hot = buy("item-hot", 2, T0 + 102)
+        for u in range(3, 6):
+            slow = buy("item-slow", u, T0 + 100 + 60 * day * (u - 3))
+        b, cap = ctx.encoder.ck.model.item_norm, float(ctx.encoder.ck.model.item_degree.max())
+        assert cap > 3.0
+        base = count_prior("item-hot")
+        # same direction, scaled by the prior: (largest degree / 3 shoppers)^b
+        assert np.linalg.norm(hot) / np.linalg.norm(base) == pytest.approx((cap / 3.0) ** b, rel=1e-4)
+        assert float(hot @ base) / (np.linalg.norm(hot) * np.linalg.norm(base)) == pytest.approx(1.0, abs=1e-5)
+        assert np.allclose(slow, count_prior("item-slow"), atol=1e-6)  # 3 shoppers over 120 days: their count
+        full = full_vectors(ctx).vectors
+        assert np.allclose(hot, full[ITEM]["item-hot"], atol=1e-5) and np.allclose(slow, full[ITEM]["item-slow"], atol=1e-5)
+        key = graph_settings.pseudonym_key.get_secret_value()
+        for u in range(6):  # its shoppers read it with the same degree (what it sends them)
             pid = pseudonymise(key, f"user-{u}")
             assert np.allclose(subgraph.stored_vectors(driver, USER, [pid])[pid].vector, full[USER][pid], atol=1e-5)
     finally:
