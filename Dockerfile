@@ -19,6 +19,7 @@ RUN groupadd --system --gid 10001 app && useradd --system --uid 10001 --gid app 
 COPY pyproject.toml README.md ./
 COPY graphdb graphdb
 COPY workers workers
+COPY ml ml
 COPY server server
 COPY proto proto
 COPY cli cli

@@ -1,5 +1,5 @@
 """Peers from the `implicit` library (what a practitioner would pick instead): ALS, BPR, and item-item
-neighbours (cosine, BM25), as `workers.metrics.Scorer`s over the binary training matrix R [U, I]."""
+neighbours (cosine, BM25), as `ml.ranking_metrics.Scorer`s over the binary training matrix R [U, I]."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from implicit.als import AlternatingLeastSquares
 from implicit.bpr import BayesianPersonalizedRanking
 from implicit.nearest_neighbours import BM25Recommender, CosineRecommender, bm25_weight
 
-from workers.data import csr_to_torch
-from workers.metrics import Scorer
+from ml.interaction_graph import csr_to_torch
+from ml.ranking_metrics import Scorer
 
 
 def _factor_scorer(users: np.ndarray, items: np.ndarray) -> Scorer:

@@ -1,7 +1,7 @@
 """The served path, in process: the server's `Engine` at its default settings ranks the model's vectors.
 
 `bench.quality` and `bench.cold_start` score the served model through this, not through an offline scorer: the
-vectors are the ones the worker writes (`workers.embed.served_vectors`, equal to a full recompute on the live
+vectors are the ones the worker writes (`ml.embed.served_vectors`, equal to a full recompute on the live
 graph), the engine indexes them as the server does (FAISS at the default `ServerSettings`: flat below
 ``IG_SERVER_ANN_MIN_ITEMS`` items, IVF above), and each test user's top K comes from
 ``Engine.recommend_for_user``, the call behind the RecommendForUser RPC, with their training items excluded
@@ -21,11 +21,11 @@ from graphdb.catalog import ItemFacets
 from graphdb.pseudonym import pseudonymise
 from graphdb.settings import GraphSettings
 from graphdb.subgraph import EdgeRow
+from ml.interaction_graph import InteractionGraph
+from ml.ranking_metrics import top_k_metrics
 from server.engine import Engine, ItemFilter
 from server.rules import RankingRules
 from server.settings import ServerSettings
-from workers.data import InteractionGraph
-from workers.metrics import top_k_metrics
 
 
 def served_engine(item_ids: Sequence[str], item_vectors: np.ndarray, version: str, settings: ServerSettings | None = None) -> Engine:

@@ -64,7 +64,7 @@ def pipeline(
 ) -> Iterator[Pipeline]:
     """``dataset=None`` loads nothing. ``seed(port)``, with ``server=True``, fills the graph through the running
     server's IngestEvents before the model is trained (the server switches to it when it is rolled out). ``model``:
-    the kind the worker trains and rolls out (`workers.kinds`)."""
+    the kind the worker trains and rolls out (`ml.kinds`)."""
     var = Path(var)
     if seed is not None and not server:
         raise ValueError("seed ingests through the server: pass server=True")

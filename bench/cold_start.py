@@ -10,7 +10,7 @@ References measured in the same run:
     specific category (the popularity a real system can compute for a new item).
 
 The served model embeds a new item from the softmax-weighted mean of its 30 nearest warm items by text
-(`workers.cold`); category and brand enter through the metadata layers fitted by ridge regression. The served
+(`ml.cold`); category and brand enter through the metadata layers fitted by ridge regression. The served
 row is ranked by the server's engine at the live defaults (`bench._served`).
 
     python -m bench.cold_start [--out docs/results/cold_start-amazon-office.json]
@@ -28,16 +28,17 @@ from rich.console import Console
 
 from bench._common import emit_result, rounded
 from bench._served import engine_metrics, index_config, served_engine
+from bench.baselines.training_free import fit_random
 from graphdb.dataset_paths import find_dataset
-from workers.baselines import fit_random
-from workers.data import InteractionGraph
-from workers.datasets import load_amazon_office
-from workers.embed import served_vectors
-from workers.metrics import item_recall
-from workers.runtime import pick_device, set_threads
-from workers.settings import ModelSettings, TrainSettings, WorkerSettings
-from workers.text import TextEncoder
-from workers.train_served import fit_served
+from ml.dataset_files import load_amazon_office
+from ml.embed import served_vectors
+from ml.interaction_graph import InteractionGraph
+from ml.ranking_metrics import item_recall
+from ml.runtime import pick_device, set_threads
+from ml.settings import ModelSettings, TrainSettings
+from ml.text import TextEncoder
+from ml.train_served import fit_served
+from workers.settings import WorkerSettings
 
 SERVED = "spectral-sage"
 console = Console(stderr=True)

@@ -43,11 +43,11 @@ import typer
 from bench._common import emit_result
 from bench._stack import Pipeline, _start_server, log, pipeline, start_scheduler
 from graphdb.pseudonym import pseudonymise
+from ml.checkpoint import load_checkpoint, resolve
 from proto.interest.v1 import interest_pb2 as pb
 from proto.interest.v1 import interest_pb2_grpc as pb_grpc
 from server.settings import ServerSettings
 from workers import process
-from workers.checkpoint import load_checkpoint, resolve
 
 DAY_S = 86400.0
 _UPDATED = "UNWIND $ids AS id MATCH (u:User {id: id}) RETURN u.id AS id, u.emb_updated_at AS at"

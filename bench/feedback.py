@@ -50,10 +50,10 @@ def log(msg: str) -> None:
 
 def gowalla_vectors(data_dir: Path | None, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """gowalla's (user, item) vectors as the served model embeds them (as bench.serving.gowalla_items)."""
-    from workers.datasets import load_gowalla
-    from workers.embed import served_vectors
-    from workers.settings import ModelSettings, TrainSettings
-    from workers.train_served import fit_served
+    from ml.dataset_files import load_gowalla
+    from ml.embed import served_vectors
+    from ml.settings import ModelSettings, TrainSettings
+    from ml.train_served import fit_served
 
     split = load_gowalla(find_dataset("gowalla", data_dir))
     model = fit_served(split.train, ModelSettings(dim=dim, select_filter=False), TrainSettings(), progress=False).model

@@ -37,9 +37,10 @@ from graphdb.loaders import DATASETS
 from graphdb.pseudonym import pseudonymise
 from graphdb.schema import HAS_BRAND, IN_CATEGORY, ITEM_INTERACTIONS
 from graphdb.settings import DataSettings, GraphSettings
+from ml.settings import ModelSettings, TrainSettings
 from workers import hetero_recompute, jobs
 from workers.recompute import full_vectors
-from workers.settings import ModelSettings, TrainSettings, WorkerSettings
+from workers.settings import WorkerSettings
 
 _USERS = "MATCH (u:User) RETURN u.id AS id"
 _HUB = """

@@ -1,5 +1,5 @@
 """Where a trending new item ranks for shoppers like its buyers, with the fold-in's popularity prior from its first
-shoppers' count or from their rate (`workers.trend`), in process (no services).
+shoppers' count or from their rate (`ml.trend`), in process (no services).
 
     python -m bench.item_trend [--shoppers 3000] [--buyers 20] [--out FILE]
 
@@ -27,9 +27,10 @@ from bench.drift import INTERESTS, history, make_shop
 from graphdb.items import category_id
 from graphdb.settings import GraphSettings
 from graphdb.subgraph import EdgeRow, ItemRow
-from workers.checkpoint import load_checkpoint, resolve
+from ml.checkpoint import load_checkpoint, resolve
+from ml.settings import ModelSettings, TrainSettings
 from workers.live import LiveEncoder, training_graph
-from workers.settings import ModelSettings, TrainSettings, WorkerSettings
+from workers.settings import WorkerSettings
 from workers.training import train_and_save
 from workers.user_side import capped_neighbours, latest_times, pair_strengths
 

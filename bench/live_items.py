@@ -11,7 +11,7 @@ live items masked):
 - ``frozen``: new items from their metadata only (``IG_MODEL_FOLD_USERS=0``, the behaviour before the fold-in);
 - ``fold_in``: new items from their first shoppers too (the default);
 - ``fold_in_count`` / ``fold_in_trend``: the fold-in with the popularity prior from the first shoppers' count, or
-  from their rate (`workers.trend`, ``--trend-horizon-days``), whatever the default is;
+  from their rate (`ml.trend`, ``--trend-horizon-days``), whatever the default is;
 - ``retrained``: a version trained on the whole live graph, what the scheduled retrain would serve (the reference);
 - ``popularity``: live interaction counts (the peer).
 
@@ -33,10 +33,11 @@ from graphdb.items import category_id
 from graphdb.loaders import DATASETS
 from graphdb.settings import DataSettings, GraphSettings
 from graphdb.subgraph import EdgeRow, ItemRow
-from workers.checkpoint import load_checkpoint, resolve
+from ml.checkpoint import load_checkpoint, resolve
+from ml.settings import ModelSettings, TrainSettings
 from workers.gate import GateSplit, served_recall
 from workers.live import LiveEncoder, training_graph
-from workers.settings import ModelSettings, TrainSettings, WorkerSettings
+from workers.settings import WorkerSettings
 from workers.training import train_and_save
 
 
@@ -130,7 +131,7 @@ def main(
             "frozen": LiveEncoder(active.ck, ms.user_cap, active.half_life_days, fold_users=0),
             "fold_in": LiveEncoder(active.ck, ms.user_cap, active.half_life_days, **{**ms.fold(), "fold_users": fold_users}),
         }
-        # the popularity prior from the first shoppers' rate (workers.trend), on and off whatever the default is
+        # the popularity prior from the first shoppers' rate (ml.trend), on and off whatever the default is
         for name, horizon in (("fold_in_count", 0.0), ("fold_in_trend", trend_horizon_days)):
             fold = {**ms.fold(), "fold_users": fold_users, "fold_trend_horizon_days": horizon}
             variants[name] = LiveEncoder(active.ck, ms.user_cap, active.half_life_days, **fold)

@@ -9,7 +9,7 @@ them, ranked by the server's engine at its default index settings (`bench._serve
 excluded through the request. The peers: popularity, GF-CF (ours: no library has it), `implicit`'s ALS, BPR,
 item-kNN (cosine) and BM25 item-item, and LightGCN (BPR, a wall-clock budget). The K-layer heterogeneous encoders
 (``hetero-sage``, ``hetero-gcn``, ``hetero-gin``: every relation in both directions, item text / categories /
-brands, time-decayed weights) train with `workers.train_hetero.fit_hetero` in LightGCN's budget and are ranked
+brands, time-decayed weights) train with `ml.train_hetero.fit_hetero` in LightGCN's budget and are ranked
 through the same engine as the served row (they are not the served model: their rows say ``"served": false``).
 
     python -m bench.quality --dataset gowalla [--budget-min 20] [--out docs/results/quality-gowalla.json]
@@ -36,18 +36,19 @@ from rich.console import Console
 from bench._common import emit_result, rounded
 from bench._implicit import fit_implicit
 from bench._served import engine_metrics, graph_facets, index_config, served_engine
+from bench.baselines.lightgcn import LightGCN
+from bench.baselines.train_bpr import fit_bpr
+from bench.baselines.training_free import fit_gfcf, fit_popularity
 from graphdb.dataset_paths import find_dataset
+from ml.dataset_files import Split, load_split
+from ml.embed import model_vectors, served_vectors
+from ml.ranking_metrics import rank_metrics
+from ml.runtime import pick_device, set_threads
+from ml.settings import ModelSettings, TrainSettings
+from ml.train_hetero import fit_hetero
+from ml.train_served import fit_served
 from server.rules import RankingRules
-from workers.baselines import fit_gfcf, fit_popularity
-from workers.datasets import Split, load_split
-from workers.embed import model_vectors, served_vectors
-from workers.metrics import rank_metrics
-from workers.models.lightgcn import LightGCN
-from workers.runtime import pick_device, set_threads
-from workers.settings import ModelSettings, TrainSettings, WorkerSettings
-from workers.train_bpr import fit_bpr
-from workers.train_hetero import fit_hetero
-from workers.train_served import fit_served
+from workers.settings import WorkerSettings
 from workers.training import hetero_item_init, item_texts
 
 SERVED = "spectral-sage"
@@ -236,7 +237,7 @@ def _served(split: Split, ms: ModelSettings, ts: TrainSettings, progress: bool, 
         "item_norm": m.item_norm,
         "recency_boost": m.recency_boost,
         "recency_scale": m.recency_scale,
-        # workers.signals (the warm blend may be chosen on validation)
+        # ml.signals (the warm blend may be chosen on validation)
         "behaviour_power": m.behaviour_power,
         "decay_half_life_days": m.decay_half_life_days,
         "warm_meta_blend": sel.get("selected", {}).get("warm_meta_blend", ms.warm_meta_blend),

@@ -113,10 +113,10 @@ def synthetic(n: int, dim: int, seed: int = 0) -> np.ndarray:
 def gowalla_items(data_dir: Path | None, dim: int) -> np.ndarray:
     """gowalla's item vectors as the served model embeds them (its spectral fit at the served settings, without
     the validation selection, to keep the run short)."""
-    from workers.datasets import load_gowalla
-    from workers.embed import served_vectors
-    from workers.settings import ModelSettings, TrainSettings
-    from workers.train_served import fit_served
+    from ml.dataset_files import load_gowalla
+    from ml.embed import served_vectors
+    from ml.settings import ModelSettings, TrainSettings
+    from ml.train_served import fit_served
 
     split = load_gowalla(find_dataset("gowalla", data_dir))
     model = fit_served(split.train, ModelSettings(dim=dim, select_filter=False), TrainSettings(), progress=False).model

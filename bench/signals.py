@@ -1,5 +1,5 @@
 """Ablation of the signals the graph holds beside its interactions, each on and off in one run, through the
-served path (`workers.signals`).
+served path (`ml.signals`).
 
 Every variant is the served configuration (the settings' defaults, validation selection included) with one
 signal changed, trained by the live training (`fit_served`) and ranked by the server's engine on the
@@ -33,10 +33,11 @@ from bench._common import emit_result, rounded
 from bench.cold_start import run_cold_start
 from bench.quality import DATASETS, _served
 from graphdb.dataset_paths import find_dataset
-from workers.datasets import Split, load_amazon_office, load_split
-from workers.runtime import pick_device, set_threads
-from workers.settings import ModelSettings, TrainSettings, WorkerSettings
-from workers.text import TextEncoder
+from ml.dataset_files import Split, load_amazon_office, load_split
+from ml.runtime import pick_device, set_threads
+from ml.settings import ModelSettings, TrainSettings
+from ml.text import TextEncoder
+from workers.settings import WorkerSettings
 
 console = Console(stderr=True)
 

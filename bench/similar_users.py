@@ -1,10 +1,10 @@
 """Similar users: do a user's nearest users (by the ego-graph vector) share the user's held-out items?
 
 Split: each user's latest interaction is held out (leave last out, as `bench.quality`). The served model is
-fitted on the training part (the live training, `workers.train_served`); what its items send to their users
+fitted on the training part (the live training, `ml.train_served`); what its items send to their users
 (``item_in``, as the worker has them) are the item inputs of the users' ego-graphs (user, their training items,
 those items' categories and brands), which `EgoGIN` embeds, trained as the train job trains it
-(`workers.train_ego.fit_served_ego`: contrastive, IG_MODEL_EGO_STEPS steps within IG_MODEL_EGO_TRAIN_S, on the
+(`ml.train_ego.fit_served_ego`: contrastive, IG_MODEL_EGO_STEPS steps within IG_MODEL_EGO_TRAIN_S, on the
 training split only; IG_MODEL_EGO_VIEWS picks the objective).
 
 For every user with a held-out item, k neighbours are taken by each method, and scored by
@@ -36,13 +36,14 @@ from torch.nn.functional import normalize
 
 from bench._common import emit_result, rounded
 from graphdb.dataset_paths import find_dataset
-from workers.datasets import Split, load_split
+from ml.dataset_files import Split, load_split
+from ml.embed import item_bases, served_vectors
+from ml.runtime import set_threads
+from ml.settings import ModelSettings, TrainSettings
+from ml.train_ego import ego_vectors, fit_served_ego, user_items
+from ml.train_served import fit_served
 from workers.ego_live import load_ego
-from workers.embed import item_bases, served_vectors
-from workers.runtime import set_threads
-from workers.settings import ModelSettings, TrainSettings, WorkerSettings
-from workers.train_ego import ego_vectors, fit_served_ego, user_items
-from workers.train_served import fit_served
+from workers.settings import WorkerSettings
 from workers.training import item_texts
 
 KS = (10, 50)

@@ -61,11 +61,12 @@ from graphdb.marks import new_token
 from graphdb.pseudonym import pseudonymise
 from graphdb.schema import REL_FOR_EVENT, USER, migrate
 from graphdb.settings import DataSettings, GraphSettings, LocalStackSettings, Neo4jSettings
+from ml.settings import ModelSettings, TrainSettings
 from proto.interest.v1 import interest_pb2 as pb
 from proto.interest.v1 import interest_pb2_grpc as pb_grpc
 from workers import jobs, process
 from workers.recompute import full_vectors
-from workers.settings import ModelSettings, TrainSettings, WorkerSettings
+from workers.settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 DIM = 64

@@ -6,7 +6,7 @@ import typer
 
 from cli.picture import picture
 from graphdb.cli import graph_app, stack_app
-from workers.cli import app as models_app
+from workers.model_cli import app as models_app
 from workers.worker_cli import worker_app
 
 app = typer.Typer(help="Real-time user-interest graph service.", no_args_is_help=True)

@@ -66,7 +66,7 @@ class UserSideCard:
     half_life_days: float
     recency_boost: float
     recency_scale: float
-    # workers.signals: behaviour strength ** power and the half-life decay of a user's items (0 = off)
+    # ml.signals: behaviour strength ** power and the half-life decay of a user's items (0 = off)
     behaviour_power: float = 0.0
     decay_half_life_days: float = 0.0
 

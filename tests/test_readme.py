@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 
 from graphdb.settings import DataSettings, GraphSettings, LocalStackSettings, Neo4jSettings
+from ml.settings import ModelSettings, TrainSettings
 from server.settings import ServerSettings
-from workers.settings import ModelSettings, TrainSettings, WorkerSettings
+from workers.settings import WorkerSettings
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 CLASSES = [

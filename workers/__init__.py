@@ -1,4 +1,5 @@
-"""Embedding workers: datasets, models, training, the live recompute and the Celery tasks."""
+"""The workers: the Celery app and tasks, the scheduler, the jobs, the live recompute and the glue that hands
+graph rows to the model package (`ml`)."""
 
 import warnings
 

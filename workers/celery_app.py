@@ -17,7 +17,7 @@ from celery.utils.log import get_logger
 
 from graphdb.driver import connect
 from graphdb.settings import Neo4jSettings
-from workers.metrics_http import WorkerMetrics, stamp_sent_at
+from workers.prometheus_metrics import WorkerMetrics, stamp_sent_at
 from workers.settings import WorkerSettings
 
 TASK_QUEUES = {

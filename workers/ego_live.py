@@ -13,10 +13,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from workers.checkpoint import Checkpoint
+from ml.checkpoint import Checkpoint
+from ml.encoders.ego_gin import EgoGIN
+from ml.train_ego import ego_vectors
 from workers.live import LiveEncoder
-from workers.models.ego_gin import EgoGIN
-from workers.train_ego import ego_vectors
 
 
 def load_ego(state: Mapping | None) -> EgoGIN | None:

@@ -19,9 +19,9 @@ import scipy.sparse as sp
 import torch
 
 from graphdb.subgraph import EdgeRow, ItemRow
+from ml.ranking_metrics import rank_metrics
 from workers.hetero_live import HeteroLive
 from workers.live import LiveEncoder, capped_neighbours, latest_times
-from workers.metrics import rank_metrics
 from workers.user_side import pair_strengths
 
 

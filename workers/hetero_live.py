@@ -1,4 +1,4 @@
-"""A K-layer heterogeneous checkpoint (`workers.models.hetero_gnn.HeteroGNN`) applied to live rows.
+"""A K-layer heterogeneous checkpoint (`ml.encoders.hetero_gnn.HeteroGNN`) applied to live rows.
 
 Rows from ``graphdb.subgraph`` in, vectors out; nothing here talks to Neo4j (``workers.hetero_recompute`` does).
 The live graph is laid out as the worker trained it (``workers.live.training_graph``): one user->item relation
@@ -9,7 +9,7 @@ from its live metadata, without an ID row.
 
 What a vector depends on (the receptive field, invariant 3): node v's layer-k output reads its own layer-(k-1)
 output and those of its capped in-neighbours (`cap_of`: top ``neighbour_cap`` edges by weight, ties by the
-source's id; the same rule as `workers.sampling.cap_neighbours`, which `typed_edges` applies). So a subgraph that
+source's id; the same rule as `ml.sampling.cap_neighbours`, which `typed_edges` applies). So a subgraph that
 holds, for every node whose layer-k output (k >= 1) is needed, every edge of its cap, gives those nodes exactly the
 outputs of the whole graph: `encode` on the pulled rows equals `encode` on every row.
 """
@@ -25,11 +25,11 @@ import numpy as np
 import torch
 
 from graphdb.subgraph import EdgeRow, ItemRow
-from workers.checkpoint import Checkpoint
-from workers.data import EdgeSet, EdgeType, InteractionGraph
+from ml.checkpoint import Checkpoint
+from ml.encoders.hetero_gnn import HeteroGNN, typed_edges
+from ml.interaction_graph import EdgeSet, EdgeType, InteractionGraph
+from ml.text import TextEncoder
 from workers.live import item_text
-from workers.models.hetero_gnn import HeteroGNN, typed_edges
-from workers.text import TextEncoder
 
 Node = tuple[str, str]  # (node type, id): ("user", pseudonym), ("item", id), ("category", id), ("brand", id)
 RELATION = ("user", "interacted", "item")  # the worker's one interaction relation (workers.live.training_graph)

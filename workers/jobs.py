@@ -27,17 +27,18 @@ from graphdb.loaders import DATASETS, load_dataset
 from graphdb.model_state import active_model
 from graphdb.schema import ITEM, USER
 from graphdb.settings import DataSettings, GraphSettings, Neo4jSettings
+from ml.checkpoint import load_checkpoint, resolve
+from ml.encoders.hetero_gnn import HeteroGNN
+from ml.kinds import MODEL_KINDS
+from ml.runtime import pick_device, set_threads
+from ml.settings import ModelSettings, TrainSettings
+from ml.text import TextEncoder
 from workers import hetero_recompute, partitions, redis_keys
-from workers.checkpoint import load_checkpoint, resolve
 from workers.gate import data_until, served_recall, split_after
 from workers.hetero_live import HeteroLive
-from workers.kinds import MODEL_KINDS
 from workers.live import LiveEncoder, training_graph
-from workers.models.hetero_gnn import HeteroGNN
 from workers.recompute import Context, RecomputeResult, rebuild, recompute_marked
-from workers.runtime import pick_device, set_threads
-from workers.settings import ModelSettings, TrainSettings, WorkerSettings
-from workers.text import TextEncoder
+from workers.settings import WorkerSettings
 from workers.training import train_and_save
 
 log = logging.getLogger(__name__)
@@ -193,7 +194,7 @@ def train_from_graph(
     version: str | None = None,
     model: str = "spectral-sage",
 ) -> dict:
-    """Train a ``model`` (a `workers.kinds.MODEL_KINDS` name) on the live graph; the new version is saved, not yet
+    """Train a ``model`` (a `ml.kinds.MODEL_KINDS` name) on the live graph; the new version is saved, not yet
     active (see rebuild).
 
     A task passes a version derived from its id, so a redelivered training saves the same version again
@@ -311,7 +312,7 @@ def snapshot(rt: Runtime, out: Path | None = None) -> dict:
     """Ask every server to write its index snapshot now (an ``OP_SNAPSHOT`` delta), and export every vector of
     the active version from Neo4j to an ``.npz`` (labels, ids, vectors, version): a point-in-time copy that
     needs no server."""
-    from workers.embed import write_vectors
+    from ml.embed import write_vectors
     from workers.publish import publish, snapshot_request
 
     state = active_model(rt.driver, database=rt.database)

@@ -10,7 +10,7 @@ What a vector depends on (the receptive field that makes incremental recompute e
   the ``fold_context`` known items they met last before it. Those sets stop changing once the item has
   ``fold_users`` shoppers, so a new hub item's vector, and the fan-out to its users, settle;
 * a user: their top ``user_cap`` items by time-decayed weight (ties by item id), each weighted by the recency of
-  its latest interaction among them (`workers.recency`): one hop, item -> user;
+  its latest interaction among them (`ml.recency`): one hop, item -> user;
 * a search query: its text.
 
 So a change to a user's edges affects that user and the new items among their edges (whose first shoppers they
@@ -28,12 +28,12 @@ import torch
 
 from graphdb.model_state import UserSideCard
 from graphdb.subgraph import EdgeRow, ItemRow
-from workers.checkpoint import Checkpoint
-from workers.cold import cold_bases
-from workers.data import EdgeSet, InteractionGraph, csr_to_torch
-from workers.signals import blend_cold
-from workers.text import TextEncoder
-from workers.trend import TrendParams, trend_degree
+from ml.checkpoint import Checkpoint
+from ml.cold import cold_bases
+from ml.interaction_graph import EdgeSet, InteractionGraph, csr_to_torch
+from ml.signals import blend_cold
+from ml.text import TextEncoder
+from ml.trend import TrendParams, trend_degree
 from workers.user_side import capped_neighbours, item_weights, latest_times, rank_keys
 
 DAY_S = 86400.0
@@ -104,7 +104,7 @@ class LiveEncoder:
     fold_users: int = 0
     fold_context: int = 50
     fold_prior: float = 2.0
-    # A folded item's popularity prior from its first shoppers' rate (`workers.trend`; horizon 0: their count).
+    # A folded item's popularity prior from its first shoppers' rate (`ml.trend`; horizon 0: their count).
     fold_trend_horizon_days: float = 0.0
     fold_trend_prior_days: float = 1.0
     fold_trend_min_shoppers: int = 10
@@ -179,13 +179,13 @@ class LiveEncoder:
         vector is not fixed for the version (`is_fixed`).
 
         The base is the version's own for its items without training interactions, else their live metadata: text
-        neighbours among the known items (`workers.cold.cold_bases`), or their category/brand embeddings at degree
+        neighbours among the known items (`ml.cold.cold_bases`), or their category/brand embeddings at degree
         1. With ``fold_users`` > 0 and ``edges`` holding their first shoppers' edges, the base becomes
         ``(p * meta + s * scale * mean_s(mean of x_j over the shopper's items before)) / (p + s)`` over the ``s``
-        first shoppers with items before (``p`` = ``fold_prior``, ``scale`` the version's `workers.fold` scale),
+        first shoppers with items before (``p`` = ``fold_prior``, ``scale`` the version's `ml.fold` scale),
         and the degree is at least the number of first shoppers: the items its shoppers had met are what it is
         like, and it is as popular as its shoppers make it; with ``fold_trend_horizon_days`` > 0, as their rate
-        makes it (`workers.trend`). Without shoppers both are unchanged.
+        makes it (`ml.trend`). Without shoppers both are unchanged.
         """
         if not rows:
             empty = torch.zeros(0, self.dim, device=self.device)
@@ -225,7 +225,7 @@ class LiveEncoder:
             return blend_cold(x_nb, m.meta(cats, brands, text, len(rows)), m.cold_meta_blend), deg
         meta = m.meta(cats, brands, None, len(rows))
         x = meta if meta is not None else torch.zeros(len(rows), self.dim, device=self.device)
-        return x, torch.ones(len(rows), device=self.device)  # degree 1, as `workers.embed.served_vectors` has it
+        return x, torch.ones(len(rows), device=self.device)  # degree 1, as `ml.embed.served_vectors` has it
 
     def _fold(
         self, rows: Sequence[ItemRow], edges: Iterable[EdgeRow], x: torch.Tensor, deg: torch.Tensor

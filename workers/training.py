@@ -10,23 +10,24 @@ import scipy.sparse as sp
 import torch
 
 from graphdb.errors import InvalidInput
-from workers.checkpoint import save_checkpoint
-from workers.data import InteractionGraph
-from workers.embed import served_scorer, served_vectors
-from workers.fold import fit_fold_scale
-from workers.kinds import MODEL_KINDS
-from workers.metrics import rank_metrics
-from workers.models.spectral_sage import SpectralSAGE
-from workers.settings import ModelSettings, TrainSettings, WorkerSettings
-from workers.text import TextEncoder
-from workers.train_ego import fit_served_ego
-from workers.train_hetero import fit_hetero
-from workers.train_served import fit_served
+from ml.checkpoint import save_checkpoint
+from ml.embed import served_scorer, served_vectors
+from ml.encoders.spectral_sage import SpectralSAGE
+from ml.fold import fit_fold_scale
+from ml.interaction_graph import InteractionGraph
+from ml.kinds import MODEL_KINDS
+from ml.ranking_metrics import rank_metrics
+from ml.settings import ModelSettings, TrainSettings
+from ml.text import TextEncoder
+from ml.train_ego import fit_served_ego
+from ml.train_hetero import fit_hetero
+from ml.train_served import fit_served
+from workers.settings import WorkerSettings
 
 
 def item_texts(graph: InteractionGraph, ws: WorkerSettings, progress: bool = False, device: str = "auto") -> torch.Tensor | None:
     """Cached sentence vectors of the item texts (None when the graph has no text), encoded on ``device``
-    (`workers.runtime.pick_device`: CUDA when present), returned on the CPU."""
+    (`ml.runtime.pick_device`: CUDA when present), returned on the CPU."""
     if not graph.item_text:
         return None
     return TextEncoder(ws.text_cache_dir, device=device).encode(graph.item_text, progress=progress)
@@ -35,7 +36,7 @@ def item_texts(graph: InteractionGraph, ws: WorkerSettings, progress: bool = Fal
 def hetero_item_init(
     graph: InteractionGraph, ms: ModelSettings, ts: TrainSettings, text: torch.Tensor | None, progress: bool = False
 ) -> torch.Tensor | None:
-    """The item vectors that start a K-layer encoder's ID rows (`workers.train_hetero.init_item_ids`): the served
+    """The item vectors that start a K-layer encoder's ID rows (`ml.train_hetero.init_item_ids`): the served
     model's, fitted here on the same graph, with ``ms.hetero_id_init == "served"``; else None (random rows)."""
     if ms.hetero_id_init != "served":
         return None
@@ -57,7 +58,7 @@ def train_and_save(
     model: str = "spectral-sage",
     facts: dict | None = None,
 ) -> dict:
-    """Fit a ``model`` (a `workers.kinds.MODEL_KINDS` name) on ``graph``, score ``test`` (held-out
+    """Fit a ``model`` (a `ml.kinds.MODEL_KINDS` name) on ``graph``, score ``test`` (held-out
     interactions) when given, save; returns version and metrics. ``facts`` are recorded with the metrics (the
     live graph's ``data_until``, which the quality gate reads)."""
     text = item_text if item_text is not None else item_texts(graph, ws, progress, ts.device)

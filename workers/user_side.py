@@ -3,13 +3,13 @@ and the vector itself from the served item vectors. The worker (``workers.live.L
 server (``RecommendForSession``) both use these functions, so a session embedded at request time equals a stored
 user with the same events.
 
-With the served model (``workers.models.spectral_sage``), a user's vector is
+With the served model (``ml.encoders.spectral_sage``), a user's vector is
 ``u = sign(h)|h|^1/2 * sum_j w_j d_j^-a x_j`` and an item's served vector is ``z_j = |h|^1/2 d_j^b x_j``, so
 
     u = sign(h) * sum_j w_j s_j z_j        with the per-item scalar s_j = d_j^(-a-b) (``in_scale``)
 
 over the user's top ``user_cap`` items by time-decayed weight (`capped_neighbours`), ``w_j`` the recency
-weights of the pairs' latest times (`workers.recency`). ``UserSideCard`` holds what the server needs besides the
+weights of the pairs' latest times (`ml.recency`). ``UserSideCard`` holds what the server needs besides the
 item vectors and scales; the worker stores it with the model version (``graphdb.model_state``).
 """
 
@@ -22,8 +22,8 @@ import numpy as np
 
 from graphdb.model_state import UserSideCard
 from graphdb.subgraph import EdgeRow
-from workers.recency import recency_weights
-from workers.signals import half_life_seconds, signal_weights
+from ml.recency import recency_weights
+from ml.signals import half_life_seconds, signal_weights
 
 __all__ = [
     "UserSideCard",
@@ -128,7 +128,7 @@ def user_signal_weights(
     behaviour_power: float,
     decay_half_life_days: float,
 ) -> np.ndarray:
-    """One user's behaviour-strength and time-decay weights [len(items)] (`workers.signals`); 1 where a signal
+    """One user's behaviour-strength and time-decay weights [len(items)] (`ml.signals`); 1 where a signal
     is off or its input is not given."""
     power = behaviour_power if strength is not None else 0.0
     half_life = half_life_seconds(decay_half_life_days) if times is not None else 0.0
@@ -168,7 +168,7 @@ def weighted_sum(
 ) -> np.ndarray:
     """``sign(h) * sum_j w_j s_j z_j`` [dim] over a user's chosen items: served vectors ``z`` [n, dim] (float32),
     in_scales ``s`` [n] and latest times [n] in whole seconds (`latest_times`; an array or a list), whose recency
-    and signal weights (`workers.signals`; behaviour strengths [n] from `pair_strengths`, needed when the card weighs
+    and signal weights (`ml.signals`; behaviour strengths [n] from `pair_strengths`, needed when the card weighs
     behaviour) are ``w``. What `user_vector` computes once it has chosen the items; RecommendForSession calls it directly
     with the index's rows when the cap keeps every item."""
     w = recency_weights(times, card.recency_boost, card.recency_scale)

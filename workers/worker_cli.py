@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from workers.kinds import MODEL_KINDS
+from ml.kinds import MODEL_KINDS
 
 worker_app = typer.Typer(help="Celery workers, the recompute scheduler and job submission.", no_args_is_help=True)
 console = Console(stderr=True)

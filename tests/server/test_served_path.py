@@ -12,13 +12,14 @@ from graphdb import subgraph
 from graphdb.ingest import ingest_events
 from graphdb.pseudonym import pseudonymise
 from graphdb.settings import DataSettings
+from ml.checkpoint import load_checkpoint, resolve
+from ml.embed import served_vectors
+from ml.settings import ModelSettings, TrainSettings
 from proto.interest.v1 import interest_pb2 as pb
 from tests.server.conftest import base_settings, start_harness
 from workers import jobs
-from workers.checkpoint import load_checkpoint, resolve
-from workers.embed import served_vectors
 from workers.live import training_graph
-from workers.settings import ModelSettings, TrainSettings, WorkerSettings
+from workers.settings import WorkerSettings
 
 T0 = 1_700_000_000.0
 USERS, ITEMS, CLUSTERS = 40, 48, 4

@@ -17,10 +17,11 @@ from graphdb.ingest import ingest_events
 from graphdb.model_state import read_card
 from graphdb.schema import wipe
 from graphdb.settings import DataSettings
+from ml.settings import ModelSettings, TrainSettings
 from proto.interest.v1 import interest_pb2 as pb
 from tests.server.conftest import base_settings, start_harness
 from workers import jobs
-from workers.settings import ModelSettings, TrainSettings, WorkerSettings
+from workers.settings import WorkerSettings
 
 USERS, ITEMS, CLUSTERS = 40, 48, 4
 STREAM = "ig:test-session"

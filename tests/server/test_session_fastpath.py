@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from graphdb.subgraph import EdgeRow
+from ml.recency import _weight, recency_weights
 from server.index import IndexParams, ItemIndex, LabelMap
 from server.short_term import ShortTermParams, may_have_recent, recent_items
-from workers.recency import _weight, recency_weights
 
 
 @pytest.mark.parametrize("seed", range(20))

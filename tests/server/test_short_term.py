@@ -15,11 +15,12 @@ import redis
 from graphdb.ingest import ingest_events
 from graphdb.schema import wipe
 from graphdb.settings import DataSettings
+from ml.settings import ModelSettings, TrainSettings
 from proto.interest.v1 import interest_pb2 as pb
 from server.short_term import reserved_slots
 from tests.server.conftest import base_settings, start_harness
 from workers import jobs
-from workers.settings import ModelSettings, TrainSettings, WorkerSettings
+from workers.settings import WorkerSettings
 
 USERS, ITEMS, CLUSTERS = 48, 48, 4
 PER = ITEMS // CLUSTERS

@@ -6,8 +6,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from workers.data import EdgeSet, InteractionGraph
-from workers.datasets import Split
+from ml.dataset_files import Split
+from ml.interaction_graph import EdgeSet, InteractionGraph
 
 
 def planted(

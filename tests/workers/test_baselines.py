@@ -1,13 +1,13 @@
 import numpy as np
 
 from bench._implicit import fit_implicit
+from bench.baselines.lightgcn import LightGCN
+from bench.baselines.mf import MF
+from bench.baselines.train_bpr import fit_bpr
+from bench.baselines.training_free import fit_gfcf, fit_popularity, fit_random
+from ml.ranking_metrics import rank_metrics
+from ml.settings import TrainSettings
 from planted_graphs import planted
-from workers.baselines import fit_gfcf, fit_popularity, fit_random
-from workers.metrics import rank_metrics
-from workers.models.lightgcn import LightGCN
-from workers.models.mf import MF
-from workers.settings import TrainSettings
-from workers.train_bpr import fit_bpr
 
 
 def test_graph_filters_beat_random_and_popularity(planted_split):

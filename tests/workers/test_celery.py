@@ -19,10 +19,11 @@ from graphdb.ingest import ingest_events
 from graphdb.pseudonym import pseudonymise
 from graphdb.schema import USER
 from graphdb.settings import DataSettings, LocalStackSettings
+from ml.settings import ModelSettings, TrainSettings
 from proto.interest.v1 import interest_pb2 as pb
 from workers import jobs, process
 from workers.recompute import full_vectors, recompute_marked
-from workers.settings import ModelSettings, TrainSettings, WorkerSettings
+from workers.settings import WorkerSettings
 
 T0 = 1_700_000_000.0
 DATASETS = DataSettings().dataset_dir("amazon-office").parent

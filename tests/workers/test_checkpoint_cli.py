@@ -7,15 +7,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from bench.baselines.training_free import fit_random
+from ml.checkpoint import load_checkpoint, resolve, save_checkpoint
+from ml.embed import served_vectors
+from ml.encoders.hetero_gnn import HeteroGNN
+from ml.ranking_metrics import rank_metrics
+from ml.settings import ModelSettings, TrainSettings
+from ml.train_served import fit_served
 from planted_graphs import planted
-from workers.baselines import fit_random
-from workers.checkpoint import load_checkpoint, resolve, save_checkpoint
-from workers.cli import app
-from workers.embed import served_vectors
-from workers.metrics import rank_metrics
-from workers.models.hetero_gnn import HeteroGNN
-from workers.settings import ModelSettings, TrainSettings
-from workers.train_served import fit_served
+from workers.model_cli import app
 
 
 def test_checkpoint_round_trip(tmp_path, planted_split):

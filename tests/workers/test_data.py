@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from graphdb.errors import InvalidInput
-from workers.data import EdgeSet, InteractionGraph
-from workers.datasets import leave_last_out
+from ml.dataset_files import leave_last_out
+from ml.interaction_graph import EdgeSet, InteractionGraph
 
 
 def _graph(**kw):

@@ -3,10 +3,10 @@
 import numpy as np
 import torch
 
+from ml.encoders.ego_gin import batch_ego_graphs, ego_graph
+from ml.settings import ModelSettings, TrainSettings
+from ml.train_hetero import fit_ego_gin
 from planted_graphs import planted
-from workers.models.ego_gin import batch_ego_graphs, ego_graph
-from workers.settings import ModelSettings, TrainSettings
-from workers.train_hetero import fit_ego_gin
 
 
 def test_ego_graph_holds_user_items_and_their_metadata(planted_split):

@@ -10,9 +10,9 @@ import torch
 
 from graphdb.ego import similar_users, stored_ego_vectors
 from graphdb.ingest import ingest_events
+from ml.encoders.ego_gin import EgoGIN, batch_ego_graphs, ego_batch, ego_graph
 from tests.workers.test_incremental import _drain, _events, _meta, _runtime, _seed_history
 from workers import jobs
-from workers.models.ego_gin import EgoGIN, batch_ego_graphs, ego_batch, ego_graph
 from workers.recompute import full_vectors
 
 T0 = 1_700_000_000.0

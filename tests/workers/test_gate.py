@@ -16,10 +16,11 @@ from graphdb.pseudonym import pseudonymise
 from graphdb.schema import ITEM, USER
 from graphdb.settings import DataSettings
 from graphdb.subgraph import EdgeRow
+from ml.settings import ModelSettings, TrainSettings
 from workers import jobs
 from workers.gate import data_until, split_after
 from workers.recompute import full_vectors, recompute_marked
-from workers.settings import ModelSettings, TrainSettings, WorkerSettings
+from workers.settings import WorkerSettings
 
 T0 = 1_700_000_000.0
 DAY = 86400.0

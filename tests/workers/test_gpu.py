@@ -8,13 +8,13 @@ rounding could move the two devices' copies ``2 * lr`` apart)."""
 import pytest
 import torch
 
+from ml.embed import model_vectors, served_vectors
+from ml.runtime import seed_everything
+from ml.settings import ModelSettings, TrainSettings
+from ml.text import TextEncoder
+from ml.train_hetero import build_hetero, encode, fit_hetero
+from ml.train_served import fit_served
 from planted_graphs import cluster_text, planted
-from workers.embed import model_vectors, served_vectors
-from workers.runtime import seed_everything
-from workers.settings import ModelSettings, TrainSettings
-from workers.text import TextEncoder
-from workers.train_hetero import build_hetero, encode, fit_hetero
-from workers.train_served import fit_served
 
 pytestmark = [
     pytest.mark.gpu,

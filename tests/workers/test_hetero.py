@@ -5,10 +5,10 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from ml.encoders.hetero_gnn import typed_edges
+from ml.settings import ModelSettings, TrainSettings
+from ml.train_hetero import build_hetero, encode, fit_hetero
 from planted_graphs import cluster_text, planted
-from workers.models.hetero_gnn import typed_edges
-from workers.settings import ModelSettings, TrainSettings
-from workers.train_hetero import build_hetero, encode, fit_hetero
 
 
 def test_every_relation_has_its_reverse(planted_split):

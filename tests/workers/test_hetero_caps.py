@@ -1,5 +1,5 @@
 """The caps `workers.hetero_live.HeteroLive` reads rows by are the caps the model's forward applies
-(`workers.models.hetero_gnn.typed_edges`): the receptive field the incremental recompute pulls is the one the
+(`ml.encoders.hetero_gnn.typed_edges`): the receptive field the incremental recompute pulls is the one the
 model reads. On the amazon-hin slice's files, with duplicate rows per pair (one per behaviour type) and ties."""
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ import numpy as np
 import torch
 
 from graphdb.subgraph import EdgeRow, ItemRow
-from workers.checkpoint import Checkpoint
+from ml.checkpoint import Checkpoint
+from ml.encoders.hetero_gnn import typed_edges
+from ml.settings import ModelSettings
+from ml.train_hetero import build_hetero
 from workers.hetero_live import RELATION, HeteroLive
 from workers.live import training_graph
-from workers.models.hetero_gnn import typed_edges
-from workers.settings import ModelSettings
-from workers.train_hetero import build_hetero
 
 
 def _slice(root) -> tuple[list[EdgeRow], list[ItemRow]]:

@@ -9,12 +9,12 @@ import scipy.sparse as sp
 import torch
 from torch_geometric.nn import SAGEConv
 
+from ml.dataset_files import category_tree, co_viewed
+from ml.encoders.hetero_gnn import WeightedSAGEConv, decayed, typed_edges
+from ml.interaction_graph import EdgeSet, InteractionGraph
+from ml.settings import ModelSettings
+from ml.train_hetero import build_hetero, encode, keep_pairs
 from planted_graphs import cluster_text, planted
-from workers.data import EdgeSet, InteractionGraph
-from workers.datasets import category_tree, co_viewed
-from workers.models.hetero_gnn import WeightedSAGEConv, decayed, typed_edges
-from workers.settings import ModelSettings
-from workers.train_hetero import build_hetero, encode, keep_pairs
 
 DAY = 86400
 

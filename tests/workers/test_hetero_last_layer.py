@@ -11,8 +11,8 @@ import pytest
 import torch
 from test_hetero_caps import _live, _slice
 
+from ml.settings import ModelSettings
 from workers.live import training_graph
-from workers.settings import ModelSettings
 
 
 @pytest.mark.parametrize("conv", ["sage", "gin"])

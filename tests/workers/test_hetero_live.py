@@ -17,9 +17,10 @@ from graphdb.model_state import active_model
 from graphdb.pseudonym import pseudonymise
 from graphdb.schema import ITEM, USER
 from graphdb.settings import DataSettings
+from ml.settings import ModelSettings, TrainSettings
 from workers import hetero_recompute, jobs
 from workers.hetero_live import HeteroLive
-from workers.settings import ModelSettings, TrainSettings, WorkerSettings
+from workers.settings import WorkerSettings
 
 T0 = 1_400_000_000.0
 TYPES = ["view", "click", "add_to_cart", "purchase", "rate", "return"]

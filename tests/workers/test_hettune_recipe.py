@@ -5,11 +5,11 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from workers.data import EdgeSet, InteractionGraph
-from workers.models.hetero_gnn import HeteroGNN, typed_edges
-from workers.settings import ModelSettings
-from workers.train_ego import _future_views, _owners, fit_ego, latest_items
-from workers.train_hetero import build_hetero, init_item_ids, supervision_split
+from ml.encoders.hetero_gnn import HeteroGNN, typed_edges
+from ml.interaction_graph import EdgeSet, InteractionGraph
+from ml.settings import ModelSettings
+from ml.train_ego import _future_views, _owners, fit_ego, latest_items
+from ml.train_hetero import build_hetero, init_item_ids, supervision_split
 
 REL = ("user", "bought", "item")
 

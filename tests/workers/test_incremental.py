@@ -24,9 +24,10 @@ from graphdb.model_state import active_model
 from graphdb.pseudonym import pseudonymise
 from graphdb.schema import ITEM, QUERY, USER
 from graphdb.settings import DataSettings
+from ml.settings import ModelSettings, TrainSettings
 from workers import jobs
 from workers.recompute import full_vectors, recompute_marked
-from workers.settings import ModelSettings, TrainSettings, WorkerSettings
+from workers.settings import WorkerSettings
 
 T0 = 1_700_000_000.0
 # negative feedback too: returns void earlier purchases (graphdb.feedback), hides count for nothing
@@ -110,7 +111,7 @@ def _drain(ctx) -> list:
             return rounds
 
 
-# with the signals of workers.signals on too: behaviour strength and time decay weigh a user's items
+# with the signals of ml.signals on too: behaviour strength and time decay weigh a user's items
 @pytest.mark.parametrize("signals", [{}, {"behaviour_power": 1.0, "decay_half_life_days": 0.5}], ids=["plain", "signals"])
 def test_incremental_equals_full_after_random_batches(graph, neo4j_settings, graph_settings, redis_url, tmp_path, signals):
     runtime = _runtime(neo4j_settings, graph_settings, redis_url, tmp_path, **signals)
@@ -294,7 +295,7 @@ def test_a_new_item_settles_after_its_first_shoppers(graph, neo4j_settings, grap
 
 def test_a_trending_new_item_takes_its_shoppers_rate_as_its_prior(graph, neo4j_settings, graph_settings, redis_url, tmp_path):
     """With ``fold_trend_horizon_days`` set, a new item bought by its first shoppers within seconds is served with
-    the version's largest degree as its popularity prior (`workers.trend`), one bought as often over months with
+    the version's largest degree as its popularity prior (`ml.trend`), one bought as often over months with
     its count; the stored vectors are the full recompute's, and below ``fold_trend_min_shoppers`` nothing changes."""
     rt = _runtime(
         neo4j_settings, graph_settings, redis_url, tmp_path, fold_users=3, fold_trend_horizon_days=30.0, fold_trend_min_shoppers=2

@@ -27,9 +27,10 @@ from graphdb.model_state import active_model
 from graphdb.schema import ITEM, QUERY, USER
 from graphdb.settings import DataSettings
 from graphdb.slots import partition_backlog, read_partition_marks, slots_of
+from ml.settings import ModelSettings, TrainSettings
 from workers import jobs, partitions, process
 from workers.recompute import Context, full_vectors
-from workers.settings import ModelSettings, TrainSettings, WorkerSettings
+from workers.settings import WorkerSettings
 
 T0 = 1_700_000_000.0
 TYPES = ["view", "click", "add_to_cart", "purchase", "rate", "return"]

@@ -7,11 +7,11 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ml.embed import item_bases, served_vectors, user_vector
+from ml.recency import has_order, recency_weights, weigh_by_recency
+from ml.settings import ModelSettings, TrainSettings
+from ml.train_served import fit_served
 from planted_graphs import planted
-from workers.embed import item_bases, served_vectors, user_vector
-from workers.recency import has_order, recency_weights, weigh_by_recency
-from workers.settings import ModelSettings, TrainSettings
-from workers.train_served import fit_served
 
 
 def test_weights_follow_the_dense_rank_of_times():

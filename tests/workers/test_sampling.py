@@ -2,7 +2,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from workers.sampling import NegativeSampler, cap_neighbours
+from ml.sampling import NegativeSampler, cap_neighbours
 
 
 def test_cap_keeps_top_n_by_weight_ties_by_id():

@@ -5,13 +5,13 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from bench.baselines.training_free import fit_popularity, fit_random
+from ml.embed import embed_all, item_bases, served_scorer, served_vectors, user_vector
+from ml.interaction_graph import InteractionGraph
+from ml.ranking_metrics import rank_metrics
+from ml.settings import ModelSettings, TrainSettings
+from ml.train_served import fit_served, holdout
 from planted_graphs import cluster_text, planted
-from workers.baselines import fit_popularity, fit_random
-from workers.data import InteractionGraph
-from workers.embed import embed_all, item_bases, served_scorer, served_vectors, user_vector
-from workers.metrics import rank_metrics
-from workers.settings import ModelSettings, TrainSettings
-from workers.train_served import fit_served, holdout
 
 MS = ModelSettings(dim=16)
 TS0 = TrainSettings(served_epochs=0)
@@ -115,7 +115,7 @@ def test_selection_picks_the_best_validation_setting_and_refits_on_all_interacti
         ("item_norm", ms.item_norm_grid),
         ("recency_boost", ms.recency_boost_grid),
         ("recency_scale", ms.recency_scale_grid),
-        ("warm_meta_blend", ms.warm_meta_blend_grid),  # the planted items have categories (workers.signals)
+        ("warm_meta_blend", ms.warm_meta_blend_grid),  # the planted items have categories (ml.signals)
     )
     for key, grid in grids:
         assert {t[key] for t in tried} == set(grid)
@@ -175,7 +175,7 @@ def test_live_and_full_paths_embed_a_metadata_only_new_item_alike():
     """A new item with only a category and a brand (a model without text): the live encoder's served vector and
     what it sends to users equal the full path's (`served_vectors` with the item appended)."""
     from graphdb.subgraph import ItemRow
-    from workers.checkpoint import Checkpoint
+    from ml.checkpoint import Checkpoint
     from workers.live import LiveEncoder
 
     split, _ = planted(seed=5)

@@ -1,4 +1,4 @@
-"""Signals beside the interactions (workers.signals): behaviour strength and time decay move a user's vector the
+"""Signals beside the interactions (ml.signals): behaviour strength and time decay move a user's vector the
 way they should, equally on the worker's path, the server's session path and the whole-graph path; the metadata
 blends of warm and new items (pure functions and tiny models: no services; the live graph runs them in
 tests/workers/test_incremental.py)."""
@@ -10,15 +10,15 @@ import scipy.sparse as sp
 import torch
 
 from graphdb.subgraph import EdgeRow
+from ml.checkpoint import Checkpoint
+from ml.cold import embed_cold_items
+from ml.embed import served_vectors
+from ml.encoders.spectral_sage import SpectralSAGE
+from ml.settings import ModelSettings, TrainSettings
+from ml.signals import signal_weights, weigh_by_signals
+from ml.train_served import fit_served
 from planted_graphs import planted
-from workers.checkpoint import Checkpoint
-from workers.cold import embed_cold_items
-from workers.embed import served_vectors
 from workers.live import LiveEncoder
-from workers.models.spectral_sage import SpectralSAGE
-from workers.settings import ModelSettings, TrainSettings
-from workers.signals import signal_weights, weigh_by_signals
-from workers.train_served import fit_served
 from workers.user_side import capped_neighbours, latest_times, pair_strengths, user_vector
 
 T = 1.7e9

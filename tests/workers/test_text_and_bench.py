@@ -4,9 +4,9 @@ import numpy as np
 
 from bench.cold_start import run_cold_start
 from bench.quality import ALL_MODELS, HETERO, SERVED, run_quality
+from ml.settings import ModelSettings, TrainSettings
+from ml.text import TEXT_DIM, TextEncoder
 from planted_graphs import cluster_text, planted
-from workers.settings import ModelSettings, TrainSettings
-from workers.text import TEXT_DIM, TextEncoder
 
 
 def test_text_encoder_offline_and_cached(tmp_path):

@@ -1,10 +1,10 @@
-"""`workers.trend`: a new item's popularity prior from its first shoppers' rate."""
+"""`ml.trend`: a new item's popularity prior from its first shoppers' rate."""
 
 from __future__ import annotations
 
 import pytest
 
-from workers.trend import TrendParams, trend_degree
+from ml.trend import TrendParams, trend_degree
 
 DAY = 86400.0
 ON = TrendParams(horizon_s=30 * DAY, prior_s=DAY, min_shoppers=10)

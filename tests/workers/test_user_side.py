@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from graphdb.subgraph import EdgeRow
-from workers.checkpoint import Checkpoint
+from ml.checkpoint import Checkpoint
+from ml.encoders.spectral_sage import SpectralSAGE
 from workers.live import LiveEncoder
-from workers.models.spectral_sage import SpectralSAGE
 from workers.user_side import capped_neighbours, latest_times, user_vector
 
 T = 1.7e9

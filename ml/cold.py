@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from workers.models.spectral_sage import SpectralSAGE
-from workers.signals import blend_cold
+from ml.encoders.spectral_sage import SpectralSAGE
+from ml.signals import blend_cold
 
 
 def cold_bases(
@@ -43,7 +43,7 @@ def embed_cold_items(
     model: SpectralSAGE, meta: Tensor | None, item_text: Tensor, k: int = 30, temperature: float = 0.1, meta_blend: float = 0.0
 ) -> int:
     """Give every item without an ID row (``~model.item_known``) its neighbours' base (`cold_bases`), mixed with
-    its own metadata vector by ``meta_blend`` (`workers.signals.blend_cold`: 0 = the neighbours alone, so category
+    its own metadata vector by ``meta_blend`` (`ml.signals.blend_cold`: 0 = the neighbours alone, so category
     and brand count only through the neighbours), and their degree; mark it known; returns how many were embedded."""
     cold = ~model.item_known
     n = int(cold.sum())

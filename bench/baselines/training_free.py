@@ -1,7 +1,7 @@
 """Training-free reference scorers for the offline evaluation (never served).
 
 Each ``fit_*`` takes the binary training matrix R [U, I] (CSR) and returns a `Scorer`
-(users [B] -> scores [B, I]) as `workers.metrics` expects.
+(users [B] -> scores [B, I]) as `ml.ranking_metrics` expects.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from workers.data import csr_to_torch
-from workers.metrics import Scorer
-from workers.spectral import normalised, randomized_svd
+from ml.interaction_graph import csr_to_torch
+from ml.ranking_metrics import Scorer
+from ml.spectral import normalised, randomized_svd
 
 
 def _dense_rows(r: sp.csr_matrix, users: torch.Tensor) -> torch.Tensor:

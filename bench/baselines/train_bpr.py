@@ -10,16 +10,12 @@ import scipy.sparse as sp
 import torch
 from tqdm import tqdm
 
-from workers.models.lightgcn import LightGCN, normalised_bipartite
-from workers.models.mf import MF
-from workers.runtime import pick_device, seed_everything
-from workers.sampling import NegativeSampler, edge_batches
-from workers.settings import TrainSettings
-
-
-def bpr_loss(u: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-    """-log sigmoid(<u, pos> - <u, neg>), averaged; shapes [B, d]."""
-    return torch.nn.functional.softplus(-((u * pos).sum(-1) - (u * neg).sum(-1))).mean()
+from bench.baselines.lightgcn import LightGCN, normalised_bipartite
+from bench.baselines.mf import MF
+from ml.losses import bpr_loss
+from ml.runtime import pick_device, seed_everything
+from ml.sampling import NegativeSampler, edge_batches
+from ml.settings import TrainSettings
 
 
 def fit_bpr(

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from graphdb.errors import InvalidInput, NotFound
-from workers.data import InteractionGraph
-from workers.files import atomic_write
-from workers.kinds import MODEL_KINDS
-from workers.models.hetero_gnn import HeteroGNN
-from workers.models.spectral_sage import SpectralSAGE
+from ml.encoders.hetero_gnn import HeteroGNN
+from ml.encoders.spectral_sage import SpectralSAGE
+from ml.files import atomic_write
+from ml.interaction_graph import InteractionGraph
+from ml.kinds import MODEL_KINDS
 
 FORMAT = 1
 EmbeddingModel = SpectralSAGE | HeteroGNN
@@ -50,9 +50,9 @@ class Checkpoint:
     # [I] bool: items with interactions in the training graph (the others were embedded from metadata alone).
     item_trained: torch.Tensor | None = None
     # [dim]: per-dimension scale from the mean base of an item's shoppers' other items to its own base, fitted
-    # on the trained items (`workers.fold.fit_fold_scale`); the fold-in of new items applies it.
+    # on the trained items (`ml.fold.fit_fold_scale`); the fold-in of new items applies it.
     fold_scale: torch.Tensor | None = None
-    # The users' ego-graph encoder trained with this version (`workers.train_ego`): {"hparams", "state_dict"}.
+    # The users' ego-graph encoder trained with this version (`ml.train_ego`): {"hparams", "state_dict"}.
     ego: dict | None = None
 
     def item_index(self) -> dict[str, int]:

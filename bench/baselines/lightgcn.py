@@ -12,7 +12,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 
-from workers.data import csr_to_torch
+from ml.interaction_graph import csr_to_torch
 
 
 class _SymmetricSpMM(torch.autograd.Function):

@@ -20,15 +20,15 @@ import scipy.sparse as sp
 import torch
 from tqdm import tqdm
 
-from workers.data import InteractionGraph
-from workers.metrics import rank_metrics
-from workers.models.ego_gin import EgoGIN, batch_ego_graphs, ego_graph
-from workers.models.hetero_gnn import HeteroGNN, typed_edges
-from workers.runtime import pick_device, seed_everything
-from workers.sampling import NegativeSampler
-from workers.settings import ModelSettings, TrainSettings
-from workers.train_bpr import bpr_loss
-from workers.train_served import holdout
+from ml.encoders.ego_gin import EgoGIN, batch_ego_graphs, ego_graph
+from ml.encoders.hetero_gnn import HeteroGNN, typed_edges
+from ml.interaction_graph import InteractionGraph
+from ml.losses import bpr_loss
+from ml.ranking_metrics import rank_metrics
+from ml.runtime import pick_device, seed_everything
+from ml.sampling import NegativeSampler
+from ml.settings import ModelSettings, TrainSettings
+from ml.train_served import holdout
 
 # scale of the ID rows started from served vectors (`init_item_ids`); the learned embeddings start at 0.1
 INIT_SCALE = 0.1

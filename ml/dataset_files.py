@@ -16,7 +16,7 @@ import scipy.sparse as sp
 import torch
 
 from graphdb.errors import InvalidInput
-from workers.data import EdgeSet, InteractionGraph, latest_per_pair
+from ml.interaction_graph import EdgeSet, InteractionGraph, latest_per_pair
 
 
 @dataclass

@@ -15,14 +15,14 @@ import scipy.sparse as sp
 import torch
 
 from graphdb.errors import InvalidInput
-from workers.cold import cold_bases
-from workers.data import InteractionGraph, csr_to_torch
-from workers.metrics import Scorer
-from workers.models.hetero_gnn import HeteroGNN
-from workers.models.spectral_sage import SpectralSAGE
-from workers.recency import recency_weights, weigh_by_recency
-from workers.signals import blend_cold, half_life_seconds, signal_weights, weigh_by_signals
-from workers.train_hetero import encode
+from ml.cold import cold_bases
+from ml.encoders.hetero_gnn import HeteroGNN
+from ml.encoders.spectral_sage import SpectralSAGE
+from ml.interaction_graph import InteractionGraph, csr_to_torch
+from ml.ranking_metrics import Scorer
+from ml.recency import recency_weights, weigh_by_recency
+from ml.signals import blend_cold, half_life_seconds, signal_weights, weigh_by_signals
+from ml.train_hetero import encode
 
 VectorRow = tuple[str, str, np.ndarray]
 """(node label, external id, float32 vector)."""
@@ -46,7 +46,7 @@ def served_vectors(
     model: SpectralSAGE, graph: InteractionGraph, item_text: torch.Tensor | None = None, adj: sp.spmatrix | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(user vectors [U, dim], item vectors [I, dim]); ``adj`` defaults to the graph's interactions, weighted by
-    the model's recency weights of the graph's times (`workers.recency`)."""
+    the model's recency weights of the graph's times (`ml.recency`)."""
     model.eval()
     x = item_bases(model, graph, item_text)
     meta = model.meta(graph.item_category, graph.item_brand, item_text, graph.num_items)

@@ -19,15 +19,15 @@ import scipy.sparse as sp
 import torch
 from tqdm import tqdm
 
-from workers.cold import embed_cold_items
-from workers.data import InteractionGraph, csr_to_torch
-from workers.metrics import rank_metrics
-from workers.models.spectral_sage import SpectralSAGE
-from workers.recency import has_order, weigh_by_recency
-from workers.runtime import pick_device, seed_everything
-from workers.settings import ModelSettings, TrainSettings
-from workers.signals import half_life_seconds, weigh_by_signals
-from workers.spectral import spectral_items
+from ml.cold import embed_cold_items
+from ml.encoders.spectral_sage import SpectralSAGE
+from ml.interaction_graph import InteractionGraph, csr_to_torch
+from ml.ranking_metrics import rank_metrics
+from ml.recency import has_order, weigh_by_recency
+from ml.runtime import pick_device, seed_everything
+from ml.settings import ModelSettings, TrainSettings
+from ml.signals import half_life_seconds, weigh_by_signals
+from ml.spectral import spectral_items
 
 
 @dataclass
@@ -210,7 +210,7 @@ def _start(
 @torch.no_grad()
 def blend_warm(model: SpectralSAGE, meta: torch.Tensor | None, beta: float, trained: torch.Tensor) -> None:
     """Trained items' (``trained`` [I] bool) bases ``x = id + meta`` become ``(1 - beta) x + beta meta``
-    (`workers.signals`): the ID row shrinks, so the checkpoint carries the blend to every path that serves it."""
+    (`ml.signals`): the ID row shrinks, so the checkpoint carries the blend to every path that serves it."""
     if meta is None or beta == 0:
         return
     model.item_emb[trained] *= 1.0 - beta

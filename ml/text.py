@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from graphdb.errors import FailedPrecondition
-from workers.files import atomic_write
-from workers.runtime import pick_device
+from ml.files import atomic_write
+from ml.runtime import pick_device
 
 TEXT_DIM = 384
 

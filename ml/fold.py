@@ -14,7 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from workers.data import csr_to_torch
+from ml.interaction_graph import csr_to_torch
 
 
 @torch.no_grad()

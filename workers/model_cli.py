@@ -1,8 +1,8 @@
-"""Command line of the embedding workers: ``train``, ``evaluate``, ``embed-all``.
+"""``interest model ...``: ``train``, ``evaluate``, ``embed-all`` of the model package (`ml`) on dataset files.
 
-    python -m workers.cli train --dataset amazon-office --budget-min 5 [--model hetero-gin]
-    python -m workers.cli evaluate --dataset amazon-office            # the LATEST checkpoint
-    python -m workers.cli embed-all --dataset amazon-office --out var/vectors.npz
+    python -m workers.model_cli train --dataset amazon-office --budget-min 5 [--model hetero-gin]
+    python -m workers.model_cli evaluate --dataset amazon-office            # the LATEST checkpoint
+    python -m workers.model_cli embed-all --dataset amazon-office --out var/vectors.npz
 
 Settings come from the environment once, here (IG_EMBEDDING_DIM, IG_MODEL_*, IG_TRAIN_*, IG_WORKER_*); options
 override them. Checkpoints go to IG_WORKER_OFFLINE_MODEL_DIR, never to the live service's IG_WORKER_MODEL_DIR.
@@ -18,14 +18,14 @@ import typer
 from rich.console import Console
 
 from graphdb.errors import InterestError
-from workers.kinds import MODEL_KINDS
+from ml.kinds import MODEL_KINDS
 
 # torch and PyG take seconds to import (pydantic a few tenths): each command imports what it needs, so
 # `interest --help` answers at once.
 if TYPE_CHECKING:
     import torch
 
-    from workers.datasets import Split
+    from ml.dataset_files import Split
     from workers.settings import WorkerSettings
 
 app = typer.Typer(help="Train, evaluate and export the served GNN embeddings.", no_args_is_help=True)
@@ -34,7 +34,7 @@ console = Console(stderr=True)
 
 def _load(dataset: str, ws: WorkerSettings) -> tuple[Split, torch.Tensor | None]:
     from graphdb.settings import DataSettings
-    from workers.datasets import load_split
+    from ml.dataset_files import load_split
     from workers.training import item_texts
 
     split = load_split(dataset, DataSettings().dataset_dir(dataset))
@@ -54,8 +54,9 @@ def train(
     model_dir: Path = typer.Option(None, help="where checkpoints go (default IG_WORKER_OFFLINE_MODEL_DIR)"),
 ):
     """Train an encoder on a dataset's training split, evaluate it, save a checkpoint."""
-    from workers.runtime import set_threads
-    from workers.settings import ModelSettings, TrainSettings, WorkerSettings
+    from ml.runtime import set_threads
+    from ml.settings import ModelSettings, TrainSettings
+    from workers.settings import WorkerSettings
     from workers.training import train_and_save
 
     if model not in MODEL_KINDS:
@@ -80,11 +81,12 @@ def evaluate(
     dataset: str = typer.Option("amazon-office"), checkpoint: str = typer.Option("latest"), model_dir: Path = typer.Option(None)
 ):
     """Recall@K / NDCG@K of a checkpoint (any model kind) on a dataset's test split."""
-    from workers.checkpoint import load_checkpoint, model_kind, resolve
-    from workers.embed import served_scorer
-    from workers.metrics import rank_metrics
-    from workers.runtime import set_threads
-    from workers.settings import TrainSettings, WorkerSettings
+    from ml.checkpoint import load_checkpoint, model_kind, resolve
+    from ml.embed import served_scorer
+    from ml.ranking_metrics import rank_metrics
+    from ml.runtime import set_threads
+    from ml.settings import TrainSettings
+    from workers.settings import WorkerSettings
 
     ws, ts = WorkerSettings(), TrainSettings()
     set_threads(ts.threads)
@@ -108,10 +110,11 @@ def embed_all_cmd(
     To write the served vectors into Neo4j use `interest worker rebuild`: it embeds the live graph (whose
     user ids are pseudonyms, unlike the dataset files' ids) and switches the servers to the version.
     """
-    from workers.checkpoint import load_checkpoint, resolve
-    from workers.embed import embed_all, write_vectors
-    from workers.runtime import set_threads
-    from workers.settings import TrainSettings, WorkerSettings
+    from ml.checkpoint import load_checkpoint, resolve
+    from ml.embed import embed_all, write_vectors
+    from ml.runtime import set_threads
+    from ml.settings import TrainSettings
+    from workers.settings import WorkerSettings
 
     ws = WorkerSettings()
     set_threads(TrainSettings().threads)

@@ -6,7 +6,7 @@ normalised interaction matrix, zero for items unseen at training time) + project
 item -> user message passing with degree-normalised sum aggregation gives their vector,
 
     u = s_h * sum_{j in N(u)} w_uj * d_j^-a * x_j        (h: learned per-dimension spectral filter;
-                                                           w_uj: the recency weight, `workers.recency`)
+                                                           w_uj: the recency weight, `ml.recency`)
     z_i = |h|^1/2 * d_i^b * x_i                            (item output, b = popularity prior)
     score(u, i) = <u, z_i> = sum_k h_k (...)_k (...)_k     (FAISS inner product)
 
@@ -36,9 +36,9 @@ class SpectralSAGE(nn.Module):
         num_categories / num_brands: metadata vocabularies (0 = unused).
         text_dim: width of precomputed item text vectors (0 = unused).
         recency_boost / recency_scale: a user's items weigh ``(1 + boost * exp(-rank / scale)) / (1 + boost)`` by
-            the recency rank of their latest interaction (`workers.recency`; boost 0 = every item alike).
+            the recency rank of their latest interaction (`ml.recency`; boost 0 = every item alike).
         behaviour_power / decay_half_life_days / cold_meta_blend: the user-side behaviour strength and time decay
-            and the new items' metadata share (`workers.signals`; 0 = off).
+            and the new items' metadata share (`ml.signals`; 0 = off).
 
     Shapes: ``adj`` is a sparse [U, I] user-item matrix (weights w_uj); ``item_degree`` [I];
     ``item_category`` [2, C] (item, category) pairs; ``item_brand`` [I] (-1 = none); ``item_text`` [I, text_dim].

@@ -11,10 +11,10 @@ added as ``rev_<relation>``), so users inform items and items inform users. Inpu
 so a new user with one click or a new item with metadata only gets a vector from the same forward pass (an item
 past the ID table, when the model has one, gets a zero ID row).
 Edge weights are the event strength times a time decay ``2 ** ((t - time_ref) / half_life)`` (edges without a
-time, ``t <= 0``, are not decayed) and, on the edges into a user, the recency weight of `workers.recency` (the
+time, ``t <= 0``, are not decayed) and, on the edges into a user, the recency weight of `ml.recency` (the
 dense rank of the edge's time among the user's own interactions: what a shopper did last weighs most, and it
 depends on the user's edges only); they order the neighbour caps and weigh the aggregation (SAGE's weighted mean
-when ``weighted``, GCN's normalised sum; GIN sums or averages unweighted). Neighbour caps (`workers.sampling.cap_neighbours`)
+when ``weighted``, GCN's normalised sum; GIN sums or averages unweighted). Neighbour caps (`ml.sampling.cap_neighbours`)
 are applied before the pass and depend only on a node's own edges, so a subgraph around the changed nodes
 reproduces the full-graph vectors. Every tensor the model makes or receives goes to its parameters' device.
 """
@@ -27,8 +27,8 @@ from torch import Tensor, nn
 from torch_geometric.nn import GINConv, HeteroConv, MessagePassing, SAGEConv
 from torch_geometric.utils import degree, scatter
 
-from workers.data import EdgeType, InteractionGraph
-from workers.sampling import cap_neighbours
+from ml.interaction_graph import EdgeType, InteractionGraph
+from ml.sampling import cap_neighbours
 
 
 class BipartiteGCNConv(MessagePassing):
@@ -100,7 +100,7 @@ def decayed(weight: Tensor, time: Tensor, half_life_s: float, time_ref: int) -> 
 def user_recency(graph: InteractionGraph, boost: float, scale: float) -> dict[EdgeType, Tensor]:
     """Per interaction relation, the recency weight [E] of each edge in its user's aggregation: the dense rank of
     its time among all of the user's interaction times (newest = 0, equal times share a rank), weighed as
-    `workers.recency` weighs the served model's items. Every weight is 1 when ``boost`` is 0 or times are equal."""
+    `ml.recency` weighs the served model's items. Every weight is 1 when ``boost`` is 0 or times are equal."""
     types = graph.interaction_types()
     if boost <= 0 or not types:
         return {et: torch.ones(graph.edges[et].num_edges) for et in types}
@@ -168,7 +168,7 @@ class HeteroGNN(nn.Module):
         recency_boost, recency_scale: `user_recency` of the edges into a user (0 = none).
         weighted: with ``conv="sage"`` and ``aggr="mean"``, neighbours are averaged by edge weight (`WeightedSAGEConv`).
         gin_aggr: GIN's neighbour aggregation, "add" (the GIN paper's sum) or "mean" (a hub's sum is not hundreds of
-            times a leaf's, so one learning rate suits every node; the default of `workers.train_hetero.build_hetero`).
+            times a leaf's, so one learning rate suits every node; the default of `ml.train_hetero.build_hetero`).
 
     ``forward(x_dict, edge_index_dict, edge_weight_dict)`` -> {node type: [N_type, hidden]}.
     """

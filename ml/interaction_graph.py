@@ -1,7 +1,7 @@
 """The tensor container every model, trainer and benchmark receives.
 
 `InteractionGraph` is the one hand-over format between storage and models: the dataset loaders in
-`workers.datasets` build it from files, and the graphdb reader builds the same object from Neo4j. Model code
+`ml.dataset_files` build it from files, and the graphdb reader builds the same object from Neo4j. Model code
 never sees anything else (no Cypher, no file formats).
 
 Conventions (all tensors on CPU; trainers move what they need):

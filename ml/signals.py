@@ -1,7 +1,7 @@
 """Signals beside the interactions themselves that can shape the served model: behaviour strength and time decay
 on the user side, item metadata blended into warm and new items' bases.
 
-User side (one hop, item -> user; applied after the recency weights of `workers.recency`):
+User side (one hop, item -> user; applied after the recency weights of `ml.recency`):
 
 * **behaviour strength**: a pair's summed edge weight (``InteractionGraph`` convention: click 1, cart 2,
   purchase 3, rating value) raised to ``behaviour_power`` (0 = every pair weighs 1, as before);
@@ -14,7 +14,7 @@ Item side (fit time, baked into the checkpoint so every path serves the same vec
 
 * **warm metadata blend** ``beta``: a trained item's base ``x = id + meta`` becomes ``(1 - beta) id + meta``,
   i.e. ``(1 - beta) x + beta meta`` (``meta`` is the ridge fit of ``x`` from text, category and brand);
-* **cold metadata blend** ``gamma``: a new item's base from its text neighbours (`workers.cold.cold_bases`) is
+* **cold metadata blend** ``gamma``: a new item's base from its text neighbours (`ml.cold.cold_bases`) is
   mixed with its own metadata vector, ``(1 - gamma) x_nb + gamma meta``, so its category and brand count too.
 """
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import GINConv, global_add_pool, global_mean_pool
 from torch_geometric.utils import to_undirected
 
-from workers.data import InteractionGraph
+from ml.interaction_graph import InteractionGraph
 
 NODE_TYPES = {"user": 0, "item": 1, "category": 2, "brand": 3}
 

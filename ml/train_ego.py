@@ -22,12 +22,12 @@ import scipy.sparse as sp
 import torch
 from torch.nn.functional import cross_entropy, normalize
 
-from workers.data import InteractionGraph
-from workers.embed import item_bases
-from workers.models.ego_gin import EgoGIN, ego_batch
-from workers.models.spectral_sage import SpectralSAGE
-from workers.runtime import seed_everything
-from workers.settings import ModelSettings, TrainSettings
+from ml.embed import item_bases
+from ml.encoders.ego_gin import EgoGIN, ego_batch
+from ml.encoders.spectral_sage import SpectralSAGE
+from ml.interaction_graph import InteractionGraph
+from ml.runtime import seed_everything
+from ml.settings import ModelSettings, TrainSettings
 
 
 def user_items(r: sp.csr_matrix, times: sp.csr_matrix | None = None, max_items: int = 200) -> list[np.ndarray]:

@@ -12,7 +12,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from workers.data import csr_to_torch
+from ml.interaction_graph import csr_to_torch
 
 
 def normalised(r: sp.spmatrix) -> tuple[sp.csr_matrix, np.ndarray, np.ndarray]:
