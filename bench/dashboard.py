@@ -26,7 +26,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench._common import emit_result
 from bench._stack import log, pipeline, start_scheduler
-from bench.freshness import StreamWatch, send, stream_inputs
+from bench._stream_watch import StreamWatch
+from bench.freshness import send, stream_inputs
 from graphdb.pseudonym import pseudonymise
 from workers import process
 

@@ -21,19 +21,18 @@ import contextlib
 import json
 import random
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
-import redis
 import typer
 
 from bench import freshness_load
 from bench._common import emit_result
 from bench._stack import log, pipeline, start_scheduler
+from bench._stream_watch import StreamWatch
 from graphdb.loaders import DATASETS
 from graphdb.pseudonym import pseudonymise
 from graphdb.settings import DataSettings, GraphSettings
@@ -44,34 +43,6 @@ from workers import process
 TICK_S = 0.05
 _UPDATED = "UNWIND $ids AS id MATCH (u:User {id: id}) RETURN u.id AS id, u.emb_updated_at AS at"
 _USERS = "MATCH (u:User) RETURN count(u) AS n"
-
-
-class StreamWatch(threading.Thread):
-    """Records when each node id first appears on the delta stream (from the stream's tail at start)."""
-
-    def __init__(self, url: str, stream: str) -> None:
-        super().__init__(daemon=True)
-        self.client = redis.Redis.from_url(url)
-        self.stream = stream
-        last = self.client.xrevrange(stream, count=1)
-        self.position = last[0][0] if last else b"0-0"
-        self.seen: dict[str, float] = {}
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                reply = self.client.xread({self.stream: self.position}, count=1000, block=100)
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-                time.sleep(0.5)  # Redis restarts (the soak's faults): the stream survives in its append-only file
-                continue
-            now = time.time()
-            for _name, entries in reply or ():
-                for entry_id, fields in entries:
-                    self.position = entry_id
-                    d = pb.EmbeddingDelta.FromString(fields[b"d"])
-                    if d.op == pb.EmbeddingDelta.OP_UPSERT and d.id not in self.seen:
-                        self.seen[d.id] = now
 
 
 async def send(port: int, users: list[str], items: list[str], rate: float, duration_s: float, seed: int) -> list[tuple[str, float]]:

@@ -41,6 +41,7 @@ import psutil
 import redis
 
 from bench._stack import Pipeline, log
+from bench._stream_watch import StreamWatch
 from graphdb import localstack
 from graphdb.changes import backlog, count_marks
 from graphdb.pseudonym import pseudonymise
@@ -141,36 +142,6 @@ def fleet(p: Pipeline, n: int) -> Iterator[Fleet]:
 
 
 # ------------------------------------------------------------------------------------------------ the stream
-class Watch(threading.Thread):
-    """Every time each node id appears on the delta stream (from the stream's tail at start)."""
-
-    def __init__(self, url: str, stream: str) -> None:
-        super().__init__(daemon=True)
-        self.client = redis.Redis.from_url(url)
-        self.stream = stream
-        last = self.client.xrevrange(stream, count=1)
-        self.position = last[0][0] if last else b"0-0"
-        self.seen: dict[str, list[float]] = defaultdict(list)
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            reply = self.client.xread({self.stream: self.position}, count=2000, block=100)
-            now = time.time()
-            for _name, entries in reply or ():
-                for entry_id, fields in entries:
-                    self.position = entry_id
-                    d = pb.EmbeddingDelta.FromString(fields[b"d"])
-                    if d.op == pb.EmbeddingDelta.OP_UPSERT:
-                        self.seen[d.id].append(now)
-
-    def first_after(self, node: str, at: float) -> float | None:
-        for t in self.seen.get(node, ()):
-            if t >= at:
-                return t
-        return None
-
-
 @dataclass
 class Stream:
     """The shuffled cycle of users the events come from, and what was acknowledged."""
@@ -243,7 +214,7 @@ async def send(port: int, stream: Stream, schedule: list[tuple[float, float]], s
     return acks
 
 
-def latencies(watch: Watch, stream: Stream, acks: list[Ack], wait_s: float) -> tuple[list[tuple[float, float]], int]:
+def latencies(watch: StreamWatch, stream: Stream, acks: list[Ack], wait_s: float) -> tuple[list[tuple[float, float]], int]:
     """(ack time, latency) of each event once its vector is out (waiting at most ``wait_s``), and how many are not.
     The event's vector is the user's first one on the stream after the request was sent (a round may publish it
     before this client has read the ack; it counts 0 then)."""
@@ -372,7 +343,7 @@ async def _query(port: int, users: list[str]) -> None:
 def probe(f: Fleet, stream: Stream, rate: float, duration_s: float, seed: int) -> dict:
     """A steady ``rate`` for ``duration_s``: freshness percentiles and the CPU per event of each process."""
     p = f.p
-    watch = Watch(p.redis_url, p.env.get("IG_WORKER_DELTA_STREAM", "ig:embeddings"))
+    watch = StreamWatch(p.redis_url, p.env.get("IG_WORKER_DELTA_STREAM", "ig:embeddings"))
     watch.start()
     c0 = f.cpu()
     try:
@@ -424,7 +395,7 @@ def overload(f: Fleet, stream: Stream, rate: float, overload_s: float) -> dict:
     """The sustainable rate for 20 s, 2x for ``overload_s``, then the rate for 2x as long; a 5 s timeline."""
     p = f.p
     schedule = [(20.0, rate), (overload_s, 2 * rate), (2 * overload_s, rate)]
-    watch = Watch(p.redis_url, p.env.get("IG_WORKER_DELTA_STREAM", "ig:embeddings"))
+    watch = StreamWatch(p.redis_url, p.env.get("IG_WORKER_DELTA_STREAM", "ig:embeddings"))
     sampler = _Sampler(p)
     watch.start()
     sampler.start()

@@ -51,7 +51,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench._common import emit_result
 from bench._stack import train_and_roll_out
-from bench.freshness import StreamWatch, percentiles
+from bench._stream_watch import StreamWatch
+from bench.freshness import percentiles
 from graphdb import localstack, subgraph
 from graphdb.changes import count_marks
 from graphdb.driver import connect
