@@ -246,29 +246,29 @@ def test_event_on_hub_item_recomputes_only_its_user(runtime, graph_settings):
     assert next(iter(stored.values())).version == version
 
 
+def _trained_on_purchases(rt, graph_settings):
+    """30 shoppers with 4 purchases each among 20 items, a version trained and rolled out on them, no mark left."""
+    rng = random.Random(5)
+    history = [
+        {"event_id": f"h-{u}-{k}", "user_id": f"user-{u}", "type": "purchase", "ts": T0 + k, "item_id": f"item-{rng.randrange(20)}"}
+        for u in range(30)
+        for k in range(4)
+    ]
+    ingest_events(rt.driver, graph_settings, history)
+    version = jobs.train_from_graph(rt)["version"]
+    jobs.rebuild_version(rt, version)
+    ctx = rt.context(version)
+    _drain(ctx)
+    return ctx
+
+
 def test_a_new_item_settles_after_its_first_shoppers(graph, neo4j_settings, graph_settings, redis_url, tmp_path):
     """A new item's vector follows its first ``fold_users`` shoppers: each of them moves it and its users follow;
     a later shopper moves neither it nor anyone else (the deterministic cap on a new hub's fan-out)."""
     rt = _runtime(neo4j_settings, graph_settings, redis_url, tmp_path, fold_users=3)
     try:
         driver = rt.driver
-        rng = random.Random(5)
-        history = [
-            {
-                "event_id": f"h-{u}-{k}",
-                "user_id": f"user-{u}",
-                "type": "purchase",
-                "ts": T0 + k,
-                "item_id": f"item-{rng.randrange(20)}",
-            }
-            for u in range(30)
-            for k in range(4)
-        ]
-        ingest_events(driver, graph_settings, history)
-        version = jobs.train_from_graph(rt)["version"]
-        jobs.rebuild_version(rt, version)
-        ctx = rt.context(version)
-        _drain(ctx)
+        ctx = _trained_on_purchases(rt, graph_settings)
         item = "item-new"
         key = graph_settings.pseudonym_key.get_secret_value()
         vectors, propagated = [], []
@@ -302,23 +302,7 @@ def test_a_trending_new_item_takes_its_shoppers_rate_as_its_prior(graph, neo4j_s
     )
     try:
         driver = rt.driver
-        rng = random.Random(5)
-        history = [
-            {
-                "event_id": f"h-{u}-{k}",
-                "user_id": f"user-{u}",
-                "type": "purchase",
-                "ts": T0 + k,
-                "item_id": f"item-{rng.randrange(20)}",
-            }
-            for u in range(30)
-            for k in range(4)
-        ]
-        ingest_events(driver, graph_settings, history)
-        version = jobs.train_from_graph(rt)["version"]
-        jobs.rebuild_version(rt, version)
-        ctx = rt.context(version)
-        _drain(ctx)
+        ctx = _trained_on_purchases(rt, graph_settings)
         counted = dataclasses.replace(ctx.encoder, fold_trend_horizon_days=0.0)  # the same version, prior from counts
         day = 86400.0
 
