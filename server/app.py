@@ -237,7 +237,13 @@ async def serve(settings: ServerSettings, graph: GraphSettings, neo4j_settings: 
     check_exposure(settings)  # before connecting anywhere: a misconfiguration fails at once
     check_pseudonym_key(settings, graph)
     driver = connect(neo4j_settings, max_retry_s=settings.graph_retry_s)
-    redis = connect_redis(settings.redis_url, settings.delta_block_ms) if settings.redis_url else None
+    redis = (
+        connect_redis(
+            settings.redis_url, settings.delta_block_ms, sentinel_master=settings.redis_sentinel_master, cluster=settings.redis_cluster
+        )
+        if settings.redis_url
+        else None
+    )
     engine = Engine(settings, graph, driver, neo4j_settings.database)
     lifecycle = Lifecycle(engine, redis)
     server, port = create_server(settings, engine, graph)

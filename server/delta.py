@@ -12,10 +12,10 @@ import time
 from typing import Any, Awaitable, Callable
 
 import numpy as np
-import redis.asyncio as aioredis
 from numpy.typing import ArrayLike
 
 from proto.interest.v1 import interest_pb2 as pb
+from workers.redis_connect import AsyncRedis, connect_async
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +23,12 @@ FIELD = b"d"
 Delta = pb.EmbeddingDelta
 
 
-def connect_redis(url: str, block_ms: int = 200) -> aioredis.Redis:
-    """An async client whose reads time out, so a lost connection can never hang the consumer."""
-    return aioredis.from_url(url, socket_timeout=block_ms / 1000.0 + 5.0, socket_connect_timeout=5.0)
+def connect_redis(url: str, block_ms: int = 200, *, sentinel_master: str = "", cluster: bool = False) -> AsyncRedis:
+    """An async client whose reads time out, so a lost connection can never hang the consumer (one instance,
+    Sentinel or Cluster: workers.redis_connect)."""
+    return connect_async(
+        url, sentinel_master=sentinel_master, cluster=cluster, socket_timeout=block_ms / 1000.0 + 5.0, socket_connect_timeout=5.0
+    )
 
 
 def encode_upsert(node_type: pb.NodeType, node_id: str, vector: ArrayLike, model_version: str, ts: float | None = None) -> bytes:
@@ -49,13 +52,13 @@ def encode_activate(model_version: str) -> bytes:
     return Delta(op=Delta.OP_ACTIVATE_MODEL, model_version=model_version, ts=time.time()).SerializeToString()
 
 
-async def publish(client: aioredis.Redis, stream: str, payload: bytes, maxlen: int | None = 1_000_000) -> str:
+async def publish(client: AsyncRedis, stream: str, payload: bytes, maxlen: int | None = 1_000_000) -> str:
     """Appends one delta; the stream is trimmed approximately so it cannot grow without bound."""
     entry = await client.xadd(stream, {FIELD: payload}, maxlen=maxlen, approximate=True)
     return entry.decode() if isinstance(entry, bytes) else str(entry)
 
 
-async def stream_tail(client: aioredis.Redis, stream: str) -> str:
+async def stream_tail(client: AsyncRedis, stream: str) -> str:
     """The id of the newest entry ("0-0" for an empty stream): where to resume after a rebuild from Neo4j."""
     last = await client.xrevrange(stream, count=1)
     if not last:
@@ -69,7 +72,7 @@ class DeltaConsumer:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: AsyncRedis,
         stream: str,
         position: str,
         apply: Callable[[pb.EmbeddingDelta], Awaitable[None] | None],

@@ -12,7 +12,6 @@ import time
 from typing import Any, Awaitable, Callable, Coroutine, TypeVar
 
 import numpy as np
-import redis.asyncio as aioredis
 
 from graphdb import catalog
 from graphdb.embeddings import iter_embeddings
@@ -24,6 +23,7 @@ from server.engine import Engine
 from server.index import ItemIndex, build_base
 from server.snapshot import load_snapshot, save_snapshot
 from server.users import UserVectors
+from workers.redis_connect import AsyncRedis
 
 log = logging.getLogger(__name__)
 Delta = pb.EmbeddingDelta
@@ -54,7 +54,7 @@ def stream_position(entry_id: str) -> tuple[int, int]:
 
 
 class Lifecycle:
-    def __init__(self, engine: Engine, redis: aioredis.Redis | None) -> None:
+    def __init__(self, engine: Engine, redis: AsyncRedis | None) -> None:
         self.engine = engine
         self.settings = engine.settings
         self.redis = redis

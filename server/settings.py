@@ -105,6 +105,10 @@ class ServerSettings(BaseSettings):
     # How soon after a ForgetUser the snapshot on disk is rewritten without the user.
     forget_snapshot_s: float = Field(default=10.0, gt=0)
     redis_url: str | None = "redis://127.0.0.1:6379/0"
+    # As the workers' (workers.redis_connect): a ``sentinel://`` URL needs the primary's name; ``redis_cluster``
+    # makes ``redis_url`` any node of a Redis Cluster.
+    redis_sentinel_master: str = ""
+    redis_cluster: bool = False
     delta_stream: str = "ig:embeddings"
     # After stored events, a signal here wakes the workers' recompute scheduler at once (list, one entry).
     changed_key: str = "ig:changed"

@@ -18,6 +18,7 @@ from celery.utils.log import get_logger
 from graphdb.driver import connect
 from graphdb.settings import Neo4jSettings
 from workers.prometheus_metrics import WorkerMetrics, stamp_sent_at
+from workers.redis_connect import broker_transport_options
 from workers.settings import WorkerSettings
 
 TASK_QUEUES = {
@@ -42,8 +43,9 @@ def make_app(ws: WorkerSettings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        broker_transport_options=transport,
-        result_backend_transport_options=transport,
+        # a Sentinel broker or result store also needs the primary's name (workers.redis_connect)
+        broker_transport_options=transport | broker_transport_options(ws.broker_url, ws.redis_sentinel_master),
+        result_backend_transport_options=transport | broker_transport_options(ws.result_backend, ws.redis_sentinel_master),
         broker_connection_retry_on_startup=True,
         task_routes={name: {"queue": queue} for name, queue in TASK_QUEUES.items()},
         task_default_queue="cpu",
@@ -76,7 +78,13 @@ def _metrics(**_kwargs) -> None:
     # Its own driver (the HTTP thread reads the backlog; tasks keep theirs), connected at the first scrape.
     neo4j_settings = Neo4jSettings()
     driver = connect(neo4j_settings, verify=False, max_retry_s=5.0)
-    metrics = WorkerMetrics(settings.broker_url, driver=driver, database=neo4j_settings.database, partitions=settings.partitions)
+    metrics = WorkerMetrics(
+        settings.broker_url,
+        driver=driver,
+        database=neo4j_settings.database,
+        partitions=settings.partitions,
+        sentinel_master=settings.redis_sentinel_master,
+    )
     metrics.connect()
     try:
         metrics.start_http(settings.metrics_host, settings.metrics_port)

@@ -33,7 +33,7 @@ from ml.kinds import MODEL_KINDS
 from ml.runtime import pick_device, set_threads
 from ml.settings import ModelSettings, TrainSettings
 from ml.text import TextEncoder
-from workers import hetero_recompute, partitions, redis_keys
+from workers import hetero_recompute, partitions, redis_connect, redis_keys
 from workers.gate import data_until, served_recall, split_after
 from workers.hetero_live import HeteroLive
 from workers.live import LiveEncoder, training_graph
@@ -72,7 +72,13 @@ class Runtime:
     @property
     def redis(self) -> redis.Redis:
         if self._redis is None:
-            self._redis = redis.Redis.from_url(self.worker.redis_url, socket_timeout=30, socket_connect_timeout=5)
+            self._redis = redis_connect.connect(
+                self.worker.redis_url,
+                sentinel_master=self.worker.redis_sentinel_master,
+                cluster=self.worker.redis_cluster,
+                socket_timeout=30,
+                socket_connect_timeout=5,
+            )
         return self._redis
 
     @property

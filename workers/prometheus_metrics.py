@@ -32,6 +32,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from graphdb.changes import backlog
 from graphdb.slots import partition_backlog
+from workers.redis_connect import connect
 
 log = get_logger(__name__)  # under Celery's logger: the worker log shows it
 
@@ -40,8 +41,8 @@ BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 3
 
 
 class _QueueDepth:
-    def __init__(self, broker_url: str, queues: tuple[str, ...]) -> None:
-        self.client = redis.Redis.from_url(broker_url, socket_timeout=2, socket_connect_timeout=2)
+    def __init__(self, broker_url: str, queues: tuple[str, ...], sentinel_master: str = "") -> None:
+        self.client = connect(broker_url, sentinel_master=sentinel_master, socket_timeout=2, socket_connect_timeout=2)
         self.queues = queues
 
     def collect(self) -> Iterator[Metric]:
@@ -100,6 +101,7 @@ class WorkerMetrics:
         driver: neo4j.Driver | None = None,
         database: str = "neo4j",
         partitions: int = 1,
+        sentinel_master: str = "",
     ) -> None:
         self.registry = CollectorRegistry()
         self.task_seconds = Histogram(
@@ -117,7 +119,7 @@ class WorkerMetrics:
             "ig_worker_recompute_phase_seconds", "Recompute time by phase", ["phase"], registry=self.registry
         )
         self.recompute_last = Gauge("ig_worker_recompute_last_timestamp_seconds", "Last recompute finished", registry=self.registry)
-        self.registry.register(_QueueDepth(broker_url, queues))
+        self.registry.register(_QueueDepth(broker_url, queues, sentinel_master))
         if driver is not None:
             self.registry.register(_Backlog(driver, database, partitions))
         self._started: dict[str, float] = {}

@@ -23,6 +23,7 @@ from celery import Celery
 
 from graphdb.changes import count_marks
 from graphdb.slots import partition_backlog
+from workers.redis_connect import connect
 from workers.redis_keys import queued_key
 from workers.settings import WorkerSettings
 
@@ -32,7 +33,13 @@ log = logging.getLogger(__name__)
 class Scheduler:
     def __init__(self, app: Celery, driver: neo4j.Driver, ws: WorkerSettings, *, database: str = "neo4j") -> None:
         self.app, self.driver, self.ws, self.database = app, driver, ws, database
-        self.redis = redis.Redis.from_url(ws.redis_url, socket_timeout=ws.recompute_interval_s + 10, socket_connect_timeout=5)
+        self.redis = connect(
+            ws.redis_url,
+            sentinel_master=ws.redis_sentinel_master,
+            cluster=ws.redis_cluster,
+            socket_timeout=ws.recompute_interval_s + 10,
+            socket_connect_timeout=5,
+        )
         self.stop = threading.Event()
         self.sent = 0
 

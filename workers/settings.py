@@ -45,6 +45,11 @@ class WorkerSettings(BaseSettings):
     gate_min_users: int = Field(default=20, ge=1)
     # Redis (same instance the servers read): the embedding delta stream and the ingestion signal list.
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Sentinel (fail-over): with ``sentinel://s1:26379;sentinel://s2:26379/db`` URLs (this one and the broker's),
+    # the primary's name the Sentinels monitor. Cluster: ``redis_url`` is any node of a Redis Cluster (the keys
+    # then need the ``{ig}`` hash tag; the broker stays on a non-cluster Redis). workers.redis_connect.
+    redis_sentinel_master: str = ""
+    redis_cluster: bool = False
     delta_stream: str = "ig:embeddings"
     changed_key: str = "ig:changed"
     # Prometheus metrics of a worker process (0 = any free port, logged; -1 = off).

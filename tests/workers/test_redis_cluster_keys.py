@@ -7,59 +7,33 @@ lock, publishing vectors, the scheduler's signal and flags) run there."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import time
-from pathlib import Path
-
 import pytest
 import redis
 from redis.cluster import RedisCluster
 
 from graphdb import localstack
+from tests.redis_nodes import start, stop, until
 from workers import partitions, publish, redis_keys
 from workers.settings import WorkerSettings
 
 CLUSTER_SETTINGS = WorkerSettings(delta_stream="{ig}:embeddings", changed_key="{ig}:changed", partitions=3)
 
 
-def _until(check, what: str, timeout_s: float = 30.0):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            value = check()
-            if value:
-                return value
-        except redis.exceptions.RedisError:
-            pass
-        assert time.monotonic() < deadline, f"not within {timeout_s:.0f} s: {what}"
-        time.sleep(0.05)
-
-
 @pytest.fixture(scope="module")
 def cluster_node(tmp_path_factory: pytest.TempPathFactory):
     """A one-node Redis Cluster on a free loopback port: it owns slots 0-16383."""
-    exe = shutil.which("redis-server")
-    assert exe, "redis-server is installed by `make system`"
-    folder: Path = tmp_path_factory.mktemp("redis-cluster")
-    port = localstack.free_port()
-    proc = subprocess.Popen(
-        # the cluster bus on a free port of its own (its default, port + 10000, may not exist)
-        [exe, "--bind", "127.0.0.1", "--port", str(port), "--cluster-port", str(localstack.free_port()), "--dir", str(folder)]
-        + ["--cluster-enabled", "yes", "--save", ""],
-        stdout=(folder / "redis.log").open("w"),
-        stderr=subprocess.STDOUT,
+    # the cluster bus on a free port of its own (its default, port + 10000, may not exist)
+    proc, port = start(
+        tmp_path_factory.mktemp("redis-cluster"), "--cluster-enabled", "yes", "--cluster-port", str(localstack.free_port())
     )
     try:
         plain = redis.Redis(port=port)
-        _until(plain.ping, "redis-server answering")
         plain.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, redis_keys.SLOTS - 1)
-        _until(lambda: plain.cluster("info")["cluster_state"] == "ok", "the cluster's state ok")
+        until(lambda: plain.cluster("info")["cluster_state"] == "ok", "the cluster's state ok")
         plain.close()
         yield port
     finally:
-        proc.terminate()
-        proc.wait(30)
+        stop(proc)
 
 
 def test_the_slot_function_is_redis_clusters(cluster_node) -> None:
