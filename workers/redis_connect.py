@@ -81,28 +81,27 @@ def _check(url: str, master: str, cluster: bool) -> None:
 
 def connect(url: str, *, sentinel_master: str = "", cluster: bool = False, **options: Any) -> redis.Redis | RedisCluster:
     """A blocking client (workers, scheduler, metrics). ``options`` are redis-py's (socket timeouts...)."""
-    _check(url, sentinel_master, cluster)
-    if is_sentinel(url):
-        s = parse_sentinel(url)
-        sentinels = Sentinel(list(s.hosts), **_sentinel_options(options))
-        primary: redis.Redis = sentinels.master_for(sentinel_master, db=s.db, password=s.password, **options)
-        return primary
-    if cluster:
-        return RedisCluster.from_url(url, **options)
-    return redis.Redis.from_url(url, **options)
+    client: redis.Redis | RedisCluster = _client(url, sentinel_master, cluster, options, Sentinel, RedisCluster, redis.Redis.from_url)
+    return client
 
 
 def connect_async(url: str, *, sentinel_master: str = "", cluster: bool = False, **options: Any) -> AsyncRedis:
     """An asyncio client (the server's delta consumer and its signal), built the same way as `connect`."""
-    _check(url, sentinel_master, cluster)
+    client: AsyncRedis = _client(url, sentinel_master, cluster, options, AsyncSentinel, AsyncRedisCluster, aioredis.from_url)
+    return client
+
+
+def _client(
+    url: str, master: str, cluster: bool, options: dict[str, Any], sentinel_type: Any, cluster_type: Any, from_url: Any
+) -> Any:
+    """redis-py's blocking and asyncio flavours take the same arguments: one recipe for both."""
+    _check(url, master, cluster)
     if is_sentinel(url):
         s = parse_sentinel(url)
-        sentinels = AsyncSentinel(list(s.hosts), **_sentinel_options(options))
-        async_primary: aioredis.Redis = sentinels.master_for(sentinel_master, db=s.db, password=s.password, **options)
-        return async_primary
+        return sentinel_type(list(s.hosts), **_sentinel_options(options)).master_for(master, db=s.db, password=s.password, **options)
     if cluster:
-        return AsyncRedisCluster.from_url(url, **options)
-    return aioredis.from_url(url, **options)
+        return cluster_type.from_url(url, **options)
+    return from_url(url, **options)
 
 
 def _sentinel_options(options: dict[str, Any]) -> dict[str, Any]:
