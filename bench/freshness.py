@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import random
 import tempfile
@@ -25,63 +26,42 @@ import time
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 import typer
 
 from bench import freshness_load
 from bench._common import emit_result
+from bench._paced_ingest import paced_ingest
 from bench._stack import log, pipeline, start_scheduler
 from bench._stream_watch import StreamWatch
 from graphdb.loaders import DATASETS
 from graphdb.pseudonym import pseudonymise
 from graphdb.settings import DataSettings, GraphSettings
 from proto.interest.v1 import interest_pb2 as pb
-from proto.interest.v1 import interest_pb2_grpc as pb_grpc
 from workers import process
 
-TICK_S = 0.05
 _UPDATED = "UNWIND $ids AS id MATCH (u:User {id: id}) RETURN u.id AS id, u.emb_updated_at AS at"
 _USERS = "MATCH (u:User) RETURN count(u) AS n"
 
 
 async def send(port: int, users: list[str], items: list[str], rate: float, duration_s: float, seed: int) -> list[tuple[str, float]]:
-    """Stream events at ``rate`` through IngestEvents; returns (external user id, ack time) per event."""
-    rng = random.Random(seed)
-    per_tick = max(1, round(rate * TICK_S))
-    acks: list[tuple[str, float]] = []
-    order = iter(users)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = pb_grpc.InterestServiceStub(channel)
-        start = time.monotonic()
-        tick = 0
-        pending: set[asyncio.Task] = set()
+    """Stream click events at ``rate`` through IngestEvents, each from the next user; (external user id, ack time)
+    per event."""
+    rng, order, sent = random.Random(seed), iter(users), itertools.count()
 
-        async def one(batch: list[pb.Event]) -> None:
-            reply = await stub.IngestEvents(iter([pb.IngestEventsRequest(events=batch)]), timeout=30)
-            at = time.time()
-            if reply.accepted != len(batch):
-                raise RuntimeError(f"events not accepted: {reply}")
-            acks.extend((e.user_id, at) for e in batch)
+    def clicks(k: int) -> list[pb.Event]:
+        return [
+            pb.Event(
+                event_id=f"fresh-{next(sent)}",
+                user_id=next(order),
+                type=pb.EVENT_TYPE_CLICK,
+                item_id=rng.choice(items),
+                ts=time.time(),
+            )
+            for _ in range(k)
+        ]
 
-        while time.monotonic() - start < duration_s:
-            batch = [
-                pb.Event(
-                    event_id=f"fresh-{tick}-{k}",
-                    user_id=next(order),
-                    type=pb.EVENT_TYPE_CLICK,
-                    item_id=rng.choice(items),
-                    ts=time.time(),
-                )
-                for k in range(per_tick)
-            ]
-            task = asyncio.create_task(one(batch))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-            tick += 1
-            await asyncio.sleep(max(0.0, start + tick * TICK_S - time.monotonic()))
-        await asyncio.gather(*pending)
-    return acks
+    return [(user, at) for user, _, at in await paced_ingest(port, clicks, [(duration_s, rate)])]
 
 
 def percentiles(values: list[float]) -> dict:

@@ -40,6 +40,7 @@ import numpy as np
 import psutil
 import redis
 
+from bench._paced_ingest import Ack, paced_ingest
 from bench._stack import Pipeline, log
 from bench._stream_watch import StreamWatch
 from graphdb import localstack
@@ -49,8 +50,6 @@ from proto.interest.v1 import interest_pb2 as pb
 from proto.interest.v1 import interest_pb2_grpc as pb_grpc
 from workers import process
 
-TICK_S = 0.05
-IN_FLIGHT = 8  # a server process runs at most 8 streaming calls (IG_SERVER_STREAM_THREADS); more are refused
 TARGET_P99_S = 1.0
 WINDOW_S = 5.0
 
@@ -177,41 +176,10 @@ class Stream:
         return self.pseudo[user]
 
 
-Ack = tuple[str, float, float]  # external user id, request sent, acknowledged
-
-
 async def send(port: int, stream: Stream, schedule: list[tuple[float, float]], seed: int) -> list[Ack]:
     """Events through IngestEvents, a request per 50 ms, at each (duration_s, rate) of ``schedule`` in turn."""
     rng = random.Random(seed)
-    acks: list[Ack] = []
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = pb_grpc.InterestServiceStub(channel)
-        pending: set[asyncio.Task] = set()
-        slots = asyncio.Semaphore(IN_FLIGHT)  # back-pressure: a slow server delays the stream instead of refusing it
-
-        async def one(batch: list[pb.Event]) -> None:
-            async with slots:
-                sent = time.time()
-                reply = await stub.IngestEvents(iter([pb.IngestEventsRequest(events=batch)]), timeout=60)
-            at = time.time()
-            if reply.accepted != len(batch):
-                raise RuntimeError(f"events not accepted: {reply}")
-            acks.extend((e.user_id, sent, at) for e in batch)
-
-        start, tick, owed = time.monotonic(), 0, 0.0
-        for duration_s, rate in schedule:
-            end = time.monotonic() + duration_s
-            while time.monotonic() < end:
-                owed += rate * TICK_S  # fractional rates accumulate
-                k, owed = int(owed), owed - int(owed)
-                if k:
-                    task = asyncio.create_task(one(stream.events(k, rng)))
-                    pending.add(task)
-                    task.add_done_callback(pending.discard)
-                tick += 1
-                await asyncio.sleep(max(0.0, start + tick * TICK_S - time.monotonic()))
-        await asyncio.gather(*pending)
-    return acks
+    return await paced_ingest(port, lambda k: stream.events(k, rng), schedule)
 
 
 def latencies(watch: StreamWatch, stream: Stream, acks: list[Ack], wait_s: float) -> tuple[list[tuple[float, float]], int]:
