@@ -109,6 +109,9 @@ struct Shared {
     dispatch: Py<PyAny>,
     /// Threads for the calls that may wait (on Neo4j): they never hold up the I/O threads, which run queries.
     waiting: Arc<Semaphore>,
+    /// Places for queries running Python on an I/O thread: io_threads of them, and the runtime has one thread
+    /// more, so however long the queries in Python are held up, a thread is left to serve I/O.
+    python: Arc<Semaphore>,
     /// Calls in flight, answered here or forwarded (IG_SERVER_MAX_CONCURRENT_RPCS).
     calls: Arc<Semaphore>,
     max_calls: usize,
@@ -164,6 +167,20 @@ fn expired(deadline: Option<Instant>) -> bool {
     deadline.is_some_and(|d| Instant::now() >= d)
 }
 
+/// A place to run a query's Python on this I/O thread, waited for (without holding the thread) up to the call's
+/// deadline; None once the deadline has passed.
+async fn python_slot(shared: &Shared, deadline: Option<Instant>) -> Option<OwnedSemaphorePermit> {
+    if let Ok(slot) = shared.python.clone().try_acquire_owned() {
+        return Some(slot);  // the usual case: no timer to set
+    }
+    let wait = shared.python.clone().acquire_owned();
+    let slot = match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline.into(), wait).await.ok()?,
+        None => wait.await,
+    };
+    Some(slot.expect("the semaphore is never closed"))
+}
+
 /// One unary call of a method answered here, holding its place among the concurrent calls until answered.
 struct Call {
     shared: Arc<Shared>,
@@ -190,10 +207,16 @@ impl UnaryService<Bytes> for Call {
             let max_message = shared.max_message;
             if !method.waits_for(&message) {
                 // A query runs right here, on the I/O thread that read it: handing it to another thread and back
-                // cost more CPU (thread switches) than its Python part (bench.serving). block_in_place hands the
-                // thread's other connections to another thread meanwhile, so a query held up (by the engine lock,
-                // during a model switch) stalls no other call: health checks and forwarded calls go on.
-                let answer = tokio::task::block_in_place(|| call_python(&shared, method, message, metadata, remaining()));
+                // cost more CPU (thread switches) than its Python part (bench.serving); so did block_in_place, which
+                // handed the thread's other work to a fresh thread on every call (~25 % of a SimilarItems call,
+                // bench.fronts). At most io_threads queries run so, and the runtime has a thread more: a query held
+                // up (by the engine lock, during a model switch) stalls no other call, health checks and forwarded
+                // calls go on, and the queries behind it wait for a place without holding a thread.
+                let Some(slot) = python_slot(&shared, deadline).await else {
+                    return Err(Status::deadline_exceeded(DEADLINE_PASSED));  // it waited past its deadline: not run
+                };
+                let answer = call_python(&shared, method, message, metadata, remaining());
+                drop(slot);
                 drop(permit);
                 if expired(deadline) {
                     return Err(Status::deadline_exceeded(DEADLINE_PASSED));  // the caller has given up on it
@@ -433,7 +456,7 @@ impl TonicFront {
         let listener = bind(host, port, reuse_port).map_err(|err| PyOSError::new_err(format!("could not bind {host}:{port}: {err}")))?;
         let port = listener.local_addr().map_err(|err| PyOSError::new_err(err.to_string()))?.port();
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(io_threads)
+            .worker_threads(io_threads + 1)  // the one more: see Shared::python
             .thread_name("grpc-front")
             .enable_all()
             .build()
@@ -448,6 +471,7 @@ impl TonicFront {
             methods,
             dispatch,
             waiting: Arc::new(Semaphore::new(wait_threads)),
+            python: Arc::new(Semaphore::new(io_threads)),
             calls: Arc::new(Semaphore::new(max_concurrent_rpcs)),
             max_calls: max_concurrent_rpcs,
             max_message: max_message_bytes,
@@ -619,6 +643,7 @@ mod tests {
             methods,
             dispatch,
             waiting: Arc::new(Semaphore::new(1)),
+            python: Arc::new(Semaphore::new(1)),
             calls: Arc::new(Semaphore::new(max_calls)),
             max_calls,
             max_message,
@@ -702,6 +727,35 @@ mod tests {
         Python::with_gil(|py| event.call_method0(py, "set").unwrap());
         let (code, _, message) = held.await.unwrap();
         assert_eq!((code.as_str(), &message[..]), ("0", &b"done"[..]));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_query_held_up_in_python_stalls_no_other_call() {
+        // One place for Python, two threads: a query held in Python (as behind the engine lock) keeps its place;
+        // the next query waits for one without holding the other thread, and is not run once its deadline passes;
+        // calls not run in Python are answered meanwhile.
+        let event = py_eval("__import__('threading').Event()");
+        let dispatch = Python::with_gil(|py| {
+            let make = py_eval("lambda e: lambda i, data, md, t: (e.wait(30), (0, '', b'ran:' + data))[1]");
+            make.call1(py, (event.clone_ref(py),)).unwrap()
+        });
+        let (mut front, shared) = connected(dispatch, 8, 64).await;
+        let mut holder = front.clone();
+        let held = tokio::spawn(async move { outcome(&mut holder, call("/t.T/Query", b"a", &[])).await });
+        while shared.python.available_permits() != 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await; // until the held query is in Python
+        }
+        let (code, details, _) = outcome(&mut front, call("/t.T/Query", b"b", &[("grpc-timeout", "100m")])).await;
+        assert_eq!((code.as_str(), details.as_str()), ("4", "Deadline%20Exceeded"));
+        let forwarded = outcome(&mut front, call("/t.T/Other", b"", &[("grpc-timeout", "5S")])).await;
+        assert_eq!(forwarded.0, "14", "forwarded to the (absent) backend and answered UNAVAILABLE");
+        let json = Request::post("http://front/t.T/Query").header("content-type", "application/json").body(Full::new(Bytes::new())).unwrap();
+        assert_eq!(front.send_request(json).await.unwrap().status(), http::StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        Python::with_gil(|py| event.call_method0(py, "set").unwrap());
+        let (code, _, message) = held.await.unwrap();
+        assert_eq!((code.as_str(), &message[..]), ("0", &b"ran:a"[..]));
+        let (code, _, message) = outcome(&mut front, call("/t.T/Query", b"c", &[])).await;
+        assert_eq!((code.as_str(), &message[..]), ("0", &b"ran:c"[..]), "the place is free again");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
