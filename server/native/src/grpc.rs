@@ -2,8 +2,8 @@
 //! framing, status and grpc-message encoding, trailers-only errors, gzip) with a pass-through codec, so Python
 //! still gets the serialized request and returns bytes through one `dispatch(method, request_bytes, metadata,
 //! timeout_s) -> (status_code, details, response_bytes)`. HTTP/2 is hyper's, with the limits set from the
-//! settings; TLS is rustls's (src/tls.rs). As in the first front end (src/lib.rs): queries run on the I/O thread
-//! that read them, calls that may wait on a bounded pool, everything else is forwarded to grpc's Python server.
+//! settings; TLS is rustls's (src/tls.rs). Queries run on the I/O thread that read them (at most io_threads at
+//! once), calls that may wait on a bounded pool, everything else is forwarded to grpc's Python server.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -28,7 +28,7 @@ use pyo3::types::{PyBytes, PyString, PyTuple};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tonic::body::Body;
-use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{BufferSettings, Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::server::{Grpc, UnaryService};
 use tonic::{Code, Status};
 
@@ -42,6 +42,11 @@ pub(crate) struct BytesCodec;
 
 pub(crate) struct PassThrough;
 
+/// The codec's buffers start at 1 KiB rather than tonic's 8 KiB: this API's messages are mostly a few hundred
+/// bytes, and an allocation that small is one of malloc's cached sizes (perf showed malloc/free/memset of the
+/// 8 KiB buffers on every call). A larger message grows its buffer; 32 KiB is tonic's yield threshold.
+const BUFFERS: (usize, usize) = (1024, 32 * 1024);
+
 impl Encoder for PassThrough {
     type Item = Bytes;
     type Error = Status;
@@ -49,6 +54,10 @@ impl Encoder for PassThrough {
     fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
         dst.put(item);
         Ok(())
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::new(BUFFERS.0, BUFFERS.1)
     }
 }
 
@@ -58,6 +67,10 @@ impl Decoder for PassThrough {
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
         Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::new(BUFFERS.0, BUFFERS.1)
     }
 }
 
@@ -276,6 +289,14 @@ impl HttpBody for Held {
     }
 }
 
+const ONE_MESSAGE: &str = "a unary call takes exactly one request message";
+
+/// Whether a unary request's body holds bytes after its first message (a message cut short, or none, is tonic's
+/// to refuse).
+fn more_than_one_message(body: &[u8]) -> bool {
+    body.len() >= 5 && (u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize) < body.len() - 5
+}
+
 fn status(status: Status) -> Response<Body> {
     status.into_http()
 }
@@ -297,6 +318,9 @@ async fn unary(shared: Arc<Shared>, method: Method, req: Request<Incoming>) -> R
         }
         Err(_) => return status(Status::cancelled("the request stream ended early")),
     };
+    if more_than_one_message(&body) {  // tonic would answer the first and drop the rest
+        return status(Status::internal(ONE_MESSAGE));
+    }
     let mut grpc = Grpc::new(BytesCodec)
         .accept_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(shared.max_message)
@@ -583,6 +607,9 @@ mod tests {
         assert_eq!(headers["content-type"], "application/grpc");
         assert_eq!(body, framed(0, b"\x0a\x03abc"));
         assert_eq!(trailers.expect("trailers")["grpc-status"], "0");
+        let big: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();  // past the codec's first buffer both ways
+        let (_, body, _) = echo(framed(0, &big), None, 8192).await;
+        assert_eq!(body, framed(0, &big));
     }
 
     #[tokio::test]
@@ -603,6 +630,16 @@ mod tests {
         assert!(body.is_empty());
         let (headers, _, _) = echo(framed(0, &[7; 65]), None, 64).await;
         assert_eq!(headers["grpc-status"], (Code::OutOfRange as i32).to_string().as_str());
+    }
+
+    #[test]
+    fn only_a_body_with_bytes_after_its_first_message_has_more_than_one() {
+        assert!(!more_than_one_message(&framed(0, b"abc")));
+        assert!(!more_than_one_message(&framed(1, b"")));
+        assert!(more_than_one_message(&[framed(0, b"a"), framed(0, b"b")].concat()));
+        assert!(more_than_one_message(&[&framed(0, b"a")[..], &[0]].concat()), "a stray byte after the message");
+        assert!(!more_than_one_message(&framed(0, b"abcdef")[..8]), "cut short: tonic's to refuse");
+        assert!(!more_than_one_message(&[0, 0, 0]), "no whole prefix");
     }
 
     #[test]
@@ -700,6 +737,15 @@ mod tests {
         let (code, _, message) = outcome(&mut front, request).await;
         assert_eq!(code, "0");
         assert_eq!(&message[..], b"hi|x-request-id=r-1;x-tag=a;");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_unary_call_with_two_messages_is_refused_not_run() {
+        let (mut front, _) = connected(py_eval("lambda i, data, md, t: (0, '', data)"), 8, 64).await;
+        let mut request = call("/t.T/Query", b"a", &[]);
+        *request.body_mut() = Full::new(Bytes::from([framed(0, b"a"), framed(0, b"b")].concat()));
+        let (code, details, _) = outcome(&mut front, request).await;
+        assert_eq!((code.as_str(), details.as_str()), ("13", "a%20unary%20call%20takes%20exactly%20one%20request%20message"));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
