@@ -228,6 +228,11 @@ impl UnaryService<Bytes> for Call {
                 let Some(slot) = python_slot(&shared, deadline).await else {
                     return Err(Status::deadline_exceeded(DEADLINE_PASSED));  // it waited past its deadline: not run
                 };
+                // Once more through the scheduler first: a task this one woke (its connection's, typically) sits in
+                // this thread's "run next" slot, which no other thread may take, and would wait as long as the
+                // Python call is held up, stalling that connection's other calls. Resumed, this task starts with
+                // the slot empty, and wakes nothing more before Python.
+                tokio::task::yield_now().await;
                 let answer = call_python(&shared, method, message, metadata, remaining());
                 drop(slot);
                 drop(permit);
