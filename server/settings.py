@@ -55,7 +55,8 @@ class ServerSettings(BaseSettings):
     # built) or "native-legacy" (the first Rust front end, hand-written gRPC framing, plaintext only; kept for
     # comparison in bench.fronts until it is removed).
     front: Literal["auto", "native", "grpc", "native-legacy"] = "auto"
-    # Threads of the native front end's HTTP/2 event loop.
+    # The native front end: at most this many queries run their Python at once, each on the HTTP/2 thread that read
+    # it; its event loop has one thread more, so I/O (health checks, forwarded calls) goes on while they are held.
     io_threads: int = Field(default=2, ge=1)
     grace_period_s: float = Field(default=10.0, ge=0)
     # issue 20: HTTP/2 limits of the native front end, per client connection (docs/api.md, "HTTP/2 limits").

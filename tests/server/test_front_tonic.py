@@ -155,11 +155,13 @@ def test_health_is_answered_while_queries_wait_on_the_engine_lock(server_graph_s
             while harness.server.front.in_flight < len(held):  # every one has reached the server and waits
                 assert time.monotonic() < deadline, harness.server.front.in_flight
                 time.sleep(0.01)
-            with grpc.insecure_channel(f"127.0.0.1:{harness.port}") as channel:
-                health = health_pb2_grpc.HealthStub(channel)
-                for _ in range(3):
-                    answer = health.Check(health_pb2.HealthCheckRequest(), timeout=5)
-                    assert answer.status == health_pb2.HealthCheckResponse.SERVING
+            # On a connection of their own and on the held queries' own connection (their channel).
+            with grpc.insecure_channel(f"127.0.0.1:{harness.port}", options=[("grpc.use_local_subchannel_pool", 1)]) as own:
+                for channel in (own, harness.channels[-1]):
+                    health = health_pb2_grpc.HealthStub(channel)
+                    for _ in range(3):
+                        answer = health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+                        assert answer.status == health_pb2.HealthCheckResponse.SERVING
             assert not any(call.done() for call in held)  # still held: the health checks did not wait for them
         assert all(call.result().items for call in held)
     finally:

@@ -2,8 +2,8 @@
 //! framing, status and grpc-message encoding, trailers-only errors, gzip) with a pass-through codec, so Python
 //! still gets the serialized request and returns bytes through one `dispatch(method, request_bytes, metadata,
 //! timeout_s) -> (status_code, details, response_bytes)`. HTTP/2 is hyper's, with the limits set from the
-//! settings; TLS is rustls's (src/tls.rs). As in the first front end (src/lib.rs): queries run on the I/O thread
-//! that read them, calls that may wait on a bounded pool, everything else is forwarded to grpc's Python server.
+//! settings; TLS is rustls's (src/tls.rs). Queries run on the I/O thread that read them (at most io_threads at
+//! once), calls that may wait on a bounded pool, everything else is forwarded to grpc's Python server.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -28,7 +28,7 @@ use pyo3::types::{PyBytes, PyString, PyTuple};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tonic::body::Body;
-use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codec::{BufferSettings, Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::server::{Grpc, UnaryService};
 use tonic::{Code, Status};
 
@@ -42,6 +42,11 @@ pub(crate) struct BytesCodec;
 
 pub(crate) struct PassThrough;
 
+/// The codec's buffers start at 1 KiB rather than tonic's 8 KiB: this API's messages are mostly a few hundred
+/// bytes, and an allocation that small is one of malloc's cached sizes (perf showed malloc/free/memset of the
+/// 8 KiB buffers on every call). A larger message grows its buffer; 32 KiB is tonic's yield threshold.
+const BUFFERS: (usize, usize) = (1024, 32 * 1024);
+
 impl Encoder for PassThrough {
     type Item = Bytes;
     type Error = Status;
@@ -49,6 +54,10 @@ impl Encoder for PassThrough {
     fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
         dst.put(item);
         Ok(())
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::new(BUFFERS.0, BUFFERS.1)
     }
 }
 
@@ -58,6 +67,10 @@ impl Decoder for PassThrough {
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
         Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::new(BUFFERS.0, BUFFERS.1)
     }
 }
 
@@ -109,6 +122,9 @@ struct Shared {
     dispatch: Py<PyAny>,
     /// Threads for the calls that may wait (on Neo4j): they never hold up the I/O threads, which run queries.
     waiting: Arc<Semaphore>,
+    /// Places for queries running Python on an I/O thread: io_threads of them, and the runtime has one thread
+    /// more, so however long the queries in Python are held up, a thread is left to serve I/O.
+    python: Arc<Semaphore>,
     /// Calls in flight, answered here or forwarded (IG_SERVER_MAX_CONCURRENT_RPCS).
     calls: Arc<Semaphore>,
     max_calls: usize,
@@ -164,6 +180,20 @@ fn expired(deadline: Option<Instant>) -> bool {
     deadline.is_some_and(|d| Instant::now() >= d)
 }
 
+/// A place to run a query's Python on this I/O thread, waited for (without holding the thread) up to the call's
+/// deadline; None once the deadline has passed.
+async fn python_slot(shared: &Shared, deadline: Option<Instant>) -> Option<OwnedSemaphorePermit> {
+    if let Ok(slot) = shared.python.clone().try_acquire_owned() {
+        return Some(slot);  // the usual case: no timer to set
+    }
+    let wait = shared.python.clone().acquire_owned();
+    let slot = match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline.into(), wait).await.ok()?,
+        None => wait.await,
+    };
+    Some(slot.expect("the semaphore is never closed"))
+}
+
 /// One unary call of a method answered here, holding its place among the concurrent calls until answered.
 struct Call {
     shared: Arc<Shared>,
@@ -190,10 +220,21 @@ impl UnaryService<Bytes> for Call {
             let max_message = shared.max_message;
             if !method.waits_for(&message) {
                 // A query runs right here, on the I/O thread that read it: handing it to another thread and back
-                // cost more CPU (thread switches) than its Python part (bench.serving). block_in_place hands the
-                // thread's other connections to another thread meanwhile, so a query held up (by the engine lock,
-                // during a model switch) stalls no other call: health checks and forwarded calls go on.
-                let answer = tokio::task::block_in_place(|| call_python(&shared, method, message, metadata, remaining()));
+                // cost more CPU (thread switches) than its Python part (bench.serving); so did block_in_place, which
+                // handed the thread's other work to a fresh thread on every call (~25 % of a SimilarItems call,
+                // bench.fronts). At most io_threads queries run so, and the runtime has a thread more: a query held
+                // up (by the engine lock, during a model switch) stalls no other call, health checks and forwarded
+                // calls go on, and the queries behind it wait for a place without holding a thread.
+                let Some(slot) = python_slot(&shared, deadline).await else {
+                    return Err(Status::deadline_exceeded(DEADLINE_PASSED));  // it waited past its deadline: not run
+                };
+                // Once more through the scheduler first: a task this one woke (its connection's, typically) sits in
+                // this thread's "run next" slot, which no other thread may take, and would wait as long as the
+                // Python call is held up, stalling that connection's other calls. Resumed, this task starts with
+                // the slot empty, and wakes nothing more before Python.
+                tokio::task::yield_now().await;
+                let answer = call_python(&shared, method, message, metadata, remaining());
+                drop(slot);
                 drop(permit);
                 if expired(deadline) {
                     return Err(Status::deadline_exceeded(DEADLINE_PASSED));  // the caller has given up on it
@@ -253,6 +294,14 @@ impl HttpBody for Held {
     }
 }
 
+const ONE_MESSAGE: &str = "a unary call takes exactly one request message";
+
+/// Whether a unary request's body holds bytes after its first message (a message cut short, or none, is tonic's
+/// to refuse).
+fn more_than_one_message(body: &[u8]) -> bool {
+    body.len() >= 5 && (u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize) < body.len() - 5
+}
+
 fn status(status: Status) -> Response<Body> {
     status.into_http()
 }
@@ -274,6 +323,9 @@ async fn unary(shared: Arc<Shared>, method: Method, req: Request<Incoming>) -> R
         }
         Err(_) => return status(Status::cancelled("the request stream ended early")),
     };
+    if more_than_one_message(&body) {  // tonic would answer the first and drop the rest
+        return status(Status::internal(ONE_MESSAGE));
+    }
     let mut grpc = Grpc::new(BytesCodec)
         .accept_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(shared.max_message)
@@ -433,7 +485,7 @@ impl TonicFront {
         let listener = bind(host, port, reuse_port).map_err(|err| PyOSError::new_err(format!("could not bind {host}:{port}: {err}")))?;
         let port = listener.local_addr().map_err(|err| PyOSError::new_err(err.to_string()))?.port();
         let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(io_threads)
+            .worker_threads(io_threads + 1)  // the one more: see Shared::python
             .thread_name("grpc-front")
             .enable_all()
             .build()
@@ -448,6 +500,7 @@ impl TonicFront {
             methods,
             dispatch,
             waiting: Arc::new(Semaphore::new(wait_threads)),
+            python: Arc::new(Semaphore::new(io_threads)),
             calls: Arc::new(Semaphore::new(max_concurrent_rpcs)),
             max_calls: max_concurrent_rpcs,
             max_message: max_message_bytes,
@@ -559,6 +612,9 @@ mod tests {
         assert_eq!(headers["content-type"], "application/grpc");
         assert_eq!(body, framed(0, b"\x0a\x03abc"));
         assert_eq!(trailers.expect("trailers")["grpc-status"], "0");
+        let big: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();  // past the codec's first buffer both ways
+        let (_, body, _) = echo(framed(0, &big), None, 8192).await;
+        assert_eq!(body, framed(0, &big));
     }
 
     #[tokio::test]
@@ -579,6 +635,16 @@ mod tests {
         assert!(body.is_empty());
         let (headers, _, _) = echo(framed(0, &[7; 65]), None, 64).await;
         assert_eq!(headers["grpc-status"], (Code::OutOfRange as i32).to_string().as_str());
+    }
+
+    #[test]
+    fn only_a_body_with_bytes_after_its_first_message_has_more_than_one() {
+        assert!(!more_than_one_message(&framed(0, b"abc")));
+        assert!(!more_than_one_message(&framed(1, b"")));
+        assert!(more_than_one_message(&[framed(0, b"a"), framed(0, b"b")].concat()));
+        assert!(more_than_one_message(&[&framed(0, b"a")[..], &[0]].concat()), "a stray byte after the message");
+        assert!(!more_than_one_message(&framed(0, b"abcdef")[..8]), "cut short: tonic's to refuse");
+        assert!(!more_than_one_message(&[0, 0, 0]), "no whole prefix");
     }
 
     #[test]
@@ -619,6 +685,7 @@ mod tests {
             methods,
             dispatch,
             waiting: Arc::new(Semaphore::new(1)),
+            python: Arc::new(Semaphore::new(1)),
             calls: Arc::new(Semaphore::new(max_calls)),
             max_calls,
             max_message,
@@ -678,6 +745,15 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_unary_call_with_two_messages_is_refused_not_run() {
+        let (mut front, _) = connected(py_eval("lambda i, data, md, t: (0, '', data)"), 8, 64).await;
+        let mut request = call("/t.T/Query", b"a", &[]);
+        *request.body_mut() = Full::new(Bytes::from([framed(0, b"a"), framed(0, b"b")].concat()));
+        let (code, details, _) = outcome(&mut front, request).await;
+        assert_eq!((code.as_str(), details.as_str()), ("13", "a%20unary%20call%20takes%20exactly%20one%20request%20message"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn size_and_concurrency_limits_answer_resource_exhausted() {
         let (mut front, _) = connected(py_eval("lambda i, data, md, t: (0, '', b'x' * len(data))"), 8, 16).await;
         let (code, details, _) = outcome(&mut front, call("/t.T/Query", &[1; 17], &[])).await;
@@ -702,6 +778,35 @@ mod tests {
         Python::with_gil(|py| event.call_method0(py, "set").unwrap());
         let (code, _, message) = held.await.unwrap();
         assert_eq!((code.as_str(), &message[..]), ("0", &b"done"[..]));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_query_held_up_in_python_stalls_no_other_call() {
+        // One place for Python, two threads: a query held in Python (as behind the engine lock) keeps its place;
+        // the next query waits for one without holding the other thread, and is not run once its deadline passes;
+        // calls not run in Python are answered meanwhile.
+        let event = py_eval("__import__('threading').Event()");
+        let dispatch = Python::with_gil(|py| {
+            let make = py_eval("lambda e: lambda i, data, md, t: (e.wait(30), (0, '', b'ran:' + data))[1]");
+            make.call1(py, (event.clone_ref(py),)).unwrap()
+        });
+        let (mut front, shared) = connected(dispatch, 8, 64).await;
+        let mut holder = front.clone();
+        let held = tokio::spawn(async move { outcome(&mut holder, call("/t.T/Query", b"a", &[])).await });
+        while shared.python.available_permits() != 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await; // until the held query is in Python
+        }
+        let (code, details, _) = outcome(&mut front, call("/t.T/Query", b"b", &[("grpc-timeout", "100m")])).await;
+        assert_eq!((code.as_str(), details.as_str()), ("4", "Deadline%20Exceeded"));
+        let forwarded = outcome(&mut front, call("/t.T/Other", b"", &[("grpc-timeout", "5S")])).await;
+        assert_eq!(forwarded.0, "14", "forwarded to the (absent) backend and answered UNAVAILABLE");
+        let json = Request::post("http://front/t.T/Query").header("content-type", "application/json").body(Full::new(Bytes::new())).unwrap();
+        assert_eq!(front.send_request(json).await.unwrap().status(), http::StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        Python::with_gil(|py| event.call_method0(py, "set").unwrap());
+        let (code, _, message) = held.await.unwrap();
+        assert_eq!((code.as_str(), &message[..]), ("0", &b"ran:a"[..]));
+        let (code, _, message) = outcome(&mut front, call("/t.T/Query", b"c", &[])).await;
+        assert_eq!((code.as_str(), &message[..]), ("0", &b"ran:c"[..]), "the place is free again");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
