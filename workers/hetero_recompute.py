@@ -62,8 +62,8 @@ class Neighbourhood:
         self.item_edges: dict[str, list[EdgeRow]] = {}
         self.rows: dict[str, ItemRow | None] = {}
         self.members: dict[Node, list[str]] = {}
-        self._user_caps: dict[str, list[EdgeRow]] = {}
-        self._item_caps: dict[str, list[EdgeRow]] = {}
+        self._user_in: dict[str, list[tuple[EdgeRow, float]]] = {}
+        self._item_in: dict[str, list[tuple[EdgeRow, float]]] = {}
 
     def load(self, nodes: Iterable[Node]) -> None:
         """Read the in-lists (and item rows) of these nodes that are not read yet."""
@@ -99,21 +99,28 @@ class Neighbourhood:
             self.rows.update({i: got.get(i) for i in missing})
 
     # ------------------------------------------------------------------ caps, after `load`
-    # A node's in-list does not change within a round once read, so its cap is sorted once (the sort is the cost).
-    def user_cap(self, uid: str) -> list[EdgeRow]:
-        """The user's kept in-edges (`HeteroLive.cap_of_user`)."""
-        got = self._user_caps.get(uid)
+    # A node's in-list does not change within a round once read, so its cap is weighed and sorted once (the cost).
+    def user_in(self, uid: str) -> list[tuple[EdgeRow, float]]:
+        """The user's kept in-edges with their weights (`HeteroLive.user_in`, from every row of the user)."""
+        got = self._user_in.get(uid)
         if got is None:
-            got = self._user_caps[uid] = self.enc.cap_of_user(self.user_edges[uid])
+            got = self._user_in[uid] = self.enc.user_in(self.user_edges[uid])
         return got
+
+    def item_in(self, iid: str) -> list[tuple[EdgeRow, float]]:
+        """The item's kept in-edges from users with their weights (`HeteroLive.item_in`)."""
+        got = self._item_in.get(iid)
+        if got is None:
+            got = self._item_in[iid] = self.enc.item_in(self.item_edges[iid])
+        return got
+
+    def user_cap(self, uid: str) -> list[EdgeRow]:
+        return [e for e, _ in self.user_in(uid)]
 
     def item_cap(self, iid: str) -> tuple[list[EdgeRow], list[str], str | None]:
         """The item's kept in-edges from users, categories and brand (`HeteroLive.cap_of_item`)."""
-        users = self._item_caps.get(iid)
-        if users is None:
-            users = self._item_caps[iid] = self.enc.cap_of_item(self.item_edges[iid], None)[0]
         _, cats, brand = self.enc.cap_of_item((), self.rows.get(iid))
-        return users, cats, brand
+        return [e for e, _ in self.item_in(iid)], cats, brand
 
     def cap(self, node: Node) -> list[Node]:
         """The sources node keeps (its capped in-neighbours)."""
@@ -128,9 +135,9 @@ class Neighbourhood:
     def print_of(self, node: Node) -> str:
         kind, nid = node
         if kind == "user":
-            return self.enc.user_print(self.user_cap(nid))
+            return self.enc.user_print(self.user_in(nid))
         if kind == "item":
-            return self.enc.item_print(self.item_cap(nid))
+            return self.enc.item_print(self.item_in(nid), self.rows.get(nid))
         return self.enc.fingerprint(self.enc.cap_of_members(self.members[node]))
 
     def out(self, nodes: set[Node]) -> set[Node]:
@@ -226,7 +233,9 @@ def affected(
         else:
             # InkStream: compute the candidates' layer-k outputs; only those that moved propagate further
             users, edges, rows = pull(nb, layer, depth=k)
-            now = {n: v for n, v in enc.encode(users, edges, rows, layers=(k,)).layers[k].items() if n in layer}
+            now = {
+                n: v for n, v in enc.encode(users, edges, rows, layers=(k,), histories=nb.user_edges).layers[k].items() if n in layer
+            }
             before = layers.get(k, now)
             moved = {n for n, v in now.items() if n not in before or float(np.max(np.abs(before[n] - v))) > MOVED_TOL}
             found.layer_updates[k] = {n: now[n] for n in moved}
@@ -348,7 +357,7 @@ def recompute_marked(ctx: HeteroContext, limit: int = 10000) -> HeteroResult:
     users = {i for k, i in found.nodes if k == "user"}
     items = {i for k, i in found.nodes if k == "item"}
     clock.lap("pull_s")
-    out = enc.encode(all_users, edges, rows, given=given)
+    out = enc.encode(all_users, edges, rows, given=given, histories=nb.user_edges)
     user_vecs = {u: out.users[u] for u in users if u in out.users}
     item_vecs = {i: out.items[i] for i in items if i in out.items}
     clock.lap("forward_s")
@@ -406,19 +415,20 @@ def full_vectors(ctx: HeteroContext, progress: Callable[[str], None] | None = No
     say(f"embedding {len(users):,} users, {len(rows):,} items")
     out = enc.encode(users, edges, rows, layers=range(1, enc.layers))
     clock.lap("forward_s")
-    by_user: dict[str, list[EdgeRow]] = defaultdict(list)
-    by_item: dict[str, list[EdgeRow]] = defaultdict(list)
-    for e in edges:
-        by_user[e.user].append(e)
-        by_item[e.item].append(e)
+    # every row weighed at once (each user's rows are all here, so the recency ranks are the whole graph's)
+    by_user: dict[str, list[tuple[EdgeRow, float]]] = defaultdict(list)
+    by_item: dict[str, list[tuple[EdgeRow, float]]] = defaultdict(list)
+    for e, into_item, into_user in zip(edges, *enc.weigh(edges)):
+        by_user[e.user].append((e, into_user))
+        by_item[e.item].append((e, into_item))
     members: dict[Node, list[str]] = defaultdict(list)
     for r in rows:
         for c in enc.categories_of(r):
             members[("category", c)].append(r.id)
         if (b := enc.brand_of(r)) is not None:
             members[("brand", b)].append(r.id)
-    prints = {f"user:{x}": enc.user_print(enc.cap_of_user(by_user[x])) for x in users}
-    prints.update({f"item:{r.id}": enc.item_print(enc.cap_of_item(by_item[r.id], r)) for r in rows})
+    prints = {f"user:{x}": enc.user_print(enc.top_items(by_user[x])) for x in users}
+    prints.update({f"item:{r.id}": enc.item_print(enc.top_users(by_item[r.id]), r) for r in rows})
     prints.update({_key(n): enc.fingerprint(enc.cap_of_members(m)) for n, m in members.items()})
     return HeteroFull(enc.version, {USER: out.users, ITEM: out.items}, prints, timings, out.layers)
 
