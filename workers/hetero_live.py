@@ -108,10 +108,11 @@ class HeteroLive:
 
     def cap_of_item(self, edges: Iterable[EdgeRow], row: ItemRow | None) -> tuple[list[EdgeRow], list[str], str | None]:
         """An item's kept in-edges: (from users, `item_in`; categories; brand)."""
-        users = [e for e, _ in self.item_in(edges)]
-        if row is None:
-            return users, [], None
-        return users, self.categories_of(row)[: self.cap], self.brand_of(row)
+        return [e for e, _ in self.item_in(edges)], *self.meta_of(row)
+
+    def meta_of(self, row: ItemRow | None) -> tuple[list[str], str | None]:
+        """An item's kept in-edges from its categories (the first ``cap`` in vocabulary order) and its brand."""
+        return (self.categories_of(row)[: self.cap], self.brand_of(row)) if row is not None else ([], None)
 
     def cap_of_members(self, members: Sequence[str]) -> list[str]:
         """A category's or brand's kept in-edges: every edge weighs 1, so the ``cap`` smallest item ids."""
@@ -128,8 +129,7 @@ class HeteroLive:
 
     def item_print(self, kept: Sequence[tuple[EdgeRow, float]], row: ItemRow | None) -> str:
         """Of `item_in`'s list and the item's categories and brand."""
-        cats, brand = (self.categories_of(row)[: self.cap], self.brand_of(row)) if row is not None else ([], None)
-        return self.fingerprint([sorted((e.user, w) for e, w in kept), cats, brand])
+        return self.fingerprint([sorted((e.user, w) for e, w in kept), *self.meta_of(row)])
 
     # ------------------------------------------------------------------ forward
     def _graph(
