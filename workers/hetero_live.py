@@ -7,16 +7,20 @@ Categories and brands are indexed by the checkpoint's vocabularies (unknown ones
 to the version keeps the layer-0 input it had at training time (metadata and text, ID row); a new item gets one
 from its live metadata, without an ID row.
 
+Edge weights are the training's (`weigh`: `HeteroGNN.interaction_weights`, one definition): the event strength
+decayed by age from the version's reference time and, on the edges into a user, the recency weight of the edge's
+rank among all of the user's rows, so the served vectors are the trained model's forward on the live graph.
+
 What a vector depends on (the receptive field, invariant 3): node v's layer-k output reads its own layer-(k-1)
-output and those of its capped in-neighbours (`cap_of`: top ``neighbour_cap`` edges by weight, ties by the
-source's id; the same rule as `ml.sampling.cap_neighbours`, which `typed_edges` applies). So a subgraph that
-holds, for every node whose layer-k output (k >= 1) is needed, every edge of its cap, gives those nodes exactly the
-outputs of the whole graph: `encode` on the pulled rows equals `encode` on every row.
+output and those of its capped in-neighbours (`user_in` / `item_in`: top ``neighbour_cap`` edges by weight, ties
+by the source's id; the same rule as `ml.sampling.cap_neighbours`, which `typed_edges` applies). So a subgraph that
+holds, for every node whose layer-k output (k >= 1) is needed, every edge of its cap (and, for such a user, its
+whole history for the ranks: `encode`'s ``histories``), gives those nodes exactly the outputs of the whole graph:
+`encode` on the pulled rows equals `encode` on every row.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
@@ -26,19 +30,13 @@ import torch
 
 from graphdb.subgraph import EdgeRow, ItemRow
 from ml.checkpoint import Checkpoint
-from ml.encoders.hetero_gnn import HeteroGNN, typed_edges
-from ml.interaction_graph import EdgeSet, EdgeType, InteractionGraph
+from ml.encoders.hetero_gnn import HeteroGNN
+from ml.interaction_graph import EdgeType, InteractionGraph
 from ml.text import TextEncoder
-from workers.live import item_text
+from workers.live import interaction_set, item_text
 
 Node = tuple[str, str]  # (node type, id): ("user", pseudonym), ("item", id), ("category", id), ("brand", id)
 RELATION = ("user", "interacted", "item")  # the worker's one interaction relation (workers.live.training_graph)
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _w(weight: float) -> float:
-    """The weight as the model's tensors hold it (float32): caps rank on this. Cached: the caps sort on it."""
-    return float(np.float32(weight))
 
 
 class HeteroLive:
@@ -74,16 +72,47 @@ class HeteroLive:
     def brand_of(self, row: ItemRow) -> str | None:
         return row.brand if row.brand is not None and row.brand in self.brand_index else None
 
+    def weigh(self, edges: Sequence[EdgeRow]) -> tuple[list[float], list[float]]:
+        """The model's weights of these rows as its forward holds them (float32, `HeteroGNN.interaction_weights`,
+        the training's own): (into the item, into the user). A user's recency ranks read that user's rows here, so
+        the weights into a user are the whole graph's when every row of that user is given."""
+        if not edges:
+            return [], []
+        users = {u: n for n, u in enumerate(sorted({e.user for e in edges}))}
+        es = interaction_set(edges, users, {e.item: 0 for e in edges})
+        into_item, into_user = self.model.interaction_weights(es.index[0].numpy(), es.weight, es.time)
+        return into_item.tolist(), into_user.tolist()
+
+    def user_in(self, edges: Iterable[EdgeRow]) -> list[tuple[EdgeRow, float]]:
+        """A user's kept in-edges (from items) with their weights: top ``cap`` by weight, ties by item id. ``edges``:
+        every row of the user (the recency ranks read them all)."""
+        edges = list(edges)
+        return self.top_items(zip(edges, self.weigh(edges)[1]))
+
+    def item_in(self, edges: Iterable[EdgeRow]) -> list[tuple[EdgeRow, float]]:
+        """An item's kept in-edges from users with their weights: top ``cap`` by weight, ties by user id."""
+        edges = list(edges)
+        return self.top_users(zip(edges, self.weigh(edges)[0]))
+
+    def top_items(self, weighted: Iterable[tuple[EdgeRow, float]]) -> list[tuple[EdgeRow, float]]:
+        """The cap of a user's weighed in-edges: top ``cap`` by weight, ties by item id (`cap_neighbours`' rule)."""
+        return sorted(weighted, key=lambda p: (-p[1], p[0].item))[: self.cap]
+
+    def top_users(self, weighted: Iterable[tuple[EdgeRow, float]]) -> list[tuple[EdgeRow, float]]:
+        """The cap of an item's weighed in-edges from users: top ``cap`` by weight, ties by user id."""
+        return sorted(weighted, key=lambda p: (-p[1], p[0].user))[: self.cap]
+
     def cap_of_user(self, edges: Iterable[EdgeRow]) -> list[EdgeRow]:
-        """A user's kept in-edges (from items): top ``cap`` by weight, ties by item id."""
-        return sorted(edges, key=lambda e: (-_w(e.weight), e.item))[: self.cap]
+        """A user's kept in-edges (`user_in`, every row of the user given)."""
+        return [e for e, _ in self.user_in(edges)]
 
     def cap_of_item(self, edges: Iterable[EdgeRow], row: ItemRow | None) -> tuple[list[EdgeRow], list[str], str | None]:
-        """An item's kept in-edges: (from users: top ``cap`` by weight, ties by user id; categories; brand)."""
-        users = sorted(edges, key=lambda e: (-_w(e.weight), e.user))[: self.cap]
-        if row is None:
-            return users, [], None
-        return users, self.categories_of(row)[: self.cap], self.brand_of(row)
+        """An item's kept in-edges: (from users, `item_in`; categories; brand)."""
+        return [e for e, _ in self.item_in(edges)], *self.meta_of(row)
+
+    def meta_of(self, row: ItemRow | None) -> tuple[list[str], str | None]:
+        """An item's kept in-edges from its categories (the first ``cap`` in vocabulary order) and its brand."""
+        return (self.categories_of(row)[: self.cap], self.brand_of(row)) if row is not None else ([], None)
 
     def cap_of_members(self, members: Sequence[str]) -> list[str]:
         """A category's or brand's kept in-edges: every edge weighs 1, so the ``cap`` smallest item ids."""
@@ -94,12 +123,13 @@ class HeteroLive:
         """A digest of a capped in-list: equal digests, equal inputs from the neighbours."""
         return hashlib.sha1(repr(list(parts)).encode()).hexdigest()[:20]
 
-    def user_print(self, capped: Sequence[EdgeRow]) -> str:
-        return self.fingerprint(sorted((e.item, _w(e.weight)) for e in capped))
+    def user_print(self, kept: Sequence[tuple[EdgeRow, float]]) -> str:
+        """Of `user_in`'s list: the kept sources and their weights (a new event re-ranks the user's older edges)."""
+        return self.fingerprint(sorted((e.item, w) for e, w in kept))
 
-    def item_print(self, capped: tuple[list[EdgeRow], list[str], str | None]) -> str:
-        users, cats, brand = capped
-        return self.fingerprint([sorted((e.user, _w(e.weight)) for e in users), cats, brand])
+    def item_print(self, kept: Sequence[tuple[EdgeRow, float]], row: ItemRow | None) -> str:
+        """Of `item_in`'s list and the item's categories and brand."""
+        return self.fingerprint([sorted((e.user, w) for e, w in kept), *self.meta_of(row)])
 
     # ------------------------------------------------------------------ forward
     def _graph(
@@ -160,6 +190,7 @@ class HeteroLive:
         rows: Iterable[ItemRow],
         layers: Sequence[int] = (),
         given: Mapping[Node, np.ndarray] | None = None,
+        histories: Mapping[str, Sequence[EdgeRow]] | None = None,
     ) -> Encoded:
         """Vectors of every user and item in the given rows: ``rows`` must hold every item of ``edges``; users are
         ``user_ids`` and every user of ``edges``. Exact for a node whose cap, and whose neighbours' caps down to
@@ -168,7 +199,11 @@ class HeteroLive:
 
         ``given``: the layer-(K-1) outputs (before the activation) of the nodes, from which only the last layer
         runs: then a node's vector is exact when its own cap is inside the rows and ``given`` holds it and its cap's
-        sources (a node missing from ``given`` reads zeros). K = 1 ignores ``given``."""
+        sources (a node missing from ``given`` reads zeros). K = 1 ignores ``given``.
+
+        ``histories``: every row of some users (by user id), which the recency weights of their in-edges rank by,
+        as the whole graph ranks them; a user without one is ranked by its rows in ``edges``. Edge weights are the
+        training's (`HeteroGNN.edges`: time decay, recency)."""
         edges = list(edges)
         by_id = {r.id: r for r in rows}
         item_ids = sorted(by_id)
@@ -176,18 +211,16 @@ class HeteroLive:
         ids = {"user": user_ids, "item": item_ids, "category": list(self.ck.category_names), "brand": list(self.ck.brand_names)}
         ii = {s: i for i, s in enumerate(item_ids)}
         ui = {s: i for i, s in enumerate(user_ids)}
-        rel = {RELATION: EdgeSet.build([ui[e.user] for e in edges], [ii[e.item] for e in edges], [e.weight for e in edges])}
+        rel = {RELATION: interaction_set(edges, ui, ii)}
         pairs = [(ii[i], self.category_index[c]) for i in item_ids for c in self.categories_of(by_id[i])]
         brands = torch.tensor(
             [self.brand_index[b] if (b := self.brand_of(by_id[i])) is not None else -1 for i in item_ids], dtype=torch.long
         )
         graph = self._graph(user_ids, item_ids, rel, _pairs_or_empty(pairs), brands)
-        index, weight = typed_edges(graph, self.cap)
+        eis, ews = self.model.edges(graph, _context(histories, ui))
         for et in self.model.edge_types:  # a relation with no edge here still adds its root term, as in the full graph
-            if et not in index:
-                index[et], weight[et] = torch.empty(2, 0, dtype=torch.long), torch.empty(0)
-        eis = {k: v.to(self.device) for k, v in index.items()}
-        ews = {k: v.to(self.device) for k, v in weight.items()}
+            if et not in eis:
+                eis[et], ews[et] = torch.empty(2, 0, dtype=torch.long, device=self.device), torch.empty(0, device=self.device)
         if given is not None and self.layers > 1:
             out = self._last_layer({t: self._given(given, t, ids[t]) for t in ids}, eis, ews)
             return Encoded(*({n: v for n, v in zip(ids[t], _np(out[t]))} for t in ("user", "item")))
@@ -239,6 +272,15 @@ class Encoded:
     users: dict[str, np.ndarray]  # user id -> output vector
     items: dict[str, np.ndarray]  # item id -> output vector
     layers: dict[int, dict[Node, np.ndarray]] = field(default_factory=dict)  # layer -> node -> its output there
+
+
+def _context(histories: Mapping[str, Sequence[EdgeRow]] | None, user_index: dict[str, int]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(user index, time) of the histories' rows of the users in ``user_index``: `HeteroGNN.edges`' ``context``."""
+    if not histories:
+        return None
+    rows = [e for u in user_index if u in histories for e in histories[u]]
+    es = interaction_set(rows, user_index, {e.item: 0 for e in rows})
+    return es.index[0].numpy(), es.time.numpy()
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

@@ -20,6 +20,7 @@ exact GCN affected set would add the nodes reading a source whose capped degree 
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -62,8 +63,11 @@ class Neighbourhood:
         self.item_edges: dict[str, list[EdgeRow]] = {}
         self.rows: dict[str, ItemRow | None] = {}
         self.members: dict[Node, list[str]] = {}
-        self._user_caps: dict[str, list[EdgeRow]] = {}
-        self._item_caps: dict[str, list[EdgeRow]] = {}
+        self._user_in: dict[str, list[tuple[EdgeRow, float]]] = {}
+        self._item_in: dict[str, list[tuple[EdgeRow, float]]] = {}
+        # the model's weight of each row, aligned with user_edges / item_edges: weighed once per load, all together
+        self._into_user: dict[str, list[float]] = {}
+        self._into_item: dict[str, list[float]] = {}
 
     def load(self, nodes: Iterable[Node]) -> None:
         """Read the in-lists (and item rows) of these nodes that are not read yet."""
@@ -78,12 +82,17 @@ class Neighbourhood:
                 self.user_edges[u] = []
             for e in edges:
                 self.user_edges[e.user].append(e)
+            # every row of each of these users is here, so their recency ranks are the whole graph's
+            rows = [e for u in users for e in self.user_edges[u]]
+            self._split(users, self.user_edges, self.enc.weigh(rows)[1], self._into_user)
         items = sorted(want["item"] - self.item_edges.keys())
         if items:
             for i in items:
                 self.item_edges[i] = []
             for e in subgraph.item_edges(driver, items, database=db):
                 self.item_edges[e.item].append(e)
+            rows = [e for i in items for e in self.item_edges[i]]
+            self._split(items, self.item_edges, self.enc.weigh(rows)[0], self._into_item)
         self.load_rows(want["item"])
         cats = sorted(c for c in want["category"] if ("category", c) not in self.members)
         for c, m in subgraph.category_members(driver, cats, database=db).items() if cats else ():
@@ -92,6 +101,14 @@ class Neighbourhood:
         for b, m in subgraph.brand_members(driver, brands, database=db).items() if brands else ():
             self.members[("brand", b)] = m
 
+    @staticmethod
+    def _split(keys: list[str], lists: dict[str, list[EdgeRow]], weights: list[float], into: dict[str, list[float]]) -> None:
+        """``weights`` of the rows of ``keys`` in order (as `load` weighed them), one list per key."""
+        at = 0
+        for k in keys:
+            n = len(lists[k])
+            into[k], at = weights[at : at + n], at + n
+
     def load_rows(self, item_ids: Iterable[str]) -> None:
         missing = sorted(set(item_ids) - self.rows.keys())
         if missing:
@@ -99,21 +116,28 @@ class Neighbourhood:
             self.rows.update({i: got.get(i) for i in missing})
 
     # ------------------------------------------------------------------ caps, after `load`
-    # A node's in-list does not change within a round once read, so its cap is sorted once (the sort is the cost).
-    def user_cap(self, uid: str) -> list[EdgeRow]:
-        """The user's kept in-edges (`HeteroLive.cap_of_user`)."""
-        got = self._user_caps.get(uid)
+    # A node's in-list does not change within a round once read, so its cap is weighed and sorted once (the cost).
+    def user_in(self, uid: str) -> list[tuple[EdgeRow, float]]:
+        """The user's kept in-edges with their weights (`HeteroLive.user_in`, from every row of the user)."""
+        got = self._user_in.get(uid)
         if got is None:
-            got = self._user_caps[uid] = self.enc.cap_of_user(self.user_edges[uid])
+            got = self._user_in[uid] = self.enc.top_items(zip(self.user_edges[uid], self._into_user[uid]))
         return got
+
+    def item_in(self, iid: str) -> list[tuple[EdgeRow, float]]:
+        """The item's kept in-edges from users with their weights (`HeteroLive.item_in`)."""
+        got = self._item_in.get(iid)
+        if got is None:
+            got = self._item_in[iid] = self.enc.top_users(zip(self.item_edges[iid], self._into_item[iid]))
+        return got
+
+    def user_cap(self, uid: str) -> list[EdgeRow]:
+        return [e for e, _ in self.user_in(uid)]
 
     def item_cap(self, iid: str) -> tuple[list[EdgeRow], list[str], str | None]:
         """The item's kept in-edges from users, categories and brand (`HeteroLive.cap_of_item`)."""
-        users = self._item_caps.get(iid)
-        if users is None:
-            users = self._item_caps[iid] = self.enc.cap_of_item(self.item_edges[iid], None)[0]
-        _, cats, brand = self.enc.cap_of_item((), self.rows.get(iid))
-        return users, cats, brand
+        cats, brand = self.enc.meta_of(self.rows.get(iid))
+        return [e for e, _ in self.item_in(iid)], cats, brand
 
     def cap(self, node: Node) -> list[Node]:
         """The sources node keeps (its capped in-neighbours)."""
@@ -128,9 +152,9 @@ class Neighbourhood:
     def print_of(self, node: Node) -> str:
         kind, nid = node
         if kind == "user":
-            return self.enc.user_print(self.user_cap(nid))
+            return self.enc.user_print(self.user_in(nid))
         if kind == "item":
-            return self.enc.item_print(self.item_cap(nid))
+            return self.enc.item_print(self.item_in(nid), self.rows.get(nid))
         return self.enc.fingerprint(self.enc.cap_of_members(self.members[node]))
 
     def out(self, nodes: set[Node]) -> set[Node]:
@@ -206,17 +230,25 @@ class LayerStore:
 
 
 def affected(
-    nb: Neighbourhood, cands: set[Node], items: set[str], stored: dict[str, str] | None, layers: LayerStore | None = None
+    nb: Neighbourhood,
+    cands: set[Node],
+    items: set[str],
+    stored: dict[str, str] | None,
+    layers: LayerStore | None = None,
+    before_last: Callable[[Affected], None] | None = None,
 ) -> Affected:
     """The layer-by-layer affected set (module docstring) of ``candidates``. ``stored``: in-list fingerprints by
     node key (None: none kept, every candidate counts as changed). ``layers``: the stored intermediate outputs;
-    without them every candidate of a layer counts as changed there."""
+    without them every candidate of a layer counts as changed there. ``before_last``: called once the layer-(K-1)
+    outputs are known and ``changed`` is final, before the last layer's out-set is read (most of a round's pulls)."""
     enc = nb.enc
     nb.load(cands)
     changed = {n for n in cands if stored is None or stored.get(_key(n)) != nb.print_of(n)}
     moved: set[Node] = {("item", i) for i in items if i not in enc.row}  # layer-0 inputs from live metadata
     found = Affected(set(), changed)
     for k in range(1, enc.layers + 1):
+        if k == enc.layers and before_last is not None:
+            before_last(found)
         layer = moved | changed | nb.out(moved)  # whose layer-k output may differ
         found.per_layer.append(len(layer))
         if k == enc.layers:
@@ -226,7 +258,9 @@ def affected(
         else:
             # InkStream: compute the candidates' layer-k outputs; only those that moved propagate further
             users, edges, rows = pull(nb, layer, depth=k)
-            now = {n: v for n, v in enc.encode(users, edges, rows, layers=(k,)).layers[k].items() if n in layer}
+            now = {
+                n: v for n, v in enc.encode(users, edges, rows, layers=(k,), histories=nb.user_edges).layers[k].items() if n in layer
+            }
             before = layers.get(k, now)
             moved = {n for n, v in now.items() if n not in before or float(np.max(np.abs(before[n] - v))) > MOVED_TOL}
             found.layer_updates[k] = {n: now[n] for n in moved}
@@ -268,9 +302,10 @@ def pull(nb: Neighbourhood, targets: set[Node], depth: int | None = None) -> tup
 
 
 def last_layer_inputs(
-    nb: Neighbourhood, found: Affected, store: LayerStore
+    nb: Neighbourhood, found: Affected, store: LayerStore, nodes: set[Node] | None = None
 ) -> tuple[list[str], list[EdgeRow], list[ItemRow], dict[Node, np.ndarray] | None]:
-    """The rows of ``found.nodes``' own caps and the layer-(K-1) outputs of those nodes and their caps' sources:
+    """The rows of ``nodes``' (default ``found.nodes``) own caps and the layer-(K-1) outputs of those nodes and
+    their caps' sources:
     what the last layer alone needs (`HeteroLive.encode`'s ``given``), so neither the K-hop rows nor the lower
     layers are read or run again. The outputs are the ones just computed for the nodes that moved, the stored ones
     for the rest (equal within ``MOVED_TOL``). ``given`` is None when the store lacks one of them (no Redis, or a
@@ -278,10 +313,11 @@ def last_layer_inputs(
     k = nb.enc.layers - 1
     if k < 1 or store.redis is None or k not in found.layer_updates:
         return [], [], [], None
-    users, edges, rows = pull(nb, found.nodes, depth=1)
+    nodes = found.nodes if nodes is None else nodes
+    users, edges, rows = pull(nb, nodes, depth=1)
     need: set[Node] = {("user", u) for u in users} | {("user", e.user) for e in edges} | {("item", r.id) for r in rows}
     for r in rows:
-        if ("item", r.id) in found.nodes:
+        if ("item", r.id) in nodes:
             need.update(n for n in nb.cap(("item", r.id)) if n[0] != "user")
     moved = found.layer_updates[k]
     given = {**store.get(k, need - moved.keys()), **{n: v for n, v in moved.items() if n in need}}
@@ -316,12 +352,15 @@ def _store_prints(ctx: HeteroContext, prints: dict[str, str]) -> None:
 class HeteroResult(RecomputeResult):
     affected: list[int] = field(default_factory=list)  # |A_1|, ..., |A_K| (users, items, categories, brands)
     changed: int = 0  # |C|: capped in-lists that changed
+    first_published: int = 0  # changed users published before the rest of the round (`recompute_marked`)
+    first_s: float = 0.0  # seconds from the round's start to that publish
 
 
 def recompute_marked(ctx: HeteroContext, limit: int = 10000) -> HeteroResult:
     """Recompute what the oldest ``limit`` marks affect (module docstring); publish, write, clear the marks."""
     enc, version = ctx.encoder, ctx.encoder.version
     res = HeteroResult(version)
+    started = time.perf_counter()
     clock = _Clock(res.timings)
     marks = read_marks(ctx.driver, limit=limit, database=ctx.database)
     res.marks = len(marks)
@@ -332,10 +371,31 @@ def recompute_marked(ctx: HeteroContext, limit: int = 10000) -> HeteroResult:
     for m in marks:
         by_label[m.label].add(m.id)
         tokens[m.label][m.id] = m.token
+    since: dict[str, dict[str, float]] = defaultdict(dict)
+    for m in marks:
+        if m.since is not None:
+            since[m.label][m.id] = m.since
     nb = Neighbourhood(ctx)
     cands, marked_items = candidates(nb, by_label)
     store = LayerStore(ctx)
-    found = affected(nb, cands, marked_items, _stored_prints(ctx, cands), store)
+    first: dict[str, np.ndarray] = {}
+
+    def publish_first(found: Affected) -> None:
+        # A changed user's vector needs only its own cap and the layer-(K-1) outputs just computed, not the last
+        # layer's out-set (the items that keep a moved node: most of a round's pulls), so the shoppers whose events
+        # started the round reach the stream first. The same computation as the round's (`last_layer_inputs`).
+        nodes = {n for n in found.changed if n[0] == "user"}
+        if enc.kind == "hetero-gcn" or not nodes:
+            return
+        users, edges, rows, given = last_layer_inputs(nb, found, store, nodes)
+        if given is None:
+            return
+        out = enc.encode(users, edges, rows, given=given, histories=nb.user_edges)
+        first.update({u: out.users[u] for _, u in nodes if u in out.users})
+        res.first_published = publish_vectors(ctx.redis, ctx.stream, {USER: first}, version, since)
+        res.first_s = time.perf_counter() - started
+
+    found = affected(nb, cands, marked_items, _stored_prints(ctx, cands), store, publish_first)
     res.affected, res.changed = found.per_layer, len(found.changed)
     if enc.kind == "hetero-gcn":  # source degrees need the whole graph, and change the whole graph (module docstring)
         all_users, edges, rows = _everything(ctx)
@@ -348,15 +408,12 @@ def recompute_marked(ctx: HeteroContext, limit: int = 10000) -> HeteroResult:
     users = {i for k, i in found.nodes if k == "user"}
     items = {i for k, i in found.nodes if k == "item"}
     clock.lap("pull_s")
-    out = enc.encode(all_users, edges, rows, given=given)
-    user_vecs = {u: out.users[u] for u in users if u in out.users}
+    out = enc.encode(all_users, edges, rows, given=given, histories=nb.user_edges)
+    user_vecs = {u: first.get(u, out.users[u]) for u in users if u in out.users or u in first}
     item_vecs = {i: out.items[i] for i in items if i in out.items}
     clock.lap("forward_s")
-    since: dict[str, dict[str, float]] = defaultdict(dict)
-    for m in marks:
-        if m.since is not None:
-            since[m.label][m.id] = m.since
-    res.published = publish_vectors(ctx.redis, ctx.stream, {ITEM: item_vecs, USER: user_vecs}, version, since)
+    later = {u: v for u, v in user_vecs.items() if u not in first}
+    res.published = res.first_published + publish_vectors(ctx.redis, ctx.stream, {ITEM: item_vecs, USER: later}, version, since)
     cleared = 0
     for label, vecs in ((ITEM, item_vecs), (USER, user_vecs)):
         if vecs:
@@ -406,19 +463,20 @@ def full_vectors(ctx: HeteroContext, progress: Callable[[str], None] | None = No
     say(f"embedding {len(users):,} users, {len(rows):,} items")
     out = enc.encode(users, edges, rows, layers=range(1, enc.layers))
     clock.lap("forward_s")
-    by_user: dict[str, list[EdgeRow]] = defaultdict(list)
-    by_item: dict[str, list[EdgeRow]] = defaultdict(list)
-    for e in edges:
-        by_user[e.user].append(e)
-        by_item[e.item].append(e)
+    # every row weighed at once (each user's rows are all here, so the recency ranks are the whole graph's)
+    by_user: dict[str, list[tuple[EdgeRow, float]]] = defaultdict(list)
+    by_item: dict[str, list[tuple[EdgeRow, float]]] = defaultdict(list)
+    for e, into_item, into_user in zip(edges, *enc.weigh(edges)):
+        by_user[e.user].append((e, into_user))
+        by_item[e.item].append((e, into_item))
     members: dict[Node, list[str]] = defaultdict(list)
     for r in rows:
         for c in enc.categories_of(r):
             members[("category", c)].append(r.id)
         if (b := enc.brand_of(r)) is not None:
             members[("brand", b)].append(r.id)
-    prints = {f"user:{x}": enc.user_print(enc.cap_of_user(by_user[x])) for x in users}
-    prints.update({f"item:{r.id}": enc.item_print(enc.cap_of_item(by_item[r.id], r)) for r in rows})
+    prints = {f"user:{x}": enc.user_print(enc.top_items(by_user[x])) for x in users}
+    prints.update({f"item:{r.id}": enc.item_print(enc.top_users(by_item[r.id]), r) for r in rows})
     prints.update({_key(n): enc.fingerprint(enc.cap_of_members(m)) for n, m in members.items()})
     return HeteroFull(enc.version, {USER: out.users, ITEM: out.items}, prints, timings, out.layers)
 

@@ -317,6 +317,17 @@ def _dev(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
     return None if t is None else t.to(device)
 
 
+def interaction_set(edges: Sequence[EdgeRow], user_index: dict[str, int], item_index: dict[str, int]) -> EdgeSet:
+    """The rows as the models' user->item relation: one edge per row (one per behaviour type), its weight and its
+    latest time in whole seconds (what the K-layer encoders decay and rank by), for training and live recompute."""
+    return EdgeSet.build(
+        [user_index[e.user] for e in edges],
+        [item_index[e.item] for e in edges],
+        [e.weight for e in edges],
+        [int(e.last_ts) for e in edges],
+    )
+
+
 def training_graph(edges: Iterable[EdgeRow], items: Sequence[ItemRow]) -> InteractionGraph:
     """The live graph as the models' tensor container: one user->item relation (weights summed), item
     categories (with ancestors), brands and texts. Indices follow ascending external ids."""
@@ -333,12 +344,10 @@ def training_graph(edges: Iterable[EdgeRow], items: Sequence[ItemRow]) -> Intera
     pairs = [(ii[r.id], ci[c]) for r in items for c in r.categories]
     brand = [bi.get(meta[i].brand, -1) if i in meta and meta[i].brand else -1 for i in item_ids]
     texts = [item_text(meta[i]) if i in meta else "" for i in item_ids]
-    src = [ui[e.user] for e in edges]
-    dst = [ii[e.item] for e in edges]
     return InteractionGraph(
         num_users=len(user_ids),
         num_items=len(item_ids),
-        edges={("user", "interacted", "item"): EdgeSet.build(src, dst, [e.weight for e in edges], [int(e.last_ts) for e in edges])},
+        edges={("user", "interacted", "item"): interaction_set(edges, ui, ii)},
         user_ids=user_ids,
         item_ids=item_ids,
         num_categories=len(cat_names),

@@ -13,9 +13,10 @@ past the ID table, when the model has one, gets a zero ID row).
 Edge weights are the event strength times a time decay ``2 ** ((t - time_ref) / half_life)`` (edges without a
 time, ``t <= 0``, are not decayed) and, on the edges into a user, the recency weight of `ml.recency` (the
 dense rank of the edge's time among the user's own interactions: what a shopper did last weighs most, and it
-depends on the user's edges only); they order the neighbour caps and weigh the aggregation (SAGE's weighted mean
-when ``weighted``, GCN's normalised sum; GIN sums or averages unweighted). Neighbour caps (`ml.sampling.cap_neighbours`)
-are applied before the pass and depend only on a node's own edges, so a subgraph around the changed nodes
+depends on the user's edges only), both from `interaction_weights`, which the live recompute calls too; they order
+the neighbour caps and weigh the aggregation (SAGE's weighted mean when ``weighted``, GCN's normalised sum; GIN sums
+or averages unweighted). Neighbour caps (`ml.sampling.cap_neighbours`) are applied before the pass and depend only
+on a node's own edges, so a subgraph around the changed nodes (given its users' other times for the ranks)
 reproduces the full-graph vectors. Every tensor the model makes or receives goes to its parameters' device.
 """
 
@@ -97,25 +98,44 @@ def decayed(weight: Tensor, time: Tensor, half_life_s: float, time_ref: int) -> 
     return (weight.double() * f).float()
 
 
-def user_recency(graph: InteractionGraph, boost: float, scale: float) -> dict[EdgeType, Tensor]:
-    """Per interaction relation, the recency weight [E] of each edge in its user's aggregation: the dense rank of
-    its time among all of the user's interaction times (newest = 0, equal times share a rank), weighed as
-    `ml.recency` weighs the served model's items. Every weight is 1 when ``boost`` is 0 or times are equal."""
-    types = graph.interaction_types()
-    if boost <= 0 or not types:
-        return {et: torch.ones(graph.edges[et].num_edges) for et in types}
-    users = np.concatenate([graph.edges[et].index[0].numpy() for et in types])
-    times = np.concatenate([graph.edges[et].time.numpy() for et in types]).astype(np.float64)
+def recency_weights(users: np.ndarray, times: np.ndarray, boost: float, scale: float, n: int | None = None) -> Tensor:
+    """The recency weight (float32) of the first ``n`` (default all) of these interactions (``users`` [E] any ids
+    of one kind, ``times`` [E]) in their user's aggregation: the dense rank of the time among all of the user's
+    times here (newest = 0, equal times share a rank), weighed as `ml.recency` weighs the served model's items. The
+    rows past ``n`` only count for the ranks. Every weight is 1 when ``boost`` is 0 or a user's times are equal."""
+    n = len(users) if n is None else n
+    if boost <= 0 or not len(users):
+        return torch.ones(n)
+    times = np.asarray(times).astype(np.float64)
     order = np.lexsort((-times, users))
     su, st = users[order], times[order]
-    new_user = np.r_[True, su[1:] != su[:-1]] if len(su) else np.zeros(0, bool)
-    step = np.r_[False, (st[1:] != st[:-1]) & ~new_user[1:]] if len(su) else np.zeros(0, bool)
+    new_user = np.r_[True, su[1:] != su[:-1]]
+    step = np.r_[False, (st[1:] != st[:-1]) & ~new_user[1:]]
     dense = np.cumsum(step)
-    dense -= np.maximum.accumulate(np.where(new_user, dense, 0)) if len(su) else 0
+    dense -= np.maximum.accumulate(np.where(new_user, dense, 0))
     rank = np.empty(len(users), np.float64)
     rank[order] = dense
-    w = torch.from_numpy((1.0 + boost * np.exp(-rank / scale)) / (1.0 + boost)).float()
-    return dict(zip(types, torch.split(w, [graph.edges[et].num_edges for et in types])))
+    return torch.from_numpy((1.0 + boost * np.exp(-rank[:n] / scale)) / (1.0 + boost)).float()
+
+
+def interaction_weights(
+    users: np.ndarray,
+    weight: Tensor,
+    time: Tensor,
+    half_life_s: float,
+    time_ref: int,
+    recency_boost: float,
+    recency_scale: float,
+    context: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The weights [E] of user->item interaction edges (``users`` [E] their users, ``weight`` [E] the event
+    strength, ``time`` [E] unix seconds): (into the item: strength x `decayed`; into the user: that x the user's
+    `recency_weights`). The one definition of the edge weights, for training and for the live recompute
+    (`workers.hetero_live`). ``context``: (users, times) of further interactions of the same users that the
+    recency ranks count, so that a subgraph holding part of a user's edges weighs them as the whole graph does."""
+    into_item = decayed(weight, time, half_life_s, time_ref)
+    u, t = (users, time.numpy()) if context is None else (np.r_[users, context[0]], np.r_[time.numpy(), context[1]])
+    return into_item, into_item * recency_weights(u, t, recency_boost, recency_scale, n=len(users))
 
 
 def typed_edges(
@@ -125,24 +145,44 @@ def typed_edges(
     time_ref: int = 0,
     recency_boost: float = 0.0,
     recency_scale: float = 1.0,
+    context: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[dict[EdgeType, Tensor], dict[EdgeType, Tensor]]:
     """Edge indices and weights of every relation and its reverse, capped per target node (top-N by weight,
-    ties by source index). Item->category and item->brand links come from the item metadata. With
-    ``half_life_s`` > 0, weights decay with age (`decayed`); with ``recency_boost`` > 0, the edges into a user
-    also carry `user_recency`; both before the caps."""
-    rels: dict[EdgeType, tuple[Tensor, Tensor]] = {}
-    recency = user_recency(graph, recency_boost, recency_scale)
+    ties by source index). Item->category and item->brand links come from the item metadata. The interaction
+    relations are weighed by `interaction_weights` (all behaviour types of a user ranked together; ``context``:
+    (user index, time) of the users' interactions outside ``graph``, for the ranks); other relations decay with
+    age. Both before the caps."""
+    rels: dict[EdgeType, tuple[Tensor, Tensor, Tensor]] = {}
+    types = graph.interaction_types()
+    if types:
+        sets = [graph.edges[et] for et in types]
+        into_item, into_user = interaction_weights(
+            torch.cat([es.index[0] for es in sets]).numpy(),
+            torch.cat([es.weight for es in sets]),
+            torch.cat([es.time for es in sets]),
+            half_life_s,
+            time_ref,
+            recency_boost,
+            recency_scale,
+            context,
+        )
+        sizes = [es.num_edges for es in sets]
+        for et, es, w, back in zip(types, sets, torch.split(into_item, sizes), torch.split(into_user, sizes)):
+            rels[et] = (es.index, w, back)
     for et, es in graph.edges.items():
-        rels[et] = (es.index, decayed(es.weight, es.time, half_life_s, time_ref))
+        if et not in rels:
+            w = decayed(es.weight, es.time, half_life_s, time_ref)
+            rels[et] = (es.index, w, w)
     if graph.num_categories and graph.item_category.numel():
-        rels[("item", "in_category", "category")] = (graph.item_category, torch.ones(graph.item_category.size(1)))
+        ones = torch.ones(graph.item_category.size(1))
+        rels[("item", "in_category", "category")] = (graph.item_category, ones, ones)
     has_brand = graph.item_brand >= 0
     if graph.num_brands and bool(has_brand.any()):
         idx = torch.stack([torch.nonzero(has_brand).view(-1), graph.item_brand[has_brand]])
-        rels[("item", "of_brand", "brand")] = (idx, torch.ones(idx.size(1)))
+        ones = torch.ones(idx.size(1))
+        rels[("item", "of_brand", "brand")] = (idx, ones, ones)
     index, weight = {}, {}
-    for (s, r, d), (ei, w) in rels.items():
-        back = w * recency[(s, r, d)] if (s, r, d) in recency else w  # item -> user: the user's recency
+    for (s, r, d), (ei, w, back) in rels.items():
         for et, e, we in (((s, r, d), ei, w), ((d, f"rev_{r}", s), ei.flip(0), back)):
             keep = cap_neighbours(e, we, cap, by=1)
             index[et], weight[et] = e[:, keep], we[keep]
@@ -165,7 +205,7 @@ class HeteroGNN(nn.Module):
             checkpoint encodes with the cap it was trained with.
         half_life_days, time_ref: time decay of edge weights (`decayed`; 0 = none) and its reference time (unix
             seconds, the training graph's latest event), kept with the model for the same reason.
-        recency_boost, recency_scale: `user_recency` of the edges into a user (0 = none).
+        recency_boost, recency_scale: `recency_weights` of the edges into a user (0 = none).
         weighted: with ``conv="sage"`` and ``aggr="mean"``, neighbours are averaged by edge weight (`WeightedSAGEConv`).
         gin_aggr: GIN's neighbour aggregation, "add" (the GIN paper's sum) or "mean" (a hub's sum is not hundreds of
             times a leaf's, so one learning rate suits every node; the default of `ml.train_hetero.build_hetero`).
@@ -256,11 +296,20 @@ class HeteroGNN(nn.Module):
     def device(self) -> torch.device:
         return self.user_start.device
 
-    def edges(self, graph: InteractionGraph) -> tuple[dict[EdgeType, Tensor], dict[EdgeType, Tensor]]:
-        """`typed_edges` of ``graph`` under this model's cap and time decay, on the model's device."""
-        index, weight = typed_edges(graph, self.neighbour_cap, self.half_life_s, self.time_ref, self.recency_boost, self.recency_scale)
+    def edges(
+        self, graph: InteractionGraph, context: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> tuple[dict[EdgeType, Tensor], dict[EdgeType, Tensor]]:
+        """`typed_edges` of ``graph`` under this model's cap, time decay and recency (``context``: see there), on
+        the model's device."""
+        index, weight = typed_edges(
+            graph, self.neighbour_cap, self.half_life_s, self.time_ref, self.recency_boost, self.recency_scale, context
+        )
         dev = self.device
         return {et: e.to(dev) for et, e in index.items()}, {et: w.to(dev) for et, w in weight.items()}
+
+    def interaction_weights(self, users: np.ndarray, weight: Tensor, time: Tensor) -> tuple[Tensor, Tensor]:
+        """`interaction_weights` under this model's decay and recency: (into the item, into the user), on the CPU."""
+        return interaction_weights(users, weight, time, self.half_life_s, self.time_ref, self.recency_boost, self.recency_scale)
 
     def inputs(self, graph: InteractionGraph, item_text: Tensor | None = None, query_text: Tensor | None = None) -> dict[str, Tensor]:
         """Layer-0 vectors of every node type present in ``graph``, on the model's device (the graph's tensors and

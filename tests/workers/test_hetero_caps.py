@@ -12,7 +12,6 @@ import torch
 
 from graphdb.subgraph import EdgeRow, ItemRow
 from ml.checkpoint import Checkpoint
-from ml.encoders.hetero_gnn import typed_edges
 from ml.settings import ModelSettings
 from ml.train_hetero import build_hetero
 from workers.hetero_live import RELATION, HeteroLive
@@ -62,7 +61,7 @@ def test_caps_match_the_forward(slices):
     edges, rows = _slice(slices / "amazon-hin")
     graph = training_graph(edges, rows)
     enc = _live(graph, ModelSettings(hidden=8, layers=2, neighbour_cap=4))
-    index, _ = typed_edges(graph, enc.cap)
+    index, _ = enc.model.edges(graph)  # the trained weights: time decay and recency (the defaults)
     kept_items: dict[str, set[str]] = defaultdict(set)  # user -> items the forward keeps
     for i, u in index[("item", f"rev_{RELATION[1]}", "user")].T.tolist():
         kept_items[graph.user_ids[u]].add(graph.item_ids[i])

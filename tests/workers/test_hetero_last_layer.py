@@ -35,9 +35,11 @@ def test_last_layer_on_own_caps_equals_the_whole_forward(slices, conv):
     sub_edges = [e for e in edges if (e.user, e.item) in pairs]
     sub_rows = [by_row[i] for i in sorted({i for _, i in pairs})]
     assert len({e.user for e in by_item[hub]}) > enc.cap and len({e.item for e in by_user[heavy]}) > enc.cap
-    last = enc.encode([heavy], sub_edges, sub_rows, given=full.layers[1])
+    # the heavy user's other rows rank its kept edges' recency, as in the whole graph (the recompute passes them)
+    history = {heavy: by_user[heavy]}
+    last = enc.encode([heavy], sub_edges, sub_rows, given=full.layers[1], histories=history)
     assert np.abs(last.items[hub] - full.items[hub]).max() <= 1e-5
     assert np.abs(last.users[heavy] - full.users[heavy]).max() <= 1e-5
     # and it reads the given outputs: other layer-1 outputs of the hub's sources give another vector
     shifted = {n: v + 1.0 if n[0] == "user" else v for n, v in full.layers[1].items()}
-    assert np.abs(enc.encode([heavy], sub_edges, sub_rows, given=shifted).items[hub] - full.items[hub]).max() > 1e-3
+    assert np.abs(enc.encode([heavy], sub_edges, sub_rows, given=shifted, histories=history).items[hub] - full.items[hub]).max() > 1e-3

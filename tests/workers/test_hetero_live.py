@@ -122,12 +122,13 @@ def test_an_event_recomputes_the_affected_set_not_the_ball(graph, neo4j_settings
     jobs.rebuild_version(rt, version)
     ctx = rt.hetero_context(version)
     hub = driver.execute_query(_HUB).records[0]
-    # every edge here weighs 1 (one interaction each), so the cap keeps the smallest pseudonyms: a newcomer whose
-    # pseudonym sorts after every shopper of the hub stays out of the hub's top 4
+    # every edge here weighs 1 (one interaction each) decayed by its age, so the cap keeps the newest shoppers (ties
+    # by the smallest pseudonyms): a newcomer whose view is older than the slice's first event, and whose pseudonym
+    # sorts after every shopper of the hub, stays out of the hub's top 4
     shoppers = subgraph.users_of_items(driver, [hub["id"]])
     key = graph_settings.pseudonym_key.get_secret_value()
     name = next(n for n in (f"hin:newcomer{k}" for k in range(1000)) if pseudonymise(key, n) > max(shoppers))
-    event = {"event_id": "hub-1", "user_id": name, "type": "view", "item_id": hub["id"], "ts": T0}
+    event = {"event_id": "hub-1", "user_id": name, "type": "view", "item_id": hub["id"], "ts": 900_000_000.0}
     assert ingest_events(driver, graph_settings, [event]).accepted == 1
     res = hetero_recompute.recompute_marked(ctx)
     assert res.changed == 1 and res.users == 1 and res.items == 0
