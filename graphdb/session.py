@@ -61,9 +61,9 @@ class SessionEdges:
         past the user cap needs them (to rank its items), so they are built on demand."""
         k = LN2 / self.half_life_s
         out = []
-        for (_, item), times in self.times.items():
+        for (rel, item), times in self.times.items():
             last = max(times)
-            out.append(EdgeRow(user, item, 1.0 if len(times) == 1 else decayed_weight(times, last, k), last, min(times)))
+            out.append(EdgeRow(user, item, 1.0 if len(times) == 1 else decayed_weight(times, last, k), last, min(times), rel))
         return out
 
 

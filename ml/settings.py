@@ -6,13 +6,18 @@ library code never reads ``os.environ``. The workers' own settings (files, queue
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The one width setting (IG_EMBEDDING_DIM) is the graph's: a constant of a module without any driver import.
+from graphdb.schema import ITEM_INTERACTIONS, REL_FOR_EVENT
 from graphdb.settings import EMBEDDING_DIM
+
+# The behaviours a typed weight can name: the positive item interactions (graphdb.schema).
+_TYPED_EVENTS = tuple(k for k, rel in REL_FOR_EVENT.items() if rel in ITEM_INTERACTIONS)
 
 
 class ModelSettings(BaseSettings):
@@ -51,6 +56,9 @@ class ModelSettings(BaseSettings):
     # behaviour strength ** power and a half-life decay of a user's items, on the user side; the share of the
     # metadata vector in trained items' bases (warm) and in new items' bases beside their text neighbours (cold).
     behaviour_power: float = Field(default=0.0, ge=0, description="user-side weight: behaviour strength ** power (0 = off)")
+    # The strength is each behaviour type's edge weight times its type's weight, summed (event type -> weight, JSON,
+    # e.g. {"view": 1, "click": 2, "add_to_cart": 4, "purchase": 8}; a type not named weighs 1). Needs a power > 0.
+    behaviour_weights: dict[str, float] = Field(default_factory=dict, description="behaviour type weights in the strength")
     # 730 days: the best of {30, 180, 365, 730, 1460} on amazon-hin (real timestamps; docs/benchmarks.md "Signals").
     decay_half_life_days: float = Field(default=730.0, ge=0, description="user-side time decay half-life (0 = off)")
     # The warm blend is chosen on the validation split from its grid (where items have metadata): it helps where the
@@ -102,8 +110,9 @@ class ModelSettings(BaseSettings):
     fold_prior: float = Field(default=2.0, gt=0)
     # A folded item's popularity prior (the ``d^b`` of its served vector) from its first shoppers' rate rather than
     # their count (`ml.trend`): n shoppers within ``span`` weigh as ``n * horizon / (span + prior)`` would,
-    # from ``fold_trend_min_shoppers`` on, at most the version's largest degree; horizon 0 turns it off.
-    fold_trend_horizon_days: float = Field(default=0.0, ge=0)
+    # from ``fold_trend_min_shoppers`` on, at most the version's largest degree; horizon 0 turns it off. On by default
+    # since the full-size strangers check (bench.item_trend: 0 of 100 shoppers of other interests got the item).
+    fold_trend_horizon_days: float = Field(default=30.0, ge=0)
     fold_trend_prior_days: float = Field(default=1.0, gt=0)
     fold_trend_min_shoppers: int = Field(default=10, ge=1)
     # Graph-level interest embedding (GIN over a user's ego-graph, SimilarUsers): layers, and the contrastive
@@ -117,6 +126,28 @@ class ModelSettings(BaseSettings):
     ego_views: Literal["future", "halves"] = "halves"
     # Width of the ego vectors (the ``user_ego`` index's width follows it).
     ego_dim: int = Field(default=64, ge=2)
+
+    @field_validator("behaviour_weights")
+    @classmethod
+    def _check_behaviour_weights(cls, v: dict[str, float]) -> dict[str, float]:
+        for kind, w in v.items():
+            if kind not in _TYPED_EVENTS:
+                raise ValueError(f"behaviour_weights: unknown behaviour {kind!r}; expected one of {', '.join(_TYPED_EVENTS)}")
+            if not (w > 0 and math.isfinite(w)):
+                raise ValueError(f"behaviour_weights: {kind} weighs {w!r}; a weight is a positive number")
+        if len({(REL_FOR_EVENT[k], w) for k, w in v.items()}) > len({REL_FOR_EVENT[k] for k in v}):
+            raise ValueError("behaviour_weights: rate and review are one behaviour (RATED): give them one weight")
+        return v
+
+    @model_validator(mode="after")
+    def _typed_needs_power(self) -> "ModelSettings":
+        if self.behaviour_weights and not self.behaviour_power:
+            raise ValueError("behaviour_weights weigh the behaviour strength, which counts only with behaviour_power > 0")
+        return self
+
+    def typed_weights(self) -> dict[str, float]:
+        """``behaviour_weights`` by relationship type (what an edge row's ``kind`` holds)."""
+        return {REL_FOR_EVENT[k]: float(w) for k, w in sorted(self.behaviour_weights.items())}
 
     def fold(self) -> dict[str, Any]:
         """The fold-in settings as `workers.live.LiveEncoder` takes them."""

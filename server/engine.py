@@ -481,8 +481,8 @@ class Engine:
             latest = session.latest
             times = [int(latest[i]) for i in items]  # whole seconds, as stored
             strengths = None
-            if card.behaviour_power:  # what the worker weighs by: each item's edges' weights summed (pair_strengths)
-                pairs = pair_strengths(session.edges(SESSION_USER))
+            if card.behaviour_power:  # what the worker weighs by: each item's typed edge weights summed (pair_strengths)
+                pairs = pair_strengths(session.edges(SESSION_USER), card.behaviour_weights)
                 strengths = np.fromiter((pairs[(SESSION_USER, i)] for i in items), np.float64, len(items))
             return weighted_sum(z, scales, times, card, strengths)
         known = {i: (v, float(s)) for i, v, s in zip(items, z, scales)}

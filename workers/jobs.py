@@ -221,7 +221,7 @@ def _train_on(
         raise InvalidInput(f"unknown model {model!r}; expected one of {', '.join(MODEL_KINDS)}")
     if not edges:
         raise FailedPrecondition("the graph has no interactions to train on")
-    graph = training_graph(edges, items)
+    graph = training_graph(edges, items, rt.model.typed_weights())
     say(f"training on {graph.num_users:,} users, {graph.num_items:,} items, {len(edges):,} edges")
     # one width for every kind: the vectors go into the graph's vector indexes
     ms = rt.model.model_copy(update={"dim": rt.graph.embedding_dim, "hidden": rt.graph.embedding_dim})

@@ -20,7 +20,7 @@ may be), and a change to a new item's vector affects its users. ``workers.recomp
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -31,7 +31,7 @@ from graphdb.subgraph import EdgeRow, ItemRow
 from ml.checkpoint import Checkpoint
 from ml.cold import cold_bases
 from ml.interaction_graph import EdgeSet, InteractionGraph, csr_to_torch
-from ml.signals import blend_cold
+from ml.signals import blend_cold, typed_weight
 from ml.text import TextEncoder
 from ml.trend import TrendParams, trend_degree
 from workers.user_side import capped_neighbours, item_weights, latest_times, rank_keys
@@ -143,6 +143,11 @@ class LiveEncoder:
         m = self.ck.model
         return degree.to(self.device).clamp(min=1.0).pow(-(m.user_norm + m.item_norm))
 
+    @property
+    def behaviour_weights(self) -> dict[str, float]:
+        """The version's behaviour type weights (`ml.signals.typed_weight`): what `pair_strengths` takes."""
+        return dict(getattr(self.ck.model, "behaviour_weights", None) or {})
+
     def card(self) -> UserSideCard:
         """The version's user side as servers read it (``graphdb.model_state``)."""
         m = self.ck.model
@@ -156,6 +161,7 @@ class LiveEncoder:
             m.recency_scale,
             m.behaviour_power,
             m.decay_half_life_days,
+            self.behaviour_weights,
         )
 
     # ---------------------------------------------------------------- items
@@ -317,9 +323,10 @@ def _dev(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
     return None if t is None else t.to(device)
 
 
-def training_graph(edges: Iterable[EdgeRow], items: Sequence[ItemRow]) -> InteractionGraph:
-    """The live graph as the models' tensor container: one user->item relation (weights summed), item
-    categories (with ancestors), brands and texts. Indices follow ascending external ids."""
+def training_graph(edges: Iterable[EdgeRow], items: Sequence[ItemRow], typed: Mapping[str, float] | None = None) -> InteractionGraph:
+    """The live graph as the models' tensor container: one user->item relation (weights, each times its behaviour
+    type's weight in ``typed`` (`ml.signals.typed_weight`), summed), item categories (with ancestors), brands and
+    texts. Indices follow ascending external ids."""
     edges = list(edges)
     item_ids = sorted({r.id for r in items} | {e.item for e in edges})
     user_ids = sorted({e.user for e in edges})
@@ -338,7 +345,11 @@ def training_graph(edges: Iterable[EdgeRow], items: Sequence[ItemRow]) -> Intera
     return InteractionGraph(
         num_users=len(user_ids),
         num_items=len(item_ids),
-        edges={("user", "interacted", "item"): EdgeSet.build(src, dst, [e.weight for e in edges], [int(e.last_ts) for e in edges])},
+        edges={
+            ("user", "interacted", "item"): EdgeSet.build(
+                src, dst, [e.weight * typed_weight(e.kind, typed) for e in edges], [int(e.last_ts) for e in edges]
+            )
+        },
         user_ids=user_ids,
         item_ids=item_ids,
         num_categories=len(cat_names),

@@ -267,7 +267,7 @@ def _users(
     out_vecs, in_vecs, in_scales = enc.new_items_scaled(rows, fold_edges)
     ids = [r.id for r in rows]
     sends = {**fresh, **dict(zip(ids, in_vecs))}
-    out = enc.users(neighbours, user_ids, sends, latest_times(edges), pair_strengths(edges))
+    out = enc.users(neighbours, user_ids, sends, latest_times(edges), pair_strengths(edges, enc.behaviour_weights))
     egos = _ego(ctx, neighbours, user_ids, sends)
     clock.lap("forward_s")
     unstored = {i: _np(v) for i, v in zip(ids, out_vecs) if item_version.get(i) != version}
@@ -390,7 +390,7 @@ def full_vectors(ctx: Context, progress: Callable[[str], None] | None = None) ->
     user_ids = sorted(users)
     out: dict[str, dict[str, np.ndarray]] = {ITEM: {i: _np(v) for i, v in item_vecs.items()}}
     sends = dict(zip([r.id for r in new_rows], new_in))
-    u = enc.users(neighbours, user_ids, sends, latest_times(edges), pair_strengths(edges))
+    u = enc.users(neighbours, user_ids, sends, latest_times(edges), pair_strengths(edges, enc.behaviour_weights))
     out[USER] = dict(zip(user_ids, _np(u)))
     egos = _ego(ctx, neighbours, user_ids, sends)
     q = enc.queries([queries[k] for k in sorted(queries)])

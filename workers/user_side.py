@@ -23,7 +23,7 @@ import numpy as np
 from graphdb.model_state import UserSideCard
 from graphdb.subgraph import EdgeRow
 from ml.recency import recency_weights
-from ml.signals import half_life_seconds, signal_weights
+from ml.signals import half_life_seconds, signal_weights, typed_weight
 
 __all__ = [
     "UserSideCard",
@@ -87,12 +87,14 @@ def latest_times(edges: Sequence[EdgeRow]) -> dict[tuple[str, str], int]:
     return out
 
 
-def pair_strengths(edges: Sequence[EdgeRow]) -> dict[tuple[str, str], float]:
-    """Each (user, item) pair's behaviour strength: its edges' weights summed over behaviour types, as the training
-    graph sums them (`workers.live.training_graph`), so the live signal weights equal the full graph's."""
+def pair_strengths(edges: Sequence[EdgeRow], typed: Mapping[str, float] | None = None) -> dict[tuple[str, str], float]:
+    """Each (user, item) pair's behaviour strength: its edges' weights, each times its behaviour type's weight
+    (``typed``: relationship type -> weight, `ml.signals.typed_weight`), summed over behaviour types, as the
+    training graph sums them (`workers.live.training_graph`), so the live signal weights equal the full graph's."""
     out: dict[tuple[str, str], float] = {}
     for e in edges:
-        out[(e.user, e.item)] = out.get((e.user, e.item), 0.0) + e.weight
+        w = e.weight * typed_weight(e.kind, typed) if typed else e.weight
+        out[(e.user, e.item)] = out.get((e.user, e.item), 0.0) + w
     return out
 
 
@@ -155,7 +157,7 @@ def user_vector(
     # The cap keeps every item of a user who has no more than it (a session, mostly): no ranking needed then.
     items = sorted(distinct) if len(distinct) <= card.user_cap else capped_neighbours(rows, card.user_cap, card.half_life_days)[user]
     times = latest_times(rows)
-    strengths = pair_strengths(rows) if card.behaviour_power else None
+    strengths = pair_strengths(rows, card.behaviour_weights) if card.behaviour_power else None
     z = np.stack([vectors[i][0] for i in items]).astype(np.float32, copy=False)
     scales = np.array([vectors[i][1] for i in items], np.float32)
     t = np.array([times[(user, i)] for i in items], np.float64)

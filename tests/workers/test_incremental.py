@@ -20,7 +20,7 @@ from graphdb.changes import count_marks
 from graphdb.ingest import ingest_events
 from graphdb.items import ItemRecord, upsert_items
 from graphdb.marks import new_token
-from graphdb.model_state import active_model
+from graphdb.model_state import active_model, read_card
 from graphdb.pseudonym import pseudonymise
 from graphdb.schema import ITEM, QUERY, USER
 from graphdb.settings import DataSettings
@@ -112,7 +112,17 @@ def _drain(ctx) -> list:
 
 
 # with the signals of ml.signals on too: behaviour strength and time decay weigh a user's items
-@pytest.mark.parametrize("signals", [{}, {"behaviour_power": 1.0, "decay_half_life_days": 0.5}], ids=["plain", "signals"])
+# and typed behaviour weights (view < click < cart < purchase; rating): the edge rows carry their type on every read
+TYPED = {
+    "behaviour_power": 1.0,
+    "decay_half_life_days": 0.5,
+    "behaviour_weights": {"view": 1, "click": 2, "add_to_cart": 4, "purchase": 8, "rate": 3},
+}
+
+
+@pytest.mark.parametrize(
+    "signals", [{}, {"behaviour_power": 1.0, "decay_half_life_days": 0.5}, TYPED], ids=["plain", "signals", "typed"]
+)
 def test_incremental_equals_full_after_random_batches(graph, neo4j_settings, graph_settings, redis_url, tmp_path, signals):
     runtime = _runtime(neo4j_settings, graph_settings, redis_url, tmp_path, **signals)
     try:
@@ -133,6 +143,9 @@ def _incremental_equals_full(runtime, graph_settings):
     assert out["active"] == trained["version"]
     # the roll-out embedded the whole graph: the marks of the loaded events are cleared, not recomputed again
     assert marked > 0 and out["marks_cleared"] == marked and count_marks(driver) == 0
+    # the version's user side carries the behaviour type weights it was trained with (servers read them there)
+    card = read_card(driver, trained["version"])
+    assert card is not None and dict(card.behaviour_weights) == runtime.model.typed_weights()
     ctx = runtime.context(trained["version"])
     _drain(ctx)
 
