@@ -1,6 +1,7 @@
-"""Typed behaviour weights on a synthetic shop with planted interests (issue 16 item 2), in process (no services).
+"""Typed behaviour weights and searches in the user vector on a synthetic shop with planted interests (issue 16
+item 2), in process (no services).
 
-    python -m bench.synthetic_signals [--shoppers 3000] [--noise 1.0] [--out FILE]
+    python -m bench.synthetic_signals [--shoppers 3000] [--noise 1.0] [--searches 3] [--out FILE]
 
 No dataset here carries behaviour types (view / click / cart / purchase), so the typed weights are measured on a
 synthetic shop, and only there: bench.drift's catalogue (planted interests of items sharing a category path,
@@ -15,10 +16,17 @@ configuration from the environment with one setting changed) and ranks every ite
 worker's recompute embeds them (`workers.live.LiveEncoder`: capped live edges, `pair_strengths` with the version's
 type weights), their own items left out. Reported per variant: hit rate of the held-out purchase in the top 10 and
 20 (Recall@K with one held-out item), and its median rank; popularity (train counts) is the peer.
+
+Searches (``--searches`` per shopper, before the held-out purchase): each names the shopper's home interest in the
+catalogue's own words (its product noun, a brand and the noun, or its leaf category): 70 % their home interest,
+30 % the one they window-shop.
+Per trained variant, the same users are embedded again with each ``IG_MODEL_SEARCH_WEIGHT`` of ``--search-weights``
+(their newest ``IG_MODEL_SEARCH_CAP`` searches added through the text model, `LiveEncoder.users`); weight 0 is off.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from dataclasses import dataclass
@@ -28,19 +36,21 @@ import numpy as np
 import typer
 
 from bench._common import emit_result
-from bench.drift import DAY_S, make_shop
+from bench.drift import DAY_S, INTERESTS, make_shop
 from bench.item_trend import _cats
 from graphdb.ingest import LN2, decayed_weight
 from graphdb.schema import REL_FOR_EVENT
+from graphdb.searches import SearchRow
 from graphdb.settings import GraphSettings
 from graphdb.subgraph import EdgeRow, ItemRow
 from ml.checkpoint import load_checkpoint, resolve
 from ml.runtime import set_threads
 from ml.settings import ModelSettings, TrainSettings
+from ml.text import TextEncoder
 from workers.live import LiveEncoder, training_graph
 from workers.settings import WorkerSettings
 from workers.training import train_and_save
-from workers.user_side import capped_neighbours, latest_times, pair_strengths
+from workers.user_side import capped_neighbours, latest_searches, latest_times, pair_strengths
 
 # How far a home-interest engagement goes: a view only, or on to a click, a cart, a purchase.
 DEPTH = (0.45, 0.3, 0.1, 0.15)
@@ -66,8 +76,9 @@ def shop_events(shoppers: int, interests: int, items_per: int, engagements: int,
     shop = make_shop(interests, items_per, shoppers, seed)
     rng = np.random.default_rng(seed + 1)
     events: list[Ev] = []
+    browsing: dict[str, int] = {}
     for user, home in shop.home.items():
-        browse = int((home + 1 + rng.integers(interests - 1)) % interests)  # a second interest, never bought
+        browse = browsing[user] = int((home + 1 + rng.integers(interests - 1)) % interests)  # a second interest, never bought
         n = int(rng.integers(engagements // 2, engagements + engagements // 2 + 1))
         for t in rng.uniform(now - 60 * DAY_S, now - DAY_S, size=n):
             item = shop.pick(home, rng)[0]
@@ -76,10 +87,25 @@ def shop_events(shoppers: int, interests: int, items_per: int, engagements: int,
         for t in rng.uniform(now - 60 * DAY_S, now - DAY_S, size=int(round(noise * n))):
             item = shop.pick(browse, rng)[0] if rng.random() < 0.7 else shop.items[int(rng.integers(len(shop.items)))]
             events.append(Ev(user, item, "view", float(t)))
-    return shop, events
+    return shop, events, browsing
 
 
-def split_last_purchase(events: list[Ev]) -> tuple[list[Ev], dict[str, str]]:
+def search_rows(shop, browsing: dict[str, int], held_before: dict[str, float], per: int, now: float, seed: int) -> list[SearchRow]:
+    """``per`` searches of each shopper, each before their held-out purchase, naming their home interest (70 %) or
+    the interest they window-shop (30 %)."""
+    rng = np.random.default_rng(seed + 2)
+    out = []
+    for user, home in shop.home.items():
+        end = held_before.get(user, now - DAY_S)
+        for k, t in enumerate(np.sort(rng.uniform(now - 60 * DAY_S, end, size=per))):
+            path, brands, noun = INTERESTS[(home if rng.random() < 0.7 else browsing[user]) % len(INTERESTS)]
+            words = [noun, f"{brands[0]} {noun}", f"{brands[1]} {noun}", path[-1].lower()]
+            text = words[int(rng.integers(len(words)))]
+            out.append(SearchRow(user, f"q-{user}-{k}", text, float(t)))
+    return out
+
+
+def split_last_purchase(events: list[Ev]) -> tuple[list[Ev], dict[str, str], dict[str, float]]:
     """(the live graph's events, shopper -> held-out item): a shopper's last purchase of an item they had not met
     before is held out with everything from its engagement on (the steps before it are 30 s apart)."""
     by_user: dict[str, list[Ev]] = {}
@@ -87,6 +113,7 @@ def split_last_purchase(events: list[Ev]) -> tuple[list[Ev], dict[str, str]]:
         by_user.setdefault(e.user, []).append(e)
     train: list[Ev] = []
     held: dict[str, str] = {}
+    cut: dict[str, float] = {}
     for user, evs in by_user.items():
         evs.sort(key=lambda e: (e.ts, STEPS.index(e.kind)))
         last = next((e for e in reversed(evs) if e.kind == "purchase"), None)
@@ -94,11 +121,11 @@ def split_last_purchase(events: list[Ev]) -> tuple[list[Ev], dict[str, str]]:
             start = last.ts - 30 * STEPS.index("purchase")
             before = [e for e in evs if e.ts < start]
             if last.item not in {e.item for e in before}:
-                held[user] = last.item
+                held[user], cut[user] = last.item, start
                 train += before
                 continue
         train += evs
-    return train, held
+    return train, held, cut
 
 
 def edge_rows(events: list[Ev], half_life_s: float) -> list[EdgeRow]:
@@ -129,14 +156,18 @@ def main(
     items_per: int = typer.Option(50),
     engagements: int = typer.Option(12, help="home-interest engagements per shopper (from half to 1.5 times)"),
     noise: float = typer.Option(1.0, help="window-shopping views per engagement (70 % on a second interest)"),
+    searches: int = typer.Option(3, help="searches per shopper naming their home interest (0: none)"),
+    search_weights: str = typer.Option("0,0.03,0.1,0.3,1,3", help="IG_MODEL_SEARCH_WEIGHT values tried on each variant"),
+    variants: str = typer.Option(",".join(VARIANTS), help="which behaviour variants to train"),
     seed: int = typer.Option(16),
     threads: int = typer.Option(2),
     out: Path | None = typer.Option(None),
 ) -> None:
     set_threads(threads)
     now = time.time()
-    shop, events = shop_events(shoppers, interests, items_per, engagements, noise, now, seed)
-    train, held = split_last_purchase(events)
+    shop, events, browsing = shop_events(shoppers, interests, items_per, engagements, noise, now, seed)
+    train, held, cut = split_last_purchase(events)
+    searched = latest_searches(search_rows(shop, browsing, cut, searches, now, seed), ModelSettings().search_cap) if searches else {}
     half_life = GraphSettings().half_life_days
     edges = edge_rows(train, half_life * DAY_S)
     rows = [
@@ -161,6 +192,7 @@ def main(
         "events_by_type": kinds,
         "noise_views_per_engagement": noise,
         "held_out": len(asked),
+        "searches_per_shopper": searches,
     }
     counts = np.zeros(len(ids))
     for e in edges:
@@ -175,36 +207,43 @@ def main(
     base = ModelSettings()
     with tempfile.TemporaryDirectory() as tmp:
         ws = WorkerSettings(model_dir=Path(tmp) / "models", text_cache_dir=Path(tmp) / "text")
-        for name, change in VARIANTS.items():
+        text = TextEncoder(ws.text_cache_dir)
+        for name in variants.split(","):
+            change = VARIANTS[name]
             ms = base.model_copy(update=change)
             ms = ModelSettings.model_validate(ms.model_dump())  # the settings' own checks on the variant
             t0 = time.perf_counter()
             graph = training_graph(edges, rows, ms.typed_weights())
             trained = train_and_save(graph, None, ms, TrainSettings(threads=threads), ws, source="graph", progress=False)
             ck = load_checkpoint(resolve(ws.model_dir, trained["version"]))
-            enc = LiveEncoder(ck, ms.user_cap, half_life, **ms.fold())
+            enc = LiveEncoder(ck, ms.user_cap, half_life, text, **ms.fold(), **ms.searches())
             table = enc.known_vectors(ids).cpu()
             mine = [e for e in edges if e.user in held]
-            u = enc.users(
+            nb, times, strength = (
                 capped_neighbours(mine, enc.user_cap, enc.half_life_days),
-                asked,
-                {},
                 latest_times(mine),
                 pair_strengths(mine, enc.behaviour_weights),
-            ).cpu()
-            scores = (u @ table.T).numpy()
-            ranks = []
-            for n, user in enumerate(asked):
-                s = scores[n]
-                s[[col[i] for i in seen.get(user, ())]] = -np.inf
-                ranks.append(int((s > s[col[held[user]]]).sum()) + 1)
+            )
+
+            def ranks_at(search_weight: float) -> list[int]:
+                e = dataclasses.replace(enc, search_weight=search_weight)
+                scores = (e.users(nb, asked, {}, times, strength, searched).cpu() @ table.T).numpy()
+                out = []
+                for n, user in enumerate(asked):
+                    s = scores[n]
+                    s[[col[i] for i in seen.get(user, ())]] = -np.inf
+                    out.append(int((s > s[col[held[user]]]).sum()) + 1)
+                return out
+
             m = ck.model
             result[name] = {
-                **hits(ranks),
+                **hits(ranks_at(enc.search_weight)),
                 "behaviour_power": m.behaviour_power,
                 "behaviour_weights": dict(getattr(m, "behaviour_weights", {}) or {}),
                 "s": round(time.perf_counter() - t0, 1),
             }
+            if searches:
+                result[name]["searches"] = {w: hits(ranks_at(float(w))) for w in search_weights.split(",")}
             print(f"{name}: {result[name]}", flush=True)
     emit_result(result, out)
 

@@ -59,6 +59,10 @@ class ModelSettings(BaseSettings):
     # The strength is each behaviour type's edge weight times its type's weight, summed (event type -> weight, JSON,
     # e.g. {"view": 1, "click": 2, "add_to_cart": 4, "purchase": 8}; a type not named weighs 1). Needs a power > 0.
     behaviour_weights: dict[str, float] = Field(default_factory=dict, description="behaviour type weights in the strength")
+    # A shopper's newest ``search_cap`` searches each add ``search_weight`` times their query's text vector (as a new
+    # item with its text only sends it) to the user vector, in the live and the full recompute (0 = off).
+    search_weight: float = Field(default=0.0, ge=0)
+    search_cap: int = Field(default=5, ge=1)
     # 730 days: the best of {30, 180, 365, 730, 1460} on amazon-hin (real timestamps; docs/benchmarks.md "Signals").
     decay_half_life_days: float = Field(default=730.0, ge=0, description="user-side time decay half-life (0 = off)")
     # The warm blend is chosen on the validation split from its grid (where items have metadata): it helps where the
@@ -144,6 +148,10 @@ class ModelSettings(BaseSettings):
         if self.behaviour_weights and not self.behaviour_power:
             raise ValueError("behaviour_weights weigh the behaviour strength, which counts only with behaviour_power > 0")
         return self
+
+    def searches(self) -> dict[str, Any]:
+        """The searches' share of the user vector as `workers.live.LiveEncoder` takes it."""
+        return {"search_weight": self.search_weight, "search_cap": self.search_cap}
 
     def typed_weights(self) -> dict[str, float]:
         """``behaviour_weights`` by relationship type (what an edge row's ``kind`` holds)."""

@@ -102,7 +102,9 @@ class Runtime:
             self._encoders[version] = (
                 HeteroLive(ck, text, device)
                 if isinstance(ck.model, HeteroGNN)
-                else LiveEncoder(ck, self.model.user_cap, self.graph.half_life_days, text, device, **self.model.fold())
+                else LiveEncoder(
+                    ck, self.model.user_cap, self.graph.half_life_days, text, device, **self.model.fold(), **self.model.searches()
+                )
             )
         return self._encoders[version]
 
@@ -283,7 +285,15 @@ def retrain(
     candidate: LiveEncoder | HeteroLive = (
         HeteroLive(ck, active.text_encoder, active.device)
         if isinstance(ck.model, HeteroGNN)
-        else LiveEncoder(ck, rt.model.user_cap, rt.graph.half_life_days, active.text_encoder, active.device, **rt.model.fold())
+        else LiveEncoder(
+            ck,
+            rt.model.user_cap,
+            rt.graph.half_life_days,
+            active.text_encoder,
+            active.device,
+            **rt.model.fold(),
+            **rt.model.searches(),
+        )
     )
     k = rt.train.eval_k
     new, old = served_recall(candidate, split, items, k), served_recall(active, split, items, k)

@@ -108,6 +108,9 @@ class LiveEncoder:
     fold_trend_horizon_days: float = 0.0
     fold_trend_prior_days: float = 1.0
     fold_trend_min_shoppers: int = 10
+    # Searches in the user vector (`users`): each of a user's newest ``search_cap`` weighs ``search_weight``.
+    search_weight: float = 0.0
+    search_cap: int = 5
 
     def __post_init__(self) -> None:
         m = self.ck.model.to(self.device).eval()
@@ -276,6 +279,7 @@ class LiveEncoder:
         new_item_vectors: dict[str, torch.Tensor],
         times: dict[tuple[str, str], int] | None = None,
         strength: dict[tuple[str, str], float] | None = None,
+        searches: Mapping[str, Sequence[str]] | None = None,
     ) -> torch.Tensor:
         """Vectors [len(users), dim]: ``h * sum_{j in cap(u)} w_uj d_j^-a x_j`` over each user's capped items
         (``neighbours`` from `capped_neighbours`), ``w_uj`` the model's recency weights of the pairs' latest
@@ -304,9 +308,37 @@ class LiveEncoder:
             table = torch.cat([table, torch.stack([new_item_vectors[i].to(self.device) for i in new_ids])])
         w = np.concatenate(weights) if weights else np.zeros(0, np.float32)
         adj = sp.csr_matrix((w, (rows, cols)), shape=(len(users), table.size(0)))
-        return (csr_to_torch(adj).to(self.device) @ table) * self.filter
+        out = csr_to_torch(adj).to(self.device) @ table
+        if searches and self.search_weight:
+            out = out + self.search_weight * self._search_sums(users, searches)
+        return out * self.filter
+
+    def _search_sums(self, users: Sequence[str], searches: Mapping[str, Sequence[str]]) -> torch.Tensor:
+        """[len(users), dim]: each user's searches' sends summed (``searches``: texts from `latest_searches`)."""
+        texts = sorted({t for u in users for t in searches.get(u, ())})
+        sums = torch.zeros(len(users), self.dim, device=self.device)
+        sends = self.query_sends(texts)
+        if sends is None or not texts:
+            return sums
+        at = {t: n for n, t in enumerate(texts)}
+        for n, u in enumerate(users):
+            for t in searches.get(u, ()):
+                sums[n] += sends[at[t]]
+        return sums
 
     # ---------------------------------------------------------------- queries
+    @torch.no_grad()
+    def query_sends(self, texts: Sequence[str]) -> torch.Tensor | None:
+        """What a search sends its shopper [n, dim]: its text's base as a new item of degree 1 sends it (`queries`
+        embeds the same base as an item's output); None when the model reads no text."""
+        m = self.ck.model
+        if m.text is None or self.text_encoder is None:
+            return None
+        if not texts:
+            return torch.zeros(0, self.dim, device=self.device)
+        x = m.text(self.text_encoder.encode(list(texts)).to(self.device))
+        return m.item_in(x, torch.ones(len(texts), device=self.device))
+
     @torch.no_grad()
     def queries(self, texts: Sequence[str]) -> torch.Tensor | None:
         """Search queries embedded like an item with only its text; None when the model reads no text."""

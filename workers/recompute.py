@@ -38,10 +38,11 @@ from graphdb.ego import clear_ego_vectors, write_ego_vectors
 from graphdb.embeddings import write_and_clear
 from graphdb.model_state import activate, write_card
 from graphdb.schema import BRAND, CATEGORY, ITEM, QUERY, USER
+from graphdb.searches import all_searches, user_searches
 from workers import publish
 from workers.ego_live import ego_encoder
 from workers.live import LiveEncoder
-from workers.user_side import capped_neighbours, latest_times, pair_strengths
+from workers.user_side import capped_neighbours, latest_searches, latest_times, pair_strengths
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +231,13 @@ def _commit(
     clock.lap("write_s")
 
 
+def _searches(ctx: Context, user_ids: list[str]) -> dict[str, list[str]] | None:
+    """The users' newest searches when the version's user side adds them (`LiveEncoder.search_weight`)."""
+    if not ctx.encoder.search_weight:
+        return None
+    return latest_searches(user_searches(ctx.driver, user_ids, database=ctx.database), ctx.encoder.search_cap)
+
+
 def _fold_edges(ctx: Context, new_ids: list[str]) -> list[subgraph.EdgeRow]:
     """Every edge of the first shoppers of these new items: what their fold-in reads (`workers.live.fold_sets`)."""
     if not ctx.encoder.fold_users or not new_ids:
@@ -267,7 +275,8 @@ def _users(
     out_vecs, in_vecs, in_scales = enc.new_items_scaled(rows, fold_edges)
     ids = [r.id for r in rows]
     sends = {**fresh, **dict(zip(ids, in_vecs))}
-    out = enc.users(neighbours, user_ids, sends, latest_times(edges), pair_strengths(edges, enc.behaviour_weights))
+    searches = _searches(ctx, user_ids)
+    out = enc.users(neighbours, user_ids, sends, latest_times(edges), pair_strengths(edges, enc.behaviour_weights), searches)
     egos = _ego(ctx, neighbours, user_ids, sends)
     clock.lap("forward_s")
     unstored = {i: _np(v) for i, v in zip(ids, out_vecs) if item_version.get(i) != version}
@@ -390,7 +399,8 @@ def full_vectors(ctx: Context, progress: Callable[[str], None] | None = None) ->
     user_ids = sorted(users)
     out: dict[str, dict[str, np.ndarray]] = {ITEM: {i: _np(v) for i, v in item_vecs.items()}}
     sends = dict(zip([r.id for r in new_rows], new_in))
-    u = enc.users(neighbours, user_ids, sends, latest_times(edges), pair_strengths(edges, enc.behaviour_weights))
+    searched = latest_searches(all_searches(ctx.driver, database=ctx.database), enc.search_cap) if enc.search_weight else None
+    u = enc.users(neighbours, user_ids, sends, latest_times(edges), pair_strengths(edges, enc.behaviour_weights), searched)
     out[USER] = dict(zip(user_ids, _np(u)))
     egos = _ego(ctx, neighbours, user_ids, sends)
     q = enc.queries([queries[k] for k in sorted(queries)])

@@ -21,6 +21,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from graphdb.model_state import UserSideCard
+from graphdb.searches import SearchRow
 from graphdb.subgraph import EdgeRow
 from ml.recency import recency_weights
 from ml.signals import half_life_seconds, signal_weights, typed_weight
@@ -29,6 +30,7 @@ __all__ = [
     "UserSideCard",
     "capped_neighbours",
     "item_weights",
+    "latest_searches",
     "latest_times",
     "pair_strengths",
     "rank_keys",
@@ -96,6 +98,15 @@ def pair_strengths(edges: Sequence[EdgeRow], typed: Mapping[str, float] | None =
         w = e.weight * typed_weight(e.kind, typed) if typed else e.weight
         out[(e.user, e.item)] = out.get((e.user, e.item), 0.0) + w
     return out
+
+
+def latest_searches(rows: Sequence[SearchRow], cap: int) -> dict[str, list[str]]:
+    """Each user's newest ``cap`` searches' texts (latest time first, ties by query id): deterministic for a given
+    set of rows, so the incremental and the full recompute add the same ones (`LiveEncoder.users`)."""
+    by_user: dict[str, list[SearchRow]] = {}
+    for r in rows:
+        by_user.setdefault(r.user, []).append(r)
+    return {u: [r.text for r in sorted(rs, key=lambda r: (-r.last_ts, r.query))[:cap]] for u, rs in by_user.items()}
 
 
 def item_weights(

@@ -121,7 +121,9 @@ TYPED = {
 
 
 @pytest.mark.parametrize(
-    "signals", [{}, {"behaviour_power": 1.0, "decay_half_life_days": 0.5}, TYPED], ids=["plain", "signals", "typed"]
+    "signals",
+    [{}, {"behaviour_power": 1.0, "decay_half_life_days": 0.5}, TYPED, {"search_weight": 1.0, "search_cap": 2}],
+    ids=["plain", "signals", "typed", "searches"],
 )
 def test_incremental_equals_full_after_random_batches(graph, neo4j_settings, graph_settings, redis_url, tmp_path, signals):
     runtime = _runtime(neo4j_settings, graph_settings, redis_url, tmp_path, **signals)
@@ -351,6 +353,41 @@ def test_a_trending_new_item_takes_its_shoppers_rate_as_its_prior(graph, neo4j_s
         for u in range(6):  # its shoppers read it with the same degree (what it sends them)
             pid = pseudonymise(key, f"user-{u}")
             assert np.allclose(subgraph.stored_vectors(driver, USER, [pid])[pid].vector, full[USER][pid], atol=1e-5)
+    finally:
+        rt.close()
+
+
+def test_a_search_moves_the_shoppers_vector_toward_items_of_its_text(graph, neo4j_settings, graph_settings, redis_url, tmp_path):
+    """With ``search_weight`` on, a shopper's search adds its text's vector to theirs: the vector moves toward the
+    items whose titles hold the query's words more than toward the others, equals a full recompute, and with the
+    weight at 0 the same graph gives the vector from before the search."""
+    rt = _runtime(neo4j_settings, graph_settings, redis_url, tmp_path, search_weight=1.0, search_cap=3)
+    try:
+        driver = rt.driver
+        assert not ingest_events(driver, graph_settings, _seed_history(random.Random(7))).rejected
+        version = jobs.train_from_graph(rt)["version"]
+        jobs.rebuild_version(rt, version)
+        ctx = rt.context(version)
+        _drain(ctx)
+        pid = pseudonymise(graph_settings.pseudonym_key.get_secret_value(), "user-0")
+
+        def stored() -> np.ndarray:
+            return np.asarray(subgraph.stored_vectors(driver, USER, [pid])[pid].vector)
+
+        before = stored()
+        search = {"event_id": "s-0", "user_id": "user-0", "type": "search", "ts": T0 + 10, "query": "oak desk"}
+        assert not ingest_events(driver, graph_settings, [search]).rejected
+        _drain(ctx)
+        after = stored()
+        items = subgraph.all_items(driver)
+        z = subgraph.stored_vectors(driver, ITEM, [r.id for r in items])
+        gain = {r.id: float((after - before) @ np.asarray(z[r.id].vector)) for r in items}
+        named = [gain[r.id] for r in items if {"oak", "desk"} & set((r.title or "").split())]
+        others = [gain[r.id] for r in items if not {"oak", "desk"} & set((r.title or "").split())]
+        assert named and others and np.mean(named) > np.mean(others) + 1e-3, (np.mean(named), np.mean(others))
+        assert np.allclose(after, full_vectors(ctx).vectors[USER][pid], atol=1e-5)
+        off = dataclasses.replace(ctx, encoder=dataclasses.replace(ctx.encoder, search_weight=0.0))
+        assert np.allclose(full_vectors(off).vectors[USER][pid], before, atol=1e-5)
     finally:
         rt.close()
 

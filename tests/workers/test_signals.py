@@ -254,3 +254,17 @@ def test_the_warm_blend_is_applied_once_after_a_selection_without_refit():
     meta = a.meta(g.item_category, g.item_brand, None, g.num_items)
     trained = a.item_known.clone()
     assert torch.allclose(b.item_base(meta)[trained], 0.7 * a.item_base(meta)[trained] + 0.3 * meta[trained], atol=1e-5)
+
+
+def test_a_users_newest_searches_are_chosen_the_same_in_any_order():
+    from graphdb.searches import SearchRow
+    from workers.user_side import latest_searches
+
+    rows = [
+        SearchRow("u", "q1", "oak desk", T),
+        SearchRow("u", "q0", "lamp", T),
+        SearchRow("u", "q2", "pen", T - 5),
+        SearchRow("v", "q3", "ink", T),
+    ]
+    assert latest_searches(rows, 2) == {"u": ["lamp", "oak desk"], "v": ["ink"]}  # newest first, ties by query id
+    assert latest_searches(rows[::-1], 2) == latest_searches(rows, 2)
