@@ -25,6 +25,7 @@ from graphdb.pseudonym import pseudonymise
 from graphdb.schema import ITEM, QUERY, USER
 from graphdb.settings import DataSettings
 from ml.settings import ModelSettings, TrainSettings
+from proto.interest.v1 import interest_pb2 as pb
 from workers import jobs
 from workers.recompute import full_vectors, recompute_marked
 from workers.settings import WorkerSettings
@@ -304,6 +305,31 @@ def test_a_new_item_settles_after_its_first_shoppers(graph, neo4j_settings, grap
         for u in range(6):
             pid = pseudonymise(key, f"user-{u}")
             assert np.allclose(subgraph.stored_vectors(driver, USER, [pid])[pid].vector, full[USER][pid], atol=1e-5)
+    finally:
+        rt.close()
+
+
+def test_a_changed_new_item_is_published_before_the_shoppers_it_reaches(graph, neo4j_settings, graph_settings, redis_url, tmp_path):
+    """In the recompute after a new item's second shopper, the item's vector is the first delta on the stream, before
+    its two shoppers' (the earlier one reached by propagation): what shoppers like its buyers wait for does not wait
+    for the fan-out. Each vector of the round is published once."""
+    rt = _runtime(neo4j_settings, graph_settings, redis_url, tmp_path, fold_users=3)
+    try:
+        driver = rt.driver
+        ctx = _trained_on_purchases(rt, graph_settings)
+        assert ctx.redis is not None
+        buy = {"event_id": "n-0", "user_id": "user-0", "type": "purchase", "ts": T0 + 100, "item_id": "item-new"}
+        ingest_events(driver, graph_settings, [buy])
+        recompute_marked(ctx)
+        start = ctx.redis.xrevrange(ctx.stream, count=1)[0][0]
+        ingest_events(driver, graph_settings, [{**buy, "event_id": "n-1", "user_id": "user-1", "ts": T0 + 101}])
+        res = recompute_marked(ctx)
+        deltas = [pb.EmbeddingDelta.FromString(f[b"d"]) for _, f in ctx.redis.xrange(ctx.stream, min=b"(" + start)]
+        key = graph_settings.pseudonym_key.get_secret_value()
+        assert res.propagated_users == 1
+        assert (deltas[0].node_type, deltas[0].id) == (pb.NODE_TYPE_ITEM, "item-new")
+        assert {d.id for d in deltas[1:] if d.node_type == pb.NODE_TYPE_USER} == {pseudonymise(key, f"user-{u}") for u in (0, 1)}
+        assert len(deltas) == len({(d.node_type, d.id) for d in deltas}) == res.published
     finally:
         rt.close()
 
