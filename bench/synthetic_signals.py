@@ -57,8 +57,8 @@ DEPTH = (0.45, 0.3, 0.1, 0.15)
 STEPS = ("view", "click", "add_to_cart", "purchase")
 TYPED = {"view": 1.0, "click": 2.0, "add_to_cart": 4.0, "purchase": 8.0}
 VARIANTS: dict[str, dict] = {
-    "equal": {},  # the defaults: every pair weighs 1
-    "counts": {"behaviour_power": 1.0},  # summed decayed counts, every type alike
+    "equal": {"behaviour_power": 0.0},  # every pair weighs 1 (the default before typed weights)
+    "counts": {"behaviour_power": 1.0, "behaviour_weights": {}},  # summed decayed counts, every type alike
     "typed": {"behaviour_power": 1.0, "behaviour_weights": TYPED},
     "typed-sqrt": {"behaviour_power": 0.5, "behaviour_weights": TYPED},
 }

@@ -112,8 +112,8 @@ def _drain(ctx) -> list:
             return rounds
 
 
-# with the signals of ml.signals on too: behaviour strength and time decay weigh a user's items
-# and typed behaviour weights (view < click < cart < purchase; rating): the edge rows carry their type on every read
+# at the defaults (typed behaviour weights), with untyped behaviour strength and time decay (ml.signals), with
+# typed weights that name ratings too, and with searches in the user vector: the edge rows carry their type on every read
 TYPED = {
     "behaviour_power": 1.0,
     "decay_half_life_days": 0.5,
@@ -123,7 +123,12 @@ TYPED = {
 
 @pytest.mark.parametrize(
     "signals",
-    [{}, {"behaviour_power": 1.0, "decay_half_life_days": 0.5}, TYPED, {"search_weight": 1.0, "search_cap": 2}],
+    [
+        {},
+        {"behaviour_power": 1.0, "behaviour_weights": {}, "decay_half_life_days": 0.5},
+        TYPED,
+        {"search_weight": 1.0, "search_cap": 2},
+    ],
     ids=["plain", "signals", "typed", "searches"],
 )
 def test_incremental_equals_full_after_random_batches(graph, neo4j_settings, graph_settings, redis_url, tmp_path, signals):
