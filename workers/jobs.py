@@ -223,7 +223,9 @@ def _train_on(
         raise InvalidInput(f"unknown model {model!r}; expected one of {', '.join(MODEL_KINDS)}")
     if not edges:
         raise FailedPrecondition("the graph has no interactions to train on")
-    graph = training_graph(edges, items, rt.model.typed_weights())
+    # typed behaviour weights are the served model's user-side strength; the K-layer encoders read the edges' own
+    # weights (decayed counts), as their live recompute does (workers.hetero_live)
+    graph = training_graph(edges, items, rt.model.typed_weights() if model == "spectral-sage" else None)
     say(f"training on {graph.num_users:,} users, {graph.num_items:,} items, {len(edges):,} edges")
     # one width for every kind: the vectors go into the graph's vector indexes
     ms = rt.model.model_copy(update={"dim": rt.graph.embedding_dim, "hidden": rt.graph.embedding_dim})
