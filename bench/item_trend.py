@@ -99,7 +99,7 @@ def main(
                 asked,
                 dict(zip([r.id for r in new_rows], new_in)),
                 latest_times(live),
-                pair_strengths(live),
+                pair_strengths(live, enc.behaviour_weights),
             ).cpu()
             at = {user: n for n, user in enumerate(asked)}
 

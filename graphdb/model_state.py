@@ -10,7 +10,8 @@ the item vectors and their ``in_scale``, to embed a session with the version's u
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Mapping
 
 import neo4j
 import numpy as np
@@ -69,6 +70,8 @@ class UserSideCard:
     # ml.signals: behaviour strength ** power and the half-life decay of a user's items (0 = off)
     behaviour_power: float = 0.0
     decay_half_life_days: float = 0.0
+    # the behaviour types' weights in the strength (relationship type -> weight; empty: every type weighs 1)
+    behaviour_weights: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # an array once, not a list per request: converting 1,024 Python floats costs ~30 us (bench.serving)
@@ -81,14 +84,16 @@ _SET_CARD = f"""
 MERGE (c:{MODEL_CARD} {{version: $version}})
 SET c.sign = $sign, c.user_cap = $user_cap, c.half_life_days = $half_life_days,
     c.recency_boost = $recency_boost, c.recency_scale = $recency_scale,
-    c.behaviour_power = $behaviour_power, c.decay_half_life_days = $decay_half_life_days
+    c.behaviour_power = $behaviour_power, c.decay_half_life_days = $decay_half_life_days,
+    c.behaviour_kinds = $behaviour_kinds, c.behaviour_weights = $behaviour_weights
 """
 
 _GET_CARD = f"""
 MATCH (c:{MODEL_CARD} {{version: $version}})
 RETURN c.sign AS sign, c.user_cap AS user_cap, c.half_life_days AS half_life_days,
        c.recency_boost AS recency_boost, c.recency_scale AS recency_scale,
-       coalesce(c.behaviour_power, 0.0) AS behaviour_power, coalesce(c.decay_half_life_days, 0.0) AS decay_half_life_days
+       coalesce(c.behaviour_power, 0.0) AS behaviour_power, coalesce(c.decay_half_life_days, 0.0) AS decay_half_life_days,
+       coalesce(c.behaviour_kinds, []) AS behaviour_kinds, coalesce(c.behaviour_weights, []) AS behaviour_weights
 """
 
 
@@ -104,6 +109,8 @@ def write_card(driver: neo4j.Driver, card: UserSideCard, *, database: str = "neo
         recency_scale=float(card.recency_scale),
         behaviour_power=float(card.behaviour_power),
         decay_half_life_days=float(card.decay_half_life_days),
+        behaviour_kinds=sorted(card.behaviour_weights),
+        behaviour_weights=[float(card.behaviour_weights[k]) for k in sorted(card.behaviour_weights)],
         database_=database,
     )
 
@@ -123,4 +130,5 @@ def read_card(driver: neo4j.Driver, version: str, *, database: str = "neo4j") ->
         float(r["recency_scale"]),
         float(r["behaviour_power"]),
         float(r["decay_half_life_days"]),
+        {str(k): float(w) for k, w in zip(r["behaviour_kinds"], r["behaviour_weights"])},
     )

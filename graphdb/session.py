@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import NamedTuple, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 from graphdb.errors import InvalidInput
 from graphdb.events import MIN_TS, check_id, check_rating, check_time, rating_shape
@@ -56,14 +56,27 @@ class SessionEdges:
                 times.append(ts)
         return groups
 
+    def strengths(self, typed: Mapping[str, float] | None = None) -> dict[str, float]:
+        """Each item's behaviour strength as ``workers.user_side.pair_strengths`` sums it over `edges` (each type's
+        decayed count times its weight in ``typed``, in the same order, so the same floats), without building the
+        rows: RecommendForSession weighs by it on every call at the default behaviour power."""
+        k = LN2 / self.half_life_s
+        out: dict[str, float] = {}
+        for (rel, item), times in self.times.items():
+            w = 1.0 if len(times) == 1 else decayed_weight(times, max(times), k)
+            if typed:
+                w = w * float(typed.get(rel, 1.0))
+            out[item] = out.get(item, 0.0) + w
+        return out
+
     def edges(self, user: str) -> list[EdgeRow]:
         """One row per (behaviour type, item), as ingestion aggregates a stored user's events: only a session
         past the user cap needs them (to rank its items), so they are built on demand."""
         k = LN2 / self.half_life_s
         out = []
-        for (_, item), times in self.times.items():
+        for (rel, item), times in self.times.items():
             last = max(times)
-            out.append(EdgeRow(user, item, 1.0 if len(times) == 1 else decayed_weight(times, last, k), last, min(times)))
+            out.append(EdgeRow(user, item, 1.0 if len(times) == 1 else decayed_weight(times, last, k), last, min(times), rel))
         return out
 
 

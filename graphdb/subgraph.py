@@ -28,6 +28,7 @@ class EdgeRow:
     weight: float
     last_ts: float
     first_ts: float | None = None  # first interaction (the fold-in of new items, the quality gate's split)
+    kind: str | None = None  # the behaviour's relationship type (PURCHASED, ...): typed weights (ml.signals.typed_weight)
 
     @property
     def first(self) -> float:
@@ -61,16 +62,16 @@ UNWIND $ids AS uid
 MATCH (u:{USER} {{id: uid}})-[r:{_ITEM_RELS}]->(i:{ITEM})
 WHERE {counts("u", "r", "i")}
 WITH uid, collect(i.id) AS items, collect(r.weight) AS weights, collect(r.last_ts) AS last,
-     collect(coalesce(r.first_ts, r.last_ts)) AS first, collect(i.emb_version) AS versions
-RETURN uid AS user, items, weights, last, first, versions
+     collect(coalesce(r.first_ts, r.last_ts)) AS first, collect(type(r)) AS kinds, collect(i.emb_version) AS versions
+RETURN uid AS user, items, weights, last, first, versions, kinds
 """
 
 _ALL_EDGES = f"""
 MATCH (u:{USER})-[r:{_ITEM_RELS}]->(i:{ITEM})
 WHERE {counts("u", "r", "i")}
 WITH u, collect(i.id) AS items, collect(r.weight) AS weights, collect(r.last_ts) AS last,
-     collect(coalesce(r.first_ts, r.last_ts)) AS first
-RETURN u.id AS user, items, weights, last, first
+     collect(coalesce(r.first_ts, r.last_ts)) AS first, collect(type(r)) AS kinds
+RETURN u.id AS user, items, weights, last, first, kinds
 """
 
 _ITEM_FIELDS = f"""
@@ -124,8 +125,8 @@ UNWIND $ids AS iid
 MATCH (u:{USER})-[r:{_ITEM_RELS}]->(i:{ITEM} {{id: iid}})
 WHERE {counts("u", "r", "i")}
 WITH iid, collect(u.id) AS users, collect(r.weight) AS weights, collect(r.last_ts) AS last,
-     collect(coalesce(r.first_ts, r.last_ts)) AS first
-RETURN iid AS item, users, weights, last, first
+     collect(coalesce(r.first_ts, r.last_ts)) AS first, collect(type(r)) AS kinds
+RETURN iid AS item, users, weights, last, first, kinds
 """
 
 _CATEGORY_MEMBERS = f"""
@@ -174,9 +175,11 @@ def _item_row(r: neo4j.Record) -> ItemRow:
 
 def _edge_rows(r: neo4j.Record) -> Iterator[EdgeRow]:
     user = r["user"]
-    first = r["first"] if "first" in r.keys() else [None] * len(r["items"])
-    for item, w, t, f in zip(r["items"], r["weights"], r["last"], first):
-        yield EdgeRow(user, item, float(w or 0.0), float(t or 0.0), None if f is None else float(f))
+    keys = r.keys()
+    first = r["first"] if "first" in keys else [None] * len(r["items"])
+    kinds = r["kinds"] if "kinds" in keys else [None] * len(r["items"])
+    for item, w, t, f, kind in zip(r["items"], r["weights"], r["last"], first, kinds):
+        yield EdgeRow(user, item, float(w or 0.0), float(t or 0.0), None if f is None else float(f), kind)
 
 
 def user_edges(
@@ -272,8 +275,8 @@ def item_edges(driver: neo4j.Driver, item_ids: Iterable[str], *, database: str =
     for chunk in _chunks(sorted(set(item_ids)), batch_size):
         for r in _read(driver, _ITEM_EDGES, database, ids=chunk):
             item = r["item"]
-            for user, w, t, f in zip(r["users"], r["weights"], r["last"], r["first"]):
-                edges.append(EdgeRow(user, item, float(w or 0.0), float(t or 0.0), None if f is None else float(f)))
+            for user, w, t, f, kind in zip(r["users"], r["weights"], r["last"], r["first"], r["kinds"]):
+                edges.append(EdgeRow(user, item, float(w or 0.0), float(t or 0.0), None if f is None else float(f), kind))
     return edges
 
 

@@ -138,6 +138,7 @@ def build_model(graph: InteractionGraph, ms: ModelSettings, text_dim: int) -> Sp
         ms.behaviour_power,
         ms.decay_half_life_days,
         ms.cold_meta_blend,
+        ms.typed_weights(),
     )
 
 

@@ -42,7 +42,7 @@ from server.rules import RankingRules, apply_rules
 from server.settings import ServerSettings
 from server.short_term import ShortTermParams, may_have_recent, mix, recent_items, reserved_slots
 from server.users import UserVectors
-from workers.user_side import pair_strengths, user_vector, weighted_sum
+from workers.user_side import user_vector, weighted_sum
 
 log = logging.getLogger(__name__)
 # The one user of a session's edge rows (never stored: sessions are embedded in memory only).
@@ -481,9 +481,9 @@ class Engine:
             latest = session.latest
             times = [int(latest[i]) for i in items]  # whole seconds, as stored
             strengths = None
-            if card.behaviour_power:  # what the worker weighs by: each item's edges' weights summed (pair_strengths)
-                pairs = pair_strengths(session.edges(SESSION_USER))
-                strengths = np.fromiter((pairs[(SESSION_USER, i)] for i in items), np.float64, len(items))
+            if card.behaviour_power:  # what the worker weighs by: each item's typed edge weights summed (pair_strengths)
+                pairs = session.strengths(card.behaviour_weights)
+                strengths = np.fromiter((pairs[i] for i in items), np.float64, len(items))
             return weighted_sum(z, scales, times, card, strengths)
         known = {i: (v, float(s)) for i, v, s in zip(items, z, scales)}
         embedded = user_vector(session.edges(SESSION_USER), known, card)

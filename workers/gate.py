@@ -73,7 +73,11 @@ def served_recall(enc: LiveEncoder | HeteroLive, split: GateSplit, items: Sequen
         return 0.0
     neighbours = capped_neighbours(split.train, enc.user_cap, enc.half_life_days)
     u = enc.users(
-        neighbours, users, dict(zip([r.id for r in new_rows], new_in)), latest_times(split.train), pair_strengths(split.train)
+        neighbours,
+        users,
+        dict(zip([r.id for r in new_rows], new_in)),
+        latest_times(split.train),
+        pair_strengths(split.train, enc.behaviour_weights),
     )
     row = {user: n for n, user in enumerate(users)}
     seen = {(e.user, e.item) for e in split.train if e.user in row}

@@ -108,7 +108,9 @@ class Runtime:
             self._encoders[version] = (
                 HeteroLive(ck, text, device)
                 if isinstance(ck.model, HeteroGNN)
-                else LiveEncoder(ck, self.model.user_cap, self.graph.half_life_days, text, device, **self.model.fold())
+                else LiveEncoder(
+                    ck, self.model.user_cap, self.graph.half_life_days, text, device, **self.model.fold(), **self.model.searches()
+                )
             )
         return self._encoders[version]
 
@@ -227,7 +229,9 @@ def _train_on(
         raise InvalidInput(f"unknown model {model!r}; expected one of {', '.join(MODEL_KINDS)}")
     if not edges:
         raise FailedPrecondition("the graph has no interactions to train on")
-    graph = training_graph(edges, items)
+    # typed behaviour weights are the served model's user-side strength; the K-layer encoders read the edges' own
+    # weights (decayed counts), as their live recompute does (workers.hetero_live)
+    graph = training_graph(edges, items, rt.model.typed_weights() if model == "spectral-sage" else None)
     say(f"training on {graph.num_users:,} users, {graph.num_items:,} items, {len(edges):,} edges")
     # one width for every kind: the vectors go into the graph's vector indexes
     ms = rt.model.model_copy(update={"dim": rt.graph.embedding_dim, "hidden": rt.graph.embedding_dim})
@@ -289,7 +293,15 @@ def retrain(
     candidate: LiveEncoder | HeteroLive = (
         HeteroLive(ck, active.text_encoder, active.device)
         if isinstance(ck.model, HeteroGNN)
-        else LiveEncoder(ck, rt.model.user_cap, rt.graph.half_life_days, active.text_encoder, active.device, **rt.model.fold())
+        else LiveEncoder(
+            ck,
+            rt.model.user_cap,
+            rt.graph.half_life_days,
+            active.text_encoder,
+            active.device,
+            **rt.model.fold(),
+            **rt.model.searches(),
+        )
     )
     k = rt.train.eval_k
     new, old = served_recall(candidate, split, items, k), served_recall(active, split, items, k)

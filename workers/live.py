@@ -20,7 +20,7 @@ may be), and a change to a new item's vector affects its users. ``workers.recomp
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -31,7 +31,7 @@ from graphdb.subgraph import EdgeRow, ItemRow
 from ml.checkpoint import Checkpoint
 from ml.cold import cold_bases
 from ml.interaction_graph import EdgeSet, InteractionGraph, csr_to_torch
-from ml.signals import blend_cold
+from ml.signals import blend_cold, typed_weight
 from ml.text import TextEncoder
 from ml.trend import TrendParams, trend_degree
 from workers.user_side import capped_neighbours, item_weights, latest_times, rank_keys
@@ -108,6 +108,9 @@ class LiveEncoder:
     fold_trend_horizon_days: float = 0.0
     fold_trend_prior_days: float = 1.0
     fold_trend_min_shoppers: int = 10
+    # Searches in the user vector (`users`): each of a user's newest ``search_cap`` weighs ``search_weight``.
+    search_weight: float = 0.0
+    search_cap: int = 5
 
     def __post_init__(self) -> None:
         m = self.ck.model.to(self.device).eval()
@@ -143,6 +146,11 @@ class LiveEncoder:
         m = self.ck.model
         return degree.to(self.device).clamp(min=1.0).pow(-(m.user_norm + m.item_norm))
 
+    @property
+    def behaviour_weights(self) -> dict[str, float]:
+        """The version's behaviour type weights (`ml.signals.typed_weight`): what `pair_strengths` takes."""
+        return dict(getattr(self.ck.model, "behaviour_weights", None) or {})
+
     def card(self) -> UserSideCard:
         """The version's user side as servers read it (``graphdb.model_state``)."""
         m = self.ck.model
@@ -156,6 +164,7 @@ class LiveEncoder:
             m.recency_scale,
             m.behaviour_power,
             m.decay_half_life_days,
+            self.behaviour_weights,
         )
 
     # ---------------------------------------------------------------- items
@@ -270,6 +279,7 @@ class LiveEncoder:
         new_item_vectors: dict[str, torch.Tensor],
         times: dict[tuple[str, str], int] | None = None,
         strength: dict[tuple[str, str], float] | None = None,
+        searches: Mapping[str, Sequence[str]] | None = None,
     ) -> torch.Tensor:
         """Vectors [len(users), dim]: ``h * sum_{j in cap(u)} w_uj d_j^-a x_j`` over each user's capped items
         (``neighbours`` from `capped_neighbours`), ``w_uj`` the model's recency weights of the pairs' latest
@@ -298,9 +308,37 @@ class LiveEncoder:
             table = torch.cat([table, torch.stack([new_item_vectors[i].to(self.device) for i in new_ids])])
         w = np.concatenate(weights) if weights else np.zeros(0, np.float32)
         adj = sp.csr_matrix((w, (rows, cols)), shape=(len(users), table.size(0)))
-        return (csr_to_torch(adj).to(self.device) @ table) * self.filter
+        out = csr_to_torch(adj).to(self.device) @ table
+        if searches and self.search_weight:
+            out = out + self.search_weight * self._search_sums(users, searches)
+        return out * self.filter
+
+    def _search_sums(self, users: Sequence[str], searches: Mapping[str, Sequence[str]]) -> torch.Tensor:
+        """[len(users), dim]: each user's searches' sends summed (``searches``: texts from `latest_searches`)."""
+        texts = sorted({t for u in users for t in searches.get(u, ())})
+        sums = torch.zeros(len(users), self.dim, device=self.device)
+        sends = self.query_sends(texts)
+        if sends is None or not texts:
+            return sums
+        at = {t: n for n, t in enumerate(texts)}
+        for n, u in enumerate(users):
+            for t in searches.get(u, ()):
+                sums[n] += sends[at[t]]
+        return sums
 
     # ---------------------------------------------------------------- queries
+    @torch.no_grad()
+    def query_sends(self, texts: Sequence[str]) -> torch.Tensor | None:
+        """What a search sends its shopper [n, dim]: its text's base as a new item of degree 1 sends it (`queries`
+        embeds the same base as an item's output); None when the model reads no text."""
+        m = self.ck.model
+        if m.text is None or self.text_encoder is None:
+            return None
+        if not texts:
+            return torch.zeros(0, self.dim, device=self.device)
+        x = m.text(self.text_encoder.encode(list(texts)).to(self.device))
+        return m.item_in(x, torch.ones(len(texts), device=self.device))
+
     @torch.no_grad()
     def queries(self, texts: Sequence[str]) -> torch.Tensor | None:
         """Search queries embedded like an item with only its text; None when the model reads no text."""
@@ -317,20 +355,24 @@ def _dev(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
     return None if t is None else t.to(device)
 
 
-def interaction_set(edges: Sequence[EdgeRow], user_index: dict[str, int], item_index: dict[str, int]) -> EdgeSet:
-    """The rows as the models' user->item relation: one edge per row (one per behaviour type), its weight and its
-    latest time in whole seconds (what the K-layer encoders decay and rank by), for training and live recompute."""
+def interaction_set(
+    edges: Sequence[EdgeRow], user_index: dict[str, int], item_index: dict[str, int], typed: Mapping[str, float] | None = None
+) -> EdgeSet:
+    """The rows as the models' user->item relation: one edge per row (one per behaviour type), its weight (times its
+    behaviour type's weight in ``typed``, `ml.signals.typed_weight`) and its latest time in whole seconds (what the
+    K-layer encoders decay and rank by), for training and live recompute."""
     return EdgeSet.build(
         [user_index[e.user] for e in edges],
         [item_index[e.item] for e in edges],
-        [e.weight for e in edges],
+        [e.weight * typed_weight(e.kind, typed) for e in edges],
         [int(e.last_ts) for e in edges],
     )
 
 
-def training_graph(edges: Iterable[EdgeRow], items: Sequence[ItemRow]) -> InteractionGraph:
-    """The live graph as the models' tensor container: one user->item relation (weights summed), item
-    categories (with ancestors), brands and texts. Indices follow ascending external ids."""
+def training_graph(edges: Iterable[EdgeRow], items: Sequence[ItemRow], typed: Mapping[str, float] | None = None) -> InteractionGraph:
+    """The live graph as the models' tensor container: one user->item relation (weights, each times its behaviour
+    type's weight in ``typed``, summed), item categories (with ancestors), brands and texts. Indices follow
+    ascending external ids."""
     edges = list(edges)
     item_ids = sorted({r.id for r in items} | {e.item for e in edges})
     user_ids = sorted({e.user for e in edges})
@@ -347,7 +389,7 @@ def training_graph(edges: Iterable[EdgeRow], items: Sequence[ItemRow]) -> Intera
     return InteractionGraph(
         num_users=len(user_ids),
         num_items=len(item_ids),
-        edges={("user", "interacted", "item"): interaction_set(edges, ui, ii)},
+        edges={("user", "interacted", "item"): interaction_set(edges, ui, ii, typed)},
         user_ids=user_ids,
         item_ids=item_ids,
         num_categories=len(cat_names),

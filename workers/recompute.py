@@ -6,10 +6,11 @@ Incremental (``recompute_marked``), with the receptive field of ``workers.live``
 2. items: marked items, new items under marked categories/brands, and the new items among the marked users'
    edges (the fold-in reads an item's first shoppers' edges). A known item's vector is fixed for the version
    (written only if missing); a new item's vector is recomputed from its metadata and first shoppers and, if it
-   differs from the stored vector of the same version, its users join the affected set;
+   differs from the stored vector of the same version, its users join the affected set, and it goes on the delta
+   stream at once (`_publish_first`: shoppers like its buyers need not wait for its shoppers' recompute);
 3. users: the marked ones plus those reached in step 2; pull their edges (batched Cypher), cap each user to the
    top-N items, take the vectors of the new items they reach (stored, or computed now when missing), forward;
-4. publish the vectors on the delta stream, then write items, users and queries to Neo4j with the model version,
+4. publish the other vectors on the delta stream, then write items, users and queries to Neo4j with the model version,
    clearing each written node's mark in the same transaction if its token is unchanged;
 5. compare-and-clear the other marks read (a change that landed meanwhile keeps its mark).
 
@@ -38,10 +39,11 @@ from graphdb.ego import clear_ego_vectors, write_ego_vectors
 from graphdb.embeddings import write_and_clear
 from graphdb.model_state import activate, write_card
 from graphdb.schema import BRAND, CATEGORY, ITEM, QUERY, USER
+from graphdb.searches import all_searches, user_searches
 from workers import publish
 from workers.ego_live import ego_encoder
 from workers.live import LiveEncoder
-from workers.user_side import capped_neighbours, latest_times, pair_strengths
+from workers.user_side import capped_neighbours, latest_searches, latest_times, pair_strengths
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +174,7 @@ def recompute_marked(ctx: Context, limit: int = 10000) -> RecomputeResult:
             if stored is not None and stored.vector is not None and stored.version == version:
                 propagate.append(iid)  # users computed with the old vector of this item must follow
     clock.lap("forward_s")
+    early = _publish_first(ctx, res, marks, {i: to_write[i] for i in new_vecs if i in to_write}, scales, clock)
 
     # 3. users
     reached = subgraph.users_of_items(ctx.driver, propagate, database=ctx.database) if propagate else set()
@@ -182,8 +185,26 @@ def recompute_marked(ctx: Context, limit: int = 10000) -> RecomputeResult:
     scales.update(extra_scales)
 
     query_vecs = _queries(ctx, by_label[QUERY], clock)
-    _commit(ctx, res, marks, {ITEM: to_write, USER: user_vecs, QUERY: query_vecs}, scales, egos, clock)
+    _commit(ctx, res, marks, {ITEM: to_write, USER: user_vecs, QUERY: query_vecs}, scales, egos, clock, early)
     return res
+
+
+def _publish_first(
+    ctx: Context, res: RecomputeResult, marks: list[Mark], items: dict[str, np.ndarray], scales: dict[str, float], clock: _Clock
+) -> set[str]:
+    """Changed new items' vectors go on the delta stream before their shoppers are recomputed: a new item is what
+    shoppers like its buyers wait for (issue 16: in their top 10 within 2 s of its 20th purchase), while its first
+    shoppers' recompute (the fold-in's fan-out) can take longer. Returns the ids published; `_commit` publishes the
+    rest and writes everything (a crash before the write leaves the marks, and the same vectors are published
+    again)."""
+    if not items:
+        return set()
+    since = {m.id: m.since for m in marks if m.label == ITEM and m.id in items and m.since is not None}
+    t0 = time.perf_counter()
+    res.published += publish_vectors(ctx.redis, ctx.stream, {ITEM: items}, ctx.encoder.version, {ITEM: since}, scales)
+    res.timings.publish_s += time.perf_counter() - t0
+    clock.t = time.perf_counter()  # the publish is timed as such, not as the users' pull
+    return set(items)
 
 
 def _queries(ctx: Context, ids: Collection[str], clock: _Clock) -> dict[str, np.ndarray]:
@@ -205,10 +226,12 @@ def _commit(
     scales: dict[str, float],
     egos: dict[str, np.ndarray | None],
     clock: _Clock,
+    published: Collection[str] = (),
 ) -> None:
-    """Publish, then write (items first) clearing the marks of what was written in the same transactions: a crash
-    after publishing leaves the marks, so the same vectors are computed, published and written again. Then
-    compare-and-clear the marks of the nodes not written (known items, categories, brands, ...)."""
+    """Publish (but for the items in ``published``, already on the stream: `_publish_first`), then write (items
+    first) clearing the marks of what was written in the same transactions: a crash after publishing leaves the
+    marks, so the same vectors are computed, published and written again. Then compare-and-clear the marks of the
+    nodes not written (known items, categories, brands, ...)."""
     version = ctx.encoder.version
     tokens: dict[str, dict[str, str]] = defaultdict(dict)
     since: dict[str, dict[str, float]] = defaultdict(dict)
@@ -217,7 +240,8 @@ def _commit(
         if m.since is not None:
             since[m.label][m.id] = m.since
     t0 = time.perf_counter()
-    res.published = publish_vectors(ctx.redis, ctx.stream, {ITEM: vecs[ITEM], USER: vecs[USER]}, version, since, scales)
+    rest = {i: v for i, v in vecs[ITEM].items() if i not in published}
+    res.published += publish_vectors(ctx.redis, ctx.stream, {ITEM: rest, USER: vecs[USER]}, version, since, scales)
     res.timings.publish_s += time.perf_counter() - t0
     _write_ego(ctx, egos, version)  # before the user writes that clear the users' marks
     cleared = 0
@@ -228,6 +252,13 @@ def _commit(
     rest = [m for m in marks if m.id not in vecs.get(m.label, ())]
     res.cleared = cleared + clear_marks(ctx.driver, rest, database=ctx.database)
     clock.lap("write_s")
+
+
+def _searches(ctx: Context, user_ids: list[str]) -> dict[str, list[str]] | None:
+    """The users' newest searches when the version's user side adds them (`LiveEncoder.search_weight`)."""
+    if not ctx.encoder.search_weight:
+        return None
+    return latest_searches(user_searches(ctx.driver, user_ids, database=ctx.database), ctx.encoder.search_cap)
 
 
 def _fold_edges(ctx: Context, new_ids: list[str]) -> list[subgraph.EdgeRow]:
@@ -267,7 +298,8 @@ def _users(
     out_vecs, in_vecs, in_scales = enc.new_items_scaled(rows, fold_edges)
     ids = [r.id for r in rows]
     sends = {**fresh, **dict(zip(ids, in_vecs))}
-    out = enc.users(neighbours, user_ids, sends, latest_times(edges), pair_strengths(edges))
+    searches = _searches(ctx, user_ids)
+    out = enc.users(neighbours, user_ids, sends, latest_times(edges), pair_strengths(edges, enc.behaviour_weights), searches)
     egos = _ego(ctx, neighbours, user_ids, sends)
     clock.lap("forward_s")
     unstored = {i: _np(v) for i, v in zip(ids, out_vecs) if item_version.get(i) != version}
@@ -390,7 +422,8 @@ def full_vectors(ctx: Context, progress: Callable[[str], None] | None = None) ->
     user_ids = sorted(users)
     out: dict[str, dict[str, np.ndarray]] = {ITEM: {i: _np(v) for i, v in item_vecs.items()}}
     sends = dict(zip([r.id for r in new_rows], new_in))
-    u = enc.users(neighbours, user_ids, sends, latest_times(edges), pair_strengths(edges))
+    searched = latest_searches(all_searches(ctx.driver, database=ctx.database), enc.search_cap) if enc.search_weight else None
+    u = enc.users(neighbours, user_ids, sends, latest_times(edges), pair_strengths(edges, enc.behaviour_weights), searched)
     out[USER] = dict(zip(user_ids, _np(u)))
     egos = _ego(ctx, neighbours, user_ids, sends)
     q = enc.queries([queries[k] for k in sorted(queries)])

@@ -21,14 +21,16 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from graphdb.model_state import UserSideCard
+from graphdb.searches import SearchRow
 from graphdb.subgraph import EdgeRow
 from ml.recency import recency_weights
-from ml.signals import half_life_seconds, signal_weights
+from ml.signals import half_life_seconds, signal_weights, typed_weight
 
 __all__ = [
     "UserSideCard",
     "capped_neighbours",
     "item_weights",
+    "latest_searches",
     "latest_times",
     "pair_strengths",
     "rank_keys",
@@ -87,13 +89,24 @@ def latest_times(edges: Sequence[EdgeRow]) -> dict[tuple[str, str], int]:
     return out
 
 
-def pair_strengths(edges: Sequence[EdgeRow]) -> dict[tuple[str, str], float]:
-    """Each (user, item) pair's behaviour strength: its edges' weights summed over behaviour types, as the training
-    graph sums them (`workers.live.training_graph`), so the live signal weights equal the full graph's."""
+def pair_strengths(edges: Sequence[EdgeRow], typed: Mapping[str, float] | None = None) -> dict[tuple[str, str], float]:
+    """Each (user, item) pair's behaviour strength: its edges' weights, each times its behaviour type's weight
+    (``typed``: relationship type -> weight, `ml.signals.typed_weight`), summed over behaviour types, as the
+    training graph sums them (`workers.live.training_graph`), so the live signal weights equal the full graph's."""
     out: dict[tuple[str, str], float] = {}
     for e in edges:
-        out[(e.user, e.item)] = out.get((e.user, e.item), 0.0) + e.weight
+        w = e.weight * typed_weight(e.kind, typed) if typed else e.weight
+        out[(e.user, e.item)] = out.get((e.user, e.item), 0.0) + w
     return out
+
+
+def latest_searches(rows: Sequence[SearchRow], cap: int) -> dict[str, list[str]]:
+    """Each user's newest ``cap`` searches' texts (latest time first, ties by query id): deterministic for a given
+    set of rows, so the incremental and the full recompute add the same ones (`LiveEncoder.users`)."""
+    by_user: dict[str, list[SearchRow]] = {}
+    for r in rows:
+        by_user.setdefault(r.user, []).append(r)
+    return {u: [r.text for r in sorted(rs, key=lambda r: (-r.last_ts, r.query))[:cap]] for u, rs in by_user.items()}
 
 
 def item_weights(
@@ -155,7 +168,7 @@ def user_vector(
     # The cap keeps every item of a user who has no more than it (a session, mostly): no ranking needed then.
     items = sorted(distinct) if len(distinct) <= card.user_cap else capped_neighbours(rows, card.user_cap, card.half_life_days)[user]
     times = latest_times(rows)
-    strengths = pair_strengths(rows) if card.behaviour_power else None
+    strengths = pair_strengths(rows, card.behaviour_weights) if card.behaviour_power else None
     z = np.stack([vectors[i][0] for i in items]).astype(np.float32, copy=False)
     scales = np.array([vectors[i][1] for i in items], np.float32)
     t = np.array([times[(user, i)] for i in items], np.float64)

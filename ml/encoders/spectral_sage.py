@@ -39,6 +39,8 @@ class SpectralSAGE(nn.Module):
             the recency rank of their latest interaction (`ml.recency`; boost 0 = every item alike).
         behaviour_power / decay_half_life_days / cold_meta_blend: the user-side behaviour strength and time decay
             and the new items' metadata share (`ml.signals`; 0 = off).
+        behaviour_weights: each behaviour type's weight in the strength (relationship type -> weight; the graph it
+            is trained on must carry them: `workers.live.training_graph`); kept so every path serves the same.
 
     Shapes: ``adj`` is a sparse [U, I] user-item matrix (weights w_uj); ``item_degree`` [I];
     ``item_category`` [2, C] (item, category) pairs; ``item_brand`` [I] (-1 = none); ``item_text`` [I, text_dim].
@@ -58,6 +60,7 @@ class SpectralSAGE(nn.Module):
         behaviour_power: float = 0.0,
         decay_half_life_days: float = 0.0,
         cold_meta_blend: float = 0.0,
+        behaviour_weights: dict[str, float] | None = None,
     ):
         super().__init__()
         self.num_items, self.dim = num_items, dim
@@ -65,6 +68,7 @@ class SpectralSAGE(nn.Module):
         self.recency_boost, self.recency_scale = recency_boost, recency_scale
         self.behaviour_power, self.decay_half_life_days = behaviour_power, decay_half_life_days
         self.cold_meta_blend = cold_meta_blend
+        self.behaviour_weights = dict(behaviour_weights or {})  # relationship type -> weight in the strength
         self.item_emb = nn.Parameter(torch.empty(num_items, dim))
         self.filter = nn.Parameter(torch.ones(dim))
         self.category = nn.EmbeddingBag(num_categories, dim, mode="mean") if num_categories else None
@@ -192,4 +196,5 @@ class SpectralSAGE(nn.Module):
             "behaviour_power": self.behaviour_power,
             "decay_half_life_days": self.decay_half_life_days,
             "cold_meta_blend": self.cold_meta_blend,
+            "behaviour_weights": dict(self.behaviour_weights),
         }

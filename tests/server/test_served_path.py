@@ -66,7 +66,7 @@ def test_quality_served_row_equals_the_running_servers_answers(rolled_out, graph
     ck, bought = rolled_out
     shoppers = sorted(bought)
     # bench.quality's served row: the model's vectors for the graph, ranked by the in-process engine
-    live_graph = training_graph(subgraph.all_edges(graph), subgraph.all_items(graph))
+    live_graph = training_graph(subgraph.all_edges(graph), subgraph.all_items(graph), ck.model.behaviour_weights)
     users, items = served_vectors(ck.model, live_graph)
     key = graph_settings.pseudonym_key.get_secret_value()
     row = {p: n for n, p in enumerate(live_graph.user_ids)}

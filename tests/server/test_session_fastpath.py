@@ -47,3 +47,22 @@ def test_recency_weights_from_the_table_equal_the_formula(n: int) -> None:
     got = recency_weights(times, 30.0, 2.0)
     assert got.dtype == np.float32 and np.array_equal(got, want)
     assert np.array_equal(recency_weights(times, 0.0, 2.0), np.ones(n, np.float32))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_sessions_strengths_are_pair_strengths_of_its_edges(seed: int) -> None:
+    """`SessionEdges.strengths` (every RecommendForSession call at the default behaviour power) gives the same floats
+    as `pair_strengths` over the session's edge rows, typed or not."""
+    from graphdb.session import session_edges
+    from graphdb.settings import GraphSettings
+    from workers.user_side import pair_strengths
+
+    rng = np.random.default_rng(seed)
+    kinds = ["view", "click", "add_to_cart", "purchase"]
+    events = [
+        (f"i{int(rng.integers(6))}", kinds[int(rng.integers(4))], 1.7e9 - float(rng.integers(0, 90_000)), None) for _ in range(30)
+    ]
+    session = session_edges(events, GraphSettings(), now=1.7e9)
+    for typed in ({}, {"VIEWED": 1.0, "CLICKED": 2.0, "ADDED_TO_CART": 4.0, "PURCHASED": 8.0}):
+        pairs = pair_strengths(session.edges("u"), typed)
+        assert session.strengths(typed) == {item: w for (_, item), w in pairs.items()}

@@ -20,11 +20,12 @@ from graphdb.changes import count_marks
 from graphdb.ingest import ingest_events
 from graphdb.items import ItemRecord, upsert_items
 from graphdb.marks import new_token
-from graphdb.model_state import active_model
+from graphdb.model_state import active_model, read_card
 from graphdb.pseudonym import pseudonymise
 from graphdb.schema import ITEM, QUERY, USER
 from graphdb.settings import DataSettings
 from ml.settings import ModelSettings, TrainSettings
+from proto.interest.v1 import interest_pb2 as pb
 from workers import jobs
 from workers.recompute import full_vectors, recompute_marked
 from workers.settings import WorkerSettings
@@ -111,8 +112,25 @@ def _drain(ctx) -> list:
             return rounds
 
 
-# with the signals of ml.signals on too: behaviour strength and time decay weigh a user's items
-@pytest.mark.parametrize("signals", [{}, {"behaviour_power": 1.0, "decay_half_life_days": 0.5}], ids=["plain", "signals"])
+# at the defaults (typed behaviour weights), with untyped behaviour strength and time decay (ml.signals), with
+# typed weights that name ratings too, and with searches in the user vector: the edge rows carry their type on every read
+TYPED = {
+    "behaviour_power": 1.0,
+    "decay_half_life_days": 0.5,
+    "behaviour_weights": {"view": 1, "click": 2, "add_to_cart": 4, "purchase": 8, "rate": 3},
+}
+
+
+@pytest.mark.parametrize(
+    "signals",
+    [
+        {},
+        {"behaviour_power": 1.0, "behaviour_weights": {}, "decay_half_life_days": 0.5},
+        TYPED,
+        {"search_weight": 1.0, "search_cap": 2},
+    ],
+    ids=["plain", "signals", "typed", "searches"],
+)
 def test_incremental_equals_full_after_random_batches(graph, neo4j_settings, graph_settings, redis_url, tmp_path, signals):
     runtime = _runtime(neo4j_settings, graph_settings, redis_url, tmp_path, **signals)
     try:
@@ -133,6 +151,9 @@ def _incremental_equals_full(runtime, graph_settings):
     assert out["active"] == trained["version"]
     # the roll-out embedded the whole graph: the marks of the loaded events are cleared, not recomputed again
     assert marked > 0 and out["marks_cleared"] == marked and count_marks(driver) == 0
+    # the version's user side carries the behaviour type weights it was trained with (servers read them there)
+    card = read_card(driver, trained["version"])
+    assert card is not None and dict(card.behaviour_weights) == runtime.model.typed_weights()
     ctx = runtime.context(trained["version"])
     _drain(ctx)
 
@@ -293,6 +314,31 @@ def test_a_new_item_settles_after_its_first_shoppers(graph, neo4j_settings, grap
         rt.close()
 
 
+def test_a_changed_new_item_is_published_before_the_shoppers_it_reaches(graph, neo4j_settings, graph_settings, redis_url, tmp_path):
+    """In the recompute after a new item's second shopper, the item's vector is the first delta on the stream, before
+    its two shoppers' (the earlier one reached by propagation): what shoppers like its buyers wait for does not wait
+    for the fan-out. Each vector of the round is published once."""
+    rt = _runtime(neo4j_settings, graph_settings, redis_url, tmp_path, fold_users=3)
+    try:
+        driver = rt.driver
+        ctx = _trained_on_purchases(rt, graph_settings)
+        assert ctx.redis is not None
+        buy = {"event_id": "n-0", "user_id": "user-0", "type": "purchase", "ts": T0 + 100, "item_id": "item-new"}
+        ingest_events(driver, graph_settings, [buy])
+        recompute_marked(ctx)
+        start = ctx.redis.xrevrange(ctx.stream, count=1)[0][0]
+        ingest_events(driver, graph_settings, [{**buy, "event_id": "n-1", "user_id": "user-1", "ts": T0 + 101}])
+        res = recompute_marked(ctx)
+        deltas = [pb.EmbeddingDelta.FromString(f[b"d"]) for _, f in ctx.redis.xrange(ctx.stream, min=b"(" + start)]
+        key = graph_settings.pseudonym_key.get_secret_value()
+        assert res.propagated_users == 1
+        assert (deltas[0].node_type, deltas[0].id) == (pb.NODE_TYPE_ITEM, "item-new")
+        assert {d.id for d in deltas[1:] if d.node_type == pb.NODE_TYPE_USER} == {pseudonymise(key, f"user-{u}") for u in (0, 1)}
+        assert len(deltas) == len({(d.node_type, d.id) for d in deltas}) == res.published
+    finally:
+        rt.close()
+
+
 def test_a_trending_new_item_takes_its_shoppers_rate_as_its_prior(graph, neo4j_settings, graph_settings, redis_url, tmp_path):
     """With ``fold_trend_horizon_days`` set, a new item bought by its first shoppers within seconds is served with
     the version's largest degree as its popularity prior (`ml.trend`), one bought as often over months with
@@ -338,6 +384,41 @@ def test_a_trending_new_item_takes_its_shoppers_rate_as_its_prior(graph, neo4j_s
         for u in range(6):  # its shoppers read it with the same degree (what it sends them)
             pid = pseudonymise(key, f"user-{u}")
             assert np.allclose(subgraph.stored_vectors(driver, USER, [pid])[pid].vector, full[USER][pid], atol=1e-5)
+    finally:
+        rt.close()
+
+
+def test_a_search_moves_the_shoppers_vector_toward_items_of_its_text(graph, neo4j_settings, graph_settings, redis_url, tmp_path):
+    """With ``search_weight`` on, a shopper's search adds its text's vector to theirs: the vector moves toward the
+    items whose titles hold the query's words more than toward the others, equals a full recompute, and with the
+    weight at 0 the same graph gives the vector from before the search."""
+    rt = _runtime(neo4j_settings, graph_settings, redis_url, tmp_path, search_weight=1.0, search_cap=3)
+    try:
+        driver = rt.driver
+        assert not ingest_events(driver, graph_settings, _seed_history(random.Random(7))).rejected
+        version = jobs.train_from_graph(rt)["version"]
+        jobs.rebuild_version(rt, version)
+        ctx = rt.context(version)
+        _drain(ctx)
+        pid = pseudonymise(graph_settings.pseudonym_key.get_secret_value(), "user-0")
+
+        def stored() -> np.ndarray:
+            return np.asarray(subgraph.stored_vectors(driver, USER, [pid])[pid].vector)
+
+        before = stored()
+        search = {"event_id": "s-0", "user_id": "user-0", "type": "search", "ts": T0 + 10, "query": "oak desk"}
+        assert not ingest_events(driver, graph_settings, [search]).rejected
+        _drain(ctx)
+        after = stored()
+        items = subgraph.all_items(driver)
+        z = subgraph.stored_vectors(driver, ITEM, [r.id for r in items])
+        gain = {r.id: float((after - before) @ np.asarray(z[r.id].vector)) for r in items}
+        named = [gain[r.id] for r in items if {"oak", "desk"} & set((r.title or "").split())]
+        others = [gain[r.id] for r in items if not {"oak", "desk"} & set((r.title or "").split())]
+        assert named and others and np.mean(named) > np.mean(others) + 1e-3, (np.mean(named), np.mean(others))
+        assert np.allclose(after, full_vectors(ctx).vectors[USER][pid], atol=1e-5)
+        off = dataclasses.replace(ctx, encoder=dataclasses.replace(ctx.encoder, search_weight=0.0))
+        assert np.allclose(full_vectors(off).vectors[USER][pid], before, atol=1e-5)
     finally:
         rt.close()
 

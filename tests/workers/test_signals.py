@@ -5,11 +5,13 @@ tests/workers/test_incremental.py)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-from graphdb.subgraph import EdgeRow
+from graphdb.subgraph import EdgeRow, ItemRow
 from ml.checkpoint import Checkpoint
 from ml.cold import embed_cold_items
 from ml.embed import served_vectors
@@ -18,7 +20,7 @@ from ml.settings import ModelSettings, TrainSettings
 from ml.signals import signal_weights, weigh_by_signals
 from ml.train_served import fit_served
 from planted_graphs import planted
-from workers.live import LiveEncoder
+from workers.live import LiveEncoder, training_graph
 from workers.user_side import capped_neighbours, latest_times, pair_strengths, user_vector
 
 T = 1.7e9
@@ -47,10 +49,16 @@ def test_matrix_weights_equal_each_rows_own():
         assert np.allclose(w.data[a:b], signal_weights(s.data[a:b], t.data[a:b], 1.0, 2 * DAY))
 
 
-def _encoder(behaviour_power: float, decay_days: float) -> LiveEncoder:
+def _encoder(behaviour_power: float, decay_days: float, typed: dict[str, float] | None = None) -> LiveEncoder:
     torch.manual_seed(0)
     model = SpectralSAGE(
-        num_items=6, dim=8, user_norm=0.4, item_norm=0.6, behaviour_power=behaviour_power, decay_half_life_days=decay_days
+        num_items=6,
+        dim=8,
+        user_norm=0.4,
+        item_norm=0.6,
+        behaviour_power=behaviour_power,
+        decay_half_life_days=decay_days,
+        behaviour_weights=typed,
     )
     model.set_degrees(torch.tensor([1.0, 3.0, 7.0, 2.0, 12.0, 5.0]))
     ck = Checkpoint(model, "v1", {}, {}, [], [f"i{j}" for j in range(6)], [], [], {})
@@ -59,7 +67,7 @@ def _encoder(behaviour_power: float, decay_days: float) -> LiveEncoder:
 
 def _worker_vector(enc: LiveEncoder, edges: list[EdgeRow]) -> np.ndarray:
     nb = capped_neighbours(edges, enc.user_cap, enc.half_life_days)
-    return enc.users(nb, ["u"], {}, latest_times(edges), pair_strengths(edges))[0].numpy()
+    return enc.users(nb, ["u"], {}, latest_times(edges), pair_strengths(edges, enc.behaviour_weights))[0].numpy()
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> float:
@@ -76,6 +84,42 @@ def test_a_purchase_moves_the_vector_more_than_a_view():
     assert np.allclose(plain, z[0] + z[1], atol=1e-5)
     assert np.allclose(weighted, z[0] + 5 * z[1], atol=1e-5)
     assert _cos(weighted, z[1]) > _cos(plain, z[1]) and _cos(weighted, z[0]) < _cos(plain, z[0])
+
+
+TYPED = {"VIEWED": 1.0, "CLICKED": 2.0, "ADDED_TO_CART": 4.0, "PURCHASED": 8.0}
+
+
+def test_typed_weights_make_a_purchase_outweigh_many_views():
+    """i0 viewed three times (one VIEWED edge of decayed count 3), i1 viewed once and purchased: all types equal,
+    the views weigh i0 at 3 against i1's 2; typed (view 1, purchase 8), i1 weighs 9."""
+    edges = [
+        EdgeRow("u", "i0", 3.0, T, None, "VIEWED"),
+        EdgeRow("u", "i1", 1.0, T, None, "VIEWED"),
+        EdgeRow("u", "i1", 1.0, T, None, "PURCHASED"),
+    ]
+    equal, typed = _encoder(1.0, 0.0), _encoder(1.0, 0.0, TYPED)
+    assert equal.card().behaviour_weights == {} and typed.card().behaviour_weights == TYPED
+    z = equal.in_known.numpy()
+    assert np.allclose(_worker_vector(equal, edges) / equal.filter.numpy(), 3 * z[0] + 2 * z[1], atol=1e-5)
+    assert np.allclose(_worker_vector(typed, edges) / typed.filter.numpy(), 3 * z[0] + 9 * z[1], atol=1e-5)
+
+
+def test_typed_weights_reach_the_session_vector_as_the_workers():
+    """RecommendForSession's edges carry their behaviour type (graphdb.session), so a session's typed strength is
+    a stored shopper's: the card's weights, the same function."""
+    from graphdb.session import session_edges
+    from graphdb.settings import GraphSettings
+
+    enc = _encoder(1.0, 0.0, TYPED)
+    events = [("i0", "view", T, None), ("i0", "view", T, None), ("i1", "view", T - 5, None), ("i1", "purchase", T - 5, None)]
+    edges = session_edges(events, GraphSettings(), now=T).edges("u")
+    assert {e.kind for e in edges} == {"VIEWED", "PURCHASED"}
+    ids = ["i0", "i1"]
+    z, s = enc.known_vectors(ids).numpy(), enc.known_scales(ids).numpy()
+    out = user_vector(edges, {i: (z[n], float(s[n])) for n, i in enumerate(ids)}, enc.card())
+    assert out is not None
+    assert np.allclose(out[0], _worker_vector(enc, edges), atol=1e-5, rtol=1e-5)
+    assert not np.allclose(out[0], _worker_vector(_encoder(1.0, 0.0), edges), atol=1e-3)  # the types did count
 
 
 def test_an_old_interaction_weighs_less_than_a_recent_one_with_decay():
@@ -103,6 +147,33 @@ def test_the_servers_session_vector_equals_the_workers_with_signals():
     out = user_vector(edges, {i: (z[n], float(s[n])) for n, i in enumerate(ids)}, card)
     assert out is not None
     assert np.allclose(out[0], _worker_vector(enc, edges), atol=1e-5, rtol=1e-5)
+
+
+def test_the_whole_graph_path_applies_the_same_typed_weights():
+    """A graph built from typed live edges (`training_graph` with the type weights) trains a model whose
+    whole-graph user vectors equal the worker's from the same edges."""
+    rng = np.random.default_rng(5)
+    kinds = ["VIEWED", "CLICKED", "ADDED_TO_CART", "PURCHASED"]
+    edges = [
+        EdgeRow(
+            f"u{u}", f"i{int(j)}", float(rng.integers(1, 4)), T - float(rng.integers(0, 9)) * DAY, None, kinds[int(rng.integers(4))]
+        )
+        for u in range(40)
+        for j in rng.choice(12, size=5, replace=False)
+    ]
+    items = [ItemRow(f"i{j}", (), None, None, None) for j in range(12)]
+    ms = ModelSettings(
+        dim=8, select_filter=False, behaviour_power=1.0, behaviour_weights={"view": 1, "click": 2, "add_to_cart": 4, "purchase": 8}
+    )
+    g = training_graph(edges, items, ms.typed_weights())
+    model = fit_served(g, ms, TrainSettings(served_epochs=0, val_fraction=0.0), progress=False).model
+    assert model.behaviour_weights == TYPED
+    full, _ = served_vectors(model, g)
+    ck = Checkpoint(model, "v", {}, {}, g.user_ids, g.item_ids, [], [], {})
+    enc = LiveEncoder(ck, user_cap=1000, half_life_days=30.0)
+    for u in (0, 7, 33):
+        mine = [dataclasses.replace(e, user="u") for e in edges if e.user == f"u{u}"]
+        assert np.allclose(_worker_vector(enc, mine), full[g.user_ids.index(f"u{u}")].numpy(), atol=1e-4)
 
 
 def test_the_whole_graph_path_applies_the_same_weights():
@@ -183,3 +254,17 @@ def test_the_warm_blend_is_applied_once_after_a_selection_without_refit():
     meta = a.meta(g.item_category, g.item_brand, None, g.num_items)
     trained = a.item_known.clone()
     assert torch.allclose(b.item_base(meta)[trained], 0.7 * a.item_base(meta)[trained] + 0.3 * meta[trained], atol=1e-5)
+
+
+def test_a_users_newest_searches_are_chosen_the_same_in_any_order():
+    from graphdb.searches import SearchRow
+    from workers.user_side import latest_searches
+
+    rows = [
+        SearchRow("u", "q1", "oak desk", T),
+        SearchRow("u", "q0", "lamp", T),
+        SearchRow("u", "q2", "pen", T - 5),
+        SearchRow("v", "q3", "ink", T),
+    ]
+    assert latest_searches(rows, 2) == {"u": ["lamp", "oak desk"], "v": ["ink"]}  # newest first, ties by query id
+    assert latest_searches(rows[::-1], 2) == latest_searches(rows, 2)
