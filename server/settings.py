@@ -83,9 +83,9 @@ class ServerSettings(BaseSettings):
     # order. On gowalla's served 1024-d vectors (41k items) these defaults, with PQ codes, gave Recall@20 0.1916
     # against exact search's 0.1924 on 4,000 test users, where a full-width IVF at nprobe 16 gave 0.1833
     # (docs/benchmarks.md, "Served width and the index").
-    ivf_nprobe: int = Field(default=64, ge=1)
+    ivf_nprobe: int = Field(default=112, ge=1)
     ivf_dim: int = Field(default=256, ge=0)
-    ivf_refine: int = Field(default=300, ge=1)
+    ivf_refine: int = Field(default=150, ge=1)
     # What the IVF lists hold: "pq4" (4-bit product-quantizer codes, one sub-quantizer per 4 components, scanned
     # with SIMD: 32 bytes an item at 256 components) or "flat" (the floats: 1 KB). The re-rank at the full width
     # makes up for the codes' error: bench.serving measures both.
