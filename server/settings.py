@@ -87,7 +87,7 @@ class ServerSettings(BaseSettings):
     # 64 exact lists and 300 did, for less work ("Serving at the served width").
     ivf_nprobe: int = Field(default=112, ge=1)
     ivf_dim: int = Field(default=256, ge=0)
-    ivf_refine: int = Field(default=150, ge=1)
+    ivf_refine: int = Field(default=300, ge=1)
     # What the IVF lists hold: "pq4" (4-bit product-quantizer codes, one sub-quantizer per 4 components, scanned
     # with SIMD: 32 bytes an item at 256 components) or "flat" (the floats: 1 KB). The re-rank at the full width
     # makes up for the codes' error: bench.serving measures both.
