@@ -18,7 +18,7 @@ from typing import Any, Callable, ContextManager, Sequence
 import faiss
 import numpy as np
 
-from server.ann import Base, IndexParams, LabelMap, build_base, normalise
+from server.ann import Base, IndexParams, LabelMap, build_base, normalise, tune
 
 __all__ = ["ABSENT", "BASE", "DELTA", "Base", "headroom", "IndexParams", "ItemIndex", "LabelMap", "build_base", "normalise"]
 
@@ -503,7 +503,7 @@ class ItemIndex:
         cents = state["centroids"]
         self._base = Base(base_index, state["base_labels"].astype(np.int64), cents if len(cents) else None)
         if self._base.is_ivf:
-            faiss.extract_index_ivf(base_index).nprobe = params.nprobe
+            tune(faiss.extract_index_ivf(base_index), params)
         self._tomb = int((self._where[self._base.labels] != BASE).sum())
         self._live = int((self._where > ABSENT).sum())
         self._rebuild_delta()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import faiss
 import numpy as np
 import pytest
 
+from server.ann import APPROX_COARSE_MIN_LISTS
 from server.index import ABSENT, IndexParams, ItemIndex, LabelMap, build_base, normalise
 from server.snapshot import load_snapshot, save_snapshot
 
@@ -381,3 +383,38 @@ def test_ivf_over_leading_components_re_ranks_at_full_width(tmp_path, codes: str
     live, vecs, versions, cents = index.compaction_input()
     index.apply_compaction(build_base(vecs, live, params, cents), versions)
     assert index.base.width == width and index.base.codes == held and _recall(index, queries, 10) >= 0.9
+
+
+def test_many_lists_are_assigned_by_pq_codes_refined_exactly_keeping_recall_and_snapshots(tmp_path) -> None:
+    """From APPROX_COARSE_MIN_LISTS lists the coarse quantizer shortlists lists by PQ codes and picks them by exact
+    centroid scores: the best list (where an item is added) is nearly always the exact best, most of the probed
+    lists are the exact ones, their scores are exact, the answers keep recall against exact search, and a snapshot
+    brings back the same quantizer and search settings (FAISS does not save ``implem`` or ``nprobe``)."""
+    rng = np.random.default_rng(9)
+    n, dim = 48_000, 128
+    scale = np.geomspace(1.0, 0.05, dim).astype(np.float32)
+    centres = rng.standard_normal((300, dim)).astype(np.float32)
+    x = (centres[rng.integers(0, 300, n)] + rng.standard_normal((n, dim)).astype(np.float32)) * scale
+    params = IndexParams(ann_min_items=1000, nlist=APPROX_COARSE_MIN_LISTS, nprobe=64, ivf_dim=64, refine=200, ivf_codes="pq4")
+    index = ItemIndex.build(dim, "m1", LabelMap(), params, [f"i{j}" for j in range(n)], x)
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(index.base.index))
+    assert ivf.nlist == APPROX_COARSE_MIN_LISTS and index.base.codes == "pq4"
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    assert isinstance(quantizer, faiss.IndexRefineFlat)
+    queries = x[rng.choice(n, 50, replace=False)]
+    exact_lists = faiss.knn(np.ascontiguousarray(queries[:, :64]), index.base.centroids, 64, metric=faiss.METRIC_INNER_PRODUCT)[1]
+    scores, picked = quantizer.search(np.ascontiguousarray(queries[:, :64]), 64)
+    overlap = np.mean([len(set(a) & set(b)) / 64 for a, b in zip(picked, exact_lists)])
+    assert overlap >= 0.6
+    assert np.mean(picked[:, 0] == exact_lists[:, 0]) >= 0.95
+    assert np.allclose(scores[:, 0], np.einsum("ij,ij->i", queries[:, :64], index.base.centroids[picked[:, 0]]), atol=1e-4)
+    want = np.argsort(-(queries @ x.T), axis=1)[:, :10]
+    got = [index.search(q[None, :], 10)[0][0] for q in queries]
+    assert np.mean([len(set(g.tolist()) & set(w.tolist())) / 10 for g, w in zip(got, want)]) >= 0.9
+    save_snapshot(tmp_path / "snap", index, {}, "0-0")
+    again = load_snapshot(tmp_path / "snap", params).index
+    ivf_again = faiss.downcast_index(faiss.extract_index_ivf(again.base.index))
+    assert isinstance(faiss.downcast_index(ivf_again.quantizer), faiss.IndexRefineFlat)
+    assert (ivf_again.nprobe, ivf_again.implem) == (ivf.nprobe, ivf.implem) == (64, 11)
+    for q, g in zip(queries[:10], got):
+        assert np.array_equal(again.search(q[None, :], 10)[0][0], g)
