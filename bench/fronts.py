@@ -22,27 +22,23 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 
 from bench._common import emit_result
 from bench.serving import (
     CONNECTIONS,
     STREAM,
-    index_params,
     loadgen_binary,
     log,
     servers_cpu,
     start_servers,
     stop_servers,
-    synthetic,
+    synthetic_snapshot,
     write_requests,
 )
 from graphdb import localstack
 from graphdb.settings import LocalStackSettings
 from server.front import available as front_built
-from server.index import ItemIndex, LabelMap
-from server.snapshot import save_snapshot
 
 # (name, IG_SERVER_FRONT, TLS)
 PEERS = [
@@ -108,16 +104,8 @@ def main() -> None:
         binary = loadgen_binary(work)
         if binary is None:
             raise SystemExit("bench/loadgen could not be built (needs Go)")
-        vecs = synthetic(args.items, args.dim)
-        n, dim = vecs.shape
-        names = [f"i{j}" for j in range(n)]
-        faiss.omp_set_num_threads(2)
-        scales = np.random.default_rng(3).uniform(0.05, 1.0, n).astype(np.float32)
-        index = ItemIndex.build(dim, "bench-synthetic", LabelMap(), index_params(args, args.ivf_codes), names, vecs, None, scales)
-        snap = work / "snap"
-        snap.mkdir()
-        save_snapshot(snap, index, {}, stream_id="0-0")
-        del index
+        snap, names, dim = synthetic_snapshot(work, args)
+        n = len(names)
         queries = [names[j] for j in np.random.default_rng(1).integers(0, n, 5000)]
         requests = write_requests(work / "queries.bin", queries)
         ca = trustme.CA()

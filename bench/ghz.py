@@ -21,16 +21,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import faiss
-import numpy as np
-
 from bench._common import emit_result
-from bench.serving import GHZ_MODULE, ghz_binary, index_params, log, start_servers, stop_servers, synthetic, write_protoset
+from bench.serving import GHZ_MODULE, ghz_binary, log, start_servers, stop_servers, synthetic_snapshot, write_protoset
 from graphdb import localstack
 from graphdb.settings import LocalStackSettings
 from server.front import available as front_built
-from server.index import ItemIndex, LabelMap
-from server.snapshot import save_snapshot
 
 
 def requests(names: list[str], dim: int) -> dict[str, Any]:
@@ -86,16 +81,8 @@ def main() -> None:
     redis_url = f"redis://127.0.0.1:{stack.redis_port}/0"
     procs: list = []
     try:
-        vecs = synthetic(args.items, args.dim)
-        n, dim = vecs.shape
-        names = [f"i{j}" for j in range(n)]
-        faiss.omp_set_num_threads(2)
-        scales = np.random.default_rng(3).uniform(0.05, 1.0, n).astype(np.float32)
-        index = ItemIndex.build(dim, "bench-synthetic", LabelMap(), index_params(args, args.ivf_codes), names, vecs, None, scales)
-        snap = work / "snap"
-        snap.mkdir()
-        save_snapshot(snap, index, {}, stream_id="0-0")
-        del index
+        snap, names, dim = synthetic_snapshot(work, args)
+        n = len(names)
         protoset = write_protoset(work / "interest.protoset")
         procs, port = start_servers(snap, redis_url, 50, args.nprobe, max(1, os.cpu_count() or 1), dim, False, "native")
         methods: dict[str, Any] = {}

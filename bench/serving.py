@@ -736,6 +736,21 @@ def index_params(args, codes: str) -> IndexParams:
     )
 
 
+def synthetic_snapshot(work: Path, args) -> tuple[Path, list[str], int]:
+    """``--items`` x ``--dim`` synthetic items in the served index (``--ivf-codes``, ``--nprobe``), saved as the
+    snapshot the front-end benches' servers load: (snapshot folder, item ids, width)."""
+    vecs = synthetic(args.items, args.dim)
+    n, dim = vecs.shape
+    names = [f"i{j}" for j in range(n)]
+    faiss.omp_set_num_threads(2)
+    scales = np.random.default_rng(3).uniform(0.05, 1.0, n).astype(np.float32)
+    index = ItemIndex.build(dim, "bench-synthetic", LabelMap(), index_params(args, args.ivf_codes), names, vecs, None, scales)
+    snap = work / "snap"
+    snap.mkdir()
+    save_snapshot(snap, index, {}, stream_id="0-0")
+    return snap, names, dim
+
+
 def session_only(args, redis_url: str) -> dict:
     """``--session-only``: the synthetic set as ``run_dataset`` serves it (one server process), and only
     RecommendForSession against RecommendForUser (``session_load``), ``--rounds`` times on that server."""

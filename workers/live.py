@@ -331,24 +331,23 @@ class LiveEncoder:
     def query_sends(self, texts: Sequence[str]) -> torch.Tensor | None:
         """What a search sends its shopper [n, dim]: its text's base as a new item of degree 1 sends it (`queries`
         embeds the same base as an item's output); None when the model reads no text."""
-        m = self.ck.model
-        if m.text is None or self.text_encoder is None:
-            return None
-        if not texts:
-            return torch.zeros(0, self.dim, device=self.device)
-        x = m.text(self.text_encoder.encode(list(texts)).to(self.device))
-        return m.item_in(x, torch.ones(len(texts), device=self.device))
+        x = self._text_bases(texts)
+        return x if x is None or not len(texts) else self.ck.model.item_in(x, torch.ones(len(texts), device=self.device))
 
     @torch.no_grad()
     def queries(self, texts: Sequence[str]) -> torch.Tensor | None:
         """Search queries embedded like an item with only its text; None when the model reads no text."""
+        x = self._text_bases(texts)
+        return x if x is None or not len(texts) else self.ck.model.item_out(x, torch.ones(len(texts), device=self.device))
+
+    def _text_bases(self, texts: Sequence[str]) -> torch.Tensor | None:
+        """The texts' bases [n, dim] as an item's text part (zero rows for none); None when the model reads no text."""
         m = self.ck.model
         if m.text is None or self.text_encoder is None:
             return None
         if not texts:
             return torch.zeros(0, self.dim, device=self.device)
-        x = m.text(self.text_encoder.encode(list(texts)).to(self.device))
-        return m.item_out(x, torch.ones(len(texts), device=self.device))  # an item with its text only
+        return m.text(self.text_encoder.encode(list(texts)).to(self.device))
 
 
 def _dev(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
