@@ -74,11 +74,12 @@ class Machines:
     utilisation: float = 0.6
     gb_per_million_items: float = 4.34  # bench.serving, 1M x 1024 served format (IVF-PQ4 + exact re-rank rows)
     nic_gbit: float = 25.0
-    # the served index's search at 1M x 1024, one thread (docs/benchmarks.md "Serving at the served width"):
-    # coarse quantizer (HNSW over the centroids: ~log n), the PQ scan of nprobe lists, the re-rank of 300 rows
-    coarse_s: float = 182e-6
-    scan_1m_s: float = 169e-6
-    rerank_s: float = 70e-6
+    # the served index's search at 1M x 1024, one thread (docs/benchmarks.md "Serving at the served width"): the
+    # coarse quantizer (a scan of the 4,000 centroids' PQ codes + an exact refine of 2 x nprobe), the PQ scan of
+    # nprobe 112 lists (164 us the two), the exact re-rank of 300 rows (117-131 us)
+    coarse_s: float = 33e-6
+    scan_1m_s: float = 131e-6
+    rerank_s: float = 124e-6
 
 
 def _up(x: float) -> int:
@@ -89,8 +90,8 @@ def _up(x: float) -> int:
 def search_extra_s(items: float, m: Machines) -> float:
     """CPU a query spends searching ``items`` beyond the measured catalogue's search: nlist = 4 sqrt(n) and
     nprobe grown as sqrt(n / 1M) keep the probed fraction of the lists (and so recall) as at 1M, so the scan
-    grows as sqrt(n); the HNSW coarse quantizer and the re-rank stay."""
-    return m.coarse_s + m.scan_1m_s * math.sqrt(max(items, 1e6) / 1e6) + m.rerank_s
+    and the coarse quantizer's scan of the centroids' codes grow as sqrt(n); the re-rank stays."""
+    return (m.coarse_s + m.scan_1m_s) * math.sqrt(max(items, 1e6) / 1e6) + m.rerank_s
 
 
 def plan(c: Costs, load: Load, m: Machines) -> dict:
@@ -142,10 +143,10 @@ def plan(c: Costs, load: Load, m: Machines) -> dict:
             "delta_cores_per_replica": round(eps * c.delta, 2),
             "replicas": replicas,
             "ram_gb_per_replica": round(index_gb + 2.0, 1),  # + the process, caches and the user LRU
-            "index": "IVF-PQ4 fast scan (nlist 4 sqrt(n), HNSW coarse quantizer) + exact 1024-d re-rank of 300",
+            "index": "IVF-PQ4 fast scan (nlist 4 sqrt(n), lists picked by the centroids' PQ codes) + exact 1024-d re-rank of 300",
             "nlist": round(4 * math.sqrt(load.items)),
-            "nprobe": round(64 * math.sqrt(load.items / 1e6)),
-            "recall_at_10": "0.767 measured at 1M x 1024 (synthetic, nprobe 64); at 10^7 with nprobe scaled: not measured",
+            "nprobe": round(112 * math.sqrt(load.items / 1e6)),
+            "recall_at_10": "0.779 measured at 1M x 1024 (synthetic, nprobe 112); at 10^7 with nprobe scaled: not measured",
         },
         "delta_stream_gbit_per_replica": round(delta_gbit, 2),
         "user_vectors_gb_total": round(user_vectors_gb, 1),
