@@ -9,14 +9,13 @@ import random
 
 import numpy as np
 from redis import Redis
-from test_hetero_live import T0, _runtime, _worst
+from test_hetero_live import T0, _rolled_out, _runtime, _worst
 
 from graphdb import subgraph
 from graphdb.ingest import ingest_events
-from graphdb.loaders import load_dataset
 from graphdb.pseudonym import pseudonymise
 from graphdb.schema import USER
-from workers import hetero_recompute, jobs
+from workers import hetero_recompute
 from workers.publish import FIELD, NODE_TYPES, Delta
 
 
@@ -25,9 +24,7 @@ def test_the_event_users_are_published_first_with_the_written_vectors(
 ):
     rt = _runtime(neo4j_settings, graph_settings, redis_url, tmp_path, "sage")
     driver = rt.driver
-    load_dataset(driver, graph_settings, "amazon-hin", slices / "amazon-hin")
-    version = jobs.train_from_graph(rt, model="hetero-sage")["version"]
-    jobs.rebuild_version(rt, version)
+    version = _rolled_out(rt, graph_settings, slices)
     ctx = rt.hetero_context(version)
     lines = (slices / "amazon-hin" / "user_item.dat").read_text().splitlines()
     rng = random.Random(5)

@@ -36,6 +36,14 @@ def _runtime(neo4j_settings, graph_settings, redis_url, tmp_path, conv: str) -> 
     return jobs.Runtime(neo4j_settings, graph_settings, ms, ts, ws, DataSettings())
 
 
+def _rolled_out(rt: jobs.Runtime, graph_settings, slices, model: str = "hetero-sage") -> str:
+    """The amazon-hin slice loaded, ``model`` trained on it by the worker and rolled out: its version."""
+    load_dataset(rt.driver, graph_settings, "amazon-hin", slices / "amazon-hin")
+    version: str = jobs.train_from_graph(rt, model=model)["version"]
+    jobs.rebuild_version(rt, version)
+    return version
+
+
 def _events(rng: random.Random, batch: int, n: int, users: list[str], items: list[str], hub: str) -> list[dict]:
     out = []
     for k in range(n):
@@ -117,9 +125,7 @@ def test_an_event_recomputes_the_affected_set_not_the_ball(graph, neo4j_settings
     its other shoppers stay; only the newcomer is recomputed, and the result equals a full recompute."""
     rt = _runtime(neo4j_settings, graph_settings, redis_url, tmp_path, "sage")
     driver = rt.driver
-    load_dataset(driver, graph_settings, "amazon-hin", slices / "amazon-hin")
-    version = jobs.train_from_graph(rt, model="hetero-sage")["version"]
-    jobs.rebuild_version(rt, version)
+    version = _rolled_out(rt, graph_settings, slices)
     ctx = rt.hetero_context(version)
     hub = driver.execute_query(_HUB).records[0]
     # every edge here weighs 1 (one interaction each) decayed by its age, so the cap keeps the newest shoppers (ties

@@ -13,12 +13,11 @@ import numpy as np
 import pytest
 import torch
 from test_hetero_caps import _live, _slice
-from test_hetero_live import _drain
+from test_hetero_live import _drain, _rolled_out
 
 from graphdb import subgraph
 from graphdb.changes import count_marks
 from graphdb.ingest import ingest_events
-from graphdb.loaders import load_dataset
 from graphdb.schema import ITEM, USER
 from graphdb.settings import DataSettings
 from ml.encoders.hetero_gnn import typed_edges
@@ -106,9 +105,7 @@ def test_the_workers_vectors_are_the_trained_models_forward(graph, neo4j_setting
     ts = TrainSettings(max_epochs=1, patience=1, batch_size=256, val_fraction=0.0, threads=1, loss="bpr")
     rt = jobs.Runtime(neo4j_settings, graph_settings, ms, ts, ws, DataSettings())
     driver = rt.driver
-    load_dataset(driver, graph_settings, "amazon-hin", slices / "amazon-hin")
-    version = jobs.train_from_graph(rt, model="hetero-sage")["version"]
-    jobs.rebuild_version(rt, version)
+    version = _rolled_out(rt, graph_settings, slices)
     enc = rt.encoder(version)
     assert isinstance(enc, HeteroLive) and enc.model.half_life_s > 0 and enc.model.recency_boost > 0
     ctx = rt.hetero_context(version)
