@@ -194,6 +194,25 @@ async fn python_slot(shared: &Shared, deadline: Option<Instant>) -> Option<Owned
     Some(slot.expect("the semaphore is never closed"))
 }
 
+/// Pending once, waking itself at once. Its own wake pushes whatever sat in this thread's "run next" slot into the
+/// run queue, where other threads may take it. Not `tokio::task::yield_now`, whose wake is deferred until the
+/// thread is about to park: with it, a cargo test run once hung for good with every thread parked and a call never
+/// resumed (the cause was not pinned down); a plain self-wake leaves nothing on a deferred list.
+struct YieldOnce(bool);
+
+impl Future for YieldOnce {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
 /// One unary call of a method answered here, holding its place among the concurrent calls until answered.
 struct Call {
     shared: Arc<Shared>,
@@ -232,7 +251,7 @@ impl UnaryService<Bytes> for Call {
                 // this thread's "run next" slot, which no other thread may take, and would wait as long as the
                 // Python call is held up, stalling that connection's other calls. Resumed, this task starts with
                 // the slot empty, and wakes nothing more before Python.
-                tokio::task::yield_now().await;
+                YieldOnce(false).await;
                 let answer = call_python(&shared, method, message, metadata, remaining());
                 drop(slot);
                 drop(permit);
