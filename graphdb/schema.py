@@ -9,6 +9,13 @@ from __future__ import annotations
 import neo4j
 
 from graphdb.errors import FailedPrecondition
+
+# The behaviours and their relationship types (re-exported: no driver there, so the model package reads them too).
+from graphdb.event_types import EVENT_TYPES as EVENT_TYPES
+from graphdb.event_types import INTERACTION_TYPES as INTERACTION_TYPES
+from graphdb.event_types import ITEM_INTERACTIONS as ITEM_INTERACTIONS
+from graphdb.event_types import NEGATIVE_TYPES as NEGATIVE_TYPES
+from graphdb.event_types import REL_FOR_EVENT as REL_FOR_EVENT
 from graphdb.settings import GraphSettings
 
 USER, ITEM, CATEGORY, BRAND, QUERY = "User", "Item", "Category", "Brand", "Query"
@@ -19,25 +26,6 @@ DIRTY = "Dirty"
 # One node per applied event id, so a replayed event is recognised (see graphdb.ingest).
 SEEN = "Seen"
 
-# One relationship type per behaviour, aggregated per (user, target, type).
-REL_FOR_EVENT = {
-    "view": "VIEWED",
-    "click": "CLICKED",
-    "add_to_cart": "ADDED_TO_CART",
-    "purchase": "PURCHASED",
-    "rate": "RATED",
-    "review": "RATED",
-    "search": "SEARCHED",
-    # Negative feedback (graphdb.feedback has the rules): stored for analysts and serving, never a sign of interest.
-    "not_interested": "NOT_INTERESTED",
-    "return": "RETURNED",
-}
-EVENT_TYPES = tuple(REL_FOR_EVENT)
-INTERACTION_TYPES = tuple(dict.fromkeys(REL_FOR_EVENT.values()))
-NEGATIVE_TYPES = (REL_FOR_EVENT["not_interested"], REL_FOR_EVENT["return"])
-# Positive behaviour towards items: what models, popularity and "who touched this item" read. Search points at a
-# Query node; hiding and returning are negative feedback.
-ITEM_INTERACTIONS = tuple(t for t in INTERACTION_TYPES if t != "SEARCHED" and t not in NEGATIVE_TYPES)
 
 IN_CATEGORY = "IN_CATEGORY"  # (Item)-[:IN_CATEGORY]->(Category)
 HAS_BRAND = "HAS_BRAND"  # (Item)-[:HAS_BRAND]->(Brand)

@@ -13,7 +13,7 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The one width setting (IG_EMBEDDING_DIM) is the graph's: a constant of a module without any driver import.
-from graphdb.schema import ITEM_INTERACTIONS, REL_FOR_EVENT
+from graphdb.event_types import ITEM_INTERACTIONS, REL_FOR_EVENT
 from graphdb.settings import EMBEDDING_DIM
 
 # The behaviours a typed weight can name: the positive item interactions (graphdb.schema).

@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# graphdb.errors is the project's one error hierarchy and graphdb.settings holds the one width setting
-# (EMBEDDING_DIM); neither loads a driver (the import probe below shows it), so the model package may name them.
-ML_ALLOWED_GRAPHDB = {"graphdb.errors", "graphdb.settings"}
+# graphdb.errors is the project's one error hierarchy, graphdb.settings holds the one width setting (EMBEDDING_DIM)
+# and graphdb.event_types the behaviours' relationship types (the typed weights); none loads a driver (the import
+# probe below shows it), so the model package may name them.
+ML_ALLOWED_GRAPHDB = {"graphdb.errors", "graphdb.settings", "graphdb.event_types"}
 ML_FORBIDDEN = ("graphdb", "neo4j", "redis", "celery", "kombu", "grpc", "server", "workers", "bench", "proto")
 SKIP = {".venv", ".git", "var", "node_modules", "target"}
 
