@@ -162,6 +162,7 @@ def main(
             }
             if hetero:
                 row["affected_per_layer"] = inc["affected"]
+                row["phases"] = inc["phases"]  # seconds by part of the rounds (`HeteroResult.phases`)
             log(f"{row}")
             rows.append(row)
 
@@ -214,6 +215,7 @@ def _incremental(p) -> dict:
     """Recompute rounds through the worker until no mark is left; timings summed over the rounds."""
     total = {"users": 0, "items": 0, "pull_s": 0.0, "forward_s": 0.0, "write_s": 0.0}
     per_layer: list[int] = []
+    phases: dict[str, float] = {}
     while True:
         res = p.app.send_task("interest.recompute", kwargs={"limit": 100_000}).get(timeout=3600)
         if "error" in res:
@@ -223,8 +225,11 @@ def _incremental(p) -> dict:
         for k in total:
             total[k] += res[k]
         per_layer = [a + b for a, b in zip(res.get("affected", []), per_layer or [0] * len(res.get("affected", [])))]
+        for k, v in res.get("phases", {}).items():
+            phases[k] = phases.get(k, 0.0) + v
     total["s"] = total["pull_s"] + total["forward_s"] + total["write_s"]
-    return {**{k: (round(v, 4) if isinstance(v, float) else v) for k, v in total.items()}, "affected": per_layer}
+    rounded = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in total.items()}
+    return {**rounded, "affected": per_layer, "phases": {k: round(v, 4) for k, v in phases.items()}}
 
 
 def _dataset_users(dataset: str, limit: int | None):

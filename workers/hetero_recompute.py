@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import neo4j
 import numpy as np
@@ -68,6 +69,16 @@ class Neighbourhood:
         # the model's weight of each row, aligned with user_edges / item_edges: weighed once per load, all together
         self._into_user: dict[str, list[float]] = {}
         self._into_item: dict[str, list[float]] = {}
+        self.phases: dict[str, float] = defaultdict(float)  # seconds by part of the round (`timed`)
+
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        """Adds the block's seconds to ``phases[name]`` (nested blocks count in both)."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[name] += time.perf_counter() - t
 
     def load(self, nodes: Iterable[Node]) -> None:
         """Read the in-lists (and item rows) of these nodes that are not read yet."""
@@ -77,7 +88,8 @@ class Neighbourhood:
         db, driver = self.ctx.database, self.ctx.driver
         users = sorted(want["user"] - self.user_edges.keys())
         if users:
-            edges, _ = subgraph.user_edges(driver, users, database=db)
+            with self.timed("read_user_edges_s"):
+                edges, _ = subgraph.user_edges(driver, users, database=db)
             for u in users:
                 self.user_edges[u] = []
             for e in edges:
@@ -89,7 +101,9 @@ class Neighbourhood:
         if items:
             for i in items:
                 self.item_edges[i] = []
-            for e in subgraph.item_edges(driver, items, database=db):
+            with self.timed("read_item_edges_s"):
+                read = subgraph.item_edges(driver, items, database=db)
+            for e in read:
                 self.item_edges[e.item].append(e)
             rows = [e for i in items for e in self.item_edges[i]]
             self._split(items, self.item_edges, self.enc.weigh(rows)[0], self._into_item)
@@ -112,7 +126,8 @@ class Neighbourhood:
     def load_rows(self, item_ids: Iterable[str]) -> None:
         missing = sorted(set(item_ids) - self.rows.keys())
         if missing:
-            got = {r.id: r for r in subgraph.items(self.ctx.driver, missing, database=self.ctx.database)}
+            with self.timed("read_item_rows_s"):
+                got = {r.id: r for r in subgraph.items(self.ctx.driver, missing, database=self.ctx.database)}
             self.rows.update({i: got.get(i) for i in missing})
 
     # ------------------------------------------------------------------ caps, after `load`
@@ -242,14 +257,16 @@ def affected(
     without them every candidate of a layer counts as changed there. ``before_last``: called once the layer-(K-1)
     outputs are known and ``changed`` is final, before the last layer's out-set is read (most of a round's pulls)."""
     enc = nb.enc
-    nb.load(cands)
-    changed = {n for n in cands if stored is None or stored.get(_key(n)) != nb.print_of(n)}
+    with nb.timed("changed_s"):
+        nb.load(cands)
+        changed = {n for n in cands if stored is None or stored.get(_key(n)) != nb.print_of(n)}
     moved: set[Node] = {("item", i) for i in items if i not in enc.row}  # layer-0 inputs from live metadata
     found = Affected(set(), changed)
     for k in range(1, enc.layers + 1):
         if k == enc.layers and before_last is not None:
             before_last(found)
-        layer = moved | changed | nb.out(moved)  # whose layer-k output may differ
+        with nb.timed(f"out_{k}_s"):
+            layer = moved | changed | nb.out(moved)  # whose layer-k output may differ
         found.per_layer.append(len(layer))
         if k == enc.layers:
             found.nodes = {n for n in layer if n[0] in ("user", "item")}
@@ -257,11 +274,14 @@ def affected(
             moved = layer
         else:
             # InkStream: compute the candidates' layer-k outputs; only those that moved propagate further
-            users, edges, rows = pull(nb, layer, depth=k)
-            now = {
-                n: v for n, v in enc.encode(users, edges, rows, layers=(k,), histories=nb.user_edges).layers[k].items() if n in layer
-            }
-            before = layers.get(k, now)
+            with nb.timed(f"layer_{k}_s"):
+                users, edges, rows = pull(nb, layer, depth=k)
+                now = {
+                    n: v
+                    for n, v in enc.encode(users, edges, rows, layers=(k,), histories=nb.user_edges).layers[k].items()
+                    if n in layer
+                }
+                before = layers.get(k, now)
             moved = {n for n, v in now.items() if n not in before or float(np.max(np.abs(before[n] - v))) > MOVED_TOL}
             found.layer_updates[k] = {n: now[n] for n in moved}
     return found
@@ -354,6 +374,7 @@ class HeteroResult(RecomputeResult):
     changed: int = 0  # |C|: capped in-lists that changed
     first_published: int = 0  # changed users published before the rest of the round (`recompute_marked`)
     first_s: float = 0.0  # seconds from the round's start to that publish
+    phases: dict[str, float] = field(default_factory=dict)  # seconds by part of the round (`Neighbourhood.timed`)
 
 
 def recompute_marked(ctx: HeteroContext, limit: int = 10000) -> HeteroResult:
@@ -376,7 +397,9 @@ def recompute_marked(ctx: HeteroContext, limit: int = 10000) -> HeteroResult:
         if m.since is not None:
             since[m.label][m.id] = m.since
     nb = Neighbourhood(ctx)
-    cands, marked_items = candidates(nb, by_label)
+    nb.phases["marks_s"] = time.perf_counter() - started
+    with nb.timed("candidates_s"):
+        cands, marked_items = candidates(nb, by_label)
     store = LayerStore(ctx)
     first: dict[str, np.ndarray] = {}
 
@@ -390,9 +413,10 @@ def recompute_marked(ctx: HeteroContext, limit: int = 10000) -> HeteroResult:
         users, edges, rows, given = last_layer_inputs(nb, found, store, nodes)
         if given is None:
             return
-        out = enc.encode(users, edges, rows, given=given, histories=nb.user_edges)
-        first.update({u: out.users[u] for _, u in nodes if u in out.users})
-        res.first_published = publish_vectors(ctx.redis, ctx.stream, {USER: first}, version, since)
+        with nb.timed("first_s"):
+            out = enc.encode(users, edges, rows, given=given, histories=nb.user_edges)
+            first.update({u: out.users[u] for _, u in nodes if u in out.users})
+            res.first_published = publish_vectors(ctx.redis, ctx.stream, {USER: first}, version, since)
         res.first_s = time.perf_counter() - started
 
     found = affected(nb, cands, marked_items, _stored_prints(ctx, cands), store, publish_first)
@@ -402,9 +426,10 @@ def recompute_marked(ctx: HeteroContext, limit: int = 10000) -> HeteroResult:
         found.nodes = {("user", u) for u in all_users} | {("user", e.user) for e in edges} | {("item", r.id) for r in rows}
         given = None
     else:
-        all_users, edges, rows, given = last_layer_inputs(nb, found, store)
-        if given is None:
-            all_users, edges, rows = pull(nb, found.nodes)
+        with nb.timed("last_inputs_s"):
+            all_users, edges, rows, given = last_layer_inputs(nb, found, store)
+            if given is None:
+                all_users, edges, rows = pull(nb, found.nodes)
     users = {i for k, i in found.nodes if k == "user"}
     items = {i for k, i in found.nodes if k == "item"}
     clock.lap("pull_s")
@@ -413,24 +438,29 @@ def recompute_marked(ctx: HeteroContext, limit: int = 10000) -> HeteroResult:
     item_vecs = {i: out.items[i] for i in items if i in out.items}
     clock.lap("forward_s")
     later = {u: v for u, v in user_vecs.items() if u not in first}
-    res.published = res.first_published + publish_vectors(ctx.redis, ctx.stream, {ITEM: item_vecs, USER: later}, version, since)
+    with nb.timed("publish_s"):
+        res.published = res.first_published + publish_vectors(ctx.redis, ctx.stream, {ITEM: item_vecs, USER: later}, version, since)
     cleared = 0
-    for label, vecs in ((ITEM, item_vecs), (USER, user_vecs)):
-        if vecs:
-            written, n = write_and_clear(
-                ctx.driver, label, vecs.items(), version, database=ctx.database, batch_size=ctx.write_batch, tokens=tokens[label]
-            )
-            cleared += n
-            setattr(res, "items" if label == ITEM else "users", written)
-    # after the vectors: a crash in between leaves old prints, so the next round counts these nodes as changed
-    _store_prints(ctx, {_key(n): nb.print_of(n) for n in found.changed})
-    for k, moved in found.layer_updates.items():
-        store.put(k, moved)
+    with nb.timed("write_vectors_s"):
+        for label, vecs in ((ITEM, item_vecs), (USER, user_vecs)):
+            if vecs:
+                written, n = write_and_clear(
+                    ctx.driver, label, vecs.items(), version, database=ctx.database, batch_size=ctx.write_batch, tokens=tokens[label]
+                )
+                cleared += n
+                setattr(res, "items" if label == ITEM else "users", written)
+    with nb.timed("store_s"):
+        # after the vectors: a crash in between leaves old prints, so the next round counts these nodes as changed
+        _store_prints(ctx, {_key(n): nb.print_of(n) for n in found.changed})
+        for k, moved in found.layer_updates.items():
+            store.put(k, moved)
     done = {ITEM: item_vecs, USER: user_vecs}
     rest = [m for m in marks if m.id not in done.get(m.label, {})]
-    res.cleared = cleared + clear_marks(ctx.driver, rest, database=ctx.database)
+    with nb.timed("clear_s"):
+        res.cleared = cleared + clear_marks(ctx.driver, rest, database=ctx.database)
     res.propagated_users = len(users - by_label[USER])
     clock.lap("write_s")
+    res.phases = {k: round(v, 4) for k, v in sorted(nb.phases.items())}
     return res
 
 
