@@ -137,10 +137,11 @@ def main(
                 inc = _incremental(p)
                 diff = compare(rt, p.version)
                 full = p.app.send_task("interest.rebuild", kwargs={"version": p.version}).get(timeout=3600)
-                reps.append((inc, full["pull_s"] + full["forward_s"] + full["write_s"], full["written"], diff))
+                reps.append((inc, full["pull_s"] + full["forward_s"] + full["write_s"], full["written"], diff, full))
                 log(f"{n_events} events, rep {rep}: incremental {inc['s']:.3f}s, full {reps[-1][1]:.3f}s")
             inc = sorted(reps, key=lambda r: r[0]["s"])[len(reps) // 2][0]
             full_s = float(np.median([r[1] for r in reps]))
+            full_row = sorted(reps, key=lambda r: r[1])[len(reps) // 2][4]
             row = {
                 "model": model,
                 "layers": layers if hetero else 1,
@@ -153,6 +154,9 @@ def main(
                 "forward_s": inc["forward_s"],
                 "write_s": inc["write_s"],
                 "full_s": round(full_s, 3),
+                "full_pull_s": round(full_row["pull_s"], 3),
+                "full_forward_s": round(full_row["forward_s"], 3),
+                "full_write_s": round(full_row["write_s"], 3),
                 "full_vectors": reps[0][2],
                 "speedup": round(full_s / inc["s"], 1),
                 "max_abs_diff": max(r[3] for r in reps),
@@ -163,6 +167,7 @@ def main(
             if hetero:
                 row["affected_per_layer"] = inc["affected"]
                 row["phases"] = inc["phases"]  # seconds by part of the rounds (`HeteroResult.phases`)
+                row["cached_items"] = inc["cached_items"]  # items read as their stored cap (`CapStore`)
             log(f"{row}")
             rows.append(row)
 
@@ -213,7 +218,7 @@ def _singles(p, users: list[str], items: list[str], n: int, hops: int) -> dict:
 
 def _incremental(p) -> dict:
     """Recompute rounds through the worker until no mark is left; timings summed over the rounds."""
-    total = {"users": 0, "items": 0, "pull_s": 0.0, "forward_s": 0.0, "write_s": 0.0}
+    total = {"users": 0, "items": 0, "pull_s": 0.0, "forward_s": 0.0, "write_s": 0.0, "cached_items": 0}
     per_layer: list[int] = []
     phases: dict[str, float] = {}
     while True:
@@ -223,7 +228,7 @@ def _incremental(p) -> dict:
         if not res["marks"]:
             break
         for k in total:
-            total[k] += res[k]
+            total[k] += res.get(k, 0)
         per_layer = [a + b for a, b in zip(res.get("affected", []), per_layer or [0] * len(res.get("affected", [])))]
         for k, v in res.get("phases", {}).items():
             phases[k] = phases.get(k, 0.0) + v

@@ -20,6 +20,7 @@ exact GCN affected set would add the nodes reading a source whose capped degree 
 
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -40,6 +41,7 @@ from workers.recompute import MARKS_PER_ROLLOUT, RecomputeResult, Timings, _Cloc
 
 FINGERPRINTS = "ig:hetero:inlists:{version}"
 LAYERS = "ig:hetero:layers:{version}"
+CAPS = "ig:hetero:caps:{version}"
 # An intermediate output that moved by no more than this is unchanged: float32 rounding of the same sums in another
 # order stays far below it, and what it hides downstream stays far below invariant 3's 1e-4.
 MOVED_TOL = 1e-6
@@ -70,6 +72,11 @@ class Neighbourhood:
         self._into_user: dict[str, list[float]] = {}
         self._into_item: dict[str, list[float]] = {}
         self.phases: dict[str, float] = defaultdict(float)  # seconds by part of the round (`timed`)
+        self.caps = CapStore(ctx)
+        # items read whole from Neo4j, never from `caps` (the round's candidates: their in-lists may have changed)
+        self.exact: set[str] = set()
+        # items whose `item_edges` hold only their capped rows, from `caps`: enough for their cap and their last layer
+        self.partial: set[str] = set()
 
     @contextmanager
     def timed(self, name: str) -> Iterator[None]:
@@ -99,10 +106,13 @@ class Neighbourhood:
             self._split(users, self.user_edges, self.enc.weigh(rows)[1], self._into_user)
         items = sorted(want["item"] - self.item_edges.keys())
         if items:
+            with self.timed("read_item_caps_s"):
+                cached = self.caps.get(i for i in items if i not in self.exact)
             for i in items:
-                self.item_edges[i] = []
+                self.item_edges[i] = cached.get(i, [])
+            self.partial.update(cached)
             with self.timed("read_item_edges_s"):
-                read = subgraph.item_edges(driver, items, database=db)
+                read = subgraph.item_edges(driver, [i for i in items if i not in cached], database=db)
             for e in read:
                 self.item_edges[e.item].append(e)
             rows = [e for i in items for e in self.item_edges[i]]
@@ -122,6 +132,16 @@ class Neighbourhood:
         for k in keys:
             n = len(lists[k])
             into[k], at = weights[at : at + n], at + n
+
+    def whole(self, item_ids: Iterable[str]) -> None:
+        """Read these items' whole in-lists (every shopper, not only their caps) from Neo4j from now on."""
+        again = [i for i in item_ids if i in self.partial]
+        for i in again:
+            del self.item_edges[i]
+            self._item_in.pop(i, None)
+            self.partial.discard(i)
+        self.exact.update(again)
+        self.load(("item", i) for i in again)
 
     def load_rows(self, item_ids: Iterable[str]) -> None:
         missing = sorted(set(item_ids) - self.rows.keys())
@@ -175,6 +195,7 @@ class Neighbourhood:
     def out(self, nodes: set[Node]) -> set[Node]:
         """Nodes that keep one of ``nodes`` in their cap."""
         self.load(nodes)
+        self.whole(nid for kind, nid in nodes if kind == "item")  # every shopper of a moved item may keep it
         targets: set[Node] = set()
         for kind, nid in nodes:
             if kind == "user":
@@ -219,6 +240,7 @@ def candidates(nb: Neighbourhood, by_label: dict[str, set[str]]) -> tuple[set[No
         cands |= {("category", c) for c in enc.categories_of(row)}
         if (b := enc.brand_of(row)) is not None:
             cands.add(("brand", b))
+    nb.exact |= items  # their in-lists may have changed: read whole from Neo4j, never from `CapStore`
     return cands, items
 
 
@@ -240,6 +262,41 @@ class LayerStore:
         if self.redis is None or not vectors:
             return
         items = [(f"{k}|{_key(n)}", np.asarray(v, np.float32).tobytes()) for n, v in vectors.items()]
+        for s in range(0, len(items), 5000):
+            self.redis.hset(self.key, mapping=dict(items[s : s + 5000]))
+
+
+class CapStore:
+    """Each item's capped in-rows from users (what `HeteroLive.top_users` keeps: every row the item's aggregation
+    reads), per model version, in Redis, so that an item outside the round's candidates is read as its cap
+    (<= ``neighbour_cap`` rows) instead of its whole in-list from Neo4j (a hub's thousands of shoppers).
+
+    Why a stored cap is current: an item's in-rows change only with an event on it, a forgotten shopper or new
+    metadata, and each of these marks the item in the same transaction (`graphdb.marks`); a marked item is a
+    candidate of the next round, which reads it whole from Neo4j (`Neighbourhood.exact`) and stores its cap again
+    before the write that clears its mark. A crash in between leaves the mark, so the next round does the same.
+    The edge weights into an item (strength x decay from the version's reference time) do not depend on other
+    rows or on the clock, so an unchanged in-list has an unchanged cap. The rollout stores every item's."""
+
+    def __init__(self, ctx: HeteroContext):
+        self.redis, self.key = ctx.redis, CAPS.format(version=ctx.encoder.version)
+
+    def get(self, item_ids: Iterable[str]) -> dict[str, list[EdgeRow]]:
+        ids = sorted(item_ids)
+        if self.redis is None or not ids:
+            return {}
+        out: dict[str, list[EdgeRow]] = {}
+        for s in range(0, len(ids), 5000):
+            chunk = ids[s : s + 5000]
+            for i, v in zip(chunk, self.redis.hmget(self.key, chunk)):
+                if isinstance(v, bytes):
+                    out[i] = [EdgeRow(u, i, w, t, f, kind) for u, w, t, f, kind in json.loads(v)]
+        return out
+
+    def put(self, caps: dict[str, list[EdgeRow]]) -> None:
+        if self.redis is None or not caps:
+            return
+        items = [(i, json.dumps([[e.user, e.weight, e.last_ts, e.first_ts, e.kind] for e in rows])) for i, rows in caps.items()]
         for s in range(0, len(items), 5000):
             self.redis.hset(self.key, mapping=dict(items[s : s + 5000]))
 
@@ -302,7 +359,9 @@ def pull(nb: Neighbourhood, targets: set[Node], depth: int | None = None) -> tup
     nb.load_rows(i for k, i in need if k == "item")
     # every edge row (one per behaviour type) of each kept (user, item) pair, from whichever side was read
     pairs: dict[tuple[str, str], list[EdgeRow]] = {}
-    for kind, nid in capped:
+    # items holding only their capped rows come last: a pair a whole side holds gets all of its rows (a user target
+    # may keep a row of it that the item's cap does not); a pair only such an item keeps needs only those rows
+    for kind, nid in sorted(capped, key=lambda n: n[0] == "item" and n[1] in nb.partial):
         if kind == "user":
             side, kept = nb.user_edges[nid], {("user", nid, e.item) for e in nb.user_cap(nid)}
         elif kind == "item":
@@ -375,6 +434,7 @@ class HeteroResult(RecomputeResult):
     first_published: int = 0  # changed users published before the rest of the round (`recompute_marked`)
     first_s: float = 0.0  # seconds from the round's start to that publish
     phases: dict[str, float] = field(default_factory=dict)  # seconds by part of the round (`Neighbourhood.timed`)
+    cached_items: int = 0  # items read as their stored cap (`CapStore`), not whole from Neo4j
 
 
 def recompute_marked(ctx: HeteroContext, limit: int = 10000) -> HeteroResult:
@@ -438,6 +498,9 @@ def recompute_marked(ctx: HeteroContext, limit: int = 10000) -> HeteroResult:
     item_vecs = {i: out.items[i] for i in items if i in out.items}
     clock.lap("forward_s")
     later = {u: v for u, v in user_vecs.items() if u not in first}
+    with nb.timed("store_s"):
+        # before the write clears their marks (`CapStore`): the candidates' caps as read whole this round
+        nb.caps.put({i: [e for e, _ in nb.item_in(i)] for i in nb.exact if i in nb.item_edges})
     with nb.timed("publish_s"):
         res.published = res.first_published + publish_vectors(ctx.redis, ctx.stream, {ITEM: item_vecs, USER: later}, version, since)
     cleared = 0
@@ -461,6 +524,7 @@ def recompute_marked(ctx: HeteroContext, limit: int = 10000) -> HeteroResult:
     res.propagated_users = len(users - by_label[USER])
     clock.lap("write_s")
     res.phases = {k: round(v, 4) for k, v in sorted(nb.phases.items())}
+    res.cached_items = len(nb.partial)
     return res
 
 
@@ -480,6 +544,7 @@ class HeteroFull:
     prints: dict[str, str]
     timings: Timings
     layers: dict[int, dict[Node, np.ndarray]] = field(default_factory=dict)  # intermediate outputs, 1..K-1
+    caps: dict[str, list[EdgeRow]] = field(default_factory=dict)  # each item's capped in-rows (`CapStore`)
 
 
 def full_vectors(ctx: HeteroContext, progress: Callable[[str], None] | None = None) -> HeteroFull:
@@ -506,9 +571,11 @@ def full_vectors(ctx: HeteroContext, progress: Callable[[str], None] | None = No
         if (b := enc.brand_of(r)) is not None:
             members[("brand", b)].append(r.id)
     prints = {f"user:{x}": enc.user_print(enc.top_items(by_user[x])) for x in users}
-    prints.update({f"item:{r.id}": enc.item_print(enc.top_users(by_item[r.id]), r) for r in rows})
+    tops = {r.id: enc.top_users(by_item[r.id]) for r in rows}
+    prints.update({f"item:{r.id}": enc.item_print(tops[r.id], r) for r in rows})
     prints.update({_key(n): enc.fingerprint(enc.cap_of_members(m)) for n, m in members.items()})
-    return HeteroFull(enc.version, {USER: out.users, ITEM: out.items}, prints, timings, out.layers)
+    caps = {i: [e for e, _ in kept] for i, kept in tops.items()}
+    return HeteroFull(enc.version, {USER: out.users, ITEM: out.items}, prints, timings, out.layers, caps)
 
 
 def rebuild(ctx: HeteroContext, *, activate_after: bool = True, progress: Callable[[str], None] | None = None) -> dict:
@@ -525,8 +592,9 @@ def rebuild(ctx: HeteroContext, *, activate_after: bool = True, progress: Callab
                 ctx.driver, label, full.vectors[label].items(), full.version, database=ctx.database, batch_size=ctx.write_batch
             )[0]
     if ctx.redis is not None:
-        ctx.redis.delete(FINGERPRINTS.format(version=full.version), LAYERS.format(version=full.version))
+        ctx.redis.delete(*(k.format(version=full.version) for k in (FINGERPRINTS, LAYERS, CAPS)))
     _store_prints(ctx, full.prints)
+    CapStore(ctx).put(full.caps)
     store = LayerStore(ctx)
     for k, vectors in full.layers.items():
         store.put(k, vectors)
