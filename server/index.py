@@ -324,7 +324,7 @@ class ItemIndex:
         unlocked: Callable[[], ContextManager[Any]] | None = None,
     ) -> Hits:
         """The base's best ``kf`` per query less tombstones and exclusions; with ``live_bits``, FAISS skips the
-        tombstones itself (an id selector). With ``unlocked``, FAISS runs under it (``search``)."""
+        tombstones itself (an id selector). With ``unlocked``, FAISS and the re-rank run under it (``search``)."""
         base = self._base
         if len(base.labels) == 0:
             return _no_hits(queries)
@@ -337,12 +337,17 @@ class ItemIndex:
                 if base.is_ivf
                 else faiss.SearchParameters(sel=sel)  # type: ignore[call-arg]
             )
-        q, kc = self._candidates(base, queries, kf)
         if unlocked is None:
-            dist, pos = base.index.search(q, min(kc, len(base.labels)), params=params)
-        else:
-            with unlocked():  # `base` and `live_bits` stay referenced here, whatever changes meanwhile
-                dist, pos = base.index.search(q, min(kc, len(base.labels)), params=params)
+            return self._overfetched(base, queries, kf, excl, live_bits, params)
+        # The exact re-rank runs unlocked too (a third of a call's search): `search` retries if anything changed.
+        with unlocked():  # `base` and `live_bits` stay referenced here, whatever changes meanwhile
+            return self._overfetched(base, queries, kf, excl, live_bits, params)
+
+    def _overfetched(
+        self, base: Base, queries: np.ndarray, kf: int, excl: np.ndarray, live_bits: np.ndarray | None, params: Any
+    ) -> Hits:
+        q, kc = self._candidates(base, queries, kf)
+        dist, pos = base.index.search(q, min(kc, len(base.labels)), params=params)
         out = []
         for d, p in zip(dist, pos):
             keep = p >= 0
@@ -374,11 +379,12 @@ class ItemIndex:
         if len(labels):
             q = np.ascontiguousarray(query, np.float32)
             lab = np.ascontiguousarray(labels, np.int64)
+            vec = self._vec  # held here: an upsert may grow (replace) the array while an unlocked search reads it
             # not in FAISS's stubs
             faiss.fvec_inner_products_by_idx(  # type: ignore[attr-defined]
                 faiss.swig_ptr(out),
                 faiss.swig_ptr(q),
-                faiss.swig_ptr(self._vec),
+                faiss.swig_ptr(vec),
                 faiss.swig_ptr(lab),
                 self.dim,
                 1,

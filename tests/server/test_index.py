@@ -229,16 +229,18 @@ def test_delta_rows_enter_the_answer_exactly_when_they_beat_the_base() -> None:
     assert list(scores) == sorted(scores, reverse=True)
 
 
-def test_searches_without_the_lock_never_see_a_half_changed_index() -> None:
-    """Searches let the lock go while FAISS runs over the base, as the engine's do, while a writer re-embeds,
-    deletes and compacts under it. No answer may hold an item twice, an item deleted before the search began,
-    or a score no vector of the item ever had; and some searches must have found the index changed and run
+@pytest.mark.parametrize("ivf_dim", [0, 8])  # 8: an IVF over the leading 8 of 16, re-ranked unlocked at the full width
+def test_searches_without_the_lock_never_see_a_half_changed_index(ivf_dim: int) -> None:
+    """Searches let the lock go while FAISS runs over the base (and re-ranks), as the engine's do, while a writer
+    re-embeds, deletes and compacts under it. No answer may hold an item twice, an item deleted before the search
+    began, or a score no vector of the item ever had; and some searches must have found the index changed and run
     again (else this test exercised nothing)."""
     import threading
     from contextlib import contextmanager
 
     names, vecs = _data(6000, seed=3)
-    index = ItemIndex.build(DIM, "m1", LabelMap(), IndexParams(nprobe=4, ann_min_items=1000), names, vecs)
+    params = IndexParams(nprobe=4, ann_min_items=1000, ivf_dim=ivf_dim, refine=64)
+    index = ItemIndex.build(DIM, "m1", LabelMap(), params, names, vecs)
     lock = threading.Lock()
 
     @contextmanager
@@ -308,15 +310,17 @@ def test_searches_without_the_lock_never_see_a_half_changed_index() -> None:
             assert index.search(q[None, :], 10, unlocked=unlocked)[0][0].tolist() == index.search(q[None, :], 10)[0][0].tolist()
 
 
+@pytest.mark.parametrize("ivf_dim", [0, 8])  # 8: the exact re-rank at the full width runs unlocked too
 @pytest.mark.parametrize("tombstones", [0, 300])  # 300: FAISS skips tombstones through the live bitmap
-def test_a_change_made_while_faiss_runs_unlocked_is_not_missed(tombstones: int) -> None:
+def test_a_change_made_while_faiss_runs_unlocked_is_not_missed(tombstones: int, ivf_dim: int) -> None:
     """While one search has the lock let go, another thread re-embeds the query's best neighbour far away:
     the answer must be the one after that change (the old vector's score is gone), found by searching again."""
     import threading
     from contextlib import contextmanager
 
     names, vecs = _data(6000, seed=6)
-    index = ItemIndex.build(DIM, "m1", LabelMap(), IndexParams(nprobe=8, ann_min_items=1000), names, vecs)
+    params = IndexParams(nprobe=8, ann_min_items=1000, ivf_dim=ivf_dim, refine=64)
+    index = ItemIndex.build(DIM, "m1", LabelMap(), params, names, vecs)
     for j in range(tombstones):  # re-embedded in place: tombstones in the base, the same vectors in the delta
         index.upsert(names[5000 + j], vecs[5000 + j])
     q = vecs[7]
