@@ -38,6 +38,7 @@ from graphdb.changes import Mark, clear_marks, read_marks
 from graphdb.ego import clear_ego_vectors, write_ego_vectors
 from graphdb.embeddings import write_and_clear
 from graphdb.model_state import activate, write_card
+from graphdb.round_commit import RoundWrites, commit_round
 from graphdb.schema import BRAND, CATEGORY, ITEM, QUERY, USER
 from graphdb.searches import all_searches, user_searches
 from workers import publish
@@ -250,9 +251,9 @@ def _commit(
     published: Collection[str] = (),
 ) -> None:
     """Publish (but for the items in ``published``, already on the stream: `_publish_first`), then write (items
-    first) clearing the marks of what was written in the same transactions: a crash after publishing leaves the
-    marks, so the same vectors are computed, published and written again. Then compare-and-clear the marks of the
-    nodes not written (known items, categories, brands, ...)."""
+    first) clearing the marks of what was written, and compare-and-clear the marks of the nodes not written (known
+    items, categories, brands, ...), all in one transaction (`graphdb.round_commit`): a crash after publishing
+    leaves the marks, so the same vectors are computed, published and written again."""
     version = ctx.encoder.version
     tokens: dict[str, dict[str, str]] = defaultdict(dict)
     since: dict[str, dict[str, float]] = defaultdict(dict)
@@ -265,17 +266,14 @@ def _commit(
     res.published += publish_vectors(ctx.redis, ctx.stream, {ITEM: rest, USER: vecs[USER]}, version, since, scales)
     res.timings.publish_s += time.perf_counter() - t0
     clock.step("publish")
-    _write_ego(ctx, egos, version)  # before the user writes that clear the users' marks
-    clock.step("write_ego")
-    cleared = 0
-    for label in (ITEM, USER, QUERY):
-        written, n = _write(ctx, label, vecs[label], version, tokens[label], scales if label == ITEM else None)
-        cleared += n
-        setattr(res, {ITEM: "items", USER: "users", QUERY: "queries"}[label], written)
-        clock.step(f"write_{label.lower()}")
-    rest = [m for m in marks if m.id not in vecs.get(m.label, ())]
-    res.cleared = cleared + clear_marks(ctx.driver, rest, database=ctx.database)
-    clock.lap("write_s", "clear_marks")
+    # one transaction: ego vectors, then items, users, queries (each clearing its mark), then the other marks
+    others = [m for m in marks if m.id not in vecs.get(m.label, ())]
+    counts = commit_round(
+        ctx.driver, RoundWrites(version, vecs, tokens, scales, egos, others), database=ctx.database, batch_size=ctx.write_batch
+    )
+    res.items, res.users, res.queries = (counts.written.get(label, 0) for label in (ITEM, USER, QUERY))
+    res.cleared = counts.cleared
+    clock.lap("write_s", "commit")
 
 
 def _searches(ctx: Context, user_ids: list[str]) -> dict[str, list[str]] | None:
