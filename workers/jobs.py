@@ -18,7 +18,6 @@ from typing import Callable, Iterator
 import neo4j
 import numpy as np
 import redis
-import torch
 
 from graphdb import subgraph
 from graphdb.driver import connect
@@ -158,8 +157,7 @@ def recompute(rt: Runtime, limit: int | None = None, partition: int | None = Non
     if ws.partitions > 1 and not rt.is_hetero(state.version):
         ctx = rt.context(state.version)
         with threads(ws.recompute_threads):
-            out = partitions.recompute(ctx, rt.redis, ws.partitions, limit or ws.recompute_batch, ws.lock_timeout_s, partition)
-            return {**out, "threads": torch.get_num_threads()}
+            return partitions.recompute(ctx, rt.redis, ws.partitions, limit or ws.recompute_batch, ws.lock_timeout_s, partition)
     with rt.lock(wait_s=rt.worker.lock_timeout_s) as got, threads(ws.recompute_threads):
         if not got:
             return {"skipped": "another recompute holds the lock", "marks": 0}
@@ -169,8 +167,7 @@ def recompute(rt: Runtime, limit: int | None = None, partition: int | None = Non
             if rt.is_hetero(state.version)
             else recompute_marked(rt.context(state.version), n)
         )
-        used = torch.get_num_threads()
-    return {**result.as_dict(), "threads": used}
+    return result.as_dict()
 
 
 def rebuild_version(rt: Runtime, version: str = "latest", progress: Progress | None = None) -> dict:
