@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import random
-from contextlib import contextmanager
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -20,19 +18,6 @@ def pick_device(choice: str = "auto") -> torch.device:
 def set_threads(n: int) -> None:
     """Intra-op threads for CPU sparse/dense kernels; one per core is fastest on small machines."""
     torch.set_num_threads(n)
-
-
-@contextmanager
-def threads(n: int) -> Iterator[None]:
-    """``n`` intra-op threads inside the block (0: unchanged), the previous count after it."""
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if n:
-            torch.set_num_threads(before)
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -30,7 +30,7 @@ from graphdb.settings import DataSettings, GraphSettings, Neo4jSettings
 from ml.checkpoint import load_checkpoint, resolve
 from ml.encoders.hetero_gnn import HeteroGNN
 from ml.kinds import MODEL_KINDS
-from ml.runtime import pick_device, set_threads, threads
+from ml.runtime import pick_device, set_threads
 from ml.settings import ModelSettings, TrainSettings
 from ml.text import TextEncoder
 from workers import hetero_recompute, partitions, redis_connect, redis_keys
@@ -156,9 +156,8 @@ def recompute(rt: Runtime, limit: int | None = None, partition: int | None = Non
     # recompute takes the single lock (workers.hetero_recompute).
     if ws.partitions > 1 and not rt.is_hetero(state.version):
         ctx = rt.context(state.version)
-        with threads(ws.recompute_threads):
-            return partitions.recompute(ctx, rt.redis, ws.partitions, limit or ws.recompute_batch, ws.lock_timeout_s, partition)
-    with rt.lock(wait_s=rt.worker.lock_timeout_s) as got, threads(ws.recompute_threads):
+        return partitions.recompute(ctx, rt.redis, ws.partitions, limit or ws.recompute_batch, ws.lock_timeout_s, partition)
+    with rt.lock(wait_s=rt.worker.lock_timeout_s) as got:
         if not got:
             return {"skipped": "another recompute holds the lock", "marks": 0}
         n = limit or rt.worker.recompute_batch

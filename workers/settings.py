@@ -33,10 +33,6 @@ class WorkerSettings(BaseSettings):
     # After a signal, wait this long for more changes to arrive in the same recompute.
     debounce_s: float = Field(default=0.05, ge=0)
     recompute_batch: int = Field(default=20000, ge=1, description="marks taken by one recompute")
-    # Torch intra-op threads of an incremental round (0 = torch's own, one per core). A round's tensors are small,
-    # and the database and server share the cores: with two threads each kernel waits for a descheduled peer
-    # (issue 16: the ego forward took half a round at 200 events/s). Training keeps IG_TRAIN_THREADS.
-    recompute_threads: int = Field(default=1, ge=0)
     # One recompute at a time per partition (Redis lock); a lock whose holder died expires after this.
     lock_timeout_s: float = Field(default=60.0, gt=0)
     # Partitions of the marks (workers.partitions): up to this many workers recompute at once. 1 = one global
