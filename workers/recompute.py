@@ -26,6 +26,7 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Collection
 
 import neo4j
@@ -246,14 +247,15 @@ def _commit(
     marks: list[Mark],
     vecs: dict[str, dict[str, np.ndarray]],
     scales: dict[str, float],
-    egos: dict[str, np.ndarray | None],
+    egos: Callable[[], dict[str, np.ndarray | None]],
     clock: _Clock,
     published: Collection[str] = (),
 ) -> None:
-    """Publish (but for the items in ``published``, already on the stream: `_publish_first`), then write (items
-    first) clearing the marks of what was written, and compare-and-clear the marks of the nodes not written (known
-    items, categories, brands, ...), all in one transaction (`graphdb.round_commit`): a crash after publishing
-    leaves the marks, so the same vectors are computed, published and written again."""
+    """Publish (but for the items in ``published``, already on the stream: `_publish_first`), compute the users'
+    ego vectors (``egos``: `_ego` over what the user vectors read), then write (items first) clearing the marks
+    of what was written, and compare-and-clear the marks of the nodes not written (known items, categories,
+    brands, ...), all in one transaction (`graphdb.round_commit`): a crash after publishing leaves the marks, so
+    the same vectors are computed, published and written again."""
     version = ctx.encoder.version
     tokens: dict[str, dict[str, str]] = defaultdict(dict)
     since: dict[str, dict[str, float]] = defaultdict(dict)
@@ -265,11 +267,16 @@ def _commit(
     rest = {i: v for i, v in vecs[ITEM].items() if i not in published}
     res.published += publish_vectors(ctx.redis, ctx.stream, {ITEM: rest, USER: vecs[USER]}, version, since, scales)
     res.timings.publish_s += time.perf_counter() - t0
-    clock.step("publish")
+    clock.lap("write_s", "publish")
+    # The ego GIN runs after the publish: the served vectors reach the servers without waiting for it (at the
+    # 1024-wide default it was half of a round at 200 events/s, issue 16); its vectors (SimilarUsers) are written
+    # with the users' in the one transaction below, so they still land before the users' marks clear.
+    ego = egos()
+    clock.lap("forward_s", "ego_forward")
     # one transaction: ego vectors, then items, users, queries (each clearing its mark), then the other marks
     others = [m for m in marks if m.id not in vecs.get(m.label, ())]
     counts = commit_round(
-        ctx.driver, RoundWrites(version, vecs, tokens, scales, egos, others), database=ctx.database, batch_size=ctx.write_batch
+        ctx.driver, RoundWrites(version, vecs, tokens, scales, ego, others), database=ctx.database, batch_size=ctx.write_batch
     )
     res.items, res.users, res.queries = (counts.written.get(label, 0) for label in (ITEM, USER, QUERY))
     res.cleared = counts.cleared
@@ -299,14 +306,14 @@ def _users(
     clock: _Clock,
     read: tuple[list[subgraph.EdgeRow], dict[str, str | None]] = ([], {}),
     read_for: Collection[str] = (),
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, float], dict[str, np.ndarray | None]]:
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, float], Callable[[], dict[str, np.ndarray | None]]]:
     """User vectors, the vectors (and in_scales) of new items computed on the way that Neo4j lacks for this
-    version (to be written too), and the users' ego vectors (None: no items; `_ego`). ``fresh``: what the new
-    items computed in this recompute send to their users; ``read``: every edge (and item version) of the users
-    ``read_for``, already read."""
+    version (to be written too), and what computes the users' ego vectors (None: no items; `_ego`) when called,
+    which `_commit` does after the publish. ``fresh``: what the new items computed in this recompute send to
+    their users; ``read``: every edge (and item version) of the users ``read_for``, already read."""
     enc, version = ctx.encoder, ctx.encoder.version
     if not user_ids:
-        return {}, {}, {}, {}
+        return {}, {}, {}, dict
     rest = [u for u in user_ids if u not in read_for]
     edges, item_version = subgraph.user_edges(ctx.driver, rest, database=ctx.database) if rest else ([], {})
     edges, item_version = read[0] + edges, {**read[1], **item_version}
@@ -328,9 +335,8 @@ def _users(
     times, strengths = latest_times(edges), pair_strengths(edges, enc.behaviour_weights)
     clock.step("times_strengths")
     out = enc.users(neighbours, user_ids, sends, times, strengths, searches)
-    clock.step("users_forward")
-    egos = _ego(ctx, neighbours, user_ids, sends)
-    clock.lap("forward_s", "ego_forward")
+    egos = partial(_ego, ctx, neighbours, user_ids, sends)
+    clock.lap("forward_s", "users_forward")
     unstored = {i: _np(v) for i, v in zip(ids, out_vecs) if item_version.get(i) != version}
     scales = {i: s for i, s in zip(ids, _np(in_scales).tolist()) if i in unstored}
     return dict(zip(user_ids, _np(out))), unstored, scales, egos
