@@ -176,7 +176,7 @@ def fit_served_ego(
         item_in,
         graph.item_category,
         graph.item_brand,
-        hidden=ms.hidden,
+        hidden=ms.ego_hidden or ms.hidden,
         out=ms.ego_dim,
         layers=ms.ego_hops,
         budget_s=ms.ego_train_s,

@@ -26,6 +26,7 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Collection
 
 import neo4j
@@ -38,6 +39,7 @@ from graphdb.changes import Mark, clear_marks, read_marks
 from graphdb.ego import clear_ego_vectors, write_ego_vectors
 from graphdb.embeddings import write_and_clear
 from graphdb.model_state import activate, write_card
+from graphdb.round_commit import RoundWrites, commit_round
 from graphdb.schema import BRAND, CATEGORY, ITEM, QUERY, USER
 from graphdb.searches import all_searches, user_searches
 from workers import publish
@@ -88,21 +90,35 @@ class RecomputeResult:
     published: int = 0
     cleared: int = 0
     timings: Timings = field(default_factory=Timings)
+    steps: dict[str, float] = field(default_factory=dict)  # wall seconds per step of the round (what a round's time goes to)
 
     def as_dict(self) -> dict:
-        out = {k: v for k, v in self.__dict__.items() if k != "timings"}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("timings", "steps")}
         out.update({k: round(v, 4) for k, v in self.timings.__dict__.items()})
+        out["steps"] = {k: round(v, 4) for k, v in self.steps.items()}
         return out
 
 
 class _Clock:
-    def __init__(self, timings: Timings) -> None:
-        self.t, self.timings = time.perf_counter(), timings
+    """Laps into a phase of ``timings``; ``step`` splits a phase finer (``steps``, logged per round) without
+    ending its lap."""
 
-    def lap(self, name: str) -> None:
+    def __init__(self, timings: Timings, steps: dict[str, float] | None = None) -> None:
+        self.t, self.timings = time.perf_counter(), timings
+        self.steps = steps if steps is not None else {}
+        self.s = self.t
+
+    def step(self, name: str) -> None:
+        now = time.perf_counter()
+        self.steps[name] = self.steps.get(name, 0.0) + now - self.s
+        self.s = now
+
+    def lap(self, name: str, step: str | None = None) -> None:
+        if step:
+            self.step(step)
         now = time.perf_counter()
         setattr(self.timings, name, getattr(self.timings, name) + now - self.t)
-        self.t = now
+        self.t = self.s = now
 
 
 def _ensure_card(ctx: Context) -> None:
@@ -128,9 +144,10 @@ def recompute_marked(ctx: Context, limit: int = 10000) -> RecomputeResult:
     """Recompute what the oldest ``limit`` marks affect; see the module docstring."""
     enc, version = ctx.encoder, ctx.encoder.version
     res = RecomputeResult(version)
-    clock = _Clock(res.timings)
+    clock = _Clock(res.timings, res.steps)
     marks = read_marks(ctx.driver, limit=limit, database=ctx.database)
     res.marks = len(marks)
+    clock.step("read_marks")
     if not marks:
         return res
     _ensure_card(ctx)
@@ -146,6 +163,7 @@ def recompute_marked(ctx: Context, limit: int = 10000) -> RecomputeResult:
     marked_users = sorted(by_label[USER])
     user_reads = subgraph.user_edges(ctx.driver, marked_users, database=ctx.database) if marked_users else ([], {})
     read_for = set(marked_users)
+    clock.step("user_edges")
     shopped = {e.item for e in user_reads[0]} if enc.fold_users else set()
     new_ids = sorted(
         {i for i in by_label[ITEM] | shopped if not enc.is_fixed(i)}
@@ -155,10 +173,12 @@ def recompute_marked(ctx: Context, limit: int = 10000) -> RecomputeResult:
             if not enc.is_fixed(i)
         }
     )
+    clock.step("items_under")
     stored_new = subgraph.stored_vectors(ctx.driver, ITEM, new_ids, database=ctx.database)
     new_rows = subgraph.items(ctx.driver, new_ids, database=ctx.database)
+    clock.step("new_items_read")
     fold_edges = _fold_edges(ctx, new_ids)
-    clock.lap("pull_s")
+    clock.lap("pull_s", "fold_edges")
     new_out, new_in, new_scale = enc.new_items_scaled(new_rows, fold_edges)
     new_vecs = dict(zip([r.id for r in new_rows], new_out))
     sends = dict(zip([r.id for r in new_rows], new_in))
@@ -173,11 +193,12 @@ def recompute_marked(ctx: Context, limit: int = 10000) -> RecomputeResult:
             to_write[iid] = vec
             if stored is not None and stored.vector is not None and stored.version == version:
                 propagate.append(iid)  # users computed with the old vector of this item must follow
-    clock.lap("forward_s")
+    clock.lap("forward_s", "items_forward")
     early = _publish_first(ctx, res, marks, {i: to_write[i] for i in new_vecs if i in to_write}, scales, clock)
 
     # 3. users
     reached = subgraph.users_of_items(ctx.driver, propagate, database=ctx.database) if propagate else set()
+    clock.step("users_of_items")
     user_ids = sorted(by_label[USER] | reached)
     res.propagated_users = len(reached - by_label[USER])
     user_vecs, extra_items, extra_scales, egos = _users(ctx, user_ids, sends, clock, user_reads, read_for)
@@ -186,6 +207,7 @@ def recompute_marked(ctx: Context, limit: int = 10000) -> RecomputeResult:
 
     query_vecs = _queries(ctx, by_label[QUERY], clock)
     _commit(ctx, res, marks, {ITEM: to_write, USER: user_vecs, QUERY: query_vecs}, scales, egos, clock, early)
+    log.info("recompute round: %d marks, %d users; steps %s", res.marks, res.users, res.as_dict()["steps"])
     return res
 
 
@@ -203,6 +225,7 @@ def _publish_first(
     t0 = time.perf_counter()
     res.published += publish_vectors(ctx.redis, ctx.stream, {ITEM: items}, ctx.encoder.version, {ITEM: since}, scales)
     res.timings.publish_s += time.perf_counter() - t0
+    clock.step("publish_first")
     clock.t = time.perf_counter()  # the publish is timed as such, not as the users' pull
     return set(items)
 
@@ -212,9 +235,9 @@ def _queries(ctx: Context, ids: Collection[str], clock: _Clock) -> dict[str, np.
     if not ids:
         return {}
     texts = subgraph.query_texts(ctx.driver, ids, database=ctx.database)
-    clock.lap("pull_s")
+    clock.lap("pull_s", "query_texts")
     q = ctx.encoder.queries([texts[k] for k in sorted(texts)])
-    clock.lap("forward_s")
+    clock.lap("forward_s", "queries_forward")
     return dict(zip(sorted(texts), _np(q))) if q is not None else {}
 
 
@@ -224,14 +247,15 @@ def _commit(
     marks: list[Mark],
     vecs: dict[str, dict[str, np.ndarray]],
     scales: dict[str, float],
-    egos: dict[str, np.ndarray | None],
+    egos: Callable[[], dict[str, np.ndarray | None]],
     clock: _Clock,
     published: Collection[str] = (),
 ) -> None:
-    """Publish (but for the items in ``published``, already on the stream: `_publish_first`), then write (items
-    first) clearing the marks of what was written in the same transactions: a crash after publishing leaves the
-    marks, so the same vectors are computed, published and written again. Then compare-and-clear the marks of the
-    nodes not written (known items, categories, brands, ...)."""
+    """Publish (but for the items in ``published``, already on the stream: `_publish_first`), compute the users'
+    ego vectors (``egos``: `_ego` over what the user vectors read), then write (items first) clearing the marks
+    of what was written, and compare-and-clear the marks of the nodes not written (known items, categories,
+    brands, ...), all in one transaction (`graphdb.round_commit`): a crash after publishing leaves the marks, so
+    the same vectors are computed, published and written again."""
     version = ctx.encoder.version
     tokens: dict[str, dict[str, str]] = defaultdict(dict)
     since: dict[str, dict[str, float]] = defaultdict(dict)
@@ -243,15 +267,20 @@ def _commit(
     rest = {i: v for i, v in vecs[ITEM].items() if i not in published}
     res.published += publish_vectors(ctx.redis, ctx.stream, {ITEM: rest, USER: vecs[USER]}, version, since, scales)
     res.timings.publish_s += time.perf_counter() - t0
-    _write_ego(ctx, egos, version)  # before the user writes that clear the users' marks
-    cleared = 0
-    for label in (ITEM, USER, QUERY):
-        written, n = _write(ctx, label, vecs[label], version, tokens[label], scales if label == ITEM else None)
-        cleared += n
-        setattr(res, {ITEM: "items", USER: "users", QUERY: "queries"}[label], written)
-    rest = [m for m in marks if m.id not in vecs.get(m.label, ())]
-    res.cleared = cleared + clear_marks(ctx.driver, rest, database=ctx.database)
-    clock.lap("write_s")
+    clock.lap("write_s", "publish")
+    # The ego GIN runs after the publish: the served vectors reach the servers without waiting for it (at the
+    # 1024-wide default it was half of a round at 200 events/s, issue 16); its vectors (SimilarUsers) are written
+    # with the users' in the one transaction below, so they still land before the users' marks clear.
+    ego = egos()
+    clock.lap("forward_s", "ego_forward")
+    # one transaction: ego vectors, then items, users, queries (each clearing its mark), then the other marks
+    others = [m for m in marks if m.id not in vecs.get(m.label, ())]
+    counts = commit_round(
+        ctx.driver, RoundWrites(version, vecs, tokens, scales, ego, others), database=ctx.database, batch_size=ctx.write_batch
+    )
+    res.items, res.users, res.queries = (counts.written.get(label, 0) for label in (ITEM, USER, QUERY))
+    res.cleared = counts.cleared
+    clock.lap("write_s", "commit")
 
 
 def _searches(ctx: Context, user_ids: list[str]) -> dict[str, list[str]] | None:
@@ -277,31 +306,37 @@ def _users(
     clock: _Clock,
     read: tuple[list[subgraph.EdgeRow], dict[str, str | None]] = ([], {}),
     read_for: Collection[str] = (),
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, float], dict[str, np.ndarray | None]]:
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, float], Callable[[], dict[str, np.ndarray | None]]]:
     """User vectors, the vectors (and in_scales) of new items computed on the way that Neo4j lacks for this
-    version (to be written too), and the users' ego vectors (None: no items; `_ego`). ``fresh``: what the new
-    items computed in this recompute send to their users; ``read``: every edge (and item version) of the users
-    ``read_for``, already read."""
+    version (to be written too), and what computes the users' ego vectors (None: no items; `_ego`) when called,
+    which `_commit` does after the publish. ``fresh``: what the new items computed in this recompute send to
+    their users; ``read``: every edge (and item version) of the users ``read_for``, already read."""
     enc, version = ctx.encoder, ctx.encoder.version
     if not user_ids:
-        return {}, {}, {}, {}
+        return {}, {}, {}, dict
     rest = [u for u in user_ids if u not in read_for]
     edges, item_version = subgraph.user_edges(ctx.driver, rest, database=ctx.database) if rest else ([], {})
     edges, item_version = read[0] + edges, {**read[1], **item_version}
+    clock.step("reached_user_edges")
     neighbours = capped_neighbours(edges, enc.user_cap, enc.half_life_days)
+    clock.step("capped_neighbours")
     # A new item's stored vector is its output (d^b x); what it sends to users (d^-a x) is computed from its
     # metadata and first shoppers here (text vectors are cached), never read back from the stored one.
     missing = sorted({i for items in neighbours.values() for i in items if not enc.is_fixed(i)} - set(fresh))
     rows = subgraph.items(ctx.driver, missing, database=ctx.database) if missing else []
     fold_edges = _fold_edges(ctx, missing)
-    clock.lap("pull_s")
+    clock.lap("pull_s", "user_new_items_read")
     out_vecs, in_vecs, in_scales = enc.new_items_scaled(rows, fold_edges)
     ids = [r.id for r in rows]
     sends = {**fresh, **dict(zip(ids, in_vecs))}
+    clock.step("user_new_items_forward")
     searches = _searches(ctx, user_ids)
-    out = enc.users(neighbours, user_ids, sends, latest_times(edges), pair_strengths(edges, enc.behaviour_weights), searches)
-    egos = _ego(ctx, neighbours, user_ids, sends)
-    clock.lap("forward_s")
+    clock.step("searches_read")
+    times, strengths = latest_times(edges), pair_strengths(edges, enc.behaviour_weights)
+    clock.step("times_strengths")
+    out = enc.users(neighbours, user_ids, sends, times, strengths, searches)
+    egos = partial(_ego, ctx, neighbours, user_ids, sends)
+    clock.lap("forward_s", "users_forward")
     unstored = {i: _np(v) for i, v in zip(ids, out_vecs) if item_version.get(i) != version}
     scales = {i: s for i, s in zip(ids, _np(in_scales).tolist()) if i in unstored}
     return dict(zip(user_ids, _np(out))), unstored, scales, egos

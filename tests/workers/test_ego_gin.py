@@ -5,7 +5,9 @@ import torch
 
 from ml.encoders.ego_gin import batch_ego_graphs, ego_graph
 from ml.settings import ModelSettings, TrainSettings
+from ml.train_ego import fit_served_ego
 from ml.train_hetero import fit_ego_gin
+from ml.train_served import fit_served
 from planted_graphs import planted
 
 
@@ -34,3 +36,14 @@ def test_similar_interests_get_closer_vectors():
     same = torch.from_numpy((users[:, None] // 25) == (users[None, :] // 25))
     off = ~torch.eye(len(users), dtype=torch.bool)
     assert sim[same & off].mean() > sim[~same].mean() + 0.1
+
+
+def test_ego_hidden_sets_the_ego_gins_width_and_zero_keeps_the_models(planted_split):
+    g = planted_split[0].train
+    ms = ModelSettings(dim=32, hidden=32, select_filter=False, ego_steps=2, ego_dim=8)
+    ts = TrainSettings(max_epochs=0, threads=1)
+    model = fit_served(g, ms, ts, progress=False).model
+    default, _ = fit_served_ego(model, g, None, ms, ts)
+    narrow, _ = fit_served_ego(model, g, None, ms.model_copy(update={"ego_hidden": 16}), ts)
+    assert default["hparams"]["hidden"] == 32 and default["hparams"]["out_channels"] == 8
+    assert narrow["hparams"]["hidden"] == 16 and narrow["state_dict"]["inp.weight"].shape == (16, 32)
