@@ -36,7 +36,8 @@ import numpy as np
 import redis
 
 from bench._common import emit_result
-from bench.serving import log, synthetic
+from bench._stack import log
+from bench.serving import synthetic
 from graphdb import localstack
 from graphdb.settings import EMBEDDING_DIM, GraphSettings, LocalStackSettings
 from server.app import create_server
