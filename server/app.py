@@ -227,6 +227,7 @@ def create_server(settings: ServerSettings, engine: Engine, graph: GraphSettings
         if hasattr(fronted, "set_health"):  # the front end on tonic; the legacy one forwards health checks
             health_sinks.append(fronted.set_health)
             set_health(engine.ready)
+            engine.metrics.count_native("/grpc.health.v1.Health/Check", lambda: fronted.health_checks)
         return front.FrontedServer(server, fronted), fronted.port
 
     address = f"{settings.host}:{settings.port}"

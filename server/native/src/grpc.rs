@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -134,6 +135,8 @@ struct Shared {
     /// grpc.health.v1 statuses by service name, set from Python (`set_health`): Check is answered here, without
     /// Python, so no model switch or GIL holder can make a health check miss its deadline.
     health: RwLock<HashMap<String, i32>>,
+    /// Health checks answered here, by status code (the server's metrics read them at scrape time).
+    health_checks: [AtomicU64; 17],
 }
 
 type Answer = (u32, String, Option<Bytes>);
@@ -306,7 +309,10 @@ impl UnaryService<Bytes> for HealthCall {
     type Future = std::future::Ready<Result<tonic::Response<Bytes>, Status>>;
 
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
-        std::future::ready(health_answer(&self.shared, &request.into_inner()))
+        let answer = health_answer(&self.shared, &request.into_inner());
+        let code = answer.as_ref().map_or_else(|status| status.code() as usize, |_| 0);
+        self.shared.health_checks[code.min(16)].fetch_add(1, Ordering::Relaxed);
+        std::future::ready(answer)
     }
 }
 
@@ -627,6 +633,7 @@ impl TonicFront {
             backend,
             backend_authority: format!("127.0.0.1:{backend_port}"),
             health: RwLock::new(HashMap::new()),
+            health_checks: Default::default(),
         });
         let (stop, _) = watch::channel(None);
         Ok(TonicFront { runtime: Some(runtime), listener: Some(listener), shared, limits, certificate, port, stop, serving: None })
@@ -652,6 +659,12 @@ impl TonicFront {
     /// here on; "" is the whole server.
     fn set_health(&self, service: String, status: i32) {
         self.shared.health.write().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(service, status);
+    }
+
+    /// Health checks answered here so far: (gRPC status code, count) for each code answered at least once.
+    #[getter]
+    fn health_checks(&self) -> Vec<(u32, u64)> {
+        (0..17u32).map(|code| (code, self.shared.health_checks[code as usize].load(Ordering::Relaxed))).filter(|&(_, n)| n > 0).collect()
     }
 
     /// Starts answering calls.
@@ -819,6 +832,7 @@ mod tests {
             backend: Client::builder(TokioExecutor::new()).http2_only(true).build_http(),
             backend_authority: "127.0.0.1:9".to_owned(),
             health: RwLock::new(HashMap::new()),
+            health_checks: Default::default(),
         });
         let limits = Http2Limits {
             max_concurrent_streams: 8,
@@ -962,6 +976,8 @@ mod tests {
         let (code, _, _) = outcome(&mut front, check(b"\x0a\x09short")).await;
         assert_eq!(code, "3", "a field longer than the message is INVALID_ARGUMENT");
         assert!(!held.is_finished(), "the query is still held in Python");
+        let counted: Vec<u64> = shared.health_checks.iter().map(|n| n.load(Ordering::Relaxed)).collect();
+        assert_eq!((counted[0], counted[5], counted[3], counted.iter().sum::<u64>()), (2, 1, 1, 4), "counted by code");
         Python::with_gil(|py| event.call_method0(py, "set").unwrap());
         assert_eq!(held.await.unwrap().0, "0");
     }
