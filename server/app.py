@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import faiss
 import grpc
@@ -175,10 +175,15 @@ def create_server(settings: ServerSettings, engine: Engine, graph: GraphSettings
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
 
+    # Where health statuses go: grpc's servicer (Watch, and Check behind grpc's front) and, once it exists, the
+    # native front end on tonic, which answers Check itself, without Python (no stall during a model switch).
+    health_sinks: list[Callable[[str, int], None]] = [health_servicer.set]
+
     def set_health(serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", SERVICE_NAME):
-            health_servicer.set(name, status)
+            for sink in health_sinks:
+                sink(name, status)
 
     async def on_ready(serving: bool) -> None:
         set_health(serving)
@@ -219,6 +224,10 @@ def create_server(settings: ServerSettings, engine: Engine, graph: GraphSettings
                 settings.h2_max_local_error_reset_streams,
             ),
         )
+        if hasattr(fronted, "set_health"):  # the front end on tonic; the legacy one forwards health checks
+            health_sinks.append(fronted.set_health)
+            set_health(engine.ready)
+            engine.metrics.count_native("/grpc.health.v1.Health/Check", lambda: fronted.health_checks)
         return front.FrontedServer(server, fronted), fronted.port
 
     address = f"{settings.host}:{settings.port}"

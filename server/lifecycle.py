@@ -67,6 +67,9 @@ class Lifecycle:
         self._last_compact = time.monotonic()
         self.stale_deltas = 0
         self.forgotten_since_snapshot = False
+        # Builds a model version's index (None: the newest), in a thread: from Neo4j unless set. bench.switch_stall
+        # sets it to synthetic vectors of 1M items, more than the Neo4j here holds in reasonable time.
+        self.build_version: Callable[[str | None], ItemIndex] = self._build_from_graph
         engine.on_forget.append(self._note_forget)
         if redis is not None:
             engine.on_forget.append(self._publish_forget)
@@ -94,6 +97,11 @@ class Lifecycle:
         except Exception as exc:  # noqa: BLE001 - Redis away: the scheduler's poll picks the change up
             log.debug("change signal not sent: %s", exc)
 
+    @property
+    def switching(self) -> tuple[str, ...]:
+        """The model versions being built beside the serving one (a switch in progress), oldest first."""
+        return tuple(self._pending)
+
     # -- start / stop --------------------------------------------------------------------------------------
     async def start(self) -> None:
         """Loads the index (snapshot, else Neo4j), catches up with the delta stream, then reports ready (health
@@ -117,7 +125,7 @@ class Lifecycle:
         else:
             if (redis := self.redis) is not None:  # deltas after this point are replayed; replays are idempotent
                 position = await _retrying("reading the delta stream's tail", lambda: stream_tail(redis, self.settings.delta_stream))
-            index = await _retrying("building the index from Neo4j", lambda: asyncio.to_thread(self._build_from_graph, None))
+            index = await _retrying("building the index from Neo4j", lambda: asyncio.to_thread(self.build_version, None))
             self.engine.install(index)
         await _retrying("reading the item facets from Neo4j", self.refresh_facets)
         if self.redis is not None:
@@ -244,7 +252,7 @@ class Lifecycle:
     async def _switch(self, version: str) -> None:
         """Builds ``version`` beside the serving index, replays the deltas that arrived meanwhile, swaps."""
         try:
-            index = await asyncio.to_thread(self._build_from_graph, version)
+            index = await asyncio.to_thread(self.build_version, version)
             users = UserVectors(version, self.settings.user_cache_size)
             with self.engine.lock:
                 if self.engine.serving is not None:

@@ -54,6 +54,9 @@ class ServerMetrics:
         self.lifecycle: Any = None
         self.clock = clock
         self.registry = CollectorRegistry(auto_describe=False)
+        # Registered before ``handled``, so a scrape folds the front end's own counts in before reading it.
+        self._native = _NativeCounts(self)
+        self.registry.register(self._native)
         self.handled = Counter(
             "grpc_server_handled",
             "RPCs completed, by method and status code",
@@ -94,6 +97,11 @@ class ServerMetrics:
     def follow(self, lifecycle: Any) -> None:
         """Report the delta stream of this lifecycle (its consumer exists once the lifecycle has started)."""
         self.lifecycle = lifecycle
+
+    def count_native(self, method: str, counts: Callable[[], list[tuple[int, int]]]) -> None:
+        """Counts ``method``'s calls answered by the native front end without Python (health Check): ``counts``
+        gives (status code, calls so far) and is read at scrape time; they count in grpc_server_handled_total."""
+        self._native.sources.append((method, counts))
 
     def count_ingest(self, received: int, result: Any) -> None:
         self.ingested.labels("accepted").inc(result.accepted)
@@ -162,6 +170,31 @@ class ServerMetrics:
         if self._http_thread is not None:
             self._http_thread.join(5.0)
         self._http = self._http_thread = None
+
+
+class _NativeCounts:
+    """Folds the native front end's own call counts into ``grpc_server_handled_total`` at scrape time (it
+    exports nothing itself)."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self.metrics = metrics
+        self.sources: list[tuple[str, Callable[[], list[tuple[int, int]]]]] = []
+        self._seen: dict[tuple[str, int], int] = {}
+        self._lock = threading.Lock()  # scrapes may overlap
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            for method, counts in self.sources:
+                service, name = _split(method)
+                for code, n in counts():
+                    before = self._seen.get((method, code), 0)
+                    if n > before:
+                        self.metrics.handled.labels(service, name, _CODE_NAMES.get(code, "UNKNOWN")).inc(n - before)
+                        self._seen[(method, code)] = n
+        return iter(())
+
+
+_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 
 class _StateCollector:

@@ -1,7 +1,7 @@
 """The native front end (server/native, Rust): it owns the port, answers the unary calls as grpc's Python server
-does (same codes, details and answers) and forwards what it does not answer itself (streams, health,
-reflection; the first front end, native-legacy, also compressed calls, which the one on tonic reads) to that
-server."""
+does (same codes, details and answers) and forwards what it does not answer itself (streams, health Watch,
+reflection; the first front end, native-legacy, also health Check and compressed calls, which the one on tonic
+answers itself) to that server."""
 
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def test_both_fronts_answer_every_call_alike(server_graph_settings, tokens) -> N
 
 
 @pytest.mark.parametrize("name", ["native", "native-legacy"])
-def test_compressed_calls_are_answered_alike_and_health_is_forwarded(server_graph_settings, name) -> None:
+def test_compressed_calls_and_health_are_answered_alike(server_graph_settings, name) -> None:
     harness, stop = _serve(server_graph_settings, front=name)
     try:
         plain = _outcomes(harness.port)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.interop import check
 from graphdb.embeddings import write_embeddings
@@ -52,14 +53,22 @@ def test_every_method_answers_alike_with_gzip_requests_and_without(graph, graph_
 
 
 def test_a_gzip_call_through_the_stub_is_answered_by_the_native_front_end(graph_settings) -> None:
-    """The compressed call is answered by the front end itself, not forwarded: grpc's server behind it is
-    stopped first, so only the front end can answer."""
+    """The compressed call and health checks are answered by the front end itself, not forwarded: grpc's server
+    behind it is stopped first, so only the front end can answer."""
     harness, stop = start_harness(base_settings(front="native"), graph_settings, setup=load_items)
     try:
         harness.server.backend.stop(0).wait()
         stub = harness.stub()
-        answer = stub.SimilarItems(pb.SimilarItemsRequest(item_id="item-7", k=4), timeout=10, compression=grpc.Compression.Gzip)
-        assert len(answer.items) == 4 and "item-7" not in [i.item_id for i in answer.items]
+        similar = stub.SimilarItems(pb.SimilarItemsRequest(item_id="item-7", k=4), timeout=10, compression=grpc.Compression.Gzip)
+        assert len(similar.items) == 4 and "item-7" not in [i.item_id for i in similar.items]
+        # Health checks too are answered by the front end itself (from the statuses Python sets), without Python.
+        health = health_pb2_grpc.HealthStub(harness.channel())
+        for service in ("", "interest.v1.InterestService"):
+            answer = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10, compression=grpc.Compression.Gzip)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as err:
+            health.Check(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=10)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND  # as grpc's health servicer answers
         with pytest.raises(grpc.RpcError) as err:  # a forwarded call has no one to answer it now
             stub.IngestEvents(iter([pb.IngestEventsRequest()]), timeout=10, compression=grpc.Compression.Gzip)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
