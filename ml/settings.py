@@ -135,10 +135,10 @@ class ModelSettings(BaseSettings):
     ego_views: Literal["future", "halves"] = "halves"
     # Width of the ego vectors (the ``user_ego`` index's width follows it).
     ego_dim: int = Field(default=64, ge=2)
-    # Width of the ego GIN's layers; 0: ``hidden`` (the live graph's embedding width, 1024 by default). The
-    # worker runs this GIN on every recomputed user's ego-graph: at 1024 it was half of a recompute round at 200
-    # events/s (issue 16, docs/benchmarks.md); narrower is faster, but SimilarUsers' figures were measured at 0.
-    ego_hidden: int = Field(default=0, ge=0)
+    # Width of the ego GIN's layers; 0: ``hidden`` (which the worker sets to the graph's embedding width, 1024).
+    # 64: the width bench.similar_users measures (its in-process settings keep ``hidden`` at 64), and the worker
+    # runs this GIN on every recomputed user's ego-graph, where 1024 wide was half of a round (issue 16).
+    ego_hidden: int = Field(default=64, ge=0)
 
     @field_validator("behaviour_weights")
     @classmethod

@@ -7,6 +7,7 @@ worker threads) hold only for a search, so neither side waits long for the other
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from typing import Any, Awaitable, Callable, Coroutine, TypeVar
@@ -30,6 +31,14 @@ Delta = pb.EmbeddingDelta
 # Longest wait for the delta stream at start before reporting ready anyway.
 CATCH_UP_MAX_S = 60.0
 T = TypeVar("T")
+
+
+def _freeze_heap() -> None:
+    """Moves every object alive now out of the cyclic collector's reach (``gc.freeze``): a full collection holds
+    the GIL for as long as it scans, and with the libraries and the index loaded that reached 250 ms while a
+    switch's build made garbage, stalling every query (tests/server/test_switch_stall.py). What is frozen is
+    still freed by reference counting; only reference cycles among it wait until ``gc.unfreeze``."""
+    gc.freeze()
 
 
 async def _retrying(what: str, attempt: Callable[[], Awaitable[T]], max_delay_s: float = 5.0) -> T:
@@ -128,6 +137,7 @@ class Lifecycle:
             index = await _retrying("building the index from Neo4j", lambda: asyncio.to_thread(self.build_version, None))
             self.engine.install(index)
         await _retrying("reading the item facets from Neo4j", self.refresh_facets)
+        _freeze_heap()
         if self.redis is not None:
             self.consumer = DeltaConsumer(
                 self.redis,
@@ -260,6 +270,7 @@ class Lifecycle:
             for msg in self._pending.get(version, []):
                 apply_to(index, users, msg, self)
             self.engine.install(index, users)
+            _freeze_heap()
         finally:
             self._pending.pop(version, None)
 

@@ -44,6 +44,8 @@ def test_ego_hidden_sets_the_ego_gins_width_and_zero_keeps_the_models(planted_sp
     ts = TrainSettings(max_epochs=0, threads=1)
     model = fit_served(g, ms, ts, progress=False).model
     default, _ = fit_served_ego(model, g, None, ms, ts)
+    zero, _ = fit_served_ego(model, g, None, ms.model_copy(update={"ego_hidden": 0}), ts)
     narrow, _ = fit_served_ego(model, g, None, ms.model_copy(update={"ego_hidden": 16}), ts)
-    assert default["hparams"]["hidden"] == 32 and default["hparams"]["out_channels"] == 8
+    assert default["hparams"]["hidden"] == 64 and default["hparams"]["out_channels"] == 8
+    assert zero["hparams"]["hidden"] == 32
     assert narrow["hparams"]["hidden"] == 16 and narrow["state_dict"]["inp.weight"].shape == (16, 32)
