@@ -37,7 +37,7 @@ def _freeze_heap() -> None:
     """Moves every object alive now out of the cyclic collector's reach (``gc.freeze``): a full collection holds
     the GIL for as long as it scans, and with the libraries and the index loaded that reached 250 ms while a
     switch's build made garbage, stalling every query (tests/server/test_switch_stall.py). What is frozen is
-    still freed by reference counting; only reference cycles among it wait until ``gc.unfreeze``."""
+    still freed by reference counting; only reference cycles among it wait until ``gc.unfreeze`` (``stop``)."""
     gc.freeze()
 
 
@@ -191,6 +191,7 @@ class Lifecycle:
         self._tasks.clear()
         if snapshot and self.settings.snapshot_dir is not None and self.engine.ready:
             await self.save_snapshot()
+        gc.unfreeze()  # what was frozen is the collector's again, so cycles among it are freed at exit
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         self._tasks.append(asyncio.create_task(coro))
