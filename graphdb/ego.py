@@ -1,21 +1,26 @@
 """Users' ego-graph vectors (graph-level embeddings of their interest subgraphs) and the similar-users search.
 
-Workers write each user's ego vector beside the user vector, with its model version (``ego``, ``ego_version``),
-whenever they compute the user vector; a vector index (``user_ego``, cosine) serves "users nearest to this one"
+Workers write each user's ego vector with its model version (``ego``, ``ego_version``, ``ego_updated_at``) after
+they compute the user vector, in rounds of their own: a round that writes user vectors marks those users
+(``EgoDirty``, with a fresh token ``ego_chg`` and the oldest ``ego_since``, in its transaction), and an ego round
+reads the oldest marks, computes from the graph as it is then, and writes each vector only if the token is
+unchanged, clearing the mark with it (a user recomputed meanwhile keeps a mark, so the newer graph is read next
+time; the same compare-and-clear as graphdb.changes). A vector index (``user_ego``, cosine) serves "users nearest to this one"
 to the server's SimilarUsers and to analysts. A forgotten user's node is deleted with its vector, so it can
 never be an answer. The index's width is the vectors' (the ego model's), created on first write.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import neo4j
 from neo4j.exceptions import ServiceUnavailable, SessionExpired
 
 from graphdb.errors import NotFound, Unavailable
-from graphdb.schema import USER
+from graphdb.schema import EGO_DIRTY, USER
 
 INDEX = "user_ego"
 
@@ -35,6 +40,48 @@ RETURN count(n) AS written
 """
 
 _CLEAR = f"UNWIND $ids AS id MATCH (n:{USER} {{id: id}}) REMOVE n.ego, n.ego_version"
+
+# Set in the transaction that writes the users' vectors (graphdb.round_commit): a new token each time, so an ego
+# round that read an older one neither writes nor clears; ``ego_since`` keeps the oldest, which orders the rounds.
+MARK = f"""
+UNWIND $ids AS id
+MATCH (n:{USER} {{id: id}})
+SET n:{EGO_DIRTY}, n.ego_chg = randomUUID(), n.ego_since = coalesce(n.ego_since, $now)
+"""
+
+_READ_MARKS = f"""
+MATCH (n:{EGO_DIRTY})
+WITH n ORDER BY n.ego_since, n.id
+LIMIT $limit
+RETURN collect(n.id) AS ids, collect(n.ego_chg) AS tokens
+"""
+
+_COUNT_MARKS = f"MATCH (n:{EGO_DIRTY}) RETURN count(n) AS n"
+
+# The SET/REMOVE of a throw-away property takes the node's write lock before the token is compared (graphdb.changes).
+_LOCKED = f"""
+UNWIND $rows AS r
+MATCH (n:{USER} {{id: r.id}})
+SET n._lock = true
+REMOVE n._lock
+WITH n, r WHERE n:{EGO_DIRTY} AND n.ego_chg = r.token
+"""
+_WRITE_MARKED = (
+    _LOCKED
+    + f"""CALL db.create.setNodeVectorProperty(n, 'ego', r.vector)
+SET n.ego_version = $version, n.ego_updated_at = $now
+REMOVE n:{EGO_DIRTY}, n.ego_chg, n.ego_since
+RETURN count(n) AS n
+"""
+)
+_CLEAR_MARKED = (
+    _LOCKED
+    + f"""REMOVE n:{EGO_DIRTY}, n.ego_chg, n.ego_since, n.ego, n.ego_version
+SET n.ego_updated_at = $now
+RETURN count(n) AS n
+"""
+)
+_DROP_MARKS = _LOCKED + f"REMOVE n:{EGO_DIRTY}, n.ego_chg, n.ego_since\nRETURN count(n) AS n\n"
 
 _GET = f"MATCH (u:{USER} {{id: $id}}) RETURN u.ego AS vector, u.ego_version AS version"
 _GET_MANY = f"""
@@ -100,6 +147,69 @@ def write_ego_vectors(
         ensure_index(driver, dim, database=database)
         written += driver.execute_query(_WRITE, rows=batch, version=model_version, database_=database).records[0]["written"]
     return written
+
+
+@dataclass(frozen=True)
+class EgoMark:
+    id: str  # the user
+    token: str
+
+
+@dataclass
+class EgoCounts:
+    written: int = 0  # ego vectors written (their marks cleared with them)
+    removed: int = 0  # users left without items: vector removed, mark cleared
+    dropped: int = 0  # marks cleared without a vector (a version without an ego model)
+    stale: int = 0  # marks whose token changed meanwhile: kept for the next round
+
+
+def read_ego_marks(driver: neo4j.Driver, *, limit: int, database: str = "neo4j") -> list[EgoMark]:
+    """The oldest ``limit`` ego marks."""
+    r = driver.execute_query(_READ_MARKS, limit=limit, database_=database, routing_=neo4j.RoutingControl.READ).records[0]
+    return [EgoMark(i, t) for i, t in zip(r["ids"], r["tokens"]) if i is not None and t is not None]
+
+
+def count_ego_marks(driver: neo4j.Driver, *, database: str = "neo4j") -> int:
+    return int(driver.execute_query(_COUNT_MARKS, database_=database).records[0]["n"])
+
+
+def commit_ego(
+    driver: neo4j.Driver,
+    marks: Sequence[EgoMark],
+    vectors: Mapping[str, Sequence[float] | None],
+    model_version: str,
+    *,
+    database: str = "neo4j",
+    now: float | None = None,
+) -> EgoCounts:
+    """One ego round's writes in one transaction: for each mark whose token is unchanged, its user's vector from
+    ``vectors`` (None: the user has no items, so no vector), the mark cleared with it; a mark whose user is not in
+    ``vectors`` is only cleared (the version has no ego model). A mark whose token changed stays."""
+    now = time.time() if now is None else now
+    rows: dict[str, list[dict[str, Any]]] = {"write": [], "remove": [], "drop": []}
+    for m in sorted(marks, key=lambda m: m.id):  # a fixed lock order avoids deadlocks
+        if m.id not in vectors:
+            rows["drop"].append({"id": m.id, "token": m.token})
+        elif (v := vectors[m.id]) is None:
+            rows["remove"].append({"id": m.id, "token": m.token})
+        else:
+            rows["write"].append({"id": m.id, "token": m.token, "vector": [float(x) for x in v]})
+    if rows["write"]:
+        ensure_index(driver, len(rows["write"][0]["vector"]), database=database)  # a schema change: outside the write
+
+    def work(tx: neo4j.ManagedTransaction) -> EgoCounts:
+        out = EgoCounts()
+        for key, query in (("write", _WRITE_MARKED), ("remove", _CLEAR_MARKED), ("drop", _DROP_MARKS)):
+            if rows[key]:
+                n = int(tx.run(query, rows=rows[key], version=model_version, now=now).single(strict=True)["n"])
+                setattr(out, {"write": "written", "remove": "removed", "drop": "dropped"}[key], n)
+        out.stale = len(marks) - out.written - out.removed - out.dropped
+        return out
+
+    if not marks:
+        return EgoCounts()
+    with driver.session(database=database) as session:
+        return session.execute_write(work)
 
 
 def stored_ego_vectors(

@@ -23,6 +23,8 @@ NODE_LABELS = (USER, ITEM, CATEGORY, BRAND, QUERY)
 
 # Marks a node whose neighbourhood changed since its vector was last computed (see graphdb.changes).
 DIRTY = "Dirty"
+# Marks a user whose vector was recomputed and whose ego vector (SimilarUsers) is not yet (see graphdb.ego).
+EGO_DIRTY = "EgoDirty"
 # One node per applied event id, so a replayed event is recognised (see graphdb.ingest).
 SEEN = "Seen"
 
@@ -45,6 +47,7 @@ _INDEXES = [
     f"CREATE INDEX seen_at IF NOT EXISTS FOR (n:{SEEN}) ON (n.at)",
     f"CREATE INDEX dirty_since IF NOT EXISTS FOR (n:{DIRTY}) ON (n.dirty_since)",
     f"CREATE INDEX dirty_slot IF NOT EXISTS FOR (n:{DIRTY}) ON (n.slot)",  # a partition's marks (graphdb.slots)
+    f"CREATE INDEX ego_dirty_since IF NOT EXISTS FOR (n:{EGO_DIRTY}) ON (n.ego_since)",
 ]
 _VECTOR_INDEX = (
     "CREATE VECTOR INDEX {name} IF NOT EXISTS FOR (n:{label}) ON n.embedding "

@@ -21,6 +21,7 @@ import redis
 
 from graphdb import subgraph
 from graphdb.driver import connect
+from graphdb.ego import commit_ego, read_ego_marks
 from graphdb.embeddings import iter_embeddings
 from graphdb.errors import FailedPrecondition, InvalidInput
 from graphdb.loaders import DATASETS, load_dataset
@@ -37,7 +38,7 @@ from workers import hetero_recompute, partitions, redis_connect, redis_keys
 from workers.gate import data_until, served_recall, split_after
 from workers.hetero_live import HeteroLive
 from workers.live import LiveEncoder, training_graph
-from workers.recompute import Context, RecomputeResult, rebuild, recompute_marked
+from workers.recompute import Context, EgoResult, RecomputeResult, rebuild, recompute_ego, recompute_marked
 from workers.settings import WorkerSettings
 from workers.training import train_and_save
 
@@ -154,19 +155,48 @@ def recompute(rt: Runtime, limit: int | None = None, partition: int | None = Non
     ws = rt.worker
     # Partitions split the served spectral model's marks; a K-layer encoder's affected set crosses them, so its
     # recompute takes the single lock (workers.hetero_recompute).
-    if ws.partitions > 1 and not rt.is_hetero(state.version):
+    hetero = rt.is_hetero(state.version)
+    if ws.partitions > 1 and not hetero:
         ctx = rt.context(state.version)
-        return partitions.recompute(ctx, rt.redis, ws.partitions, limit or ws.recompute_batch, ws.lock_timeout_s, partition)
+        out = partitions.recompute(ctx, rt.redis, ws.partitions, limit or ws.recompute_batch, ws.lock_timeout_s, partition)
+        return {**out, "ego": ego_rounds(rt, state.version)}
     with rt.lock(wait_s=rt.worker.lock_timeout_s) as got:
         if not got:
             return {"skipped": "another recompute holds the lock", "marks": 0}
         n = limit or rt.worker.recompute_batch
         result: RecomputeResult = (
             hetero_recompute.recompute_marked(rt.hetero_context(state.version), n)
-            if rt.is_hetero(state.version)
+            if hetero
             else recompute_marked(rt.context(state.version), n)
         )
-    return result.as_dict()
+    return {**result.as_dict(), "ego": ego_rounds(rt, state.version)}
+
+
+def ego_rounds(rt: Runtime, version: str) -> dict:
+    """Ego rounds (`recompute_ego`) after a user round, outside the recompute lock, while no recompute is queued:
+    the ego vectors are of lower priority than the user vectors, so a user round queued meanwhile waits for the
+    ego round in progress only (``IG_WORKER_EGO_BATCH`` users at most), and the next task goes on with the rest.
+    Under a load that queues a round before the last ends, they wait for a lull (the scheduler queues a
+    recompute while ego marks wait, so they drain once it comes). A heterogeneous version has no ego model: its
+    rounds only clear the marks a previous version left."""
+    ws = rt.worker
+    run = partial(_drop_ego_marks, rt, version) if rt.is_hetero(version) else partial(recompute_ego, rt.context(version))
+    keys = [redis_keys.queued_key(ws.changed_key, p) for p in ([None] if ws.partitions == 1 else [None, *range(ws.partitions)])]
+    out = {"rounds": 0, "marks": 0, "written": 0, "removed": 0, "stale": 0}
+    while not rt.redis.exists(*keys):
+        res = run(ws.ego_batch)
+        if not res.marks:
+            break
+        out["rounds"] += 1
+        for k in ("marks", "written", "removed", "stale"):
+            out[k] += getattr(res, k)
+    return out
+
+
+def _drop_ego_marks(rt: Runtime, version: str, limit: int) -> EgoResult:
+    marks = read_ego_marks(rt.driver, limit=limit, database=rt.database)
+    counts = commit_ego(rt.driver, marks, {}, version, database=rt.database)
+    return EgoResult(version, len(marks), dropped=counts.dropped, stale=counts.stale)
 
 
 def rebuild_version(rt: Runtime, version: str = "latest", progress: Progress | None = None) -> dict:

@@ -37,7 +37,8 @@ from graphdb.errors import InvalidInput, Unavailable
 from graphdb.schema import BRAND, CATEGORY, ITEM, QUERY, USER
 from graphdb.slots import hand_off, read_partition_marks
 from workers import redis_keys
-from workers.recompute import Context, RecomputeResult, _Clock, _commit, _differs, _ensure_card, _fold_edges, _np, _queries, _users
+from workers.recompute import Context, RecomputeResult, _commit, _differs, _ensure_card, _fold_edges, _np, _phases, _queries, _users
+from workers.steps import timed
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +98,9 @@ def recompute_partition(ctx: Context, index: int, partitions: int, limit: int, k
     """What the oldest ``limit`` marks of one partition affect, written for the nodes of those marks only."""
     enc, version = ctx.encoder, ctx.encoder.version
     res = RecomputeResult(version)
-    clock = _Clock(res.timings)
-    marks = read_partition_marks(ctx.driver, index, partitions, limit=limit, database=ctx.database)
+    steps = res.steps
+    with timed(steps, "read_marks"):
+        marks = read_partition_marks(ctx.driver, index, partitions, limit=limit, database=ctx.database)
     res.marks = len(marks)
     if not marks:
         return PartitionResult(index, res)
@@ -110,45 +112,50 @@ def recompute_partition(ctx: Context, index: int, partitions: int, limit: int, k
     # items: the same reach as `recompute_marked`; only the marked ones are written here
     known = sorted({m.id for m in marks if m.label == ITEM and enc.is_fixed(m.id) and m.version != version})
     marked_users = sorted(by_label[USER])
-    user_reads = subgraph.user_edges(ctx.driver, marked_users, database=ctx.database) if marked_users else ([], {})
+    with timed(steps, "user_edges"):
+        user_reads = subgraph.user_edges(ctx.driver, marked_users, database=ctx.database) if marked_users else ([], {})
     shopped = {e.item for e in user_reads[0]} if enc.fold_users else set()
-    under = subgraph.items_under(ctx.driver, by_label[CATEGORY], by_label[BRAND], database=ctx.database)
+    with timed(steps, "items_under"):
+        under = subgraph.items_under(ctx.driver, by_label[CATEGORY], by_label[BRAND], database=ctx.database)
     new_ids = sorted({i for i in by_label[ITEM] | shopped | set(under) if not enc.is_fixed(i)})
-    stored_new = subgraph.stored_vectors(ctx.driver, ITEM, new_ids, database=ctx.database)
-    new_rows = subgraph.items(ctx.driver, new_ids, database=ctx.database)
-    fold_edges = _fold_edges(ctx, new_ids)
-    clock.lap("pull_s")
-    new_out, new_in, new_scale = enc.new_items_scaled(new_rows, fold_edges)
-    row_ids = [r.id for r in new_rows]
-    sends = dict(zip(row_ids, new_in))
-    to_write: dict[str, np.ndarray] = dict(zip(known, _np(enc.known_vectors(known)))) if known else {}
-    scales: dict[str, float] = dict(zip(known, _np(enc.known_scales(known)).tolist())) if known else {}
-    scales.update(zip(row_ids, _np(new_scale).tolist()))
-    propagate: list[str] = []
-    foreign: list[str] = []
-    for iid, vec_t in zip(row_ids, new_out):
-        vec = _np(vec_t)
-        stored = stored_new.get(iid)
-        if not _differs(stored, vec, version):
-            continue
-        if iid not in by_label[ITEM]:
-            foreign.append(iid)  # not a mark of this round: its owner computes and writes it
-            continue
-        to_write[iid] = vec
-        # users computed with its old vector, or computed with what it sent before it was first written, follow
-        if stored is None or stored.vector is None or stored.version == version:
-            propagate.append(iid)
-    clock.lap("forward_s")
+    with timed(steps, "new_items_read"):
+        stored_new = subgraph.stored_vectors(ctx.driver, ITEM, new_ids, database=ctx.database)
+        new_rows = subgraph.items(ctx.driver, new_ids, database=ctx.database)
+    with timed(steps, "fold_edges"):
+        fold_edges = _fold_edges(ctx, new_ids)
+    with timed(steps, "items_forward"):
+        new_out, new_in, new_scale = enc.new_items_scaled(new_rows, fold_edges)
+        row_ids = [r.id for r in new_rows]
+        sends = dict(zip(row_ids, new_in))
+        to_write: dict[str, np.ndarray] = dict(zip(known, _np(enc.known_vectors(known)))) if known else {}
+        scales: dict[str, float] = dict(zip(known, _np(enc.known_scales(known)).tolist())) if known else {}
+        scales.update(zip(row_ids, _np(new_scale).tolist()))
+        propagate: list[str] = []
+        foreign: list[str] = []
+        for iid, vec_t in zip(row_ids, new_out):
+            vec = _np(vec_t)
+            stored = stored_new.get(iid)
+            if not _differs(stored, vec, version):
+                continue
+            if iid not in by_label[ITEM]:
+                foreign.append(iid)  # not a mark of this round: its owner computes and writes it
+                continue
+            to_write[iid] = vec
+            # users computed with its old vector, or computed with what it sent before it was first written, follow
+            if stored is None or stored.vector is None or stored.version == version:
+                propagate.append(iid)
 
     # users: the marked ones (the new items' vectors they read are computed on the way, from the same graph)
-    reached = subgraph.users_of_items(ctx.driver, propagate, database=ctx.database) - by_label[USER] if propagate else set()
-    user_vecs, _unstored, _, egos = _users(ctx, marked_users, sends, clock, user_reads, set(marked_users))
-    query_vecs = _queries(ctx, by_label[QUERY], clock)
+    with timed(steps, "users_of_items"):
+        reached = subgraph.users_of_items(ctx.driver, propagate, database=ctx.database) - by_label[USER] if propagate else set()
+    user_vecs, _unstored, _ = _users(ctx, marked_users, sends, steps, user_reads, set(marked_users))
+    query_vecs = _queries(ctx, by_label[QUERY], steps)
 
     # hand over, then publish and write: a crash after the hand-off leaves this round's marks, so it runs again
     keep()
     handed = hand_off(ctx.driver, {USER: reached, ITEM: foreign}, now=time.time(), database=ctx.database)
-    _commit(ctx, res, marks, {ITEM: to_write, USER: user_vecs, QUERY: query_vecs}, scales, egos, clock)
+    _commit(ctx, res, marks, {ITEM: to_write, USER: user_vecs, QUERY: query_vecs}, scales)
+    _phases(res)
     res.propagated_users = len(reached)
     return PartitionResult(index, res, handed)
 

@@ -11,8 +11,12 @@ Incremental (``recompute_marked``), with the receptive field of ``workers.live``
 3. users: the marked ones plus those reached in step 2; pull their edges (batched Cypher), cap each user to the
    top-N items, take the vectors of the new items they reach (stored, or computed now when missing), forward;
 4. publish the other vectors on the delta stream, then write items, users and queries to Neo4j with the model version,
-   clearing each written node's mark in the same transaction if its token is unchanged;
+   clearing each written node's mark in the same transaction if its token is unchanged, and mark the written users'
+   ego vectors (SimilarUsers) as due;
 5. compare-and-clear the other marks read (a change that landed meanwhile keeps its mark).
+
+The ego vectors follow in ego rounds of their own (``recompute_ego``, lower priority: `workers.jobs.recompute`
+runs them only while no user round is queued), from the same inputs as the user vectors.
 
 Every step is idempotent, so a task killed anywhere is simply run again. One recompute runs at a time
 (a Redis lock): a user's vector is computed after the vectors of the new items it reads were written.
@@ -26,7 +30,6 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Callable, Collection
 
 import neo4j
@@ -36,7 +39,7 @@ from redis import Redis
 
 from graphdb import subgraph
 from graphdb.changes import Mark, clear_marks, read_marks
-from graphdb.ego import clear_ego_vectors, write_ego_vectors
+from graphdb.ego import clear_ego_vectors, commit_ego, read_ego_marks, write_ego_vectors
 from graphdb.embeddings import write_and_clear
 from graphdb.model_state import activate, write_card
 from graphdb.round_commit import RoundWrites, commit_round
@@ -45,6 +48,7 @@ from graphdb.searches import all_searches, user_searches
 from workers import publish
 from workers.ego_live import ego_encoder
 from workers.live import LiveEncoder
+from workers.steps import timed
 from workers.user_side import capped_neighbours, latest_searches, latest_times, pair_strengths
 
 log = logging.getLogger(__name__)
@@ -100,8 +104,9 @@ class RecomputeResult:
 
 
 class _Clock:
-    """Laps into a phase of ``timings``; ``step`` splits a phase finer (``steps``, logged per round) without
-    ending its lap."""
+    """Laps into a phase of ``timings``; ``step`` splits a phase finer without ending its lap. Only
+    `workers.hetero_recompute` uses it still: it goes when that module times its steps with `workers.steps.timed`
+    as this one does."""
 
     def __init__(self, timings: Timings, steps: dict[str, float] | None = None) -> None:
         self.t, self.timings = time.perf_counter(), timings
@@ -140,14 +145,47 @@ def _differs(stored: subgraph.StoredVector | None, vec: np.ndarray, version: str
 
 
 # ------------------------------------------------------------------------------------------------ incremental
+# The phase of `Timings` each step of a round belongs to (the steps are timed by `workers.steps.timed`).
+_PHASE = {
+    **dict.fromkeys(
+        (
+            "read_marks",
+            "user_edges",
+            "items_under",
+            "new_items_read",
+            "fold_edges",
+            "users_of_items",
+            "reached_user_edges",
+            "capped_neighbours",
+            "user_new_items_read",
+            "query_texts",
+        ),
+        "pull_s",
+    ),
+    **dict.fromkeys(
+        ("items_forward", "user_new_items_forward", "searches_read", "times_strengths", "users_forward", "queries_forward"),
+        "forward_s",
+    ),
+    **dict.fromkeys(("publish_first", "publish", "commit"), "write_s"),
+}
+
+
+def _phases(res: RecomputeResult) -> None:
+    """The round's `Timings` from its steps."""
+    for name in ("pull_s", "forward_s", "write_s"):
+        setattr(res.timings, name, sum(s for step, s in res.steps.items() if _PHASE.get(step) == name))
+    res.timings.publish_s = res.steps.get("publish_first", 0.0) + res.steps.get("publish", 0.0)
+
+
 def recompute_marked(ctx: Context, limit: int = 10000) -> RecomputeResult:
-    """Recompute what the oldest ``limit`` marks affect; see the module docstring."""
+    """Recompute what the oldest ``limit`` marks affect; see the module docstring. The recomputed users' ego
+    vectors are not computed here: the round marks them for `recompute_ego`."""
     enc, version = ctx.encoder, ctx.encoder.version
     res = RecomputeResult(version)
-    clock = _Clock(res.timings, res.steps)
-    marks = read_marks(ctx.driver, limit=limit, database=ctx.database)
+    steps = res.steps
+    with timed(steps, "read_marks"):
+        marks = read_marks(ctx.driver, limit=limit, database=ctx.database)
     res.marks = len(marks)
-    clock.step("read_marks")
     if not marks:
         return res
     _ensure_card(ctx)
@@ -161,58 +199,54 @@ def recompute_marked(ctx: Context, limit: int = 10000) -> RecomputeResult:
     # The marked users' edges: their vectors need them, and with the fold-in the new items among them may count
     # these users among their first shoppers.
     marked_users = sorted(by_label[USER])
-    user_reads = subgraph.user_edges(ctx.driver, marked_users, database=ctx.database) if marked_users else ([], {})
+    with timed(steps, "user_edges"):
+        user_reads = subgraph.user_edges(ctx.driver, marked_users, database=ctx.database) if marked_users else ([], {})
     read_for = set(marked_users)
-    clock.step("user_edges")
     shopped = {e.item for e in user_reads[0]} if enc.fold_users else set()
-    new_ids = sorted(
-        {i for i in by_label[ITEM] | shopped if not enc.is_fixed(i)}
-        | {
-            i
-            for i in subgraph.items_under(ctx.driver, by_label[CATEGORY], by_label[BRAND], database=ctx.database)
-            if not enc.is_fixed(i)
-        }
-    )
-    clock.step("items_under")
-    stored_new = subgraph.stored_vectors(ctx.driver, ITEM, new_ids, database=ctx.database)
-    new_rows = subgraph.items(ctx.driver, new_ids, database=ctx.database)
-    clock.step("new_items_read")
-    fold_edges = _fold_edges(ctx, new_ids)
-    clock.lap("pull_s", "fold_edges")
-    new_out, new_in, new_scale = enc.new_items_scaled(new_rows, fold_edges)
-    new_vecs = dict(zip([r.id for r in new_rows], new_out))
-    sends = dict(zip([r.id for r in new_rows], new_in))
-    to_write: dict[str, np.ndarray] = dict(zip(known, _np(enc.known_vectors(known)))) if known else {}
-    scales: dict[str, float] = dict(zip(known, _np(enc.known_scales(known)).tolist())) if known else {}
-    scales.update(zip([r.id for r in new_rows], _np(new_scale).tolist()))
-    propagate: list[str] = []
-    for iid, vec_t in new_vecs.items():
-        vec = _np(vec_t)
-        stored = stored_new.get(iid)
-        if _differs(stored, vec, version):
-            to_write[iid] = vec
-            if stored is not None and stored.vector is not None and stored.version == version:
-                propagate.append(iid)  # users computed with the old vector of this item must follow
-    clock.lap("forward_s", "items_forward")
-    early = _publish_first(ctx, res, marks, {i: to_write[i] for i in new_vecs if i in to_write}, scales, clock)
+    with timed(steps, "items_under"):
+        under = subgraph.items_under(ctx.driver, by_label[CATEGORY], by_label[BRAND], database=ctx.database)
+    new_ids = sorted({i for i in by_label[ITEM] | shopped | set(under) if not enc.is_fixed(i)})
+    with timed(steps, "new_items_read"):
+        stored_new = subgraph.stored_vectors(ctx.driver, ITEM, new_ids, database=ctx.database)
+        new_rows = subgraph.items(ctx.driver, new_ids, database=ctx.database)
+    with timed(steps, "fold_edges"):
+        fold_edges = _fold_edges(ctx, new_ids)
+    with timed(steps, "items_forward"):
+        new_out, new_in, new_scale = enc.new_items_scaled(new_rows, fold_edges)
+        new_vecs = dict(zip([r.id for r in new_rows], new_out))
+        sends = dict(zip([r.id for r in new_rows], new_in))
+        to_write: dict[str, np.ndarray] = dict(zip(known, _np(enc.known_vectors(known)))) if known else {}
+        scales: dict[str, float] = dict(zip(known, _np(enc.known_scales(known)).tolist())) if known else {}
+        scales.update(zip([r.id for r in new_rows], _np(new_scale).tolist()))
+        propagate: list[str] = []
+        for iid, vec_t in new_vecs.items():
+            vec = _np(vec_t)
+            stored = stored_new.get(iid)
+            if _differs(stored, vec, version):
+                to_write[iid] = vec
+                if stored is not None and stored.vector is not None and stored.version == version:
+                    propagate.append(iid)  # users computed with the old vector of this item must follow
+    with timed(steps, "publish_first"):
+        early = _publish_first(ctx, res, marks, {i: to_write[i] for i in new_vecs if i in to_write}, scales)
 
     # 3. users
-    reached = subgraph.users_of_items(ctx.driver, propagate, database=ctx.database) if propagate else set()
-    clock.step("users_of_items")
+    with timed(steps, "users_of_items"):
+        reached = subgraph.users_of_items(ctx.driver, propagate, database=ctx.database) if propagate else set()
     user_ids = sorted(by_label[USER] | reached)
     res.propagated_users = len(reached - by_label[USER])
-    user_vecs, extra_items, extra_scales, egos = _users(ctx, user_ids, sends, clock, user_reads, read_for)
+    user_vecs, extra_items, extra_scales = _users(ctx, user_ids, sends, steps, user_reads, read_for)
     to_write.update(extra_items)
     scales.update(extra_scales)
 
-    query_vecs = _queries(ctx, by_label[QUERY], clock)
-    _commit(ctx, res, marks, {ITEM: to_write, USER: user_vecs, QUERY: query_vecs}, scales, egos, clock, early)
+    query_vecs = _queries(ctx, by_label[QUERY], steps)
+    _commit(ctx, res, marks, {ITEM: to_write, USER: user_vecs, QUERY: query_vecs}, scales, early)
+    _phases(res)
     log.info("recompute round: %d marks, %d users; steps %s", res.marks, res.users, res.as_dict()["steps"])
     return res
 
 
 def _publish_first(
-    ctx: Context, res: RecomputeResult, marks: list[Mark], items: dict[str, np.ndarray], scales: dict[str, float], clock: _Clock
+    ctx: Context, res: RecomputeResult, marks: list[Mark], items: dict[str, np.ndarray], scales: dict[str, float]
 ) -> set[str]:
     """Changed new items' vectors go on the delta stream before their shoppers are recomputed: a new item is what
     shoppers like its buyers wait for (issue 16: in their top 10 within 2 s of its 20th purchase), while its first
@@ -222,22 +256,18 @@ def _publish_first(
     if not items:
         return set()
     since = {m.id: m.since for m in marks if m.label == ITEM and m.id in items and m.since is not None}
-    t0 = time.perf_counter()
     res.published += publish_vectors(ctx.redis, ctx.stream, {ITEM: items}, ctx.encoder.version, {ITEM: since}, scales)
-    res.timings.publish_s += time.perf_counter() - t0
-    clock.step("publish_first")
-    clock.t = time.perf_counter()  # the publish is timed as such, not as the users' pull
     return set(items)
 
 
-def _queries(ctx: Context, ids: Collection[str], clock: _Clock) -> dict[str, np.ndarray]:
+def _queries(ctx: Context, ids: Collection[str], steps: dict[str, float]) -> dict[str, np.ndarray]:
     """Query vectors: their text only."""
     if not ids:
         return {}
-    texts = subgraph.query_texts(ctx.driver, ids, database=ctx.database)
-    clock.lap("pull_s", "query_texts")
-    q = ctx.encoder.queries([texts[k] for k in sorted(texts)])
-    clock.lap("forward_s", "queries_forward")
+    with timed(steps, "query_texts"):
+        texts = subgraph.query_texts(ctx.driver, ids, database=ctx.database)
+    with timed(steps, "queries_forward"):
+        q = ctx.encoder.queries([texts[k] for k in sorted(texts)])
     return dict(zip(sorted(texts), _np(q))) if q is not None else {}
 
 
@@ -247,15 +277,13 @@ def _commit(
     marks: list[Mark],
     vecs: dict[str, dict[str, np.ndarray]],
     scales: dict[str, float],
-    egos: Callable[[], dict[str, np.ndarray | None]],
-    clock: _Clock,
     published: Collection[str] = (),
 ) -> None:
-    """Publish (but for the items in ``published``, already on the stream: `_publish_first`), compute the users'
-    ego vectors (``egos``: `_ego` over what the user vectors read), then write (items first) clearing the marks
-    of what was written, and compare-and-clear the marks of the nodes not written (known items, categories,
-    brands, ...), all in one transaction (`graphdb.round_commit`): a crash after publishing leaves the marks, so
-    the same vectors are computed, published and written again."""
+    """Publish (but for the items in ``published``, already on the stream: `_publish_first`), then write (items
+    first) clearing the marks of what was written, mark the written users' ego vectors as due (`recompute_ego`),
+    and compare-and-clear the marks of the nodes not written (known items, categories, brands, ...), all in one
+    transaction (`graphdb.round_commit`): a crash after publishing leaves the marks, so the same vectors are
+    computed, published and written again."""
     version = ctx.encoder.version
     tokens: dict[str, dict[str, str]] = defaultdict(dict)
     since: dict[str, dict[str, float]] = defaultdict(dict)
@@ -263,24 +291,22 @@ def _commit(
         tokens[m.label][m.id] = m.token
         if m.since is not None:
             since[m.label][m.id] = m.since
-    t0 = time.perf_counter()
-    rest = {i: v for i, v in vecs[ITEM].items() if i not in published}
-    res.published += publish_vectors(ctx.redis, ctx.stream, {ITEM: rest, USER: vecs[USER]}, version, since, scales)
-    res.timings.publish_s += time.perf_counter() - t0
-    clock.lap("write_s", "publish")
-    # The ego GIN runs after the publish: the served vectors reach the servers without waiting for it (at the
-    # 1024-wide default it was half of a round at 200 events/s, issue 16); its vectors (SimilarUsers) are written
-    # with the users' in the one transaction below, so they still land before the users' marks clear.
-    ego = egos()
-    clock.lap("forward_s", "ego_forward")
-    # one transaction: ego vectors, then items, users, queries (each clearing its mark), then the other marks
+    with timed(res.steps, "publish"):
+        rest = {i: v for i, v in vecs[ITEM].items() if i not in published}
+        res.published += publish_vectors(ctx.redis, ctx.stream, {ITEM: rest, USER: vecs[USER]}, version, since, scales)
+    # The ego vectors (SimilarUsers) follow in ego rounds of their own: at 200 events/s their GIN and writes were a
+    # third of a round (issue 16), which the next user round waited for.
+    ego_due = list(vecs[USER]) if ego_encoder(ctx.encoder) is not None else []
     others = [m for m in marks if m.id not in vecs.get(m.label, ())]
-    counts = commit_round(
-        ctx.driver, RoundWrites(version, vecs, tokens, scales, ego, others), database=ctx.database, batch_size=ctx.write_batch
-    )
+    with timed(res.steps, "commit"):
+        counts = commit_round(
+            ctx.driver,
+            RoundWrites(version, vecs, tokens, scales, ego_due, others),
+            database=ctx.database,
+            batch_size=ctx.write_batch,
+        )
     res.items, res.users, res.queries = (counts.written.get(label, 0) for label in (ITEM, USER, QUERY))
     res.cleared = counts.cleared
-    clock.lap("write_s", "commit")
 
 
 def _searches(ctx: Context, user_ids: list[str]) -> dict[str, list[str]] | None:
@@ -299,47 +325,73 @@ def _fold_edges(ctx: Context, new_ids: list[str]) -> list[subgraph.EdgeRow]:
     return subgraph.user_edges(ctx.driver, shoppers, database=ctx.database)[0] if shoppers else []
 
 
+@dataclass
+class _UserInputs:
+    """What users' vectors (and ego vectors) read: every edge (and item version) of the users, their capped items,
+    and what each new item among those sends (computed from its metadata and first shoppers, never read back)."""
+
+    edges: list[subgraph.EdgeRow]
+    item_version: dict[str, str | None]
+    neighbours: dict[str, list[str]]
+    sends: dict[str, torch.Tensor]
+    rows: list[subgraph.ItemRow]  # the new items whose sends were computed here
+    out_vecs: torch.Tensor | None = None
+    in_scales: torch.Tensor | None = None
+
+
+def _user_inputs(
+    ctx: Context,
+    user_ids: list[str],
+    fresh: dict[str, torch.Tensor],
+    steps: dict[str, float],
+    read: tuple[list[subgraph.EdgeRow], dict[str, str | None]] = ([], {}),
+    read_for: Collection[str] = (),
+) -> _UserInputs:
+    enc = ctx.encoder
+    rest = [u for u in user_ids if u not in read_for]
+    with timed(steps, "reached_user_edges"):
+        edges, item_version = subgraph.user_edges(ctx.driver, rest, database=ctx.database) if rest else ([], {})
+    edges, item_version = read[0] + edges, {**read[1], **item_version}
+    with timed(steps, "capped_neighbours"):
+        neighbours = capped_neighbours(edges, enc.user_cap, enc.half_life_days)
+    # A new item's stored vector is its output (d^b x); what it sends to users (d^-a x) is computed from its
+    # metadata and first shoppers here (text vectors are cached), never read back from the stored one.
+    missing = sorted({i for items in neighbours.values() for i in items if not enc.is_fixed(i)} - set(fresh))
+    with timed(steps, "user_new_items_read"):
+        rows = subgraph.items(ctx.driver, missing, database=ctx.database) if missing else []
+        fold_edges = _fold_edges(ctx, missing)
+    with timed(steps, "user_new_items_forward"):
+        out_vecs, in_vecs, in_scales = enc.new_items_scaled(rows, fold_edges)
+    sends = {**fresh, **dict(zip([r.id for r in rows], in_vecs))}
+    return _UserInputs(edges, item_version, neighbours, sends, rows, out_vecs, in_scales)
+
+
 def _users(
     ctx: Context,
     user_ids: list[str],
     fresh: dict[str, torch.Tensor],
-    clock: _Clock,
+    steps: dict[str, float],
     read: tuple[list[subgraph.EdgeRow], dict[str, str | None]] = ([], {}),
     read_for: Collection[str] = (),
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, float], Callable[[], dict[str, np.ndarray | None]]]:
-    """User vectors, the vectors (and in_scales) of new items computed on the way that Neo4j lacks for this
-    version (to be written too), and what computes the users' ego vectors (None: no items; `_ego`) when called,
-    which `_commit` does after the publish. ``fresh``: what the new items computed in this recompute send to
-    their users; ``read``: every edge (and item version) of the users ``read_for``, already read."""
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, float]]:
+    """User vectors, and the vectors (and in_scales) of new items computed on the way that Neo4j lacks for this
+    version (to be written too). ``fresh``: what the new items computed in this recompute send to their users;
+    ``read``: every edge (and item version) of the users ``read_for``, already read."""
     enc, version = ctx.encoder, ctx.encoder.version
     if not user_ids:
-        return {}, {}, {}, dict
-    rest = [u for u in user_ids if u not in read_for]
-    edges, item_version = subgraph.user_edges(ctx.driver, rest, database=ctx.database) if rest else ([], {})
-    edges, item_version = read[0] + edges, {**read[1], **item_version}
-    clock.step("reached_user_edges")
-    neighbours = capped_neighbours(edges, enc.user_cap, enc.half_life_days)
-    clock.step("capped_neighbours")
-    # A new item's stored vector is its output (d^b x); what it sends to users (d^-a x) is computed from its
-    # metadata and first shoppers here (text vectors are cached), never read back from the stored one.
-    missing = sorted({i for items in neighbours.values() for i in items if not enc.is_fixed(i)} - set(fresh))
-    rows = subgraph.items(ctx.driver, missing, database=ctx.database) if missing else []
-    fold_edges = _fold_edges(ctx, missing)
-    clock.lap("pull_s", "user_new_items_read")
-    out_vecs, in_vecs, in_scales = enc.new_items_scaled(rows, fold_edges)
-    ids = [r.id for r in rows]
-    sends = {**fresh, **dict(zip(ids, in_vecs))}
-    clock.step("user_new_items_forward")
-    searches = _searches(ctx, user_ids)
-    clock.step("searches_read")
-    times, strengths = latest_times(edges), pair_strengths(edges, enc.behaviour_weights)
-    clock.step("times_strengths")
-    out = enc.users(neighbours, user_ids, sends, times, strengths, searches)
-    egos = partial(_ego, ctx, neighbours, user_ids, sends)
-    clock.lap("forward_s", "users_forward")
-    unstored = {i: _np(v) for i, v in zip(ids, out_vecs) if item_version.get(i) != version}
-    scales = {i: s for i, s in zip(ids, _np(in_scales).tolist()) if i in unstored}
-    return dict(zip(user_ids, _np(out))), unstored, scales, egos
+        return {}, {}, {}
+    got = _user_inputs(ctx, user_ids, fresh, steps, read, read_for)
+    with timed(steps, "searches_read"):
+        searches = _searches(ctx, user_ids)
+    with timed(steps, "times_strengths"):
+        times, strengths = latest_times(got.edges), pair_strengths(got.edges, enc.behaviour_weights)
+    with timed(steps, "users_forward"):
+        out = enc.users(got.neighbours, user_ids, got.sends, times, strengths, searches)
+    ids = [r.id for r in got.rows]
+    assert got.out_vecs is not None and got.in_scales is not None
+    unstored = {i: _np(v) for i, v in zip(ids, got.out_vecs) if got.item_version.get(i) != version}
+    scales = {i: s for i, s in zip(ids, _np(got.in_scales).tolist()) if i in unstored}
+    return dict(zip(user_ids, _np(out))), unstored, scales
 
 
 def _ego(
@@ -355,6 +407,49 @@ def _ego(
     if with_items:
         out.update(zip(with_items, _np(ego.vectors(neighbours, with_items, sends))))
     return out
+
+
+# ------------------------------------------------------------------------------------------------ ego rounds
+@dataclass
+class EgoResult:
+    version: str
+    marks: int = 0
+    written: int = 0
+    removed: int = 0
+    dropped: int = 0
+    stale: int = 0
+    steps: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        out = {k: v for k, v in self.__dict__.items() if k != "steps"}
+        out["steps"] = {k: round(v, 4) for k, v in self.steps.items()}
+        return out
+
+
+def recompute_ego(ctx: Context, limit: int = 200) -> EgoResult:
+    """One ego round: the ego vectors (SimilarUsers) of the users of the oldest ``limit`` ego marks, computed from
+    the graph as it is now with the functions the user vectors use (`_user_inputs`, `_ego`: what a full recompute
+    computes), written each with its mark cleared if the mark's token is unchanged (`graphdb.ego.commit_ego`). It
+    reads marks before the graph, so a vector written is never older than the user round that marked it; a user
+    recomputed meanwhile has a new token and keeps the mark. Needs no recompute lock (it writes ego vectors and
+    ego marks only), and each step is idempotent, so a killed round is run again."""
+    res = EgoResult(ctx.encoder.version)
+    with timed(res.steps, "read_marks"):
+        marks = read_ego_marks(ctx.driver, limit=limit, database=ctx.database)
+    res.marks = len(marks)
+    if not marks:
+        return res
+    vectors: dict[str, np.ndarray | None] = {}
+    if ego_encoder(ctx.encoder) is not None:  # else: the marks are of a version with an ego model; only cleared
+        user_ids = sorted({m.id for m in marks})
+        got = _user_inputs(ctx, user_ids, {}, res.steps)
+        with timed(res.steps, "ego_forward"):
+            vectors = _ego(ctx, got.neighbours, user_ids, got.sends)
+    with timed(res.steps, "commit"):
+        counts = commit_ego(ctx.driver, marks, vectors, ctx.encoder.version, database=ctx.database)
+    res.written, res.removed, res.dropped, res.stale = counts.written, counts.removed, counts.dropped, counts.stale
+    log.info("ego round: %d marks, %d written; steps %s", res.marks, res.written, res.as_dict()["steps"])
+    return res
 
 
 def _write_ego(ctx: Context, egos: dict[str, np.ndarray | None], version: str) -> None:
@@ -435,51 +530,51 @@ class FullVectors:
 def full_vectors(ctx: Context, progress: Callable[[str], None] | None = None) -> FullVectors:
     """Every user, item and query vector from the whole graph (pull + forward; nothing written)."""
     enc = ctx.encoder
-    timings = Timings()
-    clock = _Clock(timings)
+    phases: dict[str, float] = {}
     say = progress or (lambda _msg: None)
-    say("reading items")
-    items = subgraph.all_items(ctx.driver, database=ctx.database)
-    say(f"reading edges of {len(items):,} items")
-    edges = subgraph.all_edges(ctx.driver, database=ctx.database)
-    users = subgraph.all_user_ids(ctx.driver, database=ctx.database)
-    queries = subgraph.all_query_texts(ctx.driver, database=ctx.database)
-    clock.lap("pull_s")
+    with timed(phases, "pull_s"):
+        say("reading items")
+        items = subgraph.all_items(ctx.driver, database=ctx.database)
+        say(f"reading edges of {len(items):,} items")
+        edges = subgraph.all_edges(ctx.driver, database=ctx.database)
+        users = subgraph.all_user_ids(ctx.driver, database=ctx.database)
+        queries = subgraph.all_query_texts(ctx.driver, database=ctx.database)
     say(f"embedding {len(users):,} users, {len(items):,} items")
-    known = [r.id for r in items if enc.is_fixed(r.id)]
-    new_rows = [r for r in items if not enc.is_fixed(r.id)]
-    item_vecs: dict[str, torch.Tensor] = dict(zip(known, enc.known_vectors(known))) if known else {}
-    scales: dict[str, float] = dict(zip(known, _np(enc.known_scales(known)).tolist())) if known else {}
-    new_out, new_in, new_scale = enc.new_items_scaled(new_rows, edges)
-    item_vecs.update(zip([r.id for r in new_rows], new_out))
-    scales.update(zip([r.id for r in new_rows], _np(new_scale).tolist()))
-    neighbours = capped_neighbours(edges, enc.user_cap, enc.half_life_days)
-    user_ids = sorted(users)
-    out: dict[str, dict[str, np.ndarray]] = {ITEM: {i: _np(v) for i, v in item_vecs.items()}}
-    sends = dict(zip([r.id for r in new_rows], new_in))
-    searched = latest_searches(all_searches(ctx.driver, database=ctx.database), enc.search_cap) if enc.search_weight else None
-    u = enc.users(neighbours, user_ids, sends, latest_times(edges), pair_strengths(edges, enc.behaviour_weights), searched)
-    out[USER] = dict(zip(user_ids, _np(u)))
-    egos = _ego(ctx, neighbours, user_ids, sends)
-    q = enc.queries([queries[k] for k in sorted(queries)])
-    out[QUERY] = dict(zip(sorted(queries), _np(q))) if q is not None else {}
-    clock.lap("forward_s")
-    return FullVectors(enc.version, out, timings, scales, egos)
+    with timed(phases, "forward_s"):
+        known = [r.id for r in items if enc.is_fixed(r.id)]
+        new_rows = [r for r in items if not enc.is_fixed(r.id)]
+        item_vecs: dict[str, torch.Tensor] = dict(zip(known, enc.known_vectors(known))) if known else {}
+        scales: dict[str, float] = dict(zip(known, _np(enc.known_scales(known)).tolist())) if known else {}
+        new_out, new_in, new_scale = enc.new_items_scaled(new_rows, edges)
+        item_vecs.update(zip([r.id for r in new_rows], new_out))
+        scales.update(zip([r.id for r in new_rows], _np(new_scale).tolist()))
+        neighbours = capped_neighbours(edges, enc.user_cap, enc.half_life_days)
+        user_ids = sorted(users)
+        out: dict[str, dict[str, np.ndarray]] = {ITEM: {i: _np(v) for i, v in item_vecs.items()}}
+        sends = dict(zip([r.id for r in new_rows], new_in))
+        searched = latest_searches(all_searches(ctx.driver, database=ctx.database), enc.search_cap) if enc.search_weight else None
+        u = enc.users(neighbours, user_ids, sends, latest_times(edges), pair_strengths(edges, enc.behaviour_weights), searched)
+        out[USER] = dict(zip(user_ids, _np(u)))
+        egos = _ego(ctx, neighbours, user_ids, sends)
+        q = enc.queries([queries[k] for k in sorted(queries)])
+        out[QUERY] = dict(zip(sorted(queries), _np(q))) if q is not None else {}
+    return FullVectors(enc.version, out, Timings(**phases), scales, egos)
 
 
 def write_all(ctx: Context, full: FullVectors, progress: Callable[[str], None] | None = None) -> int:
     """Write every vector of ``full`` to Neo4j (nothing published: servers load a version on activation)."""
-    clock = _Clock(full.timings)
-    if full.version == ctx.encoder.version:
-        _ensure_card(ctx)
-    n = 0
-    for label in (ITEM, USER, QUERY):
-        if full.vectors[label]:
-            if progress:
-                progress(f"writing {len(full.vectors[label]):,} {label} vectors")
-            n += _write(ctx, label, full.vectors[label], full.version, in_scales=full.in_scales if label == ITEM else None)[0]
-    _write_ego(ctx, full.ego, full.version)
-    clock.lap("write_s")
+    phases: dict[str, float] = {}
+    with timed(phases, "write_s"):
+        if full.version == ctx.encoder.version:
+            _ensure_card(ctx)
+        n = 0
+        for label in (ITEM, USER, QUERY):
+            if full.vectors[label]:
+                if progress:
+                    progress(f"writing {len(full.vectors[label]):,} {label} vectors")
+                n += _write(ctx, label, full.vectors[label], full.version, in_scales=full.in_scales if label == ITEM else None)[0]
+        _write_ego(ctx, full.ego, full.version)
+    full.timings.write_s += phases["write_s"]
     return n
 
 

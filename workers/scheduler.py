@@ -1,5 +1,6 @@
 """The recompute trigger: wakes on an ingestion signal or every ``IG_WORKER_RECOMPUTE_INTERVAL_S``, and queues
-one ``interest.recompute`` when marks are waiting.
+one ``interest.recompute`` when marks are waiting (change marks, or ego marks: the users whose ego vectors are due,
+which the task's ego rounds take after its user round, `workers.jobs.ego_rounds`).
 
 Ingestion (the gRPC server) pushes onto the list ``IG_WORKER_CHANGED_KEY`` after a write; the scheduler pops it
 (``BLPOP``), waits ``IG_WORKER_DEBOUNCE_S`` so a burst lands in one recompute, and sends the task unless one
@@ -22,6 +23,7 @@ import redis
 from celery import Celery
 
 from graphdb.changes import count_marks
+from graphdb.ego import count_ego_marks
 from graphdb.slots import partition_backlog
 from workers.redis_connect import connect
 from workers.redis_keys import queued_key
@@ -50,10 +52,12 @@ class Scheduler:
             time.sleep(self.ws.debounce_s)
         if self.ws.partitions > 1:
             waiting = sorted(partition_backlog(self.driver, self.ws.partitions, database=self.database))
-            return sum(self._send(p) for p in waiting) > 0
-        if count_marks(self.driver, database=self.database) == 0:
-            return False
-        return self._send(None)
+            if waiting:
+                return sum(self._send(p) for p in waiting) > 0
+        elif count_marks(self.driver, database=self.database):
+            return self._send(None)
+        # only ego marks wait (if any): a recompute without a partition runs its ego rounds
+        return count_ego_marks(self.driver, database=self.database) > 0 and self._send(None)
 
     def _send(self, partition: int | None) -> bool:
         key = queued_key(self.ws.changed_key, partition)

@@ -33,6 +33,9 @@ class WorkerSettings(BaseSettings):
     # After a signal, wait this long for more changes to arrive in the same recompute.
     debounce_s: float = Field(default=0.05, ge=0)
     recompute_batch: int = Field(default=20000, ge=1, description="marks taken by one recompute")
+    # Users per ego round (SimilarUsers' vectors, workers.recompute.recompute_ego): a user round queued meanwhile
+    # waits for at most one, so small; a round's fixed cost (reads, one commit) argues against too small.
+    ego_batch: int = Field(default=200, ge=1)
     # One recompute at a time per partition (Redis lock); a lock whose holder died expires after this.
     lock_timeout_s: float = Field(default=60.0, gt=0)
     # Partitions of the marks (workers.partitions): up to this many workers recompute at once. 1 = one global
