@@ -9,7 +9,8 @@ the served model on the live graph and rolls it out. Then a client streams event
 ``--rate`` events/s (a request every 50 ms) for ``--duration-s``. Every event is by a different existing user, so
 the first vector of that user written or published after the acknowledgement is the one that event caused. A
 reader follows the delta stream; Neo4j's ``emb_updated_at`` gives the write time. The RESULT's p50/p99/max are
-for the vector being on the stream (it is published after the Neo4j write), the ``neo4j_*`` ones for the write.
+for the vector being on the stream (it is published after the Neo4j write), the ``neo4j_*`` ones for the write,
+the ``ego_*`` ones for the user's ego vector (SimilarUsers; written in ego rounds after the user rounds).
 ``--model hetero-*``: the worker trains (one epoch) and serves a ``--layers`` K-layer heterogeneous encoder, as
 ``bench.incremental`` does, and the scheduler's rounds recompute its K-hop affected set (``workers.hetero_recompute``).
 """
@@ -34,13 +35,14 @@ from bench._common import emit_result
 from bench._paced_ingest import paced_ingest
 from bench._stack import log, pipeline, start_scheduler
 from bench._stream_watch import StreamWatch
+from graphdb.ego import count_ego_marks
 from graphdb.loaders import DATASETS
 from graphdb.pseudonym import pseudonymise
 from graphdb.settings import DataSettings, GraphSettings
 from proto.interest.v1 import interest_pb2 as pb
 from workers import process
 
-_UPDATED = "UNWIND $ids AS id MATCH (u:User {id: id}) RETURN u.id AS id, u.emb_updated_at AS at"
+_UPDATED = "UNWIND $ids AS id MATCH (u:User {id: id}) RETURN u.id AS id, u.emb_updated_at AS at, u.ego_updated_at AS ego_at"
 _USERS = "MATCH (u:User) RETURN count(u) AS n"
 
 
@@ -146,13 +148,21 @@ def main(
             while time.time() < deadline and not all(pseudo[u] in watch.seen for u, _ in acks):
                 time.sleep(0.2)
             log(f"sent {len(acks):,}; all published {time.time() - sent_s:.1f}s after the last")
+            # the ego vectors (SimilarUsers) follow in ego rounds of their own: how long after the last event they drain
+            while time.time() < deadline + 60 and count_ego_marks(p.driver):
+                time.sleep(0.2)
+            ego_drained_s = round(time.time() - sent_s, 1)
         finally:
             watch.stop.set()
             process.stop(scheduler)
         missing = [u for u, _ in acks if pseudo[u] not in watch.seen]
         stream_lat = [watch.seen[pseudo[u]] - at for u, at in acks if pseudo[u] in watch.seen]
-        written = {r["id"]: r["at"] for r in p.driver.execute_query(_UPDATED, ids=list(pseudo.values())).records}
+        rows = p.driver.execute_query(_UPDATED, ids=list(pseudo.values())).records
+        written = {r["id"]: r["at"] for r in rows}
         neo4j_lat = [written[pseudo[u]] - at for u, at in acks if written.get(pseudo[u])]
+        # the user's ego vector written after the ack (a model without an ego GIN writes none)
+        ego = {r["id"]: r["ego_at"] for r in rows if r["ego_at"] is not None}
+        ego_lat = [ego[pseudo[u]] - at for u, at in acks if ego.get(pseudo[u], 0.0) > at]
         result = {
             "bench": "freshness",
             "dataset": dataset,
@@ -163,6 +173,9 @@ def main(
             **percentiles(stream_lat),
             **{f"neo4j_{k}": v for k, v in percentiles(neo4j_lat).items()},
             "missing": len(missing),
+            **({f"ego_{k}": v for k, v in percentiles(ego_lat).items()} if ego_lat else {}),
+            "ego_written": len(ego_lat),
+            "ego_drained_after_last_s": ego_drained_s,
         }
     emit_result(result, out)
 
