@@ -66,8 +66,12 @@ SET n._lock = true
 REMOVE n._lock
 WITH n, r WHERE n:{EGO_DIRTY} AND n.ego_chg = r.token
 """
+# Only over a user vector of the same version: an ego round of the previous version that commits after a roll-out
+# wrote the user's new vector leaves the mark for the new version's round (ego rounds hold no recompute lock).
+_SAME_VERSION = "  AND n.emb_version = $version\n"
 _WRITE_MARKED = (
     _LOCKED
+    + _SAME_VERSION
     + f"""CALL db.create.setNodeVectorProperty(n, 'ego', r.vector)
 SET n.ego_version = $version, n.ego_updated_at = $now
 REMOVE n:{EGO_DIRTY}, n.ego_chg, n.ego_since
@@ -76,6 +80,7 @@ RETURN count(n) AS n
 )
 _CLEAR_MARKED = (
     _LOCKED
+    + _SAME_VERSION
     + f"""REMOVE n:{EGO_DIRTY}, n.ego_chg, n.ego_since, n.ego, n.ego_version
 SET n.ego_updated_at = $now
 RETURN count(n) AS n
@@ -160,7 +165,7 @@ class EgoCounts:
     written: int = 0  # ego vectors written (their marks cleared with them)
     removed: int = 0  # users left without items: vector removed, mark cleared
     dropped: int = 0  # marks cleared without a vector (a version without an ego model)
-    stale: int = 0  # marks whose token changed meanwhile: kept for the next round
+    stale: int = 0  # marks whose token changed meanwhile (or whose user vector is another version's): kept
 
 
 def read_ego_marks(driver: neo4j.Driver, *, limit: int, database: str = "neo4j") -> list[EgoMark]:
@@ -184,7 +189,8 @@ def commit_ego(
 ) -> EgoCounts:
     """One ego round's writes in one transaction: for each mark whose token is unchanged, its user's vector from
     ``vectors`` (None: the user has no items, so no vector), the mark cleared with it; a mark whose user is not in
-    ``vectors`` is only cleared (the version has no ego model). A mark whose token changed stays."""
+    ``vectors`` is only cleared (the version has no ego model). A mark whose token changed, or whose user's stored
+    vector is of another version than ``model_version``, stays."""
     now = time.time() if now is None else now
     rows: dict[str, list[dict[str, Any]]] = {"write": [], "remove": [], "drop": []}
     for m in sorted(marks, key=lambda m: m.id):  # a fixed lock order avoids deadlocks
