@@ -422,3 +422,70 @@ def test_many_lists_are_assigned_by_pq_codes_refined_exactly_keeping_recall_and_
     assert (ivf_again.nprobe, ivf_again.implem) == (ivf.nprobe, ivf.implem) == (64, 11)
     for q, g in zip(queries[:10], got):
         assert np.array_equal(again.search(q[None, :], 10)[0][0], g)
+
+
+def _decaying(n: int, dim: int, seed: int) -> np.ndarray:
+    """Vectors shaped like the served model's: clustered, components of decaying scale, norms spread."""
+    rng = np.random.default_rng(seed)
+    scale = np.geomspace(1.0, 0.05, dim).astype(np.float32)
+    centres = rng.standard_normal((40, dim)).astype(np.float32)
+    x = (centres[rng.integers(0, 40, n)] + 0.3 * rng.standard_normal((n, dim)).astype(np.float32)) * scale
+    return x * rng.uniform(0.2, 5.0, (n, 1)).astype(np.float32)
+
+
+def test_int8_re_rank_returns_the_float32_re_rank_answer_and_scores(tmp_path) -> None:
+    """The re-rank that reads the int8 copy first (``refine_int8``) returns the same items and the same float32
+    scores as the re-rank that reads float32 only: unfiltered, with exclusions, with tombstones over-fetched and
+    skipped by FAISS's selector, under a filter answered by the IVF, after a snapshot and after compaction."""
+    n, dim = 6000, 128
+    x = _decaying(n, dim, 11)
+    ids = [f"i{j}" for j in range(n)]
+    queries = x[np.random.default_rng(12).choice(n, 60, replace=False)] * 1.3
+    allowed = np.zeros(n, bool)
+    allowed[::2] = True
+    answers = {}
+    for rough in (False, True):
+        params = IndexParams(
+            ann_min_items=1000, nprobe=8, ivf_dim=64, refine=128, ivf_codes="pq4", exact_filter_max=200, refine_int8=rough
+        )
+        index = ItemIndex.build(dim, "m1", LabelMap(), params, ids, x)
+        assert (index.base.rough is not None) == rough and (index.base.rough_bytes == n * (dim + 12)) == rough
+        got = [index.search(queries, 10), index.search(queries, 10, exclude=np.arange(0, 50))]
+        for j in range(50, 60):
+            index.delete(f"i{j}")
+        got.append(index.search(queries, 10))  # tombstones over-fetched
+        for j in range(60, 400):
+            index.delete(f"i{j}")
+        got.append(index.search(queries, 10))  # tombstones skipped by the selector
+        got.append(index.search(queries, 10, allowed=allowed))  # the IVF under a selector, nprobe boosted
+        save_snapshot(tmp_path / f"snap{rough}", index, {}, "0-0")
+        again = load_snapshot(tmp_path / f"snap{rough}", params).index
+        assert (again.base.rough is not None) == rough  # rebuilt from the float32 vectors on load
+        got.append(again.search(queries, 10))
+        live, vecs, versions, cents = index.compaction_input()
+        index.apply_compaction(build_base(vecs, live, params, cents), versions)
+        assert (index.base.rough is not None) == rough
+        got.append(index.search(queries, 10))
+        answers[rough] = got
+    for plain, roughly in zip(answers[False], answers[True]):
+        for (la, sa), (lb, sb) in zip(plain, roughly):
+            assert la.tolist() == lb.tolist() and sa.tolist() == sb.tolist()
+
+
+def test_int8_error_bound_keeps_the_items_int8_misorders() -> None:
+    """int8 rounds item b's third component up and item a's second down, so int8 alone ranks b first; a scores more
+    in float32. The bound on the int8 error keeps a among the candidates scored in float32, and a comes first, as the
+    float32 re-rank has it."""
+    n, dim = 3000, 64
+    x = 0.01 * _decaying(n, dim, 13)
+    step = 1.0 / 127  # both rows' largest component is 1.0: their int8 step
+    x[7, :3] = (1.0, 0.30 * step, 0.0)  # int8: (127, 0, 0)
+    x[3, :3] = (1.0, 0.0, 0.55 * step)  # int8: (127, 0, 1)
+    q = np.zeros((1, dim), np.float32)
+    q[0, :3] = (1.0, 2.0, 1.0)  # float32: a 1 + 0.60 step, b 1 + 0.55 step; as integers (64, 127, 64): b scores more
+    params = IndexParams(ann_min_items=1000, nprobe=8, ivf_dim=32, refine=64, ivf_codes="pq4")
+    index = ItemIndex.build(dim, "m1", LabelMap(), params, [f"i{j}" for j in range(n)], x)
+    assert index.base.rough is not None
+    labels, scores = index.search(q, 1)[0]
+    assert labels.tolist() == [7] and np.isclose(scores[0], 1.0 + 0.60 * step)
+    assert index.search(q, 2)[0][0].tolist() == [7, 3]
