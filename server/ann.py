@@ -205,8 +205,7 @@ def rough_refine(base: Base, dim: int, rows: Callable[[int, int], np.ndarray]) -
         norms[start:stop] = np.linalg.norm(block, axis=1)
     codes.ntotal = n
     first = faiss.RemapDimensionsTransform(2 * dim, base.width, False)  # type: ignore[arg-type]
-    ints = np.arange(dim, 2 * dim, dtype=np.int32)  # held while FAISS copies it: swig_ptr keeps no reference
-    second = faiss.RemapDimensionsTransform(2 * dim, dim, faiss.swig_ptr(ints))
+    second = faiss.RemapDimensionsTransform(2 * dim, dim, faiss.swig_ptr(np.arange(dim, 2 * dim, dtype=np.int32)))
     refined = faiss.IndexRefine(faiss.IndexPreTransform(first, base.index), faiss.IndexPreTransform(second, codes))
     refined.k_factor = 1.0  # the IVF fetches as many candidates as are asked for: all of them come back scored
     return Base(base.index, base.labels, base.centroids, refined, step, slack, norms)
