@@ -173,15 +173,11 @@ def raw_qps(raw: faiss.Index, vecs: np.ndarray, qpos: np.ndarray, min_s: float =
 
 def index_bytes(index: ItemIndex) -> dict:
     """Memory of the serving index: the full-width vectors every query may re-rank (with the headroom kept for
-    new items), the FAISS base (its serialised size: codes, ids and centroids) and the re-rank's int8 copy of
-    the base's vectors with their norms (``IG_SERVER_IVF_REFINE_INT8``), per million items."""
+    new items) and the FAISS base (its serialised size: codes, ids and centroids), per million items."""
     n = max(len(index), 1)
     vec = index._vec.nbytes  # noqa: SLF001 - measured, not changed
     faiss_bytes = int(faiss.serialize_index(index.base.index).nbytes)
-    rough = index.base.rough_bytes
-    total = vec + faiss_bytes + rough
-    gb = round(total / n * 1e6 / 2**30, 3)
-    return {"vectors_bytes": vec, "faiss_bytes": faiss_bytes, "int8_bytes": rough, "gb_per_million_items": gb}
+    return {"vectors_bytes": vec, "faiss_bytes": faiss_bytes, "gb_per_million_items": round((vec + faiss_bytes) / n * 1e6 / 2**30, 3)}
 
 
 def rss_mb(pid: int) -> float:
@@ -737,7 +733,6 @@ def index_params(args, codes: str) -> IndexParams:
         refine=defaults.ivf_refine,
         ann_min_items=defaults.ann_min_items,
         ivf_codes=codes,
-        refine_int8=defaults.ivf_refine_int8,
     )
 
 
@@ -806,9 +801,7 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
     kind = (
         (
             f"IVF ({index.base.codes}) over {index.base.width} of {dim} components, nlist {index.base.index.nlist}, "
-            f"nprobe {args.nprobe}"
-            + (f", re-rank {params.refine}" if index.base.width < dim or index.base.codes != "flat" else "")
-            + (" (int8 first)" if index.base.rough is not None else "")
+            f"nprobe {args.nprobe}" + (f", re-rank {params.refine}" if index.base.width < dim or index.base.codes != "flat" else "")
         )
         if index.base.is_ivf
         else f"flat, {dim} components"

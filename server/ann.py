@@ -11,7 +11,6 @@ centroids in seconds, where 1M-item HNSW builds take minutes on 2 cores.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import faiss
 import numpy as np
@@ -60,9 +59,6 @@ class IndexParams:
     overfetch_max: int = 256
     # Filtered IVF search probes nprobe / selectivity lists, at most this many times nprobe.
     filter_probe_boost_max: int = 16
-    # The re-rank reads an int8 copy of the base's vectors first, then float32 for the few candidates the int8
-    # error leaves in doubt (``rough_refine``): the same answer, for 1 more byte a component held per item.
-    refine_int8: bool = True
 
 
 # Narrower IVFs keep floats: their lists cost little, and a few 4-bit sub-quantizers blur the candidates more
@@ -91,13 +87,6 @@ class Base:
     index: faiss.Index
     labels: np.ndarray
     centroids: np.ndarray | None  # kept to rebuild IVF without retraining
-    # ``rough_refine``: the IVF and an int8 copy of the full-width vectors (by position) searched in one FAISS
-    # call; each position's step (its int8 scale), rounding slack and float32 norm bound the int8 error. None: the
-    # re-rank reads float32 only.
-    rough: faiss.Index | None = None
-    rough_step: np.ndarray | None = None
-    rough_slack: np.ndarray | None = None
-    rough_norms: np.ndarray | None = None
 
     @property
     def width(self) -> int:
@@ -114,13 +103,6 @@ class Base:
     def codes(self) -> str:
         """What the index holds: "flat" (floats) or "pq4" (product-quantizer codes: approximate scores)."""
         return "pq4" if isinstance(self.index, faiss.IndexIVFPQFastScan) else "flat"
-
-    @property
-    def rough_bytes(self) -> int:
-        """Memory of the int8 re-rank copy, its steps and norms."""
-        if self.rough is None:
-            return 0
-        return len(self.labels) * (self.rough.d // 2 + 12)  # a byte a component; step, slack and norm
 
     def pos_of(self) -> np.ndarray:
         """label -> position in this base (-1: not in it)."""
@@ -160,57 +142,6 @@ def coarse_quantizer(centroids: np.ndarray) -> faiss.Index:
     return refined
 
 
-# The int8 re-rank (``rough_refine``): each item's row is held as integers c = x / r rounded (r: the row's step, its
-# largest |component| / 127), and each query's as integers p = q s rounded (s = 127 / its largest |component|);
-# FAISS's int8 distance computer sums p_i c_i exactly (integers below 2^24 up to 1,024 components). With each
-# rounding at most half a unit (``ROUGH_HALF`` allows for float32's rounding of x / r and q s),
-# |q.x - (r / s) p.c| <= (r / s) (ROUGH_HALF sum |p_i| + ROUGH_HALF sum |c_i| + ROUGH_HALF^2 d). The float32 re-rank's
-# own sum rounds by at most d 2^-24 sum |q_i x_i| <= 2^-14 |q| |x| at d <= 1,024: ``ROUGH_SUMS`` per unit of |q| |x|
-# covers it and the rounding of the int8 score, 4 times over.
-ROUGH_HALF = 0.51
-ROUGH_SUMS = 2.0**-12
-ROUGH_MAX_DIM = 1024
-ROUGH_ROWS = 65_536  # positions converted at a time (no float32 copy of the whole base)
-
-
-def rough_refine(base: Base, dim: int, rows: Callable[[int, int], np.ndarray]) -> Base:
-    """``base`` with its int8 re-rank (``Base.rough``) when its scores are approximate (fewer components than
-    ``dim``, or codes): FAISS's ``IndexRefine`` runs the IVF and scores its candidates on an int8 copy of the
-    full-width vectors, in one call without the GIL. Its query is 2 ``dim`` wide: the float32 query, whose leading
-    components the IVF reads, then the query as integers, which the int8 codes are scored against.
-    ``rows(start, stop)``: the float32 vectors of those positions. `server.index.ItemIndex` then scores in float32
-    only the candidates whose int8 score is within the error bound of the k-th best, so the answer is the
-    float32 re-rank's. At 1M x 1024 the 300 candidates' float32 rows are 1.2 MB a query, the int8 copy a quarter
-    of that (docs/benchmarks.md, "Serving at the served width")."""
-    n = len(base.labels)
-    if not base.is_ivf or (base.width == dim and base.codes == "flat") or dim > ROUGH_MAX_DIM:
-        return base
-    codes = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit_direct_signed, faiss.METRIC_INNER_PRODUCT)
-    codes.train(np.zeros((1, dim), np.float32))  # nothing to learn; FAISS still wants the call
-    codes.codes.resize(n * dim)
-    held = faiss.rev_swig_ptr(codes.codes.data(), n * dim).reshape(n, dim)  # byte b holds b - 128
-    step = np.empty(n, np.float32)
-    slack = np.empty(n, np.float32)
-    norms = np.empty(n, np.float32)
-    for start in range(0, n, ROUGH_ROWS):
-        block = np.asarray(rows(start, min(n, start + ROUGH_ROWS)), np.float32)
-        if not np.all(np.isfinite(block)):
-            return base
-        r = np.abs(block).max(axis=1) / np.float32(127.0)
-        c = np.rint(block / np.where(r > 0, r, np.float32(1.0))[:, None]).clip(-127, 127)
-        stop = start + len(block)
-        held[start:stop] = (c + 128).astype(np.uint8)
-        step[start:stop] = r
-        slack[start:stop] = r * (ROUGH_HALF * np.abs(c).sum(axis=1) + ROUGH_HALF**2 * dim)
-        norms[start:stop] = np.linalg.norm(block, axis=1)
-    codes.ntotal = n
-    first = faiss.RemapDimensionsTransform(2 * dim, base.width, False)  # type: ignore[arg-type]
-    second = faiss.RemapDimensionsTransform(2 * dim, dim, faiss.swig_ptr(np.arange(dim, 2 * dim, dtype=np.int32)))
-    refined = faiss.IndexRefine(faiss.IndexPreTransform(first, base.index), faiss.IndexPreTransform(second, codes))
-    refined.k_factor = 1.0  # the IVF fetches as many candidates as are asked for: all of them come back scored
-    return Base(base.index, base.labels, base.centroids, refined, step, slack, norms)
-
-
 def tune(index: faiss.IndexIVF, params: IndexParams) -> None:
     """Search settings, which FAISS does not save with the index: ``nprobe``, and for PQ fast scan, the
     one-query-at-a-time scan with a reservoir of candidates (``implem`` 11) rather than the default's scan built
@@ -243,11 +174,11 @@ def build_base(vectors: np.ndarray, labels: np.ndarray, params: IndexParams, cen
         flat.add(vectors)
         return Base(flat, labels.astype(np.int64), None)
     width = min(params.ivf_dim or dim, dim)
-    held = np.ascontiguousarray(vectors[:, :width])
+    vectors = np.ascontiguousarray(vectors[:, :width])
     if centroids is None or centroids.shape[1] != width or not (len(centroids) * 20 <= n <= len(centroids) * 200):
         nlist = _nlist_for(n, params)
         rng = np.random.default_rng(0)
-        sample = held[rng.choice(n, size=min(n, 64 * nlist), replace=False)]
+        sample = vectors[rng.choice(n, size=min(n, 64 * nlist), replace=False)]
         km = faiss.Kmeans(width, nlist, niter=12, spherical=True, seed=1, max_points_per_centroid=64)
         km.train(sample)
         assert km.centroids is not None  # set by train()
@@ -256,10 +187,8 @@ def build_base(vectors: np.ndarray, labels: np.ndarray, params: IndexParams, cen
     index = ivf_index(quantizer, width, len(centroids), params.ivf_codes)
     if not index.is_trained:  # the PQ codebooks (fast: 16 centroids per sub-quantizer); the lists are kept
         rng = np.random.default_rng(2)
-        index.train(held[rng.choice(n, size=min(n, 64 * len(centroids)), replace=False)])
-    index.add(held)
-    del held
+        index.train(vectors[rng.choice(n, size=min(n, 64 * len(centroids)), replace=False)])
+    index.add(vectors)
     tune(index, params)
     assert quantizer in getattr(index, "referenced_objects", [quantizer])  # faiss keeps it alive
-    base = Base(index, labels.astype(np.int64), centroids)
-    return rough_refine(base, dim, lambda start, stop: vectors[start:stop]) if params.refine_int8 else base
+    return Base(index, labels.astype(np.int64), centroids)

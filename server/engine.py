@@ -112,7 +112,6 @@ def index_params(settings: ServerSettings) -> IndexParams:
         ivf_dim=settings.ivf_dim,
         refine=settings.ivf_refine,
         ivf_codes=settings.ivf_codes,
-        refine_int8=settings.ivf_refine_int8,
         ann_min_items=settings.ann_min_items,
         exact_filter_max=settings.exact_filter_max,
     )

@@ -12,14 +12,13 @@ changes that land meanwhile stay in the delta, detected by a per-label change co
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Sequence
 
 import faiss
 import numpy as np
 
-from server.ann import ROUGH_HALF, ROUGH_SUMS, Base, IndexParams, LabelMap, build_base, normalise, rough_refine, tune
+from server.ann import Base, IndexParams, LabelMap, build_base, normalise, tune
 
 __all__ = ["ABSENT", "BASE", "DELTA", "Base", "headroom", "IndexParams", "ItemIndex", "LabelMap", "build_base", "normalise"]
 
@@ -347,8 +346,6 @@ class ItemIndex:
     def _overfetched(
         self, base: Base, queries: np.ndarray, kf: int, excl: np.ndarray, live_bits: np.ndarray | None, params: Any
     ) -> Hits:
-        if base.rough is not None:
-            return self._rough_refined(base, queries, kf, params, excl, self._tomb > 0 and live_bits is None)
         q, kc = self._candidates(base, queries, kf)
         dist, pos = base.index.search(q, min(kc, len(base.labels)), params=params)
         out = []
@@ -361,47 +358,6 @@ class ItemIndex:
                 valid &= self._where[lab] == BASE
             out.append((lab[valid], sc[valid]))
         return self._refine(base, queries, out, kf)
-
-    def _rough_refined(self, base: Base, queries: np.ndarray, k: int, params: Any, excl: np.ndarray, tombs: bool) -> Hits:
-        """The float32 re-rank's best ``k`` per query, reading float32 rows only where int8 leaves doubt.
-
-        One FAISS call (``Base.rough``) fetches ``params.refine`` candidates from the IVF and scores them on the
-        int8 copy against the query as integers (``server.ann.rough_refine``, which bounds the error ``err``). An
-        item whose int8 score plus its err is below the k-th best int8 score less err cannot be in the float32
-        top k: the rest are scored in float32 (``_scores``; ~20 of 300 at 1M x 1024) and ranked by it, which gives
-        the float32 re-rank's answer and scores. ``params``: the IVF's (a selector, nprobe); ``tombs``: drop base
-        copies that are no longer live."""
-        assert base.rough is not None and base.rough_step is not None and base.rough_slack is not None and base.rough_norms is not None
-        kc = min(max(k, self.params.refine), len(base.labels))
-        q32 = np.ascontiguousarray(queries, np.float32)
-        top = np.abs(q32).max(axis=1, keepdims=True)
-        scale = np.float32(127.0) / np.where(top > 0, top, np.float32(1.0))
-        ints = np.rint(q32 * scale).clip(-127, 127)
-        sp = faiss.IndexRefineSearchParameters(k_factor=1.0, base_index_params=params)  # type: ignore[call-arg]
-        dist, pos = base.rough.search(np.concatenate([q32, ints], axis=1), kc, params=sp)
-        out = []
-        for q, s, qi, d, p in zip(q32, scale[:, 0].tolist(), ints, dist, pos):
-            keep = p >= 0
-            p, d = p[keep], d[keep]
-            lab = base.labels[p]
-            valid = _not_in(lab, excl)
-            if tombs:
-                valid &= self._where[lab] == BASE
-            if not valid.all():
-                p, d, lab = p[valid], d[valid], lab[valid]
-            if len(lab) > k:
-                qf = q.astype(np.float64)
-                step = base.rough_step[p] / np.float32(s)
-                rough = d * step
-                err = (
-                    step * np.float32(ROUGH_HALF * float(np.abs(qi).sum()))
-                    + base.rough_slack[p] / np.float32(s)
-                    + base.rough_norms[p] * np.float32(ROUGH_SUMS * math.sqrt(float(qf @ qf)))
-                )
-                floor = np.partition(rough - err, len(d) - k)[len(d) - k]  # at least k items score this much in float32
-                lab = lab[rough + err >= floor]
-            out.append(_topk(lab, self._scores(q, lab), k))
-        return out
 
     def _candidates(self, base: Base, queries: np.ndarray, k: int) -> tuple[np.ndarray, int]:
         """(queries as the base holds them, how many to fetch): an IVF over the leading components, or over
@@ -446,10 +402,6 @@ class ItemIndex:
         boost = min(1.0 / selectivity, self.params.filter_probe_boost_max)
         nprobe = int(min(base.index.nlist, max(self.params.nprobe, self.params.nprobe * boost)))  # type: ignore[attr-defined]
         sp = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)  # type: ignore[call-arg]
-        if base.rough is not None:
-            out = self._rough_refined(base, queries, k, sp, np.zeros(0, np.int64), False)
-            del bits
-            return out
         q, kc = self._candidates(base, queries, k)
         dist, pos = base.index.search(q, min(kc, len(base.labels)), params=sp)
         del bits  # the selector reads it during search only
@@ -558,9 +510,6 @@ class ItemIndex:
         self._base = Base(base_index, state["base_labels"].astype(np.int64), cents if len(cents) else None)
         if self._base.is_ivf:
             tune(faiss.extract_index_ivf(base_index), params)
-            if params.refine_int8:  # the int8 copy is not saved: it is rebuilt from the float32 vectors
-                labels_of = self._base.labels
-                self._base = rough_refine(self._base, dim, lambda start, stop: self._vec[labels_of[start:stop]])
         self._tomb = int((self._where[self._base.labels] != BASE).sum())
         self._live = int((self._where > ABSENT).sum())
         self._rebuild_delta()

@@ -94,10 +94,6 @@ class ServerSettings(BaseSettings):
     # with SIMD: 32 bytes an item at 256 components) or "flat" (the floats: 1 KB). The re-rank at the full width
     # makes up for the codes' error: bench.serving measures both.
     ivf_codes: Literal["pq4", "flat"] = "pq4"
-    # The re-rank first scores the candidates on an int8 copy of the vectors (a byte a component more per item:
-    # 1 GB per million at 1,024), then in float32 only those the int8 error bound leaves in doubt: the same answer
-    # and scores as the float32 re-rank, for a quarter of the memory read per query (server.ann.rough_refine).
-    ivf_refine_int8: bool = True
     # Below this many items the base index is exact (flat); IVF pays off only on larger sets.
     ann_min_items: int = Field(default=20_000, ge=0)
     # Filters matching at most this many items are answered by exact search over just those items.
