@@ -535,7 +535,7 @@ async fn unary(shared: Arc<Shared>, method: Method, req: Request<Incoming>) -> R
     if let Some(message) = unframe(&body).filter(|_| uncompressed) {
         // The usual call: its message is a slice of the body read, its answer one frame and the status trailers
         // as tonic's encoder writes them. tonic's unary path, built on its streaming decoder and encoder, cost
-        // more allocations and copies per call than the first front end's framing (perf, bench.fronts).
+        // more allocations and copies per call than framing it here (perf, bench.fronts; docs/benchmarks.md).
         return match run(shared, method, deadline, permit, parts.headers, message).await {
             Ok(framed) => Reply::message(framed),
             Err(refused) => tonic_reply(status(refused)),
@@ -1096,6 +1096,31 @@ mod tests {
         let answer = front.send_request(get).await.unwrap();
         assert_eq!(answer.status(), http::StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(answer.headers()["allow"], "POST");
+    }
+
+    #[test]
+    fn unframe_takes_exactly_one_uncompressed_message() {
+        assert_eq!(unframe(&framed(0, b"abc")), Some(Bytes::from_static(b"abc")));
+        assert_eq!(unframe(&framed(0, b"")), Some(Bytes::new()));
+        assert_eq!(unframe(&framed(1, b"abc")), None, "compressed: tonic's to read");
+        assert_eq!(unframe(&Bytes::from_static(&[0, 0, 0, 0])), None, "prefix cut short");
+        assert_eq!(unframe(&Bytes::new()), None, "empty body");
+        assert_eq!(unframe(&framed(0, b"abc").slice(..7)), None, "message cut short");
+        assert_eq!(unframe(&Bytes::from([framed(0, b"a"), framed(0, b"b")].concat())), None, "two messages");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_compressed_call_goes_through_tonic_and_reaches_python_decompressed() {
+        use std::io::Write;
+        let (mut front, _) = connected(py_eval("lambda i, data, md, t: (0, '', b'got:' + data)"), 8, 1024).await;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(b"hello").unwrap();
+        let mut request = call("/t.T/Query", b"", &[("grpc-encoding", "gzip")]);
+        *request.body_mut() = Full::new(framed(1, &gz.finish().unwrap()));
+        let (code, _, message) = outcome(&mut front, request).await;
+        assert_eq!((code.as_str(), &message[..]), ("0", &b"got:hello"[..]));
+        let (code, _, message) = outcome(&mut front, call("/t.T/Query", b"plain", &[])).await;
+        assert_eq!((code.as_str(), &message[..]), ("0", &b"got:plain"[..]), "and an uncompressed one beside it");
     }
 
     #[test]
