@@ -1,13 +1,13 @@
 """The serving front ends in one run (issue 20): SimilarItems calls/s at c=16 (bench/loadgen, Go) on the native
-front end on tonic, plaintext and TLS; the first native front end (IG_SERVER_FRONT=native-legacy, plaintext); and
-grpc's Python server, plaintext and TLS. Same servers as bench.serving (bench._serving_server, one process per
-core, the index loaded from a snapshot), on a synthetic set small enough that the transport's cost shows.
+front end on tonic and on grpc's Python server, each plaintext and TLS. Same servers as bench.serving
+(bench._serving_server, one process per core, the index loaded from a snapshot), on a synthetic set small enough
+that the transport's cost shows.
 
     python -m bench.fronts [--items 200000] [--dim 64] [--seconds 8] [--rounds 2]
 
 Rounds alternate the peers so drift of the shared machine falls on all of them; each peer's figure is its best
-round. Prints ``RESULT {json}`` last: calls/s, p50/p99, server CPU per call, and the ratios the issue asks for
-(tonic/legacy plaintext, TLS/plaintext).
+round. Prints ``RESULT {json}`` last: calls/s, p50/p99, server CPU per call, and the ratios (tonic/grpc,
+TLS/plaintext).
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ from server.front import available as front_built
 # (name, IG_SERVER_FRONT, TLS)
 PEERS = [
     ("tonic", "native", False),
-    ("legacy", "native-legacy", False),
     ("grpc", "grpc", False),
     ("tonic_tls", "native", True),
     ("grpc_tls", "grpc", True),
@@ -160,7 +159,6 @@ def main() -> None:
                 "seconds": args.seconds,
                 "rounds": runs,
                 "best": best,
-                "tonic_vs_legacy": ratio("tonic", "legacy"),
                 "tonic_vs_grpc": ratio("tonic", "grpc"),
                 "tonic_tls_vs_plaintext": ratio("tonic_tls", "tonic"),
                 "grpc_tls_vs_plaintext": ratio("grpc_tls", "grpc"),

@@ -1,5 +1,5 @@
 """HTTP/2 conformance of the native front end: h2spec (https://github.com/summerwind/h2spec) against it, over
-plaintext (h2c, prior knowledge) and TLS, and against the first front end (plaintext only) for comparison.
+plaintext (h2c, prior knowledge) and TLS.
 
     go install github.com/summerwind/h2spec/cmd/h2spec@latest    # v2.2.1 when this was written
     python -m bench.h2spec [--h2spec PATH] [--strict]
@@ -30,12 +30,10 @@ def _answer(index: int, data: bytes, metadata: Any, timeout_s: float | None) -> 
     return 0, "", b""
 
 
-def _front(legacy: bool, tls: tuple[bytes, bytes] | None) -> Any:
+def _front(tls: tuple[bytes, bytes] | None) -> Any:
     assert front.ig_front is not None, "the native front end is not built: run `make setup`"
     settings = ServerSettings()
     methods = [("/bench.v1.H2spec/Call", False, 0)]
-    if legacy:
-        return front.ig_front.Front("127.0.0.1", 0, False, 9, _answer, methods, 2, 256, 1 << 22, 2)
     return front.ig_front.TonicFront(
         "127.0.0.1",
         0,
@@ -90,8 +88,8 @@ def main() -> None:
     version = subprocess.run([args.h2spec, "--version"], capture_output=True, text=True).stdout.strip()
     results: dict[str, Any] = {"h2spec": version, "strict": args.strict}
     with tempfile.TemporaryDirectory(prefix="ig-h2spec-") as work:
-        for name, legacy, tls in (("tonic_h2c", False, None), ("tonic_tls", False, pems), ("legacy_h2c", True, None)):
-            server = _front(legacy, tls)
+        for name, tls in (("tonic_h2c", None), ("tonic_tls", pems)):
+            server = _front(tls)
             server.start()
             try:
                 results[name] = run_h2spec(args.h2spec, server.port, tls is not None, args.strict, Path(work))

@@ -121,7 +121,7 @@ def main() -> None:
     parser.add_argument("--health-deadline-ms", type=float, default=100.0)
     parser.add_argument("--similar-deadline-ms", type=float, default=250.0)
     parser.add_argument("--calm-s", type=float, default=3.0, help="load before the switch (the peer) and after it")
-    parser.add_argument("--front", default="auto", choices=["auto", "native", "grpc", "native-legacy"])
+    parser.add_argument("--front", default="auto", choices=["auto", "native", "grpc"])
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     faiss.omp_set_num_threads(2)

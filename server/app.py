@@ -70,12 +70,7 @@ def check_pseudonym_key(settings: ServerSettings, graph: GraphSettings) -> None:
 def use_native_front(settings: ServerSettings) -> bool:
     if settings.front == "grpc":
         return False
-    if settings.tls and settings.front == "native-legacy":
-        raise FailedPrecondition(
-            "IG_SERVER_FRONT=native-legacy serves plaintext only; with TLS configured use IG_SERVER_FRONT=native or "
-            "auto (the native front end on tonic terminates TLS) or grpc"
-        )
-    return settings.front in ("native", "native-legacy") or front.available()
+    return settings.front == "native" or front.available()
 
 
 def tls_pems(settings: ServerSettings) -> tuple[bytes, bytes] | None:
@@ -213,7 +208,6 @@ def create_server(settings: ServerSettings, engine: Engine, graph: GraphSettings
             max_concurrent_rpcs=settings.max_concurrent_rpcs,
             max_message_bytes=settings.max_message_bytes,
             io_threads=settings.io_threads,
-            legacy=settings.front == "native-legacy",
             tls=tls_pems(settings),
             http2=front.Http2Limits(
                 settings.h2_max_concurrent_streams,
@@ -224,10 +218,9 @@ def create_server(settings: ServerSettings, engine: Engine, graph: GraphSettings
                 settings.h2_max_local_error_reset_streams,
             ),
         )
-        if hasattr(fronted, "set_health"):  # the front end on tonic; the legacy one forwards health checks
-            health_sinks.append(fronted.set_health)
-            set_health(engine.ready)
-            engine.metrics.count_native("/grpc.health.v1.Health/Check", lambda: fronted.health_checks)
+        health_sinks.append(fronted.set_health)
+        set_health(engine.ready)
+        engine.metrics.count_native("/grpc.health.v1.Health/Check", lambda: fronted.health_checks)
         return front.FrontedServer(server, fronted), fronted.port
 
     address = f"{settings.host}:{settings.port}"
@@ -264,10 +257,9 @@ async def serve(settings: ServerSettings, graph: GraphSettings, neo4j_settings: 
     server.start()
     if isinstance(server, front.FrontedServer):
         log.info(
-            "listening on %s:%d (native front end%s, %s), %d I/O threads answering queries, %d for calls that wait",
+            "listening on %s:%d (native front end, %s), %d I/O threads answering queries, %d for calls that wait",
             settings.host,
             port,
-            " (legacy)" if settings.front == "native-legacy" else "",
             "TLS" if settings.tls else "plaintext",
             settings.io_threads,
             settings.wait_threads,

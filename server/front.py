@@ -5,10 +5,9 @@ health, reflection) to grpc's Python server on a loopback port.
 The calls run the very behaviours grpc's server would run (``server.calls`` wrappers: metrics, auth, error
 translation, then the servicer), with a ``NativeContext`` in place of grpc's. Only the transport changes: on
 two cores it cost ~275 us of server CPU per call in grpc's Python server, more than the search itself
-(bench.serving). ``IG_SERVER_FRONT`` chooses: ``auto`` (native when built, the default), ``native`` or ``grpc``;
-``native-legacy`` is the first native front end (hand-written gRPC framing, plaintext, only ``authorization``
-reaches Python), kept for comparison until the one on tonic (``ig_front.TonicFront``: TLS, all metadata) has
-proven itself.
+(bench.serving). ``IG_SERVER_FRONT`` chooses: ``auto`` (native when built, the default), ``native`` or ``grpc``.
+The front end is ``ig_front.TonicFront``: gRPC on tonic over hyper's HTTP/2, TLS through rustls, every request
+metadata key passed on.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, NamedTuple, NoReturn, Sequence
+from typing import Any, NamedTuple, NoReturn, Sequence
 
 import grpc
 
@@ -105,15 +104,6 @@ class Dispatcher:
         return 0, "", serialize(response)
 
 
-class LegacyDispatcher(Dispatcher):
-    """The first native front end's calling convention: only the ``authorization`` value, or None."""
-
-    def __call__(  # type: ignore[override]  # another calling convention, on purpose
-        self, index: int, data: bytes, authorization: str | None, timeout_s: float | None
-    ) -> tuple[int, str, bytes | None]:
-        return super().__call__(index, data, (("authorization", authorization),) if authorization is not None else (), timeout_s)
-
-
 def request_id(metadata: Sequence[tuple[str, str | bytes]]) -> str:
     """`` [x-request-id=...]`` for a log line when the client sent one, else empty."""
     for key, value in metadata:
@@ -155,14 +145,13 @@ def native_front(
     max_concurrent_rpcs: int,
     max_message_bytes: int,
     io_threads: int = 2,
-    legacy: bool = False,
     tls: tuple[bytes, bytes] | None = None,
     http2: Http2Limits | None = None,
 ) -> Any:
     """A bound, not yet started front end answering ``methods`` (full name, wrapped handler, may wait, number of
     the request's bool field that makes a call wait or 0): queries on its ``io_threads``, calls that may wait on
     up to ``wait_threads`` threads of their own, so a slow graph read never holds up an I/O thread. ``tls``:
-    (certificate chain PEM, key PEM); ``legacy``: the first front end (plaintext, ``http2`` unused)."""
+    (certificate chain PEM, key PEM)."""
     if ig_front is None:
         raise FailedPrecondition(
             "IG_SERVER_FRONT=native, but the native front end is not built: run `make setup` "
@@ -171,23 +160,6 @@ def native_front(
     names = [name for name, _, _, _ in methods]
     handlers = [handler for _, handler, _, _ in methods]
     table = [(name, waits, waits_if) for name, _, waits, waits_if in methods]
-    if legacy:
-        if tls is not None:
-            raise FailedPrecondition("IG_SERVER_FRONT=native-legacy serves plaintext only: use native or auto for TLS")
-        dispatch: Callable[..., Any] = LegacyDispatcher(names, handlers)
-        args = (
-            host,
-            port,
-            reuse_port,
-            backend_port,
-            dispatch,
-            table,
-            wait_threads,
-            max_concurrent_rpcs,
-            max_message_bytes,
-            io_threads,
-        )
-        return ig_front.Front(*args)
     limits = http2 or Http2Limits()
     return ig_front.TonicFront(
         host,

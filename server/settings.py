@@ -51,10 +51,9 @@ class ServerSettings(BaseSettings):
     # idle streams leave threads to the calls waiting on Neo4j.
     stream_threads: int = Field(default=8, ge=1)
     # Who owns the public port: "native" (the Rust front end on tonic, server.front: HTTP/2, gRPC framing and
-    # TLS outside Python, ~2x the calls per core), "grpc" (grpc's Python server alone), "auto" (native when
-    # built) or "native-legacy" (the first Rust front end, hand-written gRPC framing, plaintext only; kept for
-    # comparison in bench.fronts until it is removed).
-    front: Literal["auto", "native", "grpc", "native-legacy"] = "auto"
+    # TLS outside Python, ~2x the calls per core), "grpc" (grpc's Python server alone) or "auto" (native when
+    # built).
+    front: Literal["auto", "native", "grpc"] = "auto"
     # The native front end: at most this many queries run their Python at once, each on the HTTP/2 thread that read
     # it; its event loop has one thread more, so I/O (health checks, forwarded calls) goes on while they are held.
     io_threads: int = Field(default=2, ge=1)

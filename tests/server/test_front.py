@@ -1,7 +1,6 @@
 """The native front end (server/native, Rust): it owns the port, answers the unary calls as grpc's Python server
-does (same codes, details and answers) and forwards what it does not answer itself (streams, health Watch,
-reflection; the first front end, native-legacy, also health Check and compressed calls, which the one on tonic
-answers itself) to that server."""
+does (same codes, details and answers), compressed calls and health Check included, and forwards what it does
+not answer itself (streams, health Watch, reflection) to that server."""
 
 from __future__ import annotations
 
@@ -10,8 +9,8 @@ import shutil
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pydantic import ValidationError
 
-from graphdb.errors import FailedPrecondition
 from proto.interest.v1 import interest_pb2 as pb
 from server import front
 from server.app import use_native_front
@@ -76,19 +75,18 @@ def test_the_front_is_chosen_by_the_settings() -> None:
     tls = dict(tls_cert_file="cert.pem", tls_key_file="key.pem")
     assert use_native_front(base_settings(front="auto")) == front.available()
     assert use_native_front(base_settings(front="native"))
-    assert use_native_front(base_settings(front="native-legacy"))
     assert not use_native_front(base_settings(front="grpc"))
     assert use_native_front(base_settings(front="auto", **tls)) == front.available()  # the tonic one terminates TLS
     assert use_native_front(base_settings(front="native", **tls))
-    with pytest.raises(FailedPrecondition, match="plaintext only"):
-        use_native_front(base_settings(front="native-legacy", **tls))
+    with pytest.raises(ValidationError, match="front"):  # the first native front end is gone
+        base_settings(front="native-legacy")
 
 
 @pytest.mark.parametrize("tokens", ["", "s3cret"])
 def test_both_fronts_answer_every_call_alike(server_graph_settings, tokens) -> None:
     """Same answers, codes and details, with and without auth; the native front's are not all OK or all errors."""
     outcomes = {}
-    for name in ("native", "native-legacy", "grpc"):
+    for name in ("native", "grpc"):
         harness, stop = _serve(server_graph_settings, front=name, auth_tokens=tokens)
         try:
             outcomes[name] = _outcomes(harness.port, token=tokens or None)
@@ -97,7 +95,6 @@ def test_both_fronts_answer_every_call_alike(server_graph_settings, tokens) -> N
         finally:
             stop()
     assert outcomes["native"] == outcomes["grpc"]
-    assert outcomes["native-legacy"] == outcomes["grpc"]
     codes = {code for _, code, _ in outcomes["native"]}
     assert {"OK", "NOT_FOUND", "INVALID_ARGUMENT"} <= codes
     assert ("SimilarItems", "NOT_FOUND", "item 'größe-€' has no vector in model 'm1'") in outcomes["native"]
@@ -105,9 +102,8 @@ def test_both_fronts_answer_every_call_alike(server_graph_settings, tokens) -> N
         assert sum(code == "UNAUTHENTICATED" for _, code, _ in outcomes["native"]) == len(CALLS)
 
 
-@pytest.mark.parametrize("name", ["native", "native-legacy"])
-def test_compressed_calls_and_health_are_answered_alike(server_graph_settings, name) -> None:
-    harness, stop = _serve(server_graph_settings, front=name)
+def test_compressed_calls_and_health_are_answered_alike(server_graph_settings) -> None:
+    harness, stop = _serve(server_graph_settings, front="native")
     try:
         plain = _outcomes(harness.port)
         assert _outcomes(harness.port, compression=grpc.Compression.Gzip) == plain
@@ -149,7 +145,7 @@ def test_a_query_past_its_deadline_is_answered_and_counted_as_such(server_graph_
 
 
 def test_answers_over_the_message_limit_are_refused_by_both_fronts(server_graph_settings) -> None:
-    for name in ("native", "native-legacy", "grpc"):
+    for name in ("native", "grpc"):
         harness, stop = _serve(server_graph_settings, front=name, max_message_bytes=1024)
         try:
             stub = harness.stub()

@@ -14,8 +14,8 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BufMut, Bytes};
-use http::{Request, Response};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::{Body as HttpBody, Frame};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -139,19 +139,30 @@ struct Shared {
     health_checks: [AtomicU64; 17],
 }
 
+/// Python's answer: status code, details, and on success the response message already framed (the 5-byte
+/// prefix, then the message), as it goes on the wire.
 type Answer = (u32, String, Option<Bytes>);
 
-/// Runs the call in Python; any failure to do so is an INTERNAL status (the details go to stderr).
-fn call_python(shared: &Shared, method: Method, message: Bytes, metadata: Vec<(String, Value)>, timeout_s: Option<f64>) -> Answer {
+/// The 5-byte gRPC prefix (uncompressed) and the message: the one copy of Python's bytes.
+fn framed(message: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(5 + message.len());
+    out.put_u8(0);
+    out.put_u32(message.len() as u32);
+    out.extend_from_slice(message);
+    out.freeze()
+}
+
+/// Runs the call in Python; any failure to do so is an INTERNAL status (the details go to stderr). The request's
+/// metadata becomes Python strings straight from its headers.
+fn call_python(shared: &Shared, method: Method, message: Bytes, headers: &HeaderMap, timeout_s: Option<f64>) -> Answer {
     Python::with_gil(|py| {
-        let outcome = metadata
-            .into_iter()
+        let outcome = request_metadata(headers)
             .map(|(key, value)| {
                 let value = match value {
-                    Value::Text(text) => PyString::new(py, &text).into_any(),
+                    Value::Text(text) => PyString::new(py, text).into_any(),
                     Value::Binary(bytes) => PyBytes::new(py, &bytes).into_any(),
                 };
-                PyTuple::new(py, [PyString::new(py, &key).into_any(), value])
+                PyTuple::new(py, [PyString::new(py, key).into_any(), value])
             })
             .collect::<PyResult<Vec<_>>>()
             .and_then(|pairs| PyTuple::new(py, pairs))
@@ -161,7 +172,7 @@ fn call_python(shared: &Shared, method: Method, message: Bytes, metadata: Vec<(S
             })
             .and_then(|answer| {
                 let (code, details, response): (u32, String, Option<Bound<'_, PyBytes>>) = answer.extract(py)?;
-                Ok((code, details, response.map(|r| Bytes::copy_from_slice(r.as_bytes()))))
+                Ok((code, details, response.map(|r| framed(r.as_bytes()))))
             });
         outcome.unwrap_or_else(|err| {
             err.print(py);
@@ -170,13 +181,14 @@ fn call_python(shared: &Shared, method: Method, message: Bytes, metadata: Vec<(S
     })
 }
 
-/// Python's answer as tonic's; an answer over the message limit is refused, as grpc's server does.
-fn into_result(answer: Answer, max_message: usize) -> Result<tonic::Response<Bytes>, Status> {
+/// Python's answer as the framed message or the status; an answer over the message limit is refused, as grpc's
+/// server does.
+fn into_result(answer: Answer, max_message: usize) -> Result<Bytes, Status> {
     match answer {
-        (0, _, Some(message)) if message.len() > max_message => {
+        (0, _, Some(framed)) if framed.len() - 5 > max_message => {
             Err(Status::resource_exhausted(format!("the response is larger than the limit of {max_message} bytes")))
         }
-        (0, _, Some(message)) => Ok(tonic::Response::new(message)),
+        (0, _, Some(framed)) => Ok(framed),
         (0, _, None) => Err(Status::internal(INTERNAL_ERROR)),
         (code, details, _) => Err(Status::new(Code::from(code as i32), details)),
     }
@@ -219,14 +231,73 @@ impl Future for YieldOnce {
     }
 }
 
-/// One unary call of a method answered here, holding its place among the concurrent calls until answered.
+/// Runs a call of a method answered here, which holds its place among the concurrent calls (`permit`) until
+/// answered: the framed response message, or the status.
+async fn run(shared: Arc<Shared>, method: Method, deadline: Option<Instant>, permit: OwnedSemaphorePermit, headers: HeaderMap,
+             message: Bytes) -> Result<Bytes, Status> {
+    if expired(deadline) {  // spent in transit or while the request was read: not worth running
+        return Err(Status::deadline_exceeded(DEADLINE_PASSED));
+    }
+    let remaining = move || deadline.map(|d| d.saturating_duration_since(Instant::now()).as_secs_f64());
+    let max_message = shared.max_message;
+    if !method.waits_for(&message) {
+        // A query runs right here, on the I/O thread that read it: handing it to another thread and back cost more
+        // CPU (thread switches) than its Python part (bench.serving); so did block_in_place, which handed the
+        // thread's other work to a fresh thread on every call (~25 % of a SimilarItems call, bench.fronts). At most
+        // io_threads queries run so, and the runtime has a thread more: a query held up (by the engine lock,
+        // during a model switch) stalls no other call, health checks and forwarded calls go on, and the queries
+        // behind it wait for a place without holding a thread.
+        let Some(slot) = python_slot(&shared, deadline).await else {
+            return Err(Status::deadline_exceeded(DEADLINE_PASSED));  // it waited past its deadline: not run
+        };
+        // Once more through the scheduler first: a task this one woke (its connection's, typically) sits in this
+        // thread's "run next" slot, which no other thread may take, and would wait as long as the Python call is
+        // held up, stalling that connection's other calls. Resumed, this task starts with the slot empty, and
+        // wakes nothing more before Python.
+        YieldOnce(false).await;
+        let answer = call_python(&shared, method, message, &headers, remaining());
+        drop(slot);
+        drop(permit);
+        if expired(deadline) {
+            return Err(Status::deadline_exceeded(DEADLINE_PASSED));  // the caller has given up on it
+        }
+        return into_result(answer, max_message);
+    }
+    // A call that may wait on Neo4j runs on one of a bounded set of threads of its own. Its deadline holds while it
+    // queues: one that passes before a thread is free is answered DEADLINE_EXCEEDED, not run.
+    let work = {
+        let shared = shared.clone();
+        async move {
+            let thread = shared.waiting.clone().acquire_owned().await.expect("the semaphore is never closed");
+            if expired(deadline) {
+                return (Code::DeadlineExceeded as u32, DEADLINE_PASSED.to_owned(), None);
+            }
+            let remaining = remaining();
+            tokio::task::spawn_blocking(move || {
+                let _held = (thread, permit);
+                call_python(&shared, method, message, &headers, remaining)
+            })
+            .await
+            .unwrap_or_else(|_| (Code::Internal as u32, INTERNAL_ERROR.to_owned(), None))
+        }
+    };
+    let answer = match deadline {
+        Some(deadline) => match tokio::time::timeout_at(deadline.into(), work).await {
+            Ok(answer) => answer,
+            Err(_) => (Code::DeadlineExceeded as u32, DEADLINE_PASSED.to_owned(), None),
+        },
+        None => work.await,
+    };
+    into_result(answer, max_message)
+}
+
+/// A call through tonic's unary handling (a compressed request), holding its place among the concurrent calls.
 struct Call {
     shared: Arc<Shared>,
     method: Method,
     deadline: Option<Instant>,
     permit: Option<OwnedSemaphorePermit>,
-    /// Read from the request's headers before tonic takes them, which spares copying them.
-    metadata: Vec<(String, Value)>,
+    headers: HeaderMap,
 }
 
 impl UnaryService<Bytes> for Call {
@@ -234,65 +305,63 @@ impl UnaryService<Bytes> for Call {
     type Future = Pin<Box<dyn Future<Output = Result<tonic::Response<Bytes>, Status>> + Send>>;
 
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
-        let (shared, method, deadline, permit) = (self.shared.clone(), self.method, self.deadline, self.permit.take());
-        let metadata = std::mem::take(&mut self.metadata);
+        let (shared, method, deadline) = (self.shared.clone(), self.method, self.deadline);
+        let permit = self.permit.take().expect("a Call is called once");
+        let headers = std::mem::take(&mut self.headers);
         let message = request.into_inner();
-        let remaining = move || deadline.map(|d| d.saturating_duration_since(Instant::now()).as_secs_f64());
         Box::pin(async move {
-            if expired(deadline) {  // spent in transit or while the request was read: not worth running
-                return Err(Status::deadline_exceeded(DEADLINE_PASSED));
-            }
-            let max_message = shared.max_message;
-            if !method.waits_for(&message) {
-                // A query runs right here, on the I/O thread that read it: handing it to another thread and back
-                // cost more CPU (thread switches) than its Python part (bench.serving); so did block_in_place, which
-                // handed the thread's other work to a fresh thread on every call (~25 % of a SimilarItems call,
-                // bench.fronts). At most io_threads queries run so, and the runtime has a thread more: a query held
-                // up (by the engine lock, during a model switch) stalls no other call, health checks and forwarded
-                // calls go on, and the queries behind it wait for a place without holding a thread.
-                let Some(slot) = python_slot(&shared, deadline).await else {
-                    return Err(Status::deadline_exceeded(DEADLINE_PASSED));  // it waited past its deadline: not run
-                };
-                // Once more through the scheduler first: a task this one woke (its connection's, typically) sits in
-                // this thread's "run next" slot, which no other thread may take, and would wait as long as the
-                // Python call is held up, stalling that connection's other calls. Resumed, this task starts with
-                // the slot empty, and wakes nothing more before Python.
-                YieldOnce(false).await;
-                let answer = call_python(&shared, method, message, metadata, remaining());
-                drop(slot);
-                drop(permit);
-                if expired(deadline) {
-                    return Err(Status::deadline_exceeded(DEADLINE_PASSED));  // the caller has given up on it
-                }
-                return into_result(answer, max_message);
-            }
-            // A call that may wait on Neo4j runs on one of a bounded set of threads of its own. Its deadline holds
-            // while it queues: one that passes before a thread is free is answered DEADLINE_EXCEEDED, not run.
-            let work = {
-                let shared = shared.clone();
-                async move {
-                    let thread = shared.waiting.clone().acquire_owned().await.expect("the semaphore is never closed");
-                    if expired(deadline) {
-                        return (Code::DeadlineExceeded as u32, DEADLINE_PASSED.to_owned(), None);
-                    }
-                    let remaining = remaining();
-                    tokio::task::spawn_blocking(move || {
-                        let _held = (thread, permit);
-                        call_python(&shared, method, message, metadata, remaining)
-                    })
-                    .await
-                    .unwrap_or_else(|_| (Code::Internal as u32, INTERNAL_ERROR.to_owned(), None))
-                }
-            };
-            let answer = match deadline {
-                Some(deadline) => match tokio::time::timeout_at(deadline.into(), work).await {
-                    Ok(answer) => answer,
-                    Err(_) => (Code::DeadlineExceeded as u32, DEADLINE_PASSED.to_owned(), None),
-                },
-                None => work.await,
-            };
-            into_result(answer, max_message)
+            let framed = run(shared, method, deadline, permit, headers, message).await?;
+            Ok(tonic::Response::new(framed.slice(5..)))
         })
+    }
+}
+
+/// What a request is answered with: a unary call's message and its status trailers, built here, or a body of
+/// tonic's (statuses, the compressed path, health checks) or of grpc's server (forwarded calls).
+pub(crate) enum Reply {
+    Message { data: Option<Bytes>, trailers: Option<HeaderMap> },
+    Tonic(Body),
+}
+
+impl Reply {
+    /// The successful answer of a unary call, as tonic's encoder writes it: the framed message, then
+    /// `grpc-status: 0` in the trailers.
+    fn message(framed: Bytes) -> Response<Reply> {
+        let mut trailers = HeaderMap::with_capacity(1);
+        trailers.insert(Status::GRPC_STATUS, HeaderValue::from_static("0"));
+        let mut response = Response::new(Reply::Message { data: Some(framed), trailers: Some(trailers) });
+        *response.version_mut() = http::Version::HTTP_2;
+        response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        response
+    }
+}
+
+impl HttpBody for Reply {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        match self.get_mut() {
+            Reply::Message { data, trailers } => match data.take() {
+                Some(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                None => Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t)))),
+            },
+            Reply::Tonic(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Reply::Message { data, trailers } => data.is_none() && trailers.is_none(),
+            Reply::Tonic(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Reply::Message { data, .. } => http_body::SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Reply::Tonic(body) => body.size_hint(),
+        }
     }
 }
 
@@ -427,33 +496,57 @@ fn status(status: Status) -> Response<Body> {
     status.into_http()
 }
 
-async fn unary(shared: Arc<Shared>, method: Method, req: Request<Incoming>) -> Response<Body> {
+/// The one message of a uncompressed unary request body, as a slice of it: the 5-byte prefix (flag 0, length)
+/// and exactly that many bytes; None for anything else (compressed, cut short, several messages), which tonic's
+/// decoder reads or refuses.
+fn unframe(body: &Bytes) -> Option<Bytes> {
+    if body.len() < 5 || body[0] != 0 {
+        return None;
+    }
+    let length = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+    (length == body.len() - 5).then(|| body.slice(5..))
+}
+
+fn tonic_reply(response: Response<Body>) -> Response<Reply> {
+    response.map(Reply::Tonic)
+}
+
+async fn unary(shared: Arc<Shared>, method: Method, req: Request<Incoming>) -> Response<Reply> {
     let deadline = req.headers().get("grpc-timeout").and_then(parse_timeout).map(|t| Instant::now() + t);
     let Ok(permit) = shared.calls.clone().try_acquire_owned() else {
-        return status(Status::resource_exhausted(TOO_MANY));
+        return tonic_reply(status(Status::resource_exhausted(TOO_MANY)));
     };
     let (parts, body) = req.into_parts();
     // Read whole, with the limit, so an oversized request is RESOURCE_EXHAUSTED as from grpc's server.
     let body = match Limited::new(body, shared.max_message + 5).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => {
-            return status(Status::resource_exhausted(format!(
+            return tonic_reply(status(Status::resource_exhausted(format!(
                 "the request is larger than the limit of {} bytes",
                 shared.max_message
-            )));
+            ))));
         }
-        Err(_) => return status(Status::cancelled("the request stream ended early")),
+        Err(_) => return tonic_reply(status(Status::cancelled("the request stream ended early"))),
     };
     if more_than_one_message(&body) {  // tonic would answer the first and drop the rest
-        return status(Status::internal(ONE_MESSAGE));
+        return tonic_reply(status(Status::internal(ONE_MESSAGE)));
+    }
+    let uncompressed = parts.headers.get("grpc-encoding").is_none_or(|v| v == "identity");
+    if let Some(message) = unframe(&body).filter(|_| uncompressed) {
+        // The usual call: its message is a slice of the body read, its answer one frame and the status trailers
+        // as tonic's encoder writes them. tonic's unary path, built on its streaming decoder and encoder, cost
+        // more allocations and copies per call than framing it here (perf, bench.fronts; docs/benchmarks.md).
+        return match run(shared, method, deadline, permit, parts.headers, message).await {
+            Ok(framed) => Reply::message(framed),
+            Err(refused) => tonic_reply(status(refused)),
+        };
     }
     let mut grpc = Grpc::new(BytesCodec)
         .accept_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(shared.max_message)
         .max_encoding_message_size(usize::MAX);  // into_result applies the limit, with grpc's status
-    let metadata = request_metadata(&parts.headers);
-    let call = Call { shared: shared.clone(), method, deadline, permit: Some(permit), metadata };
-    grpc.unary(call, Request::from_parts(parts, Full::new(body))).await
+    let call = Call { shared: shared.clone(), method, deadline, permit: Some(permit), headers: parts.headers.clone() };
+    tonic_reply(grpc.unary(call, Request::from_parts(parts, Full::new(body))).await)
 }
 
 async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
@@ -477,7 +570,7 @@ async fn forward(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> 
 const NOT_GRPC: &[u8] = b"this port serves gRPC: POST with content-type application/grpc\n";
 const REFUSED_BODY: usize = 64 * 1024;
 
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Reply>, Infallible> {
     if let Some(code) = refusal(req.method(), req.headers()) {
         // The request is read to its end first (up to a bound), as for any call: answering while the client still
         // sends would reset its stream under it, and a protocol error it then makes would go unanswered (h2spec).
@@ -488,15 +581,15 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         if code == http::StatusCode::METHOD_NOT_ALLOWED {
             answer.headers_mut().insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
         }
-        return Ok(answer);
+        return Ok(tonic_reply(answer));
     }
     let method = shared.methods.get(req.uri().path()).copied();
     // gzip is read here; another encoding goes to grpc's server, which knows more of them.
     let foreign = req.headers().get("grpc-encoding").is_some_and(|v| v != "identity" && v != "gzip");
     Ok(match method {
         Some(method) if !foreign => unary(shared, method, req).await,
-        None if !foreign && req.uri().path() == HEALTH_CHECK => health_check(shared, req).await,
-        _ => forward(shared, req).await,
+        None if !foreign && req.uri().path() == HEALTH_CHECK => tonic_reply(health_check(shared, req).await),
+        _ => tonic_reply(forward(shared, req).await),
     })
 }
 
@@ -789,9 +882,9 @@ mod tests {
 
     #[test]
     fn python_answers_map_to_grpc_statuses() {
-        let ok = into_result((0, String::new(), Some(Bytes::from_static(b"12"))), 4).unwrap();
-        assert_eq!(ok.into_inner(), Bytes::from_static(b"12"));
-        let big = into_result((0, String::new(), Some(Bytes::from_static(b"12345"))), 4).unwrap_err();
+        let ok = into_result((0, String::new(), Some(super::framed(b"1234"))), 4).unwrap();
+        assert_eq!(ok, framed(0, b"1234"));
+        let big = into_result((0, String::new(), Some(super::framed(b"12345"))), 4).unwrap_err();
         assert_eq!((big.code(), big.message()), (Code::ResourceExhausted, "the response is larger than the limit of 4 bytes"));
         let missing = into_result((5, "no such item: x".into(), None), 4).unwrap_err();
         assert_eq!((missing.code(), missing.message()), (Code::NotFound, "no such item: x"));
@@ -1003,6 +1096,31 @@ mod tests {
         let answer = front.send_request(get).await.unwrap();
         assert_eq!(answer.status(), http::StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(answer.headers()["allow"], "POST");
+    }
+
+    #[test]
+    fn unframe_takes_exactly_one_uncompressed_message() {
+        assert_eq!(unframe(&framed(0, b"abc")), Some(Bytes::from_static(b"abc")));
+        assert_eq!(unframe(&framed(0, b"")), Some(Bytes::new()));
+        assert_eq!(unframe(&framed(1, b"abc")), None, "compressed: tonic's to read");
+        assert_eq!(unframe(&Bytes::from_static(&[0, 0, 0, 0])), None, "prefix cut short");
+        assert_eq!(unframe(&Bytes::new()), None, "empty body");
+        assert_eq!(unframe(&framed(0, b"abc").slice(..7)), None, "message cut short");
+        assert_eq!(unframe(&Bytes::from([framed(0, b"a"), framed(0, b"b")].concat())), None, "two messages");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_compressed_call_goes_through_tonic_and_reaches_python_decompressed() {
+        use std::io::Write;
+        let (mut front, _) = connected(py_eval("lambda i, data, md, t: (0, '', b'got:' + data)"), 8, 1024).await;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(b"hello").unwrap();
+        let mut request = call("/t.T/Query", b"", &[("grpc-encoding", "gzip")]);
+        *request.body_mut() = Full::new(framed(1, &gz.finish().unwrap()));
+        let (code, _, message) = outcome(&mut front, request).await;
+        assert_eq!((code.as_str(), &message[..]), ("0", &b"got:hello"[..]));
+        let (code, _, message) = outcome(&mut front, call("/t.T/Query", b"plain", &[])).await;
+        assert_eq!((code.as_str(), &message[..]), ("0", &b"got:plain"[..]), "and an uncompressed one beside it");
     }
 
     #[test]

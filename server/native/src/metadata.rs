@@ -21,35 +21,28 @@ const NOT_METADATA: &[&str] = &[
 ];
 
 /// One metadata value: text, or the decoded bytes of a `-bin` key (sent base64-encoded), as grpc gives them.
+/// Text borrows from the request's headers: the call's Python strings are made from it directly.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Value {
-    Text(String),
+pub(crate) enum Value<'a> {
+    Text(&'a str),
     Binary(Vec<u8>),
 }
 
 /// The request's metadata in order; a text value that is not visible ASCII, or a `-bin` value that is not
 /// base64, is left out rather than failing the call (grpc drops such entries as well).
-pub(crate) fn request_metadata(headers: &HeaderMap) -> Vec<(String, Value)> {
-    let mut out = Vec::with_capacity(headers.len());
-    for (name, value) in headers {
+pub(crate) fn request_metadata(headers: &HeaderMap) -> impl Iterator<Item = (&str, Value<'_>)> {
+    headers.iter().filter_map(|(name, value)| {
         let key = name.as_str();
         if NOT_METADATA.contains(&key) {
-            continue;
+            return None;
         }
         let value = if key.ends_with("-bin") {
-            match decode_base64(value.as_bytes()) {
-                Some(bytes) => Value::Binary(bytes),
-                None => continue,
-            }
+            Value::Binary(decode_base64(value.as_bytes())?)
         } else {
-            match value.to_str() {
-                Ok(text) => Value::Text(text.to_owned()),
-                Err(_) => continue,
-            }
+            Value::Text(value.to_str().ok()?)
         };
-        out.push((key.to_owned(), value));
-    }
-    out
+        Some((key, value))
+    })
 }
 
 /// Base64, standard or URL-safe alphabet, padded or not (gRPC senders may omit the padding).
@@ -91,9 +84,10 @@ pub(crate) fn refusal(method: &HttpMethod, headers: &HeaderMap) -> Option<http::
     if method != HttpMethod::POST {
         return Some(http::StatusCode::METHOD_NOT_ALLOWED);
     }
+    const GRPC: &[u8] = b"application/grpc";
     let grpc = headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| {
-        let ct = ct.to_ascii_lowercase();
-        ct == "application/grpc" || ct.starts_with("application/grpc+") || ct.starts_with("application/grpc;")
+        let ct = ct.as_bytes();  // compared without a lowercased copy: this runs on every call
+        ct.get(..GRPC.len()).is_some_and(|head| head.eq_ignore_ascii_case(GRPC)) && matches!(ct.get(GRPC.len()), None | Some(b'+' | b';'))
     });
     (!grpc).then_some(http::StatusCode::UNSUPPORTED_MEDIA_TYPE)
 }
@@ -124,7 +118,7 @@ mod tests {
             ("traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
             ("user-agent", b"grpc-python/1.70"),
         ]);
-        let keys: Vec<_> = request_metadata(&map).into_iter().map(|(k, _)| k).collect();
+        let keys: Vec<_> = request_metadata(&map).map(|(k, _)| k).collect();
         assert_eq!(keys, ["authorization", "x-request-id", "traceparent", "user-agent"]);
     }
 
@@ -132,8 +126,8 @@ mod tests {
     fn repeated_keys_keep_every_value_in_order() {
         let map = headers(&[("x-tag", b"a"), ("x-tag", b"b")]);
         assert_eq!(
-            request_metadata(&map),
-            [("x-tag".to_owned(), Value::Text("a".into())), ("x-tag".to_owned(), Value::Text("b".into()))]
+            request_metadata(&map).collect::<Vec<_>>(),
+            [("x-tag", Value::Text("a")), ("x-tag", Value::Text("b"))]
         );
     }
 
@@ -141,8 +135,8 @@ mod tests {
     fn binary_values_are_decoded_and_bad_ones_dropped() {
         let map = headers(&[("trace-bin", b"AAEC/w"), ("padded-bin", b"AAEC/w=="), ("bad-bin", b"!!"), ("latin", b"caf\xe9")]);
         assert_eq!(
-            request_metadata(&map),
-            [("trace-bin".to_owned(), Value::Binary(vec![0, 1, 2, 255])), ("padded-bin".to_owned(), Value::Binary(vec![0, 1, 2, 255]))]
+            request_metadata(&map).collect::<Vec<_>>(),
+            [("trace-bin", Value::Binary(vec![0, 1, 2, 255])), ("padded-bin", Value::Binary(vec![0, 1, 2, 255]))]
         );
     }
 
@@ -162,7 +156,8 @@ mod tests {
         assert_eq!(refusal(&HttpMethod::POST, &grpc), None);
         assert_eq!(refusal(&HttpMethod::POST, &headers(&[("content-type", b"application/grpc+proto")])), None);
         assert_eq!(refusal(&HttpMethod::GET, &grpc), Some(http::StatusCode::METHOD_NOT_ALLOWED));
-        for ct in [&b"application/json"[..], b"application/grpcx", b"text/plain"] {
+        assert_eq!(refusal(&HttpMethod::POST, &headers(&[("content-type", b"Application/GRPC;charset=x")])), None);
+        for ct in [&b"application/json"[..], b"application/grpcx", b"application/grp", b"text/plain"] {
             let map = headers(&[("content-type", Box::leak(ct.to_vec().into_boxed_slice()))]);
             assert_eq!(refusal(&HttpMethod::POST, &map), Some(http::StatusCode::UNSUPPORTED_MEDIA_TYPE));
         }
