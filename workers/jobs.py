@@ -162,11 +162,18 @@ def recompute(rt: Runtime, limit: int | None = None, partition: int | None = Non
             return {"skipped": "another recompute holds the lock", "marks": 0}
         n = limit or rt.worker.recompute_batch
         result: RecomputeResult = (
-            hetero_recompute.recompute_marked(rt.hetero_context(state.version), n)
+            hetero_recompute.round_and_chunks(
+                rt.hetero_context(state.version), n, ws.hetero_chunk_s, ws.lock_timeout_s / 4, partial(_queued, rt)
+            )
             if rt.is_hetero(state.version)
             else recompute_marked(rt.context(state.version), n)
         )
     return result.as_dict()
+
+
+def _queued(rt: Runtime) -> bool:
+    """Whether the scheduler has queued the next recompute (`workers.scheduler`)."""
+    return bool(rt.redis.exists(redis_keys.queued_key(rt.worker.changed_key)))
 
 
 def rebuild_version(rt: Runtime, version: str = "latest", progress: Progress | None = None) -> dict:

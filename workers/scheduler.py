@@ -4,7 +4,8 @@ one ``interest.recompute`` when marks are waiting.
 Ingestion (the gRPC server) pushes onto the list ``IG_WORKER_CHANGED_KEY`` after a write; the scheduler pops it
 (``BLPOP``), waits ``IG_WORKER_DEBOUNCE_S`` so a burst lands in one recompute, and sends the task unless one
 is already queued (a Redis key the task deletes when it starts). At most one recompute is queued and one runs;
-loaders and other writers need no signal, the periodic poll finds their marks. With ``IG_WORKER_PARTITIONS`` > 1
+loaders and other writers need no signal, the periodic poll finds their marks. A K-layer encoder's pending set
+(`workers.hetero_recompute.PendingSet`) counts as waiting marks. With ``IG_WORKER_PARTITIONS`` > 1
 the same holds per partition (`workers.partitions`): one task per partition with marks, at most one queued each,
 so the queue is bounded by the partition count however far the marks run ahead.
 """
@@ -24,7 +25,7 @@ from celery import Celery
 from graphdb.changes import count_marks
 from graphdb.slots import partition_backlog
 from workers.redis_connect import connect
-from workers.redis_keys import queued_key
+from workers.redis_keys import HETERO_PENDING, queued_key
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class Scheduler:
         if self.ws.partitions > 1:
             waiting = sorted(partition_backlog(self.driver, self.ws.partitions, database=self.database))
             return sum(self._send(p) for p in waiting) > 0
-        if count_marks(self.driver, database=self.database) == 0:
+        if count_marks(self.driver, database=self.database) == 0 and not self.redis.zcard(HETERO_PENDING):
             return False
         return self._send(None)
 
