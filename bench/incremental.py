@@ -237,7 +237,8 @@ def _incremental(p) -> dict:
             raise RuntimeError(res)
         for k in total:
             total[k] += res.get(k, 0)
-        per_layer = [a + b for a, b in zip(res.get("affected", []), per_layer or [0] * len(res.get("affected", [])))]
+        if res.get("affected"):  # a task with no marks (chunks of the pending set only) has none
+            per_layer = [a + b for a, b in zip(res["affected"], per_layer or [0] * len(res["affected"]))]
         for k, v in res.get("phases", {}).items():
             phases[k] = phases.get(k, 0.0) + v
         tasks += 1

@@ -542,6 +542,7 @@ class HeteroResult(RecomputeResult):
     pending_users: int = 0  # vectors they wrote
     pending_items: int = 0
     pending_steps: int = 0
+    pending_expanded: int = 0  # entries they added (`_pending_step`)
 
 
 def recompute_marked(ctx: HeteroContext, limit: int = 10000) -> HeteroResult:
@@ -712,6 +713,7 @@ class PendingResult:
     seconds: float = 0.0
     left: int = 0  # entries waiting after the last step
     cached_items: int = 0  # items read as their stored cap (`CapStore`)
+    expanded: int = 0  # ``s`` entries added for the vectors that keep an ``o`` entry's node
     phases: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
 
@@ -750,6 +752,9 @@ def recompute_pending(ctx: HeteroContext, budget_s: float) -> PendingResult:
 
 
 def _pending_step(ctx: HeteroContext, taken: list[str], res: PendingResult) -> None:
+    """One step: the ``o`` entries become ``s`` entries of the vectors that keep their node (added before the
+    caller removes the ``o`` ones), so a vector kept by many of the backlog's moved nodes is recomputed once; the
+    ``s`` entries' vectors are computed, published and written."""
     nb = Neighbourhood(ctx)
     outs: set[Node] = set()
     targets: set[Node] = set()
@@ -759,8 +764,10 @@ def _pending_step(ctx: HeteroContext, taken: list[str], res: PendingResult) -> N
             outs.add(node)
         elif node[0] in ("user", "item"):
             targets.add(node)
-    with nb.timed("pending_out_s"):
-        targets |= {n for n in nb.out(outs) if n[0] in ("user", "item")} if outs else set()
+    if outs:
+        with nb.timed("pending_out_s"):
+            keep = {n for n in nb.out(outs) if n[0] in ("user", "item")}
+            res.expanded += PendingSet(ctx).add((), keep - targets)
     if targets:
         with nb.timed("pending_last_s"):
             users, items = last_layer(nb, targets, LayerStore(ctx), {})
@@ -796,6 +803,7 @@ def round_and_chunks(
         res.pending_users += chunk.users
         res.pending_items += chunk.items
         res.pending_steps += chunk.steps
+        res.pending_expanded += chunk.expanded
         res.cached_items += chunk.cached_items
         res.published += chunk.published
         for k, v in chunk.phases.items():
