@@ -14,7 +14,7 @@ from proto.interest.v1 import interest_pb2 as pb
 
 class StreamWatch(threading.Thread):
     """Every time each node id appears as an upsert on the delta stream, from the stream's tail at start:
-    ``seen`` holds the first time, ``times`` all of them."""
+    ``seen`` holds the first time, ``times`` all of them, ``answered`` the first that answers the node's mark."""
 
     def __init__(self, url: str, stream: str) -> None:
         super().__init__(daemon=True)
@@ -24,6 +24,9 @@ class StreamWatch(threading.Thread):
         self.position = last[0][0] if last else b"0-0"
         self.seen: dict[str, float] = {}
         self.times: dict[str, list[float]] = defaultdict(list)
+        # the first upsert that answers a change mark of the node (``changed_at`` set: the round that read the
+        # mark), not one that recomputed it for a neighbour's change (a K-layer encoder's out-set)
+        self.answered: dict[str, float] = {}
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -41,6 +44,8 @@ class StreamWatch(threading.Thread):
                     if d.op == pb.EmbeddingDelta.OP_UPSERT:
                         self.seen.setdefault(d.id, now)
                         self.times[d.id].append(now)
+                        if d.changed_at > 0:
+                            self.answered.setdefault(d.id, now)
 
     def first_after(self, node: str, at: float) -> float | None:
         """When ``node`` was first published at or after ``at`` (None: not yet)."""

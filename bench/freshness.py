@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import redis
 import typer
 
 from bench import freshness_load
@@ -35,12 +36,14 @@ from bench._common import emit_result
 from bench._paced_ingest import paced_ingest
 from bench._stack import log, pipeline, start_scheduler
 from bench._stream_watch import StreamWatch
+from graphdb.changes import count_marks
 from graphdb.ego import count_ego_marks
 from graphdb.loaders import DATASETS
 from graphdb.pseudonym import pseudonymise
 from graphdb.settings import DataSettings, GraphSettings
 from proto.interest.v1 import interest_pb2 as pb
 from workers import process
+from workers.redis_keys import HETERO_PENDING
 
 _UPDATED = "UNWIND $ids AS id MATCH (u:User {id: id}) RETURN u.id AS id, u.emb_updated_at AS at, u.ego_updated_at AS ego_at"
 _USERS = "MATCH (u:User) RETURN count(u) AS n"
@@ -145,9 +148,10 @@ def main(
             sent_s = time.time()
             pseudo = {u: pseudonymise(key, u) for u, _ in acks}
             deadline = time.time() + 60
-            while time.time() < deadline and not all(pseudo[u] in watch.seen for u, _ in acks):
+            while time.time() < deadline and not all(pseudo[u] in watch.answered for u, _ in acks):
                 time.sleep(0.2)
             log(f"sent {len(acks):,}; all published {time.time() - sent_s:.1f}s after the last")
+            drained_s = _drained(p, sent_s) if hetero else None
             # the ego vectors (SimilarUsers) follow in ego rounds of their own: how long after the last event they drain
             while time.time() < deadline + 60 and count_ego_marks(p.driver):
                 time.sleep(0.2)
@@ -155,8 +159,13 @@ def main(
         finally:
             watch.stop.set()
             process.stop(scheduler)
-        missing = [u for u, _ in acks if pseudo[u] not in watch.seen]
-        stream_lat = [watch.seen[pseudo[u]] - at for u, at in acks if pseudo[u] in watch.seen]
+        # The user's vector that answers its event's mark (published by the round that read the mark), not a
+        # recompute for a neighbour's change before that round: with a K-layer encoder a user is also rewritten when
+        # an item it keeps moves, which may come before its own event is in. `first_seen_*`: the first upsert of the
+        # user after the stream's tail at start, whatever caused it (this bench's figure before 2026-12-06).
+        missing = [u for u, _ in acks if pseudo[u] not in watch.answered]
+        stream_lat = [watch.answered[pseudo[u]] - at for u, at in acks if pseudo[u] in watch.answered]
+        first_seen = [watch.seen[pseudo[u]] - at for u, at in acks if pseudo[u] in watch.seen]
         rows = p.driver.execute_query(_UPDATED, ids=list(pseudo.values())).records
         written = {r["id"]: r["at"] for r in rows}
         neo4j_lat = [written[pseudo[u]] - at for u, at in acks if written.get(pseudo[u])]
@@ -172,12 +181,29 @@ def main(
             "duration_s": duration_s,
             **percentiles(stream_lat),
             **{f"neo4j_{k}": v for k, v in percentiles(neo4j_lat).items()},
+            **{f"first_seen_{k}": v for k, v in percentiles(first_seen).items()},
             "missing": len(missing),
             **({f"ego_{k}": v for k, v in percentiles(ego_lat).items()} if ego_lat else {}),
             "ego_written": len(ego_lat),
             "ego_drained_after_last_s": ego_drained_s,
         }
+        if hetero:  # the items lag their users by the pending set's backlog: when it and the marks were empty
+            result["drained_s_after_last"] = drained_s
     emit_result(result, out)
+
+
+def _drained(p: Any, since: float, limit_s: float = 300.0) -> float | None:
+    """Seconds from ``since`` until no mark and no pending entry (`workers.hetero_recompute.PendingSet`) is left."""
+    client = redis.Redis.from_url(p.redis_url)
+    deadline = time.time() + limit_s
+    try:
+        while time.time() < deadline:
+            if not client.zcard(HETERO_PENDING) and not count_marks(p.driver):
+                return round(time.time() - since, 1)
+            time.sleep(0.2)
+        return None
+    finally:
+        client.close()
 
 
 def _external_users(p, dataset: str, key: str) -> list[str]:

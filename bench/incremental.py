@@ -13,7 +13,8 @@ after a few unmeasured warm-up rounds (query plans and JIT, as in a running serv
 A last row shows a hub: one event on the most popular item costs one user, not its thousands of neighbours.
 
 With ``--model hetero-*`` the worker trains and serves a K-layer heterogeneous encoder (``workers.hetero_live``;
-``--dim`` wide, one epoch) and recomputes with its K-hop affected set (``workers.hetero_recompute``). Rows then
+``--dim`` wide, one epoch) and recomputes with its K-hop affected set (``workers.hetero_recompute``: rounds of the
+marks, then chunks of the pending set they leave, until both are empty; ``round_s`` and ``pending_s``). Rows then
 also carry the affected set per layer, and ``--singles`` single events report the affected set of one event
 against the full K-hop ball around it (users, items, categories and brands within K hops of its user and item).
 """
@@ -168,6 +169,10 @@ def main(
                 row["affected_per_layer"] = inc["affected"]
                 row["phases"] = inc["phases"]  # seconds by part of the rounds (`HeteroResult.phases`)
                 row["cached_items"] = inc["cached_items"]  # items read as their stored cap (`CapStore`)
+                # the rounds (their users, first) and the pending set's chunks (the last layer's out-set); the
+                # vectors written count a node once per round or chunk that wrote it
+                for k in ("round_s", "first_s", "round_users", "pending_s", "pending_users", "pending_items", "pending_done", "tasks"):
+                    row[k] = inc[k]
             log(f"{row}")
             rows.append(row)
 
@@ -183,6 +188,7 @@ def main(
             "events": 1,
             "affected": inc["users"] + inc["items"],
             "incremental_s": round(inc["s"], 4),
+            "round_s": inc["round_s"],
         }
         log(f"hub: {hub_row}")
         result = {"bench": "incremental", "dataset": dataset, "model": model, "rows": rows, "hub": hub_row}
@@ -217,24 +223,34 @@ def _singles(p, users: list[str], items: list[str], n: int, hops: int) -> dict:
 
 
 def _incremental(p) -> dict:
-    """Recompute rounds through the worker until no mark is left; timings summed over the rounds."""
+    """Recompute tasks through the worker until no mark and no pending entry (`workers.hetero_recompute.PendingSet`)
+    is left; timings summed over the tasks. A hetero task is a round (``round_s``: its users, first) and chunks of
+    the pending set (``pending_s``: the last layer's out-set); ``s`` is both."""
     total = {"users": 0, "items": 0, "pull_s": 0.0, "forward_s": 0.0, "write_s": 0.0, "cached_items": 0}
+    total |= {"pending_s": 0.0, "pending_users": 0, "pending_items": 0, "pending_done": 0, "first_s": 0.0}
     per_layer: list[int] = []
     phases: dict[str, float] = {}
+    tasks = 0
     while True:
         res = p.app.send_task("interest.recompute", kwargs={"limit": 100_000}).get(timeout=3600)
         if "error" in res:
             raise RuntimeError(res)
-        if not res["marks"]:
-            break
         for k in total:
             total[k] += res.get(k, 0)
-        per_layer = [a + b for a, b in zip(res.get("affected", []), per_layer or [0] * len(res.get("affected", [])))]
+        if res.get("affected"):  # a task with no marks (chunks of the pending set only) has none
+            per_layer = [a + b for a, b in zip(res["affected"], per_layer or [0] * len(res["affected"]))]
         for k, v in res.get("phases", {}).items():
             phases[k] = phases.get(k, 0.0) + v
-    total["s"] = total["pull_s"] + total["forward_s"] + total["write_s"]
+        tasks += 1
+        if not res["marks"] and not res.get("pending_left") and not res.get("pending_done"):
+            break
+    total["round_s"] = total["pull_s"] + total["forward_s"] + total["write_s"]
+    total["s"] = total["round_s"] + total["pending_s"]
+    total["round_users"] = total["users"]
+    total["users"] += total["pending_users"]
+    total["items"] += total["pending_items"]
     rounded = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in total.items()}
-    return {**rounded, "affected": per_layer, "phases": {k: round(v, 4) for k, v in phases.items()}}
+    return {**rounded, "affected": per_layer, "phases": {k: round(v, 4) for k, v in phases.items()}, "tasks": tasks}
 
 
 def _dataset_users(dataset: str, limit: int | None):

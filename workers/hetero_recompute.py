@@ -37,11 +37,14 @@ from graphdb.embeddings import write_and_clear
 from graphdb.schema import BRAND, CATEGORY, ITEM, USER
 from graphdb.subgraph import EdgeRow, ItemRow
 from workers.hetero_live import HeteroLive, Node
-from workers.recompute import MARKS_PER_ROLLOUT, RecomputeResult, Timings, _Clock, publish_vectors, switch_to
+from workers.recompute import MARKS_PER_ROLLOUT, RecomputeResult, Timings, publish_vectors, switch_to
+from workers.redis_keys import HETERO_PENDING
+from workers.steps import Laps, timed
 
 FINGERPRINTS = "ig:hetero:inlists:{version}"
 LAYERS = "ig:hetero:layers:{version}"
 CAPS = "ig:hetero:caps:{version}"
+PENDING = HETERO_PENDING  # one set for every version (`PendingSet`): the scheduler wakes a round while it holds any
 # An intermediate output that moved by no more than this is unchanged: float32 rounding of the same sums in another
 # order stays far below it, and what it hides downstream stays far below invariant 3's 1e-4.
 MOVED_TOL = 1e-6
@@ -81,11 +84,8 @@ class Neighbourhood:
     @contextmanager
     def timed(self, name: str) -> Iterator[None]:
         """Adds the block's seconds to ``phases[name]`` (nested blocks count in both)."""
-        t = time.perf_counter()
-        try:
+        with timed(self.phases, name):
             yield
-        finally:
-            self.phases[name] += time.perf_counter() - t
 
     def load(self, nodes: Iterable[Node]) -> None:
         """Read the in-lists (and item rows) of these nodes that are not read yet."""
@@ -222,6 +222,7 @@ class Affected:
     changed: set[Node]  # C: in-lists that changed (their fingerprints are stored after the write)
     per_layer: list[int] = field(default_factory=list)  # |A_k| per layer
     layer_updates: dict[int, dict[Node, np.ndarray]] = field(default_factory=dict)  # outputs that moved, to store
+    last_moved: set[Node] = field(default_factory=set)  # nodes whose layer-(K-1) output moved (the last layer's input)
 
 
 def candidates(nb: Neighbourhood, by_label: dict[str, set[str]]) -> tuple[set[Node], set[str]]:
@@ -308,11 +309,14 @@ def affected(
     stored: dict[str, str] | None,
     layers: LayerStore | None = None,
     before_last: Callable[[Affected], None] | None = None,
+    defer_last: bool = False,
 ) -> Affected:
     """The layer-by-layer affected set (module docstring) of ``candidates``. ``stored``: in-list fingerprints by
     node key (None: none kept, every candidate counts as changed). ``layers``: the stored intermediate outputs;
     without them every candidate of a layer counts as changed there. ``before_last``: called once the layer-(K-1)
-    outputs are known and ``changed`` is final, before the last layer's out-set is read (most of a round's pulls)."""
+    outputs are known and ``changed`` is final, before the last layer's out-set is read (most of a round's pulls).
+    ``defer_last``: stop there; ``nodes`` are then the users of ``last_moved`` and ``changed`` (their vectors need
+    only their own caps), and the last layer's out-set is left to the pending set."""
     enc = nb.enc
     with nb.timed("changed_s"):
         nb.load(cands)
@@ -320,8 +324,14 @@ def affected(
     moved: set[Node] = {("item", i) for i in items if i not in enc.row}  # layer-0 inputs from live metadata
     found = Affected(set(), changed)
     for k in range(1, enc.layers + 1):
-        if k == enc.layers and before_last is not None:
-            before_last(found)
+        if k == enc.layers:
+            found.last_moved = moved
+            if before_last is not None:
+                before_last(found)
+            if defer_last:  # the out-set is the pending set's (`recompute_marked`): only what the round computes
+                found.nodes = {n for n in moved | changed if n[0] == "user"}
+                found.per_layer.append(len(moved | changed))
+                return found
         with nb.timed(f"out_{k}_s"):
             layer = moved | changed | nb.out(moved)  # whose layer-k output may differ
         found.per_layer.append(len(layer))
@@ -384,23 +394,44 @@ def last_layer_inputs(
     nb: Neighbourhood, found: Affected, store: LayerStore, nodes: set[Node] | None = None
 ) -> tuple[list[str], list[EdgeRow], list[ItemRow], dict[Node, np.ndarray] | None]:
     """The rows of ``nodes``' (default ``found.nodes``) own caps and the layer-(K-1) outputs of those nodes and
-    their caps' sources:
-    what the last layer alone needs (`HeteroLive.encode`'s ``given``), so neither the K-hop rows nor the lower
-    layers are read or run again. The outputs are the ones just computed for the nodes that moved, the stored ones
-    for the rest (equal within ``MOVED_TOL``). ``given`` is None when the store lacks one of them (no Redis, or a
-    version rolled out before the store): then the K-hop rows are pulled instead."""
+    their caps' sources (`own_inputs`), with the outputs just computed for the nodes that moved. ``given`` is None
+    when the store lacks one of them (no Redis, or a version rolled out before the store): then the K-hop rows are
+    pulled instead."""
     k = nb.enc.layers - 1
     if k < 1 or store.redis is None or k not in found.layer_updates:
         return [], [], [], None
-    nodes = found.nodes if nodes is None else nodes
+    return own_inputs(nb, found.nodes if nodes is None else nodes, store, found.layer_updates[k])
+
+
+def own_inputs(
+    nb: Neighbourhood, nodes: set[Node], store: LayerStore, moved: dict[Node, np.ndarray]
+) -> tuple[list[str], list[EdgeRow], list[ItemRow], dict[Node, np.ndarray] | None]:
+    """What the last layer alone needs (`HeteroLive.encode`'s ``given``), so neither the K-hop rows nor the lower
+    layers are read or run again: the rows of ``nodes``' own caps and the layer-(K-1) outputs of those nodes and
+    their caps' sources, ``moved``'s where it has them, else the stored ones (equal within ``MOVED_TOL``)."""
+    k = nb.enc.layers - 1
     users, edges, rows = pull(nb, nodes, depth=1)
     need: set[Node] = {("user", u) for u in users} | {("user", e.user) for e in edges} | {("item", r.id) for r in rows}
     for r in rows:
         if ("item", r.id) in nodes:
             need.update(n for n in nb.cap(("item", r.id)) if n[0] != "user")
-    moved = found.layer_updates[k]
     given = {**store.get(k, need - moved.keys()), **{n: v for n, v in moved.items() if n in need}}
     return users, edges, rows, given if need <= given.keys() else None
+
+
+def last_layer(
+    nb: Neighbourhood, nodes: set[Node], store: LayerStore, moved: dict[Node, np.ndarray]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The vectors (users, items) of ``nodes`` from their own caps and the layer-(K-1) outputs (`own_inputs`);
+    the K-hop rows and a whole forward where the store lacks an output."""
+    users, edges, rows, given = own_inputs(nb, nodes, store, moved)
+    if given is None:
+        users, edges, rows = pull(nb, nodes)
+    out = nb.enc.encode(users, edges, rows, given=given, histories=nb.user_edges)
+    return (
+        {i: out.users[i] for k, i in nodes if k == "user" and i in out.users},
+        {i: out.items[i] for k, i in nodes if k == "item" and i in out.items},
+    )
 
 
 def _key(node: Node) -> str:
@@ -426,6 +457,72 @@ def _store_prints(ctx: HeteroContext, prints: dict[str, str]) -> None:
         ctx.redis.hset(key, mapping=dict(items[s : s + 5000]))
 
 
+# ------------------------------------------------------------------------------------------------ pending set
+class PendingSet:
+    """The last layer's work a round leaves behind (`recompute_marked`), in Redis, oldest first: what makes the
+    served vectors equal a full recompute once it and the marks drain.
+
+    A member is ``version|op|node``: ``o`` asks for the vectors of every user and item that keeps ``node`` in its
+    cap (``node``'s layer-(K-1) output moved: the stored one, `LayerStore`, is the new one), ``s`` for ``node``'s
+    own vector (its cap or its own layer-(K-1) output changed). A round adds its entries before it stores the
+    outputs, caps and fingerprints that would hide the change from the next round, and before it clears its marks;
+    `recompute_pending` removes them only after their vectors are written, so a worker that dies anywhere leaves
+    either the marks or the entries. Rounds and chunks run under the one recompute lock (`workers.jobs`), never at
+    the same time, so an entry cannot be added again while a chunk that took it runs. A member of another version
+    is dropped when met: a rollout rewrote every vector (`rebuild`)."""
+
+    def __init__(self, ctx: HeteroContext):
+        self.redis, self.version = ctx.redis, ctx.encoder.version
+
+    def _members(self, op: str, nodes: Iterable[Node]) -> list[str]:
+        return [f"{self.version}|{op}|{_key(n)}" for n in nodes]
+
+    def add(self, outs: Iterable[Node], selfs: Iterable[Node]) -> int:
+        """Add entries (``o`` for ``outs``, ``s`` for ``selfs``); an entry already waiting keeps its place."""
+        members = self._members("o", outs) + self._members("s", selfs)
+        if self.redis is None or not members:
+            return 0
+        now, added = time.time(), 0
+        for s in range(0, len(members), 5000):
+            added += int(self.redis.zadd(PENDING, {m: now for m in members[s : s + 5000]}, nx=True))
+        return added
+
+    def take(self, n: int) -> list[str]:
+        """The oldest ``n`` entries of this version (left in the set)."""
+        if self.redis is None:
+            return []
+        while True:
+            got = [m.decode() for m in self.redis.zrange(PENDING, 0, n - 1)]
+            stale = [m for m in got if not m.startswith(f"{self.version}|")]
+            if not stale:
+                return got
+            self.redis.zrem(PENDING, *stale)
+
+    def remove(self, members: Iterable[str]) -> None:
+        members = list(members)
+        if self.redis is not None:
+            for s in range(0, len(members), 5000):
+                self.redis.zrem(PENDING, *members[s : s + 5000])
+
+    def remove_selfs(self, nodes: Iterable[Node]) -> None:
+        self.remove(self._members("s", nodes))
+
+    def count(self) -> int:
+        return 0 if self.redis is None else int(self.redis.zcard(PENDING))
+
+    @staticmethod
+    def parse(member: str) -> tuple[str, Node]:
+        _, op, key = member.split("|", 2)
+        kind, nid = key.split(":", 1)
+        return op, (kind, nid)
+
+
+def deferred(ctx: HeteroContext) -> bool:
+    """Whether rounds leave the last layer's out-set to the pending set: a K >= 2 encoder with its layer store
+    (Redis). GCN recomputes everything each round (module docstring); K = 1 has no stored layer to read."""
+    return ctx.redis is not None and ctx.encoder.layers >= 2 and ctx.encoder.kind != "hetero-gcn"
+
+
 # ------------------------------------------------------------------------------------------------ incremental
 @dataclass
 class HeteroResult(RecomputeResult):
@@ -435,14 +532,29 @@ class HeteroResult(RecomputeResult):
     first_s: float = 0.0  # seconds from the round's start to that publish
     phases: dict[str, float] = field(default_factory=dict)  # seconds by part of the round (`Neighbourhood.timed`)
     cached_items: int = 0  # items read as their stored cap (`CapStore`), not whole from Neo4j
+    pending_added: int = 0  # entries the round added to the pending set (`PendingSet`)
+    # the chunks of the pending set run after the round in the same task (`round_and_chunks`)
+    pending_done: int = 0  # entries recomputed and removed
+    pending_left: int = 0  # entries waiting after them
+    pending_s: float = 0.0  # their seconds
+    pending_users: int = 0  # vectors they wrote
+    pending_items: int = 0
+    pending_steps: int = 0
+    pending_expanded: int = 0  # entries they added (`_pending_step`)
 
 
 def recompute_marked(ctx: HeteroContext, limit: int = 10000) -> HeteroResult:
-    """Recompute what the oldest ``limit`` marks affect (module docstring); publish, write, clear the marks."""
+    """Recompute what the oldest ``limit`` marks affect (module docstring); publish, write, clear the marks.
+
+    With a K >= 2 encoder and its layer store (`deferred`) the round computes, publishes and writes only the users
+    whose own vectors it can make from their caps and the layer-(K-1) outputs just computed (the event users
+    first), and leaves the rest of the last layer (the items and users that keep a moved node: most of a round's
+    reads and writes) to the pending set (`PendingSet`, `recompute_pending`): an event that lands during a round
+    waits for that round's users, not its items."""
     enc, version = ctx.encoder, ctx.encoder.version
     res = HeteroResult(version)
     started = time.perf_counter()
-    clock = _Clock(res.timings)
+    clock = Laps(res.timings)
     marks = read_marks(ctx.driver, limit=limit, database=ctx.database)
     res.marks = len(marks)
     if not marks:
@@ -462,12 +574,13 @@ def recompute_marked(ctx: HeteroContext, limit: int = 10000) -> HeteroResult:
         cands, marked_items = candidates(nb, by_label)
     store = LayerStore(ctx)
     first: dict[str, np.ndarray] = {}
+    defer = deferred(ctx)
 
     def publish_first(found: Affected) -> None:
         # A changed user's vector needs only its own cap and the layer-(K-1) outputs just computed, not the last
         # layer's out-set (the items that keep a moved node: most of a round's pulls), so the shoppers whose events
         # started the round reach the stream first. The same computation as the round's (`last_layer_inputs`).
-        nodes = {n for n in found.changed if n[0] == "user"}
+        nodes = {n for n in (found.changed | found.last_moved if defer else found.changed) if n[0] == "user"}
         if enc.kind == "hetero-gcn" or not nodes:
             return
         users, edges, rows, given = last_layer_inputs(nb, found, store, nodes)
@@ -479,8 +592,11 @@ def recompute_marked(ctx: HeteroContext, limit: int = 10000) -> HeteroResult:
             res.first_published = publish_vectors(ctx.redis, ctx.stream, {USER: first}, version, since)
         res.first_s = time.perf_counter() - started
 
-    found = affected(nb, cands, marked_items, _stored_prints(ctx, cands), store, publish_first)
+    found = affected(nb, cands, marked_items, _stored_prints(ctx, cands), store, publish_first, defer_last=defer)
     res.affected, res.changed = found.per_layer, len(found.changed)
+    if defer:
+        _finish_deferred(ctx, nb, found, store, first, res, marks, by_label, tokens, since, clock, started)
+        return res
     if enc.kind == "hetero-gcn":  # source degrees need the whole graph, and change the whole graph (module docstring)
         all_users, edges, rows = _everything(ctx)
         found.nodes = {("user", u) for u in all_users} | {("user", e.user) for e in edges} | {("item", r.id) for r in rows}
@@ -528,6 +644,186 @@ def recompute_marked(ctx: HeteroContext, limit: int = 10000) -> HeteroResult:
     return res
 
 
+def _finish_deferred(
+    ctx: HeteroContext,
+    nb: Neighbourhood,
+    found: Affected,
+    store: LayerStore,
+    first: dict[str, np.ndarray],
+    res: HeteroResult,
+    marks: list,
+    by_label: dict[str, set[str]],
+    tokens: dict[str, dict[str, str]],
+    since: dict[str, dict[str, float]],
+    clock: Laps,
+    started: float,
+) -> None:
+    """The rest of a deferred round (`recompute_marked`): the round's users written, the pending set's entries
+    added, the moved outputs, caps and fingerprints stored, the marks cleared, in an order that a crash at any
+    point leaves the marks or the entries (`PendingSet`)."""
+    enc, version = ctx.encoder, ctx.encoder.version
+    moved = found.layer_updates.get(enc.layers - 1, {})
+    missing = {n for n in found.nodes if n[1] not in first}
+    if missing:  # the store lacked an output `publish_first` needed: the same vectors from the K-hop rows
+        with nb.timed("first_s"):
+            more, _ = last_layer(nb, missing, store, moved)
+            first.update(more)
+            res.first_published += publish_vectors(ctx.redis, ctx.stream, {USER: more}, version, since)
+        res.first_s = time.perf_counter() - started
+    clock.lap("pull_s")
+    pending = PendingSet(ctx)
+    written_users = {("user", u) for u in first}
+    with nb.timed("pending_s"):
+        # every node whose layer-(K-1) output moved: the vectors that keep it; every item whose cap or own output
+        # changed: its vector; the round's users too until they are written below (a crash before leaves them)
+        items = {n for n in found.changed | found.last_moved if n[0] == "item"}
+        res.pending_added = pending.add(found.last_moved, items | written_users)
+    with nb.timed("store_s"):
+        nb.caps.put({i: [e for e, _ in nb.item_in(i)] for i in nb.exact if i in nb.item_edges})  # `CapStore`
+        _store_prints(ctx, {_key(n): nb.print_of(n) for n in found.changed})
+        for k, layer in found.layer_updates.items():
+            store.put(k, layer)
+    cleared = 0
+    with nb.timed("write_vectors_s"):
+        if first:
+            res.users, cleared = write_and_clear(
+                ctx.driver, USER, first.items(), version, database=ctx.database, batch_size=ctx.write_batch, tokens=tokens[USER]
+            )
+    with nb.timed("pending_s"):
+        pending.remove_selfs(written_users)
+    res.published = res.first_published
+    rest = [m for m in marks if not (m.label == USER and m.id in first)]
+    with nb.timed("clear_s"):
+        res.cleared = cleared + clear_marks(ctx.driver, rest, database=ctx.database)
+    res.propagated_users = len(set(first) - by_label[USER])
+    clock.lap("write_s")
+    res.phases = {k: round(v, 4) for k, v in sorted(nb.phases.items())}
+    res.cached_items = len(nb.partial)
+
+
+@dataclass
+class PendingResult:
+    steps: int = 0
+    entries: int = 0  # pending entries recomputed and removed
+    users: int = 0  # vectors written
+    items: int = 0
+    published: int = 0
+    seconds: float = 0.0
+    left: int = 0  # entries waiting after the last step
+    cached_items: int = 0  # items read as their stored cap (`CapStore`)
+    expanded: int = 0  # ``s`` entries added for the vectors that keep an ``o`` entry's node
+    phases: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+
+# seconds per pending entry of the last step, by version: how many entries the next step takes to fit its time
+_PER_ENTRY: dict[str, float] = {}
+
+
+def recompute_pending(ctx: HeteroContext, budget_s: float) -> PendingResult:
+    """Recompute the pending set's entries (`PendingSet`), oldest first, in steps until ``budget_s`` has passed
+    (at least one step; a step is sized from the last one's time per entry, and cannot be cut short). Each step
+    reads its targets' caps and the layer-(K-1) outputs stored at that moment, publishes and writes their vectors,
+    and only then removes its entries. A target whose change is not yet in the stores (a marked node) is computed
+    again after the round that stores it: that round's entries ask for it."""
+    pend, res = PendingSet(ctx), PendingResult()
+    version = ctx.encoder.version
+    start = time.perf_counter()
+    while True:
+        left_s = budget_s - (time.perf_counter() - start)
+        if res.steps and left_s <= 0:
+            break
+        # an entry costs ~10-30 ms on the 2-core VM (a user's ~20 items, a popular item's shoppers): a first guess
+        # that is too small overruns the first chunk by seconds, which the next round pays in waiting marks
+        per = _PER_ENTRY.get(version, 0.025)
+        taken = pend.take(max(4, min(5000, int(left_s / per))))
+        if not taken:
+            break
+        t = time.perf_counter()
+        _pending_step(ctx, taken, res)
+        pend.remove(taken)
+        _PER_ENTRY[version] = (time.perf_counter() - t) / len(taken)
+        res.steps += 1
+        res.entries += len(taken)
+    res.seconds = time.perf_counter() - start
+    res.left = pend.count()
+    return res
+
+
+def _pending_step(ctx: HeteroContext, taken: list[str], res: PendingResult) -> None:
+    """One step: the ``o`` entries become ``s`` entries of the vectors that keep their node (added before the
+    caller removes the ``o`` ones), so a vector kept by many of the backlog's moved nodes is recomputed once; the
+    ``s`` entries' vectors are computed, published and written."""
+    nb = Neighbourhood(ctx)
+    outs: set[Node] = set()
+    targets: set[Node] = set()
+    for m in taken:
+        op, node = PendingSet.parse(m)
+        if op == "o":
+            outs.add(node)
+        elif node[0] in ("user", "item"):
+            targets.add(node)
+    if outs:
+        with nb.timed("pending_out_s"):
+            keep = {n for n in nb.out(outs) if n[0] in ("user", "item")}
+            res.expanded += PendingSet(ctx).add((), keep - targets)
+    if targets:
+        with nb.timed("pending_last_s"):
+            users, items = last_layer(nb, targets, LayerStore(ctx), {})
+        version = ctx.encoder.version
+        with nb.timed("pending_publish_s"):
+            res.published += publish_vectors(ctx.redis, ctx.stream, {ITEM: items, USER: users}, version)
+        with nb.timed("pending_write_s"):  # no tokens: a chunk answers no mark, and clears none
+            for label, vecs in ((ITEM, items), (USER, users)):
+                if vecs:
+                    n = write_and_clear(ctx.driver, label, vecs.items(), version, database=ctx.database, batch_size=ctx.write_batch)[0]
+                    setattr(res, "items" if label == ITEM else "users", getattr(res, "items" if label == ITEM else "users") + n)
+    res.cached_items += len(nb.partial)
+    for k, v in nb.phases.items():
+        res.phases[k] += v
+
+
+def round_and_chunks(
+    ctx: HeteroContext, limit: int, chunk_s: float, hold_s: float, queued: Callable[[], bool] = lambda: False
+) -> HeteroResult:
+    """One task's work (`workers.jobs.recompute`): a round of the marks, then chunks of the pending set of about
+    ``chunk_s`` each: at least one (the pending set advances under a load that always queues the next round), and
+    more while no round is ``queued`` and the task has run less than ``hold_s`` (the lock's holder must return)."""
+    res = recompute_marked(ctx, limit)
+    if not deferred(ctx):
+        return res
+    start = time.perf_counter()
+    phases: dict[str, float] = defaultdict(float, res.phases)
+    while True:
+        chunk = recompute_pending(ctx, chunk_s)
+        res.pending_done += chunk.entries
+        res.pending_left = chunk.left
+        res.pending_s += chunk.seconds
+        res.pending_users += chunk.users
+        res.pending_items += chunk.items
+        res.pending_steps += chunk.steps
+        res.pending_expanded += chunk.expanded
+        res.cached_items += chunk.cached_items
+        res.published += chunk.published
+        for k, v in chunk.phases.items():
+            phases[k] += v
+        if not chunk.entries or not chunk.left or queued() or time.perf_counter() - start >= hold_s:
+            break
+    res.pending_s = round(res.pending_s, 4)
+    res.phases = {k: round(v, 4) for k, v in sorted(phases.items())}
+    return res
+
+
+def drain(ctx: HeteroContext, limit: int = 10000, chunk_s: float = 0.0) -> list[HeteroResult]:
+    """Rounds and chunks until no mark and no pending entry is left (tests and offline tools; the worker's tasks
+    do the same under the lock, `round_and_chunks`). ``chunk_s`` 0: one step of the pending set between rounds."""
+    rounds = []
+    while True:
+        res = round_and_chunks(ctx, limit, chunk_s, 0.0)
+        rounds.append(res)
+        if res.marks == 0 and res.pending_left == 0 and res.pending_done == 0:
+            return rounds
+
+
 def _everything(ctx: HeteroContext) -> tuple[list[str], list[EdgeRow], list[ItemRow]]:
     return (
         subgraph.all_user_ids(ctx.driver, database=ctx.database),
@@ -550,7 +846,7 @@ class HeteroFull:
 def full_vectors(ctx: HeteroContext, progress: Callable[[str], None] | None = None) -> HeteroFull:
     """Every user and item vector from the whole graph, and every node's in-list fingerprint (nothing written)."""
     enc, timings = ctx.encoder, Timings()
-    clock = _Clock(timings)
+    clock = Laps(timings)
     say = progress or (lambda _m: None)
     say("reading the graph")
     users, edges, rows = _everything(ctx)
@@ -582,7 +878,7 @@ def rebuild(ctx: HeteroContext, *, activate_after: bool = True, progress: Callab
     """Embed everything with the context's version, then switch to it atomically (as `workers.recompute.rebuild`)."""
     marks = read_marks(ctx.driver, limit=MARKS_PER_ROLLOUT, database=ctx.database) if activate_after else []
     full = full_vectors(ctx, progress)
-    clock = _Clock(full.timings)
+    clock = Laps(full.timings)
     written = 0
     for label in (ITEM, USER):
         if full.vectors[label]:
@@ -593,6 +889,8 @@ def rebuild(ctx: HeteroContext, *, activate_after: bool = True, progress: Callab
             )[0]
     if ctx.redis is not None:
         ctx.redis.delete(*(k.format(version=full.version) for k in (FINGERPRINTS, LAYERS, CAPS)))
+        if activate_after:  # every vector is rewritten: what any version's pending set asked for is done
+            ctx.redis.delete(PENDING)
     _store_prints(ctx, full.prints)
     CapStore(ctx).put(full.caps)
     store = LayerStore(ctx)

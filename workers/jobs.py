@@ -165,7 +165,9 @@ def recompute(rt: Runtime, limit: int | None = None, partition: int | None = Non
             return {"skipped": "another recompute holds the lock", "marks": 0}
         n = limit or rt.worker.recompute_batch
         result: RecomputeResult = (
-            hetero_recompute.recompute_marked(rt.hetero_context(state.version), n)
+            hetero_recompute.round_and_chunks(
+                rt.hetero_context(state.version), n, ws.hetero_chunk_s, ws.lock_timeout_s / 4, partial(_queued, rt)
+            )
             if hetero
             else recompute_marked(rt.context(state.version), n)
         )
@@ -197,6 +199,11 @@ def _drop_ego_marks(rt: Runtime, version: str, limit: int) -> EgoResult:
     marks = read_ego_marks(rt.driver, limit=limit, database=rt.database)
     counts = commit_ego(rt.driver, marks, {}, version, database=rt.database)
     return EgoResult(version, len(marks), dropped=counts.dropped, stale=counts.stale)
+
+
+def _queued(rt: Runtime) -> bool:
+    """Whether the scheduler has queued the next recompute (`workers.scheduler`)."""
+    return bool(rt.redis.exists(redis_keys.queued_key(rt.worker.changed_key)))
 
 
 def rebuild_version(rt: Runtime, version: str = "latest", progress: Progress | None = None) -> dict:

@@ -103,29 +103,6 @@ class RecomputeResult:
         return out
 
 
-class _Clock:
-    """Laps into a phase of ``timings``; ``step`` splits a phase finer without ending its lap. Only
-    `workers.hetero_recompute` uses it still: it goes when that module times its steps with `workers.steps.timed`
-    as this one does."""
-
-    def __init__(self, timings: Timings, steps: dict[str, float] | None = None) -> None:
-        self.t, self.timings = time.perf_counter(), timings
-        self.steps = steps if steps is not None else {}
-        self.s = self.t
-
-    def step(self, name: str) -> None:
-        now = time.perf_counter()
-        self.steps[name] = self.steps.get(name, 0.0) + now - self.s
-        self.s = now
-
-    def lap(self, name: str, step: str | None = None) -> None:
-        if step:
-            self.step(step)
-        now = time.perf_counter()
-        setattr(self.timings, name, getattr(self.timings, name) + now - self.t)
-        self.t = self.s = now
-
-
 def _ensure_card(ctx: Context) -> None:
     """The version's user-side card goes to Neo4j before any of its vectors: a server that serves them can then
     embed sessions (idempotent)."""

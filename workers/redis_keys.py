@@ -16,6 +16,9 @@ TAG = "{ig}"
 SLOTS = 16384
 LOCK = f"{TAG}:recompute:lock"  # the one recompute lock (IG_WORKER_PARTITIONS = 1)
 PART_LOCK_PREFIX = f"{TAG}:recompute:part"
+# The K-layer encoders' pending last-layer work (workers.hetero_recompute.PendingSet): the scheduler wakes a round
+# while it is not empty, as while marks wait.
+HETERO_PENDING = "ig:hetero:pending"
 
 
 def part_lock(index: int, partitions: int) -> str:

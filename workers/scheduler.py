@@ -5,7 +5,8 @@ which the task's ego rounds take after its user round, `workers.jobs.ego_rounds`
 Ingestion (the gRPC server) pushes onto the list ``IG_WORKER_CHANGED_KEY`` after a write; the scheduler pops it
 (``BLPOP``), waits ``IG_WORKER_DEBOUNCE_S`` so a burst lands in one recompute, and sends the task unless one
 is already queued (a Redis key the task deletes when it starts). At most one recompute is queued and one runs;
-loaders and other writers need no signal, the periodic poll finds their marks. With ``IG_WORKER_PARTITIONS`` > 1
+loaders and other writers need no signal, the periodic poll finds their marks. A K-layer encoder's pending set
+(`workers.hetero_recompute.PendingSet`) counts as waiting marks. With ``IG_WORKER_PARTITIONS`` > 1
 the same holds per partition (`workers.partitions`): one task per partition with marks, at most one queued each,
 so the queue is bounded by the partition count however far the marks run ahead.
 """
@@ -26,7 +27,7 @@ from graphdb.changes import count_marks
 from graphdb.ego import count_ego_marks
 from graphdb.slots import partition_backlog
 from workers.redis_connect import connect
-from workers.redis_keys import queued_key
+from workers.redis_keys import HETERO_PENDING, queued_key
 from workers.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -52,9 +53,11 @@ class Scheduler:
             time.sleep(self.ws.debounce_s)
         if self.ws.partitions > 1:
             waiting = sorted(partition_backlog(self.driver, self.ws.partitions, database=self.database))
+            if not waiting and self.redis.zcard(HETERO_PENDING):
+                waiting = [0]  # a K-layer encoder's task takes the single lock, whatever its partition
             if waiting:
                 return sum(self._send(p) for p in waiting) > 0
-        elif count_marks(self.driver, database=self.database):
+        elif count_marks(self.driver, database=self.database) or self.redis.zcard(HETERO_PENDING):
             return self._send(None)
         # only ego marks wait (if any): a recompute without a partition runs its ego rounds
         return count_ego_marks(self.driver, database=self.database) > 0 and self._send(None)

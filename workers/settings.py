@@ -38,6 +38,9 @@ class WorkerSettings(BaseSettings):
     ego_batch: int = Field(default=200, ge=1)
     # One recompute at a time per partition (Redis lock); a lock whose holder died expires after this.
     lock_timeout_s: float = Field(default=60.0, gt=0)
+    # A K-layer encoder's rounds leave the last layer's out-set to a pending set (workers.hetero_recompute), worked
+    # in chunks of about this many seconds between rounds: an event arriving meanwhile waits for one chunk at most.
+    hetero_chunk_s: float = Field(default=0.4, gt=0)
     # Partitions of the marks (workers.partitions): up to this many workers recompute at once. 1 = one global
     # lock. Every worker and the scheduler must share it. See docs/benchmarks.md (partitioned recompute) for the
     # default: one worker gains nothing from more, and pays a round's fixed cost per partition.

@@ -66,12 +66,9 @@ def _events(rng: random.Random, batch: int, n: int, users: list[str], items: lis
 
 
 def _drain(ctx) -> list:
-    rounds = []
-    while True:
-        res = hetero_recompute.recompute_marked(ctx, limit=50)  # several rounds: marks arrive and clear in parts
-        rounds.append(res)
-        if res.marks == 0:
-            return rounds
+    # several rounds (marks arrive and clear in parts), each followed by one step of the pending set, until both
+    # the marks and the pending set are empty
+    return hetero_recompute.drain(ctx, limit=50)
 
 
 def _worst(driver, full, version: str) -> float:
@@ -138,6 +135,8 @@ def test_an_event_recomputes_the_affected_set_not_the_ball(graph, neo4j_settings
     assert ingest_events(driver, graph_settings, [event]).accepted == 1
     res = hetero_recompute.recompute_marked(ctx)
     assert res.changed == 1 and res.users == 1 and res.items == 0
+    rest = _drain(ctx)  # the newcomer's out-set: the hub, which does not keep it
+    assert sum(r.pending_users + r.pending_items for r in rest) == 0
     ball = subgraph.users_of_items(driver, [hub["id"]])
     assert len(ball) == hub["d"] + 1 > 4
     full = hetero_recompute.full_vectors(ctx)
