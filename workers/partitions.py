@@ -28,16 +28,15 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-import numpy as np
 import redis
 import redis.lock
 
 from graphdb import subgraph
 from graphdb.errors import InvalidInput, Unavailable
-from graphdb.schema import BRAND, CATEGORY, ITEM, QUERY, USER
+from graphdb.schema import ITEM, QUERY, USER
 from graphdb.slots import hand_off, read_partition_marks
 from workers import redis_keys
-from workers.recompute import Context, RecomputeResult, _commit, _differs, _ensure_card, _fold_edges, _np, _phases, _queries, _users
+from workers.recompute import Context, RecomputeResult, _commit, _differs, _ensure_card, _marked_items, _np, _phases, _queries, _users
 from workers.steps import timed
 
 log = logging.getLogger(__name__)
@@ -96,7 +95,7 @@ class PartitionResult:
 
 def recompute_partition(ctx: Context, index: int, partitions: int, limit: int, keep: Callable[[], None]) -> PartitionResult:
     """What the oldest ``limit`` marks of one partition affect, written for the nodes of those marks only."""
-    enc, version = ctx.encoder, ctx.encoder.version
+    version = ctx.encoder.version
     res = RecomputeResult(version)
     steps = res.steps
     with timed(steps, "read_marks"):
@@ -110,31 +109,14 @@ def recompute_partition(ctx: Context, index: int, partitions: int, limit: int, k
         by_label[m.label].add(m.id)
 
     # items: the same reach as `recompute_marked`; only the marked ones are written here
-    known = sorted({m.id for m in marks if m.label == ITEM and enc.is_fixed(m.id) and m.version != version})
-    marked_users = sorted(by_label[USER])
-    with timed(steps, "user_edges"):
-        user_reads = subgraph.user_edges(ctx.driver, marked_users, database=ctx.database) if marked_users else ([], {})
-    shopped = {e.item for e in user_reads[0]} if enc.fold_users else set()
-    with timed(steps, "items_under"):
-        under = subgraph.items_under(ctx.driver, by_label[CATEGORY], by_label[BRAND], database=ctx.database)
-    new_ids = sorted({i for i in by_label[ITEM] | shopped | set(under) if not enc.is_fixed(i)})
-    with timed(steps, "new_items_read"):
-        stored_new = subgraph.stored_vectors(ctx.driver, ITEM, new_ids, database=ctx.database)
-        new_rows = subgraph.items(ctx.driver, new_ids, database=ctx.database)
-    with timed(steps, "fold_edges"):
-        fold_edges = _fold_edges(ctx, new_ids)
+    got = _marked_items(ctx, marks, by_label, steps)
+    marked_users, user_reads, sends, to_write, scales = got.marked_users, got.user_reads, got.sends, got.to_write, got.scales
+    propagate: list[str] = []
+    foreign: list[str] = []
     with timed(steps, "items_forward"):
-        new_out, new_in, new_scale = enc.new_items_scaled(new_rows, fold_edges)
-        row_ids = [r.id for r in new_rows]
-        sends = dict(zip(row_ids, new_in))
-        to_write: dict[str, np.ndarray] = dict(zip(known, _np(enc.known_vectors(known)))) if known else {}
-        scales: dict[str, float] = dict(zip(known, _np(enc.known_scales(known)).tolist())) if known else {}
-        scales.update(zip(row_ids, _np(new_scale).tolist()))
-        propagate: list[str] = []
-        foreign: list[str] = []
-        for iid, vec_t in zip(row_ids, new_out):
+        for iid, vec_t in zip(got.row_ids, got.new_out):
             vec = _np(vec_t)
-            stored = stored_new.get(iid)
+            stored = got.stored_new.get(iid)
             if not _differs(stored, vec, version):
                 continue
             if iid not in by_label[ITEM]:

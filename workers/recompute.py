@@ -157,7 +157,7 @@ def _phases(res: RecomputeResult) -> None:
 def recompute_marked(ctx: Context, limit: int = 10000) -> RecomputeResult:
     """Recompute what the oldest ``limit`` marks affect; see the module docstring. The recomputed users' ego
     vectors are not computed here: the round marks them for `recompute_ego`."""
-    enc, version = ctx.encoder, ctx.encoder.version
+    version = ctx.encoder.version
     res = RecomputeResult(version)
     steps = res.steps
     with timed(steps, "read_marks"):
@@ -171,31 +171,12 @@ def recompute_marked(ctx: Context, limit: int = 10000) -> RecomputeResult:
         by_label[m.label].add(m.id)
 
     # 2. items
-    # A known item's vector is fixed for the version: it is written only when its stored one is of another.
-    known = sorted({m.id for m in marks if m.label == ITEM and enc.is_fixed(m.id) and m.version != version})
-    # The marked users' edges: their vectors need them, and with the fold-in the new items among them may count
-    # these users among their first shoppers.
-    marked_users = sorted(by_label[USER])
-    with timed(steps, "user_edges"):
-        user_reads = subgraph.user_edges(ctx.driver, marked_users, database=ctx.database) if marked_users else ([], {})
-    read_for = set(marked_users)
-    shopped = {e.item for e in user_reads[0]} if enc.fold_users else set()
-    with timed(steps, "items_under"):
-        under = subgraph.items_under(ctx.driver, by_label[CATEGORY], by_label[BRAND], database=ctx.database)
-    new_ids = sorted({i for i in by_label[ITEM] | shopped | set(under) if not enc.is_fixed(i)})
-    with timed(steps, "new_items_read"):
-        stored_new = subgraph.stored_vectors(ctx.driver, ITEM, new_ids, database=ctx.database)
-        new_rows = subgraph.items(ctx.driver, new_ids, database=ctx.database)
-    with timed(steps, "fold_edges"):
-        fold_edges = _fold_edges(ctx, new_ids)
+    got = _marked_items(ctx, marks, by_label, steps)
+    user_reads, stored_new, sends, to_write, scales = got.user_reads, got.stored_new, got.sends, got.to_write, got.scales
+    read_for = set(got.marked_users)
+    new_vecs = dict(zip(got.row_ids, got.new_out))
+    propagate: list[str] = []
     with timed(steps, "items_forward"):
-        new_out, new_in, new_scale = enc.new_items_scaled(new_rows, fold_edges)
-        new_vecs = dict(zip([r.id for r in new_rows], new_out))
-        sends = dict(zip([r.id for r in new_rows], new_in))
-        to_write: dict[str, np.ndarray] = dict(zip(known, _np(enc.known_vectors(known)))) if known else {}
-        scales: dict[str, float] = dict(zip(known, _np(enc.known_scales(known)).tolist())) if known else {}
-        scales.update(zip([r.id for r in new_rows], _np(new_scale).tolist()))
-        propagate: list[str] = []
         for iid, vec_t in new_vecs.items():
             vec = _np(vec_t)
             stored = stored_new.get(iid)
@@ -220,6 +201,49 @@ def recompute_marked(ctx: Context, limit: int = 10000) -> RecomputeResult:
     _phases(res)
     log.info("recompute round: %d marks, %d users; steps %s", res.marks, res.users, res.as_dict()["steps"])
     return res
+
+
+@dataclass
+class _ItemInputs:
+    """What a round reads and computes for its marked items, shared by `recompute_marked` and
+    `workers.partitions.recompute_partition`: the marked users' edges, the new items in reach (stored and
+    computed) and the known items whose stored vector is of another version."""
+
+    marked_users: list[str]
+    user_reads: tuple[list[subgraph.EdgeRow], dict[str, str | None]]
+    stored_new: dict[str, subgraph.StoredVector]
+    row_ids: list[str]
+    new_out: torch.Tensor
+    sends: dict[str, torch.Tensor]
+    to_write: dict[str, np.ndarray]
+    scales: dict[str, float]
+
+
+def _marked_items(ctx: Context, marks: list[Mark], by_label: dict[str, set[str]], steps: dict[str, float]) -> _ItemInputs:
+    enc, version = ctx.encoder, ctx.encoder.version
+    # A known item's vector is fixed for the version: it is written only when its stored one is of another.
+    known = sorted({m.id for m in marks if m.label == ITEM and enc.is_fixed(m.id) and m.version != version})
+    # The marked users' edges: their vectors need them, and with the fold-in the new items among them may count
+    # these users among their first shoppers.
+    marked_users = sorted(by_label[USER])
+    with timed(steps, "user_edges"):
+        user_reads = subgraph.user_edges(ctx.driver, marked_users, database=ctx.database) if marked_users else ([], {})
+    shopped = {e.item for e in user_reads[0]} if enc.fold_users else set()
+    with timed(steps, "items_under"):
+        under = subgraph.items_under(ctx.driver, by_label[CATEGORY], by_label[BRAND], database=ctx.database)
+    new_ids = sorted({i for i in by_label[ITEM] | shopped | set(under) if not enc.is_fixed(i)})
+    with timed(steps, "new_items_read"):
+        stored_new = subgraph.stored_vectors(ctx.driver, ITEM, new_ids, database=ctx.database)
+        new_rows = subgraph.items(ctx.driver, new_ids, database=ctx.database)
+    with timed(steps, "fold_edges"):
+        fold_edges = _fold_edges(ctx, new_ids)
+    with timed(steps, "items_forward"):
+        new_out, new_in, new_scale = enc.new_items_scaled(new_rows, fold_edges)
+        row_ids = [r.id for r in new_rows]
+        to_write: dict[str, np.ndarray] = dict(zip(known, _np(enc.known_vectors(known)))) if known else {}
+        scales: dict[str, float] = dict(zip(known, _np(enc.known_scales(known)).tolist())) if known else {}
+        scales.update(zip(row_ids, _np(new_scale).tolist()))
+    return _ItemInputs(marked_users, user_reads, stored_new, row_ids, new_out, dict(zip(row_ids, new_in)), to_write, scales)
 
 
 def _publish_first(
