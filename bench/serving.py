@@ -51,6 +51,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -635,6 +636,24 @@ def servers_cpu(procs: list) -> float:
     return sum(cpu_seconds(p.pid) for p in procs)
 
 
+def connections_per_process(port: int, procs: list, out: list, after_s: float = 1.0) -> None:
+    """Appends to ``out`` how many of the client's connections each server process holds, ``after_s`` into a
+    run (``ss``; bench/loadgen connects on first use, so those are the connections that carry calls). At c=16
+    its calls take the lowest-numbered idle connection, so 16 carry them, and the kernel's SO_REUSEPORT hash
+    splits those between the processes: the process holding more of them queues more of the calls."""
+    ss = shutil.which("ss")
+    time.sleep(after_s)
+    if ss is None or len(procs) < 2:
+        return
+    listed = subprocess.run([ss, "-tnpH", "state", "established", f"( sport = :{port} )"], capture_output=True, text=True).stdout
+    counts = dict.fromkeys((p.pid for p in procs), 0)
+    for line in listed.splitlines():
+        for pid in counts:
+            if f"pid={pid}," in line:
+                counts[pid] += 1
+    out.append(list(counts.values()))
+
+
 async def visibility(port: int, redis_url: str, model_version: str, dim: int, n: int = 200) -> dict:
     """Time from XADD of an upsert to the first NearestItems answer that contains it."""
     import grpc
@@ -939,11 +958,16 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
                 )
                 for client, c in clients:
                     s0, each0 = servers_cpu(procs), [cpu_seconds(p.pid) for p in procs]
+                    split: list = []
+                    watch = threading.Thread(target=connections_per_process, args=(port, procs, split))
+                    watch.start()
                     if client == "loadgen":
                         run = loadgen_load(loadgen, requests, port, c, args.seconds)
                     else:
                         run = ghz_load(ghz, protoset, data, port, c, args.seconds)
+                    watch.join()
                     run["client"] = client
+                    run["connections_per_process"] = split[0] if split else None
                     run["server_cpu_us_per_call"] = (servers_cpu(procs) - s0) / max(run["calls"], 1) * 1e6
                     each = [cpu_seconds(p.pid) - t for p, t in zip(procs, each0)]
                     run["server_cpu_share"] = [round(t / max(sum(each), 1e-9), 3) for t in each]
@@ -958,7 +982,7 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
                         f"{run['p50_ms']:.2f} ms, p99 {run['p99_ms']:.2f} ms, {run['errors']} errors; CPU per call: "
                         f"servers {run['server_cpu_us_per_call']:.0f} us, "
                         f"client {run['client_cpu_us_per_call']:.0f} us; share of the processes "
-                        f"{run['server_cpu_share']}"
+                        f"{run['server_cpu_share']}, connections {run['connections_per_process']}"
                     )
             finally:
                 stop_servers(procs)
@@ -990,6 +1014,7 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
         "ratio": primary["qps"] / qps,
         "p50_ms": primary["p50_ms"],
         "p99_ms": primary["p99_ms"],
+        "connections_per_process": primary.get("connections_per_process"),
         "recall_at_10": rec,
         "filtered": filtered,
         "rules": rules,
@@ -1140,6 +1165,7 @@ def main() -> None:
         "ratio": round(synth["ratio"], 3),
         "p50_ms": round(synth["p50_ms"], 3),
         "p99_ms": round(synth["p99_ms"], 3),
+        "connections_per_process": synth["connections_per_process"],
         "recall_at_10": round(synth["recall_at_10"], 4),
         "upsert_visible_p99_ms": round(synth["upsert_visibility"]["p99_ms"], 2),
         # SimilarItems with ranking rules against none, same server and queries (details.synthetic.rules)

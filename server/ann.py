@@ -49,7 +49,7 @@ class IndexParams:
     nlist: int = 0
     nprobe: int = 112
     ivf_dim: int = 256  # components an IVF base holds (0 = all); candidates are re-ranked at the full width
-    refine: int = 300  # candidates re-ranked per query when the IVF holds fewer components than the vectors
+    refine: int = 200  # candidates re-ranked per query when the IVF holds fewer components than the vectors
     ivf_codes: str = "pq4"  # "pq4": 4-bit PQ codes (one sub-quantizer per 4 components), "flat": floats
     ann_min_items: int = 20_000
     exact_filter_max: int = 20_000

@@ -255,6 +255,8 @@ class ItemIndex:
             else:  # tombstones skipped inside FAISS: the cost stays flat however many items were re-embedded
                 base = self._base_overfetch(queries, k + len(excl), excl, self._base_live_bits(), unlocked)
             if self._gen == gen:
+                if self._dn == 0:  # no delta rows: the base's answer as it is
+                    return [(lab[:k], sc[:k]) for lab, sc in base]
                 return self._merge(base, self._delta(queries, k, None, excl, _floors(base, k)), k)
             self.stale_searches += 1
             unlocked = None
@@ -348,16 +350,25 @@ class ItemIndex:
     ) -> Hits:
         q, kc = self._candidates(base, queries, kf)
         dist, pos = base.index.search(q, min(kc, len(base.labels)), params=params)
-        out = []
+        refined = _refined(base, self.dim)
+        tombs = self._tomb and live_bits is None  # without tombstones every base copy is live: skip the lookups
+        out: list[Any] = []  # per query: its candidates' labels (re-ranked below) or (labels, scores)
         for d, p in zip(dist, pos):
-            keep = p >= 0
-            lab = base.labels[p[keep]]
-            sc = d[keep]
-            valid = _not_in(lab, excl)
-            if self._tomb and live_bits is None:  # without tombstones every base copy is live: skip the lookups
-                valid &= self._where[lab] == BASE
-            out.append((lab[valid], sc[valid]))
-        return self._refine(base, queries, out, kf)
+            if len(p) and p.min() < 0:  # fewer hits than asked (FAISS pads with -1): the mask only then
+                keep = p >= 0
+                p, d = p[keep], d[keep]
+            lab = base.labels[p]
+            if len(excl) or tombs:
+                valid = _not_in(lab, excl)
+                if tombs:
+                    valid &= self._where[lab] == BASE
+                lab = lab[valid]
+                if not refined:  # a re-rank replaces the approximate scores: no need to select them
+                    d = d[valid]
+            out.append(lab if refined else (lab, d))
+        if refined:
+            return [_topk(lab, self._scores(q, lab), kf) for q, lab in zip(queries, out)]
+        return out
 
     def _candidates(self, base: Base, queries: np.ndarray, k: int) -> tuple[np.ndarray, int]:
         """(queries as the base holds them, how many to fetch): an IVF over the leading components, or over

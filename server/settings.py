@@ -84,11 +84,13 @@ class ServerSettings(BaseSettings):
     # against exact search's 0.1924 on 4,000 test users, where a full-width IVF at nprobe 16 gave 0.1833
     # (docs/benchmarks.md, "Served width and the index"). At 1M items the lists are picked by PQ codes refined
     # exactly (server.ann.coarse_quantizer): probing 112 of them gave recall@10 0.779 against 0.767 for 64 exact
-    # lists, in 404 against 515 us a call. Re-ranking 150 halves that cost but took gowalla's recall@20 against
-    # exact from 0.945 to 0.893 ("Serving at the served width").
+    # lists, in 404 against 515 us a call. Re-ranking 200 rather than 300 cut the engine from ~345 to ~285 us a
+    # call at 1M x 1024 and kept gowalla's served row above GF-CF (Recall@20 0.1879 against 0.1888 at 300, GF-CF
+    # 0.1868); 150 took gowalla's item-to-item recall@20 against exact from 0.945 to 0.893 ("Serving at the
+    # served width").
     ivf_nprobe: int = Field(default=112, ge=1)
     ivf_dim: int = Field(default=256, ge=0)
-    ivf_refine: int = Field(default=300, ge=1)
+    ivf_refine: int = Field(default=200, ge=1)
     # What the IVF lists hold: "pq4" (4-bit product-quantizer codes, one sub-quantizer per 4 components, scanned
     # with SIMD: 32 bytes an item at 256 components) or "flat" (the floats: 1 KB). The re-rank at the full width
     # makes up for the codes' error: bench.serving measures both.
