@@ -23,6 +23,7 @@ import itertools
 import json
 import random
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -142,10 +143,14 @@ def main(
         scheduler = start_scheduler(p)
         watch = StreamWatch(p.redis_url, p.env.get("IG_WORKER_DELTA_STREAM", "ig:embeddings"))
         watch.start()
+        backlog = _Backlog(p.redis_url) if hetero else None
+        if backlog is not None:
+            backlog.start()
         try:
             log(f"streaming {rate:g} events/s for {duration_s:g}s ({n_users:,} users, {len(items):,} items)")
             acks = asyncio.run(send(p.server_port, external[:needed], items, rate, duration_s, seed=2))
             sent_s = time.time()
+            at_last = backlog.series[-1][1] if backlog is not None and backlog.series else None
             pseudo = {u: pseudonymise(key, u) for u, _ in acks}
             deadline = time.time() + 60
             while time.time() < deadline and not all(pseudo[u] in watch.answered for u, _ in acks):
@@ -158,6 +163,8 @@ def main(
             ego_drained_s = round(time.time() - sent_s, 1)
         finally:
             watch.stop.set()
+            if backlog is not None:
+                backlog.stop.set()
             process.stop(scheduler)
         # The user's vector that answers its event's mark (published by the round that read the mark), not a
         # recompute for a neighbour's change before that round: with a K-layer encoder a user is also rewritten when
@@ -189,7 +196,26 @@ def main(
         }
         if hetero:  # the items lag their users by the pending set's backlog: when it and the marks were empty
             result["drained_s_after_last"] = drained_s
+            assert backlog is not None
+            result["pending_max"] = max((n for _, n in backlog.series), default=0)
+            result["pending_at_last_event"] = at_last
+            # [seconds from the stream's start, entries] every 2 s: whether the backlog stays bounded under the load
+            result["pending_series"] = [[t, n] for t, n in backlog.series[::4]]
     emit_result(result, out)
+
+
+class _Backlog(threading.Thread):
+    """Samples the hetero pending set's size (`workers.hetero_recompute.PendingSet`) every 0.5 s."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.client, self.stop, self.start_s = redis.Redis.from_url(url), threading.Event(), time.time()
+        self.series: list[tuple[float, int]] = []
+
+    def run(self) -> None:
+        while not self.stop.wait(0.5):
+            self.series.append((round(time.time() - self.start_s, 1), int(self.client.zcard(HETERO_PENDING))))
+        self.client.close()
 
 
 def _drained(p: Any, since: float, limit_s: float = 300.0) -> float | None:
