@@ -163,7 +163,9 @@ class Neighbourhood:
         """The item's kept in-edges from users with their weights (`HeteroLive.item_in`)."""
         got = self._item_in.get(iid)
         if got is None:
-            got = self._item_in[iid] = self.enc.top_users(zip(self.item_edges[iid], self._into_item[iid]))
+            pairs = zip(self.item_edges[iid], self._into_item[iid])
+            # a stored cap is `top_users`' list already, in its order (`CapStore.put`)
+            got = self._item_in[iid] = list(pairs) if iid in self.partial else self.enc.top_users(pairs)
         return got
 
     def user_cap(self, uid: str) -> list[EdgeRow]:
@@ -544,6 +546,11 @@ class PendingSet:
     def count(self) -> int:
         return 0 if self.redis is None else int(self.redis.zcard(PENDING))
 
+    def oldest_age(self) -> float:
+        """Seconds the oldest entry has waited (0 when none)."""
+        got = [] if self.redis is None else self.redis.zrange(PENDING, 0, 0, withscores=True)
+        return max(0.0, time.time() - float(got[0][1])) if got else 0.0
+
     @staticmethod
     def parse(member: str) -> tuple[str, Node]:
         _, op, key = member.split("|", 2)
@@ -755,27 +762,29 @@ _PER_ENTRY: dict[str, float] = {}
 
 def recompute_pending(ctx: HeteroContext, budget_s: float) -> PendingResult:
     """Recompute the pending set's entries (`PendingSet`), oldest first, in steps until ``budget_s`` has passed
-    (at least one step; a step is sized from the last one's time per entry, and cannot be cut short). Each step
-    reads its targets' caps and the layer-(K-1) outputs stored at that moment, publishes and writes their vectors,
-    and only then removes its entries. A target whose change is not yet in the stores (a marked node) is computed
-    again after the round that stores it: that round's entries ask for it."""
+    (at least one step; a step is sized from the recent steps' time per entry and cannot be cut short, so none
+    starts in the budget's last quarter, where it would overrun it by its fixed costs). Each step reads its
+    targets' caps and the layer-(K-1) outputs stored at that moment, publishes and writes their vectors, and only
+    then removes its entries. A target whose change is not yet in the stores (a marked node) is computed again
+    after the round that stores it: that round's entries ask for it."""
     pend, res = PendingSet(ctx), PendingResult()
     version = ctx.encoder.version
     start = time.perf_counter()
     while True:
         left_s = budget_s - (time.perf_counter() - start)
-        if res.steps and left_s <= 0:
+        if res.steps and left_s <= budget_s / 4:
             break
-        # an entry costs ~10-30 ms on the 2-core VM (a user's ~20 items, a popular item's shoppers): a first guess
-        # that is too small overruns the first chunk by seconds, which the next round pays in waiting marks
-        per = _PER_ENTRY.get(version, 0.025)
+        # an entry costs ~0.3-1 ms on the 2-core VM (an item's cap; a user's items, tested against their stored
+        # caps): a first guess that is too small overruns the first chunk, which the next round pays in waiting marks
+        per = _PER_ENTRY.get(version, 0.002)
         taken = pend.take(max(4, min(5000, int(left_s / per))))
         if not taken:
             break
         t = time.perf_counter()
         _pending_step(ctx, taken, res)
         pend.remove(taken)
-        _PER_ENTRY[version] = (time.perf_counter() - t) / len(taken)
+        # smoothed: an `o` entry and an `s` entry cost differently, and a step holds either mostly
+        _PER_ENTRY[version] = (per + (time.perf_counter() - t) / len(taken)) / 2
         res.steps += 1
         res.entries += len(taken)
     res.seconds = time.perf_counter() - start
@@ -838,11 +847,18 @@ def _keepers(nb: Neighbourhood, nodes: set[Node]) -> set[Node]:
 
 
 def round_and_chunks(
-    ctx: HeteroContext, limit: int, chunk_s: float, hold_s: float, queued: Callable[[], bool] = lambda: False
+    ctx: HeteroContext,
+    limit: int,
+    chunk_s: float,
+    hold_s: float,
+    queued: Callable[[], bool] = lambda: False,
+    max_lag_s: float = float("inf"),
 ) -> HeteroResult:
     """One task's work (`workers.jobs.recompute`): a round of the marks, then chunks of the pending set of about
     ``chunk_s`` each: at least one (the pending set advances under a load that always queues the next round), and
-    more while no round is ``queued`` and the task has run less than ``hold_s`` (the lock's holder must return)."""
+    more while no round is ``queued`` or the oldest entry has waited longer than ``max_lag_s`` (the items' lag is
+    bounded: under a load the rounds cannot leave room for, the users wait instead), while the task has run less
+    than ``hold_s`` (the lock's holder must return)."""
     res = recompute_marked(ctx, limit)
     if not deferred(ctx):
         return res
@@ -861,7 +877,9 @@ def round_and_chunks(
         res.published += chunk.published
         for k, v in chunk.phases.items():
             phases[k] += v
-        if not chunk.entries or not chunk.left or queued() or time.perf_counter() - start >= hold_s:
+        if not chunk.entries or not chunk.left or time.perf_counter() - start >= hold_s:
+            break
+        if queued() and PendingSet(ctx).oldest_age() <= max_lag_s:
             break
     res.pending_s = round(res.pending_s, 4)
     res.phases = {k: round(v, 4) for k, v in sorted(phases.items())}
