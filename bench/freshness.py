@@ -3,6 +3,7 @@
     python -m bench.freshness [--rate 200] [--duration-s 60] [--dataset gowalla] [--out FILE]
     python -m bench.freshness --workers 1,2,3 --find-rate [--overload-s 60]     (issue 18: bench/freshness_load.py)
     python -m bench.freshness --model hetero-sage --dataset amazon-hin --duration-s 30
+    python -m bench.freshness --model hetero-sage --dataset amazon-hin --duration-s 60 --repeat-users
 
 Starts Neo4j, Redis, a Celery worker, the recompute scheduler and the gRPC server, loads the dataset, trains
 the served model on the live graph and rolls it out. Then a client streams events through ``IngestEvents`` at
@@ -12,7 +13,10 @@ reader follows the delta stream; Neo4j's ``emb_updated_at`` gives the write time
 for the vector being on the stream (it is published after the Neo4j write), the ``neo4j_*`` ones for the write,
 the ``ego_*`` ones for the user's ego vector (SimilarUsers; written in ego rounds after the user rounds).
 ``--model hetero-*``: the worker trains (one epoch) and serves a ``--layers`` K-layer heterogeneous encoder, as
-``bench.incremental`` does, and the scheduler's rounds recompute its K-hop affected set (``workers.hetero_recompute``).
+``bench.incremental`` does, and the scheduler's rounds recompute its K-hop affected set (``workers.hetero_recompute``);
+the RESULT adds the pending set's size every 2 s and when it and the marks drained. ``--repeat-users``: a stream longer
+than the dataset has users for (amazon-hin's 6,170 last 30 s at 200/s) sends each user again after all have sent;
+only first events are timed (``timed_events``), and the Neo4j figures only of users who sent once.
 """
 
 from __future__ import annotations
