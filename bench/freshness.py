@@ -3,6 +3,7 @@
     python -m bench.freshness [--rate 200] [--duration-s 60] [--dataset gowalla] [--out FILE]
     python -m bench.freshness --workers 1,2,3 --find-rate [--overload-s 60]     (issue 18: bench/freshness_load.py)
     python -m bench.freshness --model hetero-sage --dataset amazon-hin --duration-s 30
+    python -m bench.freshness --model hetero-sage --dataset amazon-hin --duration-s 60 --repeat-users
 
 Starts Neo4j, Redis, a Celery worker, the recompute scheduler and the gRPC server, loads the dataset, trains
 the served model on the live graph and rolls it out. Then a client streams events through ``IngestEvents`` at
@@ -12,17 +13,22 @@ reader follows the delta stream; Neo4j's ``emb_updated_at`` gives the write time
 for the vector being on the stream (it is published after the Neo4j write), the ``neo4j_*`` ones for the write,
 the ``ego_*`` ones for the user's ego vector (SimilarUsers; written in ego rounds after the user rounds).
 ``--model hetero-*``: the worker trains (one epoch) and serves a ``--layers`` K-layer heterogeneous encoder, as
-``bench.incremental`` does, and the scheduler's rounds recompute its K-hop affected set (``workers.hetero_recompute``).
+``bench.incremental`` does, and the scheduler's rounds recompute its K-hop affected set (``workers.hetero_recompute``);
+the RESULT adds the pending set's size every 2 s and when it and the marks drained. ``--repeat-users``: a stream longer
+than the dataset has users for (amazon-hin's 6,170 last 30 s at 200/s) sends each user again after all have sent;
+only first events are timed (``timed_events``), and the Neo4j figures only of users who sent once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import json
 import random
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -106,6 +112,9 @@ def main(
     model: str = typer.Option("spectral-sage", help="model kind the worker trains and serves"),
     layers: int = typer.Option(2, help="message-passing layers of a hetero-* model"),
     dim: int = typer.Option(64, help="embedding width of a hetero-* model (IG_EMBEDDING_DIM of the run)"),
+    repeat_users: bool = typer.Option(
+        False, help="a stream longer than the users last: they send again, in the same order; latency is of first events"
+    ),
 ) -> None:
     # a hetero-* model: trained for one epoch on the live graph and served at its width, as bench.incremental does
     hetero = model.startswith("hetero-")
@@ -138,14 +147,27 @@ def main(
             return
         n_users = p.driver.execute_query(_USERS).records[0]["n"]
         needed = int(rate * duration_s) + 1
-        items, external = stream_inputs(p, dataset, key, needed)
+        items, external = stream_inputs(p, dataset, key, 1 if repeat_users else needed)
+        # with --repeat-users (the hetero pending set's backlog over a longer load than amazon-hin has users for), a
+        # user's second event comes after every user has sent one: only first events are timed (`answered` is a
+        # user's first answered upsert)
+        order = (external * (needed // len(external) + 1))[:needed]
         scheduler = start_scheduler(p)
         watch = StreamWatch(p.redis_url, p.env.get("IG_WORKER_DELTA_STREAM", "ig:embeddings"))
         watch.start()
+        backlog = _Backlog(p.redis_url) if hetero else None
+        if backlog is not None:
+            backlog.start()
         try:
             log(f"streaming {rate:g} events/s for {duration_s:g}s ({n_users:,} users, {len(items):,} items)")
-            acks = asyncio.run(send(p.server_port, external[:needed], items, rate, duration_s, seed=2))
+            sent = asyncio.run(send(p.server_port, order, items, rate, duration_s, seed=2))
             sent_s = time.time()
+            firsts: dict[str, float] = {}
+            for u, at in sent:
+                firsts.setdefault(u, at)
+            acks = list(firsts.items())
+            once = {u for u, n in collections.Counter(u for u, _ in sent).items() if n == 1}  # Neo4j keeps the last write
+            at_last = backlog.series[-1][1] if backlog is not None and backlog.series else None
             pseudo = {u: pseudonymise(key, u) for u, _ in acks}
             deadline = time.time() + 60
             while time.time() < deadline and not all(pseudo[u] in watch.answered for u, _ in acks):
@@ -158,6 +180,8 @@ def main(
             ego_drained_s = round(time.time() - sent_s, 1)
         finally:
             watch.stop.set()
+            if backlog is not None:
+                backlog.stop.set()
             process.stop(scheduler)
         # The user's vector that answers its event's mark (published by the round that read the mark), not a
         # recompute for a neighbour's change before that round: with a K-layer encoder a user is also rewritten when
@@ -168,19 +192,20 @@ def main(
         first_seen = [watch.seen[pseudo[u]] - at for u, at in acks if pseudo[u] in watch.seen]
         rows = p.driver.execute_query(_UPDATED, ids=list(pseudo.values())).records
         written = {r["id"]: r["at"] for r in rows}
-        neo4j_lat = [written[pseudo[u]] - at for u, at in acks if written.get(pseudo[u])]
+        neo4j_lat = [written[pseudo[u]] - at for u, at in acks if written.get(pseudo[u]) and u in once]
         # the user's ego vector written after the ack (a model without an ego GIN writes none)
         ego = {r["id"]: r["ego_at"] for r in rows if r["ego_at"] is not None}
-        ego_lat = [ego[pseudo[u]] - at for u, at in acks if ego.get(pseudo[u], 0.0) > at]
+        ego_lat = [ego[pseudo[u]] - at for u, at in acks if ego.get(pseudo[u], 0.0) > at and u in once]
         result = {
             "bench": "freshness",
             "dataset": dataset,
             "model": model,
-            "rate": round(len(acks) / duration_s, 1),
-            "events": len(acks),
+            "rate": round(len(sent) / duration_s, 1),
+            "events": len(sent),
+            "timed_events": len(acks),
             "duration_s": duration_s,
             **percentiles(stream_lat),
-            **{f"neo4j_{k}": v for k, v in percentiles(neo4j_lat).items()},
+            **({f"neo4j_{k}": v for k, v in percentiles(neo4j_lat).items()} if neo4j_lat else {}),
             **{f"first_seen_{k}": v for k, v in percentiles(first_seen).items()},
             "missing": len(missing),
             **({f"ego_{k}": v for k, v in percentiles(ego_lat).items()} if ego_lat else {}),
@@ -189,7 +214,26 @@ def main(
         }
         if hetero:  # the items lag their users by the pending set's backlog: when it and the marks were empty
             result["drained_s_after_last"] = drained_s
+            assert backlog is not None
+            result["pending_max"] = max((n for _, n in backlog.series), default=0)
+            result["pending_at_last_event"] = at_last
+            # [seconds from the stream's start, entries] every 2 s: whether the backlog stays bounded under the load
+            result["pending_series"] = [[t, n] for t, n in backlog.series[::4]]
     emit_result(result, out)
+
+
+class _Backlog(threading.Thread):
+    """Samples the hetero pending set's size (`workers.hetero_recompute.PendingSet`) every 0.5 s."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.client, self.stop, self.start_s = redis.Redis.from_url(url), threading.Event(), time.time()
+        self.series: list[tuple[float, int]] = []
+
+    def run(self) -> None:
+        while not self.stop.wait(0.5):
+            self.series.append((round(time.time() - self.start_s, 1), int(self.client.zcard(HETERO_PENDING))))
+        self.client.close()
 
 
 def _drained(p: Any, since: float, limit_s: float = 300.0) -> float | None:

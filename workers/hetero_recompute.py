@@ -20,6 +20,7 @@ exact GCN affected set would add the nodes reading a source whose capped degree 
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 from collections import defaultdict
@@ -163,7 +164,9 @@ class Neighbourhood:
         """The item's kept in-edges from users with their weights (`HeteroLive.item_in`)."""
         got = self._item_in.get(iid)
         if got is None:
-            got = self._item_in[iid] = self.enc.top_users(zip(self.item_edges[iid], self._into_item[iid]))
+            pairs = zip(self.item_edges[iid], self._into_item[iid])
+            # a stored cap is `top_users`' list already, in its order (`CapStore.put`)
+            got = self._item_in[iid] = list(pairs) if iid in self.partial else self.enc.top_users(pairs)
         return got
 
     def user_cap(self, uid: str) -> list[EdgeRow]:
@@ -283,23 +286,57 @@ class CapStore:
         self.redis, self.key = ctx.redis, CAPS.format(version=ctx.encoder.version)
 
     def get(self, item_ids: Iterable[str]) -> dict[str, list[EdgeRow]]:
+        out: dict[str, list[EdgeRow]] = {}
+        for i, v in self._values(item_ids):
+            users, kinds, nums = _decode_cap(v)
+            w, last, first = nums.tolist()
+            out[i] = [
+                EdgeRow(u, i, w[n], last[n], None if first[n] != first[n] else first[n], kinds[n] or None) for n, u in enumerate(users)
+            ]
+        return out
+
+    def users(self, item_ids: Iterable[str]) -> dict[str, set[str]]:
+        """The users each item's stored cap keeps (no rows built, nothing weighed: the out-set test of a user)."""
+        return {i: set(_decode_cap(v, rows=False)[0]) for i, v in self._values(item_ids)}
+
+    def _values(self, item_ids: Iterable[str]) -> Iterator[tuple[str, bytes]]:
         ids = sorted(item_ids)
         if self.redis is None or not ids:
-            return {}
-        out: dict[str, list[EdgeRow]] = {}
+            return
         for s in range(0, len(ids), 5000):
             chunk = ids[s : s + 5000]
             for i, v in zip(chunk, self.redis.hmget(self.key, chunk)):
                 if isinstance(v, bytes):
-                    out[i] = [EdgeRow(u, i, w, t, f, kind) for u, w, t, f, kind in json.loads(v)]
-        return out
+                    yield i, v
 
     def put(self, caps: dict[str, list[EdgeRow]]) -> None:
         if self.redis is None or not caps:
             return
-        items = [(i, json.dumps([[e.user, e.weight, e.last_ts, e.first_ts, e.kind] for e in rows])) for i, rows in caps.items()]
+        items = [(i, _encode_cap(rows)) for i, rows in caps.items()]
         for s in range(0, len(items), 5000):
             self.redis.hset(self.key, mapping=dict(items[s : s + 5000]))
+
+
+# A stored cap: the row count (4 bytes), then weight, last and first time as float64 columns (NaN: no first time,
+# exact round trips), then the users and kinds as one JSON list: decoding is one `frombuffer` and one short parse,
+# where a JSON list per row cost ~7 us a row (the chunks' largest read, issue 17).
+def _encode_cap(rows: list[EdgeRow]) -> bytes:
+    nums = np.array([[e.weight, e.last_ts, np.nan if e.first_ts is None else e.first_ts] for e in rows], np.float64).reshape(-1, 3)
+    names = json.dumps([e.user for e in rows] + [e.kind or "" for e in rows]).encode()
+    return len(rows).to_bytes(4, "little") + np.ascontiguousarray(nums.T).tobytes() + names
+
+
+def _decode_cap(v: bytes, rows: bool = True) -> tuple[list[str], list[str], np.ndarray]:
+    """(users, kinds, [3, n] weights / last / first) of a stored cap; ``rows`` False: the users alone."""
+    if v[:1] == b"[":  # a cap stored before this encoding (one JSON list per row)
+        old = json.loads(v)
+        nums = np.array([[r[1], r[2], np.nan if r[3] is None else r[3]] for r in old], np.float64).reshape(-1, 3)
+        return [r[0] for r in old], [r[4] or "" for r in old], np.ascontiguousarray(nums.T)
+    n = int.from_bytes(v[:4], "little")
+    names = json.loads(v[4 + 24 * n :])
+    if not rows:
+        return names[:n], [], np.empty((3, 0))
+    return names[:n], names[n:], np.frombuffer(v, np.float64, 3 * n, offset=4).reshape(3, n)
 
 
 def affected(
@@ -509,6 +546,11 @@ class PendingSet:
 
     def count(self) -> int:
         return 0 if self.redis is None else int(self.redis.zcard(PENDING))
+
+    def oldest_age(self) -> float:
+        """Seconds the oldest entry has waited (0 when none)."""
+        got = [] if self.redis is None else self.redis.zrange(PENDING, 0, 0, withscores=True)
+        return max(0.0, time.time() - float(got[0][1])) if got else 0.0
 
     @staticmethod
     def parse(member: str) -> tuple[str, Node]:
@@ -721,27 +763,29 @@ _PER_ENTRY: dict[str, float] = {}
 
 def recompute_pending(ctx: HeteroContext, budget_s: float) -> PendingResult:
     """Recompute the pending set's entries (`PendingSet`), oldest first, in steps until ``budget_s`` has passed
-    (at least one step; a step is sized from the last one's time per entry, and cannot be cut short). Each step
-    reads its targets' caps and the layer-(K-1) outputs stored at that moment, publishes and writes their vectors,
-    and only then removes its entries. A target whose change is not yet in the stores (a marked node) is computed
-    again after the round that stores it: that round's entries ask for it."""
+    (at least one step; a step is sized from the recent steps' time per entry and cannot be cut short, so none
+    starts in the budget's last quarter, where it would overrun it by its fixed costs). Each step reads its
+    targets' caps and the layer-(K-1) outputs stored at that moment, publishes and writes their vectors, and only
+    then removes its entries. A target whose change is not yet in the stores (a marked node) is computed again
+    after the round that stores it: that round's entries ask for it."""
     pend, res = PendingSet(ctx), PendingResult()
     version = ctx.encoder.version
     start = time.perf_counter()
     while True:
         left_s = budget_s - (time.perf_counter() - start)
-        if res.steps and left_s <= 0:
+        if res.steps and left_s <= budget_s / 4:
             break
-        # an entry costs ~10-30 ms on the 2-core VM (a user's ~20 items, a popular item's shoppers): a first guess
-        # that is too small overruns the first chunk by seconds, which the next round pays in waiting marks
-        per = _PER_ENTRY.get(version, 0.025)
+        # an entry costs ~0.3-1 ms on the 2-core VM (an item's cap; a user's items, tested against their stored
+        # caps): a first guess that is too small overruns the first chunk, which the next round pays in waiting marks
+        per = _PER_ENTRY.get(version, 0.002)
         taken = pend.take(max(4, min(5000, int(left_s / per))))
         if not taken:
             break
         t = time.perf_counter()
         _pending_step(ctx, taken, res)
         pend.remove(taken)
-        _PER_ENTRY[version] = (time.perf_counter() - t) / len(taken)
+        # smoothed: an `o` entry and an `s` entry cost differently, and a step holds either mostly
+        _PER_ENTRY[version] = (per + (time.perf_counter() - t) / len(taken)) / 2
         res.steps += 1
         res.entries += len(taken)
     res.seconds = time.perf_counter() - start
@@ -764,7 +808,7 @@ def _pending_step(ctx: HeteroContext, taken: list[str], res: PendingResult) -> N
             targets.add(node)
     if outs:
         with nb.timed("pending_out_s"):
-            keep = {n for n in nb.out(outs) if n[0] in ("user", "item")}
+            keep = _keepers(nb, outs)
             res.expanded += PendingSet(ctx).add((), keep - targets)
     if targets:
         with nb.timed("pending_last_s"):
@@ -782,12 +826,41 @@ def _pending_step(ctx: HeteroContext, taken: list[str], res: PendingResult) -> N
         res.phases[k] += v
 
 
+def _keepers(nb: Neighbourhood, nodes: set[Node]) -> set[Node]:
+    """The users and items that keep one of ``nodes`` in their cap (`Neighbourhood.out`, its served vectors). A
+    user's are its items whose stored cap keeps it (`CapStore.users`): no item row is read, decoded into rows or
+    weighed, where `Neighbourhood.out` did all three for every item of every user (most of the chunks' time, issue
+    17). The stored cap is what `Neighbourhood.out` reads for an unmarked item too; an item without one is taken
+    (a vector computed again that did not move costs time, never exactness)."""
+    users = sorted(nid for kind, nid in nodes if kind == "user")
+    rest = {n for n in nodes if n[0] != "user"}
+    keep = {n for n in nb.out(rest) if n[0] in ("user", "item")} if rest else set()
+    if users:
+        with nb.timed("read_user_edges_s"):
+            edges, _ = subgraph.user_edges(nb.ctx.driver, users, database=nb.ctx.database)
+        shoppers: dict[str, set[str]] = defaultdict(set)
+        for e in edges:
+            shoppers[e.item].add(e.user)
+        with nb.timed("read_item_caps_s"):
+            kept = nb.caps.users(shoppers)
+        keep.update(("item", i) for i, us in shoppers.items() if i not in kept or not us.isdisjoint(kept[i]))
+    return keep
+
+
 def round_and_chunks(
-    ctx: HeteroContext, limit: int, chunk_s: float, hold_s: float, queued: Callable[[], bool] = lambda: False
+    ctx: HeteroContext,
+    limit: int,
+    chunk_s: float,
+    hold_s: float,
+    queued: Callable[[], bool] = lambda: False,
+    max_lag_s: float = float("inf"),
 ) -> HeteroResult:
     """One task's work (`workers.jobs.recompute`): a round of the marks, then chunks of the pending set of about
     ``chunk_s`` each: at least one (the pending set advances under a load that always queues the next round), and
-    more while no round is ``queued`` and the task has run less than ``hold_s`` (the lock's holder must return)."""
+    more while no round is ``queued`` or the oldest entry has waited longer than ``max_lag_s`` (the items' lag is
+    bounded: under a load the rounds cannot leave room for, the users wait instead), while the task has run less
+    than ``hold_s`` (the lock's holder must return)."""
+    _freeze_heap(ctx.encoder.version)
     res = recompute_marked(ctx, limit)
     if not deferred(ctx):
         return res
@@ -806,11 +879,30 @@ def round_and_chunks(
         res.published += chunk.published
         for k, v in chunk.phases.items():
             phases[k] += v
-        if not chunk.entries or not chunk.left or queued() or time.perf_counter() - start >= hold_s:
+        if not chunk.entries or not chunk.left or time.perf_counter() - start >= hold_s:
+            break
+        if queued() and PendingSet(ctx).oldest_age() <= max_lag_s:
             break
     res.pending_s = round(res.pending_s, 4)
     res.phases = {k: round(v, 4) for k, v in sorted(phases.items())}
     return res
+
+
+_frozen_for: list[str] = []  # the version whose first task froze the heap (`_freeze_heap`)
+
+
+def _freeze_heap(version: str) -> None:
+    """Moves every object alive at a version's first task (the libraries, the model, the encoder's tables) out of
+    the cyclic collector's reach (``gc.freeze``, as the server does: `server.lifecycle`): a round makes ~10^5 rows
+    that outlive the young generations, which set off full collections scanning the ~5 * 10^5 objects of the
+    libraries: 0.2-0.3 s pauses in the rounds under load (issue 17). Frozen objects are still freed by reference
+    counting; at the next version everything is the collector's again (``gc.unfreeze``) before the new freeze."""
+    if _frozen_for == [version]:
+        return
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+    _frozen_for[:] = [version]
 
 
 def drain(ctx: HeteroContext, limit: int = 10000, chunk_s: float = 0.0) -> list[HeteroResult]:

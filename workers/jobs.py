@@ -166,7 +166,12 @@ def recompute(rt: Runtime, limit: int | None = None, partition: int | None = Non
         n = limit or rt.worker.recompute_batch
         result: RecomputeResult = (
             hetero_recompute.round_and_chunks(
-                rt.hetero_context(state.version), n, ws.hetero_chunk_s, ws.lock_timeout_s / 4, partial(_queued, rt)
+                rt.hetero_context(state.version),
+                n,
+                ws.hetero_chunk_s,
+                ws.lock_timeout_s / 4,
+                partial(_queued, rt),
+                ws.hetero_max_lag_s,
             )
             if hetero
             else recompute_marked(rt.context(state.version), n)

@@ -39,8 +39,12 @@ class WorkerSettings(BaseSettings):
     # One recompute at a time per partition (Redis lock); a lock whose holder died expires after this.
     lock_timeout_s: float = Field(default=60.0, gt=0)
     # A K-layer encoder's rounds leave the last layer's out-set to a pending set (workers.hetero_recompute), worked
-    # in chunks of about this many seconds between rounds: an event arriving meanwhile waits for one chunk at most.
-    hetero_chunk_s: float = Field(default=0.4, gt=0)
+    # in chunks of about this many seconds between rounds: an event arriving meanwhile waits for one chunk at most
+    # (0.25 s: user freshness p50 0.56-0.60 s at 200 events/s on amazon-hin, 0.88-1.11 s with 0.4 s; docs/benchmarks.md).
+    hetero_chunk_s: float = Field(default=0.25, gt=0)
+    # ... and more chunks, even with a round queued, while the oldest pending entry has waited longer than this: the
+    # items' lag stays bounded when the rounds leave too little room (the users then wait for the chunks instead).
+    hetero_max_lag_s: float = Field(default=10.0, ge=0)
     # Partitions of the marks (workers.partitions): up to this many workers recompute at once. 1 = one global
     # lock. Every worker and the scheduler must share it. See docs/benchmarks.md (partitioned recompute) for the
     # default: one worker gains nothing from more, and pays a round's fixed cost per partition.

@@ -134,3 +134,54 @@ def test_a_round_or_chunk_that_fails_half_way_loses_nothing(graph, neo4j_setting
     assert _worst(driver, hetero_recompute.full_vectors(ctx), version) <= 1e-4
     client.close()
     rt.close()
+
+
+def test_a_users_keepers_are_the_items_whose_stored_cap_keeps_it(graph, neo4j_settings, graph_settings, redis_url, tmp_path, slices):
+    """A user's `o` entry expands to the items whose stored cap keeps the user (`CapStore.users`, no rows decoded
+    or weighed): the same set as `Neighbourhood.out` reading and ranking every item's cap, hub items (cap 4 here, so
+    many shoppers are left out) and items under new events included; and the caps round-trip exactly."""
+    rt = _runtime(neo4j_settings, graph_settings, redis_url, tmp_path, "sage")
+    driver = rt.driver
+    version = _rolled_out(rt, graph_settings, slices)
+    ctx = rt.hetero_context(version)
+    hub = driver.execute_query(_HUB).records[0]["id"]
+    users = sorted({f"hin:{line.split()[0]}" for line in (slices / "amazon-hin" / "user_item.dat").read_text().splitlines()})
+    items = [r["id"] for r in driver.execute_query("MATCH (i:Item) WHERE i.id =~ 'hin:[0-9]+' RETURN i.id AS id").records]
+    assert not ingest_events(driver, graph_settings, _events(random.Random(5), 0, 80, users, items, hub)).rejected
+    hetero_recompute.drain(ctx)
+    of_hub = "MATCH (u:User)-->(:Item {id: $hub}) RETURN DISTINCT u.id AS id ORDER BY id"
+    shoppers = [r["id"] for r in driver.execute_query(of_hub, hub=hub).records]
+    assert len(shoppers) > 4  # the hub keeps only some of them
+    nodes = {("user", u) for u in shoppers[:40]}
+    reference = {n for n in hetero_recompute.Neighbourhood(ctx).out(nodes) if n[0] in ("user", "item")}
+    assert reference and hetero_recompute._keepers(hetero_recompute.Neighbourhood(ctx), nodes) == reference
+    store = hetero_recompute.CapStore(ctx)
+    caps = store.get(items)
+    assert caps and store.users(items) == {i: {e.user for e in rows} for i, rows in caps.items()}
+    store.put(caps)
+    assert store.get(items) == caps
+    rt.close()
+
+
+def test_the_chunks_go_on_past_a_queued_round_while_the_oldest_entry_is_older_than_the_lag_bound(
+    graph, neo4j_settings, graph_settings, redis_url, tmp_path, slices
+):
+    """Under a load that always queues the next round a task runs one chunk, unless the pending set's oldest entry
+    has waited longer than ``max_lag_s``: then it works the set until that is no longer so (here all of it), and the
+    drained graph equals a full recompute."""
+    rt = _runtime(neo4j_settings, graph_settings, redis_url, tmp_path, "sage")
+    driver = rt.driver
+    version = _rolled_out(rt, graph_settings, slices)
+    ctx = rt.hetero_context(version)
+    pending = hetero_recompute.PendingSet(ctx)
+    _, events = _clicks(slices, 11, 12)
+    assert ingest_events(driver, graph_settings, events).accepted == len(events)
+    res = hetero_recompute.round_and_chunks(ctx, 10000, 0.0, 3600.0, lambda: True)  # one step: entries are left
+    assert res.pending_steps == 1 and res.pending_left > 0 and pending.oldest_age() > 0
+    _, more = _clicks(slices, 12, 12)
+    assert ingest_events(driver, graph_settings, more).accepted == len(more)
+    res = hetero_recompute.round_and_chunks(ctx, 10000, 0.0, 3600.0, lambda: True, max_lag_s=0.0)
+    assert res.marks > 0 and res.pending_steps > 1 and res.pending_left == 0 and pending.count() == 0
+    assert count_marks(driver) == 0
+    assert _worst(driver, hetero_recompute.full_vectors(ctx), version) <= 1e-4
+    rt.close()
