@@ -38,6 +38,7 @@ class Costs:
     delta: float  # one server replica applying the deltas of one event ("server")
     query_server: float  # server process, RecommendForUser, per query (at the measured catalogue's size)
     query_neo4j: float  # Neo4j, the reads of a RecommendForUser (exclusions, recent items), per query
+    ego: float = 0.0  # worker, the ego rounds (SimilarUsers' vectors), per event (inside "recompute" before they were apart)
 
     @classmethod
     def from_result(cls, result: dict) -> "Costs":
@@ -52,6 +53,7 @@ class Costs:
             delta=per["server"],
             query_server=q["server"],
             query_neo4j=q["neo4j"],
+            ego=per.get("ego", 0.0),
         )
 
 
@@ -102,7 +104,8 @@ def plan(c: Costs, load: Load, m: Machines) -> dict:
     primaries = _up(eps / primary_capacity)
     secondaries_per_shard = max(1, _up(qps * c.query_neo4j / (m.neo4j_cores * u) / primaries))
     # workers: one solo-pool process per core, one partition each (at most SLOTS partitions)
-    worker_cores = eps * (c.recompute + c.publish) / u
+    worker = c.recompute + c.publish + c.ego
+    worker_cores = eps * worker / u
     worker_procs = _up(worker_cores)
     worker_machines = _up(worker_procs / m.worker_cores)
     # servers: every replica applies every delta (the broadcast stream), so a replica's cores left for queries
@@ -119,7 +122,7 @@ def plan(c: Costs, load: Load, m: Machines) -> dict:
         "one Neo4j primary (all writes)": primary_capacity,
         "server replica: applying every delta": m.server_cores * u / c.delta if c.delta else math.inf,
         "delta stream: one replica's NIC": m.nic_gbit * 1e9 * u / (delta_bytes * 8),
-        "workers: one per slot (SLOTS partitions)": SLOTS * u / (c.recompute + c.publish),
+        "workers: one per slot (SLOTS partitions)": SLOTS * u / worker,
     }
     return {
         "inputs": asdict(load),
