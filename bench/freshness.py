@@ -104,6 +104,7 @@ def main(
     overload_s: float = typer.Option(0.0, help="with --workers: 2x the sustainable rate this long (first N), 0 = none"),
     cost_events: int = typer.Option(3000, help="with --workers: events of the CPU-cost phase"),
     cost_queries: int = typer.Option(1000, help="with --workers: RecommendForUser queries of the CPU-cost phase"),
+    worker_threads: int = typer.Option(0, help="with --workers: each worker's intra-op threads (OMP_NUM_THREADS), 0: torch's"),
     model: str = typer.Option("spectral-sage", help="model kind the worker trains and serves"),
     layers: int = typer.Option(2, help="message-passing layers of a hetero-* model"),
     dim: int = typer.Option(64, help="embedding width of a hetero-* model (IG_EMBEDDING_DIM of the run)"),
@@ -145,6 +146,7 @@ def main(
                 overload_s=overload_s,
                 cost_events=cost_events,
                 cost_queries=cost_queries,
+                worker_threads=worker_threads,
                 # each worker count's row as it is measured: a long run that is stopped keeps what it measured
                 partial=lambda r: out.with_suffix(".partial.json").write_text(json.dumps(r, indent=2)) if out else None,
             )

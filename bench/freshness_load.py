@@ -126,8 +126,9 @@ def _server_pids() -> list[int]:
 
 
 @contextlib.contextmanager
-def fleet(p: Pipeline, n: int) -> Iterator[Fleet]:
-    env = {**p.env, "IG_WORKER_PARTITIONS": str(n)}
+def fleet(p: Pipeline, n: int, threads: int = 0) -> Iterator[Fleet]:
+    """``threads``: the workers' intra-op threads (torch's OpenMP pool; 0 = torch's default, one per core)."""
+    env = {**p.env, "IG_WORKER_PARTITIONS": str(n), **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     logs = [p.var / f"worker-{n}-{k}.log" for k in range(n)]
     procs: list[subprocess.Popen] = []
     f = Fleet(p, procs, logs, env)
@@ -252,7 +253,9 @@ def costs(f: Fleet, stream: Stream, events: int, queries: int) -> dict:
     """CPU seconds per event of each part, and per query of the server and Neo4j (see the module doc)."""
     p = f.p
     rng = random.Random(7)
-    asyncio.run(_ingest_fast(p.server_port, stream, 200, rng))  # first use (the model loads in each worker): not counted
+    # not counted: the model loading in each worker, and as many events as are measured, so that Neo4j's page cache
+    # and query plans are as warm for the first worker count as for the next (a --prepared Neo4j starts cold)
+    asyncio.run(_ingest_fast(p.server_port, stream, events, rng))
     _drain(f)
     c0 = f.cpu()
     asyncio.run(_ingest_fast(p.server_port, stream, events, rng))
@@ -475,6 +478,7 @@ def run(
     cost_events: int,
     cost_queries: int,
     partial: Callable[[dict], None] = lambda _result: None,
+    worker_threads: int = 0,
 ) -> dict:
     """Every measurement above for each worker count; the RESULT dict."""
     stream = Stream(users, items, p.graph.pseudonym_key.get_secret_value())
@@ -482,7 +486,7 @@ def run(
     rows = []
     over: dict | None = None
     for n in workers:
-        with fleet(p, n) as f:
+        with fleet(p, n, worker_threads) as f:
             log(f"{n} worker(s), IG_WORKER_PARTITIONS={n}: costs")
             row: dict[str, Any] = {"workers": n, "partitions": n, **costs(f, stream, cost_events, cost_queries)}
             f.start_scheduler()
@@ -510,6 +514,7 @@ def run(
         "sustainable_rate": first["sustainable_rate"],
         "cpu_s_per_event": first["cpu_s_per_event"],
         "users": len(users),
+        "worker_threads": worker_threads or "torch default",
         "recurrence_s": round(len(users) / max(first["rate"] or 1.0, 1.0), 1),
         "rows": rows,
     }
