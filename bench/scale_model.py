@@ -1,9 +1,9 @@
 """The internet-scale model (issue 18 item 5): machines for a shop of 10^8 shoppers, 10^7 items, 10^5 events/s
 at peak and 10^5 queries/s, from the CPU seconds per event and per query that ``bench.freshness --workers``
-measured on real processes (``docs/results/freshness-load-2core.json``), and the index memory that
+measured on real processes (``docs/results/freshness-load-ego-lock-2core.json``), and the index memory that
 ``bench.serving`` measured at the served width (4.34 GB per million 1024-d items).
 
-    python -m bench.scale_model [--costs docs/results/freshness-load-2core.json] [--events-per-s 1e5] ...
+    python -m bench.scale_model [--costs docs/results/freshness-load-ego-lock-2core.json] [--events-per-s 1e5] ...
 
 It is arithmetic, not a measurement: each line says which measured figure it scales. ``docs/scaling.md``
 explains the model and where the design breaks first.
@@ -21,8 +21,9 @@ import typer
 from bench._common import emit_result
 from graphdb.marks import SLOTS
 
-# the full run's costs once it is committed; until then the bench's smoke run (docs/scaling.md says what that means)
-FULL_COSTS = Path("docs/results/freshness-load-2core.json")
+# the latest full run's costs (the ego rounds apart, one ego round at a time per partition); until one is committed
+# the bench's smoke run (docs/scaling.md says what that means)
+FULL_COSTS = Path("docs/results/freshness-load-ego-lock-2core.json")
 DEFAULT_COSTS = FULL_COSTS if FULL_COSTS.exists() else Path("docs/results/freshness-load-smoke-amazon-office-2core.json")
 
 
