@@ -2,6 +2,8 @@
 
     python -m bench.freshness [--rate 200] [--duration-s 60] [--dataset gowalla] [--out FILE]
     python -m bench.freshness --workers 1,2,3 --find-rate [--overload-s 60]     (issue 18: bench/freshness_load.py)
+    python -m bench.freshness --prepare DIR; python -m bench.freshness --prepared DIR --workers 2 ...
+        (load and train once into DIR; each run then starts from a copy of it, without the minutes of setup)
     python -m bench.freshness --model hetero-sage --dataset amazon-hin --duration-s 30
 
 Starts Neo4j, Redis, a Celery worker, the recompute scheduler and the gRPC server, loads the dataset, trains
