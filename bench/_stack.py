@@ -19,6 +19,7 @@ from tqdm import tqdm
 from graphdb import localstack
 from graphdb.driver import connect
 from graphdb.loaders import DATASETS, load_dataset
+from graphdb.model_state import active_model
 from graphdb.schema import migrate
 from graphdb.settings import DataSettings, GraphSettings, LocalStackSettings, Neo4jSettings
 from server.probe import wait_serving
@@ -61,10 +62,12 @@ def pipeline(
     worker_extra: dict[str, str] | None = None,
     seed: Callable[[int], None] | None = None,
     model: str = "spectral-sage",
+    prepared: bool = False,
 ) -> Iterator[Pipeline]:
     """``dataset=None`` loads nothing. ``seed(port)``, with ``server=True``, fills the graph through the running
     server's IngestEvents before the model is trained (the server switches to it when it is rolled out). ``model``:
-    the kind the worker trains and rolls out (`ml.kinds`)."""
+    the kind the worker trains and rolls out (`ml.kinds`). ``prepared``: ``var`` holds a stopped pipeline's stack
+    and models (a copy of one, `bench.freshness --prepare`): nothing is loaded or trained, its active version serves."""
     var = Path(var)
     if seed is not None and not server:
         raise ValueError("seed ingests through the server: pass server=True")
@@ -77,7 +80,7 @@ def pipeline(
         ns = Neo4jSettings(uri=f"bolt://127.0.0.1:{stack.neo4j_port}")
         driver = connect(ns)
         migrate(driver, gs)
-        if dataset is not None:
+        if dataset is not None and not prepared:
             if dataset not in DATASETS:
                 raise SystemExit(f"unknown dataset {dataset}")
             bar = tqdm(total=limit or EVENTS.get(dataset), desc=f"loading {dataset}", unit="ev")
@@ -99,7 +102,10 @@ def pipeline(
         if seed is not None:
             port = _start_server(env, var, procs)
             seed(port)
-        version = train_and_roll_out(app, driver, model)
+        state = active_model(driver) if prepared else None
+        if prepared and state is None:
+            raise SystemExit(f"{var} holds no rolled-out model: prepare it first")
+        version = state.version if state is not None else train_and_roll_out(app, driver, model)
         p = Pipeline(
             var, stack, ns, gs, driver, redis.Redis.from_url(f"redis://127.0.0.1:{stack.redis_port}/0"), env, app, version, worker
         )

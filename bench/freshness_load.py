@@ -7,8 +7,10 @@ count N the pipeline's worker is replaced by N Celery workers and a scheduler, a
 
 - costs: the scheduler stopped, ``--cost-events`` events go through ``IngestEvents`` (the server's and Neo4j's
   CPU: ingest), then ``interest.recompute`` tasks drain them (the workers', Neo4j's and the server's CPU, the
-  last being its delta consumption), then RecommendForUser queries (the server's and Neo4j's CPU per query).
-  The workers' CPU is split into recompute and publish by the rounds' own timers (``publish_s`` of ``write_s``).
+  last being its delta consumption; the drain goes on until the ego marks are gone too), then RecommendForUser
+  queries (the server's and Neo4j's CPU per query). The workers' CPU is split into ego (the ego rounds'
+  own CPU seconds, ``ego.cpu_s`` of each task), recompute and publish (the rest, by the rounds' own timers:
+  ``publish_s`` of ``write_s``); the RESULT's ``recompute_cpu_ratio`` compares all of it to one worker's.
 - probes: events at a steady rate for ``--probe-s`` with the scheduler running; freshness is from the ack to the
   user's first vector on the delta stream after it. ``--find-rate`` grows the rate by 1.5x while p99 <= 1 s and
   nothing is missing, then bisects once between the last pass and the first failure.
@@ -45,6 +47,7 @@ from bench._stack import Pipeline, log
 from bench._stream_watch import StreamWatch
 from graphdb import localstack
 from graphdb.changes import backlog, count_marks
+from graphdb.ego import count_ego_marks
 from graphdb.pseudonym import pseudonymise
 from proto.interest.v1 import interest_pb2 as pb
 from proto.interest.v1 import interest_pb2_grpc as pb_grpc
@@ -123,8 +126,9 @@ def _server_pids() -> list[int]:
 
 
 @contextlib.contextmanager
-def fleet(p: Pipeline, n: int) -> Iterator[Fleet]:
-    env = {**p.env, "IG_WORKER_PARTITIONS": str(n)}
+def fleet(p: Pipeline, n: int, threads: int = 0) -> Iterator[Fleet]:
+    """``threads``: the workers' intra-op threads (torch's OpenMP pool; 0 = torch's default, one per core)."""
+    env = {**p.env, "IG_WORKER_PARTITIONS": str(n), **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     logs = [p.var / f"worker-{n}-{k}.log" for k in range(n)]
     procs: list[subprocess.Popen] = []
     f = Fleet(p, procs, logs, env)
@@ -217,10 +221,13 @@ def wait_drained(p: Pipeline, timeout_s: float) -> bool:
 # ------------------------------------------------------------------------------------------------ measurements
 def _drain(f: Fleet, serial: bool = False) -> dict[str, float]:
     """``interest.recompute`` tasks, one per partition (all at once, or ``serial``: each after the previous one),
-    until no mark is left; the rounds' summed timers."""
+    until no mark and no ego mark is left (a task's ego rounds skip a partition whose ego lock another task
+    holds: its marks wait for the next); the rounds' summed timers, the tasks' own CPU seconds of their user
+    rounds (``round_cpu_s``) and ego rounds (``ego_cpu_s``), and the ego rounds' counts."""
     p = f.p
-    timings = {"pull_s": 0.0, "forward_s": 0.0, "write_s": 0.0, "publish_s": 0.0}
-    while count_marks(p.driver):
+    timings = {"pull_s": 0.0, "forward_s": 0.0, "write_s": 0.0, "publish_s": 0.0, "round_cpu_s": 0.0, "ego_cpu_s": 0.0, "ego_s": 0.0}
+    timings.update(dict.fromkeys(("ego_rounds", "ego_marks", "ego_stale", "ego_skipped", "tasks"), 0))
+    while count_marks(p.driver) or count_ego_marks(p.driver):
         kwargs = [{}] if f.partitions == 1 else [{"partition": q} for q in range(f.partitions)]
         sent = [] if serial else [p.app.send_task("interest.recompute", kwargs=k) for k in kwargs]
         for k in kwargs:
@@ -230,8 +237,15 @@ def _drain(f: Fleet, serial: bool = False) -> dict[str, float]:
                 continue
             if "error" in res:
                 raise RuntimeError(res)
-            for name in timings:
+            for name in ("pull_s", "forward_s", "write_s", "publish_s", "round_cpu_s"):
                 timings[name] += res.get(name, 0.0)
+            ego = res.get("ego", {})
+            timings["ego_cpu_s"] += ego.get("cpu_s", 0.0)
+            timings["ego_s"] += ego.get("s", 0.0)
+            for name in ("rounds", "marks", "stale"):
+                timings[f"ego_{name}"] += ego.get(name, 0)
+            timings["ego_skipped"] += len(ego.get("skipped", []))
+            timings["tasks"] += 1
     return timings
 
 
@@ -239,7 +253,9 @@ def costs(f: Fleet, stream: Stream, events: int, queries: int) -> dict:
     """CPU seconds per event of each part, and per query of the server and Neo4j (see the module doc)."""
     p = f.p
     rng = random.Random(7)
-    asyncio.run(_ingest_fast(p.server_port, stream, 200, rng))  # first use (the model loads in each worker): not counted
+    # not counted: the model loading in each worker, and as many events as are measured, so that Neo4j's page cache
+    # and query plans are as warm for the first worker count as for the next (a --prepared Neo4j starts cold)
+    asyncio.run(_ingest_fast(p.server_port, stream, events, rng))
     _drain(f)
     c0 = f.cpu()
     asyncio.run(_ingest_fast(p.server_port, stream, events, rng))
@@ -252,11 +268,15 @@ def costs(f: Fleet, stream: Stream, events: int, queries: int) -> dict:
     worker = c2["workers"] - c1["workers"]
     total = timings["pull_s"] + timings["forward_s"] + timings["write_s"]
     publish_share = timings["publish_s"] / total if total else 0.0
+    # The ego rounds (SimilarUsers' vectors) are the workers' work per event too, counted apart by the tasks' own
+    # CPU seconds (before 2026-12-06 10:00 they were inside "recompute"); the rest is the user rounds' and Celery's.
+    ego = min(timings["ego_cpu_s"], worker)
     per = {
         "ingest": (c1["server"] - c0["server"]) / events,
         "neo4j": (c2["neo4j"] - c0["neo4j"]) / events,
-        "recompute": worker * (1 - publish_share) / events,
-        "publish": worker * publish_share / events,
+        "recompute": (worker - ego) * (1 - publish_share) / events,
+        "publish": (worker - ego) * publish_share / events,
+        "ego": ego / events,
         "server": (c2["server"] - c1["server"]) / events,
     }
     detail: dict[str, Any] = {
@@ -269,10 +289,12 @@ def costs(f: Fleet, stream: Stream, events: int, queries: int) -> dict:
         # the same partitions drained one at a time: what partitioning costs apart from running at once
         asyncio.run(_ingest_fast(p.server_port, stream, events, rng))
         s0 = f.cpu()
-        _drain(f, serial=True)
+        serial = _drain(f, serial=True)
         s1 = f.cpu()
         detail["workers_total_serial"] = round((s1["workers"] - s0["workers"]) / events, 6)
+        detail["ego_serial"] = round(serial["ego_cpu_s"] / events, 6)
         detail["neo4j_recompute_serial"] = round((s1["neo4j"] - s0["neo4j"]) / events, 6)
+        detail["round_timings_serial_s"] = {k: round(v, 3) for k, v in serial.items()}
     return {
         "cpu_s_per_event": {k: round(v, 6) for k, v in per.items()},
         "cpu_s_per_event_detail": detail,
@@ -456,6 +478,7 @@ def run(
     cost_events: int,
     cost_queries: int,
     partial: Callable[[dict], None] = lambda _result: None,
+    worker_threads: int = 0,
 ) -> dict:
     """Every measurement above for each worker count; the RESULT dict."""
     stream = Stream(users, items, p.graph.pseudonym_key.get_secret_value())
@@ -463,7 +486,7 @@ def run(
     rows = []
     over: dict | None = None
     for n in workers:
-        with fleet(p, n) as f:
+        with fleet(p, n, worker_threads) as f:
             log(f"{n} worker(s), IG_WORKER_PARTITIONS={n}: costs")
             row: dict[str, Any] = {"workers": n, "partitions": n, **costs(f, stream, cost_events, cost_queries)}
             f.start_scheduler()
@@ -491,16 +514,28 @@ def run(
         "sustainable_rate": first["sustainable_rate"],
         "cpu_s_per_event": first["cpu_s_per_event"],
         "users": len(users),
+        "worker_threads": worker_threads or "torch default",
         "recurrence_s": round(len(users) / max(first["rate"] or 1.0, 1.0), 1),
         "rows": rows,
     }
     if len(rows) > 1:
-        base = first["cpu_s_per_event"]["recompute"] + first["cpu_s_per_event"]["publish"]
+        # the workers' CPU per event, all of it (user rounds, ego rounds, publish: the figure before the ego rounds
+        # were apart), and its two parts
+        base = first["cpu_s_per_event_detail"]["workers_total"]
         result["recompute_cpu_ratio"] = {
-            str(r["workers"]): round((r["cpu_s_per_event"]["recompute"] + r["cpu_s_per_event"]["publish"]) / base, 3) for r in rows[1:]
+            str(r["workers"]): round(r["cpu_s_per_event_detail"]["workers_total"] / base, 3) for r in rows[1:]
         }
         serial = {str(r["workers"]): r["cpu_s_per_event_detail"].get("workers_total_serial") for r in rows[1:]}
         result["recompute_cpu_ratio_serial"] = {k: round(v / base, 3) if v else None for k, v in serial.items()}
+        users_base = first["cpu_s_per_event"]["recompute"] + first["cpu_s_per_event"]["publish"]
+        result["user_round_cpu_ratio"] = {
+            str(r["workers"]): round((r["cpu_s_per_event"]["recompute"] + r["cpu_s_per_event"]["publish"]) / users_base, 3)
+            for r in rows[1:]
+        }
+        if first["cpu_s_per_event"]["ego"]:
+            result["ego_cpu_ratio"] = {
+                str(r["workers"]): round(r["cpu_s_per_event"]["ego"] / first["cpu_s_per_event"]["ego"], 3) for r in rows[1:]
+            }
         result["sustainable_rate_by_workers"] = {str(r["workers"]): r["sustainable_rate"] for r in rows}
     if over is not None:
         result["overload"] = over

@@ -1,9 +1,9 @@
 """The internet-scale model (issue 18 item 5): machines for a shop of 10^8 shoppers, 10^7 items, 10^5 events/s
 at peak and 10^5 queries/s, from the CPU seconds per event and per query that ``bench.freshness --workers``
-measured on real processes (``docs/results/freshness-load-2core.json``), and the index memory that
+measured on real processes (``docs/results/freshness-load-ego-lock-2core.json``), and the index memory that
 ``bench.serving`` measured at the served width (4.34 GB per million 1024-d items).
 
-    python -m bench.scale_model [--costs docs/results/freshness-load-2core.json] [--events-per-s 1e5] ...
+    python -m bench.scale_model [--costs docs/results/freshness-load-ego-lock-2core.json] [--events-per-s 1e5] ...
 
 It is arithmetic, not a measurement: each line says which measured figure it scales. ``docs/scaling.md``
 explains the model and where the design breaks first.
@@ -21,8 +21,9 @@ import typer
 from bench._common import emit_result
 from graphdb.marks import SLOTS
 
-# the full run's costs once it is committed; until then the bench's smoke run (docs/scaling.md says what that means)
-FULL_COSTS = Path("docs/results/freshness-load-2core.json")
+# the latest full run's costs (the ego rounds apart, one ego round at a time per partition); until one is committed
+# the bench's smoke run (docs/scaling.md says what that means)
+FULL_COSTS = Path("docs/results/freshness-load-ego-lock-2core.json")
 DEFAULT_COSTS = FULL_COSTS if FULL_COSTS.exists() else Path("docs/results/freshness-load-smoke-amazon-office-2core.json")
 
 
@@ -38,6 +39,7 @@ class Costs:
     delta: float  # one server replica applying the deltas of one event ("server")
     query_server: float  # server process, RecommendForUser, per query (at the measured catalogue's size)
     query_neo4j: float  # Neo4j, the reads of a RecommendForUser (exclusions, recent items), per query
+    ego: float = 0.0  # worker, the ego rounds (SimilarUsers' vectors), per event (inside "recompute" before they were apart)
 
     @classmethod
     def from_result(cls, result: dict) -> "Costs":
@@ -52,6 +54,7 @@ class Costs:
             delta=per["server"],
             query_server=q["server"],
             query_neo4j=q["neo4j"],
+            ego=per.get("ego", 0.0),
         )
 
 
@@ -102,7 +105,8 @@ def plan(c: Costs, load: Load, m: Machines) -> dict:
     primaries = _up(eps / primary_capacity)
     secondaries_per_shard = max(1, _up(qps * c.query_neo4j / (m.neo4j_cores * u) / primaries))
     # workers: one solo-pool process per core, one partition each (at most SLOTS partitions)
-    worker_cores = eps * (c.recompute + c.publish) / u
+    worker = c.recompute + c.publish + c.ego
+    worker_cores = eps * worker / u
     worker_procs = _up(worker_cores)
     worker_machines = _up(worker_procs / m.worker_cores)
     # servers: every replica applies every delta (the broadcast stream), so a replica's cores left for queries
@@ -119,7 +123,7 @@ def plan(c: Costs, load: Load, m: Machines) -> dict:
         "one Neo4j primary (all writes)": primary_capacity,
         "server replica: applying every delta": m.server_cores * u / c.delta if c.delta else math.inf,
         "delta stream: one replica's NIC": m.nic_gbit * 1e9 * u / (delta_bytes * 8),
-        "workers: one per slot (SLOTS partitions)": SLOTS * u / (c.recompute + c.publish),
+        "workers: one per slot (SLOTS partitions)": SLOTS * u / worker,
     }
     return {
         "inputs": asdict(load),

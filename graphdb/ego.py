@@ -20,6 +20,7 @@ import neo4j
 from neo4j.exceptions import ServiceUnavailable, SessionExpired
 
 from graphdb.errors import NotFound, Unavailable
+from graphdb.marks import slot_expr
 from graphdb.schema import EGO_DIRTY, USER
 
 INDEX = "user_ego"
@@ -49,8 +50,11 @@ MATCH (n:{USER} {{id: id}})
 SET n:{EGO_DIRTY}, n.ego_chg = randomUUID(), n.ego_since = coalesce(n.ego_since, $now)
 """
 
+# One partition's (`workers.partitions`: slot % P = p), the slot its user's change marks carry; computed when
+# missing, so no ego mark is outside every partition.
 _READ_MARKS = f"""
 MATCH (n:{EGO_DIRTY})
+WHERE $partitions = 1 OR coalesce(n.slot, {slot_expr("n")}) % $partitions = $index
 WITH n ORDER BY n.ego_since, n.id
 LIMIT $limit
 RETURN collect(n.id) AS ids, collect(n.ego_chg) AS tokens
@@ -168,9 +172,17 @@ class EgoCounts:
     stale: int = 0  # marks whose token changed meanwhile (or whose user vector is another version's): kept
 
 
-def read_ego_marks(driver: neo4j.Driver, *, limit: int, database: str = "neo4j") -> list[EgoMark]:
-    """The oldest ``limit`` ego marks."""
-    r = driver.execute_query(_READ_MARKS, limit=limit, database_=database, routing_=neo4j.RoutingControl.READ).records[0]
+def read_ego_marks(driver: neo4j.Driver, *, limit: int, partition: tuple[int, int] = (0, 1), database: str = "neo4j") -> list[EgoMark]:
+    """The oldest ``limit`` ego marks of ``partition`` (index, partitions; the default: every mark)."""
+    index, partitions = partition
+    r = driver.execute_query(
+        _READ_MARKS,
+        limit=limit,
+        index=index,
+        partitions=partitions,
+        database_=database,
+        routing_=neo4j.RoutingControl.READ,
+    ).records[0]
     return [EgoMark(i, t) for i, t in zip(r["ids"], r["tokens"]) if i is not None and t is not None]
 
 

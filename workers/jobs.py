@@ -23,7 +23,7 @@ from graphdb import subgraph
 from graphdb.driver import connect
 from graphdb.ego import commit_ego, read_ego_marks
 from graphdb.embeddings import iter_embeddings
-from graphdb.errors import FailedPrecondition, InvalidInput
+from graphdb.errors import FailedPrecondition, InvalidInput, Unavailable
 from graphdb.loaders import DATASETS, load_dataset
 from graphdb.model_state import active_model
 from graphdb.schema import ITEM, USER
@@ -156,10 +156,11 @@ def recompute(rt: Runtime, limit: int | None = None, partition: int | None = Non
     # Partitions split the served spectral model's marks; a K-layer encoder's affected set crosses them, so its
     # recompute takes the single lock (workers.hetero_recompute).
     hetero = rt.is_hetero(state.version)
+    cpu0 = time.process_time()  # this process's CPU seconds of the user round (`round_cpu_s`), the ego rounds' apart
     if ws.partitions > 1 and not hetero:
         ctx = rt.context(state.version)
         out = partitions.recompute(ctx, rt.redis, ws.partitions, limit or ws.recompute_batch, ws.lock_timeout_s, partition)
-        return {**out, "ego": ego_rounds(rt, state.version)}
+        return {**out, "round_cpu_s": round(time.process_time() - cpu0, 6), "ego": ego_rounds(rt, state.version)}
     with rt.lock(wait_s=rt.worker.lock_timeout_s) as got:
         if not got:
             return {"skipped": "another recompute holds the lock", "marks": 0}
@@ -176,7 +177,7 @@ def recompute(rt: Runtime, limit: int | None = None, partition: int | None = Non
             if hetero
             else recompute_marked(rt.context(state.version), n)
         )
-    return {**result.as_dict(), "ego": ego_rounds(rt, state.version)}
+    return {**result.as_dict(), "round_cpu_s": round(time.process_time() - cpu0, 6), "ego": ego_rounds(rt, state.version)}
 
 
 def ego_rounds(rt: Runtime, version: str) -> dict:
@@ -184,24 +185,44 @@ def ego_rounds(rt: Runtime, version: str) -> dict:
     the ego vectors are of lower priority than the user vectors, so a user round queued meanwhile waits for the
     ego round in progress only (``IG_WORKER_EGO_BATCH`` users at most), and the next task goes on with the rest.
     Under a load that queues a round before the last ends, they wait for a lull (the scheduler queues a
-    recompute while ego marks wait, so they drain once it comes). A heterogeneous version has no ego model: its
-    rounds only clear the marks a previous version left."""
+    recompute while ego marks wait, so they drain once it comes).
+
+    One ego round at a time per partition (the ego marks split as the change marks do, by the user's slot): a
+    partition's rounds hold its ego lock (`redis_keys.ego_lock`), taken without waiting, so two workers never
+    compute the same oldest marks twice; a worker that finds it held skips that partition, whose marks stay for
+    the holder or the next task, and a killed holder's lock expires after ``IG_WORKER_LOCK_TIMEOUT_S``. A
+    heterogeneous version has no ego model: its rounds only clear the marks a previous version left."""
     ws = rt.worker
     run = partial(_drop_ego_marks, rt, version) if rt.is_hetero(version) else partial(recompute_ego, rt.context(version))
     keys = [redis_keys.queued_key(ws.changed_key, p) for p in ([None] if ws.partitions == 1 else [None, *range(ws.partitions)])]
-    out = {"rounds": 0, "marks": 0, "written": 0, "removed": 0, "stale": 0}
-    while not rt.redis.exists(*keys):
-        res = run(ws.ego_batch)
-        if not res.marks:
+    out: dict = {"rounds": 0, "marks": 0, "written": 0, "removed": 0, "stale": 0, "skipped": []}
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    for p in partitions.rotated(ws.partitions):
+        if rt.redis.exists(*keys):
             break
-        out["rounds"] += 1
-        for k in ("marks", "written", "removed", "stale"):
-            out[k] += getattr(res, k)
+        with partitions.claim(rt.redis, p, ws.partitions, ws.lock_timeout_s, name=redis_keys.ego_lock) as held:
+            if held is None:
+                out["skipped"].append(p)
+                continue
+            while not rt.redis.exists(*keys):
+                try:
+                    held.keep()  # each round renews the full timeout; a lock lost meanwhile may be another's now
+                except Unavailable as exc:
+                    log.warning("ego rounds stop: %s", exc)
+                    break
+                res = run(ws.ego_batch, (p, ws.partitions))
+                if not res.marks:
+                    break
+                out["rounds"] += 1
+                for k in ("marks", "written", "removed", "stale"):
+                    out[k] += getattr(res, k)
+    # the rounds' wall and this process's CPU seconds: what the ego vectors cost, apart from the user round
+    out["s"], out["cpu_s"] = round(time.perf_counter() - t0, 6), round(time.process_time() - cpu0, 6)
     return out
 
 
-def _drop_ego_marks(rt: Runtime, version: str, limit: int) -> EgoResult:
-    marks = read_ego_marks(rt.driver, limit=limit, database=rt.database)
+def _drop_ego_marks(rt: Runtime, version: str, limit: int, partition: tuple[int, int]) -> EgoResult:
+    marks = read_ego_marks(rt.driver, limit=limit, partition=partition, database=rt.database)
     counts = commit_ego(rt.driver, marks, {}, version, database=rt.database)
     return EgoResult(version, len(marks), dropped=counts.dropped, stale=counts.stale)
 

@@ -57,13 +57,22 @@ class Claim:
         try:
             self.lock.reacquire()
         except redis.exceptions.LockError as exc:
-            raise Unavailable(f"partition {self.index}/{self.partitions} was lost (lock expired); its marks stay") from exc
+            raise Unavailable(f"{self.lock.name!r} was lost (its timeout passed); its marks stay") from exc
 
 
 @contextmanager
-def claim(client: redis.Redis, index: int, partitions: int, timeout_s: float, wait_s: float = 0.0) -> Iterator[Claim | None]:
-    """The partition's lock, or None when another holds it (after waiting at most ``wait_s``)."""
-    lock = client.lock(lock_name(index, partitions), timeout=timeout_s, blocking_timeout=wait_s)
+def claim(
+    client: redis.Redis,
+    index: int,
+    partitions: int,
+    timeout_s: float,
+    wait_s: float = 0.0,
+    *,
+    name: Callable[[int, int], str] = lock_name,
+) -> Iterator[Claim | None]:
+    """The partition's lock (``name``: its recompute lock, or `redis_keys.ego_lock` for its ego rounds), or None
+    when another holds it (after waiting at most ``wait_s``)."""
+    lock = client.lock(name(index, partitions), timeout=timeout_s, blocking_timeout=wait_s)
     got = lock.acquire(blocking=wait_s > 0)
     try:
         yield Claim(index, partitions, lock) if got else None
@@ -148,7 +157,7 @@ def recompute(ctx: Context, client: redis.Redis, partitions: int, limit: int, lo
     so concurrent callers spread); a partition another worker holds is skipped (its marks wait for the next)."""
     if index is not None and not 0 <= index < partitions:
         raise InvalidInput(f"partition {index} is not one of 0..{partitions - 1} (IG_WORKER_PARTITIONS={partitions})")
-    order = [index] if index is not None else _rotated(partitions)
+    order = [index] if index is not None else rotated(partitions)
     total = RecomputeResult(ctx.encoder.version)
     done: list[int] = []
     skipped: list[int] = []
@@ -180,7 +189,7 @@ def recompute(ctx: Context, client: redis.Redis, partitions: int, limit: int, lo
     return {**total.as_dict(), "partitions": done, "skipped": skipped, "handed_off": handed, "lock_wait_s": round(lock_wait, 6)}
 
 
-def _rotated(partitions: int) -> list[int]:
+def rotated(partitions: int) -> list[int]:
     start = random.randrange(partitions)
     return [(start + k) % partitions for k in range(partitions)]
 

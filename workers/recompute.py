@@ -427,16 +427,17 @@ class EgoResult:
         return out
 
 
-def recompute_ego(ctx: Context, limit: int = 200) -> EgoResult:
+def recompute_ego(ctx: Context, limit: int = 200, partition: tuple[int, int] = (0, 1)) -> EgoResult:
     """One ego round: the ego vectors (SimilarUsers) of the users of the oldest ``limit`` ego marks, computed from
     the graph as it is now with the functions the user vectors use (`_user_inputs`, `_ego`: what a full recompute
     computes), written each with its mark cleared if the mark's token is unchanged (`graphdb.ego.commit_ego`). It
     reads marks before the graph, so a vector written is never older than the user round that marked it; a user
     recomputed meanwhile has a new token and keeps the mark. Needs no recompute lock (it writes ego vectors and
-    ego marks only), and each step is idempotent, so a killed round is run again."""
+    ego marks only), and each step is idempotent, so a killed round is run again. ``partition`` (index,
+    partitions): only that partition's marks (`workers.jobs.ego_rounds` runs one round at a time per partition)."""
     res = EgoResult(ctx.encoder.version)
     with timed(res.steps, "read_marks"):
-        marks = read_ego_marks(ctx.driver, limit=limit, database=ctx.database)
+        marks = read_ego_marks(ctx.driver, limit=limit, partition=partition, database=ctx.database)
     res.marks = len(marks)
     if not marks:
         return res

@@ -16,6 +16,7 @@ TAG = "{ig}"
 SLOTS = 16384
 LOCK = f"{TAG}:recompute:lock"  # the one recompute lock (IG_WORKER_PARTITIONS = 1)
 PART_LOCK_PREFIX = f"{TAG}:recompute:part"
+EGO_LOCK_PREFIX = f"{TAG}:recompute:ego"
 # The K-layer encoders' pending last-layer work (workers.hetero_recompute.PendingSet): the scheduler wakes a round
 # while it is not empty, as while marks wait.
 HETERO_PENDING = "ig:hetero:pending"
@@ -24,6 +25,11 @@ HETERO_PENDING = "ig:hetero:pending"
 def part_lock(index: int, partitions: int) -> str:
     # The count is in the name: workers started with another IG_WORKER_PARTITIONS never pass for the same claim.
     return f"{PART_LOCK_PREFIX}:{partitions}:{index}"
+
+
+def ego_lock(index: int, partitions: int) -> str:
+    """The lock of one partition's ego rounds (`workers.jobs.ego_rounds`): one ego round at a time per partition."""
+    return f"{EGO_LOCK_PREFIX}:{partitions}:{index}"
 
 
 def queued_key(changed_key: str, partition: int | None = None) -> str:
@@ -61,7 +67,9 @@ def deployment_keys(ws: WorkerSettings) -> dict[str, str]:
     keys = {"delta stream": ws.delta_stream, "change signal": ws.changed_key, "recompute lock": LOCK}
     if ws.partitions == 1:
         keys["queued flag"] = queued_key(ws.changed_key)
+        keys["ego lock"] = ego_lock(0, 1)
     for p in range(ws.partitions if ws.partitions > 1 else 0):
         keys[f"partition {p} lock"] = part_lock(p, ws.partitions)
         keys[f"partition {p} queued flag"] = queued_key(ws.changed_key, p)
+        keys[f"partition {p} ego lock"] = ego_lock(p, ws.partitions)
     return keys

@@ -1,21 +1,29 @@
 """Ego vectors (SimilarUsers) in rounds of their own (issue 16): a user round writes the user vectors and marks
 their ego vectors as due; ego rounds compute them later with a compare-and-clear of their own marks, run only
-while no recompute is queued, and leave the stored ego vectors equal to a full recompute once the marks drain."""
+while no recompute is queued, and leave the stored ego vectors equal to a full recompute once the marks drain.
+One ego round at a time per partition across workers (issue 18): each mark is computed once, and a partition
+whose ego lock another holds is skipped, its marks left for the holder, the scheduler's next task, or after a
+dead holder's lock expires."""
 
 from __future__ import annotations
 
 import random
+import threading
+import time
 
 import numpy as np
+import pytest
+import redis
 
 from graphdb.changes import count_marks
 from graphdb.ego import commit_ego, count_ego_marks, read_ego_marks, stored_ego_vectors
 from graphdb.ingest import ingest_events
 from graphdb.pseudonym import pseudonymise
 from tests.workers.test_incremental import T0, _events, _meta, _runtime, _seed_history
-from workers import jobs
-from workers.recompute import full_vectors, recompute_ego, recompute_marked
-from workers.redis_keys import queued_key
+from workers import jobs, process
+from workers.recompute import Context, full_vectors, recompute_ego, recompute_marked
+from workers.redis_keys import ego_lock, queued_key
+from workers.scheduler import Scheduler
 
 
 def _assert_equal_to_full(driver, ctx) -> None:
@@ -89,3 +97,90 @@ def test_ego_vectors_follow_in_their_own_rounds_and_equal_a_full_one(graph, neo4
         _assert_equal_to_full(driver, ctx)
     finally:
         runtime.close()
+
+
+# ------------------------------------------------------------------------------------------------ across workers
+def _worker(neo4j_settings, graph_settings, redis_url, tmp_path, **worker) -> jobs.Runtime:
+    """A worker process's runtime (its own Neo4j driver and Redis client), the model dir shared."""
+    rt = _runtime(neo4j_settings, graph_settings, redis_url, tmp_path, ego_steps=20)
+    rt.worker = rt.worker.model_copy(update=worker)
+    return rt
+
+
+def _ego_marks_waiting(rt: jobs.Runtime, graph_settings) -> tuple[Context, int]:
+    """A served version with ego vectors, and a user round's ego marks waiting (how many)."""
+    rng = random.Random(8)
+    assert not ingest_events(rt.driver, graph_settings, _seed_history(rng)).rejected
+    version = jobs.train_from_graph(rt)["version"]
+    jobs.rebuild_version(rt, version)
+    ctx = rt.context(version)
+    assert not ingest_events(rt.driver, graph_settings, _events(rng, 0, 90, users=36, items=50, new_item_meta={})).rejected
+    users = recompute_marked(ctx).users
+    assert users > 8 and count_ego_marks(rt.driver) == users
+    return ctx, users
+
+
+@pytest.mark.parametrize("parts", [1, 2])
+def test_two_workers_ego_rounds_at_once_compute_each_mark_once(parts, graph, neo4j_settings, graph_settings, redis_url, tmp_path):
+    kw = {"partitions": parts, "ego_batch": 3}  # many small rounds, so the two workers' rounds overlap in time
+    workers = [_worker(neo4j_settings, graph_settings, redis_url, tmp_path, **kw) for _ in range(2)]
+    try:
+        ctx, waiting = _ego_marks_waiting(workers[0], graph_settings)
+        start = threading.Barrier(2)
+        outs: list[dict] = [{}, {}]
+
+        def work(k: int) -> None:
+            start.wait()
+            outs[k] = jobs.ego_rounds(workers[k], ctx.encoder.version)
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        # every mark read once, by one worker: none computed twice (the second commit of a mark would be stale)
+        assert sum(o["marks"] for o in outs) == waiting and sum(o["stale"] for o in outs) == 0
+        assert count_ego_marks(ctx.driver) == 0
+        _assert_equal_to_full(ctx.driver, ctx)
+    finally:
+        for rt in workers:
+            rt.close()
+
+
+def test_a_held_ego_lock_is_skipped_and_the_marks_drain_once_a_dead_holders_lock_expires(
+    graph, neo4j_settings, graph_settings, redis_url, tmp_path
+):
+    rt = _worker(neo4j_settings, graph_settings, redis_url, tmp_path)
+    broker = redis_url.rsplit("/", 1)[0] + "/1"
+    holder = redis.Redis.from_url(redis_url)
+    try:
+        ctx, waiting = _ego_marks_waiting(rt, graph_settings)
+        # a worker killed during its ego rounds: its lock stays until its timeout, and nobody releases it
+        dead = holder.lock(ego_lock(0, 1), timeout=3)
+        assert dead.acquire(blocking=False)
+        out = jobs.ego_rounds(rt, ctx.encoder.version)
+        assert out["rounds"] == 0 and out["skipped"] == [0] and count_ego_marks(rt.driver) == waiting
+
+        # the scheduler still queues a recompute while only ego marks wait, whoever holds their lock
+        ws = rt.worker.model_copy(update={"broker_url": broker})
+        redis.Redis.from_url(broker).flushdb()
+        sched = Scheduler(process.client_app({"IG_WORKER_BROKER_URL": broker, "IG_WORKER_RESULT_BACKEND": broker}), rt.driver, ws)
+        try:
+            rt.redis.lpush(ws.changed_key, b"1")  # a signal, so the tick does not wait out its poll
+            assert sched.tick(1.0) and redis.Redis.from_url(broker).llen("gpu") == 1
+        finally:
+            sched.redis.close()
+            rt.redis.delete(queued_key(ws.changed_key))
+            redis.Redis.from_url(broker).flushdb()
+
+        deadline = time.monotonic() + 30
+        while holder.exists(ego_lock(0, 1)):  # Redis gives the dead holder's lock back by itself
+            assert time.monotonic() < deadline, "the dead holder's ego lock never expired"
+            time.sleep(0.1)
+        out = jobs.ego_rounds(rt, ctx.encoder.version)
+        assert out["skipped"] == [] and out["marks"] == waiting and count_ego_marks(rt.driver) == 0
+        _assert_equal_to_full(rt.driver, ctx)
+    finally:
+        holder.delete(ego_lock(0, 1))
+        holder.close()
+        rt.close()

@@ -45,7 +45,7 @@ def test_the_slot_function_is_redis_clusters(cluster_node) -> None:
 
 def test_every_key_of_a_tagged_deployment_lands_in_igs_slot(cluster_node) -> None:
     keys = redis_keys.deployment_keys(CLUSTER_SETTINGS)
-    assert len(keys) == 3 + 2 * 3  # stream, signal, the lock, and per partition a lock and a queued flag
+    assert len(keys) == 3 + 3 * 3  # stream, signal, the lock, and per partition a lock, a queued flag and an ego lock
     node = redis.Redis(port=cluster_node)
     assert {name: node.cluster("keyslot", key) for name, key in keys.items()} == dict.fromkeys(keys, redis_keys.slot("ig"))
     node.close()
