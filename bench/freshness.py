@@ -112,7 +112,9 @@ def main(
     overload_s: float = typer.Option(0.0, help="with --workers: 2x the sustainable rate this long (first N), 0 = none"),
     cost_events: int = typer.Option(3000, help="with --workers: events of the CPU-cost phase"),
     cost_queries: int = typer.Option(1000, help="with --workers: RecommendForUser queries of the CPU-cost phase"),
-    worker_threads: int = typer.Option(0, help="with --workers: each worker's intra-op threads (OMP_NUM_THREADS), 0: torch's"),
+    worker_threads: int = typer.Option(
+        None, help="with --workers: each worker's round threads (IG_WORKER_RECOMPUTE_THREADS; 0: the libraries' default)"
+    ),
     model: str = typer.Option("spectral-sage", help="model kind the worker trains and serves"),
     layers: int = typer.Option(2, help="message-passing layers of a hetero-* model"),
     dim: int = typer.Option(64, help="embedding width of a hetero-* model (IG_EMBEDDING_DIM of the run)"),

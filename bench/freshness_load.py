@@ -52,6 +52,7 @@ from graphdb.pseudonym import pseudonymise
 from proto.interest.v1 import interest_pb2 as pb
 from proto.interest.v1 import interest_pb2_grpc as pb_grpc
 from workers import process
+from workers.settings import WorkerSettings
 
 TARGET_P99_S = 1.0
 WINDOW_S = 5.0
@@ -126,9 +127,10 @@ def _server_pids() -> list[int]:
 
 
 @contextlib.contextmanager
-def fleet(p: Pipeline, n: int, threads: int = 0) -> Iterator[Fleet]:
-    """``threads``: the workers' intra-op threads (torch's OpenMP pool; 0 = torch's default, one per core)."""
-    env = {**p.env, "IG_WORKER_PARTITIONS": str(n), **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+def fleet(p: Pipeline, n: int, threads: int | None = None) -> Iterator[Fleet]:
+    """``threads``: the workers' round threads (``IG_WORKER_RECOMPUTE_THREADS``; None = its default, 0 = the
+    libraries' default, one per core)."""
+    env = {**p.env, "IG_WORKER_PARTITIONS": str(n), **({"IG_WORKER_RECOMPUTE_THREADS": str(threads)} if threads is not None else {})}
     logs = [p.var / f"worker-{n}-{k}.log" for k in range(n)]
     procs: list[subprocess.Popen] = []
     f = Fleet(p, procs, logs, env)
@@ -478,7 +480,7 @@ def run(
     cost_events: int,
     cost_queries: int,
     partial: Callable[[dict], None] = lambda _result: None,
-    worker_threads: int = 0,
+    worker_threads: int | None = None,
 ) -> dict:
     """Every measurement above for each worker count; the RESULT dict."""
     stream = Stream(users, items, p.graph.pseudonym_key.get_secret_value())
@@ -514,7 +516,7 @@ def run(
         "sustainable_rate": first["sustainable_rate"],
         "cpu_s_per_event": first["cpu_s_per_event"],
         "users": len(users),
-        "worker_threads": worker_threads or "torch default",
+        "worker_threads": WorkerSettings().recompute_threads if worker_threads is None else worker_threads or "libraries' default",
         "recurrence_s": round(len(users) / max(first["rate"] or 1.0, 1.0), 1),
         "rows": rows,
     }

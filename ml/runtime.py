@@ -6,6 +6,7 @@ import random
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 
 def pick_device(choice: str = "auto") -> torch.device:
@@ -15,9 +16,17 @@ def pick_device(choice: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+_threads: list[int] = []  # the last set_threads' n: a worker's every task sets it, and BLAS's limit costs ~1 ms
+
+
 def set_threads(n: int) -> None:
-    """Intra-op threads for CPU sparse/dense kernels; one per core is fastest on small machines."""
+    """Intra-op threads for CPU sparse/dense kernels, torch's and BLAS's (a process's last call holds for both);
+    one per core is fastest on small machines."""
+    if _threads == [n] and torch.get_num_threads() == n:
+        return
     torch.set_num_threads(n)
+    threadpool_limits(n)
+    _threads[:] = [n]
 
 
 def seed_everything(seed: int) -> torch.Generator:

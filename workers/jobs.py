@@ -153,6 +153,8 @@ def recompute(rt: Runtime, limit: int | None = None, partition: int | None = Non
     if state is None:
         return {"skipped": "no active model", "marks": 0}
     ws = rt.worker
+    if ws.recompute_threads:  # per task: a training or rebuild task in this process may have set its own
+        set_threads(ws.recompute_threads)
     # Partitions split the served spectral model's marks; a K-layer encoder's affected set crosses them, so its
     # recompute takes the single lock (workers.hetero_recompute).
     hetero = rt.is_hetero(state.version)
@@ -235,6 +237,7 @@ def _queued(rt: Runtime) -> bool:
 def rebuild_version(rt: Runtime, version: str = "latest", progress: Progress | None = None) -> dict:
     """Embed every node with ``version`` and switch to it (roll-out, or roll-back to an older version)."""
     ck_version = load_checkpoint_version(rt, version)
+    set_threads(rt.train.threads)  # a bulk pass: the training's threads, not a round's
     # The whole rebuild holds the lock: incremental recomputes wait and their marks stay (nothing is lost).
     with rt.lock(timeout_s=rt.worker.visibility_timeout_s) as got:
         if not got:

@@ -36,6 +36,10 @@ class WorkerSettings(BaseSettings):
     # Users per ego round (SimilarUsers' vectors, workers.recompute.recompute_ego): a user round queued meanwhile
     # waits for at most one, so small; a round's fixed cost (reads, one commit) argues against too small.
     ego_batch: int = Field(default=200, ge=1)
+    # Intra-op threads (torch and BLAS) of the incremental rounds, user and ego: one worker process per core scales
+    # out, while workers at one thread per core each fight over the cores (2 workers on 2 cores: 2.30x one worker's
+    # CPU per event, 0.85x single-threaded; docs/benchmarks.md, issue 18). 0 = the libraries' default.
+    recompute_threads: int = Field(default=1, ge=0)
     # One recompute at a time per partition (Redis lock); a lock whose holder died expires after this.
     lock_timeout_s: float = Field(default=60.0, gt=0)
     # A K-layer encoder's rounds leave the last layer's out-set to a pending set (workers.hetero_recompute), worked

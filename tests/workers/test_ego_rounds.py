@@ -14,11 +14,14 @@ import time
 import numpy as np
 import pytest
 import redis
+import torch
+from threadpoolctl import threadpool_info
 
 from graphdb.changes import count_marks
 from graphdb.ego import commit_ego, count_ego_marks, read_ego_marks, stored_ego_vectors
 from graphdb.ingest import ingest_events
 from graphdb.pseudonym import pseudonymise
+from ml.runtime import set_threads
 from tests.workers.test_incremental import T0, _events, _meta, _runtime, _seed_history
 from workers import jobs, process
 from workers.recompute import Context, full_vectors, recompute_ego, recompute_marked
@@ -95,7 +98,13 @@ def test_ego_vectors_follow_in_their_own_rounds_and_equal_a_full_one(graph, neo4
         out = jobs.recompute(runtime)
         assert out["marks"] == 0 and out["ego"]["written"] > 0 and count_ego_marks(driver) == 0
         _assert_equal_to_full(driver, ctx)
+        # the rounds ran at IG_WORKER_RECOMPUTE_THREADS (torch's and BLAS's pools), not at the training's threads set
+        # above: workers sharing a machine's cores do not oversubscribe them (issue 18)
+        assert runtime.train.threads != runtime.worker.recompute_threads == 1
+        blas = {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+        assert torch.get_num_threads() == 1 and blas == {1}
     finally:
+        set_threads(runtime.train.threads)
         runtime.close()
 
 
