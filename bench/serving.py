@@ -58,6 +58,7 @@ from typing import Callable
 
 import faiss
 import numpy as np
+import psutil
 
 from bench import _serving_explain as serving_explain
 from bench._common import emit_result
@@ -638,20 +639,17 @@ def servers_cpu(procs: list) -> float:
 
 def connections_per_process(port: int, procs: list, out: list, after_s: float = 1.0) -> None:
     """Appends to ``out`` how many of the client's connections each server process holds, ``after_s`` into a
-    run (``ss``; bench/loadgen connects on first use, so those are the connections that carry calls). At c=16
+    run (psutil; bench/loadgen connects on first use, so those are the connections that carry calls). At c=16
     its calls take the lowest-numbered idle connection, so 16 carry them, and the kernel's SO_REUSEPORT hash
     splits those between the processes: the process holding more of them queues more of the calls."""
-    ss = shutil.which("ss")
     time.sleep(after_s)
-    if ss is None or len(procs) < 2:
+    if len(procs) < 2:
         return
-    listed = subprocess.run([ss, "-tnpH", "state", "established", f"( sport = :{port} )"], capture_output=True, text=True).stdout
-    counts = dict.fromkeys((p.pid for p in procs), 0)
-    for line in listed.splitlines():
-        for pid in counts:
-            if f"pid={pid}," in line:
-                counts[pid] += 1
-    out.append(list(counts.values()))
+    counts = []
+    for p in procs:
+        conns = psutil.Process(p.pid).net_connections(kind="tcp")
+        counts.append(sum(c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port for c in conns))
+    out.append(counts)
 
 
 async def visibility(port: int, redis_url: str, model_version: str, dim: int, n: int = 200) -> dict:
