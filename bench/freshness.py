@@ -235,24 +235,30 @@ def main(
         if hetero:  # the items lag their users by the pending set's backlog: when it and the marks were empty
             result["drained_s_after_last"] = drained_s
             assert backlog is not None
-            result["pending_max"] = max((n for _, n in backlog.series), default=0)
+            result["pending_max"] = max((n for _, n, _ in backlog.series), default=0)
             result["pending_at_last_event"] = at_last
-            # [seconds from the stream's start, entries] every 2 s: whether the backlog stays bounded under the load
-            result["pending_series"] = [[t, n] for t, n in backlog.series[::4]]
+            # the oldest entry's wait: held near IG_WORKER_HETERO_MAX_LAG_S under a load the chunks cannot keep up with
+            result["pending_oldest_max_s"] = max((a for _, _, a in backlog.series), default=0.0)
+            # [seconds from the stream's start, entries, oldest entry's wait] every 2 s: whether the backlog stays bounded
+            result["pending_series"] = [[t, n, a] for t, n, a in backlog.series[::4]]
     emit_result(result, out)
 
 
 class _Backlog(threading.Thread):
-    """Samples the hetero pending set's size (`workers.hetero_recompute.PendingSet`) every 0.5 s."""
+    """Samples the hetero pending set (`workers.hetero_recompute.PendingSet`) every 0.5 s: its size, and how long its
+    oldest entry has waited (what `IG_WORKER_HETERO_MAX_LAG_S` bounds: the items' lag behind their shoppers)."""
 
     def __init__(self, url: str) -> None:
         super().__init__(daemon=True)
         self.client, self.stop, self.start_s = redis.Redis.from_url(url), threading.Event(), time.time()
-        self.series: list[tuple[float, int]] = []
+        self.series: list[tuple[float, int, float]] = []
 
     def run(self) -> None:
         while not self.stop.wait(0.5):
-            self.series.append((round(time.time() - self.start_s, 1), int(self.client.zcard(HETERO_PENDING))))
+            now = time.time()
+            oldest = self.client.zrange(HETERO_PENDING, 0, 0, withscores=True)
+            age = max(0.0, now - float(oldest[0][1])) if oldest else 0.0
+            self.series.append((round(now - self.start_s, 1), int(self.client.zcard(HETERO_PENDING)), round(age, 1)))
         self.client.close()
 
 
