@@ -110,6 +110,12 @@ def main(
     probe_s: float = typer.Option(20.0, help="with --workers: seconds per rate probe"),
     max_probes: int = typer.Option(5, help="with --find-rate: probes per worker count"),
     overload_s: float = typer.Option(0.0, help="with --workers: 2x the sustainable rate this long (first N), 0 = none"),
+    overload_normal: str = typer.Option(
+        "1", help="with --overload-s: the normal load around the overload as shares of the sustainable rate, e.g. 1,0.8"
+    ),
+    overload_rate: float = typer.Option(
+        None, help="with --overload-s: the sustainable rate to overload at 2x (default: the one this run finds)"
+    ),
     cost_events: int = typer.Option(3000, help="with --workers: events of the CPU-cost phase"),
     cost_queries: int = typer.Option(1000, help="with --workers: RecommendForUser queries of the CPU-cost phase"),
     worker_threads: int = typer.Option(
@@ -160,6 +166,8 @@ def main(
                 cost_events=cost_events,
                 cost_queries=cost_queries,
                 worker_threads=worker_threads,
+                overload_normal=tuple(float(x) for x in overload_normal.split(",") if x.strip()),
+                overload_rate=overload_rate,
                 # each worker count's row as it is measured: a long run that is stopped keeps what it measured
                 partial=lambda r: out.with_suffix(".partial.json").write_text(json.dumps(r, indent=2)) if out else None,
             )

@@ -14,9 +14,13 @@ count N the pipeline's worker is replaced by N Celery workers and a scheduler, a
 - probes: events at a steady rate for ``--probe-s`` with the scheduler running; freshness is from the ack to the
   user's first vector on the delta stream after it. ``--find-rate`` grows the rate by 1.5x while p99 <= 1 s and
   nothing is missing, then bisects once between the last pass and the first failure.
-- overload (first N only): the sustainable rate for 20 s, twice it for ``--overload-s``, then the sustainable
-  rate for twice as long; a sampler records every 5 s the marks waiting, the oldest mark's age, the recompute
-  tasks in the Celery queue, and the p99 of the events acknowledged in that window.
+- overload (first N only): the normal load for 20 s, twice the sustainable rate for ``--overload-s``, then the
+  normal load for twice as long, once per ``--overload-normal`` share (the normal load as a share of the
+  sustainable rate: 1 = the ceiling itself, 0.8 = an operator's headroom), each from a drained backlog; a
+  sampler records every 5 s the marks waiting, the oldest mark's age, the recompute tasks in the Celery queue,
+  and the p99 of the events acknowledged in that window. Recovered: every window's p99 <= 1 s from then on;
+  drained: no mark older than 5 s from then on (both counted from the overload's end). The sustainable rate is
+  this run's (``--find-rate``), or ``--overload-rate`` (one measured before: the same overload for two builds).
 
 Events come from the graph's users in a fixed shuffled cycle: a user recurs after users/rate seconds (about 30 s
 at 1,000/s on gowalla), so a latency is exact while the backlog is younger than that (RESULT ``recurrence_s``).
@@ -383,10 +387,12 @@ def find_rate(f: Fleet, stream: Stream, start: float, duration_s: float, max_pro
     return good, rows
 
 
-def overload(f: Fleet, stream: Stream, rate: float, overload_s: float) -> dict:
-    """The sustainable rate for 20 s, 2x for ``overload_s``, then the rate for 2x as long; a 5 s timeline."""
+def overload(f: Fleet, stream: Stream, rate: float, overload_s: float, normal_share: float = 1.0) -> dict:
+    """The normal load (``normal_share`` of the sustainable ``rate``) for 20 s, 2x ``rate`` for ``overload_s``, then
+    the normal load for 2x as long; a 5 s timeline."""
     p = f.p
-    schedule = [(20.0, rate), (overload_s, 2 * rate), (2 * overload_s, rate)]
+    normal = rate * normal_share
+    schedule = [(20.0, normal), (overload_s, 2 * rate), (2 * overload_s, normal)]
     watch = StreamWatch(p.redis_url, p.env.get("IG_WORKER_DELTA_STREAM", "ig:embeddings"))
     sampler = _Sampler(p)
     watch.start()
@@ -426,17 +432,31 @@ def overload(f: Fleet, stream: Stream, rate: float, overload_s: float) -> dict:
         if all((pct(by_window[x], 99) or 0) <= TARGET_P99_S for x in after[k:]):
             recovered = round(max(0.0, t0 + w * WINDOW_S - over_to), 1)
             break
+    # drained: from the end of the overload, the first sample after which no mark older than one sampling window
+    # waits (the backlog's marks are all gone, not only its count down); None if the run ended before that
+    later = [s for s in sampler.samples if s["t"] >= over_to]
+    drained = None
+    for k, s in enumerate(later):
+        if all(x["oldest_mark_age_s"] <= WINDOW_S for x in later[k:]):
+            drained = round(s["t"] - over_to, 1)
+            break
     return {
         "rate": rate,
+        "normal_share": normal_share,
+        "normal_rate": round(normal, 1),
         "overload_rate": 2 * rate,
         "overload_s": overload_s,
         "events": len(acks),
         "missing": missing,
         "p99_during_overload_s": pct([v for at, v in lat if over_from <= at < over_to], 99),
+        "p99_after_overload_s": pct([v for at, v in lat if at >= over_to], 99),
         "max_marks_waiting": max((s["marks_waiting"] for s in sampler.samples), default=0),
         "max_celery_queue": max((s["celery_queue"] for s in sampler.samples), default=0),
         "recovered_after_s": recovered,
         "recovered_within_2x": recovered is not None and recovered <= 2 * overload_s,
+        "drained_after_s": drained,
+        "drained_within_2x": drained is not None and drained <= 2 * overload_s,
+        "marks_at_end": later[-1]["marks_waiting"] if later else None,
         "timeline": timeline,
     }
 
@@ -481,12 +501,14 @@ def run(
     cost_queries: int,
     partial: Callable[[dict], None] = lambda _result: None,
     worker_threads: int | None = None,
+    overload_normal: tuple[float, ...] = (1.0,),
+    overload_rate: float | None = None,
 ) -> dict:
     """Every measurement above for each worker count; the RESULT dict."""
     stream = Stream(users, items, p.graph.pseudonym_key.get_secret_value())
     process.stop(p.worker)  # each worker count runs its own workers
     rows = []
-    over: dict | None = None
+    overs: list[dict] = []
     for n in workers:
         with fleet(p, n, worker_threads) as f:
             log(f"{n} worker(s), IG_WORKER_PARTITIONS={n}: costs")
@@ -500,12 +522,20 @@ def run(
             row.update({"sustainable_rate": good, "probes": probes, "lock_wait": f.lock_wait()})
             best = next((r for r in probes if r["rate"] == good), probes[-1])
             row.update({k: best[k] for k in ("rate", "p50_s", "p99_s", "max_s", "missing")})
-            if overload_s > 0 and over is None and good is not None:  # 2x a rate that was sustained
-                log(f"overload: 2x {good:.0f}/s for {overload_s:.0f}s")
-                over = {"workers": n, **overload(f, stream, good, overload_s)}
+            base = overload_rate or good  # 2x a rate that was sustained (in this run, or in the one overload_rate names)
+            if overload_s > 0 and not overs and base is not None:
+                for share in overload_normal:
+                    wait_drained(p, 300)  # each from a drained backlog
+                    log(f"overload: 2x {base:.0f}/s for {overload_s:.0f}s, normal {share:g}x {base:.0f}/s")
+                    overs.append({"workers": n, **overload(f, stream, base, overload_s, share)})
+                    log(
+                        f"  recovered after {overs[-1]['recovered_after_s']} s, drained after {overs[-1]['drained_after_s']} s, "
+                        f"p99 after {overs[-1]['p99_after_overload_s']} s"
+                    )
+                    partial({"bench": "freshness", "partial": True, "rows": [*rows, row], "overloads": overs})
                 row["lock_wait"] = f.lock_wait()
             rows.append(row)
-            partial({"bench": "freshness", "partial": True, "rows": rows, **({"overload": over} if over else {})})
+            partial({"bench": "freshness", "partial": True, "rows": rows, **({"overloads": overs} if overs else {})})
     first = rows[0]
     result: dict[str, Any] = {
         "bench": "freshness",
@@ -539,6 +569,7 @@ def run(
                 str(r["workers"]): round(r["cpu_s_per_event"]["ego"] / first["cpu_s_per_event"]["ego"], 3) for r in rows[1:]
             }
         result["sustainable_rate_by_workers"] = {str(r["workers"]): r["sustainable_rate"] for r in rows}
-    if over is not None:
-        result["overload"] = over
+    if overs:
+        result["overload"] = overs[0]  # the first normal load's (the runs before 2026-12-06 14:00 had only this one)
+        result["overloads"] = overs
     return result

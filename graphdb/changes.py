@@ -4,13 +4,17 @@ Writers mark nodes in the transaction that changes them (graphdb.marks). A worke
 then calls ``clear_marks`` with what it read: a mark is removed only if its token is unchanged, so a change that
 landed while the worker was computing keeps its mark and is picked up next round. The clear takes the node's write
 lock before comparing, so it cannot interleave with a writer between the compare and the removal.
+
+A round reads the oldest marks (by ``dirty_since``, the first change: nothing waits for ever) and, with
+``newest``, the most recently changed ones too (by ``dirty_at``, the last change): under a backlog a FIFO round
+makes a shopper active now wait behind every older mark, and at a load near the ceiling that wait never ends.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import neo4j
 
@@ -27,12 +31,22 @@ class Mark:
 
 
 # One row of parallel lists: the driver decodes a few long lists far faster than thousands of records.
+MARK_COLUMNS = """collect(labels(n)) AS labels, collect(n.id) AS ids, collect(n.chg) AS tokens,
+       collect(n.dirty_since) AS since, collect(coalesce(n.emb_version, '')) AS versions"""
+
 _READ_MARKS = f"""
 MATCH (n:{DIRTY})
 WITH n ORDER BY n.dirty_since, n.id
 LIMIT $limit
-RETURN collect(labels(n)) AS labels, collect(n.id) AS ids, collect(n.chg) AS tokens,
-       collect(n.dirty_since) AS since, collect(coalesce(n.emb_version, '')) AS versions
+RETURN {MARK_COLUMNS}
+"""
+
+# Through the dirty_at index in descending order; a mark set before dirty_at existed is only among the oldest.
+_READ_NEWEST = f"""
+MATCH (n:{DIRTY}) WHERE n.dirty_at IS NOT NULL
+WITH n ORDER BY n.dirty_at DESC, n.id
+LIMIT $limit
+RETURN {MARK_COLUMNS}
 """
 
 _COUNT_MARKS = f"MATCH (n:{DIRTY}) RETURN count(n) AS n"
@@ -54,7 +68,7 @@ MATCH (n:{label} {{id: m.id}})
 SET n._lock = true
 REMOVE n._lock
 WITH n, m WHERE n:{DIRTY} AND n.chg = m.token
-REMOVE n:{DIRTY}, n.dirty_since
+REMOVE n:{DIRTY}, n.dirty_since, n.dirty_at
 RETURN count(n) AS cleared
 """
 
@@ -62,9 +76,32 @@ RETURN count(n) AS cleared
 _CLEAR = {label: _clear_query(label) for label in NODE_LABELS}
 
 
-def read_marks(driver: neo4j.Driver, *, limit: int = 10000, database: str = "neo4j") -> list[Mark]:
-    """The oldest ``limit`` marks."""
-    r = driver.execute_query(_READ_MARKS, limit=limit, database_=database, routing_=neo4j.RoutingControl.READ).records[0]
+def read_marks(driver: neo4j.Driver, *, limit: int = 10000, newest: int = 0, database: str = "neo4j") -> list[Mark]:
+    """``limit`` marks: the ``newest`` most recently changed ones, then the oldest."""
+    return newest_and_oldest(
+        lambda query, n: driver.execute_query(query, limit=n, database_=database, routing_=neo4j.RoutingControl.READ).records[0],
+        _READ_NEWEST,
+        _READ_MARKS,
+        limit,
+        newest,
+    )
+
+
+def newest_and_oldest(
+    run: Callable[[str, int], neo4j.Record], newest_query: str, oldest_query: str, limit: int, newest: int
+) -> list[Mark]:
+    """The marks of ``newest_query`` (at most ``newest``), then those of ``oldest_query`` not among them, ``limit`` in
+    all; ``run(query, n)`` returns a query's one record of `MARK_COLUMNS`."""
+    marks = marks_of(run(newest_query, min(newest, limit))) if newest > 0 else []
+    taken = {(m.label, m.id) for m in marks}
+    if len(marks) < limit:
+        marks += [m for m in marks_of(run(oldest_query, limit)) if (m.label, m.id) not in taken][: limit - len(marks)]
+    return marks
+
+
+def marks_of(r: neo4j.Record) -> list[Mark]:
+    """The marks of one record of `MARK_COLUMNS` (nodes of a label outside `NODE_LABELS` or without an id are
+    skipped)."""
     marks = []
     for labels, node_id, token, since, version in zip(r["labels"], r["ids"], r["tokens"], r["since"], r["versions"]):
         label = next((lb for lb in labels if lb in NODE_LABELS), None)

@@ -42,7 +42,7 @@ MATCH (n:{label} {{id: r.id}})
 CALL db.create.setNodeVectorProperty(n, 'embedding', r.vector)
 SET n.emb_version = $version, n.emb_updated_at = $now, n.emb_in_scale = r.in_scale
 WITH n, r.token IS NOT NULL AND n:{DIRTY} AND n.chg = r.token AS done
-FOREACH (_ IN CASE WHEN done THEN [1] ELSE [] END | REMOVE n:{DIRTY}, n.dirty_since)
+FOREACH (_ IN CASE WHEN done THEN [1] ELSE [] END | REMOVE n:{DIRTY}, n.dirty_since, n.dirty_at)
 RETURN count(n) AS written, sum(CASE WHEN done THEN 1 ELSE 0 END) AS cleared
 """
 

@@ -2,7 +2,9 @@
 
 A mark is the ``Dirty`` label plus ``chg``, a token unique to the writing transaction. Writes set the token
 blindly (no read-modify-write), so concurrent writers can never leave a token a reader has already seen;
-``graphdb.changes.clear_marks`` removes a mark only if its token is still the one the reader saw.
+``graphdb.changes.clear_marks`` removes a mark only if its token is still the one the reader saw. A mark keeps
+the time of its first change (``dirty_since``: how long it has waited) and of its last (``dirty_at``: a round
+under a backlog takes the newest marks as well as the oldest, so a shopper active now need not wait behind it).
 
 A marked node also carries ``slot``, a stable hash of its id into ``SLOTS`` buckets (set on its first mark and
 never changed), so a partitioned recompute reads only the marks of its slots through an index
@@ -42,7 +44,7 @@ def mark(var: str) -> str:
     """SET items that mark node variable ``var``; the query must bind ``$token`` and ``$now``."""
     # CASE, not coalesce: the hash is computed once per node, on its first mark.
     return (
-        f"{var}:{DIRTY}, {var}.chg = $token, {var}.dirty_since = coalesce({var}.dirty_since, $now), "
+        f"{var}:{DIRTY}, {var}.chg = $token, {var}.dirty_since = coalesce({var}.dirty_since, $now), {var}.dirty_at = $now, "
         f"{var}.slot = CASE WHEN {var}.slot IS NULL THEN {slot_expr(var)} ELSE {var}.slot END"
     )
 

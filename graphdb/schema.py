@@ -46,6 +46,7 @@ _CONSTRAINTS = [
 _INDEXES = [
     f"CREATE INDEX seen_at IF NOT EXISTS FOR (n:{SEEN}) ON (n.at)",
     f"CREATE INDEX dirty_since IF NOT EXISTS FOR (n:{DIRTY}) ON (n.dirty_since)",
+    f"CREATE INDEX dirty_at IF NOT EXISTS FOR (n:{DIRTY}) ON (n.dirty_at)",  # the newest marks (graphdb.changes)
     f"CREATE INDEX dirty_slot IF NOT EXISTS FOR (n:{DIRTY}) ON (n.slot)",  # a partition's marks (graphdb.slots)
     f"CREATE INDEX ego_dirty_since IF NOT EXISTS FOR (n:{EGO_DIRTY}) ON (n.ego_since)",
 ]

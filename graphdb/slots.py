@@ -11,7 +11,7 @@ from typing import Iterable
 
 import neo4j
 
-from graphdb.changes import Mark
+from graphdb.changes import MARK_COLUMNS, Mark, newest_and_oldest
 from graphdb.marks import SLOTS, mark, new_token, slot_expr
 from graphdb.schema import DIRTY, NODE_LABELS
 
@@ -19,8 +19,14 @@ _READ = f"""
 MATCH (n:{DIRTY}) WHERE n.slot IN $slots
 WITH n ORDER BY n.dirty_since, n.id
 LIMIT $limit
-RETURN collect(labels(n)) AS labels, collect(n.id) AS ids, collect(n.chg) AS tokens,
-       collect(n.dirty_since) AS since, collect(coalesce(n.emb_version, '')) AS versions
+RETURN {MARK_COLUMNS}
+"""
+
+_READ_NEWEST = f"""
+MATCH (n:{DIRTY}) WHERE n.slot IN $slots AND n.dirty_at IS NOT NULL
+WITH n ORDER BY n.dirty_at DESC, n.id
+LIMIT $limit
+RETURN {MARK_COLUMNS}
 """
 
 # Per partition: marks waiting and the oldest one's dirty_since (the backlog operators watch, per partition).
@@ -55,18 +61,20 @@ def slots_of(index: int, partitions: int) -> list[int]:
 
 
 def read_partition_marks(
-    driver: neo4j.Driver, index: int, partitions: int, *, limit: int = 10000, database: str = "neo4j"
+    driver: neo4j.Driver, index: int, partitions: int, *, limit: int = 10000, newest: int = 0, database: str = "neo4j"
 ) -> list[Mark]:
-    """The oldest ``limit`` marks of one partition."""
-    r = driver.execute_query(
-        _READ, slots=slots_of(index, partitions), limit=limit, database_=database, routing_=neo4j.RoutingControl.READ
-    ).records[0]
-    marks = []
-    for labels, node_id, token, since, version in zip(r["labels"], r["ids"], r["tokens"], r["since"], r["versions"]):
-        label = next((lb for lb in labels if lb in NODE_LABELS), None)
-        if label is not None and node_id is not None:
-            marks.append(Mark(label, node_id, token, since, version or None))
-    return marks
+    """``limit`` marks of one partition: its ``newest`` most recently changed ones, then its oldest
+    (`graphdb.changes.read_marks`)."""
+    slots = slots_of(index, partitions)
+    return newest_and_oldest(
+        lambda query, n: driver.execute_query(
+            query, slots=slots, limit=n, database_=database, routing_=neo4j.RoutingControl.READ
+        ).records[0],
+        _READ_NEWEST,
+        _READ,
+        limit,
+        newest,
+    )
 
 
 def partition_backlog(driver: neo4j.Driver, partitions: int, *, database: str = "neo4j") -> dict[int, tuple[int, float | None]]:

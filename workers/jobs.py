@@ -39,6 +39,7 @@ from workers.gate import data_until, served_recall, split_after
 from workers.hetero_live import HeteroLive
 from workers.live import LiveEncoder, training_graph
 from workers.recompute import Context, EgoResult, RecomputeResult, rebuild, recompute_ego, recompute_marked
+from workers.round_size import RoundSize
 from workers.settings import WorkerSettings
 from workers.training import train_and_save
 
@@ -59,6 +60,7 @@ class Runtime:
     _driver: neo4j.Driver | None = None
     _redis: redis.Redis | None = None
     _encoders: dict[str, LiveEncoder | HeteroLive] = field(default_factory=dict)
+    _round_size: RoundSize | None = None
 
     @classmethod
     def from_env(cls) -> "Runtime":
@@ -81,6 +83,14 @@ class Runtime:
                 socket_connect_timeout=5,
             )
         return self._redis
+
+    @property
+    def round_size(self) -> RoundSize:
+        """This process's round sizing (`workers.round_size`): it learns from the rounds the process runs."""
+        if self._round_size is None:
+            ws = self.worker
+            self._round_size = RoundSize(ws.round_target_s, ws.recompute_batch, ws.round_oldest_share)
+        return self._round_size
 
     @property
     def database(self) -> str:
@@ -148,7 +158,9 @@ class Runtime:
 # ---------------------------------------------------------------------------------------------- the jobs
 def recompute(rt: Runtime, limit: int | None = None, partition: int | None = None) -> dict:
     """Recompute what the marked nodes affect, with the active model; a no-op without one. With
-    ``IG_WORKER_PARTITIONS`` > 1, one partition's marks (or every partition free now): `workers.partitions`."""
+    ``IG_WORKER_PARTITIONS`` > 1, one partition's marks (or every partition free now): `workers.partitions`.
+    Without ``limit``, the round's size and its newest marks are `Runtime.round_size`'s; with one, the oldest
+    ``limit`` marks."""
     state = active_model(rt.driver, database=rt.database)
     if state is None:
         return {"skipped": "no active model", "marks": 0}
@@ -159,26 +171,32 @@ def recompute(rt: Runtime, limit: int | None = None, partition: int | None = Non
     # recompute takes the single lock (workers.hetero_recompute).
     hetero = rt.is_hetero(state.version)
     cpu0 = time.process_time()  # this process's CPU seconds of the user round (`round_cpu_s`), the ego rounds' apart
+    size = rt.round_size
+    n, newest = (limit, 0) if limit else size.next()
     if ws.partitions > 1 and not hetero:
         ctx = rt.context(state.version)
-        out = partitions.recompute(ctx, rt.redis, ws.partitions, limit or ws.recompute_batch, ws.lock_timeout_s, partition)
+        t0 = time.perf_counter()
+        out = partitions.recompute(ctx, rt.redis, ws.partitions, n, ws.lock_timeout_s, partition, newest=newest)
+        size.record(out["marks"], time.perf_counter() - t0 - out["lock_wait_s"])
         return {**out, "round_cpu_s": round(time.process_time() - cpu0, 6), "ego": ego_rounds(rt, state.version)}
     with rt.lock(wait_s=rt.worker.lock_timeout_s) as got:
         if not got:
             return {"skipped": "another recompute holds the lock", "marks": 0}
-        n = limit or rt.worker.recompute_batch
+        t0 = time.perf_counter()
         result: RecomputeResult = (
-            hetero_recompute.round_and_chunks(
+            hetero_recompute.round_and_chunks(  # its own sizing: chunks of IG_WORKER_HETERO_CHUNK_S
                 rt.hetero_context(state.version),
-                n,
+                limit or ws.recompute_batch,
                 ws.hetero_chunk_s,
                 ws.lock_timeout_s / 4,
                 partial(_queued, rt),
                 ws.hetero_max_lag_s,
             )
             if hetero
-            else recompute_marked(rt.context(state.version), n)
+            else recompute_marked(rt.context(state.version), n, newest)
         )
+        if not hetero:
+            size.record(result.marks, time.perf_counter() - t0)
     return {**result.as_dict(), "round_cpu_s": round(time.process_time() - cpu0, 6), "ego": ego_rounds(rt, state.version)}
 
 

@@ -102,13 +102,16 @@ class PartitionResult:
     handed_off: int = 0
 
 
-def recompute_partition(ctx: Context, index: int, partitions: int, limit: int, keep: Callable[[], None]) -> PartitionResult:
-    """What the oldest ``limit`` marks of one partition affect, written for the nodes of those marks only."""
+def recompute_partition(
+    ctx: Context, index: int, partitions: int, limit: int, keep: Callable[[], None], newest: int = 0
+) -> PartitionResult:
+    """What ``limit`` marks of one partition (its ``newest``, then its oldest) affect, written for the nodes of
+    those marks only."""
     version = ctx.encoder.version
     res = RecomputeResult(version)
     steps = res.steps
     with timed(steps, "read_marks"):
-        marks = read_partition_marks(ctx.driver, index, partitions, limit=limit, database=ctx.database)
+        marks = read_partition_marks(ctx.driver, index, partitions, limit=limit, newest=newest, database=ctx.database)
     res.marks = len(marks)
     if not marks:
         return PartitionResult(index, res)
@@ -152,7 +155,15 @@ def recompute_partition(ctx: Context, index: int, partitions: int, limit: int, k
 
 
 # ------------------------------------------------------------------------------------------------ the job
-def recompute(ctx: Context, client: redis.Redis, partitions: int, limit: int, lock_timeout_s: float, index: int | None = None) -> dict:
+def recompute(
+    ctx: Context,
+    client: redis.Redis,
+    partitions: int,
+    limit: int,
+    lock_timeout_s: float,
+    index: int | None = None,
+    newest: int = 0,
+) -> dict:
     """One round on partition ``index``, or on every partition this worker can claim now (from a random one on,
     so concurrent callers spread); a partition another worker holds is skipped (its marks wait for the next)."""
     if index is not None and not 0 <= index < partitions:
@@ -171,7 +182,7 @@ def recompute(ctx: Context, client: redis.Redis, partitions: int, limit: int, lo
                 skipped.append(p)
                 continue
             started = time.time()
-            out = recompute_partition(ctx, p, partitions, limit, held.keep)
+            out = recompute_partition(ctx, p, partitions, limit, held.keep, newest)
             log.info(
                 "partition %d/%d round from %.6f to %.6f: %d marks, %d users, %d items, %d handed off",
                 p,

@@ -2,7 +2,8 @@
 
 Incremental (``recompute_marked``), with the receptive field of ``workers.live``:
 
-1. read the oldest marks (node id + the token of the write that marked it);
+1. read marks (node id + the token of the write that marked it): the oldest, and under a backlog the newest
+   first (`workers.round_size`);
 2. items: marked items, new items under marked categories/brands, and the new items among the marked users'
    edges (the fold-in reads an item's first shoppers' edges). A known item's vector is fixed for the version
    (written only if missing); a new item's vector is recomputed from its metadata and first shoppers and, if it
@@ -154,14 +155,15 @@ def _phases(res: RecomputeResult) -> None:
     res.timings.publish_s = res.steps.get("publish_first", 0.0) + res.steps.get("publish", 0.0)
 
 
-def recompute_marked(ctx: Context, limit: int = 10000) -> RecomputeResult:
-    """Recompute what the oldest ``limit`` marks affect; see the module docstring. The recomputed users' ego
-    vectors are not computed here: the round marks them for `recompute_ego`."""
+def recompute_marked(ctx: Context, limit: int = 10000, newest: int = 0) -> RecomputeResult:
+    """Recompute what ``limit`` marks affect (the ``newest`` most recently changed, then the oldest:
+    `workers.round_size`); see the module docstring. The recomputed users' ego vectors are not computed here: the
+    round marks them for `recompute_ego`."""
     version = ctx.encoder.version
     res = RecomputeResult(version)
     steps = res.steps
     with timed(steps, "read_marks"):
-        marks = read_marks(ctx.driver, limit=limit, database=ctx.database)
+        marks = read_marks(ctx.driver, limit=limit, newest=newest, database=ctx.database)
     res.marks = len(marks)
     if not marks:
         return res

@@ -33,6 +33,12 @@ class WorkerSettings(BaseSettings):
     # After a signal, wait this long for more changes to arrive in the same recompute.
     debounce_s: float = Field(default=0.05, ge=0)
     recompute_batch: int = Field(default=20000, ge=1, description="marks taken by one recompute")
+    # A round's size (workers.round_size): as many marks as the worker's recent rounds took in this many seconds, the
+    # newest first, so under a backlog an event waits for short rounds, not behind every older mark (issue 18's
+    # overload: rounds of 20,000 marks took 25 s). 0 = every round takes IG_WORKER_RECOMPUTE_BATCH oldest marks.
+    round_target_s: float = Field(default=0.5, ge=0)
+    # ... and at least this share of a round's marks are the oldest: the backlog drains under a sustained overload too.
+    round_oldest_share: float = Field(default=0.1, ge=0, le=1)
     # Users per ego round (SimilarUsers' vectors, workers.recompute.recompute_ego): a user round queued meanwhile
     # waits for at most one, so small; a round's fixed cost (reads, one commit) argues against too small.
     ego_batch: int = Field(default=200, ge=1)

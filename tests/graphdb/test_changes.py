@@ -6,6 +6,7 @@ import time
 from graphdb.changes import backlog, clear_marks, count_marks, read_marks
 from graphdb.ingest import ingest_events
 from graphdb.pseudonym import pseudonymise
+from graphdb.slots import read_partition_marks
 
 NOW = 1_700_000_000.0
 
@@ -42,6 +43,27 @@ def test_backlog_counts_the_marks_and_dates_the_oldest(graph, graph_settings):
     first = [m for m in read_marks(graph) if m.since == NOW + 10]
     assert clear_marks(graph, first) == 2
     assert backlog(graph) == (1, NOW + 50)
+
+
+def test_a_round_takes_the_newest_marks_as_well_as_the_oldest(graph, graph_settings):
+    """Under a backlog a shopper active now is read at once (by the mark's last change), beside the oldest marks
+    (by its first); a mark re-marked keeps its first time, so FIFO alone would leave it behind every older one."""
+    key = graph_settings.pseudonym_key.get_secret_value()
+    for k in range(1, 7):  # u1/i1 first ... u6/i6 last
+        ingest_events(graph, graph_settings, [{**_view(k, f"u{k}", f"i{k}"), "ts": NOW + k}], now=NOW + k)
+    ingest_events(graph, graph_settings, [{**_view(99, "u3", "i3"), "ts": NOW + 99}], now=NOW + 99)  # u3 is back now
+    u = {k: pseudonymise(key, f"u{k}") for k in range(1, 7)}
+    assert {m.id for m in read_marks(graph, limit=4)} == {u[1], "i1", u[2], "i2"}  # the oldest: u3 waits behind them
+    mixed = read_marks(graph, limit=4, newest=2)
+    assert {m.id for m in mixed} == {u[3], "i3", u[1], "i1"}
+    assert {m.since for m in mixed if m.id in (u[3], "i3")} == {NOW + 3}  # its wait still counts from its first change
+    assert {m.id for m in read_partition_marks(graph, 0, 1, limit=4, newest=2)} == {m.id for m in mixed}
+    assert {m.id for m in read_marks(graph, limit=20, newest=2)} == {*u.values(), *(f"i{k}" for k in range(1, 7))}
+    # a cleared mark leaves neither time behind
+    assert clear_marks(graph, mixed) == 4
+    left = graph.execute_query("MATCH (n) WHERE n.id IN $ids RETURN n.dirty_at AS at, n.dirty_since AS since", ids=[u[3], "i3"])
+    assert [(r["at"], r["since"]) for r in left.records] == [(None, None)] * 2
+    assert {m.id for m in read_marks(graph, limit=2, newest=2)} == {u[6], "i6"}
 
 
 def test_a_change_between_read_and_clear_keeps_its_mark(graph, graph_settings):

@@ -106,7 +106,9 @@ def _events(rng: random.Random, batch: int, n: int, users: int, items: int, new_
 def _drain(ctx) -> list:
     rounds = []
     while True:
-        res = recompute_marked(ctx, limit=40)  # small rounds: marks arrive and clear in several passes
+        # small rounds: marks arrive and clear in several passes; every other one takes the newest marks first, as
+        # rounds under a backlog do (workers.round_size)
+        res = recompute_marked(ctx, limit=40, newest=20 if len(rounds) % 2 else 0)
         rounds.append(res)
         if res.marks == 0:
             return rounds
@@ -265,6 +267,40 @@ def test_event_on_hub_item_recomputes_only_its_user(runtime, graph_settings):
     key = graph_settings.pseudonym_key.get_secret_value()
     stored = subgraph.stored_vectors(driver, USER, [pseudonymise(key, "user-5")])
     assert next(iter(stored.values())).version == version
+
+
+def test_a_shopper_active_now_is_recomputed_before_an_older_backlog(runtime, graph_settings):
+    """Under a backlog (more marks than a round takes) the round after a shopper's event takes that shopper with the
+    newest marks while older marks wait; draining the rest leaves every vector equal to a full recompute."""
+    driver = runtime.driver
+    ctx = _trained_on_purchases(runtime, graph_settings)
+    rng = random.Random(11)
+    older = [
+        {"event_id": f"b-{u}", "user_id": f"user-{u}", "type": "view", "ts": T0 + 100 + u, "item_id": f"item-{rng.randrange(20)}"}
+        for u in range(20)
+    ]
+    assert not ingest_events(driver, graph_settings, older, now=T0 + 100).rejected
+    now = {"event_id": "now", "user_id": "user-25", "type": "purchase", "ts": T0 + 200, "item_id": "item-3"}
+    assert not ingest_events(driver, graph_settings, [now], now=T0 + 200).rejected
+    waiting = count_marks(driver)
+    assert waiting > 12
+    shopper = pseudonymise(graph_settings.pseudonym_key.get_secret_value(), "user-25")
+
+    def marked(user: str) -> bool:
+        return driver.execute_query("MATCH (u:User {id: $id}) RETURN u:Dirty AS m", id=user).records[0]["m"]
+
+    res = recompute_marked(ctx, limit=6, newest=4)
+    assert res.marks == 6 and res.users >= 1
+    assert not marked(shopper)  # recomputed, its vector written and its mark cleared
+    assert count_marks(driver) == waiting - 6  # the older marks but the 2 oldest wait
+    assert subgraph.stored_vectors(driver, USER, [shopper])[shopper].version == ctx.encoder.version
+    _drain(ctx)
+    full = full_vectors(ctx)
+    assert full.vectors[USER] and full.vectors[ITEM]
+    for label, vectors in full.vectors.items():
+        stored = subgraph.stored_vectors(driver, label, vectors)
+        worst = max((float(np.max(np.abs(np.asarray(stored[i].vector) - v))) for i, v in vectors.items()), default=0.0)
+        assert worst <= 1e-4, label
 
 
 def _trained_on_purchases(rt, graph_settings):

@@ -1,0 +1,50 @@
+"""How many marks the next incremental round takes, and how many of them are the newest (issue 18, overload).
+
+An event waits for the round in progress, then for its own, and a round's time grows with its marks (each
+written vector updates Neo4j's vector index). Under a backlog a round of ``IG_WORKER_RECOMPUTE_BATCH`` oldest
+marks (20,000) took about 25 s on the 2-core machine, and a shopper active now waited behind every older mark:
+at a load near the ceiling that wait never ended. So, with ``IG_WORKER_ROUND_TARGET_S`` > 0:
+
+- a round takes as many marks as this process's recent rounds did in that many seconds (their marks per second,
+  a moving average), at least `FLOOR` and at most the batch (a process's first round, with nothing measured yet,
+  takes the batch, as every round did before);
+- the newest first (`graphdb.changes.read_marks`: by their last change), so an active shopper's vector is fresh
+  while the backlog drains; at least ``IG_WORKER_ROUND_OLDEST_SHARE`` of them the oldest, so the backlog drains
+  at that share of the throughput also under a sustained overload, and no mark waits for ever.
+
+Any set of marks gives the same vectors (a round computes what its marks affect from the graph as it is), so the
+choice changes only who waits, never what is computed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# Marks a round takes at least; rounds smaller than this (a quiet load) say little of the per-mark rate, which
+# their fixed cost dominates, and do not update it.
+FLOOR = 100
+# Weight of the last round in the moving average of the marks per second.
+ALPHA = 0.5
+
+
+@dataclass
+class RoundSize:
+    target_s: float  # 0: every round takes ``batch`` oldest marks (the behaviour before the overload fix)
+    batch: int
+    oldest_share: float
+    rate: float | None = None  # marks per second of this process's recent rounds
+
+    def next(self) -> tuple[int, int]:
+        """(marks the next round takes at most, of which the newest at most)."""
+        if not self.target_s:
+            return self.batch, 0
+        limit = self.batch if self.rate is None else min(self.batch, max(FLOOR, int(self.rate * self.target_s)))
+        return limit, limit - math.ceil(limit * self.oldest_share)
+
+    def record(self, marks: int, seconds: float) -> None:
+        """A round of ``marks`` took ``seconds``."""
+        if marks < FLOOR or seconds <= 0:
+            return
+        rate = marks / seconds
+        self.rate = rate if self.rate is None else ALPHA * rate + (1 - ALPHA) * self.rate
