@@ -646,7 +646,11 @@ def start_servers(
     ``floor``: the least Python gRPC server instead (``bench._serving_server.floor``); ``front``: who owns
     the port (``IG_SERVER_FRONT``)."""
     port = localstack.free_port() if processes > 1 else 0
-    env = dict(os.environ, OMP_NUM_THREADS="1", IG_SERVER_FRONT=front, IG_EMBEDDING_DIM=str(dim))
+    # Ours with the environment `python -m server` has (no OMP_NUM_THREADS: the engine keeps each search on its
+    # thread); the floor searches from grpc's threads without the engine, so one OpenMP thread is set for it.
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"IG_SERVER_FRONT": front, "IG_EMBEDDING_DIM": str(dim)}
+    if floor:
+        env["OMP_NUM_THREADS"] = "1"
     args = ["floor", str(snap), str(nprobe)] if floor else [str(snap), redis_url, STREAM, str(n_categories), str(nprobe)]
     procs = [
         subprocess.Popen(
@@ -1110,7 +1114,7 @@ def main() -> None:
     parser.add_argument(
         "--rates",
         type=lambda text: sorted(float(r) for r in text.split(",") if r.strip()),
-        default=[2000.0, 2500.0, 3000.0, 3500.0],
+        default=[2000.0, 2250.0, 2500.0, 2750.0, 3000.0, 3500.0],
         help="open loop (bench/loadgen -rate): calls/s offered, comma-separated, ascending ('' = none)",
     )
     parser.add_argument("--p99-target-ms", type=float, default=10.0, help="the open loop stops past the first rate above it")
