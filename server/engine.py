@@ -54,7 +54,7 @@ def _one_search_thread() -> None:
     process's ``faiss.omp_set_num_threads(1)`` holds for its main thread only, and every other thread starts
     from OMP_NUM_THREADS or the core count. Without this, searches from the front end's threads (``python -m
     server`` sets no OMP_NUM_THREADS) ran FAISS's parallel regions on every core, with OpenMP's threads spinning
-    between calls: ~15 % more server CPU a call at 1M x 1024 (docs/benchmarks.md)."""
+    between calls: ~18 % more server CPU a call at 1M x 1024 (docs/benchmarks.md)."""
     if not getattr(_thread, "one", False):
         faiss.omp_set_num_threads(1)
         _thread.one = True
