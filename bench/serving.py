@@ -14,6 +14,10 @@ synthetic item vectors shaped like the served model's and for gowalla's items as
   bench/loadgen (Go, pre-serialised requests, built with ``go build``) over 32 connections; ghz runs once
   at 16 as a cross-check, and a Python ``grpc.aio`` client (one connection, one process) supplies the served
   answers. The client shares the two cores with the server, so its cost per call is reported too;
+- the same servers at stated offered loads (``--rates``): bench/loadgen's open loop, calls due at a fixed rate
+  over 16 callers, latency counted from each call's due time (so a call queued behind busy callers counts its
+  wait), up to the first rate whose p99 passes ``--p99-target-ms``. The closed loop above measures p99 at
+  whatever rate the machine saturates at; both are reported;
 - two peers, one process per core, driven the same way at 16: our server on grpc's Python server alone
   (``IG_SERVER_FRONT=grpc``: what the native front end, ``server/native``, saves), and the floor under any
   servicer on grpc's Python server: a process that only looks up the item's vector, searches the index and
@@ -557,8 +561,10 @@ def write_requests(path: Path, queries: list[str]) -> Path:
     return path
 
 
-def loadgen_load(binary: Path, requests: Path, port: int, concurrency: int, seconds: float) -> dict:
-    """``SimilarItems`` calls/s and latencies under bench/loadgen (one OS thread: GOMAXPROCS=1, as ghz --cpus 1)."""
+def loadgen_load(binary: Path, requests: Path, port: int, concurrency: int, seconds: float, rate: float = 0.0) -> dict:
+    """``SimilarItems`` calls/s and latencies under bench/loadgen (one OS thread: GOMAXPROCS=1, as ghz --cpus 1).
+    ``rate`` > 0: open loop, that many calls due a second (evenly spaced) over ``concurrency`` callers, latency
+    counted from each call's due time (bench/loadgen's package comment); 0: closed loop, as fast as they go."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     run = subprocess.run(
         [
@@ -575,6 +581,8 @@ def loadgen_load(binary: Path, requests: Path, port: int, concurrency: int, seco
             str(CONNECTIONS),
             "-duration",
             f"{seconds}s",
+            "-rate",
+            str(rate),
         ],
         capture_output=True,
         text=True,
@@ -586,7 +594,7 @@ def loadgen_load(binary: Path, requests: Path, port: int, concurrency: int, seco
         raise RuntimeError(f"loadgen failed: {run.stderr.strip()[-500:]}")
     report = json.loads(run.stdout)
     calls = int(report["ok"])
-    return {
+    out = {
         "concurrency": concurrency,
         "qps": report["qps"],
         "p50_ms": report["p50_ms"],
@@ -595,6 +603,40 @@ def loadgen_load(binary: Path, requests: Path, port: int, concurrency: int, seco
         "errors": int(sum(report["codes"].values()) - calls),
         "client_cpu_us_per_call": (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / max(calls, 1) * 1e6,
     }
+    if rate:
+        out["rate"] = rate
+        out |= {
+            key: report[key] for key in ("p999_ms", "max_ms", "service_p50_ms", "service_p99_ms", "send_lag_p50_ms", "send_lag_p99_ms")
+        }
+    return out
+
+
+def offered_load(binary: Path, requests: Path, port: int, procs: list, args, what: str) -> list[dict]:
+    """bench/loadgen's open loop at each of ``--rates`` (calls due a second, ascending) with 16 callers, on
+    servers already warm, up to the first rate whose p99 exceeds ``--p99-target-ms`` (the rates above it only
+    queue more): p99 at a stated offered load, where the closed loop's is at the load the machine saturates at."""
+    out = []
+    for rate in args.rates:
+        s0 = servers_cpu(procs)
+        split: list = []
+        watch = threading.Thread(target=connections_per_process, args=(port, procs, split))
+        watch.start()
+        run = loadgen_load(binary, requests, port, 16, args.seconds, rate)
+        watch.join()
+        run["client"] = "loadgen-open"
+        run["connections_per_process"] = split[0] if split else None
+        run["server_cpu_us_per_call"] = (servers_cpu(procs) - s0) / max(run["calls"], 1) * 1e6
+        out.append(run)
+        log(
+            f"{what}, open loop at {rate:.0f} calls/s due, 16 callers: {run['qps']:.0f} calls/s done, from the due time "
+            f"p50 {run['p50_ms']:.2f} ms, p99 {run['p99_ms']:.2f} ms (from the send: p99 {run['service_p99_ms']:.2f} ms; "
+            f"send lag p99 {run['send_lag_p99_ms']:.2f} ms), {run['errors']} errors; server CPU per call "
+            f"{run['server_cpu_us_per_call']:.0f} us, client {run['client_cpu_us_per_call']:.0f} us; connections "
+            f"{run['connections_per_process']}"
+        )
+        if run["p99_ms"] > args.p99_target_ms:
+            break
+    return out
 
 
 def start_servers(
@@ -604,7 +646,11 @@ def start_servers(
     ``floor``: the least Python gRPC server instead (``bench._serving_server.floor``); ``front``: who owns
     the port (``IG_SERVER_FRONT``)."""
     port = localstack.free_port() if processes > 1 else 0
-    env = dict(os.environ, OMP_NUM_THREADS="1", IG_SERVER_FRONT=front, IG_EMBEDDING_DIM=str(dim))
+    # Ours with the environment `python -m server` has (no OMP_NUM_THREADS: the engine keeps each search on its
+    # thread); the floor searches from grpc's threads without the engine, so one OpenMP thread is set for it.
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"IG_SERVER_FRONT": front, "IG_EMBEDDING_DIM": str(dim)}
+    if floor:
+        env["OMP_NUM_THREADS"] = "1"
     args = ["floor", str(snap), str(nprobe)] if floor else [str(snap), redis_url, STREAM, str(n_categories), str(nprobe)]
     procs = [
         subprocess.Popen(
@@ -926,6 +972,7 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
     # Go clients against one server process, one per core, and the floor server: bench/loadgen at 8, 16 and 32,
     # ghz (the common tool, costlier per call) at 16 as a cross-check.
     configs: dict[str, list] = {}
+    open_loop: dict[str, list] = {}
     try:
         work = Path(tempfile.mkdtemp(prefix="ig-bench-go-"))
         loadgen = loadgen_binary(work) if not args.no_go else None
@@ -982,6 +1029,8 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
                         f"client {run['client_cpu_us_per_call']:.0f} us; share of the processes "
                         f"{run['server_cpu_share']}, connections {run['connections_per_process']}"
                     )
+                if not floor and front != "grpc" and args.rates:
+                    open_loop[key] = offered_load(loadgen, requests, port, procs, args, f"{name}: {processes} server process(es)")
             finally:
                 stop_servers(procs)
         shutil.rmtree(work, ignore_errors=True)
@@ -1006,6 +1055,7 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
         "batch": batch,
         "session": session,
         "go_clients": configs,
+        "open_loop": open_loop,
         "client": client,
         "server_processes": int(served_by),
         "grpc_qps": primary["qps"],
@@ -1026,6 +1076,16 @@ def run_dataset(name: str, vecs: np.ndarray, prefix: str, args, redis_url: str, 
         "floor_ratio": floor_qps / qps if floor_qps else None,
         "grpc_front_qps": grpc_front_qps,
         "grpc_front_ratio": grpc_front_qps / qps if grpc_front_qps else None,
+    }
+
+
+def open_rows(run: dict) -> dict:
+    """The open loop's rows for the RESULT: per server-process count, each offered rate's calls/s done and
+    latencies from the due time (and the p99 from the send)."""
+    keys = ("rate", "qps", "p50_ms", "p99_ms", "service_p99_ms", "server_cpu_us_per_call", "connections_per_process")
+    return {
+        procs: [{k: round(r[k], 3) if isinstance(r[k], float) else r[k] for k in keys} for r in rows]
+        for procs, rows in run["open_loop"].items()
     }
 
 
@@ -1051,6 +1111,13 @@ def main() -> None:
     parser.add_argument(
         "--ivf-codes", default=defaults.ivf_codes, choices=["pq4", "flat"], help="what the IVF lists hold (IG_SERVER_IVF_CODES)"
     )
+    parser.add_argument(
+        "--rates",
+        type=lambda text: sorted(float(r) for r in text.split(",") if r.strip()),
+        default=[2000.0, 2250.0, 2500.0, 2750.0, 3000.0, 3500.0],
+        help="open loop (bench/loadgen -rate): calls/s offered, comma-separated, ascending ('' = none)",
+    )
+    parser.add_argument("--p99-target-ms", type=float, default=10.0, help="the open loop stops past the first rate above it")
     parser.add_argument("--upserts", type=int, default=200)
     parser.add_argument("--sessions", type=int, default=500, help="sessions (and shoppers with the same events) measured")
     parser.add_argument("--categories", type=int, default=50, help="synthetic categories (item j in c{j %% N})")
@@ -1144,7 +1211,10 @@ def main() -> None:
             localstack.stop_service(started[0])
             shutil.rmtree(started[1], ignore_errors=True)
 
-    gowalla = gow and {k: gow[k] for k in SUMMARY} | {"gb_per_million_items": gow["memory"]["gb_per_million_items"]}
+    gowalla = gow and {k: gow[k] for k in SUMMARY} | {
+        "gb_per_million_items": gow["memory"]["gb_per_million_items"],
+        "open_loop": open_rows(gow),
+    }
     if synth is None:
         assert gow is not None, "--gowalla-only with --no-gowalla measures nothing"
         emit_result(
@@ -1164,6 +1234,8 @@ def main() -> None:
         "p50_ms": round(synth["p50_ms"], 3),
         "p99_ms": round(synth["p99_ms"], 3),
         "connections_per_process": synth["connections_per_process"],
+        # p99 at stated offered loads (bench/loadgen's open loop, 16 callers), beside the closed loop's above
+        "open_loop": open_rows(synth),
         "recall_at_10": round(synth["recall_at_10"], 4),
         "upsert_visible_p99_ms": round(synth["upsert_visibility"]["p99_ms"], 2),
         # SimilarItems with ranking rules against none, same server and queries (details.synthetic.rules)
@@ -1183,7 +1255,8 @@ def main() -> None:
         "grpc_front_ratio": synth["grpc_front_ratio"] and round(synth["grpc_front_ratio"], 3),
         "machine": f"{os.cpu_count()} cores, no GPU",
         "compare": compare
-        and {k: compare[k] for k in ("dim", "index", "raw_qps", "grpc_qps", "ratio", "p50_ms", "p99_ms", "recall_at_10", "memory")},
+        and {k: compare[k] for k in ("dim", "index", "raw_qps", "grpc_qps", "ratio", "p50_ms", "p99_ms", "recall_at_10", "memory")}
+        | {"open_loop": open_rows(compare)},
         "gowalla": gowalla,
         "explain": explained,
         "details": {"synthetic": synth, "gowalla": gow, "compare": compare},

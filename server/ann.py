@@ -10,7 +10,7 @@ centroids in seconds, where 1M-item HNSW builds take minutes on 2 cores.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import faiss
 import numpy as np
@@ -87,22 +87,18 @@ class Base:
     index: faiss.Index
     labels: np.ndarray
     centroids: np.ndarray | None  # kept to rebuild IVF without retraining
-
-    @property
-    def width(self) -> int:
-        """Components the FAISS index holds (the leading ones of each vector)."""
-        return int(self.index.d)
-
+    # Read once: each query asks both several times, and a SWIG attribute or isinstance costs a microsecond.
+    width: int = field(init=False)  # components the FAISS index holds (the leading ones of each vector)
+    codes: str = field(init=False)  # "flat" (floats) or "pq4" (product-quantizer codes: approximate scores)
     _pos_of: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.width = int(self.index.d)
+        self.codes = "pq4" if isinstance(self.index, faiss.IndexIVFPQFastScan) else "flat"
 
     @property
     def is_ivf(self) -> bool:
         return self.centroids is not None
-
-    @property
-    def codes(self) -> str:
-        """What the index holds: "flat" (floats) or "pq4" (product-quantizer codes: approximate scores)."""
-        return "pq4" if isinstance(self.index, faiss.IndexIVFPQFastScan) else "flat"
 
     def pos_of(self) -> np.ndarray:
         """label -> position in this base (-1: not in it)."""

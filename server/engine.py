@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 
+import faiss
 import neo4j
 import numpy as np
 
@@ -45,6 +46,20 @@ from server.users import UserVectors
 from workers.user_side import user_vector, weighted_sum
 
 log = logging.getLogger(__name__)
+_thread = threading.local()
+
+
+def _one_search_thread() -> None:
+    """FAISS searches one query at a time on the calling thread. OpenMP's thread count is per thread: the
+    process's ``faiss.omp_set_num_threads(1)`` holds for its main thread only, and every other thread starts
+    from OMP_NUM_THREADS or the core count. Without this, searches from the front end's threads (``python -m
+    server`` sets no OMP_NUM_THREADS) ran FAISS's parallel regions on every core, with OpenMP's threads spinning
+    between calls: ~18 % more server CPU a call at 1M x 1024 (docs/benchmarks.md)."""
+    if not getattr(_thread, "one", False):
+        faiss.omp_set_num_threads(1)
+        _thread.one = True
+
+
 # The one user of a session's edge rows (never stored: sessions are embedded in memory only).
 SESSION_USER = "session"
 
@@ -232,6 +247,7 @@ class Engine:
         extra_exclude: Sequence[int] = (),
         rules: RankingRules | None = None,
     ) -> list[tuple[str, float]]:
+        _one_search_thread()
         index = serving.index
         exclude = [lab for lab in (self.labels.get(i) for i in flt.exclude_item_ids) if lab is not None]
         exclude.extend(extra_exclude)
