@@ -89,7 +89,7 @@ class Runtime:
         """This process's round sizing (`workers.round_size`): it learns from the rounds the process runs."""
         if self._round_size is None:
             ws = self.worker
-            self._round_size = RoundSize(ws.round_target_s, ws.recompute_batch, ws.round_oldest_share)
+            self._round_size = RoundSize(ws.round_target_s, ws.recompute_batch, ws.round_oldest_share, ws.round_max_s)
         return self._round_size
 
     @property
@@ -177,7 +177,7 @@ def recompute(rt: Runtime, limit: int | None = None, partition: int | None = Non
         ctx = rt.context(state.version)
         t0 = time.perf_counter()
         out = partitions.recompute(ctx, rt.redis, ws.partitions, n, ws.lock_timeout_s, partition, newest=newest)
-        size.record(out["marks"], time.perf_counter() - t0 - out["lock_wait_s"])
+        size.record(out["marks"], time.perf_counter() - t0 - out["lock_wait_s"], out["backlog"] and not limit)
         return {**out, "round_cpu_s": round(time.process_time() - cpu0, 6), "ego": ego_rounds(rt, state.version)}
     with rt.lock(wait_s=rt.worker.lock_timeout_s) as got:
         if not got:
@@ -196,7 +196,7 @@ def recompute(rt: Runtime, limit: int | None = None, partition: int | None = Non
             else recompute_marked(rt.context(state.version), n, newest)
         )
         if not hetero:
-            size.record(result.marks, time.perf_counter() - t0)
+            size.record(result.marks, time.perf_counter() - t0, result.marks >= n and not limit)
     return {**result.as_dict(), "round_cpu_s": round(time.process_time() - cpu0, 6), "ego": ego_rounds(rt, state.version)}
 
 

@@ -174,6 +174,7 @@ def recompute(
     skipped: list[int] = []
     handed = 0
     lock_wait = 0.0
+    full = False  # a partition had at least ``limit`` marks: more may be waiting (`workers.round_size`)
     for p in order:
         t0 = time.perf_counter()
         with claim(client, p, partitions, lock_timeout_s) as held:
@@ -196,8 +197,16 @@ def recompute(
             )
         done.append(p)
         handed += out.handed_off
+        full = full or out.result.marks >= limit
         _add(total, out.result)
-    return {**total.as_dict(), "partitions": done, "skipped": skipped, "handed_off": handed, "lock_wait_s": round(lock_wait, 6)}
+    return {
+        **total.as_dict(),
+        "partitions": done,
+        "skipped": skipped,
+        "handed_off": handed,
+        "lock_wait_s": round(lock_wait, 6),
+        "backlog": full,
+    }
 
 
 def rotated(partitions: int) -> list[int]:

@@ -39,6 +39,9 @@ class WorkerSettings(BaseSettings):
     round_target_s: float = Field(default=0.5, ge=0)
     # ... and at least this share of a round's marks are the oldest: the backlog drains under a sustained overload too.
     round_oldest_share: float = Field(default=0.1, ge=0, le=1)
+    # ... and while rounds find a backlog, each takes twice the last one's time, up to this many seconds: a round's
+    # fixed cost makes rounds held at the target drain a backlog slowly (below IG_WORKER_ROUND_TARGET_S: no growth).
+    round_max_s: float = Field(default=2.0, ge=0)
     # Users per ego round (SimilarUsers' vectors, workers.recompute.recompute_ego): a user round queued meanwhile
     # waits for at most one, so small; a round's fixed cost (reads, one commit) argues against too small.
     ego_batch: int = Field(default=200, ge=1)

@@ -61,7 +61,7 @@ def test_partition_backlog_lock_wait_and_phase_seconds_are_exported_with_their_v
         assert total_oldest is not None and samples[("ig_worker_oldest_mark_age_seconds", ())] >= before - total_oldest
 
         # one round on partition 0: its gauges follow it, partition 1's stay
-        done = app.send_task("interest.recompute", kwargs={"partition": 0}).get(timeout=120)
+        done = app.send_task("interest.recompute", kwargs={"partition": 0, "limit": 20000}).get(timeout=120)  # all of it
         assert done["partitions"] == [0] and done["marks"] == held[0][0] and done["publish_s"] > 0
         now = partition_backlog(rt.driver, 2)
         samples = _samples(log)

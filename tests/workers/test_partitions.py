@@ -331,7 +331,8 @@ def test_a_worker_killed_holding_a_partition_gives_it_back_within_the_lock_timeo
             waiting = _scrape(tmp_path / "worker2.log", "ig_worker_partition_marks_waiting")
             assert waiting == {"0": before[0][0], "1": before[1][0]}
             _wait(lambda: not client.exists(name), lock_timeout + 5, "the dead worker's claim never expired")
-            done = app.send_task("interest.recompute", kwargs={"partition": 0}).get(timeout=120)
+            # every mark the dead worker held is still there: one round that may take them all finds them all
+            done = app.send_task("interest.recompute", kwargs={"partition": 0, "limit": 20000}).get(timeout=120)
             assert done["partitions"] == [0] and done["marks"] == before[0][0]
             while count_marks(rt.driver):  # partition 1 and the hand-offs
                 app.send_task("interest.recompute").get(timeout=120)
