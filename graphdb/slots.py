@@ -47,7 +47,7 @@ def _hand_off_query(label: str) -> str:
     return f"""
 UNWIND $ids AS id
 MATCH (n:{label} {{id: id}})
-SET {mark("n")}
+SET {mark("n", last_change=False)}
 RETURN count(n) AS marked
 """
 

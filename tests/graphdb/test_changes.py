@@ -6,7 +6,7 @@ import time
 from graphdb.changes import backlog, clear_marks, count_marks, read_marks
 from graphdb.ingest import ingest_events
 from graphdb.pseudonym import pseudonymise
-from graphdb.slots import read_partition_marks
+from graphdb.slots import hand_off, read_partition_marks
 
 NOW = 1_700_000_000.0
 
@@ -64,6 +64,25 @@ def test_a_round_takes_the_newest_marks_as_well_as_the_oldest(graph, graph_setti
     left = graph.execute_query("MATCH (n) WHERE n.id IN $ids RETURN n.dirty_at AS at, n.dirty_since AS since", ids=[u[3], "i3"])
     assert [(r["at"], r["since"]) for r in left.records] == [(None, None)] * 2
     assert {m.id for m in read_marks(graph, limit=2, newest=2)} == {u[6], "i6"}
+
+
+def test_a_hand_off_waits_with_the_oldest_not_among_the_newest(graph, graph_settings):
+    """A recompute's hand-offs (the users of an item that moved) come after every event waiting; among the newest they
+    would take the newest share of each round from the shoppers' own events for as long as a backlog lasted."""
+    key = graph_settings.pseudonym_key.get_secret_value()
+    u = {k: pseudonymise(key, f"u{k}") for k in range(1, 5)}
+    for k in (1, 2, 3):
+        ingest_events(graph, graph_settings, [{**_view(k, f"u{k}", f"i{k}"), "ts": NOW + k}], now=NOW + k)
+    clear_marks(graph, [m for m in read_marks(graph, limit=20) if m.id == u[1]])  # u1 recomputed: unmarked
+    ingest_events(graph, graph_settings, [{**_view(4, "u4", "i4"), "ts": NOW + 4}], now=NOW + 4)
+    assert hand_off(graph, {"User": [u[1], u[2]]}, now=NOW + 50) == 2  # after every event: u1 anew, u2 again
+    # the newest are the events' (u4, u3), not the hand-offs': u2 keeps the time of its own last change
+    assert {m.id for m in read_marks(graph, limit=2, newest=2)} == {u[4], "i4"}
+    assert {m.id for m in read_partition_marks(graph, 0, 1, limit=4, newest=4)} == {u[4], "i4", u[3], "i3"}
+    # u1's hand-off waits with the oldest, by its first change (now), after the events before it; never lost
+    oldest = [m.id for m in read_marks(graph, limit=20)]
+    assert oldest.index(u[1]) > oldest.index(u[4]) and oldest.index(u[2]) < oldest.index(u[3])
+    assert {m.since for m in read_marks(graph, limit=20) if m.id == u[1]} == {NOW + 50}
 
 
 def test_a_change_between_read_and_clear_keeps_its_mark(graph, graph_settings):
