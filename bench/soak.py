@@ -137,6 +137,7 @@ class Soak:
         self.seeded: Counter = Counter()  # (user, target, rel) -> events of the history the model is trained on
         self.faults: list[dict] = []
         self.started_at: dict[str, float] = {}  # name -> when a restarted process started again
+        self.traffic_at = time.time()  # wall clock when the traffic began (run_traffic sets it)
         self.rng = random.Random(args.seed)
 
     # -- processes -------------------------------------------------------------------------------------------------
@@ -458,6 +459,7 @@ class Soak:
                 loops.append(asyncio.create_task(self._faults(stop)))
             watchers = [asyncio.create_task(self._sample_rss(stop, self.args.warmup_s)), asyncio.create_task(self._progress(stop))]
             started = time.monotonic()
+            self.traffic_at = time.time()
             await asyncio.sleep(self.args.duration_s)
             stop.set()
             await asyncio.gather(*loops)  # in-flight streams finish their retries: everything sent is answered
@@ -604,6 +606,13 @@ def main() -> None:
     finally:
         soak.stop()
     fresh = [watch.seen[u] - at for u, at in soak.tally.probes.items() if u in watch.seen]
+    # the slowest probes, by when they were acknowledged (seconds into the traffic, as the faults' at_s): which fault
+    # or backlog they waited for
+    acked = {u: at for u, at in soak.tally.probes.items() if u in watch.seen}
+    slowest = [
+        {"acked_at_s": round(acked[u] - soak.traffic_at, 1), "fresh_s": round(watch.seen[u] - acked[u], 2)}
+        for u in sorted(acked, key=lambda u: acked[u] - watch.seen[u])[:10]
+    ]
     growth = {name: round(samples[-1][1] - samples[0][1], 1) for name, samples in soak.rss.items() if samples}
     queries = {k: n for k, n in soak.tally.codes.items() if not k.startswith("IngestEvents")}
     result = {
@@ -631,6 +640,7 @@ def main() -> None:
             "reconciliation": counts,
             "exactness": exact,
             "faults": soak.faults,
+            "slowest_probes": slowest,
             "calls": dict(sorted(soak.tally.codes.items())),
             "resent_streams": soak.tally.resent,
             "resent_all_duplicates": soak.tally.resent_all_duplicates,
