@@ -15,7 +15,10 @@ wait never ended. So, with ``IG_WORKER_ROUND_TARGET_S`` > 0:
   and grows the same way;
 - the newest first (`graphdb.changes.read_marks`: by their last change), so an active shopper's vector is fresh
   while the backlog drains; at least ``IG_WORKER_ROUND_OLDEST_SHARE`` of them the oldest, so the backlog drains
-  at that share of the throughput also under a sustained overload, and no mark waits for ever.
+  at that share of the throughput also under a sustained overload, and no mark waits for ever. A partitioned
+  round's hand-offs have no last change (`graphdb.marks.mark`): they wait at the oldest share. The share trades
+  the median after an outage for its tail (the soak with Neo4j faults: 0.1 -> p50 3.7 s, p99 197 s; 0.3 -> 10.1 s,
+  125 s; 1, arrival order -> 15.2 s, 89 s), and arrival order fails the overload at the ceiling (docs/benchmarks.md).
 
 Any set of marks gives the same vectors (a round computes what its marks affect from the graph as it is), so the
 choice changes only who waits, never what is computed.
