@@ -45,8 +45,9 @@ def mark(var: str, *, last_change: bool = True) -> str:
 
     ``last_change=False`` (a hand-off: a recompute marks the nodes its results affect, `graphdb.slots.hand_off`)
     leaves ``dirty_at`` as it is: a hand-off is no shopper's change, and every round sets hundreds of them, so among
-    the newest they would go ahead of the events waiting for as long as a backlog lasted (the soak with Neo4j faults:
-    probes p99 304 s). Without ``dirty_at`` a mark waits with the oldest, by its first change."""
+    the newest they would go ahead of the events waiting for as long as a backlog lasted (with rounds held at their
+    target, the soak with Neo4j faults: probes p50 65.6 s). Without ``dirty_at`` a mark waits with the oldest, by its
+    first change."""
     # CASE, not coalesce: the hash is computed once per node, on its first mark.
     last = f"{var}.dirty_at = $now, " if last_change else ""
     return (
