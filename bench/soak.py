@@ -605,10 +605,10 @@ def main() -> None:
         recomputes = soak.recomputes()
     finally:
         soak.stop()
-    fresh = [watch.seen[u] - at for u, at in soak.tally.probes.items() if u in watch.seen]
+    acked = {u: at for u, at in soak.tally.probes.items() if u in watch.seen}  # the probes published
+    fresh = [watch.seen[u] - at for u, at in acked.items()]
     # the slowest probes, by when they were acknowledged (seconds into the traffic, as the faults' at_s): which fault
     # or backlog they waited for
-    acked = {u: at for u, at in soak.tally.probes.items() if u in watch.seen}
     slowest = [
         {"acked_at_s": round(acked[u] - soak.traffic_at, 1), "fresh_s": round(watch.seen[u] - acked[u], 2)}
         for u in sorted(acked, key=lambda u: acked[u] - watch.seen[u])[:10]
