@@ -38,11 +38,13 @@ from graphdb.settings import GraphSettings
 from graphdb.subgraph import EdgeRow
 from server.facets import FacetStore
 from server.feedback import push_down
+from server.hetero_sessions import HeteroSides
 from server.index import IndexParams, ItemIndex, LabelMap, normalise
 from server.rules import RankingRules, apply_rules
 from server.settings import ServerSettings
 from server.short_term import ShortTermParams, may_have_recent, mix, recent_items, reserved_slots
 from server.users import UserVectors
+from workers.hetero_side import HeteroSideCard, session_vector
 from workers.user_side import user_vector, weighted_sum
 
 log = logging.getLogger(__name__)
@@ -149,7 +151,9 @@ class Engine:
         self.facets = FacetStore(self.labels)
         self.serving: Serving | None = None
         self._popular = _Popular()
-        self._cards: dict[str, UserSideCard] = {}  # model version -> its user side (sessions)
+        self._cards: dict[str, UserSideCard | HeteroSideCard] = {}  # model version -> its user side (sessions)
+        # a 2-layer heterogeneous version's user side and its items' numbers are in Redis (server.hetero_sessions)
+        self.hetero = HeteroSides(settings) if settings.redis_url else None
         self._key = graph.pseudonym_key.get_secret_value()
         self.on_forget: list[Any] = []  # async callbacks(pseudonym), e.g. publish to the delta stream
         self.on_ready: list[Any] = []  # async callbacks(serving: bool), e.g. the health service
@@ -447,24 +451,16 @@ class Engine:
         explained: bool = False,
     ) -> Answer:
         """Items for an anonymous session: its events are checked and aggregated into edge rows by ingestion's
-        rules (``graphdb.session``) and embedded with the served model's user side (``workers.user_side``) from
-        the index's item vectors; nothing is written. Session items without a vector in the serving model are
-        left out before the cap (there is nothing to add for them), and so are items whose vector came without
-        its in_scale (written by an older worker)."""
+        rules (``graphdb.session``) and embedded with the served model's user side (``workers.user_side``, or
+        ``workers.hetero_side`` under a 2-layer heterogeneous version); nothing is written. Session items without a
+        vector in the serving model are left out before the cap (there is nothing to add for them), and so are
+        items whose vector came without its in_scale (written by an older worker)."""
         serving = self._state()
         index = serving.index
         session = session_edges(events, self.graph, time.time())
-        items = sorted(session.latest)
-        with self.lock:  # the labels, rows and scales of the session's items, read together
-            labels = index.live_labels(items)
-            live = [j for j, lab in enumerate(labels) if lab >= 0]  # the items with a vector
-            z, scales = index.user_side(np.array([labels[j] for j in live], np.int64))
+        items, labels, embedded = self._embed_session(session, index)
         bought = session.bought
-        seen = [] if include_seen or not bought else [labels[j] for j in live if items[j] in bought]
-        if not all(s > 0 for s in scales.tolist()):  # mostly every item has its scale: no copy of the rows
-            keep = scales > 0
-            live, z, scales = [j for j, kept in zip(live, keep.tolist()) if kept], z[keep], scales[keep]
-        embedded = self._session_vector(session, [items[j] for j in live], z, scales, index)
+        seen = [] if include_seen or not bought else [lab for i, lab in zip(items, labels) if lab >= 0 and i in bought]
         norm = 0.0 if embedded is None else math.sqrt(float(embedded @ embedded))  # float32(sqrt) either way
         if norm == 0.0 or embedded is None:
             if not include_seen:  # bought items without a vector are not in the index either
@@ -483,6 +479,28 @@ class Engine:
             own = sorted(session.latest, key=lambda i: (-session.latest[i], i))
             return self.explain_session(answer, own, [i for i in own if i in session.bought], [])
         return answer
+
+    def session_vector(self, events: Sequence[tuple[str, str, float, float | None]]) -> np.ndarray | None:
+        """The vector RecommendForSession searches with (before it is normalised), None when it answers from
+        popularity: what a stored user with these events gets once the worker recomputes them."""
+        return self._embed_session(session_edges(events, self.graph, time.time()), self._state().index)[2]
+
+    def _embed_session(self, session: SessionEdges, index: ItemIndex) -> tuple[list[str], list[int], np.ndarray | None]:
+        """(the session's items, sorted; their index labels, -1 without a vector; its vector or None)."""
+        items = sorted(session.latest)
+        with self.lock:  # the labels, rows and scales of the session's items, read together
+            labels = index.live_labels(items)
+            live = [j for j, lab in enumerate(labels) if lab >= 0]  # the items with a vector
+            z, scales = index.user_side(np.array([labels[j] for j in live], np.int64))
+        side = self._side(index.model_version) if live else None
+        if isinstance(side, HeteroSideCard):  # its items' served vectors are not what it sums (workers.hetero_side)
+            assert self.hetero is not None  # where the card came from
+            got = session_vector(side, session.edges(SESSION_USER), self.hetero.items(side.version, session.latest))
+            return items, labels, None if got is None else got[0]
+        if not all(s > 0 for s in scales.tolist()):  # mostly every item has its scale: no copy of the rows
+            keep = scales > 0
+            live, z, scales = [j for j, kept in zip(live, keep.tolist()) if kept], z[keep], scales[keep]
+        return items, labels, self._session_vector(session, [items[j] for j in live], z, scales, index)
 
     def _session_vector(
         self, session: SessionEdges, items: list[str], z: np.ndarray, scales: np.ndarray, index: ItemIndex
@@ -510,19 +528,30 @@ class Engine:
         self._cards = {**self._cards, card.version: card}
 
     def _card(self, version: str) -> UserSideCard:
-        """The user side of ``version``, read from Neo4j once per version."""
-        card = self._cards.get(version)
-        if card is None:
-            if self.driver is None:
-                raise Unavailable("this server runs without a graph database: the model's user side is unknown")
+        """The spectral user side of ``version`` (`_side`)."""
+        if self.driver is None and version not in self._cards:
+            raise Unavailable("this server runs without a graph database: the model's user side is unknown")
+        card = self._side(version)
+        if not isinstance(card, UserSideCard):
+            raise Unavailable(f"model {version!r} has no user-side card yet (its worker writes it with its vectors); retry shortly")
+        return card
+
+    def _side(self, version: str) -> UserSideCard | HeteroSideCard | None:
+        """The user side of ``version``, read once per version: a spectral card from Neo4j, else a 2-layer
+        heterogeneous one from Redis; None while it has neither (not remembered: a later call reads again)."""
+        card: UserSideCard | HeteroSideCard | None = self._cards.get(version)
+        if card is not None:
+            return card
+        if self.driver is not None:
             card = read_card(self.driver, version, database=self.database)
-            if card is None:
-                raise Unavailable(
-                    f"model {version!r} has no user-side card yet (its worker writes it with its vectors); retry shortly"
-                )
-            if len(card.sign) != self.dim:
-                raise Unavailable(f"model {version!r}'s user-side card has dimension {len(card.sign)}, the index {self.dim}")
-            self._cards = {**self._cards, version: card}  # swapped whole: readers in other threads see either
+        if card is None and self.hetero is not None:
+            card = self.hetero.card(version)
+        if card is None:
+            return None
+        dim = len(card.sign) if isinstance(card, UserSideCard) else card.dim
+        if dim != self.dim:
+            raise Unavailable(f"model {version!r}'s user-side card has dimension {dim}, the index {self.dim}")
+        self._cards = {**self._cards, version: card}  # swapped whole: readers in other threads see either
         return card
 
     def _user_vector(self, serving: Serving, pseudonym: str) -> np.ndarray | None:

@@ -33,10 +33,12 @@ from ml.checkpoint import Checkpoint
 from ml.encoders.hetero_gnn import HeteroGNN
 from ml.interaction_graph import EdgeType, InteractionGraph
 from ml.text import TextEncoder
+from workers.hetero_side import Conv, HeteroSideCard
 from workers.live import interaction_set, item_text
 
 Node = tuple[str, str]  # (node type, id): ("user", pseudonym), ("item", id), ("category", id), ("brand", id)
 RELATION = ("user", "interacted", "item")  # the worker's one interaction relation (workers.live.training_graph)
+REVERSE = ("item", "rev_interacted", "user")
 
 
 class HeteroLive:
@@ -55,6 +57,10 @@ class HeteroLive:
         self.category_index = {c: i for i, c in enumerate(ck.category_names)}
         self.brand_index = {b: i for i, b in enumerate(ck.brand_names)}
         self.reads_text = self.model.text is not None and ck.item_text is not None
+        # whether a server can embed a session under this version from stored numbers (`side_card`)
+        m = self.model
+        into_user = [et for et in m.edge_types if et[2] == "user"]
+        self.sessions = m.conv_name != "gcn" and self.layers == 2 and into_user == [REVERSE] and RELATION in m.edge_types
         n = len(ck.item_ids)
         brand = ck.item_brand if ck.item_brand is not None else torch.full((n,), -1, dtype=torch.long)
         version_graph = self._graph(["_"], ck.item_ids, {}, _pairs_or_empty(ck.item_category), brand)
@@ -130,6 +136,35 @@ class HeteroLive:
     def item_print(self, kept: Sequence[tuple[EdgeRow, float]], row: ItemRow | None) -> str:
         """Of `item_in`'s list and the item's categories and brand."""
         return self.fingerprint([sorted((e.user, w) for e, w in kept), *self.meta_of(row)])
+
+    # ------------------------------------------------------------------ sessions
+    def side_card(self) -> HeteroSideCard | None:
+        """What a server needs to embed a session under this version (`workers.hetero_side`): None where a session
+        cannot be embedded exactly from stored numbers (GCN, K other than 2, or a relation into users other than
+        the interactions')."""
+        m = self.model
+        if not self.sessions:
+            return None
+        if m.conv_name == "gin":
+            kind = f"gin-{m.gin_aggr}"
+        else:
+            kind = "sage-weighted" if m.weighted else f"sage-{m.convs[0].convs[REVERSE].aggr}"
+
+        def conv(layer: int, et: tuple[str, str, str]) -> Conv:
+            params = m.convs[layer].convs[et].named_parameters()
+            return Conv(kind, {n: p.detach().to("cpu", torch.float32).numpy().copy() for n, p in params})
+
+        return HeteroSideCard(
+            self.version,
+            self.cap,
+            float(m.half_life_s),
+            int(m.time_ref),
+            float(m.recency_boost),
+            float(m.recency_scale),
+            _np(self.x_user),
+            (conv(0, REVERSE), conv(1, REVERSE)),
+            conv(0, RELATION),
+        )
 
     # ------------------------------------------------------------------ forward
     def _graph(
@@ -232,8 +267,12 @@ class HeteroLive:
         }
         # intermediate layers through forward hooks on the layer modules: the model's own forward, untouched
         kept: dict[int, dict[str, torch.Tensor]] = {}
+        if 0 in layers:
+            kept[0] = {"item": x["item"]}
         hooks = [
-            self.model.convs[k - 1].register_forward_hook(lambda _m, _i, out, k=k: kept.__setitem__(k, dict(out))) for k in layers
+            self.model.convs[k - 1].register_forward_hook(lambda _m, _i, out, k=k: kept.__setitem__(k, dict(out)))
+            for k in layers
+            if k > 0
         ]
         try:
             out = self.model(x, eis, ews)

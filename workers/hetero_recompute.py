@@ -38,12 +38,13 @@ from graphdb.embeddings import write_and_clear
 from graphdb.schema import BRAND, CATEGORY, ITEM, USER
 from graphdb.subgraph import EdgeRow, ItemRow
 from workers.hetero_live import HeteroLive, Node
+from workers.hetero_side import field as layer_field
 from workers.recompute import MARKS_PER_ROLLOUT, RecomputeResult, Timings, publish_vectors, switch_to
-from workers.redis_keys import HETERO_PENDING
+from workers.redis_keys import HETERO_CARD, HETERO_LAYERS, HETERO_PENDING
 from workers.steps import Laps, timed
 
 FINGERPRINTS = "ig:hetero:inlists:{version}"
-LAYERS = "ig:hetero:layers:{version}"
+LAYERS = HETERO_LAYERS
 CAPS = "ig:hetero:caps:{version}"
 PENDING = HETERO_PENDING  # one set for every version (`PendingSet`): the scheduler wakes a round while it holds any
 # An intermediate output that moved by no more than this is unchanged: float32 rounding of the same sums in another
@@ -226,6 +227,7 @@ class Affected:
     per_layer: list[int] = field(default_factory=list)  # |A_k| per layer
     layer_updates: dict[int, dict[Node, np.ndarray]] = field(default_factory=dict)  # outputs that moved, to store
     last_moved: set[Node] = field(default_factory=set)  # nodes whose layer-(K-1) output moved (the last layer's input)
+    inputs: dict[Node, np.ndarray] = field(default_factory=dict)  # new items' layer-0 inputs (`HeteroLive.sessions`)
 
 
 def candidates(nb: Neighbourhood, by_label: dict[str, set[str]]) -> tuple[set[Node], set[str]]:
@@ -250,7 +252,9 @@ def candidates(nb: Neighbourhood, by_label: dict[str, set[str]]) -> tuple[set[No
 
 class LayerStore:
     """Each node's intermediate outputs (layers 1..K-1) as last computed, per model version, in Redis: what a
-    recomputed output is compared with to tell whether it changed."""
+    recomputed output is compared with to tell whether it changed. Under a version whose sessions servers embed
+    (`HeteroLive.sessions`) also each item's layer-0 input (as layer 0) and its count of kept rows from users
+    (`put_counts`): with its layer-1 output, what `workers.hetero_side` reads."""
 
     def __init__(self, ctx: HeteroContext):
         self.redis, self.key = ctx.redis, LAYERS.format(version=ctx.encoder.version)
@@ -259,13 +263,21 @@ class LayerStore:
         nodes = sorted(nodes)
         if self.redis is None or not nodes:
             return {}
-        values = self.redis.hmget(self.key, [f"{k}|{_key(n)}" for n in nodes])
+        values = self.redis.hmget(self.key, [layer_field(k, *n) for n in nodes])
         return {n: np.frombuffer(v, np.float32) for n, v in zip(nodes, values) if isinstance(v, bytes)}
 
     def put(self, k: int, vectors: dict[Node, np.ndarray]) -> None:
         if self.redis is None or not vectors:
             return
-        items = [(f"{k}|{_key(n)}", np.asarray(v, np.float32).tobytes()) for n, v in vectors.items()]
+        self._put([(layer_field(k, *n), np.asarray(v, np.float32).tobytes()) for n, v in vectors.items()])
+
+    def put_counts(self, counts: dict[str, int]) -> None:
+        """Items' counts of kept rows from users (``len(item_in)``)."""
+        if self.redis is not None and counts:
+            self._put([(layer_field("n", "item", i), str(n).encode()) for i, n in counts.items()])
+
+    def _put(self, items: list[tuple[str, bytes]]) -> None:
+        assert self.redis is not None
         for s in range(0, len(items), 5000):
             self.redis.hset(self.key, mapping=dict(items[s : s + 5000]))
 
@@ -380,11 +392,11 @@ def affected(
             # InkStream: compute the candidates' layer-k outputs; only those that moved propagate further
             with nb.timed(f"layer_{k}_s"):
                 users, edges, rows = pull(nb, layer, depth=k)
-                now = {
-                    n: v
-                    for n, v in enc.encode(users, edges, rows, layers=(k,), histories=nb.user_edges).layers[k].items()
-                    if n in layer
-                }
+                keep = (0, k) if k == 1 and enc.sessions else (k,)
+                encoded = enc.encode(users, edges, rows, layers=keep, histories=nb.user_edges).layers
+                now = {n: v for n, v in encoded[k].items() if n in layer}
+                if 0 in keep:  # new items' layer-0 inputs, from their live metadata: what sessions read (`LayerStore`)
+                    found.inputs = {n: v for n, v in encoded[0].items() if n in layer and n[1] not in enc.row}
                 before = layers.get(k, now)
             moved = {n for n, v in now.items() if n not in before or float(np.max(np.abs(before[n] - v))) > MOVED_TOL}
             found.layer_updates[k] = {n: now[n] for n in moved}
@@ -473,6 +485,14 @@ def last_layer(
 
 def _key(node: Node) -> str:
     return f"{node[0]}:{node[1]}"
+
+
+def _store_session_inputs(nb: Neighbourhood, found: Affected, store: LayerStore) -> None:
+    """What sessions read besides the layer-1 outputs (`LayerStore`): the new items' layer-0 inputs, and the count
+    of kept rows from users of every item whose capped in-list changed (no other item's count can have)."""
+    if nb.enc.sessions:
+        store.put(0, found.inputs)
+        store.put_counts({i: len(nb.item_in(i)) for kind, i in found.changed if kind == "item"})
 
 
 def _stored_prints(ctx: HeteroContext, nodes: Iterable[Node]) -> dict[str, str] | None:
@@ -675,6 +695,7 @@ def recompute_marked(ctx: HeteroContext, limit: int = 10000) -> HeteroResult:
         _store_prints(ctx, {_key(n): nb.print_of(n) for n in found.changed})
         for k, moved in found.layer_updates.items():
             store.put(k, moved)
+        _store_session_inputs(nb, found, store)
     done = {ITEM: item_vecs, USER: user_vecs}
     rest = [m for m in marks if m.id not in done.get(m.label, {})]
     with nb.timed("clear_s"):
@@ -725,6 +746,7 @@ def _finish_deferred(
         _store_prints(ctx, {_key(n): nb.print_of(n) for n in found.changed})
         for k, layer in found.layer_updates.items():
             store.put(k, layer)
+        _store_session_inputs(nb, found, store)
     cleared = 0
     with nb.timed("write_vectors_s"):
         if first:
@@ -933,6 +955,7 @@ class HeteroFull:
     timings: Timings
     layers: dict[int, dict[Node, np.ndarray]] = field(default_factory=dict)  # intermediate outputs, 1..K-1
     caps: dict[str, list[EdgeRow]] = field(default_factory=dict)  # each item's capped in-rows (`CapStore`)
+    counts: dict[str, int] = field(default_factory=dict)  # each item's count of them, where sessions read it
 
 
 def full_vectors(ctx: HeteroContext, progress: Callable[[str], None] | None = None) -> HeteroFull:
@@ -944,7 +967,7 @@ def full_vectors(ctx: HeteroContext, progress: Callable[[str], None] | None = No
     users, edges, rows = _everything(ctx)
     clock.lap("pull_s")
     say(f"embedding {len(users):,} users, {len(rows):,} items")
-    out = enc.encode(users, edges, rows, layers=range(1, enc.layers))
+    out = enc.encode(users, edges, rows, layers=range(0 if enc.sessions else 1, enc.layers))
     clock.lap("forward_s")
     # every row weighed at once (each user's rows are all here, so the recency ranks are the whole graph's)
     by_user: dict[str, list[tuple[EdgeRow, float]]] = defaultdict(list)
@@ -963,7 +986,10 @@ def full_vectors(ctx: HeteroContext, progress: Callable[[str], None] | None = No
     prints.update({f"item:{r.id}": enc.item_print(tops[r.id], r) for r in rows})
     prints.update({_key(n): enc.fingerprint(enc.cap_of_members(m)) for n, m in members.items()})
     caps = {i: [e for e, _ in kept] for i, kept in tops.items()}
-    return HeteroFull(enc.version, {USER: out.users, ITEM: out.items}, prints, timings, out.layers, caps)
+    full = HeteroFull(enc.version, {USER: out.users, ITEM: out.items}, prints, timings, out.layers, caps)
+    if enc.sessions:
+        full.counts = {i: len(kept) for i, kept in tops.items()}
+    return full
 
 
 def rebuild(ctx: HeteroContext, *, activate_after: bool = True, progress: Callable[[str], None] | None = None) -> dict:
@@ -980,7 +1006,7 @@ def rebuild(ctx: HeteroContext, *, activate_after: bool = True, progress: Callab
                 ctx.driver, label, full.vectors[label].items(), full.version, database=ctx.database, batch_size=ctx.write_batch
             )[0]
     if ctx.redis is not None:
-        ctx.redis.delete(*(k.format(version=full.version) for k in (FINGERPRINTS, LAYERS, CAPS)))
+        ctx.redis.delete(*(k.format(version=full.version) for k in (FINGERPRINTS, LAYERS, CAPS, HETERO_CARD)))
         if activate_after:  # every vector is rewritten: what any version's pending set asked for is done
             ctx.redis.delete(PENDING)
     _store_prints(ctx, full.prints)
@@ -988,5 +1014,9 @@ def rebuild(ctx: HeteroContext, *, activate_after: bool = True, progress: Callab
     store = LayerStore(ctx)
     for k, vectors in full.layers.items():
         store.put(k, vectors)
+    store.put_counts(full.counts)
+    card = ctx.encoder.side_card()
+    if ctx.redis is not None and card is not None:  # after what it reads: a server that finds it finds them
+        ctx.redis.set(HETERO_CARD.format(version=full.version), card.to_bytes())
     clock.lap("write_s")
     return switch_to(ctx.driver, ctx.database, ctx.redis, ctx.stream, full.version, written, full.timings, marks, activate_after)

@@ -20,6 +20,10 @@ EGO_LOCK_PREFIX = f"{TAG}:recompute:ego"
 # The K-layer encoders' pending last-layer work (workers.hetero_recompute.PendingSet): the scheduler wakes a round
 # while it is not empty, as while marks wait.
 HETERO_PENDING = "ig:hetero:pending"
+# A K-layer version's intermediate outputs (workers.hetero_recompute.LayerStore; fields: workers.hetero_side.field),
+# and the card with which servers embed sessions from them (workers.hetero_side.HeteroSideCard).
+HETERO_LAYERS = "ig:hetero:layers:{version}"
+HETERO_CARD = "ig:hetero:card:{version}"
 
 
 def part_lock(index: int, partitions: int) -> str:

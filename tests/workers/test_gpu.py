@@ -5,6 +5,8 @@ path, every tensor on one device (`TrainSettings.device`), vectors returned on t
 first step moves every parameter by about ``lr`` whatever its gradient's size, so a gradient that is zero up to
 rounding could move the two devices' copies ``2 * lr`` apart)."""
 
+import copy
+
 import pytest
 import torch
 
@@ -85,3 +87,25 @@ def test_text_encoder_on_cuda_matches_cpu(tmp_path):
     assert gpu._model.device.type == "cuda" and v_gpu.device.type == "cpu"
     v_cpu = TextEncoder(tmp_path / "cpu", device="cpu").encode(texts)
     assert torch.allclose(v_gpu, v_cpu, atol=1e-4)
+
+
+def test_a_hetero_session_card_from_cuda_matches_the_cpus(slices):
+    """A worker on CUDA writes the same session card (`HeteroLive.side_card`, read by servers without torch) and the
+    same layer-0 inputs as one on the CPU: every array handed back on the CPU."""
+    from test_hetero_caps import _live, _slice
+
+    from workers.hetero_live import HeteroLive
+    from workers.live import training_graph
+
+    edges, rows = _slice(slices / "amazon-hin")
+    torch.manual_seed(0)
+    cpu = _live(training_graph(edges, rows), ModelSettings(hidden=8, layers=2, neighbour_cap=4))
+    a, x_cpu = cpu.side_card(), cpu.encode([], edges, rows, layers=(0, 1)).layers
+    gpu = HeteroLive(copy.deepcopy(cpu.ck), device=torch.device("cuda"))  # its own model: `to` moves a module in place
+    b, x_gpu = gpu.side_card(), gpu.encode([], edges, rows, layers=(0, 1)).layers
+    assert a is not None and b is not None and gpu.model.device.type == "cuda"
+    assert abs(a.x_user - b.x_user).max() <= 1e-6
+    for ca, cb in zip((*a.to_user, a.to_item), (*b.to_user, b.to_item)):
+        assert ca.kind == cb.kind and all(abs(ca.arrays[k] - cb.arrays[k]).max() <= 1e-6 for k in ca.arrays)
+    for k in (0, 1):
+        assert max(abs(x_cpu[k][n] - x_gpu[k][n]).max() for n in x_cpu[k]) <= 1e-4
