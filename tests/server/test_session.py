@@ -86,6 +86,29 @@ def _same_answer(session, user) -> None:
     assert np.allclose([s for _, s in _scored(session)], [s for _, s in _scored(user)], atol=1e-5, rtol=0)
 
 
+def _twin_matches(stub, session: list[pb.SessionEvent], version: str) -> None:
+    """The twin's session answers as the stored twin, with and without the items bought, with and without a filter."""
+    for include_seen in (False, True):
+        for flt in (pb.ItemFilter(), pb.ItemFilter(category_ids=["Shop > Cluster 1"])):
+            got = stub.RecommendForSession(
+                pb.RecommendForSessionRequest(events=session, k=10, include_seen=include_seen, filter=flt), timeout=30
+            )
+            want = stub.RecommendForUser(
+                pb.RecommendForUserRequest(user_id="twin", k=10, include_seen=include_seen, filter=flt), timeout=30
+            )
+            _same_answer(got, want)
+            assert got.model_version == version and len(got.items) > 0
+
+
+def _shoppers_match(stub, t0: float) -> None:
+    """Every seventh stored shopper's session answers as that shopper."""
+    events = _shoppers(t0)
+    for u in range(0, USERS, 7):
+        mine = [e for e in events if e["user_id"] == f"shopper-{u}"]
+        got = stub.RecommendForSession(pb.RecommendForSessionRequest(events=_session(mine), k=8), timeout=30)
+        _same_answer(got, stub.RecommendForUser(pb.RecommendForUserRequest(user_id=f"shopper-{u}", k=8), timeout=30))
+
+
 def _graph_size(driver) -> tuple[int, int, int]:
     rec = driver.execute_query(
         "MATCH (n) WITH count(n) AS nodes OPTIONAL MATCH ()-[r]->() "
@@ -94,15 +117,21 @@ def _graph_size(driver) -> tuple[int, int, int]:
     return rec["nodes"], rec["rels"], rec["events"]
 
 
-@pytest.fixture(scope="module")
-def served(neo4j_driver, neo4j_settings, graph_settings, redis_url, tmp_path_factory):
-    """The model trained on the graph and rolled out; a server loaded from Neo4j following the delta stream."""
-    wipe(neo4j_driver)
-    redis.Redis.from_url(redis_url).delete(STREAM)
+def _seeded(driver, graph_settings, redis_url: str, *keys: str) -> tuple[float, list[dict]]:
+    """An empty graph (and these Redis keys gone) filled with the shoppers and the twin: (t0, the events)."""
+    wipe(driver)
+    redis.Redis.from_url(redis_url).delete(*keys)
     t0 = time.time() - 3600
     twin_items = [_item(j) for j in (0, 1, 2, 13, 14, 25)]
     events = _shoppers(t0) + _twin("twin", t0 + 1000, twin_items)
-    assert not ingest_events(neo4j_driver, graph_settings, events).rejected
+    assert not ingest_events(driver, graph_settings, events).rejected
+    return t0, events
+
+
+@pytest.fixture(scope="module")
+def served(neo4j_driver, neo4j_settings, graph_settings, redis_url, tmp_path_factory):
+    """The model trained on the graph and rolled out; a server loaded from Neo4j following the delta stream."""
+    t0, events = _seeded(neo4j_driver, graph_settings, redis_url, STREAM)
     tmp = tmp_path_factory.mktemp("session")
     ws = WorkerSettings(model_dir=tmp / "models", text_cache_dir=tmp / "text", redis_url=redis_url, delta_stream=STREAM)
     ms = ModelSettings(dim=graph_settings.embedding_dim, recency_boost=30.0, select_filter=False, user_cap=4)
@@ -126,16 +155,7 @@ def test_the_rollout_records_the_versions_user_side(served, neo4j_driver) -> Non
 def test_a_session_answers_as_the_stored_user_with_the_same_events(served) -> None:
     stub = served.stub()
     session = _session(served.twin)
-    for include_seen in (False, True):
-        for flt in (pb.ItemFilter(), pb.ItemFilter(category_ids=["Shop > Cluster 1"])):
-            got = stub.RecommendForSession(
-                pb.RecommendForSessionRequest(events=session, k=10, include_seen=include_seen, filter=flt), timeout=30
-            )
-            want = stub.RecommendForUser(
-                pb.RecommendForUserRequest(user_id="twin", k=10, include_seen=include_seen, filter=flt), timeout=30
-            )
-            _same_answer(got, want)
-            assert got.model_version == served.version and len(got.items) > 0
+    _twin_matches(stub, session, served.version)
     bought = {e["item_id"] for e in served.twin if e["type"] == "purchase"}
     unseen = stub.RecommendForSession(pb.RecommendForSessionRequest(events=session, k=10), timeout=30)
     assert not bought & {i.item_id for i in unseen.items}
@@ -145,12 +165,7 @@ def test_a_session_answers_as_the_stored_user_with_the_same_events(served) -> No
 
 
 def test_every_stored_shopper_is_matched_by_their_session(served) -> None:
-    stub = served.stub()
-    events = _shoppers(served.t0)
-    for u in range(0, USERS, 7):
-        mine = [e for e in events if e["user_id"] == f"shopper-{u}"]
-        got = stub.RecommendForSession(pb.RecommendForSessionRequest(events=_session(mine), k=8), timeout=30)
-        _same_answer(got, stub.RecommendForUser(pb.RecommendForUserRequest(user_id=f"shopper-{u}", k=8), timeout=30))
+    _shoppers_match(served.stub(), served.t0)
 
 
 def test_a_session_writes_nothing_to_the_graph(served, neo4j_driver) -> None:

@@ -10,19 +10,17 @@ import time
 
 import numpy as np
 import pytest
-import redis
 
 from graphdb.errors import Unavailable
 from graphdb.ingest import ingest_events
 from graphdb.model_state import read_card
-from graphdb.schema import wipe
 from graphdb.session import session_edges
 from graphdb.settings import DataSettings
 from ml.settings import ModelSettings, TrainSettings
 from proto.interest.v1 import interest_pb2 as pb
 from server.hetero_sessions import HeteroSides
 from tests.server.conftest import base_settings, start_harness
-from tests.server.test_session import USERS, _info, _item, _same_answer, _session, _shoppers, _twin
+from tests.server.test_session import _info, _item, _seeded, _session, _shoppers_match, _twin_matches
 from workers import hetero_recompute, jobs
 from workers.hetero_side import session_vector
 from workers.settings import WorkerSettings
@@ -33,13 +31,7 @@ STREAM = "ig:test-session-hetero"
 @pytest.fixture(scope="module", params=["hetero-sage", "hetero-gin"])
 def served(request, neo4j_driver, neo4j_settings, graph_settings, redis_url, tmp_path_factory):
     """The model trained on the graph and rolled out; a server loaded from Neo4j following the delta stream."""
-    wipe(neo4j_driver)
-    r = redis.Redis.from_url(redis_url)
-    r.delete(STREAM, hetero_recompute.PENDING)
-    t0 = time.time() - 3600
-    twin_items = [_item(j) for j in (0, 1, 2, 13, 14, 25)]
-    events = _shoppers(t0) + _twin("twin", t0 + 1000, twin_items)
-    assert not ingest_events(neo4j_driver, graph_settings, events).rejected
+    t0, events = _seeded(neo4j_driver, graph_settings, redis_url, STREAM, hetero_recompute.PENDING)
     tmp = tmp_path_factory.mktemp("session-hetero")
     ws = WorkerSettings(model_dir=tmp / "models", text_cache_dir=tmp / "text", redis_url=redis_url, delta_stream=STREAM)
     ms = ModelSettings(layers=2, neighbour_cap=4)  # more items than the cap in the twin's and the late user's events
@@ -119,20 +111,8 @@ def test_a_stored_shoppers_session_answers_as_that_shopper_under_sage(served) ->
     shuffled = stub.RecommendForSession(pb.RecommendForSessionRequest(events=twin[::-1], k=10), timeout=30)
     assert not in_order.cold_start and in_order.model_version == served.version and len(in_order.items) == 10
     assert [(i.item_id, i.score) for i in shuffled.items] == [(i.item_id, i.score) for i in in_order.items]
-    for include_seen in (False, True):
-        for flt in (pb.ItemFilter(), pb.ItemFilter(category_ids=["Shop > Cluster 1"])):
-            got = stub.RecommendForSession(
-                pb.RecommendForSessionRequest(events=twin, k=10, include_seen=include_seen, filter=flt), timeout=30
-            )
-            want = stub.RecommendForUser(
-                pb.RecommendForUserRequest(user_id="twin", k=10, include_seen=include_seen, filter=flt), timeout=30
-            )
-            _same_answer(got, want)
-    events = _shoppers(served.t0)
-    for u in range(0, USERS, 7):
-        mine = [e for e in events if e["user_id"] == f"shopper-{u}"]
-        got = stub.RecommendForSession(pb.RecommendForSessionRequest(events=_session(mine), k=8), timeout=30)
-        _same_answer(got, stub.RecommendForUser(pb.RecommendForUserRequest(user_id=f"shopper-{u}", k=8), timeout=30))
+    _twin_matches(stub, twin, served.version)
+    _shoppers_match(stub, served.t0)
 
 
 def test_a_session_of_unknown_items_gets_popular_items(served) -> None:
