@@ -61,9 +61,3 @@ class HeteroSides:
             return call(self._redis())
         except redis.RedisError as exc:
             raise Unavailable(f"Redis, where this model's session inputs are kept, did not answer ({exc}); retry later") from exc
-
-    def close(self) -> None:
-        with self._lock:
-            if self._client is not None:
-                self._client.close()
-                self._client = None

@@ -44,7 +44,6 @@ from workers.redis_keys import HETERO_CARD, HETERO_LAYERS, HETERO_PENDING
 from workers.steps import Laps, timed
 
 FINGERPRINTS = "ig:hetero:inlists:{version}"
-LAYERS = HETERO_LAYERS
 CAPS = "ig:hetero:caps:{version}"
 PENDING = HETERO_PENDING  # one set for every version (`PendingSet`): the scheduler wakes a round while it holds any
 # An intermediate output that moved by no more than this is unchanged: float32 rounding of the same sums in another
@@ -257,7 +256,7 @@ class LayerStore:
     (`put_counts`): with its layer-1 output, what `workers.hetero_side` reads."""
 
     def __init__(self, ctx: HeteroContext):
-        self.redis, self.key = ctx.redis, LAYERS.format(version=ctx.encoder.version)
+        self.redis, self.key = ctx.redis, HETERO_LAYERS.format(version=ctx.encoder.version)
 
     def get(self, k: int, nodes: Iterable[Node]) -> dict[Node, np.ndarray]:
         nodes = sorted(nodes)
@@ -1006,7 +1005,7 @@ def rebuild(ctx: HeteroContext, *, activate_after: bool = True, progress: Callab
                 ctx.driver, label, full.vectors[label].items(), full.version, database=ctx.database, batch_size=ctx.write_batch
             )[0]
     if ctx.redis is not None:
-        ctx.redis.delete(*(k.format(version=full.version) for k in (FINGERPRINTS, LAYERS, CAPS, HETERO_CARD)))
+        ctx.redis.delete(*(k.format(version=full.version) for k in (FINGERPRINTS, HETERO_LAYERS, CAPS, HETERO_CARD)))
         if activate_after:  # every vector is rewritten: what any version's pending set asked for is done
             ctx.redis.delete(PENDING)
     _store_prints(ctx, full.prints)
